@@ -1,0 +1,54 @@
+/* The future's insides, shared by core/ and offload/ (never installed). */
+#ifndef BATON_FUTURE_INTERNAL_H
+#define BATON_FUTURE_INTERNAL_H
+
+#include <stdatomic.h>
+
+#include <baton/future.h>
+
+#include "loop-internal.h"
+
+/* One registered callback, queued as a task on the loop when the future
+ * settles. The first one lives inside the future: most futures have one. */
+typedef struct bt__future_cb_node {
+    bt__task task;
+    struct bt__future_cb_node *next;
+    bt_future *future;
+    bt_future_cb cb;
+    void *arg;
+    bool inline_node;
+} bt__future_cb_node;
+
+struct bt_future {
+    _Atomic long refs;
+    _Atomic int state;            /* bt_future_state */
+    _Atomic bool cancel_requested;
+    bool error_read;
+    bool value_taken;
+    bool cancel_hook_ran;
+    bt_loop *loop;
+
+    /* Place in the loop's list of pending futures. */
+    bt_future *pend_prev, *pend_next;
+
+    void *value;
+    bt_destroy_fn dtor;
+    int code;
+    char *message;
+
+    bt_cancel_hook cancel_hook;
+    void *cancel_arg;
+
+    bt__future_cb_node first_cb;  /* used when first_cb.cb != NULL */
+    bt__future_cb_node *cbs_head, *cbs_tail;
+
+    /* Scheduled once settled: runs the callbacks, then drops the loop's
+     * reference. */
+    bt__task settle_task;
+};
+
+/* Cancel every pending future of the loop (bt_loop_free). Returns how many
+ * were pending, and how many of those nobody but the loop referenced. */
+size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped);
+
+#endif

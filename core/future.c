@@ -1,0 +1,479 @@
+/* Futures: settle once, run callbacks from the loop, count references.
+ *
+ * DESIGN
+ * - State changes happen on the loop thread only; state is atomic so that
+ *   other threads (a worker polling bt_future_cancel_requested, a bridge
+ *   thread) may read it.
+ * - A pending future is on its loop's pending list and holds one reference
+ *   for the loop. Settling takes it off the list and schedules settle_task,
+ *   which runs the callbacks registered so far (and any added while they
+ *   run), then drops the loop's reference. A callback added after that
+ *   runs as a task of its own, holding a reference until it has run.
+ * - Settling never calls a callback directly, so no callback runs inside
+ *   the call that registered it or inside the producer's settle call.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "future-internal.h"
+
+static void pending_remove(bt_future *f)
+{
+    bt_loop *loop = f->loop;
+    if (f->pend_prev)
+        f->pend_prev->pend_next = f->pend_next;
+    else
+        loop->pending.head = f->pend_next;
+    if (f->pend_next)
+        f->pend_next->pend_prev = f->pend_prev;
+    f->pend_prev = f->pend_next = NULL;
+    loop->pending.count--;
+}
+
+static void run_settle_task(bt__task *t);
+
+static bt_future *future_alloc(bt_loop *loop)
+{
+    if (loop == NULL || loop->closing)
+        return NULL;
+    bt_future *f = bt_calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    atomic_init(&f->refs, 2); /* the caller's and the loop's */
+    atomic_init(&f->state, BT_FUTURE_PENDING);
+    atomic_init(&f->cancel_requested, false);
+    f->loop = loop;
+    f->settle_task.run = run_settle_task;
+    f->pend_next = loop->pending.head;
+    if (f->pend_next)
+        f->pend_next->pend_prev = f;
+    loop->pending.head = f;
+    loop->pending.count++;
+    return f;
+}
+
+BT_EXPORT bt_future *bt_future_new(bt_loop *loop)
+{
+    return future_alloc(loop);
+}
+
+BT_EXPORT bt_future *bt_future_ref(bt_future *f)
+{
+    if (f)
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    return f;
+}
+
+static void future_destroy(bt_future *f)
+{
+    if (atomic_load_explicit(&f->state, memory_order_relaxed) == BT_FUTURE_ERROR && !f->error_read)
+        bt_log(BT_LOG_WARN, "future freed with an error nobody read: %s (%s)",
+               f->message ? f->message : bt_strerror(f->code), bt_err_name(f->code));
+    if (f->dtor && !f->value_taken)
+        f->dtor(f->value);
+    bt__future_cb_node *n = f->cbs_head;
+    while (n) { /* only reachable if never settled, which the loop prevents */
+        bt__future_cb_node *next = n->next;
+        if (!n->inline_node)
+            bt_free(n);
+        n = next;
+    }
+    bt_free(f->message);
+    bt_free(f);
+}
+
+BT_EXPORT void bt_future_unref(bt_future *f)
+{
+    if (f == NULL)
+        return;
+    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+        future_destroy(f);
+}
+
+BT_EXPORT bt_loop *bt_future_loop(const bt_future *f)
+{
+    return f ? f->loop : NULL;
+}
+
+/* ---- Settling -------------------------------------------------------- */
+
+static void run_settle_task(bt__task *t)
+{
+    bt_future *f = (bt_future *)((char *)t - offsetof(bt_future, settle_task));
+    /* Callbacks added while these run are appended and run here too. */
+    while (f->cbs_head) {
+        bt__future_cb_node *n = f->cbs_head;
+        f->cbs_head = n->next;
+        if (f->cbs_head == NULL)
+            f->cbs_tail = NULL;
+        bt_loop_enter_cb(f->loop, (const void *)n->cb);
+        n->cb(f, n->arg);
+        bt_loop_leave_cb(f->loop);
+        if (!n->inline_node)
+            bt_free(n);
+    }
+    f->first_cb.cb = NULL;
+    f->settle_task.next = &f->settle_task; /* marks "callbacks done" */
+    bt_future_unref(f);                    /* the loop's reference */
+}
+
+static bool callbacks_done(const bt_future *f)
+{
+    return f->settle_task.next == &f->settle_task;
+}
+
+/* Common tail of every setter. Takes ownership of value and message. */
+static int settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
+                  char *message)
+{
+    if (f == NULL) {
+        if (dtor)
+            dtor(value);
+        bt_free(message);
+        return BT_EINVAL;
+    }
+    if (atomic_load_explicit(&f->state, memory_order_relaxed) != BT_FUTURE_PENDING) {
+        if (dtor)
+            dtor(value);
+        bt_free(message);
+        return BT_EALREADY;
+    }
+    if (st != BT_FUTURE_CANCELLED && atomic_load_explicit(&f->cancel_requested, memory_order_relaxed)) {
+        /* Cancellation was asked for: the late outcome is discarded. */
+        if (dtor)
+            dtor(value);
+        bt_free(message);
+        st = BT_FUTURE_CANCELLED;
+        value = NULL;
+        dtor = NULL;
+        message = NULL;
+    }
+    f->value = value;
+    f->dtor = dtor;
+    f->code = st == BT_FUTURE_ERROR ? code : st == BT_FUTURE_CANCELLED ? BT_ECANCELED : 0;
+    f->message = message;
+    pending_remove(f);
+    atomic_store_explicit(&f->state, st, memory_order_release);
+    bt__loop_schedule(f->loop, &f->settle_task);
+    return 0;
+}
+
+BT_EXPORT int bt_future_set_value(bt_future *f, void *value, bt_destroy_fn dtor)
+{
+    return settle(f, BT_FUTURE_VALUE, value, dtor, 0, NULL);
+}
+
+BT_EXPORT int bt_future_set_errorv(bt_future *f, int code, const char *fmt, va_list ap)
+{
+    if (code >= 0)
+        code = BT_EINVAL; /* a producer bug; still settle, and say so */
+    char *msg = fmt ? bt_vasprintf(fmt, ap) : NULL;
+    return settle(f, BT_FUTURE_ERROR, NULL, NULL, code, msg);
+}
+
+BT_EXPORT int bt_future_set_error(bt_future *f, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = bt_future_set_errorv(f, code, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+BT_EXPORT int bt_future_set_cancelled(bt_future *f)
+{
+    return settle(f, BT_FUTURE_CANCELLED, NULL, NULL, BT_ECANCELED, NULL);
+}
+
+BT_EXPORT int bt_future_set_from(bt_future *f, bt_future *src)
+{
+    if (src == NULL)
+        return f ? bt_future_set_error(f, BT_EINVAL, "no source future") : BT_EINVAL;
+    switch (bt_future_get_state(src)) {
+    case BT_FUTURE_VALUE: {
+        bt_destroy_fn dtor = src->value_taken ? NULL : src->dtor;
+        void *v = bt_future_take_value(src);
+        return settle(f, BT_FUTURE_VALUE, v, dtor, 0, NULL);
+    }
+    case BT_FUTURE_ERROR:
+        src->error_read = true;
+        return settle(f, BT_FUTURE_ERROR, NULL, NULL, src->code,
+                      src->message ? bt_strdup(src->message) : NULL);
+    case BT_FUTURE_CANCELLED:
+        return bt_future_set_cancelled(f);
+    default:
+        return f ? bt_future_set_error(f, BT_EINVAL, "source future still pending") : BT_EINVAL;
+    }
+}
+
+BT_EXPORT bt_future *bt_future_new_value(bt_loop *loop, void *value, bt_destroy_fn dtor)
+{
+    bt_future *f = future_alloc(loop);
+    if (f == NULL) {
+        if (dtor)
+            dtor(value);
+        return NULL;
+    }
+    settle(f, BT_FUTURE_VALUE, value, dtor, 0, NULL);
+    return f;
+}
+
+BT_EXPORT bt_future *bt_future_new_error(bt_loop *loop, int code, const char *fmt, ...)
+{
+    bt_future *f = future_alloc(loop);
+    if (f == NULL)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    bt_future_set_errorv(f, code, fmt, ap);
+    va_end(ap);
+    return f;
+}
+
+/* ---- Cancellation ------------------------------------------------------ */
+
+BT_EXPORT void bt_future_on_cancel(bt_future *f, bt_cancel_hook hook, void *arg)
+{
+    if (f == NULL)
+        return;
+    f->cancel_hook = hook;
+    f->cancel_arg = arg;
+}
+
+BT_EXPORT bool bt_future_cancel_requested(const bt_future *f)
+{
+    return f && atomic_load_explicit(&f->cancel_requested, memory_order_acquire);
+}
+
+BT_EXPORT int bt_future_cancel(bt_future *f)
+{
+    if (f == NULL)
+        return BT_EINVAL;
+    if (bt_future_is_settled(f))
+        return BT_EALREADY;
+    if (atomic_exchange_explicit(&f->cancel_requested, true, memory_order_acq_rel))
+        return 0; /* asked before; the producer is on it */
+    if (f->cancel_hook && !f->cancel_hook_ran) {
+        f->cancel_hook_ran = true;
+        bt_future_ref(f);
+        f->cancel_hook(f, f->cancel_arg);
+        bt_future_unref(f);
+    } else {
+        bt_future_set_cancelled(f);
+    }
+    return 0;
+}
+
+size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped)
+{
+    size_t n = 0;
+    *dropped = 0;
+    while (loop->pending.head) {
+        bt_future *f = loop->pending.head;
+        n++;
+        if (atomic_load_explicit(&f->refs, memory_order_relaxed) == 1 && f->cbs_head == NULL)
+            (*dropped)++;
+        bt_future_ref(f);
+        bt_future_cancel(f);
+        /* A producer that could not stop at once has no loop left to settle
+         * on: settle it here. Producers that keep plain pointers to their
+         * futures register a closer and are gone by now. */
+        bt_future_set_cancelled(f);
+        bt_future_unref(f);
+    }
+    return n;
+}
+
+/* ---- Reading ------------------------------------------------------------- */
+
+BT_EXPORT bt_future_state bt_future_get_state(const bt_future *f)
+{
+    if (f == NULL)
+        return BT_FUTURE_PENDING;
+    return (bt_future_state)atomic_load_explicit(&f->state, memory_order_acquire);
+}
+
+BT_EXPORT bool bt_future_is_settled(const bt_future *f)
+{
+    return f && bt_future_get_state(f) != BT_FUTURE_PENDING;
+}
+
+BT_EXPORT int bt_future_error(bt_future *f)
+{
+    if (f == NULL)
+        return BT_EINVAL;
+    switch (bt_future_get_state(f)) {
+    case BT_FUTURE_PENDING:
+        return BT_EINPROGRESS;
+    case BT_FUTURE_VALUE:
+        return 0;
+    case BT_FUTURE_ERROR:
+        f->error_read = true;
+        return f->code;
+    default:
+        return BT_ECANCELED;
+    }
+}
+
+BT_EXPORT const char *bt_future_error_message(bt_future *f)
+{
+    if (f == NULL)
+        return NULL;
+    switch (bt_future_get_state(f)) {
+    case BT_FUTURE_ERROR:
+        f->error_read = true;
+        return f->message ? f->message : bt_strerror(f->code);
+    case BT_FUTURE_CANCELLED:
+        return "cancelled";
+    default:
+        return NULL;
+    }
+}
+
+BT_EXPORT void *bt_future_value(const bt_future *f)
+{
+    if (f == NULL || bt_future_get_state(f) != BT_FUTURE_VALUE || f->value_taken)
+        return NULL;
+    return f->value;
+}
+
+BT_EXPORT void *bt_future_take_value(bt_future *f)
+{
+    void *v = bt_future_value(f);
+    if (f && bt_future_get_state(f) == BT_FUTURE_VALUE)
+        f->value_taken = true;
+    return v;
+}
+
+/* ---- Callbacks ------------------------------------------------------------ */
+
+static void run_late_cb(bt__task *t)
+{
+    bt__future_cb_node *n = (bt__future_cb_node *)t;
+    bt_future *f = n->future;
+    bt_loop_enter_cb(f->loop, (const void *)n->cb);
+    n->cb(f, n->arg);
+    bt_loop_leave_cb(f->loop);
+    bt_free(n);
+    bt_future_unref(f);
+}
+
+BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg)
+{
+    if (f == NULL || cb == NULL)
+        return BT_EINVAL;
+    bt__future_cb_node *n;
+    if (!callbacks_done(f) && f->first_cb.cb == NULL && f->cbs_head == NULL) {
+        n = &f->first_cb;
+        n->inline_node = true;
+    } else {
+        n = bt_calloc(1, sizeof *n);
+        if (n == NULL)
+            return BT_ENOMEM;
+    }
+    n->future = f;
+    n->cb = cb;
+    n->arg = arg;
+    n->next = NULL;
+    if (callbacks_done(f)) {
+        /* The settle task has come and gone: run on a later turn. */
+        n->task.run = run_late_cb;
+        bt_future_ref(f);
+        bt__loop_schedule(f->loop, &n->task);
+        return 0;
+    }
+    if (f->cbs_tail)
+        f->cbs_tail->next = n;
+    else
+        f->cbs_head = n;
+    f->cbs_tail = n;
+    return 0;
+}
+
+/* ---- Chaining ---------------------------------------------------------------- */
+
+typedef struct {
+    bt_future *result; /* borrowed: alive while pending (the loop's ref) */
+    bt_future *src;    /* borrowed: alive until its callbacks have run */
+    bt_future *inner;  /* owned */
+    bt_then_fn fn;
+    void *arg;
+    bool on_value_only;
+} chain;
+
+static void chain_on_cancel(bt_future *result, void *arg)
+{
+    (void)result;
+    chain *c = arg;
+    bt_future_cancel(c->inner ? c->inner : c->src);
+}
+
+static void chain_on_inner(bt_future *inner, void *arg)
+{
+    chain *c = arg;
+    bt_future_set_from(c->result, inner);
+    bt_future_unref(c->inner);
+    bt_free(c);
+}
+
+static void chain_on_src(bt_future *src, void *arg)
+{
+    chain *c = arg;
+    if (bt_future_is_settled(c->result) ||
+        (c->on_value_only && bt_future_get_state(src) != BT_FUTURE_VALUE)) {
+        bt_future_set_from(c->result, src);
+        bt_free(c);
+        return;
+    }
+    bt_future *g = c->fn(src, c->arg);
+    if (g == NULL) {
+        bt_future_set_error(c->result, BT_ENOMEM, "chained function returned no future");
+        bt_free(c);
+        return;
+    }
+    c->inner = g;
+    if (bt_future_add_callback(g, chain_on_inner, c) != 0) {
+        bt_future_set_error(c->result, BT_ENOMEM, "out of memory chaining a future");
+        bt_future_cancel(g);
+        bt_future_unref(g);
+        bt_free(c);
+        return;
+    }
+    if (bt_future_cancel_requested(c->result))
+        bt_future_cancel(g);
+}
+
+static bt_future *chain_new(bt_future *f, bt_then_fn fn, void *arg, bool on_value_only)
+{
+    if (f == NULL || fn == NULL)
+        return NULL;
+    chain *c = bt_calloc(1, sizeof *c);
+    bt_future *r = c ? bt_future_new(f->loop) : NULL;
+    if (r == NULL || bt_future_add_callback(f, chain_on_src, c) != 0) {
+        if (r) {
+            bt_future_set_cancelled(r);
+            bt_future_unref(r);
+        }
+        bt_free(c);
+        return NULL;
+    }
+    c->result = r;
+    c->src = f;
+    c->fn = fn;
+    c->arg = arg;
+    c->on_value_only = on_value_only;
+    bt_future_on_cancel(r, chain_on_cancel, c);
+    return r;
+}
+
+BT_EXPORT bt_future *bt_future_then(bt_future *f, bt_then_fn fn, void *arg)
+{
+    return chain_new(f, fn, arg, true);
+}
+
+BT_EXPORT bt_future *bt_future_after(bt_future *f, bt_then_fn fn, void *arg)
+{
+    return chain_new(f, fn, arg, false);
+}

@@ -1,0 +1,101 @@
+/* The loop's insides, shared by core/ and offload/ (never installed). */
+#ifndef BATON_LOOP_INTERNAL_H
+#define BATON_LOOP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include <baton/loop.h>
+
+/* A unit of work queued on a loop: intrusive, so that futures and pool
+ * jobs can embed one and be queued without an allocation. */
+typedef struct bt__task bt__task;
+typedef void (*bt__task_fn)(bt__task *task);
+struct bt__task {
+    bt__task *next;
+    bt__task_fn run;
+};
+
+typedef struct bt__closer {
+    struct bt__closer *next;
+    bt_fn fn;
+    void *arg;
+} bt__closer;
+
+typedef struct bt__future_list {
+    struct bt_future *head;
+    size_t count;
+} bt__future_list;
+
+struct bt_loop {
+    struct event_base *base;
+    bool owns_base;
+    bool running;
+    bool closing;                /* bt_loop_free has started */
+    _Atomic bool closed_to_posts; /* bt_loop_post refuses from now on */
+    _Atomic bool stop_requested;
+    pthread_t thread;            /* the thread that runs it */
+
+    /* Loop-thread FIFO of tasks to run on the next pass (call_soon and
+     * future callbacks). */
+    bt__task *ready_head;
+    bt__task *ready_tail;
+    struct event *ready_ev;
+    bool ready_armed;
+
+    /* Cross-thread inbox: a lock-free LIFO that producers push onto and the
+     * loop takes whole with one exchange, then reverses into FIFO order.
+     * The wakeup fd is written only by the producer that finds the inbox
+     * empty, unless the loop is spinning and will see the push anyway. */
+    _Atomic(bt__task *) inbox;
+    _Atomic int spinning;
+    int wake_fd;                 /* eventfd; wake_wfd == wake_fd */
+    int wake_wfd;                /* the write end (a pipe where no eventfd) */
+    struct event *wake_ev;
+
+    /* Completions the loop expects from other threads (offloaded jobs in
+     * flight). While non-zero and nothing else is ready, the loop spins for
+     * up to spin_ns before it sleeps in the kernel. */
+    _Atomic long expected;
+    uint64_t spin_ns;
+
+    bt_loop_stats stats;
+    bt__future_list pending;     /* every pending future of this loop */
+    bt__closer *closers;
+
+    /* What the loop thread is running now, for the stall watchdog:
+     * cb_seq is odd while inside a callback. Written by the loop thread
+     * only, read by the watchdog thread. */
+    _Atomic uint64_t cb_seq;
+    _Atomic(const void *) cb_fn;
+    _Atomic uint64_t cb_start_ns;
+    void *watchdog;              /* owned by core/watchdog.c when on */
+};
+
+/* Queue a task on the loop's ready FIFO. Loop thread only. */
+void bt__loop_schedule(bt_loop *loop, bt__task *task);
+
+/* Push a task from any thread; wakes the loop if needed. The task's memory
+ * must stay valid until it runs. Returns 0 or BT_ESHUTDOWN. */
+int bt__loop_push(bt_loop *loop, bt__task *task);
+
+/* Tell the loop that n more (or, negative, fewer) completions are on their
+ * way from other threads. Any thread. */
+static inline void bt__loop_expect(bt_loop *loop, long n)
+{
+    atomic_fetch_add_explicit(&loop->expected, n, memory_order_relaxed);
+}
+
+/* Run one task with the watchdog's bracket around it. */
+static inline void bt__loop_run_task(bt_loop *loop, bt__task *t, const void *name)
+{
+    bt_loop_enter_cb(loop, name);
+    t->run(t);
+    bt_loop_leave_cb(loop);
+}
+
+#endif

@@ -1,0 +1,507 @@
+/* The loop: a libevent event_base plus two queues.
+ *
+ * DESIGN
+ * - The ready FIFO (loop thread only) holds call_soon calls and the
+ *   callbacks of settled futures. One libevent event, ready_ev, drains it.
+ *   The first task scheduled in a pass activates ready_ev, so it runs in
+ *   the same libevent pass (a worker's completion reaches its callback
+ *   without another trip through epoll). Tasks scheduled while the FIFO is
+ *   being drained wait for the next pass behind a zero timeout, so that a
+ *   chain of call_soon calls cannot starve sockets and timers (asyncio runs
+ *   only what was ready when the iteration began, for the same reason).
+ * - The inbox (any thread -> loop) is a lock-free LIFO. A producer pushes
+ *   with one compare-and-swap; the loop takes the whole stack with one
+ *   exchange and reverses it, so a burst of N posts costs N CASes and one
+ *   wakeup. Only the producer that finds the inbox empty writes the wakeup
+ *   fd, and only when the loop is not spinning on the inbox. The loop reads
+ *   the fd before it takes the stack, so no push can fall between the two.
+ * - Spinning: while completions are expected from other threads (see
+ *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
+ *   sleeps in epoll. A producer that sees `spinning` skips the write; the
+ *   loop clears `spinning` and then looks at the inbox once more. Both
+ *   sides use sequentially consistent operations (a Dekker handshake), so
+ *   either the producer sees spinning == 0 and writes, or the loop sees the
+ *   task. No lock is ever taken on this path.
+ */
+#include "config.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef HAVE_SYS_EVENTFD_H
+#include <sys/eventfd.h>
+#endif
+
+#include <baton/future.h>
+
+#include "future-internal.h"
+#include "loop-internal.h"
+
+#define BT_DEFAULT_SPIN_NS 30000u
+
+/* ---- Wakeup fd --------------------------------------------------------- */
+
+static int wake_open(bt_loop *loop)
+{
+#ifdef HAVE_SYS_EVENTFD_H
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd >= 0) {
+        loop->wake_fd = loop->wake_wfd = fd;
+        return 0;
+    }
+#endif
+    int p[2];
+    if (pipe(p) != 0)
+        return -errno;
+    for (int i = 0; i < 2; i++) {
+        fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
+        fcntl(p[i], F_SETFD, FD_CLOEXEC);
+    }
+    loop->wake_fd = p[0];
+    loop->wake_wfd = p[1];
+    return 0;
+}
+
+static void wake_write(bt_loop *loop)
+{
+    uint64_t one = 1;
+    ssize_t n;
+    do
+        n = write(loop->wake_wfd, &one, loop->wake_fd == loop->wake_wfd ? sizeof one : 1);
+    while (n < 0 && errno == EINTR);
+    /* EAGAIN means the counter or pipe is already full: the loop will wake. */
+}
+
+static void wake_drain(bt_loop *loop)
+{
+    char buf[64];
+    while (read(loop->wake_fd, buf, sizeof buf) > 0)
+        ;
+}
+
+/* ---- Inbox -------------------------------------------------------------- */
+
+int bt__loop_push(bt_loop *loop, bt__task *task)
+{
+    if (atomic_load_explicit(&loop->closed_to_posts, memory_order_acquire))
+        return BT_ESHUTDOWN;
+    bt__task *old = atomic_load_explicit(&loop->inbox, memory_order_relaxed);
+    do
+        task->next = old;
+    while (!atomic_compare_exchange_weak(&loop->inbox, &old, task));
+    if (old == NULL && !atomic_load(&loop->spinning))
+        wake_write(loop);
+    return 0;
+}
+
+/* Run everything in the inbox, oldest first. Returns how many ran. */
+static size_t inbox_drain(bt_loop *loop)
+{
+    bt__task *t = atomic_exchange(&loop->inbox, NULL);
+    bt__task *fifo = NULL;
+    size_t n = 0;
+    while (t) { /* reverse the LIFO */
+        bt__task *next = t->next;
+        t->next = fifo;
+        fifo = t;
+        t = next;
+    }
+    while (fifo) {
+        bt__task *next = fifo->next;
+        bt__loop_run_task(loop, fifo, (const void *)fifo->run);
+        fifo = next;
+        n++;
+    }
+    loop->stats.posted_run += n;
+    return n;
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bt_loop *loop = arg;
+    loop->stats.wakeups++;
+    wake_drain(loop);
+    if (atomic_load_explicit(&loop->stop_requested, memory_order_acquire))
+        event_base_loopbreak(loop->base); /* for a base the user runs */
+    inbox_drain(loop);
+}
+
+/* ---- Ready FIFO ------------------------------------------------------------- */
+
+void bt__loop_schedule(bt_loop *loop, bt__task *task)
+{
+    task->next = NULL;
+    if (loop->ready_tail)
+        loop->ready_tail->next = task;
+    else
+        loop->ready_head = task;
+    loop->ready_tail = task;
+    if (!loop->ready_armed) {
+        loop->ready_armed = true;
+        event_active(loop->ready_ev, EV_TIMEOUT, 0);
+    }
+}
+
+/* Run the tasks that were ready when the drain began. Returns how many. */
+static size_t ready_drain(bt_loop *loop)
+{
+    bt__task *t = loop->ready_head;
+    loop->ready_head = loop->ready_tail = NULL;
+    size_t n = 0;
+    while (t) {
+        bt__task *next = t->next;
+        bt__loop_run_task(loop, t, (const void *)t->run);
+        t = next;
+        n++;
+    }
+    return n;
+}
+
+static void on_ready(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bt_loop *loop = arg;
+    /* Keep ready_armed set while draining: new tasks wait for the next pass. */
+    ready_drain(loop);
+    if (loop->ready_head) {
+        static const struct timeval zero = {0, 0};
+        event_add(loop->ready_ev, &zero);
+    } else {
+        loop->ready_armed = false;
+    }
+}
+
+/* ---- Life ---------------------------------------------------------------- */
+
+static bt_loop *loop_init(struct event_base *base, bool owns)
+{
+    bt_loop *loop = bt_calloc(1, sizeof *loop);
+    if (loop == NULL)
+        return NULL;
+    loop->base = base;
+    loop->owns_base = owns;
+    loop->thread = pthread_self();
+    loop->spin_ns = BT_DEFAULT_SPIN_NS;
+    loop->wake_fd = loop->wake_wfd = -1;
+    atomic_init(&loop->inbox, NULL);
+    if (wake_open(loop) != 0)
+        goto fail;
+    loop->wake_ev = event_new(base, loop->wake_fd, EV_READ | EV_PERSIST, on_wake, loop);
+    loop->ready_ev = event_new(base, -1, 0, on_ready, loop);
+    if (loop->wake_ev == NULL || loop->ready_ev == NULL || event_add(loop->wake_ev, NULL) != 0)
+        goto fail;
+    return loop;
+fail:
+    if (loop->wake_ev)
+        event_free(loop->wake_ev);
+    if (loop->ready_ev)
+        event_free(loop->ready_ev);
+    if (loop->wake_fd >= 0)
+        close(loop->wake_fd);
+    if (loop->wake_wfd >= 0 && loop->wake_wfd != loop->wake_fd)
+        close(loop->wake_wfd);
+    bt_free(loop);
+    return NULL;
+}
+
+BT_EXPORT bt_loop *bt_loop_new(void)
+{
+    struct event_base *base = event_base_new();
+    if (base == NULL)
+        return NULL;
+    bt_loop *loop = loop_init(base, true);
+    if (loop == NULL)
+        event_base_free(base);
+    return loop;
+}
+
+BT_EXPORT bt_loop *bt_loop_adopt(struct event_base *base)
+{
+    return base ? loop_init(base, false) : NULL;
+}
+
+BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop)
+{
+    return loop ? loop->base : NULL;
+}
+
+BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
+{
+    return loop && pthread_equal(loop->thread, pthread_self());
+}
+
+/* Poll the inbox for a while when a completion is due. Returns true if it
+ * found and ran something. */
+static bool spin_for_completions(bt_loop *loop)
+{
+    if (loop->spin_ns == 0 || atomic_load_explicit(&loop->expected, memory_order_relaxed) <= 0 ||
+        loop->ready_head != NULL)
+        return false;
+    atomic_store(&loop->spinning, 1);
+    uint64_t deadline = bt_hrtime() + loop->spin_ns;
+    unsigned i = 0;
+    while (atomic_load_explicit(&loop->inbox, memory_order_relaxed) == NULL) {
+        if ((++i & 63) == 0 && bt_hrtime() >= deadline)
+            break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    atomic_store(&loop->spinning, 0);
+    /* After clearing `spinning`, look again: see the DESIGN note. */
+    if (atomic_load(&loop->inbox) == NULL)
+        return false;
+    inbox_drain(loop);
+    loop->stats.spin_hits++;
+    return true;
+}
+
+static int run_impl(bt_loop *loop, bt_future *until)
+{
+    if (loop == NULL)
+        return BT_EINVAL;
+    if (loop->running || loop->closing)
+        return BT_EBUSY;
+    loop->running = true;
+    loop->thread = pthread_self();
+    if (until)
+        bt_future_ref(until);
+    while (!atomic_load_explicit(&loop->stop_requested, memory_order_acquire) &&
+           !(until && bt_future_is_settled(until))) {
+        if (spin_for_completions(loop))
+            continue;
+        if (event_base_loop(loop->base, EVLOOP_ONCE) < 0)
+            break;
+    }
+    loop->running = false;
+    atomic_store(&loop->stop_requested, false);
+    int rc = 0;
+    if (until) {
+        rc = bt_future_is_settled(until) ? 0 : BT_ESHUTDOWN;
+        bt_future_unref(until);
+    }
+    return rc;
+}
+
+BT_EXPORT int bt_loop_run(bt_loop *loop)
+{
+    return run_impl(loop, NULL);
+}
+
+BT_EXPORT int bt_loop_run_until(bt_loop *loop, bt_future *f)
+{
+    if (f == NULL)
+        return BT_EINVAL;
+    return run_impl(loop, f);
+}
+
+BT_EXPORT void bt_loop_stop(bt_loop *loop)
+{
+    if (loop == NULL)
+        return;
+    atomic_store_explicit(&loop->stop_requested, true, memory_order_release);
+    wake_write(loop);
+}
+
+/* Run what is queued, until nothing is. */
+static void drain_all(bt_loop *loop)
+{
+    for (;;) {
+        size_t n = inbox_drain(loop);
+        loop->ready_armed = true; /* schedule() must not touch ready_ev now */
+        n += ready_drain(loop);
+        if (n == 0)
+            break;
+    }
+    loop->ready_armed = false;
+}
+
+BT_EXPORT void bt_loop_free(bt_loop *loop)
+{
+    if (loop == NULL)
+        return;
+    /* Closers first: they settle the futures of work they can still finish
+     * or cancel, and may need the inbox for that. */
+    while (loop->closers) {
+        bt__closer *c = loop->closers;
+        loop->closers = c->next;
+        c->fn(c->arg);
+        bt_free(c);
+    }
+    drain_all(loop);
+
+    loop->closing = true;
+    atomic_store(&loop->closed_to_posts, true);
+    size_t dropped = 0;
+    size_t cancelled = bt__future_cancel_all(loop, &dropped);
+    drain_all(loop);
+    if (cancelled)
+        bt_log(BT_LOG_WARN, "loop freed with %zu pending future%s: cancelled", cancelled,
+               cancelled == 1 ? "" : "s");
+    if (dropped)
+        bt_log(BT_LOG_WARN,
+               "%zu of them had been dropped while pending: nobody held or waited on them",
+               dropped);
+
+    event_free(loop->wake_ev);
+    event_free(loop->ready_ev);
+    close(loop->wake_fd);
+    if (loop->wake_wfd != loop->wake_fd)
+        close(loop->wake_wfd);
+    if (loop->owns_base)
+        event_base_free(loop->base);
+    bt_free(loop);
+}
+
+BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out)
+{
+    if (loop == NULL || out == NULL)
+        return BT_EINVAL;
+    *out = loop->stats;
+    out->pending = loop->pending.count;
+    return 0;
+}
+
+BT_EXPORT void bt_loop_set_spin(bt_loop *loop, uint64_t usec)
+{
+    if (loop)
+        loop->spin_ns = usec * 1000;
+}
+
+/* ---- call_soon and post ------------------------------------------------------ */
+
+typedef struct {
+    bt__task task;
+    bt_fn fn;
+    void *arg;
+} call_task;
+
+static void run_call(bt__task *t)
+{
+    call_task *c = (call_task *)t;
+    bt_fn fn = c->fn;
+    void *arg = c->arg;
+    bt_free(c);
+    fn(arg);
+}
+
+static call_task *call_new(bt_fn fn, void *arg)
+{
+    call_task *c = bt_malloc(sizeof *c);
+    if (c) {
+        c->task.run = run_call;
+        c->fn = fn;
+        c->arg = arg;
+    }
+    return c;
+}
+
+BT_EXPORT int bt_loop_call_soon(bt_loop *loop, bt_fn fn, void *arg)
+{
+    if (loop == NULL || fn == NULL)
+        return BT_EINVAL;
+    if (loop->closing)
+        return BT_ESHUTDOWN;
+    call_task *c = call_new(fn, arg);
+    if (c == NULL)
+        return BT_ENOMEM;
+    bt__loop_schedule(loop, &c->task);
+    return 0;
+}
+
+BT_EXPORT int bt_loop_post(bt_loop *loop, bt_fn fn, void *arg)
+{
+    if (loop == NULL || fn == NULL)
+        return BT_EINVAL;
+    call_task *c = call_new(fn, arg);
+    if (c == NULL)
+        return BT_ENOMEM;
+    int rc = bt__loop_push(loop, &c->task);
+    if (rc != 0)
+        bt_free(c);
+    return rc;
+}
+
+/* ---- Closers --------------------------------------------------------------- */
+
+BT_EXPORT int bt_loop_add_closer(bt_loop *loop, bt_fn fn, void *arg)
+{
+    if (loop == NULL || fn == NULL)
+        return BT_EINVAL;
+    bt__closer *c = bt_malloc(sizeof *c);
+    if (c == NULL)
+        return BT_ENOMEM;
+    c->fn = fn;
+    c->arg = arg;
+    c->next = loop->closers;
+    loop->closers = c;
+    return 0;
+}
+
+BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg)
+{
+    if (loop == NULL)
+        return BT_EINVAL;
+    for (bt__closer **p = &loop->closers; *p; p = &(*p)->next) {
+        if ((*p)->fn == fn && (*p)->arg == arg) {
+            bt__closer *c = *p;
+            *p = c->next;
+            bt_free(c);
+            return 0;
+        }
+    }
+    return BT_ENOENT;
+}
+
+/* ---- The watchdog's view ----------------------------------------------------- */
+
+static _Thread_local unsigned cb_depth;
+
+BT_EXPORT void bt_loop_enter_cb(bt_loop *loop, const void *fn)
+{
+    if (cb_depth++ == 0) {
+        uint64_t s = atomic_load_explicit(&loop->cb_seq, memory_order_relaxed);
+        if (loop->watchdog)
+            atomic_store_explicit(&loop->cb_start_ns, bt_hrtime(), memory_order_relaxed);
+        atomic_store_explicit(&loop->cb_seq, s + 1, memory_order_release);
+    }
+    atomic_store_explicit(&loop->cb_fn, fn, memory_order_relaxed);
+}
+
+BT_EXPORT void bt_loop_leave_cb(bt_loop *loop)
+{
+    if (--cb_depth == 0) {
+        uint64_t s = atomic_load_explicit(&loop->cb_seq, memory_order_relaxed);
+        atomic_store_explicit(&loop->cb_seq, s + 1, memory_order_release);
+    }
+}
+
+/* ---- asyncio.run ----------------------------------------------------------------- */
+
+BT_EXPORT int bt_run(bt_main_fn main_fn, void *arg)
+{
+    if (main_fn == NULL)
+        return BT_EINVAL;
+    bt_loop *loop = bt_loop_new();
+    if (loop == NULL)
+        return BT_ENOMEM;
+    bt_future *f = main_fn(loop, arg);
+    if (f == NULL) {
+        bt_loop_free(loop);
+        return BT_EINVAL;
+    }
+    int rc = bt_loop_run_until(loop, f);
+    if (rc == 0) {
+        bool unread = bt_future_get_state(f) == BT_FUTURE_ERROR && !f->error_read;
+        rc = bt_future_error(f);
+        if (unread)
+            bt_log(BT_LOG_ERROR, "main future failed: %s (%s)", bt_future_error_message(f),
+                   bt_err_name(rc));
+    }
+    bt_future_unref(f);
+    bt_loop_free(loop);
+    return rc;
+}

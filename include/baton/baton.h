@@ -1,0 +1,11 @@
+/* Baton: the umbrella header for the loop, futures and the offload pool.
+ * The integrations have headers of their own: <baton/curl.h>,
+ * <baton/pq.h>, <baton/http.h>, each with its own library. */
+#ifndef BATON_H
+#define BATON_H
+
+#include <baton/common.h>
+#include <baton/loop.h>
+#include <baton/future.h>
+
+#endif

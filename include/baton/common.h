@@ -1,0 +1,137 @@
+/* Baton: errors, allocation, logging and time, shared by every area.
+ *
+ * Conventions that hold in every Baton header:
+ * - Functions return 0 on success and a negative BT_E* code on failure.
+ *   Constructors return NULL on failure and never a half-made object.
+ * - "Thread:" says who may call. "loop thread" means the thread that runs
+ *   the loop the object belongs to; "any thread" means any.
+ * - "Returns: new reference" means the caller owns one reference and must
+ *   drop it (bt_future_unref and the like); "borrowed" means it must not.
+ * - When a call that takes a callback fails, the callback is never called.
+ */
+#ifndef BATON_COMMON_H
+#define BATON_COMMON_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(BATON_BUILDING) && defined(__GNUC__)
+#define BT_EXPORT __attribute__((visibility("default")))
+#else
+#define BT_EXPORT
+#endif
+
+#if defined(__GNUC__)
+#define BT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define BT_PRINTF(fmt, args)
+#endif
+
+/* Error codes: negative errno values where errno has a fitting one, so
+ * that a system call's failure can be passed on as -errno unchanged. */
+#define BT_EPERM (-EPERM)
+#define BT_ENOENT (-ENOENT)
+#define BT_EIO (-EIO)
+#define BT_EBADF (-EBADF)
+#define BT_EAGAIN (-EAGAIN)         /* a bounded queue is full; try later */
+#define BT_ENOMEM (-ENOMEM)
+#define BT_EACCES (-EACCES)
+#define BT_EBUSY (-EBUSY)
+#define BT_EEXIST (-EEXIST)
+#define BT_EINVAL (-EINVAL)
+#define BT_ENOSPC (-ENOSPC)
+#define BT_EPIPE (-EPIPE)
+#define BT_ERANGE (-ERANGE)
+#define BT_EDEADLK (-EDEADLK)       /* a wait that could never end */
+#define BT_ENOSYS (-ENOSYS)
+#define BT_EPROTO (-EPROTO)         /* the peer broke the protocol */
+#define BT_EMSGSIZE (-EMSGSIZE)     /* a size limit was exceeded */
+#define BT_ENOTSUP (-ENOTSUP)
+#define BT_EADDRINUSE (-EADDRINUSE)
+#define BT_ENETUNREACH (-ENETUNREACH)
+#define BT_ECONNABORTED (-ECONNABORTED)
+#define BT_ECONNRESET (-ECONNRESET)
+#define BT_ESHUTDOWN (-ESHUTDOWN)   /* the object is shutting down */
+#define BT_ETIMEDOUT (-ETIMEDOUT)
+#define BT_ECONNREFUSED (-ECONNREFUSED)
+#define BT_EHOSTUNREACH (-EHOSTUNREACH)
+#define BT_EALREADY (-EALREADY)     /* already settled / already done */
+#define BT_EINPROGRESS (-EINPROGRESS) /* still pending */
+#define BT_ECANCELED (-ECANCELED)
+
+/* Errors errno has no name for. Far below errno's range, like libuv's. */
+#define BT_EDNS (-4001)   /* host name could not be resolved */
+#define BT_ETLS (-4002)   /* TLS handshake or certificate verification */
+#define BT_ESQL (-4003)   /* the database server reported an error */
+#define BT_EHTTP (-4004)  /* an HTTP-level failure (bad status, bad reply) */
+#define BT_EJOB (-4005)   /* an offloaded job failed without a code */
+
+/* A short, static, English description of a BT_E* code. Never NULL; an
+ * unknown code gives "unknown error". Thread: any. */
+BT_EXPORT const char *bt_strerror(int code);
+
+/* The name of a BT_E* code, such as "BT_ETIMEDOUT". Thread: any. */
+BT_EXPORT const char *bt_err_name(int code);
+
+/* ---- Allocation -------------------------------------------------------
+ * Every allocation Baton makes goes through these, so that a program (or a
+ * test) can substitute its own allocator, or one that fails on purpose.
+ * Memory that Baton hands to the caller to free is freed with bt_free. */
+typedef void *(*bt_malloc_fn)(size_t size);
+typedef void *(*bt_realloc_fn)(void *ptr, size_t size);
+typedef void (*bt_free_fn)(void *ptr);
+
+/* Replace the allocator. Call before any other Baton call and before any
+ * thread is started; memory from one allocator must not reach the other.
+ * Passing NULLs restores malloc/realloc/free. Thread: any, but see above. */
+BT_EXPORT void bt_set_allocator(bt_malloc_fn m, bt_realloc_fn r, bt_free_fn f);
+
+/* Thread: any. Return NULL when out of memory, like their libc twins. */
+BT_EXPORT void *bt_malloc(size_t size);
+BT_EXPORT void *bt_calloc(size_t n, size_t size);
+BT_EXPORT void *bt_realloc(void *ptr, size_t size);
+BT_EXPORT void bt_free(void *ptr);
+BT_EXPORT char *bt_strdup(const char *s);
+/* printf into a new string. Returns NULL on failure. Free with bt_free. */
+BT_EXPORT char *bt_asprintf(const char *fmt, ...) BT_PRINTF(1, 2);
+BT_EXPORT char *bt_vasprintf(const char *fmt, va_list ap) BT_PRINTF(1, 0);
+
+/* ---- Logging -----------------------------------------------------------
+ * Baton reports the mistakes it catches (an unread error, a blocked loop,
+ * work cancelled at shutdown) through one log handler. The default writes
+ * "baton: LEVEL: message" to stderr for BT_LOG_WARN and above. */
+typedef enum {
+    BT_LOG_DEBUG = 0,
+    BT_LOG_INFO = 1,
+    BT_LOG_WARN = 2,
+    BT_LOG_ERROR = 3,
+} bt_log_level;
+
+/* Called with a message that has no trailing newline; msg is only valid
+ * during the call. May be called from any thread (the watchdog's, a
+ * worker's), so the handler must be thread-safe. */
+typedef void (*bt_log_cb)(bt_log_level level, const char *msg, void *arg);
+
+/* Install a handler (NULL restores the default) and the lowest level that
+ * reaches it. Thread: any. */
+BT_EXPORT void bt_log_set_handler(bt_log_cb cb, void *arg);
+BT_EXPORT void bt_log_set_level(bt_log_level min_level);
+
+/* Log through the handler. Thread: any. */
+BT_EXPORT void bt_log(bt_log_level level, const char *fmt, ...) BT_PRINTF(2, 3);
+
+/* ---- Time ------------------------------------------------------------- */
+
+/* Monotonic time in nanoseconds from an arbitrary origin. Thread: any. */
+BT_EXPORT uint64_t bt_hrtime(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,87 @@
+#include "harness.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOG_MAX 256
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static char *logs[LOG_MAX];
+static int nlogs;
+
+static void capture(bt_log_level level, const char *msg, void *arg)
+{
+    (void)level;
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    if (nlogs < LOG_MAX)
+        logs[nlogs++] = strdup(msg);
+    pthread_mutex_unlock(&mu);
+}
+
+void bt_test_log_capture(void)
+{
+    bt_log_set_level(BT_LOG_DEBUG);
+    bt_log_set_handler(capture, NULL);
+}
+
+void bt_test_log_clear(void)
+{
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < nlogs; i++)
+        free(logs[i]);
+    nlogs = 0;
+    pthread_mutex_unlock(&mu);
+}
+
+int bt_test_log_count(const char *needle)
+{
+    int n = 0;
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < nlogs; i++)
+        if (strstr(logs[i], needle))
+            n++;
+    pthread_mutex_unlock(&mu);
+    return n;
+}
+
+bool bt_test_log_contains(const char *needle)
+{
+    return bt_test_log_count(needle) > 0;
+}
+
+void bt_test_loop_free_clean(bt_loop *loop)
+{
+    bt_test_log_capture();
+    int before = bt_test_log_count("pending future");
+    bt_loop_free(loop);
+    ck_assert_msg(bt_test_log_count("pending future") == before,
+                  "the loop was freed with futures still pending");
+}
+
+static void on_timeout(bt_timer *t, void *arg)
+{
+    (void)t;
+    *(bool *)arg = true;
+    ck_abort_msg("timed out waiting for a future");
+}
+
+void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms)
+{
+    bool fired = false;
+    bt_timer *t = bt_timer_new(loop, on_timeout, &fired);
+    ck_assert_ptr_nonnull(t);
+    bt_timer_start(t, timeout_ms, 0);
+    ck_assert_int_eq(bt_loop_run_until(loop, f), 0);
+    bt_timer_free(t);
+}
+
+int bt_test_main(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

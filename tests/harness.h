@@ -1,0 +1,36 @@
+/* The test harness shared by every suite: a main for Check suites, a log
+ * capture, and the end-of-test check that a loop was left clean. */
+#ifndef BATON_TESTS_HARNESS_H
+#define BATON_TESTS_HARNESS_H
+
+#include <check.h>
+#include <stdbool.h>
+
+#include <baton/baton.h>
+
+/* Runs the suite, each test forked (CK_FORK unless the environment says
+ * otherwise), and exits non-zero if any test failed. */
+int bt_test_main(Suite *s);
+#define BT_TEST_MAIN(make_suite)                                         \
+    int main(void) { return bt_test_main(make_suite()); }
+
+/* Default per-test timeout in seconds (Check's own default is 4). */
+#define BT_TEST_TIMEOUT 30
+
+/* Capture everything Baton logs, at every level, from now on. */
+void bt_test_log_capture(void);
+/* True if a captured message contains needle. */
+bool bt_test_log_contains(const char *needle);
+/* How many captured messages contain needle. */
+int bt_test_log_count(const char *needle);
+/* Forget what was captured. */
+void bt_test_log_clear(void);
+
+/* Free the loop and fail the test if anything was still pending on it
+ * (libuv's MAKE_VALGRIND_HAPPY). Captures the log while it does. */
+void bt_test_loop_free_clean(bt_loop *loop);
+
+/* Run the loop until f settles, failing the test after timeout_ms. */
+void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms);
+
+#endif
