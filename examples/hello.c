@@ -1,0 +1,69 @@
+/* hello.c: the guide's first program, "The Event Loop".
+ *
+ *     async def fetch_user(user_id):
+ *         await asyncio.sleep(0.1)  # simulates a database query
+ *         return {"id": user_id, "name": "Alice"}
+ *
+ *     async def main():
+ *         user = await fetch_user(1)
+ *         print(user)
+ *
+ *     asyncio.run(main())
+ *
+ * In Baton an async function is a function that returns a future; "await"
+ * is bt_future_then, which runs the rest of the function when the future
+ * has a value; asyncio.run is bt_run. */
+#include <stdint.h>
+#include <stdio.h>
+
+#include <baton/baton.h>
+
+typedef struct {
+    int id;
+    const char *name;
+} user;
+
+static bt_future *user_found(bt_future *query, void *arg)
+{
+    user *u = bt_malloc(sizeof *u);
+    if (u == NULL)
+        return bt_future_new_error(bt_future_loop(query), BT_ENOMEM, NULL);
+    u->id = (int)(intptr_t)arg;
+    u->name = "Alice";
+    return bt_future_new_value(bt_future_loop(query), u, bt_free);
+}
+
+/* async def fetch_user(user_id) */
+static bt_future *fetch_user(bt_loop *loop, int user_id)
+{
+    bt_future *query = bt_sleep(loop, 100); /* simulates a database query */
+    bt_future *result = bt_future_then(query, user_found, (void *)(intptr_t)user_id);
+    bt_future_unref(query);
+    return result;
+}
+
+static bt_future *print_user(bt_future *f, void *arg)
+{
+    (void)arg;
+    const user *u = bt_future_value(f);
+    printf("{'id': %d, 'name': '%s'}\n", u->id, u->name);
+    return bt_future_new_value(bt_future_loop(f), NULL, NULL);
+}
+
+/* async def main() */
+static bt_future *main_async(bt_loop *loop, void *arg)
+{
+    (void)arg;
+    bt_future *user = fetch_user(loop, 1);
+    bt_future *done = bt_future_then(user, print_user, NULL);
+    bt_future_unref(user);
+    return done;
+}
+
+int main(void)
+{
+    int rc = bt_run(main_async, NULL);
+    if (rc != 0)
+        fprintf(stderr, "hello: %s\n", bt_strerror(rc));
+    return rc == 0 ? 0 : 1;
+}
