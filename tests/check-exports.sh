@@ -8,7 +8,18 @@ build=${top_builddir:-.}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-cat "$src"/include/baton/*.h | tr '\n' ' ' | grep -oE 'BT_EXPORT[^;{]*[;{]' |
+# The integrations' headers count only when their library was built
+# (./configure --disable-curl and the like).
+headers=
+for h in "$src"/include/baton/*.h; do
+    name=$(basename "$h" .h)
+    case $name in
+    curl|pq|http) [ -e "$build/.libs/libbaton-$name.so" ] || continue ;;
+    esac
+    headers="$headers $h"
+done
+
+cat $headers | tr '\n' ' ' | grep -oE 'BT_EXPORT[^;{]*[;{]' |
     sed -E 's/\(.*//' | grep -oE 'bt_[a-z0-9_]+ *$' | tr -d ' ' | sort > "$tmp/declared"
 
 : > "$tmp/exported"
