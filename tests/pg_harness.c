@@ -1,0 +1,488 @@
+/* A throwaway PostgreSQL server: see pg_harness.h. */
+#define _GNU_SOURCE
+#include "pg_harness.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <libpq-fe.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct bt_test_pg {
+    pid_t owner;               /* the process that started it */
+    char bindir[PATH_MAX];
+    char dir[PATH_MAX];        /* temp dir: data/, socket, logs */
+    char data[PATH_MAX + 8];
+    char log[PATH_MAX + 16];   /* server log (pg_ctl -l) */
+    char cmdlog[PATH_MAX + 16];/* output of initdb / pg_ctl */
+    int port;
+    bool running;
+    bool drop;                 /* run commands as run_uid/run_gid */
+    uid_t run_uid;
+    gid_t run_gid;
+    char user[64];
+    char conninfo[PATH_MAX + 128];
+    char sockinfo[PATH_MAX + 128];
+    char url[128];
+    struct bt_test_pg *next_live;
+};
+
+static bt_test_pg *live;       /* servers to stop at exit */
+static bool atexit_done;
+
+static void complain(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("pg_harness: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void dump_file(const char *label, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    /* The last 4 KiB is where the reason is. */
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, size > 4096 ? size - 4096 : 0, SEEK_SET);
+    fprintf(stderr, "---- %s (%s) ----\n", label, path);
+    char buf[512];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        fwrite(buf, 1, n, stderr);
+    fprintf(stderr, "---- end of %s ----\n", label);
+    fclose(f);
+}
+
+static void dump_logs(const bt_test_pg *pg)
+{
+    dump_file("command output", pg->cmdlog);
+    dump_file("server log", pg->log);
+}
+
+static bool is_exec(const char *dir, const char *name)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, X_OK) == 0;
+}
+
+static bool good_bindir(const char *dir)
+{
+    return is_exec(dir, "initdb") && is_exec(dir, "pg_ctl") && is_exec(dir, "postgres");
+}
+
+/* Find initdb, pg_ctl and postgres in one directory (see the header). */
+static bool find_bindir(char *out, size_t len)
+{
+    const char *env = getenv("PG_BINDIR");
+    if (env && *env) {
+        if (good_bindir(env)) {
+            snprintf(out, len, "%s", env);
+            return true;
+        }
+        complain("PG_BINDIR=%s has no initdb/pg_ctl/postgres", env);
+        return false;
+    }
+    /* initdb on PATH; resolve symlinks so pg_ctl finds its own postgres. */
+    const char *path = getenv("PATH");
+    if (path) {
+        char *copy = strdup(path), *save = NULL;
+        for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+            char p[PATH_MAX], real[PATH_MAX];
+            snprintf(p, sizeof p, "%s/initdb", d);
+            if (access(p, X_OK) == 0 && realpath(p, real)) {
+                char *slash = strrchr(real, '/');
+                *slash = '\0';
+                if (good_bindir(real)) {
+                    snprintf(out, len, "%s", real);
+                    free(copy);
+                    return true;
+                }
+            }
+        }
+        free(copy);
+    }
+    FILE *pc = popen("pg_config --bindir 2>/dev/null", "r");
+    if (pc) {
+        char line[PATH_MAX] = "";
+        if (fgets(line, sizeof line, pc))
+            line[strcspn(line, "\n")] = '\0';
+        pclose(pc);
+        if (*line && good_bindir(line)) {
+            snprintf(out, len, "%s", line);
+            return true;
+        }
+    }
+    int best = -1;
+    DIR *d = opendir("/usr/lib/postgresql");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            int v = atoi(e->d_name);
+            char p[PATH_MAX];
+            snprintf(p, sizeof p, "/usr/lib/postgresql/%s/bin", e->d_name);
+            if (v > best && good_bindir(p)) {
+                best = v;
+                snprintf(out, len, "%s", p);
+            }
+        }
+        closedir(d);
+    }
+    if (best >= 0)
+        return true;
+    if (good_bindir("/usr/local/pgsql/bin")) {
+        snprintf(out, len, "/usr/local/pgsql/bin");
+        return true;
+    }
+    complain("no PostgreSQL server binaries found (initdb, pg_ctl, postgres); "
+             "install postgresql or set PG_BINDIR");
+    return false;
+}
+
+/* Run bindir/argv[0] with argv, as the server user, output appended to
+ * cmdlog. Returns the exit status, or -1 if it could not run. */
+static int run(const bt_test_pg *pg, char *const argv[])
+{
+    char prog[PATH_MAX + 64];
+    snprintf(prog, sizeof prog, "%s/%s", pg->bindir, argv[0]);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        complain("fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        int fd = open(pg->cmdlog, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            close(nul);
+        }
+        if (pg->drop) {
+            /* What runuser -u postgres -- does, without needing runuser. */
+            if (setgroups(0, NULL) != 0 || setgid(pg->run_gid) != 0 ||
+                setuid(pg->run_uid) != 0) {
+                fprintf(stderr, "pg_harness: cannot become %s: %s\n", pg->user,
+                        strerror(errno));
+                _exit(126);
+            }
+        }
+        /* The server must not inherit a locale or PGxxx settings that
+         * change what tests see. */
+        unsetenv("PGHOST");
+        unsetenv("PGPORT");
+        unsetenv("PGDATABASE");
+        unsetenv("PGUSER");
+        unsetenv("PGOPTIONS");
+        setenv("LC_ALL", "C", 1);
+        execv(prog, argv);
+        fprintf(stderr, "pg_harness: exec %s: %s\n", prog, strerror(errno));
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    return -1;
+}
+
+int bt_test_pg_closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd); /* bound but never listening: the port is closed */
+    return port;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void rm_tree(const char *dir)
+{
+    if (*dir)
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int write_conf(bt_test_pg *pg)
+{
+    char conf[PATH_MAX + 32];
+    snprintf(conf, sizeof conf, "%s/postgresql.conf", pg->data);
+    FILE *f = fopen(conf, "a");
+    if (!f) {
+        complain("open %s: %s", conf, strerror(errno));
+        return -1;
+    }
+    /* Appended settings win over earlier ones. Durability is off: the data
+     * is thrown away, and tests and benchmarks should measure Baton. */
+    fprintf(f,
+            "\n# pg_harness\n"
+            "listen_addresses = '127.0.0.1'\n"
+            "port = %d\n"
+            "unix_socket_directories = '%s'\n"
+            "max_connections = 200\n"
+            "fsync = off\n"
+            "synchronous_commit = off\n"
+            "full_page_writes = off\n"
+            "log_min_messages = warning\n",
+            pg->port, pg->dir);
+    fclose(f);
+    return 0;
+}
+
+static int ctl_start(bt_test_pg *pg)
+{
+    char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60", "start", NULL};
+    if (run(pg, argv) != 0)
+        return -1;
+    pg->running = true;
+    return 0;
+}
+
+static void stop_at_exit(void)
+{
+    for (bt_test_pg *pg = live; pg; pg = pg->next_live) {
+        if (pg->owner != getpid())
+            continue; /* a forked child exiting: the server is its parent's */
+        if (pg->running) {
+            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            run(pg, argv);
+            pg->running = false;
+        }
+        rm_tree(pg->dir);
+        pg->dir[0] = '\0';
+    }
+}
+
+static void set_strings(bt_test_pg *pg)
+{
+    snprintf(pg->conninfo, sizeof pg->conninfo,
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres", pg->port);
+    snprintf(pg->sockinfo, sizeof pg->sockinfo,
+             "host=%s port=%d dbname=postgres user=postgres", pg->dir, pg->port);
+    snprintf(pg->url, sizeof pg->url, "postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
+}
+
+bt_test_pg *bt_test_pg_start(void)
+{
+    bt_test_pg *pg = calloc(1, sizeof *pg);
+    if (!pg)
+        return NULL;
+    pg->owner = getpid();
+    if (!find_bindir(pg->bindir, sizeof pg->bindir))
+        goto fail;
+
+    const char *tmp = getenv("TMPDIR");
+    snprintf(pg->dir, sizeof pg->dir, "%s/baton-pg-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(pg->dir)) {
+        complain("mkdtemp %s: %s", pg->dir, strerror(errno));
+        pg->dir[0] = '\0';
+        goto fail;
+    }
+    chmod(pg->dir, 0755);
+    snprintf(pg->data, sizeof pg->data, "%s/data", pg->dir);
+    snprintf(pg->log, sizeof pg->log, "%s/server.log", pg->dir);
+    snprintf(pg->cmdlog, sizeof pg->cmdlog, "%s/commands.log", pg->dir);
+
+    if (geteuid() == 0) {
+        /* initdb refuses root: run everything as the postgres user. */
+        const char *u = getenv("PG_HARNESS_USER");
+        snprintf(pg->user, sizeof pg->user, "%s", u && *u ? u : "postgres");
+        struct passwd *pw = getpwnam(pg->user);
+        if (!pw) {
+            complain("running as root and there is no user '%s' to run the server as "
+                     "(set PG_HARNESS_USER)", pg->user);
+            goto fail;
+        }
+        pg->drop = true;
+        pg->run_uid = pw->pw_uid;
+        pg->run_gid = pw->pw_gid;
+        if (chown(pg->dir, pg->run_uid, pg->run_gid) != 0) {
+            complain("chown %s: %s", pg->dir, strerror(errno));
+            goto fail;
+        }
+    }
+
+    char *initdb[] = {"initdb", "-D", pg->data, "-U", "postgres", "-A", "trust",
+                      "-E", "UTF8", "--locale=C", "--no-sync", NULL};
+    if (run(pg, initdb) != 0) {
+        complain("initdb failed in %s", pg->dir);
+        dump_logs(pg);
+        goto fail;
+    }
+
+    /* A free port may be taken between our check and the server's bind;
+     * try a few. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        pg->port = bt_test_pg_closed_port();
+        if (pg->port < 0) {
+            complain("no free loopback port");
+            goto fail;
+        }
+        if (write_conf(pg) != 0)
+            goto fail;
+        if (ctl_start(pg) == 0)
+            break;
+    }
+    if (!pg->running) {
+        complain("the server did not start (pg_ctl start failed 5 times)");
+        dump_logs(pg);
+        goto fail;
+    }
+    set_strings(pg);
+    pg->next_live = live;
+    live = pg;
+    if (!atexit_done) {
+        atexit(stop_at_exit);
+        atexit_done = true;
+    }
+    return pg;
+
+fail:
+    if (pg->dir[0])
+        rm_tree(pg->dir);
+    free(pg);
+    return NULL;
+}
+
+void bt_test_pg_free(bt_test_pg *pg)
+{
+    if (!pg)
+        return;
+    for (bt_test_pg **pp = &live; *pp; pp = &(*pp)->next_live)
+        if (*pp == pg) {
+            *pp = pg->next_live;
+            break;
+        }
+    if (pg->owner == getpid()) {
+        if (pg->running) {
+            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            run(pg, argv);
+        }
+        rm_tree(pg->dir);
+    }
+    free(pg);
+}
+
+const char *bt_test_pg_conninfo(const bt_test_pg *pg) { return pg->conninfo; }
+const char *bt_test_pg_socket_conninfo(const bt_test_pg *pg) { return pg->sockinfo; }
+const char *bt_test_pg_url(const bt_test_pg *pg) { return pg->url; }
+int bt_test_pg_port(const bt_test_pg *pg) { return pg->port; }
+const char *bt_test_pg_dir(const bt_test_pg *pg) { return pg->dir; }
+bool bt_test_pg_running(const bt_test_pg *pg) { return pg->running; }
+
+int bt_test_pg_restart(bt_test_pg *pg, const char *mode)
+{
+    char m[32];
+    snprintf(m, sizeof m, "%s", mode ? mode : "fast");
+    char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60",
+                    "-m", m, "restart", NULL};
+    if (run(pg, argv) != 0) {
+        complain("pg_ctl restart -m %s failed", m);
+        dump_logs(pg);
+        return -1;
+    }
+    pg->running = true;
+    return 0;
+}
+
+int bt_test_pg_stop(bt_test_pg *pg, const char *mode)
+{
+    char m[32];
+    snprintf(m, sizeof m, "%s", mode ? mode : "fast");
+    char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-t", "60", "-m", m, "stop", NULL};
+    if (run(pg, argv) != 0) {
+        complain("pg_ctl stop -m %s failed", m);
+        dump_logs(pg);
+        return -1;
+    }
+    pg->running = false;
+    return 0;
+}
+
+int bt_test_pg_resume(bt_test_pg *pg)
+{
+    if (ctl_start(pg) != 0) {
+        complain("pg_ctl start failed");
+        dump_logs(pg);
+        return -1;
+    }
+    return 0;
+}
+
+int bt_test_pg_exec(const bt_test_pg *pg, const char *sql)
+{
+    PGconn *c = PQconnectdb(pg->conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        complain("connect %s: %s", pg->conninfo, PQerrorMessage(c));
+        PQfinish(c);
+        return -1;
+    }
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    int rc = (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ? 0 : -1;
+    if (rc != 0)
+        complain("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+char *bt_test_pg_scalar(const bt_test_pg *pg, const char *sql)
+{
+    PGconn *c = PQconnectdb(pg->conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        complain("connect %s: %s", pg->conninfo, PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    char *out = NULL;
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+        out = strdup(PQgetvalue(r, 0, 0));
+    else if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        complain("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+    return out;
+}

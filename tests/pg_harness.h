@@ -1,0 +1,69 @@
+/* A throwaway PostgreSQL server for tests, benchmarks and examples.
+ *
+ * bt_test_pg_start runs initdb and pg_ctl in a new temporary directory and
+ * starts a server that listens on a unix socket in that directory and on a
+ * free loopback TCP port. When the process runs as root (CI, containers),
+ * initdb refuses to run, so every server command runs as the `postgres`
+ * user (or PG_HARNESS_USER): the child drops its privileges before exec,
+ * like `runuser -u postgres --`, and the directory is chown'ed to it.
+ *
+ * The binaries are found in $PG_BINDIR, else next to `initdb` on PATH,
+ * else at `pg_config --bindir`, else in the newest
+ * /usr/lib/postgresql/<N>/bin, else /usr/local/pgsql/bin.
+ *
+ * The server is stopped and its directory removed by bt_test_pg_free, and
+ * also at exit of the process that started it (never in a forked child,
+ * so Check's forked tests may use and even restart a server their parent
+ * started). Nothing here uses Baton: the calls block, which is fine in a
+ * test's setup. Not thread-safe: call from one thread.
+ *
+ * When something fails, the functions print what failed and the server's
+ * log to stderr and return NULL or -1: a test must then FAIL, never skip.
+ */
+#ifndef BATON_TESTS_PG_HARNESS_H
+#define BATON_TESTS_PG_HARNESS_H
+
+#include <stdbool.h>
+
+typedef struct bt_test_pg bt_test_pg;
+
+/* Create a cluster and start its server. Returns NULL on failure (after
+ * printing why to stderr). */
+bt_test_pg *bt_test_pg_start(void);
+
+/* Stop the server (immediate mode) and remove the directory. NULL: no-op. */
+void bt_test_pg_free(bt_test_pg *pg);
+
+/* Connection strings (borrowed, valid until bt_test_pg_free):
+ * TCP on 127.0.0.1: "host=127.0.0.1 port=N dbname=postgres user=postgres" */
+const char *bt_test_pg_conninfo(const bt_test_pg *pg);
+/* The unix socket: "host=/tmp/.../ port=N dbname=postgres user=postgres" */
+const char *bt_test_pg_socket_conninfo(const bt_test_pg *pg);
+/* A URI form of the TCP one: "postgresql://postgres@127.0.0.1:N/postgres" */
+const char *bt_test_pg_url(const bt_test_pg *pg);
+int bt_test_pg_port(const bt_test_pg *pg);
+/* The directory that holds data/, the socket and server.log. */
+const char *bt_test_pg_dir(const bt_test_pg *pg);
+
+/* `pg_ctl restart -m MODE` (MODE "fast", "immediate" or "smart"), waiting
+ * until the server accepts connections again. Returns 0 or -1. */
+int bt_test_pg_restart(bt_test_pg *pg, const char *mode);
+/* `pg_ctl stop -m MODE` and `pg_ctl start`, for tests that need the server
+ * down for a while. Return 0 or -1. */
+int bt_test_pg_stop(bt_test_pg *pg, const char *mode);
+int bt_test_pg_resume(bt_test_pg *pg);
+bool bt_test_pg_running(const bt_test_pg *pg);
+
+/* Run SQL synchronously with a blocking libpq connection (setup and
+ * checks; there may be several statements). Returns 0, or -1 after
+ * printing the server's error. */
+int bt_test_pg_exec(const bt_test_pg *pg, const char *sql);
+/* Run a query and return the first column of its first row as a new
+ * string (free with free()), or NULL on error or no rows. */
+char *bt_test_pg_scalar(const bt_test_pg *pg, const char *sql);
+
+/* A loopback TCP port that nothing listens on now (for refused-connection
+ * tests). Returns the port, or -1. */
+int bt_test_pg_closed_port(void);
+
+#endif
