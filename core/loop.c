@@ -324,14 +324,18 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
     if (loop == NULL)
         return;
     /* Closers first: they settle the futures of work they can still finish
-     * or cancel, and may need the inbox for that. */
-    while (loop->closers) {
-        bt__closer *c = loop->closers;
-        loop->closers = c->next;
-        c->fn(c->arg);
-        bt_free(c);
-    }
-    drain_all(loop);
+     * or cancel, and may need the inbox for that. Draining may register new
+     * closers (a job submitted from another thread is admitted from the
+     * inbox): those run too, until none is left. */
+    do {
+        while (loop->closers) {
+            bt__closer *c = loop->closers;
+            loop->closers = c->next;
+            c->fn(c->arg);
+            bt_free(c);
+        }
+        drain_all(loop);
+    } while (loop->closers);
 
     loop->closing = true;
     atomic_store(&loop->closed_to_posts, true);
