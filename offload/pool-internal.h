@@ -1,0 +1,111 @@
+/* The offload pool's insides, shared by the files of offload/ (never installed). */
+#ifndef BATON_POOL_INTERNAL_H
+#define BATON_POOL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <baton/pool.h>
+
+#include "future-internal.h"
+#include "loop-internal.h"
+
+typedef struct bt__attach bt__attach;
+typedef struct bt__worker bt__worker;
+typedef struct bt__lane bt__lane;
+
+/* Where a job is; changed under its lane's lock, except BATCH -> QUEUED,
+ * which only the loop thread does (the only reader of BATCH). */
+enum { JOB_BATCH = 1, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+struct bt_job {
+    bt__task task;            /* the admit task, then the completion task */
+    bt_job *prev, *next;      /* in a loop's batch or a lane's queue */
+    bt_pool *pool;
+    bt__attach *att;          /* the (pool, loop) record; alive while queued
+                                 or running (the closer waits for it) */
+    bt_loop *loop;
+    bt_future *future;        /* the job's own reference */
+    bt_job_fn fn;
+    void *arg;
+    bt_future_cb done;        /* bt_pool_submit_from only */
+    void *done_arg;
+    void *value;
+    bt_destroy_fn dtor;
+    char *message;
+    int code;
+    int where;
+    bt_lane lane;
+    bool skipped;             /* never ran: settles as cancelled */
+    bool in_batch;            /* in att's batch (loop thread only) */
+    _Atomic bool cancelled;
+    uint64_t t_submit;
+};
+
+/* One per (pool, loop): the loop's unflushed batches and its closer. Loop
+ * thread only, except `running` and `closing` (atomics read by workers). */
+struct bt__attach {
+    bt_pool *pool;            /* holds a pool reference */
+    bt_loop *loop;
+    bt_job *batch_head[BT_LANE_COUNT], *batch_tail[BT_LANE_COUNT];
+    size_t batch_n[BT_LANE_COUNT];
+    bt__task flush_task;
+    bool flush_scheduled;
+    bool dead;                /* the closer ran; the flush task frees it */
+    _Atomic long running;     /* jobs taken by workers, not yet pushed back */
+    _Atomic bool closing;     /* the loop is being freed */
+};
+
+/* Counters a worker writes alone (relaxed stores) and stats reads. */
+struct bt__worker {
+    bt__worker *next;
+    bt__lane *lane;
+    bt_pool *pool;
+    unsigned index;
+    _Atomic uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+    _Atomic bool busy;
+};
+
+struct bt__lane {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;        /* workers wait here for jobs */
+    bt_job *head, *tail;      /* the queue (FIFO) */
+    _Atomic size_t nq;        /* jobs in the queue (read unlocked by spinners) */
+    _Atomic size_t depth;     /* queued + batched on loops: the bound's count */
+    _Atomic size_t queue_max;
+    unsigned threads;         /* alive (or being started) */
+    unsigned target;          /* CPU: the size; blocking: the cap */
+    unsigned sleepers;        /* in cond_wait */
+    _Atomic unsigned spinners; /* lingering before sleep */
+    unsigned next_index;
+    bool stop;
+    bt__worker *workers;
+    /* Totals of retired workers and of loop-side events. */
+    uint64_t submitted;
+    _Atomic uint64_t rejected, cancelled;
+    uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+    uint64_t started, retired;
+    bt_lane id;
+};
+
+struct bt_pool {
+    _Atomic long refs;        /* the owner's, each attach's, each worker's,
+                                 each job being admitted */
+    _Atomic bool shutdown;
+    bt_pool_config cfg;
+    char name[12];
+    uint64_t linger_ns;
+    uint64_t idle_ns;
+    bt__lane lane[BT_LANE_COUNT];
+    pthread_mutex_t mu;       /* guards nothing but the two waits below */
+    pthread_cond_t cv;
+    _Atomic long live_threads;
+    _Atomic long closers_waiting;
+};
+
+void bt__pool_unref(bt_pool *pool);
+void bt__pool_forget_default(bt_pool *pool);
+
+#endif
