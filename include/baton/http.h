@@ -1,0 +1,264 @@
+/* Baton: an HTTP server on libevent's evhttp whose handlers return futures
+ * (libbaton-http; pkg-config baton-http).
+ *
+ * The shape is FastAPI's: an app holds routes like `GET /user/{id}`; a
+ * handler receives the request and returns a future of a response, so it
+ * can query PostgreSQL, call another service and offload CPU work before it
+ * answers. The server answers 404 when no route matches the path, 405 (with
+ * an Allow header) when a route matches the path but not the method, 500
+ * with a short body when a handler fails (the error is logged, never sent),
+ * 503 when the cap on concurrent requests is reached or the server is
+ * shutting down, and 413 when a request's headers or body are too large.
+ *
+ *   bt_http_app *app = bt_http_app_new();
+ *   bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
+ *   return bt_http_app_run(app, "0.0.0.0", 8000); // until SIGINT/SIGTERM
+ *
+ * Two ways to serve:
+ * - bt_http_app_run: several loops (one per core by default), each with a
+ *   server accepting on the same port (SO_REUSEPORT), until SIGINT or
+ *   SIGTERM, then a graceful shutdown. Per-loop resources (a PostgreSQL
+ *   pool, an HTTP client) are made by the app's loop hooks.
+ * - bt_http_server_new + bt_http_server_listen: one server on a loop the
+ *   caller runs, for tests and for programs that own their loops.
+ *
+ * Names: the server's side of an exchange is bt_http_req (the request it
+ * received) and bt_http_reply (the answer a handler gives), so that a
+ * handler can use the HTTP client's bt_http_request / bt_http_response
+ * (<baton/curl.h>) in the same file.
+ *
+ * Threads: an app is configured from one thread before it serves, and is
+ * read-only while any server uses it (servers on several loops share it).
+ * A server, its requests and responses belong to the server's loop thread.
+ */
+#ifndef BATON_HTTP_H
+#define BATON_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <baton/common.h>
+#include <baton/future.h>
+#include <baton/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bt_http_app bt_http_app;
+typedef struct bt_http_server bt_http_server;
+typedef struct bt_http_req bt_http_req;
+typedef struct bt_http_reply bt_http_reply;
+
+/* A handler. req is borrowed and valid until the returned future settles
+ * (copy what you need past that). Returns a future (new reference) whose
+ * value is a bt_http_reply * with bt_http_reply_free as destructor
+ * (bt_http_respond* make one). A future that fails, or a NULL return,
+ * answers 500 and logs the error; a future that is cancelled (the client
+ * went away, or shutdown reached its deadline) answers nothing or 503.
+ * Runs on the server's loop thread. */
+typedef bt_future *(*bt_http_handler_fn)(bt_http_req *req, void *arg);
+
+/* ---- The app: routes and settings -------------------------------------- */
+
+/* A new app with no routes and the default limits (see the setters).
+ * Returns: new, free with bt_http_app_free; NULL when out of memory.
+ * Thread: any. */
+BT_EXPORT bt_http_app *bt_http_app_new(void);
+
+/* Free the app. Every server made from it must be freed first.
+ * NULL is a no-op. Thread: the one that configured it. */
+BT_EXPORT void bt_http_app_free(bt_http_app *app);
+
+/* Route method + pattern to handler(req, arg). method is an HTTP method in
+ * capitals ("GET", "POST", ...). pattern is an absolute path whose segments
+ * are literal or a parameter in braces: "/user/{id}", "/a/{x}/b/{y}". A
+ * literal segment beats a parameter (so "/user/me" wins over "/user/{id}"
+ * whatever the order they were added in); otherwise the first route added
+ * wins. A GET route also answers HEAD. Parameters are percent-decoded
+ * before the handler sees them.
+ * Returns 0, BT_EINVAL (NULL argument, pattern not starting with '/', an
+ * empty or unclosed "{}", a duplicate method + pattern), BT_ENOMEM,
+ * BT_EBUSY once a server uses the app. Thread: the configuring one. */
+BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
+                                bt_http_handler_fn handler, void *arg);
+
+/* Limits. Each returns 0, BT_EINVAL (NULL app or a zero value) or BT_EBUSY
+ * once a server uses the app.
+ * - max_header_bytes: the request line and headers (default 16 KiB);
+ *   beyond it the request is refused (413 or 431 from evhttp).
+ * - max_body_bytes: the body (default 1 MiB); beyond it, 413.
+ * - read_timeout_ms: the longest wait for a request's bytes, and for the
+ *   next request on an idle keep-alive connection (default 30 s).
+ * - write_timeout_ms: the longest wait to hand a response to the client
+ *   (default 30 s).
+ * - max_concurrent: requests in flight across all the app's servers
+ *   (default 10000); beyond it the server answers 503 at once, without
+ *   calling the handler. */
+BT_EXPORT int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes);
+BT_EXPORT int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes);
+BT_EXPORT int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_timeout_ms,
+                                       uint64_t write_timeout_ms);
+BT_EXPORT int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent);
+
+/* How many loops bt_http_app_run starts: 0 (the default) means one per
+ * online core. Returns 0, BT_EINVAL, BT_EBUSY. */
+BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops);
+
+/* How long a graceful shutdown lets in-flight requests run before it
+ * cancels them (default 10 s). Returns 0, BT_EINVAL, BT_EBUSY. */
+BT_EXPORT int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms);
+
+/* Serve Prometheus text metrics at GET path (say "/metrics"): requests by
+ * status, a latency histogram, requests in flight, per-loop lag, and the
+ * loops' pending futures. The counters span every server of the app.
+ * Returns 0, BT_EINVAL, BT_ENOMEM, BT_EBUSY. */
+BT_EXPORT int bt_http_app_enable_metrics(bt_http_app *app, const char *path);
+
+/* Extra metric lines, appended to the metrics route's answer: fn is called
+ * on the scraping loop's thread and returns a new string (bt_malloc'd, in
+ * Prometheus text format, freed by the server) or NULL. The offload pool's
+ * stats are added this way. Returns 0, BT_EINVAL, BT_EBUSY. */
+typedef char *(*bt_http_metrics_fn)(void *arg);
+BT_EXPORT int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg);
+
+/* Per-loop hooks: init(loop, arg, &data) runs on each server's loop thread
+ * when the server is made (bt_http_server_new), before it accepts; it
+ * returns 0 or a negative BT_E* code, which fails bt_http_server_new. The
+ * data it sets is what bt_http_req_loop_data returns. fini(loop, data,
+ * arg) runs in bt_http_server_free, after the server has stopped and its
+ * requests have settled. Either may be NULL. Returns 0, BT_EINVAL, BT_EBUSY. */
+typedef int (*bt_http_loop_init_fn)(bt_loop *loop, void *arg, void **data);
+typedef void (*bt_http_loop_fini_fn)(bt_loop *loop, void *data, void *arg);
+BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
+                                  bt_http_loop_fini_fn fini, void *arg);
+
+/* Serve on host:port with the configured number of loops, each on its own
+ * thread with its own server, all accepting on the port through
+ * SO_REUSEPORT, until SIGINT or SIGTERM (or bt_http_app_stop). Then, on
+ * every loop: stop accepting, let in-flight requests finish within the
+ * shutdown deadline, cancel the rest, free the servers (fini hooks) and
+ * the loops. SIGINT and SIGTERM are blocked in the calling thread (and so
+ * in the loops' threads) while it runs and restored afterwards.
+ * If on_ready is not NULL it is called once, on the calling thread, when
+ * every loop accepts, with the bound port (useful with port 0).
+ * Returns 0 after a graceful shutdown; BT_EINVAL (NULL, bad host),
+ * BT_EADDRINUSE or another bind error, BT_ENOMEM, BT_EBUSY (already
+ * running), or the first init hook's error. Thread: any. */
+typedef void (*bt_http_ready_fn)(int port, void *arg);
+BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
+                              bt_http_ready_fn on_ready, void *ready_arg);
+
+/* Ask a running bt_http_app_run to shut down gracefully, as SIGTERM does.
+ * Returns 0, or BT_EINVAL if app is NULL. Thread: any (async-signal-safe). */
+BT_EXPORT int bt_http_app_stop(bt_http_app *app);
+
+/* ---- One server on one loop -------------------------------------------- */
+
+/* A server for app on loop: runs the app's init hook, then is ready to
+ * listen. The app must outlive the server.
+ * Returns: new, free with bt_http_server_free; NULL on failure (out of
+ * memory, or the init hook failed, in which case nothing is left behind).
+ * Thread: the loop's. */
+BT_EXPORT bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app);
+
+/* Listen on host:port (an IPv4 or IPv6 literal, or "localhost"; port 0
+ * picks a free one) with SO_REUSEADDR and SO_REUSEPORT, so that servers on
+ * other loops may listen on the same port. May be called more than once.
+ * Returns 0, BT_EINVAL, BT_EADDRINUSE, BT_EACCES, BT_ENOMEM or another
+ * -errno from socket/bind/listen. Thread: the loop's. */
+BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int port);
+
+/* The port the first listening socket is bound to, or BT_EINVAL if none. */
+BT_EXPORT int bt_http_server_port(const bt_http_server *srv);
+
+/* Graceful shutdown: stop accepting, answer new requests on open
+ * connections with 503 and close them, let in-flight requests finish for
+ * up to deadline_ms, then cancel the rest. Returns: a future (new
+ * reference) that settles with a NULL value once no request is in flight;
+ * NULL when out of memory. A second call returns a future of the same
+ * shutdown. Thread: the loop's. */
+BT_EXPORT bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms);
+
+/* Requests in flight on this server now. Thread: the loop's. */
+BT_EXPORT unsigned bt_http_server_in_flight(const bt_http_server *srv);
+
+/* Free the server: stop accepting, cancel the handlers still in flight
+ * (their futures settle cancelled; their clients are disconnected), close
+ * every connection, run the fini hook. If the loop is freed first, its
+ * closer does all of that except the fini hook and the server's memory,
+ * which bt_http_server_free (called after bt_loop_free) still releases.
+ * NULL is a no-op. Thread: the loop's. */
+BT_EXPORT void bt_http_server_free(bt_http_server *srv);
+
+/* ---- The request received (borrowed by the handler) ---------------------- */
+
+/* "GET", "POST", ... Returns: borrowed, valid while req is. */
+BT_EXPORT const char *bt_http_req_method(const bt_http_req *req);
+/* The decoded path, without the query. Returns: borrowed. */
+BT_EXPORT const char *bt_http_req_path(const bt_http_req *req);
+/* The path parameter name of the matched pattern ("id" for "{id}"),
+ * decoded, or NULL. Returns: borrowed. */
+BT_EXPORT const char *bt_http_req_param(const bt_http_req *req, const char *name);
+/* The first query parameter name (decoded; '+' reads as a space), "" for a
+ * key without a value, or NULL if absent. Returns: borrowed. */
+BT_EXPORT const char *bt_http_req_query(const bt_http_req *req, const char *name);
+/* A request header by case-insensitive name, or NULL. Returns: borrowed. */
+BT_EXPORT const char *bt_http_req_header(const bt_http_req *req, const char *name);
+/* The body (not NUL-terminated; len may be NULL) or NULL when empty.
+ * Returns: borrowed. */
+BT_EXPORT const void *bt_http_req_body(const bt_http_req *req, size_t *len);
+/* The body parsed as JSON. Returns: new reference (json_decref), or NULL
+ * if the body is empty or not JSON. */
+BT_EXPORT json_t *bt_http_req_json(const bt_http_req *req);
+/* The client's address as text ("127.0.0.1"). Returns: borrowed. */
+BT_EXPORT const char *bt_http_req_peer(const bt_http_req *req);
+/* The loop the request runs on, and the data of the app's init hook for
+ * that loop. Returns: borrowed. */
+BT_EXPORT bt_loop *bt_http_req_loop(const bt_http_req *req);
+BT_EXPORT void *bt_http_req_loop_data(const bt_http_req *req);
+
+/* ---- Replies: what a handler answers ------------------------------------ */
+
+/* A reply with status (100..599) and no body.
+ * Returns: new, owned by the caller until handed to a future (then free
+ * with nothing: the future's destructor does it); NULL on a bad status or
+ * out of memory. Thread: any. */
+BT_EXPORT bt_http_reply *bt_http_reply_new(int status);
+/* NULL is a no-op. */
+BT_EXPORT void bt_http_reply_free(void *resp);
+
+/* Add a header (copied). Names and values with CR or LF are refused.
+ * Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_reply_add_header(bt_http_reply *resp, const char *name,
+                                          const char *value);
+/* Set the body (copied) and, if content_type is not NULL, the Content-Type.
+ * Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_reply_set_body(bt_http_reply *resp, const char *content_type,
+                                        const void *body, size_t len);
+/* Set a JSON body (compact) and Content-Type application/json. json is
+ * borrowed. Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_reply_set_json(bt_http_reply *resp, const json_t *json);
+BT_EXPORT int bt_http_reply_status(const bt_http_reply *resp);
+
+/* Already-settled futures of a reply, for handlers:
+ * - bt_http_respond: status and a body (copied; body may be NULL).
+ * - bt_http_respond_json: status and json, which it steals (json_decref
+ *   follows even on failure), so `bt_http_respond_json(loop, 200,
+ *   json_pack(...))` leaks nothing; a NULL json gives a 500.
+ * - bt_http_respond_error: status and {"error": message}.
+ * - bt_http_reply_future: wraps resp (taken, even on failure).
+ * Returns: new reference, or NULL when out of memory. Thread: the loop's. */
+BT_EXPORT bt_future *bt_http_respond(bt_loop *loop, int status, const char *content_type,
+                                     const void *body, size_t len);
+BT_EXPORT bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json);
+BT_EXPORT bt_future *bt_http_respond_error(bt_loop *loop, int status, const char *message);
+BT_EXPORT bt_future *bt_http_reply_future(bt_loop *loop, bt_http_reply *resp);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

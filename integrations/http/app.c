@@ -1,0 +1,343 @@
+/* The app: routes and settings, and bt_http_app_run, which serves them on
+ * one loop per core until SIGINT or SIGTERM.
+ *
+ * DESIGN (bt_http_app_run)
+ * - The calling thread blocks SIGINT and SIGTERM before it starts any
+ *   thread, so every loop thread inherits the mask and the signals are
+ *   only ever read, synchronously, from a signalfd by the calling thread.
+ *   bt_http_app_stop writes a byte to the app's stop pipe, which the same
+ *   poll watches (write(2) is async-signal-safe, so a signal handler of the
+ *   program's own may call it).
+ * - Loop 0 is started first and binds the port (port 0 picks one); the
+ *   others then bind the same port with SO_REUSEPORT and the kernel spreads
+ *   connections across them.
+ * - Shutdown is posted to every loop (bt_loop_post, the any-thread door):
+ *   each stops accepting, drains within the deadline, then stops its loop;
+ *   its thread frees the server and the loop. The calling thread joins
+ *   them all.
+ */
+#include "config.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "http-internal.h"
+
+bt_http_app *bt_http_app_new(void)
+{
+    bt_http_app *app = bt_calloc(1, sizeof *app);
+    if (!app)
+        return NULL;
+    app->max_header_bytes = 16 * 1024;
+    app->max_body_bytes = 1024 * 1024;
+    app->read_timeout_ms = 30000;
+    app->write_timeout_ms = 30000;
+    app->max_concurrent = 10000;
+    app->shutdown_deadline_ms = 10000;
+    if (pipe2(app->stop_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        bt_free(app);
+        return NULL;
+    }
+    pthread_mutex_init(&app->stats_lock, NULL);
+    return app;
+}
+
+void bt_http_app_free(bt_http_app *app)
+{
+    if (!app)
+        return;
+    if (atomic_load(&app->servers) != 0)
+        bt_log(BT_LOG_ERROR, "http: bt_http_app_free with %u servers alive",
+               atomic_load(&app->servers));
+    bt__router_free(&app->router);
+    bt_free(app->metrics_path);
+    bt_free(app->msrc);
+    close(app->stop_fd[0]);
+    close(app->stop_fd[1]);
+    pthread_mutex_destroy(&app->stats_lock);
+    bt_free(app);
+}
+
+static int frozen(const bt_http_app *app)
+{
+    return atomic_load(&app->servers) != 0 || atomic_load(&app->running);
+}
+
+#define CHECK_APP(app)                                                                     \
+    do {                                                                                   \
+        if (!(app))                                                                        \
+            return BT_EINVAL;                                                              \
+        if (frozen(app))                                                                   \
+            return BT_EBUSY;                                                               \
+    } while (0)
+
+int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
+                      bt_http_handler_fn handler, void *arg)
+{
+    CHECK_APP(app);
+    return bt__router_add(&app->router, method, pattern, handler, arg);
+}
+
+int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes)
+{
+    CHECK_APP(app);
+    if (!bytes)
+        return BT_EINVAL;
+    app->max_header_bytes = bytes;
+    return 0;
+}
+
+int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes)
+{
+    CHECK_APP(app);
+    if (!bytes)
+        return BT_EINVAL;
+    app->max_body_bytes = bytes;
+    return 0;
+}
+
+int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_ms, uint64_t write_ms)
+{
+    CHECK_APP(app);
+    if (!read_ms || !write_ms)
+        return BT_EINVAL;
+    app->read_timeout_ms = read_ms;
+    app->write_timeout_ms = write_ms;
+    return 0;
+}
+
+int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent)
+{
+    CHECK_APP(app);
+    if (!max_concurrent)
+        return BT_EINVAL;
+    app->max_concurrent = max_concurrent;
+    return 0;
+}
+
+int bt_http_app_set_loops(bt_http_app *app, unsigned loops)
+{
+    CHECK_APP(app);
+    if (loops > 1024)
+        return BT_EINVAL;
+    app->loops = loops;
+    return 0;
+}
+
+int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms)
+{
+    CHECK_APP(app);
+    if (!ms)
+        return BT_EINVAL;
+    app->shutdown_deadline_ms = ms;
+    return 0;
+}
+
+int bt_http_app_enable_metrics(bt_http_app *app, const char *path)
+{
+    CHECK_APP(app);
+    if (!path || path[0] != '/')
+        return BT_EINVAL;
+    char *p = bt_strdup(path);
+    if (!p)
+        return BT_ENOMEM;
+    bt_free(app->metrics_path);
+    app->metrics_path = p;
+    return 0;
+}
+
+int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg)
+{
+    CHECK_APP(app);
+    if (!fn)
+        return BT_EINVAL;
+    bt__metrics_src *n = bt_realloc(app->msrc, (app->nmsrc + 1) * sizeof *n);
+    if (!n)
+        return BT_ENOMEM;
+    app->msrc = n;
+    app->msrc[app->nmsrc].fn = fn;
+    app->msrc[app->nmsrc].arg = arg;
+    app->nmsrc++;
+    return 0;
+}
+
+int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init, bt_http_loop_fini_fn fini,
+                        void *arg)
+{
+    CHECK_APP(app);
+    app->init = init;
+    app->fini = fini;
+    app->hook_arg = arg;
+    return 0;
+}
+
+int bt_http_app_stop(bt_http_app *app)
+{
+    if (!app)
+        return BT_EINVAL;
+    char c = 1;
+    ssize_t w = write(app->stop_fd[1], &c, 1);
+    (void)w; /* a full pipe already holds a stop request */
+    return 0;
+}
+
+/* ---- bt_http_app_run ------------------------------------------------------- */
+
+typedef struct worker {
+    bt_http_app *app;
+    const char *host;
+    int port;
+    pthread_t thread;
+    bool started;
+    bt_loop *loop;
+    bt_http_server *srv;
+    bt_future *shut;
+    /* Startup handshake with the calling thread. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool ready;
+    int rc;
+    int bound_port;
+} worker;
+
+static void on_drained(bt_future *f, void *arg)
+{
+    worker *w = arg;
+    bt_future_error(f);
+    bt_loop_stop(w->loop);
+}
+
+static void begin_shutdown(void *arg)
+{
+    worker *w = arg;
+    if (w->shut)
+        return;
+    w->shut = bt_http_server_shutdown(w->srv, w->app->shutdown_deadline_ms);
+    if (!w->shut || bt_future_add_callback(w->shut, on_drained, w) != 0)
+        bt_loop_stop(w->loop); /* out of memory: free cancels what is left */
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    int rc = 0;
+    w->loop = bt_loop_new();
+    if (!w->loop)
+        rc = BT_ENOMEM;
+    if (rc == 0 && !(w->srv = bt_http_server_new(w->loop, w->app)))
+        rc = BT_ENOMEM;
+    if (rc == 0)
+        rc = bt_http_server_listen(w->srv, w->host, w->port);
+    pthread_mutex_lock(&w->mu);
+    w->rc = rc;
+    w->bound_port = rc == 0 ? bt_http_server_port(w->srv) : -1;
+    w->ready = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (rc == 0)
+        bt_loop_run(w->loop);
+    bt_http_server_free(w->srv);
+    bt_future_unref(w->shut);
+    bt_loop_free(w->loop);
+    return NULL;
+}
+
+static int start_worker(worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return BT_ENOMEM;
+    w->started = true;
+    pthread_mutex_lock(&w->mu);
+    while (!w->ready)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    return w->rc;
+}
+
+int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_fn on_ready,
+                    void *ready_arg)
+{
+    if (!app || !host || port < 0 || port > 65535)
+        return BT_EINVAL;
+    bool expect = false;
+    if (!atomic_compare_exchange_strong(&app->running, &expect, true))
+        return BT_EBUSY;
+    unsigned n = app->loops;
+    if (n == 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (unsigned)c : 1;
+    }
+    char drain[64];
+    while (read(app->stop_fd[0], drain, sizeof drain) > 0)
+        ;
+
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+
+    worker *ws = bt_calloc(n, sizeof *ws);
+    int rc = (ws && sfd >= 0) ? 0 : BT_ENOMEM;
+    for (unsigned i = 0; rc == 0 && i < n; i++) {
+        worker *w = &ws[i];
+        w->app = app;
+        w->host = host;
+        w->port = i == 0 ? port : ws[0].bound_port;
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        rc = start_worker(w);
+    }
+    if (rc == 0) {
+        bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port, n);
+        if (on_ready)
+            on_ready(ws[0].bound_port, ready_arg);
+        struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = app->stop_fd[0], .events = POLLIN}};
+        for (;;) {
+            int pr = poll(pf, 2, -1);
+            if (pr < 0 && errno == EINTR)
+                continue;
+            if (pr < 0 || pf[0].revents || pf[1].revents)
+                break;
+        }
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+            bt_log(BT_LOG_INFO, "http: %s: shutting down gracefully",
+                   si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+        while (read(app->stop_fd[0], drain, sizeof drain) > 0)
+            ;
+    }
+    for (unsigned i = 0; ws && i < n; i++) {
+        worker *w = &ws[i];
+        if (!w->started)
+            continue;
+        /* A worker whose startup failed has already left its loop. */
+        if (w->rc == 0 && bt_loop_post(w->loop, begin_shutdown, w) != 0)
+            bt_loop_stop(w->loop);
+    }
+    for (unsigned i = 0; ws && i < n; i++) {
+        if (ws[i].started)
+            pthread_join(ws[i].thread, NULL);
+        if (ws[i].app) {
+            pthread_mutex_destroy(&ws[i].mu);
+            pthread_cond_destroy(&ws[i].cv);
+        }
+    }
+    bt_free(ws);
+    if (sfd >= 0)
+        close(sfd);
+    /* Consume signals that arrived while they were blocked, so restoring
+     * the mask does not deliver them to the default action (death). */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&set, NULL, &zero) > 0)
+        ;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    atomic_store(&app->running, false);
+    return rc;
+}

@@ -1,0 +1,114 @@
+/* libbaton-http's insides, shared by its files (never installed). */
+#ifndef BATON_HTTP_INTERNAL_H
+#define BATON_HTTP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <baton/http.h>
+
+#define BT__HTTP_MAX_PARAMS 16
+
+/* ---- Router (router.c) --------------------------------------------------- */
+
+typedef struct bt__route {
+    char *method;
+    char *pattern;
+    char **segs;      /* literal text, or the parameter name */
+    bool *is_param;
+    size_t nsegs;
+    size_t nliteral;  /* for precedence: more literals wins */
+    size_t order;
+    bt_http_handler_fn handler;
+    void *arg;
+} bt__route;
+
+typedef struct bt__router {
+    bt__route *routes;
+    size_t n, cap;
+} bt__router;
+
+/* A match: the route (NULL if none), and the captured parameters pointing
+ * into segs (which the caller owns). path_matched is true when some route
+ * matched the path but none the method; allow then lists the methods
+ * ("GET, HEAD, POST"), bt_malloc'd, for the Allow header. */
+typedef struct {
+    const bt__route *route;
+    const char *names[BT__HTTP_MAX_PARAMS];
+    const char *values[BT__HTTP_MAX_PARAMS];
+    size_t nparams;
+    bool path_matched;
+    char *allow;
+} bt__match;
+
+int bt__router_add(bt__router *r, const char *method, const char *pattern,
+                   bt_http_handler_fn handler, void *arg);
+void bt__router_free(bt__router *r);
+/* segs are the decoded segments of the request path. Returns 0 or
+ * BT_ENOMEM (allow could not be built). */
+int bt__router_match(const bt__router *r, const char *method, char **segs, size_t nsegs,
+                     bt__match *m);
+
+/* ---- Metrics (metrics.c) ------------------------------------------------- */
+
+#define BT__HTTP_NBUCKETS 14
+extern const double bt__http_buckets[BT__HTTP_NBUCKETS];
+
+/* One server's counters. Written by its loop thread with relaxed atomics,
+ * read by whichever loop answers a scrape. */
+typedef struct bt__http_stats {
+    struct bt__http_stats *next;
+    unsigned loop_index;
+    _Atomic uint64_t by_status[600];
+    _Atomic uint64_t hist[BT__HTTP_NBUCKETS + 1]; /* last is +Inf */
+    _Atomic uint64_t sum_us;
+    _Atomic uint64_t count;
+    _Atomic uint64_t in_flight;
+    _Atomic uint64_t lag_us;       /* last measured loop lag */
+    _Atomic uint64_t lag_max_us;
+    _Atomic uint64_t pending;      /* the loop's pending futures */
+    _Atomic uint64_t cancelled;    /* handlers cancelled (disconnect, deadline) */
+} bt__http_stats;
+
+void bt__http_stats_observe(bt__http_stats *s, int status, uint64_t ns);
+/* The metrics text of every server of app. Returns bt_malloc'd or NULL. */
+char *bt__http_metrics_render(bt_http_app *app);
+
+/* ---- App ------------------------------------------------------------------ */
+
+typedef struct bt__metrics_src {
+    bt_http_metrics_fn fn;
+    void *arg;
+} bt__metrics_src;
+
+struct bt_http_app {
+    bt__router router;
+    size_t max_header_bytes;
+    size_t max_body_bytes;
+    uint64_t read_timeout_ms;
+    uint64_t write_timeout_ms;
+    unsigned max_concurrent;
+    unsigned loops;
+    uint64_t shutdown_deadline_ms;
+    char *metrics_path;
+    bt__metrics_src *msrc;
+    size_t nmsrc;
+    bt_http_loop_init_fn init;
+    bt_http_loop_fini_fn fini;
+    void *hook_arg;
+
+    /* Shared by the servers of every loop. */
+    _Atomic unsigned servers;      /* servers alive: the app is frozen while > 0 */
+    _Atomic unsigned in_flight;    /* for max_concurrent */
+    _Atomic unsigned next_index;
+    pthread_mutex_t stats_lock;    /* guards stats list */
+    bt__http_stats *stats;
+
+    /* bt_http_app_run */
+    _Atomic bool running;
+    int stop_fd[2];                /* bt_http_app_stop writes here */
+};
+
+#endif

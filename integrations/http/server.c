@@ -1,0 +1,832 @@
+/* One HTTP server on one loop: evhttp in, handler futures out.
+ *
+ * DESIGN
+ * - evhttp parses a request and calls dispatch() on the loop thread. The
+ *   server copies what the handler may read (method, decoded path and
+ *   parameters, headers, body, peer) into a bt_http_req of its own, so
+ *   the request stays readable whatever happens to the connection, and
+ *   calls the handler, bracketed for the stall watchdog. The handler's
+ *   future is held until it settles; on_done() then sends the response.
+ * - Every request in flight is on the server's list, with the connection's
+ *   close callback pointing at it. A client that disconnects makes evhttp
+ *   detach the unanswered evhttp_request from the dying connection (it is
+ *   not freed: libevent leaves that to the reply) and call the close
+ *   callback, which cancels the handler's future; cancellation reaches the
+ *   query or upstream call the handler is waiting on. When that future
+ *   settles, evhttp_send_reply on the detached request only frees it.
+ *   The close callback is cleared before any reply is sent, so it never
+ *   outlives the request it points at.
+ * - Graceful shutdown: the listeners are closed, new requests on open
+ *   connections get 503 and "Connection: close", a timer cancels what is
+ *   still in flight at the deadline, and the shutdown future settles when
+ *   the list is empty.
+ * - The loop's closer (bt_loop_free with the server alive) and
+ *   bt_http_server_free detach every request (the handler's future is
+ *   cancelled; its callback then only frees the request) before evhttp_free
+ *   closes the connections, because evhttp_free frees the evhttp_requests
+ *   still attached to them.
+ * - read and write timeouts: libevent 2.1 has one timeout per connection,
+ *   so the write timeout is set on the connection just before a reply and
+ *   the read timeout is put back when the reply is done.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "http-internal.h"
+#include "response-internal.h"
+
+#define MAX_LISTENERS 8
+
+struct bt_http_server {
+    bt_loop *loop;
+    bt_http_app *app;
+    struct evhttp *http;
+    void *loop_data;
+    bt__http_stats *stats;
+    struct evhttp_bound_socket *listeners[MAX_LISTENERS];
+    size_t nlisteners;
+    int port;
+
+    bt_http_req *head;       /* requests in flight, doubly linked */
+    unsigned nflight;
+
+    bool shutting_down;
+    bool closed;                 /* evhttp freed: by the closer or free */
+    bt_future *shutdown_f;       /* the server's own reference */
+    bt_timer *deadline;
+    bt_timer *lag_timer;
+    uint64_t lag_last_ns;
+    struct timeval read_tv, write_tv;
+};
+
+typedef struct {
+    char *name;
+    char *value;
+} kv;
+
+struct bt_http_req {
+    bt_http_server *srv;         /* NULL once detached by close/free */
+    bt_loop *loop;
+    void *loop_data;
+    struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
+    bool disconnected;           /* the client went away; ev is gone */
+    struct event *watch;         /* notices the client closing, while in flight */
+    bt_future *fut;
+    bt_http_req *prev, *next;
+    uint64_t start_ns;
+
+    const char *method;
+    char *path;
+    char **segs;
+    size_t nsegs;
+    const char *pnames[BT__HTTP_MAX_PARAMS];
+    const char *pvalues[BT__HTTP_MAX_PARAMS];
+    size_t nparams;
+    char *raw_query;
+    struct evkeyvalq *query;     /* parsed on first use */
+    kv *headers;
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+    char peer[INET6_ADDRSTRLEN + 1];
+};
+
+static void unwatch_peer(bt_http_req *req);
+
+static const char *method_name(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "UNKNOWN";
+}
+
+static void ms_to_tv(uint64_t ms, struct timeval *tv)
+{
+    tv->tv_sec = (time_t)(ms / 1000);
+    tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
+}
+
+/* ---- Replies ------------------------------------------------------------- */
+
+static void restore_read_timeout(struct evhttp_request *ev, void *arg)
+{
+    bt_http_server *srv = arg;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    if (evcon)
+        evhttp_connection_set_timeout_tv(evcon, &srv->read_tv);
+}
+
+/* Send resp (taken) on ev. ev is answered (and freed by evhttp) after. */
+static void send_response(bt_http_server *srv, struct evhttp_request *ev, bt_http_reply *resp,
+                          uint64_t start_ns)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    if (evcon && timercmp(&srv->read_tv, &srv->write_tv, !=)) {
+        evhttp_connection_set_timeout_tv(evcon, &srv->write_tv);
+        evhttp_request_set_on_complete_cb(ev, restore_read_timeout, srv);
+    }
+    struct evkeyvalq *out = evhttp_request_get_output_headers(ev);
+    for (size_t i = 0; i < resp->nheaders; i++)
+        evhttp_add_header(out, resp->headers[i].name, resp->headers[i].value);
+    if (srv->shutting_down)
+        evhttp_add_header(out, "Connection", "close");
+    struct evbuffer *buf = evhttp_request_get_output_buffer(ev);
+    if (resp->len)
+        evbuffer_add(buf, resp->body, resp->len);
+    evhttp_send_reply(ev, resp->status, NULL, NULL);
+    bt__http_stats_observe(srv->stats, resp->status, bt_hrtime() - start_ns);
+}
+
+/* A small JSON answer the server makes itself: {"error": msg}. */
+static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int status,
+                        const char *msg, const char *allow, uint64_t start_ns)
+{
+    bt_http_reply *r = bt_http_reply_new(status);
+    json_t *j = json_pack("{s:s}", "error", msg);
+    if (!r || !j || bt_http_reply_set_json(r, j) != 0 ||
+        (allow && bt_http_reply_add_header(r, "Allow", allow) != 0) ||
+        (status == 503 && bt_http_reply_add_header(r, "Retry-After", "1") != 0)) {
+        /* Out of memory: still answer, with no body. */
+        bt_http_reply_free(r);
+        json_decref(j);
+        evhttp_send_reply(ev, status, NULL, NULL);
+        bt__http_stats_observe(srv->stats, status, bt_hrtime() - start_ns);
+        return;
+    }
+    json_decref(j);
+    send_response(srv, ev, r, start_ns);
+    bt_http_reply_free(r);
+}
+
+/* ---- Requests ------------------------------------------------------------- */
+
+static void request_free(bt_http_req *req)
+{
+    for (size_t i = 0; i < req->nsegs; i++)
+        bt_free(req->segs[i]);
+    bt_free(req->segs);
+    bt_free(req->path);
+    bt_free(req->raw_query);
+    if (req->query) {
+        evhttp_clear_headers(req->query);
+        bt_free(req->query);
+    }
+    for (size_t i = 0; i < req->nheaders; i++) {
+        bt_free(req->headers[i].name);
+        bt_free(req->headers[i].value);
+    }
+    bt_free(req->headers);
+    bt_free(req->body);
+    bt_future_unref(req->fut);
+    bt_free(req);
+}
+
+static void list_remove(bt_http_server *srv, bt_http_req *req)
+{
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        srv->head = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+    srv->nflight--;
+    atomic_fetch_sub_explicit(&srv->app->in_flight, 1, memory_order_relaxed);
+    atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
+}
+
+static void maybe_shutdown_done(bt_http_server *srv)
+{
+    if (srv->shutting_down && srv->nflight == 0 && srv->shutdown_f &&
+        !bt_future_is_settled(srv->shutdown_f)) {
+        bt_timer_stop(srv->deadline);
+        bt_future_set_value(srv->shutdown_f, NULL, NULL);
+    }
+}
+
+/* The handler's future settled: answer, account, free. */
+static void on_done(bt_future *f, void *arg)
+{
+    bt_http_req *req = arg;
+    bt_http_server *srv = req->srv;
+    if (!srv) { /* detached by free or the loop's closer: nobody to answer */
+        bt_future_error(f);
+        request_free(req);
+        return;
+    }
+    list_remove(srv, req);
+    bt_future_state st = bt_future_get_state(f);
+    bt_http_reply *resp = NULL;
+    if (st == BT_FUTURE_VALUE) {
+        resp = bt_future_take_value(f);
+        if (!resp)
+            bt_log(BT_LOG_ERROR, "http: %s %s: the handler's future has no response",
+                   req->method, req->path);
+    } else if (st == BT_FUTURE_ERROR) {
+        int code = bt_future_error(f);
+        bt_log(BT_LOG_ERROR, "http: %s %s: handler failed: %s (%s)", req->method, req->path,
+               bt_future_error_message(f), bt_err_name(code));
+    } else {
+        bt_future_error(f);
+        atomic_fetch_add_explicit(&srv->stats->cancelled, 1, memory_order_relaxed);
+    }
+    unwatch_peer(req);
+    if (req->disconnected) {
+        /* The client is gone, and its evhttp_request with it. Counted as
+         * 499, nginx's name for it. */
+        bt__http_stats_observe(srv->stats, 499, bt_hrtime() - req->start_ns);
+    } else if (resp) {
+        send_response(srv, req->ev, resp, req->start_ns);
+    } else if (st == BT_FUTURE_CANCELLED) {
+        send_simple(srv, req->ev, 503, "service unavailable", NULL, req->start_ns);
+    } else {
+        send_simple(srv, req->ev, 500, "internal server error", NULL, req->start_ns);
+    }
+    bt_http_reply_free(resp);
+    req->ev = NULL;
+    request_free(req);
+    maybe_shutdown_done(srv);
+}
+
+/* The client closed its side while its handler runs. evhttp does not
+ * read from a connection whose request is being handled, so it would only
+ * notice when the reply fails; the server watches the socket itself
+ * (EV_CLOSED, epoll's EPOLLRDHUP, where the backend has it; otherwise a
+ * readable socket and a peek that reads 0 bytes). The connection is freed,
+ * which frees the unanswered evhttp_request, and the handler's future is
+ * cancelled, which reaches the query or upstream call it waits on. */
+static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
+{
+    bt_http_req *req = arg;
+    if (!(what & EV_CLOSED)) {
+        char c;
+        ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0)
+            return; /* a pipelined request, not a close: stop watching */
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            event_add(req->watch, NULL);
+            return;
+        }
+    }
+    event_free(req->watch);
+    req->watch = NULL;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
+    req->disconnected = true;
+    req->ev = NULL;
+    if (evcon)
+        evhttp_connection_free(evcon);
+    bt_future_cancel(req->fut);
+}
+
+static void watch_peer(bt_http_server *srv, bt_http_req *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    struct event_base *base = bt_loop_base(srv->loop);
+    short what = (event_base_get_features(base) & EV_FEATURE_EARLY_CLOSE) ? EV_CLOSED : EV_READ;
+    req->watch = event_new(base, fd, what, on_peer_closed, req);
+    if (req->watch)
+        event_add(req->watch, NULL); /* without it, a disconnect is noticed at the reply */
+}
+
+static void unwatch_peer(bt_http_req *req)
+{
+    if (req->watch) {
+        event_free(req->watch);
+        req->watch = NULL;
+    }
+}
+
+/* Split the raw path into percent-decoded segments. Returns 0, BT_EINVAL
+ * (a segment decodes to a NUL byte, or the path is not absolute),
+ * BT_ENOMEM. */
+static int split_path(bt_http_req *req, const char *raw)
+{
+    if (!raw || !*raw)
+        raw = "/";
+    if (raw[0] != '/')
+        return BT_EINVAL;
+    size_t n = 0;
+    for (const char *p = raw; *p; p++)
+        if (*p == '/')
+            n++;
+    if (strcmp(raw, "/") == 0)
+        n = 0;
+    req->segs = bt_calloc(n ? n : 1, sizeof *req->segs);
+    size_t plen = 0;
+    if (!req->segs)
+        return BT_ENOMEM;
+    const char *p = raw + 1;
+    for (size_t i = 0; i < n; i++) {
+        const char *end = strchr(p, '/');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char *tmp = bt_malloc(len + 1);
+        if (!tmp)
+            return BT_ENOMEM;
+        memcpy(tmp, p, len);
+        tmp[len] = '\0';
+        size_t dlen = 0;
+        char *dec = evhttp_uridecode(tmp, 0, &dlen);
+        bt_free(tmp);
+        if (!dec)
+            return BT_ENOMEM;
+        if (strlen(dec) != dlen) {
+            free(dec);
+            return BT_EINVAL;
+        }
+        req->segs[i] = bt_strdup(dec);
+        free(dec); /* evhttp_uridecode allocates with libevent's mm, malloc */
+        if (!req->segs[i])
+            return BT_ENOMEM;
+        req->nsegs = i + 1;
+        plen += dlen + 1;
+        p = end ? end + 1 : p + len;
+    }
+    req->path = bt_malloc(plen + 2);
+    if (!req->path)
+        return BT_ENOMEM;
+    char *w = req->path;
+    if (n == 0)
+        *w++ = '/';
+    for (size_t i = 0; i < n; i++)
+        w += sprintf(w, "/%s", req->segs[i]);
+    *w = '\0';
+    return 0;
+}
+
+static int copy_request(bt_http_req *req, struct evhttp_request *ev)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
+    size_t n = 0;
+    struct evkeyval *h;
+    TAILQ_FOREACH(h, in, next)
+        n++;
+    if (n) {
+        req->headers = bt_calloc(n, sizeof *req->headers);
+        if (!req->headers)
+            return BT_ENOMEM;
+        TAILQ_FOREACH(h, in, next) {
+            kv *k = &req->headers[req->nheaders++];
+            k->name = bt_strdup(h->key);
+            k->value = bt_strdup(h->value);
+            if (!k->name || !k->value)
+                return BT_ENOMEM;
+        }
+    }
+    struct evbuffer *body = evhttp_request_get_input_buffer(ev);
+    size_t len = evbuffer_get_length(body);
+    if (len) {
+        req->body = bt_malloc(len + 1);
+        if (!req->body)
+            return BT_ENOMEM;
+        evbuffer_copyout(body, req->body, len);
+        req->body[len] = '\0';
+        req->body_len = len;
+    }
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(ev));
+    if (q && !(req->raw_query = bt_strdup(q)))
+        return BT_ENOMEM;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (evcon)
+        evhttp_connection_get_peer(evcon, &addr, &port);
+    snprintf(req->peer, sizeof req->peer, "%s", addr ? addr : "");
+    return 0;
+}
+
+static void dispatch(struct evhttp_request *ev, void *arg)
+{
+    bt_http_server *srv = arg;
+    bt_http_app *app = srv->app;
+    uint64_t t0 = bt_hrtime();
+    const char *method = method_name(evhttp_request_get_command(ev));
+    if (srv->shutting_down) {
+        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
+        return;
+    }
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
+    const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+    if (app->metrics_path && raw_path && strcmp(raw_path, app->metrics_path) == 0 &&
+        (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
+        char *text = bt__http_metrics_render(app);
+        bt_http_reply *r = bt_http_reply_new(text ? 200 : 500);
+        if (r && text)
+            bt_http_reply_set_body(r, "text/plain; version=0.0.4", text, strlen(text));
+        bt_free(text);
+        if (r)
+            send_response(srv, ev, r, t0);
+        else
+            evhttp_send_reply(ev, 500, NULL, NULL);
+        bt_http_reply_free(r);
+        return;
+    }
+
+    bt_http_req *req = bt_calloc(1, sizeof *req);
+    if (!req) {
+        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
+        return;
+    }
+    req->method = method;
+    req->loop = srv->loop;
+    req->loop_data = srv->loop_data;
+    req->start_ns = t0;
+    int rc = split_path(req, raw_path);
+    if (rc == BT_EINVAL) {
+        request_free(req);
+        send_simple(srv, ev, 400, "bad request", NULL, t0);
+        return;
+    }
+    bt__match m;
+    if (rc == 0)
+        rc = bt__router_match(&app->router, method, req->segs, req->nsegs, &m);
+    if (rc == 0 && !m.route) {
+        if (m.path_matched)
+            send_simple(srv, ev, 405, "method not allowed", m.allow, t0);
+        else
+            send_simple(srv, ev, 404, "not found", NULL, t0);
+        bt_free(m.allow);
+        request_free(req);
+        return;
+    }
+    if (rc == 0)
+        rc = copy_request(req, ev);
+    if (rc != 0) {
+        request_free(req);
+        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
+        return;
+    }
+    unsigned now = atomic_fetch_add_explicit(&app->in_flight, 1, memory_order_relaxed);
+    if (now >= app->max_concurrent) {
+        atomic_fetch_sub_explicit(&app->in_flight, 1, memory_order_relaxed);
+        request_free(req);
+        send_simple(srv, ev, 503, "too many requests in flight", NULL, t0);
+        return;
+    }
+    for (size_t i = 0; i < m.nparams; i++) {
+        req->pnames[i] = m.names[i];
+        req->pvalues[i] = m.values[i];
+    }
+    req->nparams = m.nparams;
+    req->ev = ev;
+    req->srv = srv;
+    req->next = srv->head;
+    if (srv->head)
+        srv->head->prev = req;
+    srv->head = req;
+    srv->nflight++;
+    atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
+
+    bt_loop_enter_cb(srv->loop, (const void *)m.route->handler);
+    bt_future *f = m.route->handler(req, m.route->arg);
+    bt_loop_leave_cb(srv->loop);
+    if (!f) {
+        bt_log(BT_LOG_ERROR, "http: %s %s: handler returned no future", req->method, req->path);
+        f = bt_future_new_error(srv->loop, BT_ENOMEM, "handler returned NULL");
+        if (!f) {
+            list_remove(srv, req);
+            request_free(req);
+            send_simple(srv, ev, 500, "internal server error", NULL, t0);
+            return;
+        }
+        bt_future_error(f); /* logged above */
+    }
+    req->fut = f;
+    if (bt_future_add_callback(f, on_done, req) != 0) {
+        /* Out of memory: answer now and drop the handler's work. */
+        list_remove(srv, req);
+        bt_future_cancel(f);
+        bt_future_error(f);
+        request_free(req);
+        send_simple(srv, ev, 500, "internal server error", NULL, t0);
+        return;
+    }
+    if (!bt_future_is_settled(f))
+        watch_peer(srv, req);
+}
+
+/* ---- Life ------------------------------------------------------------------ */
+
+static void close_listeners(bt_http_server *srv)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        evhttp_del_accept_socket(srv->http, srv->listeners[i]);
+    srv->nlisteners = 0;
+}
+
+/* Detach every request, cancel its handler, close every connection. */
+static void server_close(bt_http_server *srv)
+{
+    if (srv->closed)
+        return;
+    srv->closed = true;
+    srv->shutting_down = true;
+    bt_http_req *req = srv->head;
+    while (req) {
+        bt_http_req *next = req->next;
+        unwatch_peer(req);
+        req->ev = NULL; /* evhttp_free frees it with its connection */
+        req->srv = NULL;
+        list_remove(srv, req);
+        atomic_fetch_add_explicit(&srv->stats->cancelled, 1, memory_order_relaxed);
+        bt_future_cancel(req->fut);
+        req = next;
+    }
+    srv->head = NULL;
+    close_listeners(srv);
+    evhttp_free(srv->http);
+    srv->http = NULL;
+    bt_timer_free(srv->deadline);
+    srv->deadline = NULL;
+    bt_timer_free(srv->lag_timer);
+    srv->lag_timer = NULL;
+    if (srv->shutdown_f) {
+        bt_future_set_value(srv->shutdown_f, NULL, NULL);
+        bt_future_unref(srv->shutdown_f);
+        srv->shutdown_f = NULL;
+    }
+}
+
+static void on_loop_close(void *arg) { server_close(arg); }
+
+static void on_lag_timer(bt_timer *t, void *arg)
+{
+    bt_http_server *srv = arg;
+    (void)t;
+    uint64_t now = bt_hrtime();
+    uint64_t expect = srv->lag_last_ns + 250 * 1000000ull;
+    uint64_t lag_us = now > expect ? (now - expect) / 1000 : 0;
+    srv->lag_last_ns = now;
+    atomic_store_explicit(&srv->stats->lag_us, lag_us, memory_order_relaxed);
+    if (lag_us > atomic_load_explicit(&srv->stats->lag_max_us, memory_order_relaxed))
+        atomic_store_explicit(&srv->stats->lag_max_us, lag_us, memory_order_relaxed);
+    bt_loop_stats ls;
+    if (bt_loop_get_stats(srv->loop, &ls) == 0)
+        atomic_store_explicit(&srv->stats->pending, ls.pending, memory_order_relaxed);
+}
+
+static void on_deadline(bt_timer *t, void *arg)
+{
+    bt_http_server *srv = arg;
+    (void)t;
+    for (bt_http_req *req = srv->head; req; req = req->next)
+        bt_future_cancel(req->fut); /* on_done answers 503 */
+}
+
+bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
+{
+    if (!loop || !app)
+        return NULL;
+    bt_http_server *srv = bt_calloc(1, sizeof *srv);
+    if (!srv)
+        return NULL;
+    srv->loop = loop;
+    srv->app = app;
+    srv->port = BT_EINVAL;
+    ms_to_tv(app->read_timeout_ms, &srv->read_tv);
+    ms_to_tv(app->write_timeout_ms, &srv->write_tv);
+    srv->stats = bt_calloc(1, sizeof *srv->stats);
+    srv->http = evhttp_new(bt_loop_base(loop));
+    srv->deadline = bt_timer_new(loop, on_deadline, srv);
+    if (!srv->stats || !srv->http || !srv->deadline)
+        goto fail;
+    if (app->metrics_path) {
+        srv->lag_timer = bt_timer_new(loop, on_lag_timer, srv);
+        if (!srv->lag_timer)
+            goto fail;
+    }
+    evhttp_set_gencb(srv->http, dispatch, srv);
+    evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_max_headers_size(srv->http, (ev_ssize_t)app->max_header_bytes);
+    evhttp_set_max_body_size(srv->http, (ev_ssize_t)app->max_body_bytes);
+    evhttp_set_timeout_tv(srv->http, &srv->read_tv);
+    if (bt_loop_add_closer(loop, on_loop_close, srv) != 0)
+        goto fail;
+    if (app->init) {
+        int rc = app->init(loop, app->hook_arg, &srv->loop_data);
+        if (rc != 0) {
+            bt_log(BT_LOG_ERROR, "http: the app's loop init hook failed: %s", bt_strerror(rc));
+            bt_loop_remove_closer(loop, on_loop_close, srv);
+            goto fail;
+        }
+    }
+    srv->stats->loop_index = atomic_fetch_add(&app->next_index, 1);
+    pthread_mutex_lock(&app->stats_lock);
+    srv->stats->next = app->stats;
+    app->stats = srv->stats;
+    pthread_mutex_unlock(&app->stats_lock);
+    atomic_fetch_add(&app->servers, 1);
+    if (srv->lag_timer) {
+        srv->lag_last_ns = bt_hrtime();
+        bt_timer_start(srv->lag_timer, 250, 250);
+    }
+    return srv;
+fail:
+    if (srv->http)
+        evhttp_free(srv->http);
+    bt_timer_free(srv->deadline);
+    bt_timer_free(srv->lag_timer);
+    bt_free(srv->stats);
+    bt_free(srv);
+    return NULL;
+}
+
+int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
+{
+    if (!srv || !host || port < 0 || port > 65535 || srv->closed)
+        return BT_EINVAL;
+    if (srv->nlisteners == MAX_LISTENERS || srv->shutting_down)
+        return BT_EBUSY;
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int gai = getaddrinfo(host, portstr, &hints, &res);
+    if (gai != 0)
+        return gai == EAI_MEMORY ? BT_ENOMEM : BT_EINVAL;
+    int rc = BT_EINVAL;
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            rc = -errno;
+            continue;
+        }
+        int one = 1;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+            bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+            rc = -errno;
+            close(fd);
+            fd = -1;
+            continue;
+        }
+        rc = 0;
+        break;
+    }
+    freeaddrinfo(res);
+    if (rc != 0)
+        return rc;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int bound = -1;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(srv->http, fd);
+    if (!bs) {
+        close(fd);
+        return BT_ENOMEM;
+    }
+    srv->listeners[srv->nlisteners++] = bs;
+    if (srv->port < 0)
+        srv->port = bound;
+    return 0;
+}
+
+int bt_http_server_port(const bt_http_server *srv) { return srv ? srv->port : BT_EINVAL; }
+
+unsigned bt_http_server_in_flight(const bt_http_server *srv) { return srv ? srv->nflight : 0; }
+
+bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms)
+{
+    if (!srv)
+        return NULL;
+    if (srv->closed)
+        return bt_future_new_value(srv->loop, NULL, NULL);
+    if (srv->shutdown_f)
+        return bt_future_ref(srv->shutdown_f);
+    srv->shutdown_f = bt_future_new(srv->loop);
+    if (!srv->shutdown_f)
+        return NULL;
+    srv->shutting_down = true;
+    close_listeners(srv);
+    if (srv->nflight == 0)
+        bt_future_set_value(srv->shutdown_f, NULL, NULL);
+    else
+        bt_timer_start(srv->deadline, deadline_ms, 0);
+    return bt_future_ref(srv->shutdown_f);
+}
+
+void bt_http_server_free(bt_http_server *srv)
+{
+    if (!srv)
+        return;
+    bool loop_alive = !srv->closed;
+    if (loop_alive) {
+        server_close(srv);
+        bt_loop_remove_closer(srv->loop, on_loop_close, srv);
+    }
+    bt_http_app *app = srv->app;
+    if (app->fini)
+        app->fini(loop_alive ? srv->loop : NULL, srv->loop_data, app->hook_arg);
+    pthread_mutex_lock(&app->stats_lock);
+    for (bt__http_stats **pp = &app->stats; *pp; pp = &(*pp)->next) {
+        if (*pp == srv->stats) {
+            *pp = srv->stats->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&app->stats_lock);
+    atomic_fetch_sub(&app->servers, 1);
+    bt_free(srv->stats);
+    bt_free(srv);
+}
+
+/* ---- Request accessors ------------------------------------------------------ */
+
+const char *bt_http_req_method(const bt_http_req *req) { return req ? req->method : NULL; }
+const char *bt_http_req_path(const bt_http_req *req) { return req ? req->path : NULL; }
+
+const char *bt_http_req_param(const bt_http_req *req, const char *name)
+{
+    if (!req || !name)
+        return NULL;
+    for (size_t i = 0; i < req->nparams; i++)
+        if (strcmp(req->pnames[i], name) == 0)
+            return req->pvalues[i];
+    return NULL;
+}
+
+const char *bt_http_req_query(const bt_http_req *req, const char *name)
+{
+    if (!req || !name || !req->raw_query)
+        return NULL;
+    bt_http_req *r = (bt_http_req *)req; /* the parse is a cache */
+    if (!r->query) {
+        r->query = bt_calloc(1, sizeof *r->query);
+        if (!r->query)
+            return NULL;
+        TAILQ_INIT(r->query);
+        if (evhttp_parse_query_str(r->raw_query, r->query) != 0) {
+            evhttp_clear_headers(r->query);
+            TAILQ_INIT(r->query);
+        }
+    }
+    struct evkeyval *h;
+    TAILQ_FOREACH(h, r->query, next)
+        if (strcmp(h->key, name) == 0)
+            return h->value;
+    return NULL;
+}
+
+const char *bt_http_req_header(const bt_http_req *req, const char *name)
+{
+    if (!req || !name)
+        return NULL;
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+const void *bt_http_req_body(const bt_http_req *req, size_t *len)
+{
+    if (len)
+        *len = req ? req->body_len : 0;
+    return req ? req->body : NULL;
+}
+
+json_t *bt_http_req_json(const bt_http_req *req)
+{
+    if (!req || !req->body_len)
+        return NULL;
+    return json_loadb(req->body, req->body_len, 0, NULL);
+}
+
+const char *bt_http_req_peer(const bt_http_req *req) { return req ? req->peer : NULL; }
+bt_loop *bt_http_req_loop(const bt_http_req *req) { return req ? req->loop : NULL; }
+void *bt_http_req_loop_data(const bt_http_req *req) { return req ? req->loop_data : NULL; }

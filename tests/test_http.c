@@ -1,0 +1,832 @@
+/* The HTTP server (libbaton-http) against real clients on 127.0.0.1:
+ * curl's command line and raw sockets, run from a client thread while the
+ * test's loop serves. Routing, parameters, every error status, limits, a
+ * disconnecting client cancelling its handler, graceful shutdown with
+ * requests in flight, the loop's closer, metrics, bt_http_app_run with
+ * several loops and SIGTERM, and the API's refusals. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <baton/http.h>
+
+#include "harness.h"
+
+static bt_loop *loop;
+static bt_http_app *app;
+static bt_http_server *srv;
+static int port;
+
+static _Atomic int handler_calls;
+static _Atomic int hook_calls;
+
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    app = bt_http_app_new();
+    ck_assert_ptr_nonnull(app);
+    atomic_store(&handler_calls, 0);
+    atomic_store(&hook_calls, 0);
+    srv = NULL;
+}
+
+static void teardown(void)
+{
+    bt_http_server_free(srv);
+    bt_test_loop_free_clean(loop);
+    bt_http_app_free(app);
+}
+
+static void start_server(void)
+{
+    srv = bt_http_server_new(loop, app);
+    ck_assert_ptr_nonnull(srv);
+    ck_assert_int_eq(bt_http_server_listen(srv, "127.0.0.1", 0), 0);
+    port = bt_http_server_port(srv);
+    ck_assert_int_gt(port, 0);
+}
+
+/* ---- Clients (run on the client thread) ---------------------------------- */
+
+typedef struct {
+    int status;
+    char head[4096];
+    char body[8192];
+    size_t body_len;
+    int err;       /* errno of a failed connect */
+} result;
+
+static int connect_to(int p)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static void send_all(int fd, const char *data, size_t len)
+{
+    while (len) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return;
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Read one response (Connection: close, or Content-Length) into r. */
+static void read_response(int fd, result *r)
+{
+    static __thread char buf[65536];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end) {
+            char *cl = strcasestr(buf, "\r\nContent-Length:");
+            size_t want = cl && cl < end ? (size_t)atol(cl + 17) : (size_t)-1;
+            if (want != (size_t)-1 && len - (size_t)(end + 4 - buf) >= want)
+                break;
+        }
+    }
+    buf[len] = '\0';
+    r->status = 0;
+    sscanf(buf, "HTTP/1.%*d %d", &r->status);
+    char *end = strstr(buf, "\r\n\r\n");
+    if (end) {
+        size_t hl = (size_t)(end - buf);
+        if (hl >= sizeof r->head)
+            hl = sizeof r->head - 1;
+        memcpy(r->head, buf, hl);
+        r->head[hl] = '\0';
+        r->body_len = len - (size_t)(end + 4 - buf);
+        if (r->body_len >= sizeof r->body)
+            r->body_len = sizeof r->body - 1;
+        memcpy(r->body, end + 4, r->body_len);
+        r->body[r->body_len] = '\0';
+    }
+}
+
+static void raw(int p, const char *req, result *r)
+{
+    memset(r, 0, sizeof *r);
+    int fd = connect_to(p);
+    if (fd < 0) {
+        r->err = -fd;
+        return;
+    }
+    send_all(fd, req, strlen(req));
+    read_response(fd, r);
+    close(fd);
+}
+
+/* curl's command line: status and body of one request. extra is inserted
+ * as is (shell words). */
+static void curl_cli(const char *extra, const char *path, result *r)
+{
+    memset(r, 0, sizeof *r);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "curl -s -S --max-time 10 -o - -w '\\n%%{http_code}' %s 'http://127.0.0.1:%d%s'",
+             extra, port, path);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return;
+    r->body_len = fread(r->body, 1, sizeof r->body - 1, p);
+    pclose(p);
+    r->body[r->body_len] = '\0';
+    char *nl = strrchr(r->body, '\n');
+    if (nl) {
+        r->status = atoi(nl + 1);
+        *nl = '\0';
+        r->body_len = (size_t)(nl - r->body);
+    }
+}
+
+/* Run fn(arg) on a client thread while the loop serves; the loop stops
+ * when fn returns. */
+typedef void (*client_fn)(void *arg);
+typedef struct {
+    client_fn fn;
+    void *arg;
+} client;
+
+static void stop_loop(void *arg) { bt_loop_stop(arg); }
+
+static void *client_main(void *p)
+{
+    client *c = p;
+    c->fn(c->arg);
+    bt_loop_post(loop, stop_loop, loop);
+    return NULL;
+}
+
+static void hang_guard(bt_timer *t, void *arg) { ck_abort_msg("the client thread hung"); }
+
+static void with_client(client_fn fn, void *arg)
+{
+    client c = {fn, arg};
+    pthread_t th;
+    bt_timer *guard = bt_timer_new(loop, hang_guard, NULL);
+    bt_timer_start(guard, 25000, 0);
+    ck_assert_int_eq(pthread_create(&th, NULL, client_main, &c), 0);
+    bt_loop_run(loop);
+    pthread_join(th, NULL);
+    bt_timer_free(guard);
+}
+
+static void wait_for(_Atomic int *counter, int n)
+{
+    for (int i = 0; i < 2000 && atomic_load(counter) < n; i++)
+        usleep(5000);
+}
+
+/* ---- Handlers --------------------------------------------------------------- */
+
+static bt_future *h_hello(bt_http_req *req, void *arg)
+{
+    atomic_fetch_add(&handler_calls, 1);
+    return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "hello", 5);
+}
+
+static bt_future *h_user(bt_http_req *req, void *arg)
+{
+    const char *v = bt_http_req_query(req, "verbose");
+    const char *x = bt_http_req_header(req, "x-test");
+    return bt_http_respond_json(bt_http_req_loop(req), 200,
+                                json_pack("{s:s, s:s?, s:s?, s:s}", "id",
+                                          bt_http_req_param(req, "id"), "verbose", v, "x", x,
+                                          "path", bt_http_req_path(req)));
+}
+
+static bt_future *h_me(bt_http_req *req, void *arg)
+{
+    return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "me", 2);
+}
+
+static bt_future *h_two(bt_http_req *req, void *arg)
+{
+    return bt_http_respond_json(bt_http_req_loop(req), 200,
+                                json_pack("{s:s, s:s}", "a", bt_http_req_param(req, "a"), "b",
+                                          bt_http_req_param(req, "b")));
+}
+
+static bt_future *h_echo(bt_http_req *req, void *arg)
+{
+    json_t *in = bt_http_req_json(req);
+    if (!in)
+        return bt_http_respond_error(bt_http_req_loop(req), 400, "body must be JSON");
+    json_t *out = json_pack("{s:O, s:s}", "got", in, "method", bt_http_req_method(req));
+    json_decref(in);
+    bt_http_reply *r = bt_http_reply_new(201);
+    bt_http_reply_set_json(r, out);
+    bt_http_reply_add_header(r, "X-Echo", "yes");
+    json_decref(out);
+    return bt_http_reply_future(bt_http_req_loop(req), r);
+}
+
+static bt_future *h_fail(bt_http_req *req, void *arg)
+{
+    return bt_future_new_error(bt_http_req_loop(req), BT_EIO, "password=hunter2 leaked?");
+}
+
+static bt_future *h_null(bt_http_req *req, void *arg) { return NULL; }
+
+static bt_future *h_novalue(bt_http_req *req, void *arg)
+{
+    return bt_future_new_value(bt_http_req_loop(req), NULL, NULL);
+}
+
+/* A handler whose future stays pending until cancelled or released. */
+#define MAX_HELD 8
+static bt_future *held[MAX_HELD];
+static int nheld;
+
+static void held_hook(bt_future *f, void *arg)
+{
+    atomic_fetch_add(&hook_calls, 1);
+    bt_future_set_cancelled(f);
+}
+
+static bt_future *h_hold(bt_http_req *req, void *arg)
+{
+    bt_future *f = bt_future_new(bt_http_req_loop(req));
+    bt_future_on_cancel(f, held_hook, NULL);
+    if (nheld < MAX_HELD)
+        held[nheld++] = bt_future_ref(f);
+    atomic_fetch_add(&handler_calls, 1);
+    return f;
+}
+
+static void release_held(void *arg)
+{
+    for (int i = 0; i < nheld; i++) {
+        if (!bt_future_is_settled(held[i]))
+            bt_future_set_value(held[i], bt_http_reply_new(200), bt_http_reply_free);
+        bt_future_unref(held[i]);
+    }
+    nheld = 0;
+}
+
+static void drop_held(void)
+{
+    for (int i = 0; i < nheld; i++)
+        bt_future_unref(held[i]);
+    nheld = 0;
+}
+
+static bt_future *to_ok(bt_future *src, void *arg)
+{
+    return bt_http_respond(bt_future_loop(src), 200, "text/plain", "slow", 4);
+}
+
+static bt_future *h_slow(bt_http_req *req, void *arg)
+{
+    atomic_fetch_add(&handler_calls, 1);
+    bt_future *s = bt_sleep(bt_http_req_loop(req), 300);
+    bt_future *f = bt_future_then(s, to_ok, NULL);
+    bt_future_unref(s);
+    return f;
+}
+
+/* ---- Routing and parameters ----------------------------------------------------- */
+
+static result rs[16];
+
+static void routing_client(void *arg)
+{
+    curl_cli("", "/hello", &rs[0]);
+    curl_cli("-H 'X-Test: abc'", "/user/42?verbose=yes%20please&other=1", &rs[1]);
+    curl_cli("", "/user/me", &rs[2]);
+    curl_cli("", "/user/caf%C3%A9", &rs[3]);
+    curl_cli("-X POST -H 'Content-Type: application/json' -d '{\"n\":1}'", "/echo", &rs[4]);
+    curl_cli("", "/nope", &rs[5]);
+    curl_cli("-X DELETE -i", "/hello", &rs[6]);
+    curl_cli("-I", "/hello", &rs[7]);
+    curl_cli("", "/user/", &rs[8]);
+    curl_cli("", "/files/x%2Fy/to/b", &rs[9]);
+    curl_cli("-X POST -d 'not json'", "/echo", &rs[10]);
+    raw(port, "GET /user/%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &rs[11]);
+}
+
+START_TEST(routing_and_params)
+{
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/hello", h_hello, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{id}", h_user, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/me", h_me, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "POST", "/echo", h_echo, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/files/{a}/to/{b}", h_two, NULL), 0);
+    start_server();
+    with_client(routing_client, NULL);
+
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_str_eq(rs[0].body, "hello");
+    ck_assert_int_eq(rs[1].status, 200);
+    json_t *j = json_loads(rs[1].body, 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "42");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "verbose")), "yes please");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "x")), "abc");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "path")), "/user/42");
+    json_decref(j);
+    ck_assert_int_eq(rs[2].status, 200); /* the literal beats {id} */
+    ck_assert_str_eq(rs[2].body, "me");
+    ck_assert_int_eq(rs[3].status, 200);
+    ck_assert_ptr_nonnull(strstr(rs[3].body, "\"id\":\"caf\xc3\xa9\""));
+    ck_assert_int_eq(rs[4].status, 201);
+    ck_assert_str_eq(rs[4].body, "{\"got\":{\"n\":1},\"method\":\"POST\"}");
+    ck_assert_int_eq(rs[5].status, 404);
+    ck_assert_str_eq(rs[5].body, "{\"error\":\"not found\"}");
+    ck_assert_int_eq(rs[6].status, 405);
+    ck_assert_ptr_nonnull(strstr(rs[6].body, "Allow: GET, HEAD"));
+    ck_assert_int_eq(rs[7].status, 200); /* HEAD answered by the GET route */
+    ck_assert_ptr_null(strstr(rs[7].body, "hello"));
+    ck_assert_int_eq(rs[8].status, 404);
+    ck_assert_int_eq(rs[9].status, 200); /* %2F stays inside its segment */
+    ck_assert_str_eq(rs[9].body, "{\"a\":\"x/y\",\"b\":\"b\"}");
+    ck_assert_int_eq(rs[10].status, 400);
+    ck_assert_int_eq(rs[11].status, 400); /* a NUL byte in a path segment */
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+}
+END_TEST
+
+/* ---- Handler failures ---------------------------------------------------------- */
+
+static void fail_client(void *arg)
+{
+    curl_cli("", "/fail", &rs[0]);
+    curl_cli("", "/null", &rs[1]);
+    curl_cli("", "/novalue", &rs[2]);
+    curl_cli("", "/hello", &rs[3]); /* the server still serves */
+}
+
+START_TEST(failing_handler_gives_500)
+{
+    bt_test_log_capture();
+    bt_http_app_route(app, "GET", "/fail", h_fail, NULL);
+    bt_http_app_route(app, "GET", "/null", h_null, NULL);
+    bt_http_app_route(app, "GET", "/novalue", h_novalue, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    start_server();
+    with_client(fail_client, NULL);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(rs[i].status, 500);
+        ck_assert_str_eq(rs[i].body, "{\"error\":\"internal server error\"}");
+    }
+    ck_assert_int_eq(rs[3].status, 200);
+    /* The details are logged, with the route, and never sent. */
+    ck_assert(bt_test_log_contains("GET /fail: handler failed: password=hunter2 leaked? (BT_EIO)"));
+    ck_assert(bt_test_log_contains("GET /null: handler returned no future"));
+    ck_assert(bt_test_log_contains("GET /novalue: the handler's future has no response"));
+}
+END_TEST
+
+/* ---- Limits --------------------------------------------------------------------- */
+
+static void limits_client(void *arg)
+{
+    char big[4096];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    char req[8192];
+    snprintf(req, sizeof req,
+             "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(big), big);
+    raw(port, req, &rs[0]);
+    snprintf(req, sizeof req, "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\nConnection: close\r\n\r\n",
+             big);
+    raw(port, req, &rs[1]);
+    raw(port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &rs[2]);
+
+    /* A client that sends half a request is disconnected at the read
+     * timeout. */
+    int fd = connect_to(port);
+    send_all(fd, "GET /hello HTTP/1.1\r\n", 21);
+    char c;
+    ssize_t n = recv(fd, &c, 1, 0);
+    rs[3].status = n == 0 || (n < 0 && errno == ECONNRESET) ? 1 : 0;
+    close(fd);
+}
+
+START_TEST(limits_sizes_and_timeout)
+{
+    bt_http_app_route(app, "POST", "/echo", h_echo, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    ck_assert_int_eq(bt_http_app_set_max_body_bytes(app, 1024), 0);
+    ck_assert_int_eq(bt_http_app_set_max_header_bytes(app, 2048), 0);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 300, 1000), 0);
+    start_server();
+    with_client(limits_client, NULL);
+    ck_assert_int_eq(rs[0].status, 413);
+    ck_assert_msg(rs[1].status == 413 || rs[1].status == 431 || rs[1].status == 400,
+                  "oversized headers gave %d", rs[1].status);
+    ck_assert_int_eq(rs[2].status, 200);
+    ck_assert_int_eq(rs[3].status, 1);
+    ck_assert_int_eq(atomic_load(&handler_calls), 1); /* only the good one */
+}
+END_TEST
+
+static int cap_fds[2];
+
+static void cap_client(void *arg)
+{
+    const char *req = "GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for (int i = 0; i < 2; i++) {
+        cap_fds[i] = connect_to(port);
+        send_all(cap_fds[i], req, strlen(req));
+    }
+    wait_for(&handler_calls, 2);
+    raw(port, req, &rs[0]); /* the third: over the cap */
+    bt_loop_post(loop, release_held, NULL);
+    for (int i = 0; i < 2; i++) {
+        read_response(cap_fds[i], &rs[1 + i]);
+        close(cap_fds[i]);
+    }
+}
+
+START_TEST(limits_concurrent_cap)
+{
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    ck_assert_int_eq(bt_http_app_set_max_concurrent(app, 2), 0);
+    start_server();
+    with_client(cap_client, NULL);
+    ck_assert_int_eq(rs[0].status, 503);
+    ck_assert_ptr_nonnull(strstr(rs[0].head, "Retry-After: 1"));
+    ck_assert_int_eq(rs[1].status, 200);
+    ck_assert_int_eq(rs[2].status, 200);
+    ck_assert_int_eq(atomic_load(&handler_calls), 2);
+    drop_held();
+}
+END_TEST
+
+/* ---- A disconnecting client cancels its handler ---------------------------------- */
+
+static void disconnect_client(void *arg)
+{
+    int fd = connect_to(port);
+    const char *req = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    wait_for(&handler_calls, 1);
+    close(fd);
+    wait_for(&hook_calls, 1);
+    raw(port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &rs[0]);
+}
+
+START_TEST(disconnect_cancels_handler)
+{
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    start_server();
+    with_client(disconnect_client, NULL);
+    ck_assert_int_eq(atomic_load(&hook_calls), 1);
+    ck_assert_int_eq(bt_future_get_state(held[0]), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+    drop_held();
+}
+END_TEST
+
+/* ---- Graceful shutdown ------------------------------------------------------------- */
+
+static bt_future *shut_f;
+static uint64_t shut_deadline;
+
+static void do_shutdown(void *arg) { shut_f = bt_http_server_shutdown(srv, shut_deadline); }
+
+static void shutdown_client(void *arg)
+{
+    const char *path = arg;
+    char req[256];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = connect_to(port);
+        send_all(fds[i], req, strlen(req));
+    }
+    wait_for(&handler_calls, 2);
+    bt_loop_post(loop, do_shutdown, NULL);
+    for (int i = 0; i < 2; i++) {
+        read_response(fds[i], &rs[i]);
+        close(fds[i]);
+    }
+    /* Not accepting any more. */
+    int fd = connect_to(port);
+    rs[2].err = fd < 0 ? -fd : 0;
+    if (fd >= 0)
+        close(fd);
+}
+
+START_TEST(graceful_shutdown_lets_inflight_finish)
+{
+    bt_http_app_route(app, "GET", "/slow", h_slow, NULL);
+    start_server();
+    shut_deadline = 10000;
+    with_client(shutdown_client, "/slow");
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_int_eq(rs[1].status, 200);
+    ck_assert_str_eq(rs[0].body, "slow");
+    ck_assert_ptr_nonnull(strcasestr(rs[0].head, "Connection: close"));
+    ck_assert_int_eq(rs[2].err, ECONNREFUSED);
+    ck_assert_ptr_nonnull(shut_f);
+    bt_test_run_until(loop, shut_f, 5000);
+    ck_assert_int_eq(bt_future_error(shut_f), 0);
+    bt_future_unref(shut_f);
+}
+END_TEST
+
+START_TEST(graceful_shutdown_cancels_at_deadline)
+{
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    start_server();
+    shut_deadline = 200;
+    with_client(shutdown_client, "/hold");
+    ck_assert_int_eq(rs[0].status, 503);
+    ck_assert_int_eq(rs[1].status, 503);
+    ck_assert_int_eq(atomic_load(&hook_calls), 2);
+    bt_test_run_until(loop, shut_f, 5000);
+    ck_assert_int_eq(bt_future_error(shut_f), 0);
+    bt_future_unref(shut_f);
+    drop_held();
+}
+END_TEST
+
+/* ---- Freeing with requests in flight ----------------------------------------------- */
+
+static void stop_when_held(void *arg)
+{
+    const char *req = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fd = connect_to(port);
+    send_all(fd, req, strlen(req));
+    wait_for(&handler_calls, 1);
+    *(int *)arg = fd; /* closed by the test after the server is gone */
+}
+
+START_TEST(server_free_cancels_inflight)
+{
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    start_server();
+    int fd = -1;
+    with_client(stop_when_held, &fd);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 1);
+    bt_http_server_free(srv);
+    srv = NULL;
+    ck_assert_int_eq(atomic_load(&hook_calls), 1);
+    /* The client sees its connection closed, without an answer. */
+    result r = {0};
+    read_response(fd, &r);
+    ck_assert_int_eq(r.status, 0);
+    close(fd);
+    drop_held();
+}
+END_TEST
+
+static int fini_calls;
+static int init_hook(bt_loop *l, void *arg, void **data)
+{
+    *data = arg;
+    return 0;
+}
+static void fini_hook(bt_loop *l, void *data, void *arg)
+{
+    ck_assert_ptr_eq(data, arg);
+    fini_calls++;
+}
+
+START_TEST(loop_free_closer_cancels_inflight)
+{
+    static int token;
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    ck_assert_int_eq(bt_http_app_on_loop(app, init_hook, fini_hook, &token), 0);
+    start_server();
+    int fd = -1;
+    with_client(stop_when_held, &fd);
+    drop_held();
+    /* The loop goes first: its closer cancels the handler and closes. */
+    bt_test_loop_free_clean(loop);
+    loop = bt_loop_new();
+    ck_assert_int_eq(atomic_load(&hook_calls), 1);
+    close(fd);
+    bt_http_server_free(srv); /* releases the memory and runs fini */
+    srv = NULL;
+    ck_assert_int_eq(fini_calls, 1);
+}
+END_TEST
+
+/* ---- Metrics ------------------------------------------------------------------------ */
+
+static void metrics_client(void *arg)
+{
+    curl_cli("", "/hello", &rs[0]);
+    curl_cli("", "/hello", &rs[1]);
+    curl_cli("", "/missing", &rs[2]);
+    curl_cli("", "/metrics", &rs[3]);
+}
+
+static char *extra_metrics(void *arg) { return bt_strdup("my_pool_threads 4"); }
+
+START_TEST(metrics_route)
+{
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    ck_assert_int_eq(bt_http_app_enable_metrics(app, "/metrics"), 0);
+    ck_assert_int_eq(bt_http_app_add_metrics(app, extra_metrics, NULL), 0);
+    start_server();
+    with_client(metrics_client, NULL);
+    ck_assert_int_eq(rs[3].status, 200);
+    const char *m = rs[3].body;
+    ck_assert_ptr_nonnull(strstr(m, "baton_http_requests_total{code=\"200\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_http_requests_total{code=\"404\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_http_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_http_request_duration_seconds_count 3\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_loop_lag_seconds{loop=\"0\"}"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_http_requests_in_flight 0\n"));
+    ck_assert_ptr_nonnull(strstr(m, "my_pool_threads 4\n"));
+}
+END_TEST
+
+/* ---- bt_http_app_run: several loops, SIGTERM ---------------------------------------- */
+
+typedef struct {
+    pthread_t th;
+    int port;
+    result r[6];
+} run_state;
+
+static void *run_client(void *p)
+{
+    run_state *st = p;
+    port = st->port;
+    char req[128];
+    snprintf(req, sizeof req, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    int fd = connect_to(port);
+    send_all(fd, req, strlen(req));
+    for (int i = 0; i < 4; i++)
+        curl_cli("", "/hello", &st->r[i]);
+    wait_for(&handler_calls, 5);
+    kill(getpid(), SIGTERM); /* while /slow is in flight */
+    read_response(fd, &st->r[4]);
+    close(fd);
+    return NULL;
+}
+
+static void on_ready(int p, void *arg)
+{
+    run_state *st = arg;
+    st->port = p;
+    pthread_create(&st->th, NULL, run_client, st);
+}
+
+START_TEST(app_run_multi_loop_sigterm)
+{
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    bt_http_app_route(app, "GET", "/slow", h_slow, NULL);
+    ck_assert_int_eq(bt_http_app_set_loops(app, 3), 0);
+    run_state st = {0};
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, on_ready, &st), 0);
+    pthread_join(st.th, NULL);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(st.r[i].status, 200);
+    ck_assert_int_eq(st.r[4].status, 200); /* in flight at SIGTERM: finished */
+    ck_assert_str_eq(st.r[4].body, "slow");
+    /* Frozen while running, free again after. */
+    ck_assert_int_eq(bt_http_app_set_loops(app, 1), 0);
+}
+END_TEST
+
+static void *stopper(void *arg)
+{
+    usleep(100000);
+    bt_http_app_stop(arg);
+    return NULL;
+}
+
+START_TEST(app_run_stop_and_bind_error)
+{
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    bt_http_app_set_loops(app, 2);
+    pthread_t th;
+    pthread_create(&th, NULL, stopper, app);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
+    pthread_join(th, NULL);
+    /* A port held by a socket without SO_REUSEPORT cannot be shared. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    listen(fd, 1);
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", ntohs(sa.sin_port), NULL, NULL),
+                     BT_EADDRINUSE);
+    close(fd);
+}
+END_TEST
+
+/* ---- Refusals ---------------------------------------------------------------------- */
+
+static int failing_init(bt_loop *l, void *arg, void **data) { return BT_ECONNREFUSED; }
+
+START_TEST(api_refusals)
+{
+    ck_assert_int_eq(bt_http_app_route(NULL, "GET", "/", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, NULL, "/", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "get", "/", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "user", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{}", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{id", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{id}", NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{id}", h_hello, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/user/{id}", h_hello, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_set_max_body_bytes(app, 0), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 0, 1), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_set_max_concurrent(NULL, 1), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_enable_metrics(app, "metrics"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_run(NULL, "127.0.0.1", 0, NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 70000, NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_stop(NULL), BT_EINVAL);
+
+    ck_assert_ptr_null(bt_http_server_new(NULL, app));
+    ck_assert_ptr_null(bt_http_server_new(loop, NULL));
+    ck_assert_int_eq(bt_http_server_listen(NULL, "127.0.0.1", 0), BT_EINVAL);
+    ck_assert_int_eq(bt_http_server_port(NULL), BT_EINVAL);
+
+    start_server();
+    ck_assert_int_eq(bt_http_server_listen(srv, "no.such.host.invalid", 0), BT_EINVAL);
+    /* The app is frozen while a server uses it. */
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/other", h_hello, NULL), BT_EBUSY);
+    ck_assert_int_eq(bt_http_app_set_loops(app, 2), BT_EBUSY);
+    bt_http_server_free(srv);
+    srv = NULL;
+
+    ck_assert_int_eq(bt_http_app_on_loop(app, failing_init, NULL, NULL), 0);
+    bt_test_log_capture();
+    ck_assert_ptr_null(bt_http_server_new(loop, app));
+    ck_assert(bt_test_log_contains("init hook failed"));
+
+    ck_assert_ptr_null(bt_http_reply_new(99));
+    ck_assert_ptr_null(bt_http_reply_new(600));
+    bt_http_reply *r = bt_http_reply_new(200);
+    ck_assert_int_eq(bt_http_reply_add_header(r, "X-A", "b\r\nX-Injected: 1"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_reply_add_header(r, "X:A", "b"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_reply_add_header(r, NULL, "b"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_reply_set_body(r, NULL, NULL, 3), BT_EINVAL);
+    ck_assert_int_eq(bt_http_reply_set_json(r, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_reply_status(r), 200);
+    bt_http_reply_free(r);
+    bt_http_reply_free(NULL);
+
+    bt_future *f = bt_http_respond_json(loop, 200, NULL);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(bt_future_error(f), BT_ENOMEM);
+    bt_future_unref(f);
+    ck_assert_ptr_null(bt_http_req_param(NULL, "id"));
+    ck_assert_ptr_null(bt_http_req_header(NULL, "id"));
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("http");
+    TCase *tc = tcase_create("server");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, BT_TEST_TIMEOUT);
+    tcase_add_test(tc, routing_and_params);
+    tcase_add_test(tc, failing_handler_gives_500);
+    tcase_add_test(tc, limits_sizes_and_timeout);
+    tcase_add_test(tc, limits_concurrent_cap);
+    tcase_add_test(tc, disconnect_cancels_handler);
+    tcase_add_test(tc, graceful_shutdown_lets_inflight_finish);
+    tcase_add_test(tc, graceful_shutdown_cancels_at_deadline);
+    tcase_add_test(tc, server_free_cancels_inflight);
+    tcase_add_test(tc, loop_free_closer_cancels_inflight);
+    tcase_add_test(tc, metrics_route);
+    tcase_add_test(tc, app_run_multi_loop_sigterm);
+    tcase_add_test(tc, app_run_stop_and_bind_error);
+    tcase_add_test(tc, api_refusals);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+BT_TEST_MAIN(make_suite)
