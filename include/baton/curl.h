@@ -1,0 +1,251 @@
+/* Baton: an async HTTP client on libcurl (libbaton-curl).
+ *
+ * The guide's httpx.AsyncClient / aiohttp.ClientSession, in C. A client owns
+ * one curl multi handle driven by the loop's libevent base
+ * (CURLMOPT_SOCKETFUNCTION, CURLMOPT_TIMERFUNCTION and
+ * curl_multi_socket_action); every request is a future that settles on the
+ * loop thread with a bt_http_response, an error, or cancellation.
+ *
+ *     bt_http_client *c = bt_http_client_new(loop);
+ *     bt_http_client_set_base_url(c, "https://api.example.com/v1");
+ *     bt_future *f = bt_http_get(c, "users/1");
+ *     ... once f settles:
+ *     bt_http_response *r = bt_future_value(f);
+ *     printf("%d %s\n", bt_http_response_status(r), bt_http_response_body(r, NULL));
+ *
+ * Errors a request's future fails with (the message carries curl's own text
+ * and the method and URL):
+ *   BT_EINVAL        bad URL or bad argument
+ *   BT_ENOTSUP       a scheme other than http/https
+ *   BT_EDNS          the host name could not be resolved
+ *   BT_ECONNREFUSED  connection refused (or -errno for other connect errors,
+ *                    such as BT_ENETUNREACH)
+ *   BT_ETIMEDOUT     connect, total or wait-for-a-connection timeout
+ *   BT_ETLS          TLS handshake or certificate verification failed
+ *   BT_ECONNRESET    the connection was reset or closed before the whole
+ *                    reply arrived (a reset mid-body, an empty reply)
+ *   BT_EPROTO        the server broke HTTP (a malformed reply, an HTTP/2
+ *                    stream error)
+ *   BT_EHTTP         too many redirects
+ *   BT_EMSGSIZE      the body exceeded the maximum size
+ *   BT_EIO           a body file could not be read; other curl failures
+ *   BT_ESHUTDOWN     the client was freed (or its loop) with it in flight:
+ *                    such requests are cancelled, not failed; BT_ESHUTDOWN
+ *                    is for requests sent to a client that is closing
+ * A reply with a 4xx or 5xx status is a response, not an error.
+ *
+ * Threads: every function here is loop-thread only (the client's loop),
+ * except the request builder and response accessors, which touch no loop
+ * and may be used on any thread as long as one thread at a time does.
+ */
+#ifndef BATON_CURL_H
+#define BATON_CURL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <baton/common.h>
+#include <baton/future.h>
+#include <baton/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bt_http_client bt_http_client;
+typedef struct bt_http_request bt_http_request;
+typedef struct bt_http_response bt_http_response;
+
+/* ---- The client -------------------------------------------------------
+ * Defaults (httpx's and aiohttp's where they agree):
+ *   connections: 100 in total, no per-host limit; idle ones kept for reuse
+ *   timeouts: connect 10 s, total 300 s, wait for a connection 300 s
+ *   redirects: not followed (max 10 once turned on); http and https only
+ *   TLS: peers verified against the system's CA store
+ *   HTTP/2: negotiated by ALPN on https, with multiplexing; a burst of
+ *           requests to a new host waits for the first connection to say
+ *           whether it multiplexes instead of opening one per request
+ *   body: at most 64 MiB buffered per response
+ *   user agent: "baton/VERSION libcurl/VERSION"
+ * Settings apply to requests sent after the call. */
+
+/* A new client on loop. It registers a loop closer, so bt_loop_free with
+ * the client still alive cancels its requests and releases curl before
+ * the event_base goes; the client must still be freed with
+ * bt_http_client_free (its requests then fail with BT_ESHUTDOWN).
+ * Returns: a new client to free with bt_http_client_free, or NULL (out of
+ * memory, curl failed to initialise, NULL loop). Thread: the loop's. */
+BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop);
+
+/* Cancel every request in flight (each future settles cancelled), close the
+ * connections and free the client. Must not be called from inside a
+ * streaming body callback of this client (it is then deferred to the end of
+ * curl's call). NULL is a no-op. Thread: the loop's. */
+BT_EXPORT void bt_http_client_free(bt_http_client *c);
+
+/* A URL that relative request URLs are joined to, httpx-style: the base's
+ * path is kept ("https://h/v1" + "users/1" -> "https://h/v1/users/1"); a
+ * request URL with a scheme is used as it is. NULL removes it. Returns 0,
+ * BT_EINVAL (not an absolute http(s) URL; the old base stays), BT_ENOMEM. */
+BT_EXPORT int bt_http_client_set_base_url(bt_http_client *c, const char *url);
+
+/* The User-Agent header. NULL restores the default. Returns 0, BT_EINVAL,
+ * BT_ENOMEM. */
+BT_EXPORT int bt_http_client_set_user_agent(bt_http_client *c, const char *ua);
+
+/* A header sent with every request (a request's own header of the same
+ * name wins). Returns 0, BT_EINVAL (NULL, or a name or value with CR/LF),
+ * BT_ENOMEM. */
+BT_EXPORT int bt_http_client_add_header(bt_http_client *c, const char *name, const char *value);
+
+/* Connection limits: at most max_total connections open at once and at most
+ * max_per_host to one host (0 = no limit). Requests beyond them wait for a
+ * connection, which the wait timeout bounds. With HTTP/2 one connection
+ * carries many requests. Returns 0 or BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_limits(bt_http_client *c, unsigned max_total,
+                                        unsigned max_per_host);
+
+/* Timeouts in milliseconds, 0 = none:
+ * - connect_ms: DNS, TCP and TLS set-up of a new connection;
+ * - total_ms: from the moment the request has a connection (new or reused)
+ *   to the last byte of the reply. Time spent queued behind the connection
+ *   limits does NOT count (it does in curl's own CURLOPT_TIMEOUT);
+ * - wait_ms: how long a request may wait for a connection (the limits
+ *   above, plus DNS for a new one).
+ * Each failure is BT_ETIMEDOUT with a message naming which one fired.
+ * Returns 0 or BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms,
+                                          uint64_t total_ms, uint64_t wait_ms);
+
+/* Follow redirects (default off) up to max_redirects. Only http and https
+ * targets are followed. Returns 0 or BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_redirects(bt_http_client *c, bool follow,
+                                           unsigned max_redirects);
+
+/* Verify TLS peers (default on). Turning it off makes TLS useless against
+ * an active attacker; it is for tests and for nothing else. Returns 0 or
+ * BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_tls_verify(bt_http_client *c, bool verify);
+
+/* Trust the CA certificates in a PEM file instead of the system store.
+ * NULL restores the system store. Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_client_set_ca_file(bt_http_client *c, const char *path);
+
+/* Offer HTTP/2 (default on; on https, by ALPN). Off: HTTP/1.1 only.
+ * Returns 0 or BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_http2(bt_http_client *c, bool enable);
+
+/* The largest body buffered for a response (default 64 MiB; 0 = no limit).
+ * A larger one fails the request with BT_EMSGSIZE, early when the server
+ * announces its length. Streaming requests are not limited. Returns 0 or
+ * BT_EINVAL. */
+BT_EXPORT int bt_http_client_set_max_body(bt_http_client *c, size_t max_bytes);
+
+/* Counters, for tests and metrics. */
+typedef struct {
+    uint64_t started;       /* requests handed to curl */
+    uint64_t succeeded;     /* settled with a response */
+    uint64_t failed;        /* settled with an error */
+    uint64_t cancelled;     /* settled cancelled */
+    uint64_t connects;      /* new connections opened (reuse opens none) */
+    uint64_t in_flight;     /* requests now in curl, waiting or running */
+} bt_http_client_stats;
+
+/* Fill *out. Returns 0 or BT_EINVAL. Thread: the loop's. */
+BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_stats *out);
+
+/* ---- Requests ---------------------------------------------------------- */
+
+/* A request to build and then send with bt_http_client_send. method is any
+ * token ("GET", "POST", "PATCH", "PROPFIND"...); url is absolute or relative
+ * to the client's base URL and is checked when the request is sent.
+ * Returns: a new request (free it with bt_http_request_free unless it is
+ * sent), or NULL (NULL or empty argument, a method that is not a token,
+ * out of memory). Thread: any. */
+BT_EXPORT bt_http_request *bt_http_request_new(const char *method, const char *url);
+
+/* NULL is a no-op. Thread: any. */
+BT_EXPORT void bt_http_request_free(bt_http_request *req);
+
+/* Add a header ("Name", "value"; copied). An empty value sends the header
+ * empty; a NULL value removes a header curl or the client would add (such
+ * as "Accept"). Returns 0, BT_EINVAL (CR/LF, a ':' in the name), BT_ENOMEM. */
+BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name,
+                                         const char *value);
+
+/* Append name=value to the URL's query, both percent-encoded (RFC 3986
+ * unreserved characters stay as they are). Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name,
+                                        const char *value);
+
+/* The body, copied. Without a Content-Type header, application/octet-stream
+ * is sent. Returns 0, BT_EINVAL, BT_ENOMEM. Replaces a previous body. */
+BT_EXPORT int bt_http_request_set_body(bt_http_request *req, const void *data, size_t len);
+
+/* The body, streamed from a regular file as curl sends it (never loaded
+ * whole). The file is opened when the request is sent; a file that cannot
+ * be opened fails the request with -errno. Returns 0, BT_EINVAL, BT_ENOMEM. */
+BT_EXPORT int bt_http_request_set_body_file(bt_http_request *req, const char *path);
+
+/* This request's total timeout (see bt_http_client_set_timeouts), instead of
+ * the client's; 0 = none. Returns 0 or BT_EINVAL. */
+BT_EXPORT int bt_http_request_set_timeout(bt_http_request *req, uint64_t total_ms);
+
+/* Streaming: called on the loop thread with each piece of the body as it
+ * arrives, instead of buffering it (bt_http_response_body is then empty).
+ * resp is the response so far (status and headers are complete, borrowed).
+ * Return 0 to go on, or a negative BT_E* code to stop the transfer: the
+ * request then fails with that code. The callback may cancel the request's
+ * future or send new requests; it must not free the client. */
+typedef int (*bt_http_body_cb)(bt_http_response *resp, const void *data, size_t len,
+                               void *arg);
+BT_EXPORT int bt_http_request_set_body_cb(bt_http_request *req, bt_http_body_cb cb, void *arg);
+
+/* Send req. The client takes req whatever happens: do not touch or free it
+ * afterwards. Returns: a new reference to a future whose value is a
+ * bt_http_response (owned by the future; take it with bt_future_take_value
+ * and free it with bt_http_response_free to keep it longer). A bad URL or
+ * a file that cannot be opened gives an already-failed future. Returns
+ * NULL only when out of memory or for a NULL argument (req is then freed).
+ * Cancelling the future removes the transfer from curl at once (its
+ * connection slot is free for the next request). Thread: the loop's. */
+BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req);
+
+/* GET url: bt_http_client_send of a plain GET. Returns as send. */
+BT_EXPORT bt_future *bt_http_get(bt_http_client *c, const char *url);
+
+/* ---- Responses --------------------------------------------------------- */
+
+/* The status code of the final response (after redirects, if followed). */
+BT_EXPORT int bt_http_response_status(const bt_http_response *r);
+
+/* The first value of header name, compared case-insensitively, or NULL.
+ * Returns: borrowed, valid while r lives. */
+BT_EXPORT const char *bt_http_response_header(const bt_http_response *r, const char *name);
+
+/* Every header of the final response in the order received, for repeated
+ * ones (Set-Cookie). */
+BT_EXPORT size_t bt_http_response_header_count(const bt_http_response *r);
+/* Returns 0, or BT_ERANGE past the end. *name and *value are borrowed. */
+BT_EXPORT int bt_http_response_header_at(const bt_http_response *r, size_t i,
+                                         const char **name, const char **value);
+
+/* The body, NUL-terminated for convenience (it may hold NULs itself);
+ * *len (if not NULL) gets its length. Returns: borrowed, valid while r
+ * lives; "" when there is none. */
+BT_EXPORT const char *bt_http_response_body(const bt_http_response *r, size_t *len);
+
+/* The URL the response came from (after redirects). Returns: borrowed. */
+BT_EXPORT const char *bt_http_response_url(const bt_http_response *r);
+
+/* The HTTP version of the response: 10, 11, 20 or 30 (0 if unknown). */
+BT_EXPORT int bt_http_response_version(const bt_http_response *r);
+
+/* NULL is a no-op. Thread: any. */
+BT_EXPORT void bt_http_response_free(bt_http_response *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,48 @@
+/* A real HTTP server on 127.0.0.1 for the curl tests and benchmark: evhttp
+ * on its own event_base, in a thread (curl_server_start) or a child process
+ * (curl_server_fork). Not part of any library.
+ *
+ * Routes (port):
+ *   /hello           "hello world\n"
+ *   /echo            the request body back; X-Echo-Method, X-Echo-Uri, and
+ *                    every request header as X-Req-<name>
+ *   /status/N        status N, body "status N"
+ *   /slow?ms=N       replies "slow" after N ms (counts replies in flight)
+ *   /large?n=N       N bytes, byte i = 'a' + i % 26
+ *   /redirect/N      302 to /redirect/N-1; /redirect/0 is 200 "done"
+ * drop_port: a raw socket that answers any request with a header promising
+ *   100000 bytes, sends 1000 and resets the connection (SO_LINGER 0).
+ */
+#ifndef BATON_TESTS_CURL_SERVER_H
+#define BATON_TESTS_CURL_SERVER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct curl_server curl_server;
+
+/* Start in a new thread. Returns NULL on failure (with a message on
+ * stderr). */
+curl_server *curl_server_start(void);
+void curl_server_stop(curl_server *s);
+
+int curl_server_port(const curl_server *s);
+int curl_server_drop_port(const curl_server *s);
+
+/* Server-side counts. */
+long curl_server_accepted(const curl_server *s);   /* connections accepted */
+long curl_server_open(const curl_server *s);       /* open now */
+long curl_server_peak_open(const curl_server *s);  /* most open at once */
+long curl_server_requests(const curl_server *s);   /* requests received */
+long curl_server_slow_active(const curl_server *s);
+long curl_server_slow_peak(const curl_server *s);
+long curl_server_slow_aborted(const curl_server *s); /* closed before reply */
+
+/* Run the server in a child process instead (benchmarks: its CPU use is
+ * then its own). Returns the child's pid (or -1), and its port in *port. */
+pid_t curl_server_fork(int *port);
+/* The child's user+system CPU time so far, in seconds (from /proc). */
+double curl_server_child_cpu(pid_t pid);
+void curl_server_kill(pid_t pid);
+
+#endif

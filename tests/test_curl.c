@@ -1,0 +1,879 @@
+/* libbaton-curl against real servers: evhttp on 127.0.0.1 (tests/curl_server.c,
+ * in a thread of each forked test) and nghttpd for HTTP/2 and TLS. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <baton/curl.h>
+
+#include "curl_server.h"
+
+#define T_LONG 20000
+
+static curl_server *srv;
+static bt_loop *loop;
+static bt_http_client *cli;
+static char url_buf[512];
+
+static const char *url(const char *path)
+{
+    snprintf(url_buf, sizeof url_buf, "http://127.0.0.1:%d%s", curl_server_port(srv), path);
+    return url_buf;
+}
+
+static void setup(void)
+{
+    srv = curl_server_start();
+    ck_assert_msg(srv != NULL, "the test HTTP server did not start");
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    cli = bt_http_client_new(loop);
+    ck_assert_ptr_nonnull(cli);
+}
+
+static void teardown(void)
+{
+    bt_http_client_free(cli);
+    cli = NULL;
+    bt_test_loop_free_clean(loop);
+    loop = NULL;
+    curl_server_stop(srv);
+    srv = NULL;
+}
+
+/* Run until f settles; return its response (NULL and a failure otherwise). */
+static bt_http_response *wait_ok(bt_future *f)
+{
+    ck_assert_ptr_nonnull(f);
+    bt_test_run_until(loop, f, T_LONG);
+    int rc = bt_future_error(f);
+    ck_assert_msg(rc == 0, "request failed: %s (%s)", bt_err_name(rc),
+                  bt_future_error_message(f) ? bt_future_error_message(f) : "");
+    return bt_future_value(f);
+}
+
+/* Run until f settles and check it failed with code; returns its message. */
+static const char *wait_err(bt_future *f, int code)
+{
+    ck_assert_ptr_nonnull(f);
+    bt_test_run_until(loop, f, T_LONG);
+    int rc = bt_future_error(f);
+    const char *msg = bt_future_error_message(f);
+    ck_assert_msg(rc == code, "expected %s, got %s (%s)", bt_err_name(code), bt_err_name(rc),
+                  msg ? msg : "");
+    ck_assert_ptr_nonnull(msg);
+    ck_assert_msg(strlen(msg) > 10, "message too short: %s", msg);
+    return msg;
+}
+
+/* Settle a "done" future once n futures have settled. */
+typedef struct {
+    bt_future *done;
+    int left;
+} counter;
+
+static void count_one(bt_future *f, void *arg)
+{
+    counter *c = arg;
+    (void)f;
+    if (--c->left == 0)
+        bt_future_set_value(c->done, NULL, NULL);
+}
+
+static void wait_all(bt_future **fs, int n)
+{
+    counter c = {bt_future_new(loop), n};
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(bt_future_add_callback(fs[i], count_one, &c), 0);
+    bt_test_run_until(loop, c.done, 60000);
+    bt_future_unref(c.done);
+}
+
+/* Run the loop in small steps until the server reports what we wait for. */
+static void spin_until(long (*get)(const curl_server *), long want)
+{
+    for (int i = 0; i < 1000 && get(srv) < want; i++) {
+        bt_future *s = bt_sleep(loop, 10);
+        bt_test_run_until(loop, s, T_LONG);
+        bt_future_unref(s);
+    }
+    ck_assert_int_ge(get(srv), want);
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+/* ---- Basics ------------------------------------------------------------------ */
+
+START_TEST(test_get)
+{
+    bt_future *f = bt_http_get(cli, url("/hello"));
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    size_t len;
+    ck_assert_str_eq(bt_http_response_body(r, &len), "hello world\n");
+    ck_assert_uint_eq(len, 12);
+    ck_assert_str_eq(bt_http_response_header(r, "content-TYPE"), "text/plain");
+    ck_assert_str_eq(bt_http_response_header(r, "Content-Length"), "12");
+    ck_assert_ptr_null(bt_http_response_header(r, "X-Nope"));
+    ck_assert_int_eq(bt_http_response_version(r), 11);
+    ck_assert_str_eq(bt_http_response_url(r), url("/hello"));
+    ck_assert_uint_ge(bt_http_response_header_count(r), 2);
+    const char *n, *v;
+    ck_assert_int_eq(bt_http_response_header_at(r, 0, &n, &v), 0);
+    ck_assert_int_eq(bt_http_response_header_at(r, 99, &n, &v), BT_ERANGE);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_methods_headers_body)
+{
+    ck_assert_int_eq(bt_http_client_add_header(cli, "X-Default", "d"), 0);
+    ck_assert_int_eq(bt_http_client_add_header(cli, "X-Overridden", "old"), 0);
+    ck_assert_int_eq(bt_http_client_set_user_agent(cli, "baton-test/1"), 0);
+    const char *methods[] = {"POST", "PUT", "PATCH", "DELETE"};
+    for (int i = 0; i < 4; i++) {
+        bt_http_request *req = bt_http_request_new(methods[i], url("/echo"));
+        ck_assert_ptr_nonnull(req);
+        ck_assert_int_eq(bt_http_request_add_header(req, "X-Test", "value 1"), 0);
+        ck_assert_int_eq(bt_http_request_add_header(req, "x-overridden", "new"), 0);
+        ck_assert_int_eq(bt_http_request_set_body(req, "a\0b payload", 11), 0);
+        bt_future *f = bt_http_client_send(cli, req);
+        bt_http_response *r = wait_ok(f);
+        ck_assert_int_eq(bt_http_response_status(r), 200);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), methods[i]);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-X-Test"), "value 1");
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-X-Default"), "d");
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-X-Overridden"), "new");
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-User-Agent"), "baton-test/1");
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-Content-Type"),
+                         "application/octet-stream");
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Expect"));
+        size_t len;
+        const char *b = bt_http_response_body(r, &len);
+        ck_assert_uint_eq(len, 11);
+        ck_assert_int_eq(memcmp(b, "a\0b payload", 11), 0);
+        bt_future_unref(f);
+    }
+    /* HEAD: headers, no body. */
+    bt_future *f = bt_http_client_send(cli, bt_http_request_new("HEAD", url("/hello")));
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    size_t len = 99;
+    bt_http_response_body(r, &len);
+    ck_assert_uint_eq(len, 0);
+    bt_future_unref(f);
+    /* A header removed, a content type of the caller's. */
+    bt_http_request *req = bt_http_request_new("POST", url("/echo"));
+    bt_http_request_add_header(req, "Accept", NULL);
+    bt_http_request_add_header(req, "Content-Type", "text/x-mine");
+    bt_http_request_set_body(req, "{}", 2);
+    f = bt_http_client_send(cli, req);
+    r = wait_ok(f);
+    ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Accept"));
+    ck_assert_str_eq(bt_http_response_header(r, "X-Req-Content-Type"), "text/x-mine");
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_query_escaping)
+{
+    bt_http_request *req = bt_http_request_new("GET", url("/echo?x=1"));
+    ck_assert_int_eq(bt_http_request_add_query(req, "q", "a b&c=d/\xc3\xa9+#"), 0);
+    ck_assert_int_eq(bt_http_request_add_query(req, "k&=", "-._~"), 0);
+    bt_future *f = bt_http_client_send(cli, req);
+    bt_http_response *r = wait_ok(f);
+    /* curl normalises percent-escapes to lower case (RFC 3986 2.1: the
+     * same octets). */
+    ck_assert_msg(strcasecmp(bt_http_response_header(r, "X-Echo-Uri"),
+                             "/echo?x=1&q=a%20b%26c%3Dd%2F%C3%A9%2B%23&k%26%3D=-._~") == 0,
+                  "uri: %s", bt_http_response_header(r, "X-Echo-Uri"));
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_body_file)
+{
+    char path[] = "/tmp/bt-curl-body-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    size_t n = 3 * 1000 * 1000 + 7;
+    char *data = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (char)(i * 7 + i / 1000);
+    ck_assert_int_eq(write(fd, data, n), (ssize_t)n);
+    close(fd);
+    bt_http_request *req = bt_http_request_new("PUT", url("/echo"));
+    ck_assert_int_eq(bt_http_request_set_body_file(req, path), 0);
+    bt_future *f = bt_http_client_send(cli, req);
+    bt_http_response *r = wait_ok(f);
+    size_t len;
+    const char *b = bt_http_response_body(r, &len);
+    ck_assert_uint_eq(len, n);
+    ck_assert_int_eq(memcmp(b, data, n), 0);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "PUT");
+    bt_future_unref(f);
+    unlink(path);
+    free(data);
+    /* A missing file: the future fails, it does not crash. */
+    req = bt_http_request_new("POST", url("/echo"));
+    bt_http_request_set_body_file(req, "/nonexistent/body");
+    f = bt_http_client_send(cli, req);
+    wait_err(f, BT_ENOENT);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_base_url)
+{
+    char base[128];
+    snprintf(base, sizeof base, "http://127.0.0.1:%d/", curl_server_port(srv));
+    ck_assert_int_eq(bt_http_client_set_base_url(cli, base), 0);
+    ck_assert_int_eq(bt_http_client_set_base_url(cli, "not a url"), BT_EINVAL);
+    bt_future *f = bt_http_get(cli, "/status/201");
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 201);
+    bt_future_unref(f);
+    f = bt_http_get(cli, "hello");
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "hello world\n");
+    bt_future_unref(f);
+    f = bt_http_get(cli, url("/status/202")); /* absolute wins */
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 202);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_status_codes)
+{
+    int codes[] = {204, 301, 404, 418, 500, 503};
+    for (int i = 0; i < 6; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/status/%d", codes[i]);
+        bt_future *f = bt_http_get(cli, url(p));
+        ck_assert_int_eq(bt_http_response_status(wait_ok(f)), codes[i]);
+        bt_future_unref(f);
+    }
+}
+END_TEST
+
+START_TEST(test_large_and_max_body)
+{
+    bt_future *f = bt_http_get(cli, url("/large?n=5000000"));
+    bt_http_response *r = wait_ok(f);
+    size_t len;
+    const char *b = bt_http_response_body(r, &len);
+    ck_assert_uint_eq(len, 5000000);
+    for (size_t i = 0; i < len; i += 997)
+        ck_assert_int_eq(b[i], 'a' + (int)(i % 26));
+    /* Take the value: it outlives the future. */
+    bt_http_response *kept = bt_future_take_value(f);
+    bt_future_unref(f);
+    ck_assert_uint_eq(bt_http_response_body(kept, NULL)[26], 'a');
+    bt_http_response_free(kept);
+
+    ck_assert_int_eq(bt_http_client_set_max_body(cli, 1000), 0);
+    f = bt_http_get(cli, url("/large?n=100000"));
+    wait_err(f, BT_EMSGSIZE);
+    bt_future_unref(f);
+    f = bt_http_get(cli, url("/large?n=1000"));
+    wait_ok(f);
+    bt_future_unref(f);
+}
+END_TEST
+
+typedef struct {
+    size_t got;
+    int status;
+    bool bad;
+    int stop_after;
+    int calls;
+} stream_state;
+
+static int on_body(bt_http_response *resp, const void *data, size_t len, void *arg)
+{
+    stream_state *s = arg;
+    const char *p = data;
+    s->status = bt_http_response_status(resp);
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != 'a' + (int)((s->got + i) % 26))
+            s->bad = true;
+    s->got += len;
+    if (++s->calls == s->stop_after)
+        return BT_EPIPE;
+    return 0;
+}
+
+START_TEST(test_streaming)
+{
+    bt_http_client_set_max_body(cli, 1000); /* does not apply to streams */
+    stream_state st = {0};
+    bt_http_request *req = bt_http_request_new("GET", url("/large?n=3000000"));
+    bt_http_request_set_body_cb(req, on_body, &st);
+    bt_future *f = bt_http_client_send(cli, req);
+    bt_http_response *r = wait_ok(f);
+    ck_assert_uint_eq(st.got, 3000000);
+    ck_assert(!st.bad);
+    ck_assert_int_eq(st.status, 200);
+    ck_assert_uint_gt(st.calls, 1);
+    size_t len;
+    bt_http_response_body(r, &len);
+    ck_assert_uint_eq(len, 0);
+    bt_future_unref(f);
+
+    stream_state st2 = {.stop_after = 2};
+    req = bt_http_request_new("GET", url("/large?n=3000000"));
+    bt_http_request_set_body_cb(req, on_body, &st2);
+    f = bt_http_client_send(cli, req);
+    wait_err(f, BT_EPIPE);
+    ck_assert_int_eq(st2.calls, 2);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_redirects)
+{
+    bt_future *f = bt_http_get(cli, url("/redirect/3"));
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 302); /* off by default */
+    ck_assert_str_eq(bt_http_response_header(r, "Location"), "/redirect/2");
+    bt_future_unref(f);
+
+    bt_http_client_set_redirects(cli, true, 5);
+    f = bt_http_get(cli, url("/redirect/3"));
+    r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "done");
+    ck_assert_str_eq(bt_http_response_url(r), url("/redirect/0"));
+    ck_assert_ptr_null(bt_http_response_header(r, "Location")); /* the final one's */
+    bt_future_unref(f);
+
+    bt_http_client_set_redirects(cli, true, 2);
+    f = bt_http_get(cli, url("/redirect/5"));
+    wait_err(f, BT_EHTTP);
+    bt_future_unref(f);
+}
+END_TEST
+
+/* ---- Errors ---------------------------------------------------------------- */
+
+START_TEST(test_bad_arguments)
+{
+    ck_assert_ptr_null(bt_http_client_new(NULL));
+    ck_assert_ptr_null(bt_http_get(NULL, "http://x/"));
+    ck_assert_ptr_null(bt_http_get(cli, NULL));
+    ck_assert_ptr_null(bt_http_client_send(cli, NULL));
+    ck_assert_ptr_null(bt_http_request_new(NULL, "http://x/"));
+    ck_assert_ptr_null(bt_http_request_new("GET", NULL));
+    ck_assert_ptr_null(bt_http_request_new("G ET", "http://x/"));
+    ck_assert_ptr_null(bt_http_request_new("GET", ""));
+    bt_http_request *req = bt_http_request_new("GET", "http://x/");
+    ck_assert_int_eq(bt_http_request_add_header(req, "X-A", "a\r\nX-Evil: 1"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_add_header(req, "X:A", "a"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_add_header(NULL, "X-A", "a"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_add_query(req, "", "a"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_set_body(req, NULL, 3), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_set_body_file(req, ""), BT_EINVAL);
+    bt_http_request_free(req);
+    bt_http_request_free(NULL);
+    ck_assert_int_eq(bt_http_client_add_header(cli, "X-A", "a\nb"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_user_agent(cli, "a\r\n"), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_limits(NULL, 1, 1), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_ca_file(cli, ""), BT_EINVAL);
+    ck_assert_int_eq(bt_http_response_status(NULL), 0);
+    ck_assert_str_eq(bt_http_response_body(NULL, NULL), "");
+    bt_http_client_free(NULL);
+}
+END_TEST
+
+START_TEST(test_bad_url)
+{
+    bt_future *f = bt_http_get(cli, "http://[::1");
+    const char *msg = wait_err(f, BT_EINVAL);
+    ck_assert_msg(strstr(msg, "http://[::1") != NULL, "message lacks the URL: %s", msg);
+    bt_future_unref(f);
+    f = bt_http_get(cli, "no scheme here");
+    wait_err(f, BT_EINVAL);
+    bt_future_unref(f);
+    f = bt_http_get(cli, "ftp://127.0.0.1/file");
+    wait_err(f, BT_ENOTSUP);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_refused)
+{
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", free_port());
+    bt_future *f = bt_http_get(cli, u);
+    const char *msg = wait_err(f, BT_ECONNREFUSED);
+    ck_assert_msg(strstr(msg, "GET ") == msg, "message: %s", msg);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_dns_failure)
+{
+    bt_future *f = bt_http_get(cli, "http://nonexistent.invalid/");
+    const char *msg = wait_err(f, BT_EDNS);
+    ck_assert_msg(strstr(msg, "nonexistent.invalid") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_total_timeout)
+{
+    bt_http_request *req = bt_http_request_new("GET", url("/slow?ms=15000"));
+    bt_http_request_set_timeout(req, 200);
+    bt_future *f = bt_http_client_send(cli, req);
+    const char *msg = wait_err(f, BT_ETIMEDOUT);
+    ck_assert_msg(strstr(msg, "total timeout") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.in_flight, 0);
+    ck_assert_uint_eq(st.failed, 1);
+    /* The server sees the connection go. */
+    spin_until(curl_server_slow_aborted, 1);
+}
+END_TEST
+
+START_TEST(test_connect_timeout)
+{
+    /* A listener whose accept queue is full: further SYNs are dropped, so
+     * connecting hangs until the connect timeout. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(listen(lfd, 0), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    int fillers[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fillers[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    usleep(100000);
+    bt_http_client_set_timeouts(cli, 300, 0, 0);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    bt_future *f = bt_http_get(cli, u);
+    wait_err(f, BT_ETIMEDOUT);
+    bt_future_unref(f);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(lfd);
+}
+END_TEST
+
+START_TEST(test_reset_mid_body)
+{
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/big", curl_server_drop_port(srv));
+    bt_future *f = bt_http_get(cli, u);
+    wait_err(f, BT_ECONNRESET);
+    bt_future_unref(f);
+}
+END_TEST
+
+/* ---- Concurrency, limits, cancellation -------------------------------------- */
+
+START_TEST(test_thousand_concurrent)
+{
+    enum { N = 1000 };
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++) {
+        fs[i] = bt_http_get(cli, url(i % 2 ? "/hello" : "/echo"));
+        ck_assert_ptr_nonnull(fs[i]);
+    }
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(fs[i]), 0);
+        ck_assert_int_eq(bt_http_response_status(bt_future_value(fs[i])), 200);
+        bt_future_unref(fs[i]);
+    }
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.succeeded, N);
+    ck_assert_uint_eq(st.in_flight, 0);
+    ck_assert_int_eq(curl_server_requests(srv), N);
+    ck_assert_int_le(curl_server_peak_open(srv), 100); /* the default limit */
+    ck_assert_uint_le(st.connects, 100);
+}
+END_TEST
+
+START_TEST(test_keepalive_reuse)
+{
+    for (int i = 0; i < 10; i++) {
+        bt_future *f = bt_http_get(cli, url("/hello"));
+        wait_ok(f);
+        bt_future_unref(f);
+    }
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    ck_assert_int_eq(curl_server_accepted(srv), 1);
+}
+END_TEST
+
+START_TEST(test_limits)
+{
+    enum { N = 12 };
+    bt_future *fs[N];
+    ck_assert_int_eq(bt_http_client_set_limits(cli, 3, 0), 0);
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_http_get(cli, url("/slow?ms=100"));
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(fs[i]), 0);
+        bt_future_unref(fs[i]);
+    }
+    ck_assert_int_le(curl_server_slow_peak(srv), 3);
+    ck_assert_int_le(curl_server_peak_open(srv), 3);
+    ck_assert_int_le(curl_server_accepted(srv), 3);
+
+    /* Per host: a second client, so the server's counts start afresh. */
+    curl_server_stop(srv);
+    srv = curl_server_start();
+    bt_http_client *c2 = bt_http_client_new(loop);
+    ck_assert_int_eq(bt_http_client_set_limits(c2, 10, 2), 0);
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_http_get(c2, url("/slow?ms=100"));
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(fs[i]), 0);
+        bt_future_unref(fs[i]);
+    }
+    ck_assert_int_le(curl_server_slow_peak(srv), 2);
+    ck_assert_int_le(curl_server_accepted(srv), 2);
+    bt_http_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_wait_timeout_separate)
+{
+    /* One connection; each request needs ~300 ms of it. Eight queue for
+     * ~2.4 s in all, longer than the 2 s total timeout: the total timeout
+     * must not count the queue, so all succeed. */
+    enum { N = 8 };
+    bt_future *fs[N];
+    bt_http_client_set_limits(cli, 1, 0);
+    bt_http_client_set_timeouts(cli, 5000, 2000, 60000);
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_http_get(cli, url("/slow?ms=300"));
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(bt_future_error(fs[i]) == 0, "request %d: %s", i,
+                      bt_future_error_message(fs[i]));
+        bt_future_unref(fs[i]);
+    }
+    ck_assert_int_eq(curl_server_accepted(srv), 1);
+
+    /* The wait-for-a-connection timeout fires on its own. */
+    bt_http_client_set_timeouts(cli, 5000, 0, 200);
+    bt_future *busy = bt_http_get(cli, url("/slow?ms=3000"));
+    bt_future *waiting = bt_http_get(cli, url("/hello"));
+    const char *msg = wait_err(waiting, BT_ETIMEDOUT);
+    ck_assert_msg(strstr(msg, "waiting for a connection") != NULL, "message: %s", msg);
+    bt_future_unref(waiting);
+    wait_ok(busy);
+    bt_future_unref(busy);
+}
+END_TEST
+
+START_TEST(test_cancel_frees_slot)
+{
+    bt_http_client_set_limits(cli, 1, 0);
+    bt_http_client_set_timeouts(cli, 5000, 0, 5000);
+    bt_future *slow = bt_http_get(cli, url("/slow?ms=30000"));
+    spin_until(curl_server_slow_active, 1);
+    ck_assert_int_eq(bt_future_cancel(slow), 0);
+    ck_assert_int_eq(bt_future_get_state(slow), BT_FUTURE_CANCELLED);
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.in_flight, 0); /* removed at once */
+    ck_assert_uint_eq(st.cancelled, 1);
+    /* The only connection slot is free again: this one does not wait for
+     * the 30 s reply (the 5 s wait timeout would fail it). */
+    bt_future *f = bt_http_get(cli, url("/hello"));
+    wait_ok(f);
+    bt_future_unref(f);
+    bt_future_unref(slow);
+    spin_until(curl_server_slow_aborted, 1); /* the server saw it close */
+    ck_assert_int_eq(curl_server_accepted(srv), 2);
+}
+END_TEST
+
+typedef struct {
+    bt_future *self;
+    bt_future *other;
+    bt_future *spawned;
+    int calls;
+} cancel_state;
+
+static int cancel_in_cb(bt_http_response *resp, const void *data, size_t len, void *arg)
+{
+    cancel_state *s = arg;
+    (void)resp;
+    (void)data;
+    (void)len;
+    if (++s->calls == 2) {
+        /* From inside curl: cancel ourselves and a sibling, send another. */
+        bt_future_cancel(s->self);
+        bt_future_cancel(s->other);
+        s->spawned = bt_http_get(cli, url("/hello"));
+    }
+    return 0;
+}
+
+START_TEST(test_cancel_inside_callback)
+{
+    cancel_state s = {0};
+    bt_http_request *req = bt_http_request_new("GET", url("/large?n=4000000"));
+    bt_http_request_set_body_cb(req, cancel_in_cb, &s);
+    s.other = bt_http_get(cli, url("/slow?ms=20000"));
+    s.self = bt_http_client_send(cli, req);
+    bt_test_run_until(loop, s.self, T_LONG);
+    ck_assert_int_eq(bt_future_error(s.self), BT_ECANCELED);
+    ck_assert_int_eq(s.calls, 2); /* no more data after the cancel */
+    ck_assert_int_eq(bt_future_get_state(s.other), BT_FUTURE_CANCELLED);
+    ck_assert_ptr_nonnull(s.spawned);
+    wait_ok(s.spawned);
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.in_flight, 0);
+    ck_assert_uint_eq(st.cancelled, 2);
+    bt_future_unref(s.self);
+    bt_future_unref(s.other);
+    bt_future_unref(s.spawned);
+}
+END_TEST
+
+START_TEST(test_client_free_cancels)
+{
+    bt_future *a = bt_http_get(cli, url("/slow?ms=20000"));
+    bt_future *b = bt_http_get(cli, url("/slow?ms=20000"));
+    spin_until(curl_server_slow_active, 2);
+    bt_http_client_free(cli);
+    cli = NULL;
+    ck_assert_int_eq(bt_future_get_state(a), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(b), BT_FUTURE_CANCELLED);
+    bt_future_unref(a);
+    bt_future_unref(b);
+}
+END_TEST
+
+START_TEST(test_loop_free_cancels)
+{
+    bt_future *a = bt_http_get(cli, url("/slow?ms=20000"));
+    spin_until(curl_server_slow_active, 1);
+    /* The loop goes first: its closer cancels the transfer and releases
+     * curl before the event_base is freed. */
+    bt_test_loop_free_clean(loop);
+    loop = NULL;
+    ck_assert_int_eq(bt_future_get_state(a), BT_FUTURE_CANCELLED);
+    bt_future_unref(a);
+    bt_http_client_free(cli); /* still fine after the loop */
+    cli = NULL;
+    curl_server_stop(srv);
+    srv = NULL;
+}
+END_TEST
+
+/* ---- HTTP/2 and TLS against nghttpd ----------------------------------------- */
+
+static char tmpdir[64];
+static pid_t nghttpd_pid;
+static int h2_port;
+
+static void run_cmd(const char *cmd)
+{
+    int rc = system(cmd);
+    ck_assert_msg(rc == 0, "command failed (%d): %s", rc, cmd);
+}
+
+/* A self-signed certificate for 127.0.0.1 and nghttpd serving tmpdir. */
+static void h2_setup(void)
+{
+    setup();
+    strcpy(tmpdir, "/tmp/bt-curl-h2-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout %s/key.pem -out %s/cert.pem -days 2 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1,DNS:localhost >/dev/null 2>&1",
+             tmpdir, tmpdir);
+    run_cmd(cmd);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/www && printf 'h2 hello' > %s/www/index.html", tmpdir,
+             tmpdir);
+    run_cmd(cmd);
+    h2_port = free_port();
+    nghttpd_pid = fork();
+    ck_assert_int_ge(nghttpd_pid, 0);
+    if (nghttpd_pid == 0) {
+        char port[16], dir[128], key[128], cert[128];
+        snprintf(port, sizeof port, "%d", h2_port);
+        snprintf(dir, sizeof dir, "%s/www", tmpdir);
+        snprintf(key, sizeof key, "%s/key.pem", tmpdir);
+        snprintf(cert, sizeof cert, "%s/cert.pem", tmpdir);
+        execlp("nghttpd", "nghttpd", "-a", "127.0.0.1", "-d", dir, port, key, cert, (char *)NULL);
+        perror("exec nghttpd (Debian: apt-get install nghttp2-server)");
+        _exit(127);
+    }
+    /* Wait until it listens (or fail loudly). */
+    for (int i = 0;; i++) {
+        int status;
+        ck_assert_msg(waitpid(nghttpd_pid, &status, WNOHANG) == 0, "nghttpd exited");
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)h2_port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int ok = connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0;
+        close(fd);
+        if (ok)
+            break;
+        ck_assert_msg(i < 500, "nghttpd did not start listening");
+        usleep(10000);
+    }
+}
+
+static void h2_teardown(void)
+{
+    if (nghttpd_pid > 0) {
+        kill(nghttpd_pid, SIGTERM);
+        waitpid(nghttpd_pid, NULL, 0);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+    teardown();
+}
+
+static const char *h2_url(void)
+{
+    snprintf(url_buf, sizeof url_buf, "https://127.0.0.1:%d/index.html", h2_port);
+    return url_buf;
+}
+
+START_TEST(test_tls_verify_fails_self_signed)
+{
+    bt_future *f = bt_http_get(cli, h2_url());
+    const char *msg = wait_err(f, BT_ETLS);
+    ck_assert_msg(strstr(msg, "certificate") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_tls_with_ca)
+{
+    char ca[128];
+    snprintf(ca, sizeof ca, "%s/cert.pem", tmpdir);
+    ck_assert_int_eq(bt_http_client_set_ca_file(cli, ca), 0);
+    bt_future *f = bt_http_get(cli, h2_url());
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "h2 hello");
+    ck_assert_int_eq(bt_http_response_version(r), 20);
+    bt_future_unref(f);
+    /* A CA file that does not exist: a TLS error, not a crash. */
+    bt_http_client_set_ca_file(cli, "/nonexistent/ca.pem");
+    f = bt_http_get(cli, h2_url());
+    wait_err(f, BT_ETLS);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_http2_multiplexing)
+{
+    enum { N = 50 };
+    char ca[128];
+    snprintf(ca, sizeof ca, "%s/cert.pem", tmpdir);
+    bt_http_client_set_ca_file(cli, ca);
+    bt_future *fs[N];
+    /* One burst at a host we have no connection to yet: PIPEWAIT makes
+     * the burst wait for the first connection and share it. */
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_http_get(cli, h2_url());
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(fs[i]), 0);
+        ck_assert_int_eq(bt_http_response_version(bt_future_value(fs[i])), 20);
+        bt_future_unref(fs[i]);
+    }
+    bt_http_client_stats st;
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    ck_assert_uint_eq(st.succeeded, N);
+
+    /* Cancelling one stream leaves the shared connection to the others. */
+    bt_future *a = bt_http_get(cli, h2_url());
+    bt_future_cancel(a);
+    bt_future *b = bt_http_get(cli, h2_url());
+    wait_ok(b);
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    bt_future_unref(a);
+    bt_future_unref(b);
+}
+END_TEST
+
+static Suite *curl_suite(void)
+{
+    Suite *s = suite_create("curl");
+    TCase *tc = tcase_create("client");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_get);
+    tcase_add_test(tc, test_methods_headers_body);
+    tcase_add_test(tc, test_query_escaping);
+    tcase_add_test(tc, test_body_file);
+    tcase_add_test(tc, test_base_url);
+    tcase_add_test(tc, test_status_codes);
+    tcase_add_test(tc, test_large_and_max_body);
+    tcase_add_test(tc, test_streaming);
+    tcase_add_test(tc, test_redirects);
+    tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_bad_url);
+    tcase_add_test(tc, test_refused);
+    tcase_add_test(tc, test_dns_failure);
+    tcase_add_test(tc, test_total_timeout);
+    tcase_add_test(tc, test_connect_timeout);
+    tcase_add_test(tc, test_reset_mid_body);
+    tcase_add_test(tc, test_thousand_concurrent);
+    tcase_add_test(tc, test_keepalive_reuse);
+    tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_wait_timeout_separate);
+    tcase_add_test(tc, test_cancel_frees_slot);
+    tcase_add_test(tc, test_cancel_inside_callback);
+    tcase_add_test(tc, test_client_free_cancels);
+    tcase_add_test(tc, test_loop_free_cancels);
+    suite_add_tcase(s, tc);
+
+    TCase *h2 = tcase_create("h2-tls");
+    tcase_add_checked_fixture(h2, h2_setup, h2_teardown);
+    tcase_set_timeout(h2, 60);
+    tcase_add_test(h2, test_tls_verify_fails_self_signed);
+    tcase_add_test(h2, test_tls_with_ca);
+    tcase_add_test(h2, test_http2_multiplexing);
+    suite_add_tcase(s, h2);
+    return s;
+}
+
+BT_TEST_MAIN(curl_suite)
