@@ -652,6 +652,13 @@ START_TEST(metrics_route)
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
     ck_assert_int_eq(bt_http_app_enable_metrics(app, "/metrics"), 0);
     ck_assert_int_eq(bt_http_app_add_metrics(app, extra_metrics, NULL), 0);
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    bt_pool *pool = bt_pool_new(&cfg);
+    ck_assert_ptr_nonnull(pool);
+    ck_assert_int_eq(bt_http_app_add_pool_metrics(app, pool, "main"), 0);
+    ck_assert_int_eq(bt_http_app_add_pool_metrics(app, pool, "bad\"name"), BT_EINVAL);
     start_server();
     with_client(metrics_client, NULL);
     ck_assert_int_eq(rs[3].status, 200);
@@ -663,6 +670,11 @@ START_TEST(metrics_route)
     ck_assert_ptr_nonnull(strstr(m, "baton_loop_lag_seconds{loop=\"0\"}"));
     ck_assert_ptr_nonnull(strstr(m, "baton_http_requests_in_flight 0\n"));
     ck_assert_ptr_nonnull(strstr(m, "my_pool_threads 4\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_pool_max_threads{pool=\"main\",lane=\"cpu\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(m, "baton_pool_submitted_total{pool=\"main\",lane=\"blocking\"} 0\n"));
+    bt_http_server_free(srv);
+    srv = NULL;
+    bt_pool_free(pool);
 }
 END_TEST
 

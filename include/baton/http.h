@@ -43,6 +43,7 @@
 #include <baton/common.h>
 #include <baton/future.h>
 #include <baton/loop.h>
+#include <baton/pool.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -124,6 +125,13 @@ BT_EXPORT int bt_http_app_enable_metrics(bt_http_app *app, const char *path);
  * stats are added this way. Returns 0, BT_EINVAL, BT_EBUSY. */
 typedef char *(*bt_http_metrics_fn)(void *arg);
 BT_EXPORT int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg);
+
+/* Add the offload pool's stats to the metrics route: per lane, threads,
+ * busy threads, queued jobs, and counters of jobs submitted, done, failed,
+ * cancelled and rejected, and time spent queued and running, labelled
+ * pool=name. pool must outlive the app's servers. Returns 0, BT_EINVAL,
+ * BT_ENOMEM, BT_EBUSY. */
+BT_EXPORT int bt_http_app_add_pool_metrics(bt_http_app *app, bt_pool *pool, const char *name);
 
 /* Per-loop hooks: init(loop, arg, &data) runs on each server's loop thread
  * when the server is made (bt_http_server_new), before it accepts; it

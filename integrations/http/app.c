@@ -56,6 +56,9 @@ void bt_http_app_free(bt_http_app *app)
                atomic_load(&app->servers));
     bt__router_free(&app->router);
     bt_free(app->metrics_path);
+    for (size_t i = 0; i < app->nmsrc; i++)
+        if (app->msrc[i].owns_arg)
+            bt_free(app->msrc[i].arg);
     bt_free(app->msrc);
     close(app->stop_fd[0]);
     close(app->stop_fd[1]);
@@ -162,7 +165,28 @@ int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg)
     app->msrc = n;
     app->msrc[app->nmsrc].fn = fn;
     app->msrc[app->nmsrc].arg = arg;
+    app->msrc[app->nmsrc].owns_arg = false;
     app->nmsrc++;
+    return 0;
+}
+
+int bt_http_app_add_pool_metrics(bt_http_app *app, bt_pool *pool, const char *name)
+{
+    CHECK_APP(app);
+    if (!pool || !name || strlen(name) >= sizeof(((bt__pool_src *)0)->name) ||
+        strpbrk(name, "\"\\\n"))
+        return BT_EINVAL;
+    bt__pool_src *src = bt_calloc(1, sizeof *src);
+    if (!src)
+        return BT_ENOMEM;
+    src->pool = pool;
+    strcpy(src->name, name);
+    int rc = bt_http_app_add_metrics(app, bt__http_pool_metrics, src);
+    if (rc != 0) {
+        bt_free(src);
+        return rc;
+    }
+    app->msrc[app->nmsrc - 1].owns_arg = true;
     return 0;
 }
 

@@ -81,7 +81,15 @@ char *bt__http_metrics_render(bt_http_app *app);
 typedef struct bt__metrics_src {
     bt_http_metrics_fn fn;
     void *arg;
+    bool owns_arg;   /* bt_free(arg) with the app */
 } bt__metrics_src;
+
+/* The pool metrics source (metrics.c): arg is a bt__pool_src. */
+typedef struct {
+    bt_pool *pool;
+    char name[64];
+} bt__pool_src;
+char *bt__http_pool_metrics(void *arg);
 
 struct bt_http_app {
     bt__router router;

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -138,6 +139,70 @@ char *bt__http_metrics_render(bt_http_app *app)
             if (sb.len && sb.buf[sb.len - 1] != '\n')
                 sb_printf(&sb, "\n");
             bt_free(extra);
+        }
+    }
+    if (sb.failed) {
+        bt_free(sb.buf);
+        return NULL;
+    }
+    return sb.buf;
+}
+
+char *bt__http_pool_metrics(void *arg)
+{
+    bt__pool_src *src = arg;
+    bt_pool_stats st;
+    if (bt_pool_get_stats(src->pool, &st) != 0)
+        return NULL;
+    static const char *const lanes[BT_LANE_COUNT] = {"cpu", "blocking"};
+    sbuf sb = {0};
+    const struct {
+        const char *name, *type, *help;
+        size_t off;
+        bool is_size, is_ns;
+    } rows[] = {
+#define ROW(n, t, h, field, sz, ns) {n, t, h, offsetof(bt_lane_stats, field), sz, ns}
+        ROW("baton_pool_threads", "gauge", "Worker threads alive.", threads, false, false),
+        ROW("baton_pool_busy_threads", "gauge", "Workers running a job.", busy, false, false),
+        ROW("baton_pool_max_threads", "gauge", "The lane's size or cap.", max_threads, false, false),
+        ROW("baton_pool_queued_jobs", "gauge", "Jobs waiting in the queue.", queued, true, false),
+        ROW("baton_pool_submitted_total", "counter", "Jobs accepted.", submitted, false, false),
+        ROW("baton_pool_rejected_total", "counter", "Jobs refused, queue full.", rejected, false, false),
+        ROW("baton_pool_done_total", "counter", "Jobs run to completion.", done, false, false),
+        ROW("baton_pool_failed_total", "counter", "Jobs that returned an error.", failed, false, false),
+        ROW("baton_pool_cancelled_total", "counter", "Jobs cancelled before running.", cancelled, false, false),
+        ROW("baton_pool_queue_seconds_total", "counter", "Time jobs waited, summed.", queue_ns_total, false, true),
+        ROW("baton_pool_run_seconds_total", "counter", "Time jobs ran, summed.", run_ns_total, false, true),
+#undef ROW
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        sb_printf(&sb, "# HELP %s %s\n# TYPE %s %s\n", rows[i].name, rows[i].help, rows[i].name,
+                  rows[i].type);
+        for (int l = 0; l < BT_LANE_COUNT; l++) {
+            const char *base = (const char *)&st.lane[l] + rows[i].off;
+            if (rows[i].is_ns) {
+                uint64_t v;
+                memcpy(&v, base, sizeof v);
+                sb_printf(&sb, "%s{pool=\"%s\",lane=\"%s\"} %.6f\n", rows[i].name, src->name,
+                          lanes[l], (double)v / 1e9);
+            } else {
+                unsigned long long v;
+                if (rows[i].is_size) {
+                    size_t z;
+                    memcpy(&z, base, sizeof z);
+                    v = z;
+                } else if (strstr(rows[i].name, "total")) {
+                    uint64_t u;
+                    memcpy(&u, base, sizeof u);
+                    v = u;
+                } else {
+                    unsigned u;
+                    memcpy(&u, base, sizeof u);
+                    v = u;
+                }
+                sb_printf(&sb, "%s{pool=\"%s\",lane=\"%s\"} %llu\n", rows[i].name, src->name,
+                          lanes[l], v);
+            }
         }
     }
     if (sb.failed) {
