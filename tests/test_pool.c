@@ -1,6 +1,11 @@
-/* The offload pool: to_thread, lanes, bounds, cancellation, shutdown,
- * submission from other threads, stats. */
+/* The offload pool: to_thread, lanes, bounds, cancellation (queued,
+ * running, racing completion), shutdown with queued and running jobs,
+ * submission from other threads, several loops on one pool, the elastic
+ * blocking lane, resizing, thread names, stats. No timing assertions:
+ * waits are for outcomes, with generous hang guards. */
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,33 +19,857 @@ static bt_loop *loop;
 static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
 static void teardown(void) { bt_test_loop_free_clean(loop); }
 
+/* ---- Helpers ------------------------------------------------------------ */
+
+typedef struct {
+    _Atomic long *counter;
+    long target;
+    bt_loop *loop;
+    uint64_t deadline;
+    bool timed_out;
+} waiter;
+
+static void wait_tick(bt_timer *t, void *arg)
+{
+    (void)t;
+    waiter *w = arg;
+    if (atomic_load(w->counter) >= w->target)
+        bt_loop_stop(w->loop);
+    else if (bt_hrtime() > w->deadline) {
+        w->timed_out = true;
+        bt_loop_stop(w->loop);
+    }
+}
+
+/* Run lp until *counter reaches target; fail after timeout_ms. */
+static void run_until_count(bt_loop *lp, _Atomic long *counter, long target, unsigned timeout_ms)
+{
+    waiter w = {counter, target, lp, bt_hrtime() + (uint64_t)timeout_ms * 1000000u, false};
+    bt_timer *t = bt_timer_new(lp, wait_tick, &w);
+    ck_assert_ptr_nonnull(t);
+    bt_timer_start(t, 1, 1);
+    if (atomic_load(counter) < target)
+        bt_loop_run(lp);
+    bt_timer_free(t);
+    ck_assert_msg(!w.timed_out, "waited %u ms: %ld of %ld", timeout_ms, atomic_load(counter),
+                  target);
+}
+
+/* Run the loop for a turn or ms milliseconds (the batch gets handed over). */
+static void turn(bt_loop *lp, uint64_t ms)
+{
+    bt_future *f = bt_sleep(lp, ms);
+    bt_test_run_until(lp, f, 10000);
+    bt_future_unref(f);
+}
+
+/* Spin-wait (sleeping) for a condition a worker sets; a hang guard. */
+#define WAIT_FOR(cond)                                                     \
+    do {                                                                   \
+        for (int i_ = 0; !(cond); i_++) {                                  \
+            ck_assert_msg(i_ < 20000, "timed out waiting for " #cond);     \
+            usleep(1000);                                                  \
+        }                                                                  \
+    } while (0)
+
+static _Atomic long values_alive;
+
+static void value_free(void *p)
+{
+    atomic_fetch_sub(&values_alive, 1);
+    free(p);
+}
+
+static long *value_new(long v)
+{
+    long *p = malloc(sizeof *p);
+    *p = v;
+    atomic_fetch_add(&values_alive, 1);
+    return p;
+}
+
 static int square_job(bt_job *job, void *arg)
 {
-    long *v = malloc(sizeof *v);
-    *v = (long)(intptr_t)arg * (long)(intptr_t)arg;
-    bt_job_set_value(job, v, free);
+    long v = (long)(intptr_t)arg;
+    bt_job_set_value(job, value_new(v * v), value_free);
     return 0;
 }
+
+static bt_pool *small_pool(unsigned cpu, size_t qmax)
+{
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = cpu;
+    cfg.cpu_queue_max = qmax;
+    cfg.blocking_queue_max = qmax;
+    cfg.blocking_max = 8;
+    cfg.blocking_idle_ms = 50;
+    bt_pool *p = bt_pool_new(&cfg);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* A job that blocks until *gate is set, counting itself started. */
+typedef struct {
+    _Atomic int gate;
+    _Atomic int started;
+    _Atomic int saw_cancel;
+} gate_t;
+
+static int gate_job(bt_job *job, void *arg)
+{
+    gate_t *g = arg;
+    atomic_fetch_add(&g->started, 1);
+    while (!atomic_load(&g->gate)) {
+        if (bt_job_cancelled(job)) {
+            atomic_fetch_add(&g->saw_cancel, 1);
+            return BT_ECANCELED;
+        }
+        usleep(200);
+    }
+    return 0;
+}
+
+/* ---- Basics ----------------------------------------------------------------- */
 
 START_TEST(to_thread_value)
 {
     bt_future *f = bt_to_thread(loop, square_job, (void *)(intptr_t)7);
     ck_assert_ptr_nonnull(f);
-    bt_test_run_until(loop, f, 5000);
+    bt_test_run_until(loop, f, 10000);
     ck_assert_int_eq(bt_future_error(f), 0);
     ck_assert_int_eq(*(long *)bt_future_value(f), 49);
     bt_future_unref(f);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+}
+END_TEST
+
+START_TEST(to_cpu_value)
+{
+    bt_future *f = bt_to_cpu(loop, square_job, (void *)(intptr_t)-3);
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_int_eq(*(long *)bt_future_value(f), 9);
+    /* Taking the value makes it the caller's. */
+    long *v = bt_future_take_value(f);
+    bt_future_unref(f);
+    ck_assert_int_eq(atomic_load(&values_alive), 1);
+    value_free(v);
+}
+END_TEST
+
+static int fail_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    bt_job_set_value(job, value_new(1), value_free); /* discarded: it failed */
+    return bt_job_fail(job, BT_EIO, "disk %d on fire", 3);
+}
+
+static int fail_plain_job(bt_job *job, void *arg)
+{
+    (void)job;
+    (void)arg;
+    return BT_ENOENT;
+}
+
+static int fail_positive_job(bt_job *job, void *arg)
+{
+    (void)job;
+    (void)arg;
+    return 5;
+}
+
+START_TEST(job_failures)
+{
+    bt_future *a = bt_to_thread(loop, fail_job, NULL);
+    bt_future *b = bt_to_thread(loop, fail_plain_job, NULL);
+    bt_future *c = bt_to_cpu(loop, fail_positive_job, NULL);
+    bt_test_run_until(loop, a, 10000);
+    bt_test_run_until(loop, b, 10000);
+    bt_test_run_until(loop, c, 10000);
+    ck_assert_int_eq(bt_future_error(a), BT_EIO);
+    ck_assert_str_eq(bt_future_error_message(a), "disk 3 on fire");
+    ck_assert_int_eq(bt_future_error(b), BT_ENOENT);
+    ck_assert_str_eq(bt_future_error_message(b), bt_strerror(BT_ENOENT));
+    ck_assert_int_eq(bt_future_error(c), BT_EJOB);
+    bt_future_unref(a);
+    bt_future_unref(b);
+    bt_future_unref(c);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+}
+END_TEST
+
+START_TEST(bad_arguments)
+{
+    bt_pool *p = small_pool(1, 16);
+    ck_assert_ptr_null(bt_pool_submit(p, NULL, BT_LANE_CPU, square_job, NULL));
+    ck_assert_ptr_null(bt_to_thread(NULL, square_job, NULL));
+    ck_assert_ptr_null(bt_to_cpu(NULL, square_job, NULL));
+    bt_future *f[3];
+    f[0] = bt_pool_submit(NULL, loop, BT_LANE_CPU, square_job, NULL);
+    f[1] = bt_pool_submit(p, loop, BT_LANE_CPU, NULL, NULL);
+    f[2] = bt_pool_submit(p, loop, (bt_lane)7, square_job, NULL);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_ptr_nonnull(f[i]);
+        ck_assert_int_eq(bt_future_error(f[i]), BT_EINVAL);
+        ck_assert_ptr_nonnull(bt_future_error_message(f[i]));
+        bt_future_unref(f[i]);
+    }
+    ck_assert_int_eq(bt_pool_submit_from(NULL, loop, BT_LANE_CPU, square_job, NULL, NULL, NULL),
+                     BT_EINVAL);
+    ck_assert_int_eq(bt_pool_submit_from(p, NULL, BT_LANE_CPU, square_job, NULL, NULL, NULL),
+                     BT_EINVAL);
+    ck_assert_int_eq(bt_pool_submit_from(p, loop, BT_LANE_CPU, NULL, NULL, NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 0), BT_EINVAL);
+    ck_assert_int_eq(bt_pool_set_threads(NULL, BT_LANE_CPU, 1), BT_EINVAL);
+    ck_assert_int_eq(bt_pool_set_queue_max(p, BT_LANE_CPU, 0), BT_EINVAL);
+    bt_pool_stats st;
+    ck_assert_int_eq(bt_pool_get_stats(NULL, &st), BT_EINVAL);
+    ck_assert_int_eq(bt_pool_get_stats(p, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_pool_default_configure(NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_job_set_value(NULL, NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_job_fail(NULL, BT_EIO, NULL), BT_EIO);
+    ck_assert(!bt_job_cancelled(NULL));
+    ck_assert_ptr_null(bt_job_loop(NULL));
+    bt_pool_free(NULL);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Volume ----------------------------------------------------------------- */
+
+#define MILLION 1000000
+#define WINDOW 20000
+
+typedef struct {
+    bt_pool *pool;
+    _Atomic unsigned char *ran;
+    unsigned char *settled;
+    long next;
+    _Atomic long done;
+    long bad;
+} volume;
+
+static volume *vol;
+
+static int mark_job(bt_job *job, void *arg)
+{
+    (void)job;
+    atomic_fetch_add_explicit(&vol->ran[(intptr_t)arg], 1, memory_order_relaxed);
+    bt_job_set_value(job, arg, NULL);
+    return 0;
+}
+
+static void submit_more(long n);
+
+static void on_mark(bt_future *f, void *arg)
+{
+    long i = (long)(intptr_t)arg;
+    if (bt_future_error(f) != 0 || (intptr_t)bt_future_value(f) != i)
+        vol->bad++;
+    vol->settled[i]++;
+    atomic_fetch_add(&vol->done, 1);
+    if ((atomic_load(&vol->done) % (WINDOW / 2)) == 0)
+        submit_more(WINDOW / 2);
+}
+
+static void submit_more(long n)
+{
+    for (long k = 0; k < n && vol->next < MILLION; k++, vol->next++) {
+        long i = vol->next;
+        bt_future *f = bt_pool_submit(vol->pool, loop, BT_LANE_CPU, mark_job, (void *)(intptr_t)i);
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(bt_future_add_callback(f, on_mark, (void *)(intptr_t)i), 0);
+        bt_future_unref(f);
+    }
+}
+
+START_TEST(million_jobs)
+{
+    volume v = {0};
+    vol = &v;
+    v.pool = small_pool(2, 0);
+    v.ran = calloc(MILLION, 1);
+    v.settled = calloc(MILLION, 1);
+    submit_more(WINDOW);
+    run_until_count(loop, &v.done, MILLION, 280000);
+    ck_assert_int_eq(v.bad, 0);
+    for (long i = 0; i < MILLION; i++) {
+        if (v.ran[i] != 1 || v.settled[i] != 1)
+            ck_abort_msg("job %ld ran %d times, settled %d times", i, v.ran[i], v.settled[i]);
+    }
+    bt_pool_stats st;
+    bt_pool_get_stats(v.pool, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].done, MILLION);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].submitted, MILLION);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, 0);
+    bt_pool_free(v.pool);
+    free(v.ran);
+    free(v.settled);
+}
+END_TEST
+
+/* ---- Submission from other threads -------------------------------------------- */
+
+#define SUBMITTERS 8
+#define PER_THREAD 2000
+
+typedef struct {
+    bt_pool *pool;
+    bt_loop *loop;
+    int id;
+    _Atomic long *done;
+    _Atomic long *bad;
+    pthread_t loop_thread;
+} submitter;
+
+static void on_from_done(bt_future *f, void *arg)
+{
+    submitter *s = arg;
+    if (f == NULL || bt_future_error(f) != 0 || !bt_loop_is_current(s->loop))
+        atomic_fetch_add(s->bad, 1);
+    atomic_fetch_add(s->done, 1);
+}
+
+static void *submit_thread(void *arg)
+{
+    submitter *s = arg;
+    for (int i = 0; i < PER_THREAD; i++) {
+        int rc = bt_pool_submit_from(s->pool, s->loop, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING,
+                                     square_job, (void *)(intptr_t)i, on_from_done, s);
+        if (rc != 0)
+            atomic_fetch_add(s->bad, 1000000);
+    }
+    return NULL;
+}
+
+START_TEST(submit_from_eight_threads)
+{
+    bt_pool *p = small_pool(2, 0);
+    _Atomic long done = 0, bad = 0;
+    submitter s[SUBMITTERS];
+    pthread_t th[SUBMITTERS];
+    for (int i = 0; i < SUBMITTERS; i++) {
+        s[i] = (submitter){p, loop, i, &done, &bad, pthread_self()};
+        pthread_create(&th[i], NULL, submit_thread, &s[i]);
+    }
+    run_until_count(loop, &done, SUBMITTERS * PER_THREAD, 60000);
+    for (int i = 0; i < SUBMITTERS; i++)
+        pthread_join(th[i], NULL);
+    ck_assert_int_eq(atomic_load(&bad), 0);
+    ck_assert_int_eq(atomic_load(&done), SUBMITTERS * PER_THREAD);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Several loops on one pool ---------------------------------------------------- */
+
+typedef struct {
+    bt_pool *pool;
+    _Atomic long done;
+    long wrong_thread;
+    bt_loop *lp;
+} loop_ctx;
+
+static void on_loop_done(bt_future *f, void *arg)
+{
+    loop_ctx *c = arg;
+    if (!bt_loop_is_current(c->lp) || bt_future_error(f) != 0)
+        c->wrong_thread++;
+    atomic_fetch_add(&c->done, 1);
+}
+
+static void *loop_thread(void *arg)
+{
+    loop_ctx *c = arg;
+    c->lp = bt_loop_new();
+    for (int i = 0; i < 1000; i++) {
+        bt_future *f = bt_pool_submit(c->pool, c->lp, i % 3 ? BT_LANE_CPU : BT_LANE_BLOCKING,
+                                      square_job, (void *)(intptr_t)i);
+        bt_future_add_callback(f, on_loop_done, c);
+        bt_future_unref(f);
+    }
+    run_until_count(c->lp, &c->done, 1000, 60000);
+    bt_loop_free(c->lp);
+    return NULL;
+}
+
+START_TEST(one_pool_four_loops)
+{
+    bt_pool *p = small_pool(2, 0);
+    loop_ctx c[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        c[i].pool = p;
+        pthread_create(&th[i], NULL, loop_thread, &c[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(atomic_load(&c[i].done), 1000);
+        ck_assert_int_eq(c[i].wrong_thread, 0);
+    }
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].done + st.lane[BT_LANE_BLOCKING].done, 4000);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Bounds ------------------------------------------------------------------ */
+
+START_TEST(full_queue_fails_at_once)
+{
+    bt_pool *p = small_pool(1, 4);
+    gate_t g = {0};
+    bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    bt_future *f[8];
+    int rejected = 0;
+    for (int i = 0; i < 8; i++) {
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, square_job, (void *)(intptr_t)i);
+        if (bt_future_is_settled(f[i])) {
+            ck_assert_int_eq(bt_future_error(f[i]), BT_EAGAIN);
+            ck_assert_ptr_nonnull(strstr(bt_future_error_message(f[i]), "full"));
+            rejected++;
+        }
+    }
+    /* The blocker and 3 more fill the bound of 4 (the blocker may already
+     * have left the queue, making room for one more). */
+    ck_assert_int_ge(rejected, 4);
+    ck_assert_int_le(rejected, 5);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].rejected, (uint64_t)rejected);
+    atomic_store(&g.gate, 1);
+    bt_test_run_until(loop, blocker, 10000);
+    for (int i = 0; i < 8; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        int rc = bt_future_error(f[i]);
+        ck_assert(rc == 0 || rc == BT_EAGAIN);
+        bt_future_unref(f[i]);
+    }
+    ck_assert_int_eq(bt_future_error(blocker), 0);
+    bt_future_unref(blocker);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Cancellation -------------------------------------------------------------- */
+
+static _Atomic long ran_count;
+
+static int count_job(bt_job *job, void *arg)
+{
+    (void)job;
+    (void)arg;
+    atomic_fetch_add(&ran_count, 1);
+    return 0;
+}
+
+START_TEST(cancel_queued_leaves_queue)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0); /* hand it over */
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    bt_future *f[10];
+    for (int i = 0; i < 10; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
+    /* Half cancelled while still in the loop's batch, half once queued. */
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(bt_future_cancel(f[i]), 0);
+        ck_assert_int_eq(bt_future_get_state(f[i]), BT_FUTURE_CANCELLED);
+    }
+    turn(loop, 1);
+    for (int i = 5; i < 10; i++) {
+        ck_assert_int_eq(bt_future_cancel(f[i]), 0);
+        ck_assert_int_eq(bt_future_get_state(f[i]), BT_FUTURE_CANCELLED);
+    }
+    atomic_store(&g.gate, 1);
+    bt_test_run_until(loop, blocker, 10000);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].cancelled, 10);
+    ck_assert_int_eq(atomic_load(&ran_count), 0);
+    for (int i = 0; i < 10; i++)
+        bt_future_unref(f[i]);
+    bt_future_unref(blocker);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(cancel_running_sets_flag)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert(!bt_future_is_settled(f)); /* it settles when the job returns */
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(atomic_load(&g.saw_cancel), 1);
+    bt_future_unref(f);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* Cancellation racing completion: every future settles exactly once, as a
+ * value or cancelled, and every value is destroyed exactly once. */
+typedef struct {
+    bt_future **fs;
+    int n;
+    _Atomic long settled;
+    long values, cancels;
+} race_ctx;
+
+static void on_race(bt_future *f, void *arg)
+{
+    race_ctx *r = arg;
+    bt_future_state st = bt_future_get_state(f);
+    if (st == BT_FUTURE_VALUE)
+        r->values++;
+    else if (st == BT_FUTURE_CANCELLED)
+        r->cancels++;
+    else
+        ck_abort_msg("unexpected state %d", st);
+    atomic_fetch_add(&r->settled, 1);
+}
+
+static void cancel_some(bt_timer *t, void *arg)
+{
+    race_ctx *r = arg;
+    static int pos;
+    for (int k = 0; k < 50 && pos < r->n; k++, pos += 3)
+        bt_future_cancel(r->fs[pos]);
+    if (pos >= r->n)
+        bt_timer_stop(t);
+}
+
+START_TEST(cancel_races_completion)
+{
+    bt_pool *p = small_pool(2, 0);
+    race_ctx r = {0};
+    r.n = 20000;
+    r.fs = calloc((size_t)r.n, sizeof *r.fs);
+    for (int i = 0; i < r.n; i++) {
+        r.fs[i] = bt_pool_submit(p, loop, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING, square_job,
+                                 (void *)(intptr_t)i);
+        bt_future_add_callback(r.fs[i], on_race, &r);
+        if (i % 7 == 0)
+            bt_future_cancel(r.fs[i]); /* still in the batch */
+    }
+    bt_timer *t = bt_timer_new(loop, cancel_some, &r);
+    bt_timer_start(t, 0, 1);
+    run_until_count(loop, &r.settled, r.n, 60000);
+    bt_timer_free(t);
+    ck_assert_int_eq(r.values + r.cancels, r.n);
+    ck_assert_int_ge(r.cancels, r.n / 7);
+    for (int i = 0; i < r.n; i++)
+        bt_future_unref(r.fs[i]);
+    free(r.fs);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Shutdown ------------------------------------------------------------------ */
+
+static _Atomic long shut_settled;
+
+static void on_shut(bt_future *f, void *arg)
+{
+    (void)arg;
+    bt_future_error(f);
+    atomic_fetch_add(&shut_settled, 1);
+}
+
+START_TEST(loop_free_with_queued_and_running)
+{
+    bt_pool *p = small_pool(1, 0);
+    bt_loop *lp = bt_loop_new();
+    gate_t g = {0};
+    bt_future *running = bt_pool_submit(p, lp, BT_LANE_CPU, gate_job, &g);
+    bt_future_add_callback(running, on_shut, NULL);
+    turn(lp, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    for (int i = 0; i < 100; i++) {
+        bt_future *f = bt_pool_submit(p, lp, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING, count_job, NULL);
+        bt_future_add_callback(f, on_shut, NULL);
+        bt_future_unref(f);
+    }
+    /* Some handed to the lane, some still in the loop's batch. */
+    bt_future_unref(running);
+    bt_test_loop_free_clean(lp); /* nothing left for the loop to force-cancel */
+    ck_assert_int_eq(atomic_load(&shut_settled), 101);
+    ck_assert_int_eq(atomic_load(&g.saw_cancel), 1);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(pool_free_with_queued_and_running)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *running = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    bt_future *f[20];
+    for (int i = 0; i < 20; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
+    turn(loop, 1); /* queued on the lane */
+    bt_pool_free(p); /* cancels the queue, waits for the running job */
+    ck_assert_int_eq(atomic_load(&g.saw_cancel), 1);
+    bt_test_run_until(loop, running, 10000);
+    ck_assert_int_eq(bt_future_error(running), BT_ECANCELED);
+    for (int i = 0; i < 20; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        ck_assert_int_eq(bt_future_get_state(f[i]), BT_FUTURE_CANCELLED);
+        bt_future_unref(f[i]);
+    }
+    ck_assert_int_eq(atomic_load(&ran_count), 0);
+    bt_future_unref(running);
+}
+END_TEST
+
+/* ---- Lanes -------------------------------------------------------------------- */
+
+START_TEST(blocking_lane_grows_and_shrinks)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *f[8];
+    for (int i = 0; i < 8; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
+    turn(loop, 0);
+    /* All eight run at once: the lane grew to its cap of 8. */
+    WAIT_FOR(atomic_load(&g.started) == 8);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads, 8);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 8);
+    /* A ninth waits in the queue: the cap holds. */
+    bt_future *ninth = bt_pool_submit(p, loop, BT_LANE_BLOCKING, count_job, NULL);
+    turn(loop, 5);
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads, 8);
+    atomic_store(&g.gate, 1);
+    for (int i = 0; i < 8; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        ck_assert_int_eq(bt_future_error(f[i]), 0);
+        bt_future_unref(f[i]);
+    }
+    bt_test_run_until(loop, ninth, 10000);
+    bt_future_unref(ninth);
+    /* Idle for 50 ms, they retire. */
+    for (int i = 0;; i++) {
+        bt_pool_get_stats(p, &st);
+        if (st.lane[BT_LANE_BLOCKING].threads == 0)
+            break;
+        ck_assert_msg(i < 2000, "blocking threads never retired");
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads_started, 8);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads_retired, 8);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].done, 9);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(blocking_flood_does_not_delay_cpu)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *slow[8];
+    for (int i = 0; i < 8; i++)
+        slow[i] = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
+    /* Every blocking thread is stuck; CPU work still gets through. */
+    bt_future *cpu = bt_pool_submit(p, loop, BT_LANE_CPU, square_job, (void *)(intptr_t)4);
+    bt_test_run_until(loop, cpu, 10000);
+    ck_assert_int_eq(bt_future_error(cpu), 0);
+    ck_assert_int_eq(atomic_load(&g.gate), 0);
+    /* And the reverse: a stuck CPU lane leaves the blocking lane free. */
+    gate_t g2 = {0};
+    bt_future *cpu_stuck = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g2);
+    atomic_store(&g.gate, 1);
+    for (int i = 0; i < 8; i++) {
+        bt_test_run_until(loop, slow[i], 10000);
+        bt_future_unref(slow[i]);
+    }
+    bt_future *blk = bt_pool_submit(p, loop, BT_LANE_BLOCKING, square_job, (void *)(intptr_t)5);
+    bt_test_run_until(loop, blk, 10000);
+    ck_assert_int_eq(bt_future_error(blk), 0);
+    ck_assert_int_eq(atomic_load(&g2.gate), 0);
+    atomic_store(&g2.gate, 1);
+    bt_test_run_until(loop, cpu_stuck, 10000);
+    bt_future_unref(cpu_stuck);
+    bt_future_unref(blk);
+    bt_future_unref(cpu);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(resize_cpu_lane)
+{
+    bt_pool *p = small_pool(1, 0);
+    bt_pool_stats st;
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 4), 0);
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 4);
+    /* Four jobs that wait for each other need four threads. */
+    gate_t g = {0};
+    bt_future *f[4];
+    for (int i = 0; i < 4; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 4);
+    atomic_store(&g.gate, 1);
+    for (int i = 0; i < 4; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        bt_future_unref(f[i]);
+    }
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 1), 0);
+    for (int i = 0;; i++) {
+        bt_pool_get_stats(p, &st);
+        if (st.lane[BT_LANE_CPU].threads == 1)
+            break;
+        ck_assert_msg(i < 2000, "CPU lane never shrank");
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].max_threads, 1);
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_BLOCKING, 2), 0);
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 2);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* ---- Names, default pool, stats --------------------------------------------------- */
+
+static int name_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    char *name = calloc(1, 16);
+    pthread_getname_np(pthread_self(), name, 16);
+    bt_job_set_value(job, name, free);
+    return 0;
+}
+
+START_TEST(thread_names_show)
+{
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    cfg.name = "web";
+    cfg.stack_size = 256 * 1024;
+    bt_pool *p = bt_pool_new(&cfg);
+    ck_assert_ptr_nonnull(p);
+    bt_future *a = bt_pool_submit(p, loop, BT_LANE_CPU, name_job, NULL);
+    bt_future *b = bt_pool_submit(p, loop, BT_LANE_BLOCKING, name_job, NULL);
+    bt_test_run_until(loop, a, 10000);
+    bt_test_run_until(loop, b, 10000);
+    ck_assert_str_eq(bt_future_value(a), "web-cpu-0");
+    ck_assert_str_eq(bt_future_value(b), "web-blk-0");
+    bt_future_unref(a);
+    bt_future_unref(b);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(default_pool_configured_at_run_time)
+{
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 3;
+    cfg.blocking_max = 5;
+    ck_assert_int_eq(bt_pool_default_configure(&cfg), 0);
+    bt_pool *p = bt_pool_default();
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_eq(bt_pool_default(), p);
+    ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EBUSY);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 3);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 5);
+    bt_future *f = bt_to_cpu(loop, square_job, (void *)(intptr_t)2);
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+}
+END_TEST
+
+static int sleep_job(bt_job *job, void *arg)
+{
+    (void)job;
+    usleep((useconds_t)(intptr_t)arg);
+    return 0;
+}
+
+START_TEST(stats_count_time_in_queue_and_running)
+{
+    bt_pool *p = small_pool(1, 0);
+    bt_future *f[5];
+    for (int i = 0; i < 5; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, sleep_job, (void *)(intptr_t)2000);
+    bt_future *e = bt_pool_submit(p, loop, BT_LANE_CPU, fail_plain_job, NULL);
+    for (int i = 0; i < 5; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        bt_future_unref(f[i]);
+    }
+    bt_test_run_until(loop, e, 10000);
+    ck_assert_int_eq(bt_future_error(e), BT_ENOENT);
+    bt_future_unref(e);
+    bt_pool_stats st;
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), 0);
+    bt_lane_stats *c = &st.lane[BT_LANE_CPU];
+    ck_assert_uint_eq(c->submitted, 6);
+    ck_assert_uint_eq(c->done, 6);
+    ck_assert_uint_eq(c->failed, 1);
+    ck_assert_uint_eq(c->queued, 0);
+    ck_assert_uint_eq(c->threads, 1);
+    /* Each ran about 2 ms and the later ones queued behind them. */
+    ck_assert_uint_ge(c->run_ns_total, 5u * 2000000u);
+    ck_assert_uint_ge(c->run_ns_max, 2000000u);
+    ck_assert_uint_gt(c->queue_ns_total, 0);
+    ck_assert_uint_ge(c->queue_ns_max, 2000000u);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].done, 0);
+    bt_pool_free(p);
 }
 END_TEST
 
 static Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
-    TCase *tc = tcase_create("basic");
+    TCase *tc = tcase_create("pool");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, BT_TEST_TIMEOUT);
     tcase_add_test(tc, to_thread_value);
+    tcase_add_test(tc, to_cpu_value);
+    tcase_add_test(tc, job_failures);
+    tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, submit_from_eight_threads);
+    tcase_add_test(tc, one_pool_four_loops);
+    tcase_add_test(tc, full_queue_fails_at_once);
+    tcase_add_test(tc, cancel_queued_leaves_queue);
+    tcase_add_test(tc, cancel_running_sets_flag);
+    tcase_add_test(tc, cancel_races_completion);
+    tcase_add_test(tc, loop_free_with_queued_and_running);
+    tcase_add_test(tc, pool_free_with_queued_and_running);
+    tcase_add_test(tc, blocking_lane_grows_and_shrinks);
+    tcase_add_test(tc, blocking_flood_does_not_delay_cpu);
+    tcase_add_test(tc, resize_cpu_lane);
+    tcase_add_test(tc, thread_names_show);
+    tcase_add_test(tc, default_pool_configured_at_run_time);
+    tcase_add_test(tc, stats_count_time_in_queue_and_running);
     suite_add_tcase(s, tc);
+    TCase *big = tcase_create("volume");
+    tcase_add_checked_fixture(big, setup, teardown);
+    tcase_set_timeout(big, 300);
+    tcase_add_test(big, million_jobs);
+    suite_add_tcase(s, big);
     return s;
 }
 
