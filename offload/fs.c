@@ -1,6 +1,5 @@
 /* File operations on the blocking lane: each one is a job that copies its
  * arguments, makes the system calls on a worker and sets the value. */
-#define _GNU_SOURCE /* mkostemp */
 #include "config.h"
 
 #include <errno.h>
@@ -8,6 +7,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
