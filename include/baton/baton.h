@@ -7,5 +7,10 @@
 #include <baton/common.h>
 #include <baton/loop.h>
 #include <baton/future.h>
+#include <baton/pool.h>
+#include <baton/compose.h>
+#include <baton/group.h>
+#include <baton/semaphore.h>
+#include <baton/watchdog.h>
 
 #endif

@@ -1,0 +1,334 @@
+/* Task groups: success, the first failure cancelling the rest (observed
+ * through the children's cancel hooks), the group waiting for a child that
+ * is still running when a sibling fails, several failures counted,
+ * cancellation from outside, the deadline, an empty group, late adds, and
+ * the loop freed under an open group. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static bt_loop *loop;
+
+static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
+static void teardown(void) { bt_test_loop_free_clean(loop); }
+
+typedef struct {
+    bt_future *f;
+    int hook_calls;
+    bool eager;
+} prod;
+
+static void prod_hook(bt_future *f, void *arg)
+{
+    prod *p = arg;
+    p->hook_calls++;
+    if (p->eager)
+        bt_future_set_cancelled(f);
+}
+
+static void prod_init(prod *p, bool eager)
+{
+    memset(p, 0, sizeof *p);
+    p->eager = eager;
+    p->f = bt_future_new(loop);
+    ck_assert_ptr_nonnull(p->f);
+    bt_future_on_cancel(p->f, prod_hook, p);
+}
+
+static void spin(void)
+{
+    bt_future *s = bt_sleep(loop, 5);
+    bt_test_run_until(loop, s, 2000);
+    bt_future_unref(s);
+}
+
+START_TEST(all_children_succeed)
+{
+    bt_group *g = bt_group_new(loop);
+    ck_assert_ptr_nonnull(g);
+    bt_future *kids[3];
+    for (int i = 0; i < 3; i++) {
+        kids[i] = bt_sleep(loop, (uint64_t)(1 + i));
+        ck_assert_int_eq(bt_group_add(g, kids[i]), 0);
+    }
+    ck_assert_uint_eq(bt_group_pending(g), 3);
+    bt_future *w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 5000);
+    ck_assert_int_eq(bt_future_error(w), 0);
+    ck_assert_uint_eq(bt_group_pending(g), 0);
+    ck_assert_uint_eq(bt_group_failed(g), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(bt_future_get_state(kids[i]), BT_FUTURE_VALUE);
+        bt_future_unref(kids[i]);
+    }
+    /* Adding to a settled group is refused and the child cancelled. */
+    bt_future *late = bt_sleep(loop, 100000);
+    ck_assert_int_eq(bt_group_add(g, late), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_get_state(late), BT_FUTURE_CANCELLED);
+    bt_future_unref(late);
+    bt_future_unref(w);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(first_failure_cancels_the_rest_and_waits_for_them)
+{
+    bt_group *g = bt_group_new(loop);
+    prod ok, running, bad, idle;
+    prod_init(&ok, true);
+    prod_init(&running, false); /* mid-job: cannot stop at once */
+    prod_init(&bad, true);
+    prod_init(&idle, true);
+    prod *all[4] = {&ok, &running, &bad, &idle};
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(bt_group_add(g, all[i]->f), 0);
+    bt_future *w = bt_group_wait(g);
+    bt_group_free(g); /* the group lives on until its future settles */
+    bt_future_set_value(ok.f, NULL, NULL);
+    bt_future_set_error(bad.f, BT_ESQL, "relation \"users\" does not exist");
+    spin();
+    ck_assert_int_eq(running.hook_calls, 1);
+    ck_assert_int_eq(idle.hook_calls, 1);
+    ck_assert_int_eq(ok.hook_calls, 0);
+    ck_assert_int_eq(bt_future_get_state(idle.f), BT_FUTURE_CANCELLED);
+    /* One child is still running: the group has not settled. */
+    ck_assert(!bt_future_is_settled(w));
+    bt_future_set_value(running.f, NULL, NULL);
+    bt_test_run_until(loop, w, 2000);
+    ck_assert_int_eq(bt_future_error(w), BT_ESQL);
+    ck_assert_str_eq(bt_future_error_message(w), "relation \"users\" does not exist");
+    ck_assert_int_eq(bt_future_get_state(running.f), BT_FUTURE_CANCELLED);
+    for (int i = 0; i < 4; i++)
+        bt_future_unref(all[i]->f);
+    bt_future_unref(w);
+}
+END_TEST
+
+START_TEST(several_failures_are_counted)
+{
+    bt_group *g = bt_group_new(loop);
+    prod a, b, c;
+    prod_init(&a, false);
+    prod_init(&b, false);
+    prod_init(&c, false);
+    bt_group_add(g, a.f);
+    bt_group_add(g, b.f);
+    bt_group_add(g, c.f);
+    bt_future *w = bt_group_wait(g);
+    bt_future_set_error(b.f, BT_EIO, "first");
+    bt_future_set_error(a.f, BT_EPIPE, "second");
+    bt_future_set_error(c.f, BT_EPIPE, "third");
+    bt_test_log_capture();
+    bt_test_run_until(loop, w, 2000);
+    ck_assert_int_eq(bt_future_error(w), BT_EIO);
+    ck_assert_str_eq(bt_future_error_message(w), "first (and 2 other child failures)");
+    ck_assert_uint_eq(bt_group_failed(g), 3);
+    bt_future_unref(a.f);
+    bt_future_unref(b.f);
+    bt_future_unref(c.f);
+    ck_assert(!bt_test_log_contains("nobody read"));
+    bt_future_unref(w);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(cancel_from_outside)
+{
+    for (int how = 0; how < 2; how++) {
+        bt_group *g = bt_group_new(loop);
+        prod a, b;
+        prod_init(&a, true);
+        prod_init(&b, false);
+        bt_group_add(g, a.f);
+        bt_group_add(g, b.f);
+        bt_future *w = bt_group_wait(g);
+        if (how == 0)
+            ck_assert_int_eq(bt_group_cancel(g), 0);
+        else
+            ck_assert_int_eq(bt_future_cancel(w), 0);
+        ck_assert_int_eq(a.hook_calls, 1);
+        ck_assert_int_eq(b.hook_calls, 1);
+        spin();
+        ck_assert(!bt_future_is_settled(w));
+        ck_assert_int_eq(bt_group_add(g, bt_future_ref(a.f)), BT_ESHUTDOWN);
+        bt_future_unref(a.f);
+        bt_future_set_cancelled(b.f);
+        bt_test_run_until(loop, w, 2000);
+        ck_assert_int_eq(bt_future_get_state(w), BT_FUTURE_CANCELLED);
+        ck_assert_int_eq(bt_group_cancel(g), BT_EALREADY);
+        bt_future_unref(a.f);
+        bt_future_unref(b.f);
+        bt_future_unref(w);
+        bt_group_free(g);
+    }
+}
+END_TEST
+
+START_TEST(a_child_cancelled_elsewhere_does_not_fail_the_group)
+{
+    bt_group *g = bt_group_new(loop);
+    prod a;
+    prod_init(&a, true);
+    bt_future *s = bt_sleep(loop, 1);
+    bt_group_add(g, a.f);
+    bt_group_add(g, s);
+    bt_future_cancel(a.f);
+    bt_future *w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 5000);
+    ck_assert_int_eq(bt_future_error(w), 0);
+    ck_assert_int_eq(bt_future_get_state(s), BT_FUTURE_VALUE);
+    bt_future_unref(a.f);
+    bt_future_unref(s);
+    bt_future_unref(w);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(deadline)
+{
+    bt_group *g = bt_group_new(loop);
+    bt_future *s1 = bt_sleep(loop, 100000);
+    bt_future *s2 = bt_sleep(loop, 100000);
+    bt_group_add(g, s1);
+    bt_group_add(g, s2);
+    ck_assert_int_eq(bt_group_set_deadline(g, 10), 0);
+    bt_future *w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 5000);
+    ck_assert_int_eq(bt_future_error(w), BT_ETIMEDOUT);
+    ck_assert_str_eq(bt_future_error_message(w), "task group deadline of 10 ms passed");
+    ck_assert_int_eq(bt_future_get_state(s1), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(s2), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_group_set_deadline(g, 10), BT_EALREADY);
+    bt_future_unref(s1);
+    bt_future_unref(s2);
+    bt_future_unref(w);
+    bt_group_free(g);
+
+    /* A deadline that is not reached changes nothing. */
+    g = bt_group_new(loop);
+    bt_future *quick = bt_sleep(loop, 1);
+    bt_group_add(g, quick);
+    bt_group_set_deadline(g, 100000);
+    w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 5000);
+    ck_assert_int_eq(bt_future_error(w), 0);
+    bt_future_unref(quick);
+    bt_future_unref(w);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(empty_group)
+{
+    bt_group *g = bt_group_new(loop);
+    bt_future *w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 2000);
+    ck_assert_int_eq(bt_future_error(w), 0);
+    bt_future *w2 = bt_group_wait(g);
+    ck_assert_ptr_eq(w, w2);
+    bt_future_unref(w2);
+    bt_future_unref(w);
+    bt_group_free(g);
+
+    /* Freed without a wait: settles on its own, nobody needs to look. */
+    g = bt_group_new(loop);
+    bt_future *s = bt_sleep(loop, 1);
+    bt_group_add(g, s);
+    bt_group_free(g);
+    bt_test_run_until(loop, s, 2000);
+    bt_future_unref(s);
+}
+END_TEST
+
+static void add_more(bt_future *f, void *arg)
+{
+    (void)f;
+    bt_group *g = arg;
+    bt_future *s = bt_sleep(loop, 1);
+    ck_assert_int_eq(bt_group_add(g, s), 0);
+    bt_future_unref(s);
+}
+
+START_TEST(children_added_while_waiting)
+{
+    bt_group *g = bt_group_new(loop);
+    bt_future *s = bt_sleep(loop, 1);
+    bt_future_add_callback(s, add_more, g); /* runs before the group's own */
+    bt_group_add(g, s);
+    bt_future *w = bt_group_wait(g);
+    bt_test_run_until(loop, w, 5000);
+    ck_assert_int_eq(bt_future_error(w), 0);
+    ck_assert_uint_eq(bt_group_pending(g), 0);
+    bt_future_unref(s);
+    bt_future_unref(w);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(loop_freed_under_an_open_group)
+{
+    bt_loop *l = bt_loop_new();
+    bt_group *g = bt_group_new(l);
+    bt_future *s = bt_sleep(l, 100000);
+    bt_group_add(g, s);
+    bt_group_set_deadline(g, 100000);
+    bt_future *w = bt_group_wait(g);
+    bt_test_loop_free_clean(l); /* the group's closer cancelled it in time */
+    ck_assert_int_eq(bt_future_get_state(w), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(s), BT_FUTURE_CANCELLED);
+    bt_group_free(g); /* after the loop: touches nothing of it */
+    bt_future_unref(s);
+    bt_future_unref(w);
+
+    /* Never waited on, handle kept: the closer still closes it. */
+    l = bt_loop_new();
+    g = bt_group_new(l);
+    bt_test_loop_free_clean(l);
+    bt_group_free(g);
+}
+END_TEST
+
+START_TEST(null_arguments)
+{
+    ck_assert_ptr_null(bt_group_new(NULL));
+    ck_assert_int_eq(bt_group_add(NULL, NULL), BT_EINVAL);
+    bt_group *g = bt_group_new(loop);
+    ck_assert_int_eq(bt_group_add(g, NULL), BT_EINVAL);
+    bt_loop *other = bt_loop_new();
+    bt_future *o = bt_sleep(other, 1);
+    ck_assert_int_eq(bt_group_add(g, o), BT_EINVAL);
+    bt_future_cancel(o);
+    bt_future_unref(o);
+    bt_test_loop_free_clean(other);
+    ck_assert_ptr_null(bt_group_wait(NULL));
+    ck_assert_int_eq(bt_group_cancel(NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_group_set_deadline(NULL, 1), BT_EINVAL);
+    ck_assert_uint_eq(bt_group_pending(NULL), 0);
+    bt_group_free(NULL);
+    bt_group_free(g);
+    spin();
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("group");
+    TCase *tc = tcase_create("group");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, BT_TEST_TIMEOUT);
+    tcase_add_test(tc, all_children_succeed);
+    tcase_add_test(tc, first_failure_cancels_the_rest_and_waits_for_them);
+    tcase_add_test(tc, several_failures_are_counted);
+    tcase_add_test(tc, cancel_from_outside);
+    tcase_add_test(tc, a_child_cancelled_elsewhere_does_not_fail_the_group);
+    tcase_add_test(tc, deadline);
+    tcase_add_test(tc, empty_group);
+    tcase_add_test(tc, children_added_while_waiting);
+    tcase_add_test(tc, loop_freed_under_an_open_group);
+    tcase_add_test(tc, null_arguments);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+BT_TEST_MAIN(suite)
