@@ -84,12 +84,33 @@ static void future_destroy(bt_future *f)
     bt_free(f);
 }
 
+/* The last reference but the loop's was just dropped. If the future is
+ * still pending, nobody asked to cancel it and nobody waits on it, its
+ * outcome can never be seen: asyncio's "Task was destroyed but it is
+ * pending", caught at the moment it happens (not only at bt_loop_free).
+ * Only on the loop thread, where state and callbacks cannot change under
+ * us; a reference dropped on another thread is left to bt_loop_free. */
+static void check_dropped(bt_future *f)
+{
+    if (!bt_loop_is_current(f->loop) || f->loop->closing ||
+        atomic_load_explicit(&f->state, memory_order_relaxed) != BT_FUTURE_PENDING ||
+        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->cbs_head != NULL)
+        return;
+    bt_log(BT_LOG_WARN,
+           "future %p dropped while still pending with nobody waiting on it: its outcome "
+           "will be lost (add a callback, or cancel it before dropping it)",
+           (void *)f);
+}
+
 BT_EXPORT void bt_future_unref(bt_future *f)
 {
     if (f == NULL)
         return;
-    if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1)
+    long prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
+    if (prev == 1)
         future_destroy(f);
+    else if (prev == 2)
+        check_dropped(f);
 }
 
 BT_EXPORT bt_loop *bt_future_loop(const bt_future *f)

@@ -381,6 +381,7 @@ typedef struct {
     bt__task task;
     bt_fn fn;
     void *arg;
+    bt_loop *loop;
 } call_task;
 
 static void run_call(bt__task *t)
@@ -388,17 +389,22 @@ static void run_call(bt__task *t)
     call_task *c = (call_task *)t;
     bt_fn fn = c->fn;
     void *arg = c->arg;
+    bt_loop *loop = c->loop;
     bt_free(c);
+    /* Nested inside the task's bracket: only names fn for the watchdog. */
+    bt_loop_enter_cb(loop, (const void *)fn);
     fn(arg);
+    bt_loop_leave_cb(loop);
 }
 
-static call_task *call_new(bt_fn fn, void *arg)
+static call_task *call_new(bt_loop *loop, bt_fn fn, void *arg)
 {
     call_task *c = bt_malloc(sizeof *c);
     if (c) {
         c->task.run = run_call;
         c->fn = fn;
         c->arg = arg;
+        c->loop = loop;
     }
     return c;
 }
@@ -409,7 +415,7 @@ BT_EXPORT int bt_loop_call_soon(bt_loop *loop, bt_fn fn, void *arg)
         return BT_EINVAL;
     if (loop->closing)
         return BT_ESHUTDOWN;
-    call_task *c = call_new(fn, arg);
+    call_task *c = call_new(loop, fn, arg);
     if (c == NULL)
         return BT_ENOMEM;
     bt__loop_schedule(loop, &c->task);
@@ -420,7 +426,7 @@ BT_EXPORT int bt_loop_post(bt_loop *loop, bt_fn fn, void *arg)
 {
     if (loop == NULL || fn == NULL)
         return BT_EINVAL;
-    call_task *c = call_new(fn, arg);
+    call_task *c = call_new(loop, fn, arg);
     if (c == NULL)
         return BT_ENOMEM;
     int rc = bt__loop_push(loop, &c->task);
