@@ -2,12 +2,13 @@
  * one loop per core until SIGINT or SIGTERM.
  *
  * DESIGN (bt_http_app_run)
- * - The calling thread blocks SIGINT and SIGTERM before it starts any
- *   thread, so every loop thread inherits the mask and the signals are
- *   only ever read, synchronously, from a signalfd by the calling thread.
- *   bt_http_app_stop writes a byte to the app's stop pipe, which the same
- *   poll watches (write(2) is async-signal-safe, so a signal handler of the
- *   program's own may call it).
+ * - SIGINT and SIGTERM get a handler that writes a byte to the app's stop
+ *   pipe (write(2) is async-signal-safe), as bt_http_app_stop does; the
+ *   calling thread polls that pipe. The loop threads are started with both
+ *   signals blocked, so no loop is interrupted; the handler runs in the
+ *   calling thread or in one the program started (the offload pool's
+ *   workers), and works in either. The old actions are restored on
+ *   return.
  * - Loop 0 is started first and binds the port (port 0 picks one); the
  *   others then bind the same port with SO_REUSEPORT and the kernel spreads
  *   connections across them.
@@ -23,7 +24,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "http-internal.h"
@@ -212,6 +212,20 @@ int bt_http_app_stop(bt_http_app *app)
 
 /* ---- bt_http_app_run ------------------------------------------------------- */
 
+/* The app bt_http_app_run serves, for the signal handler (one at a time). */
+static _Atomic(bt_http_app *) signal_app;
+static volatile sig_atomic_t signal_seen;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    signal_seen = sig;
+    bt_http_app *app = atomic_load(&signal_app);
+    if (app)
+        bt_http_app_stop(app);
+    errno = saved;
+}
+
 typedef struct worker {
     bt_http_app *app;
     const char *host;
@@ -300,15 +314,27 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
     while (read(app->stop_fd[0], drain, sizeof drain) > 0)
         ;
 
+    /* Block the signals in the threads this starts (they inherit the
+     * mask), and catch them in whichever thread the kernel picks (threads
+     * started earlier, such as the offload pool's workers, do not block
+     * them): the handler only writes to the stop pipe. */
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    atomic_store(&signal_app, app);
+    signal_seen = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     pthread_sigmask(SIG_BLOCK, &set, &old);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 
     worker *ws = bt_calloc(n, sizeof *ws);
-    int rc = (ws && sfd >= 0) ? 0 : BT_ENOMEM;
+    int rc = ws ? 0 : BT_ENOMEM;
     for (unsigned i = 0; rc == 0 && i < n; i++) {
         worker *w = &ws[i];
         w->app = app;
@@ -318,22 +344,23 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
         pthread_cond_init(&w->cv, NULL);
         rc = start_worker(w);
     }
+    /* The loops have the signals blocked; this thread takes them again. */
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) {
         bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port, n);
         if (on_ready)
             on_ready(ws[0].bound_port, ready_arg);
-        struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = app->stop_fd[0], .events = POLLIN}};
+        struct pollfd pf = {.fd = app->stop_fd[0], .events = POLLIN};
         for (;;) {
-            int pr = poll(pf, 2, -1);
+            int pr = poll(&pf, 1, -1);
             if (pr < 0 && errno == EINTR)
                 continue;
-            if (pr < 0 || pf[0].revents || pf[1].revents)
+            if (pr != 0)
                 break;
         }
-        struct signalfd_siginfo si;
-        if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+        if (signal_seen)
             bt_log(BT_LOG_INFO, "http: %s: shutting down gracefully",
-                   si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+                   signal_seen == SIGINT ? "SIGINT" : "SIGTERM");
         while (read(app->stop_fd[0], drain, sizeof drain) > 0)
             ;
     }
@@ -354,14 +381,9 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
         }
     }
     bt_free(ws);
-    if (sfd >= 0)
-        close(sfd);
-    /* Consume signals that arrived while they were blocked, so restoring
-     * the mask does not deliver them to the default action (death). */
-    struct timespec zero = {0, 0};
-    while (sigtimedwait(&set, NULL, &zero) > 0)
-        ;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    atomic_store(&signal_app, NULL);
     atomic_store(&app->running, false);
     return rc;
 }

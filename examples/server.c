@@ -1,0 +1,405 @@
+/* examples/server.c: the flagship. The guide's FastAPI service, in C.
+ *
+ * The guide ends with:
+ *
+ *     @app.get("/user/{user_id}")
+ *     async def get_user(user_id: int):
+ *         async with httpx.AsyncClient() as client:
+ *             response = await client.get(f"https://api.example.com/users/{user_id}")
+ *         return response.json()
+ *
+ * Here GET /user/{id} does what a real service does around that: it reads
+ * the user from PostgreSQL and, at the same time (bt_gather, the guide's
+ * asyncio.gather), fetches a profile from an upstream HTTP service through
+ * the async client; then it hashes something on the offload pool's CPU lane
+ * (asyncio.to_thread for computation) and answers JSON. 400 for an id that
+ * is not a positive integer, 404 for a user that does not exist, 502 when
+ * the upstream fails. A client that goes away cancels the handler's
+ * future, and the cancellation reaches the query and the upstream call.
+ *
+ * It runs one loop per core (LOOPS=N to choose), each with its own
+ * PostgreSQL pool and HTTP client, over one shared offload pool, until
+ * SIGINT or SIGTERM; then it drains in-flight requests and exits 0.
+ *
+ * Environment:
+ *   DATABASE_URL  a PostgreSQL conninfo or URI. Without it, the demo starts
+ *                 a throwaway cluster in a temporary directory (as the
+ *                 postgres user when run as root) and removes it on exit.
+ *                 The users table is created and filled if missing.
+ *   UPSTREAM_URL  the profile service's base URL; without it, the demo
+ *                 serves /upstream/profile/{id} itself (no network needed).
+ *   HOST, PORT    where to listen (127.0.0.1, 8000; PORT=0 picks one).
+ *   LOOPS         loops (0: one per core).
+ *
+ * Routes: GET /user/{id}, GET /upstream/profile/{id}, GET /healthz,
+ * GET /metrics (Prometheus).
+ */
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <baton/baton.h>
+#include <baton/compose.h>
+#include <baton/curl.h>
+#include <baton/http.h>
+#include <baton/pool.h>
+#include <baton/pq.h>
+
+#include "pg_harness.h" /* the throwaway PostgreSQL, when DATABASE_URL is unset */
+
+#define USERS 10000
+
+static const char *database_url;
+static _Atomic(char *) upstream_base; /* set once, before or at on_ready */
+
+/* Each loop's own connections: a PostgreSQL pool and an HTTP client. */
+typedef struct {
+    bt_pq_pool *db;
+    bt_http_client *http;
+} loop_state;
+
+/* ---- GET /user/{id} ---------------------------------------------------- */
+
+/* One request's work in flight. Freed by the last step, whatever happens. */
+typedef struct {
+    bt_loop *loop;
+    char id[16];
+    char *name, *email;
+    json_t *profile;
+    char fingerprint[17]; /* written by the CPU job */
+} user_call;
+
+static void user_call_free(user_call *uc)
+{
+    bt_free(uc->name);
+    bt_free(uc->email);
+    json_decref(uc->profile);
+    bt_free(uc);
+}
+
+/* A positive 32-bit integer in plain decimal, or 0. */
+static long parse_id(const char *s)
+{
+    if (!s || !*s || strlen(s) > 10)
+        return 0;
+    long v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        v = v * 10 + (*p - '0');
+    }
+    return v <= 2147483647 ? v : 0;
+}
+
+/* The CPU step, on a worker of the CPU lane: a fingerprint of the user's
+ * email, 4096 rounds of FNV-1a. It stands for real computation (a password
+ * hash, a thumbnail, a signature) that must not run on the loop. */
+static int fingerprint_job(bt_job *job, void *arg)
+{
+    user_call *uc = arg;
+    uint64_t h = 1469598103934665603ull;
+    for (int round = 0; round < 4096 && !bt_job_cancelled(job); round++) {
+        for (const char *p = uc->email; *p; p++) {
+            h ^= (unsigned char)*p;
+            h *= 1099511628211ull;
+        }
+        h ^= (uint64_t)round;
+    }
+    snprintf(uc->fingerprint, sizeof uc->fingerprint, "%016" PRIx64, h);
+    return 0;
+}
+
+static bt_future *cancelled(bt_loop *loop)
+{
+    bt_future *f = bt_future_new(loop);
+    if (f)
+        bt_future_set_cancelled(f);
+    return f;
+}
+
+/* Step 3: the fingerprint is ready: answer. */
+static bt_future *on_hashed(bt_future *job, void *arg)
+{
+    user_call *uc = arg;
+    bt_loop *loop = uc->loop;
+    int rc = bt_future_error(job);
+    if (rc != 0) {
+        user_call_free(uc);
+        if (rc == BT_ECANCELED)
+            return cancelled(loop);
+        return bt_future_new_error(loop, rc, "fingerprint: %s", bt_future_error_message(job));
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s, s:O, s:s}", "id", uc->id, "name", uc->name,
+                             "email", uc->email, "profile", uc->profile, "fingerprint",
+                             uc->fingerprint);
+    user_call_free(uc);
+    return bt_http_respond_json(loop, 200, body);
+}
+
+/* Step 2: the row and the profile are both here (or failed). */
+static bt_future *on_fetched(bt_future *g, void *arg)
+{
+    user_call *uc = arg;
+    bt_loop *loop = uc->loop;
+    int rc = bt_future_error(g);
+    if (rc != 0) { /* the gather itself was cancelled: the client left */
+        user_call_free(uc);
+        return rc == BT_ECANCELED ? cancelled(loop)
+                                  : bt_future_new_error(loop, rc, "%s", bt_future_error_message(g));
+    }
+    bt_results *r = bt_future_value(g);
+    bt_future *out = NULL;
+    if ((rc = bt_results_error(r, 0)) != 0) {
+        /* A database failure is ours: a 500, and the details in the log. */
+        out = bt_future_new_error(loop, rc, "users query: %s", bt_results_error_message(r, 0));
+    } else {
+        bt_pq_result *row = bt_results_value(r, 0);
+        if (bt_pq_result_rows(row) == 0)
+            out = bt_http_respond_error(loop, 404, "user not found");
+        else {
+            uc->name = bt_strdup(bt_pq_result_get(row, 0, 0));
+            uc->email = bt_strdup(bt_pq_result_get(row, 0, 1));
+        }
+    }
+    if (!out) {
+        bt_http_response *resp = bt_results_value(r, 1);
+        if ((rc = bt_results_error(r, 1)) != 0) {
+            bt_log(BT_LOG_WARN, "server: upstream: %s", bt_results_error_message(r, 1));
+            out = bt_http_respond_error(loop, 502, "profile service unavailable");
+        } else if (bt_http_response_status(resp) != 200) {
+            bt_log(BT_LOG_WARN, "server: upstream answered %d", bt_http_response_status(resp));
+            out = bt_http_respond_error(loop, 502, "profile service unavailable");
+        } else {
+            size_t len;
+            const char *text = bt_http_response_body(resp, &len);
+            uc->profile = json_loadb(text, len, 0, NULL);
+            if (!uc->profile)
+                out = bt_http_respond_error(loop, 502, "profile service sent bad JSON");
+        }
+    }
+    if (out || !uc->name || !uc->email) {
+        user_call_free(uc);
+        return out ? out : bt_future_new_error(loop, BT_ENOMEM, "out of memory");
+    }
+    bt_future *job = bt_to_cpu(loop, fingerprint_job, uc);
+    if (!job) {
+        user_call_free(uc);
+        return NULL;
+    }
+    bt_future *next = bt_future_after(job, on_hashed, uc);
+    bt_future_unref(job);
+    return next;
+}
+
+/* Step 1: validate, then start the query and the upstream call together. */
+static bt_future *get_user(bt_http_req *req, void *arg)
+{
+    bt_loop *loop = bt_http_req_loop(req);
+    loop_state *st = bt_http_req_loop_data(req);
+    const char *id = bt_http_req_param(req, "id");
+    if (parse_id(id) == 0)
+        return bt_http_respond_error(loop, 400, "id must be a positive integer");
+
+    user_call *uc = bt_calloc(1, sizeof *uc);
+    if (!uc)
+        return NULL;
+    uc->loop = loop;
+    snprintf(uc->id, sizeof uc->id, "%s", id);
+
+    const char *params[] = {uc->id};
+    char url[512];
+    snprintf(url, sizeof url, "%s/profile/%s", atomic_load(&upstream_base), uc->id);
+    bt_future *parts[2] = {
+        bt_pq_query(st->db, "SELECT name, email FROM users WHERE id = $1", 1, params),
+        bt_http_get(st->http, url),
+    };
+    bt_future *both = NULL;
+    if (parts[0] && parts[1])
+        both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
+    bt_future_unref(parts[0]);
+    bt_future_unref(parts[1]);
+    if (!both) {
+        user_call_free(uc);
+        return NULL;
+    }
+    bt_future *f = bt_future_after(both, on_fetched, uc);
+    bt_future_unref(both);
+    if (!f)
+        user_call_free(uc); /* on_fetched will never run */
+    return f;
+}
+
+/* ---- The upstream the demo serves itself ---------------------------------- */
+
+static bt_future *get_profile(bt_http_req *req, void *arg)
+{
+    long id = parse_id(bt_http_req_param(req, "id"));
+    if (id == 0)
+        return bt_http_respond_error(bt_http_req_loop(req), 400, "bad id");
+    static const char *const langs[] = {"C", "Python", "Rust", "Go", "SQL"};
+    return bt_http_respond_json(bt_http_req_loop(req), 200,
+                                json_pack("{s:I, s:s, s:I}", "user_id", (json_int_t)id,
+                                          "favourite_language", langs[id % 5], "followers",
+                                          (json_int_t)((id * 7919) % 1000)));
+}
+
+static bt_future *healthz(bt_http_req *req, void *arg)
+{
+    return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "ok\n", 3);
+}
+
+/* ---- Per-loop setup --------------------------------------------------------- */
+
+static unsigned db_conns_per_loop = 8;
+
+static int loop_init(bt_loop *loop, void *arg, void **data)
+{
+    loop_state *st = bt_calloc(1, sizeof *st);
+    if (!st)
+        return BT_ENOMEM;
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = database_url;
+    o.min_size = 1;
+    o.max_size = db_conns_per_loop;
+    o.acquire_timeout_ms = 5000;
+    st->db = bt_pq_pool_new(loop, &o);
+    st->http = bt_http_client_new(loop);
+    if (!st->db || !st->http) {
+        bt_pq_pool_free(st->db);
+        bt_http_client_free(st->http);
+        bt_free(st);
+        return BT_EINVAL;
+    }
+    bt_http_client_set_timeouts(st->http, 2000, 5000, 5000);
+    *data = st;
+    return 0;
+}
+
+static void loop_fini(bt_loop *loop, void *data, void *arg)
+{
+    loop_state *st = data;
+    bt_http_client_free(st->http);
+    bt_pq_pool_free(st->db);
+    bt_free(st);
+}
+
+/* ---- The table, made with Baton before serving ------------------------------- */
+
+static bt_future *setup_step(bt_future *prev, void *arg)
+{
+    bt_pq_pool *db = arg;
+    if (bt_future_error(prev) != 0)
+        return bt_future_new_error(bt_future_loop(prev), bt_future_error(prev), "%s",
+                                   bt_future_error_message(prev));
+    return bt_pq_query(db,
+                       "INSERT INTO users (id, name, email) "
+                       "SELECT i, 'user ' || i, 'user' || i || '@example.com' "
+                       "FROM generate_series(1, " /* USERS */ "10000) AS i "
+                       "ON CONFLICT (id) DO NOTHING",
+                       0, NULL);
+}
+
+static bt_future *setup_main(bt_loop *loop, void *arg)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = database_url;
+    bt_pq_pool *db = bt_pq_pool_new(loop, &o);
+    *(bt_pq_pool **)arg = db;
+    if (!db)
+        return bt_future_new_error(loop, BT_EINVAL, "bad DATABASE_URL");
+    bt_future *create = bt_pq_query(db,
+                                    "CREATE TABLE IF NOT EXISTS users ("
+                                    " id integer PRIMARY KEY,"
+                                    " name text NOT NULL,"
+                                    " email text NOT NULL)",
+                                    0, NULL);
+    bt_future *fill = bt_future_after(create, setup_step, db);
+    bt_future_unref(create);
+    return fill;
+}
+
+static int make_table(void)
+{
+    bt_pq_pool *db = NULL;
+    int rc = bt_run(setup_main, &db);
+    /* bt_run freed the loop, whose closer closed the pool: free the rest. */
+    bt_pq_pool_free(db);
+    return rc;
+}
+
+/* ---- main ----------------------------------------------------------------------- */
+
+static void on_ready(int port, void *arg)
+{
+    const char *host = arg;
+    if (!atomic_load(&upstream_base)) {
+        char *u = bt_asprintf("http://127.0.0.1:%d/upstream", port);
+        atomic_store(&upstream_base, u);
+    }
+    printf("listening on http://%s:%d (upstream %s)\n", host, port, atomic_load(&upstream_base));
+    fflush(stdout);
+}
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+int main(void)
+{
+    const char *host = env_or("HOST", "127.0.0.1");
+    int port = atoi(env_or("PORT", "8000"));
+    unsigned loops = (unsigned)atoi(env_or("LOOPS", "0"));
+    bt_test_pg *pg = NULL;
+
+    database_url = getenv("DATABASE_URL");
+    if (!database_url || !*database_url) {
+        printf("no DATABASE_URL: starting a throwaway PostgreSQL...\n");
+        fflush(stdout);
+        pg = bt_test_pg_start();
+        if (!pg) {
+            fprintf(stderr, "server: could not start PostgreSQL (see above)\n");
+            return 1;
+        }
+        database_url = bt_test_pg_conninfo(pg);
+    }
+    if (make_table() != 0) {
+        fprintf(stderr, "server: could not create the users table\n");
+        bt_test_pg_free(pg);
+        return 1;
+    }
+    const char *up = getenv("UPSTREAM_URL");
+    if (up && *up)
+        atomic_store(&upstream_base, bt_strdup(up));
+    else if (port != 0)
+        atomic_store(&upstream_base, bt_asprintf("http://127.0.0.1:%d/upstream", port));
+
+    bt_http_app *app = bt_http_app_new();
+    if (!app)
+        return 1;
+    bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
+    bt_http_app_route(app, "GET", "/upstream/profile/{id}", get_profile, NULL);
+    bt_http_app_route(app, "GET", "/healthz", healthz, NULL);
+    bt_http_app_enable_metrics(app, "/metrics");
+    bt_pool *pool = bt_pool_default(); /* the one offload pool every loop shares */
+    if (pool)
+        bt_http_app_add_pool_metrics(app, pool, "default");
+    bt_http_app_set_loops(app, loops);
+    bt_http_app_set_shutdown_deadline(app, 5000);
+    bt_http_app_on_loop(app, loop_init, loop_fini, NULL);
+
+    int rc = bt_http_app_run(app, host, port, on_ready, (void *)host);
+    if (rc != 0)
+        fprintf(stderr, "server: %s\n", bt_strerror(rc));
+    else
+        printf("shut down cleanly\n");
+    bt_http_app_free(app);
+    bt_free(atomic_load(&upstream_base));
+    bt_test_pg_free(pg);
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,231 @@
+/* The flagship (examples/server.c) end to end: the real binary, run as a
+ * child process against the harness's PostgreSQL, asked by Baton's own
+ * HTTP client: every route and status (200, 400, 404, 405, 500, 502), a
+ * concurrent burst, the metrics route, and SIGTERM ending in exit 0. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include <baton/compose.h>
+#include <baton/curl.h>
+
+#include "harness.h"
+#include "pg_harness.h"
+
+static bt_test_pg *pg;
+static bt_loop *loop;
+static bt_http_client *client;
+static pid_t server_pid;
+static char server_url[128];
+static char log_path[256];
+
+static void pg_up(void)
+{
+    pg = bt_test_pg_start();
+    ck_assert_msg(pg != NULL, "could not start PostgreSQL for the flagship's tests");
+}
+
+static void pg_down(void) { bt_test_pg_free(pg); }
+
+static char *read_log(void)
+{
+    FILE *f = fopen(log_path, "r");
+    if (!f)
+        return strdup("");
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strdup(buf);
+}
+
+/* Start ./examples/server with PORT=0 and wait for its "listening on". */
+static void start_server(const char *upstream)
+{
+    snprintf(log_path, sizeof log_path, "/tmp/baton-server-demo-%d.log", (int)getpid());
+    server_pid = fork();
+    ck_assert_int_ge(server_pid, 0);
+    if (server_pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        setenv("DATABASE_URL", bt_test_pg_conninfo(pg), 1);
+        setenv("PORT", "0", 1);
+        setenv("LOOPS", "2", 1);
+        if (upstream)
+            setenv("UPSTREAM_URL", upstream, 1);
+        else
+            unsetenv("UPSTREAM_URL");
+        execl("./examples/server", "server", (char *)NULL);
+        perror("exec ./examples/server");
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) {
+        char *log = read_log();
+        char *p = strstr(log, "listening on ");
+        if (p) {
+            sscanf(p, "listening on %127s", server_url);
+            free(log);
+            break;
+        }
+        free(log);
+        int st;
+        ck_assert_msg(waitpid(server_pid, &st, WNOHANG) == 0, "the server exited early");
+        usleep(100000);
+    }
+    ck_assert_msg(server_url[0], "the server did not listen within 60 s");
+    loop = bt_loop_new();
+    client = bt_http_client_new(loop);
+    ck_assert_ptr_nonnull(client);
+    ck_assert_int_eq(bt_http_client_set_base_url(client, server_url), 0);
+}
+
+/* SIGTERM: the server drains and exits 0. */
+static void stop_server(void)
+{
+    bt_http_client_free(client);
+    bt_test_loop_free_clean(loop);
+    ck_assert_int_eq(kill(server_pid, SIGTERM), 0);
+    int st = 0;
+    ck_assert_int_eq(waitpid(server_pid, &st, 0), server_pid);
+    char *log = read_log();
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "server status %d, log:\n%s", st, log);
+    ck_assert_ptr_nonnull(strstr(log, "shut down cleanly"));
+    free(log);
+    unlink(log_path);
+}
+
+typedef struct {
+    int status;
+    char body[4096];
+} answer;
+
+static answer ask(const char *method, const char *path)
+{
+    answer a = {0};
+    bt_http_request *req = bt_http_request_new(method, path);
+    if (strcmp(method, "POST") == 0)
+        bt_http_request_set_body(req, "{}", 2);
+    bt_future *f = bt_http_client_send(client, req);
+    ck_assert_ptr_nonnull(f);
+    bt_test_run_until(loop, f, 20000);
+    ck_assert_msg(bt_future_error(f) == 0, "%s %s: %s", method, path, bt_future_error_message(f));
+    bt_http_response *r = bt_future_value(f);
+    a.status = bt_http_response_status(r);
+    snprintf(a.body, sizeof a.body, "%s", bt_http_response_body(r, NULL));
+    bt_future_unref(f);
+    return a;
+}
+
+START_TEST(user_routes)
+{
+    start_server(NULL);
+    answer a = ask("GET", "user/42");
+    ck_assert_int_eq(a.status, 200);
+    json_t *j = json_loads(a.body, 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "42");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "name")), "user 42");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "email")), "user42@example.com");
+    json_t *prof = json_object_get(j, "profile");
+    ck_assert_int_eq(json_integer_value(json_object_get(prof, "user_id")), 42);
+    ck_assert_int_eq(strlen(json_string_value(json_object_get(j, "fingerprint"))), 16);
+    json_decref(j);
+
+    a = ask("GET", "user/10001");
+    ck_assert_int_eq(a.status, 404);
+    ck_assert_str_eq(a.body, "{\"error\":\"user not found\"}");
+    const char *bad[] = {"user/abc", "user/0", "user/-1", "user/99999999999", "user/4x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        a = ask("GET", bad[i]);
+        ck_assert_int_eq(a.status, 400);
+        ck_assert_str_eq(a.body, "{\"error\":\"id must be a positive integer\"}");
+    }
+    ck_assert_int_eq(ask("GET", "user/42/more").status, 404);
+    ck_assert_int_eq(ask("POST", "user/42").status, 405);
+    ck_assert_int_eq(ask("GET", "healthz").status, 200);
+    a = ask("GET", "upstream/profile/7");
+    ck_assert_int_eq(a.status, 200);
+    ck_assert_ptr_nonnull(strstr(a.body, "\"user_id\":7"));
+
+    /* A burst, all at once, each with the right user. */
+    enum { N = 100 };
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "user/%d", i * 97 + 1);
+        fs[i] = bt_http_get(client, path);
+        ck_assert_ptr_nonnull(fs[i]);
+    }
+    bt_future *all = bt_gather(loop, fs, N, BT_GATHER_FAIL_FAST);
+    bt_test_run_until(loop, all, 30000);
+    ck_assert_int_eq(bt_future_error(all), 0);
+    for (int i = 0; i < N; i++) {
+        bt_http_response *r = bt_future_value(fs[i]);
+        ck_assert_int_eq(bt_http_response_status(r), 200);
+        char want[64];
+        snprintf(want, sizeof want, "\"name\":\"user %d\"", i * 97 + 1);
+        ck_assert_ptr_nonnull(strstr(bt_http_response_body(r, NULL), want));
+        bt_future_unref(fs[i]);
+    }
+    bt_future_unref(all);
+
+    a = ask("GET", "metrics");
+    ck_assert_int_eq(a.status, 200);
+    ck_assert_ptr_nonnull(strstr(a.body, "baton_http_requests_total{code=\"400\"} 5\n"));
+    ck_assert_ptr_nonnull(strstr(a.body, "baton_pool_done_total{pool=\"default\",lane=\"cpu\"}"));
+    stop_server();
+}
+END_TEST
+
+START_TEST(upstream_down_gives_502)
+{
+    char up[64];
+    snprintf(up, sizeof up, "http://127.0.0.1:%d/upstream", bt_test_pg_closed_port());
+    start_server(up);
+    answer a = ask("GET", "user/1");
+    ck_assert_int_eq(a.status, 502);
+    ck_assert_str_eq(a.body, "{\"error\":\"profile service unavailable\"}");
+    ck_assert_int_eq(ask("GET", "user/10001").status, 404); /* the database answers first */
+    stop_server();
+}
+END_TEST
+
+START_TEST(database_error_gives_500_and_is_logged)
+{
+    start_server(NULL);
+    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE users RENAME TO users_away"), 0);
+    answer a = ask("GET", "user/3");
+    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE users_away RENAME TO users"), 0);
+    ck_assert_int_eq(a.status, 500);
+    ck_assert_str_eq(a.body, "{\"error\":\"internal server error\"}"); /* nothing leaks */
+    char *log = read_log();
+    ck_assert_msg(strstr(log, "GET /user/3: handler failed") && strstr(log, "users"),
+                  "log:\n%s", log);
+    free(log);
+    ck_assert_int_eq(ask("GET", "user/3").status, 200);
+    stop_server();
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("server_demo");
+    TCase *tc = tcase_create("flagship");
+    tcase_add_unchecked_fixture(tc, pg_up, pg_down);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, user_routes);
+    tcase_add_test(tc, upstream_down_gives_502);
+    tcase_add_test(tc, database_error_gives_500_and_is_logged);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+BT_TEST_MAIN(make_suite)
