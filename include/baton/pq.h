@@ -1,0 +1,276 @@
+/* Baton: an async PostgreSQL pool on nonblocking libpq (libbaton-pq).
+ *
+ * A bt_pq_pool keeps between min_size and max_size connections to one
+ * server, each connected with PQconnectStartParams/PQconnectPoll on the
+ * loop and driven by libevent. Every query is a future whose value is a
+ * bt_pq_result. Parameters always travel out of band (the extended
+ * protocol): there is no call that builds SQL from strings.
+ *
+ *   bt_pq_options o;
+ *   bt_pq_options_init(&o);
+ *   o.conninfo = "postgresql://app@db/app";
+ *   bt_pq_pool *pool = bt_pq_pool_new(loop, &o);
+ *   const char *args[] = {"42"};
+ *   bt_future *f = bt_pq_query(pool, "SELECT name FROM users WHERE id = $1", 1, args);
+ *   ... when f settles: bt_pq_result *r = bt_future_value(f);
+ *       bt_pq_result_get(r, 0, 0) is the name, or NULL for SQL NULL.
+ *
+ * What the pool does for you
+ * - Prepared statements: each connection prepares a query's SQL the first
+ *   time it runs it and reuses the statement afterwards (a per-connection
+ *   cache of stmt_cache_size entries; beyond it, queries run unnamed).
+ * - Pipelining: every connection runs in libpq's pipeline mode. A query
+ *   goes to an idle connection if there is one, else the pool opens a new
+ *   connection (up to max_size), else it is pipelined behind the queries
+ *   already on the least busy connection (up to pipeline_depth in flight).
+ *   Each query is followed by its own Sync, so each runs in its own
+ *   implicit transaction and an error fails that query alone.
+ * - Waiting is bounded: at most max_waiters queries and acquires wait for a
+ *   connection (more fail at once with BT_EAGAIN), each for at most
+ *   acquire_timeout_ms (then BT_ETIMEDOUT, with the last connect error).
+ * - Connections older than max_lifetime_ms or idle for max_idle_ms are
+ *   closed (never below min_size for idleness); broken ones are discarded
+ *   and replaced; failed connects are retried with exponential backoff and
+ *   jitter.
+ * - Host names are resolved with getaddrinfo on the offload pool's blocking
+ *   lane (bt_to_thread), never on the loop; numeric addresses, unix sockets
+ *   and an explicit hostaddr skip that step. libpq's connect_timeout is
+ *   ignored in nonblocking mode, so the pool enforces connect_timeout_ms.
+ *
+ * Errors a query future can fail with
+ * - BT_ESQL: the server reported an error. The message reads
+ *   "[SQLSTATE] message" plus "\nDETAIL: ..." and "\nHINT: ..." lines when
+ *   the server sent them; bt_pq_error_parse splits it.
+ * - BT_ECONNRESET: the connection broke while the query was in flight. We
+ *   cannot know whether it ran, so it is never retried. Queries that were
+ *   only waiting are not affected: they go out on a new connection.
+ * - BT_ETIMEDOUT: the per-query timeout (a cancel request was sent) or the
+ *   acquire timeout. BT_EAGAIN: too many waiters. BT_ECONNREFUSED and
+ *   friends: the pool could not connect at all (a pool that never
+ *   connected fails waiting queries at the first connect failure instead of
+ *   making them wait). BT_ESHUTDOWN: the pool or its loop was freed.
+ *
+ * Cancellation: bt_future_cancel on a query that has not been sent removes
+ * it; on one that has, the future is cancelled at once, a cancel request
+ * (PQcancel, which blocks) is sent from the blocking lane when the query is
+ * the one the server is running, and the connection takes no new work
+ * until the query's results have been drained.
+ *
+ * Threads: everything here is loop-thread only; notification and row
+ * callbacks run on the loop thread.
+ */
+#ifndef BATON_PQ_H
+#define BATON_PQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <baton/common.h>
+#include <baton/future.h>
+#include <baton/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bt_pq_pool bt_pq_pool;
+typedef struct bt_pq_conn bt_pq_conn;
+typedef struct bt_pq_result bt_pq_result;
+
+typedef struct {
+    const char *conninfo;        /* libpq conninfo or URI (copied); required */
+    unsigned min_size;           /* connections kept open; default 1 */
+    unsigned max_size;           /* default 10 */
+    unsigned pipeline_depth;     /* queries in flight per connection; 1 turns
+                                    pipelining of pool queries off; default 16 */
+    unsigned max_waiters;        /* queries + acquires waiting; default 10000 */
+    uint64_t connect_timeout_ms; /* default 10000 */
+    uint64_t acquire_timeout_ms; /* wait for a connection; default 30000, 0 none */
+    uint64_t query_timeout_ms;   /* default per-query timeout; default 0 (none) */
+    uint64_t max_lifetime_ms;    /* default 3600000 (1 h), 0 none */
+    uint64_t max_idle_ms;        /* default 600000 (10 min), 0 none */
+    uint64_t reconnect_min_ms;   /* first retry delay; default 50 */
+    uint64_t reconnect_max_ms;   /* backoff cap; default 5000 */
+    unsigned stmt_cache_size;    /* prepared statements per connection;
+                                    default 256; 0 never prepares */
+} bt_pq_options;
+
+/* Fill o with the defaults above (conninfo NULL). Thread: any. */
+BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
+
+/* A new pool on loop. Starts min_size connections in the background and
+ * returns at once (use bt_pq_pool_ready to wait for the first).
+ * Returns: a pool to free with bt_pq_pool_free, or NULL for NULL arguments,
+ * a conninfo libpq cannot parse, min_size > max_size or max_size == 0, or
+ * out of memory. Thread: the loop's. */
+BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o);
+
+/* Free the pool: every waiting and in-flight query and acquire fails with
+ * BT_ESHUTDOWN, connections are closed. A connection still acquired is
+ * closed too; its handle stays valid until bt_pq_conn_release (queries on
+ * it fail with BT_ESHUTDOWN). If the loop is freed first, the pool's
+ * closer does all this, and bt_pq_pool_free then only frees memory.
+ * Thread: the loop's. NULL is a no-op. */
+BT_EXPORT void bt_pq_pool_free(bt_pq_pool *pool);
+
+/* A future that settles (NULL value) once the pool has one open
+ * connection, or fails with the connect error if the first attempt fails.
+ * Returns: new reference, or NULL (out of memory). Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *pool);
+
+typedef struct {
+    unsigned size;           /* open or opening connections */
+    unsigned idle;           /* open, not acquired, nothing in flight */
+    unsigned connecting;
+    unsigned acquired;
+    unsigned waiting;        /* queries + acquires waiting for a connection */
+    uint64_t connects;       /* successful connects, over the pool's life */
+    uint64_t connect_failures;
+    uint64_t broken;         /* connections lost while open */
+    uint64_t queries;        /* queries settled */
+    uint64_t pipelined;      /* queries sent while others were in flight */
+    uint64_t cancels_sent;   /* cancel requests sent to the server */
+} bt_pq_stats;
+
+/* Returns 0 or BT_EINVAL. Thread: the loop's. */
+BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
+
+/* ---- Queries ------------------------------------------------------------ */
+
+/* Called for each row of a query run with a row callback (single-row mode),
+ * with a one-row result (borrowed, valid during the call). Return 0 to go
+ * on, non-zero to drop the rest of the rows (they are still read from the
+ * server and discarded). Thread: the loop's. */
+typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
+
+typedef struct {
+    const unsigned *types;     /* parameter type Oids, NULL: server infers */
+    const int *lengths;        /* for binary parameters, NULL: all text */
+    const int *formats;        /* 0 text / 1 binary per parameter; NULL: text */
+    int result_format;         /* 0 text (default), 1 binary */
+    uint64_t timeout_ms;       /* 0: the pool's query_timeout_ms */
+    bool no_prepare;           /* run unnamed even if the cache has room */
+    bt_pq_row_cb row_cb;       /* single-row mode: rows go here, the final
+                                  result has none (only the command status) */
+    void *row_arg;
+} bt_pq_query_opts;
+
+/* Run sql with nparams parameters on a pool connection. values[i] is the
+ * i-th parameter in text form, or NULL for SQL NULL; the strings are copied
+ * before the call returns. Returns: new reference to a future whose value
+ * is a bt_pq_result (owned by the future; bt_future_take_value to keep it,
+ * then bt_pq_result_free). Errors are on the future (see the top). Returns
+ * NULL only if no future can be made (NULL pool or sql, out of memory);
+ * bad arguments (nparams < 0 or > 65535, values NULL with nparams > 0) give
+ * a failed future (BT_EINVAL). Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *pool, const char *sql, int nparams,
+                                 const char *const *values);
+/* The same with options (opts may be NULL; it is copied). */
+BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *pool, const char *sql, int nparams,
+                                      const char *const *values, const bt_pq_query_opts *opts);
+
+/* ---- Results ------------------------------------------------------------ */
+
+/* Rows and columns (0 for a command without rows). Thread: any holder. */
+BT_EXPORT int bt_pq_result_rows(const bt_pq_result *r);
+BT_EXPORT int bt_pq_result_columns(const bt_pq_result *r);
+/* A column's name (borrowed, valid while r lives) or NULL if out of range. */
+BT_EXPORT const char *bt_pq_result_column_name(const bt_pq_result *r, int col);
+/* A column's index by name, or -1. */
+BT_EXPORT int bt_pq_result_column_index(const bt_pq_result *r, const char *name);
+/* A column's type Oid (23 int4, 25 text, ...), or 0 if out of range. */
+BT_EXPORT unsigned bt_pq_result_column_type(const bt_pq_result *r, int col);
+/* The value in text (or binary) form: borrowed, NUL-terminated, valid while
+ * r lives. NULL for SQL NULL or out of range. */
+BT_EXPORT const char *bt_pq_result_get(const bt_pq_result *r, int row, int col);
+/* By column name; NULL for SQL NULL, out of range or no such column. */
+BT_EXPORT const char *bt_pq_result_get_named(const bt_pq_result *r, int row, const char *name);
+/* True if the value is SQL NULL (false when out of range). */
+BT_EXPORT bool bt_pq_result_is_null(const bt_pq_result *r, int row, int col);
+/* The value's length in bytes, or -1 if out of range. */
+BT_EXPORT int bt_pq_result_length(const bt_pq_result *r, int row, int col);
+/* Rows affected by INSERT/UPDATE/DELETE/SELECT/..., or -1 if the command
+ * does not report a count. */
+BT_EXPORT int64_t bt_pq_result_affected(const bt_pq_result *r);
+/* The command tag, such as "INSERT 0 1" (borrowed). */
+BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r);
+/* Free a result taken from its future. NULL is a no-op. */
+BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
+
+/* ---- Errors ------------------------------------------------------------- */
+
+typedef struct {
+    char sqlstate[6];      /* "23505"; "" if the error did not come from SQL */
+    char message[512];     /* the primary message */
+    char detail[512];      /* "" if none */
+    char hint[512];        /* "" if none */
+} bt_pq_error;
+
+/* Split a failed query future's error into its fields (truncating long
+ * fields). Marks the error read. Returns the future's error code (BT_ESQL
+ * for a server error; then sqlstate is set), 0 if f did not fail (out is
+ * zeroed), BT_EINVAL for NULL. Thread: the loop's. */
+BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out);
+
+/* ---- Acquired connections and transactions ------------------------------ */
+
+/* Take a connection out of the pool for a series of queries (a
+ * transaction). Returns: new reference to a future whose value is a
+ * bt_pq_conn; take it with bt_future_take_value and give it back with
+ * bt_pq_conn_release (if nobody takes it, the future releases it when
+ * freed). Fails like a query waiting for a connection (BT_ETIMEDOUT,
+ * BT_EAGAIN, BT_ESHUTDOWN, a connect error). Returns NULL only when no
+ * future can be made. Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *pool);
+
+/* Queries on an acquired connection run in the order issued (several may
+ * be pipelined). As bt_pq_query. A broken connection fails them with
+ * BT_ECONNRESET. Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_conn_query(bt_pq_conn *c, const char *sql, int nparams,
+                                      const char *const *values);
+BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int nparams,
+                                           const char *const *values,
+                                           const bt_pq_query_opts *opts);
+
+/* BEGIN, COMMIT and ROLLBACK as queries. Returns as bt_pq_conn_query. */
+BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c);
+BT_EXPORT bt_future *bt_pq_conn_commit(bt_pq_conn *c);
+BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c);
+
+/* True if the server says the connection is inside a transaction block
+ * (idle in transaction or in a failed transaction). */
+BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c);
+
+/* Give the connection back. Queries still in flight on it finish (their
+ * futures settle normally) first; then, if it is inside a transaction, the
+ * pool rolls it back before anyone else gets it; a broken connection is
+ * discarded and replaced. c is invalid after the call. NULL is a no-op.
+ * Thread: the loop's. */
+BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c);
+
+/* ---- LISTEN / NOTIFY ---------------------------------------------------- */
+
+/* Called on the loop thread for each notification on a channel; the
+ * strings are borrowed for the call. */
+typedef void (*bt_pq_notify_cb)(const char *channel, const char *payload, int sender_pid,
+                                void *arg);
+
+/* Listen on channel (a plain name, quoted as an identifier for you) with
+ * cb. The pool keeps a dedicated connection for notifications, outside
+ * max_size, and LISTENs again on every channel after it reconnects
+ * (notifications sent while it was down are lost: PostgreSQL keeps none).
+ * One callback per channel: listening again replaces it. Returns: new
+ * reference to a future that settles (NULL value) once the server has
+ * confirmed the LISTEN; NULL only if no future can be made.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *pool, const char *channel, bt_pq_notify_cb cb,
+                                  void *arg);
+
+/* Stop listening on channel; its callback is not called after this
+ * returns. Returns 0, BT_ENOENT if not listening, BT_EINVAL. */
+BT_EXPORT int bt_pq_unlisten(bt_pq_pool *pool, const char *channel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

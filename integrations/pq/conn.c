@@ -1,0 +1,684 @@
+/* One connection: the nonblocking connect, sending queries in pipeline
+ * mode, and matching the results to them in order. See pq-internal.h for
+ * the design (ops FIFO, abandoned queries, lifetimes). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pq-internal.h"
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg);
+static void on_io(evutil_socket_t fd, short what, void *arg);
+static void on_connect_timeout(bt_timer *t, void *arg);
+static int process(bt_pq_conn *c);
+
+static uint64_t now_ns(void) { return bt_hrtime(); }
+
+/* ---- The ops FIFO -------------------------------------------------------- */
+
+static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
+{
+    if (c->ops_len == c->ops_cap) {
+        size_t cap = c->ops_cap ? c->ops_cap * 2 : 16;
+        pq_op *n = bt_malloc(cap * sizeof *n);
+        if (!n)
+            return BT_ENOMEM;
+        for (size_t i = 0; i < c->ops_len; i++)
+            n[i] = c->ops[(c->ops_head + i) % c->ops_cap];
+        bt_free(c->ops);
+        c->ops = n;
+        c->ops_cap = cap;
+        c->ops_head = 0;
+    }
+    pq_op *op = &c->ops[(c->ops_head + c->ops_len) % c->ops_cap];
+    op->kind = kind;
+    op->q = q;
+    op->stmt = s;
+    c->ops_len++;
+    return 0;
+}
+
+static pq_op *ops_front(bt_pq_conn *c) { return c->ops_len ? &c->ops[c->ops_head] : NULL; }
+
+static void ops_pop(bt_pq_conn *c)
+{
+    c->ops_head = (c->ops_head + 1) % c->ops_cap;
+    c->ops_len--;
+}
+
+/* ---- Prepared statements: a per-connection hash of SQL text ------------- */
+
+static uint32_t hash_str(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
+{
+    if (!c->nbuckets)
+        return NULL;
+    for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
+        if (s->hash == h && strcmp(s->sql, sql) == 0)
+            return s;
+    return NULL;
+}
+
+static pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
+{
+    if (!c->nbuckets) {
+        unsigned n = 64;
+        c->stmts = bt_calloc(n, sizeof *c->stmts);
+        if (!c->stmts)
+            return NULL;
+        c->nbuckets = n;
+    }
+    pq_stmt *s = bt_calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->sql = bt_strdup(sql);
+    if (!s->sql) {
+        bt_free(s);
+        return NULL;
+    }
+    s->hash = h;
+    snprintf(s->name, sizeof s->name, "bt_%u", ++c->stmt_seq);
+    s->next = c->stmts[h % c->nbuckets];
+    c->stmts[h % c->nbuckets] = s;
+    c->nstmts++;
+    return s;
+}
+
+/* Unlink s (its PREPARE failed); the statement does not exist server-side. */
+static void stmt_remove(bt_pq_conn *c, pq_stmt *s)
+{
+    for (pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            c->nstmts--;
+            bt_free(s->sql);
+            bt_free(s);
+            return;
+        }
+}
+
+void pq_conn_stmt_clear(bt_pq_conn *c)
+{
+    for (unsigned i = 0; i < c->nbuckets; i++) {
+        pq_stmt *s = c->stmts[i];
+        while (s) {
+            pq_stmt *n = s->next;
+            bt_free(s->sql);
+            bt_free(s);
+            s = n;
+        }
+    }
+    bt_free(c->stmts);
+    c->stmts = NULL;
+    c->nbuckets = c->nstmts = 0;
+}
+
+/* ---- Connecting ----------------------------------------------------------- */
+
+static void begin_connect(bt_pq_conn *c);
+
+bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener)
+{
+    bt_pq_conn *c = bt_calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->pool = p;
+    c->loop = p->loop;
+    c->fd = -1;
+    c->is_listener = listener;
+    c->state = CS_RESOLVING;
+    c->born_ns = now_ns();
+    c->timer = bt_timer_new(p->loop, on_connect_timeout, c);
+    if (!c->timer) {
+        bt_free(c);
+        return NULL;
+    }
+    bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
+    if (p->host) {
+        if (pq_resolve_start(c, p->host) != 0) {
+            bt_timer_free(c->timer);
+            bt_free(c);
+            return NULL;
+        }
+    } else {
+        /* Not yet: the caller links c into the pool first, and a connect
+         * that fails at once reports through the pool. */
+        c->state = CS_CONNECTING;
+    }
+    return c;
+}
+
+/* Called by the pool once c is linked (and by the resolver when done). */
+void pq_conn_begin(bt_pq_conn *c) { begin_connect(c); }
+
+static void connect_failed(bt_pq_conn *c, int code, const char *msg)
+{
+    bt_pq_pool *p = c->pool;
+    bool listener = c->is_listener;
+    char *m = bt_strdup(msg ? msg : bt_strerror(code));
+    if (m) {
+        size_t n = strlen(m);
+        while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == ' '))
+            m[--n] = '\0';
+    }
+    pq_conn_close(c, code, m);
+    if (p)
+        pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
+    bt_free(m);
+}
+
+/* Sort a libpq connect failure into a code. */
+static int connect_code(const char *msg)
+{
+    if (!msg)
+        return BT_EIO;
+    if (strstr(msg, "Connection refused") || strstr(msg, "No such file or directory"))
+        return BT_ECONNREFUSED;
+    if (strstr(msg, "could not translate host name"))
+        return BT_EDNS;
+    if (strstr(msg, "authentication failed") || strstr(msg, "no pg_hba.conf entry"))
+        return BT_EACCES;
+    if (strstr(msg, "timeout") || strstr(msg, "timed out"))
+        return BT_ETIMEDOUT;
+    if (strstr(msg, "Network is unreachable"))
+        return BT_ENETUNREACH;
+    if (strstr(msg, "No route to host"))
+        return BT_EHOSTUNREACH;
+    if (strstr(msg, "SSL") || strstr(msg, "certificate"))
+        return BT_ETLS;
+    return BT_EIO;
+}
+
+/* Watch the socket for what PQconnectPoll asked. libpq may open a new
+ * socket between steps (another host, another address, SSL fallback), so
+ * the descriptor is read again every time. */
+static int watch_connect(bt_pq_conn *c)
+{
+    int fd = PQsocket(c->pg);
+    if (fd < 0)
+        return BT_EBADF;
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    c->fd = fd;
+    short what = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
+    c->ev = event_new(c->pool->base, fd, what, on_connect_io, c);
+    if (!c->ev || event_add(c->ev, NULL) != 0)
+        return BT_ENOMEM;
+    return 0;
+}
+
+static void connected(bt_pq_conn *c)
+{
+    bt_timer_stop(c->timer);
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
+        connect_failed(c, BT_EIO, PQerrorMessage(c->pg));
+        return;
+    }
+    c->fd = PQsocket(c->pg);
+    c->ev = event_new(c->pool->base, c->fd, EV_READ | EV_PERSIST, on_io, c);
+    c->wev = event_new(c->pool->base, c->fd, EV_WRITE | EV_PERSIST, on_io, c);
+    if (!c->ev || !c->wev || event_add(c->ev, NULL) != 0) {
+        connect_failed(c, BT_ENOMEM, "out of memory for connection events");
+        return;
+    }
+    c->state = CS_READY;
+    c->born_ns = c->idle_ns = now_ns();
+    pq_pool_connected(c->pool, c);
+}
+
+static void step(bt_pq_conn *c)
+{
+    c->poll = PQconnectPoll(c->pg);
+    switch (c->poll) {
+    case PGRES_POLLING_OK:
+        connected(c);
+        return;
+    case PGRES_POLLING_FAILED: {
+        const char *m = PQerrorMessage(c->pg);
+        connect_failed(c, connect_code(m), m);
+        return;
+    }
+    default: {
+        int rc = watch_connect(c);
+        if (rc != 0)
+            connect_failed(c, rc, "cannot watch the connection's socket");
+        return;
+    }
+    }
+}
+
+/* Server notices (and the FATAL an idle connection gets when the server
+ * shuts down) go to Baton's log, not to libpq's default of stderr. */
+static void on_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        n--;
+    bt_log(BT_LOG_DEBUG, "pq: server notice: %.*s", (int)n, msg);
+}
+
+static void begin_connect(bt_pq_conn *c)
+{
+    bt_pq_pool *p = c->pool;
+    c->state = CS_CONNECTING;
+    const char **vals = p->vals;
+    const char *saved = NULL;
+    if (c->hostaddr && p->hostaddr_idx >= 0) {
+        saved = vals[p->hostaddr_idx];
+        vals[p->hostaddr_idx] = c->hostaddr;
+    }
+    c->pg = PQconnectStartParams(p->keys, vals, 0);
+    if (saved || (c->hostaddr && p->hostaddr_idx >= 0))
+        vals[p->hostaddr_idx] = saved;
+    if (!c->pg) {
+        connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
+        return;
+    }
+    PQsetNoticeProcessor(c->pg, on_notice, NULL);
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        const char *m = PQerrorMessage(c->pg);
+        connect_failed(c, connect_code(m), m);
+        return;
+    }
+    /* "If PQconnectStart succeeds, the next stage is to poll libpq so that
+     * it can proceed with the connection sequence": behave as if the last
+     * poll said WRITING. */
+    c->poll = PGRES_POLLING_WRITING;
+    int rc = watch_connect(c);
+    if (rc != 0)
+        connect_failed(c, rc, "cannot watch the connection's socket");
+}
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    step(arg);
+}
+
+static void on_connect_timeout(bt_timer *t, void *arg)
+{
+    (void)t;
+    bt_pq_conn *c = arg;
+    if (c->state == CS_RESOLVING || c->state == CS_CONNECTING)
+        connect_failed(c, BT_ETIMEDOUT,
+                       "timed out connecting to the database (connect_timeout_ms)");
+}
+
+/* ---- Closing ------------------------------------------------------------ */
+
+/* Fail everything on c, close the PGconn and tell the pool. If c is
+ * acquired by a user it stays allocated (dead) until released; otherwise it
+ * is freed. */
+void pq_conn_close(bt_pq_conn *c, int code, const char *why)
+{
+    if (c->state == CS_DEAD)
+        return;
+    bool was_open = c->state == CS_READY;
+    c->state = CS_DEAD;
+    pq_resolve_detach(c);
+    if (c->timer) {
+        bt_timer_free(c->timer);
+        c->timer = NULL;
+    }
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    if (c->wev) {
+        event_free(c->wev);
+        c->wev = NULL;
+    }
+    /* Every query still on the connection was sent: it may or may not have
+     * run, so it fails and is never retried. */
+    while (c->ops_len) {
+        pq_op op = *ops_front(c);
+        ops_pop(c);
+        if (op.kind != OP_QUERY)
+            continue;
+        pq_query *q = op.q;
+        if (!q->settled) {
+            if (code == BT_ESHUTDOWN)
+                pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
+            else
+                pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
+                              "the connection was lost while the query was in flight "
+                              "(it may or may not have run; not retried): %s",
+                              why ? why : "connection closed");
+        }
+        pq_query_free(q);
+    }
+    c->inflight = c->abandoned = 0;
+    pq_conn_stmt_clear(c);
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    bt_pq_pool *p = c->pool;
+    if (p) {
+        if (was_open && code != BT_ESHUTDOWN && code != 0)
+            p->st.broken++;
+        pq_pool_conn_gone(p, c); /* unlinks c */
+    }
+    if (!c->acquired)
+        pq_conn_free_dead(c);
+}
+
+void pq_conn_free_dead(bt_pq_conn *c)
+{
+    bt_free(c->ops);
+    bt_free(c->hostaddr);
+    bt_free(c);
+}
+
+bool pq_conn_idle(const bt_pq_conn *c)
+{
+    return c->state == CS_READY && c->ops_len == 0;
+}
+
+/* ---- Sending ------------------------------------------------------------ */
+
+static int flush(bt_pq_conn *c)
+{
+    int rc = PQflush(c->pg);
+    if (rc < 0)
+        return -1;
+    if (rc == 1 && !c->flushing) {
+        event_add(c->wev, NULL);
+        c->flushing = true;
+    } else if (rc == 0 && c->flushing) {
+        event_del(c->wev);
+        c->flushing = false;
+    }
+    return 0;
+}
+
+/* Queue q's ops and hand them to libpq. Never fails the caller: a send
+ * failure means the connection is broken, which fails q with the rest. */
+void pq_conn_send(bt_pq_conn *c, pq_query *q)
+{
+    bt_pq_pool *p = c->pool;
+    q->conn = c;
+    q->state = Q_SENT;
+    if (c->state != CS_READY) {
+        pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN,
+                      "the connection is closed");
+        pq_query_free(q);
+        return;
+    }
+    if (c->ops_len > 0 && p)
+        p->st.pipelined++;
+    const Oid *types = q->types;
+    const char *const *vals = (const char *const *)q->values;
+    int ok = 1;
+    pq_stmt *s = NULL;
+    bool prepared = false;
+    if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
+        uint32_t h = hash_str(q->sql);
+        s = stmt_find(c, q->sql, h);
+        if (s && s->ready) {
+            prepared = true;
+        } else if (!s && c->nstmts < p->o.stmt_cache_size) {
+            s = stmt_add(c, q->sql, h);
+            if (s) {
+                ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
+                if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
+                    ok = 0;
+                prepared = ok;
+            }
+        } else {
+            s = NULL; /* being prepared by an earlier query, or cache full */
+        }
+    }
+    if (ok) {
+        if (prepared)
+            ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
+                                     q->result_format);
+        else
+            ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths,
+                                   q->formats, q->result_format);
+    }
+    if (ok && ops_push(c, OP_QUERY, q, NULL) != 0)
+        ok = 0;
+    if (!ok) {
+        /* q is not in the FIFO: fail it here, then the connection. */
+        char *m = bt_strdup(PQerrorMessage(c->pg));
+        pq_query_fail(q, BT_ECONNRESET, "could not send the query: %s", m ? m : "");
+        pq_query_free(q);
+        pq_conn_close(c, BT_ECONNRESET, m);
+        bt_free(m);
+        return;
+    }
+    c->inflight++;
+    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
+        char *m = bt_strdup(PQerrorMessage(c->pg));
+        pq_conn_close(c, BT_ECONNRESET, m);
+        bt_free(m);
+        return;
+    }
+    /* Single-row mode is set in process(), when the query reaches the
+     * front and before its first PQgetResult (libpq parses input only
+     * there, never in PQconsumeInput). */
+}
+
+/* q (on c) was settled early by a cancel or a timeout: drop its results
+ * when they come, and ask the server to stop it when it is the one
+ * running. */
+void pq_conn_abandon(bt_pq_conn *c, pq_query *q)
+{
+    q->abandoned = true;
+    c->inflight--;
+    c->abandoned++;
+    q->want_cancel = true;
+    pq_op *f = ops_front(c);
+    if (f && f->q == q) {
+        q->want_cancel = false;
+        pq_cancel_send(c);
+    }
+}
+
+/* ---- Receiving ---------------------------------------------------------- */
+
+static void deliver_rows(pq_query *q, PGresult *res)
+{
+    if (q->abandoned || q->rows_stopped || !q->row_cb)
+        return;
+    bt_loop *loop = q->pool ? q->pool->loop : NULL;
+    bt_pq_result row = {.pg = res};
+    if (loop)
+        bt_loop_enter_cb(loop, (const void *)q->row_cb);
+    if (q->row_cb(&row, q->row_arg) != 0)
+        q->rows_stopped = true;
+    if (loop)
+        bt_loop_leave_cb(loop);
+}
+
+/* A result for the OP_QUERY at the front. */
+static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
+{
+    (void)c;
+    switch (PQresultStatus(res)) {
+    case PGRES_SINGLE_TUPLE:
+        deliver_rows(q, res);
+        PQclear(res);
+        return;
+    case PGRES_TUPLES_OK:
+    case PGRES_COMMAND_OK:
+    case PGRES_EMPTY_QUERY:
+        if (q->row_cb && PQntuples(res) > 0) {
+            /* Single-row mode was refused: give the rows one by one anyway
+             * (each as a view of the whole result would mislead, so the
+             * callback sees the full result once). */
+            deliver_rows(q, res);
+        }
+        if (q->res)
+            PQclear(q->res);
+        q->res = res;
+        return;
+    case PGRES_PIPELINE_ABORTED:
+        /* Only a failed PREPARE of this very query can abort it (every
+         * query has its own Sync); that error is already recorded. */
+        if (!q->err) {
+            q->err = BT_EIO;
+            q->errmsg = bt_strdup("the pipeline was aborted by an earlier error");
+        }
+        PQclear(res);
+        return;
+    case PGRES_COPY_IN:
+    case PGRES_COPY_OUT:
+    case PGRES_COPY_BOTH:
+        if (!q->err) {
+            q->err = BT_ENOTSUP;
+            q->errmsg = bt_strdup("COPY is not supported through the pool");
+        }
+        PQclear(res);
+        return;
+    default:
+        pq_query_set_error_from(q, res);
+        PQclear(res);
+        return;
+    }
+}
+
+static void query_done(bt_pq_conn *c, pq_query *q)
+{
+    if (q->abandoned)
+        c->abandoned--;
+    else
+        c->inflight--;
+    if (!q->settled)
+        pq_query_settle_result(q);
+    pq_query_free(q);
+}
+
+/* Read every result that is complete. Returns -1 if c was closed. */
+static int process(bt_pq_conn *c)
+{
+    while (c->ops_len > 0) {
+        if (PQstatus(c->pg) == CONNECTION_BAD)
+            goto broken;
+        pq_op *op = ops_front(c);
+        if (op->kind == OP_QUERY && !op->q->started) {
+            op->q->started = true;
+            if (op->q->row_cb)
+                PQsetSingleRowMode(c->pg);
+            if (op->q->want_cancel) {
+                op->q->want_cancel = false;
+                pq_cancel_send(c);
+            }
+        }
+        if (PQisBusy(c->pg))
+            break;
+        PGresult *res = PQgetResult(c->pg);
+        switch (op->kind) {
+        case OP_PREPARE:
+            if (res) {
+                if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+                    op->stmt->ready = true;
+                } else {
+                    pq_query_set_error_from(op->q, res);
+                    stmt_remove(c, op->stmt);
+                    op->stmt = NULL;
+                }
+                PQclear(res);
+            } else {
+                ops_pop(c);
+            }
+            break;
+        case OP_QUERY:
+            if (res) {
+                query_result(c, op->q, res);
+            } else {
+                pq_query *q = op->q;
+                ops_pop(c);
+                query_done(c, q);
+            }
+            break;
+        case OP_SYNC:
+            if (!res) {
+                /* Not expected between a query's NULL and its Sync; wait
+                 * for more input rather than spin. */
+                if (PQstatus(c->pg) == CONNECTION_BAD)
+                    goto broken;
+                return 0;
+            }
+            if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+                ops_pop(c);
+            }
+            /* Anything else here (an error on the Sync itself, which the
+             * server sends when it dies) is dropped; the status check
+             * above catches the broken connection. */
+            PQclear(res);
+            break;
+        }
+    }
+    if (PQstatus(c->pg) == CONNECTION_BAD)
+        goto broken;
+    return 0;
+broken: {
+    char *m = bt_strdup(PQerrorMessage(c->pg));
+    pq_conn_close(c, BT_ECONNRESET, m);
+    bt_free(m);
+    return -1;
+}
+}
+
+static void drain_notifies(bt_pq_conn *c)
+{
+    PGnotify *n;
+    while ((n = PQnotifies(c->pg)) != NULL) {
+        if (c->is_listener && c->pool)
+            pq_pool_notify(c->pool, n);
+        PQfreemem(n);
+        if (c->state != CS_READY)
+            return;
+    }
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    bt_pq_conn *c = arg;
+    if (what & EV_READ) {
+        if (!PQconsumeInput(c->pg)) {
+            char *m = bt_strdup(PQerrorMessage(c->pg));
+            pq_conn_close(c, BT_ECONNRESET, m);
+            bt_free(m);
+            return;
+        }
+    }
+    if (c->flushing && flush(c) != 0) {
+        char *m = bt_strdup(PQerrorMessage(c->pg));
+        pq_conn_close(c, BT_ECONNRESET, m);
+        bt_free(m);
+        return;
+    }
+    if (process(c) != 0)
+        return;
+    drain_notifies(c);
+    if (c->state != CS_READY)
+        return;
+    if (c->ops_len == 0) {
+        c->idle_ns = now_ns();
+        if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
+            pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");
+            return;
+        }
+    }
+    if (c->pool && !c->is_listener)
+        pq_pool_conn_available(c->pool, c);
+}

@@ -1,0 +1,229 @@
+/* libbaton-pq internals: the pool, its connections and its queries.
+ *
+ * DESIGN
+ * Everything runs on the pool's loop thread; there are no locks. The only
+ * work that leaves the loop is host name resolution and PQcancel, both on
+ * the offload pool's blocking lane (offload.c), each with a small context
+ * of its own so that a job finishing after its connection or pool died
+ * touches nothing that was freed.
+ *
+ * A query (pq_query) is in exactly one place at a time:
+ *   new -> the pool's wait queue (Q_WAITING) -> a connection (Q_SENT) -> freed
+ * or, for a query on an acquired connection, straight to Q_SENT. On a
+ * connection every query becomes a run of "ops" in the connection's FIFO,
+ * matching what libpq will hand back in pipeline mode:
+ *   [OP_PREPARE]  results, then NULL     (first use of a statement)
+ *   OP_QUERY      results, then NULL
+ *   OP_SYNC       PGRES_PIPELINE_SYNC
+ * The front op is the one whose results libpq returns next; results are
+ * matched to queries by that order alone. Every query has its own Sync, so
+ * it runs in its own implicit transaction (autocommit, as without a
+ * pipeline) and an error aborts nothing but itself: a query whose PREPARE
+ * failed gets PGRES_PIPELINE_ABORTED, and fails with the PREPARE's error.
+ *
+ * A query's future is settled exactly once, by whichever comes first: its
+ * result, its connection breaking, its timeout, a cancel, or shutdown. A
+ * query abandoned while on a connection (cancel, timeout) stays in the op
+ * FIFO with `abandoned` set until its results have been read and dropped;
+ * the connection takes no new pool work while it holds one, so a cancel
+ * request can only hit the query it was meant for or one already in the
+ * pipeline behind it (a race libpq's own PQcancel has; we narrow it by
+ * sending the cancel only when the query is at the front).
+ *
+ * Object lifetimes: a connection may be destroyed from inside its own
+ * event callback (libevent allows freeing the running event); functions
+ * that can destroy it return -1 and the caller returns at once. A
+ * connection handed to a user (acquired) is never freed under them: if it
+ * breaks or the pool goes away it is "dead" (no PGconn, not in the pool's
+ * list) until bt_pq_conn_release frees it.
+ */
+#ifndef BATON_PQ_INTERNAL_H
+#define BATON_PQ_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include <baton/pq.h>
+
+typedef struct pq_query pq_query;
+typedef struct pq_stmt pq_stmt;
+typedef struct pq_chan pq_chan;
+
+enum { Q_NEW, Q_WAITING, Q_SENT };
+
+/* Internal queries (ROLLBACK on release, LISTEN after a reconnect) report
+ * here instead of through a future. err is 0 or a BT_E* code. */
+typedef void (*pq_internal_cb)(bt_pq_conn *c, pq_query *q, int err);
+
+struct pq_query {
+    pq_query *prev, *next;     /* the pool's wait queue */
+    bt_pq_pool *pool;
+    bt_pq_conn *conn;          /* once sent */
+    bt_pq_conn *target;        /* an acquired connection, or NULL */
+    bt_future *f;              /* our own reference; NULL if internal */
+    pq_internal_cb internal;
+    void *internal_arg;
+    char *sql;
+    int nparams;
+    char **values;
+    int *lengths;
+    int *formats;
+    Oid *types;
+    int result_format;
+    bool no_prepare;
+    bt_pq_row_cb row_cb;
+    void *row_arg;
+    bool rows_stopped;
+    bt_timer *timer;           /* per-query timeout, if any */
+    uint64_t timeout_ms;
+    uint64_t deadline_ns;      /* for the wait queue */
+    int state;
+    bool settled;
+    bool abandoned;            /* settled early; results to be dropped */
+    bool want_cancel;          /* send a cancel when it reaches the front */
+    bool started;              /* its OP_QUERY reached the front */
+    PGresult *res;
+    int err;                   /* first error seen, 0 if none */
+    char *errmsg;
+};
+
+enum { OP_PREPARE, OP_QUERY, OP_SYNC };
+typedef struct {
+    int kind;
+    pq_query *q;
+    pq_stmt *stmt;             /* OP_PREPARE: the statement being made */
+} pq_op;
+
+struct pq_stmt {
+    pq_stmt *next;             /* hash chain */
+    char *sql;
+    uint32_t hash;
+    bool ready;                /* PREPARE succeeded */
+    char name[24];
+};
+
+enum { CS_RESOLVING, CS_CONNECTING, CS_READY, CS_DEAD };
+
+struct bt_pq_conn {
+    bt_pq_pool *pool;          /* NULL once dead (closed while acquired) */
+    bt_loop *loop;
+    bt_pq_conn *prev, *next;   /* the pool's list (not the listener) */
+    PGconn *pg;
+    int state;
+    int fd;
+    struct event *ev;          /* connect step, or persistent read */
+    struct event *wev;         /* write, while libpq has unsent data */
+    bool flushing;
+    bt_timer *timer;           /* connect timeout */
+    int poll;                  /* last PQconnectPoll answer */
+    struct pq_resolve *resolve;/* a resolution job in flight */
+    char *hostaddr;            /* resolved addresses for libpq */
+    pq_op *ops;                /* FIFO ring */
+    size_t ops_cap, ops_head, ops_len;
+    unsigned inflight;         /* user queries (not abandoned) in flight */
+    unsigned abandoned;        /* abandoned queries still in the FIFO */
+    bool acquired;             /* handed to a user */
+    bool releasing;            /* released; finishing queries / rolling back */
+    bool retiring;             /* past its lifetime: close once drained */
+    bool is_listener;
+    bool counted_connecting;   /* in the pool's nconnecting */
+    unsigned rollback_tries;   /* ROLLBACKs sent since the release */
+    uint64_t born_ns;
+    uint64_t idle_ns;          /* when it last became idle */
+    pq_stmt **stmts;           /* hash buckets */
+    unsigned nbuckets, nstmts, stmt_seq;
+};
+
+struct pq_chan {
+    pq_chan *next;
+    char *name;
+    bt_pq_notify_cb cb;
+    void *arg;
+};
+
+struct pq_acq {
+    struct pq_acq *prev, *next;
+    bt_future *f;              /* our own reference */
+    uint64_t deadline_ns;
+};
+
+struct bt_pq_result {
+    PGresult *pg;
+};
+
+struct bt_pq_pool {
+    bt_loop *loop;
+    struct event_base *base;
+    bt_pq_options o;
+    char *conninfo;
+    /* Parsed conninfo, NULL-terminated, for PQconnectStartParams. */
+    const char **keys;
+    const char **vals;
+    int host_idx, hostaddr_idx;  /* index in keys, or -1 */
+    char *host;                  /* the host list to resolve, or NULL */
+    bt_pq_conn *conns;
+    unsigned nconns, nconnecting;
+    pq_query *wq_head, *wq_tail;
+    unsigned nwq;
+    struct pq_acq *aq_head, *aq_tail;
+    unsigned naq;
+    bt_timer *wait_timer;        /* earliest waiter deadline */
+    bt_timer *maint_timer;       /* lifetime, idleness, min size, retries */
+    unsigned fails;              /* consecutive connect failures */
+    uint64_t next_connect_ns;    /* backoff: no new connect before this */
+    bool ever_connected;
+    int last_err;
+    char *last_errmsg;
+    bt_future **ready;           /* bt_pq_pool_ready waiters */
+    size_t nready;
+    bt_pq_conn *listener;
+    pq_chan *chans;
+    struct pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
+    bool pumping, repump;
+    uint64_t maint_due_ns;
+    bool closed;                 /* shut down (pool freed or loop closing) */
+    bool loop_gone;              /* the loop's closer ran: do not touch it */
+    uint32_t rng;
+    bt_pq_stats st;
+};
+
+/* conn.c */
+bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener);
+void pq_conn_begin(bt_pq_conn *c);
+void pq_conn_send(bt_pq_conn *c, pq_query *q);
+void pq_conn_abandon(bt_pq_conn *c, pq_query *q);
+void pq_conn_close(bt_pq_conn *c, int code, const char *why);
+void pq_conn_free_dead(bt_pq_conn *c);
+bool pq_conn_idle(const bt_pq_conn *c);
+void pq_conn_stmt_clear(bt_pq_conn *c);
+
+/* pool.c */
+void pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
+void pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
+void pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
+void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
+void pq_pool_notify(bt_pq_pool *p, PGnotify *n);
+void pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
+
+/* query.c */
+pq_query *pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
+                       const bt_pq_query_opts *opts, int *err);
+void pq_query_settle_result(pq_query *q);
+void pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+void pq_query_free(pq_query *q);
+void pq_query_set_error_from(pq_query *q, const PGresult *res);
+
+/* offload.c: the one place that leaves the loop. */
+int pq_resolve_start(bt_pq_conn *c, const char *hosts);
+void pq_resolve_detach(bt_pq_conn *c);
+void pq_cancel_send(bt_pq_conn *c);
+
+/* result.c */
+bt_pq_result *pq_result_wrap(PGresult *res);
+int pq_error_code(const PGresult *res);
+char *pq_format_error(const PGresult *res, const char *fallback);
+
+#endif

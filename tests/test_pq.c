@@ -1,0 +1,919 @@
+/* The PostgreSQL pool against a real server started by the harness: CRUD
+ * with parameters, injection stored as text, SQL errors with SQLSTATE,
+ * pool exhaustion, transactions and dirty release, LISTEN/NOTIFY across a
+ * reconnect, cancel and timeout of pg_sleep, pipelining, single-row mode,
+ * a server restart in the middle of 10,000 queries, a closed port, bad
+ * arguments, shutdown with work pending. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <baton/pool.h>
+#include <baton/pq.h>
+
+#include "harness.h"
+#include "pg_harness.h"
+
+static bt_test_pg *pg; /* started once by main; tests run in forked children */
+static bt_loop *loop;
+
+static void setup(void)
+{
+    ck_assert_msg(pg != NULL, "PostgreSQL did not start");
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+
+static void teardown(void) { bt_test_loop_free_clean(loop); }
+
+static bt_pq_pool *new_pool(unsigned min, unsigned max, unsigned depth)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = min;
+    o.max_size = max;
+    o.pipeline_depth = depth;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* Wait for f; returns it (still owned by the caller). */
+static bt_future *await(bt_future *f)
+{
+    ck_assert_ptr_nonnull(f);
+    bt_test_run_until(loop, f, 25000);
+    return f;
+}
+
+/* Run a query to completion and return its result (owned by the caller),
+ * failing the test on error. */
+static bt_pq_result *must(bt_pq_pool *p, const char *sql, int n, const char *const *vals)
+{
+    bt_future *f = await(bt_pq_query(p, sql, n, vals));
+    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", sql, bt_future_error_message(f));
+    bt_pq_result *r = bt_future_take_value(f);
+    bt_future_unref(f);
+    ck_assert_ptr_nonnull(r);
+    return r;
+}
+
+static void exec_ok(bt_pq_pool *p, const char *sql, int n, const char *const *vals)
+{
+    bt_pq_result_free(must(p, sql, n, vals));
+}
+
+static void sleep_ms(unsigned ms)
+{
+    bt_future *s = bt_sleep(loop, ms);
+    await(s);
+    bt_future_unref(s);
+}
+
+START_TEST(crud_with_parameters_and_nulls)
+{
+    bt_pq_pool *p = new_pool(1, 4, 16);
+    exec_ok(p, "CREATE TABLE crud (id int PRIMARY KEY, name text, score float8, "
+               "active bool, born date, tags text[])", 0, NULL);
+    const char *a[] = {"1", "Ada", "97.5", "true", "1815-12-10", "{x,y}"};
+    bt_pq_result *r = must(p, "INSERT INTO crud VALUES ($1, $2, $3, $4, $5, $6)", 6, a);
+    ck_assert_int_eq(bt_pq_result_affected(r), 1);
+    ck_assert_str_eq(bt_pq_result_command(r), "INSERT 0 1");
+    bt_pq_result_free(r);
+    const char *b[] = {"2", NULL, NULL, "false", NULL, NULL};
+    exec_ok(p, "INSERT INTO crud VALUES ($1, $2, $3, $4, $5, $6)", 6, b);
+
+    const char *id[] = {"1"};
+    r = must(p, "SELECT id, name, score, active, born, tags FROM crud WHERE id = $1", 1, id);
+    ck_assert_int_eq(bt_pq_result_rows(r), 1);
+    ck_assert_int_eq(bt_pq_result_columns(r), 6);
+    ck_assert_str_eq(bt_pq_result_column_name(r, 1), "name");
+    ck_assert_int_eq(bt_pq_result_column_index(r, "score"), 2);
+    ck_assert_int_eq(bt_pq_result_column_index(r, "nope"), -1);
+    ck_assert_uint_eq(bt_pq_result_column_type(r, 0), 23); /* int4 */
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    ck_assert_str_eq(bt_pq_result_get_named(r, 0, "name"), "Ada");
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 2), "97.5");
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 3), "t");
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 4), "1815-12-10");
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 5), "{x,y}");
+    ck_assert_int_eq(bt_pq_result_length(r, 0, 1), 3);
+    ck_assert(!bt_pq_result_is_null(r, 0, 1));
+    /* Out of range is NULL / -1, never a crash. */
+    ck_assert_ptr_null(bt_pq_result_get(r, 1, 0));
+    ck_assert_ptr_null(bt_pq_result_get(r, 0, 6));
+    ck_assert_int_eq(bt_pq_result_length(r, 5, 5), -1);
+    bt_pq_result_free(r);
+
+    id[0] = "2";
+    r = must(p, "SELECT name, score, active, born FROM crud WHERE id = $1", 1, id);
+    ck_assert(bt_pq_result_is_null(r, 0, 0));
+    ck_assert_ptr_null(bt_pq_result_get(r, 0, 0));
+    ck_assert(bt_pq_result_is_null(r, 0, 1));
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 2), "f");
+    ck_assert(bt_pq_result_is_null(r, 0, 3));
+    bt_pq_result_free(r);
+
+    const char *u[] = {"Grace", "2"};
+    r = must(p, "UPDATE crud SET name = $1 WHERE id = $2", 2, u);
+    ck_assert_int_eq(bt_pq_result_affected(r), 1);
+    bt_pq_result_free(r);
+    const char *none[] = {"99"};
+    r = must(p, "DELETE FROM crud WHERE id = $1", 1, none);
+    ck_assert_int_eq(bt_pq_result_affected(r), 0);
+    bt_pq_result_free(r);
+    r = must(p, "DELETE FROM crud WHERE id IN (1, 2)", 0, NULL);
+    ck_assert_int_eq(bt_pq_result_affected(r), 2);
+    bt_pq_result_free(r);
+    r = must(p, "SELECT count(*) FROM crud", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "0");
+    bt_pq_result_free(r);
+    /* Typed and binary parameters. */
+    unsigned types[] = {20}; /* int8 */
+    const char *big[] = {"9000000000"};
+    bt_pq_query_opts qo = {.types = types};
+    bt_future *f = await(bt_pq_query_ex(p, "SELECT $1 + 1", 1, big, &qo));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "9000000001");
+    bt_future_unref(f);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(injection_is_stored_as_text)
+{
+    bt_pq_pool *p = new_pool(1, 2, 16);
+    exec_ok(p, "CREATE TABLE victims (name text)", 0, NULL);
+    const char *evil = "x'); DROP TABLE victims; --";
+    const char *v[] = {evil};
+    exec_ok(p, "INSERT INTO victims (name) VALUES ($1)", 1, v);
+    bt_pq_result *r = must(p, "SELECT name FROM victims WHERE name = $1", 1, v);
+    ck_assert_int_eq(bt_pq_result_rows(r), 1);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), evil);
+    bt_pq_result_free(r);
+    /* Two statements in one query text are refused by the extended
+     * protocol: nothing can be smuggled in. */
+    bt_future *f = await(bt_pq_query(p, "SELECT 1; DROP TABLE victims", 0, NULL));
+    bt_pq_error e;
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "42601");
+    bt_future_unref(f);
+    r = must(p, "SELECT count(*) FROM victims", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(sql_errors_carry_sqlstate)
+{
+    bt_pq_pool *p = new_pool(1, 2, 16);
+    bt_future *f = await(bt_pq_query(p, "SELEC 1", 0, NULL));
+    bt_pq_error e;
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "42601");
+    ck_assert_ptr_nonnull(strstr(e.message, "syntax error"));
+    bt_future_unref(f);
+
+    exec_ok(p, "CREATE TABLE uniq (id int PRIMARY KEY, n int CHECK (n > 0))", 0, NULL);
+    const char *v[] = {"1", "5"};
+    exec_ok(p, "INSERT INTO uniq VALUES ($1, $2)", 2, v);
+    f = await(bt_pq_query(p, "INSERT INTO uniq VALUES ($1, $2)", 2, v));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "23505");
+    ck_assert_ptr_nonnull(strstr(e.message, "duplicate key"));
+    ck_assert_ptr_nonnull(strstr(e.detail, "(id)=(1)"));
+    bt_future_unref(f);
+
+    const char *neg[] = {"2", "-1"};
+    f = await(bt_pq_query(p, "INSERT INTO uniq VALUES ($1, $2)", 2, neg));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "23514");
+    bt_future_unref(f);
+
+    f = await(bt_pq_query(p, "SELECT * FROM no_such_table", 0, NULL));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "42P01");
+    bt_future_unref(f);
+
+    /* A bad parameter value: the message names the type. */
+    const char *bad[] = {"not a number"};
+    f = await(bt_pq_query(p, "SELECT $1::int", 1, bad));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "22P02");
+    bt_future_unref(f);
+
+    /* A hint travels too. */
+    f = await(bt_pq_query(p, "SELECT nosuchfunc(1)", 0, NULL));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "42883");
+    ck_assert(e.hint[0] != '\0');
+    bt_future_unref(f);
+
+    /* The pool is fine afterwards. */
+    bt_pq_result *r = must(p, "SELECT count(*) FROM uniq", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(pool_exhaustion_times_out)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 1;
+    o.max_size = 1;
+    o.acquire_timeout_ms = 300;
+    o.max_waiters = 2;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    bt_future *a = await(bt_pq_acquire(p));
+    ck_assert_int_eq(bt_future_error(a), 0);
+    bt_pq_conn *c = bt_future_take_value(a);
+    bt_future_unref(a);
+
+    bt_future *q1 = bt_pq_query(p, "SELECT 1", 0, NULL);
+    bt_future *q2 = bt_pq_acquire(p);
+    bt_future *q3 = bt_pq_query(p, "SELECT 3", 0, NULL); /* over max_waiters */
+    ck_assert_int_eq(bt_future_error(await(q3)), BT_EAGAIN);
+    ck_assert_int_eq(bt_future_error(await(q1)), BT_ETIMEDOUT);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(q1), "waiting for a connection"));
+    ck_assert_int_eq(bt_future_error(await(q2)), BT_ETIMEDOUT);
+    bt_future_unref(q1);
+    bt_future_unref(q2);
+    bt_future_unref(q3);
+
+    /* A waiting acquire can be cancelled; the connection comes back once
+     * released. */
+    bt_future *q4 = bt_pq_acquire(p);
+    ck_assert_int_eq(bt_future_cancel(q4), 0);
+    ck_assert_int_eq(bt_future_error(await(q4)), BT_ECANCELED);
+    bt_future_unref(q4);
+    bt_future *q5 = bt_pq_query(p, "SELECT 5", 0, NULL);
+    bt_pq_conn_release(c);
+    ck_assert_int_eq(bt_future_error(await(q5)), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(q5), 0, 0), "5");
+    bt_future_unref(q5);
+    bt_pq_stats st;
+    ck_assert_int_eq(bt_pq_pool_get_stats(p, &st), 0);
+    ck_assert_uint_eq(st.size, 1);
+    ck_assert_uint_eq(st.waiting, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(transactions_commit_rollback_and_dirty_release)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "CREATE TABLE acct (id int PRIMARY KEY, n int)", 0, NULL);
+
+    bt_future *a = await(bt_pq_acquire(p));
+    bt_pq_conn *c = bt_future_take_value(a);
+    bt_future_unref(a);
+    ck_assert_ptr_nonnull(c);
+    bt_future *f = await(bt_pq_conn_begin(c));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    ck_assert(bt_pq_conn_in_transaction(c));
+    const char *v[] = {"1", "10"};
+    f = await(bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    f = await(bt_pq_conn_rollback(c));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    ck_assert(!bt_pq_conn_in_transaction(c));
+
+    /* Pipelined on the acquired connection: BEGIN, INSERT, COMMIT. */
+    bt_future *b = bt_pq_conn_begin(c);
+    bt_future *i = bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v);
+    bt_future *m = bt_pq_conn_commit(c);
+    ck_assert_int_eq(bt_future_error(await(m)), 0);
+    ck_assert_int_eq(bt_future_error(b), 0);
+    ck_assert_int_eq(bt_future_error(i), 0);
+    bt_future_unref(b);
+    bt_future_unref(i);
+    bt_future_unref(m);
+
+    /* An error inside a transaction aborts it; the next statement says
+     * so (25P02) until ROLLBACK. */
+    f = await(bt_pq_conn_begin(c));
+    bt_future_unref(f);
+    f = await(bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v));
+    bt_pq_error e;
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "23505");
+    bt_future_unref(f);
+    f = await(bt_pq_conn_query(c, "SELECT 1", 0, NULL));
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "25P02");
+    bt_future_unref(f);
+
+    /* Released dirty: the pool rolls back before anyone else gets it. */
+    const char *v2[] = {"2", "20"};
+    f = await(bt_pq_conn_query(c, "SELECT 1", 0, NULL)); /* still aborted */
+    bt_future_error(f);
+    bt_future_unref(f);
+    bt_pq_conn_release(c);
+    a = await(bt_pq_acquire(p));
+    c = bt_future_take_value(a);
+    bt_future_unref(a);
+    ck_assert(!bt_pq_conn_in_transaction(c));
+    f = await(bt_pq_conn_begin(c));
+    bt_future_unref(f);
+    f = await(bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v2));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    bt_pq_conn_release(c); /* idle in transaction, with an uncommitted row */
+
+    bt_pq_result *r = must(p, "SELECT id FROM acct ORDER BY id", 0, NULL);
+    ck_assert_int_eq(bt_pq_result_rows(r), 1); /* row 2 was rolled back */
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    bt_pq_result_free(r);
+    char *idle_in_txn = bt_test_pg_scalar(pg, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE state LIKE 'idle in transaction%'");
+    ck_assert_str_eq(idle_in_txn, "0");
+    free(idle_in_txn);
+
+    /* An acquire future nobody takes gives its connection back. */
+    a = await(bt_pq_acquire(p));
+    bt_future_unref(a);
+    r = must(p, "SELECT 1", 0, NULL);
+    bt_pq_result_free(r);
+    /* A released handle refuses queries... (not used after release). */
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+typedef struct {
+    int count;
+    char payload[64];
+    char channel[64];
+} note_log;
+
+static void on_note(const char *channel, const char *payload, int pid, void *arg)
+{
+    note_log *l = arg;
+    (void)pid;
+    l->count++;
+    snprintf(l->payload, sizeof l->payload, "%s", payload);
+    snprintf(l->channel, sizeof l->channel, "%s", channel);
+}
+
+static void notify(bt_pq_pool *p, const char *chan, const char *payload)
+{
+    const char *v[] = {chan, payload};
+    exec_ok(p, "SELECT pg_notify($1, $2)", 2, v);
+}
+
+/* Send notifications until one arrives (a new listener may need a moment
+ * to reconnect and LISTEN again). */
+static void notify_until_seen(bt_pq_pool *p, note_log *l, const char *chan, const char *payload)
+{
+    int before = l->count;
+    for (int i = 0; i < 200 && l->count == before; i++) {
+        notify(p, chan, payload);
+        sleep_ms(50);
+    }
+    ck_assert_int_gt(l->count, before);
+}
+
+START_TEST(listen_notify_survives_reconnect)
+{
+    bt_pq_pool *p = new_pool(1, 2, 16);
+    note_log l = {0};
+    bt_future *f = await(bt_pq_listen(p, "Jobs Channel", on_note, &l));
+    ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+    bt_future_unref(f);
+    notify(p, "Jobs Channel", "hello");
+    for (int i = 0; i < 100 && l.count == 0; i++)
+        sleep_ms(20);
+    ck_assert_int_eq(l.count, 1);
+    ck_assert_str_eq(l.payload, "hello");
+    ck_assert_str_eq(l.channel, "Jobs Channel");
+
+    /* Kill the listener's backend: the pool reconnects and listens again. */
+    bt_pq_result *r = must(p,
+                           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+                           0, NULL);
+    ck_assert_int_ge(bt_pq_result_rows(r), 1);
+    bt_pq_result_free(r);
+    notify_until_seen(p, &l, "Jobs Channel", "again");
+    ck_assert_str_eq(l.payload, "again");
+
+    ck_assert_int_eq(bt_pq_unlisten(p, "Jobs Channel"), 0);
+    ck_assert_int_eq(bt_pq_unlisten(p, "Jobs Channel"), BT_ENOENT);
+    int seen = l.count;
+    notify(p, "Jobs Channel", "ignored");
+    sleep_ms(200);
+    ck_assert_int_eq(l.count, seen);
+    f = await(bt_pq_listen(p, "", on_note, &l));
+    ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
+    bt_future_unref(f);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+static int sleeping_backends(void)
+{
+    char *s = bt_test_pg_scalar(pg, "SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'");
+    int n = s ? atoi(s) : -1;
+    free(s);
+    return n;
+}
+
+START_TEST(cancel_pg_sleep)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "SELECT 1", 0, NULL);
+    bt_future *f = bt_pq_query(p, "SELECT pg_sleep(10)", 0, NULL);
+    sleep_ms(300); /* let it reach the server */
+    ck_assert_int_eq(sleeping_backends(), 1);
+    uint64_t t0 = bt_hrtime();
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert_int_eq(bt_future_error(await(f)), BT_ECANCELED);
+    bt_future_unref(f);
+    /* The one connection is drained of the cancelled query before it runs
+     * this one: it answers long before pg_sleep(10) could end. */
+    bt_pq_result *r = must(p, "SELECT 42", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "42");
+    bt_pq_result_free(r);
+    uint64_t ms = (bt_hrtime() - t0) / 1000000;
+    ck_assert_msg(ms < 9000, "the cancel did not stop the server (%llu ms)",
+                  (unsigned long long)ms);
+    ck_assert_int_eq(sleeping_backends(), 0);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.cancels_sent, 1);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(query_timeout_cancels)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    bt_pq_query_opts qo = {.timeout_ms = 300};
+    bt_future *f = await(bt_pq_query_ex(p, "SELECT pg_sleep(10)", 0, NULL, &qo));
+    ck_assert_int_eq(bt_future_error(f), BT_ETIMEDOUT);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(f), "timed out"));
+    bt_future_unref(f);
+    bt_pq_result *r = must(p, "SELECT 7", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "7");
+    bt_pq_result_free(r);
+    ck_assert_int_eq(sleeping_backends(), 0);
+    /* Cancelling a query that waits for a connection just removes it. */
+    bt_future *busy = bt_pq_query(p, "SELECT pg_sleep(0.3)", 0, NULL);
+    bt_future *waiting = bt_pq_query(p, "SELECT pg_sleep(0.3)", 0, NULL); /* pipelined */
+    bt_future_cancel(waiting);
+    ck_assert_int_eq(bt_future_error(await(waiting)), BT_ECANCELED);
+    ck_assert_int_eq(bt_future_error(await(busy)), 0);
+    bt_future_unref(busy);
+    bt_future_unref(waiting);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(pipelining_matches_results_in_order)
+{
+    bt_pq_pool *p = new_pool(1, 1, 64);
+    exec_ok(p, "SELECT 1", 0, NULL);
+    enum { N = 200 };
+    bt_future *fs[N];
+    char bufs[N][16];
+    for (int i = 0; i < N; i++) {
+        snprintf(bufs[i], sizeof bufs[i], "%d", i);
+        const char *v[] = {bufs[i]};
+        if (i == 77)
+            fs[i] = bt_pq_query(p, "SELECT 1 / ($1::int - 77)", 1, v); /* division by zero */
+        else if (i == 133)
+            fs[i] = bt_pq_query(p, "SELEKT $1", 1, v); /* a PREPARE that fails */
+        else
+            fs[i] = bt_pq_query(p, "SELECT $1::int * 2", 1, v);
+        ck_assert_ptr_nonnull(fs[i]);
+    }
+    await(fs[N - 1]);
+    for (int i = 0; i < N; i++) {
+        await(fs[i]);
+        if (i == 77 || i == 133) {
+            bt_pq_error e;
+            ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
+            ck_assert_str_eq(e.sqlstate, i == 77 ? "22012" : "42601");
+        } else {
+            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i,
+                          bt_future_error_message(fs[i]));
+            char want[16];
+            snprintf(want, sizeof want, "%d", i * 2);
+            ck_assert_str_eq(bt_pq_result_get(bt_future_value(fs[i]), 0, 0), want);
+        }
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.size, 1);
+    ck_assert_uint_gt(st.pipelined, 100);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+typedef struct {
+    long rows;
+    long long sum;
+    int max_rows_seen;
+} rowacc;
+
+static int on_row(const bt_pq_result *row, void *arg)
+{
+    rowacc *a = arg;
+    int n = bt_pq_result_rows(row);
+    if (n > a->max_rows_seen)
+        a->max_rows_seen = n;
+    for (int i = 0; i < n; i++) {
+        a->rows++;
+        a->sum += atoll(bt_pq_result_get(row, i, 0));
+    }
+    return 0;
+}
+
+START_TEST(single_row_mode_streams)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    rowacc acc = {0};
+    bt_pq_query_opts qo = {.row_cb = on_row, .row_arg = &acc};
+    const char *v[] = {"200000"};
+    bt_future *f = await(bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v,
+                                        &qo));
+    ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+    ck_assert_int_eq(acc.rows, 200000);
+    ck_assert_int_eq(acc.sum, 200000LL * 200001 / 2);
+    ck_assert_int_eq(acc.max_rows_seen, 1); /* one row at a time */
+    ck_assert_int_eq(bt_pq_result_rows(bt_future_value(f)), 0);
+    bt_future_unref(f);
+    /* Behind another query in the pipeline, too. */
+    rowacc acc2 = {0};
+    qo.row_arg = &acc2;
+    const char *v2[] = {"1000"};
+    bt_future *g1 = bt_pq_query(p, "SELECT pg_sleep(0.1)", 0, NULL);
+    bt_future *g2 = bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v2, &qo);
+    ck_assert_int_eq(bt_future_error(await(g2)), 0);
+    ck_assert_int_eq(bt_future_error(await(g1)), 0);
+    ck_assert_int_eq(acc2.rows, 1000);
+    ck_assert_int_eq(acc2.max_rows_seen, 1);
+    bt_future_unref(g1);
+    bt_future_unref(g2);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+/* ---- A server restart in the middle of 10,000 queries -------------------- */
+
+enum { TOTAL = 10000, INFLIGHT = 48, RESTART_AT = 2000 };
+
+typedef struct {
+    bt_pq_pool *p;
+    int issued, settled, ok, failed_inflight, failed_other;
+    unsigned char seen[TOTAL];
+    int twice;
+    bool restarting;
+    bt_future *restart;
+    bt_future *done;
+} stream;
+
+typedef struct {
+    stream *s;
+    int i;
+} ticket;
+
+static void issue(stream *s);
+
+static int restart_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    if (bt_test_pg_restart(pg, "fast") != 0)
+        return bt_job_fail(job, BT_EIO, "pg_ctl restart failed");
+    return 0;
+}
+
+static void on_stream_settle(bt_future *f, void *arg)
+{
+    ticket *t = arg;
+    stream *s = t->s;
+    if (s->seen[t->i]++)
+        s->twice++;
+    s->settled++;
+    int e = bt_future_error(f);
+    if (e == 0)
+        s->ok++;
+    else if (e == BT_ECONNRESET || e == BT_ESQL)
+        s->failed_inflight++; /* lost with its connection, or 57P01 */
+    else
+        s->failed_other++;
+    free(t);
+    if (s->settled == RESTART_AT && !s->restart)
+        s->restart = bt_to_thread(loop, restart_job, NULL);
+    issue(s);
+    if (s->settled == TOTAL)
+        bt_future_set_value(s->done, NULL, NULL);
+}
+
+static void issue(stream *s)
+{
+    while (s->issued < TOTAL && s->issued - s->settled < INFLIGHT) {
+        ticket *t = malloc(sizeof *t);
+        t->s = s;
+        t->i = s->issued++;
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", t->i);
+        const char *v[] = {buf};
+        bt_future *f = bt_pq_query(s->p, "SELECT $1::int", 1, v);
+        ck_assert_ptr_nonnull(f);
+        bt_future_add_callback(f, on_stream_settle, t);
+        bt_future_unref(f);
+    }
+}
+
+START_TEST(restart_mid_stream)
+{
+    static stream s; /* big */
+    memset(&s, 0, sizeof s);
+    s.p = new_pool(4, 8, 4);
+    s.done = bt_future_new(loop);
+    bt_future *r = await(bt_pq_pool_ready(s.p));
+    ck_assert_int_eq(bt_future_error(r), 0);
+    bt_future_unref(r);
+    issue(&s);
+    bt_test_run_until(loop, s.done, 90000);
+    ck_assert_ptr_nonnull(s.restart);
+    await(s.restart);
+    ck_assert_msg(bt_future_error(s.restart) == 0, "%s", bt_future_error_message(s.restart));
+    bt_future_unref(s.restart);
+    bt_future_unref(s.done);
+    ck_assert_int_eq(s.settled, TOTAL);
+    ck_assert_int_eq(s.twice, 0);
+    for (int i = 0; i < TOTAL; i++)
+        ck_assert_int_eq(s.seen[i], 1);
+    ck_assert_int_eq(s.failed_other, 0);
+    ck_assert_int_eq(s.ok + s.failed_inflight, TOTAL);
+    /* Only what was in flight can fail: at most the in-flight window. */
+    ck_assert_int_le(s.failed_inflight, INFLIGHT);
+    fprintf(stderr, "restart_mid_stream: ok %d, failed in flight %d\n", s.ok, s.failed_inflight);
+    /* The pool is whole again and works. */
+    bt_pq_result *res = must(s.p, "SELECT 1", 0, NULL);
+    bt_pq_result_free(res);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(s.p, &st);
+    ck_assert_uint_ge(st.size, 4);
+    ck_assert_uint_le(st.size, 8);
+    ck_assert_uint_eq(st.waiting, 0);
+    ck_assert_uint_ge(st.broken, 1);
+    bt_pq_pool_free(s.p);
+}
+END_TEST
+
+START_TEST(closed_port_fails_cleanly)
+{
+    int port = bt_test_pg_closed_port();
+    ck_assert_int_gt(port, 0);
+    char ci[128];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d dbname=postgres user=postgres", port);
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = ci;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    bt_future *r = await(bt_pq_pool_ready(p));
+    ck_assert_int_eq(bt_future_error(r), BT_ECONNREFUSED);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(r), "refused"));
+    bt_future_unref(r);
+    bt_future *f = await(bt_pq_query(p, "SELECT 1", 0, NULL));
+    ck_assert_int_eq(bt_future_error(f), BT_ECONNREFUSED);
+    bt_future_unref(f);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.connect_failures, 1);
+    ck_assert_uint_eq(st.connects, 0);
+    bt_pq_pool_free(p);
+
+    /* A name that does not resolve fails with BT_EDNS (resolved off the
+     * loop). */
+    o.conninfo = "host=no-such-host.invalid dbname=postgres";
+    p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    r = await(bt_pq_pool_ready(p));
+    ck_assert_int_eq(bt_future_error(r), BT_EDNS);
+    bt_future_unref(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(connect_by_name_and_socket)
+{
+    /* "localhost" is resolved on the blocking lane, then used as hostaddr. */
+    char ci[256];
+    snprintf(ci, sizeof ci, "postgresql://postgres@localhost:%d/postgres", bt_test_pg_port(pg));
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = ci;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    bt_pq_result *r = must(p, "SELECT 'by name'", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "by name");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+
+    o.conninfo = bt_test_pg_socket_conninfo(pg);
+    p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    r = must(p, "SELECT 'by socket'", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "by socket");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(statements_are_prepared_once_per_connection)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    for (int i = 0; i < 5; i++)
+        exec_ok(p, "SELECT 1 + 1", 0, NULL);
+    bt_pq_result *r = must(p,
+                           "SELECT count(*) FROM pg_prepared_statements "
+                           "WHERE statement = 'SELECT 1 + 1'",
+                           0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(idle_connections_are_closed_and_lifetime_renews)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 1;
+    o.max_size = 4;
+    o.pipeline_depth = 1;
+    o.max_idle_ms = 200;
+    o.max_lifetime_ms = 600;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    bt_future *fs[4];
+    for (int i = 0; i < 4; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_sleep(0.2)", 0, NULL);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(bt_future_error(await(fs[i])), 0);
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.size, 4);
+    for (int i = 0; i < 100; i++) {
+        sleep_ms(50);
+        bt_pq_pool_get_stats(p, &st);
+        if (st.size == 1 && st.connects >= 6)
+            break;
+    }
+    ck_assert_uint_eq(st.size, 1);       /* idle ones closed down to min */
+    ck_assert_uint_ge(st.connects, 6);   /* the last one renewed (lifetime) */
+    ck_assert_uint_eq(st.broken, 0);
+    bt_pq_result *r = must(p, "SELECT 1", 0, NULL);
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(bad_arguments)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    ck_assert_ptr_null(bt_pq_pool_new(NULL, &o));
+    ck_assert_ptr_null(bt_pq_pool_new(loop, NULL));
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o)); /* no conninfo */
+    o.conninfo = "this is = not 'a conninfo";
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o));
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 5;
+    o.max_size = 2;
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o));
+    o.min_size = 0;
+    o.max_size = 0;
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o));
+    o.max_size = 2;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_null(bt_pq_query(NULL, "SELECT 1", 0, NULL));
+    ck_assert_ptr_null(bt_pq_query(p, NULL, 0, NULL));
+    bt_future *f = await(bt_pq_query(p, "SELECT $1", 1, NULL));
+    ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
+    bt_future_unref(f);
+    f = await(bt_pq_query(p, "SELECT 1", -1, NULL));
+    ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
+    bt_future_unref(f);
+    /* Wrong parameter count: the server says so. */
+    const char *v[] = {"1", "2"};
+    f = await(bt_pq_query(p, "SELECT $1::int", 2, v));
+    ck_assert_int_eq(bt_future_error(f), BT_ESQL);
+    bt_future_unref(f);
+    ck_assert_int_eq(bt_pq_pool_get_stats(NULL, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_pq_unlisten(NULL, "x"), BT_EINVAL);
+    ck_assert_ptr_null(bt_pq_acquire(NULL));
+    ck_assert_ptr_null(bt_pq_conn_query(NULL, "SELECT 1", 0, NULL));
+    bt_pq_conn_release(NULL);
+    bt_pq_result_free(NULL);
+    ck_assert_int_eq(bt_pq_result_rows(NULL), 0);
+    ck_assert_ptr_null(bt_pq_result_get(NULL, 0, 0));
+    bt_pq_error e;
+    ck_assert_int_eq(bt_pq_error_parse(NULL, &e), BT_EINVAL);
+    bt_pq_pool_free(NULL);
+    bt_pq_pool_free(p);
+    /* After free, nothing. */
+}
+END_TEST
+
+START_TEST(shutdown_settles_everything)
+{
+    /* Freeing the pool fails waiting and in-flight work with
+     * BT_ESHUTDOWN; an acquired handle stays valid until released. */
+    bt_pq_pool *p = new_pool(1, 1, 1);
+    bt_future *a = await(bt_pq_acquire(p));
+    bt_pq_conn *c = bt_future_take_value(a);
+    bt_future_unref(a);
+    bt_future *running = bt_pq_conn_query(c, "SELECT pg_sleep(5)", 0, NULL);
+    bt_future *waiting = bt_pq_query(p, "SELECT 1", 0, NULL);
+    sleep_ms(50);
+    bt_pq_pool_free(p);
+    ck_assert_int_eq(bt_future_error(await(running)), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(await(waiting)), BT_ESHUTDOWN);
+    bt_future *late = await(bt_pq_conn_query(c, "SELECT 1", 0, NULL));
+    ck_assert_int_ne(bt_future_error(late), 0);
+    bt_future_unref(late);
+    bt_pq_conn_release(c);
+    bt_future_unref(running);
+    bt_future_unref(waiting);
+
+    /* Freeing the loop first: the pool's closer settles everything before
+     * the loop cancels what is left (bt_test_loop_free_clean checks). */
+    p = new_pool(1, 1, 4);
+    bt_future *r = await(bt_pq_pool_ready(p));
+    bt_future_unref(r);
+    bt_future *q1 = bt_pq_query(p, "SELECT pg_sleep(5)", 0, NULL);
+    bt_future *q2 = bt_pq_query(p, "SELECT 2", 0, NULL);
+    bt_future *q3 = bt_pq_acquire(p);
+    sleep_ms(50);
+    bt_test_loop_free_clean(loop);
+    loop = bt_loop_new(); /* for teardown */
+    ck_assert_int_eq(bt_future_get_state(q1), BT_FUTURE_ERROR);
+    ck_assert_int_eq(bt_future_error(q1), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(q2), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(q3), BT_ESHUTDOWN);
+    bt_future_unref(q1);
+    bt_future_unref(q2);
+    bt_future_unref(q3);
+    bt_pq_pool_free(p); /* memory only now */
+}
+END_TEST
+
+static Suite *pq_suite(void)
+{
+    Suite *s = suite_create("pq");
+    TCase *tc = tcase_create("pool");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, crud_with_parameters_and_nulls);
+    tcase_add_test(tc, injection_is_stored_as_text);
+    tcase_add_test(tc, sql_errors_carry_sqlstate);
+    tcase_add_test(tc, pool_exhaustion_times_out);
+    tcase_add_test(tc, transactions_commit_rollback_and_dirty_release);
+    tcase_add_test(tc, listen_notify_survives_reconnect);
+    tcase_add_test(tc, cancel_pg_sleep);
+    tcase_add_test(tc, query_timeout_cancels);
+    tcase_add_test(tc, pipelining_matches_results_in_order);
+    tcase_add_test(tc, single_row_mode_streams);
+    tcase_add_test(tc, closed_port_fails_cleanly);
+    tcase_add_test(tc, connect_by_name_and_socket);
+    tcase_add_test(tc, statements_are_prepared_once_per_connection);
+    tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
+    tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, shutdown_settles_everything);
+    /* Last: it restarts the shared server. */
+    tcase_add_test(tc, restart_mid_stream);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    pg = bt_test_pg_start();
+    if (!pg) {
+        fprintf(stderr, "test_pq: could not start PostgreSQL: every test fails\n");
+        /* Run anyway so that each test reports the failure. */
+    }
+    int rc = bt_test_main(pq_suite());
+    bt_test_pg_free(pg);
+    return rc;
+}
