@@ -35,6 +35,7 @@ struct curl_server {
     int port, drop_port;
     _Atomic long accepted, open, peak_open, requests;
     _Atomic long slow_active, slow_peak, slow_aborted;
+    struct slow_ctx *slows;     /* replies still waiting (server thread) */
 };
 
 static void peak(_Atomic long *cur, _Atomic long *pk, long delta)
@@ -115,13 +116,26 @@ static void route_echo(curl_server *s, struct evhttp_request *req)
 /* A slow reply polls its connection every 10 ms: evhttp does not notice a
  * client that leaves while a handler holds the request, and the tests want
  * to see cancelled transfers close their connections. */
-typedef struct {
+typedef struct slow_ctx {
+    struct slow_ctx *prev, *next;
     curl_server *s;
     struct evhttp_request *req;
     struct event *ev;
     int fd;
     long left_ms;
 } slow_ctx;
+
+static void slow_free(slow_ctx *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->s->slows = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    event_free(c->ev);
+    free(c);
+}
 
 static void slow_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -138,8 +152,7 @@ static void slow_tick(evutil_socket_t fd, short what, void *arg)
         atomic_fetch_add(&c->s->slow_aborted, 1);
     atomic_fetch_sub(&c->s->slow_active, 1);
     reply_text(c->req, 200, "slow"); /* to a closed peer: evhttp cleans up */
-    event_free(c->ev);
-    free(c);
+    slow_free(c);
 }
 
 static void route_slow(curl_server *s, struct evhttp_request *req)
@@ -150,6 +163,10 @@ static void route_slow(curl_server *s, struct evhttp_request *req)
     c->left_ms = query_long(req, "ms", 1000);
     c->fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evhttp_request_get_connection(req)));
     c->ev = event_new(s->base, -1, EV_PERSIST, slow_tick, c);
+    c->next = s->slows;
+    if (s->slows)
+        s->slows->prev = c;
+    s->slows = c;
     peak(&s->slow_active, &s->slow_peak, 1);
     struct timeval tv = {0, 10000};
     evtimer_add(c->ev, &tv);
@@ -328,6 +345,8 @@ void curl_server_stop(curl_server *s)
     if (write(s->stop_pipe[1], "x", 1) != 1)
         perror("curl_server: stop");
     pthread_join(s->thread, NULL);
+    while (s->slows)
+        slow_free(s->slows); /* their requests go with evhttp_free */
     event_free(s->stop_ev);
     evconnlistener_free(s->drop);
     evhttp_free(s->http);

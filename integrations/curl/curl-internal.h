@@ -5,6 +5,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/time.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
 
 #include <baton/curl.h>
 
@@ -59,5 +64,101 @@ int bt__http_response_finish(bt_http_response *r);
 
 /* True if s is an HTTP token (method and header names). */
 bool bt__http_is_token(const char *s, size_t len);
+
+/* ---- The client and its transfers (client.c, multi.c, transfer.c) ------- */
+
+#ifndef CURL_WRITEFUNC_ERROR
+#define CURL_WRITEFUNC_ERROR 0
+#endif
+
+#define IDLE_EASY_MAX 256
+#define DEFAULT_MAX_BODY ((size_t)64 << 20)
+
+typedef struct xfer xfer;
+typedef struct sockwatch sockwatch;
+
+struct sockwatch {
+    sockwatch *prev, *next;
+    bt_http_client *c;
+    curl_socket_t fd;
+    short kind;
+    struct event *ev;           /* points just past the struct */
+};
+
+struct xfer {
+    xfer *prev, *next;          /* the client's live transfers */
+    xfer *next_deferred;
+    bt_http_client *c;
+    CURL *easy;
+    CURLU *cu;
+    bt_future *future;          /* NULL once settled */
+    bt_http_request *req;
+    bt_http_response *resp;
+    struct curl_slist *hdrs;    /* this request's own header list, or NULL */
+    FILE *file;
+    size_t max_body;
+    uint64_t wait_ms, total_ms;
+    const struct timeval *wait_tv, *total_tv;
+    struct timeval own_total_tv;
+    int abort_code;             /* why a callback stopped the transfer */
+    const char *abort_msg;
+    bool got_conn;
+    bool in_multi;
+    bool timer_armed;
+    bool deferred;              /* on the client's deferred list */
+    char errbuf[CURL_ERROR_SIZE];
+    struct event *timer;        /* points just past the struct */
+};
+
+struct bt_http_client {
+    bt_loop *loop;
+    struct event_base *base;
+    CURLM *multi;
+    struct event *curl_timer;
+    xfer *xfers;
+    xfer *deferred;             /* to add or remove once curl returns */
+    sockwatch *watches;
+    int in_curl;
+    bool free_pending;
+    bool closed;                /* the closer ran: no multi, no events */
+    size_t still_running;
+
+    char *base_url;
+    char *user_agent;
+    struct curl_slist *default_hdrs;
+    struct curl_slist *retired_hdrs[8]; /* old lists in-flight requests use */
+    size_t nretired;
+    unsigned max_total, max_per_host;
+    uint64_t connect_ms, total_ms, wait_ms;
+    struct timeval total_tv, wait_tv;
+    const struct timeval *total_ctv, *wait_ctv; /* common timeouts */
+    bool follow, verify, http2;
+    unsigned max_redirects;
+    char *ca_file;
+    size_t max_body;
+
+    CURL *idle[IDLE_EASY_MAX];
+    size_t nidle;
+    bt_http_client_stats stats;
+};
+
+
+/* client.c */
+extern char bt__http_default_ua[96];
+void bt__http_client_destroy(bt_http_client *c);
+
+/* multi.c: set the multi handle's socket and timer callbacks. Returns 0 or
+ * BT_ENOMEM. */
+int bt__http_multi_wire(bt_http_client *c);
+/* Run what was deferred while curl was on the stack and settle finished
+ * transfers; a no-op while curl is on the stack. */
+void bt__http_flush(bt_http_client *c);
+
+/* transfer.c */
+void bt__xfer_release(xfer *x);
+void bt__xfer_done(xfer *x, CURLcode rc);
+void bt__xfer_fail(xfer *x, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+/* True if url starts with "scheme://". */
+bool bt__http_has_scheme(const char *url);
 
 #endif

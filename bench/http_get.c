@@ -1,0 +1,129 @@
+/* bench http_get: 20,000 GETs of a small body at concurrency 100 against a
+ * local evhttp server (a child process), Baton's client against a raw curl
+ * multi + libevent client (http_get_anchor.c), in the same run, best of
+ * five rounds each, alternating. Also reports CPU per request of the client
+ * process and of the server process during each client's rounds. */
+#include "http_get.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <baton/baton.h>
+#include <baton/curl.h>
+
+#include "../tests/curl_server.h"
+
+#define N 20000
+#define CONC 100
+#define ROUNDS 5
+
+typedef struct {
+    bt_loop *loop;
+    bt_http_client *c;
+    const char *url;
+    int started, ok, failed;
+} run_state;
+
+static void start_one(run_state *s);
+
+static void on_done(bt_future *f, void *arg)
+{
+    run_state *s = arg;
+    if (bt_future_error(f) == 0 && bt_http_response_status(bt_future_value(f)) == 200)
+        s->ok++;
+    else
+        s->failed++;
+    bt_future_unref(f);
+    if (s->started < N)
+        start_one(s);
+    else if (s->ok + s->failed == N)
+        bt_loop_stop(s->loop);
+}
+
+static void start_one(run_state *s)
+{
+    s->started++;
+    bt_future *f = bt_http_get(s->c, s->url);
+    if (f == NULL || bt_future_add_callback(f, on_done, s) != 0) {
+        fprintf(stderr, "http_get: could not send\n");
+        exit(1);
+    }
+}
+
+static int run_baton(const char *url, int n, http_get_result *out)
+{
+    run_state s = {.url = url};
+    s.loop = bt_loop_new();
+    s.c = bt_http_client_new(s.loop);
+    bt_http_client_set_limits(s.c, CONC, 0);
+    double t0 = http_get_now(), c0 = http_get_cpu();
+    int first = n < CONC ? n : CONC;
+    for (int i = 0; i < first; i++)
+        start_one(&s);
+    bt_loop_run(s.loop);
+    out->seconds = http_get_now() - t0;
+    out->cpu = http_get_cpu() - c0;
+    out->ok = s.ok;
+    out->failed = s.failed;
+    bt_http_client_free(s.c);
+    bt_loop_free(s.loop);
+    return s.ok == n ? 0 : -1;
+}
+
+int main(void)
+{
+    int port;
+    pid_t server = curl_server_fork(&port);
+    if (server < 0) {
+        fprintf(stderr, "http_get: the local server did not start\n");
+        return 1;
+    }
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", port);
+
+    double best_b = 0, best_a = 0;
+    double cpu_b = 0, cpu_a = 0, srv_b = 0, srv_a = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        http_get_result ra, rb;
+        double s0 = curl_server_child_cpu(server);
+        if (http_get_anchor(url, N, CONC, &ra) != 0) {
+            fprintf(stderr, "http_get: anchor: %d failed\n", ra.failed);
+            curl_server_kill(server);
+            return 1;
+        }
+        double s1 = curl_server_child_cpu(server);
+        if (run_baton(url, N, &rb) != 0) {
+            fprintf(stderr, "http_get: baton: %d failed\n", rb.failed);
+            curl_server_kill(server);
+            return 1;
+        }
+        double s2 = curl_server_child_cpu(server);
+        double va = N / ra.seconds, vb = N / rb.seconds;
+        fprintf(stderr, "round %d: anchor %.0f req/s (client cpu %.2fs, server cpu %.2fs), "
+                        "baton %.0f req/s (client cpu %.2fs, server cpu %.2fs)\n",
+                round, va, ra.cpu, s1 - s0, vb, rb.cpu, s2 - s1);
+        if (va > best_a) {
+            best_a = va;
+            cpu_a = ra.cpu;
+            srv_a = s1 - s0;
+        }
+        if (vb > best_b) {
+            best_b = vb;
+            cpu_b = rb.cpu;
+            srv_b = s2 - s1;
+        }
+    }
+    curl_server_kill(server);
+    printf("bench http_get baton=%.0f anchor=raw-curl-multi-libevent anchor_value=%.0f "
+           "unit=req/s ratio=%.3f better=higher\n",
+           best_b, best_a, best_b / best_a);
+    double ub = cpu_b * 1e6 / N, ua = cpu_a * 1e6 / N;
+    printf("bench http_get_client_cpu baton=%.1f anchor=raw-curl-multi-libevent anchor_value=%.1f "
+           "unit=cpu-us/req ratio=%.3f better=lower\n",
+           ub, ua, ub / ua);
+    double sb = srv_b * 1e6 / N, sa = srv_a * 1e6 / N;
+    printf("bench http_get_server_cpu baton=%.1f anchor=raw-curl-multi-libevent anchor_value=%.1f "
+           "unit=cpu-us/req ratio=%.3f better=lower\n",
+           sb, sa, sa > 0 ? sb / sa : 0.0);
+    return 0;
+}

@@ -1,0 +1,190 @@
+/* The HTTP client's engine: one curl multi handle on the loop's event_base.
+ *
+ * DESIGN
+ * - Wiring (curl's "multi_socket" API): curl tells us which sockets to
+ *   watch (on_socket, CURLMOPT_SOCKETFUNCTION) and when to wake it
+ *   (on_curl_timer, CURLMOPT_TIMERFUNCTION); we hand events back with
+ *   curl_multi_socket_action, and drain curl_multi_info_read after every
+ *   call. Both callbacks only touch libevent: curl forbids calling into
+ *   the multi handle from its callbacks, so a timeout of 0 is a zero-delay
+ *   libevent timer, not a direct socket_action. CURL_POLL_REMOVE means
+ *   "stop watching": the socket may live on in curl's connection cache.
+ * - User code runs inside curl only through a streaming body callback.
+ *   While curl is on the stack (in_curl > 0), whatever would call into the
+ *   multi handle is deferred: a cancelled transfer is marked and removed,
+ *   a new request is added, and a client free is done, right after
+ *   curl_multi_socket_action returns (still the same loop turn).
+ * - Futures: a transfer keeps a plain pointer to its future until it
+ *   settles it (the loop keeps a pending future alive). Settling never
+ *   runs callbacks inline, so settling from inside curl is safe.
+ *   Cancellation settles at once and removes the transfer at once (or
+ *   right after curl returns), which closes or frees its connection slot.
+ * - Timeouts: curl's CURLOPT_TIMEOUT counts the time a transfer waits
+ *   behind CURLMOPT_MAX_*_CONNECTIONS, so the total timeout is our own
+ *   libevent timer, started when the transfer gets a connection (curl's
+ *   open-socket or pre-request callback, whichever comes first). Before
+ *   that the same timer measures the wait for a connection. Timers with
+ *   the client's default durations use libevent's common timeouts (O(1)).
+ * - Shutdown: a loop closer cancels every transfer and cleans up the multi
+ *   handle before the loop frees its event_base.
+ */
+#include "config.h"
+
+#include "curl-internal.h"
+
+#include <event2/event.h>
+
+#include <baton/loop.h>
+
+/* ---- Socket and timer wiring --------------------------------------------- */
+
+static void curl_action(bt_http_client *c, curl_socket_t fd, int mask)
+{
+    int running = 0;
+    c->in_curl++;
+    curl_multi_socket_action(c->multi, fd, mask, &running);
+    c->in_curl--;
+    c->still_running = (size_t)running;
+    bt__http_flush(c);
+}
+
+static void on_sock_event(evutil_socket_t fd, short events, void *arg)
+{
+    sockwatch *w = arg;
+    bt_http_client *c = w->c;
+    int mask = ((events & EV_READ) ? CURL_CSELECT_IN : 0) |
+               ((events & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    bt_loop *loop = c->loop; /* c may be freed by a deferred free */
+    bt_loop_enter_cb(loop, (const void *)on_sock_event);
+    curl_action(c, fd, mask); /* w may be gone after this */
+    bt_loop_leave_cb(loop);
+}
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    bt_http_client *c = userp;
+    sockwatch *w = socketp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        /* Stop watching; curl may keep the connection for reuse and will
+         * tell us again when it wants events on it. */
+        if (w) {
+            event_del(w->ev);
+            if (w->prev)
+                w->prev->next = w->next;
+            else
+                c->watches = w->next;
+            if (w->next)
+                w->next->prev = w->prev;
+            bt_free(w);
+        }
+        return 0;
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    if (w == NULL) {
+        w = bt_calloc(1, sizeof *w + event_get_struct_event_size());
+        if (w == NULL)
+            return -1; /* curl fails the transfer */
+        w->c = c;
+        w->fd = s;
+        w->ev = (struct event *)(w + 1);
+        w->next = c->watches;
+        if (c->watches)
+            c->watches->prev = w;
+        c->watches = w;
+        curl_multi_assign(c->multi, s, w);
+    } else if (w->kind == kind) {
+        return 0;
+    } else {
+        event_del(w->ev);
+    }
+    w->kind = kind;
+    event_assign(w->ev, c->base, s, kind, on_sock_event, w);
+    event_add(w->ev, NULL);
+    return 0;
+}
+
+static void on_curl_timeout(evutil_socket_t fd, short events, void *arg)
+{
+    bt_http_client *c = arg;
+    (void)fd;
+    (void)events;
+    bt_loop *loop = c->loop;
+    bt_loop_enter_cb(loop, (const void *)on_curl_timeout);
+    curl_action(c, CURL_SOCKET_TIMEOUT, 0);
+    bt_loop_leave_cb(loop);
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    bt_http_client *c = userp;
+    (void)multi;
+    if (timeout_ms < 0) {
+        evtimer_del(c->curl_timer);
+    } else {
+        /* Never socket_action from here: a 0 ms timer runs it next. */
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        evtimer_add(c->curl_timer, &tv);
+    }
+    return 0;
+}
+
+int bt__http_multi_wire(bt_http_client *c)
+{
+    c->curl_timer = evtimer_new(c->base, on_curl_timeout, c);
+    if (c->curl_timer == NULL)
+        return BT_ENOMEM;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    return 0;
+}
+
+/* ---- Deferred work and completions --------------------------------------- */
+
+void bt__http_flush(bt_http_client *c)
+{
+    if (c->in_curl > 0)
+        return;
+    for (;;) {
+        /* Adds and removes asked for while curl was on the stack. */
+        while (c->deferred) {
+            xfer *x = c->deferred;
+            c->deferred = x->next_deferred;
+            x->deferred = false;
+            if (x->future == NULL) {
+                bt__xfer_release(x);
+            } else if (!x->in_multi) {
+                if (curl_multi_add_handle(c->multi, x->easy) == CURLM_OK) {
+                    x->in_multi = true;
+                    c->stats.in_flight++;
+                    c->stats.started++;
+                } else {
+                    bt__xfer_fail(x, BT_ENOMEM, "curl refused the transfer");
+                    bt__xfer_release(x);
+                }
+            }
+        }
+        int left;
+        CURLMsg *m;
+        bool any = false;
+        while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            xfer *x = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+            CURLcode rc = m->data.result;
+            any = true;
+            bt__xfer_done(x, rc); /* m is invalid after this */
+        }
+        if (!any && c->deferred == NULL)
+            break;
+    }
+    if (c->free_pending) {
+        c->free_pending = false;
+        bt__http_client_destroy(c);
+    }
+}
+
