@@ -92,8 +92,9 @@ static void future_destroy(bt_future *f)
  * us; a reference dropped on another thread is left to bt_loop_free. */
 static void check_dropped(bt_future *f)
 {
-    if (!bt_loop_is_current(f->loop) || f->loop->closing ||
-        atomic_load_explicit(&f->state, memory_order_relaxed) != BT_FUTURE_PENDING ||
+    /* State first: a settled future may outlive its loop. */
+    if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_PENDING ||
+        !bt_loop_is_current(f->loop) || f->loop->closing ||
         atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->cbs_head != NULL)
         return;
     bt_log(BT_LOG_WARN,
@@ -143,6 +144,11 @@ static void run_settle_task(bt__task *t)
 static bool callbacks_done(const bt_future *f)
 {
     return f->settle_task.next == &f->settle_task;
+}
+
+bool bt__future_callbacks_done(const bt_future *f)
+{
+    return callbacks_done(f);
 }
 
 /* Common tail of every setter. Takes ownership of value and message. */
@@ -210,6 +216,10 @@ BT_EXPORT int bt_future_set_cancelled(bt_future *f)
 
 BT_EXPORT int bt_future_set_from(bt_future *f, bt_future *src)
 {
+    if (f == NULL)
+        return BT_EINVAL;
+    if (bt_future_is_settled(f))
+        return BT_EALREADY; /* src keeps its value for its other consumers */
     if (src == NULL)
         return f ? bt_future_set_error(f, BT_EINVAL, "no source future") : BT_EINVAL;
     switch (bt_future_get_state(src)) {
@@ -416,7 +426,7 @@ BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg)
 /* ---- Chaining ---------------------------------------------------------------- */
 
 typedef struct {
-    bt_future *result; /* borrowed: alive while pending (the loop's ref) */
+    bt_future *result; /* owned: bt_loop_free may settle and release it early */
     bt_future *src;    /* borrowed: alive until its callbacks have run */
     bt_future *inner;  /* owned */
     bt_then_fn fn;
@@ -431,35 +441,48 @@ static void chain_on_cancel(bt_future *result, void *arg)
     bt_future_cancel(c->inner ? c->inner : c->src);
 }
 
+static void chain_free(chain *c)
+{
+    bt_future_unref(c->inner);
+    bt_future_unref(c->result);
+    bt_free(c);
+}
+
 static void chain_on_inner(bt_future *inner, void *arg)
 {
     chain *c = arg;
     bt_future_set_from(c->result, inner);
-    bt_future_unref(c->inner);
-    bt_free(c);
+    chain_free(c);
 }
 
 static void chain_on_src(bt_future *src, void *arg)
 {
     chain *c = arg;
-    if (bt_future_is_settled(c->result) ||
-        (c->on_value_only && bt_future_get_state(src) != BT_FUTURE_VALUE)) {
+    if (bt_future_is_settled(c->result)) {
+        chain_free(c); /* settled by bt_loop_free: nothing to hand on */
+        return;
+    }
+    if (bt_future_cancel_requested(c->result)) {
+        bt_future_set_cancelled(c->result); /* do not start fn for nobody */
+        chain_free(c);
+        return;
+    }
+    if (c->on_value_only && bt_future_get_state(src) != BT_FUTURE_VALUE) {
         bt_future_set_from(c->result, src);
-        bt_free(c);
+        chain_free(c);
         return;
     }
     bt_future *g = c->fn(src, c->arg);
     if (g == NULL) {
         bt_future_set_error(c->result, BT_ENOMEM, "chained function returned no future");
-        bt_free(c);
+        chain_free(c);
         return;
     }
     c->inner = g;
     if (bt_future_add_callback(g, chain_on_inner, c) != 0) {
         bt_future_set_error(c->result, BT_ENOMEM, "out of memory chaining a future");
         bt_future_cancel(g);
-        bt_future_unref(g);
-        bt_free(c);
+        chain_free(c);
         return;
     }
     if (bt_future_cancel_requested(c->result))
@@ -480,7 +503,7 @@ static bt_future *chain_new(bt_future *f, bt_then_fn fn, void *arg, bool on_valu
         bt_free(c);
         return NULL;
     }
-    c->result = r;
+    c->result = bt_future_ref(r);
     c->src = f;
     c->fn = fn;
     c->arg = arg;

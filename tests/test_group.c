@@ -3,8 +3,10 @@
  * is still running when a sibling fails, several failures counted,
  * cancellation from outside, the deadline, an empty group, late adds, and
  * the loop freed under an open group. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -101,6 +103,63 @@ START_TEST(first_failure_cancels_the_rest_and_waits_for_them)
     ck_assert_int_eq(bt_future_get_state(running.f), BT_FUTURE_CANCELLED);
     for (int i = 0; i < 4; i++)
         bt_future_unref(all[i]->f);
+    bt_future_unref(w);
+}
+END_TEST
+
+/* A job on the offload pool that runs until it is told to stop: the
+ * real "mid-offload" child. */
+static atomic_int job_started, job_saw_cancel;
+
+static int long_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    atomic_store(&job_started, 1);
+    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000; /* hang guard */
+    while (bt_hrtime() < until) {
+        if (bt_job_cancelled(job)) {
+            atomic_store(&job_saw_cancel, 1);
+            return 0;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+static void fail_when_started(bt_timer *t, void *arg)
+{
+    prod *bad = arg;
+    if (!atomic_load(&job_started))
+        return; /* poll again on the next tick */
+    bt_timer_stop(t);
+    bt_future_set_error(bad->f, BT_EPROTO, "bad reply");
+}
+
+START_TEST(failure_while_a_sibling_is_mid_offload)
+{
+    atomic_store(&job_started, 0);
+    atomic_store(&job_saw_cancel, 0);
+    bt_group *g = bt_group_new(loop);
+    bt_future *job = bt_to_thread(loop, long_job, NULL);
+    ck_assert_ptr_nonnull(job);
+    prod bad;
+    prod_init(&bad, true);
+    bt_group_add(g, job);
+    bt_group_add(g, bad.f);
+    bt_future *w = bt_group_wait(g);
+    bt_group_free(g);
+    /* Fail the sibling once the job is surely running on a worker. */
+    bt_timer *t = bt_timer_new(loop, fail_when_started, &bad);
+    bt_timer_start(t, 1, 1);
+    bt_test_run_until(loop, w, 15000);
+    bt_timer_free(t);
+    ck_assert_int_eq(bt_future_error(w), BT_EPROTO);
+    /* The group settled only after the job had returned, and the job
+     * returned because the cancellation reached it on its thread. */
+    ck_assert_int_eq(atomic_load(&job_saw_cancel), 1);
+    ck_assert_int_eq(bt_future_get_state(job), BT_FUTURE_CANCELLED);
+    bt_future_unref(job);
+    bt_future_unref(bad.f);
     bt_future_unref(w);
 }
 END_TEST
@@ -319,6 +378,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, BT_TEST_TIMEOUT);
     tcase_add_test(tc, all_children_succeed);
     tcase_add_test(tc, first_failure_cancels_the_rest_and_waits_for_them);
+    tcase_add_test(tc, failure_while_a_sibling_is_mid_offload);
     tcase_add_test(tc, several_failures_are_counted);
     tcase_add_test(tc, cancel_from_outside);
     tcase_add_test(tc, a_child_cancelled_elsewhere_does_not_fail_the_group);
