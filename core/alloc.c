@@ -14,9 +14,14 @@ static bt_free_fn g_free = free;
 
 BT_EXPORT void bt_set_allocator(bt_malloc_fn m, bt_realloc_fn r, bt_free_fn f)
 {
-    g_malloc = m ? m : malloc;
-    g_realloc = r ? r : realloc;
-    g_free = f ? f : free;
+    if (m == NULL || r == NULL || f == NULL) { /* all three or none */
+        m = malloc;
+        r = realloc;
+        f = free;
+    }
+    g_malloc = m;
+    g_realloc = r;
+    g_free = f;
 }
 
 BT_EXPORT void *bt_malloc(size_t size)
@@ -59,6 +64,8 @@ BT_EXPORT char *bt_strdup(const char *s)
 
 BT_EXPORT char *bt_vasprintf(const char *fmt, va_list ap)
 {
+    if (fmt == NULL)
+        return NULL;
     va_list ap2;
     va_copy(ap2, ap);
     int n = vsnprintf(NULL, 0, fmt, ap2);

@@ -42,7 +42,7 @@ BT_EXPORT void bt_log_set_level(bt_log_level min_level)
 
 BT_EXPORT void bt_log(bt_log_level level, const char *fmt, ...)
 {
-    if ((int)level < atomic_load_explicit(&g_log_min, memory_order_relaxed))
+    if (fmt == NULL || (int)level < atomic_load_explicit(&g_log_min, memory_order_relaxed))
         return;
     char buf[1024];
     va_list ap;

@@ -38,7 +38,11 @@ struct bt_loop {
     bool closing;                /* bt_loop_free has started */
     _Atomic bool closed_to_posts; /* bt_loop_post refuses from now on */
     _Atomic bool stop_requested;
-    pthread_t thread;            /* the thread that runs it */
+    /* The thread that runs it, as pthread_self() (an integer on Linux):
+     * written by that thread, compared from any, so atomic. */
+    _Atomic uintptr_t thread;
+    unsigned spin_streak;        /* spin hits since libevent last ran */
+    unsigned cb_depth;           /* nesting of bt_loop_enter_cb */
 
     /* Loop-thread FIFO of tasks to run on the next pass (call_soon and
      * future callbacks). */

@@ -123,8 +123,10 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     bt_loop *loop = arg;
     loop->stats.wakeups++;
     wake_drain(loop);
-    if (atomic_load_explicit(&loop->stop_requested, memory_order_acquire))
-        event_base_loopbreak(loop->base); /* for a base the user runs */
+    /* A base the program runs itself: break it, once per bt_loop_stop.
+     * Under bt_loop_run the flag is left for run_impl to see and clear. */
+    if (!loop->running && atomic_exchange(&loop->stop_requested, false))
+        event_base_loopbreak(loop->base);
     inbox_drain(loop);
 }
 
@@ -183,7 +185,7 @@ static bt_loop *loop_init(struct event_base *base, bool owns)
         return NULL;
     loop->base = base;
     loop->owns_base = owns;
-    loop->thread = pthread_self();
+    atomic_init(&loop->thread, (uintptr_t)pthread_self());
     loop->spin_ns = BT_DEFAULT_SPIN_NS;
     loop->wake_fd = loop->wake_wfd = -1;
     atomic_init(&loop->inbox, NULL);
@@ -230,15 +232,17 @@ BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop)
 
 BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
 {
-    return loop && pthread_equal(loop->thread, pthread_self());
+    return loop && atomic_load_explicit(&loop->thread, memory_order_relaxed) ==
+                       (uintptr_t)pthread_self();
 }
 
 /* Poll the inbox for a while when a completion is due. Returns true if it
  * found and ran something. */
 static bool spin_for_completions(bt_loop *loop)
 {
+    /* After a run of hits, let libevent poll sockets and timers once. */
     if (loop->spin_ns == 0 || atomic_load_explicit(&loop->expected, memory_order_relaxed) <= 0 ||
-        loop->ready_head != NULL)
+        loop->ready_head != NULL || loop->spin_streak >= 16)
         return false;
     atomic_store(&loop->spinning, 1);
     uint64_t deadline = bt_hrtime() + loop->spin_ns;
@@ -256,6 +260,7 @@ static bool spin_for_completions(bt_loop *loop)
         return false;
     inbox_drain(loop);
     loop->stats.spin_hits++;
+    loop->spin_streak++;
     return true;
 }
 
@@ -263,16 +268,21 @@ static int run_impl(bt_loop *loop, bt_future *until)
 {
     if (loop == NULL)
         return BT_EINVAL;
+    if (until && bt_future_loop(until) != loop)
+        return BT_EINVAL; /* it would never settle here */
     if (loop->running || loop->closing)
         return BT_EBUSY;
     loop->running = true;
-    loop->thread = pthread_self();
+    atomic_store_explicit(&loop->thread, (uintptr_t)pthread_self(), memory_order_relaxed);
     if (until)
         bt_future_ref(until);
+    /* Until the future's own callbacks have run too, so that what they
+     * read (an error, a value) is read before run_until returns. */
     while (!atomic_load_explicit(&loop->stop_requested, memory_order_acquire) &&
-           !(until && bt_future_is_settled(until))) {
+           !(until && bt__future_callbacks_done(until))) {
         if (spin_for_completions(loop))
             continue;
+        loop->spin_streak = 0;
         if (event_base_loop(loop->base, EVLOOP_ONCE) < 0)
             break;
     }
@@ -323,6 +333,11 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
 {
     if (loop == NULL)
         return;
+    if (loop->running || loop->closing) {
+        bt_log(BT_LOG_ERROR, "bt_loop_free called on a running loop (from one of its callbacks?): "
+                             "ignored; stop the loop and free it after bt_loop_run returns");
+        return;
+    }
     /* Closers first: they settle the futures of work they can still finish
      * or cancel, and may need the inbox for that. Draining may register new
      * closers (a job submitted from another thread is admitted from the
@@ -441,6 +456,8 @@ BT_EXPORT int bt_loop_add_closer(bt_loop *loop, bt_fn fn, void *arg)
 {
     if (loop == NULL || fn == NULL)
         return BT_EINVAL;
+    if (loop->closing)
+        return BT_ESHUTDOWN; /* the closers have run */
     bt__closer *c = bt_malloc(sizeof *c);
     if (c == NULL)
         return BT_ENOMEM;
@@ -468,11 +485,11 @@ BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg)
 
 /* ---- The watchdog's view ----------------------------------------------------- */
 
-static _Thread_local unsigned cb_depth;
-
 BT_EXPORT void bt_loop_enter_cb(bt_loop *loop, const void *fn)
 {
-    if (cb_depth++ == 0) {
+    if (loop == NULL)
+        return;
+    if (loop->cb_depth++ == 0) {
         uint64_t s = atomic_load_explicit(&loop->cb_seq, memory_order_relaxed);
         if (loop->watchdog)
             atomic_store_explicit(&loop->cb_start_ns, bt_hrtime(), memory_order_relaxed);
@@ -483,7 +500,9 @@ BT_EXPORT void bt_loop_enter_cb(bt_loop *loop, const void *fn)
 
 BT_EXPORT void bt_loop_leave_cb(bt_loop *loop)
 {
-    if (--cb_depth == 0) {
+    if (loop == NULL || loop->cb_depth == 0)
+        return;
+    if (--loop->cb_depth == 0) {
         uint64_t s = atomic_load_explicit(&loop->cb_seq, memory_order_relaxed);
         atomic_store_explicit(&loop->cb_seq, s + 1, memory_order_release);
     }

@@ -54,9 +54,9 @@ static bt_future *print_user(bt_future *f, void *arg)
 static bt_future *main_async(bt_loop *loop, void *arg)
 {
     (void)arg;
-    bt_future *user = fetch_user(loop, 1);
-    bt_future *done = bt_future_then(user, print_user, NULL);
-    bt_future_unref(user);
+    bt_future *found = fetch_user(loop, 1);
+    bt_future *done = bt_future_then(found, print_user, NULL);
+    bt_future_unref(found);
     return done;
 }
 

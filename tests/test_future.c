@@ -241,8 +241,9 @@ static bt_future *double_it(bt_future *src, void *arg)
 static bt_future *sleep_then_value(bt_future *src, void *arg)
 {
     (void)src;
-    (void)arg;
-    bt_future *s = bt_sleep(loop, 5);
+    bt_future **inner = arg;
+    bt_future *s = bt_sleep(loop, 60000);
+    *inner = bt_future_ref(s);
     bt_future *r = bt_future_then(s, double_it, NULL);
     bt_future_unref(s);
     return r;
@@ -296,7 +297,8 @@ END_TEST
 START_TEST(cancel_chain_reaches_inner)
 {
     bt_future *a = bt_future_new_value(loop, NULL, NULL);
-    bt_future *b = bt_future_then(a, sleep_then_value, NULL);
+    bt_future *inner = NULL;
+    bt_future *b = bt_future_then(a, sleep_then_value, &inner);
     /* Let the chain function run and return its sleeping future. */
     bt_future *s = bt_sleep(loop, 1);
     bt_test_run_until(loop, s, 1000);
@@ -305,8 +307,99 @@ START_TEST(cancel_chain_reaches_inner)
     ck_assert_int_eq(bt_future_cancel(b), 0);
     bt_test_run_until(loop, b, 1000);
     ck_assert_int_eq(bt_future_get_state(b), BT_FUTURE_CANCELLED);
+    /* The 60 s sleep itself was cancelled, not merely left behind. */
+    ck_assert_ptr_nonnull(inner);
+    ck_assert_int_eq(bt_future_get_state(inner), BT_FUTURE_CANCELLED);
+    bt_future_unref(inner);
     bt_future_unref(a);
     bt_future_unref(b);
+}
+END_TEST
+
+static void read_outcome(bt_future *f, void *arg)
+{
+    (void)arg;
+    bt_future_error(f);
+}
+
+START_TEST(chain_dropped_then_loop_freed)
+{
+    /* The chain's result is cancelled and released by bt_loop_free before
+     * its source, whose producer settles late: nothing may touch the freed
+     * result (ASan watches). */
+    bt_loop *l = bt_loop_new();
+    producer pr = {0, false};
+    bt_future *src = bt_future_new(l);
+    bt_future_on_cancel(src, cancel_hook, &pr);
+    bt_future *r = bt_future_then(src, double_it, NULL);
+    bt_future_add_callback(r, read_outcome, NULL);
+    bt_future_unref(r);
+    bt_future_unref(src);
+    bt_test_log_capture();
+    bt_loop_free(l);
+    ck_assert_int_eq(pr.hook_calls, 1);
+}
+END_TEST
+
+START_TEST(references_outlive_the_loop)
+{
+    bt_loop *l = bt_loop_new();
+    bt_future *f = bt_future_new(l);
+    bt_future_ref(f);
+    bt_test_log_capture();
+    bt_loop_free(l);
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(set_from_keeps_source_when_refused)
+{
+    bt_future *src = bt_future_new_value(loop, boxed(3), free);
+    bt_future *done = bt_future_new_value(loop, NULL, NULL);
+    ck_assert_int_eq(bt_future_set_from(done, src), BT_EALREADY);
+    ck_assert_int_eq(bt_future_set_from(NULL, src), BT_EINVAL);
+    ck_assert_int_eq(*(int *)bt_future_value(src), 3);
+    bt_future *dst = bt_future_new(loop);
+    ck_assert_int_eq(bt_future_set_from(dst, src), 0);
+    ck_assert_int_eq(*(int *)bt_future_value(dst), 3);
+    ck_assert_ptr_null(bt_future_value(src)); /* moved, not copied */
+    bt_future *err = bt_future_new_error(loop, BT_EIO, "e");
+    bt_future *dst2 = bt_future_new(loop);
+    bt_future_set_from(dst2, err);
+    ck_assert_int_eq(bt_future_error(dst2), BT_EIO);
+    ck_assert_str_eq(bt_future_error_message(dst2), "e");
+    bt_future_unref(src);
+    bt_future_unref(done);
+    bt_future_unref(dst);
+    bt_future_unref(err);
+    bt_future_unref(dst2);
+}
+END_TEST
+
+static void never_runs(void *arg)
+{
+    (void)arg;
+    ck_abort_msg("a post refused with BT_ESHUTDOWN ran anyway");
+}
+
+static void post_during_free(bt_future *f, void *arg)
+{
+    *(int *)arg = bt_loop_post(bt_future_loop(f), never_runs, NULL);
+}
+
+START_TEST(post_refused_once_closing)
+{
+    bt_loop *l = bt_loop_new();
+    bt_future *f = bt_future_new(l);
+    int rc = 1;
+    bt_future_add_callback(f, post_during_free, &rc);
+    bt_test_log_capture();
+    bt_loop_free(l);
+    ck_assert_int_eq(rc, BT_ESHUTDOWN);
+    bt_future_unref(f);
 }
 END_TEST
 
@@ -393,6 +486,10 @@ static Suite *future_suite(void)
     tcase_add_test(tc, then_chains_values);
     tcase_add_test(tc, then_propagates_errors_after_sees_them);
     tcase_add_test(tc, cancel_chain_reaches_inner);
+    tcase_add_test(tc, chain_dropped_then_loop_freed);
+    tcase_add_test(tc, references_outlive_the_loop);
+    tcase_add_test(tc, set_from_keeps_source_when_refused);
+    tcase_add_test(tc, post_refused_once_closing);
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, loop_free_cancels_pending);
     tcase_add_test(tc, allocation_failure_is_clean);

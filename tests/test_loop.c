@@ -212,6 +212,11 @@ static void settle_later(void *arg)
     bt_future_set_value(arg, (void *)"done", NULL);
 }
 
+static void fail_later(void *arg)
+{
+    bt_future_set_error(arg, BT_EIO, "disk");
+}
+
 static bt_future *main_ok(bt_loop *l, void *arg)
 {
     bt_future *f = bt_future_new(l);
@@ -251,6 +256,97 @@ END_TEST
 
 static void closer(void *arg) { (*(int *)arg) += 10; }
 
+static int closer_order[4];
+static int nclosers;
+static void closer_a(void *arg) { (void)arg; closer_order[nclosers++] = 'a'; }
+static void closer_b(void *arg) { (void)arg; closer_order[nclosers++] = 'b'; }
+
+static void nested_run(void *arg)
+{
+    *(int *)arg = bt_loop_run(loop);
+    bt_loop_stop(loop);
+}
+
+START_TEST(nested_run_is_refused)
+{
+    int rc = 0;
+    bt_loop_call_soon(loop, nested_run, &rc);
+    bt_loop_run(loop);
+    ck_assert_int_eq(rc, BT_EBUSY);
+    bt_loop *other = bt_loop_new();
+    bt_future *f = bt_future_new(other);
+    ck_assert_int_eq(bt_loop_run_until(loop, f), BT_EINVAL); /* another loop's */
+    bt_future_set_cancelled(f);
+    bt_future_unref(f);
+    bt_loop_free(other);
+}
+END_TEST
+
+static void stop_loop_cb(void *arg) { bt_loop_stop(arg); }
+static void break_after(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    event_base_loopbreak(arg);
+}
+
+START_TEST(stop_on_adopted_base_is_once)
+{
+    struct event_base *base = event_base_new();
+    bt_loop *l = bt_loop_adopt(base);
+    bt_loop_post(l, stop_loop_cb, l);
+    ck_assert_int_eq(event_base_dispatch(base), 0); /* broken by bt_loop_stop */
+    /* A later wakeup must not break the program's base again. */
+    int ran = 0;
+    struct timeval tv = {0, 30000};
+    event_base_once(base, -1, EV_TIMEOUT, break_after, base, &tv);
+    bt_loop_post(l, count_cb, &ran);
+    event_base_dispatch(base);
+    ck_assert_int_eq(ran, 1);
+    /* The 30 ms timer, not the post's wakeup, ended the second dispatch:
+     * had it been the wakeup, the timer would still be pending. */
+    ck_assert_int_eq(event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED), 1);
+    bt_loop_free(l);
+    event_base_free(base);
+}
+END_TEST
+
+static void read_main_error(bt_future *f, void *arg)
+{
+    (void)arg;
+    ck_assert_int_eq(bt_future_error(f), BT_EIO);
+}
+
+static bt_future *main_reads_own_error(bt_loop *l, void *arg)
+{
+    (void)arg;
+    bt_future *f = bt_future_new(l);
+    bt_future_add_callback(f, read_main_error, NULL);
+    bt_loop_call_soon(l, fail_later, f);
+    return f;
+}
+
+START_TEST(run_quiet_when_main_read_its_error)
+{
+    bt_test_log_capture();
+    ck_assert_int_eq(bt_run(main_reads_own_error, NULL), BT_EIO);
+    ck_assert(!bt_test_log_contains("main future failed"));
+}
+END_TEST
+
+START_TEST(closers_run_in_reverse)
+{
+    bt_loop *l = bt_loop_new();
+    nclosers = 0;
+    bt_loop_add_closer(l, closer_a, NULL);
+    bt_loop_add_closer(l, closer_b, NULL);
+    bt_loop_free(l);
+    ck_assert_int_eq(nclosers, 2);
+    ck_assert_int_eq(closer_order[0], 'b');
+    ck_assert_int_eq(closer_order[1], 'a');
+}
+END_TEST
+
 START_TEST(closers_run_at_free)
 {
     bt_loop *l = bt_loop_new();
@@ -280,6 +376,10 @@ static Suite *loop_suite(void)
     tcase_add_test(tc, adopt_existing_base);
     tcase_add_test(tc, run_like_asyncio);
     tcase_add_test(tc, closers_run_at_free);
+    tcase_add_test(tc, closers_run_in_reverse);
+    tcase_add_test(tc, nested_run_is_refused);
+    tcase_add_test(tc, stop_on_adopted_base_is_once);
+    tcase_add_test(tc, run_quiet_when_main_read_its_error);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -87,9 +87,10 @@ typedef void *(*bt_malloc_fn)(size_t size);
 typedef void *(*bt_realloc_fn)(void *ptr, size_t size);
 typedef void (*bt_free_fn)(void *ptr);
 
-/* Replace the allocator. Call before any other Baton call and before any
- * thread is started; memory from one allocator must not reach the other.
- * Passing NULLs restores malloc/realloc/free. Thread: any, but see above. */
+/* Replace the allocator: all three functions, or NULL for any of them to
+ * restore malloc/realloc/free. Call before any other Baton call and before
+ * any thread is started; memory from one allocator must not reach the
+ * other. Thread: any, but see above. */
 BT_EXPORT void bt_set_allocator(bt_malloc_fn m, bt_realloc_fn r, bt_free_fn f);
 
 /* Thread: any. Return NULL when out of memory, like their libc twins. */
@@ -119,7 +120,9 @@ typedef enum {
 typedef void (*bt_log_cb)(bt_log_level level, const char *msg, void *arg);
 
 /* Install a handler (NULL restores the default) and the lowest level that
- * reaches it. Thread: any. */
+ * reaches it. A call under way on another thread may still use the old
+ * handler and arg, so keep an old arg alive until no Baton thread can be
+ * logging (the loop and the pools stopped). Thread: any. */
 BT_EXPORT void bt_log_set_handler(bt_log_cb cb, void *arg);
 BT_EXPORT void bt_log_set_level(bt_log_level min_level);
 

@@ -75,7 +75,9 @@ BT_EXPORT bt_future *bt_future_new_error(bt_loop *loop, int code, const char *fm
 BT_EXPORT bt_future *bt_future_ref(bt_future *f);
 BT_EXPORT void bt_future_unref(bt_future *f);
 
-/* The future's loop. Returns: borrowed. Thread: any. */
+/* The future's loop. Returns: borrowed; dangling once the loop is freed
+ * (a future may outlive its loop, settled, to be read and unreferenced).
+ * Thread: any. */
 BT_EXPORT bt_loop *bt_future_loop(const bt_future *f);
 
 /* ---- Producer side ------------------------------------------------------
@@ -146,7 +148,9 @@ BT_EXPORT int bt_future_cancel(bt_future *f);
 /* The function of a chain: receives the settled source future (borrowed)
  * and returns a future (new reference) whose outcome becomes the chain's.
  * To return a plain value, return bt_future_new_value(...); to fail,
- * bt_future_new_error(...). Returning NULL fails the chain with BT_ENOMEM. */
+ * bt_future_new_error(...). Returning NULL fails the chain with BT_ENOMEM.
+ * The chain takes the returned future's value, so return a future of your
+ * own, not one that other consumers share. */
 typedef bt_future *(*bt_then_fn)(bt_future *src, void *arg);
 
 /* When f has a value, call fn(f, arg) and adopt the future it returns. If f

@@ -46,9 +46,10 @@ BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop);
  * NULL loop, BT_EBUSY if the loop is already running. */
 BT_EXPORT int bt_loop_run(bt_loop *loop);
 
-/* Run the loop until f settles (or bt_loop_stop is called). f is borrowed.
- * Returns 0 once f has settled (read its outcome with bt_future_error),
- * BT_ESHUTDOWN if the loop was stopped first, BT_EINVAL for NULL, BT_EBUSY
+/* Run the loop until f has settled and the callbacks it had then have run
+ * (or bt_loop_stop is called). f is borrowed. Returns 0 once f has settled
+ * (read its outcome with bt_future_error), BT_ESHUTDOWN if the loop was
+ * stopped first, BT_EINVAL for NULL or a future of another loop, BT_EBUSY
  * if already running. Thread: the loop's. */
 BT_EXPORT int bt_loop_run_until(bt_loop *loop, bt_future *f);
 
@@ -63,7 +64,9 @@ BT_EXPORT bool bt_loop_is_current(const bt_loop *loop);
  * offload pool cancels queued jobs and waits for running ones), every
  * pending future is cancelled and its callbacks run, posted and scheduled
  * calls run, and the count of what was cancelled is logged at WARN.
- * Thread: the loop's, while the loop is not running. NULL is a no-op. */
+ * Timers (bt_timer) are the caller's: free them before the loop.
+ * Thread: the loop's, while the loop is not running (called from one of
+ * its callbacks it logs an error and does nothing). NULL is a no-op. */
 BT_EXPORT void bt_loop_free(bt_loop *loop);
 
 /* Call fn(arg) on the loop thread on a later turn, after the callbacks
@@ -74,13 +77,18 @@ BT_EXPORT int bt_loop_call_soon(bt_loop *loop, bt_fn fn, void *arg);
 /* Call fn(arg) on the loop thread, from any thread. Wakes the loop; a burst
  * of posts costs one wakeup, not one each. Calls from one thread run in the
  * order they were posted. Returns 0, BT_EINVAL, BT_ENOMEM, or BT_ESHUTDOWN
- * if the loop is being freed (fn is then never called). The caller must
- * make sure the loop is not freed during the call. Thread: any. */
+ * once bt_loop_free has passed its closers (fn is then never called).
+ * Posts made while the closers run still run. The loop's memory is gone
+ * once bt_loop_free returns, so a program must stop its posting threads
+ * before that, typically from a closer (see bt_loop_add_closer): a post
+ * that races the end of bt_loop_free is a use after free. Thread: any. */
 BT_EXPORT int bt_loop_post(bt_loop *loop, bt_fn fn, void *arg);
 
 /* Register fn(arg) to run at the start of bt_loop_free, before pending
  * futures are cancelled (the offload pool uses it to cancel its jobs). Runs
- * in reverse order of registration. Returns 0 or BT_ENOMEM. Thread: loop's. */
+ * in reverse order of registration; closers registered while the closers
+ * run (or while what they post drains) run too. Returns 0, BT_ENOMEM, or
+ * BT_ESHUTDOWN once the closers are done. Thread: the loop's. */
 BT_EXPORT int bt_loop_add_closer(bt_loop *loop, bt_fn fn, void *arg);
 /* Remove a closer added with the same fn and arg. Returns 0 or BT_ENOENT. */
 BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg);
@@ -105,12 +113,13 @@ typedef struct bt_timer bt_timer;
 typedef void (*bt_timer_cb)(bt_timer *timer, void *arg);
 
 /* A timer that calls cb(timer, arg) on the loop thread. Stopped until
- * bt_timer_start. Returns: a new timer to free with bt_timer_free, or NULL.
- * Thread: the loop's. */
+ * bt_timer_start. Returns: a new timer to free with bt_timer_free before
+ * its loop is freed, or NULL. Thread: the loop's. */
 BT_EXPORT bt_timer *bt_timer_new(bt_loop *loop, bt_timer_cb cb, void *arg);
 
 /* Fire after timeout_ms, then every repeat_ms if repeat_ms > 0. Restarting
- * a running timer resets it. Returns 0 or BT_EINVAL. */
+ * a running timer resets it. Returns 0, BT_EINVAL, or BT_ENOMEM if
+ * libevent could not add the event. */
 BT_EXPORT int bt_timer_start(bt_timer *t, uint64_t timeout_ms, uint64_t repeat_ms);
 BT_EXPORT void bt_timer_stop(bt_timer *t);
 BT_EXPORT bool bt_timer_is_active(const bt_timer *t);
@@ -132,7 +141,8 @@ typedef bt_future *(*bt_main_fn)(bt_loop *loop, void *arg);
  * returns settles, then free the loop (cancelling whatever is left).
  * Returns 0 when the future settled with a value (the value is destroyed),
  * the future's error code when it failed (its message is logged at ERROR
- * unless the main function read it), BT_ECANCELED when it was cancelled,
+ * unless the main function or its callbacks read it), BT_ECANCELED when it
+ * was cancelled, BT_ESHUTDOWN if something called bt_loop_stop first,
  * BT_ENOMEM if the loop could not be made, BT_EINVAL if main returned NULL.
  * Thread: any; the calling thread runs the loop. */
 BT_EXPORT int bt_run(bt_main_fn main_fn, void *arg);
