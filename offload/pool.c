@@ -206,7 +206,9 @@ static void queue_unlink(bt__lane *lane, bt_job *job)
         job->next->prev = job->prev;
     else
         lane->tail = job->prev;
-    atomic_fetch_sub_explicit(&lane->nq, 1, memory_order_relaxed);
+    /* Written under the lock only; read without it by lingering workers. */
+    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
 }
 
 /* The future's cancel hook (loop thread): a job still in its batch or in
@@ -354,12 +356,13 @@ static void worker_set_name(bt_pool *pool, bt__worker *w)
 #endif
 }
 
-/* Run one job and push it back to its loop. No lock held. */
-static void worker_run(bt__worker *w, bt_job *job)
+/* Run one job and push it back to its loop. No lock held. *now is the
+ * time the job starts (the end of the previous one: one clock read per
+ * job) and is set to the time it ended. */
+static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
 {
-    uint64_t start = bt_hrtime();
-    uint64_t qns = start - job->t_submit;
-    bt__attach *att = job->att;
+    uint64_t start = *now;
+    uint64_t qns = start > job->t_submit ? start - job->t_submit : 0;
     if (bt_job_cancelled(job)) {
         job->skipped = true;
         bump(&w->skipped, 1);
@@ -371,7 +374,8 @@ static void worker_run(bt__worker *w, bt_job *job)
             job->code = rc; /* failed without bt_job_fail */
         else if (rc == 0)
             job->code = 0;  /* success wins over an earlier bt_job_fail */
-        uint64_t run = bt_hrtime() - start;
+        *now = bt_hrtime();
+        uint64_t run = *now - start;
         bump(&w->done, 1);
         if (job->code)
             bump(&w->failed, 1);
@@ -381,7 +385,6 @@ static void worker_run(bt__worker *w, bt_job *job)
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
 
-    bt_pool *pool = job->pool;
     job->task.run = job_complete;
     if (bt__loop_push(job->loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
@@ -389,8 +392,19 @@ static void worker_run(bt__worker *w, bt_job *job)
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
         job_free(job);
     }
-    /* The last touch of att: once `running` is 0 its closer may free it. */
-    atomic_fetch_sub(&att->running, 1);
+}
+
+/* The jobs of atts[0..n) were pushed back: let their closers go on. The
+ * last touch of each att: once its `running` is 0 the closer may free it. */
+static void worker_release(bt_pool *pool, bt__attach **atts, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && atts[j] == atts[i])
+            j++;
+        atomic_fetch_sub(&atts[i]->running, (long)(j - i));
+        i = j;
+    }
     if (atomic_load(&pool->closers_waiting) > 0) {
         pthread_mutex_lock(&pool->mu);
         pthread_cond_broadcast(&pool->cv);
@@ -411,14 +425,19 @@ static void *worker_main(void *arg)
     current_worker = w;
     worker_set_name(pool, w);
     bt_job *local[TAKE_MAX];
+    bt__attach *atts[TAKE_MAX];
 
     pthread_mutex_lock(&lane->mu);
     for (;;) {
         if (lane->head == NULL) {
             if (worker_should_retire(lane))
                 break;
-            /* Linger: spin on the queue length before sleeping. */
-            if (pool->linger_ns) {
+            /* Linger: spin on the queue length before sleeping, so a loop
+             * that submits one job at a time finds a worker awake. One
+             * worker per lane lingers, the others sleep at once: on a
+             * machine with few cores, spinners would take the CPU that
+             * the loop thread (the one submitting) needs. */
+            if (pool->linger_ns && atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
                 atomic_fetch_add(&lane->spinners, 1);
                 pthread_mutex_unlock(&lane->mu);
                 uint64_t deadline = bt_hrtime() + pool->linger_ns;
@@ -469,6 +488,7 @@ static void *worker_main(void *arg)
             queue_unlink(lane, job);
             job->where = JOB_RUNNING;
             atomic_fetch_add_explicit(&job->att->running, 1, memory_order_relaxed);
+            atts[n] = job->att;
             local[n++] = job;
         }
         atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
@@ -477,8 +497,10 @@ static void *worker_main(void *arg)
         if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
             pthread_cond_signal(&lane->cv);
         pthread_mutex_unlock(&lane->mu);
+        uint64_t now = bt_hrtime();
         for (size_t i = 0; i < n; i++)
-            worker_run(w, local[i]);
+            worker_run(w, local[i], &now);
+        worker_release(pool, atts, n);
         atomic_store_explicit(&w->busy, false, memory_order_relaxed);
         pthread_mutex_lock(&lane->mu);
     }
@@ -554,7 +576,15 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
     pthread_cond_init(&pool->cv, NULL);
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
-        pthread_mutex_init(&l->mu, NULL);
+        /* Adaptive: spin briefly before sleeping in the kernel, since the
+         * lock is held for a few list operations only. */
+        pthread_mutexattr_t ma;
+        pthread_mutexattr_init(&ma);
+#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
+        pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+        pthread_mutex_init(&l->mu, &ma);
+        pthread_mutexattr_destroy(&ma);
         pthread_cond_init(&l->cv, NULL);
         l->id = (bt_lane)i;
     }
@@ -769,8 +799,12 @@ static void lane_flush(bt__attach *att, bt_lane l)
     att->batch_n[l] = 0;
     if (n == 0)
         return;
-    for (bt_job *j = head; j; j = j->next)
+    /* Queue time counts from the hand-over: one clock read per batch. */
+    uint64_t now = bt_hrtime();
+    for (bt_job *j = head; j; j = j->next) {
         j->in_batch = false;
+        j->t_submit = now;
+    }
 
     pthread_mutex_lock(&lane->mu);
     if (lane->stop) {
@@ -791,7 +825,8 @@ static void lane_flush(bt__attach *att, bt_lane l)
     else
         lane->head = head;
     lane->tail = tail;
-    atomic_fetch_add_explicit(&lane->nq, n, memory_order_relaxed);
+    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) + n,
+                          memory_order_relaxed);
     lane->submitted += n;
     /* Lingering workers will see the queue; wake sleepers for the rest. */
     size_t spin = atomic_load(&lane->spinners);
@@ -886,7 +921,6 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     job->loop = loop;
     job->lane = l;
     job->future = bt_future_ref(f);
-    job->t_submit = bt_hrtime();
     job->in_batch = true;
     job->where = JOB_BATCH;
     bt_future_on_cancel(f, job_on_cancel, job);

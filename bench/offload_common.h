@@ -1,0 +1,62 @@
+/* Shared by the offload benchmarks: timing, percentiles, CPU time, and the
+ * one-line output format of `make bench`. */
+#ifndef BATON_BENCH_OFFLOAD_COMMON_H
+#define BATON_BENCH_OFFLOAD_COMMON_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time (user + system) the whole process used so far, in ns. */
+static inline uint64_t cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000u +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000u;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile (0..100) of n samples; sorts them. */
+static inline uint64_t percentile(uint64_t *v, size_t n, double p)
+{
+    qsort(v, n, sizeof *v, cmp_u64);
+    size_t i = (size_t)(p / 100.0 * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+static inline double median_d(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static inline void bench_line(const char *name, double baton, double anchor, const char *unit,
+                              const char *better)
+{
+    printf("bench %s baton=%.4g anchor=libuv_uv_queue_work anchor_value=%.4g unit=%s ratio=%.3f "
+           "better=%s\n",
+           name, baton, anchor, unit, anchor != 0 ? baton / anchor : 0.0, better);
+    fflush(stdout);
+}
+
+#endif
