@@ -2,6 +2,7 @@
  * cancellation from outside, empty input, bad arguments; fail fast and
  * race really cancel the siblings (their producers' hooks run); a timeout
  * racing the completion; the "dropped while pending" report. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -551,6 +552,56 @@ START_TEST(cancel_goes_down_to_the_source)
 }
 END_TEST
 
+static atomic_int job_started, job_saw_cancel;
+
+static int long_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    atomic_store(&job_started, 1);
+    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000; /* hang guard */
+    while (bt_hrtime() < until) {
+        if (bt_job_cancelled(job)) {
+            atomic_store(&job_saw_cancel, 1);
+            return 0;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+static void cancel_when_started(bt_timer *t, void *arg)
+{
+    if (!atomic_load(&job_started))
+        return;
+    bt_timer_stop(t);
+    bt_future_cancel(arg);
+}
+
+START_TEST(cancel_reaches_a_running_pool_job)
+{
+    /* gather -> timeout -> a job running on a worker thread. */
+    atomic_store(&job_started, 0);
+    atomic_store(&job_saw_cancel, 0);
+    bt_future *job = bt_to_thread(loop, long_job, NULL);
+    bt_future *queued = bt_to_thread(loop, long_job, NULL);
+    bt_future *t = bt_timeout(job, 100000);
+    bt_future *kids[2] = {t, queued};
+    bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
+    bt_timer *tm = bt_timer_new(loop, cancel_when_started, g);
+    bt_timer_start(tm, 1, 1);
+    bt_test_run_until(loop, g, 15000);
+    bt_timer_free(tm);
+    ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(atomic_load(&job_saw_cancel), 1);
+    ck_assert_int_eq(bt_future_get_state(job), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(queued), BT_FUTURE_CANCELLED);
+    bt_future_unref(job);
+    bt_future_unref(queued);
+    bt_future_unref(t);
+    bt_future_unref(g);
+}
+END_TEST
+
 START_TEST(loop_free_with_combinators_pending)
 {
     bt_loop *l = bt_loop_new();
@@ -624,6 +675,7 @@ static Suite *suite(void)
     tcase_add_test(tc, timeout_racing_completion);
     tcase_add_test(tc, timeout_cancel_from_outside);
     tcase_add_test(tc, cancel_goes_down_to_the_source);
+    tcase_add_test(tc, cancel_reaches_a_running_pool_job);
     tcase_add_test(tc, loop_free_with_combinators_pending);
     tcase_add_test(tc, dropped_pending_future_is_reported);
     suite_add_tcase(s, tc);
