@@ -141,13 +141,112 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
 
 /* ---- Jobs on the loop side ----------------------------------------------- */
 
-static void job_free(bt_job *job)
+/* Jobs are made and retired on loop threads; each such thread keeps the
+ * jobs it retired for reuse. A burst then reuses memory that is already
+ * mapped instead of growing the heap again after glibc trimmed it: page
+ * faults were two thirds of the CPU cost of a burst of trivial jobs before
+ * this cache. The cache holds at most what was once in flight at the same
+ * time (and JOB_CACHE_MAX), and gives back every TRIM_NS the part of it
+ * that went unused all that time (a working-set trim, like Go's
+ * scavenger), so a one-off burst does not pin its memory for good. */
+#define JOB_CACHE_MAX ((size_t)1 << 20)
+#define JOB_CACHE_TRIM_NS 5000000000ull
+
+typedef struct {
+    bt_job *head;
+    size_t n;
+    size_t low;          /* the smallest n since the last trim */
+    uint64_t next_trim;
+    unsigned ops;
+    bool keyed;
+} job_cache_t;
+
+static _Thread_local job_cache_t job_cache;
+static pthread_key_t job_cache_key;
+static pthread_once_t job_cache_once = PTHREAD_ONCE_INIT;
+
+static void job_cache_free_n(job_cache_t *c, size_t n)
+{
+    while (n-- && c->head) {
+        bt_job *j = c->head;
+        c->head = j->next;
+        c->n--;
+        bt_free(j);
+    }
+}
+
+static void job_cache_drop(void *arg)
+{
+    job_cache_t *c = arg;
+    job_cache_free_n(c, SIZE_MAX);
+}
+
+static void job_cache_init(void)
+{
+    pthread_key_create(&job_cache_key, job_cache_drop);
+}
+
+/* Every few thousand operations, look at the clock; past the period, free
+ * what stayed unused through it. */
+static void job_cache_tick(job_cache_t *c)
+{
+    if (c->n < c->low)
+        c->low = c->n;
+    if ((++c->ops & 4095) != 0)
+        return;
+    uint64_t now = bt_hrtime();
+    if (now < c->next_trim)
+        return;
+    if (c->next_trim)
+        job_cache_free_n(c, c->low);
+    c->low = c->n;
+    c->next_trim = now + JOB_CACHE_TRIM_NS;
+}
+
+static bt_job *job_alloc(void)
+{
+    job_cache_t *c = &job_cache;
+    bt_job *j = c->head;
+    if (j == NULL)
+        return bt_calloc(1, sizeof *j);
+    c->head = j->next;
+    c->n--;
+    job_cache_tick(c);
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+/* Retire a job's memory. keep: on a loop thread, into its cache. */
+static void job_release(bt_job *job, bool keep)
+{
+    job_cache_t *c = &job_cache;
+    if (!keep || c->n >= JOB_CACHE_MAX) {
+        bt_free(job);
+        return;
+    }
+    if (!c->keyed) { /* so that the cache is freed when the thread exits */
+        pthread_once(&job_cache_once, job_cache_init);
+        pthread_setspecific(job_cache_key, c);
+        c->keyed = true;
+    }
+    job->next = c->head;
+    c->head = job;
+    c->n++;
+    job_cache_tick(c);
+}
+
+static void job_free_keep(bt_job *job, bool keep)
 {
     if (job->dtor)
         job->dtor(job->value);
     bt_free(job->message);
     bt_future_unref(job->future);
-    bt_free(job);
+    job_release(job, keep);
+}
+
+static void job_free(bt_job *job)
+{
+    job_free_keep(job, false);
 }
 
 /* Settle a job's future from the loop thread and free the job. */
@@ -165,7 +264,7 @@ static void job_settle(bt_job *job)
         bt_future_set_error(f, job->code, NULL);
     }
     bt__loop_expect(job->loop, -1);
-    job_free(job);
+    job_free_keep(job, true);
 }
 
 /* The completion task: runs on the loop thread, from the inbox. */
@@ -897,13 +996,13 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     bt__lane *lane = &pool->lane[l];
     if (atomic_load_explicit(&pool->shutdown, memory_order_relaxed)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "offload pool is shut down");
-        bt_free(job);
+        job_release(job, true);
         return;
     }
     bt__attach *att = attach_get(pool, loop);
     if (att == NULL) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
-        bt_free(job);
+        job_release(job, true);
         return;
     }
     size_t max = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
@@ -913,7 +1012,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
         bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
                             lane_name(l), max);
-        bt_free(job);
+        job_release(job, true);
         return;
     }
     job->pool = pool;
@@ -953,7 +1052,7 @@ BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, 
                             pool == NULL ? "no pool" : fn == NULL ? "no job function" : "bad lane");
         return f;
     }
-    bt_job *job = bt_calloc(1, sizeof *job);
+    bt_job *job = job_alloc();
     if (job == NULL) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
         return f;
@@ -996,7 +1095,7 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
         return BT_EINVAL;
     if (atomic_load(&pool->shutdown))
         return BT_ESHUTDOWN;
-    bt_job *job = bt_calloc(1, sizeof *job);
+    bt_job *job = job_alloc();
     if (job == NULL)
         return BT_ENOMEM;
     job->pool = pool;
