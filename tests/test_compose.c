@@ -620,6 +620,60 @@ START_TEST(loop_free_with_combinators_pending)
 }
 END_TEST
 
+/* ---- allocation failures ---------------------------------------------------- */
+
+static int fail_after = -1;
+static void *failing_malloc(size_t n) { return fail_after-- == 0 ? NULL : malloc(n); }
+
+/* Every combinator, with the n-th allocation failing for each n: a NULL
+ * return or a working future, never a crash, a leak (ASan) or a future
+ * left pending (the teardown checks). */
+START_TEST(allocation_failure_is_clean)
+{
+    for (int i = 0; i < 12; i++) {
+        prod a, b;
+        prod_init(&a, true);
+        prod_init(&b, true);
+        bt_future *kids[2] = {a.f, b.f};
+        bt_set_allocator(failing_malloc, realloc, free);
+        fail_after = i;
+        bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_COLLECT);
+        bt_future *r = bt_race(loop, kids, 2);
+        bt_future *t = bt_timeout(a.f, 100000);
+        bt_group *grp = bt_group_new(loop);
+        int added = grp ? bt_group_add(grp, b.f) : -1;
+        bt_semaphore *sem = bt_semaphore_new(loop, 1);
+        bt_future *s1 = sem ? bt_semaphore_acquire(sem) : NULL;
+        bt_future *s2 = sem ? bt_semaphore_acquire(sem) : NULL;
+        fail_after = -1;
+        bt_set_allocator(NULL, NULL, NULL);
+        (void)added;
+        bt_future_set_value(a.f, boxed(1), free);
+        bt_future_set_value(b.f, boxed(2), free);
+        bt_future *w = grp ? bt_group_wait(grp) : NULL;
+        bt_group_free(grp);
+        if (s1)
+            bt_semaphore_release(sem); /* hands the permit to s2, if queued */
+        bt_future *all[5] = {g, r, t, w, s2};
+        for (int k = 0; k < 5; k++) {
+            if (all[k] == NULL)
+                continue;
+            bt_test_run_until(loop, all[k], 2000);
+            bt_future_error(all[k]);
+        }
+        if (s2 && bt_future_get_state(s2) == BT_FUTURE_VALUE)
+            bt_semaphore_release(sem);
+        bt_semaphore_free(sem);
+        for (int k = 0; k < 5; k++)
+            bt_future_unref(all[k]);
+        bt_future_unref(s1);
+        bt_future_unref(a.f);
+        bt_future_unref(b.f);
+    }
+    spin();
+}
+END_TEST
+
 /* ---- a future dropped while pending ----------------------------------------- */
 
 START_TEST(dropped_pending_future_is_reported)
@@ -677,6 +731,7 @@ static Suite *suite(void)
     tcase_add_test(tc, cancel_goes_down_to_the_source);
     tcase_add_test(tc, cancel_reaches_a_running_pool_job);
     tcase_add_test(tc, loop_free_with_combinators_pending);
+    tcase_add_test(tc, allocation_failure_is_clean);
     tcase_add_test(tc, dropped_pending_future_is_reported);
     suite_add_tcase(s, tc);
     return s;
