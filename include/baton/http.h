@@ -222,7 +222,8 @@ BT_EXPORT const void *bt_http_req_body(const bt_http_req *req, size_t *len);
 /* The body parsed as JSON. Returns: new reference (json_decref), or NULL
  * if the body is empty or not JSON. */
 BT_EXPORT json_t *bt_http_req_json(const bt_http_req *req);
-/* The client's address as text ("127.0.0.1"). Returns: borrowed. */
+/* The client's address as text ("127.0.0.1"), or "" once the client has
+ * gone. Returns: borrowed. */
 BT_EXPORT const char *bt_http_req_peer(const bt_http_req *req);
 /* The loop the request runs on, and the data of the app's init hook for
  * that loop. Returns: borrowed. */

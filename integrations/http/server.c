@@ -7,15 +7,13 @@
  *   the request stays readable whatever happens to the connection, and
  *   calls the handler, bracketed for the stall watchdog. The handler's
  *   future is held until it settles; on_done() then sends the response.
- * - Every request in flight is on the server's list, with the connection's
- *   close callback pointing at it. A client that disconnects makes evhttp
- *   detach the unanswered evhttp_request from the dying connection (it is
- *   not freed: libevent leaves that to the reply) and call the close
- *   callback, which cancels the handler's future; cancellation reaches the
- *   query or upstream call the handler is waiting on. When that future
- *   settles, evhttp_send_reply on the detached request only frees it.
- *   The close callback is cleared before any reply is sent, so it never
- *   outlives the request it points at.
+ * - Every request in flight is on the server's list. evhttp stops reading
+ *   a connection while its request is handled, so it would only notice a
+ *   client that left when the reply fails. The server watches the socket
+ *   itself (EV_CLOSED: epoll's EPOLLRDHUP) once a request has been in
+ *   flight for SWEEP_MS; when the client closes, the connection is freed
+ *   (which frees the unanswered evhttp_request) and the handler's future is
+ *   cancelled, which reaches the query or upstream call it waits on.
  * - Graceful shutdown: the listeners are closed, new requests on open
  *   connections get 503 and "Connection: close", a timer cancels what is
  *   still in flight at the deadline, and the shutdown future settles when
@@ -52,6 +50,8 @@
 #include "response-internal.h"
 
 #define MAX_LISTENERS 8
+#define BT__HTTP_INLINE_SEGS 8
+#define SWEEP_MS 20
 
 struct bt_http_server {
     bt_loop *loop;
@@ -71,6 +71,7 @@ struct bt_http_server {
     bt_future *shutdown_f;       /* the server's own reference */
     bt_timer *deadline;
     bt_timer *lag_timer;
+    bt_timer *sweep;             /* arms disconnect watches, while requests are in flight */
     uint64_t lag_last_ns;
     struct timeval read_tv, write_tv;
 };
@@ -87,13 +88,15 @@ struct bt_http_req {
     struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
     bool disconnected;           /* the client went away; ev is gone */
     struct event *watch;         /* notices the client closing, while in flight */
+    bool watched;                /* watch_peer was tried (the sweep's mark) */
     bt_future *fut;
     bt_http_req *prev, *next;
     uint64_t start_ns;
 
     const char *method;
     char *path;
-    char **segs;
+    char **segs;                 /* into path's block */
+    char *inline_segs[BT__HTTP_INLINE_SEGS];
     size_t nsegs;
     const char *pnames[BT__HTTP_MAX_PARAMS];
     const char *pvalues[BT__HTTP_MAX_PARAMS];
@@ -104,6 +107,7 @@ struct bt_http_req {
     size_t nheaders;
     char *body;
     size_t body_len;
+    struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
     char peer[INET6_ADDRSTRLEN + 1];
 };
 
@@ -187,20 +191,15 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 
 static void request_free(bt_http_req *req)
 {
-    for (size_t i = 0; i < req->nsegs; i++)
-        bt_free(req->segs[i]);
-    bt_free(req->segs);
+    if (req->segs != req->inline_segs)
+        bt_free(req->segs);
     bt_free(req->path);
     bt_free(req->raw_query);
     if (req->query) {
         evhttp_clear_headers(req->query);
         bt_free(req->query);
     }
-    for (size_t i = 0; i < req->nheaders; i++) {
-        bt_free(req->headers[i].name);
-        bt_free(req->headers[i].value);
-    }
-    bt_free(req->headers);
+    bt_free(req->headers); /* one block with the strings */
     bt_free(req->body);
     bt_future_unref(req->fut);
     bt_free(req);
@@ -305,6 +304,7 @@ static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
 
 static void watch_peer(bt_http_server *srv, bt_http_req *req)
 {
+    req->watched = true;
     struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
@@ -325,80 +325,126 @@ static void unwatch_peer(bt_http_req *req)
     }
 }
 
-/* Split the raw path into percent-decoded segments. Returns 0, BT_EINVAL
- * (a segment decodes to a NUL byte, or the path is not absolute),
- * BT_ENOMEM. */
+/* Watching a socket costs two epoll_ctl calls, a noticeable share of a
+ * request that takes a few microseconds. So a request is watched only once
+ * it has been in flight for SWEEP_MS: a timer that runs while requests are
+ * in flight arms the watch of every request older than that. The list is
+ * newest first, and each sweep watches every request old enough, so the
+ * sweep stops at the first one already watched. A client that leaves is
+ * noticed within about 2 * SWEEP_MS. */
+static void on_sweep(bt_timer *t, void *arg)
+{
+    bt_http_server *srv = arg;
+    if (srv->nflight == 0) {
+        bt_timer_stop(t);
+        return;
+    }
+    uint64_t now = bt_hrtime();
+    for (bt_http_req *req = srv->head; req; req = req->next) {
+        if (now - req->start_ns < SWEEP_MS * 1000000ull)
+            continue;
+        if (req->watched)
+            break;
+        if (req->ev && !req->disconnected)
+            watch_peer(srv, req);
+        else
+            req->watched = true;
+    }
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Split the raw path into percent-decoded segments, all in one block:
+ * the decoded path ("/user/42", for bt_http_req_path) followed by each
+ * segment, NUL-terminated. A '%' not followed by two hex digits stays as
+ * it is. Returns 0, BT_EINVAL (a segment decodes to a NUL byte, or the
+ * path is not absolute), BT_ENOMEM. */
 static int split_path(bt_http_req *req, const char *raw)
 {
     if (!raw || !*raw)
         raw = "/";
     if (raw[0] != '/')
         return BT_EINVAL;
+    size_t len = strlen(raw);
     size_t n = 0;
     for (const char *p = raw; *p; p++)
         if (*p == '/')
             n++;
-    if (strcmp(raw, "/") == 0)
+    if (len == 1)
         n = 0;
-    req->segs = bt_calloc(n ? n : 1, sizeof *req->segs);
-    size_t plen = 0;
-    if (!req->segs)
-        return BT_ENOMEM;
-    const char *p = raw + 1;
-    for (size_t i = 0; i < n; i++) {
-        const char *end = strchr(p, '/');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        char *tmp = bt_malloc(len + 1);
-        if (!tmp)
-            return BT_ENOMEM;
-        memcpy(tmp, p, len);
-        tmp[len] = '\0';
-        size_t dlen = 0;
-        char *dec = evhttp_uridecode(tmp, 0, &dlen);
-        bt_free(tmp);
-        if (!dec)
-            return BT_ENOMEM;
-        if (strlen(dec) != dlen) {
-            free(dec);
-            return BT_EINVAL;
-        }
-        req->segs[i] = bt_strdup(dec);
-        free(dec); /* evhttp_uridecode allocates with libevent's mm, malloc */
-        if (!req->segs[i])
-            return BT_ENOMEM;
-        req->nsegs = i + 1;
-        plen += dlen + 1;
-        p = end ? end + 1 : p + len;
-    }
-    req->path = bt_malloc(plen + 2);
+    req->path = bt_malloc(2 * len + 2);
     if (!req->path)
         return BT_ENOMEM;
-    char *w = req->path;
-    if (n == 0)
-        *w++ = '/';
-    for (size_t i = 0; i < n; i++)
-        w += sprintf(w, "/%s", req->segs[i]);
-    *w = '\0';
+    if (n > BT__HTTP_INLINE_SEGS) {
+        req->segs = bt_malloc(n * sizeof *req->segs);
+        if (!req->segs)
+            return BT_ENOMEM;
+    } else {
+        req->segs = req->inline_segs;
+    }
+    char *path = req->path;
+    char *w = req->path + len + 1; /* the segments go after the path */
+    const char *p = raw + 1;
+    size_t plen = 0;
+    path[plen++] = '/';
+    for (size_t i = 0; i < n; i++) {
+        req->segs[i] = w;
+        for (; *p && *p != '/'; p++) {
+            char c = *p;
+            int hi, lo;
+            if (c == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
+                c = (char)(hi * 16 + lo);
+                if (c == '\0')
+                    return BT_EINVAL;
+                p += 2;
+            }
+            *w++ = c;
+        }
+        *w++ = '\0';
+        req->nsegs = i + 1;
+        size_t sl = strlen(req->segs[i]);
+        if (i > 0)
+            path[plen++] = '/';
+        memcpy(path + plen, req->segs[i], sl);
+        plen += sl;
+        if (*p == '/')
+            p++;
+    }
+    path[plen] = '\0';
     return 0;
 }
 
+/* Copy the headers into one block, the body, the query string, the peer. */
 static int copy_request(bt_http_req *req, struct evhttp_request *ev)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     struct evkeyval *h;
-    TAILQ_FOREACH(h, in, next)
+    TAILQ_FOREACH(h, in, next) {
         n++;
+        bytes += strlen(h->key) + strlen(h->value) + 2;
+    }
     if (n) {
-        req->headers = bt_calloc(n, sizeof *req->headers);
+        req->headers = bt_malloc(n * sizeof *req->headers + bytes);
         if (!req->headers)
             return BT_ENOMEM;
+        char *w = (char *)(req->headers + n);
         TAILQ_FOREACH(h, in, next) {
             kv *k = &req->headers[req->nheaders++];
-            k->name = bt_strdup(h->key);
-            k->value = bt_strdup(h->value);
-            if (!k->name || !k->value)
-                return BT_ENOMEM;
+            size_t kl = strlen(h->key) + 1, vl = strlen(h->value) + 1;
+            k->name = memcpy(w, h->key, kl);
+            w += kl;
+            k->value = memcpy(w, h->value, vl);
+            w += vl;
         }
     }
     struct evbuffer *body = evhttp_request_get_input_buffer(ev);
@@ -414,12 +460,7 @@ static int copy_request(bt_http_req *req, struct evhttp_request *ev)
     const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(ev));
     if (q && !(req->raw_query = bt_strdup(q)))
         return BT_ENOMEM;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    char *addr = NULL;
-    ev_uint16_t port = 0;
-    if (evcon)
-        evhttp_connection_get_peer(evcon, &addr, &port);
-    snprintf(req->peer, sizeof req->peer, "%s", addr ? addr : "");
+    req->evcon = evhttp_request_get_connection(ev);
     return 0;
 }
 
@@ -530,8 +571,8 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         send_simple(srv, ev, 500, "internal server error", NULL, t0);
         return;
     }
-    if (!bt_future_is_settled(f))
-        watch_peer(srv, req);
+    if (!bt_timer_is_active(srv->sweep))
+        bt_timer_start(srv->sweep, SWEEP_MS, SWEEP_MS);
 }
 
 /* ---- Life ------------------------------------------------------------------ */
@@ -569,6 +610,8 @@ static void server_close(bt_http_server *srv)
     srv->deadline = NULL;
     bt_timer_free(srv->lag_timer);
     srv->lag_timer = NULL;
+    bt_timer_free(srv->sweep);
+    srv->sweep = NULL;
     if (srv->shutdown_f) {
         bt_future_set_value(srv->shutdown_f, NULL, NULL);
         bt_future_unref(srv->shutdown_f);
@@ -617,7 +660,8 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     srv->stats = bt_calloc(1, sizeof *srv->stats);
     srv->http = evhttp_new(bt_loop_base(loop));
     srv->deadline = bt_timer_new(loop, on_deadline, srv);
-    if (!srv->stats || !srv->http || !srv->deadline)
+    srv->sweep = bt_timer_new(loop, on_sweep, srv);
+    if (!srv->stats || !srv->http || !srv->deadline || !srv->sweep)
         goto fail;
     if (app->metrics_path) {
         srv->lag_timer = bt_timer_new(loop, on_lag_timer, srv);
@@ -656,6 +700,7 @@ fail:
     if (srv->http)
         evhttp_free(srv->http);
     bt_timer_free(srv->deadline);
+    bt_timer_free(srv->sweep);
     bt_timer_free(srv->lag_timer);
     bt_free(srv->stats);
     bt_free(srv);
@@ -827,6 +872,18 @@ json_t *bt_http_req_json(const bt_http_req *req)
     return json_loadb(req->body, req->body_len, 0, NULL);
 }
 
-const char *bt_http_req_peer(const bt_http_req *req) { return req ? req->peer : NULL; }
+const char *bt_http_req_peer(const bt_http_req *req)
+{
+    if (!req)
+        return NULL;
+    bt_http_req *r = (bt_http_req *)req; /* a cache, filled on first use */
+    if (!r->peer[0] && r->evcon && r->ev && !r->disconnected) {
+        char *addr = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(r->evcon, &addr, &port);
+        snprintf(r->peer, sizeof r->peer, "%s", addr ? addr : "");
+    }
+    return r->peer;
+}
 bt_loop *bt_http_req_loop(const bt_http_req *req) { return req ? req->loop : NULL; }
 void *bt_http_req_loop_data(const bt_http_req *req) { return req ? req->loop_data : NULL; }

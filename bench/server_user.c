@@ -1,0 +1,280 @@
+/* bench server_user: wrk against GET /user/{id}, random ids over 10,000
+ * rows in a throwaway PostgreSQL, 64 connections, 10 seconds; requests per
+ * second and p99 latency of a Baton server against the anchor, a hand-
+ * written evhttp + nonblocking libpq server with 16 connections
+ * (bench/server_user_anchor.c).
+ *
+ * Both servers answer the same JSON from the same query, on one loop (the
+ * anchor is single-threaded, so the Baton server runs one loop too; its
+ * PostgreSQL pool has the anchor's 16 connections, pipelining on). Each
+ * runs in its own process; wrk (2 threads) runs in a third. Each server
+ * gets a 2 s warm-up, then two measured runs alternate A B A B, and the
+ * better run of each counts, to damp the noise of a shared machine.
+ *
+ * Prints:
+ *   bench server_user_rps baton=V anchor=evhttp_libpq anchor_value=V unit=req/s ratio=R better=higher
+ *   bench server_user_p99 baton=V anchor=evhttp_libpq anchor_value=V unit=ms ratio=R better=lower
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <baton/baton.h>
+#include <baton/http.h>
+#include <baton/pq.h>
+
+#include "pg_harness.h"
+#include "server_user.h"
+
+#ifndef BT_BENCH_SRCDIR
+#define BT_BENCH_SRCDIR "."
+#endif
+
+static const char *conninfo;
+
+/* ---- The Baton server -------------------------------------------------- */
+
+typedef struct {
+    bt_loop *loop;
+    char id[16];
+} user_call;
+
+static bt_future *on_row(bt_future *q, void *arg)
+{
+    user_call *uc = arg;
+    bt_loop *loop = uc->loop;
+    bt_future *out;
+    int rc = bt_future_error(q);
+    if (rc != 0)
+        out = bt_future_new_error(loop, rc, "%s", bt_future_error_message(q));
+    else {
+        bt_pq_result *r = bt_future_value(q);
+        if (bt_pq_result_rows(r) == 0)
+            out = bt_http_respond_error(loop, 404, "user not found");
+        else
+            out = bt_http_respond_json(loop, 200,
+                                       json_pack("{s:s, s:s, s:s}", "id", uc->id, "name",
+                                                 bt_pq_result_get(r, 0, 0), "email",
+                                                 bt_pq_result_get(r, 0, 1)));
+    }
+    bt_free(uc);
+    return out;
+}
+
+static bt_future *get_user(bt_http_req *req, void *arg)
+{
+    bt_loop *loop = bt_http_req_loop(req);
+    const char *id = bt_http_req_param(req, "id");
+    size_t n = strlen(id);
+    if (n == 0 || n > 10 || strspn(id, "0123456789") != n)
+        return bt_http_respond_error(loop, 400, "id must be a positive integer");
+    user_call *uc = bt_calloc(1, sizeof *uc);
+    if (!uc)
+        return NULL;
+    uc->loop = loop;
+    memcpy(uc->id, id, n + 1);
+    const char *params[] = {uc->id};
+    bt_future *q = bt_pq_query(bt_http_req_loop_data(req),
+                               "SELECT name, email FROM users WHERE id = $1", 1, params);
+    bt_future *f = q ? bt_future_after(q, on_row, uc) : NULL;
+    bt_future_unref(q);
+    if (!f)
+        bt_free(uc);
+    return f;
+}
+
+static int loop_init(bt_loop *loop, void *arg, void **data)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = conninfo;
+    const char *size = getenv("SERVER_USER_POOL"); /* for experiments */
+    o.max_size = size ? (unsigned)atoi(size) : 16;
+    o.min_size = o.max_size;
+    bt_pq_pool *db = bt_pq_pool_new(loop, &o);
+    *data = db;
+    return db ? 0 : BT_EINVAL;
+}
+
+static void loop_fini(bt_loop *loop, void *data, void *arg) { bt_pq_pool_free(data); }
+
+static void on_ready(int port, void *arg)
+{
+    int fd = *(int *)arg;
+    if (write(fd, &port, sizeof port) != (ssize_t)sizeof port)
+        exit(1);
+}
+
+static int baton_serve(int ready_fd)
+{
+    bt_http_app *app = bt_http_app_new();
+    bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
+    bt_http_app_set_loops(app, 1);
+    bt_http_app_on_loop(app, loop_init, loop_fini, NULL);
+    int rc = bt_http_app_run(app, "127.0.0.1", 0, on_ready, &ready_fd);
+    bt_http_app_free(app);
+    return rc == 0 ? 0 : 1;
+}
+
+/* ---- The driver ---------------------------------------------------------- */
+
+static int listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0)
+        return -1;
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* Start one server in a child; returns its pid and sets *port. */
+static pid_t start(bool baton, int *port)
+{
+    int lfd = -1, pfd[2];
+    if (!baton && (lfd = listen_any(port)) < 0)
+        return -1;
+    if (pipe(pfd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        if (baton)
+            _exit(baton_serve(pfd[1]));
+        int one = 1;
+        if (write(pfd[1], &one, sizeof one) < 0)
+            _exit(1);
+        _exit(anchor_serve(conninfo, lfd));
+    }
+    close(pfd[1]);
+    if (lfd >= 0)
+        close(lfd);
+    int v = 0;
+    if (read(pfd[0], &v, sizeof v) != (ssize_t)sizeof v) {
+        close(pfd[0]);
+        return -1;
+    }
+    close(pfd[0]);
+    if (baton)
+        *port = v;
+    return pid;
+}
+
+typedef struct {
+    double rps, p99_ms;
+    long errors, non2xx;
+} wrk_result;
+
+static int run_wrk(int port, int seconds, wrk_result *out)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "wrk -t2 -c64 -d%ds --timeout 5s -s %s/bench/server_user.lua http://127.0.0.1:%d/",
+             seconds, BT_BENCH_SRCDIR, port);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    char line[512];
+    int found = -1;
+    while (fgets(line, sizeof line, p)) {
+        double rps;
+        long p99, p50, reqs, errs, non2xx;
+        if (sscanf(line, "RESULT rps=%lf p99_us=%ld p50_us=%ld requests=%ld errors=%ld non2xx=%ld",
+                   &rps, &p99, &p50, &reqs, &errs, &non2xx) == 6) {
+            out->rps = rps;
+            out->p99_ms = (double)p99 / 1000.0;
+            out->errors = errs;
+            out->non2xx = non2xx;
+            found = 0;
+        }
+    }
+    pclose(p);
+    return found;
+}
+
+/* Stop the server; returns the CPU time it used, in seconds. */
+static double stop(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    wait4(pid, NULL, 0, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+int main(void)
+{
+    if (system("wrk -v >/dev/null 2>&1") == 127 || system("command -v wrk >/dev/null") != 0) {
+        fprintf(stderr, "server_user: wrk is needed (apt-get install wrk)\n");
+        return 1;
+    }
+    bt_test_pg *pg = bt_test_pg_start();
+    if (!pg)
+        return 1;
+    conninfo = bt_test_pg_conninfo(pg);
+    if (bt_test_pg_exec(pg, "CREATE TABLE users (id integer PRIMARY KEY, name text NOT NULL,"
+                            " email text NOT NULL);"
+                            "INSERT INTO users SELECT i, 'user ' || i, 'user' || i ||"
+                            " '@example.com' FROM generate_series(1, 10000) AS i;"
+                            "ANALYZE users;") != 0)
+        return 1;
+
+    /* For profiling: SERVER_USER_ONLY=baton|anchor, SERVER_USER_SECONDS=N. */
+    const char *only = getenv("SERVER_USER_ONLY");
+    int seconds = getenv("SERVER_USER_SECONDS") ? atoi(getenv("SERVER_USER_SECONDS")) : 10;
+    wrk_result best[2] = {{0}};
+    for (int round = 0; round < 2; round++) {
+        for (int b = 0; b < 2; b++) { /* 0 = anchor, 1 = baton */
+            if (only && strcmp(only, b ? "baton" : "anchor") != 0)
+                continue;
+            int port = 0;
+            pid_t pid = start(b == 1, &port);
+            if (pid < 0) {
+                fprintf(stderr, "server_user: the %s server did not start\n", b ? "Baton" : "anchor");
+                return 1;
+            }
+            wrk_result warm, r;
+            if (run_wrk(port, 2, &warm) != 0 || run_wrk(port, seconds, &r) != 0) {
+                fprintf(stderr, "server_user: wrk failed\n");
+                stop(pid);
+                return 1;
+            }
+            double cpu = stop(pid);
+            fprintf(stderr,
+                    "server_user: round %d %s: %.0f req/s, p99 %.2f ms, %ld errors, %ld non-2xx, "
+                    "server CPU %.1f us/request\n",
+                    round + 1, b ? "baton" : "anchor", r.rps, r.p99_ms, r.errors, r.non2xx,
+                    cpu * 1e6 / (r.rps * (seconds + 2)));
+            if (r.errors || r.non2xx) {
+                fprintf(stderr, "server_user: the %s server answered with errors\n",
+                        b ? "Baton" : "anchor");
+                return 1;
+            }
+            if (r.rps > best[b].rps)
+                best[b].rps = r.rps;
+            if (best[b].p99_ms == 0 || r.p99_ms < best[b].p99_ms)
+                best[b].p99_ms = r.p99_ms;
+        }
+    }
+    printf("bench server_user_rps baton=%.0f anchor=evhttp_libpq anchor_value=%.0f unit=req/s "
+           "ratio=%.2f better=higher\n",
+           best[1].rps, best[0].rps, best[1].rps / best[0].rps);
+    printf("bench server_user_p99 baton=%.2f anchor=evhttp_libpq anchor_value=%.2f unit=ms "
+           "ratio=%.2f better=lower\n",
+           best[1].p99_ms, best[0].p99_ms, best[1].p99_ms / best[0].p99_ms);
+    bt_test_pg_free(pg);
+    return 0;
+}
