@@ -38,6 +38,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 #include "pool-internal.h"
 
@@ -47,6 +49,7 @@
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
 #define DEFAULT_LINGER_US 50
+#define DEFAULT_CPU_NICE 5
 
 static _Thread_local bt__worker *current_worker;
 
@@ -444,6 +447,16 @@ static void worker_fold(bt__lane *lane, bt__worker *w)
 static void worker_set_name(bt_pool *pool, bt__worker *w)
 {
 #ifdef __linux__
+    /* On Linux, nice applies to one thread: CPU workers yield the CPU to
+     * the loop threads (a timer on the loop fires on time while the CPU
+     * lane is saturated). Raising one's own nice needs no privilege. */
+    if (w->lane->id == BT_LANE_CPU && pool->cfg.cpu_nice > 0) {
+        id_t tid = (id_t)syscall(SYS_gettid);
+        errno = 0;
+        int cur = getpriority(PRIO_PROCESS, tid);
+        if (errno == 0 && cur < pool->cfg.cpu_nice)
+            setpriority(PRIO_PROCESS, tid, pool->cfg.cpu_nice);
+    }
     char name[16];
     /* Linux allows 15 characters: a 6-character prefix, the lane, 4 digits. */
     snprintf(name, sizeof name, "%.6s-%s-%u", pool->name,
@@ -636,6 +649,7 @@ BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg)
     cfg->blocking_queue_max = DEFAULT_QUEUE_MAX;
     cfg->linger_us = DEFAULT_LINGER_US;
     cfg->name = "bt";
+    cfg->cpu_nice = DEFAULT_CPU_NICE;
 }
 
 /* Zeros in cfg become defaults. */
@@ -658,6 +672,10 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
         out->linger_us = d.linger_us;
     if (out->name == NULL || out->name[0] == '\0')
         out->name = d.name;
+    if (out->cpu_nice == 0)
+        out->cpu_nice = d.cpu_nice;
+    if (out->cpu_nice > 19)
+        out->cpu_nice = 19;
 }
 
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)

@@ -8,6 +8,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <baton/pool.h>
@@ -779,6 +781,31 @@ START_TEST(thread_names_show)
 }
 END_TEST
 
+static int nice_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    bt_job_set_value(job, (void *)(intptr_t)(getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid)) + 100),
+                     NULL);
+    return 0;
+}
+
+START_TEST(cpu_threads_yield_to_loops)
+{
+    int base = getpriority(PRIO_PROCESS, 0);
+    bt_pool *p = small_pool(1, 0);
+    bt_future *a = bt_pool_submit(p, loop, BT_LANE_CPU, nice_job, NULL);
+    bt_future *b = bt_pool_submit(p, loop, BT_LANE_BLOCKING, nice_job, NULL);
+    bt_test_run_until(loop, a, 10000);
+    bt_test_run_until(loop, b, 10000);
+    int want = base > 5 ? base : 5;
+    ck_assert_int_eq((intptr_t)bt_future_value(a) - 100, want);
+    ck_assert_int_eq((intptr_t)bt_future_value(b) - 100, base);
+    bt_future_unref(a);
+    bt_future_unref(b);
+    bt_pool_free(p);
+}
+END_TEST
+
 START_TEST(default_pool_configured_at_run_time)
 {
     bt_pool_config cfg;
@@ -863,6 +890,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, resize_cpu_lane);
     tcase_add_test(tc, thread_names_show);
     tcase_add_test(tc, default_pool_configured_at_run_time);
+    tcase_add_test(tc, cpu_threads_yield_to_loops);
     tcase_add_test(tc, stats_count_time_in_queue_and_running);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("volume");

@@ -109,6 +109,10 @@ typedef struct {
                                    before it sleeps; 0: 50; UINT64_MAX: off */
     const char *name;           /* thread name prefix (shows in top -H and
                                    gdb as NAME-cpu-N, NAME-blk-N); NULL: "bt" */
+    int cpu_nice;               /* Linux: nice of the CPU lane's threads, so
+                                   that loop threads win the CPU back from
+                                   them (timers stay on time while the lane
+                                   is saturated); 0: 5; negative: unchanged */
 } bt_pool_config;
 
 /* Fill cfg with the defaults (zeros mean "default" everywhere, so a
