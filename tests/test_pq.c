@@ -521,6 +521,69 @@ START_TEST(pipelining_matches_results_in_order)
 }
 END_TEST
 
+START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
+{
+    /* Twenty INSERTs sent in one pass share a Sync (one implicit
+     * transaction). One of them hits a duplicate key: it alone fails; the
+     * other nineteen were rolled back by the server and are sent again, so
+     * each row ends up stored exactly once. */
+    bt_pq_pool *p = new_pool(1, 1, 64);
+    exec_ok(p, "CREATE TABLE batchy (id int PRIMARY KEY)", 0, NULL);
+    const char *one[] = {"7"};
+    exec_ok(p, "INSERT INTO batchy VALUES ($1)", 1, one);
+    enum { N = 20 };
+    bt_future *fs[N];
+    char bufs[N][16];
+    for (int i = 0; i < N; i++) {
+        snprintf(bufs[i], sizeof bufs[i], "%d", i == 10 ? 7 : 100 + i);
+        const char *v[] = {bufs[i]};
+        fs[i] = bt_pq_query(p, "INSERT INTO batchy VALUES ($1)", 1, v);
+    }
+    for (int i = 0; i < N; i++) {
+        await(fs[i]);
+        if (i == 10) {
+            bt_pq_error e;
+            ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
+            ck_assert_str_eq(e.sqlstate, "23505");
+        } else {
+            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i,
+                          bt_future_error_message(fs[i]));
+            ck_assert_int_eq(bt_pq_result_affected(bt_future_value(fs[i])), 1);
+        }
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_result *r = must(p, "SELECT count(*), count(DISTINCT id) FROM batchy", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "20");
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 1), "20");
+    bt_pq_result_free(r);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.retried, 1);
+    bt_pq_pool_free(p);
+
+    /* With sync_each_query, nothing is shared and nothing is retried. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.sync_each_query = true;
+    p = bt_pq_pool_new(loop, &o);
+    for (int i = 0; i < N; i++) {
+        snprintf(bufs[i], sizeof bufs[i], "%d", i == 10 ? 7 : 200 + i);
+        const char *v[] = {bufs[i]};
+        fs[i] = bt_pq_query(p, "INSERT INTO batchy VALUES ($1)", 1, v);
+    }
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(await(fs[i])), i == 10 ? BT_ESQL : 0);
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.retried, 0);
+    ck_assert_uint_gt(st.pipelined, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 typedef struct {
     long rows;
     long long sum;
@@ -893,6 +956,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, cancel_pg_sleep);
     tcase_add_test(tc, query_timeout_cancels);
     tcase_add_test(tc, pipelining_matches_results_in_order);
+    tcase_add_test(tc, a_failed_batch_fails_one_query_and_reruns_the_rest);
     tcase_add_test(tc, single_row_mode_streams);
     tcase_add_test(tc, closed_port_fails_cleanly);
     tcase_add_test(tc, connect_by_name_and_socket);

@@ -23,8 +23,19 @@
  *   goes to an idle connection if there is one, else the pool opens a new
  *   connection (up to max_size), else it is pipelined behind the queries
  *   already on the least busy connection (up to pipeline_depth in flight).
- *   Each query is followed by its own Sync, so each runs in its own
- *   implicit transaction and an error fails that query alone.
+ *   Pool queries sent to one connection in the same loop pass share one
+ *   Sync (a batch): the server then answers them with one write, which is
+ *   where pipelining gets its speed. A batch runs as one implicit
+ *   transaction, so the pool settles its queries only once the server has
+ *   committed it, and when one query of a batch fails, that query alone
+ *   fails: the others were rolled back or skipped, and are sent again, each
+ *   with a Sync of its own (bt_pq_stats.retried counts them). Errors that
+ *   only batching can cause (deadlock, serialization failure, a command
+ *   that refuses a transaction block) are retried alone too. Side effects
+ *   outside transactions (nextval, session advisory locks) can thus happen
+ *   twice; set sync_each_query to give every query its own Sync. Queries
+ *   on an acquired connection, and row-callback queries, always get their
+ *   own Sync.
  * - Waiting is bounded: at most max_waiters queries and acquires wait for a
  *   connection (more fail at once with BT_EAGAIN), each for at most
  *   acquire_timeout_ms (then BT_ETIMEDOUT, with the last connect error).
@@ -93,6 +104,9 @@ typedef struct {
     uint64_t reconnect_max_ms;   /* backoff cap; default 5000 */
     unsigned stmt_cache_size;    /* prepared statements per connection;
                                     default 256; 0 never prepares */
+    bool sync_each_query;        /* give every pool query its own Sync, even
+                                    when pipelined: no shared batches (see
+                                    "Pipelining" above); default false */
 } bt_pq_options;
 
 /* Fill o with the defaults above (conninfo NULL). Thread: any. */
@@ -130,6 +144,7 @@ typedef struct {
     uint64_t queries;        /* queries settled */
     uint64_t pipelined;      /* queries sent while others were in flight */
     uint64_t cancels_sent;   /* cancel requests sent to the server */
+    uint64_t retried;        /* queries sent again after their batch failed */
 } bt_pq_stats;
 
 /* Returns 0 or BT_EINVAL. Thread: the loop's. */

@@ -11,6 +11,7 @@ static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void on_io(evutil_socket_t fd, short what, void *arg);
 static void on_connect_timeout(bt_timer *t, void *arg);
 static int process(bt_pq_conn *c);
+static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
@@ -362,7 +363,8 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why)
         }
         pq_query_free(q);
     }
-    c->inflight = c->abandoned = 0;
+    fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
+    c->inflight = c->abandoned = c->unsynced = 0;
     pq_conn_stmt_clear(c);
     if (c->pg) {
         PQfinish(c->pg);
@@ -407,6 +409,31 @@ static int flush(bt_pq_conn *c)
     return 0;
 }
 
+/* Send a Sync for the queries sent since the last one. Returns -1 if that
+ * broke (and closed) the connection. */
+int pq_conn_sync(bt_pq_conn *c)
+{
+    if (c->unsynced == 0 || c->state != CS_READY)
+        return 0;
+    c->unsynced = 0;
+    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
+        char *m = bt_strdup(PQerrorMessage(c->pg));
+        pq_conn_close(c, BT_ECONNRESET, m);
+        bt_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* May q share a Sync with other queries (see "Syncs and batches")? */
+static bool batchable(const bt_pq_conn *c, const pq_query *q)
+{
+    const bt_pq_pool *p = c->pool;
+    return p && !p->o.sync_each_query && p->o.pipeline_depth > 1 && !c->is_listener &&
+           !c->acquired && !c->releasing && !q->target && !q->solo && !q->row_cb &&
+           !q->internal;
+}
+
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
  * failure means the connection is broken, which fails q with the rest. */
 void pq_conn_send(bt_pq_conn *c, pq_query *q)
@@ -417,6 +444,14 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (c->state != CS_READY) {
         pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN,
                       "the connection is closed");
+        pq_query_free(q);
+        return;
+    }
+    bool batch = batchable(c, q);
+    /* A solo query closes the open batch first, so that it is alone
+     * between two Syncs. */
+    if (!batch && c->unsynced > 0 && pq_conn_sync(c) != 0) {
+        pq_query_fail(q, BT_ECONNRESET, "the connection was lost before the query was sent");
         pq_query_free(q);
         return;
     }
@@ -464,12 +499,14 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
         return;
     }
     c->inflight++;
-    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
+    c->unsynced++;
+    if (batch) {
+        /* Synced (and flushed) at the end of this loop pass, together with
+         * whatever else is sent to this connection meanwhile. */
+        pq_pool_arm_sync(p);
         return;
     }
+    pq_conn_sync(c);
     /* Single-row mode is set in process(), when the query reaches the
      * front and before its first PQgetResult (libpq parses input only
      * there, never in PQconsumeInput). */
@@ -530,12 +567,9 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
         q->res = res;
         return;
     case PGRES_PIPELINE_ABORTED:
-        /* Only a failed PREPARE of this very query can abort it (every
-         * query has its own Sync); that error is already recorded. */
-        if (!q->err) {
-            q->err = BT_EIO;
-            q->errmsg = bt_strdup("the pipeline was aborted by an earlier error");
-        }
+        /* An earlier query of its batch failed (or its own PREPARE did):
+         * it never ran. resolve_batch decides. */
+        q->aborted = true;
         PQclear(res);
         return;
     case PGRES_COPY_IN:
@@ -554,15 +588,108 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
     }
 }
 
-static void query_done(bt_pq_conn *c, pq_query *q)
+/* q's results are all in: hold it until its Sync says the implicit
+ * transaction committed. */
+static void hold(bt_pq_conn *c, pq_query *q)
 {
-    if (q->abandoned)
-        c->abandoned--;
+    q->next = NULL;
+    if (c->held_tail)
+        c->held_tail->next = q;
     else
-        c->inflight--;
-    if (!q->settled)
+        c->held_head = q;
+    c->held_tail = q;
+    c->nheld++;
+    if (q->err)
+        c->held_error = true;
+}
+
+/* Errors that only sharing a transaction with other queries can cause. */
+static bool batch_only_error(const pq_query *q)
+{
+    const char *m = q->errmsg;
+    return m && (strncmp(m, "[40", 3) == 0 || strncmp(m, "[25001]", 7) == 0);
+}
+
+static void settle(pq_query *q)
+{
+    if (!q->settled) {
+        if (q->aborted && !q->err) {
+            q->err = BT_EIO;
+            q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
+        }
         pq_query_settle_result(q);
+    }
     pq_query_free(q);
+}
+
+/* The Sync of the held queries arrived: settle them, or, if the batch
+ * failed, fail the query that failed and send the others again. */
+static void resolve_batch(bt_pq_conn *c)
+{
+    pq_query *q = c->held_head;
+    bool failed = c->held_error && c->nheld > 1;
+    c->held_head = c->held_tail = NULL;
+    c->nheld = 0;
+    c->held_error = false;
+    pq_query *again_head = NULL, *again_tail = NULL;
+    size_t nagain = 0;
+    while (q) {
+        pq_query *next = q->next;
+        q->next = NULL;
+        if (q->abandoned) {
+            c->abandoned--;
+            pq_query_free(q);
+        } else {
+            c->inflight--;
+            if (!failed || (q->err && (q->solo || !batch_only_error(q)))) {
+                settle(q);
+            } else {
+                if (again_tail)
+                    again_tail->next = q;
+                else
+                    again_head = q;
+                again_tail = q;
+                nagain++;
+            }
+        }
+        q = next;
+    }
+    if (nagain && c->pool) {
+        pq_query **v = bt_malloc(nagain * sizeof *v);
+        size_t i = 0;
+        for (q = again_head; q; q = q->next)
+            if (v)
+                v[i++] = q;
+        if (v) {
+            pq_pool_requeue(c->pool, v, nagain);
+            bt_free(v);
+        } else {
+            for (q = again_head; q;) {
+                pq_query *next = q->next;
+                pq_query_fail(q, BT_ENOMEM, "out of memory retrying the query");
+                pq_query_free(q);
+                q = next;
+            }
+        }
+    }
+}
+
+static void fail_held(bt_pq_conn *c, int code, const char *why)
+{
+    pq_query *q = c->held_head;
+    c->held_head = c->held_tail = NULL;
+    c->nheld = 0;
+    c->held_error = false;
+    while (q) {
+        pq_query *next = q->next;
+        if (!q->settled)
+            pq_query_fail(q, code,
+                          "the connection was lost before the query's transaction was "
+                          "confirmed (it may or may not have run; not retried): %s",
+                          why ? why : "connection closed");
+        pq_query_free(q);
+        q = next;
+    }
 }
 
 /* Read every result that is complete. Returns -1 if c was closed. */
@@ -589,6 +716,10 @@ static int process(bt_pq_conn *c)
             if (res) {
                 if (PQresultStatus(res) == PGRES_COMMAND_OK) {
                     op->stmt->ready = true;
+                } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
+                    op->q->aborted = true; /* skipped: never prepared */
+                    stmt_remove(c, op->stmt);
+                    op->stmt = NULL;
                 } else {
                     pq_query_set_error_from(op->q, res);
                     stmt_remove(c, op->stmt);
@@ -605,7 +736,7 @@ static int process(bt_pq_conn *c)
             } else {
                 pq_query *q = op->q;
                 ops_pop(c);
-                query_done(c, q);
+                hold(c, q);
             }
             break;
         case OP_SYNC:
@@ -618,6 +749,7 @@ static int process(bt_pq_conn *c)
             }
             if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
                 ops_pop(c);
+                resolve_batch(c);
             }
             /* Anything else here (an error on the Sync itself, which the
              * server sends when it dies) is dropped; the status check

@@ -32,6 +32,11 @@ static void start_listener(bt_pq_pool *p);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
+static uint64_t deadline(bt_pq_pool *p)
+{
+    return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
+}
+
 BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
 {
     if (!o)
@@ -248,7 +253,10 @@ void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
             return;
         }
     }
-    pump(p);
+    /* The common case under load: nothing waits and the pool is at its
+     * floor, so there is nothing to hand out or open. */
+    if (p->wq_head || p->aq_head || p->nready || p->nconns < p->o.min_size)
+        pump(p);
 }
 
 /* ---- Handing out connections --------------------------------------------- */
@@ -359,6 +367,69 @@ static void pump(bt_pq_pool *p)
     p->pumping = false;
 }
 
+/* Put queries of a failed batch back at the head of the wait queue, in
+ * their order, each to be sent alone (see pq-internal.h). */
+void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
+{
+    for (size_t i = n; i-- > 0;) {
+        pq_query *q = qs[i];
+        if (p->closed) {
+            pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
+            pq_query_free(q);
+            continue;
+        }
+        q->state = Q_WAITING;
+        q->conn = NULL;
+        q->solo = true;
+        q->aborted = q->started = q->want_cancel = q->rows_stopped = false;
+        q->err = 0;
+        bt_free(q->errmsg);
+        q->errmsg = NULL;
+        if (q->res) {
+            PQclear(q->res);
+            q->res = NULL;
+        }
+        q->deadline_ns = deadline(p);
+        q->prev = NULL;
+        q->next = p->wq_head;
+        if (p->wq_head)
+            p->wq_head->prev = q;
+        else
+            p->wq_tail = q;
+        p->wq_head = q;
+        p->nwq++;
+        p->st.retried++;
+    }
+    arm_wait_timer(p);
+}
+
+/* End of the loop pass: Sync every connection's open batch. A Sync can
+ * close its connection (which may start others), so look again from the
+ * top each time rather than keep a pointer into the list. */
+static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bt_pq_pool *p = arg;
+    p->sync_armed = false;
+    for (;;) {
+        bt_pq_conn *c = p->conns;
+        while (c && c->unsynced == 0)
+            c = c->next;
+        if (!c)
+            break;
+        pq_conn_sync(c);
+    }
+}
+
+void pq_pool_arm_sync(bt_pq_pool *p)
+{
+    if (!p->sync_armed && p->sync_ev) {
+        p->sync_armed = true;
+        event_active(p->sync_ev, EV_TIMEOUT, 0);
+    }
+}
+
 /* ---- Waiting with bounds ----------------------------------------------- */
 
 static void on_wait_timer(bt_timer *t, void *arg)
@@ -414,10 +485,6 @@ static void arm_wait_timer(bt_pq_pool *p)
     bt_timer_start(p->wait_timer, next > now ? (next - now) / 1000000 + 1 : 0, 0);
 }
 
-static uint64_t deadline(bt_pq_pool *p)
-{
-    return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
-}
 
 /* ---- Maintenance: lifetime, idleness, retries ---------------------------- */
 
@@ -486,6 +553,10 @@ static void pool_shutdown(bt_pq_pool *p)
     if (p->maint_timer) {
         bt_timer_free(p->maint_timer);
         p->maint_timer = NULL;
+    }
+    if (p->sync_ev) {
+        event_free(p->sync_ev);
+        p->sync_ev = NULL;
     }
     fail_waiters(p, BT_ESHUTDOWN, "%s", "the pool was closed");
     settle_ready(p, BT_ESHUTDOWN, "the pool was closed");
@@ -636,10 +707,14 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->o.conninfo = p->conninfo;
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
-    if (!p->conninfo || !p->wait_timer || !p->maint_timer || parse_conninfo(p) != 0 ||
+    p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
+    if (!p->conninfo || !p->wait_timer || !p->maint_timer || !p->sync_ev ||
+        parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);
+        if (p->sync_ev)
+            event_free(p->sync_ev);
         pool_free_memory(p);
         return NULL;
     }

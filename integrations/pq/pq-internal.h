@@ -16,10 +16,23 @@
  *   OP_QUERY      results, then NULL
  *   OP_SYNC       PGRES_PIPELINE_SYNC
  * The front op is the one whose results libpq returns next; results are
- * matched to queries by that order alone. Every query has its own Sync, so
- * it runs in its own implicit transaction (autocommit, as without a
- * pipeline) and an error aborts nothing but itself: a query whose PREPARE
- * failed gets PGRES_PIPELINE_ABORTED, and fails with the PREPARE's error.
+ * matched to queries by that order alone.
+ *
+ * Syncs and batches. Queries on an acquired connection, internal ones,
+ * row-callback ones and retries each get a Sync of their own ("solo"): an
+ * implicit transaction each, as without a pipeline. Pool queries sent to
+ * one connection during one loop pass share one Sync ("a batch", synced by
+ * sync_ev at the end of the pass), which is what makes pipelining pay: the
+ * server flushes once per Sync, not once per query. A batch is one implicit
+ * transaction, so its queries' outcomes are held until its
+ * PGRES_PIPELINE_SYNC arrives (the commit), and if one query fails the
+ * server rolls back the ones before it and skips the ones after it
+ * (PGRES_PIPELINE_ABORTED). Then the failed query alone fails, and every
+ * other query of the batch is put back at the head of the wait queue as a
+ * solo query: none of them took effect, so running them again is safe. A
+ * failure that only the batching caused (a deadlock 40P01, a serialization
+ * failure 40001, a statement that refuses a transaction block 25001) is
+ * retried solo too. A solo query is never retried.
  *
  * A query's future is settled exactly once, by whichever comes first: its
  * result, its connection breaking, its timeout, a cancel, or shutdown. A
@@ -85,6 +98,8 @@ struct pq_query {
     bool abandoned;            /* settled early; results to be dropped */
     bool want_cancel;          /* send a cancel when it reaches the front */
     bool started;              /* its OP_QUERY reached the front */
+    bool aborted;              /* PGRES_PIPELINE_ABORTED: it never ran */
+    bool solo;                 /* send with a Sync of its own (no batch) */
     PGresult *res;
     int err;                   /* first error seen, 0 if none */
     char *errmsg;
@@ -124,6 +139,10 @@ struct bt_pq_conn {
     pq_op *ops;                /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
     unsigned inflight;         /* user queries (not abandoned) in flight */
+    unsigned unsynced;         /* queries sent since the last Sync */
+    pq_query *held_head, *held_tail; /* answered, waiting for their Sync */
+    unsigned nheld;
+    bool held_error;           /* a query of the held batch failed */
     unsigned abandoned;        /* abandoned queries still in the FIFO */
     bool acquired;             /* handed to a user */
     bool releasing;            /* released; finishing queries / rolling back */
@@ -183,6 +202,8 @@ struct bt_pq_pool {
     pq_chan *chans;
     struct pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
     bool pumping, repump;
+    struct event *sync_ev;       /* end of pass: Sync the open batches */
+    bool sync_armed;
     uint64_t maint_due_ns;
     bool closed;                 /* shut down (pool freed or loop closing) */
     bool loop_gone;              /* the loop's closer ran: do not touch it */
@@ -199,6 +220,7 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void pq_conn_free_dead(bt_pq_conn *c);
 bool pq_conn_idle(const bt_pq_conn *c);
 void pq_conn_stmt_clear(bt_pq_conn *c);
+int pq_conn_sync(bt_pq_conn *c);
 
 /* pool.c */
 void pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
@@ -207,6 +229,8 @@ void pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
 void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
 void pq_pool_notify(bt_pq_pool *p, PGnotify *n);
 void pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
+void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n);
+void pq_pool_arm_sync(bt_pq_pool *p);
 
 /* query.c */
 pq_query *pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,

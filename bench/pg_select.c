@@ -1,0 +1,258 @@
+/* bench pg_select and pg_select_pipelined: 50,000 point selects by id on a
+ * users(id, name, email) table of 10,000 rows, at concurrency 16, against a
+ * throwaway PostgreSQL server (tests/pg_harness) on loopback TCP.
+ *
+ * Anchor (both lines): raw nonblocking libpq, 16 connections, one query in
+ * flight on each, driven by poll(2), with the statement prepared on every
+ * connection (the same as the pool does, so the comparison is fair).
+ *
+ * pg_select: Baton's pool, 16 connections, pipeline_depth 1 (one query in
+ * flight each), 16 callers each issuing its next query from the previous
+ * one's callback. Goal: ratio >= 0.9.
+ * pg_select_pipelined: the same 16 callers on a pool of fewer connections
+ * with pipelining on (the pool sends the queued queries together). Goal:
+ * ratio >= 3.
+ *
+ * Each measure runs ROUNDS times, alternating, after a warm-up; the median
+ * is reported. Output, one line per measure:
+ *   bench NAME baton=V anchor=raw_libpq_nonblocking anchor_value=V unit=queries/s ratio=R better=higher
+ */
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include <baton/baton.h>
+#include <baton/pq.h>
+
+#include "pg_harness.h"
+
+enum { ROWS = 10000, QUERIES = 50000, CONC = 16, ROUNDS = 3 };
+static const char *SQL = "SELECT id, name, email FROM users WHERE id = $1";
+
+static void die(const char *what)
+{
+    fprintf(stderr, "pg_select: %s\n", what);
+    exit(1);
+}
+
+/* ---- Anchor: raw nonblocking libpq ---------------------------------------- */
+
+typedef struct {
+    PGconn *c;
+    bool busy;
+} raw_conn;
+
+static unsigned rnd_state = 12345;
+static int next_id(void)
+{
+    rnd_state = rnd_state * 1103515245u + 12345u;
+    return (int)((rnd_state >> 8) % ROWS) + 1;
+}
+
+static bool raw_send(raw_conn *rc)
+{
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", next_id());
+    const char *v[] = {buf};
+    if (!PQsendQueryPrepared(rc->c, "s", 1, v, NULL, NULL, 0))
+        return false;
+    while (PQflush(rc->c) == 1) {
+    }
+    rc->busy = true;
+    return true;
+}
+
+static double run_raw(const char *conninfo, int total)
+{
+    raw_conn rc[CONC];
+    struct pollfd pfd[CONC];
+    for (int i = 0; i < CONC; i++) {
+        rc[i].c = PQconnectdb(conninfo);
+        if (PQstatus(rc[i].c) != CONNECTION_OK)
+            die(PQerrorMessage(rc[i].c));
+        PGresult *r = PQprepare(rc[i].c, "s", SQL, 1, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            die(PQerrorMessage(rc[i].c));
+        PQclear(r);
+        PQsetnonblocking(rc[i].c, 1);
+        pfd[i].fd = PQsocket(rc[i].c);
+        pfd[i].events = POLLIN;
+    }
+    int sent = 0, done = 0;
+    uint64_t t0 = bt_hrtime();
+    for (int i = 0; i < CONC && sent < total; i++, sent++)
+        if (!raw_send(&rc[i]))
+            die("send");
+    while (done < total) {
+        if (poll(pfd, CONC, 5000) <= 0)
+            die("poll timed out");
+        for (int i = 0; i < CONC; i++) {
+            if (!(pfd[i].revents & POLLIN))
+                continue;
+            if (!PQconsumeInput(rc[i].c))
+                die(PQerrorMessage(rc[i].c));
+            while (rc[i].busy && !PQisBusy(rc[i].c)) {
+                PGresult *r = PQgetResult(rc[i].c);
+                if (!r) {
+                    rc[i].busy = false;
+                    done++;
+                    if (sent < total) {
+                        sent++;
+                        if (!raw_send(&rc[i]))
+                            die("send");
+                    }
+                    break;
+                }
+                if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+                    die("bad result");
+                PQclear(r);
+            }
+        }
+    }
+    double secs = (double)(bt_hrtime() - t0) / 1e9;
+    for (int i = 0; i < CONC; i++)
+        PQfinish(rc[i].c);
+    return total / secs;
+}
+
+/* ---- Baton ----------------------------------------------------------------- */
+
+typedef struct {
+    bt_pq_pool *pool;
+    int total, sent, done, errors;
+    bt_future *finished;
+} bench;
+
+static void issue(bench *b);
+
+static void on_done(bt_future *f, void *arg)
+{
+    bench *b = arg;
+    if (bt_future_error(f) != 0) {
+        fprintf(stderr, "pg_select: %s\n", bt_future_error_message(f));
+        b->errors++;
+    } else if (bt_pq_result_rows(bt_future_value(f)) != 1) {
+        b->errors++;
+    }
+    b->done++;
+    if (b->done == b->total)
+        bt_future_set_value(b->finished, NULL, NULL);
+    else
+        issue(b);
+}
+
+static void issue(bench *b)
+{
+    if (b->sent >= b->total)
+        return;
+    b->sent++;
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", next_id());
+    const char *v[] = {buf};
+    bt_future *f = bt_pq_query(b->pool, SQL, 1, v);
+    if (!f)
+        die("bt_pq_query");
+    bt_future_add_callback(f, on_done, b);
+    bt_future_unref(f);
+}
+
+static double run_baton(bt_loop *loop, bt_pq_pool *pool, int total)
+{
+    bench b = {.pool = pool, .total = total};
+    b.finished = bt_future_new(loop);
+    uint64_t t0 = bt_hrtime();
+    for (int i = 0; i < CONC; i++)
+        issue(&b);
+    bt_loop_run_until(loop, b.finished);
+    double secs = (double)(bt_hrtime() - t0) / 1e9;
+    bt_future_unref(b.finished);
+    if (b.errors)
+        die("queries failed");
+    return total / secs;
+}
+
+static bt_pq_pool *make_pool(bt_loop *loop, const char *conninfo, unsigned size, unsigned depth)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = conninfo;
+    o.min_size = size;
+    o.max_size = size;
+    o.pipeline_depth = depth;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    if (!p)
+        die("bt_pq_pool_new");
+    /* Wait until all are open, so no measure includes connecting. */
+    for (;;) {
+        bt_pq_stats st;
+        bt_pq_pool_get_stats(p, &st);
+        if (st.idle == size)
+            break;
+        bt_future *s = bt_sleep(loop, 10);
+        bt_loop_run_until(loop, s);
+        bt_future_unref(s);
+    }
+    return p;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[n / 2];
+}
+
+int main(int argc, char **argv)
+{
+    unsigned pipe_conns = argc > 1 ? (unsigned)atoi(argv[1]) : 2;
+    unsigned pipe_depth = argc > 2 ? (unsigned)atoi(argv[2]) : 64;
+    bt_test_pg *pg = bt_test_pg_start();
+    if (!pg)
+        die("could not start PostgreSQL");
+    char setup[512];
+    snprintf(setup, sizeof setup,
+             "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, email text NOT NULL);"
+             "INSERT INTO users SELECT g, 'user ' || g, 'user' || g || '@example.com' "
+             "FROM generate_series(1, %d) g; ANALYZE users;",
+             ROWS);
+    if (bt_test_pg_exec(pg, setup) != 0)
+        die("setup failed");
+    const char *ci = bt_test_pg_conninfo(pg);
+
+    bt_loop *loop = bt_loop_new();
+    bt_pq_pool *plain = make_pool(loop, ci, CONC, 1);
+    bt_pq_pool *piped = make_pool(loop, ci, pipe_conns, pipe_depth);
+    /* Warm up: statements prepared, caches hot. */
+    run_raw(ci, 2000);
+    run_baton(loop, plain, 2000);
+    run_baton(loop, piped, 2000);
+
+    double raw[ROUNDS], bat[ROUNDS], pip[ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        raw[r] = run_raw(ci, QUERIES);
+        bat[r] = run_baton(loop, plain, QUERIES);
+        pip[r] = run_baton(loop, piped, QUERIES);
+    }
+    double a = median(raw, ROUNDS), b = median(bat, ROUNDS), c = median(pip, ROUNDS);
+    printf("bench pg_select baton=%.0f anchor=raw_libpq_nonblocking_16conn anchor_value=%.0f "
+           "unit=queries/s ratio=%.2f better=higher\n",
+           b, a, b / a);
+    printf("bench pg_select_pipelined baton=%.0f anchor=raw_libpq_nonblocking_16conn "
+           "anchor_value=%.0f unit=queries/s ratio=%.2f better=higher\n",
+           c, a, c / a);
+    fprintf(stderr, "pg_select: pipelined pool: %u connections, depth %u\n", pipe_conns,
+            pipe_depth);
+    bt_pq_pool_free(plain);
+    bt_pq_pool_free(piped);
+    bt_loop_free(loop);
+    bt_test_pg_free(pg);
+    return 0;
+}
