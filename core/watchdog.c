@@ -10,8 +10,9 @@
  * - The watchdog thread wakes every `tick` (a quarter of the threshold,
  *   between 1 and 25 ms). If it sees the same odd cb_seq for longer than
  *   the threshold, the loop is stuck in that callback: it logs at once
- *   (the loop cannot, it is busy), and when cb_seq moves on it logs the
- *   end with the duration. It reads start and fn, then cb_seq again, so a
+ *   (the loop cannot, it is busy), again each time the stall has doubled
+ *   (200, 400, 800 ms... at the default threshold), and when cb_seq moves
+ *   on it logs the end with the duration. It reads start and fn, then cb_seq again, so a
  *   callback that ended in between is not blamed for the next one.
  * - Lag: every 20 ms the thread stamps a probe task and pushes it to the
  *   loop's inbox (one probe in flight at most); the loop runs it and adds
@@ -149,7 +150,7 @@ static void *watchdog_main(void *arg)
 #ifdef HAVE_PTHREAD_SETNAME_NP
     pthread_setname_np(pthread_self(), "baton-watchdog");
 #endif
-    uint64_t stalled_seq = 0, stalled_start = 0, next_probe = bt_hrtime();
+    uint64_t stalled_seq = 0, stalled_start = 0, next_report = 0, next_probe = bt_hrtime();
     const void *stalled_fn = NULL;
     char name[512];
 
@@ -176,7 +177,14 @@ static void *watchdog_main(void *arg)
                    d / MS, name);
             stalled_seq = 0;
         }
-        if ((seq & 1) && seq != stalled_seq && seq != wd->ignore_seq) {
+        if ((seq & 1) && seq == stalled_seq && now >= next_report) {
+            /* Still stuck: say so again, at doubling intervals, so a loop
+             * stuck for minutes keeps saying it without flooding the log. */
+            describe(stalled_fn, name, sizeof name);
+            bt_log(BT_LOG_WARN, "loop blocked for %" PRIu64 " ms by %s: still running",
+                   (now - stalled_start) / MS, name);
+            next_report = stalled_start + 2 * (now - stalled_start);
+        } else if ((seq & 1) && seq != stalled_seq && seq != wd->ignore_seq) {
             uint64_t start = atomic_load_explicit(&loop->cb_start_ns, memory_order_relaxed);
             const void *fn = atomic_load_explicit(&loop->cb_fn, memory_order_relaxed);
             atomic_thread_fence(memory_order_acquire);
@@ -186,6 +194,7 @@ static void *watchdog_main(void *arg)
                 stalled_seq = seq;
                 stalled_start = start;
                 stalled_fn = fn;
+                next_report = start + 2 * (now - start);
                 atomic_fetch_add_explicit(&wd->stalls, 1, memory_order_relaxed);
                 describe(fn, name, sizeof name);
                 bt_log(BT_LOG_WARN,

@@ -6,9 +6,9 @@
  * watches one loop. When a callback runs past a threshold (default 100 ms)
  * it logs a WARN *while the loop is still blocked*, naming the callback
  * (its symbol through dladdr where the symbol is visible: link programs
- * with -rdynamic to name their own static-less functions; otherwise the
- * object and offset), and logs again when the callback returns, with how
- * long it ran. Both messages go through the log handler (bt_log), so a
+ * with -rdynamic to name their own non-static functions; otherwise the
+ * object and offset), again each time the stall has doubled, and once more
+ * when the callback returns, with how long it ran. Both messages go through the log handler (bt_log), so a
  * program or a test can capture them.
  *
  * While it runs, the watchdog also measures loop lag the way Node's
