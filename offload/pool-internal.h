@@ -40,6 +40,7 @@ struct bt_job {
     bt_lane lane;
     bool skipped;             /* never ran: settles as cancelled */
     bool in_batch;            /* in att's batch (loop thread only) */
+    bool expected;            /* counted in the loop's `expected` */
     _Atomic bool cancelled;
     uint64_t t_submit;
 };
@@ -74,6 +75,7 @@ struct bt__lane {
     bt_job *head, *tail;      /* the queue (FIFO) */
     _Atomic size_t nq;        /* jobs in the queue (read unlocked by spinners) */
     _Atomic size_t depth;     /* queued + batched on loops: the bound's count */
+    _Atomic uint64_t avg_run_ns; /* recent jobs' run time, roughly */
     _Atomic size_t queue_max;
     unsigned threads;         /* alive (or being started) */
     unsigned target;          /* CPU: the size; blocking: the cap */

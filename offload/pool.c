@@ -50,6 +50,7 @@
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
 #define DEFAULT_LINGER_US 50
 #define DEFAULT_CPU_NICE 5
+#define EXPECT_MAX_NS 100000 /* loops spin for jobs shorter than this */
 
 static _Thread_local bt__worker *current_worker;
 
@@ -266,7 +267,8 @@ static void job_settle(bt_job *job)
     } else {
         bt_future_set_error(f, job->code, NULL);
     }
-    bt__loop_expect(job->loop, -1);
+    if (job->expected)
+        bt__loop_expect(job->loop, -1);
     job_free_keep(job, true);
 }
 
@@ -493,6 +495,10 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
             bump(&w->failed, 1);
         bump(&w->run_ns, run);
         raise_max(&w->run_max, run);
+        /* A moving average (1/8 weight), racy between workers by design:
+         * it only decides whether loops spin for completions. */
+        uint64_t avg = atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed);
+        atomic_store_explicit(&w->lane->avg_run_ns, avg - avg / 8 + run / 8, memory_order_relaxed);
     }
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
@@ -1048,7 +1054,11 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     else
         att->batch_head[l] = job;
     att->batch_tail[l] = job;
-    bt__loop_expect(loop, 1);
+    /* Have the loop spin for the completion only when jobs of this lane
+     * are short lately: spinning for a 20 ms job would only burn CPU. */
+    job->expected = atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
+    if (job->expected)
+        bt__loop_expect(loop, 1);
     if (++att->batch_n[l] >= FLUSH_AT) {
         lane_flush(att, l);
     } else if (!att->flush_scheduled) {
