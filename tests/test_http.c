@@ -18,6 +18,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <baton/curl.h>
 #include <baton/http.h>
 
 #include "harness.h"
@@ -509,6 +510,65 @@ START_TEST(disconnect_cancels_handler)
 }
 END_TEST
 
+/* The same with Baton's own client, on the server's loop: cancelling the
+ * client's future removes the transfer and closes its connection, and the
+ * server cancels the handler. */
+static bt_future *hook_seen;
+
+static void hold_hook_signal(bt_future *f, void *arg)
+{
+    atomic_fetch_add(&hook_calls, 1);
+    bt_future_set_cancelled(f);
+    bt_future_set_value(hook_seen, NULL, NULL);
+}
+
+static bt_future *h_hold_signal(bt_http_req *req, void *arg)
+{
+    bt_future *f = bt_future_new(bt_http_req_loop(req));
+    bt_future_on_cancel(f, hold_hook_signal, NULL);
+    atomic_fetch_add(&handler_calls, 1);
+    return f;
+}
+
+static bt_future *started;
+static bt_future *h_hold_then_mark(bt_http_req *req, void *arg)
+{
+    bt_future_set_value(started, NULL, NULL);
+    return h_hold_signal(req, arg);
+}
+
+START_TEST(baton_client_cancel_reaches_handler)
+{
+    bt_http_app_route(app, "GET", "/hold", h_hold_then_mark, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    start_server();
+    bt_http_client *c = bt_http_client_new(loop);
+    ck_assert_ptr_nonnull(c);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", port);
+    bt_future *f = bt_http_get(c, url);
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_int_eq(bt_http_response_status(bt_future_value(f)), 200);
+    ck_assert_str_eq(bt_http_response_body(bt_future_value(f), NULL), "hello");
+    bt_future_unref(f);
+
+    started = bt_future_new(loop);
+    hook_seen = bt_future_new(loop);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hold", port);
+    f = bt_http_get(c, url);
+    bt_test_run_until(loop, started, 10000);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    bt_test_run_until(loop, hook_seen, 10000);
+    ck_assert_int_eq(atomic_load(&hook_calls), 1);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    bt_future_unref(started);
+    bt_future_unref(hook_seen);
+    bt_http_client_free(c);
+}
+END_TEST
+
 /* ---- Graceful shutdown ------------------------------------------------------------- */
 
 static bt_future *shut_f;
@@ -829,6 +889,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, limits_sizes_and_timeout);
     tcase_add_test(tc, limits_concurrent_cap);
     tcase_add_test(tc, disconnect_cancels_handler);
+    tcase_add_test(tc, baton_client_cancel_reaches_handler);
     tcase_add_test(tc, graceful_shutdown_lets_inflight_finish);
     tcase_add_test(tc, graceful_shutdown_cancels_at_deadline);
     tcase_add_test(tc, server_free_cancels_inflight);
