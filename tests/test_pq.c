@@ -4,10 +4,14 @@
  * reconnect, cancel and timeout of pg_sleep, pipelining, single-row mode,
  * a server restart in the middle of 10,000 queries, a closed port, bad
  * arguments, shutdown with work pending. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <baton/pool.h>
 #include <baton/pq.h>
@@ -774,6 +778,53 @@ START_TEST(closed_port_fails_cleanly)
 }
 END_TEST
 
+START_TEST(connect_timeout_is_ours)
+{
+    /* A socket that listens but never answers: the TCP handshake completes
+     * (the kernel's backlog), libpq waits for the server's reply forever,
+     * and only the pool's own connect timeout ends the wait. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(fd, 8), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    char ci[128];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d dbname=postgres user=postgres sslmode=disable",
+             ntohs(a.sin_port));
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = ci;
+    o.connect_timeout_ms = 300;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    bt_future *r = await(bt_pq_pool_ready(p));
+    ck_assert_int_eq(bt_future_error(r), BT_ETIMEDOUT);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(r), "timed out connecting"));
+    bt_future_unref(r);
+    bt_pq_pool_free(p);
+    close(fd);
+}
+END_TEST
+
+START_TEST(a_stray_begin_is_rolled_back)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "CREATE TABLE stray (id int)", 0, NULL);
+    exec_ok(p, "BEGIN", 0, NULL);
+    exec_ok(p, "INSERT INTO stray VALUES (1)", 0, NULL); /* inside the stray txn? no: */
+    bt_pq_result *r = must(p, "SELECT count(*) FROM stray", 0, NULL);
+    /* The BEGIN was rolled back before the next query got the connection,
+     * so the INSERT autocommitted on its own and is visible everywhere. */
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "1");
+    bt_pq_result_free(r);
+    char *n = bt_test_pg_scalar(pg, "SELECT count(*) FROM stray");
+    ck_assert_str_eq(n, "1");
+    free(n);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(connect_by_name_and_socket)
 {
     /* "localhost" is resolved on the blocking lane, then used as hostaddr. */
@@ -960,6 +1011,8 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, single_row_mode_streams);
     tcase_add_test(tc, closed_port_fails_cleanly);
     tcase_add_test(tc, connect_by_name_and_socket);
+    tcase_add_test(tc, connect_timeout_is_ours);
+    tcase_add_test(tc, a_stray_begin_is_rolled_back);
     tcase_add_test(tc, statements_are_prepared_once_per_connection);
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
     tcase_add_test(tc, bad_arguments);

@@ -248,6 +248,15 @@ void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
             finish_release(c);
             return;
         }
+        if (!c->acquired && bt_pq_conn_in_transaction(c)) {
+            /* A pool query left a transaction open (a stray BEGIN): never
+             * hand that to the next query. */
+            bt_log(BT_LOG_WARN, "pq: a pool query left its connection inside a transaction; "
+                                "rolling it back (use bt_pq_acquire for transactions)");
+            c->releasing = true;
+            finish_release(c);
+            return;
+        }
         if (c->retiring && !c->acquired) {
             pq_conn_close(c, 0, "retired");
             return;
