@@ -450,6 +450,57 @@ START_TEST(limits_sizes_and_timeout)
 }
 END_TEST
 
+/* A client that stops reading is cut off at the write timeout. */
+#define BIG (16 * 1024 * 1024)
+static bt_future *h_big(bt_http_req *req, void *arg)
+{
+    char *body = malloc(BIG);
+    memset(body, 'x', BIG);
+    bt_future *f = bt_http_respond(bt_http_req_loop(req), 200, "text/plain", body, BIG);
+    free(body);
+    return f;
+}
+
+static size_t big_received;
+static void slow_reader_client(void *arg)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        return;
+    const char *req = "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    wait_for(&handler_calls, 1);
+    usleep(1500 * 1000); /* not reading, for five write timeouts */
+    char buf[65536];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof buf, 0)) > 0)
+        big_received += (size_t)n;
+    close(fd);
+}
+
+static bt_future *h_big_counted(bt_http_req *req, void *arg)
+{
+    atomic_fetch_add(&handler_calls, 1);
+    return h_big(req, arg);
+}
+
+START_TEST(limits_write_timeout)
+{
+    bt_http_app_route(app, "GET", "/big", h_big_counted, NULL);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 5000, 300), 0);
+    start_server();
+    with_client(slow_reader_client, NULL);
+    ck_assert_uint_gt(big_received, 0);
+    ck_assert_msg(big_received < BIG, "the whole body arrived: the write timeout did not fire");
+}
+END_TEST
+
 static int cap_fds[2];
 
 static void cap_client(void *arg)
@@ -888,6 +939,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, failing_handler_gives_500);
     tcase_add_test(tc, limits_sizes_and_timeout);
     tcase_add_test(tc, limits_concurrent_cap);
+    tcase_add_test(tc, limits_write_timeout);
     tcase_add_test(tc, disconnect_cancels_handler);
     tcase_add_test(tc, baton_client_cancel_reaches_handler);
     tcase_add_test(tc, graceful_shutdown_lets_inflight_finish);
