@@ -410,9 +410,6 @@ static unsigned lane_want_threads(bt__lane *lane)
     size_t nq = atomic_load_explicit(&lane->nq, memory_order_relaxed);
     unsigned add = 0;
     if (lane->id == BT_LANE_BLOCKING) {
-        unsigned busy_or_starting = lane->threads - lane->sleepers -
-                                    atomic_load_explicit(&lane->spinners, memory_order_relaxed);
-        (void)busy_or_starting;
         size_t idle = lane->sleepers + atomic_load_explicit(&lane->spinners, memory_order_relaxed);
         if (nq > idle && lane->threads < lane->target) {
             size_t want = nq - idle;

@@ -171,10 +171,12 @@ BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, 
  * handed to loop, which makes its future and queues it; when the future
  * settles, done(future, done_arg) runs on loop's thread (the future is
  * borrowed there: read its value or error in done). done may be NULL.
- * Returns 0 (done will be called exactly once), BT_EINVAL, BT_ENOMEM,
- * BT_ESHUTDOWN (loop is being freed). On failure neither fn nor done is
- * called. The caller must make sure loop is not freed during the call.
- * Thread: any. */
+ * done receives a NULL future only if the loop could not make one (out of
+ * memory, or the loop was being freed when the job reached it); fn then
+ * never runs. Returns 0 (done will be called exactly once), BT_EINVAL,
+ * BT_ENOMEM, BT_ESHUTDOWN (pool shut down, or loop being freed). On
+ * failure neither fn nor done is called. The caller must make sure loop
+ * is not freed during the call. Thread: any. */
 BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
                                   void *arg, bt_future_cb done, void *done_arg);
 
