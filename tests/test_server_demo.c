@@ -1,7 +1,8 @@
 /* The flagship (examples/server.c) end to end: the real binary, run as a
  * child process against the harness's PostgreSQL, asked by Baton's own
  * HTTP client: every route and status (200, 400, 404, 405, 500, 502), a
- * concurrent burst, the metrics route, and SIGTERM ending in exit 0. */
+ * concurrent burst, the metrics route, and SIGTERM ending in exit 0. And,
+ * in process, a client that leaves cancelling its handler's query. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -15,6 +16,8 @@
 
 #include <baton/compose.h>
 #include <baton/curl.h>
+#include <baton/http.h>
+#include <baton/pq.h>
 
 #include "harness.h"
 #include "pg_harness.h"
@@ -215,6 +218,80 @@ START_TEST(database_error_gives_500_and_is_logged)
 }
 END_TEST
 
+/* In process: a client that leaves cancels the handler, and the handler's
+ * cancellation reaches its PostgreSQL query (a cancel request is sent and
+ * the server stops running it). */
+static bt_pq_pool *db;
+static bt_future *query_f, *handler_started;
+
+static bt_future *answer_slept(bt_future *q, void *arg)
+{
+    return bt_http_respond(bt_future_loop(q), 200, "text/plain", "slept", 5);
+}
+
+static bt_future *h_sleep(bt_http_req *req, void *arg)
+{
+    query_f = bt_pq_query(db, "SELECT pg_sleep(30) /* baton-cancel-test */", 0, NULL);
+    bt_future_set_value(handler_started, NULL, NULL);
+    return bt_future_then(query_f, answer_slept, NULL);
+}
+
+static void on_gone(bt_future *f, void *arg) { bt_future_error(f); }
+
+START_TEST(disconnect_cancels_the_query)
+{
+    loop = bt_loop_new();
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    db = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(db);
+    bt_http_app *app = bt_http_app_new();
+    bt_http_app_route(app, "GET", "/sleep", h_sleep, NULL);
+    bt_http_server *srv = bt_http_server_new(loop, app);
+    ck_assert_int_eq(bt_http_server_listen(srv, "127.0.0.1", 0), 0);
+    client = bt_http_client_new(loop);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/sleep", bt_http_server_port(srv));
+    handler_started = bt_future_new(loop);
+    bt_future *f = bt_http_get(client, url);
+    bt_future_add_callback(f, on_gone, NULL);
+    bt_test_run_until(loop, handler_started, 10000);
+    bt_future_cancel(f); /* the client leaves */
+    bt_test_run_until(loop, query_f, 10000);
+    ck_assert_int_eq(bt_future_get_state(query_f), BT_FUTURE_CANCELLED);
+    /* The server stops running it: pg_stat_activity no longer shows it. */
+    char *n = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(n);
+        n = bt_test_pg_scalar(pg, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                                  " AND query LIKE '%baton-cancel-test%' AND pid <> pg_backend_pid()");
+        if (n && strcmp(n, "0") == 0)
+            break;
+        bt_future *nap = bt_sleep(loop, 50);
+        bt_test_run_until(loop, nap, 1000);
+        bt_future_unref(nap);
+    }
+    ck_assert_str_eq(n, "0");
+    free(n);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(db, &st);
+    ck_assert_uint_ge(st.cancels_sent, 1);
+    bt_future *nap = bt_sleep(loop, 100); /* the handler's chain settles next */
+    bt_test_run_until(loop, nap, 1000);
+    bt_future_unref(nap);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+    bt_future_unref(f);
+    bt_future_unref(query_f);
+    bt_future_unref(handler_started);
+    bt_http_client_free(client);
+    bt_http_server_free(srv);
+    bt_pq_pool_free(db);
+    bt_test_loop_free_clean(loop);
+    bt_http_app_free(app);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server_demo");
@@ -224,6 +301,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, user_routes);
     tcase_add_test(tc, upstream_down_gives_502);
     tcase_add_test(tc, database_error_gives_500_and_is_logged);
+    tcase_add_test(tc, disconnect_cancels_the_query);
     suite_add_tcase(s, tc);
     return s;
 }
