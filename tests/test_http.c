@@ -496,7 +496,8 @@ START_TEST(limits_write_timeout)
     ck_assert_int_eq(bt_http_app_set_timeouts(app, 5000, 300), 0);
     start_server();
     with_client(slow_reader_client, NULL);
-    ck_assert_uint_gt(big_received, 0);
+    /* Some of it may have arrived, or none (a reset drops what the client's
+     * kernel had queued): never all of it. */
     ck_assert_msg(big_received < BIG, "the whole body arrived: the write timeout did not fire");
 }
 END_TEST
