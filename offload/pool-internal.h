@@ -52,6 +52,7 @@ struct bt__attach {
     bt_loop *loop;
     bt_job *batch_head[BT_LANE_COUNT], *batch_tail[BT_LANE_COUNT];
     size_t batch_n[BT_LANE_COUNT];
+    size_t depth_seen[BT_LANE_COUNT]; /* the lane's depth when the batch began */
     bt__task flush_task;
     bool flush_scheduled;
     bool dead;                /* the closer ran; the flush task frees it */
@@ -74,7 +75,8 @@ struct bt__lane {
     pthread_cond_t cv;        /* workers wait here for jobs */
     bt_job *head, *tail;      /* the queue (FIFO) */
     _Atomic size_t nq;        /* jobs in the queue (read unlocked by spinners) */
-    _Atomic size_t depth;     /* queued + batched on loops: the bound's count */
+    _Atomic size_t depth;     /* in the queue (the bound's count; loops add
+                                 their batch at hand-over) */
     _Atomic uint64_t avg_run_ns; /* recent jobs' run time, roughly */
     _Atomic size_t queue_max;
     unsigned threads;         /* alive (or being started) */

@@ -6,9 +6,11 @@
  *   the lane (bt__attach, loop-thread only, no lock). The batch is handed
  *   to the lane at the end of the loop turn (a flush task on the loop's
  *   ready FIFO) or as soon as it holds FLUSH_AT jobs, under one lock, with
- *   at most one condvar signal per sleeping worker. The lane's bound is an
- *   atomic count (`depth`) reserved at submission, so a full lane fails the
- *   future at once and the bound is exact across loops.
+ *   at most one condvar signal per sleeping worker. The lane's bound counts
+ *   its queue (`depth`, read once per batch, no shared write per job) plus
+ *   the loop's batch, so a full lane fails the future at once; it is exact
+ *   for one loop, and several loops can overshoot it by their unflushed
+ *   batches (FLUSH_AT each) at most.
  * - Submission from any other thread goes through the loop's inbox first
  *   (the "admit" task), so the future is made on its loop's thread.
  * - Workers. Each lane has one mutex, one condvar and a FIFO. A worker
@@ -326,7 +328,6 @@ static void job_on_cancel(bt_future *f, void *arg)
     if (job->in_batch) {
         job->in_batch = false;
         batch_unlink(job->att, job);
-        atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
         job_cancel_now(job);
         return;
     }
@@ -602,9 +603,16 @@ static void *worker_main(void *arg)
             bt_job *job = lane->head;
             queue_unlink(lane, job);
             job->where = JOB_RUNNING;
-            atomic_fetch_add_explicit(&job->att->running, 1, memory_order_relaxed);
             atts[n] = job->att;
             local[n++] = job;
+        }
+        /* Counted under the lock, where a closer looks for its jobs. */
+        for (size_t i = 0; i < n;) {
+            size_t j = i + 1;
+            while (j < n && atts[j] == atts[i])
+                j++;
+            atomic_fetch_add_explicit(&atts[i]->running, (long)(j - i), memory_order_relaxed);
+            i = j;
         }
         atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
         atomic_store_explicit(&w->busy, true, memory_order_relaxed);
@@ -929,7 +937,6 @@ static void lane_flush(bt__attach *att, bt_lane l)
     pthread_mutex_lock(&lane->mu);
     if (lane->stop) {
         pthread_mutex_unlock(&lane->mu);
-        atomic_fetch_sub(&lane->depth, n);
         while (head) {
             bt_job *next = head->next;
             job_cancel_now(head);
@@ -948,6 +955,7 @@ static void lane_flush(bt__attach *att, bt_lane l)
     atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) + n,
                           memory_order_relaxed);
     lane->submitted += n;
+    atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
     /* Lingering workers will see the queue; wake sleepers for the rest. */
     size_t spin = atomic_load(&lane->spinners);
     size_t wake = n > spin ? n - spin : 0;
@@ -974,7 +982,6 @@ static void attach_closer(void *arg)
             bt_job *job = att->batch_head[l];
             job->in_batch = false;
             batch_unlink(att, job);
-            atomic_fetch_sub(&lane->depth, 1);
             job_cancel_now(job);
         }
         bt_job *mine = NULL;
@@ -1026,10 +1033,14 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
         job_release(job, true);
         return;
     }
+    /* The bound: jobs in the lane's queue (`depth`, as seen when this
+     * batch began: a stale value only overestimates) plus this batch. */
     size_t max = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
-    size_t d = atomic_fetch_add_explicit(&lane->depth, 1, memory_order_relaxed);
-    if (d >= max) {
-        atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
+    if (att->batch_n[l] == 0)
+        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    if (att->depth_seen[l] + att->batch_n[l] >= max)
+        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    if (att->depth_seen[l] + att->batch_n[l] >= max) {
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
         bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
                             lane_name(l), max);
