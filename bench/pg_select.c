@@ -29,7 +29,7 @@
 
 #include "pg_harness.h"
 
-enum { ROWS = 10000, QUERIES = 50000, CONC = 16, ROUNDS = 3 };
+enum { ROWS = 10000, QUERIES = 50000, CONC = 16, ROUNDS = 5 };
 static const char *SQL = "SELECT id, name, email FROM users WHERE id = $1";
 
 static void die(const char *what)
@@ -235,6 +235,19 @@ int main(int argc, char **argv)
     run_baton(loop, plain, 2000);
     run_baton(loop, piped, 2000);
 
+    /* Diagnostics: `pg_select CONNS DEPTH raw|baton|piped` runs one measure
+     * once (for strace -c or perf) and prints its rate. */
+    if (argc > 3) {
+        double v = strcmp(argv[3], "raw") == 0     ? run_raw(ci, QUERIES)
+                   : strcmp(argv[3], "baton") == 0 ? run_baton(loop, plain, QUERIES)
+                                                   : run_baton(loop, piped, QUERIES);
+        printf("%s %.0f queries/s\n", argv[3], v);
+        bt_pq_pool_free(plain);
+        bt_pq_pool_free(piped);
+        bt_loop_free(loop);
+        bt_test_pg_free(pg);
+        return 0;
+    }
     double raw[ROUNDS], bat[ROUNDS], pip[ROUNDS];
     for (int r = 0; r < ROUNDS; r++) {
         raw[r] = run_raw(ci, QUERIES);

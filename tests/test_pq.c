@@ -451,6 +451,8 @@ START_TEST(cancel_pg_sleep)
     uint64_t ms = (bt_hrtime() - t0) / 1000000;
     ck_assert_msg(ms < 9000, "the cancel did not stop the server (%llu ms)",
                   (unsigned long long)ms);
+    fprintf(stderr, "cancel_pg_sleep: cancelled and drained in %llu ms\n",
+            (unsigned long long)ms);
     ck_assert_int_eq(sleeping_backends(), 0);
     bt_pq_stats st;
     bt_pq_pool_get_stats(p, &st);
@@ -825,6 +827,66 @@ START_TEST(a_stray_begin_is_rolled_back)
 }
 END_TEST
 
+START_TEST(a_killed_backend_is_replaced)
+{
+    bt_pq_pool *p = new_pool(2, 2, 1);
+    bt_future *r = await(bt_pq_pool_ready(p));
+    bt_future_unref(r);
+    bt_pq_stats st;
+    for (int i = 0; i < 200; i++) { /* both open */
+        bt_pq_pool_get_stats(p, &st);
+        if (st.idle == 2)
+            break;
+        sleep_ms(10);
+    }
+    ck_assert_uint_eq(st.idle, 2);
+    /* Kill every backend of this pool but the one asking. */
+    bt_pq_result *res = must(p,
+                             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE application_name = 'baton' AND pid <> pg_backend_pid()",
+                             0, NULL);
+    ck_assert_int_ge(atoi(bt_pq_result_get(res, 0, 0)), 1);
+    bt_pq_result_free(res);
+    /* The dead idle connection is noticed, discarded and replaced; queries
+     * keep working. */
+    for (int i = 0; i < 200; i++) {
+        bt_pq_pool_get_stats(p, &st);
+        if (st.broken >= 1 && st.idle == 2)
+            break;
+        sleep_ms(10);
+    }
+    ck_assert_uint_ge(st.broken, 1);
+    ck_assert_uint_eq(st.size, 2);
+    ck_assert_uint_ge(st.connects, 3);
+    for (int i = 0; i < 10; i++)
+        exec_ok(p, "SELECT 1", 0, NULL);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(reconnects_back_off)
+{
+    /* A pool whose server is gone keeps trying (to keep min_size), but
+     * with backoff: a handful of attempts in a second, not thousands. */
+    int port = bt_test_pg_closed_port();
+    char ci[128];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d dbname=postgres user=postgres", port);
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = ci;
+    o.min_size = 1;
+    o.reconnect_min_ms = 20;
+    o.reconnect_max_ms = 200;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    sleep_ms(1000);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.connect_failures, 3);
+    ck_assert_uint_le(st.connect_failures, 60);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(connect_by_name_and_socket)
 {
     /* "localhost" is resolved on the blocking lane, then used as hostaddr. */
@@ -1012,6 +1074,8 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, closed_port_fails_cleanly);
     tcase_add_test(tc, connect_by_name_and_socket);
     tcase_add_test(tc, connect_timeout_is_ours);
+    tcase_add_test(tc, a_killed_backend_is_replaced);
+    tcase_add_test(tc, reconnects_back_off);
     tcase_add_test(tc, a_stray_begin_is_rolled_back);
     tcase_add_test(tc, statements_are_prepared_once_per_connection);
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);

@@ -595,7 +595,13 @@ static int parse_conninfo(bt_pq_pool *p)
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
     if (!opts) {
-        bt_log(BT_LOG_WARN, "pq: bad conninfo: %s", err ? err : "out of memory");
+        size_t n = err ? strlen(err) : 0;
+        while (n > 0 && err[n - 1] == '\n')
+            n--;
+        if (err)
+            bt_log(BT_LOG_WARN, "pq: bad conninfo: %.*s", (int)n, err);
+        else
+            bt_log(BT_LOG_WARN, "pq: bad conninfo (or out of memory)");
         PQfreemem(err);
         return BT_EINVAL;
     }
