@@ -918,6 +918,11 @@ START_TEST(api_refusals)
     ck_assert_int_eq(bt_http_reply_set_body(r, NULL, NULL, 3), BT_EINVAL);
     ck_assert_int_eq(bt_http_reply_set_json(r, NULL), BT_EINVAL);
     ck_assert_int_eq(bt_http_reply_status(r), 200);
+    ck_assert_int_eq(bt_http_reply_set_body(r, "text/plain", "a", 1), 0);
+    json_t *j = json_pack("[i]", 1);
+    ck_assert_int_eq(bt_http_reply_set_json(r, j), 0); /* replaces, no second header */
+    json_decref(j);
+    ck_assert_int_eq(bt_http_reply_set_body(r, "text/x\r\nX-Injected: 1", "a", 1), BT_EINVAL);
     bt_http_reply_free(r);
     bt_http_reply_free(NULL);
 

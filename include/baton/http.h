@@ -202,7 +202,9 @@ BT_EXPORT unsigned bt_http_server_in_flight(const bt_http_server *srv);
  * NULL is a no-op. Thread: the loop's. */
 BT_EXPORT void bt_http_server_free(bt_http_server *srv);
 
-/* ---- The request received (borrowed by the handler) ---------------------- */
+/* ---- The request received (borrowed by the handler) ----------------------
+ * Thread: the server's loop, while the handler's future is pending. A NULL
+ * req gives NULL (0 for a length). */
 
 /* "GET", "POST", ... Returns: borrowed, valid while req is. */
 BT_EXPORT const char *bt_http_req_method(const bt_http_req *req);
@@ -230,27 +232,32 @@ BT_EXPORT const char *bt_http_req_peer(const bt_http_req *req);
 BT_EXPORT bt_loop *bt_http_req_loop(const bt_http_req *req);
 BT_EXPORT void *bt_http_req_loop_data(const bt_http_req *req);
 
-/* ---- Replies: what a handler answers ------------------------------------ */
+/* ---- Replies: what a handler answers ------------------------------------
+ * A reply touches no loop: it may be built on any thread (a worker job may
+ * make one), by one thread at a time. */
 
 /* A reply with status (100..599) and no body.
  * Returns: new, owned by the caller until handed to a future (then free
  * with nothing: the future's destructor does it); NULL on a bad status or
  * out of memory. Thread: any. */
 BT_EXPORT bt_http_reply *bt_http_reply_new(int status);
-/* NULL is a no-op. */
+/* Free a reply nobody handed to a future. Takes void * so that it is the
+ * reply's bt_destroy_fn. NULL is a no-op. Thread: any. */
 BT_EXPORT void bt_http_reply_free(void *resp);
 
 /* Add a header (copied). Names and values with CR or LF are refused.
  * Returns 0, BT_EINVAL, BT_ENOMEM. */
 BT_EXPORT int bt_http_reply_add_header(bt_http_reply *resp, const char *name,
-                                          const char *value);
-/* Set the body (copied) and, if content_type is not NULL, the Content-Type.
- * Returns 0, BT_EINVAL, BT_ENOMEM. */
+                                       const char *value);
+/* Set the body (copied; a second call replaces it) and, if content_type is
+ * not NULL, the Content-Type (replacing any). Returns 0, BT_EINVAL,
+ * BT_ENOMEM. */
 BT_EXPORT int bt_http_reply_set_body(bt_http_reply *resp, const char *content_type,
-                                        const void *body, size_t len);
-/* Set a JSON body (compact) and Content-Type application/json. json is
- * borrowed. Returns 0, BT_EINVAL, BT_ENOMEM. */
+                                     const void *body, size_t len);
+/* Set a JSON body (compact) and Content-Type application/json (replacing
+ * any body and Content-Type). json is borrowed. Returns 0, BT_EINVAL, BT_ENOMEM. */
 BT_EXPORT int bt_http_reply_set_json(bt_http_reply *resp, const json_t *json);
+/* The reply's status, or BT_EINVAL for NULL. */
 BT_EXPORT int bt_http_reply_status(const bt_http_reply *resp);
 
 /* Already-settled futures of a reply, for handlers:

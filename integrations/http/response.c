@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include "http-internal.h"
 #include "response-internal.h"
@@ -59,6 +60,21 @@ int bt_http_reply_add_header(bt_http_reply *r, const char *name, const char *val
     return 0;
 }
 
+/* Drop every header called name (case-insensitively). */
+static void remove_header(bt_http_reply *r, const char *name)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (strcasecmp(r->headers[i].name, name) == 0) {
+            bt_free(r->headers[i].name);
+            bt_free(r->headers[i].value);
+        } else {
+            r->headers[w++] = r->headers[i];
+        }
+    }
+    r->nheaders = w;
+}
+
 int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const void *body,
                               size_t len)
 {
@@ -72,6 +88,11 @@ int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const voi
         memcpy(copy, body, len);
     }
     if (content_type) {
+        if (has_crlf(content_type)) {
+            bt_free(copy);
+            return BT_EINVAL;
+        }
+        remove_header(r, "Content-Type");
         int rc = bt_http_reply_add_header(r, "Content-Type", content_type);
         if (rc) {
             bt_free(copy);
@@ -99,6 +120,7 @@ int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
     if (!text)
         return BT_ENOMEM;
     json_dumpb(json, text, len, flags);
+    remove_header(r, "Content-Type");
     int rc = bt_http_reply_add_header(r, "Content-Type", "application/json");
     if (rc) {
         bt_free(text);
