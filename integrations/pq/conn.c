@@ -382,6 +382,13 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why)
 
 void pq_conn_free_dead(bt_pq_conn *c)
 {
+    if (c->busy) {
+        /* A user callback (a row, a notification) closed the pool or
+         * released the connection under on_io: on_io frees it on its way
+         * out. */
+        c->zombie = true;
+        return;
+    }
     bt_free(c->ops);
     bt_free(c->hostaddr);
     bt_free(c);
@@ -733,6 +740,8 @@ static int process(bt_pq_conn *c)
         case OP_QUERY:
             if (res) {
                 query_result(c, op->q, res);
+                if (c->state != CS_READY)
+                    return -1; /* a row callback closed the pool */
             } else {
                 pq_query *q = op->q;
                 ops_pop(c);
@@ -785,32 +794,37 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     bt_pq_conn *c = arg;
+    c->busy++;
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
             char *m = bt_strdup(PQerrorMessage(c->pg));
             pq_conn_close(c, BT_ECONNRESET, m);
             bt_free(m);
-            return;
+            goto out;
         }
     }
     if (c->flushing && flush(c) != 0) {
         char *m = bt_strdup(PQerrorMessage(c->pg));
         pq_conn_close(c, BT_ECONNRESET, m);
         bt_free(m);
-        return;
+        goto out;
     }
     if (process(c) != 0)
-        return;
+        goto out;
     drain_notifies(c);
     if (c->state != CS_READY)
-        return;
+        goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();
         if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
             pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");
-            return;
+            goto out;
         }
     }
     if (c->pool && !c->is_listener)
         pq_pool_conn_available(c->pool, c);
+out:
+    c->busy--;
+    if (c->zombie && c->busy == 0)
+        pq_conn_free_dead(c);
 }

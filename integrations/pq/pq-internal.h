@@ -149,6 +149,8 @@ struct bt_pq_conn {
     bool retiring;             /* past its lifetime: close once drained */
     bool is_listener;
     bool counted_connecting;   /* in the pool's nconnecting */
+    unsigned busy;             /* inside on_io: a close defers the free */
+    bool zombie;               /* closed while busy: on_io frees it */
     unsigned rollback_tries;   /* ROLLBACKs sent since the release */
     uint64_t born_ns;
     uint64_t idle_ns;          /* when it last became idle */
