@@ -868,6 +868,65 @@ START_TEST(app_run_stop_and_bind_error)
 }
 END_TEST
 
+/* ---- Allocation failures ---------------------------------------------------------
+ * Every allocation Baton makes goes through bt_malloc, so a test can make
+ * every k-th one fail while the server works. Each request must still get
+ * an answer (200, or 500/503) or a closed connection, never a crash or a
+ * hang, and the server must serve normally once allocations work again.
+ * The failing allocator wraps malloc, so memory may cross between modes. */
+static _Atomic int fail_every;
+static _Atomic unsigned long alloc_count;
+
+static bool should_fail(void)
+{
+    int k = atomic_load(&fail_every);
+    return k && atomic_fetch_add(&alloc_count, 1) % (unsigned long)k == 0;
+}
+static void *failing_malloc(size_t n) { return should_fail() ? NULL : malloc(n); }
+static void *failing_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n); }
+
+static int alloc_statuses[4]; /* 200, 500, 503, closed */
+static void alloc_client(void *arg)
+{
+    static const int every[] = {2, 3, 5, 8, 13, 21, 34, 55, 89, 144};
+    for (size_t e = 0; e < sizeof every / sizeof every[0]; e++) {
+        atomic_store(&fail_every, every[e]);
+        for (int i = 0; i < 25; i++) {
+            result r;
+            raw(port, i % 2 ? "GET /user/7?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                            : "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                &r);
+            int slot = r.status == 200 ? 0 : r.status == 500 ? 1 : r.status == 503 ? 2 : 3;
+            if (r.status != 200 && r.status != 500 && r.status != 503 && r.status != 0)
+                slot = -1;
+            if (slot >= 0)
+                alloc_statuses[slot]++;
+            else
+                alloc_statuses[3] += 1000; /* an unexpected status */
+        }
+    }
+    atomic_store(&fail_every, 0);
+    raw(port, "GET /user/7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &rs[0]);
+}
+
+START_TEST(allocation_failures)
+{
+    bt_set_allocator(failing_malloc, failing_realloc, free);
+    bt_test_log_capture();
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    bt_http_app_route(app, "GET", "/user/{id}", h_user, NULL);
+    start_server();
+    with_client(alloc_client, NULL);
+    ck_assert_msg(alloc_statuses[3] < 1000, "an unexpected status");
+    fprintf(stderr, "allocation_failures: %d x 200, %d x 500, %d x 503, %d closed\n",
+            alloc_statuses[0], alloc_statuses[1], alloc_statuses[2], alloc_statuses[3]);
+    ck_assert_int_gt(alloc_statuses[0], 0);
+    ck_assert_int_gt(alloc_statuses[1] + alloc_statuses[2] + alloc_statuses[3], 0);
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+}
+END_TEST
+
 /* ---- Refusals ---------------------------------------------------------------------- */
 
 static int failing_init(bt_loop *l, void *arg, void **data) { return BT_ECONNREFUSED; }
@@ -956,6 +1015,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, app_run_multi_loop_sigterm);
     tcase_add_test(tc, app_run_stop_and_bind_error);
     tcase_add_test(tc, api_refusals);
+    tcase_add_test(tc, allocation_failures);
     suite_add_tcase(s, tc);
     return s;
 }
