@@ -2,7 +2,8 @@
  * Measures the speedup over running the same jobs one after another on the
  * loop thread, and the p99 lag of a 1 ms repeating timer on the loop while
  * the jobs run (how late each tick fires). Anchor: libuv's uv_queue_work
- * with UV_THREADPOOL_SIZE=2 and a uv_timer. */
+ * with UV_THREADPOOL_SIZE=2 and a uv_timer. BATON_CPU_NICE (environment)
+ * overrides the CPU lane's nice (-1: leave it alone). */
 #include <stdlib.h>
 
 #include <uv.h>
@@ -154,6 +155,8 @@ int main(void)
     bt_pool_config cfg;
     bt_pool_config_init(&cfg);
     cfg.cpu_threads = THREADS;
+    if (getenv("BATON_CPU_NICE"))
+        cfg.cpu_nice = atoi(getenv("BATON_CPU_NICE"));
     bt_pool *pool = bt_pool_new(&cfg);
     bt_loop *loop = bt_loop_new();
     uv_loop_t uvl;
