@@ -255,14 +255,15 @@ int main(int argc, char **argv)
         pip[r] = run_baton(loop, piped, QUERIES);
     }
     double a = median(raw, ROUNDS), b = median(bat, ROUNDS), c = median(pip, ROUNDS);
+    fprintf(stderr, "pg_select: pipelined pool: %u connections, depth %u\n", pipe_conns,
+            pipe_depth);
+    fflush(stderr);
     printf("bench pg_select baton=%.0f anchor=raw_libpq_nonblocking_16conn anchor_value=%.0f "
            "unit=queries/s ratio=%.2f better=higher\n",
            b, a, b / a);
     printf("bench pg_select_pipelined baton=%.0f anchor=raw_libpq_nonblocking_16conn "
            "anchor_value=%.0f unit=queries/s ratio=%.2f better=higher\n",
            c, a, c / a);
-    fprintf(stderr, "pg_select: pipelined pool: %u connections, depth %u\n", pipe_conns,
-            pipe_depth);
     bt_pq_pool_free(plain);
     bt_pq_pool_free(piped);
     bt_loop_free(loop);
