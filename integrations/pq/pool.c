@@ -183,19 +183,26 @@ void pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *
     if (p->closed)
         return;
     p->st.connect_failures++;
-    p->fails++;
     /* Exponential backoff with "equal jitter": half fixed, half random, so
-     * a fleet of clients does not reconnect in step. */
-    uint64_t d = p->o.reconnect_min_ms;
-    for (unsigned i = 1; i < p->fails && d < p->o.reconnect_max_ms; i++)
-        d *= 2;
-    if (d > p->o.reconnect_max_ms)
-        d = p->o.reconnect_max_ms;
-    p->rng ^= p->rng << 13;
-    p->rng ^= p->rng >> 17;
-    p->rng ^= p->rng << 5;
-    uint64_t delay = d / 2 + (d > 1 ? p->rng % (d / 2 + 1) : 0);
-    p->next_connect_ns = now_ns() + delay * 1000000;
+     * a fleet of clients does not reconnect in step. Attempts that were
+     * already under way when the last backoff began (the pool opens several
+     * at once) do not make it grow again: one outage, one step. */
+    uint64_t now = now_ns(), delay;
+    if (now >= p->next_connect_ns) {
+        p->fails++;
+        uint64_t d = p->o.reconnect_min_ms;
+        for (unsigned i = 1; i < p->fails && d < p->o.reconnect_max_ms; i++)
+            d *= 2;
+        if (d > p->o.reconnect_max_ms)
+            d = p->o.reconnect_max_ms;
+        p->rng ^= p->rng << 13;
+        p->rng ^= p->rng >> 17;
+        p->rng ^= p->rng << 5;
+        delay = d / 2 + (d > 1 ? p->rng % (d / 2 + 1) : 0);
+        p->next_connect_ns = now + delay * 1000000;
+    } else {
+        delay = (p->next_connect_ns - now) / 1000000;
+    }
     p->last_err = code;
     bt_free(p->last_errmsg);
     p->last_errmsg = bt_strdup(msg);
