@@ -62,7 +62,10 @@ typedef struct {
 
 /* ---- GET /user/{id} ---------------------------------------------------- */
 
-/* One request's work in flight. Freed by the last step, whatever happens. */
+/* One request's work in flight. Freed by a callback on the handler's final
+ * future, which settles only after every step has finished or been
+ * cancelled: a step itself may never run (a chain whose result was
+ * cancelled does not start its next step), so no step frees it. */
 typedef struct {
     bt_loop *loop;
     char id[16];
@@ -78,6 +81,8 @@ static void user_call_free(user_call *uc)
     json_decref(uc->profile);
     bt_free(uc);
 }
+
+static void user_call_done(bt_future *f, void *arg) { user_call_free(arg); }
 
 /* A positive 32-bit integer in plain decimal, or 0. */
 static long parse_id(const char *s)
@@ -126,7 +131,6 @@ static bt_future *on_hashed(bt_future *job, void *arg)
     bt_loop *loop = uc->loop;
     int rc = bt_future_error(job);
     if (rc != 0) {
-        user_call_free(uc);
         if (rc == BT_ECANCELED)
             return cancelled(loop);
         return bt_future_new_error(loop, rc, "fingerprint: %s", bt_future_error_message(job));
@@ -134,7 +138,6 @@ static bt_future *on_hashed(bt_future *job, void *arg)
     json_t *body = json_pack("{s:s, s:s, s:s, s:O, s:s}", "id", uc->id, "name", uc->name,
                              "email", uc->email, "profile", uc->profile, "fingerprint",
                              uc->fingerprint);
-    user_call_free(uc);
     return bt_http_respond_json(loop, 200, body);
 }
 
@@ -145,7 +148,6 @@ static bt_future *on_fetched(bt_future *g, void *arg)
     bt_loop *loop = uc->loop;
     int rc = bt_future_error(g);
     if (rc != 0) { /* the gather itself was cancelled: the client left */
-        user_call_free(uc);
         return rc == BT_ECANCELED ? cancelled(loop)
                                   : bt_future_new_error(loop, rc, "%s", bt_future_error_message(g));
     }
@@ -179,15 +181,11 @@ static bt_future *on_fetched(bt_future *g, void *arg)
                 out = bt_http_respond_error(loop, 502, "profile service sent bad JSON");
         }
     }
-    if (out || !uc->name || !uc->email) {
-        user_call_free(uc);
+    if (out || !uc->name || !uc->email)
         return out ? out : bt_future_new_error(loop, BT_ENOMEM, "out of memory");
-    }
     bt_future *job = bt_to_cpu(loop, fingerprint_job, uc);
-    if (!job) {
-        user_call_free(uc);
+    if (!job)
         return NULL;
-    }
     bt_future *next = bt_future_after(job, on_hashed, uc);
     bt_future_unref(job);
     return next;
@@ -226,8 +224,17 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     }
     bt_future *f = bt_future_after(both, on_fetched, uc);
     bt_future_unref(both);
-    if (!f)
-        user_call_free(uc); /* on_fetched will never run */
+    if (!f || bt_future_add_callback(f, user_call_done, uc) != 0) {
+        /* Nothing will free uc later: cancel the work that uses it and wait
+         * for nothing (a cancelled gather settles once its children have). */
+        if (f) {
+            bt_future_cancel(f);
+            bt_future_error(f);
+            bt_future_unref(f);
+        }
+        user_call_free(uc);
+        return NULL;
+    }
     return f;
 }
 

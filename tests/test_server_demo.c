@@ -4,11 +4,14 @@
  * concurrent burst, the metrics route, and SIGTERM ending in exit 0. And,
  * in process, a client that leaves cancelling its handler's query. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -201,6 +204,45 @@ START_TEST(upstream_down_gives_502)
 }
 END_TEST
 
+/* An upstream that accepts and never answers: a client that gives up on
+ * the flagship cancels the handler, and with it the upstream call and the
+ * query (under ASan, the server's clean exit also proves nothing leaked). */
+START_TEST(client_leaving_cancels_upstream_call)
+{
+    int bh = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(bh, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(listen(bh, 64), 0);
+    socklen_t sl = sizeof sa;
+    getsockname(bh, (struct sockaddr *)&sa, &sl);
+    char up[64];
+    snprintf(up, sizeof up, "http://127.0.0.1:%d/upstream", ntohs(sa.sin_port));
+    start_server(up);
+
+    bt_http_request *req = bt_http_request_new("GET", "user/5");
+    bt_http_request_set_timeout(req, 300);
+    bt_future *f = bt_http_client_send(client, req);
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_error(f), BT_ETIMEDOUT);
+    bt_future_unref(f);
+
+    bool seen = false;
+    for (int i = 0; i < 100 && !seen; i++) {
+        answer a = ask("GET", "metrics");
+        seen = strstr(a.body, "baton_http_handlers_cancelled_total 1\n") != NULL;
+        if (!seen) {
+            bt_future *nap = bt_sleep(loop, 50);
+            bt_test_run_until(loop, nap, 1000);
+            bt_future_unref(nap);
+        }
+    }
+    ck_assert_msg(seen, "the handler was not cancelled");
+    stop_server();
+    close(bh);
+}
+END_TEST
+
 START_TEST(database_error_gives_500_and_is_logged)
 {
     start_server(NULL);
@@ -301,6 +343,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, user_routes);
     tcase_add_test(tc, upstream_down_gives_502);
     tcase_add_test(tc, database_error_gives_500_and_is_logged);
+    tcase_add_test(tc, client_leaving_cancels_upstream_call);
     tcase_add_test(tc, disconnect_cancels_the_query);
     suite_add_tcase(s, tc);
     return s;
