@@ -97,6 +97,15 @@ static int square_job(bt_job *job, void *arg)
     return 0;
 }
 
+static _Atomic long fwd_ran;
+static int count_job_fwd(bt_job *job, void *arg)
+{
+    (void)job;
+    (void)arg;
+    atomic_fetch_add(&fwd_ran, 1);
+    return 0;
+}
+
 static bt_pool *small_pool(unsigned cpu, size_t qmax)
 {
     bt_pool_config cfg;
@@ -361,6 +370,49 @@ START_TEST(submit_from_eight_threads)
     ck_assert_int_eq(atomic_load(&bad), 0);
     ck_assert_int_eq(atomic_load(&done), SUBMITTERS * PER_THREAD);
     ck_assert_int_eq(atomic_load(&values_alive), 0);
+    bt_pool_free(p);
+}
+END_TEST
+
+/* Jobs submitted from another thread reach a loop that is freed before it
+ * ever runs: they are admitted while bt_loop_free drains the inbox, and
+ * still settle exactly once (the pool's closer, registered that late,
+ * runs too). */
+static _Atomic long late_done;
+static void on_late(bt_future *f, void *arg)
+{
+    (void)arg;
+    if (f)
+        bt_future_error(f);
+    atomic_fetch_add(&late_done, 1);
+}
+
+typedef struct {
+    bt_pool *pool;
+    bt_loop *loop;
+    _Atomic long submitted;
+} late_args;
+
+static void *late_submitter(void *arg)
+{
+    late_args *a = arg;
+    for (int i = 0; i < 500; i++)
+        if (bt_pool_submit_from(a->pool, a->loop, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING,
+                                count_job_fwd, NULL, on_late, NULL) == 0)
+            atomic_fetch_add(&a->submitted, 1);
+    return NULL;
+}
+
+START_TEST(submit_from_then_loop_freed_unrun)
+{
+    bt_pool *p = small_pool(1, 0);
+    late_args a = {p, bt_loop_new(), 0};
+    pthread_t th;
+    pthread_create(&th, NULL, late_submitter, &a);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(atomic_load(&a.submitted), 500);
+    bt_test_loop_free_clean(a.loop); /* never ran: all 500 wait in its inbox */
+    ck_assert_int_eq(atomic_load(&late_done), 500);
     bt_pool_free(p);
 }
 END_TEST
@@ -879,6 +931,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, submit_from_eight_threads);
     tcase_add_test(tc, one_pool_four_loops);
+    tcase_add_test(tc, submit_from_then_loop_freed_unrun);
     tcase_add_test(tc, full_queue_fails_at_once);
     tcase_add_test(tc, cancel_queued_leaves_queue);
     tcase_add_test(tc, cancel_running_sets_flag);
