@@ -312,8 +312,16 @@ bt_test_pg *bt_test_pg_start(void)
     if (!find_bindir(pg->bindir, sizeof pg->bindir))
         goto fail;
 
-    const char *tmp = getenv("TMPDIR");
-    snprintf(pg->dir, sizeof pg->dir, "%s/baton-pg-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    /* The server's user must reach the directory, and the socket path must
+     * fit in sun_path (107 bytes): as root, or with a long TMPDIR, use /tmp
+     * (PG_HARNESS_DIR overrides both). */
+    const char *tmp = getenv("PG_HARNESS_DIR");
+    if (!tmp || !*tmp) {
+        tmp = getenv("TMPDIR");
+        if (!tmp || !*tmp || geteuid() == 0 || strlen(tmp) > 60)
+            tmp = "/tmp";
+    }
+    snprintf(pg->dir, sizeof pg->dir, "%s/baton-pg-XXXXXX", tmp);
     if (!mkdtemp(pg->dir)) {
         complain("mkdtemp %s: %s", pg->dir, strerror(errno));
         pg->dir[0] = '\0';

@@ -7,6 +7,9 @@
  * user (or PG_HARNESS_USER): the child drops its privileges before exec,
  * like `runuser -u postgres --`, and the directory is chown'ed to it.
  *
+ * The directory is made under $PG_HARNESS_DIR if set, else $TMPDIR (when
+ * not root and short enough for a socket path), else /tmp.
+ *
  * The binaries are found in $PG_BINDIR, else next to `initdb` on PATH,
  * else at `pg_config --bindir`, else in the newest
  * /usr/lib/postgresql/<N>/bin, else /usr/local/pgsql/bin.
