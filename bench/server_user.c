@@ -68,10 +68,6 @@ static bt_future *on_row(bt_future *q, void *arg)
     return out;
 }
 
-/* uc is freed when the handler's future settles: on_row does not run if
- * the request was cancelled first (the client left). */
-static void free_call(bt_future *f, void *arg) { bt_free(arg); }
-
 static bt_future *get_user(bt_http_req *req, void *arg)
 {
     bt_loop *loop = bt_http_req_loop(req);
@@ -82,6 +78,7 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     user_call *uc = bt_calloc(1, sizeof *uc);
     if (!uc)
         return NULL;
+    bt_http_req_set_state(req, uc, bt_free); /* freed after the reply */
     uc->loop = loop;
     memcpy(uc->id, id, n + 1);
     const char *params[] = {uc->id};
@@ -89,14 +86,6 @@ static bt_future *get_user(bt_http_req *req, void *arg)
                                "SELECT name, email FROM users WHERE id = $1", 1, params);
     bt_future *f = q ? bt_future_after(q, on_row, uc) : NULL;
     bt_future_unref(q);
-    if (f && bt_future_add_callback(f, free_call, uc) != 0) {
-        bt_future_cancel(f);
-        bt_future_error(f);
-        bt_future_unref(f);
-        f = NULL;
-    }
-    if (!f)
-        bt_free(uc);
     return f;
 }
 

@@ -62,10 +62,10 @@ typedef struct {
 
 /* ---- GET /user/{id} ---------------------------------------------------- */
 
-/* One request's work in flight. Freed by a callback on the handler's final
- * future, which settles only after every step has finished or been
- * cancelled: a step itself may never run (a chain whose result was
- * cancelled does not start its next step), so no step frees it. */
+/* One request's work in flight. It is the request's state
+ * (bt_http_req_set_state), freed once the handler's future has settled:
+ * no step frees it, because a step may never run (a chain whose result was
+ * cancelled, the client having left, does not start its next step). */
 typedef struct {
     bt_loop *loop;
     char id[16];
@@ -74,15 +74,14 @@ typedef struct {
     char fingerprint[17]; /* written by the CPU job */
 } user_call;
 
-static void user_call_free(user_call *uc)
+static void user_call_free(void *arg)
 {
+    user_call *uc = arg;
     bt_free(uc->name);
     bt_free(uc->email);
     json_decref(uc->profile);
     bt_free(uc);
 }
-
-static void user_call_done(bt_future *f, void *arg) { user_call_free(arg); }
 
 /* A positive 32-bit integer in plain decimal, or 0. */
 static long parse_id(const char *s)
@@ -203,6 +202,7 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     user_call *uc = bt_calloc(1, sizeof *uc);
     if (!uc)
         return NULL;
+    bt_http_req_set_state(req, uc, user_call_free);
     uc->loop = loop;
     snprintf(uc->id, sizeof uc->id, "%s", id);
 
@@ -218,23 +218,10 @@ static bt_future *get_user(bt_http_req *req, void *arg)
         both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
     bt_future_unref(parts[0]);
     bt_future_unref(parts[1]);
-    if (!both) {
-        user_call_free(uc);
+    if (!both)
         return NULL;
-    }
     bt_future *f = bt_future_after(both, on_fetched, uc);
     bt_future_unref(both);
-    if (!f || bt_future_add_callback(f, user_call_done, uc) != 0) {
-        /* Nothing will free uc later: cancel the work that uses it and wait
-         * for nothing (a cancelled gather settles once its children have). */
-        if (f) {
-            bt_future_cancel(f);
-            bt_future_error(f);
-            bt_future_unref(f);
-        }
-        user_call_free(uc);
-        return NULL;
-    }
     return f;
 }
 

@@ -29,6 +29,7 @@ static bt_http_server *srv;
 static int port;
 
 static _Atomic int handler_calls;
+static _Atomic int states_freed;
 static _Atomic int hook_calls;
 
 static void setup(void)
@@ -39,6 +40,7 @@ static void setup(void)
     ck_assert_ptr_nonnull(app);
     atomic_store(&handler_calls, 0);
     atomic_store(&hook_calls, 0);
+    atomic_store(&states_freed, 0);
     srv = NULL;
 }
 
@@ -272,8 +274,15 @@ static void held_hook(bt_future *f, void *arg)
     bt_future_set_cancelled(f);
 }
 
+static void count_state(void *p)
+{
+    ck_assert_ptr_eq(p, &states_freed);
+    atomic_fetch_add(&states_freed, 1);
+}
+
 static bt_future *h_hold(bt_http_req *req, void *arg)
 {
+    ck_assert_int_eq(bt_http_req_set_state(req, &states_freed, count_state), 0);
     bt_future *f = bt_future_new(bt_http_req_loop(req));
     bt_future_on_cancel(f, held_hook, NULL);
     if (nheld < MAX_HELD)
@@ -531,6 +540,7 @@ START_TEST(limits_concurrent_cap)
     ck_assert_int_eq(rs[1].status, 200);
     ck_assert_int_eq(rs[2].status, 200);
     ck_assert_int_eq(atomic_load(&handler_calls), 2);
+    ck_assert_int_eq(atomic_load(&states_freed), 2);
     drop_held();
 }
 END_TEST
@@ -558,6 +568,7 @@ START_TEST(disconnect_cancels_handler)
     ck_assert_int_eq(bt_future_get_state(held[0]), BT_FUTURE_CANCELLED);
     ck_assert_int_eq(rs[0].status, 200);
     ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+    ck_assert_int_eq(atomic_load(&states_freed), 1); /* freed though cancelled */
     drop_held();
 }
 END_TEST
@@ -991,6 +1002,7 @@ START_TEST(api_refusals)
     bt_future_unref(f);
     ck_assert_ptr_null(bt_http_req_param(NULL, "id"));
     ck_assert_ptr_null(bt_http_req_header(NULL, "id"));
+    ck_assert_int_eq(bt_http_req_set_state(NULL, NULL, NULL), BT_EINVAL);
 }
 END_TEST
 

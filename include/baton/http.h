@@ -232,6 +232,14 @@ BT_EXPORT const char *bt_http_req_peer(const bt_http_req *req);
 BT_EXPORT bt_loop *bt_http_req_loop(const bt_http_req *req);
 BT_EXPORT void *bt_http_req_loop_data(const bt_http_req *req);
 
+/* Attach the handler's own state to the request: dtor(state) runs once
+ * the handler's future has settled and its callbacks have run, whatever
+ * the outcome (a reply, a failure, or cancellation because the client
+ * left). The steps of a chain may use the state freely until then, even
+ * the steps that never run because the chain was cancelled. A second call
+ * destroys the first state. Returns 0 or BT_EINVAL (NULL req). */
+BT_EXPORT int bt_http_req_set_state(bt_http_req *req, void *state, bt_destroy_fn dtor);
+
 /* ---- Replies: what a handler answers ------------------------------------
  * A reply touches no loop: it may be built on any thread (a worker job may
  * make one), by one thread at a time. */

@@ -108,6 +108,8 @@ struct bt_http_req {
     char *body;
     size_t body_len;
     struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
+    void *state;                 /* bt_http_req_set_state */
+    bt_destroy_fn state_dtor;
     char peer[INET6_ADDRSTRLEN + 1];
 };
 
@@ -191,6 +193,8 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 
 static void request_free(bt_http_req *req)
 {
+    if (req->state_dtor)
+        req->state_dtor(req->state);
     if (req->segs != req->inline_segs)
         bt_free(req->segs);
     bt_free(req->path);
@@ -870,6 +874,17 @@ json_t *bt_http_req_json(const bt_http_req *req)
     if (!req || !req->body_len)
         return NULL;
     return json_loadb(req->body, req->body_len, 0, NULL);
+}
+
+int bt_http_req_set_state(bt_http_req *req, void *state, bt_destroy_fn dtor)
+{
+    if (!req)
+        return BT_EINVAL;
+    if (req->state_dtor)
+        req->state_dtor(req->state);
+    req->state = state;
+    req->state_dtor = dtor;
+    return 0;
 }
 
 const char *bt_http_req_peer(const bt_http_req *req)
