@@ -927,6 +927,36 @@ START_TEST(statements_are_prepared_once_per_connection)
 }
 END_TEST
 
+START_TEST(stale_prepared_statements_are_replaced)
+{
+    /* The pool prepared "SELECT * FROM morph"; a new column changes its
+     * result type ("cached plan must not change result type"), and DISCARD
+     * ALL drops every statement. Both are noticed, the cache entry
+     * forgotten and the query run again. */
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "CREATE TABLE morph (a int)", 0, NULL);
+    exec_ok(p, "INSERT INTO morph VALUES (1)", 0, NULL);
+    bt_pq_result *r = must(p, "SELECT * FROM morph", 0, NULL);
+    ck_assert_int_eq(bt_pq_result_columns(r), 1);
+    bt_pq_result_free(r);
+    r = must(p, "SELECT * FROM morph", 0, NULL); /* now from the cache */
+    bt_pq_result_free(r);
+    exec_ok(p, "ALTER TABLE morph ADD COLUMN b text DEFAULT 'x'", 0, NULL);
+    r = must(p, "SELECT * FROM morph", 0, NULL);
+    ck_assert_int_eq(bt_pq_result_columns(r), 2);
+    ck_assert_str_eq(bt_pq_result_get_named(r, 0, "b"), "x");
+    bt_pq_result_free(r);
+    exec_ok(p, "DISCARD ALL", 0, NULL);
+    r = must(p, "SELECT * FROM morph", 0, NULL);
+    ck_assert_int_eq(bt_pq_result_rows(r), 1);
+    bt_pq_result_free(r);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.retried, 2);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(idle_connections_are_closed_and_lifetime_renews)
 {
     bt_pq_options o;
@@ -1078,6 +1108,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, reconnects_back_off);
     tcase_add_test(tc, a_stray_begin_is_rolled_back);
     tcase_add_test(tc, statements_are_prepared_once_per_connection);
+    tcase_add_test(tc, stale_prepared_statements_are_replaced);
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, shutdown_settles_everything);

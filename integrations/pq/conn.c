@@ -474,6 +474,7 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
         s = stmt_find(c, q->sql, h);
         if (s && s->ready) {
             prepared = true;
+            q->used_named = true;
         } else if (!s && c->nstmts < p->o.stmt_cache_size) {
             s = stmt_add(c, q->sql, h);
             if (s) {
@@ -617,6 +618,26 @@ static bool batch_only_error(const pq_query *q)
     return m && (strncmp(m, "[40", 3) == 0 || strncmp(m, "[25001]", 7) == 0);
 }
 
+/* A cached statement the server no longer has (DISCARD ALL, DEALLOCATE)
+ * or whose result type changed under it (ALTER TABLE): forget it, so the
+ * next run prepares again; a pool query is then retried once (it failed
+ * before executing). asyncpg does the same. */
+static bool stale_statement(bt_pq_conn *c, pq_query *q)
+{
+    if (!q->err || !q->used_named || !q->errmsg)
+        return false;
+    if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
+        !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
+        return false;
+    uint32_t h = hash_str(q->sql);
+    pq_stmt *s = stmt_find(c, q->sql, h);
+    if (s)
+        stmt_remove(c, s);
+    if (strncmp(q->errmsg, "[26000]", 7) == 0)
+        pq_conn_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+    return true;
+}
+
 static void settle(pq_query *q)
 {
     if (!q->settled) {
@@ -648,7 +669,12 @@ static void resolve_batch(bt_pq_conn *c)
             pq_query_free(q);
         } else {
             c->inflight--;
-            if (!failed || (q->err && (q->solo || !batch_only_error(q)))) {
+            bool stale = stale_statement(c, q);
+            bool again = stale ? !q->target && !q->replanned
+                               : failed && !(q->err && (q->solo || !batch_only_error(q)));
+            if (stale)
+                q->replanned = true;
+            if (!again) {
                 settle(q);
             } else {
                 if (again_tail)

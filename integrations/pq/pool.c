@@ -397,6 +397,7 @@ void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
         q->state = Q_WAITING;
         q->conn = NULL;
         q->solo = true;
+        q->used_named = false;
         q->aborted = q->started = q->want_cancel = q->rows_stopped = false;
         q->err = 0;
         bt_free(q->errmsg);

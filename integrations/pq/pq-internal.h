@@ -100,6 +100,8 @@ struct pq_query {
     bool started;              /* its OP_QUERY reached the front */
     bool aborted;              /* PGRES_PIPELINE_ABORTED: it never ran */
     bool solo;                 /* send with a Sync of its own (no batch) */
+    bool used_named;           /* ran a cached prepared statement */
+    bool replanned;            /* already retried for a stale statement */
     PGresult *res;
     int err;                   /* first error seen, 0 if none */
     char *errmsg;
