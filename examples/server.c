@@ -216,6 +216,10 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     bt_future *both = NULL;
     if (parts[0] && parts[1])
         both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
+    if (!both) { /* out of memory: stop whichever part did start */
+        bt_future_cancel(parts[0]);
+        bt_future_cancel(parts[1]);
+    }
     bt_future_unref(parts[0]);
     bt_future_unref(parts[1]);
     if (!both)
