@@ -927,6 +927,39 @@ START_TEST(statements_are_prepared_once_per_connection)
 }
 END_TEST
 
+START_TEST(statement_cache_evicts_least_recently_used)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.stmt_cache_size = 3;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    char sql[64];
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 8; i++) {
+            snprintf(sql, sizeof sql, "SELECT %d + $1::int", i);
+            const char *v[] = {"1"};
+            bt_pq_result *r = must(p, sql, 1, v);
+            char want[16];
+            snprintf(want, sizeof want, "%d", i + 1);
+            ck_assert_str_eq(bt_pq_result_get(r, 0, 0), want);
+            bt_pq_result_free(r);
+            exec_ok(p, "SELECT 'hot'", 0, NULL); /* used all the time: stays */
+        }
+    bt_pq_query_opts un = {.no_prepare = true};
+    bt_future *f = await(bt_pq_query_ex(p,
+                                        "SELECT count(*), count(*) FILTER (WHERE statement = "
+                                        "'SELECT ''hot''') FROM pg_prepared_statements",
+                                        0, NULL, &un));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_int_le(atoi(bt_pq_result_get(bt_future_value(f), 0, 0)), 3);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 1), "1");
+    bt_future_unref(f);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(stale_prepared_statements_are_replaced)
 {
     /* The pool prepared "SELECT * FROM morph"; a new column changes its
@@ -1109,6 +1142,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, a_stray_begin_is_rolled_back);
     tcase_add_test(tc, statements_are_prepared_once_per_connection);
     tcase_add_test(tc, stale_prepared_statements_are_replaced);
+    tcase_add_test(tc, statement_cache_evicts_least_recently_used);
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, shutdown_settles_everything);

@@ -18,7 +18,8 @@
  * What the pool does for you
  * - Prepared statements: each connection prepares a query's SQL the first
  *   time it runs it and reuses the statement afterwards (a per-connection
- *   cache of stmt_cache_size entries; beyond it, queries run unnamed). A
+ *   cache of stmt_cache_size entries; the least recently used is
+ *   DEALLOCATEd to make room). A
  *   statement the server dropped (DISCARD ALL) or whose result type changed
  *   (ALTER TABLE) is forgotten and a pool query retried once.
  * - Pipelining: every connection runs in libpq's pipeline mode. A query

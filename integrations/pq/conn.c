@@ -67,6 +67,38 @@ static pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
     return NULL;
 }
 
+static void lru_unlink(bt_pq_conn *c, pq_stmt *s)
+{
+    if (s->lru_prev)
+        s->lru_prev->lru_next = s->lru_next;
+    else
+        c->lru_head = s->lru_next;
+    if (s->lru_next)
+        s->lru_next->lru_prev = s->lru_prev;
+    else
+        c->lru_tail = s->lru_prev;
+    s->lru_prev = s->lru_next = NULL;
+}
+
+static void lru_link(bt_pq_conn *c, pq_stmt *s)
+{
+    s->lru_prev = NULL;
+    s->lru_next = c->lru_head;
+    if (c->lru_head)
+        c->lru_head->lru_prev = s;
+    else
+        c->lru_tail = s;
+    c->lru_head = s;
+}
+
+static void lru_touch(bt_pq_conn *c, pq_stmt *s)
+{
+    if (c->lru_head != s) {
+        lru_unlink(c, s);
+        lru_link(c, s);
+    }
+}
+
 static pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (!c->nbuckets) {
@@ -89,6 +121,7 @@ static pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
     s->next = c->stmts[h % c->nbuckets];
     c->stmts[h % c->nbuckets] = s;
     c->nstmts++;
+    lru_link(c, s);
     return s;
 }
 
@@ -99,6 +132,7 @@ static void stmt_remove(bt_pq_conn *c, pq_stmt *s)
         if (*pp == s) {
             *pp = s->next;
             c->nstmts--;
+            lru_unlink(c, s);
             bt_free(s->sql);
             bt_free(s);
             return;
@@ -118,6 +152,7 @@ void pq_conn_stmt_clear(bt_pq_conn *c)
     }
     bt_free(c->stmts);
     c->stmts = NULL;
+    c->lru_head = c->lru_tail = NULL;
     c->nbuckets = c->nstmts = 0;
 }
 
@@ -432,6 +467,38 @@ int pq_conn_sync(bt_pq_conn *c)
     return 0;
 }
 
+static void internal_done(bt_pq_conn *c, pq_query *q, int err)
+{
+    (void)c;
+    (void)q;
+    if (err)
+        bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
+}
+
+/* The cache is full: DEALLOCATE its least recently used statement (one
+ * whose PREPARE has completed: a pending OP_PREPARE still points at its
+ * entry). Queries already sent with it run before the DEALLOCATE: the
+ * pipeline keeps order. Returns -1 if the connection broke. */
+static int stmt_evict(bt_pq_conn *c)
+{
+    pq_stmt *s = c->lru_tail;
+    while (s && !s->ready)
+        s = s->lru_prev;
+    if (!s)
+        return 0; /* all are being prepared: this query runs unnamed */
+    char sql[48];
+    snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
+    stmt_remove(c, s);
+    bt_pq_query_opts o = {.no_prepare = true};
+    int err;
+    pq_query *d = pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    if (!d)
+        return 0; /* the statement leaks server-side; harmless */
+    d->internal = internal_done;
+    pq_conn_send(c, d);
+    return c->state == CS_READY ? 0 : -1;
+}
+
 /* May q share a Sync with other queries (see "Syncs and batches")? */
 static bool batchable(const bt_pq_conn *c, const pq_query *q)
 {
@@ -472,9 +539,23 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
         uint32_t h = hash_str(q->sql);
         s = stmt_find(c, q->sql, h);
+        if (!s && c->nstmts >= p->o.stmt_cache_size) {
+            c->busy++; /* a failed send closes c: keep it allocated here */
+            int rc = stmt_evict(c);
+            c->busy--;
+            if (rc != 0) {
+                pq_query_fail(q, BT_ECONNRESET,
+                              "the connection was lost before the query was sent");
+                pq_query_free(q);
+                if (c->zombie && c->busy == 0)
+                    pq_conn_free_dead(c);
+                return;
+            }
+        }
         if (s && s->ready) {
             prepared = true;
             q->used_named = true;
+            lru_touch(c, s);
         } else if (!s && c->nstmts < p->o.stmt_cache_size) {
             s = stmt_add(c, q->sql, h);
             if (s) {

@@ -116,6 +116,7 @@ typedef struct {
 
 struct pq_stmt {
     pq_stmt *next;             /* hash chain */
+    pq_stmt *lru_prev, *lru_next; /* most recently used first */
     char *sql;
     uint32_t hash;
     bool ready;                /* PREPARE succeeded */
@@ -157,6 +158,7 @@ struct bt_pq_conn {
     uint64_t born_ns;
     uint64_t idle_ns;          /* when it last became idle */
     pq_stmt **stmts;           /* hash buckets */
+    pq_stmt *lru_head, *lru_tail;
     unsigned nbuckets, nstmts, stmt_seq;
 };
 
