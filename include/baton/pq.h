@@ -19,9 +19,9 @@
  * - Prepared statements: each connection prepares a query's SQL the first
  *   time it runs it and reuses the statement afterwards (a per-connection
  *   cache of stmt_cache_size entries; the least recently used is
- *   DEALLOCATEd to make room). A
- *   statement the server dropped (DISCARD ALL) or whose result type changed
- *   (ALTER TABLE) is forgotten and a pool query retried once.
+ *   DEALLOCATEd to make room). A statement the server dropped (DISCARD
+ *   ALL) or whose result type changed (ALTER TABLE) is forgotten and a
+ *   pool query retried once.
  * - Pipelining: every connection runs in libpq's pipeline mode. A query
  *   goes to an idle connection if there is one, else the pool opens a new
  *   connection (up to max_size), else it is pipelined behind the queries
