@@ -461,6 +461,31 @@ START_TEST(cancel_pg_sleep)
 }
 END_TEST
 
+START_TEST(cancel_spares_the_queries_behind)
+{
+    /* Three queries pipelined on one connection; cancelling the first (the
+     * one running) must not cost the other two: they are either untouched
+     * or, if the cancel or the batch's abort reached them, sent again. */
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "SELECT 1", 0, NULL);
+    bt_future *a = bt_pq_query(p, "SELECT pg_sleep(10)", 0, NULL);
+    bt_future *b = bt_pq_query(p, "SELECT 'b', pg_sleep(0.05)", 0, NULL);
+    bt_future *c = bt_pq_query(p, "SELECT 'c'", 0, NULL);
+    sleep_ms(200);
+    ck_assert_int_eq(bt_future_cancel(a), 0);
+    ck_assert_int_eq(bt_future_error(await(a)), BT_ECANCELED);
+    ck_assert_msg(bt_future_error(await(b)) == 0, "%s", bt_future_error_message(b));
+    ck_assert_msg(bt_future_error(await(c)) == 0, "%s", bt_future_error_message(c));
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(b), 0, 0), "b");
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(c), 0, 0), "c");
+    bt_future_unref(a);
+    bt_future_unref(b);
+    bt_future_unref(c);
+    ck_assert_int_eq(sleeping_backends(), 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(query_timeout_cancels)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
@@ -1131,6 +1156,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, listen_notify_survives_reconnect);
     tcase_add_test(tc, cancel_pg_sleep);
     tcase_add_test(tc, query_timeout_cancels);
+    tcase_add_test(tc, cancel_spares_the_queries_behind);
     tcase_add_test(tc, pipelining_matches_results_in_order);
     tcase_add_test(tc, a_failed_batch_fails_one_query_and_reruns_the_rest);
     tcase_add_test(tc, single_row_mode_streams);

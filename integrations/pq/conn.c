@@ -367,6 +367,7 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why)
     bool was_open = c->state == CS_READY;
     c->state = CS_DEAD;
     pq_resolve_detach(c);
+    pq_cancel_detach(c);
     if (c->timer) {
         bt_timer_free(c->timer);
         c->timer = NULL;
@@ -719,6 +720,16 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
     return true;
 }
 
+/* A query we did not abandon, cancelled "due to user request" on a
+ * connection where we sent a cancel for another query: the request arrived
+ * late and hit this one. It did not take effect (a cancelled statement is
+ * rolled back), so a pool query runs again. */
+static bool stray_cancel(const bt_pq_conn *c, const pq_query *q)
+{
+    return c->cancel_sent && q->err && q->errmsg && strncmp(q->errmsg, "[57014]", 7) == 0 &&
+           strstr(q->errmsg, "user request");
+}
+
 static void settle(pq_query *q)
 {
     if (!q->settled) {
@@ -751,10 +762,14 @@ static void resolve_batch(bt_pq_conn *c)
         } else {
             c->inflight--;
             bool stale = stale_statement(c, q);
-            bool again = stale ? !q->target && !q->replanned
-                               : failed && !(q->err && (q->solo || !batch_only_error(q)));
+            bool stray = !stale && stray_cancel(c, q);
+            bool again = stale   ? !q->target && !q->replanned
+                         : stray ? !q->target && !q->recancelled
+                                 : failed && !(q->err && (q->solo || !batch_only_error(q)));
             if (stale)
                 q->replanned = true;
+            if (stray)
+                q->recancelled = true;
             if (!again) {
                 settle(q);
             } else {
@@ -923,6 +938,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();
+        if (!c->cancel_job)
+            c->cancel_sent = false;
         if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
             pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");
             goto out;

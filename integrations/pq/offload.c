@@ -167,6 +167,7 @@ void pq_resolve_detach(bt_pq_conn *c)
 
 struct pq_cancel {
     PGcancel *cancel;
+    bt_pq_conn *c; /* NULL once the connection closed */
 };
 
 static int cancel_job(bt_job *job, void *arg)
@@ -184,8 +185,26 @@ static void cancel_done(bt_future *f, void *arg)
     int err = bt_future_error(f);
     if (err && err != BT_ECANCELED)
         bt_log(BT_LOG_DEBUG, "pq: %s", bt_future_error_message(f));
+    bt_pq_conn *c = k->c;
     PQfreeCancel(k->cancel);
     bt_free(k);
+    if (c) {
+        /* The server has acted on the request: the connection may take new
+         * work again once drained. */
+        c->cancel_job = NULL;
+        if (c->ops_len == 0)
+            c->cancel_sent = false;
+        if (c->pool && c->state == CS_READY && !c->is_listener)
+            pq_pool_conn_available(c->pool, c);
+    }
+}
+
+void pq_cancel_detach(bt_pq_conn *c)
+{
+    if (c->cancel_job) {
+        c->cancel_job->c = NULL;
+        c->cancel_job = NULL;
+    }
 }
 
 /* Ask the server to cancel what c is running. PQgetCancel copies what it
@@ -194,6 +213,9 @@ void pq_cancel_send(bt_pq_conn *c)
 {
     if (!c->pg || !c->pool)
         return;
+    c->cancel_sent = true;
+    if (c->cancel_job)
+        return; /* one is on its way; it cancels whatever runs then */
     struct pq_cancel *k = bt_calloc(1, sizeof *k);
     if (!k)
         return;
@@ -214,6 +236,8 @@ void pq_cancel_send(bt_pq_conn *c)
         bt_future_unref(f);
         return;
     }
+    k->c = c;
+    c->cancel_job = k;
     c->pool->st.cancels_sent++;
     bt_future_unref(f);
 }

@@ -277,9 +277,13 @@ void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
 
 /* ---- Handing out connections --------------------------------------------- */
 
+/* Whether c may take pool work. Not while a cancel request for it is in
+ * flight: PQcancel has not returned, so the server may not have acted yet,
+ * and the request would hit the new query. */
 static bool usable(const bt_pq_conn *c)
 {
-    return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring;
+    return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring &&
+           !c->cancel_job;
 }
 
 static bt_pq_conn *find_idle(bt_pq_pool *p)

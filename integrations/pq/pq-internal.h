@@ -102,6 +102,7 @@ struct pq_query {
     bool solo;                 /* send with a Sync of its own (no batch) */
     bool used_named;           /* ran a cached prepared statement */
     bool replanned;            /* already retried for a stale statement */
+    bool recancelled;          /* already retried after a stray cancel */
     PGresult *res;
     int err;                   /* first error seen, 0 if none */
     char *errmsg;
@@ -152,6 +153,9 @@ struct bt_pq_conn {
     bool retiring;             /* past its lifetime: close once drained */
     bool is_listener;
     bool counted_connecting;   /* in the pool's nconnecting */
+    struct pq_cancel *cancel_job; /* a PQcancel in flight for this one */
+    bool cancel_sent;          /* since it was last idle: a 57014 on another
+                                  query may be our stray cancel */
     unsigned busy;             /* inside on_io: a close defers the free */
     bool zombie;               /* closed while busy: on_io frees it */
     unsigned rollback_tries;   /* ROLLBACKs sent since the release */
@@ -250,6 +254,7 @@ void pq_query_set_error_from(pq_query *q, const PGresult *res);
 int pq_resolve_start(bt_pq_conn *c, const char *hosts);
 void pq_resolve_detach(bt_pq_conn *c);
 void pq_cancel_send(bt_pq_conn *c);
+void pq_cancel_detach(bt_pq_conn *c);
 
 /* result.c */
 bt_pq_result *pq_result_wrap(PGresult *res);
