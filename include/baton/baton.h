@@ -8,6 +8,8 @@
 #include <baton/loop.h>
 #include <baton/future.h>
 #include <baton/pool.h>
+#include <baton/fs.h>
+#include <baton/bridge.h>
 #include <baton/compose.h>
 #include <baton/group.h>
 #include <baton/semaphore.h>
