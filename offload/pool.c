@@ -18,12 +18,15 @@
  *   queue is short, so the tail of a burst is spread evenly), runs the
  *   jobs, and pushes each finished job onto its loop's lock-free inbox
  *   (bt__loop_push: one CAS, a wakeup only on empty -> non-empty). Out of
- *   work, a worker lingers (spins on the atomic queue length) for
- *   linger_ns before it sleeps on the condvar, so a loop that submits one
- *   job at a time finds it awake. A flush signals only when nobody lingers.
- * - The loop side. Each job in flight counts in the loop's `expected`, so
- *   the loop spins briefly for its completion instead of sleeping in epoll.
- *   The completion task settles the future and frees the job.
+ *   work, one worker per lane lingers (spins on the atomic queue length)
+ *   for linger_ns before it sleeps on the condvar, so a loop that submits
+ *   one job at a time finds it awake; the others sleep at once. A flush
+ *   signals only as many sleepers as there are jobs beyond the lingerer.
+ *   CPU workers run at a higher nice value so loop threads preempt them.
+ * - The loop side. A job in flight on a lane whose recent jobs are short
+ *   counts in the loop's `expected`, so the loop spins briefly for its
+ *   completion instead of sleeping in epoll. The completion task settles
+ *   the future and puts the job in the loop thread's job cache.
  * - Lifetimes. The pool is reference counted: its owner, each attach, each
  *   worker thread and each job being admitted hold one, so the memory
  *   outlives bt_pool_free until the last loop lets go. An attach lives until

@@ -147,7 +147,8 @@ BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg);
 /* Resize a lane at run time: the CPU lane's thread count, or the blocking
  * lane's cap (n >= 1). Extra threads retire when they are next idle; new
  * ones start at once (CPU) or on demand (blocking). Returns 0, BT_EINVAL,
- * BT_ENOMEM. Thread: any. */
+ * BT_ENOMEM (no thread could start), BT_ESHUTDOWN (bt_pool_free has
+ * begun). Thread: any. */
 BT_EXPORT int bt_pool_set_threads(bt_pool *pool, bt_lane lane, unsigned n);
 
 /* Change a lane's queue bound. Returns 0 or BT_EINVAL. Thread: any. */
