@@ -20,6 +20,7 @@
 #include <baton/bridge.h>
 
 #include "future-internal.h"
+#include "pool-internal.h"
 
 typedef struct {
     pthread_mutex_t mu;
@@ -157,13 +158,39 @@ BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t t
     deadline.tv_sec += (time_t)(timeout_ms / 1000 + ns / 1000000000u);
     deadline.tv_nsec = (long)(ns % 1000000000u);
 
+    /* A job (on a pool worker) that waits for a loop must not outlive its
+     * own cancellation: bt_loop_free waits for running jobs, and the loop
+     * it waits for may be that one. Such a caller waits in slices and
+     * gives up when its job is cancelled. */
+    bool in_job = bt__pool_in_job();
+    bool cancelled = false;
     pthread_mutex_lock(&c->mu);
     int wrc = 0;
     while (!c->done && wrc != ETIMEDOUT) {
-        if (timeout_ms == 0)
+        if (in_job) {
+            if (bt__pool_current_job_cancelled()) {
+                cancelled = true;
+                break;
+            }
+            struct timespec slice;
+            clock_gettime(CLOCK_MONOTONIC, &slice);
+            slice.tv_nsec += 10000000; /* 10 ms */
+            if (slice.tv_nsec >= 1000000000) {
+                slice.tv_sec++;
+                slice.tv_nsec -= 1000000000;
+            }
+            if (timeout_ms && (slice.tv_sec > deadline.tv_sec ||
+                               (slice.tv_sec == deadline.tv_sec && slice.tv_nsec > deadline.tv_nsec)))
+                slice = deadline;
+            wrc = pthread_cond_timedwait(&c->cv, &c->mu, &slice);
+            if (wrc == ETIMEDOUT && (timeout_ms == 0 || slice.tv_sec != deadline.tv_sec ||
+                                     slice.tv_nsec != deadline.tv_nsec))
+                wrc = 0; /* only a slice ended */
+        } else if (timeout_ms == 0) {
             pthread_cond_wait(&c->cv, &c->mu);
-        else
+        } else {
             wrc = pthread_cond_timedwait(&c->cv, &c->mu, &deadline);
+        }
     }
     if (!c->done) {
         c->abandoned = true;
@@ -171,8 +198,12 @@ BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t t
         atomic_fetch_add(&c->refs, 1);
         if (bt_loop_post(loop, call_cancel, c) != 0)
             call_unref(c); /* the loop is closing: it cancels the future itself */
-        out->message = bt_asprintf("no outcome within %llu ms", (unsigned long long)timeout_ms);
         call_unref(c);
+        if (cancelled) {
+            out->message = bt_strdup("the calling job was cancelled while it waited");
+            return BT_ECANCELED;
+        }
+        out->message = bt_asprintf("no outcome within %llu ms", (unsigned long long)timeout_ms);
         return BT_ETIMEDOUT;
     }
     rc = c->code;

@@ -112,4 +112,9 @@ struct bt_pool {
 void bt__pool_unref(bt_pool *pool);
 void bt__pool_forget_default(bt_pool *pool);
 
+/* For the bridge: is the calling thread running a job, and has that job
+ * been cancelled (its future, its loop or its pool shutting down)? */
+bool bt__pool_in_job(void);
+bool bt__pool_current_job_cancelled(void);
+
 #endif

@@ -58,6 +58,7 @@
 #define EXPECT_MAX_NS 100000 /* loops spin for jobs shorter than this */
 
 static _Thread_local bt__worker *current_worker;
+static _Thread_local bt_job *current_job; /* running on this worker */
 
 /* ---- Small helpers ------------------------------------------------------ */
 
@@ -141,6 +142,16 @@ BT_EXPORT bool bt_job_cancelled(const bt_job *job)
     return atomic_load_explicit(&job->cancelled, memory_order_relaxed) ||
            atomic_load_explicit(&job->att->closing, memory_order_relaxed) ||
            atomic_load_explicit(&job->pool->shutdown, memory_order_relaxed);
+}
+
+bool bt__pool_current_job_cancelled(void)
+{
+    return current_job && bt_job_cancelled(current_job);
+}
+
+bool bt__pool_in_job(void)
+{
+    return current_job != NULL;
 }
 
 BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
@@ -482,7 +493,9 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
         job->skipped = true;
         bump(&w->skipped, 1);
     } else {
+        current_job = job;
         int rc = job->fn(job, job->arg);
+        current_job = NULL;
         if (rc > 0)
             rc = BT_EJOB;
         if (rc < 0 && job->code == 0)

@@ -4,6 +4,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <baton/bridge.h>
 #include <baton/pool.h>
@@ -207,6 +208,66 @@ START_TEST(many_threads_call_at_once)
 }
 END_TEST
 
+/* A job that waits (no timeout) for its own loop gives up when it is
+ * cancelled, so neither cancellation nor bt_loop_free hangs. */
+static _Atomic int bridged_rc = 1;
+static _Atomic int bridging;
+
+static bt_future *give_never_plain(bt_loop *lp, void *arg)
+{
+    (void)arg;
+    return bt_future_new(lp); /* never settled: cancelled by the bridge */
+}
+
+static int bridging_job(bt_job *job, void *arg)
+{
+    (void)arg;
+    bt_bridge_result r;
+    atomic_store(&bridging, 1);
+    int rc = bt_bridge_call(bt_job_loop(job), give_never_plain, NULL, 0, &r);
+    bt_bridge_result_clear(&r);
+    atomic_store(&bridged_rc, rc);
+    return rc;
+}
+
+static void cancel_when_bridging(bt_timer *t, void *arg)
+{
+    if (atomic_load(&bridging)) {
+        bt_future_cancel(arg);
+        bt_timer_stop(t);
+    }
+}
+
+START_TEST(job_waiting_on_its_loop_is_cancellable)
+{
+    bt_future *f = bt_to_thread(loop, bridging_job, NULL);
+    bt_timer *t = bt_timer_new(loop, cancel_when_bridging, f);
+    bt_timer_start(t, 1, 1);
+    bt_test_run_until(loop, f, 10000);
+    bt_timer_free(t);
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(atomic_load(&bridged_rc), BT_ECANCELED);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(loop_free_while_a_job_waits_on_it)
+{
+    bt_loop *lp = bt_loop_new();
+    bt_future *f = bt_to_thread(lp, bridging_job, NULL);
+    bt_future *tick = bt_sleep(lp, 0);
+    bt_test_run_until(lp, tick, 10000); /* hand the job over */
+    bt_future_unref(tick);
+    for (int i = 0; !atomic_load(&bridging); i++) {
+        ck_assert_msg(i < 10000, "the job never started");
+        usleep(1000);
+    }
+    bt_future_unref(f);
+    bt_test_loop_free_clean(lp); /* returns: the job gave up waiting */
+    ck_assert_int_eq(atomic_load(&bridged_rc), BT_ECANCELED);
+}
+END_TEST
+
 static Suite *bridge_suite(void)
 {
     Suite *s = suite_create("bridge");
@@ -221,6 +282,8 @@ static Suite *bridge_suite(void)
     tcase_add_test(tc, from_the_loop_thread_refuses);
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, many_threads_call_at_once);
+    tcase_add_test(tc, job_waiting_on_its_loop_is_cancellable);
+    tcase_add_test(tc, loop_free_while_a_job_waits_on_it);
     suite_add_tcase(s, tc);
     return s;
 }

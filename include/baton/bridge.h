@@ -46,7 +46,10 @@ typedef struct {
  * loop is being freed, BT_EINVAL for a NULL argument or when fn returned
  * no future, BT_ENOMEM. out is always filled (zeroed first); release it
  * with bt_bridge_result_clear. The loop must be running (or run later) on
- * its own thread. Thread: any except the loop's. */
+ * its own thread. Called from an offloaded job, the wait also ends when
+ * the job is cancelled (its future, or its loop or pool shutting down):
+ * BT_ECANCELED, so that a job waiting for its own loop cannot hold up
+ * bt_loop_free. Thread: any except the loop's. */
 BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t timeout_ms,
                              bt_bridge_result *out);
 
