@@ -566,6 +566,13 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         bt_future_error(f); /* logged above */
     }
     req->fut = f;
+    if (bt_future_is_settled(f)) {
+        /* A handler that answered at once (bt_http_respond...): reply now
+         * rather than a loop pass later. on_done is the server's own code,
+         * not a callback of the caller's, so nothing runs re-entrantly. */
+        on_done(f, req);
+        return;
+    }
     if (bt_future_add_callback(f, on_done, req) != 0) {
         /* Out of memory: answer now and drop the handler's work. */
         list_remove(srv, req);
