@@ -50,6 +50,9 @@
  *   lane (bt_to_thread), never on the loop; numeric addresses, unix sockets
  *   and an explicit hostaddr skip that step. libpq's connect_timeout is
  *   ignored in nonblocking mode, so the pool enforces connect_timeout_ms.
+ *   Unless the conninfo (or PGGSSENCMODE) says otherwise, gssencmode is
+ *   "disable": the GSSAPI probe costs a round trip and its credential
+ *   lookup can block.
  *
  * Errors a query future can fail with
  * - BT_ESQL: the server reported an error. The message reads

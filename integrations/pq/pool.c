@@ -621,15 +621,17 @@ static int parse_conninfo(bt_pq_pool *p)
     for (PQconninfoOption *o = opts; o->keyword; o++)
         if (o->val && *o->val)
             n++;
-    /* + hostaddr + fallback_application_name + the terminator */
-    p->keys = bt_calloc(n + 3, sizeof *p->keys);
-    p->vals = bt_calloc(n + 3, sizeof *p->vals);
+    /* + hostaddr + host + fallback_application_name + gssencmode + the
+     * terminator */
+    p->keys = bt_calloc(n + 5, sizeof *p->keys);
+    p->vals = bt_calloc(n + 5, sizeof *p->vals);
     if (!p->keys || !p->vals) {
         PQconninfoFree(opts);
         return BT_ENOMEM;
     }
     size_t i = 0;
     const char *host = NULL, *hostaddr = NULL;
+    bool gss = false;
     p->host_idx = p->hostaddr_idx = -1;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (!o->val || !*o->val)
@@ -644,6 +646,8 @@ static int parse_conninfo(bt_pq_pool *p)
             host = p->vals[i];
             p->host_idx = (int)i;
         }
+        if (strcmp(o->keyword, "gssencmode") == 0)
+            gss = true;
         if (strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = p->vals[i];
             p->hostaddr_idx = (int)i;
@@ -687,6 +691,16 @@ static int parse_conninfo(bt_pq_pool *p)
     p->vals[i] = bt_strdup("baton");
     if (!p->keys[i] || !p->vals[i])
         return BT_ENOMEM;
+    i++;
+    if (!gss && !getenv("PGGSSENCMODE")) {
+        /* Unless asked for, no GSSAPI encryption: probing for it costs a
+         * round trip per connect, and looking for Kerberos credentials can
+         * block inside PQconnectPoll. */
+        p->keys[i] = bt_strdup("gssencmode");
+        p->vals[i] = bt_strdup("disable");
+        if (!p->keys[i] || !p->vals[i])
+            return BT_ENOMEM;
+    }
     return 0;
 }
 
