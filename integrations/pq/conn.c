@@ -139,7 +139,7 @@ static void stmt_remove(bt_pq_conn *c, pq_stmt *s)
         }
 }
 
-void pq_conn_stmt_clear(bt_pq_conn *c)
+void bt__pq_conn_stmt_clear(bt_pq_conn *c)
 {
     for (unsigned i = 0; i < c->nbuckets; i++) {
         pq_stmt *s = c->stmts[i];
@@ -160,7 +160,7 @@ void pq_conn_stmt_clear(bt_pq_conn *c)
 
 static void begin_connect(bt_pq_conn *c);
 
-bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener)
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
 {
     bt_pq_conn *c = bt_calloc(1, sizeof *c);
     if (!c)
@@ -178,7 +178,7 @@ bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener)
     }
     bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
     if (p->host) {
-        if (pq_resolve_start(c, p->host) != 0) {
+        if (bt__pq_resolve_start(c, p->host) != 0) {
             bt_timer_free(c->timer);
             bt_free(c);
             return NULL;
@@ -192,7 +192,7 @@ bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener)
 }
 
 /* Called by the pool once c is linked (and by the resolver when done). */
-void pq_conn_begin(bt_pq_conn *c) { begin_connect(c); }
+void bt__pq_conn_begin(bt_pq_conn *c) { begin_connect(c); }
 
 static void connect_failed(bt_pq_conn *c, int code, const char *msg)
 {
@@ -204,9 +204,9 @@ static void connect_failed(bt_pq_conn *c, int code, const char *msg)
         while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == ' '))
             m[--n] = '\0';
     }
-    pq_conn_close(c, code, m);
+    bt__pq_conn_close(c, code, m);
     if (p)
-        pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
+        bt__pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
     bt_free(m);
 }
 
@@ -272,7 +272,7 @@ static void connected(bt_pq_conn *c)
     }
     c->state = CS_READY;
     c->born_ns = c->idle_ns = now_ns();
-    pq_pool_connected(c->pool, c);
+    bt__pq_pool_connected(c->pool, c);
 }
 
 static void step(bt_pq_conn *c)
@@ -360,14 +360,14 @@ static void on_connect_timeout(bt_timer *t, void *arg)
 /* Fail everything on c, close the PGconn and tell the pool. If c is
  * acquired by a user it stays allocated (dead) until released; otherwise it
  * is freed. */
-void pq_conn_close(bt_pq_conn *c, int code, const char *why)
+void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
 {
     if (c->state == CS_DEAD)
         return;
     bool was_open = c->state == CS_READY;
     c->state = CS_DEAD;
-    pq_resolve_detach(c);
-    pq_cancel_detach(c);
+    bt__pq_resolve_detach(c);
+    bt__pq_cancel_detach(c);
     if (c->timer) {
         bt_timer_free(c->timer);
         c->timer = NULL;
@@ -390,18 +390,18 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why)
         pq_query *q = op.q;
         if (!q->settled) {
             if (code == BT_ESHUTDOWN)
-                pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
+                bt__pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
             else
-                pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
+                bt__pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
                               "the connection was lost while the query was in flight "
                               "(it may or may not have run; not retried): %s",
                               why ? why : "connection closed");
         }
-        pq_query_free(q);
+        bt__pq_query_free(q);
     }
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
-    pq_conn_stmt_clear(c);
+    bt__pq_conn_stmt_clear(c);
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -410,13 +410,13 @@ void pq_conn_close(bt_pq_conn *c, int code, const char *why)
     if (p) {
         if (was_open && code != BT_ESHUTDOWN && code != 0)
             p->st.broken++;
-        pq_pool_conn_gone(p, c); /* unlinks c */
+        bt__pq_pool_conn_gone(p, c); /* unlinks c */
     }
     if (!c->acquired)
-        pq_conn_free_dead(c);
+        bt__pq_conn_free_dead(c);
 }
 
-void pq_conn_free_dead(bt_pq_conn *c)
+void bt__pq_conn_free_dead(bt_pq_conn *c)
 {
     if (c->busy) {
         /* A user callback (a row, a notification) closed the pool or
@@ -430,7 +430,7 @@ void pq_conn_free_dead(bt_pq_conn *c)
     bt_free(c);
 }
 
-bool pq_conn_idle(const bt_pq_conn *c)
+bool bt__pq_conn_idle(const bt_pq_conn *c)
 {
     return c->state == CS_READY && c->ops_len == 0;
 }
@@ -454,21 +454,21 @@ static int flush(bt_pq_conn *c)
 
 /* Send a Sync for the queries sent since the last one. Returns -1 if that
  * broke (and closed) the connection. */
-int pq_conn_sync(bt_pq_conn *c)
+int bt__pq_conn_sync(bt_pq_conn *c)
 {
     if (c->unsynced == 0 || c->state != CS_READY)
         return 0;
     c->unsynced = 0;
     if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
         char *m = bt_strdup(PQerrorMessage(c->pg));
-        pq_conn_close(c, BT_ECONNRESET, m);
+        bt__pq_conn_close(c, BT_ECONNRESET, m);
         bt_free(m);
         return -1;
     }
     return 0;
 }
 
-static void internal_done(bt_pq_conn *c, pq_query *q, int err)
+void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
 {
     (void)c;
     (void)q;
@@ -492,11 +492,11 @@ static int stmt_evict(bt_pq_conn *c)
     stmt_remove(c, s);
     bt_pq_query_opts o = {.no_prepare = true};
     int err;
-    pq_query *d = pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (!d)
         return 0; /* the statement leaks server-side; harmless */
-    d->internal = internal_done;
-    pq_conn_send(c, d);
+    d->internal = bt__pq_internal_done;
+    bt__pq_conn_send(c, d);
     return c->state == CS_READY ? 0 : -1;
 }
 
@@ -511,23 +511,23 @@ static bool batchable(const bt_pq_conn *c, const pq_query *q)
 
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
  * failure means the connection is broken, which fails q with the rest. */
-void pq_conn_send(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
 {
     bt_pq_pool *p = c->pool;
     q->conn = c;
     q->state = Q_SENT;
     if (c->state != CS_READY) {
-        pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN,
+        bt__pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN,
                       "the connection is closed");
-        pq_query_free(q);
+        bt__pq_query_free(q);
         return;
     }
     bool batch = batchable(c, q);
     /* A solo query closes the open batch first, so that it is alone
      * between two Syncs. */
-    if (!batch && c->unsynced > 0 && pq_conn_sync(c) != 0) {
-        pq_query_fail(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-        pq_query_free(q);
+    if (!batch && c->unsynced > 0 && bt__pq_conn_sync(c) != 0) {
+        bt__pq_query_fail(q, BT_ECONNRESET, "the connection was lost before the query was sent");
+        bt__pq_query_free(q);
         return;
     }
     if (c->ops_len > 0 && p)
@@ -545,11 +545,11 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
             int rc = stmt_evict(c);
             c->busy--;
             if (rc != 0) {
-                pq_query_fail(q, BT_ECONNRESET,
+                bt__pq_query_fail(q, BT_ECONNRESET,
                               "the connection was lost before the query was sent");
-                pq_query_free(q);
+                bt__pq_query_free(q);
                 if (c->zombie && c->busy == 0)
-                    pq_conn_free_dead(c);
+                    bt__pq_conn_free_dead(c);
                 return;
             }
         }
@@ -582,9 +582,9 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (!ok) {
         /* q is not in the FIFO: fail it here, then the connection. */
         char *m = bt_strdup(PQerrorMessage(c->pg));
-        pq_query_fail(q, BT_ECONNRESET, "could not send the query: %s", m ? m : "");
-        pq_query_free(q);
-        pq_conn_close(c, BT_ECONNRESET, m);
+        bt__pq_query_fail(q, BT_ECONNRESET, "could not send the query: %s", m ? m : "");
+        bt__pq_query_free(q);
+        bt__pq_conn_close(c, BT_ECONNRESET, m);
         bt_free(m);
         return;
     }
@@ -593,10 +593,10 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (batch) {
         /* Synced (and flushed) at the end of this loop pass, together with
          * whatever else is sent to this connection meanwhile. */
-        pq_pool_arm_sync(p);
+        bt__pq_pool_arm_sync(p);
         return;
     }
-    pq_conn_sync(c);
+    bt__pq_conn_sync(c);
     /* Single-row mode is set in process(), when the query reaches the
      * front and before its first PQgetResult (libpq parses input only
      * there, never in PQconsumeInput). */
@@ -605,7 +605,7 @@ void pq_conn_send(bt_pq_conn *c, pq_query *q)
 /* q (on c) was settled early by a cancel or a timeout: drop its results
  * when they come, and ask the server to stop it when it is the one
  * running. */
-void pq_conn_abandon(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
 {
     q->abandoned = true;
     c->inflight--;
@@ -614,7 +614,7 @@ void pq_conn_abandon(bt_pq_conn *c, pq_query *q)
     pq_op *f = ops_front(c);
     if (f && f->q == q) {
         q->want_cancel = false;
-        pq_cancel_send(c);
+        bt__pq_cancel_send(c);
     }
 }
 
@@ -672,7 +672,7 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
         PQclear(res);
         return;
     default:
-        pq_query_set_error_from(q, res);
+        bt__pq_query_set_error_from(q, res);
         PQclear(res);
         return;
     }
@@ -716,7 +716,7 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
     if (s)
         stmt_remove(c, s);
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
-        pq_conn_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+        bt__pq_conn_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
     return true;
 }
 
@@ -737,9 +737,9 @@ static void settle(pq_query *q)
             q->err = BT_EIO;
             q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
         }
-        pq_query_settle_result(q);
+        bt__pq_query_settle_result(q);
     }
-    pq_query_free(q);
+    bt__pq_query_free(q);
 }
 
 /* The Sync of the held queries arrived: settle them, or, if the batch
@@ -758,7 +758,7 @@ static void resolve_batch(bt_pq_conn *c)
         q->next = NULL;
         if (q->abandoned) {
             c->abandoned--;
-            pq_query_free(q);
+            bt__pq_query_free(q);
         } else {
             c->inflight--;
             bool stale = stale_statement(c, q);
@@ -790,13 +790,13 @@ static void resolve_batch(bt_pq_conn *c)
             if (v)
                 v[i++] = q;
         if (v) {
-            pq_pool_requeue(c->pool, v, nagain);
+            bt__pq_pool_requeue(c->pool, v, nagain);
             bt_free(v);
         } else {
             for (q = again_head; q;) {
                 pq_query *next = q->next;
-                pq_query_fail(q, BT_ENOMEM, "out of memory retrying the query");
-                pq_query_free(q);
+                bt__pq_query_fail(q, BT_ENOMEM, "out of memory retrying the query");
+                bt__pq_query_free(q);
                 q = next;
             }
         }
@@ -812,11 +812,11 @@ static void fail_held(bt_pq_conn *c, int code, const char *why)
     while (q) {
         pq_query *next = q->next;
         if (!q->settled)
-            pq_query_fail(q, code,
+            bt__pq_query_fail(q, code,
                           "the connection was lost before the query's transaction was "
                           "confirmed (it may or may not have run; not retried): %s",
                           why ? why : "connection closed");
-        pq_query_free(q);
+        bt__pq_query_free(q);
         q = next;
     }
 }
@@ -834,7 +834,7 @@ static int process(bt_pq_conn *c)
                 PQsetSingleRowMode(c->pg);
             if (op->q->want_cancel) {
                 op->q->want_cancel = false;
-                pq_cancel_send(c);
+                bt__pq_cancel_send(c);
             }
         }
         if (PQisBusy(c->pg))
@@ -850,7 +850,7 @@ static int process(bt_pq_conn *c)
                     stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 } else {
-                    pq_query_set_error_from(op->q, res);
+                    bt__pq_query_set_error_from(op->q, res);
                     stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 }
@@ -894,7 +894,7 @@ static int process(bt_pq_conn *c)
     return 0;
 broken: {
     char *m = bt_strdup(PQerrorMessage(c->pg));
-    pq_conn_close(c, BT_ECONNRESET, m);
+    bt__pq_conn_close(c, BT_ECONNRESET, m);
     bt_free(m);
     return -1;
 }
@@ -905,7 +905,7 @@ static void drain_notifies(bt_pq_conn *c)
     PGnotify *n;
     while ((n = PQnotifies(c->pg)) != NULL) {
         if (c->is_listener && c->pool)
-            pq_pool_notify(c->pool, n);
+            bt__pq_pool_notify(c->pool, n);
         PQfreemem(n);
         if (c->state != CS_READY)
             return;
@@ -920,14 +920,14 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
             char *m = bt_strdup(PQerrorMessage(c->pg));
-            pq_conn_close(c, BT_ECONNRESET, m);
+            bt__pq_conn_close(c, BT_ECONNRESET, m);
             bt_free(m);
             goto out;
         }
     }
     if (c->flushing && flush(c) != 0) {
         char *m = bt_strdup(PQerrorMessage(c->pg));
-        pq_conn_close(c, BT_ECONNRESET, m);
+        bt__pq_conn_close(c, BT_ECONNRESET, m);
         bt_free(m);
         goto out;
     }
@@ -941,14 +941,14 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         if (!c->cancel_job)
             c->cancel_sent = false;
         if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
-            pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");
+            bt__pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");
             goto out;
         }
     }
     if (c->pool && !c->is_listener)
-        pq_pool_conn_available(c->pool, c);
+        bt__pq_pool_conn_available(c->pool, c);
 out:
     c->busy--;
     if (c->zombie && c->busy == 0)
-        pq_conn_free_dead(c);
+        bt__pq_conn_free_dead(c);
 }

@@ -107,14 +107,14 @@ static void resolve_done(bt_future *f, void *arg)
         if (err == 0) {
             c->hostaddr = r->hostaddr;
             r->hostaddr = NULL;
-            pq_conn_begin(c);
+            bt__pq_conn_begin(c);
         } else {
             char *m = bt_strdup(msg ? msg : bt_strerror(err));
             bt_pq_pool *p = c->pool;
             bool listener = c->is_listener;
-            pq_conn_close(c, err, m);
+            bt__pq_conn_close(c, err, m);
             if (p && !p->closed)
-                pq_pool_connect_failed(p, listener, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
+                bt__pq_pool_connect_failed(p, listener, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
                                        m ? m : bt_strerror(err));
             bt_free(m);
         }
@@ -124,7 +124,7 @@ static void resolve_done(bt_future *f, void *arg)
     bt_free(r);
 }
 
-int pq_resolve_start(bt_pq_conn *c, const char *hosts)
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
 {
     struct pq_resolve *r = bt_calloc(1, sizeof *r);
     if (!r)
@@ -155,7 +155,7 @@ int pq_resolve_start(bt_pq_conn *c, const char *hosts)
     return 0;
 }
 
-void pq_resolve_detach(bt_pq_conn *c)
+void bt__pq_resolve_detach(bt_pq_conn *c)
 {
     if (c->resolve) {
         c->resolve->c = NULL;
@@ -195,11 +195,11 @@ static void cancel_done(bt_future *f, void *arg)
         if (c->ops_len == 0)
             c->cancel_sent = false;
         if (c->pool && c->state == CS_READY && !c->is_listener)
-            pq_pool_conn_available(c->pool, c);
+            bt__pq_pool_conn_available(c->pool, c);
     }
 }
 
-void pq_cancel_detach(bt_pq_conn *c)
+void bt__pq_cancel_detach(bt_pq_conn *c)
 {
     if (c->cancel_job) {
         c->cancel_job->c = NULL;
@@ -209,7 +209,7 @@ void pq_cancel_detach(bt_pq_conn *c)
 
 /* Ask the server to cancel what c is running. PQgetCancel copies what it
  * needs (address, backend key), so the job does not touch c. */
-void pq_cancel_send(bt_pq_conn *c)
+void bt__pq_cancel_send(bt_pq_conn *c)
 {
     if (!c->pg || !c->pool)
         return;

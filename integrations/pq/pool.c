@@ -4,13 +4,13 @@
  * DESIGN
  * One FIFO of waiting queries and one of waiting acquires, both bounded in
  * length (max_waiters) and in time (acquire_timeout_ms, one timer for the
- * earliest deadline: FIFOs with one timeout are ordered by deadline). pump()
+ * earliest bt__pq_deadline: FIFOs with one timeout are ordered by bt__pq_deadline). bt__pq_pump()
  * is the only place that hands out connections: acquires first (they wait
  * for a whole connection), then queries to an idle connection, then, when
  * the pool is at max_size, to the least busy connection below
  * pipeline_depth. It then opens connections for what still waits (and up to
  * min_size), unless a connect failed recently: failures back off
- * exponentially with jitter, and the maintenance timer retries. pump() is
+ * exponentially with jitter, and the maintenance timer retries. bt__pq_pump() is
  * guarded against re-entry (a send can close a connection, which pumps).
  */
 #include <stdio.h>
@@ -19,20 +19,11 @@
 
 #include "pq-internal.h"
 
-struct pq_listen_wait {
-    struct pq_listen_wait *next;
-    char *channel;
-    bt_future *f; /* our own reference */
-};
-
-static void pump(bt_pq_pool *p);
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
-static void arm_wait_timer(bt_pq_pool *p);
-static void start_listener(bt_pq_pool *p);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
-static uint64_t deadline(bt_pq_pool *p)
+uint64_t bt__pq_deadline(bt_pq_pool *p)
 {
     return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
 }
@@ -79,7 +70,7 @@ static void unlink_conn(bt_pq_pool *p, bt_pq_conn *c)
     p->nconns--;
 }
 
-static bool can_connect(bt_pq_pool *p)
+bool bt__pq_can_connect(bt_pq_pool *p)
 {
     if (p->closed)
         return false;
@@ -92,30 +83,30 @@ static bool can_connect(bt_pq_pool *p)
 
 static void start_conn(bt_pq_pool *p)
 {
-    bt_pq_conn *c = pq_conn_new(p, false);
+    bt_pq_conn *c = bt__pq_conn_new(p, false);
     if (!c) {
-        pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
+        bt__pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     link_conn(p, c);
     c->counted_connecting = true;
     p->nconnecting++;
     if (c->state == CS_CONNECTING)
-        pq_conn_begin(c); /* may fail (and unlink c) at once */
+        bt__pq_conn_begin(c); /* may fail (and unlink c) at once */
 }
 
-static void start_listener(bt_pq_pool *p)
+void bt__pq_start_listener(bt_pq_pool *p)
 {
-    if (p->listener || !p->chans || !can_connect(p))
+    if (p->listener || !p->chans || !bt__pq_can_connect(p))
         return;
-    bt_pq_conn *c = pq_conn_new(p, true);
+    bt_pq_conn *c = bt__pq_conn_new(p, true);
     if (!c) {
-        pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
+        bt__pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     p->listener = c;
     if (c->state == CS_CONNECTING)
-        pq_conn_begin(c);
+        bt__pq_conn_begin(c);
 }
 
 static void settle_ready(bt_pq_pool *p, int code, const char *msg)
@@ -132,13 +123,13 @@ static void settle_ready(bt_pq_pool *p, int code, const char *msg)
     p->nready = 0;
 }
 
-void pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
+void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
 {
     p->fails = 0;
     p->next_connect_ns = 0;
     p->st.connects++;
     if (c->is_listener) {
-        pq_pool_listener_ready(p, c);
+        bt__pq_pool_listener_ready(p, c);
         return;
     }
     if (c->counted_connecting) {
@@ -147,7 +138,7 @@ void pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
     }
     p->ever_connected = true;
     settle_ready(p, 0, NULL);
-    pump(p);
+    bt__pq_pump(p);
 }
 
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
@@ -161,8 +152,8 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
             p->wq_tail = NULL;
         p->nwq--;
         q->state = Q_NEW;
-        pq_query_fail(q, code, fmt, msg);
-        pq_query_free(q);
+        bt__pq_query_fail(q, code, fmt, msg);
+        bt__pq_query_free(q);
     }
     while (p->aq_head) {
         struct pq_acq *a = p->aq_head;
@@ -178,7 +169,7 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
     }
 }
 
-void pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
+void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
 {
     if (p->closed)
         return;
@@ -227,7 +218,7 @@ void pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *
     arm_maint(p, delay + 1);
 }
 
-void pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
+void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
 {
     if (c == p->listener) {
         p->listener = NULL;
@@ -243,16 +234,15 @@ void pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
     if (c->acquired)
         c->pool = NULL; /* dead until the user releases it */
     if (!p->closed)
-        pump(p); /* replace it if anything waits or min_size says so */
+        bt__pq_pump(p); /* replace it if anything waits or min_size says so */
 }
 
-static void finish_release(bt_pq_conn *c);
 
-void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
+void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
 {
     if (c->ops_len == 0) {
         if (c->releasing) {
-            finish_release(c);
+            bt__pq_finish_release(c);
             return;
         }
         if (!c->acquired && bt_pq_conn_in_transaction(c)) {
@@ -261,18 +251,18 @@ void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
             bt_log(BT_LOG_WARN, "pq: a pool query left its connection inside a transaction; "
                                 "rolling it back (use bt_pq_acquire for transactions)");
             c->releasing = true;
-            finish_release(c);
+            bt__pq_finish_release(c);
             return;
         }
         if (c->retiring && !c->acquired) {
-            pq_conn_close(c, 0, "retired");
+            bt__pq_conn_close(c, 0, "retired");
             return;
         }
     }
     /* The common case under load: nothing waits and the pool is at its
      * floor, so there is nothing to hand out or open. */
     if (p->wq_head || p->aq_head || p->nready || p->nconns < p->o.min_size)
-        pump(p);
+        bt__pq_pump(p);
 }
 
 /* ---- Handing out connections --------------------------------------------- */
@@ -286,7 +276,7 @@ static bool usable(const bt_pq_conn *c)
            !c->cancel_job;
 }
 
-static bt_pq_conn *find_idle(bt_pq_pool *p)
+bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
 {
     for (bt_pq_conn *c = p->conns; c; c = c->next)
         if (usable(c) && c->ops_len == 0)
@@ -306,9 +296,9 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
 
 /* A connection for a query now: idle first, else pipelined when the pool
  * cannot grow. NULL: wait. */
-static bt_pq_conn *pick(bt_pq_pool *p)
+bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
 {
-    bt_pq_conn *c = find_idle(p);
+    bt_pq_conn *c = bt__pq_find_idle(p);
     if (!c && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
         p->nconns >= p->o.max_size)
         c = least_busy(p);
@@ -317,7 +307,7 @@ static bt_pq_conn *pick(bt_pq_pool *p)
 
 static void conn_value_release(void *v) { bt_pq_conn_release(v); }
 
-static void hand_over(bt_pq_conn *c, struct pq_acq *a)
+void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
 {
     c->acquired = true;
     c->rollback_tries = 0;
@@ -334,7 +324,7 @@ static void grow(bt_pq_pool *p)
         unsigned floor = p->o.min_size > p->nconns ? p->o.min_size - p->nconns : 0;
         if (floor > want)
             want = floor;
-        if (want == 0 || p->nconns >= p->o.max_size || !can_connect(p))
+        if (want == 0 || p->nconns >= p->o.max_size || !bt__pq_can_connect(p))
             return;
         unsigned before = p->nconns + p->st.connect_failures;
         start_conn(p);
@@ -343,7 +333,7 @@ static void grow(bt_pq_pool *p)
     }
 }
 
-static void pump(bt_pq_pool *p)
+void bt__pq_pump(bt_pq_pool *p)
 {
     if (p->closed)
         return;
@@ -355,7 +345,7 @@ static void pump(bt_pq_pool *p)
     do {
         p->repump = false;
         while (p->aq_head) {
-            bt_pq_conn *c = find_idle(p);
+            bt_pq_conn *c = bt__pq_find_idle(p);
             if (!c)
                 break;
             struct pq_acq *a = p->aq_head;
@@ -365,10 +355,10 @@ static void pump(bt_pq_pool *p)
             else
                 p->aq_tail = NULL;
             p->naq--;
-            hand_over(c, a);
+            bt__pq_hand_over(c, a);
         }
         while (p->wq_head && !p->closed) {
-            bt_pq_conn *c = pick(p);
+            bt_pq_conn *c = bt__pq_pick(p);
             if (!c)
                 break;
             pq_query *q = p->wq_head;
@@ -379,7 +369,7 @@ static void pump(bt_pq_pool *p)
                 p->wq_tail = NULL;
             p->nwq--;
             q->next = q->prev = NULL;
-            pq_conn_send(c, q);
+            bt__pq_conn_send(c, q);
         }
         if (!p->closed)
             grow(p);
@@ -389,13 +379,13 @@ static void pump(bt_pq_pool *p)
 
 /* Put queries of a failed batch back at the head of the wait queue, in
  * their order, each to be sent alone (see pq-internal.h). */
-void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
+void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
 {
     for (size_t i = n; i-- > 0;) {
         pq_query *q = qs[i];
         if (p->closed) {
-            pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
-            pq_query_free(q);
+            bt__pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
+            bt__pq_query_free(q);
             continue;
         }
         q->state = Q_WAITING;
@@ -410,7 +400,7 @@ void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
             PQclear(q->res);
             q->res = NULL;
         }
-        q->deadline_ns = deadline(p);
+        q->deadline_ns = bt__pq_deadline(p);
         q->prev = NULL;
         q->next = p->wq_head;
         if (p->wq_head)
@@ -421,7 +411,7 @@ void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
         p->nwq++;
         p->st.retried++;
     }
-    arm_wait_timer(p);
+    bt__pq_arm_wait(p);
 }
 
 /* End of the loop pass: Sync every connection's open batch. A Sync can
@@ -439,11 +429,11 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
             c = c->next;
         if (!c)
             break;
-        pq_conn_sync(c);
+        bt__pq_conn_sync(c);
     }
 }
 
-void pq_pool_arm_sync(bt_pq_pool *p)
+void bt__pq_pool_arm_sync(bt_pq_pool *p)
 {
     if (!p->sync_armed && p->sync_ev) {
         p->sync_armed = true;
@@ -472,8 +462,8 @@ static void on_wait_timer(bt_timer *t, void *arg)
             p->wq_tail = NULL;
         p->nwq--;
         q->state = Q_NEW;
-        pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
-        pq_query_free(q);
+        bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
+        bt__pq_query_free(q);
     }
     while (p->aq_head && p->aq_head->deadline_ns <= now) {
         struct pq_acq *a = p->aq_head;
@@ -488,10 +478,10 @@ static void on_wait_timer(bt_timer *t, void *arg)
         bt_future_unref(a->f);
         bt_free(a);
     }
-    arm_wait_timer(p);
+    bt__pq_arm_wait(p);
 }
 
-static void arm_wait_timer(bt_pq_pool *p)
+void bt__pq_arm_wait(bt_pq_pool *p)
 {
     if (p->closed || !p->o.acquire_timeout_ms || bt_timer_is_active(p->wait_timer))
         return;
@@ -533,19 +523,19 @@ static void on_maint(bt_timer *t, void *arg)
         bool idle = c->ops_len == 0 && !c->acquired && !c->releasing;
         if (p->o.max_lifetime_ms && now - c->born_ns > p->o.max_lifetime_ms * 1000000) {
             if (idle) {
-                pq_conn_close(c, 0, "retired (max_lifetime_ms)");
+                bt__pq_conn_close(c, 0, "retired (max_lifetime_ms)");
                 continue;
             }
             c->retiring = true;
         }
         if (idle && p->o.max_idle_ms && p->nconns > p->o.min_size &&
             now - c->idle_ns > p->o.max_idle_ms * 1000000)
-            pq_conn_close(c, 0, "closed (max_idle_ms)");
+            bt__pq_conn_close(c, 0, "closed (max_idle_ms)");
     }
     if (p->closed)
         return;
-    pump(p);
-    start_listener(p);
+    bt__pq_pump(p);
+    bt__pq_start_listener(p);
     arm_maint(p, maint_period(p));
 }
 
@@ -590,9 +580,9 @@ static void pool_shutdown(bt_pq_pool *p)
         bt_free(w);
     }
     while (p->conns)
-        pq_conn_close(p->conns, BT_ESHUTDOWN, "the pool was closed");
+        bt__pq_conn_close(p->conns, BT_ESHUTDOWN, "the pool was closed");
     if (p->listener)
-        pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
+        bt__pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
 }
 
 static void on_loop_close(void *arg)
@@ -600,108 +590,6 @@ static void on_loop_close(void *arg)
     bt_pq_pool *p = arg;
     pool_shutdown(p);
     p->loop_gone = true;
-}
-
-static int parse_conninfo(bt_pq_pool *p)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
-    if (!opts) {
-        size_t n = err ? strlen(err) : 0;
-        while (n > 0 && err[n - 1] == '\n')
-            n--;
-        if (err)
-            bt_log(BT_LOG_WARN, "pq: bad conninfo: %.*s", (int)n, err);
-        else
-            bt_log(BT_LOG_WARN, "pq: bad conninfo (or out of memory)");
-        PQfreemem(err);
-        return BT_EINVAL;
-    }
-    size_t n = 0;
-    for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (o->val && *o->val)
-            n++;
-    /* + hostaddr + host + fallback_application_name + gssencmode + the
-     * terminator */
-    p->keys = bt_calloc(n + 5, sizeof *p->keys);
-    p->vals = bt_calloc(n + 5, sizeof *p->vals);
-    if (!p->keys || !p->vals) {
-        PQconninfoFree(opts);
-        return BT_ENOMEM;
-    }
-    size_t i = 0;
-    const char *host = NULL, *hostaddr = NULL;
-    bool gss = false;
-    p->host_idx = p->hostaddr_idx = -1;
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val || !*o->val)
-            continue;
-        p->keys[i] = bt_strdup(o->keyword);
-        p->vals[i] = bt_strdup(o->val);
-        if (!p->keys[i] || !p->vals[i]) {
-            PQconninfoFree(opts);
-            return BT_ENOMEM;
-        }
-        if (strcmp(o->keyword, "host") == 0) {
-            host = p->vals[i];
-            p->host_idx = (int)i;
-        }
-        if (strcmp(o->keyword, "gssencmode") == 0)
-            gss = true;
-        if (strcmp(o->keyword, "hostaddr") == 0) {
-            hostaddr = p->vals[i];
-            p->hostaddr_idx = (int)i;
-        }
-        i++;
-    }
-    PQconninfoFree(opts);
-    if (!host && !hostaddr)
-        host = getenv("PGHOST"); /* what libpq would use */
-    if (host && !hostaddr) {
-        /* Resolution happens on the blocking lane, then libpq gets
-         * hostaddr (see offload.c). */
-        bool names = false;
-        const char *h = host;
-        while (*h) {
-            size_t len = strcspn(h, ",");
-            if (len && h[0] != '/' && h[0] != '@')
-                names = true; /* numeric ones pass through the job as is */
-            h += len;
-            if (*h == ',')
-                h++;
-        }
-        if (names) {
-            p->host = bt_strdup(host);
-            p->keys[i] = bt_strdup("hostaddr");
-            p->hostaddr_idx = (int)i;
-            p->vals[i] = NULL;
-            if (!p->host || !p->keys[i])
-                return BT_ENOMEM;
-            i++;
-            if (p->host_idx < 0) {
-                p->keys[i] = bt_strdup("host");
-                p->vals[i] = bt_strdup(host);
-                if (!p->keys[i] || !p->vals[i])
-                    return BT_ENOMEM;
-                i++;
-            }
-        }
-    }
-    p->keys[i] = bt_strdup("fallback_application_name");
-    p->vals[i] = bt_strdup("baton");
-    if (!p->keys[i] || !p->vals[i])
-        return BT_ENOMEM;
-    i++;
-    if (!gss && !getenv("PGGSSENCMODE")) {
-        /* Unless asked for, no GSSAPI encryption: probing for it costs a
-         * round trip per connect, and looking for Kerberos credentials can
-         * block inside PQconnectPoll. */
-        p->keys[i] = bt_strdup("gssencmode");
-        p->vals[i] = bt_strdup("disable");
-        if (!p->keys[i] || !p->vals[i])
-            return BT_ENOMEM;
-    }
-    return 0;
 }
 
 static void pool_free_memory(bt_pq_pool *p)
@@ -750,7 +638,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
     if (!p->conninfo || !p->wait_timer || !p->maint_timer || !p->sync_ev ||
-        parse_conninfo(p) != 0 ||
+        bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);
@@ -759,7 +647,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         pool_free_memory(p);
         return NULL;
     }
-    pump(p); /* opens min_size connections */
+    bt__pq_pump(p); /* opens min_size connections */
     arm_maint(p, maint_period(p));
     return p;
 }
@@ -794,7 +682,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
     }
     p->ready = n;
     p->ready[p->nready++] = bt_future_ref(f);
-    pump(p);
+    bt__pq_pump(p);
     return f;
 }
 
@@ -814,457 +702,4 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
             out->idle++;
     }
     return 0;
-}
-
-/* ---- Queries -------------------------------------------------------------- */
-
-static void unlink_waiting(bt_pq_pool *p, pq_query *q)
-{
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        p->wq_head = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    else
-        p->wq_tail = q->prev;
-    q->next = q->prev = NULL;
-    p->nwq--;
-}
-
-/* Cancel or time out q, wherever it is. */
-static void abandon(pq_query *q, int code)
-{
-    if (q->settled)
-        return;
-    if (q->state == Q_WAITING) {
-        unlink_waiting(q->pool, q);
-        q->state = Q_NEW;
-        if (code == BT_ECANCELED) {
-            q->settled = true;
-            bt_future_set_cancelled(q->f);
-        } else {
-            pq_query_fail(q, code, "timed out after %llu ms waiting for a connection",
-                          (unsigned long long)q->timeout_ms);
-        }
-        pq_query_free(q);
-        return;
-    }
-    if (q->state == Q_SENT) {
-        if (code == BT_ECANCELED) {
-            q->settled = true;
-            if (q->timer) {
-                bt_timer_free(q->timer);
-                q->timer = NULL;
-            }
-            bt_future_set_cancelled(q->f);
-            if (q->pool)
-                q->pool->st.queries++;
-        } else {
-            pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
-                          (unsigned long long)q->timeout_ms);
-        }
-        pq_conn_abandon(q->conn, q);
-    }
-}
-
-static void on_query_cancel(bt_future *f, void *arg)
-{
-    (void)f;
-    abandon(arg, BT_ECANCELED);
-}
-
-static void on_query_timeout(bt_timer *t, void *arg)
-{
-    (void)t;
-    abandon(arg, BT_ETIMEDOUT);
-}
-
-/* The common path of every query. target: an acquired connection or NULL.
- * internal: set for the pool's own queries (no future). */
-static bt_future *submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
-                         int nparams, const char *const *values, const bt_pq_query_opts *opts)
-{
-    bt_future *f = bt_future_new(loop);
-    if (!f)
-        return NULL;
-    if (!p || p->closed) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "the pool was closed");
-        return f;
-    }
-    int err;
-    pq_query *q = pq_query_new(p, sql, nparams, values, opts, &err);
-    if (!q) {
-        if (err == BT_EINVAL)
-            bt_future_set_error(f, err, "bad query arguments (nparams %d, values %p)", nparams,
-                                (const void *)values);
-        else
-            bt_future_set_error(f, err, NULL);
-        return f;
-    }
-    q->f = bt_future_ref(f);
-    q->target = target;
-    bt_future_on_cancel(f, on_query_cancel, q);
-    if (q->timeout_ms) {
-        q->timer = bt_timer_new(loop, on_query_timeout, q);
-        if (q->timer)
-            bt_timer_start(q->timer, q->timeout_ms, 0);
-    }
-    if (target) {
-        pq_conn_send(target, q);
-        return f;
-    }
-    bt_pq_conn *c = p->wq_head ? NULL : pick(p);
-    if (c) {
-        pq_conn_send(c, q);
-        return f;
-    }
-    if (p->nwq + p->naq >= p->o.max_waiters) {
-        pq_query_fail(q, BT_EAGAIN, "too many queries waiting for a connection (max_waiters %u)",
-                      p->o.max_waiters);
-        pq_query_free(q);
-        return f;
-    }
-    q->state = Q_WAITING;
-    q->deadline_ns = deadline(p);
-    q->prev = p->wq_tail;
-    q->next = NULL;
-    if (p->wq_tail)
-        p->wq_tail->next = q;
-    else
-        p->wq_head = q;
-    p->wq_tail = q;
-    p->nwq++;
-    arm_wait_timer(p);
-    pump(p);
-    return f;
-}
-
-BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *p, const char *sql, int nparams,
-                                 const char *const *values)
-{
-    return bt_pq_query_ex(p, sql, nparams, values, NULL);
-}
-
-BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *p, const char *sql, int nparams,
-                                      const char *const *values, const bt_pq_query_opts *opts)
-{
-    if (!p || !sql)
-        return NULL;
-    return submit(p, p->loop, NULL, sql, nparams, values, opts);
-}
-
-/* ---- Acquired connections ------------------------------------------------- */
-
-static void on_acquire_cancel(bt_future *f, void *arg)
-{
-    (void)f;
-    struct pq_acq *a = arg;
-    /* a is still queued: hand_over and the timers free it otherwise, and
-     * the future is settled then, so this hook cannot run. */
-    bt_pq_pool *pool = *(bt_pq_pool **)(a + 1);
-    if (a->prev)
-        a->prev->next = a->next;
-    else
-        pool->aq_head = a->next;
-    if (a->next)
-        a->next->prev = a->prev;
-    else
-        pool->aq_tail = a->prev;
-    pool->naq--;
-    bt_future_set_cancelled(a->f);
-    bt_future_unref(a->f);
-    bt_free(a);
-}
-
-BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
-{
-    if (!p)
-        return NULL;
-    bt_future *f = bt_future_new(p->loop);
-    if (!f)
-        return NULL;
-    if (p->closed) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "the pool was closed");
-        return f;
-    }
-    /* The waiter carries its pool right after it, for the cancel hook. */
-    struct pq_acq *a = bt_calloc(1, sizeof *a + sizeof(bt_pq_pool *));
-    if (!a) {
-        bt_future_set_error(f, BT_ENOMEM, "out of memory");
-        return f;
-    }
-    *(bt_pq_pool **)(a + 1) = p;
-    a->f = bt_future_ref(f);
-    bt_pq_conn *c = p->aq_head ? NULL : find_idle(p);
-    if (c) {
-        hand_over(c, a);
-        return f;
-    }
-    if (p->nwq + p->naq >= p->o.max_waiters) {
-        bt_future_set_error(f, BT_EAGAIN, "too many waiting for a connection (max_waiters %u)",
-                            p->o.max_waiters);
-        bt_future_unref(a->f);
-        bt_free(a);
-        return f;
-    }
-    a->deadline_ns = deadline(p);
-    a->prev = p->aq_tail;
-    if (p->aq_tail)
-        p->aq_tail->next = a;
-    else
-        p->aq_head = a;
-    p->aq_tail = a;
-    p->naq++;
-    bt_future_on_cancel(f, on_acquire_cancel, a);
-    arm_wait_timer(p);
-    pump(p);
-    return f;
-}
-
-BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int nparams,
-                                           const char *const *values,
-                                           const bt_pq_query_opts *opts)
-{
-    if (!c || !sql)
-        return NULL;
-    if (!c->acquired) {
-        return bt_future_new_error(c->loop, BT_EINVAL,
-                                   "the connection is not acquired (released already?)");
-    }
-    if (!c->pool || c->state != CS_READY)
-        return bt_future_new_error(c->loop, BT_ECONNRESET,
-                                   "the connection was lost; release it and acquire another");
-    return submit(c->pool, c->loop, c, sql, nparams, values, opts);
-}
-
-BT_EXPORT bt_future *bt_pq_conn_query(bt_pq_conn *c, const char *sql, int nparams,
-                                      const char *const *values)
-{
-    return bt_pq_conn_query_ex(c, sql, nparams, values, NULL);
-}
-
-static bt_future *simple(bt_pq_conn *c, const char *sql)
-{
-    bt_pq_query_opts o = {.no_prepare = true};
-    return bt_pq_conn_query_ex(c, sql, 0, NULL, &o);
-}
-
-BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c) { return simple(c, "BEGIN"); }
-BT_EXPORT bt_future *bt_pq_conn_commit(bt_pq_conn *c) { return simple(c, "COMMIT"); }
-BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c) { return simple(c, "ROLLBACK"); }
-
-BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
-{
-    if (!c || !c->pg)
-        return false;
-    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
-    return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
-}
-
-static void internal_noop(bt_pq_conn *c, pq_query *q, int err)
-{
-    (void)c;
-    (void)q;
-    (void)err;
-}
-
-static void send_internal(bt_pq_conn *c, const char *sql)
-{
-    bt_pq_query_opts o = {.no_prepare = true};
-    int err;
-    pq_query *q = pq_query_new(c->pool, sql, 0, NULL, &o, &err);
-    if (!q) {
-        pq_conn_close(c, BT_ENOMEM, "out of memory");
-        return;
-    }
-    q->internal = internal_noop;
-    pq_conn_send(c, q);
-}
-
-/* c was released and has nothing in flight: roll back a transaction left
- * open (never hand a connection to the next user mid-transaction), then
- * make it available. */
-static void finish_release(bt_pq_conn *c)
-{
-    bt_pq_pool *p = c->pool;
-    if (c->state != CS_READY) {
-        pq_conn_close(c, BT_ECONNRESET, "broken");
-        return;
-    }
-    if (bt_pq_conn_in_transaction(c) ||
-        PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
-        if (c->rollback_tries++ > 0 || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
-            pq_conn_close(c, BT_ECONNRESET, "could not roll back a released connection");
-            return;
-        }
-        bt_log(BT_LOG_DEBUG, "pq: a connection was released inside a transaction; rolling back");
-        send_internal(c, "ROLLBACK");
-        return; /* back here through pq_pool_conn_available */
-    }
-    c->releasing = false;
-    c->rollback_tries = 0;
-    c->idle_ns = now_ns();
-    if (c->retiring) {
-        pq_conn_close(c, 0, "retired");
-        return;
-    }
-    pump(p);
-}
-
-BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c)
-{
-    if (!c || !c->acquired)
-        return;
-    c->acquired = false;
-    if (!c->pool || c->state == CS_DEAD) {
-        pq_conn_free_dead(c);
-        return;
-    }
-    c->releasing = true;
-    if (c->ops_len == 0)
-        finish_release(c);
-}
-
-/* ---- LISTEN / NOTIFY ------------------------------------------------------ */
-
-static pq_chan *find_chan(bt_pq_pool *p, const char *name)
-{
-    for (pq_chan *ch = p->chans; ch; ch = ch->next)
-        if (strcmp(ch->name, name) == 0)
-            return ch;
-    return NULL;
-}
-
-/* "LISTEN "quoted"" for c, or NULL. Free with bt_free. */
-static char *listen_sql(bt_pq_conn *c, const char *verb, const char *channel)
-{
-    char *id = PQescapeIdentifier(c->pg, channel, strlen(channel));
-    if (!id)
-        return NULL;
-    char *sql = bt_asprintf("%s %s", verb, id);
-    PQfreemem(id);
-    return sql;
-}
-
-static void send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
-{
-    char *sql = listen_sql(c, "LISTEN", channel);
-    if (!sql) {
-        if (f) {
-            bt_future_set_error(f, BT_EINVAL, "cannot quote channel name");
-            bt_future_unref(f);
-        }
-        return;
-    }
-    bt_pq_query_opts o = {.no_prepare = true};
-    int err;
-    pq_query *q = pq_query_new(c->pool, sql, 0, NULL, &o, &err);
-    bt_free(sql);
-    if (!q) {
-        if (f) {
-            bt_future_set_error(f, err, "out of memory");
-            bt_future_unref(f);
-        }
-        return;
-    }
-    if (f)
-        q->f = f; /* takes the caller's reference */
-    else
-        q->internal = internal_noop;
-    pq_conn_send(c, q);
-}
-
-void pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c)
-{
-    for (pq_chan *ch = p->chans; ch && c->state == CS_READY; ch = ch->next)
-        send_listen(c, ch->name, NULL);
-    while (p->listen_waits && c->state == CS_READY) {
-        struct pq_listen_wait *w = p->listen_waits;
-        p->listen_waits = w->next;
-        send_listen(c, w->channel, w->f);
-        bt_free(w->channel);
-        bt_free(w);
-    }
-}
-
-void pq_pool_notify(bt_pq_pool *p, PGnotify *n)
-{
-    pq_chan *ch = find_chan(p, n->relname);
-    if (!ch || !ch->cb)
-        return;
-    bt_loop_enter_cb(p->loop, (const void *)ch->cb);
-    ch->cb(n->relname, n->extra ? n->extra : "", n->be_pid, ch->arg);
-    bt_loop_leave_cb(p->loop);
-}
-
-BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_notify_cb cb,
-                                  void *arg)
-{
-    if (!p)
-        return NULL;
-    if (!channel || !*channel || !cb)
-        return bt_future_new_error(p->loop, BT_EINVAL, "listen needs a channel and a callback");
-    if (p->closed)
-        return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
-    pq_chan *ch = find_chan(p, channel);
-    if (!ch) {
-        ch = bt_calloc(1, sizeof *ch);
-        if (!ch || !(ch->name = bt_strdup(channel))) {
-            bt_free(ch);
-            return bt_future_new_error(p->loop, BT_ENOMEM, "out of memory");
-        }
-        ch->next = p->chans;
-        p->chans = ch;
-    }
-    ch->cb = cb;
-    ch->arg = arg;
-    bt_future *f = bt_future_new(p->loop);
-    if (!f)
-        return NULL;
-    if (p->listener && p->listener->state == CS_READY) {
-        send_listen(p->listener, channel, bt_future_ref(f));
-        return f;
-    }
-    struct pq_listen_wait *w = bt_calloc(1, sizeof *w);
-    if (!w || !(w->channel = bt_strdup(channel))) {
-        bt_free(w);
-        bt_future_set_error(f, BT_ENOMEM, "out of memory");
-        return f;
-    }
-    w->f = bt_future_ref(f);
-    w->next = p->listen_waits;
-    p->listen_waits = w;
-    if (!p->listener) {
-        if (!can_connect(p)) {
-            /* Backing off after failures: the maintenance timer starts the
-             * listener; meanwhile the LISTEN waits. */
-            return f;
-        }
-        start_listener(p);
-    }
-    return f;
-}
-
-BT_EXPORT int bt_pq_unlisten(bt_pq_pool *p, const char *channel)
-{
-    if (!p || !channel)
-        return BT_EINVAL;
-    for (pq_chan **pp = &p->chans; *pp; pp = &(*pp)->next) {
-        pq_chan *ch = *pp;
-        if (strcmp(ch->name, channel) != 0)
-            continue;
-        *pp = ch->next;
-        if (p->listener && p->listener->state == CS_READY) {
-            char *sql = listen_sql(p->listener, "UNLISTEN", channel);
-            if (sql) {
-                send_internal(p->listener, sql);
-                bt_free(sql);
-            }
-        }
-        bt_free(ch->name);
-        bt_free(ch);
-        return 0;
-    }
-    return BT_ENOENT;
 }

@@ -173,6 +173,12 @@ struct pq_chan {
     void *arg;
 };
 
+struct pq_listen_wait {
+    struct pq_listen_wait *next;
+    char *channel;
+    bt_future *f;              /* our own reference */
+};
+
 struct pq_acq {
     struct pq_acq *prev, *next;
     bt_future *f;              /* our own reference */
@@ -222,43 +228,67 @@ struct bt_pq_pool {
 };
 
 /* conn.c */
-bt_pq_conn *pq_conn_new(bt_pq_pool *p, bool listener);
-void pq_conn_begin(bt_pq_conn *c);
-void pq_conn_send(bt_pq_conn *c, pq_query *q);
-void pq_conn_abandon(bt_pq_conn *c, pq_query *q);
-void pq_conn_close(bt_pq_conn *c, int code, const char *why);
-void pq_conn_free_dead(bt_pq_conn *c);
-bool pq_conn_idle(const bt_pq_conn *c);
-void pq_conn_stmt_clear(bt_pq_conn *c);
-int pq_conn_sync(bt_pq_conn *c);
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener);
+void bt__pq_conn_begin(bt_pq_conn *c);
+void bt__pq_conn_send(bt_pq_conn *c, pq_query *q);
+void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
+void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
+void bt__pq_conn_free_dead(bt_pq_conn *c);
+bool bt__pq_conn_idle(const bt_pq_conn *c);
+void bt__pq_conn_stmt_clear(bt_pq_conn *c);
+int bt__pq_conn_sync(bt_pq_conn *c);
 
 /* pool.c */
-void pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
-void pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
-void pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
-void pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
-void pq_pool_notify(bt_pq_pool *p, PGnotify *n);
-void pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
-void pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n);
-void pq_pool_arm_sync(bt_pq_pool *p);
+void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
+void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n);
+void bt__pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n);
+void bt__pq_pool_arm_sync(bt_pq_pool *p);
 
 /* query.c */
-pq_query *pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
+pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
                        const bt_pq_query_opts *opts, int *err);
-void pq_query_settle_result(pq_query *q);
-void pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-void pq_query_free(pq_query *q);
-void pq_query_set_error_from(pq_query *q, const PGresult *res);
+void bt__pq_query_settle_result(pq_query *q);
+void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+void bt__pq_query_free(pq_query *q);
+void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
+/* The common path of every query: target is an acquired connection or
+ * NULL for the pool. Returns: new reference, or NULL. */
+bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
+                         int nparams, const char *const *values, const bt_pq_query_opts *opts);
+
+/* pool.c, shared with the files below */
+void bt__pq_pump(bt_pq_pool *p);
+void bt__pq_arm_wait(bt_pq_pool *p);
+uint64_t bt__pq_deadline(bt_pq_pool *p);
+bt_pq_conn *bt__pq_pick(bt_pq_pool *p);
+bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p);
+void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a);
+void bt__pq_start_listener(bt_pq_pool *p);
+bool bt__pq_can_connect(bt_pq_pool *p);
+
+/* acquire.c */
+void bt__pq_finish_release(bt_pq_conn *c);
+void bt__pq_send_internal(bt_pq_conn *c, const char *sql);
+
+/* conninfo.c */
+int bt__pq_parse_conninfo(bt_pq_pool *p);
+
+/* conn.c: the callback of internal queries (logs a failure). */
+void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
 /* offload.c: the one place that leaves the loop. */
-int pq_resolve_start(bt_pq_conn *c, const char *hosts);
-void pq_resolve_detach(bt_pq_conn *c);
-void pq_cancel_send(bt_pq_conn *c);
-void pq_cancel_detach(bt_pq_conn *c);
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts);
+void bt__pq_resolve_detach(bt_pq_conn *c);
+void bt__pq_cancel_send(bt_pq_conn *c);
+void bt__pq_cancel_detach(bt_pq_conn *c);
 
 /* result.c */
-bt_pq_result *pq_result_wrap(PGresult *res);
-int pq_error_code(const PGresult *res);
-char *pq_format_error(const PGresult *res, const char *fallback);
+bt_pq_result *bt__pq_result_wrap(PGresult *res);
+int bt__pq_error_code(const PGresult *res);
+char *bt__pq_format_error(const PGresult *res, const char *fallback);
 
 #endif

@@ -1,5 +1,6 @@
-/* One query: its copied SQL and parameters, its future, its timeout, and
- * the single place where its outcome is delivered (exactly once). */
+/* One query's life: its copied SQL and parameters, submission (straight to
+ * a connection or into the pool's wait queue), cancellation and timeout,
+ * and the single place where its outcome is delivered (exactly once). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@ static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 /* One allocation holds the query, its arrays and its strings: a point
  * select costs one malloc here, not one per parameter. */
-pq_query *pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
+pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
                        const bt_pq_query_opts *opts, int *err)
 {
     *err = 0;
@@ -91,7 +92,7 @@ pq_query *pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *
     return q;
 }
 
-void pq_query_free(pq_query *q)
+void bt__pq_query_free(pq_query *q)
 {
     if (!q)
         return;
@@ -106,12 +107,12 @@ void pq_query_free(pq_query *q)
 }
 
 /* Record an error from a result (the first one wins). */
-void pq_query_set_error_from(pq_query *q, const PGresult *res)
+void bt__pq_query_set_error_from(pq_query *q, const PGresult *res)
 {
     if (q->err)
         return;
-    q->err = pq_error_code(res);
-    q->errmsg = pq_format_error(res, "query failed");
+    q->err = bt__pq_error_code(res);
+    q->errmsg = bt__pq_format_error(res, "query failed");
 }
 
 static void stop_timer(pq_query *q)
@@ -128,7 +129,7 @@ static void count(pq_query *q)
         q->pool->st.queries++;
 }
 
-void pq_query_fail(pq_query *q, int code, const char *fmt, ...)
+void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...)
 {
     if (q->settled)
         return;
@@ -151,19 +152,19 @@ void pq_query_fail(pq_query *q, int code, const char *fmt, ...)
 }
 
 /* Deliver what the connection collected: an error, or the result. */
-void pq_query_settle_result(pq_query *q)
+void bt__pq_query_settle_result(pq_query *q)
 {
     if (q->settled)
         return;
     if (q->err) {
-        pq_query_fail(q, q->err, "%s", q->errmsg ? q->errmsg : bt_strerror(q->err));
+        bt__pq_query_fail(q, q->err, "%s", q->errmsg ? q->errmsg : bt_strerror(q->err));
         return;
     }
     q->settled = true;
     stop_timer(q);
     count(q);
     if (q->f) {
-        bt_pq_result *r = pq_result_wrap(q->res);
+        bt_pq_result *r = bt__pq_result_wrap(q->res);
         if (!r) {
             bt_future_set_error(q->f, BT_ENOMEM, "out of memory for a result");
             return;
@@ -173,4 +174,142 @@ void pq_query_settle_result(pq_query *q)
     } else if (q->internal) {
         q->internal(q->conn, q, 0);
     }
+}
+
+/* ---- Submitting, cancelling, timing out ----------------------------------- */
+
+static void unlink_waiting(bt_pq_pool *p, pq_query *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        p->wq_head = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        p->wq_tail = q->prev;
+    q->next = q->prev = NULL;
+    p->nwq--;
+}
+
+/* Cancel or time out q, wherever it is. */
+static void abandon(pq_query *q, int code)
+{
+    if (q->settled)
+        return;
+    if (q->state == Q_WAITING) {
+        unlink_waiting(q->pool, q);
+        q->state = Q_NEW;
+        if (code == BT_ECANCELED) {
+            q->settled = true;
+            bt_future_set_cancelled(q->f);
+        } else {
+            bt__pq_query_fail(q, code, "timed out after %llu ms waiting for a connection",
+                          (unsigned long long)q->timeout_ms);
+        }
+        bt__pq_query_free(q);
+        return;
+    }
+    if (q->state == Q_SENT) {
+        if (code == BT_ECANCELED) {
+            q->settled = true;
+            if (q->timer) {
+                bt_timer_free(q->timer);
+                q->timer = NULL;
+            }
+            bt_future_set_cancelled(q->f);
+            if (q->pool)
+                q->pool->st.queries++;
+        } else {
+            bt__pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
+                          (unsigned long long)q->timeout_ms);
+        }
+        bt__pq_conn_abandon(q->conn, q);
+    }
+}
+
+static void on_query_cancel(bt_future *f, void *arg)
+{
+    (void)f;
+    abandon(arg, BT_ECANCELED);
+}
+
+static void on_query_timeout(bt_timer *t, void *arg)
+{
+    (void)t;
+    abandon(arg, BT_ETIMEDOUT);
+}
+
+/* The common path of every query. target: an acquired connection or NULL.
+ * internal: set for the pool's own queries (no future). */
+bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
+                         int nparams, const char *const *values, const bt_pq_query_opts *opts)
+{
+    bt_future *f = bt_future_new(loop);
+    if (!f)
+        return NULL;
+    if (!p || p->closed) {
+        bt_future_set_error(f, BT_ESHUTDOWN, "the pool was closed");
+        return f;
+    }
+    int err;
+    pq_query *q = bt__pq_query_new(p, sql, nparams, values, opts, &err);
+    if (!q) {
+        if (err == BT_EINVAL)
+            bt_future_set_error(f, err, "bad query arguments (nparams %d, values %p)", nparams,
+                                (const void *)values);
+        else
+            bt_future_set_error(f, err, NULL);
+        return f;
+    }
+    q->f = bt_future_ref(f);
+    q->target = target;
+    bt_future_on_cancel(f, on_query_cancel, q);
+    if (q->timeout_ms) {
+        q->timer = bt_timer_new(loop, on_query_timeout, q);
+        if (q->timer)
+            bt_timer_start(q->timer, q->timeout_ms, 0);
+    }
+    if (target) {
+        bt__pq_conn_send(target, q);
+        return f;
+    }
+    bt_pq_conn *c = p->wq_head ? NULL : bt__pq_pick(p);
+    if (c) {
+        bt__pq_conn_send(c, q);
+        return f;
+    }
+    if (p->nwq + p->naq >= p->o.max_waiters) {
+        bt__pq_query_fail(q, BT_EAGAIN, "too many queries waiting for a connection (max_waiters %u)",
+                      p->o.max_waiters);
+        bt__pq_query_free(q);
+        return f;
+    }
+    q->state = Q_WAITING;
+    q->deadline_ns = bt__pq_deadline(p);
+    q->prev = p->wq_tail;
+    q->next = NULL;
+    if (p->wq_tail)
+        p->wq_tail->next = q;
+    else
+        p->wq_head = q;
+    p->wq_tail = q;
+    p->nwq++;
+    bt__pq_arm_wait(p);
+    bt__pq_pump(p);
+    return f;
+}
+
+BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *p, const char *sql, int nparams,
+                                 const char *const *values)
+{
+    return bt_pq_query_ex(p, sql, nparams, values, NULL);
+}
+
+BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *p, const char *sql, int nparams,
+                                      const char *const *values, const bt_pq_query_opts *opts)
+{
+    if (!p || !sql)
+        return NULL;
+    return bt__pq_submit(p, p->loop, NULL, sql, nparams, values, opts);
 }

@@ -4,7 +4,7 @@
 
 #include "pq-internal.h"
 
-bt_pq_result *pq_result_wrap(PGresult *res)
+bt_pq_result *bt__pq_result_wrap(PGresult *res)
 {
     bt_pq_result *r = bt_malloc(sizeof *r);
     if (!r)
@@ -104,7 +104,7 @@ BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r)
 
 /* ---- Errors ------------------------------------------------------------- */
 
-int pq_error_code(const PGresult *res)
+int bt__pq_error_code(const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     /* Class 08 is a connection exception; 57P01-57P03 are the server
@@ -115,7 +115,7 @@ int pq_error_code(const PGresult *res)
 }
 
 /* "[SQLSTATE] primary\nDETAIL: ...\nHINT: ..." (see pq.h). */
-char *pq_format_error(const PGresult *res, const char *fallback)
+char *bt__pq_format_error(const PGresult *res, const char *fallback)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *prim = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;

@@ -1,0 +1,108 @@
+/* The pool's conninfo, parsed once into the keyword/value arrays that
+ * PQconnectStartParams takes, with room for the resolved hostaddr. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "pq-internal.h"
+
+int bt__pq_parse_conninfo(bt_pq_pool *p)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
+    if (!opts) {
+        size_t n = err ? strlen(err) : 0;
+        while (n > 0 && err[n - 1] == '\n')
+            n--;
+        if (err)
+            bt_log(BT_LOG_WARN, "pq: bad conninfo: %.*s", (int)n, err);
+        else
+            bt_log(BT_LOG_WARN, "pq: bad conninfo (or out of memory)");
+        PQfreemem(err);
+        return BT_EINVAL;
+    }
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && *o->val)
+            n++;
+    /* + hostaddr + host + fallback_application_name + gssencmode + the
+     * terminator */
+    p->keys = bt_calloc(n + 5, sizeof *p->keys);
+    p->vals = bt_calloc(n + 5, sizeof *p->vals);
+    if (!p->keys || !p->vals) {
+        PQconninfoFree(opts);
+        return BT_ENOMEM;
+    }
+    size_t i = 0;
+    const char *host = NULL, *hostaddr = NULL;
+    bool gss = false;
+    p->host_idx = p->hostaddr_idx = -1;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val)
+            continue;
+        p->keys[i] = bt_strdup(o->keyword);
+        p->vals[i] = bt_strdup(o->val);
+        if (!p->keys[i] || !p->vals[i]) {
+            PQconninfoFree(opts);
+            return BT_ENOMEM;
+        }
+        if (strcmp(o->keyword, "host") == 0) {
+            host = p->vals[i];
+            p->host_idx = (int)i;
+        }
+        if (strcmp(o->keyword, "gssencmode") == 0)
+            gss = true;
+        if (strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = p->vals[i];
+            p->hostaddr_idx = (int)i;
+        }
+        i++;
+    }
+    PQconninfoFree(opts);
+    if (!host && !hostaddr)
+        host = getenv("PGHOST"); /* what libpq would use */
+    if (host && !hostaddr) {
+        /* Resolution happens on the blocking lane, then libpq gets
+         * hostaddr (see offload.c). */
+        bool names = false;
+        const char *h = host;
+        while (*h) {
+            size_t len = strcspn(h, ",");
+            if (len && h[0] != '/' && h[0] != '@')
+                names = true; /* numeric ones pass through the job as is */
+            h += len;
+            if (*h == ',')
+                h++;
+        }
+        if (names) {
+            p->host = bt_strdup(host);
+            p->keys[i] = bt_strdup("hostaddr");
+            p->hostaddr_idx = (int)i;
+            p->vals[i] = NULL;
+            if (!p->host || !p->keys[i])
+                return BT_ENOMEM;
+            i++;
+            if (p->host_idx < 0) {
+                p->keys[i] = bt_strdup("host");
+                p->vals[i] = bt_strdup(host);
+                if (!p->keys[i] || !p->vals[i])
+                    return BT_ENOMEM;
+                i++;
+            }
+        }
+    }
+    p->keys[i] = bt_strdup("fallback_application_name");
+    p->vals[i] = bt_strdup("baton");
+    if (!p->keys[i] || !p->vals[i])
+        return BT_ENOMEM;
+    i++;
+    if (!gss && !getenv("PGGSSENCMODE")) {
+        /* Unless asked for, no GSSAPI encryption: probing for it costs a
+         * round trip per connect, and looking for Kerberos credentials can
+         * block inside PQconnectPoll. */
+        p->keys[i] = bt_strdup("gssencmode");
+        p->vals[i] = bt_strdup("disable");
+        if (!p->keys[i] || !p->vals[i])
+            return BT_ENOMEM;
+    }
+    return 0;
+}
