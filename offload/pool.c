@@ -1083,7 +1083,11 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     job->expected = atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
     if (job->expected)
         bt__loop_expect(loop, 1);
-    if (++att->batch_n[l] >= FLUSH_AT) {
+    /* Hand over now when a batch is full, or when this is the only job and
+     * a worker is lingering for exactly that (one at a time: latency wins;
+     * a burst finds no lingering worker after the first job or two). */
+    if (++att->batch_n[l] >= FLUSH_AT ||
+        (att->batch_n[l] == 1 && atomic_load_explicit(&lane->spinners, memory_order_relaxed) > 0)) {
         lane_flush(att, l);
     } else if (!att->flush_scheduled) {
         att->flush_scheduled = true;
