@@ -227,9 +227,12 @@ struct bt_pq_pool {
     bt_pq_stats st;
 };
 
-/* conn.c */
+/* connect.c */
 bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener);
 void bt__pq_conn_begin(bt_pq_conn *c);
+
+/* conn.c */
+void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg);
 void bt__pq_conn_send(bt_pq_conn *c, pq_query *q);
 void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);

@@ -1,0 +1,212 @@
+/* Opening a connection without blocking the loop: PQconnectStartParams
+ * and PQconnectPoll driven by libevent, the socket read again at every
+ * step, our own timeout, and the resolved hostaddr swapped in. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pq-internal.h"
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg);
+static void on_connect_timeout(bt_timer *t, void *arg);
+
+static uint64_t now_ns(void) { return bt_hrtime(); }
+
+/* ---- Connecting ----------------------------------------------------------- */
+
+static void begin_connect(bt_pq_conn *c);
+
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
+{
+    bt_pq_conn *c = bt_calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->pool = p;
+    c->loop = p->loop;
+    c->fd = -1;
+    c->is_listener = listener;
+    c->state = CS_RESOLVING;
+    c->born_ns = now_ns();
+    c->timer = bt_timer_new(p->loop, on_connect_timeout, c);
+    if (!c->timer) {
+        bt_free(c);
+        return NULL;
+    }
+    bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
+    if (p->host) {
+        if (bt__pq_resolve_start(c, p->host) != 0) {
+            bt_timer_free(c->timer);
+            bt_free(c);
+            return NULL;
+        }
+    } else {
+        /* Not yet: the caller links c into the pool first, and a connect
+         * that fails at once reports through the pool. */
+        c->state = CS_CONNECTING;
+    }
+    return c;
+}
+
+/* Called by the pool once c is linked (and by the resolver when done). */
+void bt__pq_conn_begin(bt_pq_conn *c) { begin_connect(c); }
+
+static void connect_failed(bt_pq_conn *c, int code, const char *msg)
+{
+    bt_pq_pool *p = c->pool;
+    bool listener = c->is_listener;
+    char *m = bt_strdup(msg ? msg : bt_strerror(code));
+    if (m) {
+        size_t n = strlen(m);
+        while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == ' '))
+            m[--n] = '\0';
+    }
+    bt__pq_conn_close(c, code, m);
+    if (p)
+        bt__pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
+    bt_free(m);
+}
+
+/* Sort a libpq connect failure into a code. */
+static int connect_code(const char *msg)
+{
+    if (!msg)
+        return BT_EIO;
+    if (strstr(msg, "Connection refused") || strstr(msg, "No such file or directory"))
+        return BT_ECONNREFUSED;
+    if (strstr(msg, "could not translate host name"))
+        return BT_EDNS;
+    if (strstr(msg, "authentication failed") || strstr(msg, "no pg_hba.conf entry"))
+        return BT_EACCES;
+    if (strstr(msg, "timeout") || strstr(msg, "timed out"))
+        return BT_ETIMEDOUT;
+    if (strstr(msg, "Network is unreachable"))
+        return BT_ENETUNREACH;
+    if (strstr(msg, "No route to host"))
+        return BT_EHOSTUNREACH;
+    if (strstr(msg, "SSL") || strstr(msg, "certificate"))
+        return BT_ETLS;
+    return BT_EIO;
+}
+
+/* Watch the socket for what PQconnectPoll asked. libpq may open a new
+ * socket between steps (another host, another address, SSL fallback), so
+ * the descriptor is read again every time. */
+static int watch_connect(bt_pq_conn *c)
+{
+    int fd = PQsocket(c->pg);
+    if (fd < 0)
+        return BT_EBADF;
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    c->fd = fd;
+    short what = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
+    c->ev = event_new(c->pool->base, fd, what, on_connect_io, c);
+    if (!c->ev || event_add(c->ev, NULL) != 0)
+        return BT_ENOMEM;
+    return 0;
+}
+
+static void connected(bt_pq_conn *c)
+{
+    bt_timer_stop(c->timer);
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
+        connect_failed(c, BT_EIO, PQerrorMessage(c->pg));
+        return;
+    }
+    c->fd = PQsocket(c->pg);
+    c->ev = event_new(c->pool->base, c->fd, EV_READ | EV_PERSIST, bt__pq_conn_on_io, c);
+    c->wev = event_new(c->pool->base, c->fd, EV_WRITE | EV_PERSIST, bt__pq_conn_on_io, c);
+    if (!c->ev || !c->wev || event_add(c->ev, NULL) != 0) {
+        connect_failed(c, BT_ENOMEM, "out of memory for connection events");
+        return;
+    }
+    c->state = CS_READY;
+    c->born_ns = c->idle_ns = now_ns();
+    bt__pq_pool_connected(c->pool, c);
+}
+
+static void step(bt_pq_conn *c)
+{
+    c->poll = PQconnectPoll(c->pg);
+    switch (c->poll) {
+    case PGRES_POLLING_OK:
+        connected(c);
+        return;
+    case PGRES_POLLING_FAILED: {
+        const char *m = PQerrorMessage(c->pg);
+        connect_failed(c, connect_code(m), m);
+        return;
+    }
+    default: {
+        int rc = watch_connect(c);
+        if (rc != 0)
+            connect_failed(c, rc, "cannot watch the connection's socket");
+        return;
+    }
+    }
+}
+
+/* Server notices (and the FATAL an idle connection gets when the server
+ * shuts down) go to Baton's log, not to libpq's default of stderr. */
+static void on_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        n--;
+    bt_log(BT_LOG_DEBUG, "pq: server notice: %.*s", (int)n, msg);
+}
+
+static void begin_connect(bt_pq_conn *c)
+{
+    bt_pq_pool *p = c->pool;
+    c->state = CS_CONNECTING;
+    const char **vals = p->vals;
+    const char *saved = NULL;
+    if (c->hostaddr && p->hostaddr_idx >= 0) {
+        saved = vals[p->hostaddr_idx];
+        vals[p->hostaddr_idx] = c->hostaddr;
+    }
+    c->pg = PQconnectStartParams(p->keys, vals, 0);
+    if (saved || (c->hostaddr && p->hostaddr_idx >= 0))
+        vals[p->hostaddr_idx] = saved;
+    if (!c->pg) {
+        connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
+        return;
+    }
+    PQsetNoticeProcessor(c->pg, on_notice, NULL);
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        const char *m = PQerrorMessage(c->pg);
+        connect_failed(c, connect_code(m), m);
+        return;
+    }
+    /* "If PQconnectStart succeeds, the next stage is to poll libpq so that
+     * it can proceed with the connection sequence": behave as if the last
+     * poll said WRITING. */
+    c->poll = PGRES_POLLING_WRITING;
+    int rc = watch_connect(c);
+    if (rc != 0)
+        connect_failed(c, rc, "cannot watch the connection's socket");
+}
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    step(arg);
+}
+
+static void on_connect_timeout(bt_timer *t, void *arg)
+{
+    (void)t;
+    bt_pq_conn *c = arg;
+    if (c->state == CS_RESOLVING || c->state == CS_CONNECTING)
+        connect_failed(c, BT_ETIMEDOUT,
+                       "timed out connecting to the database (connect_timeout_ms)");
+}
