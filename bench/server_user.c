@@ -97,6 +97,9 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
     const char *size = getenv("SERVER_USER_POOL"); /* for experiments */
     o.max_size = size ? (unsigned)atoi(size) : 16;
     o.min_size = o.max_size;
+    const char *depth = getenv("SERVER_USER_DEPTH"); /* for experiments */
+    if (depth)
+        o.pipeline_depth = (unsigned)atoi(depth);
     bt_pq_pool *db = bt_pq_pool_new(loop, &o);
     *data = db;
     return db ? 0 : BT_EINVAL;
@@ -172,16 +175,18 @@ static pid_t start(bool baton, int *port)
 }
 
 typedef struct {
-    double rps, p99_ms;
+    double rps, p99_ms, p50_ms;
     long errors, non2xx;
 } wrk_result;
 
 static int run_wrk(int port, int seconds, wrk_result *out)
 {
     char cmd[512];
+    const char *conns = getenv("SERVER_USER_CONNS"); /* for experiments; 64 is the bench */
+    int c = conns ? atoi(conns) : 64;
     snprintf(cmd, sizeof cmd,
-             "wrk -t2 -c64 -d%ds --timeout 5s -s %s/bench/server_user.lua http://127.0.0.1:%d/",
-             seconds, BT_BENCH_SRCDIR, port);
+             "wrk -t%d -c%d -d%ds --timeout 5s -s %s/bench/server_user.lua http://127.0.0.1:%d/",
+             c < 2 ? 1 : 2, c, seconds, BT_BENCH_SRCDIR, port);
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -194,6 +199,7 @@ static int run_wrk(int port, int seconds, wrk_result *out)
                    &rps, &p99, &p50, &reqs, &errs, &non2xx) == 6) {
             out->rps = rps;
             out->p99_ms = (double)p99 / 1000.0;
+            out->p50_ms = (double)p50 / 1000.0;
             out->errors = errs;
             out->non2xx = non2xx;
             found = 0;
@@ -265,9 +271,9 @@ int main(void)
             }
             double cpu = stop(pid);
             fprintf(stderr,
-                    "server_user: round %d %s: %.0f req/s, p99 %.2f ms, %ld errors, %ld non-2xx, "
-                    "server CPU %.1f us/request\n",
-                    round + 1, b ? "baton" : "anchor", r.rps, r.p99_ms, r.errors, r.non2xx,
+                    "server_user: round %d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %ld errors, "
+                    "%ld non-2xx, server CPU %.1f us/request\n",
+                    round + 1, b ? "baton" : "anchor", r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx,
                     cpu * 1e6 / (r.rps * (seconds + 2)));
             if (r.errors || r.non2xx) {
                 fprintf(stderr, "server_user: the %s server answered with errors\n",
