@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <baton/curl.h>
+#include <baton/watchdog.h>
 #include <baton/http.h>
 
 #include "harness.h"
@@ -879,6 +880,36 @@ START_TEST(app_run_stop_and_bind_error)
 }
 END_TEST
 
+/* ---- The stall watchdog names a handler that blocks the loop -----------------------
+ * Visible, and the test is linked with -export-dynamic, so dladdr names it. */
+__attribute__((visibility("default"))) bt_future *bt_test_http_blocking_handler(bt_http_req *req,
+                                                                              void *arg);
+bt_future *bt_test_http_blocking_handler(bt_http_req *req, void *arg)
+{
+    /* The guide's time.sleep() inside async code: block until the watchdog
+     * has reported us (10 s hang guard). */
+    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000;
+    while (bt_hrtime() < until && bt_test_log_count("still running") < 1)
+        usleep(1000);
+    return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "late", 4);
+}
+
+static void blocking_client(void *arg) { curl_cli("", "/block", &rs[0]); }
+
+START_TEST(watchdog_names_a_blocking_handler)
+{
+    bt_test_log_capture();
+    bt_http_app_route(app, "GET", "/block", bt_test_http_blocking_handler, NULL);
+    start_server();
+    ck_assert_int_eq(bt_watchdog_start(loop, 20), 0);
+    with_client(blocking_client, NULL);
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_msg(bt_test_log_contains("bt_test_http_blocking_handler"),
+                  "the watchdog did not name the handler");
+    ck_assert_int_eq(bt_watchdog_stop(loop), 0);
+}
+END_TEST
+
 /* ---- Allocation failures ---------------------------------------------------------
  * Every allocation Baton makes goes through bt_malloc, so a test can make
  * every k-th one fail while the server works. Each request must still get
@@ -1028,6 +1059,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, app_run_stop_and_bind_error);
     tcase_add_test(tc, api_refusals);
     tcase_add_test(tc, allocation_failures);
+    tcase_add_test(tc, watchdog_names_a_blocking_handler);
     suite_add_tcase(s, tc);
     return s;
 }
