@@ -858,12 +858,22 @@ static void *stopper(void *arg)
     return NULL;
 }
 
-START_TEST(app_run_stop_and_bind_error)
+static void *interrupter(void *arg)
+{
+    usleep(100000);
+    kill(getpid(), SIGINT); /* as ^C does */
+    return NULL;
+}
+
+START_TEST(app_run_stop_sigint_and_bind_error)
 {
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
     bt_http_app_set_loops(app, 2);
     pthread_t th;
     pthread_create(&th, NULL, stopper, app);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
+    pthread_join(th, NULL);
+    pthread_create(&th, NULL, interrupter, NULL);
     ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
     pthread_join(th, NULL);
     /* A port held by a socket without SO_REUSEPORT cannot be shared. */
@@ -1056,7 +1066,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, loop_free_closer_cancels_inflight);
     tcase_add_test(tc, metrics_route);
     tcase_add_test(tc, app_run_multi_loop_sigterm);
-    tcase_add_test(tc, app_run_stop_and_bind_error);
+    tcase_add_test(tc, app_run_stop_sigint_and_bind_error);
     tcase_add_test(tc, api_refusals);
     tcase_add_test(tc, allocation_failures);
     tcase_add_test(tc, watchdog_names_a_blocking_handler);
