@@ -860,9 +860,13 @@ static void *stopper(void *arg)
 
 static void *interrupter(void *arg)
 {
-    usleep(100000);
     kill(getpid(), SIGINT); /* as ^C does */
     return NULL;
+}
+
+static void interrupt_when_ready(int p, void *arg)
+{
+    pthread_create(arg, NULL, interrupter, NULL); /* the handler is in place now */
 }
 
 START_TEST(app_run_stop_sigint_and_bind_error)
@@ -873,8 +877,7 @@ START_TEST(app_run_stop_sigint_and_bind_error)
     pthread_create(&th, NULL, stopper, app);
     ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
     pthread_join(th, NULL);
-    pthread_create(&th, NULL, interrupter, NULL);
-    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, interrupt_when_ready, &th), 0);
     pthread_join(th, NULL);
     /* A port held by a socket without SO_REUSEPORT cannot be shared. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
