@@ -853,9 +853,14 @@ END_TEST
 
 static void *stopper(void *arg)
 {
-    usleep(100000);
     bt_http_app_stop(arg);
     return NULL;
+}
+
+static void stop_when_ready(int p, void *arg)
+{
+    pthread_t *th = arg;
+    pthread_create(th, NULL, stopper, app);
 }
 
 static void *interrupter(void *arg)
@@ -874,8 +879,7 @@ START_TEST(app_run_stop_sigint_and_bind_error)
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
     bt_http_app_set_loops(app, 2);
     pthread_t th;
-    pthread_create(&th, NULL, stopper, app);
-    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, NULL, NULL), 0);
+    ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, stop_when_ready, &th), 0);
     pthread_join(th, NULL);
     ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, interrupt_when_ready, &th), 0);
     pthread_join(th, NULL);
