@@ -142,6 +142,20 @@ START_TEST(crud_with_parameters_and_nulls)
     ck_assert_int_eq(bt_future_error(f), 0);
     ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "9000000001");
     bt_future_unref(f);
+
+    /* Binary in, binary out: a bytea with NUL bytes survives untouched. */
+    static const char blob[] = {'a', '\0', 'b', '\xff'};
+    unsigned btypes[] = {17}; /* bytea */
+    int lens[] = {(int)sizeof blob};
+    int fmts[] = {1};
+    const char *bv[] = {blob};
+    bt_pq_query_opts bo = {.types = btypes, .lengths = lens, .formats = fmts, .result_format = 1};
+    f = await(bt_pq_query_ex(p, "SELECT $1::bytea, length($1)", 1, bv, &bo));
+    ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+    const bt_pq_result *br = bt_future_value(f);
+    ck_assert_int_eq(bt_pq_result_length(br, 0, 0), (int)sizeof blob);
+    ck_assert_int_eq(memcmp(bt_pq_result_get(br, 0, 0), blob, sizeof blob), 0);
+    bt_future_unref(f);
     bt_pq_pool_free(p);
 }
 END_TEST
