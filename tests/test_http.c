@@ -31,6 +31,7 @@ static int port;
 
 static _Atomic int handler_calls;
 static _Atomic int states_freed;
+static _Atomic int shutdown_begun;
 static _Atomic int hook_calls;
 
 static void setup(void)
@@ -42,6 +43,7 @@ static void setup(void)
     atomic_store(&handler_calls, 0);
     atomic_store(&hook_calls, 0);
     atomic_store(&states_freed, 0);
+    atomic_store(&shutdown_begun, 0);
     srv = NULL;
 }
 
@@ -647,7 +649,49 @@ static void do_shutdown(void *arg)
     shut_f = bt_http_server_shutdown(srv, shut_deadline);
     if (release_on_shutdown)
         release_held(NULL);
+    atomic_store(&shutdown_begun, 1);
 }
+
+/* A keep-alive connection open when the shutdown begins: its next request
+ * is refused with 503 and the connection closed. */
+static void keepalive_client(void *arg)
+{
+    const char *hello = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    int k = connect_to(port);
+    send_all(k, hello, strlen(hello));
+    read_response(k, &rs[0]);
+    int h = connect_to(port);
+    const char *hold = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(h, hold, strlen(hold));
+    wait_for(&handler_calls, 2);
+    bt_loop_post(loop, do_shutdown, NULL);
+    wait_for(&shutdown_begun, 1);
+    send_all(k, hello, strlen(hello));
+    read_response(k, &rs[1]);
+    char c;
+    rs[2].status = recv(k, &c, 1, 0) == 0 ? 1 : 0; /* then closed */
+    close(k);
+    read_response(h, &rs[3]); /* the held one, cancelled at the deadline */
+    close(h);
+}
+
+START_TEST(shutdown_refuses_requests_on_open_connections)
+{
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    start_server();
+    shut_deadline = 300;
+    with_client(keepalive_client, NULL);
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_int_eq(rs[1].status, 503);
+    ck_assert_ptr_nonnull(strcasestr(rs[1].head, "Connection: close"));
+    ck_assert_int_eq(rs[2].status, 1);
+    ck_assert_int_eq(rs[3].status, 503);
+    bt_test_run_until(loop, shut_f, 5000);
+    bt_future_unref(shut_f);
+    drop_held();
+}
+END_TEST
 
 static void shutdown_client(void *arg)
 {
@@ -1080,6 +1124,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, baton_client_cancel_reaches_handler);
     tcase_add_test(tc, graceful_shutdown_lets_inflight_finish);
     tcase_add_test(tc, graceful_shutdown_cancels_at_deadline);
+    tcase_add_test(tc, shutdown_refuses_requests_on_open_connections);
     tcase_add_test(tc, server_free_cancels_inflight);
     tcase_add_test(tc, loop_free_closer_cancels_inflight);
     tcase_add_test(tc, metrics_route);
