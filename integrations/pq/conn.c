@@ -562,8 +562,11 @@ static void resolve_batch(bt_pq_conn *c)
             c->inflight--;
             bool stale = stale_statement(c, q);
             bool stray = !stale && stray_cancel(c, q);
-            bool again = stale   ? !q->target && !q->replanned
-                         : stray ? !q->target && !q->recancelled
+            /* Only pool queries go back to the pool: never one bound to an
+             * acquired connection, an internal one, or a LISTEN. */
+            bool pool_query = !q->target && !q->internal && !c->is_listener;
+            bool again = stale   ? pool_query && !q->replanned
+                         : stray ? pool_query && !q->recancelled
                                  : failed && !(q->err && (q->solo || !batch_only_error(q)));
             if (stale)
                 q->replanned = true;
