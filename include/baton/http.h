@@ -8,7 +8,8 @@
  * an Allow header) when a route matches the path but not the method, 500
  * with a short body when a handler fails (the error is logged, never sent),
  * 503 when the cap on concurrent requests is reached or the server is
- * shutting down, and 413 when a request's headers or body are too large.
+ * shutting down, 413 when a request's body is too large and 400 when its
+ * headers are (evhttp's answers).
  *
  *   bt_http_app *app = bt_http_app_new();
  *   bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
@@ -90,7 +91,7 @@ BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char
 /* Limits. Each returns 0, BT_EINVAL (NULL app or a zero value) or BT_EBUSY
  * once a server uses the app.
  * - max_header_bytes: the request line and headers (default 16 KiB);
- *   beyond it the request is refused (413 or 431 from evhttp).
+ *   beyond it the request is refused (400, evhttp's answer).
  * - max_body_bytes: the body (default 1 MiB); beyond it, 413.
  * - read_timeout_ms: the longest wait for a request's bytes, and for the
  *   next request on an idle keep-alive connection (default 30 s).
