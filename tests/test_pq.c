@@ -1113,6 +1113,55 @@ START_TEST(bad_arguments)
 }
 END_TEST
 
+START_TEST(graceful_close_drains_first)
+{
+    bt_pq_pool *p = new_pool(2, 2, 16);
+    bt_future *a = await(bt_pq_acquire(p));
+    bt_pq_conn *c = bt_future_take_value(a);
+    bt_future_unref(a);
+    bt_future *running = bt_pq_query(p, "SELECT 'ran', pg_sleep(0.2)", 0, NULL);
+    bt_future *closed = bt_pq_pool_close(p);
+    ck_assert_ptr_nonnull(closed);
+    /* New work is refused at once... */
+    bt_future *late = await(bt_pq_query(p, "SELECT 1", 0, NULL));
+    ck_assert_int_eq(bt_future_error(late), BT_ESHUTDOWN);
+    bt_future_unref(late);
+    late = await(bt_pq_acquire(p));
+    ck_assert_int_eq(bt_future_error(late), BT_ESHUTDOWN);
+    bt_future_unref(late);
+    /* ...what runs finishes, and the lent connection still works. */
+    ck_assert_int_eq(bt_future_error(await(running)), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(running), 0, 0), "ran");
+    bt_future_unref(running);
+    bt_future *mine = await(bt_pq_conn_query(c, "SELECT 'mine'", 0, NULL));
+    ck_assert_int_eq(bt_future_error(mine), 0);
+    bt_future_unref(mine);
+    sleep_ms(100);
+    ck_assert_int_eq(bt_future_get_state(closed), BT_FUTURE_PENDING); /* c is out */
+    bt_pq_conn_release(c);
+    ck_assert_int_eq(bt_future_error(await(closed)), 0);
+    bt_future_unref(closed);
+    bt_pq_stats st;
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.size, 0);
+    closed = await(bt_pq_pool_close(p)); /* again: same outcome */
+    ck_assert_int_eq(bt_future_error(closed), 0);
+    bt_future_unref(closed);
+    bt_pq_pool_free(p);
+
+    /* Freed before it drained: terminate; the close future says so. */
+    p = new_pool(1, 1, 16);
+    running = bt_pq_query(p, "SELECT pg_sleep(5)", 0, NULL);
+    sleep_ms(50);
+    closed = bt_pq_pool_close(p);
+    bt_pq_pool_free(p);
+    ck_assert_int_eq(bt_future_error(await(closed)), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(await(running)), BT_ESHUTDOWN);
+    bt_future_unref(closed);
+    bt_future_unref(running);
+}
+END_TEST
+
 START_TEST(shutdown_settles_everything)
 {
     /* Freeing the pool fails waiting and in-flight work with
@@ -1186,6 +1235,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, shutdown_settles_everything);
+    tcase_add_test(tc, graceful_close_drains_first);
     /* Last: it restarts the shared server. */
     tcase_add_test(tc, restart_mid_stream);
     suite_add_tcase(s, tc);

@@ -133,6 +133,18 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o);
  * Thread: the loop's. NULL is a no-op. */
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *pool);
 
+/* Close gracefully (asyncpg's pool.close()): from now on new pool
+ * queries, acquires and listens fail at once with BT_ESHUTDOWN; what
+ * already waits or runs finishes; connections lent out are waited for
+ * (queries on them still work) until released; then every connection is
+ * closed and the future settles with a NULL value. bt_pq_pool_free is
+ * still needed afterwards; called before the future settles it is
+ * asyncpg's terminate() (the future then fails with BT_ESHUTDOWN). Wrap
+ * the future in bt_timeout for a bounded wait. Calling it again returns
+ * the same outcome. Returns: new reference, or NULL (NULL pool, out of
+ * memory). Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *pool);
+
 /* A future that settles (NULL value) once the pool has one open
  * connection, or fails with the connect error if the first attempt fails.
  * Returns: new reference, or NULL (out of memory). Thread: the loop's. */

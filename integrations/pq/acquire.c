@@ -25,6 +25,7 @@ static void on_acquire_cancel(bt_future *f, void *arg)
     bt_future_set_cancelled(a->f);
     bt_future_unref(a->f);
     bt_free(a);
+    bt__pq_check_drained(pool);
 }
 
 BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
@@ -34,8 +35,8 @@ BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
     bt_future *f = bt_future_new(p->loop);
     if (!f)
         return NULL;
-    if (p->closed) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "the pool was closed");
+    if (p->closed || p->closing) {
+        bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s", p->closed ? "closed" : "closing");
         return f;
     }
     /* The waiter carries its pool right after it, for the cancel hook. */

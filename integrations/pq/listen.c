@@ -83,8 +83,9 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
         return NULL;
     if (!channel || !*channel || !cb)
         return bt_future_new_error(p->loop, BT_EINVAL, "listen needs a channel and a callback");
-    if (p->closed)
-        return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
+    if (p->closed || p->closing)
+        return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool is %s",
+                                   p->closed ? "closed" : "closing");
     pq_chan *ch = find_chan(p, channel);
     if (!ch) {
         ch = bt_calloc(1, sizeof *ch);

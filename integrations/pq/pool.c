@@ -263,6 +263,8 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
      * floor, so there is nothing to hand out or open. */
     if (p->wq_head || p->aq_head || p->nready || p->nconns < p->o.min_size)
         bt__pq_pump(p);
+    else
+        bt__pq_check_drained(p);
 }
 
 /* ---- Handing out connections --------------------------------------------- */
@@ -321,7 +323,7 @@ static void grow(bt_pq_pool *p)
     for (;;) {
         unsigned waiting = p->nwq + p->naq + (p->nready ? 1 : 0);
         unsigned want = waiting > p->nconnecting ? waiting - p->nconnecting : 0;
-        unsigned floor = p->o.min_size > p->nconns ? p->o.min_size - p->nconns : 0;
+        unsigned floor = p->o.min_size > p->nconns && !p->closing ? p->o.min_size - p->nconns : 0;
         if (floor > want)
             want = floor;
         if (want == 0 || p->nconns >= p->o.max_size || !bt__pq_can_connect(p))
@@ -375,6 +377,21 @@ void bt__pq_pump(bt_pq_pool *p)
             grow(p);
     } while (p->repump && !p->closed);
     p->pumping = false;
+    bt__pq_check_drained(p);
+}
+
+static void pool_shutdown(bt_pq_pool *p);
+
+/* bt_pq_pool_close: once nothing waits, runs or is lent out, close. */
+void bt__pq_check_drained(bt_pq_pool *p)
+{
+    if (!p->closing || p->closed || p->pumping || p->nwq || p->naq)
+        return;
+    for (bt_pq_conn *c = p->conns; c; c = c->next)
+        if (c->acquired || c->releasing || c->ops_len > 0)
+            return;
+    p->drained = true;
+    pool_shutdown(p);
 }
 
 /* Put queries of a failed batch back at the head of the wait queue, in
@@ -479,6 +496,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
         bt_free(a);
     }
     bt__pq_arm_wait(p);
+    bt__pq_check_drained(p);
 }
 
 void bt__pq_arm_wait(bt_pq_pool *p)
@@ -571,6 +589,15 @@ static void pool_shutdown(bt_pq_pool *p)
     }
     fail_waiters(p, BT_ESHUTDOWN, "%s", "the pool was closed");
     settle_ready(p, BT_ESHUTDOWN, "the pool was closed");
+    if (p->close_f) {
+        if (p->drained)
+            bt_future_set_value(p->close_f, NULL, NULL);
+        else
+            bt_future_set_error(p->close_f, BT_ESHUTDOWN,
+                                "the pool was freed before it had drained");
+        bt_future_unref(p->close_f);
+        p->close_f = NULL;
+    }
     while (p->listen_waits) {
         struct pq_listen_wait *w = p->listen_waits;
         p->listen_waits = w->next;
@@ -661,6 +688,26 @@ BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
         bt_loop_remove_closer(p->loop, on_loop_close, p);
     }
     pool_free_memory(p);
+}
+
+BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
+{
+    if (!p)
+        return NULL;
+    if (p->closed && !p->drained)
+        return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
+    if (p->closed)
+        return bt_future_new_value(p->loop, NULL, NULL);
+    if (p->close_f)
+        return bt_future_ref(p->close_f);
+    bt_future *f = bt_future_new(p->loop);
+    if (!f)
+        return NULL;
+    p->close_f = bt_future_ref(f);
+    p->closing = true;
+    settle_ready(p, BT_ESHUTDOWN, "the pool is closing");
+    bt__pq_check_drained(p);
+    return f;
 }
 
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)

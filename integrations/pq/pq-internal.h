@@ -221,6 +221,9 @@ struct bt_pq_pool {
     struct event *sync_ev;       /* end of pass: Sync the open batches */
     bool sync_armed;
     uint64_t maint_due_ns;
+    bool closing;                /* bt_pq_pool_close: draining */
+    bool drained;                /* ... and done: close_f gets a value */
+    bt_future *close_f;          /* our own reference */
     bool closed;                 /* shut down (pool freed or loop closing) */
     bool loop_gone;              /* the loop's closer ran: do not touch it */
     uint32_t rng;
@@ -272,6 +275,7 @@ bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p);
 void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a);
 void bt__pq_start_listener(bt_pq_pool *p);
 bool bt__pq_can_connect(bt_pq_pool *p);
+void bt__pq_check_drained(bt_pq_pool *p);
 
 /* acquire.c */
 void bt__pq_finish_release(bt_pq_conn *c);

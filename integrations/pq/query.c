@@ -198,16 +198,18 @@ static void abandon(pq_query *q, int code)
     if (q->settled)
         return;
     if (q->state == Q_WAITING) {
-        unlink_waiting(q->pool, q);
+        bt_pq_pool *p = q->pool;
+        unlink_waiting(p, q);
         q->state = Q_NEW;
         if (code == BT_ECANCELED) {
             q->settled = true;
             bt_future_set_cancelled(q->f);
         } else {
             bt__pq_query_fail(q, code, "timed out after %llu ms waiting for a connection",
-                          (unsigned long long)q->timeout_ms);
+                              (unsigned long long)q->timeout_ms);
         }
         bt__pq_query_free(q);
+        bt__pq_check_drained(p);
         return;
     }
     if (q->state == Q_SENT) {
@@ -248,8 +250,9 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     bt_future *f = bt_future_new(loop);
     if (!f)
         return NULL;
-    if (!p || p->closed) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "the pool was closed");
+    if (!p || p->closed || (p->closing && !target)) {
+        bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s",
+                            p && !p->closed ? "closing" : "closed");
         return f;
     }
     int err;
