@@ -199,7 +199,19 @@ static int run(const bt_test_pg *pg, char *const argv[])
         unsetenv("PGUSER");
         unsetenv("PGOPTIONS");
         setenv("LC_ALL", "C", 1);
-        execv(prog, argv);
+        /* The server's user may not be able to enter our working directory
+         * (a checkout under /root), and argv[0] must be a full path: initdb
+         * and pg_ctl find their sibling programs from it, and the bin
+         * directory need not be on PATH (it is not on Debian). */
+        if (chdir(pg->dir) != 0)
+            _exit(126);
+        char *args[16];
+        int n = 0;
+        args[n++] = prog;
+        for (int i = 1; argv[i] && n < 15; i++)
+            args[n++] = argv[i];
+        args[n] = NULL;
+        execv(prog, args);
         fprintf(stderr, "pg_harness: exec %s: %s\n", prog, strerror(errno));
         _exit(127);
     }
