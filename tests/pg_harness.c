@@ -273,6 +273,7 @@ static int write_conf(bt_test_pg *pg)
             "port = %d\n"
             "unix_socket_directories = '%s'\n"
             "max_connections = 200\n"
+            "shared_buffers = 32MB\n"
             "fsync = off\n"
             "synchronous_commit = off\n"
             "full_page_writes = off\n"
