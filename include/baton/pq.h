@@ -71,10 +71,13 @@
  * it; on one that has, the future is cancelled at once, a cancel request
  * (PQcancel, which blocks) is sent from the blocking lane when the query is
  * the one the server is running, and the connection takes no new work
- * until the query's results have been drained.
+ * until the server has acted on the request and the query's results have
+ * been drained. A pool query that our late cancel request hit instead
+ * (SQLSTATE 57014) is sent again.
  *
  * Threads: everything here is loop-thread only; notification and row
- * callbacks run on the loop thread.
+ * callbacks run on the loop thread and must not free the pool (they may
+ * issue queries). COPY is not supported (BT_ENOTSUP).
  */
 #ifndef BATON_PQ_H
 #define BATON_PQ_H
