@@ -919,6 +919,102 @@ START_TEST(stats_count_time_in_queue_and_running)
 }
 END_TEST
 
+START_TEST(busy_and_idle_counts)
+{
+    bt_pool *p = small_pool(2, 0);
+    gate_t g = {0};
+    bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 2);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].busy, 1);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].idle, 1);
+    atomic_store(&g.gate, 1);
+    bt_test_run_until(loop, f, 10000);
+    bt_future_unref(f);
+    bt_pool_free(p);
+}
+END_TEST
+
+START_TEST(queue_bound_changes_at_run_time)
+{
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    ck_assert_int_eq(bt_pool_set_queue_max(p, BT_LANE_BLOCKING, 2), 0);
+    /* The blocking lane grows a thread per queued job: cap it at one. */
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_BLOCKING, 1), 0);
+    bt_future *a = bt_pool_submit(p, loop, BT_LANE_BLOCKING, count_job, NULL);
+    bt_future *b = bt_pool_submit(p, loop, BT_LANE_BLOCKING, count_job, NULL);
+    bt_future *c = bt_pool_submit(p, loop, BT_LANE_BLOCKING, count_job, NULL);
+    ck_assert(!bt_future_is_settled(a));
+    ck_assert(!bt_future_is_settled(b));
+    ck_assert_int_eq(bt_future_error(c), BT_EAGAIN);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].queue_max, 2);
+    atomic_store(&g.gate, 1);
+    bt_test_run_until(loop, a, 10000);
+    bt_test_run_until(loop, b, 10000);
+    ck_assert_int_eq(bt_future_error(a), 0);
+    ck_assert_int_eq(bt_future_error(b), 0);
+    bt_test_run_until(loop, blocker, 10000);
+    bt_future_unref(a);
+    bt_future_unref(b);
+    bt_future_unref(c);
+    bt_future_unref(blocker);
+    bt_pool_free(p);
+}
+END_TEST
+
+static _Atomic int shut_done_calls;
+static void on_shut_from(bt_future *f, void *arg)
+{
+    (void)arg;
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(bt_future_error(f), BT_ESHUTDOWN);
+    atomic_fetch_add(&shut_done_calls, 1);
+}
+
+START_TEST(shut_down_pool_refuses)
+{
+    bt_pool *p = small_pool(1, 0);
+    /* This loop holds the pool's memory (it used the pool), so asking a
+     * freed pool is an answer, not a crash. */
+    bt_future *a = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
+    bt_test_run_until(loop, a, 10000);
+    bt_future_unref(a);
+    bt_pool_free(p);
+    bt_future *b = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
+    ck_assert_int_eq(bt_future_error(b), BT_ESHUTDOWN);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(b), "shut down"));
+    bt_future_unref(b);
+    ck_assert_int_eq(bt_pool_submit_from(p, loop, BT_LANE_CPU, count_job, NULL, on_shut_from, NULL),
+                     BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 2), BT_ESHUTDOWN);
+    ck_assert_int_eq(atomic_load(&shut_done_calls), 0);
+}
+END_TEST
+
+START_TEST(default_pool_can_be_freed_and_remade)
+{
+    bt_future *f = bt_to_thread(loop, square_job, (void *)(intptr_t)3);
+    bt_test_run_until(loop, f, 10000);
+    bt_future_unref(f);
+    bt_pool *first = bt_pool_default();
+    bt_pool_free(first);
+    bt_future *g = bt_to_thread(loop, square_job, (void *)(intptr_t)4);
+    bt_test_run_until(loop, g, 10000);
+    ck_assert_int_eq(bt_future_error(g), 0);
+    ck_assert_int_eq(*(long *)bt_future_value(g), 16);
+    bt_future_unref(g);
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
@@ -944,6 +1040,10 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, thread_names_show);
     tcase_add_test(tc, default_pool_configured_at_run_time);
     tcase_add_test(tc, cpu_threads_yield_to_loops);
+    tcase_add_test(tc, busy_and_idle_counts);
+    tcase_add_test(tc, queue_bound_changes_at_run_time);
+    tcase_add_test(tc, shut_down_pool_refuses);
+    tcase_add_test(tc, default_pool_can_be_freed_and_remade);
     tcase_add_test(tc, stats_count_time_in_queue_and_running);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("volume");
