@@ -591,7 +591,7 @@ static void *worker_main(void *arg)
             lane->sleepers++;
             if (lane->id == BT_LANE_BLOCKING) {
                 struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
                 uint64_t ns = (uint64_t)ts.tv_nsec + pool->idle_ns;
                 ts.tv_sec += (time_t)(ns / 1000000000u);
                 ts.tv_nsec = (long)(ns % 1000000000u);
@@ -729,7 +729,11 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 #endif
         pthread_mutex_init(&l->mu, &ma);
         pthread_mutexattr_destroy(&ma);
-        pthread_cond_init(&l->cv, NULL);
+        pthread_condattr_t ca; /* idle timeouts immune to wall-clock jumps */
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&l->cv, &ca);
+        pthread_condattr_destroy(&ca);
         l->id = (bt_lane)i;
     }
     pool->lane[BT_LANE_CPU].target = pool->cfg.cpu_threads;
