@@ -250,7 +250,10 @@ static bt_future *healthz(bt_http_req *req, void *arg)
 
 /* ---- Per-loop setup --------------------------------------------------------- */
 
-static unsigned db_conns_per_loop = 8;
+/* Few connections, each pipelining many queries: a handful of busy
+ * PostgreSQL backends do more than many that take turns on the CPU (see
+ * bench/server_user and docs/http-server.md). */
+static unsigned db_conns_per_loop = 2;
 
 static int loop_init(bt_loop *loop, void *arg, void **data)
 {
