@@ -830,6 +830,8 @@ START_TEST(metrics_route)
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
     ck_assert_int_eq(bt_http_app_enable_metrics(app, "/metrics"), 0);
     ck_assert_int_eq(bt_http_app_add_metrics(app, extra_metrics, NULL), 0);
+    ck_assert_int_eq(bt_http_app_set_access_log(app, true), 0);
+    bt_test_log_capture();
     bt_pool_config cfg;
     bt_pool_config_init(&cfg);
     cfg.cpu_threads = 1;
@@ -848,6 +850,8 @@ START_TEST(metrics_route)
     ck_assert_ptr_nonnull(strstr(m, "baton_loop_lag_seconds{loop=\"0\"}"));
     ck_assert_ptr_nonnull(strstr(m, "baton_http_requests_in_flight 0\n"));
     ck_assert_ptr_nonnull(strstr(m, "my_pool_threads 4\n"));
+    ck_assert_int_eq(bt_test_log_count("http: 127.0.0.1 \"GET /hello\" 200 "), 2);
+    ck_assert_int_eq(bt_test_log_count("http: 127.0.0.1 \"GET /missing\" 404 "), 1);
     ck_assert_ptr_nonnull(strstr(m, "baton_pool_max_threads{pool=\"main\",lane=\"cpu\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(m, "baton_pool_submitted_total{pool=\"main\",lane=\"blocking\"} 0\n"));
     bt_http_server_free(srv);

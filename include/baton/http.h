@@ -106,6 +106,12 @@ BT_EXPORT int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_timeout_m
                                        uint64_t write_timeout_ms);
 BT_EXPORT int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent);
 
+/* Log one line per answered request at BT_LOG_INFO (off by default):
+ * `http: 127.0.0.1 "GET /user/42" 200 1.234 ms`. The log handler's level
+ * must let INFO through (bt_log_set_level). Returns 0, BT_EINVAL,
+ * BT_EBUSY. */
+BT_EXPORT int bt_http_app_set_access_log(bt_http_app *app, bool on);
+
 /* How many loops bt_http_app_run starts: 0 (the default) means one per
  * online core. Returns 0, BT_EINVAL, BT_EBUSY. */
 BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops);

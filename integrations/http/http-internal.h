@@ -100,6 +100,7 @@ struct bt_http_app {
     unsigned max_concurrent;
     unsigned loops;
     uint64_t shutdown_deadline_ms;
+    bool access_log;
     char *metrics_path;
     bt__metrics_src *msrc;
     size_t nmsrc;

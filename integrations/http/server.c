@@ -147,6 +147,22 @@ static void restore_read_timeout(struct evhttp_request *ev, void *arg)
         evhttp_connection_set_timeout_tv(evcon, &srv->read_tv);
 }
 
+static void access_log(bt_http_server *srv, struct evhttp_request *ev, int status,
+                       uint64_t start_ns)
+{
+    if (!srv->app->access_log)
+        return;
+    struct evhttp_connection *evcon = ev ? evhttp_request_get_connection(ev) : NULL;
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (evcon)
+        evhttp_connection_get_peer(evcon, &addr, &port);
+    const char *uri = ev ? evhttp_request_get_uri(ev) : "";
+    bt_log(BT_LOG_INFO, "http: %s \"%s %s\" %d %.3f ms", addr ? addr : "-",
+           ev ? method_name(evhttp_request_get_command(ev)) : "-", uri ? uri : "", status,
+           (double)(bt_hrtime() - start_ns) / 1e6);
+}
+
 /* Send resp (taken) on ev. ev is answered (and freed by evhttp) after. */
 static void send_response(bt_http_server *srv, struct evhttp_request *ev, bt_http_reply *resp,
                           uint64_t start_ns)
@@ -164,6 +180,7 @@ static void send_response(bt_http_server *srv, struct evhttp_request *ev, bt_htt
     struct evbuffer *buf = evhttp_request_get_output_buffer(ev);
     if (resp->len)
         evbuffer_add(buf, resp->body, resp->len);
+    access_log(srv, ev, resp->status, start_ns);
     evhttp_send_reply(ev, resp->status, NULL, NULL);
     bt__http_stats_observe(srv->stats, resp->status, bt_hrtime() - start_ns);
 }
@@ -180,6 +197,7 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
         /* Out of memory: still answer, with no body. */
         bt_http_reply_free(r);
         json_decref(j);
+        access_log(srv, ev, status, start_ns);
         evhttp_send_reply(ev, status, NULL, NULL);
         bt__http_stats_observe(srv->stats, status, bt_hrtime() - start_ns);
         return;
@@ -263,6 +281,9 @@ static void on_done(bt_future *f, void *arg)
         /* The client is gone, and its evhttp_request with it. Counted as
          * 499, nginx's name for it. */
         bt__http_stats_observe(srv->stats, 499, bt_hrtime() - req->start_ns);
+        if (srv->app->access_log)
+            bt_log(BT_LOG_INFO, "http: - \"%s %s\" 499 %.3f ms (the client left)", req->method,
+                   req->path, (double)(bt_hrtime() - req->start_ns) / 1e6);
     } else if (resp) {
         send_response(srv, req->ev, resp, req->start_ns);
     } else if (st == BT_FUTURE_CANCELLED) {
