@@ -13,14 +13,16 @@
  * with pipelining on (the pool sends the queued queries together). Goal:
  * ratio >= 3.
  *
- * Each measure runs ROUNDS times, alternating, after a warm-up; the median
- * is reported. Output, one line per measure:
+ * Each measure runs ROUNDS times, after a warm-up, the three measured back
+ * to back in each round in a rotating order; values are medians, ratios the
+ * median of the rounds' ratios. Output, one line per measure:
  *   bench NAME baton=V anchor=raw_libpq_nonblocking anchor_value=V unit=queries/s ratio=R better=higher
  */
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <libpq-fe.h>
 
@@ -65,10 +67,12 @@ static bool raw_send(raw_conn *rc)
     return true;
 }
 
-static double run_raw(const char *conninfo, int total)
+/* The anchor's connections, opened once like the pools' (so that no round
+ * pays for another's connection setup or backend exits). */
+static raw_conn rc[CONC];
+
+static void raw_open(const char *conninfo)
 {
-    raw_conn rc[CONC];
-    struct pollfd pfd[CONC];
     for (int i = 0; i < CONC; i++) {
         rc[i].c = PQconnectdb(conninfo);
         if (PQstatus(rc[i].c) != CONNECTION_OK)
@@ -78,8 +82,22 @@ static double run_raw(const char *conninfo, int total)
             die(PQerrorMessage(rc[i].c));
         PQclear(r);
         PQsetnonblocking(rc[i].c, 1);
+    }
+}
+
+static void raw_close(void)
+{
+    for (int i = 0; i < CONC; i++)
+        PQfinish(rc[i].c);
+}
+
+static double run_raw(int total)
+{
+    struct pollfd pfd[CONC];
+    for (int i = 0; i < CONC; i++) {
         pfd[i].fd = PQsocket(rc[i].c);
         pfd[i].events = POLLIN;
+        rc[i].busy = false;
     }
     int sent = 0, done = 0;
     uint64_t t0 = bt_hrtime();
@@ -113,8 +131,6 @@ static double run_raw(const char *conninfo, int total)
         }
     }
     double secs = (double)(bt_hrtime() - t0) / 1e9;
-    for (int i = 0; i < CONC; i++)
-        PQfinish(rc[i].c);
     return total / secs;
 }
 
@@ -231,17 +247,29 @@ int main(int argc, char **argv)
     bt_pq_pool *plain = make_pool(loop, ci, CONC, 1);
     bt_pq_pool *piped = make_pool(loop, ci, pipe_conns, pipe_depth);
     /* Warm up: statements prepared, caches hot. */
-    run_raw(ci, 2000);
+    raw_open(ci);
+    run_raw(2000);
     run_baton(loop, plain, 2000);
     run_baton(loop, piped, 2000);
 
     /* Diagnostics: `pg_select CONNS DEPTH raw|baton|piped` runs one measure
      * once (for strace -c or perf) and prints its rate. */
     if (argc > 3) {
-        double v = strcmp(argv[3], "raw") == 0     ? run_raw(ci, QUERIES)
+        struct rusage u0, u1;
+        getrusage(RUSAGE_SELF, &u0);
+        double v = strcmp(argv[3], "raw") == 0     ? run_raw(QUERIES)
                    : strcmp(argv[3], "baton") == 0 ? run_baton(loop, plain, QUERIES)
                                                    : run_baton(loop, piped, QUERIES);
-        printf("%s %.0f queries/s\n", argv[3], v);
+        getrusage(RUSAGE_SELF, &u1);
+        double us = (double)(u1.ru_utime.tv_sec - u0.ru_utime.tv_sec) * 1e6 +
+                    (double)(u1.ru_utime.tv_usec - u0.ru_utime.tv_usec);
+        double sy = (double)(u1.ru_stime.tv_sec - u0.ru_stime.tv_sec) * 1e6 +
+                    (double)(u1.ru_stime.tv_usec - u0.ru_stime.tv_usec);
+        printf("%s %.0f queries/s, client CPU per query: user %.2f us, sys %.2f us, "
+               "context switches %ld voluntary %ld involuntary\n",
+               argv[3], v, us / QUERIES, sy / QUERIES, u1.ru_nvcsw - u0.ru_nvcsw,
+               u1.ru_nivcsw - u0.ru_nivcsw);
+        raw_close();
         bt_pq_pool_free(plain);
         bt_pq_pool_free(piped);
         bt_loop_free(loop);
@@ -249,21 +277,35 @@ int main(int argc, char **argv)
         return 0;
     }
     double raw[ROUNDS], bat[ROUNDS], pip[ROUNDS];
+    double r1[ROUNDS], r2[ROUNDS];
     for (int r = 0; r < ROUNDS; r++) {
-        raw[r] = run_raw(ci, QUERIES);
-        bat[r] = run_baton(loop, plain, QUERIES);
-        pip[r] = run_baton(loop, piped, QUERIES);
+        /* Each round measures the three back to back, in a rotating order,
+         * and its ratios compare neighbours: the machine is shared, and
+         * its load drifts more between rounds than within one. */
+        for (int k = 0; k < 3; k++) {
+            switch ((r + k) % 3) {
+            case 0: raw[r] = run_raw(QUERIES); break;
+            case 1: bat[r] = run_baton(loop, plain, QUERIES); break;
+            default: pip[r] = run_baton(loop, piped, QUERIES); break;
+            }
+        }
+        r1[r] = bat[r] / raw[r];
+        r2[r] = pip[r] / raw[r];
+        fprintf(stderr, "pg_select: round %d: raw %.0f, baton %.0f, pipelined %.0f\n", r,
+                raw[r], bat[r], pip[r]);
     }
     double a = median(raw, ROUNDS), b = median(bat, ROUNDS), c = median(pip, ROUNDS);
+    double ratio1 = median(r1, ROUNDS), ratio2 = median(r2, ROUNDS);
     fprintf(stderr, "pg_select: pipelined pool: %u connections, depth %u\n", pipe_conns,
             pipe_depth);
     fflush(stderr);
     printf("bench pg_select baton=%.0f anchor=raw_libpq_nonblocking_16conn anchor_value=%.0f "
            "unit=queries/s ratio=%.2f better=higher\n",
-           b, a, b / a);
+           b, a, ratio1);
     printf("bench pg_select_pipelined baton=%.0f anchor=raw_libpq_nonblocking_16conn "
            "anchor_value=%.0f unit=queries/s ratio=%.2f better=higher\n",
-           c, a, c / a);
+           c, a, ratio2);
+    raw_close();
     bt_pq_pool_free(plain);
     bt_pq_pool_free(piped);
     bt_loop_free(loop);
