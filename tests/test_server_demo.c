@@ -334,6 +334,25 @@ START_TEST(disconnect_cancels_the_query)
 }
 END_TEST
 
+/* A database that refuses: the flagship says so and exits 1, at once. */
+START_TEST(unreachable_database_fails_clearly)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "DATABASE_URL=postgresql://postgres@127.0.0.1:%d/x PORT=0 ./examples/server 2>&1",
+             bt_test_pg_closed_port());
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    char out[4096];
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d, output:\n%s", st, out);
+    ck_assert_msg(strstr(out, "could not create the users table") && strstr(out, "refused"),
+                  "output:\n%s", out);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server_demo");
@@ -345,6 +364,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, database_error_gives_500_and_is_logged);
     tcase_add_test(tc, client_leaving_cancels_upstream_call);
     tcase_add_test(tc, disconnect_cancels_the_query);
+    tcase_add_test(tc, unreachable_database_fails_clearly);
     suite_add_tcase(s, tc);
     return s;
 }
