@@ -296,8 +296,11 @@ typedef void (*bt_pq_notify_cb)(const char *channel, const char *payload, int se
  * max_size, and LISTENs again on every channel after it reconnects
  * (notifications sent while it was down are lost: PostgreSQL keeps none).
  * One callback per channel: listening again replaces it. Returns: new
- * reference to a future that settles (NULL value) once the server has
- * confirmed the LISTEN; NULL only if no future can be made.
+ * reference to a future that settles once the server has confirmed the
+ * LISTEN (its value is that command's bt_pq_result), or fails (BT_EINVAL
+ * for an empty channel or no callback, BT_ESHUTDOWN, or the listener's
+ * connect error; the channel stays registered and is listened on once the
+ * listener connects); NULL only if no future can be made.
  * Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *pool, const char *channel, bt_pq_notify_cb cb,
                                   void *arg);
