@@ -109,7 +109,29 @@ struct bt_pool {
     _Atomic long closers_waiting;
 };
 
+/* pool.c */
+void bt__pool_ref(bt_pool *pool);
 void bt__pool_unref(bt_pool *pool);
+const char *bt__lane_name(bt_lane lane);
+/* How many threads to add for the jobs now queued; lane lock held; raises
+ * lane->threads by the answer, which the caller then starts with
+ * bt__lane_spawn (lock not held). */
+unsigned bt__lane_want_threads(bt__lane *lane);
+unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
+
+/* job.c: making, settling and cancelling jobs. Loop thread unless said. */
+bt_job *bt__job_alloc(void);                    /* any thread */
+void bt__job_release(bt_job *job, bool keep);   /* keep: into this thread's cache */
+void bt__job_free_keep(bt_job *job, bool keep); /* destroys value, drops future */
+void bt__job_free(bt_job *job);                 /* any thread */
+void bt__job_settle(bt_job *job);
+void bt__job_complete(bt__task *t);             /* the completion task */
+void bt__job_cancel_now(bt_job *job);           /* never ran: cancelled */
+void bt__batch_unlink(bt__attach *att, bt_job *job);
+void bt__queue_unlink(bt__lane *lane, bt_job *job); /* lane lock held */
+void bt__job_on_cancel(bt_future *f, void *arg);    /* the future's hook */
+
+/* submit.c */
 void bt__pool_forget_default(bt_pool *pool);
 
 /* For the bridge: is the calling thread running a job, and has that job

@@ -35,6 +35,10 @@
  *   so no worker touches the loop after it is freed.
  * - Locks: a lane's mutex, then pool->mu; never two lanes at once. A worker
  *   never holds a lock while it runs a job or pushes a completion.
+ *
+ * Files: pool.c (this one: pools, lanes, workers, stats), job.c (a job's
+ * life on the loop side: cache, settling, cancellation), submit.c (the
+ * loop side: attachments, batches, closers, submission, the default pool).
  */
 #include "config.h"
 
@@ -48,14 +52,12 @@
 
 #include "pool-internal.h"
 
-#define FLUSH_AT 64           /* hand a batch over early past this many */
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
 #define DEFAULT_LINGER_US 50
 #define DEFAULT_CPU_NICE 5
-#define EXPECT_MAX_NS 100000 /* loops spin for jobs shorter than this */
 
 static _Thread_local bt__worker *current_worker;
 static _Thread_local bt_job *current_job; /* running on this worker */
@@ -76,7 +78,7 @@ static void raise_max(_Atomic uint64_t *a, uint64_t v)
         atomic_store_explicit(a, v, memory_order_relaxed);
 }
 
-static void pool_ref(bt_pool *pool)
+void bt__pool_ref(bt_pool *pool)
 {
     atomic_fetch_add_explicit(&pool->refs, 1, memory_order_relaxed);
 }
@@ -99,49 +101,9 @@ void bt__pool_unref(bt_pool *pool)
         pool_destroy(pool);
 }
 
-static const char *lane_name(bt_lane lane)
+const char *bt__lane_name(bt_lane lane)
 {
     return lane == BT_LANE_CPU ? "cpu" : "blocking";
-}
-
-/* ---- Inside a job ------------------------------------------------------- */
-
-BT_EXPORT int bt_job_set_value(bt_job *job, void *value, bt_destroy_fn dtor)
-{
-    if (job == NULL)
-        return BT_EINVAL;
-    if (job->dtor && job->value != value)
-        job->dtor(job->value);
-    job->value = value;
-    job->dtor = dtor;
-    return 0;
-}
-
-BT_EXPORT int bt_job_fail(bt_job *job, int code, const char *fmt, ...)
-{
-    if (code >= 0)
-        code = BT_EJOB;
-    if (job == NULL)
-        return code;
-    bt_free(job->message);
-    job->message = NULL;
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        job->message = bt_vasprintf(fmt, ap);
-        va_end(ap);
-    }
-    job->code = code;
-    return code;
-}
-
-BT_EXPORT bool bt_job_cancelled(const bt_job *job)
-{
-    if (job == NULL)
-        return false;
-    return atomic_load_explicit(&job->cancelled, memory_order_relaxed) ||
-           atomic_load_explicit(&job->att->closing, memory_order_relaxed) ||
-           atomic_load_explicit(&job->pool->shutdown, memory_order_relaxed);
 }
 
 bool bt__pool_current_job_cancelled(void)
@@ -154,216 +116,13 @@ bool bt__pool_in_job(void)
     return current_job != NULL;
 }
 
-BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
-{
-    return job ? job->loop : NULL;
-}
-
-/* ---- Jobs on the loop side ----------------------------------------------- */
-
-/* Jobs are made and retired on loop threads; each such thread keeps the
- * jobs it retired for reuse. A burst then reuses memory that is already
- * mapped instead of growing the heap again after glibc trimmed it: page
- * faults were two thirds of the CPU cost of a burst of trivial jobs before
- * this cache. The cache holds at most what was once in flight at the same
- * time (and JOB_CACHE_MAX), and gives back every TRIM_NS the part of it
- * that went unused all that time (a working-set trim, like Go's
- * scavenger), so a one-off burst does not pin its memory for good. */
-#define JOB_CACHE_MAX ((size_t)1 << 20)
-#define JOB_CACHE_TRIM_NS 5000000000ull
-
-typedef struct {
-    bt_job *head;
-    size_t n;
-    size_t low;          /* the smallest n since the last trim */
-    uint64_t next_trim;
-    unsigned ops;
-    bool keyed;
-} job_cache_t;
-
-static _Thread_local job_cache_t job_cache;
-static pthread_key_t job_cache_key;
-static pthread_once_t job_cache_once = PTHREAD_ONCE_INIT;
-
-static void job_cache_free_n(job_cache_t *c, size_t n)
-{
-    while (n-- && c->head) {
-        bt_job *j = c->head;
-        c->head = j->next;
-        c->n--;
-        bt_free(j);
-    }
-}
-
-static void job_cache_drop(void *arg)
-{
-    job_cache_t *c = arg;
-    job_cache_free_n(c, SIZE_MAX);
-}
-
-static void job_cache_init(void)
-{
-    pthread_key_create(&job_cache_key, job_cache_drop);
-}
-
-/* Every few thousand operations, look at the clock; past the period, free
- * what stayed unused through it. */
-static void job_cache_tick(job_cache_t *c)
-{
-    if (c->n < c->low)
-        c->low = c->n;
-    if ((++c->ops & 4095) != 0)
-        return;
-    uint64_t now = bt_hrtime();
-    if (now < c->next_trim)
-        return;
-    if (c->next_trim)
-        job_cache_free_n(c, c->low);
-    c->low = c->n;
-    c->next_trim = now + JOB_CACHE_TRIM_NS;
-}
-
-static bt_job *job_alloc(void)
-{
-    job_cache_t *c = &job_cache;
-    bt_job *j = c->head;
-    if (j == NULL)
-        return bt_calloc(1, sizeof *j);
-    c->head = j->next;
-    c->n--;
-    job_cache_tick(c);
-    memset(j, 0, sizeof *j);
-    return j;
-}
-
-/* Retire a job's memory. keep: on a loop thread, into its cache. */
-static void job_release(bt_job *job, bool keep)
-{
-    job_cache_t *c = &job_cache;
-    if (!keep || c->n >= JOB_CACHE_MAX) {
-        bt_free(job);
-        return;
-    }
-    if (!c->keyed) { /* so that the cache is freed when the thread exits */
-        pthread_once(&job_cache_once, job_cache_init);
-        pthread_setspecific(job_cache_key, c);
-        c->keyed = true;
-    }
-    job->next = c->head;
-    c->head = job;
-    c->n++;
-    job_cache_tick(c);
-}
-
-static void job_free_keep(bt_job *job, bool keep)
-{
-    if (job->dtor)
-        job->dtor(job->value);
-    bt_free(job->message);
-    bt_future_unref(job->future);
-    job_release(job, keep);
-}
-
-static void job_free(bt_job *job)
-{
-    job_free_keep(job, false);
-}
-
-/* Settle a job's future from the loop thread and free the job. */
-static void job_settle(bt_job *job)
-{
-    bt_future *f = job->future;
-    if (job->skipped) {
-        bt_future_set_cancelled(f);
-    } else if (job->code == 0) {
-        bt_future_set_value(f, job->value, job->dtor);
-        job->dtor = NULL;
-    } else if (job->message) {
-        bt_future_set_error(f, job->code, "%s", job->message);
-    } else {
-        bt_future_set_error(f, job->code, NULL);
-    }
-    if (job->expected)
-        bt__loop_expect(job->loop, -1);
-    job_free_keep(job, true);
-}
-
-/* The completion task: runs on the loop thread, from the inbox. */
-static void job_complete(bt__task *t)
-{
-    job_settle((bt_job *)t);
-}
-
-/* A job that leaves before it ran. */
-static void job_cancel_now(bt_job *job)
-{
-    job->skipped = true;
-    atomic_fetch_add_explicit(&job->pool->lane[job->lane].cancelled, 1, memory_order_relaxed);
-    job_settle(job);
-}
-
-static void batch_unlink(bt__attach *att, bt_job *job)
-{
-    bt_lane l = job->lane;
-    if (job->prev)
-        job->prev->next = job->next;
-    else
-        att->batch_head[l] = job->next;
-    if (job->next)
-        job->next->prev = job->prev;
-    else
-        att->batch_tail[l] = job->prev;
-    att->batch_n[l]--;
-}
-
-static void queue_unlink(bt__lane *lane, bt_job *job)
-{
-    if (job->prev)
-        job->prev->next = job->next;
-    else
-        lane->head = job->next;
-    if (job->next)
-        job->next->prev = job->prev;
-    else
-        lane->tail = job->prev;
-    /* Written under the lock only; read without it by lingering workers. */
-    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-}
-
-/* The future's cancel hook (loop thread): a job still in its batch or in
- * the queue leaves now; a running one sees its flag. */
-static void job_on_cancel(bt_future *f, void *arg)
-{
-    (void)f;
-    bt_job *job = arg;
-    bt__lane *lane = &job->pool->lane[job->lane];
-    atomic_store_explicit(&job->cancelled, true, memory_order_relaxed);
-    if (job->in_batch) {
-        job->in_batch = false;
-        batch_unlink(job->att, job);
-        job_cancel_now(job);
-        return;
-    }
-    pthread_mutex_lock(&lane->mu);
-    bool queued = job->where == JOB_QUEUED;
-    if (queued) {
-        queue_unlink(lane, job);
-        atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
-        job->where = JOB_DONE;
-    }
-    pthread_mutex_unlock(&lane->mu);
-    if (queued)
-        job_cancel_now(job);
-}
-
 /* ---- Workers ------------------------------------------------------------- */
 
 static void *worker_main(void *arg);
 
 /* Start n threads on a lane; lane->threads was already raised by n under
  * the lane's lock. Returns how many started. */
-static unsigned lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n)
+unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n)
 {
     unsigned ok = 0;
     for (unsigned i = 0; i < n; i++) {
@@ -378,7 +137,7 @@ static unsigned lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n)
         if (w) {
             w->lane = lane;
             w->pool = pool;
-            pool_ref(pool);
+            bt__pool_ref(pool);
             atomic_fetch_add(&pool->live_threads, 1);
             pthread_mutex_lock(&lane->mu);
             w->index = lane->next_index++;
@@ -412,13 +171,13 @@ static unsigned lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n)
     }
     if (ok < n)
         bt_log(BT_LOG_WARN, "offload pool: started %u of %u %s threads", ok, n,
-               lane_name(lane->id));
+               bt__lane_name(lane->id));
     return ok;
 }
 
 /* How many blocking threads to add for the jobs now queued; called with
  * the lane's lock held, raises lane->threads by the answer. */
-static unsigned lane_want_threads(bt__lane *lane)
+unsigned bt__lane_want_threads(bt__lane *lane)
 {
     if (lane->stop)
         return 0;
@@ -517,12 +276,12 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
 
-    job->task.run = job_complete;
+    job->task.run = bt__job_complete;
     if (bt__loop_push(job->loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
          * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
-        job_free(job);
+        bt__job_free(job);
     }
 }
 
@@ -617,7 +376,7 @@ static void *worker_main(void *arg)
         size_t n = 0;
         while (n < k && lane->head) {
             bt_job *job = lane->head;
-            queue_unlink(lane, job);
+            bt__queue_unlink(lane, job);
             job->where = JOB_RUNNING;
             atts[n] = job->att;
             local[n++] = job;
@@ -743,9 +502,9 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 
     bt__lane *cpu = &pool->lane[BT_LANE_CPU];
     pthread_mutex_lock(&cpu->mu);
-    unsigned add = lane_want_threads(cpu);
+    unsigned add = bt__lane_want_threads(cpu);
     pthread_mutex_unlock(&cpu->mu);
-    if (lane_spawn(pool, cpu, add) == 0) {
+    if (bt__lane_spawn(pool, cpu, add) == 0) {
         bt_pool_free(pool);
         return NULL;
     }
@@ -773,11 +532,11 @@ static void lane_cancel_queue(bt__lane *lane)
     while (job) {
         bt_job *next = job->next;
         job->skipped = true;
-        job->task.run = job_complete;
+        job->task.run = bt__job_complete;
         bt__attach *att = job->att;
         if (bt__loop_push(job->loop, &job->task) != 0) {
             bt_log(BT_LOG_ERROR, "offload pool: a loop closed with jobs queued");
-            job_free(job);
+            bt__job_free(job);
         }
         atomic_fetch_sub(&att->running, 1);
         job = next;
@@ -825,11 +584,11 @@ BT_EXPORT int bt_pool_set_threads(bt_pool *pool, bt_lane lane, unsigned n)
         return BT_ESHUTDOWN;
     }
     l->target = n;
-    unsigned add = lane_want_threads(l);
+    unsigned add = bt__lane_want_threads(l);
     if (l->threads > l->target)
         pthread_cond_broadcast(&l->cv); /* let the extra ones notice */
     pthread_mutex_unlock(&l->mu);
-    if (add && lane_spawn(pool, l, add) == 0)
+    if (add && bt__lane_spawn(pool, l, add) == 0)
         return BT_ENOMEM;
     return 0;
 }
@@ -889,382 +648,4 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
         pthread_mutex_unlock(&l->mu);
     }
     return 0;
-}
-
-/* ---- Attachments: one per (pool, loop) --------------------------------- */
-
-static void attach_closer(void *arg);
-static void lane_flush(bt__attach *att, bt_lane l);
-
-static void attach_free(bt__attach *att)
-{
-    bt__pool_unref(att->pool);
-    bt_free(att);
-}
-
-static void flush_run(bt__task *t)
-{
-    bt__attach *att = (bt__attach *)((char *)t - offsetof(bt__attach, flush_task));
-    att->flush_scheduled = false;
-    if (att->dead) {
-        attach_free(att);
-        return;
-    }
-    for (int l = 0; l < BT_LANE_COUNT; l++)
-        if (att->batch_n[l])
-            lane_flush(att, (bt_lane)l);
-}
-
-/* The loop's attach for pool, found through the loop's closers (the closer
- * is the attach's only link to its loop, and dies with it). */
-static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
-{
-    for (bt__closer *c = loop->closers; c; c = c->next)
-        if (c->fn == attach_closer && ((bt__attach *)c->arg)->pool == pool)
-            return c->arg;
-    bt__attach *att = bt_calloc(1, sizeof *att);
-    if (att == NULL)
-        return NULL;
-    att->pool = pool;
-    att->loop = loop;
-    att->flush_task.run = flush_run;
-    if (bt_loop_add_closer(loop, attach_closer, att) != 0) {
-        bt_free(att);
-        return NULL;
-    }
-    pool_ref(pool);
-    return att;
-}
-
-/* Hand att's batch for lane l to the workers. Loop thread. */
-static void lane_flush(bt__attach *att, bt_lane l)
-{
-    bt_pool *pool = att->pool;
-    bt__lane *lane = &pool->lane[l];
-    bt_job *head = att->batch_head[l], *tail = att->batch_tail[l];
-    size_t n = att->batch_n[l];
-    att->batch_head[l] = att->batch_tail[l] = NULL;
-    att->batch_n[l] = 0;
-    if (n == 0)
-        return;
-    /* Queue time counts from the hand-over: one clock read per batch. */
-    uint64_t now = bt_hrtime();
-    for (bt_job *j = head; j; j = j->next) {
-        j->in_batch = false;
-        j->t_submit = now;
-    }
-
-    pthread_mutex_lock(&lane->mu);
-    if (lane->stop) {
-        pthread_mutex_unlock(&lane->mu);
-        while (head) {
-            bt_job *next = head->next;
-            job_cancel_now(head);
-            head = next;
-        }
-        return;
-    }
-    for (bt_job *j = head; j; j = j->next)
-        j->where = JOB_QUEUED;
-    head->prev = lane->tail;
-    if (lane->tail)
-        lane->tail->next = head;
-    else
-        lane->head = head;
-    lane->tail = tail;
-    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-    lane->submitted += n;
-    atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
-    /* Lingering workers will see the queue; wake sleepers for the rest. */
-    size_t spin = atomic_load(&lane->spinners);
-    size_t wake = n > spin ? n - spin : 0;
-    if (wake > lane->sleepers)
-        wake = lane->sleepers;
-    for (size_t i = 0; i < wake; i++)
-        pthread_cond_signal(&lane->cv);
-    unsigned add = lane_want_threads(lane);
-    pthread_mutex_unlock(&lane->mu);
-    if (add)
-        lane_spawn(pool, lane, add);
-}
-
-/* bt_loop_free: the loop's jobs leave the queues cancelled; running ones
- * see their flag and are waited for. */
-static void attach_closer(void *arg)
-{
-    bt__attach *att = arg;
-    bt_pool *pool = att->pool;
-    atomic_store(&att->closing, true);
-    for (int l = 0; l < BT_LANE_COUNT; l++) {
-        bt__lane *lane = &pool->lane[l];
-        while (att->batch_head[l]) {
-            bt_job *job = att->batch_head[l];
-            job->in_batch = false;
-            batch_unlink(att, job);
-            job_cancel_now(job);
-        }
-        bt_job *mine = NULL;
-        pthread_mutex_lock(&lane->mu);
-        for (bt_job *j = lane->head, *next; j; j = next) {
-            next = j->next;
-            if (j->att != att)
-                continue;
-            queue_unlink(lane, j);
-            atomic_fetch_sub(&lane->depth, 1);
-            j->where = JOB_DONE;
-            j->next = mine;
-            mine = j;
-        }
-        pthread_mutex_unlock(&lane->mu);
-        while (mine) {
-            bt_job *next = mine->next;
-            job_cancel_now(mine);
-            mine = next;
-        }
-    }
-    atomic_fetch_add(&pool->closers_waiting, 1);
-    pthread_mutex_lock(&pool->mu);
-    while (atomic_load(&att->running) > 0)
-        pthread_cond_wait(&pool->cv, &pool->mu);
-    pthread_mutex_unlock(&pool->mu);
-    atomic_fetch_sub(&pool->closers_waiting, 1);
-    /* Their completions are in the loop's inbox: bt_loop_free drains it. */
-    att->dead = true;
-    if (!att->flush_scheduled)
-        attach_free(att);
-}
-
-/* ---- Submitting -------------------------------------------------------------- */
-
-/* Queue job (filled with fn, arg) for f. On failure, settle f with the
- * error and free the job. Loop thread. */
-static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt_future *f)
-{
-    bt__lane *lane = &pool->lane[l];
-    if (atomic_load_explicit(&pool->shutdown, memory_order_relaxed)) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "offload pool is shut down");
-        job_release(job, true);
-        return;
-    }
-    bt__attach *att = attach_get(pool, loop);
-    if (att == NULL) {
-        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
-        job_release(job, true);
-        return;
-    }
-    /* The bound: jobs in the lane's queue (`depth`, as seen when this
-     * batch began: a stale value only overestimates) plus this batch. */
-    size_t max = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
-    if (att->batch_n[l] == 0)
-        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
-    if (att->depth_seen[l] + att->batch_n[l] >= max)
-        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
-    if (att->depth_seen[l] + att->batch_n[l] >= max) {
-        atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
-        bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
-                            lane_name(l), max);
-        job_release(job, true);
-        return;
-    }
-    job->pool = pool;
-    job->att = att;
-    job->loop = loop;
-    job->lane = l;
-    job->future = bt_future_ref(f);
-    job->in_batch = true;
-    job->where = JOB_BATCH;
-    bt_future_on_cancel(f, job_on_cancel, job);
-    job->next = NULL;
-    job->prev = att->batch_tail[l];
-    if (att->batch_tail[l])
-        att->batch_tail[l]->next = job;
-    else
-        att->batch_head[l] = job;
-    att->batch_tail[l] = job;
-    /* Have the loop spin for the completion only when jobs of this lane
-     * are short lately: spinning for a 20 ms job would only burn CPU. */
-    job->expected = atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
-    if (job->expected)
-        bt__loop_expect(loop, 1);
-    /* Hand over now when a batch is full, or when this is the only job and
-     * a worker is lingering for exactly that (one at a time: latency wins;
-     * a burst finds no lingering worker after the first job or two). */
-    if (++att->batch_n[l] >= FLUSH_AT ||
-        (att->batch_n[l] == 1 && atomic_load_explicit(&lane->spinners, memory_order_relaxed) > 0)) {
-        lane_flush(att, l);
-    } else if (!att->flush_scheduled) {
-        att->flush_scheduled = true;
-        bt__loop_schedule(loop, &att->flush_task);
-    }
-}
-
-BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
-                                    void *arg)
-{
-    if (loop == NULL)
-        return NULL;
-    bt_future *f = bt_future_new(loop);
-    if (f == NULL)
-        return NULL;
-    if (pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT) {
-        bt_future_set_error(f, BT_EINVAL, "bt_pool_submit: %s",
-                            pool == NULL ? "no pool" : fn == NULL ? "no job function" : "bad lane");
-        return f;
-    }
-    bt_job *job = job_alloc();
-    if (job == NULL) {
-        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
-        return f;
-    }
-    job->fn = fn;
-    job->arg = arg;
-    job_enqueue(pool, loop, lane, job, f);
-    return f;
-}
-
-/* The admit task: a job submitted from another thread reaches its loop. */
-static void job_admit(bt__task *t)
-{
-    bt_job *job = (bt_job *)t;
-    bt_pool *pool = job->pool;
-    bt_future *f = bt_future_new(job->loop);
-    if (f == NULL) {
-        bt_log(BT_LOG_ERROR, "offload pool: no future for a job submitted from another thread");
-        if (job->done)
-            job->done(NULL, job->done_arg);
-        bt_free(job);
-    } else {
-        if (job->done && bt_future_add_callback(f, job->done, job->done_arg) != 0) {
-            bt_future_set_error(f, BT_ENOMEM, "out of memory admitting a job");
-            bt_future_error(f);
-            job->done(NULL, job->done_arg);
-            bt_free(job);
-        } else {
-            job_enqueue(pool, job->loop, job->lane, job, f);
-        }
-        bt_future_unref(f);
-    }
-    bt__pool_unref(pool);
-}
-
-BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
-                                  void *arg, bt_future_cb done, void *done_arg)
-{
-    if (pool == NULL || loop == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT)
-        return BT_EINVAL;
-    if (atomic_load(&pool->shutdown))
-        return BT_ESHUTDOWN;
-    bt_job *job = job_alloc();
-    if (job == NULL)
-        return BT_ENOMEM;
-    job->pool = pool;
-    job->loop = loop;
-    job->lane = lane;
-    job->fn = fn;
-    job->arg = arg;
-    job->done = done;
-    job->done_arg = done_arg;
-    job->task.run = job_admit;
-    pool_ref(pool);
-    int rc = bt__loop_push(loop, &job->task);
-    if (rc != 0) {
-        bt__pool_unref(pool);
-        bt_free(job);
-    }
-    return rc;
-}
-
-/* ---- The default pool -------------------------------------------------------- */
-
-static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic(bt_pool *) default_pool;
-static bt_pool_config default_cfg;
-static bool default_cfg_set;
-static char default_name[12];
-
-static unsigned env_unsigned(const char *name)
-{
-    const char *v = getenv(name);
-    if (v == NULL || *v == '\0')
-        return 0;
-    char *end;
-    unsigned long n = strtoul(v, &end, 10);
-    if (*end != '\0' || n == 0 || n > 1024) {
-        bt_log(BT_LOG_WARN, "ignoring %s=%s: want a number from 1 to 1024", name, v);
-        return 0;
-    }
-    return (unsigned)n;
-}
-
-BT_EXPORT bt_pool *bt_pool_default(void)
-{
-    bt_pool *p = atomic_load_explicit(&default_pool, memory_order_acquire);
-    if (p)
-        return p;
-    pthread_mutex_lock(&default_mu);
-    p = atomic_load_explicit(&default_pool, memory_order_relaxed);
-    if (p == NULL) {
-        bt_pool_config cfg;
-        if (default_cfg_set)
-            cfg = default_cfg;
-        else
-            memset(&cfg, 0, sizeof cfg);
-        if (cfg.cpu_threads == 0)
-            cfg.cpu_threads = env_unsigned("BATON_CPU_THREADS");
-        if (cfg.blocking_max == 0)
-            cfg.blocking_max = env_unsigned("BATON_BLOCKING_THREADS");
-        p = bt_pool_new(&cfg);
-        atomic_store_explicit(&default_pool, p, memory_order_release);
-    }
-    pthread_mutex_unlock(&default_mu);
-    return p;
-}
-
-void bt__pool_forget_default(bt_pool *pool)
-{
-    pthread_mutex_lock(&default_mu);
-    if (atomic_load(&default_pool) == pool)
-        atomic_store(&default_pool, NULL);
-    pthread_mutex_unlock(&default_mu);
-}
-
-BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
-{
-    if (cfg == NULL)
-        return BT_EINVAL;
-    pthread_mutex_lock(&default_mu);
-    int rc = 0;
-    if (atomic_load(&default_pool)) {
-        rc = BT_EBUSY;
-    } else {
-        default_cfg = *cfg;
-        if (cfg->name) {
-            snprintf(default_name, sizeof default_name, "%s", cfg->name);
-            default_cfg.name = default_name;
-        }
-        default_cfg_set = true;
-    }
-    pthread_mutex_unlock(&default_mu);
-    return rc;
-}
-
-BT_EXPORT bt_future *bt_to_thread(bt_loop *loop, bt_job_fn fn, void *arg)
-{
-    if (loop == NULL)
-        return NULL;
-    bt_pool *pool = bt_pool_default();
-    if (pool == NULL)
-        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
-    return bt_pool_submit(pool, loop, BT_LANE_BLOCKING, fn, arg);
-}
-
-BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg)
-{
-    if (loop == NULL)
-        return NULL;
-    bt_pool *pool = bt_pool_default();
-    if (pool == NULL)
-        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
-    return bt_pool_submit(pool, loop, BT_LANE_CPU, fn, arg);
 }

@@ -1,0 +1,253 @@
+/* Jobs: what a job function may call, and a job's life on the loop side
+ * (the per-thread job cache, settling its future, cancelling it). See the
+ * DESIGN comment in pool.c for how the pieces fit. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pool-internal.h"
+
+/* ---- Inside a job ------------------------------------------------------- */
+
+BT_EXPORT int bt_job_set_value(bt_job *job, void *value, bt_destroy_fn dtor)
+{
+    if (job == NULL)
+        return BT_EINVAL;
+    if (job->dtor && job->value != value)
+        job->dtor(job->value);
+    job->value = value;
+    job->dtor = dtor;
+    return 0;
+}
+
+BT_EXPORT int bt_job_fail(bt_job *job, int code, const char *fmt, ...)
+{
+    if (code >= 0)
+        code = BT_EJOB;
+    if (job == NULL)
+        return code;
+    bt_free(job->message);
+    job->message = NULL;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        job->message = bt_vasprintf(fmt, ap);
+        va_end(ap);
+    }
+    job->code = code;
+    return code;
+}
+
+BT_EXPORT bool bt_job_cancelled(const bt_job *job)
+{
+    if (job == NULL)
+        return false;
+    return atomic_load_explicit(&job->cancelled, memory_order_relaxed) ||
+           atomic_load_explicit(&job->att->closing, memory_order_relaxed) ||
+           atomic_load_explicit(&job->pool->shutdown, memory_order_relaxed);
+}
+
+BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
+{
+    return job ? job->loop : NULL;
+}
+
+/* ---- Jobs on the loop side ----------------------------------------------- */
+
+/* Jobs are made and retired on loop threads; each such thread keeps the
+ * jobs it retired for reuse. A burst then reuses memory that is already
+ * mapped instead of growing the heap again after glibc trimmed it: page
+ * faults were two thirds of the CPU cost of a burst of trivial jobs before
+ * this cache. The cache holds at most what was once in flight at the same
+ * time (and JOB_CACHE_MAX), and gives back every TRIM_NS the part of it
+ * that went unused all that time (a working-set trim, like Go's
+ * scavenger), so a one-off burst does not pin its memory for good. */
+#define JOB_CACHE_MAX ((size_t)1 << 20)
+#define JOB_CACHE_TRIM_NS 5000000000ull
+
+typedef struct {
+    bt_job *head;
+    size_t n;
+    size_t low;          /* the smallest n since the last trim */
+    uint64_t next_trim;
+    unsigned ops;
+    bool keyed;
+} job_cache_t;
+
+static _Thread_local job_cache_t job_cache;
+static pthread_key_t job_cache_key;
+static pthread_once_t job_cache_once = PTHREAD_ONCE_INIT;
+
+static void job_cache_free_n(job_cache_t *c, size_t n)
+{
+    while (n-- && c->head) {
+        bt_job *j = c->head;
+        c->head = j->next;
+        c->n--;
+        bt_free(j);
+    }
+}
+
+static void job_cache_drop(void *arg)
+{
+    job_cache_t *c = arg;
+    job_cache_free_n(c, SIZE_MAX);
+}
+
+static void job_cache_init(void)
+{
+    pthread_key_create(&job_cache_key, job_cache_drop);
+}
+
+/* Every few thousand operations, look at the clock; past the period, free
+ * what stayed unused through it. */
+static void job_cache_tick(job_cache_t *c)
+{
+    if (c->n < c->low)
+        c->low = c->n;
+    if ((++c->ops & 4095) != 0)
+        return;
+    uint64_t now = bt_hrtime();
+    if (now < c->next_trim)
+        return;
+    if (c->next_trim)
+        job_cache_free_n(c, c->low);
+    c->low = c->n;
+    c->next_trim = now + JOB_CACHE_TRIM_NS;
+}
+
+bt_job *bt__job_alloc(void)
+{
+    job_cache_t *c = &job_cache;
+    bt_job *j = c->head;
+    if (j == NULL)
+        return bt_calloc(1, sizeof *j);
+    c->head = j->next;
+    c->n--;
+    job_cache_tick(c);
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+/* Retire a job's memory. keep: on a loop thread, into its cache. */
+void bt__job_release(bt_job *job, bool keep)
+{
+    job_cache_t *c = &job_cache;
+    if (!keep || c->n >= JOB_CACHE_MAX) {
+        bt_free(job);
+        return;
+    }
+    if (!c->keyed) { /* so that the cache is freed when the thread exits */
+        pthread_once(&job_cache_once, job_cache_init);
+        pthread_setspecific(job_cache_key, c);
+        c->keyed = true;
+    }
+    job->next = c->head;
+    c->head = job;
+    c->n++;
+    job_cache_tick(c);
+}
+
+void bt__job_free_keep(bt_job *job, bool keep)
+{
+    if (job->dtor)
+        job->dtor(job->value);
+    bt_free(job->message);
+    bt_future_unref(job->future);
+    bt__job_release(job, keep);
+}
+
+void bt__job_free(bt_job *job)
+{
+    bt__job_free_keep(job, false);
+}
+
+/* Settle a job's future from the loop thread and free the job. */
+void bt__job_settle(bt_job *job)
+{
+    bt_future *f = job->future;
+    if (job->skipped) {
+        bt_future_set_cancelled(f);
+    } else if (job->code == 0) {
+        bt_future_set_value(f, job->value, job->dtor);
+        job->dtor = NULL;
+    } else if (job->message) {
+        bt_future_set_error(f, job->code, "%s", job->message);
+    } else {
+        bt_future_set_error(f, job->code, NULL);
+    }
+    if (job->expected)
+        bt__loop_expect(job->loop, -1);
+    bt__job_free_keep(job, true);
+}
+
+/* The completion task: runs on the loop thread, from the inbox. */
+void bt__job_complete(bt__task *t)
+{
+    bt__job_settle((bt_job *)t);
+}
+
+/* A job that leaves before it ran. */
+void bt__job_cancel_now(bt_job *job)
+{
+    job->skipped = true;
+    atomic_fetch_add_explicit(&job->pool->lane[job->lane].cancelled, 1, memory_order_relaxed);
+    bt__job_settle(job);
+}
+
+void bt__batch_unlink(bt__attach *att, bt_job *job)
+{
+    bt_lane l = job->lane;
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        att->batch_head[l] = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    else
+        att->batch_tail[l] = job->prev;
+    att->batch_n[l]--;
+}
+
+void bt__queue_unlink(bt__lane *lane, bt_job *job)
+{
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        lane->head = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    else
+        lane->tail = job->prev;
+    /* Written under the lock only; read without it by lingering workers. */
+    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+}
+
+/* The future's cancel hook (loop thread): a job still in its batch or in
+ * the queue leaves now; a running one sees its flag. */
+void bt__job_on_cancel(bt_future *f, void *arg)
+{
+    (void)f;
+    bt_job *job = arg;
+    bt__lane *lane = &job->pool->lane[job->lane];
+    atomic_store_explicit(&job->cancelled, true, memory_order_relaxed);
+    if (job->in_batch) {
+        job->in_batch = false;
+        bt__batch_unlink(job->att, job);
+        bt__job_cancel_now(job);
+        return;
+    }
+    pthread_mutex_lock(&lane->mu);
+    bool queued = job->where == JOB_QUEUED;
+    if (queued) {
+        bt__queue_unlink(lane, job);
+        atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
+        job->where = JOB_DONE;
+    }
+    pthread_mutex_unlock(&lane->mu);
+    if (queued)
+        bt__job_cancel_now(job);
+}

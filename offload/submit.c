@@ -1,0 +1,393 @@
+/* The loop side of the pool: one attachment per (pool, loop) holding the
+ * loop's batches and its closer, the hand-over of batches to the lanes,
+ * submission (from the loop thread, or from any thread through the loop's
+ * inbox), and the process-wide default pool. See the DESIGN comment in
+ * pool.c. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pool-internal.h"
+
+#define FLUSH_AT 64           /* hand a batch over early past this many */
+#define EXPECT_MAX_NS 100000  /* loops spin for jobs shorter than this */
+
+/* ---- Attachments: one per (pool, loop) --------------------------------- */
+
+static void attach_closer(void *arg);
+static void lane_flush(bt__attach *att, bt_lane l);
+
+static void attach_free(bt__attach *att)
+{
+    bt__pool_unref(att->pool);
+    bt_free(att);
+}
+
+static void flush_run(bt__task *t)
+{
+    bt__attach *att = (bt__attach *)((char *)t - offsetof(bt__attach, flush_task));
+    att->flush_scheduled = false;
+    if (att->dead) {
+        attach_free(att);
+        return;
+    }
+    for (int l = 0; l < BT_LANE_COUNT; l++)
+        if (att->batch_n[l])
+            lane_flush(att, (bt_lane)l);
+}
+
+/* The loop's attach for pool, found through the loop's closers (the closer
+ * is the attach's only link to its loop, and dies with it). */
+static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
+{
+    for (bt__closer *c = loop->closers; c; c = c->next)
+        if (c->fn == attach_closer && ((bt__attach *)c->arg)->pool == pool)
+            return c->arg;
+    bt__attach *att = bt_calloc(1, sizeof *att);
+    if (att == NULL)
+        return NULL;
+    att->pool = pool;
+    att->loop = loop;
+    att->flush_task.run = flush_run;
+    if (bt_loop_add_closer(loop, attach_closer, att) != 0) {
+        bt_free(att);
+        return NULL;
+    }
+    bt__pool_ref(pool);
+    return att;
+}
+
+/* Hand att's batch for lane l to the workers. Loop thread. */
+static void lane_flush(bt__attach *att, bt_lane l)
+{
+    bt_pool *pool = att->pool;
+    bt__lane *lane = &pool->lane[l];
+    bt_job *head = att->batch_head[l], *tail = att->batch_tail[l];
+    size_t n = att->batch_n[l];
+    att->batch_head[l] = att->batch_tail[l] = NULL;
+    att->batch_n[l] = 0;
+    if (n == 0)
+        return;
+    /* Queue time counts from the hand-over: one clock read per batch. */
+    uint64_t now = bt_hrtime();
+    for (bt_job *j = head; j; j = j->next) {
+        j->in_batch = false;
+        j->t_submit = now;
+    }
+
+    pthread_mutex_lock(&lane->mu);
+    if (lane->stop) {
+        pthread_mutex_unlock(&lane->mu);
+        while (head) {
+            bt_job *next = head->next;
+            bt__job_cancel_now(head);
+            head = next;
+        }
+        return;
+    }
+    for (bt_job *j = head; j; j = j->next)
+        j->where = JOB_QUEUED;
+    head->prev = lane->tail;
+    if (lane->tail)
+        lane->tail->next = head;
+    else
+        lane->head = head;
+    lane->tail = tail;
+    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+    lane->submitted += n;
+    atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
+    /* Lingering workers will see the queue; wake sleepers for the rest. */
+    size_t spin = atomic_load(&lane->spinners);
+    size_t wake = n > spin ? n - spin : 0;
+    if (wake > lane->sleepers)
+        wake = lane->sleepers;
+    for (size_t i = 0; i < wake; i++)
+        pthread_cond_signal(&lane->cv);
+    unsigned add = bt__lane_want_threads(lane);
+    pthread_mutex_unlock(&lane->mu);
+    if (add)
+        bt__lane_spawn(pool, lane, add);
+}
+
+/* bt_loop_free: the loop's jobs leave the queues cancelled; running ones
+ * see their flag and are waited for. */
+static void attach_closer(void *arg)
+{
+    bt__attach *att = arg;
+    bt_pool *pool = att->pool;
+    atomic_store(&att->closing, true);
+    for (int l = 0; l < BT_LANE_COUNT; l++) {
+        bt__lane *lane = &pool->lane[l];
+        while (att->batch_head[l]) {
+            bt_job *job = att->batch_head[l];
+            job->in_batch = false;
+            bt__batch_unlink(att, job);
+            bt__job_cancel_now(job);
+        }
+        bt_job *mine = NULL;
+        pthread_mutex_lock(&lane->mu);
+        for (bt_job *j = lane->head, *next; j; j = next) {
+            next = j->next;
+            if (j->att != att)
+                continue;
+            bt__queue_unlink(lane, j);
+            atomic_fetch_sub(&lane->depth, 1);
+            j->where = JOB_DONE;
+            j->next = mine;
+            mine = j;
+        }
+        pthread_mutex_unlock(&lane->mu);
+        while (mine) {
+            bt_job *next = mine->next;
+            bt__job_cancel_now(mine);
+            mine = next;
+        }
+    }
+    atomic_fetch_add(&pool->closers_waiting, 1);
+    pthread_mutex_lock(&pool->mu);
+    while (atomic_load(&att->running) > 0)
+        pthread_cond_wait(&pool->cv, &pool->mu);
+    pthread_mutex_unlock(&pool->mu);
+    atomic_fetch_sub(&pool->closers_waiting, 1);
+    /* Their completions are in the loop's inbox: bt_loop_free drains it. */
+    att->dead = true;
+    if (!att->flush_scheduled)
+        attach_free(att);
+}
+
+/* ---- Submitting -------------------------------------------------------------- */
+
+/* Queue job (filled with fn, arg) for f. On failure, settle f with the
+ * error and free the job. Loop thread. */
+static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt_future *f)
+{
+    bt__lane *lane = &pool->lane[l];
+    if (atomic_load_explicit(&pool->shutdown, memory_order_relaxed)) {
+        bt_future_set_error(f, BT_ESHUTDOWN, "offload pool is shut down");
+        bt__job_release(job, true);
+        return;
+    }
+    bt__attach *att = attach_get(pool, loop);
+    if (att == NULL) {
+        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
+        bt__job_release(job, true);
+        return;
+    }
+    /* The bound: jobs in the lane's queue (`depth`, as seen when this
+     * batch began: a stale value only overestimates) plus this batch. */
+    size_t max = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
+    if (att->batch_n[l] == 0)
+        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    if (att->depth_seen[l] + att->batch_n[l] >= max)
+        att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    if (att->depth_seen[l] + att->batch_n[l] >= max) {
+        atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
+        bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
+                            bt__lane_name(l), max);
+        bt__job_release(job, true);
+        return;
+    }
+    job->pool = pool;
+    job->att = att;
+    job->loop = loop;
+    job->lane = l;
+    job->future = bt_future_ref(f);
+    job->in_batch = true;
+    job->where = JOB_BATCH;
+    bt_future_on_cancel(f, bt__job_on_cancel, job);
+    job->next = NULL;
+    job->prev = att->batch_tail[l];
+    if (att->batch_tail[l])
+        att->batch_tail[l]->next = job;
+    else
+        att->batch_head[l] = job;
+    att->batch_tail[l] = job;
+    /* Have the loop spin for the completion only when jobs of this lane
+     * are short lately: spinning for a 20 ms job would only burn CPU. */
+    job->expected = atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
+    if (job->expected)
+        bt__loop_expect(loop, 1);
+    /* Hand over now when a batch is full, or when this is the only job and
+     * a worker is lingering for exactly that (one at a time: latency wins;
+     * a burst finds no lingering worker after the first job or two). */
+    if (++att->batch_n[l] >= FLUSH_AT ||
+        (att->batch_n[l] == 1 && atomic_load_explicit(&lane->spinners, memory_order_relaxed) > 0)) {
+        lane_flush(att, l);
+    } else if (!att->flush_scheduled) {
+        att->flush_scheduled = true;
+        bt__loop_schedule(loop, &att->flush_task);
+    }
+}
+
+BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
+                                    void *arg)
+{
+    if (loop == NULL)
+        return NULL;
+    bt_future *f = bt_future_new(loop);
+    if (f == NULL)
+        return NULL;
+    if (pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT) {
+        bt_future_set_error(f, BT_EINVAL, "bt_pool_submit: %s",
+                            pool == NULL ? "no pool" : fn == NULL ? "no job function" : "bad lane");
+        return f;
+    }
+    bt_job *job = bt__job_alloc();
+    if (job == NULL) {
+        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
+        return f;
+    }
+    job->fn = fn;
+    job->arg = arg;
+    job_enqueue(pool, loop, lane, job, f);
+    return f;
+}
+
+/* The admit task: a job submitted from another thread reaches its loop. */
+static void job_admit(bt__task *t)
+{
+    bt_job *job = (bt_job *)t;
+    bt_pool *pool = job->pool;
+    bt_future *f = bt_future_new(job->loop);
+    if (f == NULL) {
+        bt_log(BT_LOG_ERROR, "offload pool: no future for a job submitted from another thread");
+        if (job->done)
+            job->done(NULL, job->done_arg);
+        bt_free(job);
+    } else {
+        if (job->done && bt_future_add_callback(f, job->done, job->done_arg) != 0) {
+            bt_future_set_error(f, BT_ENOMEM, "out of memory admitting a job");
+            bt_future_error(f);
+            job->done(NULL, job->done_arg);
+            bt_free(job);
+        } else {
+            job_enqueue(pool, job->loop, job->lane, job, f);
+        }
+        bt_future_unref(f);
+    }
+    bt__pool_unref(pool);
+}
+
+BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
+                                  void *arg, bt_future_cb done, void *done_arg)
+{
+    if (pool == NULL || loop == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT)
+        return BT_EINVAL;
+    if (atomic_load(&pool->shutdown))
+        return BT_ESHUTDOWN;
+    bt_job *job = bt__job_alloc();
+    if (job == NULL)
+        return BT_ENOMEM;
+    job->pool = pool;
+    job->loop = loop;
+    job->lane = lane;
+    job->fn = fn;
+    job->arg = arg;
+    job->done = done;
+    job->done_arg = done_arg;
+    job->task.run = job_admit;
+    bt__pool_ref(pool);
+    int rc = bt__loop_push(loop, &job->task);
+    if (rc != 0) {
+        bt__pool_unref(pool);
+        bt_free(job);
+    }
+    return rc;
+}
+
+/* ---- The default pool -------------------------------------------------------- */
+
+static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(bt_pool *) default_pool;
+static bt_pool_config default_cfg;
+static bool default_cfg_set;
+static char default_name[12];
+
+static unsigned env_unsigned(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return 0;
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*end != '\0' || n == 0 || n > 1024) {
+        bt_log(BT_LOG_WARN, "ignoring %s=%s: want a number from 1 to 1024", name, v);
+        return 0;
+    }
+    return (unsigned)n;
+}
+
+BT_EXPORT bt_pool *bt_pool_default(void)
+{
+    bt_pool *p = atomic_load_explicit(&default_pool, memory_order_acquire);
+    if (p)
+        return p;
+    pthread_mutex_lock(&default_mu);
+    p = atomic_load_explicit(&default_pool, memory_order_relaxed);
+    if (p == NULL) {
+        bt_pool_config cfg;
+        if (default_cfg_set)
+            cfg = default_cfg;
+        else
+            memset(&cfg, 0, sizeof cfg);
+        if (cfg.cpu_threads == 0)
+            cfg.cpu_threads = env_unsigned("BATON_CPU_THREADS");
+        if (cfg.blocking_max == 0)
+            cfg.blocking_max = env_unsigned("BATON_BLOCKING_THREADS");
+        p = bt_pool_new(&cfg);
+        atomic_store_explicit(&default_pool, p, memory_order_release);
+    }
+    pthread_mutex_unlock(&default_mu);
+    return p;
+}
+
+void bt__pool_forget_default(bt_pool *pool)
+{
+    pthread_mutex_lock(&default_mu);
+    if (atomic_load(&default_pool) == pool)
+        atomic_store(&default_pool, NULL);
+    pthread_mutex_unlock(&default_mu);
+}
+
+BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
+{
+    if (cfg == NULL)
+        return BT_EINVAL;
+    pthread_mutex_lock(&default_mu);
+    int rc = 0;
+    if (atomic_load(&default_pool)) {
+        rc = BT_EBUSY;
+    } else {
+        default_cfg = *cfg;
+        if (cfg->name) {
+            snprintf(default_name, sizeof default_name, "%s", cfg->name);
+            default_cfg.name = default_name;
+        }
+        default_cfg_set = true;
+    }
+    pthread_mutex_unlock(&default_mu);
+    return rc;
+}
+
+BT_EXPORT bt_future *bt_to_thread(bt_loop *loop, bt_job_fn fn, void *arg)
+{
+    if (loop == NULL)
+        return NULL;
+    bt_pool *pool = bt_pool_default();
+    if (pool == NULL)
+        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
+    return bt_pool_submit(pool, loop, BT_LANE_BLOCKING, fn, arg);
+}
+
+BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg)
+{
+    if (loop == NULL)
+        return NULL;
+    bt_pool *pool = bt_pool_default();
+    if (pool == NULL)
+        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
+    return bt_pool_submit(pool, loop, BT_LANE_CPU, fn, arg);
+}
