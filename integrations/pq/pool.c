@@ -442,7 +442,7 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
     p->sync_armed = false;
     for (;;) {
         bt_pq_conn *c = p->conns;
-        while (c && c->unsynced == 0)
+        while (c && (c->unsynced == 0 || c->state != CS_READY))
             c = c->next;
         if (!c)
             break;
