@@ -135,8 +135,10 @@ static void group_closer(void *arg)
     bt_group *g = arg;
     g->closer = false; /* bt_loop_free has already unlinked it */
     g->closed = true;
+    /* The hook aborts and finishes the group if it can (and may free it:
+     * touch nothing after this). If cancellation was asked for earlier,
+     * the group is already aborting and closing it changes nothing. */
     bt_future_cancel(g->future);
-    maybe_finish(g);
 }
 
 static void on_deadline(bt_timer *t, void *arg)
