@@ -41,8 +41,8 @@ failed=0
 req() {
     out=$(curl -s -S --max-time 20 -o "$work/body" -w '%{http_code} %{time_total}' "$url$2")
     code=${out% *}
-    secs=${out#* }
-    printf '\n== %s: GET %s\n%s in %s s\n' "$3" "$2" "$code" "$secs"
+    ms=$(awk -v s="${out#* }" 'BEGIN { printf "%.1f", s * 1000 }')
+    printf '\n== %s: GET %s\n%s in %s ms\n' "$3" "$2" "$code" "$ms"
     cat "$work/body"; echo
     if [ "$code" != "$1" ]; then
         echo "demo: expected $1, got $code" >&2
