@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,8 @@ struct bt_test_pg {
     char conninfo[PATH_MAX + 128];
     char sockinfo[PATH_MAX + 128];
     char url[128];
+    pid_t watchdog;            /* see start_watchdog; 0 if none */
+    int watchdog_fd;           /* our end of its pipe, -1 if none */
     struct bt_test_pg *next_live;
 };
 
@@ -307,6 +310,66 @@ static void stop_at_exit(void)
     }
 }
 
+/* A small process that stops the server and removes its directory if we
+ * die without doing it (killed, interrupted by ^C, crashed): it waits for
+ * end-of-file on a pipe whose write end only this process and its forks
+ * hold (close-on-exec, so no server or program started later keeps it
+ * open). After a normal bt_test_pg_free or exit it finds nothing left to
+ * clean and just exits. */
+static void start_watchdog(bt_test_pg *pg)
+{
+    pg->watchdog = 0;
+    pg->watchdog_fd = -1;
+    int fds[2];
+    if (pipe(fds) != 0)
+        return;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return;
+    }
+    if (pid == 0) {
+        /* Keep no other descriptor open (another server's watchdog pipe
+         * would never see its end-of-file). */
+        for (int fd = 3; fd < 1024; fd++)
+            if (fd != fds[0])
+                close(fd);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+        char b;
+        for (;;) {
+            ssize_t n = read(fds[0], &b, 1);
+            if (n == 0 || (n < 0 && errno != EINTR))
+                break;
+        }
+        if (access(pg->data, F_OK) == 0) {
+            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            run(pg, argv);
+            rm_tree(pg->dir);
+        }
+        _exit(0);
+    }
+    close(fds[0]);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    pg->watchdog = pid;
+    pg->watchdog_fd = fds[1];
+}
+
+static void stop_watchdog(bt_test_pg *pg)
+{
+    if (pg->watchdog_fd >= 0) {
+        close(pg->watchdog_fd);
+        pg->watchdog_fd = -1;
+    }
+    if (pg->watchdog > 0) {
+        waitpid(pg->watchdog, NULL, 0);
+        pg->watchdog = 0;
+    }
+}
+
 static void set_strings(bt_test_pg *pg)
 {
     snprintf(pg->conninfo, sizeof pg->conninfo,
@@ -391,6 +454,7 @@ bt_test_pg *bt_test_pg_start(void)
         goto fail;
     }
     set_strings(pg);
+    start_watchdog(pg);
     pg->next_live = live;
     live = pg;
     if (!atexit_done) {
@@ -421,6 +485,7 @@ void bt_test_pg_free(bt_test_pg *pg)
             run(pg, argv);
         }
         rm_tree(pg->dir);
+        stop_watchdog(pg);
     }
     free(pg);
 }
