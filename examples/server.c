@@ -392,6 +392,7 @@ int main(void)
         bt_http_app_add_pool_metrics(app, pool, "default");
     bt_http_app_set_loops(app, loops);
     bt_http_app_set_shutdown_deadline(app, 5000);
+    bt_http_app_set_handler_timeout(app, 10000); /* 504 past 10 s, work cancelled */
     bt_http_app_on_loop(app, loop_init, loop_fini, NULL);
 
     int rc = bt_http_app_run(app, host, port, on_ready, (void *)host);

@@ -547,6 +547,40 @@ START_TEST(limits_concurrent_cap)
 }
 END_TEST
 
+/* ---- Handler deadline: 504 --------------------------------------------------------- */
+
+static bt_future *h_upstream_timeout(bt_http_req *req, void *arg)
+{
+    return bt_future_new_error(bt_http_req_loop(req), BT_ETIMEDOUT, "upstream took too long");
+}
+
+static void timeout_client(void *arg)
+{
+    curl_cli("", "/hold", &rs[0]);
+    curl_cli("", "/upstream", &rs[1]);
+    curl_cli("", "/hello", &rs[2]);
+}
+
+START_TEST(handler_timeout_gives_504)
+{
+    bt_test_log_capture();
+    bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
+    bt_http_app_route(app, "GET", "/upstream", h_upstream_timeout, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    ck_assert_int_eq(bt_http_app_set_handler_timeout(app, 100), 0);
+    start_server();
+    with_client(timeout_client, NULL);
+    ck_assert_int_eq(rs[0].status, 504);
+    ck_assert_str_eq(rs[0].body, "{\"error\":\"timed out\"}");
+    ck_assert_int_eq(atomic_load(&hook_calls), 1); /* the handler's work was cancelled */
+    ck_assert_int_eq(atomic_load(&states_freed), 1);
+    ck_assert_int_eq(rs[1].status, 504);
+    ck_assert_int_eq(rs[2].status, 200);
+    ck_assert(bt_test_log_contains("GET /upstream: handler failed: upstream took too long"));
+    drop_held();
+}
+END_TEST
+
 /* ---- A disconnecting client cancels its handler ---------------------------------- */
 
 static void disconnect_client(void *arg)
@@ -1124,6 +1158,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, limits_concurrent_cap);
     tcase_add_test(tc, limits_write_timeout);
     tcase_add_test(tc, disconnect_cancels_handler);
+    tcase_add_test(tc, handler_timeout_gives_504);
     tcase_add_test(tc, baton_client_cancel_reaches_handler);
     tcase_add_test(tc, graceful_shutdown_lets_inflight_finish);
     tcase_add_test(tc, graceful_shutdown_cancels_at_deadline);

@@ -7,7 +7,9 @@
  * answers. The server answers 404 when no route matches the path, 405 (with
  * an Allow header) when a route matches the path but not the method, 500
  * with a short body when a handler fails (the error is logged, never sent),
- * 503 when the cap on concurrent requests is reached or the server is
+ * 504 when a handler runs past the app's handler timeout or fails with
+ * BT_ETIMEDOUT, 503 when the cap on concurrent requests is reached or the
+ * server is
  * shutting down, 413 when a request's body is too large and 400 when its
  * headers are (evhttp's answers).
  *
@@ -105,6 +107,13 @@ BT_EXPORT int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes);
 BT_EXPORT int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_timeout_ms,
                                        uint64_t write_timeout_ms);
 BT_EXPORT int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent);
+
+/* A deadline for every handler: a handler's future still pending after ms
+ * milliseconds is cancelled (so is the work it waits on) and the client
+ * gets 504. 0 (the default) means none. Whatever the deadline, a handler
+ * that fails with BT_ETIMEDOUT (an upstream or query timeout) answers 504
+ * rather than 500. Returns 0, BT_EINVAL, BT_EBUSY. */
+BT_EXPORT int bt_http_app_set_handler_timeout(bt_http_app *app, uint64_t ms);
 
 /* Log one line per answered request at BT_LOG_INFO (off by default):
  * `http: 127.0.0.1 "GET /user/42" 200 1.234 ms`. The log handler's level

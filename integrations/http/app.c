@@ -123,6 +123,13 @@ int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent)
     return 0;
 }
 
+int bt_http_app_set_handler_timeout(bt_http_app *app, uint64_t ms)
+{
+    CHECK_APP(app);
+    app->handler_timeout_ms = ms;
+    return 0;
+}
+
 int bt_http_app_set_access_log(bt_http_app *app, bool on)
 {
     CHECK_APP(app);

@@ -101,6 +101,7 @@ struct bt_http_app {
     unsigned loops;
     uint64_t shutdown_deadline_ms;
     bool access_log;
+    uint64_t handler_timeout_ms;
     char *metrics_path;
     bt__metrics_src *msrc;
     size_t nmsrc;

@@ -46,6 +46,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include <baton/compose.h>
+
 #include "http-internal.h"
 #include "response-internal.h"
 
@@ -263,6 +265,7 @@ static void on_done(bt_future *f, void *arg)
     list_remove(srv, req);
     bt_future_state st = bt_future_get_state(f);
     bt_http_reply *resp = NULL;
+    bool timed_out = false;
     if (st == BT_FUTURE_VALUE) {
         resp = bt_future_take_value(f);
         if (!resp)
@@ -270,6 +273,7 @@ static void on_done(bt_future *f, void *arg)
                    req->method, req->path);
     } else if (st == BT_FUTURE_ERROR) {
         int code = bt_future_error(f);
+        timed_out = code == BT_ETIMEDOUT;
         bt_log(BT_LOG_ERROR, "http: %s %s: handler failed: %s (%s)", req->method, req->path,
                bt_future_error_message(f), bt_err_name(code));
     } else {
@@ -288,6 +292,8 @@ static void on_done(bt_future *f, void *arg)
         send_response(srv, req->ev, resp, req->start_ns);
     } else if (st == BT_FUTURE_CANCELLED) {
         send_simple(srv, req->ev, 503, "service unavailable", NULL, req->start_ns);
+    } else if (timed_out) {
+        send_simple(srv, req->ev, 504, "timed out", NULL, req->start_ns);
     } else {
         send_simple(srv, req->ev, 500, "internal server error", NULL, req->start_ns);
     }
@@ -593,6 +599,13 @@ static void dispatch(struct evhttp_request *ev, void *arg)
          * not a callback of the caller's, so nothing runs re-entrantly. */
         on_done(f, req);
         return;
+    }
+    if (srv->app->handler_timeout_ms) {
+        bt_future *t = bt_timeout(f, srv->app->handler_timeout_ms);
+        if (t) { /* out of memory: go on without the deadline */
+            bt_future_unref(f);
+            req->fut = f = t;
+        }
     }
     if (bt_future_add_callback(f, on_done, req) != 0) {
         /* Out of memory: answer now and drop the handler's work. */
