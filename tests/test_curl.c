@@ -370,6 +370,55 @@ START_TEST(test_redirects)
 }
 END_TEST
 
+
+static bt_http_response *echo(bt_http_request *req, bt_future **out)
+{
+    *out = bt_http_client_send(cli, req);
+    return wait_ok(*out);
+}
+
+START_TEST(test_handle_reuse)
+{
+    /* One connection, so every request reuses the same easy handles in
+     * turn: options of one request must not leak into the next. */
+    bt_http_client_set_limits(cli, 1, 0);
+    bt_future *f;
+    bt_http_response *r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
+    bt_future_unref(f);
+    bt_http_request *req = bt_http_request_new("POST", url("/echo"));
+    bt_http_request_set_body(req, "xyz", 3);
+    r = echo(req, &f);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "xyz");
+    bt_future_unref(f);
+    for (int i = 0; i < 3; i++) {
+        r = echo(bt_http_request_new("GET", url("/echo")), &f);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Content-Length"));
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Uri"), "/echo");
+        bt_future_unref(f);
+    }
+    req = bt_http_request_new("GET", url("/echo"));
+    bt_http_request_add_query(req, "a", "1");
+    r = echo(req, &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Uri"), "/echo?a=1");
+    bt_future_unref(f);
+    bt_http_client_set_user_agent(cli, "changed/2");
+    for (int i = 0; i < 3; i++) {
+        r = echo(bt_http_request_new("GET", url("/echo")), &f);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Uri"), "/echo");
+        ck_assert_str_eq(bt_http_response_header(r, "X-Req-User-Agent"), "changed/2");
+        bt_future_unref(f);
+    }
+    r = echo(bt_http_request_new("DELETE", url("/echo")), &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "DELETE");
+    bt_future_unref(f);
+    r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
+    bt_future_unref(f);
+}
+END_TEST
+
 /* ---- Errors ---------------------------------------------------------------- */
 
 START_TEST(test_bad_arguments)
@@ -849,6 +898,7 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_large_and_max_body);
     tcase_add_test(tc, test_streaming);
     tcase_add_test(tc, test_redirects);
+    tcase_add_test(tc, test_handle_reuse);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_bad_url);
     tcase_add_test(tc, test_refused);

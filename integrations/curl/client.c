@@ -57,7 +57,7 @@ static void client_shutdown(bt_http_client *c)
     }
     c->closed = true;
     while (c->nidle)
-        curl_easy_cleanup(c->idle[--c->nidle]);
+        curl_easy_cleanup(c->idle[--c->nidle].easy);
     /* Before the event_base goes: curl may still report sockets to stop
      * watching while it closes its cached connections. */
     curl_multi_cleanup(c->multi);
@@ -140,6 +140,7 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
         return NULL;
     }
     curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    c->gen = 1;
     c->max_total = 100;
     c->max_per_host = 0;
     client_apply_limits(c);
@@ -188,6 +189,7 @@ BT_EXPORT int bt_http_client_set_user_agent(bt_http_client *c, const char *ua)
         return BT_ENOMEM;
     bt_free(c->user_agent);
     c->user_agent = copy;
+    c->gen++;
     return 0;
 }
 
@@ -252,6 +254,7 @@ BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms
         c->total_ctv = &c->total_tv;
     if (c->wait_ctv == NULL)
         c->wait_ctv = &c->wait_tv;
+    c->gen++;
     return 0;
 }
 
@@ -261,6 +264,7 @@ BT_EXPORT int bt_http_client_set_redirects(bt_http_client *c, bool follow, unsig
         return BT_EINVAL;
     c->follow = follow;
     c->max_redirects = max_redirects;
+    c->gen++;
     return 0;
 }
 
@@ -269,6 +273,7 @@ BT_EXPORT int bt_http_client_set_tls_verify(bt_http_client *c, bool verify)
     if (c == NULL)
         return BT_EINVAL;
     c->verify = verify;
+    c->gen++;
     return 0;
 }
 
@@ -281,6 +286,7 @@ BT_EXPORT int bt_http_client_set_ca_file(bt_http_client *c, const char *path)
         return BT_ENOMEM;
     bt_free(c->ca_file);
     c->ca_file = copy;
+    c->gen++;
     return 0;
 }
 
@@ -289,6 +295,7 @@ BT_EXPORT int bt_http_client_set_http2(bt_http_client *c, bool enable)
     if (c == NULL)
         return BT_EINVAL;
     c->http2 = enable;
+    c->gen++;
     return 0;
 }
 

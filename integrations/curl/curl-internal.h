@@ -102,6 +102,8 @@ struct xfer {
     struct timeval own_total_tv;
     int abort_code;             /* why a callback stopped the transfer */
     const char *abort_msg;
+    unsigned easy_gen;          /* as idle[].gen, for x->easy */
+    bool plain;                 /* a GET without body: no method options */
     bool got_conn;
     bool in_multi;
     bool timer_armed;
@@ -137,8 +139,16 @@ struct bt_http_client {
     char *ca_file;
     size_t max_body;
 
-    CURL *idle[IDLE_EASY_MAX];
+    /* Idle easy handles. gen is the settings generation a handle was
+     * configured for (0: reset, unconfigured); a handle last used by a
+     * plain GET keeps its options and is reused without a reset while
+     * the client's settings have not changed since. */
+    struct {
+        CURL *easy;
+        unsigned gen;
+    } idle[IDLE_EASY_MAX];
     size_t nidle;
+    unsigned gen;               /* bumped by every setter of easy options */
     bt_http_client_stats stats;
 };
 

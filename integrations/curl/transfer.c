@@ -125,8 +125,17 @@ void bt__xfer_release(xfer *x)
         x->next->prev = x->prev;
     if (x->easy) {
         if (c->nidle < IDLE_EASY_MAX && !c->closed) {
-            curl_easy_reset(x->easy);
-            c->idle[c->nidle++] = x->easy;
+            if (x->plain && x->easy_gen == c->gen) {
+                /* Keep the options; drop pointers into x. */
+                curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, NULL);
+                curl_easy_setopt(x->easy, CURLOPT_CURLU, NULL);
+                curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
+                c->idle[c->nidle].gen = c->gen;
+            } else {
+                curl_easy_reset(x->easy);
+                c->idle[c->nidle].gen = 0;
+            }
+            c->idle[c->nidle++].easy = x->easy;
         } else {
             curl_easy_cleanup(x->easy);
         }
@@ -312,7 +321,12 @@ void bt__xfer_done(xfer *x, CURLcode rc)
                          : ver == CURL_HTTP_VERSION_3   ? 30
                                                         : 0;
             bt_free(r->url);
-            r->url = bt_strdup(eff ? eff : x->req->url);
+            if (eff == NULL || strcmp(eff, x->req->url) == 0) {
+                r->url = x->req->url; /* the usual case: no copy */
+                x->req->url = NULL;
+            } else {
+                r->url = bt_strdup(eff);
+            }
             bt__http_response_finish(r);
             x->resp = NULL;
             bt_future_set_value(x->future, r, (bt_destroy_fn)bt_http_response_free);
@@ -345,7 +359,18 @@ static int xfer_url_build(bt_http_client *c, xfer *x, const char **why)
     bt_http_request *req = x->req;
     char *joined = NULL;
     const char *url = req->url;
-    if (c->base_url && !bt__http_has_scheme(url)) {
+    bool has_scheme = bt__http_has_scheme(url);
+    if (req->query_len == 0 && (has_scheme || c->base_url == NULL) &&
+        (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
+        /* Nothing to join or append: curl parses the string itself (and
+         * reports a malformed one as CURLE_URL_MALFORMAT, BT_EINVAL). */
+        curl_easy_setopt(x->easy, CURLOPT_CURLU, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_URL, url);
+        curl_easy_setopt(x->easy, CURLOPT_PIPEWAIT,
+                         (long)(c->http2 && strncasecmp(url, "https://", 8) == 0));
+        return 0;
+    }
+    if (c->base_url && !has_scheme) {
         size_t bl = strlen(c->base_url);
         while (bl > 0 && c->base_url[bl - 1] == '/')
             bl--;
@@ -384,8 +409,8 @@ static int xfer_url_build(bt_http_client *c, xfer *x, const char **why)
         *why = curl_url_strerror(uc);
         return BT_EINVAL;
     }
-    if (tls && c->http2)
-        curl_easy_setopt(x->easy, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(x->easy, CURLOPT_CURLU, x->cu);
+    curl_easy_setopt(x->easy, CURLOPT_PIPEWAIT, (long)(tls && c->http2));
     return 0;
 }
 
@@ -405,8 +430,7 @@ static int xfer_headers(bt_http_client *c, xfer *x)
     bt_http_request *req = x->req;
     bool body_extra = req->has_body;
     if (req->nheaders == 0 && !body_extra) {
-        if (c->default_hdrs)
-            curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->default_hdrs);
+        curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->default_hdrs); /* may be NULL */
         return 0;
     }
     struct curl_slist *l = NULL, *t;
@@ -481,23 +505,31 @@ static int xfer_body(xfer *x, const char **why, int *err)
     return 0;
 }
 
-static void xfer_options(bt_http_client *c, xfer *x)
+/* What every request sets: pointers into x and per-request values. */
+static void xfer_request_options(xfer *x)
 {
     CURL *e = x->easy;
-    curl_easy_setopt(e, CURLOPT_CURLU, x->cu);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+}
+
+/* What follows from the client's settings: set once per easy handle and
+ * settings generation (see bt_http_client.idle). */
+static void xfer_client_options(bt_http_client *c, xfer *x)
+{
+    CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-    curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent ? c->user_agent : bt__http_default_ua);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -515,8 +547,7 @@ static void xfer_options(bt_http_client *c, xfer *x)
         curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      c->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-    if (x->max_body)
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+    x->easy_gen = c->gen;
 }
 
 BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req)
@@ -548,7 +579,13 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
     if (c->xfers)
         c->xfers->prev = x;
     c->xfers = x;
-    x->easy = c->nidle ? c->idle[--c->nidle] : curl_easy_init();
+    if (c->nidle) {
+        c->nidle--;
+        x->easy = c->idle[c->nidle].easy;
+        x->easy_gen = c->idle[c->nidle].gen;
+    } else {
+        x->easy = curl_easy_init();
+    }
     x->resp = bt__http_response_new();
     if (x->easy == NULL || x->resp == NULL) {
         bt__xfer_fail(x, BT_ENOMEM, "out of memory");
@@ -568,10 +605,15 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
         x->total_tv = c->total_ms ? c->total_ctv : NULL;
     }
 
+    x->plain = strcmp(req->method, "GET") == 0 && !req->has_body;
+    if (x->easy_gen != c->gen) {
+        if (x->easy_gen != 0)
+            curl_easy_reset(x->easy); /* the settings changed since */
+        xfer_client_options(c, x);
+    }
+    xfer_request_options(x);
     const char *why = NULL;
     int err = xfer_url_build(c, x, &why);
-    if (err == 0)
-        xfer_options(c, x);
     if (err == 0)
         err = xfer_headers(c, x);
     if (err == 0 && xfer_body(x, &why, &err) != 0 && err == 0)
