@@ -165,13 +165,19 @@ BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
  * SO_REUSEPORT, until SIGINT or SIGTERM (or bt_http_app_stop). Then, on
  * every loop: stop accepting, let in-flight requests finish within the
  * shutdown deadline, cancel the rest, free the servers (fini hooks) and
- * the loops. SIGINT and SIGTERM are blocked in the calling thread (and so
- * in the loops' threads) while it runs and restored afterwards.
+ * the loops.
+ * Signals: while it runs, SIGINT and SIGTERM have a handler that asks for
+ * the shutdown (the previous actions are restored on return), and the
+ * loop threads start with both blocked. Threads the program started
+ * before (the offload pool's workers) may receive them harmlessly. One
+ * bt_http_app_run per process at a time should rely on signals.
+ * A bt_http_app_stop made before the call starts is ignored.
  * If on_ready is not NULL it is called once, on the calling thread, when
  * every loop accepts, with the bound port (useful with port 0).
  * Returns 0 after a graceful shutdown; BT_EINVAL (NULL, bad host),
- * BT_EADDRINUSE or another bind error, BT_ENOMEM, BT_EBUSY (already
- * running), or the first init hook's error. Thread: any. */
+ * BT_EADDRINUSE or another bind error, BT_ENOMEM (also when a loop's init
+ * hook failed; its error is logged), BT_EBUSY (already running).
+ * Thread: any. */
 typedef void (*bt_http_ready_fn)(int port, void *arg);
 BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
                               bt_http_ready_fn on_ready, void *ready_arg);
