@@ -1031,8 +1031,23 @@ START_TEST(reconnects_back_off)
 }
 END_TEST
 
+static uint64_t blocking_jobs(void)
+{
+    bt_pool_stats ps;
+    ck_assert_int_eq(bt_pool_get_stats(bt_pool_default(), &ps), 0);
+    return ps.lane[BT_LANE_BLOCKING].submitted;
+}
+
 START_TEST(connect_by_name_and_socket)
 {
+    /* A numeric address is used as is: no lookup job. */
+    uint64_t jobs = blocking_jobs();
+    bt_pq_pool *n = new_pool(1, 1, 1);
+    bt_pq_result *nr = must(n, "SELECT 'by address'", 0, NULL);
+    bt_pq_result_free(nr);
+    bt_pq_pool_free(n);
+    ck_assert_uint_eq(blocking_jobs(), jobs);
+
     /* "localhost" is resolved on the blocking lane, then used as hostaddr. */
     char ci[256];
     snprintf(ci, sizeof ci, "postgresql://postgres@localhost:%d/postgres", bt_test_pg_port(pg));
@@ -1043,6 +1058,7 @@ START_TEST(connect_by_name_and_socket)
     ck_assert_ptr_nonnull(p);
     bt_pq_result *r = must(p, "SELECT 'by name'", 0, NULL);
     ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "by name");
+    ck_assert_uint_gt(blocking_jobs(), jobs); /* the name was resolved off the loop */
     bt_pq_result_free(r);
     bt_pq_pool_free(p);
 

@@ -3,7 +3,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "pq-internal.h"
+
+static bool is_numeric(const char *h)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
 
 int bt__pq_parse_conninfo(bt_pq_pool *p)
 {
@@ -67,8 +76,17 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         const char *h = host;
         while (*h) {
             size_t len = strcspn(h, ",");
-            if (len && h[0] != '/' && h[0] != '@')
-                names = true; /* numeric ones pass through the job as is */
+            char one[256];
+            if (len && h[0] != '/' && h[0] != '@' && len < sizeof one) {
+                memcpy(one, h, len);
+                one[len] = '\0';
+                /* A numeric address needs no lookup (in a list with names,
+                 * the job passes it through as is). */
+                if (!is_numeric(one))
+                    names = true;
+            } else if (len >= sizeof one) {
+                names = true; /* let the resolver report it */
+            }
             h += len;
             if (*h == ',')
                 h++;
