@@ -713,6 +713,34 @@ START_TEST(test_cancel_inside_callback)
 }
 END_TEST
 
+static int free_in_cb(bt_http_response *resp, const void *data, size_t len, void *arg)
+{
+    (void)resp;
+    (void)data;
+    (void)len;
+    (void)arg;
+    if (cli) {
+        bt_http_client_free(cli); /* deferred until curl has returned */
+        cli = NULL;
+    }
+    return 0;
+}
+
+START_TEST(test_free_inside_callback)
+{
+    bt_future *other = bt_http_get(cli, url("/slow?ms=20000"));
+    bt_http_request *req = bt_http_request_new("GET", url("/large?n=4000000"));
+    bt_http_request_set_body_cb(req, free_in_cb, NULL);
+    bt_future *f = bt_http_client_send(cli, req);
+    bt_test_run_until(loop, f, T_LONG);
+    ck_assert_ptr_null(cli);
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(other), BT_FUTURE_CANCELLED);
+    bt_future_unref(f);
+    bt_future_unref(other);
+}
+END_TEST
+
 START_TEST(test_client_free_cancels)
 {
     bt_future *a = bt_http_get(cli, url("/slow?ms=20000"));
@@ -913,6 +941,7 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_cancel_frees_slot);
     tcase_add_test(tc, test_cancel_inside_callback);
     tcase_add_test(tc, test_client_free_cancels);
+    tcase_add_test(tc, test_free_inside_callback);
     tcase_add_test(tc, test_loop_free_cancels);
     suite_add_tcase(s, tc);
 
