@@ -1,7 +1,9 @@
 /* The anchor of bench/http_get: what a competent C programmer writes with
  * no layer on top. One curl multi handle on a libevent base through the
  * socket and timer callbacks (curl's hiperfifo.c), easy handles reused
- * with their options kept, bodies buffered, at most conc in flight. */
+ * with their options kept, bodies buffered, at most conc in flight, and
+ * the same request headers as Baton's defaults (Accept-Encoding and a
+ * User-Agent of the same length). */
 #include "http_get.h"
 
 #include <stdio.h>
@@ -18,6 +20,7 @@ typedef struct {
     CURLM *multi;
     struct event *timer;
     const char *url;
+    const char *ua;
     int n, conc, started, ok, failed;
     CURL **idle;
     int nidle;
@@ -77,6 +80,10 @@ static void start_one(anchor *a)
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, b);
         curl_easy_setopt(e, CURLOPT_PRIVATE, b);
+        /* The same request on the wire as Baton's client sends by default,
+         * so the comparison measures the layer, not the request. */
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+        curl_easy_setopt(e, CURLOPT_USERAGENT, a->ua);
     }
     a->started++;
     curl_multi_add_handle(a->multi, e);
@@ -168,7 +175,10 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *arg, void *sp)
 
 int http_get_anchor(const char *url, int n, int conc, http_get_result *out)
 {
-    anchor a = {.url = url, .n = n, .conc = conc};
+    char ua[96];
+    curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    snprintf(ua, sizeof ua, "baton/%s libcurl/%s", "0.1.0", v->version);
+    anchor a = {.url = url, .ua = ua, .n = n, .conc = conc};
     a.base = event_base_new();
     a.multi = curl_multi_init();
     a.timer = evtimer_new(a.base, on_timeout, &a);
