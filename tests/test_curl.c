@@ -410,6 +410,19 @@ START_TEST(test_handle_reuse)
         ck_assert_str_eq(bt_http_response_header(r, "X-Req-User-Agent"), "changed/2");
         bt_future_unref(f);
     }
+    /* Accept-Encoding: offered by default, off, or a given list. */
+    r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_ptr_nonnull(bt_http_response_header(r, "X-Req-Accept-Encoding"));
+    bt_future_unref(f);
+    ck_assert_int_eq(bt_http_client_set_accept_encoding(cli, NULL), 0);
+    r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Accept-Encoding"));
+    bt_future_unref(f);
+    ck_assert_int_eq(bt_http_client_set_accept_encoding(cli, "gzip"), 0);
+    r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Req-Accept-Encoding"), "gzip");
+    bt_future_unref(f);
+    ck_assert_int_eq(bt_http_client_set_accept_encoding(cli, "a\r\nb"), BT_EINVAL);
     r = echo(bt_http_request_new("DELETE", url("/echo")), &f);
     ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "DELETE");
     bt_future_unref(f);

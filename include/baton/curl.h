@@ -68,6 +68,7 @@ typedef struct bt_http_response bt_http_response;
  *           whether it multiplexes instead of opening one per request
  *   body: at most 64 MiB buffered per response
  *   user agent: "baton/VERSION libcurl/VERSION"
+ *   compression: every encoding libcurl decodes is offered and decoded
  * Settings apply to requests sent after the call. */
 
 /* A new client on loop. It registers a loop closer, so bt_loop_free with
@@ -135,6 +136,13 @@ BT_EXPORT int bt_http_client_set_ca_file(bt_http_client *c, const char *path);
 /* Offer HTTP/2 (default on; on https, by ALPN). Off: HTTP/1.1 only.
  * Returns 0 or BT_EINVAL. */
 BT_EXPORT int bt_http_client_set_http2(bt_http_client *c, bool enable);
+
+/* Decompression: NULL sends no Accept-Encoding (bodies come as the server
+ * sends them); "" (the default) offers every encoding this libcurl can
+ * decode (gzip, deflate, br, zstd on Debian) and decodes the body; or a
+ * list such as "gzip". Costs a little CPU per request even when the server
+ * does not compress. Returns 0, BT_EINVAL (CR/LF), BT_ENOMEM. */
+BT_EXPORT int bt_http_client_set_accept_encoding(bt_http_client *c, const char *encodings);
 
 /* The largest body buffered for a response (default 64 MiB; 0 = no limit).
  * A larger one fails the request with BT_EMSGSIZE, early when the server

@@ -89,6 +89,7 @@ void bt__http_client_destroy(bt_http_client *c)
     bt_free(c->base_url);
     bt_free(c->user_agent);
     bt_free(c->ca_file);
+    bt_free(c->accept_encoding);
     bt_free(c);
 }
 
@@ -273,6 +274,20 @@ BT_EXPORT int bt_http_client_set_tls_verify(bt_http_client *c, bool verify)
     if (c == NULL)
         return BT_EINVAL;
     c->verify = verify;
+    c->gen++;
+    return 0;
+}
+
+BT_EXPORT int bt_http_client_set_accept_encoding(bt_http_client *c, const char *encodings)
+{
+    if (c == NULL || (encodings && strpbrk(encodings, "\r\n")))
+        return BT_EINVAL;
+    char *copy = NULL;
+    if (encodings && encodings[0] && (copy = bt_strdup(encodings)) == NULL)
+        return BT_ENOMEM;
+    bt_free(c->accept_encoding);
+    c->accept_encoding = copy;
+    c->no_accept_encoding = encodings == NULL;
     c->gen++;
     return 0;
 }

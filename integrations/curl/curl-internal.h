@@ -137,6 +137,8 @@ struct bt_http_client {
     bool follow, verify, http2;
     unsigned max_redirects;
     char *ca_file;
+    char *accept_encoding;      /* NULL: none; "" by default */
+    bool no_accept_encoding;
     size_t max_body;
 
     /* Idle easy handles. gen is the settings generation a handle was

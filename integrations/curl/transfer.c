@@ -531,7 +531,9 @@ static void xfer_client_options(bt_http_client *c, xfer *x)
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent ? c->user_agent : bt__http_default_ua);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    if (!c->no_accept_encoding)
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING,
+                         c->accept_encoding ? c->accept_encoding : "");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     if (c->follow) {
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
