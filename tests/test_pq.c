@@ -20,6 +20,7 @@
 #include "pg_harness.h"
 
 static bt_test_pg *pg; /* started once by main; tests run in forked children */
+static int sleeping_backends(void);
 static bt_loop *loop;
 
 static void setup(void)
@@ -363,6 +364,102 @@ START_TEST(transactions_commit_rollback_and_dirty_release)
     r = must(p, "SELECT 1", 0, NULL);
     bt_pq_result_free(r);
     /* A released handle refuses queries... (not used after release). */
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+/* Transaction bodies for bt_pq_transaction. */
+typedef struct {
+    const char *id;
+    int mode; /* 0 commit, 1 fail on purpose, 2 constraint error, 3 sleep */
+} tx_body;
+
+static bt_future *tx_value(bt_future *ins, void *arg)
+{
+    (void)arg;
+    return bt_future_new_value(bt_future_loop(ins), bt_strdup("done"), bt_free);
+}
+
+static bt_future *tx_fail(bt_future *ins, void *arg)
+{
+    (void)arg;
+    return bt_future_new_error(bt_future_loop(ins), BT_EPERM, "changed my mind");
+}
+
+static bt_future *run_tx(bt_pq_conn *c, void *arg)
+{
+    tx_body *b = arg;
+    const char *v[] = {b->id};
+    bt_future *ins = bt_pq_conn_query(c, "INSERT INTO txs VALUES ($1)", 1, v);
+    bt_future *out;
+    switch (b->mode) {
+    case 0:
+        out = bt_future_then(ins, tx_value, NULL);
+        break;
+    case 1:
+        out = bt_future_then(ins, tx_fail, NULL);
+        break;
+    case 2: { /* the same id again: 23505 */
+        bt_future *again = bt_pq_conn_query(c, "INSERT INTO txs VALUES ($1)", 1, v);
+        bt_future_unref(ins);
+        return again;
+    }
+    default: {
+        bt_future_unref(ins);
+        return bt_pq_conn_query(c, "SELECT pg_sleep(10)", 0, NULL);
+    }
+    }
+    bt_future_unref(ins);
+    return out;
+}
+
+static const char *count_txs(bt_pq_pool *p)
+{
+    static char buf[16];
+    bt_pq_result *r = must(p, "SELECT count(*) FROM txs", 0, NULL);
+    snprintf(buf, sizeof buf, "%s", bt_pq_result_get(r, 0, 0));
+    bt_pq_result_free(r);
+    return buf;
+}
+
+START_TEST(transaction_helper_commits_or_rolls_back)
+{
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    exec_ok(p, "CREATE TABLE txs (id int PRIMARY KEY)", 0, NULL);
+
+    tx_body ok = {"1", 0};
+    bt_future *f = await(bt_pq_transaction(p, run_tx, &ok));
+    ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+    ck_assert_str_eq(bt_future_value(f), "done");
+    bt_future_unref(f);
+    ck_assert_str_eq(count_txs(p), "1");
+
+    tx_body nope = {"2", 1};
+    f = await(bt_pq_transaction(p, run_tx, &nope));
+    ck_assert_int_eq(bt_future_error(f), BT_EPERM);
+    ck_assert_str_eq(bt_future_error_message(f), "changed my mind");
+    bt_future_unref(f);
+    ck_assert_str_eq(count_txs(p), "1"); /* row 2 rolled back */
+
+    tx_body dup = {"3", 2};
+    f = await(bt_pq_transaction(p, run_tx, &dup));
+    bt_pq_error e;
+    ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
+    ck_assert_str_eq(e.sqlstate, "23505");
+    bt_future_unref(f);
+    ck_assert_str_eq(count_txs(p), "1"); /* row 3 rolled back too */
+
+    tx_body slow = {"4", 3};
+    f = bt_pq_transaction(p, run_tx, &slow);
+    sleep_ms(200);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert_int_eq(bt_future_error(await(f)), BT_ECANCELED);
+    bt_future_unref(f);
+    ck_assert_str_eq(count_txs(p), "1"); /* row 4 rolled back, sleep cancelled */
+    ck_assert_int_eq(sleeping_backends(), 0);
+
+    ck_assert_ptr_null(bt_pq_transaction(NULL, run_tx, &ok));
+    ck_assert_ptr_null(bt_pq_transaction(p, NULL, &ok));
     bt_pq_pool_free(p);
 }
 END_TEST
@@ -1337,6 +1434,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, sql_errors_carry_sqlstate);
     tcase_add_test(tc, pool_exhaustion_times_out);
     tcase_add_test(tc, transactions_commit_rollback_and_dirty_release);
+    tcase_add_test(tc, transaction_helper_commits_or_rolls_back);
     tcase_add_test(tc, listen_notify_survives_reconnect);
     tcase_add_test(tc, cancel_pg_sleep);
     tcase_add_test(tc, query_timeout_cancels);

@@ -273,6 +273,23 @@ BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c);
 BT_EXPORT bt_future *bt_pq_conn_commit(bt_pq_conn *c);
 BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c);
 
+/* The body of a transaction: called with the acquired connection c, inside
+ * BEGIN, on the loop thread. It runs its queries on c and returns a future
+ * (new reference): a value commits, an error or a cancellation rolls back.
+ * Returning NULL rolls back (BT_ENOMEM). */
+typedef bt_future *(*bt_pq_tx_fn)(bt_pq_conn *c, void *arg);
+
+/* asyncpg's `async with pool.acquire() as c: async with c.transaction():`
+ * as one future: acquire a connection, BEGIN, call fn, then COMMIT if its
+ * future has a value or ROLLBACK if not, release the connection, and
+ * settle with fn's outcome (its value is moved over), or with COMMIT's
+ * error (a serialization failure, a deferred constraint) if COMMIT fails.
+ * Cancelling the result cancels the step under way (a waiting acquire, the
+ * body); the transaction is then rolled back. Fails like bt_pq_acquire if
+ * no connection can be had. Returns: new reference, or NULL for a NULL
+ * pool or fn. Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_transaction(bt_pq_pool *pool, bt_pq_tx_fn fn, void *arg);
+
 /* True if the server says the connection is inside a transaction block
  * (idle in transaction or in a failed transaction). */
 BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c);
