@@ -165,7 +165,9 @@ typedef struct {
     uint64_t queries;        /* queries settled */
     uint64_t pipelined;      /* queries sent while others were in flight */
     uint64_t cancels_sent;   /* cancel requests sent to the server */
-    uint64_t retried;        /* queries sent again after their batch failed */
+    uint64_t retried;        /* queries sent again: their batch failed, their
+                                statement went stale, or our late cancel
+                                hit them (none of them had taken effect) */
 } bt_pq_stats;
 
 /* Returns 0 or BT_EINVAL. Thread: the loop's. */
@@ -181,8 +183,9 @@ typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
 
 typedef struct {
     const unsigned *types;     /* parameter type Oids, NULL: server infers */
-    const int *lengths;        /* for binary parameters, NULL: all text */
-    const int *formats;        /* 0 text / 1 binary per parameter; NULL: text */
+    const int *lengths;        /* byte lengths of binary parameters */
+    const int *formats;        /* 0 text / 1 binary per parameter; binary
+                                  needs lengths too; NULL: all text */
     int result_format;         /* 0 text (default), 1 binary */
     uint64_t timeout_ms;       /* 0: the pool's query_timeout_ms */
     bool no_prepare;           /* run unnamed even if the cache has room */
