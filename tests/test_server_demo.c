@@ -280,6 +280,37 @@ static bt_future *h_sleep(bt_http_req *req, void *arg)
 
 static void on_gone(bt_future *f, void *arg) { bt_future_error(f); }
 
+static void nap(unsigned ms)
+{
+    bt_future *z = bt_sleep(loop, ms);
+    bt_test_run_until(loop, z, 10000);
+    bt_future_unref(z);
+}
+
+/* How many backends are running the test's query (a new string). */
+static char *running_count(void)
+{
+    return bt_test_pg_scalar(pg, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                                 " AND query LIKE '%baton-cancel-test%'"
+                                 " AND pid <> pg_backend_pid()");
+}
+
+/* Run the loop until the server reports `want` backends running the test's
+ * query. The bound only guards against a hang (60 s of naps). Returns the
+ * last count seen (a new string). */
+static char *wait_running(const char *want)
+{
+    char *n = NULL;
+    for (int i = 0; i < 1200; i++) {
+        free(n);
+        n = running_count();
+        if (n && strcmp(n, want) == 0)
+            break;
+        nap(50);
+    }
+    return n;
+}
+
 START_TEST(disconnect_cancels_the_query)
 {
     loop = bt_loop_new();
@@ -299,29 +330,29 @@ START_TEST(disconnect_cancels_the_query)
     bt_future *f = bt_http_get(client, url);
     bt_future_add_callback(f, on_gone, NULL);
     bt_test_run_until(loop, handler_started, 10000);
+    /* The client must leave while the query runs on the server: one that
+     * leaves while the query still waits for the pool's first connection
+     * (or for its batch to go out) only removes it, rightly without a
+     * cancel request. So wait until the server shows it running. */
+    char *n = wait_running("1");
+    ck_assert_msg(n && strcmp(n, "1") == 0, "the query never ran on the server (%s)",
+                  n ? n : "no answer");
+    free(n);
+    ck_assert_int_eq(bt_future_get_state(query_f), BT_FUTURE_PENDING);
     bt_future_cancel(f); /* the client leaves */
     bt_test_run_until(loop, query_f, 10000);
     ck_assert_int_eq(bt_future_get_state(query_f), BT_FUTURE_CANCELLED);
     /* The server stops running it: pg_stat_activity no longer shows it. */
-    char *n = NULL;
-    for (int i = 0; i < 100; i++) {
-        free(n);
-        n = bt_test_pg_scalar(pg, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-                                  " AND query LIKE '%baton-cancel-test%' AND pid <> pg_backend_pid()");
-        if (n && strcmp(n, "0") == 0)
-            break;
-        bt_future *nap = bt_sleep(loop, 50);
-        bt_test_run_until(loop, nap, 1000);
-        bt_future_unref(nap);
-    }
+    n = wait_running("0");
     ck_assert_str_eq(n, "0");
     free(n);
     bt_pq_stats st;
     bt_pq_pool_get_stats(db, &st);
     ck_assert_uint_ge(st.cancels_sent, 1);
-    bt_future *nap = bt_sleep(loop, 100); /* the handler's chain settles next */
-    bt_test_run_until(loop, nap, 1000);
-    bt_future_unref(nap);
+    /* The handler's chain settles after its query: wait for it (the bound
+     * is a hang guard). */
+    for (int i = 0; i < 1200 && bt_http_server_in_flight(srv) != 0; i++)
+        nap(10);
     ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
     bt_future_unref(f);
     bt_future_unref(query_f);
