@@ -319,6 +319,20 @@ static fs_op *op_new(fs_kind kind, const char *path)
     return op;
 }
 
+/* Give op its own copy of the caller's bytes (the job runs later, on a
+ * worker). Returns op, or NULL after freeing it when out of memory. */
+static fs_op *op_copy_data(fs_op *op, const void *data, size_t len)
+{
+    op->len = len;
+    if ((op->data = bt_malloc(len ? len : 1)) == NULL) {
+        op_free(op);
+        return NULL;
+    }
+    if (len)
+        memcpy(op->data, data, len);
+    return op;
+}
+
 static bt_future *bad_arg(bt_loop *loop, const char *what)
 {
     return loop ? bt_future_new_error(loop, BT_EINVAL, "%s", what) : NULL;
@@ -341,14 +355,8 @@ BT_EXPORT bt_future *bt_fs_write_file(bt_loop *loop, const char *path, const voi
         return bad_arg(loop, "bt_fs_write_file: no path or no data");
     fs_op *op = op_new(OP_WRITE_FILE, path);
     if (op) {
-        op->len = len;
         op->mode = mode;
-        if ((op->data = bt_malloc(len ? len : 1)) == NULL) {
-            op_free(op);
-            op = NULL;
-        } else if (len) {
-            memcpy(op->data, data, len);
-        }
+        op = op_copy_data(op, data, len);
     }
     return op_submit(loop, op);
 }
@@ -401,14 +409,8 @@ BT_EXPORT bt_future *bt_fs_write(bt_loop *loop, int fd, const void *data, size_t
     fs_op *op = op_new(OP_WRITE, NULL);
     if (op) {
         op->fd = fd;
-        op->len = len;
         op->offset = offset;
-        if ((op->data = bt_malloc(len ? len : 1)) == NULL) {
-            op_free(op);
-            op = NULL;
-        } else if (len) {
-            memcpy(op->data, data, len);
-        }
+        op = op_copy_data(op, data, len);
     }
     return op_submit(loop, op);
 }

@@ -60,6 +60,23 @@ void bt_test_loop_free_clean(bt_loop *loop)
                   "the loop was freed with futures still pending");
 }
 
+static void prod_hook(bt_future *f, void *arg)
+{
+    bt_test_prod *p = arg;
+    p->hook_calls++;
+    if (p->eager)
+        bt_future_set_cancelled(f);
+}
+
+void bt_test_prod_init(bt_test_prod *p, bt_loop *loop, bool eager)
+{
+    memset(p, 0, sizeof *p);
+    p->eager = eager;
+    p->f = bt_future_new(loop);
+    ck_assert_ptr_nonnull(p->f);
+    bt_future_on_cancel(p->f, prod_hook, p);
+}
+
 static void on_timeout(bt_timer *t, void *arg)
 {
     (void)t;

@@ -30,6 +30,16 @@ void bt_test_log_clear(void);
  * (libuv's MAKE_VALGRIND_HAPPY). Captures the log while it does. */
 void bt_test_loop_free_clean(bt_loop *loop);
 
+/* A producer driven by hand: a pending future whose cancel hook counts
+ * its calls. An eager one settles cancelled at once; a stubborn one (like
+ * a job already running) only when the test settles it. */
+typedef struct {
+    bt_future *f; /* new reference, the test's to drop */
+    int hook_calls;
+    bool eager;
+} bt_test_prod;
+void bt_test_prod_init(bt_test_prod *p, bt_loop *loop, bool eager);
+
 /* Run the loop until f settles, failing the test after timeout_ms. */
 void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms);
 

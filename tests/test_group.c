@@ -15,28 +15,9 @@ static bt_loop *loop;
 static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
 static void teardown(void) { bt_test_loop_free_clean(loop); }
 
-typedef struct {
-    bt_future *f;
-    int hook_calls;
-    bool eager;
-} prod;
-
-static void prod_hook(bt_future *f, void *arg)
-{
-    prod *p = arg;
-    p->hook_calls++;
-    if (p->eager)
-        bt_future_set_cancelled(f);
-}
-
-static void prod_init(prod *p, bool eager)
-{
-    memset(p, 0, sizeof *p);
-    p->eager = eager;
-    p->f = bt_future_new(loop);
-    ck_assert_ptr_nonnull(p->f);
-    bt_future_on_cancel(p->f, prod_hook, p);
-}
+/* A producer driven by hand (tests/harness.h). */
+typedef bt_test_prod prod;
+static void prod_init(prod *p, bool eager) { bt_test_prod_init(p, loop, eager); }
 
 static void spin(void)
 {

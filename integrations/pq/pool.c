@@ -145,12 +145,7 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
 {
     while (p->wq_head) {
         pq_query *q = p->wq_head;
-        p->wq_head = q->next;
-        if (p->wq_head)
-            p->wq_head->prev = NULL;
-        else
-            p->wq_tail = NULL;
-        p->nwq--;
+        bt__pq_wq_unlink(p, q);
         q->state = Q_NEW;
         bt__pq_query_fail(q, code, fmt, msg);
         bt__pq_query_free(q);
@@ -364,13 +359,7 @@ void bt__pq_pump(bt_pq_pool *p)
             if (!c)
                 break;
             pq_query *q = p->wq_head;
-            p->wq_head = q->next;
-            if (p->wq_head)
-                p->wq_head->prev = NULL;
-            else
-                p->wq_tail = NULL;
-            p->nwq--;
-            q->next = q->prev = NULL;
+            bt__pq_wq_unlink(p, q);
             bt__pq_conn_send(c, q);
         }
         if (!p->closed)
@@ -472,12 +461,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
              p->last_errmsg ? p->last_errmsg : "");
     while (p->wq_head && p->wq_head->deadline_ns <= now) {
         pq_query *q = p->wq_head;
-        p->wq_head = q->next;
-        if (p->wq_head)
-            p->wq_head->prev = NULL;
-        else
-            p->wq_tail = NULL;
-        p->nwq--;
+        bt__pq_wq_unlink(p, q);
         q->state = Q_NEW;
         bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt__pq_query_free(q);

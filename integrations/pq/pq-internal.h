@@ -259,6 +259,8 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
                        const bt_pq_query_opts *opts, int *err);
 void bt__pq_query_settle_result(pq_query *q);
 void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+/* Take q off the pool's queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
 void bt__pq_query_free(pq_query *q);
 void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
 /* The common path of every query: target is an acquired connection or

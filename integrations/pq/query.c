@@ -178,7 +178,7 @@ void bt__pq_query_settle_result(pq_query *q)
 
 /* ---- Submitting, cancelling, timing out ----------------------------------- */
 
-static void unlink_waiting(bt_pq_pool *p, pq_query *q)
+void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
 {
     if (q->prev)
         q->prev->next = q->next;
@@ -199,7 +199,7 @@ static void abandon(pq_query *q, int code)
         return;
     if (q->state == Q_WAITING) {
         bt_pq_pool *p = q->pool;
-        unlink_waiting(p, q);
+        bt__pq_wq_unlink(p, q);
         q->state = Q_NEW;
         if (code == BT_ECANCELED) {
             q->settled = true;
