@@ -432,6 +432,65 @@ START_TEST(test_handle_reuse)
 }
 END_TEST
 
+/* A request without a body goes out with its own method: a bodiless POST,
+ * PUT or PATCH says "Content-Length: 0" and no Content-Type, a bodiless
+ * DELETE or OPTIONS says neither, HEAD gets no body. A bodiless POST once
+ * went out as a GET: curl takes the method from the body options. Each is
+ * followed by a GET on the same reused easy handle, which must stay a GET. */
+START_TEST(test_bodiless_methods)
+{
+    bt_http_client_set_limits(cli, 1, 0);
+    const struct {
+        const char *method, *content_length;
+    } cases[] = {{"POST", "0"},       {"PUT", "0"},     {"PATCH", "0"},
+                 {"DELETE", NULL},    {"OPTIONS", NULL}, {"POST", "0"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bt_future *f;
+        bt_http_response *r = echo(bt_http_request_new(cases[i].method, url("/echo")), &f);
+        ck_assert_int_eq(bt_http_response_status(r), 200);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), cases[i].method);
+        const char *cl = bt_http_response_header(r, "X-Req-Content-Length");
+        if (cases[i].content_length)
+            ck_assert_msg(cl && strcmp(cl, cases[i].content_length) == 0,
+                          "%s: Content-Length %s", cases[i].method, cl ? cl : "absent");
+        else
+            ck_assert_msg(cl == NULL, "%s: Content-Length %s", cases[i].method, cl);
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Content-Type"));
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Transfer-Encoding"));
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Expect"));
+        size_t len = 99;
+        bt_http_response_body(r, &len);
+        ck_assert_uint_eq(len, 0);
+        bt_future_unref(f);
+        r = echo(bt_http_request_new("GET", url("/echo")), &f);
+        ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
+        ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Content-Length"));
+        bt_future_unref(f);
+    }
+    /* A bodiless POST keeps a Content-Type the caller gave. */
+    bt_http_request *req = bt_http_request_new("POST", url("/echo"));
+    bt_http_request_add_header(req, "Content-Type", "application/json");
+    bt_future *f;
+    bt_http_response *r = echo(req, &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "POST");
+    ck_assert_str_eq(bt_http_response_header(r, "X-Req-Content-Length"), "0");
+    ck_assert_str_eq(bt_http_response_header(r, "X-Req-Content-Type"), "application/json");
+    bt_future_unref(f);
+    /* HEAD on the echo route: the method arrives, no body comes back though
+     * a GET of it would have one. */
+    r = echo(bt_http_request_new("HEAD", url("/echo")), &f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "HEAD");
+    size_t len = 99;
+    bt_http_response_body(r, &len);
+    ck_assert_uint_eq(len, 0);
+    bt_future_unref(f);
+    r = echo(bt_http_request_new("GET", url("/echo")), &f);
+    ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
+    bt_future_unref(f);
+}
+END_TEST
+
 /* ---- Errors ---------------------------------------------------------------- */
 
 START_TEST(test_bad_arguments)
@@ -940,6 +999,7 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_streaming);
     tcase_add_test(tc, test_redirects);
     tcase_add_test(tc, test_handle_reuse);
+    tcase_add_test(tc, test_bodiless_methods);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_bad_url);
     tcase_add_test(tc, test_refused);

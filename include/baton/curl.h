@@ -167,7 +167,10 @@ BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_s
 
 /* A request to build and then send with bt_http_client_send. method is any
  * token ("GET", "POST", "PATCH", "PROPFIND"...); url is absolute or relative
- * to the client's base URL and is checked when the request is sent.
+ * to the client's base URL and is checked when the request is sent. The
+ * request goes out with exactly this method, body or not: a bodiless POST,
+ * PUT or PATCH sends "Content-Length: 0" (and no Content-Type), a bodiless
+ * DELETE or other method sends no body headers, HEAD reads no body.
  * Returns: a new request (free it with bt_http_request_free unless it is
  * sent), or NULL (NULL or empty argument, a method that is not a token,
  * out of memory). Thread: any. */

@@ -425,10 +425,25 @@ static bool default_overridden(bt_http_client *c, bt_http_request *req, const ch
     return false;
 }
 
+/* The methods whose requests carry content by definition: sent without a
+ * body they still say "Content-Length: 0" (RFC 9110 8.6: a client SHOULD
+ * send Content-Length for them; it SHOULD NOT for a bodiless request whose
+ * method anticipates no content, such as DELETE). */
+static bool method_expects_body(const char *m)
+{
+    return strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
+}
+
+/* Whether curl is told to send a body (req's, or an empty one). */
+static bool xfer_sends_body(const bt_http_request *req)
+{
+    return req->has_body || method_expects_body(req->method);
+}
+
 static int xfer_headers(bt_http_client *c, xfer *x)
 {
     bt_http_request *req = x->req;
-    bool body_extra = req->has_body;
+    bool body_extra = xfer_sends_body(req);
     if (req->nheaders == 0 && !body_extra) {
         curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->default_hdrs); /* may be NULL */
         return 0;
@@ -448,12 +463,15 @@ static int xfer_headers(bt_http_client *c, xfer *x)
     }
     if (body_extra) {
         /* No "Expect: 100-continue" round trip, and no form content type
-         * curl would otherwise claim for a POST body. */
+         * curl would otherwise claim for a POST body: the body's own
+         * default, or none at all for an empty body of a bodiless POST. */
         if ((t = curl_slist_append(l, "Expect:")) == NULL)
             goto oom;
         l = t;
         if (!req->has_content_type) {
-            if ((t = curl_slist_append(l, "Content-Type: application/octet-stream")) == NULL)
+            const char *ct = req->has_body ? "Content-Type: application/octet-stream"
+                                           : "Content-Type:";
+            if ((t = curl_slist_append(l, ct)) == NULL)
                 goto oom;
             l = t;
         }
@@ -466,21 +484,34 @@ oom:
     return BT_ENOMEM;
 }
 
+/* The method and the body. curl picks the method from the body options:
+ * none means GET, POSTFIELDS or POST means POST, NOBODY means HEAD, and
+ * CUSTOMREQUEST only replaces the word on the request line. So every
+ * method but a bodiless GET or HEAD names itself with CUSTOMREQUEST (POST
+ * excepted: curl's own word for it), and a bodiless POST, PUT or PATCH
+ * still sends an empty body ("Content-Length: 0"): a bodiless POST given
+ * neither would go out as a GET. */
 static int xfer_body(xfer *x, const char **why, int *err)
 {
     bt_http_request *req = x->req;
     CURL *e = x->easy;
-    bool is_post = strcmp(req->method, "POST") == 0;
-    if (strcmp(req->method, "GET") == 0 && !req->has_body)
-        return 0;
-    if (strcmp(req->method, "HEAD") == 0 && !req->has_body) {
-        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    if (!req->has_body) {
+        if (strcmp(req->method, "GET") == 0)
+            return 0;
+        if (strcmp(req->method, "HEAD") == 0) {
+            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+            return 0;
+        }
+    }
+    if (strcmp(req->method, "POST") != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    if (!req->has_body) {
+        if (method_expects_body(req->method)) {
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+        }
         return 0;
     }
-    if (!is_post)
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-    if (!req->has_body)
-        return 0;
     if (req->body_file) {
         x->file = fopen(req->body_file, "rbe");
         struct stat st;
