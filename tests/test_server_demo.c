@@ -117,8 +117,6 @@ static answer ask(const char *method, const char *path)
 {
     answer a = {0};
     bt_http_request *req = bt_http_request_new(method, path);
-    if (strcmp(method, "POST") == 0)
-        bt_http_request_set_body(req, "{}", 2);
     bt_future *f = bt_http_client_send(client, req);
     ck_assert_ptr_nonnull(f);
     bt_test_run_until(loop, f, 20000);
