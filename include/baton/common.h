@@ -76,7 +76,9 @@ extern "C" {
  * unknown code gives "unknown error". Thread: any. */
 BT_EXPORT const char *bt_strerror(int code);
 
-/* The name of a BT_E* code, such as "BT_ETIMEDOUT". Thread: any. */
+/* The name of a BT_E* code, such as "BT_ETIMEDOUT". Returns a static
+ * string, never NULL and never to be freed: "0" for 0, "BT_E?" for an
+ * unknown code. Thread: any. */
 BT_EXPORT const char *bt_err_name(int code);
 
 /* ---- Allocation -------------------------------------------------------
@@ -88,18 +90,24 @@ typedef void *(*bt_realloc_fn)(void *ptr, size_t size);
 typedef void (*bt_free_fn)(void *ptr);
 
 /* Replace the allocator: all three functions, or NULL for any of them to
- * restore malloc/realloc/free. Call before any other Baton call and before
- * any thread is started; memory from one allocator must not reach the
- * other. Thread: any, but see above. */
+ * restore malloc/realloc/free (a NULL for one restores all three). Call
+ * before any other Baton call and before any thread is started; memory
+ * from one allocator must not reach the other. Thread: any, but see
+ * above. */
 BT_EXPORT void bt_set_allocator(bt_malloc_fn m, bt_realloc_fn r, bt_free_fn f);
 
-/* Thread: any. Return NULL when out of memory, like their libc twins. */
+/* Thread: any. Return NULL when out of memory, like their libc twins;
+ * what they return is the caller's, freed with bt_free (NULL is a no-op
+ * for bt_free). A size of 0 allocates 1 byte, so NULL always means out of
+ * memory. bt_strdup(NULL) returns NULL. */
 BT_EXPORT void *bt_malloc(size_t size);
 BT_EXPORT void *bt_calloc(size_t n, size_t size);
 BT_EXPORT void *bt_realloc(void *ptr, size_t size);
 BT_EXPORT void bt_free(void *ptr);
 BT_EXPORT char *bt_strdup(const char *s);
-/* printf into a new string. Returns NULL on failure. Free with bt_free. */
+/* printf into a new string. Returns: a new string to free with bt_free,
+ * or NULL (out of memory, a NULL fmt, or a formatting error).
+ * Thread: any. */
 BT_EXPORT char *bt_asprintf(const char *fmt, ...) BT_PRINTF(1, 2);
 BT_EXPORT char *bt_vasprintf(const char *fmt, va_list ap) BT_PRINTF(1, 0);
 
@@ -126,7 +134,7 @@ typedef void (*bt_log_cb)(bt_log_level level, const char *msg, void *arg);
 BT_EXPORT void bt_log_set_handler(bt_log_cb cb, void *arg);
 BT_EXPORT void bt_log_set_level(bt_log_level min_level);
 
-/* Log through the handler. Thread: any. */
+/* Log through the handler (a NULL fmt is a no-op). Thread: any. */
 BT_EXPORT void bt_log(bt_log_level level, const char *fmt, ...) BT_PRINTF(2, 3);
 
 /* ---- Time ------------------------------------------------------------- */

@@ -40,7 +40,8 @@ typedef bt_future *(*bt_start_fn)(bt_loop *loop, void *arg);
  * given, each settled. The gather future owns it (bt_future_value borrows
  * it; bt_future_take_value takes it, and bt_results_free then frees it).
  * It holds a reference to each child future, so a child's value lives as
- * long as the results do; take one out with bt_results_take. */
+ * long as the results do; take one out with bt_results_take.
+ * A NULL r reads as empty results (0 children, NULL for each pointer). */
 typedef struct bt_results bt_results;
 
 /* Number of children. 0 for NULL. */
@@ -68,7 +69,7 @@ BT_EXPORT const char *bt_results_error_message(bt_results *r, size_t i);
  * out of range. */
 BT_EXPORT bt_future *bt_results_future(const bt_results *r, size_t i);
 
-/* How many children did not settle with a value. */
+/* How many children did not settle with a value. 0 for NULL. */
 BT_EXPORT size_t bt_results_failed(const bt_results *r);
 
 /* Free results taken out of a gather future. NULL is a no-op. */

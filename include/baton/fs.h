@@ -2,7 +2,9 @@
  *
  * Each call copies its arguments, runs the system calls on a worker of the
  * default pool's blocking lane, and returns a future on loop (new
- * reference; NULL only for a NULL loop or out of memory). Failures carry
+ * reference; NULL only for a NULL loop or out of memory). A NULL path, a
+ * negative fd, or NULL data with len > 0 give a future that has already
+ * failed with BT_EINVAL. Failures carry
  * the system's errno as a BT_E* code (BT_ENOENT, BT_EACCES, ...) and a
  * message that names the path. Cancelling a queued operation removes it;
  * a running one completes (a system call cannot be interrupted) and its

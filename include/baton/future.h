@@ -66,7 +66,9 @@ BT_EXPORT bt_future *bt_future_new(bt_loop *loop);
 
 /* Already-settled futures, for returning a plain value or error where a
  * future is expected. bt_future_new_value takes ownership of value even
- * when it fails (the destructor runs). Returns: new reference, or NULL. */
+ * when it fails (the destructor runs). Returns: new reference, or NULL
+ * (a NULL loop, out of memory, or the loop is being freed).
+ * Thread: the loop's. */
 BT_EXPORT bt_future *bt_future_new_value(bt_loop *loop, void *value, bt_destroy_fn dtor);
 BT_EXPORT bt_future *bt_future_new_error(bt_loop *loop, int code, const char *fmt, ...)
     BT_PRINTF(3, 4);
@@ -76,8 +78,8 @@ BT_EXPORT bt_future *bt_future_ref(bt_future *f);
 BT_EXPORT void bt_future_unref(bt_future *f);
 
 /* The future's loop. Returns: borrowed; dangling once the loop is freed
- * (a future may outlive its loop, settled, to be read and unreferenced).
- * Thread: any. */
+ * (a future may outlive its loop, settled, to be read and unreferenced);
+ * NULL for a NULL future. Thread: any. */
 BT_EXPORT bt_loop *bt_future_loop(const bt_future *f);
 
 /* ---- Producer side ------------------------------------------------------
@@ -87,7 +89,8 @@ BT_EXPORT bt_loop *bt_future_loop(const bt_future *f);
  * are scheduled for the loop. Thread: the loop's. */
 
 BT_EXPORT int bt_future_set_value(bt_future *f, void *value, bt_destroy_fn dtor);
-/* code must be negative (a BT_E* code); fmt may be NULL, which uses
+/* code must be negative (a BT_E* code; a code >= 0 is a producer bug and
+ * fails the future with BT_EINVAL instead); fmt may be NULL, which uses
  * bt_strerror(code). The message is copied. */
 BT_EXPORT int bt_future_set_error(bt_future *f, int code, const char *fmt, ...)
     BT_PRINTF(3, 4);
@@ -96,22 +99,25 @@ BT_EXPORT int bt_future_set_errorv(bt_future *f, int code, const char *fmt, va_l
 BT_EXPORT int bt_future_set_cancelled(bt_future *f);
 
 /* Move the outcome of src (settled) into f: value (taken from src), error
- * (marks src's error read) or cancellation. Returns as the setters. */
+ * (marks src's error read) or cancellation. Returns as the setters; a
+ * NULL src fails f with BT_EINVAL ("no source future") and returns 0. */
 BT_EXPORT int bt_future_set_from(bt_future *f, bt_future *src);
 
 /* The producer's cancel hook, called once on the loop thread when
  * bt_future_cancel is first called on the pending future (or when its loop
- * is freed). One hook per future; a second call replaces it. */
+ * is freed). One hook per future; a second call replaces it. A NULL f is
+ * a no-op. Thread: the loop's. */
 typedef void (*bt_cancel_hook)(bt_future *f, void *arg);
 BT_EXPORT void bt_future_on_cancel(bt_future *f, bt_cancel_hook hook, void *arg);
 
-/* True once cancellation was requested. Thread: any (an atomic read), so a
- * worker can poll it through its job. */
+/* True once cancellation was requested; false for NULL. Thread: any (an
+ * atomic read), so a worker can poll it through its job. */
 BT_EXPORT bool bt_future_cancel_requested(const bt_future *f);
 
 /* ---- Consumer side -------------------------------------------------- */
 
-/* Thread: any (an atomic read of the state). */
+/* Thread: any (an atomic read of the state). A NULL future reads as
+ * BT_FUTURE_PENDING, and is not settled. */
 BT_EXPORT bt_future_state bt_future_get_state(const bt_future *f);
 BT_EXPORT bool bt_future_is_settled(const bt_future *f);
 
@@ -122,19 +128,22 @@ BT_EXPORT int bt_future_error(bt_future *f);
 
 /* The error message (for an error, or "cancelled"), or NULL if the future
  * has none. Marks the error as read. Returns: borrowed, valid while f
- * lives. */
+ * lives. NULL for a NULL future. Thread: the loop's. */
 BT_EXPORT const char *bt_future_error_message(bt_future *f);
 
 /* The value. Returns: borrowed, valid while f lives and nobody takes it;
- * NULL if the future has no value. */
+ * NULL if the future has no value (pending, failed, cancelled, taken, or
+ * a NULL future). Thread: the loop's. */
 BT_EXPORT void *bt_future_value(const bt_future *f);
 
 /* Take ownership of the value: the future will not destroy it, and the
- * caller must. Returns the value (NULL if none or already taken). */
+ * caller must (with the destructor it was set with). Returns the value
+ * (NULL if none, already taken, or a NULL future). Thread: the loop's. */
 BT_EXPORT void *bt_future_take_value(bt_future *f);
 
 /* Run cb(f, arg) on the loop thread once f settles (next turn if it already
- * has). Returns 0, BT_EINVAL, BT_ENOMEM (cb will not be called).
+ * has). Returns 0, BT_EINVAL (a NULL f or cb), BT_ENOMEM (cb will not be
+ * called).
  * Thread: the loop's. */
 BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg);
 
@@ -156,8 +165,8 @@ typedef bt_future *(*bt_then_fn)(bt_future *src, void *arg);
 /* When f has a value, call fn(f, arg) and adopt the future it returns. If f
  * fails or is cancelled, fn is not called and the result takes f's outcome
  * (reading f's error). Cancelling the result cancels f, or the future fn
- * returned. Returns: new reference, or NULL (fn will not be called). f is
- * borrowed. Thread: the loop's. */
+ * returned. Returns: new reference, or NULL (a NULL f or fn, out of
+ * memory; fn will not be called). f is borrowed. Thread: the loop's. */
 BT_EXPORT bt_future *bt_future_then(bt_future *f, bt_then_fn fn, void *arg);
 
 /* Like bt_future_then, but fn is called on any outcome. */

@@ -65,10 +65,11 @@ BT_EXPORT int bt_group_set_deadline(bt_group *g, uint64_t ms);
  * settled, BT_EINVAL. */
 BT_EXPORT int bt_group_cancel(bt_group *g);
 
-/* Children still pending. */
+/* Children still pending. 0 for NULL. */
 BT_EXPORT size_t bt_group_pending(const bt_group *g);
 
-/* Children that failed with an error so far (the first and the others). */
+/* Children that failed with an error so far (the first and the others).
+ * 0 for NULL. */
 BT_EXPORT size_t bt_group_failed(const bt_group *g);
 
 /* Drop the handle, closing the group (see bt_group_wait). The group keeps

@@ -35,15 +35,17 @@ BT_EXPORT bt_loop *bt_loop_new(void);
  * adds two internal events to it and removes them in bt_loop_free, which
  * does not free the base. The program may keep running the base itself
  * (event_base_dispatch); Baton's callbacks run from it.
- * Thread: the base's thread. Returns: a new loop, or NULL. */
+ * Thread: the base's thread. Returns: a new loop to free with
+ * bt_loop_free, or NULL (a NULL base, out of memory). */
 BT_EXPORT bt_loop *bt_loop_adopt(struct event_base *base);
 
-/* The loop's event_base. Returns: borrowed, valid until bt_loop_free. */
+/* The loop's event_base. Returns: borrowed, valid until bt_loop_free;
+ * NULL for a NULL loop. */
 BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop);
 
 /* Run the loop until bt_loop_stop is called. Thread: the loop's (the
  * calling thread becomes the loop's thread). Returns 0, or BT_EINVAL for a
- * NULL loop, BT_EBUSY if the loop is already running. */
+ * NULL loop, BT_EBUSY if the loop is already running or is being freed. */
 BT_EXPORT int bt_loop_run(bt_loop *loop);
 
 /* Run the loop until f has settled and the callbacks it had then have run
@@ -54,10 +56,11 @@ BT_EXPORT int bt_loop_run(bt_loop *loop);
 BT_EXPORT int bt_loop_run_until(bt_loop *loop, bt_future *f);
 
 /* Make bt_loop_run / bt_loop_run_until return after the current callback.
- * Thread: any. */
+ * NULL is a no-op. Thread: any. */
 BT_EXPORT void bt_loop_stop(bt_loop *loop);
 
-/* True if the calling thread is the loop's thread. Thread: any. */
+/* True if the calling thread is the loop's thread; false for NULL.
+ * Thread: any. */
 BT_EXPORT bool bt_loop_is_current(const bt_loop *loop);
 
 /* Free the loop. Work still pending is not dropped: closers run (the
@@ -87,13 +90,16 @@ BT_EXPORT int bt_loop_post(bt_loop *loop, bt_fn fn, void *arg);
 /* Register fn(arg) to run at the start of bt_loop_free, before pending
  * futures are cancelled (the offload pool uses it to cancel its jobs). Runs
  * in reverse order of registration; closers registered while the closers
- * run (or while what they post drains) run too. Returns 0, BT_ENOMEM, or
- * BT_ESHUTDOWN once the closers are done. Thread: the loop's. */
+ * run (or while what they post drains) run too. Returns 0, BT_EINVAL for
+ * a NULL loop or fn, BT_ENOMEM, or BT_ESHUTDOWN once the closers are done
+ * (fn is then never called). Thread: the loop's. */
 BT_EXPORT int bt_loop_add_closer(bt_loop *loop, bt_fn fn, void *arg);
-/* Remove a closer added with the same fn and arg. Returns 0 or BT_ENOENT. */
+/* Remove a closer added with the same fn and arg. Returns 0, BT_ENOENT if
+ * there is none, or BT_EINVAL for a NULL loop. Thread: the loop's. */
 BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg);
 
-/* Counters, for tests and metrics. Thread: the loop's. */
+/* Counters, for tests and metrics: copies them into *out (the caller's).
+ * Returns 0, or BT_EINVAL for a NULL loop or out. Thread: the loop's. */
 typedef struct {
     uint64_t wakeups;        /* times the wakeup fd woke the loop */
     uint64_t posted_run;     /* tasks from other threads run */
@@ -104,7 +110,8 @@ BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out);
 
 /* How long the loop polls for completions it expects from worker threads
  * before it sleeps in the kernel (default 30 us; 0 turns it off). Spinning
- * trades a little CPU for a lower round-trip latency. Thread: the loop's. */
+ * trades a little CPU for a lower round-trip latency. NULL is a no-op.
+ * Thread: the loop's. */
 BT_EXPORT void bt_loop_set_spin(bt_loop *loop, uint64_t usec);
 
 /* ---- Timers ----------------------------------------------------------- */
@@ -114,21 +121,27 @@ typedef void (*bt_timer_cb)(bt_timer *timer, void *arg);
 
 /* A timer that calls cb(timer, arg) on the loop thread. Stopped until
  * bt_timer_start. Returns: a new timer to free with bt_timer_free before
- * its loop is freed, or NULL. Thread: the loop's. */
+ * its loop is freed, or NULL (a NULL loop or cb, out of memory).
+ * Thread: the loop's, as for every timer function. */
 BT_EXPORT bt_timer *bt_timer_new(bt_loop *loop, bt_timer_cb cb, void *arg);
 
 /* Fire after timeout_ms, then every repeat_ms if repeat_ms > 0. Restarting
- * a running timer resets it. Returns 0, BT_EINVAL, or BT_ENOMEM if
- * libevent could not add the event. */
+ * a running timer resets it. Returns 0, BT_EINVAL (NULL, or a timer
+ * already freed from inside its own callback), or BT_ENOMEM if libevent
+ * could not add the event. */
 BT_EXPORT int bt_timer_start(bt_timer *t, uint64_t timeout_ms, uint64_t repeat_ms);
+/* Stop the timer (it stays allocated, and can be started again). NULL is
+ * a no-op. */
 BT_EXPORT void bt_timer_stop(bt_timer *t);
+/* True while the timer is started and has not fired for the last time;
+ * false for NULL. */
 BT_EXPORT bool bt_timer_is_active(const bt_timer *t);
 /* Stops and frees; safe inside the timer's own callback. NULL is a no-op. */
 BT_EXPORT void bt_timer_free(bt_timer *t);
 
 /* A future that settles with a NULL value after ms milliseconds.
- * Cancelling it stops the timer. Returns: new reference, or NULL.
- * Thread: the loop's. */
+ * Cancelling it stops the timer. Returns: new reference, or NULL (a NULL
+ * loop, out of memory, the loop is being freed). Thread: the loop's. */
 BT_EXPORT bt_future *bt_sleep(bt_loop *loop, uint64_t ms);
 
 /* ---- asyncio.run ------------------------------------------------------ */
@@ -151,7 +164,8 @@ BT_EXPORT int bt_run(bt_main_fn main_fn, void *arg);
  * Code that runs callbacks from its own libevent events (an HTTP server's
  * handler, a socket callback) brackets them with these, so the stall
  * watchdog can see the loop turn and name the callback. Cheap: two relaxed
- * atomic stores each. Thread: the loop's. */
+ * atomic stores each. A NULL loop is a no-op, and so is a leave without
+ * an enter. Thread: the loop's. */
 BT_EXPORT void bt_loop_enter_cb(bt_loop *loop, const void *fn);
 BT_EXPORT void bt_loop_leave_cb(bt_loop *loop);
 

@@ -83,17 +83,19 @@ typedef int (*bt_job_fn)(bt_job *job, void *arg);
 BT_EXPORT int bt_job_set_value(bt_job *job, void *value, bt_destroy_fn dtor);
 
 /* Record the job's failure: code (negative; anything else becomes
- * BT_EJOB) and a printf message (fmt may be NULL). Returns the code, so a
- * job can `return bt_job_fail(job, BT_EIO, "read %s", path);`.
+ * BT_EJOB) and a printf message (fmt may be NULL; the message is copied).
+ * Returns the code (after that substitution; a NULL job records nothing),
+ * so a job can `return bt_job_fail(job, BT_EIO, "read %s", path);`.
  * Thread: the job's worker. */
 BT_EXPORT int bt_job_fail(bt_job *job, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 
 /* True once the job's future was cancelled or its loop or pool is shutting
  * down: the job should return soon. A relaxed atomic load: cheap enough to
- * call in an inner loop. Thread: any. */
+ * call in an inner loop. False for NULL. Thread: any. */
 BT_EXPORT bool bt_job_cancelled(const bt_job *job);
 
-/* The loop the job's future settles on. Returns: borrowed. Thread: any. */
+/* The loop the job's future settles on. Returns: borrowed (the loop
+ * outlives the job); NULL for NULL. Thread: any. */
 BT_EXPORT bt_loop *bt_job_loop(const bt_job *job);
 
 /* ---- Pools -------------------------------------------------------------- */
@@ -116,12 +118,13 @@ typedef struct {
 } bt_pool_config;
 
 /* Fill cfg with the defaults (zeros mean "default" everywhere, so a
- * zeroed struct works too). Thread: any. */
+ * zeroed struct works too). NULL is a no-op. Thread: any. */
 BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg);
 
 /* A new pool (cfg may be NULL for the defaults; it is copied). The CPU
  * lane's threads start now; blocking threads start on demand.
- * Returns: a pool to free with bt_pool_free, or NULL (bad config, out of
+ * No configuration is refused: zeros take the defaults and cpu_nice is
+ * capped at 19. Returns: a pool to free with bt_pool_free, or NULL (out of
  * memory, or no thread could be started). Thread: any. */
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg);
 
@@ -141,17 +144,20 @@ BT_EXPORT bt_pool *bt_pool_default(void);
 
 /* Set the default pool's configuration; call before its first use.
  * Returns 0, BT_EBUSY if the default pool already exists (use
- * bt_pool_set_threads to resize it), BT_EINVAL. Thread: any. */
+ * bt_pool_set_threads to resize it), BT_EINVAL for a NULL cfg. cfg is
+ * copied, its name too. Thread: any. */
 BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg);
 
 /* Resize a lane at run time: the CPU lane's thread count, or the blocking
  * lane's cap (n >= 1). Extra threads retire when they are next idle; new
- * ones start at once (CPU) or on demand (blocking). Returns 0, BT_EINVAL,
- * BT_ENOMEM (no thread could start), BT_ESHUTDOWN (bt_pool_free has
- * begun). Thread: any. */
+ * ones start at once (CPU) or on demand (blocking). Returns 0, BT_EINVAL
+ * (a NULL pool, an unknown lane, n == 0), BT_ENOMEM (no thread could
+ * start), BT_ESHUTDOWN (bt_pool_free has begun). Thread: any. */
 BT_EXPORT int bt_pool_set_threads(bt_pool *pool, bt_lane lane, unsigned n);
 
-/* Change a lane's queue bound. Returns 0 or BT_EINVAL. Thread: any. */
+/* Change a lane's queue bound (max >= 1); jobs already queued beyond it
+ * stay queued. Returns 0, or BT_EINVAL (a NULL pool, an unknown lane,
+ * max == 0). Thread: any. */
 BT_EXPORT int bt_pool_set_queue_max(bt_pool *pool, bt_lane lane, size_t max);
 
 /* ---- Submitting --------------------------------------------------------- */
@@ -215,7 +221,8 @@ typedef struct {
 } bt_pool_stats;
 
 /* A snapshot of the pool's counters (each exact; together, approximately
- * simultaneous). Returns 0 or BT_EINVAL. Thread: any. */
+ * simultaneous), copied into *out (the caller's). Returns 0, or BT_EINVAL
+ * for a NULL pool or out. Thread: any. */
 BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out);
 
 #ifdef __cplusplus

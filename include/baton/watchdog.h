@@ -57,9 +57,9 @@ typedef struct {
 
 /* Start watching loop with a threshold of threshold_ms milliseconds (0 means
  * BT_WATCHDOG_DEFAULT_MS). Starts one thread. Returns 0, BT_EALREADY if the
- * watchdog is already on (use bt_watchdog_set_threshold), BT_EINVAL,
- * BT_ENOMEM or the pthread_create error as a BT_E* code. Thread: the
- * loop's. */
+ * watchdog is already on (use bt_watchdog_set_threshold), BT_EINVAL for a
+ * NULL loop, BT_ESHUTDOWN once bt_loop_free has begun, BT_ENOMEM or the
+ * pthread_create error as a BT_E* code. Thread: the loop's. */
 BT_EXPORT int bt_watchdog_start(bt_loop *loop, uint64_t threshold_ms);
 
 /* Change the threshold (0 means the default). Returns 0, BT_ENOENT if the
@@ -70,11 +70,12 @@ BT_EXPORT int bt_watchdog_set_threshold(bt_loop *loop, uint64_t threshold_ms);
  * off, BT_EINVAL. The statistics are gone with it. Thread: the loop's. */
 BT_EXPORT int bt_watchdog_stop(bt_loop *loop);
 
-/* True while the watchdog is on. Thread: the loop's. */
+/* True while the watchdog is on; false for NULL. Thread: the loop's. */
 BT_EXPORT bool bt_watchdog_is_running(const bt_loop *loop);
 
-/* Copy the statistics. Returns 0, BT_ENOENT if the watchdog is off,
- * BT_EINVAL. Thread: the loop's. */
+/* Copy the statistics into *out (the caller's). Returns 0, BT_ENOENT if
+ * the watchdog is off, BT_EINVAL for a NULL loop or out. Thread: the
+ * loop's. */
 BT_EXPORT int bt_watchdog_get_stats(const bt_loop *loop, bt_watchdog_stats *out);
 
 /* Upper limit of bucket i in nanoseconds; UINT64_MAX for the last bucket
