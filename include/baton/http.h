@@ -122,7 +122,8 @@ BT_EXPORT int bt_http_app_set_handler_timeout(bt_http_app *app, uint64_t ms);
 BT_EXPORT int bt_http_app_set_access_log(bt_http_app *app, bool on);
 
 /* How many loops bt_http_app_run starts: 0 (the default) means one per
- * online core. Returns 0, BT_EINVAL, BT_EBUSY. */
+ * online core; at most 1024. Returns 0, BT_EINVAL (NULL app, more than
+ * 1024), BT_EBUSY. */
 BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops);
 
 /* How long a graceful shutdown lets in-flight requests run before it
@@ -190,30 +191,36 @@ BT_EXPORT int bt_http_app_stop(bt_http_app *app);
 
 /* A server for app on loop: runs the app's init hook, then is ready to
  * listen. The app must outlive the server.
- * Returns: new, free with bt_http_server_free; NULL on failure (out of
- * memory, or the init hook failed, in which case nothing is left behind).
+ * Returns: new, free with bt_http_server_free; NULL on failure (a NULL
+ * loop or app, out of memory, or the init hook failed, in which case
+ * nothing is left behind).
  * Thread: the loop's. */
 BT_EXPORT bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app);
 
 /* Listen on host:port (an IPv4 or IPv6 literal, or "localhost"; port 0
  * picks a free one) with SO_REUSEADDR and SO_REUSEPORT, so that servers on
- * other loops may listen on the same port. May be called more than once.
- * Returns 0, BT_EINVAL, BT_EADDRINUSE, BT_EACCES, BT_ENOMEM or another
- * -errno from socket/bind/listen. Thread: the loop's. */
+ * other loops may listen on the same port. May be called more than once,
+ * for up to 8 sockets. Returns 0, BT_EINVAL (a NULL argument, a port
+ * outside 0..65535, a server whose loop was freed), BT_EBUSY (8 sockets
+ * already, or bt_http_server_shutdown has begun), BT_EADDRINUSE,
+ * BT_EACCES, BT_ENOMEM or another -errno from socket/bind/listen.
+ * Thread: the loop's. */
 BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int port);
 
-/* The port the first listening socket is bound to, or BT_EINVAL if none. */
+/* The port the first listening socket is bound to, or BT_EINVAL if none
+ * is or for a NULL server. Thread: the loop's. */
 BT_EXPORT int bt_http_server_port(const bt_http_server *srv);
 
 /* Graceful shutdown: stop accepting, answer new requests on open
  * connections with 503 and close them, let in-flight requests finish for
  * up to deadline_ms, then cancel the rest. Returns: a future (new
  * reference) that settles with a NULL value once no request is in flight;
- * NULL when out of memory. A second call returns a future of the same
- * shutdown. Thread: the loop's. */
+ * NULL for a NULL server, when out of memory, or once bt_loop_free has
+ * begun. A second call returns a future of the same shutdown. Call it
+ * while the loop lives (unlike bt_http_server_free). Thread: the loop's. */
 BT_EXPORT bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms);
 
-/* Requests in flight on this server now. Thread: the loop's. */
+/* Requests in flight on this server now; 0 for NULL. Thread: the loop's. */
 BT_EXPORT unsigned bt_http_server_in_flight(const bt_http_server *srv);
 
 /* Free the server: stop accepting, cancel the handlers still in flight
@@ -275,8 +282,9 @@ BT_EXPORT bt_http_reply *bt_http_reply_new(int status);
  * reply's bt_destroy_fn. NULL is a no-op. Thread: any. */
 BT_EXPORT void bt_http_reply_free(void *resp);
 
-/* Add a header (copied). Names and values with CR or LF are refused.
- * Returns 0, BT_EINVAL, BT_ENOMEM. */
+/* Add a header (copied). An empty name, a name with ':', and names or
+ * values with CR or LF are refused. Returns 0, BT_EINVAL (those, or a NULL
+ * argument), BT_ENOMEM. */
 BT_EXPORT int bt_http_reply_add_header(bt_http_reply *resp, const char *name,
                                        const char *value);
 /* Set the body (copied; a second call replaces it) and, if content_type is
@@ -297,7 +305,9 @@ BT_EXPORT int bt_http_reply_status(const bt_http_reply *resp);
  *   json_pack(...))` leaks nothing; a NULL json gives a 500.
  * - bt_http_respond_error: status and {"error": message}.
  * - bt_http_reply_future: wraps resp (taken, even on failure).
- * Returns: new reference, or NULL when out of memory. Thread: the loop's. */
+ * Returns: new reference, or NULL (a NULL loop, a status outside 100..599,
+ * a NULL body with len > 0, a NULL resp, out of memory).
+ * Thread: the loop's. */
 BT_EXPORT bt_future *bt_http_respond(bt_loop *loop, int status, const char *content_type,
                                      const void *body, size_t len);
 BT_EXPORT bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json);

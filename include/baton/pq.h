@@ -118,7 +118,8 @@ typedef struct {
                                     "Pipelining" above); default false */
 } bt_pq_options;
 
-/* Fill o with the defaults above (conninfo NULL). Thread: any. */
+/* Fill o with the defaults above (conninfo NULL). NULL is a no-op.
+ * Thread: any. */
 BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
 
 /* A new pool on loop. Starts min_size connections in the background and
@@ -149,8 +150,9 @@ BT_EXPORT void bt_pq_pool_free(bt_pq_pool *pool);
 BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *pool);
 
 /* A future that settles (NULL value) once the pool has one open
- * connection, or fails with the connect error if the first attempt fails.
- * Returns: new reference, or NULL (out of memory). Thread: the loop's. */
+ * connection, or fails with the connect error if the first attempt fails,
+ * or with BT_ESHUTDOWN once bt_pq_pool_close was called. Returns: new
+ * reference, or NULL (a NULL pool, out of memory). Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *pool);
 
 typedef struct {
@@ -208,14 +210,19 @@ BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *pool, const char *sql, int nparams,
 BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *pool, const char *sql, int nparams,
                                       const char *const *values, const bt_pq_query_opts *opts);
 
-/* ---- Results ------------------------------------------------------------ */
+/* ---- Results ------------------------------------------------------------
+ * These only read a result and touch no loop or connection, so, unlike the
+ * rest of this file, any thread may call them on a result it holds (one
+ * taken from its future, or one borrowed while its future lives). A NULL
+ * result reads as empty: 0 rows and columns, -1, NULL or false. */
 
-/* Rows and columns (0 for a command without rows). Thread: any holder. */
+/* Rows and columns (0 for a command without rows). */
 BT_EXPORT int bt_pq_result_rows(const bt_pq_result *r);
 BT_EXPORT int bt_pq_result_columns(const bt_pq_result *r);
 /* A column's name (borrowed, valid while r lives) or NULL if out of range. */
 BT_EXPORT const char *bt_pq_result_column_name(const bt_pq_result *r, int col);
-/* A column's index by name, or -1. */
+/* A column's index by name (an exact match first, then libpq's
+ * case-folding PQfnumber), or -1 (no such column, a NULL name). */
 BT_EXPORT int bt_pq_result_column_index(const bt_pq_result *r, const char *name);
 /* A column's type Oid (23 int4, 25 text, ...), or 0 if out of range. */
 BT_EXPORT unsigned bt_pq_result_column_type(const bt_pq_result *r, int col);
@@ -231,9 +238,11 @@ BT_EXPORT int bt_pq_result_length(const bt_pq_result *r, int row, int col);
 /* Rows affected by INSERT/UPDATE/DELETE/SELECT/..., or -1 if the command
  * does not report a count. */
 BT_EXPORT int64_t bt_pq_result_affected(const bt_pq_result *r);
-/* The command tag, such as "INSERT 0 1" (borrowed). */
+/* The command tag, such as "INSERT 0 1". Returns: borrowed, valid while
+ * r lives. */
 BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r);
-/* Free a result taken from its future. NULL is a no-op. */
+/* Free a result taken from its future (never one still owned by it).
+ * NULL is a no-op. */
 BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
 
 /* ---- Errors ------------------------------------------------------------- */
@@ -247,8 +256,10 @@ typedef struct {
 
 /* Split a failed query future's error into its fields (truncating long
  * fields). Marks the error read. Returns the future's error code (BT_ESQL
- * for a server error; then sqlstate is set), 0 if f did not fail (out is
- * zeroed), BT_EINVAL for NULL. Thread: the loop's. */
+ * for a server error; then sqlstate is set; BT_ECANCELED for a cancelled
+ * future, whose message is "cancelled"), 0 if f settled with a value or
+ * BT_EINPROGRESS if it is pending (out is then zeroed), BT_EINVAL for a
+ * NULL f or out. Thread: the loop's. */
 BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out);
 
 /* ---- Acquired connections and transactions ------------------------------ */
@@ -294,7 +305,8 @@ typedef bt_future *(*bt_pq_tx_fn)(bt_pq_conn *c, void *arg);
 BT_EXPORT bt_future *bt_pq_transaction(bt_pq_pool *pool, bt_pq_tx_fn fn, void *arg);
 
 /* True if the server says the connection is inside a transaction block
- * (idle in transaction or in a failed transaction). */
+ * (idle in transaction or in a failed transaction); false for NULL or a
+ * closed connection. Thread: the loop's. */
 BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c);
 
 /* Give the connection back. Queries still in flight on it finish (their
