@@ -488,6 +488,16 @@ START_TEST(test_bodiless_methods)
     r = echo(bt_http_request_new("GET", url("/echo")), &f);
     ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), "GET");
     bt_future_unref(f);
+    /* A HEAD with a body is refused up front: curl would wait for a
+     * response body that never comes. */
+    bt_http_request *head = bt_http_request_new("HEAD", url("/echo"));
+    bt_http_request_set_body(head, "x", 1);
+    f = bt_http_client_send(cli, head);
+    ck_assert_ptr_nonnull(f);
+    bt_test_run_until(loop, f, 10000);
+    ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(f), "HEAD request cannot carry a body"));
+    bt_future_unref(f);
 }
 END_TEST
 

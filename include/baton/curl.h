@@ -216,8 +216,9 @@ BT_EXPORT int bt_http_request_set_body_cb(bt_http_request *req, bt_http_body_cb 
 /* Send req. The client takes req whatever happens: do not touch or free it
  * afterwards. Returns: a new reference to a future whose value is a
  * bt_http_response (owned by the future; take it with bt_future_take_value
- * and free it with bt_http_response_free to keep it longer). A bad URL or
- * a file that cannot be opened gives an already-failed future. Returns
+ * and free it with bt_http_response_free to keep it longer). A bad URL, a
+ * file that cannot be opened, or a HEAD request with a body gives an
+ * already-failed future (BT_EINVAL for the last). Returns
  * NULL only when out of memory or for a NULL argument (req is then freed).
  * Cancelling the future removes the transfer from curl at once (its
  * connection slot is free for the next request). Thread: the loop's. */

@@ -495,6 +495,13 @@ static int xfer_body(xfer *x, const char **why, int *err)
 {
     bt_http_request *req = x->req;
     CURL *e = x->easy;
+    if (req->has_body && strcmp(req->method, "HEAD") == 0) {
+        /* curl would send it and then wait for a response body that a HEAD
+         * response never has. */
+        *err = BT_EINVAL;
+        *why = "a HEAD request cannot carry a body";
+        return -1;
+    }
     if (!req->has_body) {
         if (strcmp(req->method, "GET") == 0)
             return 0;
