@@ -55,8 +55,11 @@ struct bt_loop {
      * loop takes whole with one exchange, then reverses into FIFO order.
      * The wakeup fd is written only by the producer that finds the inbox
      * empty, unless the loop is spinning and will see the push anyway. */
+    char pad_inbox[64];          /* the inbox's line is the producers':
+                                    nothing the loop writes shares it */
     _Atomic(bt__task *) inbox;
     _Atomic int spinning;
+    char pad_inbox_end[64];
     int wake_fd;                 /* eventfd; wake_wfd == wake_fd */
     int wake_wfd;                /* the write end (a pipe where no eventfd) */
     struct event *wake_ev;
@@ -86,6 +89,11 @@ void bt__loop_schedule(bt_loop *loop, bt__task *task);
 /* Push a task from any thread; wakes the loop if needed. The task's memory
  * must stay valid until it runs. Returns 0 or BT_ESHUTDOWN. */
 int bt__loop_push(bt_loop *loop, bt__task *task);
+
+/* Push a chain of tasks linked through `next`, newest first (`first`) to
+ * oldest (`last`), with one atomic operation: they run oldest first. Any
+ * thread; same contract as bt__loop_push. */
+int bt__loop_push_chain(bt_loop *loop, bt__task *first, bt__task *last);
 
 /* Tell the loop that n more (or, negative, fewer) completions are on their
  * way from other threads. Any thread. */
