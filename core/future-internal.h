@@ -45,7 +45,16 @@ struct bt_future {
     /* Scheduled once settled: runs the callbacks, then drops the loop's
      * reference. */
     bt__task settle_task;
+
+    /* Gives the memory back when the last reference goes; NULL: bt_free.
+     * Set for futures that live inside a larger block (a pool job). */
+    void (*release)(bt_future *f);
 };
+
+/* Start a pending future of loop in zeroed memory the caller provides;
+ * release(f) frees that memory once the last reference is dropped.
+ * Returns f, or NULL if loop is NULL or closing. Loop thread. */
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_future *));
 
 /* Cancel every pending future of the loop (bt_loop_free). Returns how many
  * were pending, and how many of those nobody but the loop referenced. */

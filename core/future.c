@@ -34,13 +34,11 @@ static void pending_remove(bt_future *f)
 
 static void run_settle_task(bt__task *t);
 
-static bt_future *future_alloc(bt_loop *loop)
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_future *))
 {
     if (loop == NULL || loop->closing)
         return NULL;
-    bt_future *f = bt_calloc(1, sizeof *f);
-    if (f == NULL)
-        return NULL;
+    f->release = release;
     atomic_init(&f->refs, 2); /* the caller's and the loop's */
     atomic_init(&f->state, BT_FUTURE_PENDING);
     atomic_init(&f->cancel_requested, false);
@@ -52,6 +50,16 @@ static bt_future *future_alloc(bt_loop *loop)
     loop->pending.head = f;
     loop->pending.count++;
     return f;
+}
+
+static bt_future *future_alloc(bt_loop *loop)
+{
+    if (loop == NULL || loop->closing)
+        return NULL;
+    bt_future *f = bt_calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    return bt__future_init(f, loop, NULL);
 }
 
 BT_EXPORT bt_future *bt_future_new(bt_loop *loop)
@@ -81,7 +89,10 @@ static void future_destroy(bt_future *f)
         n = next;
     }
     bt_free(f->message);
-    bt_free(f);
+    if (f->release)
+        f->release(f);
+    else
+        bt_free(f);
 }
 
 /* The last reference but the loop's was just dropped. If the future is
