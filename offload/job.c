@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,14 +57,16 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
 
 /* ---- Jobs on the loop side ----------------------------------------------- */
 
-/* Jobs are made and retired on loop threads; each such thread keeps the
- * jobs it retired for reuse. A burst then reuses memory that is already
- * mapped instead of growing the heap again after glibc trimmed it: page
- * faults were two thirds of the CPU cost of a burst of trivial jobs before
- * this cache. The cache holds at most what was once in flight at the same
- * time (and JOB_CACHE_MAX), and gives back every TRIM_NS the part of it
- * that went unused all that time (a working-set trim, like Go's
- * scavenger), so a one-off burst does not pin its memory for good. */
+/* Jobs are made on loop threads (and by bt_pool_submit_from's callers),
+ * and each such thread keeps the job blocks it retired for reuse. A burst
+ * then reuses memory that is already mapped instead of growing the heap
+ * again after glibc trimmed it: page faults were two thirds of the CPU
+ * cost of a burst of trivial jobs before this cache. The cache holds at
+ * most what was once in flight at the same time (and JOB_CACHE_MAX), and
+ * gives back every TRIM_NS the part of it that went unused all that time
+ * (a working-set trim, like Go's scavenger), so a one-off burst does not
+ * pin its memory for good. A thread that never makes jobs (a worker, a
+ * thread that dropped the last reference to a job's future) frees them. */
 #define JOB_CACHE_MAX ((size_t)1 << 20)
 #define JOB_CACHE_TRIM_NS 5000000000ull
 
@@ -73,6 +76,7 @@ typedef struct {
     size_t low;          /* the smallest n since the last trim */
     uint64_t next_trim;
     unsigned ops;
+    bool makes_jobs;     /* this thread has called bt__job_alloc */
     bool keyed;
 } job_cache_t;
 
@@ -121,6 +125,7 @@ static void job_cache_tick(job_cache_t *c)
 bt_job *bt__job_alloc(void)
 {
     job_cache_t *c = &job_cache;
+    c->makes_jobs = true;
     bt_job *j = c->head;
     if (j == NULL)
         return bt_calloc(1, sizeof *j);
@@ -131,11 +136,10 @@ bt_job *bt__job_alloc(void)
     return j;
 }
 
-/* Retire a job's memory. keep: on a loop thread, into its cache. */
-void bt__job_release(bt_job *job, bool keep)
+void bt__job_release(bt_job *job)
 {
     job_cache_t *c = &job_cache;
-    if (!keep || c->n >= JOB_CACHE_MAX) {
+    if (!c->makes_jobs || c->n >= JOB_CACHE_MAX) {
         bt_free(job);
         return;
     }
@@ -150,18 +154,23 @@ void bt__job_release(bt_job *job, bool keep)
     job_cache_tick(c);
 }
 
-void bt__job_free_keep(bt_job *job, bool keep)
+/* The job's future lost its last reference: the block goes. */
+static void job_future_release(bt_future *f)
 {
-    if (job->dtor)
-        job->dtor(job->value);
-    bt_free(job->message);
-    bt_future_unref(job->future);
-    bt__job_release(job, keep);
+    bt__job_release((bt_job *)((char *)f - offsetof(bt_job, fut)));
+}
+
+bt_future *bt__job_future_init(bt_job *job, bt_loop *loop)
+{
+    return bt__future_init(&job->fut, loop, job_future_release);
 }
 
 void bt__job_free(bt_job *job)
 {
-    bt__job_free_keep(job, false);
+    if (job->dtor)
+        job->dtor(job->value);
+    bt_free(job->message);
+    bt_future_unref(job->future); /* may give the block back: last touch */
 }
 
 /* Settle a job's future from the loop thread and free the job. */
@@ -180,7 +189,7 @@ void bt__job_settle(bt_job *job)
     }
     if (job->expected)
         bt__loop_expect(job->loop, -1);
-    bt__job_free_keep(job, true);
+    bt__job_free(job);
 }
 
 /* The completion task: runs on the loop thread, from the inbox. */

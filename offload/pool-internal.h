@@ -27,7 +27,8 @@ struct bt_job {
     bt__attach *att;          /* the (pool, loop) record; alive while queued
                                  or running (the closer waits for it) */
     bt_loop *loop;
-    bt_future *future;        /* the job's own reference */
+    bt_future *future;        /* the job's own reference: &fut, except for
+                                  a job from another thread not yet admitted */
     bt_job_fn fn;
     void *arg;
     bt_future_cb done;        /* bt_pool_submit_from only */
@@ -43,6 +44,11 @@ struct bt_job {
     bool expected;            /* counted in the loop's `expected` */
     _Atomic bool cancelled;
     uint64_t t_submit;
+    /* The job's future lives in the same block: one allocation per job,
+     * and the completion finds both in the cache together. The block is
+     * given back when the future's last reference goes (the job holds one
+     * until it settles), so the future may outlive the job's run. */
+    bt_future fut;
 };
 
 /* One per (pool, loop): the loop's unflushed batches and its closer. Loop
@@ -52,7 +58,11 @@ struct bt__attach {
     bt_loop *loop;
     bt_job *batch_head[BT_LANE_COUNT], *batch_tail[BT_LANE_COUNT];
     size_t batch_n[BT_LANE_COUNT];
-    size_t depth_seen[BT_LANE_COUNT]; /* the lane's depth when the batch began */
+    /* The lane as seen when the batch began: its depth, its bound, and
+     * whether its recent jobs were short. */
+    size_t depth_seen[BT_LANE_COUNT];
+    size_t max_seen[BT_LANE_COUNT];
+    bool short_seen[BT_LANE_COUNT];
     bt__task flush_task;
     bool flush_scheduled;
     bool dead;                /* the closer ran; the flush task frees it */
@@ -121,9 +131,12 @@ unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
 
 /* job.c: making, settling and cancelling jobs. Loop thread unless said. */
 bt_job *bt__job_alloc(void);                    /* any thread */
-void bt__job_release(bt_job *job, bool keep);   /* keep: into this thread's cache */
-void bt__job_free_keep(bt_job *job, bool keep); /* destroys value, drops future */
-void bt__job_free(bt_job *job);                 /* any thread */
+/* Start the job's own future (job->fut) on loop: NULL if the loop is
+ * closing. From then on the block belongs to the future. */
+bt_future *bt__job_future_init(bt_job *job, bt_loop *loop);
+void bt__job_release(bt_job *job);  /* a job whose future never started */
+void bt__job_free(bt_job *job);     /* destroys value, drops the job's
+                                       reference on its future; any thread */
 void bt__job_settle(bt_job *job);
 void bt__job_complete(bt__task *t);             /* the completion task */
 void bt__job_cancel_now(bt_job *job);           /* never ran: cancelled */

@@ -53,6 +53,8 @@
 #include "pool-internal.h"
 
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
+#define CHAIN_NS 20000        /* finished jobs wait this long, at most, for
+                                 others to go back to the loop with */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
@@ -275,14 +277,46 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
     }
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
-
     job->task.run = bt__job_complete;
-    if (bt__loop_push(job->loop, &job->task) != 0) {
+}
+
+/* Finished jobs on their way back to their loop, newest first: pushed
+ * with one atomic operation when the next job is another loop's, when the
+ * batch ends, or when the oldest has waited CHAIN_NS (so a long job never
+ * holds back the completion of the short one before it). */
+typedef struct {
+    bt_job *first, *last;
+    uint64_t since;
+} done_chain;
+
+static void chain_push(done_chain *c)
+{
+    if (c->first == NULL)
+        return;
+    if (bt__loop_push_chain(c->first->loop, &c->first->task, &c->last->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
-         * settle this future any more. */
+         * settle these futures any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
-        bt__job_free(job);
+        for (bt_job *j = c->first, *next; j; j = next) {
+            next = j == c->last ? NULL : (bt_job *)j->task.next;
+            bt__job_free(j);
+        }
     }
+    c->first = c->last = NULL;
+}
+
+static void chain_add(done_chain *c, bt_job *job, uint64_t now)
+{
+    if (c->first && c->first->loop != job->loop)
+        chain_push(c);
+    if (c->first == NULL) {
+        c->last = job;
+        c->since = now;
+    }
+    job->task.next = c->first ? &c->first->task : NULL;
+    c->first = job;
+    if (now - c->since >= CHAIN_NS)
+        chain_push(c);
 }
 
 /* The jobs of atts[0..n) were pushed back: let their closers go on. The
@@ -396,8 +430,12 @@ static void *worker_main(void *arg)
             pthread_cond_signal(&lane->cv);
         pthread_mutex_unlock(&lane->mu);
         uint64_t now = bt_hrtime();
-        for (size_t i = 0; i < n; i++)
+        done_chain chain = {0};
+        for (size_t i = 0; i < n; i++) {
             worker_run(w, local[i], &now);
+            chain_add(&chain, local[i], now);
+        }
+        chain_push(&chain);
         worker_release(pool, atts, n);
         atomic_store_explicit(&w->busy, false, memory_order_relaxed);
         pthread_mutex_lock(&lane->mu);

@@ -160,34 +160,40 @@ static void attach_closer(void *arg)
 
 /* ---- Submitting -------------------------------------------------------------- */
 
-/* Queue job (filled with fn, arg) for f. On failure, settle f with the
- * error and free the job. Loop thread. */
+/* Queue job (filled with fn, arg) for its future f (job->fut). On
+ * failure, settle f with the error: the block then is only a future, and
+ * goes with its last reference. Loop thread. */
 static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt_future *f)
 {
     bt__lane *lane = &pool->lane[l];
     if (atomic_load_explicit(&pool->shutdown, memory_order_relaxed)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "offload pool is shut down");
-        bt__job_release(job, true);
         return;
     }
     bt__attach *att = attach_get(pool, loop);
     if (att == NULL) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
-        bt__job_release(job, true);
         return;
     }
-    /* The bound: jobs in the lane's queue (`depth`, as seen when this
-     * batch began: a stale value only overestimates) plus this batch. */
-    size_t max = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
-    if (att->batch_n[l] == 0)
+    /* The lane's shared state is read once per batch, not once per job:
+     * workers write its cache lines all the time. The bound: jobs in the
+     * lane's queue (`depth`, as seen when this batch began: a stale value
+     * only overestimates) plus this batch. */
+    if (att->batch_n[l] == 0) {
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+        att->max_seen[l] = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
+        /* Have the loop spin for completions only when jobs of this lane
+         * are short lately: spinning for a 20 ms job would only burn CPU. */
+        att->short_seen[l] =
+            atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
+    }
+    size_t max = att->max_seen[l];
     if (att->depth_seen[l] + att->batch_n[l] >= max)
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     if (att->depth_seen[l] + att->batch_n[l] >= max) {
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
         bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
                             bt__lane_name(l), max);
-        bt__job_release(job, true);
         return;
     }
     job->pool = pool;
@@ -205,9 +211,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     else
         att->batch_head[l] = job;
     att->batch_tail[l] = job;
-    /* Have the loop spin for the completion only when jobs of this lane
-     * are short lately: spinning for a 20 ms job would only burn CPU. */
-    job->expected = atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
+    job->expected = att->short_seen[l];
     if (job->expected)
         bt__loop_expect(loop, 1);
     /* Hand over now when a batch is full, or when this is the only job and
@@ -227,18 +231,18 @@ BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, 
 {
     if (loop == NULL)
         return NULL;
-    bt_future *f = bt_future_new(loop);
-    if (f == NULL)
-        return NULL;
-    if (pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT) {
-        bt_future_set_error(f, BT_EINVAL, "bt_pool_submit: %s",
-                            pool == NULL ? "no pool" : fn == NULL ? "no job function" : "bad lane");
-        return f;
-    }
+    if (pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT)
+        return bt_future_new_error(loop, BT_EINVAL, "bt_pool_submit: %s",
+                                   pool == NULL ? "no pool"
+                                   : fn == NULL ? "no job function"
+                                                : "bad lane");
     bt_job *job = bt__job_alloc();
-    if (job == NULL) {
-        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
-        return f;
+    if (job == NULL)
+        return bt_future_new_error(loop, BT_ENOMEM, "out of memory submitting a job");
+    bt_future *f = bt__job_future_init(job, loop);
+    if (f == NULL) {
+        bt__job_release(job);
+        return NULL;
     }
     job->fn = fn;
     job->arg = arg;
@@ -251,21 +255,17 @@ static void job_admit(bt__task *t)
 {
     bt_job *job = (bt_job *)t;
     bt_pool *pool = job->pool;
-    bt_future *f = bt_future_new(job->loop);
+    bt_future *f = bt__job_future_init(job, job->loop);
     if (f == NULL) {
         bt_log(BT_LOG_ERROR, "offload pool: no future for a job submitted from another thread");
         if (job->done)
             job->done(NULL, job->done_arg);
-        bt_free(job);
+        bt__job_release(job);
     } else {
-        if (job->done && bt_future_add_callback(f, job->done, job->done_arg) != 0) {
-            bt_future_set_error(f, BT_ENOMEM, "out of memory admitting a job");
-            bt_future_error(f);
-            job->done(NULL, job->done_arg);
-            bt_free(job);
-        } else {
-            job_enqueue(pool, job->loop, job->lane, job, f);
-        }
+        /* The first callback lives in the future: this cannot fail. */
+        if (job->done)
+            bt_future_add_callback(f, job->done, job->done_arg);
+        job_enqueue(pool, job->loop, job->lane, job, f);
         bt_future_unref(f);
     }
     bt__pool_unref(pool);
@@ -293,7 +293,7 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
     int rc = bt__loop_push(loop, &job->task);
     if (rc != 0) {
         bt__pool_unref(pool);
-        bt_free(job);
+        bt__job_release(job);
     }
     return rc;
 }
