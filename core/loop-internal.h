@@ -66,8 +66,8 @@ struct bt_loop {
 
     /* Completions the loop expects from other threads (offloaded jobs in
      * flight). While non-zero and nothing else is ready, the loop spins for
-     * up to spin_ns before it sleeps in the kernel. */
-    _Atomic long expected;
+     * up to spin_ns before it sleeps in the kernel. Loop thread only. */
+    long expected;
     uint64_t spin_ns;
 
     bt_loop_stats stats;
@@ -96,10 +96,11 @@ int bt__loop_push(bt_loop *loop, bt__task *task);
 int bt__loop_push_chain(bt_loop *loop, bt__task *first, bt__task *last);
 
 /* Tell the loop that n more (or, negative, fewer) completions are on their
- * way from other threads. Any thread. */
+ * way from other threads. Loop thread (where jobs are submitted and
+ * settled): no atomic operation on the hot path. */
 static inline void bt__loop_expect(bt_loop *loop, long n)
 {
-    atomic_fetch_add_explicit(&loop->expected, n, memory_order_relaxed);
+    loop->expected += n;
 }
 
 /* Run one task with the watchdog's bracket around it. */

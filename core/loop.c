@@ -267,7 +267,7 @@ BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
 static bool spin_for_completions(bt_loop *loop)
 {
     /* After a run of hits, let libevent poll sockets and timers once. */
-    if (loop->spin_ns == 0 || atomic_load_explicit(&loop->expected, memory_order_relaxed) <= 0 ||
+    if (loop->spin_ns == 0 || loop->expected <= 0 ||
         loop->ready_head != NULL || loop->spin_streak >= 16)
         return false;
     atomic_store(&loop->spinning, 1);

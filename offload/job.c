@@ -80,7 +80,10 @@ typedef struct {
     bool keyed;
 } job_cache_t;
 
-static _Thread_local job_cache_t job_cache;
+/* initial-exec: a plain offset from the thread pointer instead of a call
+ * to __tls_get_addr on every job (the block is small enough for the
+ * static TLS that glibc keeps spare for libraries loaded with dlopen). */
+static _Thread_local job_cache_t job_cache __attribute__((tls_model("initial-exec")));
 static pthread_key_t job_cache_key;
 static pthread_once_t job_cache_once = PTHREAD_ONCE_INIT;
 
