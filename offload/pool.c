@@ -16,8 +16,10 @@
  * - Workers. Each lane has one mutex, one condvar and a FIFO. A worker
  *   takes up to a quarter of its share of the queue at once (1 when the
  *   queue is short, so the tail of a burst is spread evenly), runs the
- *   jobs, and pushes each finished job onto its loop's lock-free inbox
- *   (bt__loop_push: one CAS, a wakeup only on empty -> non-empty). Out of
+ *   jobs, and pushes the finished ones back to their loop's lock-free
+ *   inbox as a chain (bt__loop_push_chain: one CAS per batch, a wakeup
+ *   only on empty -> non-empty; CHAIN_NS bounds how long a finished job
+ *   waits for the next). Out of
  *   work, one worker per lane lingers (spins on the atomic queue length)
  *   for linger_ns before it sleeps on the condvar, so a loop that submits
  *   one job at a time finds it awake; the others sleep at once. A flush
@@ -26,7 +28,9 @@
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
  *   completion instead of sleeping in epoll. The completion task settles
- *   the future and puts the job in the loop thread's job cache.
+ *   the future. The job and its future are one block (job->fut): it goes
+ *   back to the job cache of the thread that drops the future's last
+ *   reference (a loop thread, as a rule).
  * - Lifetimes. The pool is reference counted: its owner, each attach, each
  *   worker thread and each job being admitted hold one, so the memory
  *   outlives bt_pool_free until the last loop lets go. An attach lives until
