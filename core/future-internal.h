@@ -56,11 +56,11 @@ struct bt_future {
  * Returns f, or NULL if loop is NULL or closing. Loop thread. */
 bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_future *));
 
-/* Cancel every pending future of the loop (bt_loop_free). Returns how many
- * were pending, and how many of those nobody but the loop referenced. */
 /* True once the callbacks registered before and while settling have run. */
 bool bt__future_callbacks_done(const bt_future *f);
 
+/* Cancel every pending future of the loop (bt_loop_free). Returns how many
+ * were pending, and how many of those nobody but the loop referenced. */
 size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped);
 
 #endif
