@@ -118,10 +118,15 @@ BT_EXPORT void bt_future_unref(bt_future *f)
 {
     if (f == NULL)
         return;
+    /* Decide before letting go: once our reference is gone another thread
+     * may drop the last one and free f. A pending future on its own loop's
+     * thread is still held by the loop, so check_dropped may read it. */
+    bool on_loop = atomic_load_explicit(&f->state, memory_order_acquire) == BT_FUTURE_PENDING &&
+                   bt_loop_is_current(f->loop);
     long prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
     if (prev == 1)
         future_destroy(f);
-    else if (prev == 2)
+    else if (prev == 2 && on_loop)
         check_dropped(f);
 }
 
