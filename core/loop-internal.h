@@ -42,6 +42,7 @@ struct bt_loop {
      * written by that thread, compared from any, so atomic. */
     _Atomic uintptr_t thread;
     unsigned spin_streak;        /* spin hits since libevent last ran */
+    uint64_t spin_since;         /* when the first of them began */
     unsigned cb_depth;           /* nesting of bt_loop_enter_cb */
 
     /* Loop-thread FIFO of tasks to run on the next pass (call_soon and
@@ -55,8 +56,10 @@ struct bt_loop {
      * loop takes whole with one exchange, then reverses into FIFO order.
      * The wakeup fd is written only by the producer that finds the inbox
      * empty, unless the loop is spinning and will see the push anyway. */
-    char pad_inbox[64];          /* the inbox's line is the producers':
-                                    nothing the loop writes shares it */
+    char pad_inbox[64];          /* the inbox and `spinning` have a line
+                                    of their own: producers write it on
+                                    every push, so no field the loop uses
+                                    for anything else may share it */
     _Atomic(bt__task *) inbox;
     _Atomic int spinning;
     char pad_inbox_end[64];
@@ -89,11 +92,6 @@ void bt__loop_schedule(bt_loop *loop, bt__task *task);
 /* Push a task from any thread; wakes the loop if needed. The task's memory
  * must stay valid until it runs. Returns 0 or BT_ESHUTDOWN. */
 int bt__loop_push(bt_loop *loop, bt__task *task);
-
-/* Push a chain of tasks linked through `next`, newest first (`first`) to
- * oldest (`last`), with one atomic operation: they run oldest first. Any
- * thread; same contract as bt__loop_push. */
-int bt__loop_push_chain(bt_loop *loop, bt__task *first, bt__task *last);
 
 /* Tell the loop that n more (or, negative, fewer) completions are on their
  * way from other threads. Loop thread (where jobs are submitted and

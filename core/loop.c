@@ -10,12 +10,12 @@
  *   chain of call_soon calls cannot starve sockets and timers (asyncio runs
  *   only what was ready when the iteration began, for the same reason).
  * - The inbox (any thread -> loop) is a lock-free LIFO on a cache line of
- *   its own. A producer pushes a task, or a chain of them, with one
- *   compare-and-swap; the loop takes the whole stack with one exchange and
- *   reverses it, so a burst of N posts costs N CASes and one wakeup. Only
- *   the producer that finds the inbox empty writes the wakeup fd, and only
- *   when the loop is not spinning on the inbox. The loop reads the fd
- *   before it takes the stack, so no push can fall between the two. While
+ *   its own. A producer pushes a task with one compare-and-swap; the loop
+ *   takes the whole stack with one exchange and reverses it, so a burst of
+ *   N posts costs N CASes and one wakeup. Only the producer that finds the
+ *   inbox empty writes the wakeup fd, and only when the loop is not
+ *   spinning on the inbox. The loop reads the fd before it takes the
+ *   stack, so no push can fall between the two. While
  *   it runs the inbox, the loop runs the ready FIFO every 16 tasks and at
  *   the end: a completion's callbacks run while its future is still in the
  *   cache, not after thousands of others have pushed it out.
@@ -44,6 +44,8 @@
 #define BT_DEFAULT_SPIN_NS 30000u
 #define INBOX_READY_EVERY 16 /* a power of two */
 #define INBOX_PREFETCH_LINES 6
+#define SPIN_STREAK_MAX 16
+#define SPIN_PASS_NS 250000u /* libevent polls at least this often */
 
 /* ---- Wakeup fd --------------------------------------------------------- */
 
@@ -87,22 +89,17 @@ static void wake_drain(bt_loop *loop)
 
 /* ---- Inbox -------------------------------------------------------------- */
 
-int bt__loop_push_chain(bt_loop *loop, bt__task *first, bt__task *last)
+int bt__loop_push(bt_loop *loop, bt__task *task)
 {
     if (atomic_load_explicit(&loop->closed_to_posts, memory_order_acquire))
         return BT_ESHUTDOWN;
     bt__task *old = atomic_load_explicit(&loop->inbox, memory_order_relaxed);
     do
-        last->next = old;
-    while (!atomic_compare_exchange_weak(&loop->inbox, &old, first));
+        task->next = old;
+    while (!atomic_compare_exchange_weak(&loop->inbox, &old, task));
     if (old == NULL && !atomic_load(&loop->spinning))
         wake_write(loop);
     return 0;
-}
-
-int bt__loop_push(bt_loop *loop, bt__task *task)
-{
-    return bt__loop_push_chain(loop, task, task);
 }
 
 static size_t ready_drain(bt_loop *loop);
@@ -276,12 +273,19 @@ BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
  * found and ran something. */
 static bool spin_for_completions(bt_loop *loop)
 {
-    /* After a run of hits, let libevent poll sockets and timers once. */
-    if (loop->spin_ns == 0 || loop->expected <= 0 ||
-        loop->ready_head != NULL || loop->spin_streak >= 16)
+    /* After a run of hits, let libevent poll sockets and timers once: after
+     * SPIN_STREAK_MAX hits, or SPIN_PASS_NS after the first of them (each
+     * hit runs the completions' callbacks too, which may take a while). */
+    if (loop->spin_ns == 0 || loop->expected <= 0 || loop->ready_head != NULL ||
+        loop->spin_streak >= SPIN_STREAK_MAX)
+        return false;
+    uint64_t now = bt_hrtime();
+    if (loop->spin_streak == 0)
+        loop->spin_since = now;
+    else if (now - loop->spin_since >= SPIN_PASS_NS)
         return false;
     atomic_store(&loop->spinning, 1);
-    uint64_t deadline = bt_hrtime() + loop->spin_ns;
+    uint64_t deadline = now + loop->spin_ns;
     unsigned i = 0;
     while (atomic_load_explicit(&loop->inbox, memory_order_relaxed) == NULL) {
         if ((++i & 63) == 0 && bt_hrtime() >= deadline)

@@ -16,10 +16,9 @@
  * - Workers. Each lane has one mutex, one condvar and a FIFO. A worker
  *   takes up to a quarter of its share of the queue at once (1 when the
  *   queue is short, so the tail of a burst is spread evenly), runs the
- *   jobs, and pushes the finished ones back to their loop's lock-free
- *   inbox as a chain (bt__loop_push_chain: one CAS per batch, a wakeup
- *   only on empty -> non-empty; CHAIN_NS bounds how long a finished job
- *   waits for the next). Out of
+ *   jobs, and pushes each finished job onto its loop's lock-free inbox
+ *   as soon as it returns (bt__loop_push: one CAS, a wakeup only on
+ *   empty -> non-empty). Out of
  *   work, one worker per lane lingers (spins on the atomic queue length)
  *   for linger_ns before it sleeps on the condvar, so a loop that submits
  *   one job at a time finds it awake; the others sleep at once. A flush
@@ -57,8 +56,6 @@
 #include "pool-internal.h"
 
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
-#define CHAIN_NS 20000        /* finished jobs wait this long, at most, for
-                                 others to go back to the loop with */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
@@ -281,46 +278,18 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
     }
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
+
+    /* Back at once, one CAS: holding finished jobs to push them together
+     * saved nothing measurable, and would delay a completion by the whole
+     * run of the next job (one that waits for that completion's callback
+     * would wait for good). */
     job->task.run = bt__job_complete;
-}
-
-/* Finished jobs on their way back to their loop, newest first: pushed
- * with one atomic operation when the next job is another loop's, when the
- * batch ends, or when the oldest has waited CHAIN_NS (so a long job never
- * holds back the completion of the short one before it). */
-typedef struct {
-    bt_job *first, *last;
-    uint64_t since;
-} done_chain;
-
-static void chain_push(done_chain *c)
-{
-    if (c->first == NULL)
-        return;
-    if (bt__loop_push_chain(c->first->loop, &c->first->task, &c->last->task) != 0) {
+    if (bt__loop_push(job->loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
-         * settle these futures any more. */
+         * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
-        for (bt_job *j = c->first, *next; j; j = next) {
-            next = j == c->last ? NULL : (bt_job *)j->task.next;
-            bt__job_free(j);
-        }
+        bt__job_free(job);
     }
-    c->first = c->last = NULL;
-}
-
-static void chain_add(done_chain *c, bt_job *job, uint64_t now)
-{
-    if (c->first && c->first->loop != job->loop)
-        chain_push(c);
-    if (c->first == NULL) {
-        c->last = job;
-        c->since = now;
-    }
-    job->task.next = c->first ? &c->first->task : NULL;
-    c->first = job;
-    if (now - c->since >= CHAIN_NS)
-        chain_push(c);
 }
 
 /* The jobs of atts[0..n) were pushed back: let their closers go on. The
@@ -434,12 +403,8 @@ static void *worker_main(void *arg)
             pthread_cond_signal(&lane->cv);
         pthread_mutex_unlock(&lane->mu);
         uint64_t now = bt_hrtime();
-        done_chain chain = {0};
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n; i++)
             worker_run(w, local[i], &now);
-            chain_add(&chain, local[i], now);
-        }
-        chain_push(&chain);
         worker_release(pool, atts, n);
         atomic_store_explicit(&w->busy, false, memory_order_relaxed);
         pthread_mutex_lock(&lane->mu);

@@ -641,6 +641,54 @@ static void on_shut(bt_future *f, void *arg)
     atomic_fetch_add(&shut_settled, 1);
 }
 
+/* A finished job goes back to its loop at once, not when the job taken
+ * with it finishes too: here the second job waits for the first one's
+ * callback, on a one-thread lane that takes both at once. */
+static _Atomic int first_seen;
+
+static void first_done(bt_future *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    atomic_store(&first_seen, 1);
+}
+
+static int wait_for_first(bt_job *job, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5000 && !atomic_load(&first_seen); i++)
+        usleep(1000);
+    return atomic_load(&first_seen) ? 0
+                                    : bt_job_fail(job, BT_ETIMEDOUT, "first job's callback never ran");
+}
+
+START_TEST(completion_not_held_behind_next_job)
+{
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    cfg.linger_us = UINT64_MAX; /* no lingering worker: the batch goes at the end of the turn */
+    bt_pool *pool = bt_pool_new(&cfg);
+    ck_assert_ptr_nonnull(pool);
+    atomic_store(&first_seen, 0);
+    bt_future *first = bt_pool_submit(pool, loop, BT_LANE_CPU, count_job_fwd, NULL);
+    ck_assert_int_eq(bt_future_add_callback(first, first_done, NULL), 0);
+    bt_future *second = bt_pool_submit(pool, loop, BT_LANE_CPU, wait_for_first, NULL);
+    bt_future *rest[6]; /* 8 queued: the worker takes 2 at once */
+    for (int i = 0; i < 6; i++)
+        rest[i] = bt_pool_submit(pool, loop, BT_LANE_CPU, count_job_fwd, NULL);
+    bt_test_run_until(loop, second, 10000);
+    ck_assert_msg(bt_future_error(second) == 0, "%s", bt_future_error_message(second));
+    for (int i = 0; i < 6; i++) {
+        bt_test_run_until(loop, rest[i], 10000);
+        bt_future_unref(rest[i]);
+    }
+    bt_future_unref(first);
+    bt_future_unref(second);
+    bt_pool_free(pool);
+}
+END_TEST
+
 START_TEST(loop_free_with_queued_and_running)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1032,6 +1080,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, cancel_queued_leaves_queue);
     tcase_add_test(tc, cancel_running_sets_flag);
     tcase_add_test(tc, cancel_races_completion);
+    tcase_add_test(tc, completion_not_held_behind_next_job);
     tcase_add_test(tc, loop_free_with_queued_and_running);
     tcase_add_test(tc, pool_free_with_queued_and_running);
     tcase_add_test(tc, blocking_lane_grows_and_shrinks);
