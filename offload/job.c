@@ -61,12 +61,13 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
  * and each such thread keeps the job blocks it retired for reuse. A burst
  * then reuses memory that is already mapped instead of growing the heap
  * again after glibc trimmed it: page faults were two thirds of the CPU
- * cost of a burst of trivial jobs before this cache. The cache holds at
- * most what was once in flight at the same time (and JOB_CACHE_MAX), and
- * gives back every TRIM_NS the part of it that went unused all that time
- * (a working-set trim, like Go's scavenger), so a one-off burst does not
- * pin its memory for good. A thread that never makes jobs (a worker, a
- * thread that dropped the last reference to a job's future) frees them. */
+ * cost of a burst of trivial jobs before this cache. A block goes to the
+ * cache of the thread that drops its future's last reference, if that
+ * thread makes jobs (a loop thread, as a rule, so the cache holds about
+ * what was once in flight there); other threads free it. The cache is
+ * capped at JOB_CACHE_MAX blocks and gives back every TRIM_NS the part of
+ * it that went unused all that time (a working-set trim, like Go's
+ * scavenger), so a one-off burst does not pin its memory for good. */
 #define JOB_CACHE_MAX ((size_t)1 << 20)
 #define JOB_CACHE_TRIM_NS 5000000000ull
 

@@ -134,7 +134,8 @@ bt_job *bt__job_alloc(void);                    /* any thread */
 /* Start the job's own future (job->fut) on loop: NULL if the loop is
  * closing. From then on the block belongs to the future. */
 bt_future *bt__job_future_init(bt_job *job, bt_loop *loop);
-void bt__job_release(bt_job *job);  /* a job whose future never started */
+void bt__job_release(bt_job *job);  /* the block's memory: into this
+                                       thread's cache, or freed */
 void bt__job_free(bt_job *job);     /* destroys value, drops the job's
                                        reference on its future; any thread */
 void bt__job_settle(bt_job *job);
