@@ -15,10 +15,10 @@
  *   N posts costs N CASes and one wakeup. Only the producer that finds the
  *   inbox empty writes the wakeup fd, and only when the loop is not
  *   spinning on the inbox. The loop reads the fd before it takes the
- *   stack, so no push can fall between the two. While
- *   it runs the inbox, the loop runs the ready FIFO every 16 tasks and at
- *   the end: a completion's callbacks run while its future is still in the
- *   cache, not after thousands of others have pushed it out.
+ *   stack, so no push can fall between the two. While it runs the inbox,
+ *   the loop runs the ready FIFO every 16 tasks and at the end: a
+ *   completion's callbacks run while its future is still in the cache,
+ *   not after thousands of others have pushed it out.
  * - Spinning: while completions are expected from other threads (see
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
  *   sleeps in epoll. A producer that sees `spinning` skips the write; the

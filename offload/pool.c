@@ -18,10 +18,10 @@
  *   queue is short, so the tail of a burst is spread evenly), runs the
  *   jobs, and pushes each finished job onto its loop's lock-free inbox
  *   as soon as it returns (bt__loop_push: one CAS, a wakeup only on
- *   empty -> non-empty). Out of
- *   work, one worker per lane lingers (spins on the atomic queue length)
- *   for linger_ns before it sleeps on the condvar, so a loop that submits
- *   one job at a time finds it awake; the others sleep at once. A flush
+ *   empty -> non-empty). Out of work, one worker per lane lingers (spins
+ *   on the atomic queue length) for linger_ns before it sleeps on the
+ *   condvar, so a loop that submits one job at a time finds it awake; the
+ *   others sleep at once. A flush
  *   signals only as many sleepers as there are jobs beyond the lingerer.
  *   CPU workers run at a higher nice value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
