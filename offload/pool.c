@@ -21,9 +21,9 @@
  *   empty -> non-empty). Out of work, one worker per lane lingers (spins
  *   on the atomic queue length) for linger_ns before it sleeps on the
  *   condvar, so a loop that submits one job at a time finds it awake; the
- *   others sleep at once. A flush
- *   signals only as many sleepers as there are jobs beyond the lingerer.
- *   CPU workers run at a higher nice value so loop threads preempt them.
+ *   others sleep at once. A flush signals only as many sleepers as there
+ *   are jobs beyond the lingerer. CPU workers run at a higher nice value
+ *   so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
  *   completion instead of sleeping in epoll. The completion task settles
