@@ -27,6 +27,10 @@ struct bt_future {
     bool value_taken;
     bool cancel_hook_ran;
     bt_loop *loop;
+    /* The thread that made it (its loop's, as a rule): compared, never
+     * dereferenced, so a thread may test "is this mine?" even while the
+     * loop is being freed elsewhere. */
+    uintptr_t owner;
 
     /* Place in the loop's list of pending futures. */
     bt_future *pend_prev, *pend_next;

@@ -39,6 +39,7 @@ bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_futur
     if (loop == NULL || loop->closing)
         return NULL;
     f->release = release;
+    f->owner = (uintptr_t)pthread_self();
     atomic_init(&f->refs, 2); /* the caller's and the loop's */
     atomic_init(&f->state, BT_FUTURE_PENDING);
     atomic_init(&f->cancel_requested, false);
@@ -120,8 +121,11 @@ BT_EXPORT void bt_future_unref(bt_future *f)
         return;
     /* Decide before letting go: once our reference is gone another thread
      * may drop the last one and free f. A pending future on its own loop's
-     * thread is still held by the loop, so check_dropped may read it. */
-    bool on_loop = atomic_load_explicit(&f->state, memory_order_acquire) == BT_FUTURE_PENDING &&
+     * thread is still held by the loop, so check_dropped may read it. The
+     * owner test comes first: it reads nothing but f, so a thread that
+     * did not make f never touches a loop that may be being freed. */
+    bool on_loop = f->owner == (uintptr_t)pthread_self() &&
+                   atomic_load_explicit(&f->state, memory_order_acquire) == BT_FUTURE_PENDING &&
                    bt_loop_is_current(f->loop);
     long prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
     if (prev == 1)
