@@ -6,22 +6,29 @@
 
 /* ---- Acquired connections ------------------------------------------------- */
 
+/* Take a waiter off the pool's acquire queue. */
+void bt__pq_aq_unlink(bt_pq_pool *p, struct pq_acq *a)
+{
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        p->aq_head = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    else
+        p->aq_tail = a->prev;
+    a->next = a->prev = NULL;
+    p->naq--;
+}
+
 static void on_acquire_cancel(bt_future *f, void *arg)
 {
     (void)f;
     struct pq_acq *a = arg;
     /* a is still queued: bt__pq_hand_over and the timers free it otherwise, and
      * the future is settled then, so this hook cannot run. */
-    bt_pq_pool *pool = *(bt_pq_pool **)(a + 1);
-    if (a->prev)
-        a->prev->next = a->next;
-    else
-        pool->aq_head = a->next;
-    if (a->next)
-        a->next->prev = a->prev;
-    else
-        pool->aq_tail = a->prev;
-    pool->naq--;
+    bt_pq_pool *pool = a->pool;
+    bt__pq_aq_unlink(pool, a);
     bt_future_set_cancelled(a->f);
     bt_future_unref(a->f);
     bt_free(a);
@@ -39,13 +46,12 @@ BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s", p->closed ? "closed" : "closing");
         return f;
     }
-    /* The waiter carries its pool right after it, for the cancel hook. */
-    struct pq_acq *a = bt_calloc(1, sizeof *a + sizeof(bt_pq_pool *));
+    struct pq_acq *a = bt_calloc(1, sizeof *a);
     if (!a) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
         return f;
     }
-    *(bt_pq_pool **)(a + 1) = p;
+    a->pool = p;
     a->f = bt_future_ref(f);
     bt_pq_conn *c = p->aq_head ? NULL : bt__pq_find_idle(p);
     if (c) {

@@ -152,12 +152,7 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
     }
     while (p->aq_head) {
         struct pq_acq *a = p->aq_head;
-        p->aq_head = a->next;
-        if (p->aq_head)
-            p->aq_head->prev = NULL;
-        else
-            p->aq_tail = NULL;
-        p->naq--;
+        bt__pq_aq_unlink(p, a);
         bt_future_set_error(a->f, code, fmt, msg);
         bt_future_unref(a->f);
         bt_free(a);
@@ -346,12 +341,7 @@ void bt__pq_pump(bt_pq_pool *p)
             if (!c)
                 break;
             struct pq_acq *a = p->aq_head;
-            p->aq_head = a->next;
-            if (p->aq_head)
-                p->aq_head->prev = NULL;
-            else
-                p->aq_tail = NULL;
-            p->naq--;
+            bt__pq_aq_unlink(p, a);
             bt__pq_hand_over(c, a);
         }
         while (p->wq_head && !p->closed) {
@@ -468,12 +458,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
     }
     while (p->aq_head && p->aq_head->deadline_ns <= now) {
         struct pq_acq *a = p->aq_head;
-        p->aq_head = a->next;
-        if (p->aq_head)
-            p->aq_head->prev = NULL;
-        else
-            p->aq_tail = NULL;
-        p->naq--;
+        bt__pq_aq_unlink(p, a);
         bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s",
                             why);
         bt_future_unref(a->f);

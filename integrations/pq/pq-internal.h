@@ -181,6 +181,7 @@ struct pq_listen_wait {
 
 struct pq_acq {
     struct pq_acq *prev, *next;
+    bt_pq_pool *pool;          /* for the cancel hook */
     bt_future *f;              /* our own reference */
     uint64_t deadline_ns;
 };
@@ -261,6 +262,7 @@ void bt__pq_query_settle_result(pq_query *q);
 void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 /* Take q off the pool's queue of queries waiting for a connection. */
 void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
+void bt__pq_aq_unlink(bt_pq_pool *p, struct pq_acq *a); /* acquire.c */
 void bt__pq_query_free(pq_query *q);
 void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
 /* The common path of every query: target is an acquired connection or
