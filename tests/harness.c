@@ -1,8 +1,10 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define LOG_MAX 256
 
@@ -75,6 +77,21 @@ void bt_test_prod_init(bt_test_prod *p, bt_loop *loop, bool eager)
     p->f = bt_future_new(loop);
     ck_assert_ptr_nonnull(p->f);
     bt_future_on_cancel(p->f, prod_hook, p);
+}
+
+int bt_test_long_job_run(bt_job *job, void *arg)
+{
+    bt_test_long_job *lj = arg;
+    atomic_store(&lj->started, 1);
+    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000; /* hang guard */
+    while (bt_hrtime() < until) {
+        if (bt_job_cancelled(job)) {
+            atomic_store(&lj->saw_cancel, 1);
+            return 0;
+        }
+        usleep(1000);
+    }
+    return 0;
 }
 
 static void on_timeout(bt_timer *t, void *arg)

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include <baton/baton.h>
+#include <baton/pool.h>
 
 /* Runs the suite, each test forked (CK_FORK unless the environment says
  * otherwise), and exits non-zero if any test failed. */
@@ -39,6 +40,15 @@ typedef struct {
     bool eager;
 } bt_test_prod;
 void bt_test_prod_init(bt_test_prod *p, bt_loop *loop, bool eager);
+
+/* A pool job (arg: a bt_test_long_job) that runs until it is cancelled,
+ * with a 10 s hang guard, and notes that it started and that it saw the
+ * cancellation on its own thread. */
+typedef struct {
+    _Atomic int started;
+    _Atomic int saw_cancel;
+} bt_test_long_job;
+int bt_test_long_job_run(bt_job *job, void *arg);
 
 /* Run the loop until f settles, failing the test after timeout_ms. */
 void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms);

@@ -530,26 +530,11 @@ START_TEST(cancel_goes_down_to_the_source)
 }
 END_TEST
 
-static atomic_int job_started, job_saw_cancel;
-
-static int long_job(bt_job *job, void *arg)
-{
-    (void)arg;
-    atomic_store(&job_started, 1);
-    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000; /* hang guard */
-    while (bt_hrtime() < until) {
-        if (bt_job_cancelled(job)) {
-            atomic_store(&job_saw_cancel, 1);
-            return 0;
-        }
-        usleep(1000);
-    }
-    return 0;
-}
+static bt_test_long_job lj;
 
 static void cancel_when_started(bt_timer *t, void *arg)
 {
-    if (!atomic_load(&job_started))
+    if (!atomic_load(&lj.started))
         return;
     bt_timer_stop(t);
     bt_future_cancel(arg);
@@ -558,10 +543,10 @@ static void cancel_when_started(bt_timer *t, void *arg)
 START_TEST(cancel_reaches_a_running_pool_job)
 {
     /* gather -> timeout -> a job running on a worker thread. */
-    atomic_store(&job_started, 0);
-    atomic_store(&job_saw_cancel, 0);
-    bt_future *job = bt_to_thread(loop, long_job, NULL);
-    bt_future *queued = bt_to_thread(loop, long_job, NULL);
+    atomic_store(&lj.started, 0);
+    atomic_store(&lj.saw_cancel, 0);
+    bt_future *job = bt_to_thread(loop, bt_test_long_job_run, &lj);
+    bt_future *queued = bt_to_thread(loop, bt_test_long_job_run, &lj);
     bt_future *t = bt_timeout(job, 100000);
     bt_future *kids[2] = {t, queued};
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
@@ -570,7 +555,7 @@ START_TEST(cancel_reaches_a_running_pool_job)
     bt_test_run_until(loop, g, 15000);
     bt_timer_free(tm);
     ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
-    ck_assert_int_eq(atomic_load(&job_saw_cancel), 1);
+    ck_assert_int_eq(atomic_load(&lj.saw_cancel), 1);
     ck_assert_int_eq(bt_future_get_state(job), BT_FUTURE_CANCELLED);
     ck_assert_int_eq(bt_future_get_state(queued), BT_FUTURE_CANCELLED);
     bt_future_unref(job);

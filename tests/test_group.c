@@ -88,29 +88,14 @@ START_TEST(first_failure_cancels_the_rest_and_waits_for_them)
 }
 END_TEST
 
-/* A job on the offload pool that runs until it is told to stop: the
- * real "mid-offload" child. */
-static atomic_int job_started, job_saw_cancel;
-
-static int long_job(bt_job *job, void *arg)
-{
-    (void)arg;
-    atomic_store(&job_started, 1);
-    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000; /* hang guard */
-    while (bt_hrtime() < until) {
-        if (bt_job_cancelled(job)) {
-            atomic_store(&job_saw_cancel, 1);
-            return 0;
-        }
-        usleep(1000);
-    }
-    return 0;
-}
+/* The real "mid-offload" child: a pool job that runs until it is told to
+ * stop (tests/harness.h). */
+static bt_test_long_job lj;
 
 static void fail_when_started(bt_timer *t, void *arg)
 {
     prod *bad = arg;
-    if (!atomic_load(&job_started))
+    if (!atomic_load(&lj.started))
         return; /* poll again on the next tick */
     bt_timer_stop(t);
     bt_future_set_error(bad->f, BT_EPROTO, "bad reply");
@@ -118,10 +103,10 @@ static void fail_when_started(bt_timer *t, void *arg)
 
 START_TEST(failure_while_a_sibling_is_mid_offload)
 {
-    atomic_store(&job_started, 0);
-    atomic_store(&job_saw_cancel, 0);
+    atomic_store(&lj.started, 0);
+    atomic_store(&lj.saw_cancel, 0);
     bt_group *g = bt_group_new(loop);
-    bt_future *job = bt_to_thread(loop, long_job, NULL);
+    bt_future *job = bt_to_thread(loop, bt_test_long_job_run, &lj);
     ck_assert_ptr_nonnull(job);
     prod bad;
     prod_init(&bad, true);
@@ -137,7 +122,7 @@ START_TEST(failure_while_a_sibling_is_mid_offload)
     ck_assert_int_eq(bt_future_error(w), BT_EPROTO);
     /* The group settled only after the job had returned, and the job
      * returned because the cancellation reached it on its thread. */
-    ck_assert_int_eq(atomic_load(&job_saw_cancel), 1);
+    ck_assert_int_eq(atomic_load(&lj.saw_cancel), 1);
     ck_assert_int_eq(bt_future_get_state(job), BT_FUTURE_CANCELLED);
     bt_future_unref(job);
     bt_future_unref(bad.f);
