@@ -15,6 +15,8 @@
 
 #include <baton/baton.h>
 
+#include "bench.h"
+
 #define N 10000
 #define ROUNDS 5
 
@@ -118,12 +120,6 @@ static double run_calls(bt_loop *loop, bool watchdog)
     return CALLS / dt;
 }
 
-static void line(const char *name, double b, const char *anchor, double a, const char *unit)
-{
-    printf("bench %s baton=%.0f anchor=%s anchor_value=%.0f unit=%s ratio=%.3f better=higher\n",
-           name, b, anchor, a, unit, b / a);
-}
-
 int main(void)
 {
     bt_loop *loop = bt_loop_new();
@@ -135,13 +131,13 @@ int main(void)
         best_g = g > best_g ? g : best_g;
         best_h = h > best_h ? h : best_h;
     }
-    line("gather_10k", best_g, "hand_join", best_h, "futures/s");
+    bench_line("gather_10k", best_g, "hand_join", best_h, "futures/s", "higher");
     for (int r = 0; r < ROUNDS; r++) {
         double off = run_calls(loop, false), on = run_calls(loop, true);
         best_on = on > best_on ? on : best_on;
         best_off = off > best_off ? off : best_off;
     }
-    line("watchdog_overhead", best_on, "watchdog_off", best_off, "callbacks/s");
+    bench_line("watchdog_overhead", best_on, "watchdog_off", best_off, "callbacks/s", "higher");
     bt_loop_free(loop);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <baton/curl.h>
 
 #include "../tests/curl_server.h"
+#include "bench.h"
 
 #define N 20000
 #define CONC 100
@@ -71,18 +72,6 @@ static int run_baton(const char *url, int n, http_get_result *out)
     return s.ok == n ? 0 : -1;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v)
-{
-    qsort(v, ROUNDS, sizeof *v, cmp_double);
-    return v[ROUNDS / 2];
-}
-
 int main(void)
 {
     int port;
@@ -123,17 +112,11 @@ int main(void)
         srv_b[round] = s2 - s1;
     }
     curl_server_kill(server);
-    printf("bench http_get baton=%.0f anchor=raw-curl-multi-libevent anchor_value=%.0f "
-           "unit=req/s ratio=%.3f better=higher\n",
-           best_b, best_a, best_b / best_a);
+    bench_line("http_get", best_b, "raw-curl-multi-libevent", best_a, "req/s", "higher");
     /* CPU: the median round of each, per request. */
-    double ub = median(cpu_b) * 1e6 / N, ua = median(cpu_a) * 1e6 / N;
-    printf("bench http_get_client_cpu baton=%.1f anchor=raw-curl-multi-libevent anchor_value=%.1f "
-           "unit=cpu-us/req ratio=%.3f better=lower\n",
-           ub, ua, ub / ua);
-    double sb = median(srv_b) * 1e6 / N, sa = median(srv_a) * 1e6 / N;
-    printf("bench http_get_server_cpu baton=%.1f anchor=raw-curl-multi-libevent anchor_value=%.1f "
-           "unit=cpu-us/req ratio=%.3f better=lower\n",
-           sb, sa, sa > 0 ? sb / sa : 0.0);
+    double ub = median_d(cpu_b, ROUNDS) * 1e6 / N, ua = median_d(cpu_a, ROUNDS) * 1e6 / N;
+    bench_line("http_get_client_cpu", ub, "raw-curl-multi-libevent", ua, "cpu-us/req", "lower");
+    double sb = median_d(srv_b, ROUNDS) * 1e6 / N, sa = median_d(srv_a, ROUNDS) * 1e6 / N;
+    bench_line("http_get_server_cpu", sb, "raw-curl-multi-libevent", sa, "cpu-us/req", "lower");
     return 0;
 }

@@ -14,9 +14,10 @@
  * ratio >= 3.
  *
  * Each measure runs ROUNDS times, after a warm-up, the three measured back
- * to back in each round in a rotating order; values are medians, ratios the
- * median of the rounds' ratios. Output, one line per measure:
- *   bench NAME baton=V anchor=raw_libpq_nonblocking anchor_value=V unit=queries/s ratio=R better=higher
+ * to back in each round in a rotating order; values are medians and ratios
+ * those of the medians (the median of the rounds' own ratios goes to
+ * stderr). Output, one line per measure:
+ *   bench NAME baton=V anchor=raw_libpq_nonblocking_16conn anchor_value=V unit=queries/s ratio=R better=higher
  */
 #include <poll.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include <baton/baton.h>
 #include <baton/pq.h>
 
+#include "bench.h"
 #include "pg_harness.h"
 
 enum { ROWS = 10000, QUERIES = 50000, CONC = 16, ROUNDS = 5 };
@@ -214,18 +216,6 @@ static bt_pq_pool *make_pool(bt_loop *loop, const char *conninfo, unsigned size,
     return p;
 }
 
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[n / 2];
-}
-
 int main(int argc, char **argv)
 {
     unsigned pipe_conns = argc > 1 ? (unsigned)atoi(argv[1]) : 2;
@@ -294,17 +284,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "pg_select: round %d: raw %.0f, baton %.0f, pipelined %.0f\n", r,
                 raw[r], bat[r], pip[r]);
     }
-    double a = median(raw, ROUNDS), b = median(bat, ROUNDS), c = median(pip, ROUNDS);
-    double ratio1 = median(r1, ROUNDS), ratio2 = median(r2, ROUNDS);
+    double a = median_d(raw, ROUNDS), b = median_d(bat, ROUNDS), c = median_d(pip, ROUNDS);
+    double ratio1 = median_d(r1, ROUNDS), ratio2 = median_d(r2, ROUNDS);
     fprintf(stderr, "pg_select: pipelined pool: %u connections, depth %u\n", pipe_conns,
             pipe_depth);
     fflush(stderr);
-    printf("bench pg_select baton=%.0f anchor=raw_libpq_nonblocking_16conn anchor_value=%.0f "
-           "unit=queries/s ratio=%.2f better=higher\n",
-           b, a, ratio1);
-    printf("bench pg_select_pipelined baton=%.0f anchor=raw_libpq_nonblocking_16conn "
-           "anchor_value=%.0f unit=queries/s ratio=%.2f better=higher\n",
-           c, a, ratio2);
+    /* The lines' ratios are of the medians, as `make bench` promises; the
+     * medians of the per-round ratios (neighbours compared) go to stderr. */
+    fprintf(stderr, "pg_select: median per-round ratio: baton %.2f, pipelined %.2f\n", ratio1,
+            ratio2);
+    bench_line("pg_select", b, "raw_libpq_nonblocking_16conn", a, "queries/s", "higher");
+    bench_line("pg_select_pipelined", c, "raw_libpq_nonblocking_16conn", a, "queries/s", "higher");
     raw_close();
     bt_pq_pool_free(plain);
     bt_pq_pool_free(piped);

@@ -34,6 +34,7 @@
 #include <baton/http.h>
 #include <baton/pq.h>
 
+#include "bench.h"
 #include "pg_harness.h"
 #include "server_user.h"
 
@@ -237,16 +238,6 @@ static int run_wrk(int port, int seconds, wrk_result *out)
     return found;
 }
 
-static double median3(double *v)
-{
-    double a = v[0], b = v[1], c = v[2];
-    if ((a <= b && b <= c) || (c <= b && b <= a))
-        return b;
-    if ((b <= a && a <= c) || (c <= a && a <= b))
-        return a;
-    return c;
-}
-
 /* Stop the server; returns the CPU time it used, in seconds. */
 static double stop(pid_t pid)
 {
@@ -323,21 +314,16 @@ int main(void)
             p99[i] = runs[b][i].p99_ms;
             cpu[i] = runs[b][i].cpu_us;
         }
-        best[b].rps = median3(rps);
-        best[b].p99_ms = median3(p99);
-        best[b].cpu_us = median3(cpu);
+        best[b].rps = median_d(rps, 3);
+        best[b].p99_ms = median_d(p99, 3);
+        best[b].cpu_us = median_d(cpu, 3);
     }
-    printf("bench server_user_rps baton=%.0f anchor=evhttp_libpq anchor_value=%.0f unit=req/s "
-           "ratio=%.2f better=higher\n",
-           best[1].rps, best[0].rps, best[1].rps / best[0].rps);
-    printf("bench server_user_p99 baton=%.2f anchor=evhttp_libpq anchor_value=%.2f unit=ms "
-           "ratio=%.2f better=lower\n",
-           best[1].p99_ms, best[0].p99_ms, best[1].p99_ms / best[0].p99_ms);
+    bench_line("server_user_rps", best[1].rps, "evhttp_libpq", best[0].rps, "req/s", "higher");
+    bench_line("server_user_p99", best[1].p99_ms, "evhttp_libpq", best[0].p99_ms, "ms", "lower");
     /* The server's own CPU per request: steadier than req/s on a machine
      * shared with wrk, PostgreSQL and other work. */
-    printf("bench server_user_cpu baton=%.1f anchor=evhttp_libpq anchor_value=%.1f unit=us/request "
-           "ratio=%.2f better=lower\n",
-           best[1].cpu_us, best[0].cpu_us, best[1].cpu_us / best[0].cpu_us);
+    bench_line("server_user_cpu", best[1].cpu_us, "evhttp_libpq", best[0].cpu_us, "us/request",
+               "lower");
     bt_test_pg_free(pg);
     return 0;
 }

@@ -1,7 +1,7 @@
-/* Shared by the offload benchmarks: timing, percentiles, CPU time, and the
- * one-line output format of `make bench`. */
-#ifndef BATON_BENCH_OFFLOAD_COMMON_H
-#define BATON_BENCH_OFFLOAD_COMMON_H
+/* Shared by the benchmarks: timing, percentiles, medians, CPU time, and
+ * the one-line output format of `make bench`. */
+#ifndef BATON_BENCH_H
+#define BATON_BENCH_H
 
 #include <stdint.h>
 #include <stdio.h>
@@ -50,12 +50,15 @@ static inline double median_d(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static inline void bench_line(const char *name, double baton, double anchor, const char *unit,
-                              const char *better)
+/* One measure, in the form `make bench` promises:
+ * bench NAME baton=V anchor=ANCHOR anchor_value=V unit=U ratio=R better=B
+ * with R = baton / anchor_value. */
+static inline void bench_line(const char *name, double baton, const char *anchor,
+                              double anchor_value, const char *unit, const char *better)
 {
-    printf("bench %s baton=%.4g anchor=libuv_uv_queue_work anchor_value=%.4g unit=%s ratio=%.3f "
-           "better=%s\n",
-           name, baton, anchor, unit, anchor != 0 ? baton / anchor : 0.0, better);
+    printf("bench %s baton=%.6g anchor=%s anchor_value=%.6g unit=%s ratio=%.3f better=%s\n", name,
+           baton, anchor, anchor_value, unit, anchor_value != 0 ? baton / anchor_value : 0.0,
+           better);
     fflush(stdout);
 }
 
