@@ -55,10 +55,26 @@ struct bt_future {
     void (*release)(bt_future *f);
 };
 
-/* Start a pending future of loop in zeroed memory the caller provides;
- * release(f) frees that memory once the last reference is dropped.
- * Returns f, or NULL if loop is NULL or closing. Loop thread. */
-bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_future *));
+/* Start a pending future of loop in zeroed memory the caller provides,
+ * with `refs` references (the loop's among them: 2 is the caller's and
+ * the loop's); release(f) frees that memory once the last reference is
+ * dropped. Returns f, or NULL if loop is NULL or closing. Loop thread. */
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, long refs, void (*release)(bt_future *));
+
+/* Settle f as the public setters do (the callbacks run on a later pass),
+ * taking ownership of value and message. A producer's shortcut: no
+ * formatting, no copy of the message. Loop thread. */
+int bt__future_settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
+                      char *message);
+
+/* Settle f and run its callbacks now, then drop the loop's reference and
+ * `drop` references of the caller's with one atomic operation (if f was
+ * settled already, only the caller's). Only from a task the loop runs
+ * directly, inside no user callback (a producer's completion task): the
+ * callbacks must not run inside code that is settling or cancelling
+ * something. Saves a pass through the ready queue per future. */
+void bt__future_settle_now(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
+                           int code, char *message, long drop);
 
 /* True once the callbacks registered before and while settling have run. */
 bool bt__future_callbacks_done(const bt_future *f);

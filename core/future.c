@@ -34,13 +34,13 @@ static void pending_remove(bt_future *f)
 
 static void run_settle_task(bt__task *t);
 
-bt_future *bt__future_init(bt_future *f, bt_loop *loop, void (*release)(bt_future *))
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, long refs, void (*release)(bt_future *))
 {
     if (loop == NULL || loop->closing)
         return NULL;
     f->release = release;
     f->owner = (uintptr_t)pthread_self();
-    atomic_init(&f->refs, 2); /* the caller's and the loop's */
+    atomic_init(&f->refs, refs);
     atomic_init(&f->state, BT_FUTURE_PENDING);
     atomic_init(&f->cancel_requested, false);
     f->loop = loop;
@@ -60,7 +60,7 @@ static bt_future *future_alloc(bt_loop *loop)
     bt_future *f = bt_calloc(1, sizeof *f);
     if (f == NULL)
         return NULL;
-    return bt__future_init(f, loop, NULL);
+    return bt__future_init(f, loop, 2, NULL); /* the caller's, the loop's */
 }
 
 BT_EXPORT bt_future *bt_future_new(bt_loop *loop)
@@ -141,10 +141,9 @@ BT_EXPORT bt_loop *bt_future_loop(const bt_future *f)
 
 /* ---- Settling -------------------------------------------------------- */
 
-static void run_settle_task(bt__task *t)
+/* Run the callbacks registered so far, and those added while they run. */
+static void run_callbacks(bt_future *f)
 {
-    bt_future *f = (bt_future *)((char *)t - offsetof(bt_future, settle_task));
-    /* Callbacks added while these run are appended and run here too. */
     while (f->cbs_head) {
         bt__future_cb_node *n = f->cbs_head;
         f->cbs_head = n->next;
@@ -158,7 +157,13 @@ static void run_settle_task(bt__task *t)
     }
     f->first_cb.cb = NULL;
     f->settle_task.next = &f->settle_task; /* marks "callbacks done" */
-    bt_future_unref(f);                    /* the loop's reference */
+}
+
+static void run_settle_task(bt__task *t)
+{
+    bt_future *f = (bt_future *)((char *)t - offsetof(bt_future, settle_task));
+    run_callbacks(f);
+    bt_future_unref(f); /* the loop's reference */
 }
 
 static bool callbacks_done(const bt_future *f)
@@ -171,9 +176,10 @@ bool bt__future_callbacks_done(const bt_future *f)
     return callbacks_done(f);
 }
 
-/* Common tail of every setter. Takes ownership of value and message. */
-static int settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
-                  char *message)
+/* Common tail of every setter, but for running the callbacks. Takes
+ * ownership of value and message. */
+static int settle_state(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
+                        int code, char *message)
 {
     if (f == NULL) {
         if (dtor)
@@ -203,8 +209,36 @@ static int settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn d
     f->message = message;
     pending_remove(f);
     atomic_store_explicit(&f->state, st, memory_order_release);
-    bt__loop_schedule(f->loop, &f->settle_task);
     return 0;
+}
+
+/* Settle, and leave the callbacks to a task of their own: the caller may
+ * be inside anybody's code. */
+static int settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
+                  char *message)
+{
+    int rc = settle_state(f, st, value, dtor, code, message);
+    if (rc == 0)
+        bt__loop_schedule(f->loop, &f->settle_task);
+    return rc;
+}
+
+int bt__future_settle(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
+                      char *message)
+{
+    return settle(f, st, value, dtor, code, message);
+}
+
+void bt__future_settle_now(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
+                           int code, char *message, long drop)
+{
+    long refs = drop;
+    if (settle_state(f, st, value, dtor, code, message) == 0) {
+        run_callbacks(f);
+        refs++; /* the loop's */
+    }
+    if (refs && atomic_fetch_sub_explicit(&f->refs, refs, memory_order_acq_rel) == refs)
+        future_destroy(f);
 }
 
 BT_EXPORT int bt_future_set_value(bt_future *f, void *value, bt_destroy_fn dtor)

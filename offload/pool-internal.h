@@ -131,14 +131,14 @@ unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
 
 /* job.c: making, settling and cancelling jobs. Loop thread unless said. */
 bt_job *bt__job_alloc(void);                    /* any thread */
-/* Start the job's own future (job->fut) on loop: NULL if the loop is
- * closing. From then on the block belongs to the future. */
+/* Start the job's own future (job->fut) on loop, with three references:
+ * the caller's, the loop's and the job's (job->future). NULL if the loop
+ * is closing. From then on the block belongs to the future. */
 bt_future *bt__job_future_init(bt_job *job, bt_loop *loop);
 void bt__job_release(bt_job *job);  /* the block's memory: into this
                                        thread's cache, or freed */
 void bt__job_free(bt_job *job);     /* destroys value, drops the job's
                                        reference on its future; any thread */
-void bt__job_settle(bt_job *job);
 void bt__job_complete(bt__task *t);             /* the completion task */
 void bt__job_cancel_now(bt_job *job);           /* never ran: cancelled */
 void bt__batch_unlink(bt__attach *att, bt_job *job);

@@ -5,6 +5,7 @@
  * pool.c. */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,9 +100,11 @@ static void lane_flush(bt__attach *att, bt_lane l)
                           memory_order_relaxed);
     lane->submitted += n;
     atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
-    /* Lingering workers will see the queue; wake sleepers for the rest. */
-    size_t spin = atomic_load(&lane->spinners);
-    size_t wake = n > spin ? n - spin : 0;
+    /* A lingering worker will see the queue, and wakes a sleeper itself
+     * if it leaves jobs behind: the futex call is then the worker's, not
+     * the loop's (once per batch in a burst, it cost the loop more than
+     * the batch's jobs). With nobody lingering, wake sleepers here. */
+    size_t wake = atomic_load(&lane->spinners) ? 0 : n;
     if (wake > lane->sleepers)
         wake = lane->sleepers;
     for (size_t i = 0; i < wake; i++)
@@ -160,19 +163,29 @@ static void attach_closer(void *arg)
 
 /* ---- Submitting -------------------------------------------------------------- */
 
-/* Queue job (filled with fn, arg) for its future f (job->fut). On
- * failure, settle f with the error: the block then is only a future, and
- * goes with its last reference. Loop thread. */
+/* A job that cannot be queued: its future gets the error, and the job's
+ * reference goes (the block is only a future from now on). */
+static void job_reject(bt_future *f, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bt_future_set_errorv(f, code, fmt, ap);
+    va_end(ap);
+    bt_future_unref(f);
+}
+
+/* Queue job (filled with fn, arg) for its future f (job->fut), or settle
+ * f with the reason it cannot be. Loop thread. */
 static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt_future *f)
 {
     bt__lane *lane = &pool->lane[l];
     if (atomic_load_explicit(&pool->shutdown, memory_order_relaxed)) {
-        bt_future_set_error(f, BT_ESHUTDOWN, "offload pool is shut down");
+        job_reject(f, BT_ESHUTDOWN, "offload pool is shut down");
         return;
     }
     bt__attach *att = attach_get(pool, loop);
     if (att == NULL) {
-        bt_future_set_error(f, BT_ENOMEM, "out of memory submitting a job");
+        job_reject(f, BT_ENOMEM, "out of memory submitting a job");
         return;
     }
     /* The lane's shared state is read once per batch, not once per job:
@@ -192,15 +205,14 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     if (att->depth_seen[l] + att->batch_n[l] >= max) {
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
-        bt_future_set_error(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
-                            bt__lane_name(l), max);
+        job_reject(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
+                   bt__lane_name(l), max);
         return;
     }
     job->pool = pool;
     job->att = att;
     job->loop = loop;
     job->lane = l;
-    job->future = bt_future_ref(f);
     job->in_batch = true;
     job->where = JOB_BATCH;
     bt_future_on_cancel(f, bt__job_on_cancel, job);
