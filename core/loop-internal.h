@@ -52,17 +52,22 @@ struct bt_loop {
     struct event *ready_ev;
     bool ready_armed;
 
-    /* Cross-thread inbox: a lock-free LIFO that producers push onto and the
-     * loop takes whole with one exchange, then reverses into FIFO order.
-     * The wakeup fd is written only by the producer that finds the inbox
-     * empty, unless the loop is spinning and will see the push anyway. */
-    char pad_inbox[64];          /* the inbox and `spinning` have a line
+    /* Cross-thread inbox: an intrusive multi-producer FIFO (Vyukov's):
+     * a producer exchanges `inbox_tail` for its task, then links the old
+     * tail to it; the loop pops from `inbox_head` in order, without the
+     * reversal a LIFO needs. `inbox_stub` stands in when it is empty. The
+     * wakeup fd is written by the producer that turns `wake_wanted` from
+     * 1 to 0: the loop sets it when it has found the inbox empty and may
+     * sleep, and clears it while it spins on the inbox. */
+    char pad_inbox[64];          /* the tail and `wake_wanted` have a line
                                     of their own: producers write it on
                                     every push, so no field the loop uses
                                     for anything else may share it */
-    _Atomic(bt__task *) inbox;
-    _Atomic int spinning;
+    _Atomic(bt__task *) inbox_tail;
+    _Atomic int wake_wanted;
     char pad_inbox_end[64];
+    bt__task *inbox_head;        /* loop thread only */
+    bt__task inbox_stub;
     int wake_fd;                 /* eventfd; wake_wfd == wake_fd */
     int wake_wfd;                /* the write end (a pipe where no eventfd) */
     struct event *wake_ev;

@@ -9,27 +9,38 @@
  *   being drained wait for the next pass behind a zero timeout, so that a
  *   chain of call_soon calls cannot starve sockets and timers (asyncio runs
  *   only what was ready when the iteration began, for the same reason).
- * - The inbox (any thread -> loop) is a lock-free LIFO on a cache line of
- *   its own. A producer pushes a task with one compare-and-swap; the loop
- *   takes the whole stack with one exchange and reverses it, so a burst of
- *   N posts costs N CASes and one wakeup. Only the producer that finds the
- *   inbox empty writes the wakeup fd, and only when the loop is not
- *   spinning on the inbox. The loop reads the fd before it takes the
- *   stack, so no push can fall between the two. While it runs the inbox,
- *   the loop runs the ready FIFO every 16 tasks and at the end: a
- *   completion's callbacks run while its future is still in the cache,
- *   not after thousands of others have pushed it out.
+ * - The inbox (any thread -> loop) is Vyukov's intrusive multi-producer
+ *   FIFO, its tail on a cache line of its own. A producer pushes a task
+ *   with one exchange on the tail and one store that links the previous
+ *   tail to it; the loop pops tasks in order, one at a time, so a burst
+ *   of N completions is walked once, each prefetched while the one
+ *   before it runs (a LIFO taken whole must first be reversed: a walk
+ *   through N cold tasks before the first can run). A task is run only
+ *   once its successor is linked, or once the stub has been pushed
+ *   behind it, so no producer writes into a task that has already run.
+ *   Between a producer's exchange and its link the queue is cut; the
+ *   loop does not wait for the link (the producer may have been
+ *   preempted in between), it comes back on the next libevent pass.
+ *   While it runs the inbox, the loop runs the ready FIFO every 16 tasks
+ *   and at the end: a completion's callbacks run while its future is
+ *   still in the cache, not after thousands of others have pushed it out.
+ * - Wakeups: `wake_wanted` is 1 when the loop has found the inbox empty
+ *   and may sleep in epoll. The producer that turns it from 1 to 0
+ *   writes the wakeup fd; the others skip the system call. The loop sets
+ *   it when a drain finds the inbox empty and then looks once more; a
+ *   producer pushes and then reads it. Both sides use sequentially
+ *   consistent operations (a Dekker handshake), so either the producer
+ *   sees 1 and writes, or the loop sees the task. The loop reads the fd
+ *   before it drains, so a write is never left for a drain that has
+ *   already passed. No lock is ever taken on this path.
  * - Spinning: while completions are expected from other threads (see
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
- *   sleeps in epoll. A producer that sees `spinning` skips the write; the
- *   loop clears `spinning` and then looks at the inbox once more. Both
- *   sides use sequentially consistent operations (a Dekker handshake), so
- *   either the producer sees spinning == 0 and writes, or the loop sees the
- *   task. No lock is ever taken on this path.
+ *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write.
  */
 #include "config.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 #ifdef HAVE_SYS_EVENTFD_H
@@ -89,52 +100,114 @@ static void wake_drain(bt_loop *loop)
 
 /* ---- Inbox -------------------------------------------------------------- */
 
+static void inbox_push(bt_loop *loop, bt__task *task)
+{
+    __atomic_store_n(&task->next, NULL, __ATOMIC_RELAXED);
+    bt__task *prev = atomic_exchange(&loop->inbox_tail, task);
+    __atomic_store_n(&prev->next, task, __ATOMIC_RELEASE);
+}
+
 int bt__loop_push(bt_loop *loop, bt__task *task)
 {
     if (atomic_load_explicit(&loop->closed_to_posts, memory_order_acquire))
         return BT_ESHUTDOWN;
-    bt__task *old = atomic_load_explicit(&loop->inbox, memory_order_relaxed);
-    do
-        task->next = old;
-    while (!atomic_compare_exchange_weak(&loop->inbox, &old, task));
-    if (old == NULL && !atomic_load(&loop->spinning))
+    inbox_push(loop, task);
+    /* The exchange above and this load are both sequentially consistent:
+     * see the DESIGN note on wakeups. */
+    if (atomic_load(&loop->wake_wanted) && atomic_exchange(&loop->wake_wanted, 0))
         wake_write(loop);
     return 0;
 }
 
+/* Pop the oldest task, or NULL: *cut is set when tasks are queued but
+ * cannot be reached yet (a producer is between its exchange and its
+ * link). Loop thread. */
+static bt__task *inbox_pop(bt_loop *loop, bool *cut)
+{
+    bt__task *stub = &loop->inbox_stub;
+    bt__task *head = loop->inbox_head;
+    bt__task *next = __atomic_load_n(&head->next, __ATOMIC_ACQUIRE);
+    if (head == stub) {
+        if (next == NULL) {
+            *cut = atomic_load(&loop->inbox_tail) != stub;
+            return NULL;
+        }
+        loop->inbox_head = head = next;
+        next = __atomic_load_n(&head->next, __ATOMIC_ACQUIRE);
+    }
+    if (next == NULL) {
+        /* head is the last task linked: it may run only once it is not the
+         * tail any more (else a producer would link into it after it ran):
+         * push the stub behind it. */
+        if (atomic_load(&loop->inbox_tail) != head) {
+            *cut = true;
+            return NULL;
+        }
+        inbox_push(loop, stub);
+        next = __atomic_load_n(&head->next, __ATOMIC_ACQUIRE);
+        if (next == NULL) {
+            *cut = true; /* a producer got in before the stub */
+            return NULL;
+        }
+    }
+    loop->inbox_head = next;
+    return head;
+}
+
+/* Whether anything is queued (reachable or not). Loop thread. */
+static bool inbox_busy(bt_loop *loop)
+{
+    return loop->inbox_head != &loop->inbox_stub ||
+           atomic_load(&loop->inbox_tail) != &loop->inbox_stub;
+}
+
 static size_t ready_drain(bt_loop *loop);
 
-/* Run everything in the inbox, oldest first. Returns how many ran. */
-static size_t inbox_drain(bt_loop *loop)
+/* Run everything in the inbox, oldest first. Returns how many ran. If the
+ * queue is cut, comes back on the next libevent pass (*cut, if given, says
+ * so) instead of waiting here for a producer that may not be running. */
+static size_t inbox_drain_cut(bt_loop *loop, bool *cut_out)
 {
-    bt__task *t = atomic_exchange(&loop->inbox, NULL);
-    bt__task *fifo = NULL;
     size_t n = 0;
-    while (t) { /* reverse the LIFO */
-        bt__task *next = t->next;
-        t->next = fifo;
-        fifo = t;
-        t = next;
-    }
-    while (fifo) {
-        bt__task *next = fifo->next;
-        /* Tasks are embedded at the start of their objects (a pool job and
-         * its future): start loading the next one while this one runs. */
-        if (next)
+    bool cut = false;
+    for (;;) {
+        bt__task *t;
+        while ((t = inbox_pop(loop, &cut)) != NULL) {
+            /* Tasks are embedded at the start of their objects (a pool job
+             * and its future): start loading the next one while this runs. */
+            const char *ahead = (const char *)loop->inbox_head;
             for (int i = 0; i < INBOX_PREFETCH_LINES; i++)
-                __builtin_prefetch((const char *)next + 64 * i, 1);
-        bt__loop_run_task(loop, fifo, (const void *)fifo->run);
-        fifo = next;
-        /* Run what these tasks made ready (a settled future's callbacks)
-         * every few tasks, while their memory is still in the cache,
-         * rather than after a burst of thousands has pushed it out. */
-        if ((++n & (INBOX_READY_EVERY - 1)) == 0 && loop->ready_head)
-            ready_drain(loop);
+                __builtin_prefetch(ahead + 64 * i, 1);
+            bt__loop_run_task(loop, t, (const void *)t->run);
+            /* Run what these tasks made ready (a settled future's
+             * callbacks) every few tasks, while their memory is still in
+             * the cache, rather than after a burst of thousands has pushed
+             * it out. */
+            if ((++n & (INBOX_READY_EVERY - 1)) == 0 && loop->ready_head)
+                ready_drain(loop);
+        }
+        if (cut)
+            break;
+        /* Empty: let producers know they must wake us, then look again. */
+        atomic_store(&loop->wake_wanted, 1);
+        if (!inbox_busy(loop))
+            break;
+    }
+    if (cut) {
+        if (cut_out)
+            *cut_out = true;
+        else
+            event_active(loop->wake_ev, EV_READ, 0);
     }
     if (loop->ready_head)
         ready_drain(loop);
     loop->stats.posted_run += n;
     return n;
+}
+
+static size_t inbox_drain(bt_loop *loop)
+{
+    return inbox_drain_cut(loop, NULL);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -209,7 +282,9 @@ static bt_loop *loop_init(struct event_base *base, bool owns)
     atomic_init(&loop->thread, (uintptr_t)pthread_self());
     loop->spin_ns = BT_DEFAULT_SPIN_NS;
     loop->wake_fd = loop->wake_wfd = -1;
-    atomic_init(&loop->inbox, NULL);
+    loop->inbox_head = &loop->inbox_stub;
+    atomic_init(&loop->inbox_tail, &loop->inbox_stub);
+    atomic_init(&loop->wake_wanted, 1);
     if (wake_open(loop) != 0)
         goto fail;
     loop->wake_ev = event_new(base, loop->wake_fd, EV_READ | EV_PERSIST, on_wake, loop);
@@ -284,19 +359,20 @@ static bool spin_for_completions(bt_loop *loop)
         loop->spin_since = now;
     else if (now - loop->spin_since >= SPIN_PASS_NS)
         return false;
-    atomic_store(&loop->spinning, 1);
+    atomic_store(&loop->wake_wanted, 0);
     uint64_t deadline = now + loop->spin_ns;
     unsigned i = 0;
-    while (atomic_load_explicit(&loop->inbox, memory_order_relaxed) == NULL) {
+    while (!inbox_busy(loop)) {
         if ((++i & 63) == 0 && bt_hrtime() >= deadline)
             break;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
     }
-    atomic_store(&loop->spinning, 0);
-    /* After clearing `spinning`, look again: see the DESIGN note. */
-    if (atomic_load(&loop->inbox) == NULL)
+    /* Going back to libevent, which may sleep: producers must wake us from
+     * now on. Then look again: see the DESIGN note on wakeups. */
+    atomic_store(&loop->wake_wanted, 1);
+    if (!inbox_busy(loop))
         return false;
     inbox_drain(loop);
     loop->stats.spin_hits++;
@@ -360,11 +436,14 @@ BT_EXPORT void bt_loop_stop(bt_loop *loop)
 static void drain_all(bt_loop *loop)
 {
     for (;;) {
-        size_t n = inbox_drain(loop);
+        bool cut = false;
+        size_t n = inbox_drain_cut(loop, &cut);
         loop->ready_armed = true; /* schedule() must not touch ready_ev now */
         n += ready_drain(loop);
-        if (n == 0)
+        if (n == 0 && !cut)
             break;
+        if (n == 0)
+            sched_yield(); /* a producer is between its two steps */
     }
     loop->ready_armed = false;
 }
