@@ -8,20 +8,24 @@
 
 #include "loop-internal.h"
 
-/* One registered callback, queued as a task on the loop when the future
- * settles. The first one lives inside the future: most futures have one. */
+/* A callback beyond the first (which lives inside the future: most
+ * futures have one), or one added after the future's callbacks ran: then
+ * it is queued as a task of its own. */
 typedef struct bt__future_cb_node {
     bt__task task;
     struct bt__future_cb_node *next;
     bt_future *future;
     bt_future_cb cb;
     void *arg;
-    bool inline_node;
 } bt__future_cb_node;
 
+/* Laid out small (144 bytes on LP64), the fields a settle touches first:
+ * a pool job carries one in its block, and in a burst of 200,000 jobs the
+ * blocks' size is what decides whether they fit in the cache. */
 struct bt_future {
-    _Atomic long refs;
-    _Atomic int state;            /* bt_future_state */
+    _Atomic int refs;
+    int code;
+    _Atomic unsigned char state;  /* bt_future_state */
     _Atomic bool cancel_requested;
     bool error_read;
     bool value_taken;
@@ -37,13 +41,15 @@ struct bt_future {
 
     void *value;
     bt_destroy_fn dtor;
-    int code;
     char *message;
 
     bt_cancel_hook cancel_hook;
     void *cancel_arg;
 
-    bt__future_cb_node first_cb;  /* used when first_cb.cb != NULL */
+    /* The first callback, then the others in the order they came; while
+     * the future is pending, cbs_head is NULL unless first_cb is set. */
+    bt_future_cb first_cb;
+    void *first_arg;
     bt__future_cb_node *cbs_head, *cbs_tail;
 
     /* Scheduled once settled: runs the callbacks, then drops the loop's
@@ -59,7 +65,7 @@ struct bt_future {
  * with `refs` references (the loop's among them: 2 is the caller's and
  * the loop's); release(f) frees that memory once the last reference is
  * dropped. Returns f, or NULL if loop is NULL or closing. Loop thread. */
-bt_future *bt__future_init(bt_future *f, bt_loop *loop, long refs, void (*release)(bt_future *));
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, int refs, void (*release)(bt_future *));
 
 /* Settle f as the public setters do (the callbacks run on a later pass),
  * taking ownership of value and message. A producer's shortcut: no
@@ -74,7 +80,7 @@ int bt__future_settle(bt_future *f, bt_future_state st, void *value, bt_destroy_
  * callbacks must not run inside code that is settling or cancelling
  * something. Saves a pass through the ready queue per future. */
 void bt__future_settle_now(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
-                           int code, char *message, long drop);
+                           int code, char *message, int drop);
 
 /* True once the callbacks registered before and while settling have run. */
 bool bt__future_callbacks_done(const bt_future *f);

@@ -34,7 +34,7 @@ static void pending_remove(bt_future *f)
 
 static void run_settle_task(bt__task *t);
 
-bt_future *bt__future_init(bt_future *f, bt_loop *loop, long refs, void (*release)(bt_future *))
+bt_future *bt__future_init(bt_future *f, bt_loop *loop, int refs, void (*release)(bt_future *))
 {
     if (loop == NULL || loop->closing)
         return NULL;
@@ -85,8 +85,7 @@ static void future_destroy(bt_future *f)
     bt__future_cb_node *n = f->cbs_head;
     while (n) { /* only reachable if never settled, which the loop prevents */
         bt__future_cb_node *next = n->next;
-        if (!n->inline_node)
-            bt_free(n);
+        bt_free(n);
         n = next;
     }
     bt_free(f->message);
@@ -107,7 +106,7 @@ static void check_dropped(bt_future *f)
     /* State first: a settled future may outlive its loop. */
     if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_PENDING ||
         !bt_loop_is_current(f->loop) || f->loop->closing ||
-        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->cbs_head != NULL)
+        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->first_cb != NULL)
         return;
     bt_log(BT_LOG_WARN,
            "future %p dropped while still pending with nobody waiting on it: its outcome "
@@ -127,7 +126,7 @@ BT_EXPORT void bt_future_unref(bt_future *f)
     bool on_loop = f->owner == (uintptr_t)pthread_self() &&
                    atomic_load_explicit(&f->state, memory_order_acquire) == BT_FUTURE_PENDING &&
                    bt_loop_is_current(f->loop);
-    long prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
+    int prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
     if (prev == 1)
         future_destroy(f);
     else if (prev == 2 && on_loop)
@@ -144,6 +143,11 @@ BT_EXPORT bt_loop *bt_future_loop(const bt_future *f)
 /* Run the callbacks registered so far, and those added while they run. */
 static void run_callbacks(bt_future *f)
 {
+    if (f->first_cb) {
+        bt_loop_enter_cb(f->loop, (const void *)f->first_cb);
+        f->first_cb(f, f->first_arg);
+        bt_loop_leave_cb(f->loop);
+    }
     while (f->cbs_head) {
         bt__future_cb_node *n = f->cbs_head;
         f->cbs_head = n->next;
@@ -152,10 +156,9 @@ static void run_callbacks(bt_future *f)
         bt_loop_enter_cb(f->loop, (const void *)n->cb);
         n->cb(f, n->arg);
         bt_loop_leave_cb(f->loop);
-        if (!n->inline_node)
-            bt_free(n);
+        bt_free(n);
     }
-    f->first_cb.cb = NULL;
+    f->first_cb = NULL;
     f->settle_task.next = &f->settle_task; /* marks "callbacks done" */
 }
 
@@ -230,9 +233,9 @@ int bt__future_settle(bt_future *f, bt_future_state st, void *value, bt_destroy_
 }
 
 void bt__future_settle_now(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
-                           int code, char *message, long drop)
+                           int code, char *message, int drop)
 {
-    long refs = drop;
+    int refs = drop;
     if (settle_state(f, st, value, dtor, code, message) == 0) {
         run_callbacks(f);
         refs++; /* the loop's */
@@ -358,7 +361,7 @@ size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped)
     while (loop->pending.head) {
         bt_future *f = loop->pending.head;
         n++;
-        if (atomic_load_explicit(&f->refs, memory_order_relaxed) == 1 && f->cbs_head == NULL)
+        if (atomic_load_explicit(&f->refs, memory_order_relaxed) == 1 && f->first_cb == NULL)
             (*dropped)++;
         bt_future_ref(f);
         bt_future_cancel(f);
@@ -449,19 +452,17 @@ BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg)
 {
     if (f == NULL || cb == NULL)
         return BT_EINVAL;
-    bt__future_cb_node *n;
-    if (!callbacks_done(f) && f->first_cb.cb == NULL && f->cbs_head == NULL) {
-        n = &f->first_cb;
-        n->inline_node = true;
-    } else {
-        n = bt_calloc(1, sizeof *n);
-        if (n == NULL)
-            return BT_ENOMEM;
+    if (!callbacks_done(f) && f->first_cb == NULL) {
+        f->first_cb = cb;
+        f->first_arg = arg;
+        return 0;
     }
+    bt__future_cb_node *n = bt_calloc(1, sizeof *n);
+    if (n == NULL)
+        return BT_ENOMEM;
     n->future = f;
     n->cb = cb;
     n->arg = arg;
-    n->next = NULL;
     if (callbacks_done(f)) {
         /* The settle task has come and gone: run on a later turn. */
         n->task.run = run_late_cb;

@@ -52,7 +52,7 @@ BT_EXPORT bool bt_job_cancelled(const bt_job *job)
 
 BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
 {
-    return job ? job->loop : NULL;
+    return job ? job->fut.loop : NULL;
 }
 
 /* ---- Jobs on the loop side ----------------------------------------------- */
@@ -95,13 +95,35 @@ static _Thread_local job_cache_t job_cache __attribute__((tls_model("initial-exe
 static pthread_key_t job_cache_key;
 static pthread_once_t job_cache_once = PTHREAD_ONCE_INIT;
 
+/* A block starts on a cache line, so that a job's 256 bytes span four
+ * lines, not five: allocated through bt_malloc (which promises 16-byte
+ * alignment) with room to align, the pointer to free kept just before. */
+#define JOB_ALIGN 64
+
+static bt_job *job_block_new(void)
+{
+    char *raw = bt_malloc(sizeof(bt_job) + JOB_ALIGN + sizeof(void *));
+    if (raw == NULL)
+        return NULL;
+    uintptr_t at = ((uintptr_t)raw + sizeof(void *) + JOB_ALIGN - 1) & ~(uintptr_t)(JOB_ALIGN - 1);
+    bt_job *j = (bt_job *)at;
+    ((void **)j)[-1] = raw;
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+static void job_block_free(bt_job *j)
+{
+    bt_free(((void **)j)[-1]);
+}
+
 /* Free the n blocks at the bottom of the stack (the coldest ones). */
 static void job_cache_free_n(job_cache_t *c, size_t n)
 {
     if (n > c->n)
         n = c->n;
     for (size_t i = 0; i < n; i++)
-        bt_free(c->slot[i]);
+        job_block_free(c->slot[i]);
     memmove(c->slot, c->slot + n, (c->n - n) * sizeof *c->slot);
     c->n -= n;
 }
@@ -142,7 +164,7 @@ bt_job *bt__job_alloc(void)
     job_cache_t *c = &job_cache;
     c->makes_jobs = true;
     if (c->n == 0)
-        return bt_calloc(1, sizeof *c->slot[0]);
+        return job_block_new();
     bt_job *j = c->slot[--c->n];
     if (c->n >= JOB_PREFETCH_AHEAD) {
         const char *ahead = (const char *)c->slot[c->n - JOB_PREFETCH_AHEAD];
@@ -174,7 +196,7 @@ void bt__job_release(bt_job *job)
 {
     job_cache_t *c = &job_cache;
     if (!c->makes_jobs || !job_cache_room(c)) {
-        bt_free(job);
+        job_block_free(job);
         return;
     }
     if (!c->keyed) { /* so that the cache is freed when the thread exits */
@@ -195,9 +217,7 @@ static void job_future_release(bt_future *f)
 bt_future *bt__job_future_init(bt_job *job, bt_loop *loop)
 {
     /* The caller's reference, the loop's, and the job's own. */
-    bt_future *f = bt__future_init(&job->fut, loop, 3, job_future_release);
-    job->future = f;
-    return f;
+    return bt__future_init(&job->fut, loop, 3, job_future_release);
 }
 
 void bt__job_free(bt_job *job)
@@ -205,7 +225,7 @@ void bt__job_free(bt_job *job)
     if (job->dtor)
         job->dtor(job->value);
     bt_free(job->message);
-    bt_future_unref(job->future); /* may give the block back: last touch */
+    bt_future_unref(&job->fut); /* may give the block back: last touch */
 }
 
 /* Settle a job's future from the loop thread with what the job left (its
@@ -214,7 +234,7 @@ void bt__job_free(bt_job *job)
  * callbacks may run at once. */
 static void job_settle(bt_job *job, bool now)
 {
-    bt_future *f = job->future;
+    bt_future *f = &job->fut;
     bt_future_state st = BT_FUTURE_VALUE;
     int code = 0;
     if (job->skipped) {

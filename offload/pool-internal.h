@@ -26,30 +26,38 @@ struct bt_job {
     bt_pool *pool;
     bt__attach *att;          /* the (pool, loop) record; alive while queued
                                  or running (the closer waits for it) */
-    bt_loop *loop;
-    bt_future *future;        /* the job's own reference: &fut, except for
-                                  a job from another thread not yet admitted */
     bt_job_fn fn;
     void *arg;
-    bt_future_cb done;        /* bt_pool_submit_from only */
-    void *done_arg;
-    void *value;
-    bt_destroy_fn dtor;
+    union {
+        struct {              /* what the job left, for its future */
+            void *value;
+            bt_destroy_fn dtor;
+        };
+        struct {              /* bt_pool_submit_from's callback, until
+                                 the job reaches its loop */
+            bt_future_cb done;
+            void *done_arg;
+        };
+    };
     char *message;
+    uint64_t t_submit;
     int code;
-    int where;
-    bt_lane lane;
+    unsigned char where;
+    unsigned char lane;       /* bt_lane */
     bool skipped;             /* never ran: settles as cancelled */
     bool in_batch;            /* in att's batch (loop thread only) */
     bool expected;            /* counted in the loop's `expected` */
     _Atomic bool cancelled;
-    uint64_t t_submit;
     /* The job's future lives in the same block: one allocation per job,
-     * and the completion finds both in the cache together. The block is
-     * given back when the future's last reference goes (the job holds one
-     * until it settles), so the future may outlive the job's run. */
+     * and the completion finds both in the cache together. Its loop is
+     * the job's loop (set before the future starts, for a job submitted
+     * from another thread). The block is given back when the future's
+     * last reference goes (the job holds one until it settles), so the
+     * future may outlive the job's run. 112 + 144 bytes: four cache
+     * lines, the block aligned on one. */
     bt_future fut;
 };
+
 
 /* One per (pool, loop): the loop's unflushed batches and its closer. Loop
  * thread only, except `running` and `closing` (atomics read by workers). */
@@ -66,8 +74,12 @@ struct bt__attach {
     bt__task flush_task;
     bool flush_scheduled;
     bool dead;                /* the closer ran; the flush task frees it */
+    /* Written by workers for every batch they take: a line of its own,
+     * or the loop would miss on the fields above at every submission. */
+    char pad[64];
     _Atomic long running;     /* jobs taken by workers, not yet pushed back */
     _Atomic bool closing;     /* the loop is being freed */
+    char pad_end[64];
 };
 
 /* Counters a worker writes alone (relaxed stores) and stats reads. */

@@ -284,7 +284,7 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
      * run of the next job (one that waits for that completion's callback
      * would wait for good). */
     job->task.run = bt__job_complete;
-    if (bt__loop_push(job->loop, &job->task) != 0) {
+    if (bt__loop_push(job->fut.loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
          * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
@@ -541,7 +541,7 @@ static void lane_cancel_queue(bt__lane *lane)
         job->skipped = true;
         job->task.run = bt__job_complete;
         bt__attach *att = job->att;
-        if (bt__loop_push(job->loop, &job->task) != 0) {
+        if (bt__loop_push(job->fut.loop, &job->task) != 0) {
             bt_log(BT_LOG_ERROR, "offload pool: a loop closed with jobs queued");
             bt__job_free(job);
         }

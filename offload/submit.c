@@ -211,8 +211,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     }
     job->pool = pool;
     job->att = att;
-    job->loop = loop;
-    job->lane = l;
+    job->lane = (unsigned char)l;
     job->in_batch = true;
     job->where = JOB_BATCH;
     bt_future_on_cancel(f, bt__job_on_cancel, job);
@@ -267,17 +266,22 @@ static void job_admit(bt__task *t)
 {
     bt_job *job = (bt_job *)t;
     bt_pool *pool = job->pool;
-    bt_future *f = bt__job_future_init(job, job->loop);
+    bt_loop *loop = job->fut.loop;
+    bt_future_cb done = job->done;
+    void *done_arg = job->done_arg;
+    job->done = NULL; /* the union's value and dtor from now on */
+    job->done_arg = NULL;
+    bt_future *f = bt__job_future_init(job, loop);
     if (f == NULL) {
         bt_log(BT_LOG_ERROR, "offload pool: no future for a job submitted from another thread");
-        if (job->done)
-            job->done(NULL, job->done_arg);
+        if (done)
+            done(NULL, done_arg);
         bt__job_release(job);
     } else {
         /* The first callback lives in the future: this cannot fail. */
-        if (job->done)
-            bt_future_add_callback(f, job->done, job->done_arg);
-        job_enqueue(pool, job->loop, job->lane, job, f);
+        if (done)
+            bt_future_add_callback(f, done, done_arg);
+        job_enqueue(pool, loop, job->lane, job, f);
         bt_future_unref(f);
     }
     bt__pool_unref(pool);
@@ -294,8 +298,8 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
     if (job == NULL)
         return BT_ENOMEM;
     job->pool = pool;
-    job->loop = loop;
-    job->lane = lane;
+    job->fut.loop = loop; /* the future starts there, on admission */
+    job->lane = (unsigned char)lane;
     job->fn = fn;
     job->arg = arg;
     job->done = done;
