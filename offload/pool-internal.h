@@ -17,12 +17,35 @@ typedef struct bt__worker bt__worker;
 typedef struct bt__lane bt__lane;
 
 /* Where a job is; changed under its lane's lock, except BATCH -> QUEUED,
- * which only the loop thread does (the only reader of BATCH). */
+ * which only the loop thread does before the hand-over publishes the job
+ * (the loop is the only reader of BATCH). QUEUED: on the lane's incoming
+ * stack or in its queue. */
 enum { JOB_BATCH = 1, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+/* How many jobs a loop hands over at once, at most. */
+#define BT__BATCH_MAX 64
+
+/* A hand-over: up to BT__BATCH_MAX jobs of one loop for one lane, filled
+ * by the loop, then pushed onto the lane's incoming stack with one
+ * compare-and-swap. Workers take slices of it under the lane's lock; an
+ * array rather than a list, so a worker starts loading all the jobs it
+ * took at once instead of one miss after another. */
+typedef struct bt__batch bt__batch;
+struct bt__batch {
+    bt__batch *next;          /* on the incoming stack, in the queue, or
+                                 free */
+    bt__attach *att;          /* the loop's, whose jobs these are */
+    uint64_t t_submit;        /* when it was handed over */
+    unsigned n;               /* slots filled */
+    unsigned live;            /* of them, not cancelled at the hand-over */
+    unsigned first;           /* the first slot not yet taken (lane lock) */
+    bt_job *job[BT__BATCH_MAX]; /* NULL: cancelled while waiting */
+};
 
 struct bt_job {
     bt__task task;            /* the admit task, then the completion task */
-    bt_job *prev, *next;      /* in a loop's batch or a lane's queue */
+    bt__batch *batch;         /* the hand-over it came in, job->batch->job[slot];
+                                 valid while in_batch or QUEUED */
     bt_pool *pool;
     bt__attach *att;          /* the (pool, loop) record; alive while queued
                                  or running (the closer waits for it) */
@@ -40,10 +63,10 @@ struct bt_job {
         };
     };
     char *message;
-    uint64_t t_submit;
     int code;
     unsigned char where;
     unsigned char lane;       /* bt_lane */
+    unsigned char slot;
     bool skipped;             /* never ran: settles as cancelled */
     bool in_batch;            /* in att's batch (loop thread only) */
     bool expected;            /* counted in the loop's `expected` */
@@ -53,8 +76,8 @@ struct bt_job {
      * the job's loop (set before the future starts, for a job submitted
      * from another thread). The block is given back when the future's
      * last reference goes (the job holds one until it settles), so the
-     * future may outlive the job's run. 112 + 144 bytes: four cache
-     * lines, the block aligned on one. */
+     * future may outlive the job's run. At most 112 + 144 bytes: four
+     * cache lines, the block aligned on one. */
     bt_future fut;
 };
 
@@ -64,8 +87,9 @@ struct bt_job {
 struct bt__attach {
     bt_pool *pool;            /* holds a pool reference */
     bt_loop *loop;
-    bt_job *batch_head[BT_LANE_COUNT], *batch_tail[BT_LANE_COUNT];
-    size_t batch_n[BT_LANE_COUNT];
+    bt__batch *batch[BT_LANE_COUNT]; /* being filled, not handed over */
+    bt__batch *free_batches;  /* for reuse, and how many */
+    size_t free_n;
     /* The lane as seen when the batch began: its depth, its bound, and
      * whether its recent jobs were short. */
     size_t depth_seen[BT_LANE_COUNT];
@@ -78,6 +102,7 @@ struct bt__attach {
      * or the loop would miss on the fields above at every submission. */
     char pad[64];
     _Atomic long running;     /* jobs taken by workers, not yet pushed back */
+    _Atomic(bt__batch *) returned; /* spent hand-overs workers gave back */
     _Atomic bool closing;     /* the loop is being freed */
     char pad_end[64];
 };
@@ -95,18 +120,23 @@ struct bt__worker {
 struct bt__lane {
     pthread_mutex_t mu;
     pthread_cond_t cv;        /* workers wait here for jobs */
-    bt_job *head, *tail;      /* the queue (FIFO) */
-    _Atomic size_t nq;        /* jobs in the queue (read unlocked by spinners) */
-    _Atomic size_t depth;     /* in the queue (the bound's count; loops add
-                                 their batch at hand-over) */
+    bt__batch *head, *tail;   /* the queue of hand-overs (FIFO) */
+    /* Hand-overs no worker has moved to the queue yet: a lock-free stack,
+     * newest first (bt__lane_splice). */
+    _Atomic(bt__batch *) incoming;
+    _Atomic size_t depth;     /* handed over, not yet taken or cancelled:
+                                 the bound's count, and what lingering
+                                 workers watch */
     _Atomic uint64_t avg_run_ns; /* recent jobs' run time, roughly */
     _Atomic size_t queue_max;
-    unsigned threads;         /* alive (or being started) */
+    /* Written under the lock; threads, sleepers and stop are also read
+     * without it, by loops handing over a batch. */
+    _Atomic unsigned threads; /* alive (or being started) */
     unsigned target;          /* CPU: the size; blocking: the cap */
-    unsigned sleepers;        /* in cond_wait */
+    _Atomic unsigned sleepers; /* in cond_wait */
     _Atomic unsigned spinners; /* lingering before sleep */
     unsigned next_index;
-    bool stop;
+    _Atomic bool stop;
     bt__worker *workers;
     /* Totals of retired workers and of loop-side events. */
     uint64_t submitted;
@@ -140,6 +170,12 @@ const char *bt__lane_name(bt_lane lane);
  * bt__lane_spawn (lock not held). */
 unsigned bt__lane_want_threads(bt__lane *lane);
 unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
+/* Move the batches handed over (lane->incoming) to the end of the queue,
+ * oldest first. Lane lock held: every look at the queue under the lock
+ * starts with it. */
+void bt__lane_splice(bt__lane *lane);
+/* Send the lane's queued jobs back to their loops, cancelled. */
+void bt__lane_cancel_queue(bt__lane *lane);
 
 /* job.c: making, settling and cancelling jobs. Loop thread unless said. */
 bt_job *bt__job_alloc(void);                    /* any thread */
@@ -153,8 +189,13 @@ void bt__job_free(bt_job *job);     /* destroys value, drops the job's
                                        reference on its future; any thread */
 void bt__job_complete(bt__task *t);             /* the completion task */
 void bt__job_cancel_now(bt_job *job);           /* never ran: cancelled */
-void bt__batch_unlink(bt__attach *att, bt_job *job);
-void bt__queue_unlink(bt__lane *lane, bt_job *job); /* lane lock held */
+/* A hand-over for att's next batch (reused when one came back), or NULL;
+ * give one back with bt__batch_put. Loop thread. */
+bt__batch *bt__batch_get(bt__attach *att);
+void bt__batch_put(bt__attach *att, bt__batch *b);
+
+/* A queued job leaves its hand-over (lane lock held, after a splice). */
+void bt__queue_remove(bt__lane *lane, bt_job *job);
 void bt__job_on_cancel(bt_future *f, void *arg);    /* the future's hook */
 
 /* submit.c */

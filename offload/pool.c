@@ -56,6 +56,7 @@
 #include "pool-internal.h"
 
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
+#define TIME_EACH_NS 2000     /* time jobs one by one when longer than this */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
@@ -184,7 +185,7 @@ unsigned bt__lane_want_threads(bt__lane *lane)
 {
     if (lane->stop)
         return 0;
-    size_t nq = atomic_load_explicit(&lane->nq, memory_order_relaxed);
+    size_t nq = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     unsigned add = 0;
     if (lane->id == BT_LANE_BLOCKING) {
         size_t idle = lane->sleepers + atomic_load_explicit(&lane->spinners, memory_order_relaxed);
@@ -198,6 +199,77 @@ unsigned bt__lane_want_threads(bt__lane *lane)
     }
     lane->threads += add;
     return add;
+}
+
+void bt__lane_splice(bt__lane *lane)
+{
+    /* Sequentially consistent: a worker about to sleep counts itself in
+     * `sleepers` and then looks here; a loop pushes and then reads
+     * `sleepers` (see lane_flush in submit.c). */
+    if (atomic_load(&lane->incoming) == NULL)
+        return;
+    bt__batch *b = atomic_exchange(&lane->incoming, NULL);
+    bt__batch *newest = b, *fifo = NULL;
+    while (b) { /* reverse: one step per hand-over, not per job */
+        bt__batch *next = b->next;
+        b->next = fifo;
+        fifo = b;
+        lane->submitted += b->live;
+        b = next;
+    }
+    if (lane->tail)
+        lane->tail->next = fifo;
+    else
+        lane->head = fifo;
+    lane->tail = newest;
+}
+
+/* Take up to k queued jobs, oldest first, into jobs[] (their hand-over
+ * times into submitted[]). Hand-overs this consumes go onto *spent, to be
+ * given back without the lock: to their attach if a job was taken from
+ * them (whose `running` then keeps the attach alive), else freed (in
+ * *dead). Lane lock held. */
+static size_t lane_take(bt__lane *lane, size_t k, bt_job **jobs, uint64_t *submitted,
+                        bt__batch **spent, bt__batch **dead)
+{
+    size_t n = 0;
+    while (n < k && lane->head) {
+        bt__batch *b = lane->head;
+        size_t took = 0;
+        while (n < k && b->first < b->n) {
+            bt_job *j = b->job[b->first++];
+            if (j) {
+                __builtin_prefetch(j, 1);
+                submitted[n] = b->t_submit;
+                jobs[n++] = j;
+                took++;
+            }
+        }
+        if (b->first == b->n) {
+            lane->head = b->next;
+            if (lane->head == NULL)
+                lane->tail = NULL;
+            bt__batch **to = took ? spent : dead;
+            b->next = *to;
+            *to = b;
+        }
+    }
+    return n;
+}
+
+/* Give spent hand-overs back to their attaches' loops, for reuse. */
+static void batches_return(bt__batch *b)
+{
+    while (b) {
+        bt__batch *next = b->next;
+        bt__attach *att = b->att;
+        bt__batch *top = atomic_load_explicit(&att->returned, memory_order_relaxed);
+        do
+            b->next = top;
+        while (!atomic_compare_exchange_weak_explicit(&att->returned, &top, b,
+                                                      memory_order_release, memory_order_relaxed));
+        b = next;
+    }
 }
 
 /* Fold a retiring worker's counters into the lane. Lane lock held. */
@@ -244,17 +316,35 @@ static void worker_set_name(bt_pool *pool, bt__worker *w)
 #endif
 }
 
-/* Run one job and push it back to its loop. No lock held. *now is the
- * time the job starts (the end of the previous one: one clock read per
- * job) and is set to the time it ended. */
-static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
+/* Account one job's times to its worker: qns waiting, run running (ran:
+ * it was not skipped). */
+static void worker_account(bt__worker *w, uint64_t qns, uint64_t run, bool ran, bool failed)
 {
-    uint64_t start = *now;
-    uint64_t qns = start > job->t_submit ? start - job->t_submit : 0;
-    if (bt_job_cancelled(job)) {
-        job->skipped = true;
-        bump(&w->skipped, 1);
+    if (ran) {
+        bump(&w->done, 1);
+        if (failed)
+            bump(&w->failed, 1);
+        bump(&w->run_ns, run);
+        raise_max(&w->run_max, run);
+        /* A moving average (1/8 weight), racy between workers by design:
+         * it decides whether loops spin for completions, and how often
+         * workers read the clock. */
+        uint64_t avg = atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed);
+        atomic_store_explicit(&w->lane->avg_run_ns, avg - avg / 8 + run / 8, memory_order_relaxed);
     } else {
+        bump(&w->skipped, 1);
+    }
+    bump(&w->queue_ns, qns);
+    raise_max(&w->qwait_max, qns);
+}
+
+/* Run one job (skip it, if cancelled) and push it back to its loop; the
+ * job is not touched after that. No lock held. *end, if given, gets the
+ * time the job ended. Sets *ran and *failed. */
+static void worker_run(bt_job *job, uint64_t *end, bool *ran, bool *failed)
+{
+    *ran = !bt_job_cancelled(job);
+    if (*ran) {
         current_job = job;
         int rc = job->fn(job, job->arg);
         current_job = NULL;
@@ -264,31 +354,55 @@ static void worker_run(bt__worker *w, bt_job *job, uint64_t *now)
             job->code = rc; /* failed without bt_job_fail */
         else if (rc == 0)
             job->code = 0;  /* success wins over an earlier bt_job_fail */
-        *now = bt_hrtime();
-        uint64_t run = *now - start;
-        bump(&w->done, 1);
-        if (job->code)
-            bump(&w->failed, 1);
-        bump(&w->run_ns, run);
-        raise_max(&w->run_max, run);
-        /* A moving average (1/8 weight), racy between workers by design:
-         * it only decides whether loops spin for completions. */
-        uint64_t avg = atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed);
-        atomic_store_explicit(&w->lane->avg_run_ns, avg - avg / 8 + run / 8, memory_order_relaxed);
+    } else {
+        job->skipped = true;
     }
-    bump(&w->queue_ns, qns);
-    raise_max(&w->qwait_max, qns);
+    *failed = *ran && job->code != 0;
+    if (end)
+        *end = bt_hrtime();
 
-    /* Back at once, one CAS: holding finished jobs to push them together
-     * saved nothing measurable, and would delay a completion by the whole
-     * run of the next job (one that waits for that completion's callback
-     * would wait for good). */
+    /* Back at once, one exchange: holding finished jobs to push them
+     * together saved nothing measurable, and would delay a completion by
+     * the whole run of the next job (one that waits for that completion's
+     * callback would wait for good). */
     job->task.run = bt__job_complete;
     if (bt__loop_push(job->fut.loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
          * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
         bt__job_free(job);
+    }
+}
+
+/* Run the n jobs a worker took (handed over at submitted[i]), and
+ * account their times. A clock read
+ * costs tens of nanoseconds (more under a hypervisor): as much as a short
+ * job. So jobs shorter than TIME_EACH_NS on average are timed as a batch,
+ * one read at its end, each job's start and run time interpolated; longer
+ * ones are timed one by one (the end of one is the start of the next). */
+static void worker_run_batch(bt__worker *w, bt_job **jobs, const uint64_t *submitted, size_t n)
+{
+    uint64_t start = bt_hrtime();
+    bool each = n == 1 ||
+                atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed) >= TIME_EACH_NS;
+    bool ran[TAKE_MAX], failed[TAKE_MAX];
+    for (size_t i = 0; i < n; i++) {
+        if (each) {
+            uint64_t end;
+            worker_run(jobs[i], &end, &ran[i], &failed[i]);
+            worker_account(w, start > submitted[i] ? start - submitted[i] : 0, end - start, ran[i],
+                           failed[i]);
+            start = end;
+        } else {
+            worker_run(jobs[i], NULL, &ran[i], &failed[i]);
+        }
+    }
+    if (each)
+        return;
+    uint64_t per = (bt_hrtime() - start) / n;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t began = start + i * per;
+        worker_account(w, began > submitted[i] ? began - submitted[i] : 0, per, ran[i], failed[i]);
     }
 }
 
@@ -324,9 +438,11 @@ static void *worker_main(void *arg)
     worker_set_name(pool, w);
     bt_job *local[TAKE_MAX];
     bt__attach *atts[TAKE_MAX];
+    uint64_t submitted[TAKE_MAX];
 
     pthread_mutex_lock(&lane->mu);
     for (;;) {
+        bt__lane_splice(lane);
         if (lane->head == NULL) {
             if (worker_should_retire(lane))
                 break;
@@ -340,7 +456,7 @@ static void *worker_main(void *arg)
                 pthread_mutex_unlock(&lane->mu);
                 uint64_t deadline = bt_hrtime() + pool->linger_ns;
                 unsigned i = 0;
-                while (atomic_load_explicit(&lane->nq, memory_order_relaxed) == 0) {
+                while (atomic_load_explicit(&lane->depth, memory_order_relaxed) == 0) {
                     if ((++i & 31) == 0 && bt_hrtime() >= deadline)
                         break;
 #if defined(__x86_64__) || defined(__i386__)
@@ -349,12 +465,21 @@ static void *worker_main(void *arg)
                 }
                 pthread_mutex_lock(&lane->mu);
                 atomic_fetch_sub(&lane->spinners, 1);
+                bt__lane_splice(lane);
                 if (lane->head)
                     continue;
                 if (worker_should_retire(lane))
                     break;
             }
+            /* Count ourselves asleep, then look once more: a loop that
+             * handed a batch over without the lock and saw no sleeper
+             * left it for us to find here. */
             lane->sleepers++;
+            bt__lane_splice(lane);
+            if (lane->head) {
+                lane->sleepers--;
+                continue;
+            }
             if (lane->id == BT_LANE_BLOCKING) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -363,6 +488,7 @@ static void *worker_main(void *arg)
                 ts.tv_nsec = (long)(ns % 1000000000u);
                 int rc = pthread_cond_timedwait(&lane->cv, &lane->mu, &ts);
                 lane->sleepers--;
+                bt__lane_splice(lane);
                 if (rc == ETIMEDOUT && lane->head == NULL)
                     break; /* idle too long: retire */
             } else {
@@ -374,19 +500,17 @@ static void *worker_main(void *arg)
         if (lane->threads > lane->target && !lane->stop)
             break; /* shrunk: leave the jobs to the others */
         /* Take a share: a quarter of ours, 1 when the queue is short. */
-        size_t nq = atomic_load_explicit(&lane->nq, memory_order_relaxed);
-        size_t k = nq / ((size_t)lane->threads * 4);
+        size_t depth = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+        size_t k = depth / ((size_t)lane->threads * 4);
         if (k < 1)
             k = 1;
         if (k > TAKE_MAX || lane->id == BT_LANE_BLOCKING)
             k = lane->id == BT_LANE_BLOCKING ? 1 : TAKE_MAX;
-        size_t n = 0;
-        while (n < k && lane->head) {
-            bt_job *job = lane->head;
-            bt__queue_unlink(lane, job);
-            job->where = JOB_RUNNING;
-            atts[n] = job->att;
-            local[n++] = job;
+        bt__batch *spent = NULL, *dead = NULL;
+        size_t n = lane_take(lane, k, local, submitted, &spent, &dead);
+        for (size_t i = 0; i < n; i++) {
+            local[i]->where = JOB_RUNNING;
+            atts[i] = local[i]->att;
         }
         /* Counted under the lock, where a closer looks for its jobs. */
         for (size_t i = 0; i < n;) {
@@ -402,10 +526,16 @@ static void *worker_main(void *arg)
         if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
             pthread_cond_signal(&lane->cv);
         pthread_mutex_unlock(&lane->mu);
-        uint64_t now = bt_hrtime();
-        for (size_t i = 0; i < n; i++)
-            worker_run(w, local[i], &now);
-        worker_release(pool, atts, n);
+        batches_return(spent);
+        while (dead) {
+            bt__batch *next = dead->next;
+            bt_free(dead);
+            dead = next;
+        }
+        if (n) { /* 0: only cancelled slots were left */
+            worker_run_batch(w, local, submitted, n);
+            worker_release(pool, atts, n);
+        }
         atomic_store_explicit(&w->busy, false, memory_order_relaxed);
         pthread_mutex_lock(&lane->mu);
     }
@@ -413,6 +543,7 @@ static void *worker_main(void *arg)
     lane->retired++;
     worker_fold(lane, w);
     /* A retiring worker may leave jobs that others must take. */
+    bt__lane_splice(lane);
     if (lane->head && lane->sleepers)
         pthread_cond_signal(&lane->cv);
     pthread_mutex_unlock(&lane->mu);
@@ -519,25 +650,40 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 }
 
 /* Cancel queued jobs: each goes back to its loop as a cancelled job. */
-static void lane_cancel_queue(bt__lane *lane)
+void bt__lane_cancel_queue(bt__lane *lane)
 {
-    pthread_mutex_lock(&lane->mu);
-    bt_job *job = lane->head;
-    lane->head = lane->tail = NULL;
+    bt__task *list = NULL, **tail = &list; /* through the jobs' tasks */
     size_t n = 0;
-    for (bt_job *j = job; j; j = j->next) {
-        j->where = JOB_DONE;
-        /* Counted as running (under the lock, where the loop's closer
-         * looks) so that the closer waits for the push below. */
-        atomic_fetch_add(&j->att->running, 1);
-        n++;
+    pthread_mutex_lock(&lane->mu);
+    bt__lane_splice(lane);
+    bt__batch *b = lane->head;
+    lane->head = lane->tail = NULL;
+    for (bt__batch *q = b; q; q = q->next) {
+        for (unsigned i = q->first; i < q->n; i++) {
+            bt_job *j = q->job[i];
+            if (j == NULL)
+                continue;
+            j->where = JOB_DONE;
+            /* Counted as running (under the lock, where the loop's closer
+             * looks) so that the closer waits for the push below. */
+            atomic_fetch_add(&j->att->running, 1);
+            *tail = &j->task;
+            tail = &j->task.next;
+            n++;
+        }
     }
-    atomic_store(&lane->nq, 0);
+    *tail = NULL;
     atomic_fetch_sub(&lane->depth, n);
     atomic_fetch_add(&lane->cancelled, n);
     pthread_mutex_unlock(&lane->mu);
-    while (job) {
-        bt_job *next = job->next;
+    while (b) {
+        bt__batch *next = b->next;
+        bt_free(b);
+        b = next;
+    }
+    while (list) {
+        bt__task *next = list->next;
+        bt_job *job = (bt_job *)list;
         job->skipped = true;
         job->task.run = bt__job_complete;
         bt__attach *att = job->att;
@@ -546,7 +692,7 @@ static void lane_cancel_queue(bt__lane *lane)
             bt__job_free(job);
         }
         atomic_fetch_sub(&att->running, 1);
-        job = next;
+        list = next;
     }
 }
 
@@ -565,7 +711,7 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
         l->stop = true;
         pthread_cond_broadcast(&l->cv);
         pthread_mutex_unlock(&l->mu);
-        lane_cancel_queue(l);
+        bt__lane_cancel_queue(l);
     }
     if (atomic_load(&pool->closers_waiting) > 0) {
         pthread_mutex_lock(&pool->mu);
@@ -620,9 +766,10 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
         bt__lane *l = &pool->lane[i];
         bt_lane_stats *s = &out->lane[i];
         pthread_mutex_lock(&l->mu);
+        bt__lane_splice(l);
         s->threads = l->threads;
         s->max_threads = l->target;
-        s->queued = atomic_load(&l->nq);
+        s->queued = atomic_load(&l->depth);
         s->queue_max = l->queue_max;
         s->submitted = l->submitted;
         s->rejected = atomic_load(&l->rejected);

@@ -12,7 +12,6 @@
 
 #include "pool-internal.h"
 
-#define FLUSH_AT 64           /* hand a batch over early past this many */
 #define EXPECT_MAX_NS 100000  /* loops spin for jobs shorter than this */
 
 /* ---- Attachments: one per (pool, loop) --------------------------------- */
@@ -20,10 +19,57 @@
 static void attach_closer(void *arg);
 static void lane_flush(bt__attach *att, bt_lane l);
 
+#define FREE_BATCHES_MAX 256 /* kept for reuse per attach: 16,384 jobs */
+
+static void batch_list_free(bt__batch *b)
+{
+    while (b) {
+        bt__batch *next = b->next;
+        bt_free(b);
+        b = next;
+    }
+}
+
 static void attach_free(bt__attach *att)
 {
+    batch_list_free(att->free_batches);
+    batch_list_free(atomic_load(&att->returned));
     bt__pool_unref(att->pool);
     bt_free(att);
+}
+
+bt__batch *bt__batch_get(bt__attach *att)
+{
+    if (att->free_batches == NULL) {
+        /* Take all the workers gave back since the last time at once. */
+        bt__batch *b = atomic_exchange_explicit(&att->returned, NULL, memory_order_acquire);
+        while (b) {
+            bt__batch *next = b->next;
+            bt__batch_put(att, b);
+            b = next;
+        }
+    }
+    bt__batch *b = att->free_batches;
+    if (b) {
+        att->free_batches = b->next;
+        att->free_n--;
+    } else if ((b = bt_malloc(sizeof *b)) == NULL) {
+        return NULL;
+    }
+    b->att = att;
+    b->n = b->first = 0;
+    return b;
+}
+
+void bt__batch_put(bt__attach *att, bt__batch *b)
+{
+    if (att->free_n >= FREE_BATCHES_MAX) {
+        bt_free(b);
+        return;
+    }
+    b->next = att->free_batches;
+    att->free_batches = b;
+    att->free_n++;
 }
 
 static void flush_run(bt__task *t)
@@ -35,7 +81,7 @@ static void flush_run(bt__task *t)
         return;
     }
     for (int l = 0; l < BT_LANE_COUNT; l++)
-        if (att->batch_n[l])
+        if (att->batch[l])
             lane_flush(att, (bt_lane)l);
 }
 
@@ -60,50 +106,26 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
     return att;
 }
 
-/* Hand att's batch for lane l to the workers. Loop thread. */
-static void lane_flush(bt__attach *att, bt_lane l)
+/* Whether a hand-over must wake a worker: not while one lingers (it sees
+ * the batch, and wakes a sleeper itself if it leaves jobs behind), nor
+ * when none sleeps. Sequentially consistent loads after the push: see
+ * bt__lane_splice. */
+static bool flush_must_wake(bt__lane *lane)
 {
-    bt_pool *pool = att->pool;
-    bt__lane *lane = &pool->lane[l];
-    bt_job *head = att->batch_head[l], *tail = att->batch_tail[l];
-    size_t n = att->batch_n[l];
-    att->batch_head[l] = att->batch_tail[l] = NULL;
-    att->batch_n[l] = 0;
-    if (n == 0)
-        return;
-    /* Queue time counts from the hand-over: one clock read per batch. */
-    uint64_t now = bt_hrtime();
-    for (bt_job *j = head; j; j = j->next) {
-        j->in_batch = false;
-        j->t_submit = now;
-    }
+    return atomic_load(&lane->sleepers) > 0 && atomic_load(&lane->spinners) == 0;
+}
 
+/* The hand-over's slow path, under the lane's lock: wake sleepers, start
+ * threads, or cancel the jobs of a lane that has stopped. */
+static void lane_flush_locked(bt_pool *pool, bt__lane *lane, size_t n)
+{
     pthread_mutex_lock(&lane->mu);
     if (lane->stop) {
         pthread_mutex_unlock(&lane->mu);
-        while (head) {
-            bt_job *next = head->next;
-            bt__job_cancel_now(head);
-            head = next;
-        }
+        bt__lane_cancel_queue(lane); /* this batch among them */
         return;
     }
-    for (bt_job *j = head; j; j = j->next)
-        j->where = JOB_QUEUED;
-    head->prev = lane->tail;
-    if (lane->tail)
-        lane->tail->next = head;
-    else
-        lane->head = head;
-    lane->tail = tail;
-    atomic_store_explicit(&lane->nq, atomic_load_explicit(&lane->nq, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-    lane->submitted += n;
-    atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
-    /* A lingering worker will see the queue, and wakes a sleeper itself
-     * if it leaves jobs behind: the futex call is then the worker's, not
-     * the loop's (once per batch in a burst, it cost the loop more than
-     * the batch's jobs). With nobody lingering, wake sleepers here. */
+    bt__lane_splice(lane);
     size_t wake = atomic_load(&lane->spinners) ? 0 : n;
     if (wake > lane->sleepers)
         wake = lane->sleepers;
@@ -115,6 +137,42 @@ static void lane_flush(bt__attach *att, bt_lane l)
         bt__lane_spawn(pool, lane, add);
 }
 
+/* Hand att's batch for lane l to the workers: one compare-and-swap onto
+ * the lane's incoming stack, no lock, unless a worker must be woken, the
+ * blocking lane may need another thread, or the lane has stopped. Loop
+ * thread. */
+static void lane_flush(bt__attach *att, bt_lane l)
+{
+    bt_pool *pool = att->pool;
+    bt__lane *lane = &pool->lane[l];
+    bt__batch *b = att->batch[l];
+    att->batch[l] = NULL;
+    if (b == NULL)
+        return;
+    size_t n = 0;
+    for (unsigned i = 0; i < b->n; i++) {
+        bt_job *j = b->job[i];
+        if (j) {
+            j->in_batch = false;
+            j->where = JOB_QUEUED;
+            n++;
+        }
+    }
+    if (n == 0) { /* all cancelled before the hand-over */
+        bt__batch_put(att, b);
+        return;
+    }
+    b->live = (unsigned)n;
+    b->t_submit = bt_hrtime(); /* queue time counts from here */
+    atomic_fetch_add_explicit(&lane->depth, n, memory_order_relaxed);
+    bt__batch *top = atomic_load_explicit(&lane->incoming, memory_order_relaxed);
+    do
+        b->next = top;
+    while (!atomic_compare_exchange_weak(&lane->incoming, &top, b));
+    if (atomic_load(&lane->stop) || l == BT_LANE_BLOCKING || flush_must_wake(lane))
+        lane_flush_locked(pool, lane, n);
+}
+
 /* bt_loop_free: the loop's jobs leave the queues cancelled; running ones
  * see their flag and are waited for. */
 static void attach_closer(void *arg)
@@ -124,28 +182,35 @@ static void attach_closer(void *arg)
     atomic_store(&att->closing, true);
     for (int l = 0; l < BT_LANE_COUNT; l++) {
         bt__lane *lane = &pool->lane[l];
-        while (att->batch_head[l]) {
-            bt_job *job = att->batch_head[l];
-            job->in_batch = false;
-            bt__batch_unlink(att, job);
-            bt__job_cancel_now(job);
+        bt__batch *b = att->batch[l];
+        att->batch[l] = NULL;
+        for (unsigned i = 0; b && i < b->n; i++) {
+            if (b->job[i]) {
+                b->job[i]->in_batch = false;
+                bt__job_cancel_now(b->job[i]);
+            }
         }
-        bt_job *mine = NULL;
+        if (b)
+            bt__batch_put(att, b);
+        /* Queued ones: taken out under the lock, listed through their
+         * tasks (unused while queued), cancelled after. */
+        bt__task *mine = NULL;
         pthread_mutex_lock(&lane->mu);
-        for (bt_job *j = lane->head, *next; j; j = next) {
-            next = j->next;
-            if (j->att != att)
-                continue;
-            bt__queue_unlink(lane, j);
-            atomic_fetch_sub(&lane->depth, 1);
-            j->where = JOB_DONE;
-            j->next = mine;
-            mine = j;
+        bt__lane_splice(lane);
+        for (bt__batch *q = lane->head; q; q = q->next) {
+            for (unsigned i = q->first; i < q->n; i++) {
+                bt_job *j = q->job[i];
+                if (j == NULL || j->att != att)
+                    continue;
+                bt__queue_remove(lane, j);
+                j->task.next = mine;
+                mine = &j->task;
+            }
         }
         pthread_mutex_unlock(&lane->mu);
         while (mine) {
-            bt_job *next = mine->next;
-            bt__job_cancel_now(mine);
+            bt__task *next = mine->next;
+            bt__job_cancel_now((bt_job *)mine);
             mine = next;
         }
     }
@@ -189,10 +254,17 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
         return;
     }
     /* The lane's shared state is read once per batch, not once per job:
-     * workers write its cache lines all the time. The bound: jobs in the
-     * lane's queue (`depth`, as seen when this batch began: a stale value
-     * only overestimates) plus this batch. */
-    if (att->batch_n[l] == 0) {
+     * workers write its cache lines all the time. The bound: jobs handed
+     * over (`depth`, as seen when this batch began: a stale value only
+     * overestimates) plus this batch. */
+    bt__batch *b = att->batch[l];
+    if (b == NULL) {
+        b = bt__batch_get(att);
+        if (b == NULL) {
+            job_reject(f, BT_ENOMEM, "out of memory submitting a job");
+            return;
+        }
+        att->batch[l] = b;
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
         att->max_seen[l] = atomic_load_explicit(&lane->queue_max, memory_order_relaxed);
         /* Have the loop spin for completions only when jobs of this lane
@@ -201,12 +273,16 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
             atomic_load_explicit(&lane->avg_run_ns, memory_order_relaxed) < EXPECT_MAX_NS;
     }
     size_t max = att->max_seen[l];
-    if (att->depth_seen[l] + att->batch_n[l] >= max)
+    if (att->depth_seen[l] + b->n >= max)
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
-    if (att->depth_seen[l] + att->batch_n[l] >= max) {
+    if (att->depth_seen[l] + b->n >= max) {
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
         job_reject(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
                    bt__lane_name(l), max);
+        if (b->n == 0) {
+            att->batch[l] = NULL;
+            bt__batch_put(att, b);
+        }
         return;
     }
     job->pool = pool;
@@ -215,21 +291,17 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     job->in_batch = true;
     job->where = JOB_BATCH;
     bt_future_on_cancel(f, bt__job_on_cancel, job);
-    job->next = NULL;
-    job->prev = att->batch_tail[l];
-    if (att->batch_tail[l])
-        att->batch_tail[l]->next = job;
-    else
-        att->batch_head[l] = job;
-    att->batch_tail[l] = job;
+    job->batch = b;
+    job->slot = (unsigned char)b->n;
+    b->job[b->n++] = job;
     job->expected = att->short_seen[l];
     if (job->expected)
         bt__loop_expect(loop, 1);
     /* Hand over now when a batch is full, or when this is the only job and
      * a worker is lingering for exactly that (one at a time: latency wins;
      * a burst finds no lingering worker after the first job or two). */
-    if (++att->batch_n[l] >= FLUSH_AT ||
-        (att->batch_n[l] == 1 && atomic_load_explicit(&lane->spinners, memory_order_relaxed) > 0)) {
+    if (b->n >= BT__BATCH_MAX ||
+        (b->n == 1 && atomic_load_explicit(&lane->spinners, memory_order_relaxed) > 0)) {
         lane_flush(att, l);
     } else if (!att->flush_scheduled) {
         att->flush_scheduled = true;

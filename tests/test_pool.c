@@ -554,6 +554,66 @@ START_TEST(cancel_queued_leaves_queue)
 }
 END_TEST
 
+/* Jobs handed over in several batches of 64 (the hand-over's size), some
+ * of them cancelled while queued, one batch entirely: the worker skips
+ * exactly those and runs every other job once, in order of submission. */
+static _Atomic long order_next, order_bad;
+
+static int ordered_job(bt_job *job, void *arg)
+{
+    (void)job;
+    long i = (long)(intptr_t)arg;
+    if (atomic_load(&order_next) > i)
+        atomic_fetch_add(&order_bad, 1);
+    atomic_store(&order_next, i);
+    atomic_fetch_add(&ran_count, 1);
+    return 0;
+}
+
+START_TEST(cancel_across_hand_overs)
+{
+    enum { N = 200 };
+    bt_pool *p = small_pool(1, 0);
+    gate_t g = {0};
+    bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    bt_future *f[N];
+    for (int i = 0; i < N; i++)
+        f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, ordered_job, (void *)(intptr_t)i);
+    turn(loop, 1); /* the last, partial batch goes too */
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, N);
+    long cancelled = 0;
+    for (int i = 0; i < N; i++) {
+        if (i % 3 == 0 || (i >= 64 && i < 128)) {
+            ck_assert_int_eq(bt_future_cancel(f[i]), 0);
+            ck_assert_int_eq(bt_future_get_state(f[i]), BT_FUTURE_CANCELLED);
+            cancelled++;
+        }
+    }
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, (uint64_t)(N - cancelled));
+    atomic_store(&g.gate, 1);
+    for (int i = 0; i < N; i++) {
+        bt_test_run_until(loop, f[i], 10000);
+        bool was_cancelled = i % 3 == 0 || (i >= 64 && i < 128);
+        ck_assert_int_eq(bt_future_get_state(f[i]),
+                         was_cancelled ? BT_FUTURE_CANCELLED : BT_FUTURE_VALUE);
+        bt_future_unref(f[i]);
+    }
+    bt_test_run_until(loop, blocker, 10000);
+    bt_future_unref(blocker);
+    ck_assert_int_eq(atomic_load(&ran_count), N - cancelled);
+    ck_assert_int_eq(atomic_load(&order_bad), 0);
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].cancelled, (uint64_t)cancelled);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, 0);
+    bt_pool_free(p);
+}
+END_TEST
+
 START_TEST(cancel_running_sets_flag)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1078,6 +1138,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, submit_from_then_loop_freed_unrun);
     tcase_add_test(tc, full_queue_fails_at_once);
     tcase_add_test(tc, cancel_queued_leaves_queue);
+    tcase_add_test(tc, cancel_across_hand_overs);
     tcase_add_test(tc, cancel_running_sets_flag);
     tcase_add_test(tc, cancel_races_completion);
     tcase_add_test(tc, completion_not_held_behind_next_job);
