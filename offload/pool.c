@@ -3,33 +3,43 @@
  *
  * DESIGN
  * - Submission (loop thread). A job goes first into its loop's batch for
- *   the lane (bt__attach, loop-thread only, no lock). The batch is handed
- *   to the lane at the end of the loop turn (a flush task on the loop's
- *   ready FIFO) or as soon as it holds FLUSH_AT jobs, under one lock, with
- *   at most one condvar signal per sleeping worker. The lane's bound counts
- *   its queue (`depth`, read once per batch, no shared write per job) plus
- *   the loop's batch, so a full lane fails the future at once; it is exact
- *   for one loop, and several loops can overshoot it by their unflushed
- *   batches (FLUSH_AT each) at most.
+ *   the lane (a bt__batch: an array of up to 64 jobs in the bt__attach,
+ *   loop-thread only, no lock). The batch is handed over at the end of the
+ *   loop turn (a flush task on the loop's ready FIFO) or as soon as it is
+ *   full: pushed onto the lane's lock-free incoming stack with one CAS.
+ *   The loop takes the lane's lock only to wake a sleeper when no worker
+ *   lingers, for the blocking lane (which may need another thread), or
+ *   when the lane has stopped. The lane's bound counts what was handed
+ *   over (`depth`, read once per batch, no shared write per job) plus the
+ *   loop's batch, so a full lane fails the future at once; it is exact for
+ *   one loop, and several loops can overshoot it by their unflushed
+ *   batches (64 each) at most.
  * - Submission from any other thread goes through the loop's inbox first
  *   (the "admit" task), so the future is made on its loop's thread.
- * - Workers. Each lane has one mutex, one condvar and a FIFO. A worker
- *   takes up to a quarter of its share of the queue at once (1 when the
- *   queue is short, so the tail of a burst is spread evenly), runs the
- *   jobs, and pushes each finished job onto its loop's lock-free inbox
- *   as soon as it returns (bt__loop_push: one CAS, a wakeup only on
- *   empty -> non-empty). Out of work, one worker per lane lingers (spins
- *   on the atomic queue length) for linger_ns before it sleeps on the
- *   condvar, so a loop that submits one job at a time finds it awake; the
- *   others sleep at once. A flush signals only as many sleepers as there
- *   are jobs beyond the lingerer. CPU workers run at a higher nice value
- *   so loop threads preempt them.
+ * - Workers. Each lane has one mutex, one condvar, the incoming stack and
+ *   a FIFO of batches. Under the lock a worker first splices the stack
+ *   into the FIFO (one step per batch), then takes up to a quarter of its
+ *   share of the queue (1 when it is short, so the tail of a burst is
+ *   spread evenly), prefetching the jobs it took together. It runs them
+ *   and pushes each finished job onto its loop's inbox as soon as it
+ *   returns (bt__loop_push: one exchange, a wakeup only when the loop may
+ *   sleep). A cancelled queued job leaves a NULL slot in its batch; spent
+ *   batches go back to their loop's attach for reuse. Out of work, one
+ *   worker per lane lingers (spins on `depth`) for linger_ns before it
+ *   sleeps on the condvar, so a loop that submits one job at a time finds
+ *   it awake; the others sleep at once. A worker that takes jobs and
+ *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
+ *   sleep counts itself in `sleepers`, then looks at the stack once more;
+ *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
+ *   consistent), so a batch is never left with every worker asleep. CPU
+ *   workers run at a higher nice value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
  *   completion instead of sleeping in epoll. The completion task settles
- *   the future. The job and its future are one block (job->fut): it goes
- *   back to the job cache of the thread that drops the future's last
- *   reference (a loop thread, as a rule).
+ *   the future and runs its callbacks at once. The job and its future are
+ *   one 256-byte block (job->fut): it goes back to the job cache of the
+ *   thread that drops the future's last reference (a loop thread, as a
+ *   rule).
  * - Lifetimes. The pool is reference counted: its owner, each attach, each
  *   worker thread and each job being admitted hold one, so the memory
  *   outlives bt_pool_free until the last loop lets go. An attach lives until
