@@ -67,6 +67,7 @@ struct bt_loop {
     _Atomic int wake_wanted;
     char pad_inbox_end[64];
     bt__task *inbox_head;        /* loop thread only */
+    unsigned cut_streak;         /* drains in a row that found it cut */
     bt__task inbox_stub;
     int wake_fd;                 /* eventfd; wake_wfd == wake_fd */
     int wake_wfd;                /* the write end (a pipe where no eventfd) */

@@ -20,7 +20,8 @@
  *   behind it, so no producer writes into a task that has already run.
  *   Between a producer's exchange and its link the queue is cut; the
  *   loop does not wait for the link (the producer may have been
- *   preempted in between), it comes back on the next libevent pass.
+ *   preempted in between), it comes back on the next libevent pass
+ *   (yielding the CPU once that has happened 16 times in a row).
  *   While it runs the inbox, the loop runs the ready FIFO every 16 tasks
  *   and at the end: a completion's callbacks run while its future is
  *   still in the cache, not after thousands of others have pushed it out.
@@ -57,6 +58,7 @@
 #define INBOX_PREFETCH_LINES 6
 #define SPIN_STREAK_MAX 16
 #define SPIN_PASS_NS 250000u /* libevent polls at least this often */
+#define CUT_YIELD_AFTER 16   /* passes with the inbox cut before yielding */
 
 /* ---- Wakeup fd --------------------------------------------------------- */
 
@@ -194,10 +196,18 @@ static size_t inbox_drain_cut(bt_loop *loop, bool *cut_out)
             break;
     }
     if (cut) {
-        if (cut_out)
+        if (cut_out) {
             *cut_out = true;
-        else
+        } else {
+            /* Come back on the next pass. A producer cut off for long was
+             * preempted between its two steps: give the CPU away rather
+             * than poll epoll for its whole time slice. */
+            if (++loop->cut_streak > CUT_YIELD_AFTER)
+                sched_yield();
             event_active(loop->wake_ev, EV_READ, 0);
+        }
+    } else {
+        loop->cut_streak = 0;
     }
     if (loop->ready_head)
         ready_drain(loop);

@@ -174,8 +174,9 @@ unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
  * oldest first. Lane lock held: every look at the queue under the lock
  * starts with it. */
 void bt__lane_splice(bt__lane *lane);
-/* Send the lane's queued jobs back to their loops, cancelled. */
-void bt__lane_cancel_queue(bt__lane *lane);
+/* Send the lane's queued jobs back to their loops, cancelled (any
+ * thread; lock not held). */
+void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane);
 
 /* job.c: making, settling and cancelling jobs. Loop thread unless said. */
 bt_job *bt__job_alloc(void);                    /* any thread */

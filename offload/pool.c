@@ -416,6 +416,18 @@ static void worker_run_batch(bt__worker *w, bt_job **jobs, const uint64_t *submi
     }
 }
 
+/* After lowering some attach's `running`: a loop's closer may be waiting
+ * for it to reach 0. Sequentially consistent, against the closer's raising
+ * of closers_waiting before it reads `running`. */
+static void wake_closers(bt_pool *pool)
+{
+    if (atomic_load(&pool->closers_waiting) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->cv);
+        pthread_mutex_unlock(&pool->mu);
+    }
+}
+
 /* The jobs of atts[0..n) were pushed back: let their closers go on. The
  * last touch of each att: once its `running` is 0 the closer may free it. */
 static void worker_release(bt_pool *pool, bt__attach **atts, size_t n)
@@ -427,11 +439,7 @@ static void worker_release(bt_pool *pool, bt__attach **atts, size_t n)
         atomic_fetch_sub(&atts[i]->running, (long)(j - i));
         i = j;
     }
-    if (atomic_load(&pool->closers_waiting) > 0) {
-        pthread_mutex_lock(&pool->mu);
-        pthread_cond_broadcast(&pool->cv);
-        pthread_mutex_unlock(&pool->mu);
-    }
+    wake_closers(pool);
 }
 
 static bool worker_should_retire(bt__lane *lane)
@@ -660,7 +668,7 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 }
 
 /* Cancel queued jobs: each goes back to its loop as a cancelled job. */
-void bt__lane_cancel_queue(bt__lane *lane)
+void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
 {
     bt__task *list = NULL, **tail = &list; /* through the jobs' tasks */
     size_t n = 0;
@@ -704,6 +712,9 @@ void bt__lane_cancel_queue(bt__lane *lane)
         atomic_fetch_sub(&att->running, 1);
         list = next;
     }
+    /* The jobs may be other loops' (this runs on a loop thread that found
+     * the lane stopped, too), whose closers may wait on them. */
+    wake_closers(pool);
 }
 
 BT_EXPORT void bt_pool_free(bt_pool *pool)
@@ -721,12 +732,7 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
         l->stop = true;
         pthread_cond_broadcast(&l->cv);
         pthread_mutex_unlock(&l->mu);
-        bt__lane_cancel_queue(l);
-    }
-    if (atomic_load(&pool->closers_waiting) > 0) {
-        pthread_mutex_lock(&pool->mu);
-        pthread_cond_broadcast(&pool->cv);
-        pthread_mutex_unlock(&pool->mu);
+        bt__lane_cancel_queue(pool, l);
     }
     pthread_mutex_lock(&pool->mu);
     while (atomic_load(&pool->live_threads) > 0)

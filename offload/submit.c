@@ -122,7 +122,7 @@ static void lane_flush_locked(bt_pool *pool, bt__lane *lane, size_t n)
     pthread_mutex_lock(&lane->mu);
     if (lane->stop) {
         pthread_mutex_unlock(&lane->mu);
-        bt__lane_cancel_queue(lane); /* this batch among them */
+        bt__lane_cancel_queue(pool, lane); /* this batch among them */
         return;
     }
     bt__lane_splice(lane);
