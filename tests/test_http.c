@@ -472,6 +472,53 @@ static bt_future *h_big(bt_http_req *req, void *arg)
     return f;
 }
 
+/* A client that hangs up while a large response is being written: the
+ * server's write fails with EPIPE, which must not kill the process (the
+ * test runs with SIGPIPE at its default, which would), and the server
+ * goes on serving. A disposition the program chose itself is left alone. */
+static void hang_up_early(void *arg)
+{
+    result *r = arg;
+    for (int i = 0; i < 3; i++) {
+        int fd = connect_to(port);
+        ck_assert_int_ge(fd, 0);
+        const char *req = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+        send_all(fd, req, strlen(req));
+        char buf[4096];
+        ck_assert_int_gt(recv(fd, buf, sizeof buf, 0), 0); /* it started */
+        struct linger lg = {1, 0}; /* hang up with a reset */
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+    }
+    usleep(100000); /* let the server write into the dead sockets */
+    raw(port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", r);
+}
+
+static void keep_handler(int sig) { (void)sig; }
+
+START_TEST(client_hanging_up_mid_response_is_not_fatal)
+{
+    signal(SIGPIPE, SIG_DFL);
+    bt_http_app_route(app, "GET", "/big", h_big, NULL);
+    bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    start_server();
+    struct sigaction sa;
+    sigaction(SIGPIPE, NULL, &sa);
+    ck_assert_ptr_eq((void *)sa.sa_handler, (void *)SIG_IGN);
+    result r;
+    with_client(hang_up_early, &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "hello");
+
+    /* A program's own handler stays. */
+    bt_http_server_free(srv);
+    signal(SIGPIPE, keep_handler);
+    start_server();
+    sigaction(SIGPIPE, NULL, &sa);
+    ck_assert_ptr_eq((void *)sa.sa_handler, (void *)keep_handler);
+}
+END_TEST
+
 static size_t big_received;
 static void slow_reader_client(void *arg)
 {
@@ -1153,6 +1200,7 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, BT_TEST_TIMEOUT);
     tcase_add_test(tc, routing_and_params);
+    tcase_add_test(tc, client_hanging_up_mid_response_is_not_fatal);
     tcase_add_test(tc, failing_handler_gives_500);
     tcase_add_test(tc, limits_sizes_and_timeout);
     tcase_add_test(tc, limits_concurrent_cap);

@@ -190,7 +190,10 @@ BT_EXPORT int bt_http_app_stop(bt_http_app *app);
 /* ---- One server on one loop -------------------------------------------- */
 
 /* A server for app on loop: runs the app's init hook, then is ready to
- * listen. The app must outlive the server.
+ * listen. The app must outlive the server. Making a server sets
+ * SIGPIPE to be ignored if its disposition is still the default (evhttp
+ * writes with write(2), and a client hanging up mid-response would
+ * otherwise kill the process).
  * Returns: new, free with bt_http_server_free; NULL on failure (a NULL
  * loop or app, out of memory, or the init hook failed, in which case
  * nothing is left behind).

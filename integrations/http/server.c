@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -690,10 +691,24 @@ static void on_deadline(bt_timer *t, void *arg)
         bt_future_cancel(req->fut); /* on_done answers 503 */
 }
 
+/* evhttp writes responses with plain write(2): a client that hangs up
+ * before the response is out would kill the process with SIGPIPE. Ignore
+ * it, unless the program has chosen a disposition of its own (several
+ * servers starting at once may both set it: the same value). */
+static void sigpipe_ignore(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
 bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
 {
     if (!loop || !app)
         return NULL;
+    sigpipe_ignore();
     bt_http_server *srv = bt_calloc(1, sizeof *srv);
     if (!srv)
         return NULL;
