@@ -55,7 +55,7 @@
 
 #define BT_DEFAULT_SPIN_NS 30000u
 #define INBOX_READY_EVERY 16 /* a power of two */
-#define INBOX_PREFETCH_LINES 6
+#define INBOX_PREFETCH_LINES 4 /* a pool job: 256 bytes on a cache line */
 #define SPIN_STREAK_MAX 16
 #define SPIN_PASS_NS 250000u /* libevent polls at least this often */
 #define CUT_YIELD_AFTER 16   /* passes with the inbox cut before yielding */

@@ -43,7 +43,8 @@ struct bt__batch {
 };
 
 struct bt_job {
-    bt__task task;            /* the admit task, then the completion task */
+    bt__task task;            /* the admit task, then the completion task
+                                 (its link lists jobs being cancelled) */
     bt__batch *batch;         /* the hand-over it came in, job->batch->job[slot];
                                  valid while in_batch or QUEUED */
     bt_pool *pool;

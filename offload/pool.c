@@ -195,12 +195,12 @@ unsigned bt__lane_want_threads(bt__lane *lane)
 {
     if (lane->stop)
         return 0;
-    size_t nq = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    size_t queued = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     unsigned add = 0;
     if (lane->id == BT_LANE_BLOCKING) {
         size_t idle = lane->sleepers + atomic_load_explicit(&lane->spinners, memory_order_relaxed);
-        if (nq > idle && lane->threads < lane->target) {
-            size_t want = nq - idle;
+        if (queued > idle && lane->threads < lane->target) {
+            size_t want = queued - idle;
             size_t room = lane->target - lane->threads;
             add = (unsigned)(want < room ? want : room);
         }
@@ -384,12 +384,12 @@ static void worker_run(bt_job *job, uint64_t *end, bool *ran, bool *failed)
     }
 }
 
-/* Run the n jobs a worker took (handed over at submitted[i]), and
- * account their times. A clock read
- * costs tens of nanoseconds (more under a hypervisor): as much as a short
- * job. So jobs shorter than TIME_EACH_NS on average are timed as a batch,
- * one read at its end, each job's start and run time interpolated; longer
- * ones are timed one by one (the end of one is the start of the next). */
+/* Run the n jobs a worker took (handed over at submitted[i]), and account
+ * their times. A clock read costs tens of nanoseconds (more under a
+ * hypervisor): as much as a short job. So jobs shorter than TIME_EACH_NS
+ * on average are timed as a batch, one read at its end, each job's start
+ * and run time interpolated; longer ones are timed one by one (the end of
+ * one is the start of the next). */
 static void worker_run_batch(bt__worker *w, bt_job **jobs, const uint64_t *submitted, size_t n)
 {
     uint64_t start = bt_hrtime();
