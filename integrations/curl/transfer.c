@@ -239,6 +239,15 @@ static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
     return CURL_PREREQFUNC_OK;
 }
 
+/* Stop the transfer from a header or body callback, saying why: the
+ * future gets code and msg once curl has returned. */
+static size_t write_abort(xfer *x, int code, const char *msg)
+{
+    x->abort_code = code;
+    x->abort_msg = msg;
+    return CURL_WRITEFUNC_ERROR;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
     xfer *x = arg;
@@ -252,11 +261,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
         x->resp->status = sp ? atoi(sp + 1) : 0;
         return len;
     }
-    if (bt__http_response_add_header_line(x->resp, p, len) < 0) {
-        x->abort_code = BT_ENOMEM;
-        x->abort_msg = "out of memory storing a header";
-        return CURL_WRITEFUNC_ERROR;
-    }
+    if (bt__http_response_add_header_line(x->resp, p, len) < 0)
+        return write_abort(x, BT_ENOMEM, "out of memory storing a header");
     return len;
 }
 
@@ -271,23 +277,14 @@ static size_t on_write(char *p, size_t size, size_t n, void *arg)
         bt_loop_enter_cb(c->loop, (const void *)x->req->body_cb);
         int rc = x->req->body_cb(x->resp, p, len, x->req->body_cb_arg);
         bt_loop_leave_cb(c->loop);
-        if (rc < 0) {
-            x->abort_code = rc;
-            x->abort_msg = "the body callback stopped the transfer";
-            return CURL_WRITEFUNC_ERROR;
-        }
+        if (rc < 0)
+            return write_abort(x, rc, "the body callback stopped the transfer");
         return x->future ? len : CURL_WRITEFUNC_ERROR;
     }
-    if (x->max_body && x->resp->body_len + len > x->max_body) {
-        x->abort_code = BT_EMSGSIZE;
-        x->abort_msg = "the body is larger than the maximum size";
-        return CURL_WRITEFUNC_ERROR;
-    }
-    if (bt__http_response_append_body(x->resp, p, len) < 0) {
-        x->abort_code = BT_ENOMEM;
-        x->abort_msg = "out of memory storing the body";
-        return CURL_WRITEFUNC_ERROR;
-    }
+    if (x->max_body && x->resp->body_len + len > x->max_body)
+        return write_abort(x, BT_EMSGSIZE, "the body is larger than the maximum size");
+    if (bt__http_response_append_body(x->resp, p, len) < 0)
+        return write_abort(x, BT_ENOMEM, "out of memory storing the body");
     return len;
 }
 
