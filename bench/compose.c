@@ -42,9 +42,7 @@ static double run_gather(bt_loop *loop)
 {
     make_kids(loop);
     double t0 = now_s();
-    bt_future *g = bt_gather(loop, kids, N, BT_GATHER_FAIL_FAST);
-    for (int i = 0; i < N; i++)
-        bt_future_unref(kids[i]);
+    bt_future *g = bt_gather(loop, kids, N, BT_GATHER_FAIL_FAST); /* takes over kids[] */
     settle_kids();
     bt_loop_run_until(loop, g);
     bt_results *r = bt_future_value(g);

@@ -88,9 +88,7 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     const char *params[] = {uc->id};
     bt_future *q = bt_pq_query(bt_http_req_loop_data(req),
                                "SELECT name, email FROM users WHERE id = $1", 1, params);
-    bt_future *f = q ? bt_future_after(q, on_row, uc) : NULL;
-    bt_future_unref(q);
-    return f;
+    return q ? bt_future_after(q, on_row, uc) : NULL;
 }
 
 static int loop_init(bt_loop *loop, void *arg, void **data)

@@ -219,13 +219,26 @@ static void fan_on_child(bt_future *kid, void *arg)
     }
 }
 
+/* The fan takes over the caller's reference to each child, even when it
+ * fails: discard them all then. */
+static void discard_children(bt_future *const *children, size_t n)
+{
+    for (size_t i = 0; children != NULL && i < n; i++)
+        bt__future_discard(children[i]);
+}
+
 static bt_future *fan_new(fan_kind kind, bt_loop *loop, bt_future *const *children, size_t n)
 {
-    if (loop == NULL || (children == NULL && n > 0))
+    if (loop == NULL || (children == NULL && n > 0)) {
+        discard_children(children, n);
         return NULL;
-    for (size_t i = 0; i < n; i++)
-        if (children[i] == NULL || children[i]->loop != loop)
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] == NULL || children[i]->loop != loop) {
+            discard_children(children, n);
             return NULL;
+        }
+    }
     if (n == 0) {
         if (kind == FAN_RACE || kind == FAN_ANY)
             return bt_future_new_error(loop, BT_EINVAL, "%s of no futures",
@@ -233,11 +246,11 @@ static bt_future *fan_new(fan_kind kind, bt_loop *loop, bt_future *const *childr
         bt_results *r = bt_calloc(1, sizeof *r);
         return r ? bt_future_new_value(loop, r, results_destroy) : NULL;
     }
-    if (n > SIZE_MAX / sizeof(fan_slot))
+    fan *fa = n <= SIZE_MAX / sizeof(fan_slot) ? bt_calloc(1, sizeof *fa) : NULL;
+    if (fa == NULL) {
+        discard_children(children, n);
         return NULL;
-    fan *fa = bt_calloc(1, sizeof *fa);
-    if (fa == NULL)
-        return NULL;
+    }
     fa->kind = kind;
     fa->n = n;
     fa->kids = bt_calloc(n, sizeof *fa->kids);
@@ -247,25 +260,25 @@ static bt_future *fan_new(fan_kind kind, bt_loop *loop, bt_future *const *childr
         bt_free(fa->kids);
         fa->kids = NULL;
         fan_free(fa);
+        discard_children(children, n);
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
         fa->slots[i].fan = fa;
         fa->slots[i].index = i;
-        fa->kids[i] = bt_future_ref(children[i]);
+        fa->kids[i] = children[i]; /* the caller's reference, taken over */
     }
     for (size_t i = 0; i < n; i++) {
         if (bt_future_add_callback(children[i], fan_on_child, &fa->slots[i]) != 0) {
-            /* Out of memory: the callbacks already added will run and, as
-             * the result is settled, only free the fan. The caller gets
-             * NULL and keeps its children untouched. */
-            if (i == 0) {
-                bt_future_set_cancelled(fa->result);
-                fan_free(fa);
-                return NULL;
-            }
-            fa->left = i;
+            /* Out of memory: abandon every child (the fan owns their
+             * references now). The callbacks already added will run and,
+             * as the result is settled, only free the fan. */
             bt_future_set_cancelled(fa->result);
+            for (size_t j = 0; j < n; j++)
+                bt__future_abandon(fa->kids[j]);
+            fa->left = i;
+            if (i == 0)
+                fan_free(fa);
             return NULL;
         }
         fa->left++;
@@ -277,8 +290,10 @@ static bt_future *fan_new(fan_kind kind, bt_loop *loop, bt_future *const *childr
 BT_EXPORT bt_future *bt_gather(bt_loop *loop, bt_future *const *children, size_t n,
                                bt_gather_mode mode)
 {
-    if (mode != BT_GATHER_FAIL_FAST && mode != BT_GATHER_COLLECT)
+    if (mode != BT_GATHER_FAIL_FAST && mode != BT_GATHER_COLLECT) {
+        discard_children(children, n);
         return NULL;
+    }
     return fan_new(mode == BT_GATHER_COLLECT ? FAN_GATHER_COLLECT : FAN_GATHER_FAST, loop,
                    children, n);
 }
@@ -342,8 +357,10 @@ BT_EXPORT bt_future *bt_timeout(bt_future *f, uint64_t ms)
     if (f == NULL)
         return NULL;
     timeout_state *ts = bt_calloc(1, sizeof *ts);
-    if (ts == NULL)
+    if (ts == NULL) {
+        bt__future_discard(f);
         return NULL;
+    }
     ts->ms = ms;
     ts->timer = bt_timer_new(f->loop, timeout_on_timer, ts);
     ts->result = ts->timer ? bt_future_new(f->loop) : NULL;
@@ -355,9 +372,10 @@ BT_EXPORT bt_future *bt_timeout(bt_future *f, uint64_t ms)
             bt_future_unref(ts->result);
         }
         bt_free(ts);
+        bt__future_discard(f); /* taken over even when we fail */
         return NULL;
     }
-    ts->inner = bt_future_ref(f);
+    ts->inner = f; /* the caller's reference, taken over */
     bt_future_on_cancel(ts->result, timeout_on_cancel, ts);
     return bt_future_ref(ts->result);
 }

@@ -89,4 +89,15 @@ bool bt__future_callbacks_done(const bt_future *f);
  * were pending, and how many of those nobody but the loop referenced. */
 size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped);
 
+/* For a function that takes over futures (see "Ownership" in common.h)
+ * and fails: let go of f so that nothing is left behind and nothing is
+ * reported as a mistake of the caller's. bt__future_abandon cancels f if
+ * it is still pending (only from f's loop thread: a future of another
+ * thread's loop is left to run) and marks an error already there as read,
+ * since the caller learns of the failure from the function itself.
+ * bt__future_discard does that and drops the reference. NULL is a no-op
+ * for both. */
+void bt__future_abandon(bt_future *f);
+void bt__future_discard(bt_future *f);
+
 #endif

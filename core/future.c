@@ -378,6 +378,31 @@ size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped)
     return n;
 }
 
+void bt__future_abandon(bt_future *f)
+{
+    if (f == NULL)
+        return;
+    switch (bt_future_get_state(f)) {
+    case BT_FUTURE_PENDING:
+        /* A cancelled future is not reported as dropped while pending,
+         * and whatever it settles with later becomes "cancelled". */
+        if (bt_loop_is_current(f->loop))
+            bt_future_cancel(f);
+        break;
+    case BT_FUTURE_ERROR:
+        f->error_read = true;
+        break;
+    default:
+        break;
+    }
+}
+
+void bt__future_discard(bt_future *f)
+{
+    bt__future_abandon(f);
+    bt_future_unref(f);
+}
+
 /* ---- Reading ------------------------------------------------------------- */
 
 BT_EXPORT bt_future_state bt_future_get_state(const bt_future *f)
@@ -486,7 +511,7 @@ BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg)
 
 typedef struct {
     bt_future *result; /* owned: bt_loop_free may settle and release it early */
-    bt_future *src;    /* borrowed: alive until its callbacks have run */
+    bt_future *src;    /* owned: the caller's reference, taken over */
     bt_future *inner;  /* owned */
     bt_then_fn fn;
     void *arg;
@@ -500,9 +525,12 @@ static void chain_on_cancel(bt_future *result, void *arg)
     bt_future_cancel(c->inner ? c->inner : c->src);
 }
 
+/* Only ever called once src's callbacks are running or have run, so src
+ * has no callback of ours left to find the chain gone. */
 static void chain_free(chain *c)
 {
     bt_future_unref(c->inner);
+    bt_future_unref(c->src);
     bt_future_unref(c->result);
     bt_free(c);
 }
@@ -518,10 +546,12 @@ static void chain_on_src(bt_future *src, void *arg)
 {
     chain *c = arg;
     if (bt_future_is_settled(c->result)) {
+        bt_future_error(src); /* consumed: nobody is left to read it */
         chain_free(c); /* settled by bt_loop_free: nothing to hand on */
         return;
     }
     if (bt_future_cancel_requested(c->result)) {
+        bt_future_error(src);
         bt_future_set_cancelled(c->result); /* do not start fn for nobody */
         chain_free(c);
         return;
@@ -550,9 +580,9 @@ static void chain_on_src(bt_future *src, void *arg)
 
 static bt_future *chain_new(bt_future *f, bt_then_fn fn, void *arg, bool on_value_only)
 {
-    if (f == NULL || fn == NULL)
+    if (f == NULL)
         return NULL;
-    chain *c = bt_calloc(1, sizeof *c);
+    chain *c = fn ? bt_calloc(1, sizeof *c) : NULL;
     bt_future *r = c ? bt_future_new(f->loop) : NULL;
     if (r == NULL || bt_future_add_callback(f, chain_on_src, c) != 0) {
         if (r) {
@@ -560,6 +590,7 @@ static bt_future *chain_new(bt_future *f, bt_then_fn fn, void *arg, bool on_valu
             bt_future_unref(r);
         }
         bt_free(c);
+        bt__future_discard(f); /* taken over even when we fail */
         return NULL;
     }
     c->result = bt_future_ref(r);

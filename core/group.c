@@ -177,22 +177,24 @@ BT_EXPORT bt_group *bt_group_new(bt_loop *loop)
 
 BT_EXPORT int bt_group_add(bt_group *g, bt_future *child)
 {
-    if (g == NULL || child == NULL || child->loop != g->loop)
+    if (child == NULL)
         return BT_EINVAL;
+    if (g == NULL || child->loop != g->loop) {
+        bt__future_discard(child); /* taken over even when we fail */
+        return BT_EINVAL;
+    }
     if (g->finished || g->aborting) {
-        bt_future_cancel(child);
+        bt__future_discard(child); /* cancelled: nothing escapes the group */
         return BT_ESHUTDOWN;
     }
     kid *k = bt_calloc(1, sizeof *k);
-    if (k == NULL)
-        return BT_ENOMEM;
-    k->g = g;
-    k->f = bt_future_ref(child);
-    if (bt_future_add_callback(child, on_kid, k) != 0) {
-        bt_future_unref(child);
+    if (k == NULL || bt_future_add_callback(child, on_kid, k) != 0) {
         bt_free(k);
+        bt__future_discard(child);
         return BT_ENOMEM;
     }
+    k->g = g;
+    k->f = child; /* the caller's reference, taken over */
     k->next = g->head;
     if (g->head)
         g->head->prev = k;

@@ -140,9 +140,7 @@ int main(int argc, char **argv)
         show(urls[i], bt_results_future(res, i));
         failed += bt_results_error(res, i) != 0;
     }
-    for (size_t i = 0; i < n; i++)
-        bt_future_unref(fs[i]);
-    bt_future_unref(all);
+    bt_future_unref(all); /* the gather took over fs[] */
 
     printf("sequential: %.0f ms, concurrent: %.0f ms\n", seq, conc);
     bt_http_client_free(client);

@@ -30,12 +30,7 @@ static bt_future *make_user(bt_future *slept, void *arg)
 /* async def fetch_user(id): await asyncio.sleep(0.2); return {...} */
 static bt_future *fetch_user(bt_loop *loop, int id)
 {
-    bt_future *slept = bt_sleep(loop, 200);
-    if (slept == NULL)
-        return NULL;
-    bt_future *f = bt_future_then(slept, make_user, (void *)(intptr_t)id);
-    bt_future_unref(slept);
-    return f;
+    return bt_future_then(bt_sleep(loop, 200), make_user, (void *)(intptr_t)id);
 }
 
 static double ms_since(uint64_t t0) { return (double)(bt_hrtime() - t0) / 1e6; }
@@ -67,9 +62,7 @@ int main(void)
     bt_future *kids[3];
     for (int i = 0; i < 3; i++)
         kids[i] = fetch_user(loop, i + 1);
-    bt_future *all = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(kids[i]); /* the gather holds its own references */
+    bt_future *all = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST); /* takes over kids[] */
     if (all == NULL)
         return 1;
     bt_loop_run_until(loop, all);

@@ -37,9 +37,7 @@ static bt_future *user_found(bt_future *query, void *arg)
 static bt_future *fetch_user(bt_loop *loop, int user_id)
 {
     bt_future *query = bt_sleep(loop, 100); /* simulates a database query */
-    bt_future *result = bt_future_then(query, user_found, (void *)(intptr_t)user_id);
-    bt_future_unref(query);
-    return result;
+    return bt_future_then(query, user_found, (void *)(intptr_t)user_id);
 }
 
 static bt_future *print_user(bt_future *f, void *arg)
@@ -54,10 +52,7 @@ static bt_future *print_user(bt_future *f, void *arg)
 static bt_future *main_async(bt_loop *loop, void *arg)
 {
     (void)arg;
-    bt_future *found = fetch_user(loop, 1);
-    bt_future *done = bt_future_then(found, print_user, NULL);
-    bt_future_unref(found);
-    return done;
+    return bt_future_then(fetch_user(loop, 1), print_user, NULL);
 }
 
 int main(void)

@@ -94,10 +94,7 @@ static bt_future *get_user(bt_loop *loop, bt_pq_pool *pool, long user_id)
     call->user_id = user_id;
     bt_future *acquired = bt_pq_acquire(pool);
     bt_future *queried = bt_future_then(acquired, fetchrow, call);
-    bt_future *done = bt_future_after(queried, to_user, call); /* runs on every outcome */
-    bt_future_unref(acquired);
-    bt_future_unref(queried);
-    return done;
+    return bt_future_after(queried, to_user, call); /* runs on every outcome */
 }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -156,11 +153,7 @@ static bt_future *main_async(bt_loop *loop, void *arg)
                                      0, NULL);
     bt_future *seeded = bt_future_then(created, seed, a);
     bt_future *got = bt_future_then(seeded, fetch, a);
-    bt_future *shown = bt_future_after(got, show, a);
-    bt_future_unref(created);
-    bt_future_unref(seeded);
-    bt_future_unref(got);
-    return shown;
+    return bt_future_after(got, show, a);
 }
 
 int main(int argc, char **argv)

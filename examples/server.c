@@ -185,9 +185,7 @@ static bt_future *on_fetched(bt_future *g, void *arg)
     bt_future *job = bt_to_cpu(loop, fingerprint_job, uc);
     if (!job)
         return NULL;
-    bt_future *next = bt_future_after(job, on_hashed, uc);
-    bt_future_unref(job);
-    return next;
+    return bt_future_after(job, on_hashed, uc);
 }
 
 /* Step 1: validate, then start the query and the upstream call together. */
@@ -213,20 +211,11 @@ static bt_future *get_user(bt_http_req *req, void *arg)
         bt_pq_query(st->db, "SELECT name, email FROM users WHERE id = $1", 1, params),
         bt_http_get(st->http, url),
     };
-    bt_future *both = NULL;
-    if (parts[0] && parts[1])
-        both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
-    if (!both) { /* out of memory: stop whichever part did start */
-        bt_future_cancel(parts[0]);
-        bt_future_cancel(parts[1]);
-    }
-    bt_future_unref(parts[0]);
-    bt_future_unref(parts[1]);
+    /* Takes over both parts; out of memory, it stops whichever did start. */
+    bt_future *both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
     if (!both)
         return NULL;
-    bt_future *f = bt_future_after(both, on_fetched, uc);
-    bt_future_unref(both);
-    return f;
+    return bt_future_after(both, on_fetched, uc);
 }
 
 /* ---- The upstream the demo serves itself ---------------------------------- */
@@ -318,9 +307,7 @@ static bt_future *setup_main(bt_loop *loop, void *arg)
                                     " name text NOT NULL,"
                                     " email text NOT NULL)",
                                     0, NULL);
-    bt_future *fill = bt_future_after(create, setup_step, db);
-    bt_future_unref(create);
-    return fill;
+    return bt_future_after(create, setup_step, db);
 }
 
 static int make_table(void)

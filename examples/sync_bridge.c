@@ -40,9 +40,7 @@ static bt_future *lookup_price(bt_loop *loop, void *arg)
     long item = (long)(intptr_t)arg;
     /* Item 5 is "slow": longer than the caller's timeout. */
     bt_future *slept = bt_sleep(loop, item == 5 ? 5000 : 20);
-    bt_future *f = bt_future_then(slept, after_delay, arg);
-    bt_future_unref(slept);
-    return f;
+    return bt_future_then(slept, after_delay, arg);
 }
 
 /* The legacy side: a plain thread per request. */

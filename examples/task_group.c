@@ -30,12 +30,7 @@ static bt_future *make_user(bt_future *slept, void *arg)
 
 static bt_future *fetch_user(bt_loop *loop, int id, uint64_t ms)
 {
-    bt_future *slept = bt_sleep(loop, ms);
-    if (slept == NULL)
-        return NULL;
-    bt_future *f = bt_future_then(slept, make_user, (void *)(intptr_t)id);
-    bt_future_unref(slept);
-    return f;
+    return bt_future_then(bt_sleep(loop, ms), make_user, (void *)(intptr_t)id);
 }
 
 static const char *state_name(bt_future *f)
@@ -55,7 +50,7 @@ static int run_group(bt_loop *loop, const int *ids, const uint64_t *ms, int n)
     bt_future *task[3];
     for (int i = 0; i < n; i++) {
         task[i] = fetch_user(loop, ids[i], ms[i]); /* tg.create_task(...) */
-        bt_group_add(g, task[i]);
+        bt_group_add(g, bt_future_ref(task[i])); /* we read it below */
     }
     bt_future *done = bt_group_wait(g); /* the end of `async with` */
     bt_group_free(g);

@@ -50,9 +50,7 @@ START_TEST(gather_values_in_order)
         prod_init(&p[i], true);
     bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
     bt_future *g = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST);
-    ck_assert_ptr_nonnull(g);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(p[i].f); /* the gather holds its own references */
+    ck_assert_ptr_nonnull(g); /* it took over p[i].f: no unref of ours */
     /* Settle in reverse order: the results keep the given order. */
     bt_future_set_value(p[2].f, boxed(30), free);
     bt_future_set_value(p[1].f, boxed(20), free);
@@ -84,7 +82,9 @@ START_TEST(gather_fail_fast_cancels_siblings)
     prod p[4];
     for (int i = 0; i < 4; i++)
         prod_init(&p[i], true);
-    bt_future *kids[4] = {p[0].f, p[1].f, p[2].f, p[3].f};
+    bt_future *kids[4]; /* we keep our references: the states are read below */
+    for (int i = 0; i < 4; i++)
+        kids[i] = bt_future_ref(p[i].f);
     bt_future *g = bt_gather(loop, kids, 4, BT_GATHER_FAIL_FAST);
     ck_assert_ptr_nonnull(g);
     bt_future_set_value(p[0].f, boxed(1), free);
@@ -112,7 +112,7 @@ START_TEST(gather_fail_fast_settles_before_a_running_sibling)
     prod run, bad;
     prod_init(&run, false); /* a job already running: cannot stop at once */
     prod_init(&bad, true);
-    bt_future *kids[2] = {run.f, bad.f};
+    bt_future *kids[2] = {bt_future_ref(run.f), bad.f}; /* run.f is read below */
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_future_set_error(bad.f, BT_ECONNREFUSED, NULL);
     bt_test_run_until(loop, g, 2000);
@@ -124,7 +124,6 @@ START_TEST(gather_fail_fast_settles_before_a_running_sibling)
     spin();
     ck_assert_int_eq(bt_future_get_state(run.f), BT_FUTURE_CANCELLED);
     bt_future_unref(run.f);
-    bt_future_unref(bad.f);
     bt_future_unref(g);
 }
 END_TEST
@@ -136,8 +135,6 @@ START_TEST(gather_fail_fast_reads_the_other_errors)
     prod_init(&b, true);
     bt_future *kids[2] = {a.f, b.f};
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
-    bt_future_unref(a.f);
-    bt_future_unref(b.f);
     /* Both fail in the same turn: the first decides, the second is read. */
     bt_future_set_error(a.f, BT_EIO, "first");
     bt_future_set_error(b.f, BT_EPIPE, "second");
@@ -163,8 +160,6 @@ START_TEST(gather_fail_fast_child_cancelled_elsewhere)
     ck_assert_int_eq(bt_future_error(g), BT_ECANCELED);
     ck_assert_ptr_nonnull(strstr(bt_future_error_message(g), "child 0"));
     ck_assert_int_eq(b.hook_calls, 1);
-    bt_future_unref(a.f);
-    bt_future_unref(b.f);
     bt_future_unref(g);
 }
 END_TEST
@@ -176,8 +171,6 @@ START_TEST(gather_collect_reports_every_outcome)
         prod_init(&p[i], true);
     bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
     bt_future *g = bt_gather(loop, kids, 3, BT_GATHER_COLLECT);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(p[i].f);
     bt_future_set_error(p[1].f, BT_ETIMEDOUT, "slow peer");
     bt_future_cancel(p[2].f);
     spin();
@@ -206,7 +199,6 @@ START_TEST(gather_collect_unread_error_is_reported)
     prod a;
     prod_init(&a, true);
     bt_future *g = bt_gather(loop, &a.f, 1, BT_GATHER_COLLECT);
-    bt_future_unref(a.f);
     bt_future_set_error(a.f, BT_EIO, "ignored by the caller");
     bt_test_run_until(loop, g, 2000);
     ck_assert_int_eq(bt_future_error(g), 0);
@@ -236,9 +228,6 @@ START_TEST(gather_cancel_from_outside_reaches_children)
     bt_test_run_until(loop, g, 2000);
     ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
     ck_assert_int_eq(bt_future_cancel(g), BT_EALREADY);
-    bt_future_unref(eager.f);
-    bt_future_unref(stubborn.f);
-    bt_future_unref(s);
     bt_future_unref(g);
 }
 END_TEST
@@ -254,31 +243,36 @@ START_TEST(gather_empty_and_duplicates)
 
     prod a;
     prod_init(&a, true);
-    bt_future *kids[2] = {a.f, a.f};
+    bt_future *kids[2] = {a.f, bt_future_ref(a.f)}; /* twice: two references */
     g = bt_gather(loop, kids, 2, BT_GATHER_COLLECT);
     bt_future_set_value(a.f, boxed(3), free);
     bt_test_run_until(loop, g, 2000);
     bt_results *r = bt_future_value(g);
     ck_assert_ptr_eq(bt_results_value(r, 0), bt_results_value(r, 1));
-    bt_future_unref(a.f);
     bt_future_unref(g);
 }
 END_TEST
 
 START_TEST(bad_arguments)
 {
+    /* Each failing call takes over what it was given (common.h), so each
+     * gets a reference of its own; we keep ours. */
     prod a;
     prod_init(&a, true);
     bt_loop *other = bt_loop_new();
     bt_future *o = bt_future_new(other);
-    bt_future *kids[2] = {a.f, NULL};
-    bt_future *mixed[2] = {a.f, o};
+    bt_future *kids[2] = {bt_future_ref(a.f), NULL};
     ck_assert_ptr_null(bt_gather(NULL, kids, 1, BT_GATHER_FAIL_FAST));
     ck_assert_ptr_null(bt_gather(loop, NULL, 2, BT_GATHER_FAIL_FAST));
+    kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST));
+    bt_future *mixed[2] = {bt_future_ref(a.f), bt_future_ref(o)};
     ck_assert_ptr_null(bt_gather(loop, mixed, 2, BT_GATHER_FAIL_FAST));
+    kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_gather(loop, kids, 1, (bt_gather_mode)7));
+    kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_race(loop, kids, 2));
+    kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_any(NULL, kids, 1));
     ck_assert_ptr_null(bt_timeout(NULL, 10));
     ck_assert_uint_eq(bt_results_count(NULL), 0);
@@ -291,6 +285,97 @@ START_TEST(bad_arguments)
     bt_test_loop_free_clean(other);
     bt_future_cancel(a.f);
     bt_future_unref(a.f);
+}
+END_TEST
+
+/* ---- ownership: the futures given are taken over ------------------------ */
+
+static int values_freed;
+static void count_free(void *p)
+{
+    values_freed++;
+    free(p);
+}
+
+/* A settled future whose value counts its destruction: values_freed goes
+ * up once the future is freed, that is once every reference is gone. */
+static bt_future *counted(bt_loop *l)
+{
+    return bt_future_new_value(l, boxed(1), count_free);
+}
+
+static bt_future *pass_on(bt_future *src, void *arg)
+{
+    (void)arg;
+    bt_future_error(src);
+    return bt_future_new_value(bt_future_loop(src), NULL, NULL);
+}
+
+START_TEST(nested_calls_take_over_their_arguments)
+{
+    /* The one-liners of the docs, with no unref but the outermost: every
+     * inner future is freed once the outer one is (no leak), and nothing
+     * is reported. */
+    values_freed = 0;
+    bt_test_log_capture();
+    bt_test_log_clear();
+    bt_future *f = bt_future_then(
+        bt_gather(loop, (bt_future *[]){counted(loop), counted(loop)}, 2, BT_GATHER_FAIL_FAST),
+        pass_on, NULL);
+    bt_future *t = bt_timeout(bt_future_after(counted(loop), pass_on, NULL), 100000);
+    bt_future *r = bt_race(loop, (bt_future *[]){counted(loop), bt_sleep(loop, 100000)}, 2);
+    bt_future *n = bt_any(loop, (bt_future *[]){bt_sleep(loop, 100000), counted(loop)}, 2);
+    bt_future *all[4] = {f, t, r, n};
+    for (int i = 0; i < 4; i++) {
+        bt_test_run_until(loop, all[i], 2000);
+        ck_assert_int_eq(bt_future_error(all[i]), 0);
+    }
+    bt_future_unref(f);
+    bt_future_unref(t);
+    ck_assert_int_eq(*(int *)bt_future_value(r), 1);
+    bt_future_unref(r);
+    bt_future_unref(n);
+    spin();
+    ck_assert_int_eq(values_freed, 5); /* r's value too, with r */
+    ck_assert_int_eq(bt_test_log_count("dropped while still pending"), 0);
+    ck_assert_int_eq(bt_test_log_count("nobody read"), 0);
+}
+END_TEST
+
+START_TEST(failing_calls_still_take_over_their_arguments)
+{
+    /* Whatever makes a call fail, every non-NULL future it was given is
+     * released, and cancelled if pending; no "dropped while pending" and
+     * no "nobody read" is reported, since the mistake is no one's. */
+    values_freed = 0;
+    bt_test_log_capture();
+    bt_test_log_clear();
+    bt_loop *other = bt_loop_new();
+    prod p[3];
+    for (int i = 0; i < 3; i++)
+        prod_init(&p[i], true);
+    bt_future *err = bt_future_new_error(loop, BT_EIO, "never read");
+
+    /* A NULL child: the others are released. */
+    ck_assert_ptr_null(
+        bt_gather(loop, (bt_future *[]){counted(loop), NULL, p[0].f}, 3, BT_GATHER_COLLECT));
+    /* No loop. */
+    ck_assert_ptr_null(bt_race(NULL, (bt_future *[]){counted(loop), p[1].f}, 2));
+    /* A child of another loop: that one is cancelled too. */
+    bt_future *o = bt_future_new(other);
+    ck_assert_ptr_null(bt_any(loop, (bt_future *[]){o, counted(loop), err}, 3));
+    /* An unknown mode. */
+    ck_assert_ptr_null(bt_gather(loop, (bt_future *[]){p[2].f}, 1, (bt_gather_mode)7));
+    ck_assert_ptr_null(bt_gather(loop, NULL, 3, BT_GATHER_FAIL_FAST)); /* nothing to take */
+    ck_assert_ptr_null(bt_timeout(NULL, 10));
+
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(p[i].hook_calls, 1);
+    spin();
+    ck_assert_int_eq(values_freed, 3);
+    ck_assert_int_eq(bt_test_log_count("dropped while still pending"), 0);
+    ck_assert_int_eq(bt_test_log_count("nobody read"), 0);
+    bt_test_loop_free_clean(other);
 }
 END_TEST
 
@@ -310,8 +395,6 @@ START_TEST(race_first_value_wins_and_cancels_the_rest)
     ck_assert_int_eq(p[0].hook_calls, 1);
     ck_assert_int_eq(p[2].hook_calls, 1);
     ck_assert_int_eq(p[1].hook_calls, 0);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(p[i].f);
     bt_future_unref(r);
 }
 END_TEST
@@ -321,7 +404,7 @@ START_TEST(race_first_error_wins)
     bt_future *slow = bt_sleep(loop, 100000);
     prod a;
     prod_init(&a, true);
-    bt_future *kids[2] = {slow, a.f};
+    bt_future *kids[2] = {bt_future_ref(slow), a.f}; /* slow is read below */
     bt_future *r = bt_race(loop, kids, 2);
     bt_future_set_error(a.f, BT_EHOSTUNREACH, "no route");
     bt_test_run_until(loop, r, 2000);
@@ -329,7 +412,6 @@ START_TEST(race_first_error_wins)
     ck_assert_str_eq(bt_future_error_message(r), "no route");
     ck_assert_int_eq(bt_future_get_state(slow), BT_FUTURE_CANCELLED);
     bt_future_unref(slow);
-    bt_future_unref(a.f);
     bt_future_unref(r);
 }
 END_TEST
@@ -340,8 +422,6 @@ START_TEST(race_of_sleeps_and_cancel_from_outside)
     bt_future *slow = bt_sleep(loop, 100000);
     bt_future *kids[2] = {slow, fast};
     bt_future *r = bt_race(loop, kids, 2);
-    bt_future_unref(fast);
-    bt_future_unref(slow);
     bt_test_run_until(loop, r, 5000);
     ck_assert_int_eq(bt_future_error(r), 0);
     bt_future_unref(r);
@@ -356,8 +436,6 @@ START_TEST(race_of_sleeps_and_cancel_from_outside)
     ck_assert_int_eq(b.hook_calls, 1);
     bt_test_run_until(loop, r, 2000);
     ck_assert_int_eq(bt_future_get_state(r), BT_FUTURE_CANCELLED);
-    bt_future_unref(a.f);
-    bt_future_unref(b.f);
     bt_future_unref(r);
 }
 END_TEST
@@ -388,8 +466,6 @@ START_TEST(any_skips_failures)
     bt_test_run_until(loop, r, 2000);
     ck_assert_int_eq(*(int *)bt_future_value(r), 2);
     ck_assert_int_eq(p[1].hook_calls, 1);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(p[i].f);
     bt_future_unref(r);
 }
 END_TEST
@@ -407,8 +483,6 @@ START_TEST(any_all_fail)
     bt_test_run_until(loop, r, 2000);
     ck_assert_int_eq(bt_future_error(r), BT_ECONNRESET);
     ck_assert_ptr_nonnull(strstr(bt_future_error_message(r), "all 2 children failed"));
-    for (int i = 0; i < 2; i++)
-        bt_future_unref(p[i].f);
     bt_future_unref(r);
     ck_assert(!bt_test_log_contains("nobody read"));
 }
@@ -426,7 +500,6 @@ START_TEST(timeout_passes_a_fast_outcome)
     ck_assert_int_eq(bt_future_error(t), 0);
     ck_assert_int_eq(*(int *)bt_future_value(t), 7);
     ck_assert_int_eq(a.hook_calls, 0);
-    bt_future_unref(a.f);
     bt_future_unref(t);
 
     prod b;
@@ -436,7 +509,6 @@ START_TEST(timeout_passes_a_fast_outcome)
     bt_test_run_until(loop, t, 2000);
     ck_assert_int_eq(bt_future_error(t), BT_EACCES);
     ck_assert_str_eq(bt_future_error_message(t), "denied");
-    bt_future_unref(b.f);
     bt_future_unref(t);
 }
 END_TEST
@@ -446,7 +518,6 @@ START_TEST(timeout_expires_and_cancels_inner)
     prod a;
     prod_init(&a, true);
     bt_future *t = bt_timeout(a.f, 10);
-    bt_future_unref(a.f);
     bt_test_run_until(loop, t, 5000);
     ck_assert_int_eq(bt_future_error(t), BT_ETIMEDOUT);
     ck_assert_str_eq(bt_future_error_message(t), "timed out after 10 ms");
@@ -465,7 +536,6 @@ START_TEST(timeout_expires_and_cancels_inner)
     bt_future_set_value(b.f, boxed(1), free); /* too late: discarded */
     bt_test_run_until(loop, t, 2000);
     ck_assert_int_eq(bt_future_error(t), BT_ETIMEDOUT);
-    bt_future_unref(b.f);
     bt_future_unref(t);
 }
 END_TEST
@@ -490,7 +560,6 @@ START_TEST(timeout_racing_completion)
         ck_assert_int_eq(bt_future_error(t), 0);
         ck_assert_int_eq(*(int *)bt_future_value(t), 7);
         ck_assert_int_eq(a.hook_calls, 0);
-        bt_future_unref(a.f);
         bt_future_unref(t);
     }
 }
@@ -505,7 +574,6 @@ START_TEST(timeout_cancel_from_outside)
     ck_assert_int_eq(a.hook_calls, 1);
     bt_test_run_until(loop, t, 2000);
     ck_assert_int_eq(bt_future_get_state(t), BT_FUTURE_CANCELLED);
-    bt_future_unref(a.f);
     bt_future_unref(t);
 }
 END_TEST
@@ -515,8 +583,8 @@ START_TEST(cancel_goes_down_to_the_source)
     /* gather -> timeout -> sleep: cancelling the top reaches the timer. */
     bt_future *s1 = bt_sleep(loop, 100000);
     bt_future *s2 = bt_sleep(loop, 100000);
-    bt_future *t1 = bt_timeout(s1, 100000);
-    bt_future *kids[2] = {t1, s2};
+    bt_future *t1 = bt_timeout(bt_future_ref(s1), 100000); /* s1, s2 read below */
+    bt_future *kids[2] = {t1, bt_future_ref(s2)};
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_future_cancel(g);
     bt_test_run_until(loop, g, 2000);
@@ -525,7 +593,6 @@ START_TEST(cancel_goes_down_to_the_source)
     ck_assert_int_eq(bt_future_get_state(s2), BT_FUTURE_CANCELLED);
     bt_future_unref(s1);
     bt_future_unref(s2);
-    bt_future_unref(t1);
     bt_future_unref(g);
 }
 END_TEST
@@ -547,8 +614,8 @@ START_TEST(cancel_reaches_a_running_pool_job)
     atomic_store(&lj.saw_cancel, 0);
     bt_future *job = bt_to_thread(loop, bt_test_long_job_run, &lj);
     bt_future *queued = bt_to_thread(loop, bt_test_long_job_run, &lj);
-    bt_future *t = bt_timeout(job, 100000);
-    bt_future *kids[2] = {t, queued};
+    bt_future *t = bt_timeout(bt_future_ref(job), 100000); /* job, queued read below */
+    bt_future *kids[2] = {t, bt_future_ref(queued)};
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_timer *tm = bt_timer_new(loop, cancel_when_started, g);
     bt_timer_start(tm, 1, 1);
@@ -560,7 +627,6 @@ START_TEST(cancel_reaches_a_running_pool_job)
     ck_assert_int_eq(bt_future_get_state(queued), BT_FUTURE_CANCELLED);
     bt_future_unref(job);
     bt_future_unref(queued);
-    bt_future_unref(t);
     bt_future_unref(g);
 }
 END_TEST
@@ -569,7 +635,7 @@ START_TEST(loop_free_with_combinators_pending)
 {
     bt_loop *l = bt_loop_new();
     bt_future *s = bt_sleep(l, 100000);
-    bt_future *kids[1] = {s};
+    bt_future *kids[1] = {bt_future_ref(s)}; /* given twice: two references */
     bt_future *g = bt_gather(l, kids, 1, BT_GATHER_FAIL_FAST);
     bt_future *t = bt_timeout(s, 100000);
     bt_test_log_capture();
@@ -577,7 +643,6 @@ START_TEST(loop_free_with_combinators_pending)
     ck_assert(bt_test_log_contains("loop freed with"));
     ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
     ck_assert_int_eq(bt_future_get_state(t), BT_FUTURE_CANCELLED);
-    bt_future_unref(s);
     bt_future_unref(g);
     bt_future_unref(t);
 }
@@ -597,14 +662,16 @@ START_TEST(allocation_failure_is_clean)
         prod a, b;
         prod_init(&a, true);
         prod_init(&b, true);
-        bt_future *kids[2] = {a.f, b.f};
+        /* Each call takes over a reference of its own; we keep ours. */
+        bt_future *kids[2] = {bt_future_ref(a.f), bt_future_ref(b.f)};
+        bt_future *kids2[2] = {bt_future_ref(a.f), bt_future_ref(b.f)};
         bt_set_allocator(failing_malloc, realloc, free);
         fail_after = i;
         bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_COLLECT);
-        bt_future *r = bt_race(loop, kids, 2);
-        bt_future *t = bt_timeout(a.f, 100000);
+        bt_future *r = bt_race(loop, kids2, 2);
+        bt_future *t = bt_timeout(bt_future_ref(a.f), 100000);
         bt_group *grp = bt_group_new(loop);
-        int added = grp ? bt_group_add(grp, b.f) : -1;
+        int added = grp ? bt_group_add(grp, bt_future_ref(b.f)) : -1;
         bt_semaphore *sem = bt_semaphore_new(loop, 1);
         bt_future *s1 = sem ? bt_semaphore_acquire(sem) : NULL;
         bt_future *s2 = sem ? bt_semaphore_acquire(sem) : NULL;
@@ -649,8 +716,7 @@ START_TEST(dropped_pending_future_is_reported)
     /* Not a mistake: someone waits on it, or it was cancelled first. */
     bt_test_log_clear();
     bt_future *g = bt_sleep(loop, 1);
-    bt_future *h = bt_timeout(g, 100000);
-    bt_future_unref(g);
+    bt_future *h = bt_timeout(g, 100000); /* takes over g */
     bt_future *c = bt_sleep(loop, 100000);
     bt_future_cancel(c);
     bt_future_unref(c);
@@ -681,6 +747,8 @@ static Suite *suite(void)
     tcase_add_test(tc, gather_cancel_from_outside_reaches_children);
     tcase_add_test(tc, gather_empty_and_duplicates);
     tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, nested_calls_take_over_their_arguments);
+    tcase_add_test(tc, failing_calls_still_take_over_their_arguments);
     tcase_add_test(tc, race_first_value_wins_and_cancels_the_rest);
     tcase_add_test(tc, race_first_error_wins);
     tcase_add_test(tc, race_of_sleeps_and_cancel_from_outside);

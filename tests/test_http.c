@@ -319,10 +319,7 @@ static bt_future *to_ok(bt_future *src, void *arg)
 static bt_future *h_slow(bt_http_req *req, void *arg)
 {
     atomic_fetch_add(&handler_calls, 1);
-    bt_future *s = bt_sleep(bt_http_req_loop(req), 300);
-    bt_future *f = bt_future_then(s, to_ok, NULL);
-    bt_future_unref(s);
-    return f;
+    return bt_future_then(bt_sleep(bt_http_req_loop(req), 300), to_ok, NULL);
 }
 
 /* ---- Routing and parameters ----------------------------------------------------- */

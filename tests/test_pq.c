@@ -394,7 +394,7 @@ static bt_future *run_tx(bt_pq_conn *c, void *arg)
     bt_future *out;
     switch (b->mode) {
     case 0:
-        out = bt_future_then(ins, tx_value, NULL);
+        out = bt_future_then(ins, tx_value, NULL); /* takes over ins */
         break;
     case 1:
         out = bt_future_then(ins, tx_fail, NULL);
@@ -409,7 +409,6 @@ static bt_future *run_tx(bt_pq_conn *c, void *arg)
         return bt_pq_conn_query(c, "SELECT pg_sleep(10)", 0, NULL);
     }
     }
-    bt_future_unref(ins);
     return out;
 }
 

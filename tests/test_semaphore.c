@@ -136,9 +136,7 @@ START_TEST(run_bounds_concurrency)
         all[i] = bt_semaphore_run(s, one_request, NULL);
         ck_assert_ptr_nonnull(all[i]);
     }
-    bt_future *g = bt_gather(loop, all, 20, BT_GATHER_FAIL_FAST);
-    for (int i = 0; i < 20; i++)
-        bt_future_unref(all[i]);
+    bt_future *g = bt_gather(loop, all, 20, BT_GATHER_FAIL_FAST); /* takes over all[] */
     bt_test_run_until(loop, g, 10000);
     ck_assert_int_eq(bt_future_error(g), 0);
     ck_assert_int_eq(g_gauge.done, 20);

@@ -168,16 +168,15 @@ START_TEST(user_routes)
         fs[i] = bt_http_get(client, path);
         ck_assert_ptr_nonnull(fs[i]);
     }
-    bt_future *all = bt_gather(loop, fs, N, BT_GATHER_FAIL_FAST);
+    bt_future *all = bt_gather(loop, fs, N, BT_GATHER_FAIL_FAST); /* takes over fs[] */
     bt_test_run_until(loop, all, 30000);
     ck_assert_int_eq(bt_future_error(all), 0);
     for (int i = 0; i < N; i++) {
-        bt_http_response *r = bt_future_value(fs[i]);
+        bt_http_response *r = bt_results_value(bt_future_value(all), (size_t)i);
         ck_assert_int_eq(bt_http_response_status(r), 200);
         char want[64];
         snprintf(want, sizeof want, "\"name\":\"user %d\"", i * 97 + 1);
         ck_assert_ptr_nonnull(strstr(bt_http_response_body(r, NULL), want));
-        bt_future_unref(fs[i]);
     }
     bt_future_unref(all);
 
@@ -273,7 +272,7 @@ static bt_future *h_sleep(bt_http_req *req, void *arg)
 {
     query_f = bt_pq_query(db, "SELECT pg_sleep(30) /* baton-cancel-test */", 0, NULL);
     bt_future_set_value(handler_started, NULL, NULL);
-    return bt_future_then(query_f, answer_slept, NULL);
+    return bt_future_then(bt_future_ref(query_f), answer_slept, NULL); /* query_f read later */
 }
 
 static void on_gone(bt_future *f, void *arg) { bt_future_error(f); }

@@ -8,6 +8,27 @@
  * - "Returns: new reference" means the caller owns one reference and must
  *   drop it (bt_future_unref and the like); "borrowed" means it must not.
  * - When a call that takes a callback fails, the callback is never called.
+ *
+ * Ownership of futures given to a function
+ * A function that builds a new future from futures you give it takes over
+ * your reference to each of them: bt_future_then, bt_future_after,
+ * bt_gather, bt_race, bt_any, bt_timeout and bt_group_add (their comments
+ * say "takes over f (see common.h)"). Do not unref a future after giving
+ * it; bt_future_ref it first if you keep using it, and give a future twice
+ * (in one gather, say) only with two references. So nested calls are
+ * correct as written, as with Rust's by-value combinators or jansson's
+ * "steal" functions:
+ *
+ *     bt_future *f = bt_timeout(fetch_user(loop, 4), 2000);
+ *
+ * The taking over holds when the function fails, too (a NULL argument or
+ * child, a child of another loop, out of memory): every non-NULL future
+ * it was given is then cancelled if still pending and released, without
+ * a warning about it. So the line above leaks nothing, whatever happens,
+ * and a NULL from fetch_user simply makes f NULL.
+ * Every other function borrows the futures it is given: the accessors,
+ * bt_future_add_callback, bt_future_cancel, bt_future_set_from,
+ * bt_loop_run_until and the like.
  */
 #ifndef BATON_COMMON_H
 #define BATON_COMMON_H

@@ -2,10 +2,13 @@
  *
  * asyncio.gather, asyncio.wait(FIRST_COMPLETED) and asyncio.wait_for, for
  * futures. Every combinator here:
- * - borrows the futures it is given (it takes references of its own, so the
- *   caller may drop theirs right after the call);
+ * - takes over the caller's reference to each future it is given (see
+ *   "Ownership" in <baton/common.h>): do not unref them after the call,
+ *   bt_future_ref one first to keep reading it, and give a future twice
+ *   only with two references;
  * - returns a new reference to a new future, or NULL when an argument is
- *   NULL or memory ran out (no callback of the caller's is then involved);
+ *   NULL or memory ran out (no callback of the caller's is then involved,
+ *   and every non-NULL future given is cancelled if pending and released);
  * - passes cancellation down: cancelling the combinator's future cancels
  *   every child still pending, so the request reaches each producer's hook
  *   (a pool job leaves its queue, a transfer is removed, a query gets a
@@ -93,9 +96,10 @@ typedef enum {
 
 /* A future of all n children's results, in order: its value is a
  * bt_results (see above). n == 0 gives a future that settles with empty
- * results. children may hold the same future twice. Returns: new
- * reference, or NULL (NULL loop, NULL children with n > 0, a NULL child, a
- * child of another loop, an unknown mode, out of memory). */
+ * results. children may hold the same future twice (with a reference for
+ * each). Takes over each child (see common.h), also on failure. Returns:
+ * new reference, or NULL (NULL loop, NULL children with n > 0, a NULL
+ * child, a child of another loop, an unknown mode, out of memory). */
 BT_EXPORT bt_future *bt_gather(bt_loop *loop, bt_future *const *children, size_t n,
                                bt_gather_mode mode);
 
@@ -106,14 +110,16 @@ BT_EXPORT bt_future *bt_gather(bt_loop *loop, bt_future *const *children, size_t
  * someone else cancelled fails the race with BT_ECANCELED. If several
  * children settle in the same turn, the one whose callback runs first wins
  * (the one that settled first). n == 0 gives a future failed with
- * BT_EINVAL. Returns: new reference, or NULL as bt_gather. */
+ * BT_EINVAL. Takes over each child (see common.h), also on failure.
+ * Returns: new reference, or NULL as bt_gather. */
 BT_EXPORT bt_future *bt_race(bt_loop *loop, bt_future *const *children, size_t n);
 
 /* The first child to settle with a value wins (its value is moved out of
  * it) and the others are cancelled. If every child fails, the result fails
  * with the first child's error code and a message that says all failed.
- * n == 0 gives a future failed with BT_EINVAL. Returns: new reference, or
- * NULL as bt_gather. */
+ * n == 0 gives a future failed with BT_EINVAL. Takes over each child (see
+ * common.h), also on failure. Returns: new reference, or NULL as
+ * bt_gather. */
 BT_EXPORT bt_future *bt_any(bt_loop *loop, bt_future *const *children, size_t n);
 
 /* ---- timeout --------------------------------------------------------------- */
@@ -122,8 +128,9 @@ BT_EXPORT bt_future *bt_any(bt_loop *loop, bt_future *const *children, size_t n)
  * milliseconds. Otherwise f is cancelled, and once it has settled the
  * result fails with BT_ETIMEDOUT ("timed out after N ms"). If f has already
  * settled when the timer fires (both in the same turn), f's outcome wins.
- * Cancelling the result cancels f. Returns: new reference, or NULL (NULL f,
- * out of memory). */
+ * Cancelling the result cancels f. Takes over f (see common.h), also on
+ * failure. Returns: new reference, or NULL (NULL f, out of memory). So
+ * bt_timeout(fetch_user(loop, 4), 2000) is correct as written. */
 BT_EXPORT bt_future *bt_timeout(bt_future *f, uint64_t ms);
 
 #ifdef __cplusplus

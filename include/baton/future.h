@@ -10,6 +10,9 @@
  * Ownership
  * - Futures are reference counted. bt_future_ref / bt_future_unref may be
  *   called from any thread; everything else is loop-thread only.
+ * - A function that builds a future from futures you give it (then, after,
+ *   the combinators, bt_group_add) takes over your reference to them; all
+ *   other functions borrow. See "Ownership" in <baton/common.h>.
  * - While a future is pending its loop holds a reference of its own, so a
  *   producer may keep a plain pointer until it settles the future, and a
  *   consumer may drop its reference without the future vanishing under the
@@ -165,11 +168,15 @@ typedef bt_future *(*bt_then_fn)(bt_future *src, void *arg);
 /* When f has a value, call fn(f, arg) and adopt the future it returns. If f
  * fails or is cancelled, fn is not called and the result takes f's outcome
  * (reading f's error). Cancelling the result cancels f, or the future fn
- * returned. Returns: new reference, or NULL (a NULL f or fn, out of
- * memory; fn will not be called). f is borrowed. Thread: the loop's. */
+ * returned. Takes over f (see common.h), also on failure: f is then
+ * cancelled if pending and released. Returns: new reference, or NULL (a
+ * NULL f or fn, out of memory; fn will not be called). So
+ * bt_future_then(bt_gather(...), fn, arg) is correct as written.
+ * Thread: the loop's. */
 BT_EXPORT bt_future *bt_future_then(bt_future *f, bt_then_fn fn, void *arg);
 
-/* Like bt_future_then, but fn is called on any outcome. */
+/* Like bt_future_then, but fn is called on any outcome. Takes over f (see
+ * common.h). */
 BT_EXPORT bt_future *bt_future_after(bt_future *f, bt_then_fn fn, void *arg);
 
 #ifdef __cplusplus

@@ -6,8 +6,8 @@
  * is still running. It fails with the first child's error code and a
  * message that adds how many other children failed; it is cancelled if the
  * group was cancelled; otherwise it settles with a NULL value. Children's
- * values stay in the children: keep a reference to each child whose value
- * you want.
+ * values stay in the children: keep a reference of your own to each child
+ * whose value you want (bt_future_ref it before bt_group_add).
  *
  * Lifetime: create, add children, take the group's future with
  * bt_group_wait (that "closes" the group: with no children left it
@@ -40,11 +40,13 @@ typedef struct bt_group bt_group;
  * or NULL (NULL loop, out of memory, the loop is being freed). */
 BT_EXPORT bt_group *bt_group_new(bt_loop *loop);
 
-/* Add a child (borrowed: the group takes its own reference and a callback).
- * Returns 0; BT_ESHUTDOWN if the group is no longer taking children (a
- * child failed, it was cancelled, its deadline passed, or it has settled):
- * the child is then cancelled, so that nothing escapes the group;
- * BT_EINVAL (NULL, or a child of another loop); BT_ENOMEM. */
+/* Add a child. Takes over child (see common.h): the group holds the
+ * caller's reference; bt_future_ref the child first to read its value
+ * later. Returns 0; BT_ESHUTDOWN if the group is no longer taking children
+ * (a child failed, it was cancelled, its deadline passed, or it has
+ * settled); BT_EINVAL (NULL, or a child of another loop); BT_ENOMEM. On
+ * any failure the child is cancelled if pending and released, so that
+ * nothing escapes the group. */
 BT_EXPORT int bt_group_add(bt_group *g, bt_future *child);
 
 /* The group's future. Closes the group: once no child is pending, the

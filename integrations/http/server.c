@@ -602,10 +602,13 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         return;
     }
     if (srv->app->handler_timeout_ms) {
-        bt_future *t = bt_timeout(f, srv->app->handler_timeout_ms);
-        if (t) { /* out of memory: go on without the deadline */
-            bt_future_unref(f);
-            req->fut = f = t;
+        /* bt_timeout takes over f; out of memory, it cancels f. */
+        req->fut = f = bt_timeout(f, srv->app->handler_timeout_ms);
+        if (f == NULL) {
+            list_remove(srv, req);
+            request_free(req);
+            send_simple(srv, ev, 500, "internal server error", NULL, t0);
+            return;
         }
     }
     if (bt_future_add_callback(f, on_done, req) != 0) {
