@@ -29,6 +29,9 @@ struct curl_server {
     struct event_base *base;
     struct evhttp *http;
     struct evconnlistener *drop;
+    struct evconnlistener *raw[3];  /* see raw_mode */
+    int raw_port[3];
+    _Atomic long raw_accepted[3], raw_requests[3], raw_open[3];
     struct event *stop_ev;
     int stop_pipe[2];
     pthread_t thread;
@@ -263,6 +266,100 @@ static void on_drop_accept(struct evconnlistener *l, evutil_socket_t fd, struct 
     event_add(*evp, NULL);
 }
 
+/* ---- Raw peers: endless, silent, closing ------------------------------------ */
+
+/* Three misbehaving peers on raw sockets (bufferevents), one port each:
+ * - RAW_ENDLESS answers any request with a 200 without a length and
+ *   then body bytes for as long as the client reads them;
+ * - RAW_SILENT accepts and reads, and never answers;
+ * - RAW_CLOSING answers each request with a keep-alive 200 ("ok", a
+ *   Content-Length, no "Connection: close") and then closes the
+ *   connection, as a server whose keep-alive timeout is shorter than its
+ *   client's does once it expires. */
+enum { RAW_ENDLESS, RAW_SILENT, RAW_CLOSING };
+
+typedef struct {
+    curl_server *s;
+    int mode;
+} raw_conn;
+
+static void raw_free(struct bufferevent *bev, raw_conn *rc)
+{
+    atomic_fetch_sub(&rc->s->raw_open[rc->mode], 1);
+    bufferevent_free(bev);
+    free(rc);
+}
+
+static void raw_endless_more(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    static char chunk[65536];
+    memset(chunk, 'e', sizeof chunk);
+    bufferevent_write(bev, chunk, sizeof chunk);
+}
+
+static void raw_closing_done(struct bufferevent *bev, void *arg)
+{
+    /* The reply is flushed: close, with nothing said about it. */
+    raw_free(bev, arg);
+}
+
+static void raw_read(struct bufferevent *bev, void *arg)
+{
+    raw_conn *rc = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    /* One request per head; a body, if any, is ignored. */
+    for (;;) {
+        struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (end.pos < 0)
+            return;
+        evbuffer_drain(in, (size_t)end.pos + 4);
+        atomic_fetch_add(&rc->s->raw_requests[rc->mode], 1);
+        if (rc->mode == RAW_SILENT)
+            continue;
+        if (rc->mode == RAW_ENDLESS) {
+            static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: "
+                                       "application/octet-stream\r\nConnection: close\r\n\r\n";
+            bufferevent_write(bev, head, sizeof head - 1);
+            bufferevent_setwatermark(bev, EV_WRITE, 65536, 0);
+            bufferevent_setcb(bev, NULL, raw_endless_more, NULL, rc);
+            raw_endless_more(bev, rc);
+            return;
+        }
+        static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                 "Content-Length: 2\r\n\r\nok";
+        bufferevent_write(bev, ok, sizeof ok - 1);
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        bufferevent_setcb(bev, NULL, raw_closing_done, NULL, rc);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+}
+
+static void raw_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)what; /* EOF or an error: the client is gone */
+    raw_free(bev, arg);
+}
+
+static void on_raw_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                          int len, void *arg)
+{
+    curl_server *s = arg;
+    (void)sa;
+    (void)len;
+    int mode = l == s->raw[RAW_ENDLESS] ? RAW_ENDLESS : l == s->raw[RAW_SILENT] ? RAW_SILENT
+                                                                               : RAW_CLOSING;
+    atomic_fetch_add(&s->raw_accepted[mode], 1);
+    atomic_fetch_add(&s->raw_open[mode], 1);
+    raw_conn *rc = calloc(1, sizeof *rc);
+    rc->s = s;
+    rc->mode = mode;
+    struct bufferevent *bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(bev, raw_read, NULL, raw_event, rc);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
 /* ---- Life ------------------------------------------------------------------ */
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -315,6 +412,14 @@ static curl_server *server_new(void)
     if (s->drop == NULL)
         goto fail;
     s->drop_port = bound_port(evconnlistener_get_fd(s->drop));
+    for (int i = 0; i < 3; i++) {
+        s->raw[i] = evconnlistener_new_bind(s->base, on_raw_accept, s,
+                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
+                                            (struct sockaddr *)&sin, sizeof sin);
+        if (s->raw[i] == NULL)
+            goto fail;
+        s->raw_port[i] = bound_port(evconnlistener_get_fd(s->raw[i]));
+    }
     s->stop_ev = event_new(s->base, s->stop_pipe[0], EV_READ, on_stop, s);
     event_add(s->stop_ev, NULL);
     return s;
@@ -352,6 +457,8 @@ void curl_server_stop(curl_server *s)
         slow_free(s->slows); /* their requests go with evhttp_free */
     event_free(s->stop_ev);
     evconnlistener_free(s->drop);
+    for (int i = 0; i < 3; i++)
+        evconnlistener_free(s->raw[i]);
     evhttp_free(s->http);
     event_base_free(s->base);
     close(s->stop_pipe[0]);
@@ -361,6 +468,30 @@ void curl_server_stop(curl_server *s)
 
 int curl_server_port(const curl_server *s) { return s->port; }
 int curl_server_drop_port(const curl_server *s) { return s->drop_port; }
+int curl_server_endless_port(const curl_server *s) { return s->raw_port[RAW_ENDLESS]; }
+int curl_server_silent_port(const curl_server *s) { return s->raw_port[RAW_SILENT]; }
+int curl_server_closing_port(const curl_server *s) { return s->raw_port[RAW_CLOSING]; }
+long curl_server_raw_accepted(const curl_server *s, int port)
+{
+    for (int i = 0; i < 3; i++)
+        if (s->raw_port[i] == port)
+            return atomic_load(&s->raw_accepted[i]);
+    return -1;
+}
+long curl_server_raw_requests(const curl_server *s, int port)
+{
+    for (int i = 0; i < 3; i++)
+        if (s->raw_port[i] == port)
+            return atomic_load(&s->raw_requests[i]);
+    return -1;
+}
+long curl_server_raw_open(const curl_server *s, int port)
+{
+    for (int i = 0; i < 3; i++)
+        if (s->raw_port[i] == port)
+            return atomic_load(&s->raw_open[i]);
+    return -1;
+}
 long curl_server_accepted(const curl_server *s) { return atomic_load(&s->accepted); }
 long curl_server_open(const curl_server *s) { return atomic_load(&s->open); }
 long curl_server_peak_open(const curl_server *s) { return atomic_load(&s->peak_open); }

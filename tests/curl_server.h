@@ -12,6 +12,11 @@
  *   /redirect/N      302 to /redirect/N-1; /redirect/0 is 200 "done"
  * drop_port: a raw socket that answers any request with a header promising
  *   100000 bytes, sends 1000 and resets the connection (SO_LINGER 0).
+ * Raw peers that misbehave, one port each (any path):
+ *   endless_port  a 200 without a length, then body bytes for ever
+ *   silent_port   accepts and reads, never answers
+ *   closing_port  a keep-alive 200 "ok" (Content-Length, no
+ *                 "Connection: close"), then closes the connection
  */
 #ifndef BATON_TESTS_CURL_SERVER_H
 #define BATON_TESTS_CURL_SERVER_H
@@ -28,6 +33,14 @@ void curl_server_stop(curl_server *s);
 
 int curl_server_port(const curl_server *s);
 int curl_server_drop_port(const curl_server *s);
+int curl_server_endless_port(const curl_server *s);
+int curl_server_silent_port(const curl_server *s);
+int curl_server_closing_port(const curl_server *s);
+/* Counts of a raw peer, by its port: connections accepted, request heads
+ * received, connections open now. */
+long curl_server_raw_accepted(const curl_server *s, int port);
+long curl_server_raw_requests(const curl_server *s, int port);
+long curl_server_raw_open(const curl_server *s, int port);
 
 /* Server-side counts. */
 long curl_server_accepted(const curl_server *s);   /* connections accepted */

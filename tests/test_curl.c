@@ -297,6 +297,76 @@ START_TEST(test_large_and_max_body)
 }
 END_TEST
 
+static const char *raw_url(int port)
+{
+    snprintf(url_buf, sizeof url_buf, "http://127.0.0.1:%d/", port);
+    return url_buf;
+}
+
+START_TEST(test_client_buffer_cap)
+{
+    /* Sixteen endless upstream bodies at once, with no per-response cap:
+     * only the client's cap stands between them and the memory. Each
+     * grows until the total would pass the cap, fails naming it, and
+     * frees its buffer, which lets the others grow on: all sixteen fail,
+     * and the total held never passed the cap. */
+    enum { N = 16 };
+    const size_t cap = (size_t)4 << 20;
+    ck_assert_int_eq(bt_http_client_set_max_body(cli, 0), 0);
+    ck_assert_int_eq(bt_http_client_set_max_buffered(cli, cap), 0);
+    int port = curl_server_endless_port(srv);
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_http_get(cli, raw_url(port));
+    wait_all(fs, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(bt_future_error(fs[i]), BT_EMSGSIZE);
+        const char *msg = bt_future_error_message(fs[i]);
+        ck_assert_msg(strstr(msg, "cap of 4194304 bytes (bt_http_client_set_max_buffered)"),
+                      "message: %s", msg);
+        bt_future_unref(fs[i]);
+    }
+    size_t now = 1, peak = 0;
+    ck_assert_int_eq(bt_http_client_get_buffered(cli, &now, &peak), 0);
+    ck_assert_uint_eq(now, 0);
+    ck_assert_uint_le(peak, cap);
+    ck_assert_uint_ge(peak, cap / 2); /* the bodies did fill it */
+    ck_assert_int_eq(curl_server_raw_requests(srv, port), N);
+    ck_assert_int_eq(bt_http_client_get_buffered(NULL, &now, &peak), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_max_buffered(NULL, 1), BT_EINVAL);
+}
+END_TEST
+
+START_TEST(test_buffer_defaults)
+{
+    /* The per-response default is 16 MiB: a 17 MiB body is refused, early
+     * (its length is announced), with the cap named. */
+    bt_future *f = bt_http_get(cli, url("/large?n=17825792"));
+    const char *msg = wait_err(f, BT_EMSGSIZE);
+    ck_assert_msg(strstr(msg, "cap of 16777216 bytes (bt_http_client_set_max_body)"),
+                  "message: %s", msg);
+    bt_future_unref(f);
+    /* Without it, the client's default cap of 128 MiB holds one endless
+     * body. */
+    ck_assert_int_eq(bt_http_client_set_max_body(cli, 0), 0);
+    f = bt_http_get(cli, raw_url(curl_server_endless_port(srv)));
+    msg = wait_err(f, BT_EMSGSIZE);
+    ck_assert_msg(strstr(msg, "cap of 134217728 bytes (bt_http_client_set_max_buffered)"),
+                  "message: %s", msg);
+    bt_future_unref(f);
+    size_t now = 1, peak = 0;
+    ck_assert_int_eq(bt_http_client_get_buffered(cli, &now, &peak), 0);
+    ck_assert_uint_eq(now, 0);
+    ck_assert_uint_le(peak, (size_t)128 << 20);
+    /* A body that was handed over is no longer counted. */
+    f = bt_http_get(cli, url("/large?n=100000"));
+    wait_ok(f);
+    ck_assert_int_eq(bt_http_client_get_buffered(cli, &now, NULL), 0);
+    ck_assert_uint_eq(now, 0);
+    bt_future_unref(f);
+}
+END_TEST
+
 typedef struct {
     size_t got;
     int status;
@@ -1006,6 +1076,8 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_base_url);
     tcase_add_test(tc, test_status_codes);
     tcase_add_test(tc, test_large_and_max_body);
+    tcase_add_test(tc, test_client_buffer_cap);
+    tcase_add_test(tc, test_buffer_defaults);
     tcase_add_test(tc, test_streaming);
     tcase_add_test(tc, test_redirects);
     tcase_add_test(tc, test_handle_reuse);

@@ -27,7 +27,9 @@
  *   BT_EPROTO        the server broke HTTP (a malformed reply, an HTTP/2
  *                    stream error)
  *   BT_EHTTP         too many redirects
- *   BT_EMSGSIZE      the body exceeded the maximum size
+ *   BT_EMSGSIZE      the body exceeded the per-response cap, or the
+ *                    client's cap on all the bodies it buffers (the
+ *                    message names the cap and its setter)
  *   BT_EIO           a body file could not be read; other curl failures
  *   BT_ESHUTDOWN     the client was freed (or its loop) with it in flight:
  *                    such requests are cancelled, not failed; BT_ESHUTDOWN
@@ -66,7 +68,8 @@ typedef struct bt_http_response bt_http_response;
  *   HTTP/2: negotiated by ALPN on https, with multiplexing; a burst of
  *           requests to a new host waits for the first connection to say
  *           whether it multiplexes instead of opening one per request
- *   body: at most 64 MiB buffered per response
+ *   bodies: at most 16 MiB buffered per response, and 128 MiB in all for
+ *           the responses a client is receiving at once
  *   user agent: "baton/VERSION libcurl/VERSION"
  *   compression: every encoding libcurl decodes is offered and decoded
  * Settings apply to requests sent after the call. */
@@ -144,11 +147,29 @@ BT_EXPORT int bt_http_client_set_http2(bt_http_client *c, bool enable);
  * does not compress. Returns 0, BT_EINVAL (CR/LF), BT_ENOMEM. */
 BT_EXPORT int bt_http_client_set_accept_encoding(bt_http_client *c, const char *encodings);
 
-/* The largest body buffered for a response (default 64 MiB; 0 = no limit).
+/* The largest body buffered for a response (default 16 MiB; 0 = no limit).
  * A larger one fails the request with BT_EMSGSIZE, early when the server
  * announces its length. Streaming requests are not limited. Returns 0 or
- * BT_EINVAL. */
+ * BT_EINVAL. Thread: the loop's. */
 BT_EXPORT int bt_http_client_set_max_body(bt_http_client *c, size_t max_bytes);
+
+/* The most memory the client's responses in flight may hold for their
+ * bodies, all together (default 128 MiB; 0 = no limit): what protects a
+ * server when many upstream replies are large or endless at once, which
+ * the per-response cap alone does not (16 endless bodies under a 64 MiB
+ * per-response cap could hold 1 GiB). What is counted is each body
+ * buffer's allocated size until the request settles (then the response
+ * is the caller's and is not counted). A transfer whose next piece would
+ * take the total past the cap fails with BT_EMSGSIZE, its buffer freed at
+ * once; the others go on. Headers and streaming requests are not counted.
+ * Returns 0 or BT_EINVAL. Thread: the loop's. */
+BT_EXPORT int bt_http_client_set_max_buffered(bt_http_client *c, size_t max_bytes);
+
+/* The bytes of body buffers the client's responses in flight hold now
+ * (*now) and the most they have held at once since the client was made
+ * (*peak); either pointer may be NULL. Returns 0 or BT_EINVAL (NULL c).
+ * Thread: the loop's. */
+BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, size_t *peak);
 
 /* Counters, for tests and metrics. */
 typedef struct {

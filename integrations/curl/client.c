@@ -150,6 +150,7 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
     c->verify = true;
     c->http2 = true;
     c->max_body = DEFAULT_MAX_BODY;
+    c->max_buffered = DEFAULT_MAX_BUFFERED;
     bt_http_client_set_timeouts(c, 10000, 300000, 300000);
     return c;
 }
@@ -319,6 +320,25 @@ BT_EXPORT int bt_http_client_set_max_body(bt_http_client *c, size_t max_bytes)
     if (c == NULL)
         return BT_EINVAL;
     c->max_body = max_bytes;
+    return 0;
+}
+
+BT_EXPORT int bt_http_client_set_max_buffered(bt_http_client *c, size_t max_bytes)
+{
+    if (c == NULL)
+        return BT_EINVAL;
+    c->max_buffered = max_bytes;
+    return 0;
+}
+
+BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, size_t *peak)
+{
+    if (c == NULL)
+        return BT_EINVAL;
+    if (now != NULL)
+        *now = c->buffered;
+    if (peak != NULL)
+        *peak = c->buffered_peak;
     return 0;
 }
 

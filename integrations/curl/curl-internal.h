@@ -59,6 +59,8 @@ bt_http_response *bt__http_response_new(void);
 void bt__http_response_clear_headers(bt_http_response *r);
 int bt__http_response_add_header_line(bt_http_response *r, const char *line, size_t len);
 int bt__http_response_append_body(bt_http_response *r, const void *data, size_t len);
+/* Grow the body's buffer to exactly cap bytes (cap > body_len). */
+int bt__http_response_reserve(bt_http_response *r, size_t cap);
 /* Give the body its trailing NUL (an empty body gets a static ""). */
 int bt__http_response_finish(bt_http_response *r);
 
@@ -72,7 +74,12 @@ bool bt__http_is_token(const char *s, size_t len);
 #endif
 
 #define IDLE_EASY_MAX 256
-#define DEFAULT_MAX_BODY ((size_t)64 << 20)
+/* A response body is buffered whole, so these bound the client's memory:
+ * 16 MiB for one body (an API reply is kilobytes; a larger download
+ * should stream) and 128 MiB for all the bodies a client is receiving at
+ * once (eight bodies at the per-response cap). See curl.h. */
+#define DEFAULT_MAX_BODY ((size_t)16 << 20)
+#define DEFAULT_MAX_BUFFERED ((size_t)128 << 20)
 
 typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
@@ -97,11 +104,14 @@ struct xfer {
     struct curl_slist *hdrs;    /* this request's own header list, or NULL */
     FILE *file;
     size_t max_body;
+    size_t held;                /* body buffer bytes counted in c->buffered */
     uint64_t wait_ms, total_ms;
     const struct timeval *wait_tv, *total_tv;
     struct timeval own_total_tv;
     int abort_code;             /* why a callback stopped the transfer */
     const char *abort_msg;
+    size_t abort_limit;         /* the cap it hit, if one did (0: none) */
+    const char *abort_setter;   /* and the function that sets that cap */
     unsigned easy_gen;          /* as idle[].gen, for x->easy */
     bool plain;                 /* a GET without body: no method options */
     bool got_conn;
@@ -140,6 +150,9 @@ struct bt_http_client {
     char *accept_encoding;      /* NULL: none; "" by default */
     bool no_accept_encoding;
     size_t max_body;
+    /* Bytes of body buffers held by transfers in flight (their capacity,
+     * what is allocated), its cap (0: none) and the most it has been. */
+    size_t buffered, max_buffered, buffered_peak;
 
     /* Idle easy handles. gen is the settings generation a handle was
      * configured for (0: reset, unconfigured); a handle last used by a

@@ -263,6 +263,16 @@ int bt__http_response_append_body(bt_http_response *r, const void *data, size_t 
     return 0;
 }
 
+int bt__http_response_reserve(bt_http_response *r, size_t cap)
+{
+    char *b = bt_realloc(r->body, cap);
+    if (b == NULL)
+        return BT_ENOMEM;
+    r->body = b;
+    r->body_cap = cap;
+    return 0;
+}
+
 int bt__http_response_finish(bt_http_response *r)
 {
     if (r->body)

@@ -104,11 +104,20 @@ static void xfer_timer_stop(xfer *x)
     }
 }
 
+/* The transfer no longer holds its body buffer (freed, or handed to the
+ * future's value): take it out of the client's count. */
+static void xfer_unhold(xfer *x)
+{
+    x->c->buffered -= x->held;
+    x->held = 0;
+}
+
 /* Detach from curl and free. Must not run with curl on the stack. */
 void bt__xfer_release(xfer *x)
 {
     bt_http_client *c = x->c;
     xfer_timer_stop(x);
+    xfer_unhold(x);
     if (x->in_multi) {
         long n = 0;
         if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0)
@@ -248,6 +257,65 @@ static size_t write_abort(xfer *x, int code, const char *msg)
     return CURL_WRITEFUNC_ERROR;
 }
 
+/* Stop the transfer because a cap was hit: the message names the cap and
+ * the function that sets it. */
+static size_t cap_abort(xfer *x, const char *msg, size_t limit, const char *setter)
+{
+    x->abort_limit = limit;
+    x->abort_setter = setter;
+    return write_abort(x, BT_EMSGSIZE, msg);
+}
+
+/* Make room for len more body bytes, within the response's cap and the
+ * client's cap on all buffered bodies. The client counts what is
+ * allocated (the buffer's capacity), not just what was received, so the
+ * cap bounds memory: the buffer grows by doubling, never past the
+ * response's cap, and only as far as needed once the client is near its
+ * own. Returns true, or false with the transfer stopped (x->abort_*). */
+static bool xfer_body_room(xfer *x, size_t len)
+{
+    bt_http_response *r = x->resp;
+    bt_http_client *c = x->c;
+    if (x->max_body && r->body_len + len > x->max_body) {
+        cap_abort(x, "the body is larger than the per-response cap of", x->max_body,
+                  "bt_http_client_set_max_body");
+        return false;
+    }
+    size_t need = r->body_len + len + 1; /* and the trailing NUL */
+    if (need <= r->body_cap)
+        return true;
+    size_t cap = r->body_cap ? r->body_cap : 1024;
+    while (cap < need)
+        cap *= 2;
+    if (x->max_body && cap > x->max_body + 1)
+        cap = x->max_body + 1;
+    if (c->max_buffered) {
+        size_t room = c->max_buffered > c->buffered ? c->max_buffered - c->buffered : 0;
+        if (cap - r->body_cap > room)
+            cap = need;
+        if (cap - r->body_cap > room) {
+            /* Free the buffer now: it is the memory the cap protects. */
+            bt_free(r->body);
+            r->body = NULL;
+            r->body_len = r->body_cap = 0;
+            xfer_unhold(x);
+            cap_abort(x, "the response bodies this client buffers would exceed its cap of",
+                      c->max_buffered, "bt_http_client_set_max_buffered");
+            return false;
+        }
+    }
+    size_t old = r->body_cap;
+    if (bt__http_response_reserve(r, cap) < 0) {
+        write_abort(x, BT_ENOMEM, "out of memory storing the body");
+        return false;
+    }
+    c->buffered += cap - old;
+    x->held = cap;
+    if (c->buffered > c->buffered_peak)
+        c->buffered_peak = c->buffered;
+    return true;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
     xfer *x = arg;
@@ -281,8 +349,8 @@ static size_t on_write(char *p, size_t size, size_t n, void *arg)
             return write_abort(x, rc, "the body callback stopped the transfer");
         return x->future ? len : CURL_WRITEFUNC_ERROR;
     }
-    if (x->max_body && x->resp->body_len + len > x->max_body)
-        return write_abort(x, BT_EMSGSIZE, "the body is larger than the maximum size");
+    if (!xfer_body_room(x, len))
+        return CURL_WRITEFUNC_ERROR;
     if (bt__http_response_append_body(x->resp, p, len) < 0)
         return write_abort(x, BT_ENOMEM, "out of memory storing the body");
     return len;
@@ -325,12 +393,22 @@ void bt__xfer_done(xfer *x, CURLcode rc)
                 r->url = bt_strdup(eff);
             }
             bt__http_response_finish(r);
+            xfer_unhold(x); /* the body is the future's now */
             x->resp = NULL;
             bt_future_set_value(x->future, r, (bt_destroy_fn)bt_http_response_free);
             x->future = NULL;
             c->stats.succeeded++;
+        } else if (x->abort_limit) {
+            bt__xfer_fail(x, x->abort_code, "%s %zu bytes (%s)", x->abort_msg, x->abort_limit,
+                          x->abort_setter);
         } else if (x->abort_code) {
             bt__xfer_fail(x, x->abort_code, "%s", x->abort_msg);
+        } else if (rc == CURLE_FILESIZE_EXCEEDED) {
+            /* The announced length is over the response's cap. */
+            bt__xfer_fail(x, BT_EMSGSIZE,
+                          "the announced body is larger than the per-response cap of %zu bytes "
+                          "(bt_http_client_set_max_body)",
+                          x->max_body);
         } else {
             int code = map_curl_error(rc, x->easy);
             bt__xfer_fail(x, code, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
