@@ -29,9 +29,9 @@ struct curl_server {
     struct event_base *base;
     struct evhttp *http;
     struct evconnlistener *drop;
-    struct evconnlistener *raw[3];  /* see raw_mode */
-    int raw_port[3];
-    _Atomic long raw_accepted[3], raw_requests[3], raw_open[3];
+    struct evconnlistener *raw[4];  /* see raw_mode */
+    int raw_port[4];
+    _Atomic long raw_accepted[4], raw_requests[4], raw_open[4];
     struct event *stop_ev;
     int stop_pipe[2];
     pthread_t thread;
@@ -276,11 +276,12 @@ static void on_drop_accept(struct evconnlistener *l, evutil_socket_t fd, struct 
  *   Content-Length, no "Connection: close") and then closes the
  *   connection, as a server whose keep-alive timeout is shorter than its
  *   client's does once it expires. */
-enum { RAW_ENDLESS, RAW_SILENT, RAW_CLOSING };
+enum { RAW_ENDLESS, RAW_SILENT, RAW_CLOSING, RAW_STALE, RAW_N };
 
 typedef struct {
     curl_server *s;
     int mode;
+    int served;
 } raw_conn;
 
 static void raw_free(struct bufferevent *bev, raw_conn *rc)
@@ -289,6 +290,8 @@ static void raw_free(struct bufferevent *bev, raw_conn *rc)
     bufferevent_free(bev);
     free(rc);
 }
+
+static void raw_event(struct bufferevent *bev, short what, void *arg);
 
 static void raw_endless_more(struct bufferevent *bev, void *arg)
 {
@@ -317,20 +320,27 @@ static void raw_read(struct bufferevent *bev, void *arg)
         atomic_fetch_add(&rc->s->raw_requests[rc->mode], 1);
         if (rc->mode == RAW_SILENT)
             continue;
+        if (rc->mode == RAW_STALE && rc->served++ > 0) {
+            /* The keep-alive race: this request crossed our close. */
+            raw_free(bev, rc);
+            return;
+        }
         if (rc->mode == RAW_ENDLESS) {
             static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: "
                                        "application/octet-stream\r\nConnection: close\r\n\r\n";
             bufferevent_write(bev, head, sizeof head - 1);
             bufferevent_setwatermark(bev, EV_WRITE, 65536, 0);
-            bufferevent_setcb(bev, NULL, raw_endless_more, NULL, rc);
+            bufferevent_setcb(bev, NULL, raw_endless_more, raw_event, rc);
             raw_endless_more(bev, rc);
             return;
         }
         static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                                  "Content-Length: 2\r\n\r\nok";
         bufferevent_write(bev, ok, sizeof ok - 1);
+        if (rc->mode == RAW_STALE)
+            continue;
         bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-        bufferevent_setcb(bev, NULL, raw_closing_done, NULL, rc);
+        bufferevent_setcb(bev, NULL, raw_closing_done, raw_event, rc);
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
@@ -348,8 +358,9 @@ static void on_raw_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
     curl_server *s = arg;
     (void)sa;
     (void)len;
-    int mode = l == s->raw[RAW_ENDLESS] ? RAW_ENDLESS : l == s->raw[RAW_SILENT] ? RAW_SILENT
-                                                                               : RAW_CLOSING;
+    int mode = 0;
+    while (mode < RAW_N - 1 && s->raw[mode] != l)
+        mode++;
     atomic_fetch_add(&s->raw_accepted[mode], 1);
     atomic_fetch_add(&s->raw_open[mode], 1);
     raw_conn *rc = calloc(1, sizeof *rc);
@@ -412,7 +423,7 @@ static curl_server *server_new(void)
     if (s->drop == NULL)
         goto fail;
     s->drop_port = bound_port(evconnlistener_get_fd(s->drop));
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < RAW_N; i++) {
         s->raw[i] = evconnlistener_new_bind(s->base, on_raw_accept, s,
                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
                                             (struct sockaddr *)&sin, sizeof sin);
@@ -457,7 +468,7 @@ void curl_server_stop(curl_server *s)
         slow_free(s->slows); /* their requests go with evhttp_free */
     event_free(s->stop_ev);
     evconnlistener_free(s->drop);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < RAW_N; i++)
         evconnlistener_free(s->raw[i]);
     evhttp_free(s->http);
     event_base_free(s->base);
@@ -471,23 +482,24 @@ int curl_server_drop_port(const curl_server *s) { return s->drop_port; }
 int curl_server_endless_port(const curl_server *s) { return s->raw_port[RAW_ENDLESS]; }
 int curl_server_silent_port(const curl_server *s) { return s->raw_port[RAW_SILENT]; }
 int curl_server_closing_port(const curl_server *s) { return s->raw_port[RAW_CLOSING]; }
+int curl_server_stale_port(const curl_server *s) { return s->raw_port[RAW_STALE]; }
 long curl_server_raw_accepted(const curl_server *s, int port)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < RAW_N; i++)
         if (s->raw_port[i] == port)
             return atomic_load(&s->raw_accepted[i]);
     return -1;
 }
 long curl_server_raw_requests(const curl_server *s, int port)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < RAW_N; i++)
         if (s->raw_port[i] == port)
             return atomic_load(&s->raw_requests[i]);
     return -1;
 }
 long curl_server_raw_open(const curl_server *s, int port)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < RAW_N; i++)
         if (s->raw_port[i] == port)
             return atomic_load(&s->raw_open[i]);
     return -1;

@@ -17,6 +17,10 @@
  *   silent_port   accepts and reads, never answers
  *   closing_port  a keep-alive 200 "ok" (Content-Length, no
  *                 "Connection: close"), then closes the connection
+ *   stale_port    answers the first request on a connection like
+ *                 closing_port but keeps it open; closes it unanswered
+ *                 when a second request comes (the keep-alive race: the
+ *                 server's idle close crossing the client's request)
  */
 #ifndef BATON_TESTS_CURL_SERVER_H
 #define BATON_TESTS_CURL_SERVER_H
@@ -36,6 +40,7 @@ int curl_server_drop_port(const curl_server *s);
 int curl_server_endless_port(const curl_server *s);
 int curl_server_silent_port(const curl_server *s);
 int curl_server_closing_port(const curl_server *s);
+int curl_server_stale_port(const curl_server *s);
 /* Counts of a raw peer, by its port: connections accepted, request heads
  * received, connections open now. */
 long curl_server_raw_accepted(const curl_server *s, int port);

@@ -368,6 +368,20 @@ static size_t on_read(char *p, size_t size, size_t n, void *arg)
     return got;
 }
 
+/* curl rewinds the body when it sends the request again: after a
+ * redirect that keeps the method, and when a reused keep-alive connection
+ * turns out to have been closed by the server before any byte of the
+ * reply came (curl then retries once on a new connection). Without this
+ * callback a body streamed from a file could not be rewound, and such a
+ * request failed with "necessary data rewind wasn't possible". */
+static int on_seek(void *arg, curl_off_t offset, int origin)
+{
+    xfer *x = arg;
+    if (fseeko(x->file, (off_t)offset, origin) != 0)
+        return CURL_SEEKFUNC_FAIL;
+    return CURL_SEEKFUNC_OK;
+}
+
 void bt__xfer_done(xfer *x, CURLcode rc)
 {
     bt_http_client *c = x->c;
@@ -611,6 +625,8 @@ static int xfer_body(xfer *x, const char **why, int *err)
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)st.st_size);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
         curl_easy_setopt(e, CURLOPT_READDATA, x);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, x);
     } else {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_len ? (char *)req->body : "");
