@@ -1,6 +1,13 @@
 /* libbaton-curl against real servers: evhttp on 127.0.0.1 (tests/curl_server.c,
  * in a thread of each forked test) and nghttpd for HTTP/2 and TLS. */
+#define _GNU_SOURCE /* unshare */
 #include "harness.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -990,6 +997,146 @@ START_TEST(test_stale_connection_retried)
 }
 END_TEST
 
+/* ---- Deadlines and shutdown against hostile upstreams ----------------------- */
+
+START_TEST(test_free_with_hostile_upstreams)
+{
+    /* Requests to a server that accepts and never answers, and to one
+     * that sends a body for ever: freeing the client cancels them at
+     * once, and the servers see every connection closed. */
+    int silent = curl_server_silent_port(srv), endless = curl_server_endless_port(srv);
+    bt_future *fs[4];
+    for (int i = 0; i < 4; i++)
+        fs[i] = bt_http_get(cli, raw_url(i % 2 ? endless : silent));
+    spin_raw(curl_server_raw_requests, silent, 2);
+    spin_raw(curl_server_raw_requests, endless, 2);
+    bt_http_client_free(cli);
+    cli = NULL;
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(bt_future_get_state(fs[i]), BT_FUTURE_CANCELLED);
+        bt_future_unref(fs[i]);
+    }
+    spin_raw(curl_server_raw_open, silent, 0);
+    spin_raw(curl_server_raw_open, endless, 0);
+}
+END_TEST
+
+START_TEST(test_loop_free_with_hostile_upstreams)
+{
+    /* The same through the loop's closer: bt_loop_free ends with the
+     * transfers cancelled and the sockets closed. */
+    int silent = curl_server_silent_port(srv), endless = curl_server_endless_port(srv);
+    bt_future *a = bt_http_get(cli, raw_url(silent));
+    bt_future *b = bt_http_get(cli, raw_url(endless));
+    spin_raw(curl_server_raw_requests, silent, 1);
+    spin_raw(curl_server_raw_requests, endless, 1);
+    bt_test_loop_free_clean(loop);
+    loop = NULL;
+    ck_assert_int_eq(bt_future_get_state(a), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(b), BT_FUTURE_CANCELLED);
+    bt_future_unref(a);
+    bt_future_unref(b);
+    for (int i = 0; i < 1000 && (curl_server_raw_open(srv, silent) != 0 ||
+                                 curl_server_raw_open(srv, endless) != 0); i++)
+        usleep(10000);
+    ck_assert_int_eq(curl_server_raw_open(srv, silent), 0);
+    ck_assert_int_eq(curl_server_raw_open(srv, endless), 0);
+    bt_http_client_free(cli);
+    cli = NULL;
+    curl_server_stop(srv);
+    srv = NULL;
+}
+END_TEST
+
+/* A name lookup that never returns: in this test's own mount namespace
+ * (the test runs in a child process), /etc/hosts becomes a FIFO that
+ * nobody writes, and glibc's files backend blocks opening it. Needs root
+ * and unshare(2); returns false (the test is then skipped) without. */
+static char hosts_dir[64];
+
+static bool hang_name_lookups(void)
+{
+    if (geteuid() != 0 || unshare(CLONE_NEWNS) != 0 ||
+        mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        return false;
+    snprintf(hosts_dir, sizeof hosts_dir, "/tmp/bt-hostsXXXXXX");
+    if (mkdtemp(hosts_dir) == NULL)
+        return false;
+    char fifo[96];
+    snprintf(fifo, sizeof fifo, "%s/hosts", hosts_dir);
+    return mkfifo(fifo, 0600) == 0 && mount(fifo, "/etc/hosts", NULL, MS_BIND, NULL) == 0;
+}
+
+static int count_threads(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* Let the blocked lookups go (they read an empty hosts file), and wait
+ * for curl's detached resolver threads to end, so nothing outlives the
+ * test. */
+static void release_name_lookups(int threads_before)
+{
+    char fifo[96];
+    snprintf(fifo, sizeof fifo, "%s/hosts", hosts_dir);
+    for (int i = 0; i < 2000 && count_threads() > threads_before; i++) {
+        int w = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (w >= 0)
+            close(w);
+        usleep(10000);
+    }
+    umount("/etc/hosts");
+    unlink(fifo);
+    rmdir(hosts_dir);
+}
+
+START_TEST(test_dns_deadline)
+{
+    int threads = count_threads();
+    if (!hang_name_lookups()) {
+        fprintf(stderr, "test_dns_deadline: skipped (needs root and unshare)\n");
+        return;
+    }
+    /* The connect timeout covers the lookup, and ends it without waiting
+     * for the resolver thread: before QUICK_EXIT, curl joined that thread
+     * on the loop thread and the loop froze until getaddrinfo returned
+     * (here: never; the test's timeout ended it). */
+    bt_http_client_set_timeouts(cli, 300, 0, 0);
+    bt_future *f = bt_http_get(cli, "http://hang-1.example.com/");
+    const char *msg = wait_err(f, BT_ETIMEDOUT);
+    ck_assert_msg(strstr(msg, "Resolving") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    /* The loop is alive: a request by address works. */
+    f = bt_http_get(cli, url("/hello"));
+    wait_ok(f);
+    bt_future_unref(f);
+    /* A cancel and a client free during a lookup return at once too. */
+    bt_http_client_set_timeouts(cli, 0, 0, 0);
+    f = bt_http_get(cli, "http://hang-2.example.com/");
+    bt_future *g = bt_http_get(cli, "http://hang-3.example.com/");
+    bt_future *s = bt_sleep(loop, 50);
+    bt_test_run_until(loop, s, T_LONG);
+    bt_future_unref(s);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    bt_http_client_free(cli);
+    cli = NULL;
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
+    bt_future_unref(f);
+    bt_future_unref(g);
+    release_name_lookups(threads);
+}
+END_TEST
+
 /* ---- HTTP/2 and TLS against nghttpd ----------------------------------------- */
 
 static char tmpdir[64];
@@ -1166,6 +1313,9 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_loop_free_cancels);
     tcase_add_test(tc, test_server_closed_keepalive);
     tcase_add_test(tc, test_stale_connection_retried);
+    tcase_add_test(tc, test_free_with_hostile_upstreams);
+    tcase_add_test(tc, test_loop_free_with_hostile_upstreams);
+    tcase_add_test(tc, test_dns_deadline);
     suite_add_tcase(s, tc);
 
     TCase *h2 = tcase_create("h2-tls");

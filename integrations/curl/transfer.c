@@ -670,6 +670,16 @@ static void xfer_client_options(bt_http_client *c, xfer *x)
     }
     if (c->connect_ms)
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_ms);
+#if LIBCURL_VERSION_NUM >= 0x075700
+    /* A transfer stopped while its name is being resolved (the connect
+     * timeout, a cancel, the client's free) would otherwise wait for
+     * curl's resolver thread to return from getaddrinfo, on the loop
+     * thread: a lookup that hangs (a nameserver that never answers) then
+     * froze the loop until glibc gave up, or for ever. With QUICK_EXIT
+     * curl detaches the thread instead, and it frees itself when
+     * getaddrinfo returns. */
+    curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
+#endif
     if (!c->verify) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
