@@ -62,7 +62,9 @@ typedef struct bt_http_response bt_http_response;
 /* ---- The client -------------------------------------------------------
  * Defaults (httpx's and aiohttp's where they agree):
  *   connections: 100 in total, no per-host limit; idle ones kept for reuse
- *   timeouts: connect 10 s, total 300 s, wait for a connection 300 s
+ *   timeouts: connect 10 s (DNS, TCP and TLS), total 300 s, wait for a
+ *             connection 300 s; a name lookup abandoned at its deadline
+ *             never blocks the loop (curl's resolver thread is detached)
  *   redirects: not followed (max 10 once turned on); http and https only
  *   TLS: peers verified against the system's CA store
  *   HTTP/2: negotiated by ALPN on https, with multiplexing; a burst of
