@@ -1,5 +1,7 @@
 /* The request builder and the response: plain data, no loop, no curl
  * handle (only curl_easy_escape, which needs none). */
+#include "config.h"
+
 #include "curl-internal.h"
 
 #include <ctype.h>
