@@ -46,8 +46,9 @@ static void client_shutdown(bt_http_client *c)
         c->deferred = x->next_deferred;
         x->deferred = false;
     }
-    while (c->xfers) {
-        xfer *x = c->xfers;
+    bt__list *n;
+    while ((n = bt__list_first(&c->xfers)) != NULL) {
+        xfer *x = BT__LIST_ENTRY(n, xfer, node);
         if (x->future) {
             bt_future_set_cancelled(x->future);
             x->future = NULL;
@@ -62,9 +63,8 @@ static void client_shutdown(bt_http_client *c)
      * watching while it closes its cached connections. */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
-    while (c->watches) {
-        sockwatch *w = c->watches;
-        c->watches = w->next;
+    while ((n = bt__list_pop_front(&c->watches)) != NULL) {
+        sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
         event_del(w->ev);
         bt_free(w);
     }
@@ -130,6 +130,8 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
         return NULL;
     c->loop = loop;
     c->base = bt_loop_base(loop);
+    bt__list_init(&c->xfers);
+    bt__list_init(&c->watches);
     c->multi = curl_multi_init();
     if (c->multi == NULL || bt__http_multi_wire(c) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, c)) {

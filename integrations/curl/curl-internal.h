@@ -13,6 +13,8 @@
 
 #include <baton/curl.h>
 
+#include "list.h"
+
 /* One header as the user gave it, kept as the line curl wants:
  * "Name: value", "Name;" (send empty) or "Name:" (remove). */
 typedef struct bt__http_header {
@@ -85,7 +87,7 @@ typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
 
 struct sockwatch {
-    sockwatch *prev, *next;
+    bt__list node;              /* on the client's watches */
     bt_http_client *c;
     curl_socket_t fd;
     short kind;
@@ -93,7 +95,7 @@ struct sockwatch {
 };
 
 struct xfer {
-    xfer *prev, *next;          /* the client's live transfers */
+    bt__list node;              /* on the client's live transfers */
     xfer *next_deferred;
     bt_http_client *c;
     CURL *easy;
@@ -127,9 +129,9 @@ struct bt_http_client {
     struct event_base *base;
     CURLM *multi;
     struct event *curl_timer;
-    xfer *xfers;
+    bt__list xfers;             /* live transfers (xfer.node) */
     xfer *deferred;             /* to add or remove once curl returns */
-    sockwatch *watches;
+    bt__list watches;           /* watched sockets (sockwatch.node) */
     int in_curl;
     bool free_pending;
     bool closed;                /* the closer ran: no multi, no events */

@@ -68,14 +68,9 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     if (what == CURL_POLL_REMOVE) {
         /* Stop watching; curl may keep the connection for reuse and will
          * tell us again when it wants events on it. */
-        if (w) {
+        if (w != NULL) {
             event_del(w->ev);
-            if (w->prev)
-                w->prev->next = w->next;
-            else
-                c->watches = w->next;
-            if (w->next)
-                w->next->prev = w->prev;
+            bt__list_remove(&w->node);
             bt_free(w);
         }
         return 0;
@@ -89,10 +84,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         w->c = c;
         w->fd = s;
         w->ev = (struct event *)(w + 1);
-        w->next = c->watches;
-        if (c->watches)
-            c->watches->prev = w;
-        c->watches = w;
+        bt__list_push_front(&c->watches, &w->node);
         curl_multi_assign(c->multi, s, w);
     } else if (w->kind == kind) {
         return 0;

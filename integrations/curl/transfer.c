@@ -126,12 +126,7 @@ void bt__xfer_release(xfer *x)
         x->in_multi = false;
         c->stats.in_flight--;
     }
-    if (x->prev)
-        x->prev->next = x->next;
-    else if (c->xfers == x)
-        c->xfers = x->next;
-    if (x->next)
-        x->next->prev = x->prev;
+    bt__list_remove(&x->node);
     if (x->easy) {
         if (c->nidle < IDLE_EASY_MAX && !c->closed) {
             if (x->plain && x->easy_gen == c->gen) {
@@ -716,10 +711,7 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
     x->future = f;
     x->timer = (struct event *)(x + 1);
     evtimer_assign(x->timer, c->base, on_xfer_timer, x);
-    x->next = c->xfers;
-    if (c->xfers)
-        c->xfers->prev = x;
-    c->xfers = x;
+    bt__list_push_front(&c->xfers, &x->node);
     if (c->nidle) {
         c->nidle--;
         x->easy = c->idle[c->nidle].easy;
