@@ -451,7 +451,9 @@ START_TEST(limits_sizes_and_timeout)
     start_server();
     with_client(limits_client, NULL);
     ck_assert_int_eq(rs[0].status, 413);
-    ck_assert_int_eq(rs[1].status, 400); /* evhttp 2.1's answer to oversized headers */
+    ck_assert_int_eq(rs[1].status, 431); /* RFC 6585; evhttp alone said 400 */
+    ck_assert(strstr(rs[1].body, "\"error\"") != NULL);
+    ck_assert(strstr(rs[0].body, "\"error\"") != NULL); /* 413 in JSON, not evhttp's HTML */
     ck_assert_int_eq(rs[2].status, 200);
     ck_assert_int_eq(rs[3].status, 1);
     ck_assert_int_eq(atomic_load(&handler_calls), 1); /* only the good one */

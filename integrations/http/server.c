@@ -46,6 +46,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #include <baton/compose.h>
 
@@ -77,6 +78,8 @@ struct bt_http_server {
     bt_timer *sweep;             /* arms disconnect watches, while requests are in flight */
     uint64_t lag_last_ns;
     struct timeval read_tv, write_tv;
+    bt__guard guard;             /* framing, deadlines, caps: guard.c */
+    bool guard_ready;
 };
 
 typedef struct {
@@ -111,6 +114,7 @@ struct bt_http_req {
     char *body;
     size_t body_len;
     struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
+    const struct bufferevent *bev;   /* the connection's, compared, never followed */
     void *state;                 /* bt_http_req_set_state */
     bt_destroy_fn state_dtor;
     char peer[INET6_ADDRSTRLEN + 1];
@@ -493,6 +497,7 @@ static int copy_request(bt_http_req *req, struct evhttp_request *ev)
     if (q && !(req->raw_query = bt_strdup(q)))
         return BT_ENOMEM;
     req->evcon = evhttp_request_get_connection(ev);
+    req->bev = req->evcon != NULL ? evhttp_connection_get_bufferevent(req->evcon) : NULL;
     return 0;
 }
 
@@ -626,8 +631,18 @@ static void dispatch(struct evhttp_request *ev, void *arg)
 
 /* ---- Life ------------------------------------------------------------------ */
 
+bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev)
+{
+    for (bt_http_req *req = srv->head; req != NULL; req = req->next)
+        if (req->ev != NULL && !req->disconnected && req->bev == bev)
+            return true;
+    return false;
+}
+
 static void close_listeners(bt_http_server *srv)
 {
+    if (srv->guard_ready)
+        bt__guard_forget_listeners(&srv->guard);
     for (size_t i = 0; i < srv->nlisteners; i++)
         evhttp_del_accept_socket(srv->http, srv->listeners[i]);
     srv->nlisteners = 0;
@@ -655,6 +670,7 @@ static void server_close(bt_http_server *srv)
     close_listeners(srv);
     evhttp_free(srv->http);
     srv->http = NULL;
+    bt__guard_close(&srv->guard);
     bt_timer_free(srv->deadline);
     srv->deadline = NULL;
     bt_timer_free(srv->lag_timer);
@@ -726,6 +742,10 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     srv->sweep = bt_timer_new(loop, on_sweep, srv);
     if (!srv->stats || !srv->http || !srv->deadline || !srv->sweep)
         goto fail;
+    if (bt__guard_init(&srv->guard, srv, app, bt_loop_base(loop), srv->stats) != 0)
+        goto fail;
+    srv->guard_ready = true;
+    evhttp_set_bevcb(srv->http, bt__guard_bevcb, &srv->guard);
     if (app->metrics_path) {
         srv->lag_timer = bt_timer_new(loop, on_lag_timer, srv);
         if (!srv->lag_timer)
@@ -735,7 +755,10 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                               EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                               EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    evhttp_set_max_headers_size(srv->http, (ev_ssize_t)app->max_header_bytes);
+    /* The guard holds a head until it is complete and refuses one longer
+     * than max_header_bytes (431) before evhttp sees it; evhttp's own
+     * limit, which answers 400 in HTML, is set above it. */
+    evhttp_set_max_headers_size(srv->http, (ev_ssize_t)app->max_header_bytes * 2 + 1024);
     evhttp_set_max_body_size(srv->http, (ev_ssize_t)app->max_body_bytes);
     evhttp_set_timeout_tv(srv->http, &srv->read_tv);
     if (bt_loop_add_closer(loop, on_loop_close, srv) != 0)
@@ -762,6 +785,8 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
 fail:
     if (srv->http)
         evhttp_free(srv->http);
+    if (srv->guard_ready)
+        bt__guard_close(&srv->guard);
     bt_timer_free(srv->deadline);
     bt_timer_free(srv->sweep);
     bt_timer_free(srv->lag_timer);
@@ -818,6 +843,11 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
     if (!bs) {
         close(fd);
         return BT_ENOMEM;
+    }
+    rc = bt__guard_add_listener(&srv->guard, evhttp_bound_socket_get_listener(bs));
+    if (rc != 0) {
+        evhttp_del_accept_socket(srv->http, bs);
+        return rc;
     }
     srv->listeners[srv->nlisteners++] = bs;
     if (srv->port < 0)
