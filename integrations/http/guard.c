@@ -273,7 +273,7 @@ static void refuse(conn *c, int status, const char *msg)
 static void write_refusal(conn *c)
 {
     char body[160], head[320];
-    int bl = snprintf(body, sizeof body, "{\"error\": \"%s\"}", c->msg);
+    int bl = snprintf(body, sizeof body, "{\"error\":\"%s\"}", c->msg);
     int hl = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\nConnection: close\r\n%s\r\n",
@@ -370,11 +370,29 @@ int bt__guard_check_request_line(const char *line, size_t len, bool *is_head, co
             *msg = "malformed request target";
             return 400;
         }
-    if (!(target[0] == '/' || (tl == 1 && target[0] == '*') ||
-          (tl > 7 && strncasecmp(target, "http://", 7) == 0) ||
-          (tl > 8 && strncasecmp(target, "https://", 8) == 0))) {
+    bool absolute = (tl > 7 && strncasecmp(target, "http://", 7) == 0) ||
+                    (tl > 8 && strncasecmp(target, "https://", 8) == 0);
+    if (!(target[0] == '/' || (tl == 1 && target[0] == '*') || absolute)) {
         *msg = "malformed request target";
         return 400;
+    }
+    if (absolute) {
+        /* evhttp parses an absolute-form target itself and answers 400 in
+         * HTML when it cannot: parse it the same way first. */
+        char *copy = bt_malloc(tl + 1);
+        if (copy == NULL) {
+            *msg = "out of memory";
+            return 503;
+        }
+        memcpy(copy, target, tl);
+        copy[tl] = '\0';
+        struct evhttp_uri *u = evhttp_uri_parse_with_flags(copy, EVHTTP_URI_NONCONFORMANT);
+        bt_free(copy);
+        if (u == NULL) {
+            *msg = "malformed request target";
+            return 400;
+        }
+        evhttp_uri_free(u);
     }
     const char *ver = sp2 + 1;
     size_t vl = len - (size_t)(ver - line);
