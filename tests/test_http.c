@@ -1237,6 +1237,12 @@ static void smuggling_client(void *arg)
     const char *two = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
                       "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     hostile(port, two, strlen(two), &hres[NCASES + 1]);
+    /* A good request, then a bad one in the same packet: the refusal waits
+     * for the good one's answer and comes second. */
+    const char *good_bad = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                           "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                           "Content-Length: 2\r\n\r\n{}";
+    hostile(port, good_bad, strlen(good_bad), &hres[NCASES + 2]);
 }
 
 START_TEST(smuggling_and_malformed_framing_refused)
@@ -1257,10 +1263,14 @@ START_TEST(smuggling_and_malformed_framing_refused)
         ck_assert_msg(strstr(h->text, "\r\n\r\n{\"error\":\"") != NULL, "%s: not JSON: %s",
                       smuggling_cases[i].name, h->text);
     }
-    ck_assert_int_eq(atomic_load(&handler_calls), 2); /* the two good GETs only */
+    ck_assert_int_eq(atomic_load(&handler_calls), 3); /* the three good GETs only */
     ck_assert_int_eq(hres[NCASES].status, 201);
     ck_assert_msg(strstr(hres[NCASES].text, "\"got\":{\"a\":1}") != NULL, "%s", hres[NCASES].text);
     ck_assert_msg(hres[NCASES + 1].nresp == 2, "%s", hres[NCASES + 1].text);
+    ck_assert_int_eq(hres[NCASES + 2].nresp, 2);
+    ck_assert_int_eq(hres[NCASES + 2].status, 200);
+    ck_assert(strstr(hres[NCASES + 2].text, "hello") < strstr(hres[NCASES + 2].text, "HTTP/1.1 400"));
+    ck_assert(hres[NCASES + 2].closed);
 }
 END_TEST
 

@@ -196,6 +196,7 @@ typedef struct conn {
     /* The current message. */
     uint64_t msg_start;        /* its first byte's position in the stream */
     uint64_t seen;             /* bytes of the stream looked at */
+    uint64_t added;            /* bytes of the stream added to the buffer */
     size_t head_bytes;
     unsigned nlines;
     int ncl, nte;
@@ -213,8 +214,12 @@ typedef struct conn {
 } conn;
 
 
+/* Until the timer's first run has set evhttp's close callback, that run
+ * stays first: it also arms whatever deadline is due. */
 static void arm(conn *c, uint64_t ms)
 {
+    if (!c->started)
+        return;
     struct timeval tv;
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
@@ -251,7 +256,7 @@ static void refuse(conn *c, int status, const char *msg)
     c->msg = msg;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t len = evbuffer_get_length(in);
-    uint64_t buf_start = c->seen - len; /* valid: seen counts up to the buffer's end */
+    uint64_t buf_start = c->added - len; /* the stream position of the buffer's first byte */
     c->in_cb = true;
     if (c->msg_start <= buf_start) {
         evbuffer_drain(in, len);
@@ -542,7 +547,8 @@ static void message_reset(conn *c)
     c->linelen = 0;
     c->body_total = 0;
     c->msg_start = c->seen;
-    event_del(c->timer);
+    if (c->started)
+        event_del(c->timer);
 }
 
 static void start_body(conn *c, enum conn_state st, uint64_t left)
@@ -717,8 +723,8 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     conn *c = arg;
     if (c->in_cb || info->n_added == 0 || c->g == NULL)
         return;
+    c->added += info->n_added;
     if (c->st == C_REFUSE || c->st == C_CLOSING) {
-        c->seen += info->n_added;
         c->in_cb = true;
         evbuffer_drain(buf, info->n_added);
         c->in_cb = false;
@@ -735,12 +741,8 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
             break;
         size_t avail = v.iov_len < len - off ? v.iov_len : len - off;
         size_t used = look(c, v.iov_base, avail);
-        if (c->st == C_REFUSE) {
-            /* look's bytes are gone with the refused message; the rest of
-             * this read goes too. */
-            c->seen += len - off - used;
-            return;
-        }
+        if (c->st == C_REFUSE)
+            return; /* refuse removed the message's bytes, this read's included */
         off += used;
     }
 }
@@ -797,10 +799,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         bufferevent_getcb(c->bev, NULL, NULL, NULL, &cbarg);
         evhttp_connection_set_closecb(cbarg, on_evhttp_close, c);
         c->started = true;
-        if (c->st != C_REFUSE) {
-            arm(c, c->g->app->head_timeout_ms);
-            return;
-        }
+        /* On to whatever is due: a refusal, a deadline. */
     }
     bt__guard *g = c->g;
     bt_http_app *app = g->app;
@@ -912,7 +911,8 @@ struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
         c->status = 503;
         c->msg = "too many open connections";
     }
-    arm(c, 0); /* on_timer's first run, once evhttp has the connection */
+    struct timeval zero = {0, 0};
+    event_add(c->timer, &zero); /* on_timer's first run, once evhttp has the connection */
     return c->bev;
 }
 
