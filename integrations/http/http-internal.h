@@ -129,6 +129,65 @@ struct bt_http_app {
     int stop_fd[2];                /* bt_http_app_stop writes here */
 };
 
+/* ---- Requests (request.c) ------------------------------------------------ */
+
+#include <netinet/in.h>
+
+struct evhttp_request;
+struct evhttp_connection;
+struct evkeyvalq;
+struct event;
+
+#define BT__HTTP_INLINE_SEGS 8
+
+typedef struct {
+    char *name;
+    char *value;
+} bt__http_kv;
+
+struct bt_http_req {
+    bt_http_server *srv;         /* NULL once detached by close/free */
+    bt_loop *loop;
+    void *loop_data;
+    struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
+    bool disconnected;           /* the client went away; ev is gone */
+    struct event *watch;         /* notices the client closing, while in flight */
+    bool watched;                /* watch_peer was tried (the sweep's mark) */
+    bt_future *fut;
+    bt_http_req *prev, *next;
+    uint64_t start_ns;
+
+    const char *method;
+    char *path;
+    char **segs;                 /* into path's block */
+    char *inline_segs[BT__HTTP_INLINE_SEGS];
+    size_t nsegs;
+    const char *pnames[BT__HTTP_MAX_PARAMS];
+    const char *pvalues[BT__HTTP_MAX_PARAMS];
+    size_t nparams;
+    char *raw_query;
+    struct evkeyvalq *query;     /* parsed on first use */
+    bt__http_kv *headers;
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+    struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
+    const struct bufferevent *bev;   /* the connection's, compared, never followed */
+    void *state;                 /* bt_http_req_set_state */
+    bt_destroy_fn state_dtor;
+    char peer[INET6_ADDRSTRLEN + 1];
+};
+
+/* Free req: its state (through its destructor), copies, future. */
+void bt__http_req_free(bt_http_req *req);
+/* Split the raw path into req's percent-decoded path and segments.
+ * Returns 0, BT_EINVAL (a segment decodes to a NUL byte, or the path is
+ * not absolute), BT_ENOMEM. */
+int bt__http_req_split_path(bt_http_req *req, const char *raw);
+/* Copy ev's headers, body, query string and connection into req.
+ * Returns 0 or BT_ENOMEM. */
+int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev);
+
 /* ---- Connection guard (guard.c) --------------------------------------------- */
 
 struct bufferevent;
