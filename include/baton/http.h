@@ -8,10 +8,23 @@
  * an Allow header) when a route matches the path but not the method, 500
  * with a short body when a handler fails (the error is logged, never sent),
  * 504 when a handler runs past the app's handler timeout or fails with
- * BT_ETIMEDOUT, 503 when the cap on concurrent requests is reached or the
- * server is
- * shutting down, 413 when a request's body is too large and 400 when its
- * headers are (evhttp's answers).
+ * BT_ETIMEDOUT, 503 when the cap on concurrent requests or on open
+ * connections is reached or the server is shutting down.
+ *
+ * Before a handler sees a request, the server frames it strictly (RFC 9112
+ * section 6.3) and answers, then closes the connection: 400 for a
+ * malformed request line or header line, obs-fold (a header line starting
+ * with a space or tab), more than one Content-Length or a Content-Length
+ * that is not plain digits, Transfer-Encoding beside Content-Length, a
+ * Transfer-Encoding other than exactly "chunked", an invalid chunk size,
+ * a HEAD request with a body; 408 when the head or the body comes too
+ * slowly; 413 when the body is too large; 417 for an Expect other than
+ * 100-continue; 431 when the head is too large; 501 for a method the
+ * server does not implement; 505 for an HTTP version other than 1.x.
+ * Every answer the server makes itself has the body {"error": "..."}.
+ * When accept() fails (out of file descriptors: EMFILE, ENFILE), the
+ * server stops accepting for 250 ms and logs one line per 10 s, rather
+ * than retrying at once.
  *
  *   bt_http_app *app = bt_http_app_new();
  *   bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
@@ -93,7 +106,7 @@ BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char
 /* Limits. Each returns 0, BT_EINVAL (NULL app or a zero value) or BT_EBUSY
  * once a server uses the app.
  * - max_header_bytes: the request line and headers (default 16 KiB);
- *   beyond it the request is refused (400, evhttp's answer).
+ *   beyond it the request is refused with 431.
  * - max_body_bytes: the body (default 1 MiB); beyond it, 413.
  * - read_timeout_ms: the longest wait for a request's bytes, and for the
  *   next request on an idle keep-alive connection (default 30 s).
@@ -107,6 +120,25 @@ BT_EXPORT int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes);
 BT_EXPORT int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_timeout_ms,
                                        uint64_t write_timeout_ms);
 BT_EXPORT int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent);
+
+/* Hostile clients. Each returns 0, BT_EINVAL (NULL app or a zero value) or
+ * BT_EBUSY once a server uses the app.
+ * - head_timeout_ms: a request head (request line and headers) must be
+ *   complete within this time of its first byte (of the accept, for a
+ *   connection's first request), however the client trickles it
+ *   (slowloris); then the client gets 408 and the connection is closed.
+ *   Default 15 s. An idle keep-alive connection is governed by the read
+ *   timeout instead.
+ * - min_body_rate: a request body may take grace_ms, plus one second per
+ *   bytes_per_s bytes received so far; a body that falls behind gets 408
+ *   and the connection is closed. Default 1024 bytes a second after 15 s.
+ * - max_connections: open connections across all the app's servers
+ *   (default 10000). A connection beyond it is answered 503 (JSON,
+ *   Retry-After: 1) and closed; one log line per 10 s counts them. */
+BT_EXPORT int bt_http_app_set_head_timeout(bt_http_app *app, uint64_t ms);
+BT_EXPORT int bt_http_app_set_min_body_rate(bt_http_app *app, uint64_t bytes_per_s,
+                                            uint64_t grace_ms);
+BT_EXPORT int bt_http_app_set_max_connections(bt_http_app *app, unsigned max_connections);
 
 /* A deadline for every handler: a handler's future still pending after ms
  * milliseconds is cancelled (so is the work it waits on) and the client
@@ -305,7 +337,8 @@ BT_EXPORT int bt_http_reply_status(const bt_http_reply *resp);
  * - bt_http_respond: status and a body (copied; body may be NULL).
  * - bt_http_respond_json: status and json, which it steals (json_decref
  *   follows even on failure), so `bt_http_respond_json(loop, 200,
- *   json_pack(...))` leaks nothing; a NULL json gives a 500.
+ *   json_pack(...))` leaks nothing; a NULL json (a json_pack that
+ *   failed) gives a future failed with BT_EINVAL, logged, hence a 500.
  * - bt_http_respond_error: status and {"error": message}.
  * - bt_http_reply_future: wraps resp (taken, even on failure).
  * Returns: new reference, or NULL (a NULL loop, a status outside 100..599,

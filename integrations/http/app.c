@@ -39,6 +39,10 @@ bt_http_app *bt_http_app_new(void)
     app->write_timeout_ms = 30000;
     app->max_concurrent = 10000;
     app->shutdown_deadline_ms = 10000;
+    app->head_timeout_ms = 15000;
+    app->min_body_rate = 1024;
+    app->body_grace_ms = 15000;
+    app->max_connections = 10000;
     if (pipe2(app->stop_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
         bt_free(app);
         return NULL;
@@ -120,6 +124,35 @@ int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent)
     if (!max_concurrent)
         return BT_EINVAL;
     app->max_concurrent = max_concurrent;
+    return 0;
+}
+
+BT_EXPORT int bt_http_app_set_head_timeout(bt_http_app *app, uint64_t ms)
+{
+    CHECK_APP(app);
+    if (ms == 0)
+        return BT_EINVAL;
+    app->head_timeout_ms = ms;
+    return 0;
+}
+
+BT_EXPORT int bt_http_app_set_min_body_rate(bt_http_app *app, uint64_t bytes_per_s,
+                                            uint64_t grace_ms)
+{
+    CHECK_APP(app);
+    if (bytes_per_s == 0 || grace_ms == 0)
+        return BT_EINVAL;
+    app->min_body_rate = bytes_per_s;
+    app->body_grace_ms = grace_ms;
+    return 0;
+}
+
+BT_EXPORT int bt_http_app_set_max_connections(bt_http_app *app, unsigned max_connections)
+{
+    CHECK_APP(app);
+    if (max_connections == 0)
+        return BT_EINVAL;
+    app->max_connections = max_connections;
     return 0;
 }
 

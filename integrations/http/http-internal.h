@@ -102,6 +102,10 @@ struct bt_http_app {
     uint64_t shutdown_deadline_ms;
     bool access_log;
     uint64_t handler_timeout_ms;
+    uint64_t head_timeout_ms;      /* guard.c: the whole request head */
+    uint64_t min_body_rate;        /* guard.c: bytes a second, after body_grace_ms */
+    uint64_t body_grace_ms;
+    unsigned max_connections;      /* guard.c: open connections, all servers */
     char *metrics_path;
     bt__metrics_src *msrc;
     size_t nmsrc;
@@ -113,6 +117,10 @@ struct bt_http_app {
     _Atomic unsigned servers;      /* servers alive: the app is frozen while > 0 */
     _Atomic unsigned in_flight;    /* for max_concurrent */
     _Atomic unsigned next_index;
+    _Atomic unsigned open_conns;   /* for max_connections */
+    _Atomic uint64_t refused_conns;    /* 503: max_connections reached */
+    _Atomic uint64_t refused_requests; /* answered by the guard: 400, 408, 413, 431... */
+    _Atomic uint64_t accept_pauses;    /* accept() failed: the listeners paused */
     pthread_mutex_t stats_lock;    /* guards stats list */
     bt__http_stats *stats;
 
@@ -120,5 +128,103 @@ struct bt_http_app {
     _Atomic bool running;
     int stop_fd[2];                /* bt_http_app_stop writes here */
 };
+
+/* ---- Requests (request.c) ------------------------------------------------ */
+
+#include <netinet/in.h>
+
+struct evhttp_request;
+struct evhttp_connection;
+struct evkeyvalq;
+struct event;
+
+#define BT__HTTP_INLINE_SEGS 8
+
+typedef struct {
+    char *name;
+    char *value;
+} bt__http_kv;
+
+struct bt_http_req {
+    bt_http_server *srv;         /* NULL once detached by close/free */
+    bt_loop *loop;
+    void *loop_data;
+    struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
+    bool disconnected;           /* the client went away; ev is gone */
+    struct event *watch;         /* notices the client closing, while in flight */
+    bool watched;                /* watch_peer was tried (the sweep's mark) */
+    bt_future *fut;
+    bt_http_req *prev, *next;
+    uint64_t start_ns;
+
+    const char *method;
+    char *path;
+    char **segs;                 /* into path's block */
+    char *inline_segs[BT__HTTP_INLINE_SEGS];
+    size_t nsegs;
+    const char *pnames[BT__HTTP_MAX_PARAMS];
+    const char *pvalues[BT__HTTP_MAX_PARAMS];
+    size_t nparams;
+    char *raw_query;
+    struct evkeyvalq *query;     /* parsed on first use */
+    bt__http_kv *headers;
+    size_t nheaders;
+    char *body;
+    size_t body_len;
+    struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
+    const struct bufferevent *bev;   /* the connection's, compared, never followed */
+    void *state;                 /* bt_http_req_set_state */
+    bt_destroy_fn state_dtor;
+    char peer[INET6_ADDRSTRLEN + 1];
+};
+
+/* Free req: its state (through its destructor), copies, future. */
+void bt__http_req_free(bt_http_req *req);
+/* Split the raw path into req's percent-decoded path and segments.
+ * Returns 0, BT_EINVAL (a segment decodes to a NUL byte, or the path is
+ * not absolute), BT_ENOMEM. */
+int bt__http_req_split_path(bt_http_req *req, const char *raw);
+/* Copy ev's headers, body, query string and connection into req.
+ * Returns 0 or BT_ENOMEM. */
+int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev);
+
+/* ---- Connection guard (guard.c) --------------------------------------------- */
+
+struct bufferevent;
+struct event;
+struct event_base;
+struct evconnlistener;
+
+#define BT__GUARD_MAX_LISTENERS 8
+
+/* One per server, inside it; runs on the server's loop thread. */
+typedef struct bt__guard {
+    bt_http_server *srv;
+    bt_http_app *app;
+    bt__http_stats *stats;
+    struct conn *conns;            /* every connection not yet destroyed */
+    struct evconnlistener *listeners[BT__GUARD_MAX_LISTENERS];
+    size_t nlisteners;
+    struct event *accept_timer;    /* resumes accepting after a pause */
+    uint64_t accept_pauses, accept_logged_ns;
+    uint64_t refused, refused_logged_ns;
+} bt__guard;
+
+int bt__guard_init(bt__guard *g, bt_http_server *srv, bt_http_app *app, struct event_base *base,
+                   bt__http_stats *stats);
+/* After evhttp_free: detach the connections whose destruction is still
+ * to come, forget the listeners. */
+void bt__guard_close(bt__guard *g);
+/* For evhttp_set_bevcb. */
+struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg);
+/* Pause lev on accept() errors. Returns 0, BT_ENOMEM, BT_EBUSY. */
+int bt__guard_add_listener(bt__guard *g, struct evconnlistener *lev);
+/* Before the listeners are freed. */
+void bt__guard_forget_listeners(bt__guard *g);
+/* Check a request line (without its line end). Returns 0 or an HTTP
+ * status with *msg. */
+int bt__guard_check_request_line(const char *line, size_t len, bool *is_head, const char **msg);
+/* server.c: true while a request read on bev is with its handler. */
+bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev);
 
 #endif

@@ -156,8 +156,13 @@ bt_future *bt_http_respond(bt_loop *loop, int status, const char *content_type, 
 
 bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json)
 {
-    if (!json)
-        return bt_future_new_error(loop, BT_ENOMEM, "bt_http_respond_json: no JSON value");
+    if (json == NULL) {
+        /* Usually a json_pack whose format did not match its arguments:
+         * a mistake in the caller's code, which BT_ENOMEM would hide. */
+        bt_log(BT_LOG_ERROR, "bt_http_respond_json: json is NULL (did a json_pack fail?)");
+        return bt_future_new_error(loop, BT_EINVAL,
+                                   "bt_http_respond_json: json is NULL (did a json_pack fail?)");
+    }
     bt_http_reply *r = bt_http_reply_new(status);
     int rc = r ? bt_http_reply_set_json(r, json) : BT_EINVAL;
     json_decref(json);

@@ -23,6 +23,10 @@
  *   cancelled; its callback then only frees the request) before evhttp_free
  *   closes the connections, because evhttp_free frees the evhttp_requests
  *   still attached to them.
+ * - Every connection's bytes pass the guard (guard.c) before evhttp parses
+ *   them: strict framing, head and body deadlines, the cap on open
+ *   connections, the pause on accept() errors. The request's copy and its
+ *   accessors are in request.c.
  * - read and write timeouts: libevent 2.1 has one timeout per connection,
  *   so the write timeout is set on the connection just before a reply and
  *   the read timeout is put back when the reply is done.
@@ -46,6 +50,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #include <baton/compose.h>
 
@@ -53,8 +58,10 @@
 #include "response-internal.h"
 
 #define MAX_LISTENERS 8
-#define BT__HTTP_INLINE_SEGS 8
 #define SWEEP_MS 20
+/* The loop-lag probe of the metrics: a timer of this period measures how
+ * late it fires. */
+#define LAG_PERIOD_MS 250
 
 struct bt_http_server {
     bt_loop *loop;
@@ -77,43 +84,8 @@ struct bt_http_server {
     bt_timer *sweep;             /* arms disconnect watches, while requests are in flight */
     uint64_t lag_last_ns;
     struct timeval read_tv, write_tv;
-};
-
-typedef struct {
-    char *name;
-    char *value;
-} kv;
-
-struct bt_http_req {
-    bt_http_server *srv;         /* NULL once detached by close/free */
-    bt_loop *loop;
-    void *loop_data;
-    struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
-    bool disconnected;           /* the client went away; ev is gone */
-    struct event *watch;         /* notices the client closing, while in flight */
-    bool watched;                /* watch_peer was tried (the sweep's mark) */
-    bt_future *fut;
-    bt_http_req *prev, *next;
-    uint64_t start_ns;
-
-    const char *method;
-    char *path;
-    char **segs;                 /* into path's block */
-    char *inline_segs[BT__HTTP_INLINE_SEGS];
-    size_t nsegs;
-    const char *pnames[BT__HTTP_MAX_PARAMS];
-    const char *pvalues[BT__HTTP_MAX_PARAMS];
-    size_t nparams;
-    char *raw_query;
-    struct evkeyvalq *query;     /* parsed on first use */
-    kv *headers;
-    size_t nheaders;
-    char *body;
-    size_t body_len;
-    struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
-    void *state;                 /* bt_http_req_set_state */
-    bt_destroy_fn state_dtor;
-    char peer[INET6_ADDRSTRLEN + 1];
+    bt__guard guard;             /* framing, deadlines, caps: guard.c */
+    bool guard_ready;
 };
 
 static void unwatch_peer(bt_http_req *req);
@@ -212,24 +184,6 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 
 /* ---- Requests ------------------------------------------------------------- */
 
-static void request_free(bt_http_req *req)
-{
-    if (req->state_dtor)
-        req->state_dtor(req->state);
-    if (req->segs != req->inline_segs)
-        bt_free(req->segs);
-    bt_free(req->path);
-    bt_free(req->raw_query);
-    if (req->query) {
-        evhttp_clear_headers(req->query);
-        bt_free(req->query);
-    }
-    bt_free(req->headers); /* one block with the strings */
-    bt_free(req->body);
-    bt_future_unref(req->fut);
-    bt_free(req);
-}
-
 static void list_remove(bt_http_server *srv, bt_http_req *req)
 {
     if (req->prev)
@@ -260,7 +214,7 @@ static void on_done(bt_future *f, void *arg)
     bt_http_server *srv = req->srv;
     if (!srv) { /* detached by free or the loop's closer: nobody to answer */
         bt_future_error(f);
-        request_free(req);
+        bt__http_req_free(req);
         return;
     }
     list_remove(srv, req);
@@ -300,7 +254,7 @@ static void on_done(bt_future *f, void *arg)
     }
     bt_http_reply_free(resp);
     req->ev = NULL;
-    request_free(req);
+    bt__http_req_free(req);
     maybe_shutdown_done(srv);
 }
 
@@ -384,128 +338,19 @@ static void on_sweep(bt_timer *t, void *arg)
     }
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Split the raw path into percent-decoded segments, all in one block:
- * the decoded path ("/user/42", for bt_http_req_path) followed by each
- * segment, NUL-terminated. A '%' not followed by two hex digits stays as
- * it is. Returns 0, BT_EINVAL (a segment decodes to a NUL byte, or the
- * path is not absolute), BT_ENOMEM. */
-static int split_path(bt_http_req *req, const char *raw)
-{
-    if (!raw || !*raw)
-        raw = "/";
-    if (raw[0] != '/')
-        return BT_EINVAL;
-    size_t len = strlen(raw);
-    size_t n = 0;
-    for (const char *p = raw; *p; p++)
-        if (*p == '/')
-            n++;
-    if (len == 1)
-        n = 0;
-    req->path = bt_malloc(2 * len + 2);
-    if (!req->path)
-        return BT_ENOMEM;
-    if (n > BT__HTTP_INLINE_SEGS) {
-        req->segs = bt_malloc(n * sizeof *req->segs);
-        if (!req->segs)
-            return BT_ENOMEM;
-    } else {
-        req->segs = req->inline_segs;
-    }
-    char *path = req->path;
-    char *w = req->path + len + 1; /* the segments go after the path */
-    const char *p = raw + 1;
-    size_t plen = 0;
-    path[plen++] = '/';
-    for (size_t i = 0; i < n; i++) {
-        req->segs[i] = w;
-        for (; *p && *p != '/'; p++) {
-            char c = *p;
-            int hi, lo;
-            if (c == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
-                c = (char)(hi * 16 + lo);
-                if (c == '\0')
-                    return BT_EINVAL;
-                p += 2;
-            }
-            *w++ = c;
-        }
-        *w++ = '\0';
-        req->nsegs = i + 1;
-        size_t sl = strlen(req->segs[i]);
-        if (i > 0)
-            path[plen++] = '/';
-        memcpy(path + plen, req->segs[i], sl);
-        plen += sl;
-        if (*p == '/')
-            p++;
-    }
-    path[plen] = '\0';
-    return 0;
-}
-
-/* Copy the headers into one block, the body, the query string, the peer. */
-static int copy_request(bt_http_req *req, struct evhttp_request *ev)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
-    size_t n = 0, bytes = 0;
-    struct evkeyval *h;
-    TAILQ_FOREACH(h, in, next) {
-        n++;
-        bytes += strlen(h->key) + strlen(h->value) + 2;
-    }
-    if (n) {
-        req->headers = bt_malloc(n * sizeof *req->headers + bytes);
-        if (!req->headers)
-            return BT_ENOMEM;
-        char *w = (char *)(req->headers + n);
-        TAILQ_FOREACH(h, in, next) {
-            kv *k = &req->headers[req->nheaders++];
-            size_t kl = strlen(h->key) + 1, vl = strlen(h->value) + 1;
-            k->name = memcpy(w, h->key, kl);
-            w += kl;
-            k->value = memcpy(w, h->value, vl);
-            w += vl;
-        }
-    }
-    struct evbuffer *body = evhttp_request_get_input_buffer(ev);
-    size_t len = evbuffer_get_length(body);
-    if (len) {
-        req->body = bt_malloc(len + 1);
-        if (!req->body)
-            return BT_ENOMEM;
-        evbuffer_copyout(body, req->body, len);
-        req->body[len] = '\0';
-        req->body_len = len;
-    }
-    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(ev));
-    if (q && !(req->raw_query = bt_strdup(q)))
-        return BT_ENOMEM;
-    req->evcon = evhttp_request_get_connection(ev);
-    return 0;
-}
-
 static void dispatch(struct evhttp_request *ev, void *arg)
 {
     bt_http_server *srv = arg;
     bt_http_app *app = srv->app;
     uint64_t t0 = bt_hrtime();
     const char *method = method_name(evhttp_request_get_command(ev));
-    if (srv->shutting_down) {
-        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
-        return;
-    }
+    int status = 503;
+    const char *msg = "service unavailable";
+    char *allow = NULL;
+    bt_http_req *req = NULL;
+    bt__match m;
+    if (srv->shutting_down)
+        goto reject;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
     const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
 
@@ -524,46 +369,36 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         return;
     }
 
-    bt_http_req *req = bt_calloc(1, sizeof *req);
-    if (!req) {
-        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
-        return;
-    }
+    req = bt_calloc(1, sizeof *req);
+    if (req == NULL)
+        goto reject;
     req->method = method;
     req->loop = srv->loop;
     req->loop_data = srv->loop_data;
     req->start_ns = t0;
-    int rc = split_path(req, raw_path);
+    int rc = bt__http_req_split_path(req, raw_path);
     if (rc == BT_EINVAL) {
-        request_free(req);
-        send_simple(srv, ev, 400, "bad request", NULL, t0);
-        return;
+        status = 400;
+        msg = "bad request";
+        goto reject;
     }
-    bt__match m;
     if (rc == 0)
         rc = bt__router_match(&app->router, method, req->segs, req->nsegs, &m);
-    if (rc == 0 && !m.route) {
-        if (m.path_matched)
-            send_simple(srv, ev, 405, "method not allowed", m.allow, t0);
-        else
-            send_simple(srv, ev, 404, "not found", NULL, t0);
-        bt_free(m.allow);
-        request_free(req);
-        return;
+    if (rc == 0 && m.route == NULL) {
+        allow = m.allow;
+        status = m.path_matched ? 405 : 404;
+        msg = m.path_matched ? "method not allowed" : "not found";
+        goto reject;
     }
     if (rc == 0)
-        rc = copy_request(req, ev);
-    if (rc != 0) {
-        request_free(req);
-        send_simple(srv, ev, 503, "service unavailable", NULL, t0);
-        return;
-    }
+        rc = bt__http_req_copy(req, ev);
+    if (rc != 0)
+        goto reject; /* out of memory: 503 */
     unsigned now = atomic_fetch_add_explicit(&app->in_flight, 1, memory_order_relaxed);
     if (now >= app->max_concurrent) {
         atomic_fetch_sub_explicit(&app->in_flight, 1, memory_order_relaxed);
-        request_free(req);
-        send_simple(srv, ev, 503, "too many requests in flight", NULL, t0);
-        return;
+        msg = "too many requests in flight";
+        goto reject;
     }
     for (size_t i = 0; i < m.nparams; i++) {
         req->pnames[i] = m.names[i];
@@ -587,7 +422,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         f = bt_future_new_error(srv->loop, BT_ENOMEM, "handler returned NULL");
         if (!f) {
             list_remove(srv, req);
-            request_free(req);
+            bt__http_req_free(req);
             send_simple(srv, ev, 500, "internal server error", NULL, t0);
             return;
         }
@@ -606,7 +441,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         req->fut = f = bt_timeout(f, srv->app->handler_timeout_ms);
         if (f == NULL) {
             list_remove(srv, req);
-            request_free(req);
+            bt__http_req_free(req);
             send_simple(srv, ev, 500, "internal server error", NULL, t0);
             return;
         }
@@ -616,18 +451,36 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         list_remove(srv, req);
         bt_future_cancel(f);
         bt_future_error(f);
-        request_free(req);
+        bt__http_req_free(req);
         send_simple(srv, ev, 500, "internal server error", NULL, t0);
         return;
     }
     if (!bt_timer_is_active(srv->sweep))
         bt_timer_start(srv->sweep, SWEEP_MS, SWEEP_MS);
+    return;
+
+reject:
+    /* Every refusal before a handler runs ends here: nothing is kept. */
+    if (req != NULL)
+        bt__http_req_free(req);
+    send_simple(srv, ev, status, msg, allow, t0);
+    bt_free(allow);
 }
 
 /* ---- Life ------------------------------------------------------------------ */
 
+bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev)
+{
+    for (bt_http_req *req = srv->head; req != NULL; req = req->next)
+        if (req->ev != NULL && !req->disconnected && req->bev == bev)
+            return true;
+    return false;
+}
+
 static void close_listeners(bt_http_server *srv)
 {
+    if (srv->guard_ready)
+        bt__guard_forget_listeners(&srv->guard);
     for (size_t i = 0; i < srv->nlisteners; i++)
         evhttp_del_accept_socket(srv->http, srv->listeners[i]);
     srv->nlisteners = 0;
@@ -655,6 +508,7 @@ static void server_close(bt_http_server *srv)
     close_listeners(srv);
     evhttp_free(srv->http);
     srv->http = NULL;
+    bt__guard_close(&srv->guard);
     bt_timer_free(srv->deadline);
     srv->deadline = NULL;
     bt_timer_free(srv->lag_timer);
@@ -675,7 +529,7 @@ static void on_lag_timer(bt_timer *t, void *arg)
     bt_http_server *srv = arg;
     (void)t;
     uint64_t now = bt_hrtime();
-    uint64_t expect = srv->lag_last_ns + 250 * 1000000ull;
+    uint64_t expect = srv->lag_last_ns + LAG_PERIOD_MS * 1000000ull;
     uint64_t lag_us = now > expect ? (now - expect) / 1000 : 0;
     srv->lag_last_ns = now;
     atomic_store_explicit(&srv->stats->lag_us, lag_us, memory_order_relaxed);
@@ -726,6 +580,10 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     srv->sweep = bt_timer_new(loop, on_sweep, srv);
     if (!srv->stats || !srv->http || !srv->deadline || !srv->sweep)
         goto fail;
+    if (bt__guard_init(&srv->guard, srv, app, bt_loop_base(loop), srv->stats) != 0)
+        goto fail;
+    srv->guard_ready = true;
+    evhttp_set_bevcb(srv->http, bt__guard_bevcb, &srv->guard);
     if (app->metrics_path) {
         srv->lag_timer = bt_timer_new(loop, on_lag_timer, srv);
         if (!srv->lag_timer)
@@ -735,7 +593,10 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                               EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                               EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    evhttp_set_max_headers_size(srv->http, (ev_ssize_t)app->max_header_bytes);
+    /* The guard holds a head until it is complete and refuses one longer
+     * than max_header_bytes (431) before evhttp sees it; evhttp's own
+     * limit, which answers 400 in HTML, is set above it. */
+    evhttp_set_max_headers_size(srv->http, (ev_ssize_t)app->max_header_bytes * 2 + 1024);
     evhttp_set_max_body_size(srv->http, (ev_ssize_t)app->max_body_bytes);
     evhttp_set_timeout_tv(srv->http, &srv->read_tv);
     if (bt_loop_add_closer(loop, on_loop_close, srv) != 0)
@@ -756,12 +617,14 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     atomic_fetch_add(&app->servers, 1);
     if (srv->lag_timer) {
         srv->lag_last_ns = bt_hrtime();
-        bt_timer_start(srv->lag_timer, 250, 250);
+        bt_timer_start(srv->lag_timer, LAG_PERIOD_MS, LAG_PERIOD_MS);
     }
     return srv;
 fail:
     if (srv->http)
         evhttp_free(srv->http);
+    if (srv->guard_ready)
+        bt__guard_close(&srv->guard);
     bt_timer_free(srv->deadline);
     bt_timer_free(srv->sweep);
     bt_timer_free(srv->lag_timer);
@@ -819,6 +682,11 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
         close(fd);
         return BT_ENOMEM;
     }
+    rc = bt__guard_add_listener(&srv->guard, evhttp_bound_socket_get_listener(bs));
+    if (rc != 0) {
+        evhttp_del_accept_socket(srv->http, bs);
+        return rc;
+    }
     srv->listeners[srv->nlisteners++] = bs;
     if (srv->port < 0)
         srv->port = bound;
@@ -874,90 +742,3 @@ void bt_http_server_free(bt_http_server *srv)
     bt_free(srv);
 }
 
-/* ---- Request accessors ------------------------------------------------------ */
-
-const char *bt_http_req_method(const bt_http_req *req) { return req ? req->method : NULL; }
-const char *bt_http_req_path(const bt_http_req *req) { return req ? req->path : NULL; }
-
-const char *bt_http_req_param(const bt_http_req *req, const char *name)
-{
-    if (!req || !name)
-        return NULL;
-    for (size_t i = 0; i < req->nparams; i++)
-        if (strcmp(req->pnames[i], name) == 0)
-            return req->pvalues[i];
-    return NULL;
-}
-
-const char *bt_http_req_query(const bt_http_req *req, const char *name)
-{
-    if (!req || !name || !req->raw_query)
-        return NULL;
-    bt_http_req *r = (bt_http_req *)req; /* the parse is a cache */
-    if (!r->query) {
-        r->query = bt_calloc(1, sizeof *r->query);
-        if (!r->query)
-            return NULL;
-        TAILQ_INIT(r->query);
-        if (evhttp_parse_query_str(r->raw_query, r->query) != 0) {
-            evhttp_clear_headers(r->query);
-            TAILQ_INIT(r->query);
-        }
-    }
-    struct evkeyval *h;
-    TAILQ_FOREACH(h, r->query, next)
-        if (strcmp(h->key, name) == 0)
-            return h->value;
-    return NULL;
-}
-
-const char *bt_http_req_header(const bt_http_req *req, const char *name)
-{
-    if (!req || !name)
-        return NULL;
-    for (size_t i = 0; i < req->nheaders; i++)
-        if (strcasecmp(req->headers[i].name, name) == 0)
-            return req->headers[i].value;
-    return NULL;
-}
-
-const void *bt_http_req_body(const bt_http_req *req, size_t *len)
-{
-    if (len)
-        *len = req ? req->body_len : 0;
-    return req ? req->body : NULL;
-}
-
-json_t *bt_http_req_json(const bt_http_req *req)
-{
-    if (!req || !req->body_len)
-        return NULL;
-    return json_loadb(req->body, req->body_len, 0, NULL);
-}
-
-int bt_http_req_set_state(bt_http_req *req, void *state, bt_destroy_fn dtor)
-{
-    if (!req)
-        return BT_EINVAL;
-    if (req->state_dtor)
-        req->state_dtor(req->state);
-    req->state = state;
-    req->state_dtor = dtor;
-    return 0;
-}
-
-const char *bt_http_req_peer(const bt_http_req *req)
-{
-    if (!req)
-        return NULL;
-    bt_http_req *r = (bt_http_req *)req; /* a cache, filled on first use */
-    if (!r->peer[0] && r->evcon && r->ev && !r->disconnected) {
-        char *addr = NULL;
-        ev_uint16_t port = 0;
-        evhttp_connection_get_peer(r->evcon, &addr, &port);
-        snprintf(r->peer, sizeof r->peer, "%s", addr ? addr : "");
-    }
-    return r->peer;
-}
-bt_loop *bt_http_req_loop(const bt_http_req *req) { return req ? req->loop : NULL; }
-void *bt_http_req_loop_data(const bt_http_req *req) { return req ? req->loop_data : NULL; }
