@@ -26,6 +26,9 @@ static bt_loop *loop;
 static void setup(void)
 {
     ck_assert_msg(pg != NULL, "PostgreSQL did not start");
+    /* A test that failed while the server was frozen must not wedge the
+     * ones after it. */
+    bt_test_pg_thaw(pg);
     loop = bt_loop_new();
     ck_assert_ptr_nonnull(loop);
 }
@@ -1422,6 +1425,184 @@ START_TEST(shutdown_settles_everything)
 }
 END_TEST
 
+
+/* ---- A wedged postmaster (issue 13) ------------------------------------- */
+
+static bt_pq_pool *new_pool_opts(bt_pq_options *o)
+{
+    bt_pq_pool *p = bt_pq_pool_new(loop, o);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* Wait (running the loop) until the pool has n idle connections. */
+static void wait_idle(bt_pq_pool *p, unsigned n)
+{
+    bt_pq_stats st;
+    for (int i = 0; i < 2500; i++) {
+        bt_pq_pool_get_stats(p, &st);
+        if (st.idle >= n)
+            return;
+        sleep_ms(10);
+    }
+    ck_abort_msg("the pool never had %u idle connections (%u)", n, st.idle);
+}
+
+START_TEST(an_unanswered_cancel_closes_and_replaces_its_connection)
+{
+    /* Two connections; one runs a long query. The postmaster alone is
+     * stopped (its backends run on), and the long query is cancelled: the
+     * cancel request can never be answered. The pool must keep serving from
+     * the other connection, close the one whose cancel hangs once
+     * cancel_timeout_ms has passed (while the postmaster is still stopped:
+     * nothing else could free it), and open a new one once the postmaster
+     * is back. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 2;
+    o.max_size = 2;
+    o.pipeline_depth = 1;
+    o.cancel_timeout_ms = 300;
+    bt_pq_pool *p = new_pool_opts(&o);
+    wait_idle(p, 2);
+    bt_future *slow = bt_pq_query(p, "SELECT pg_sleep(61)", 0, NULL);
+    sleep_ms(300);
+    ck_assert_int_eq(sleeping_like("SELECT pg_sleep(61)"), 1);
+    ck_assert_int_eq(bt_test_pg_freeze(pg, false), 0);
+    ck_assert_int_eq(bt_future_cancel(slow), 0);
+    ck_assert_int_eq(bt_future_error(slow), BT_ECANCELED);
+    bt_future_unref(slow);
+
+    /* The healthy connection serves while the postmaster is stopped. */
+    bt_pq_result *r = must(p, "SELECT 'still serving'", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "still serving");
+    bt_pq_result_free(r);
+
+    /* The cancelled query's connection is closed at the cancel deadline,
+     * with the postmaster still stopped (a generous bound: 50x). */
+    bt_pq_stats st;
+    for (int i = 0; i < 1500; i++) {
+        bt_pq_pool_get_stats(p, &st);
+        if (st.broken >= 1)
+            break;
+        sleep_ms(10);
+    }
+    ck_assert_msg(st.broken == 1, "the connection whose cancel hangs was never closed");
+    ck_assert_uint_eq(st.cancels_timed_out, 1);
+    ck_assert_uint_eq(st.cancels_sent, 1);
+    r = must(p, "SELECT 'and still'", 0, NULL);
+    bt_pq_result_free(r);
+
+    /* Back: the pool replaces the closed connection and serves on both. */
+    ck_assert_int_eq(bt_test_pg_thaw(pg), 0);
+    wait_idle(p, 2);
+    bt_future *fs[4];
+    for (int i = 0; i < 4; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_msg(bt_future_error(await(fs[i])) == 0, "%s", bt_future_error_message(fs[i]));
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.connects, 3);
+    ck_assert_uint_eq(st.size, 2);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+struct rescue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;    /* the test got past the point it could hang at */
+    bool rescued; /* the deadline passed first: the thread thawed the server */
+};
+
+/* If the test hangs while the server is frozen, thaw it after 40 s so
+ * that the test can end (and fail), rather than wait for Check's timeout. */
+static void *rescue_main(void *arg)
+{
+    struct rescue *r = arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 40;
+    pthread_mutex_lock(&r->mu);
+    while (!r->done)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
+            break;
+    if (!r->done) {
+        r->rescued = true;
+        bt_test_pg_thaw(pg);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+START_TEST(shutdown_ends_while_the_postmaster_is_stopped)
+{
+    /* Two queries run; the postmaster alone is stopped (the second run
+     * stops the backends too); one query is cancelled, and the pool and
+     * then the loop are freed. Neither cancel request (the one for the
+     * cancelled query, and the one freeing the pool sends for the query
+     * still running) can be answered while the postmaster is stopped:
+     * neither bt_pq_pool_free nor bt_loop_free may wait for them. */
+    bool whole = _i == 1;
+    const char *sql1 = whole ? "SELECT pg_sleep(62.1)" : "SELECT pg_sleep(62.2)";
+    const char *sql2 = whole ? "SELECT pg_sleep(63.1)" : "SELECT pg_sleep(63.2)";
+    bt_pq_pool *p = new_pool(2, 2, 1);
+    wait_idle(p, 2);
+    bt_future *cancelled = bt_pq_query(p, sql1, 0, NULL);
+    bt_future *running = bt_pq_query(p, sql2, 0, NULL);
+    sleep_ms(300);
+    ck_assert_int_eq(sleeping_like(sql1), 1);
+    ck_assert_int_eq(sleeping_like(sql2), 1);
+    ck_assert_int_eq(bt_test_pg_freeze(pg, whole), 0);
+    ck_assert_int_eq(bt_future_cancel(cancelled), 0);
+    /* A second pool with a connect in flight to the stopped server. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    bt_pq_pool *p2 = new_pool_opts(&o);
+    bt_future *waits = bt_pq_query(p2, "SELECT 1", 0, NULL);
+    sleep_ms(200); /* the cancel request is out, waiting for an answer */
+
+    struct rescue rs = {.done = false, .rescued = false};
+    pthread_mutex_init(&rs.mu, NULL);
+    pthread_cond_init(&rs.cv, NULL);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, rescue_main, &rs), 0);
+    uint64_t t0 = bt_hrtime();
+    bt_pq_pool_free(p);
+    bt_pq_pool_free(p2);
+    ck_assert_int_eq(bt_future_error(running), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(waits), BT_ESHUTDOWN);
+    bt_future_unref(cancelled);
+    bt_future_unref(running);
+    bt_future_unref(waits);
+    bt_test_loop_free_clean(loop);
+    loop = bt_loop_new(); /* for teardown */
+    uint64_t ms = (bt_hrtime() - t0) / 1000000;
+    pthread_mutex_lock(&rs.mu);
+    bool rescued = rs.rescued;
+    rs.done = true;
+    pthread_cond_signal(&rs.cv);
+    pthread_mutex_unlock(&rs.mu);
+    pthread_join(th, NULL);
+    bt_test_pg_thaw(pg);
+    ck_assert_msg(!rescued, "shutdown waited for the stopped server (%llu ms)",
+                  (unsigned long long)ms);
+    /* Both cancel requests reach the server once it runs again. */
+    int left = 2;
+    for (int i = 0; i < 200 && left != 0; i++) {
+        left = sleeping_like(sql1) + sleeping_like(sql2);
+        usleep(50000);
+    }
+    ck_assert_int_eq(left, 0);
+    fprintf(stderr, "shutdown with the %s stopped: %llu ms\n", whole ? "server" : "postmaster",
+            (unsigned long long)ms);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -1455,6 +1636,8 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, shutdown_settles_everything);
     tcase_add_test(tc, graceful_close_drains_first);
     tcase_add_test(tc, cancels_and_timeouts_in_a_pipelined_stream);
+    tcase_add_test(tc, an_unanswered_cancel_closes_and_replaces_its_connection);
+    tcase_add_loop_test(tc, shutdown_ends_while_the_postmaster_is_stopped, 0, 2);
     /* Last: it restarts the shared server. */
     tcase_add_test(tc, restart_mid_stream);
     suite_add_tcase(s, tc);

@@ -69,11 +69,15 @@
  *
  * Cancellation: bt_future_cancel on a query that has not been sent removes
  * it; on one that has, the future is cancelled at once, a cancel request
- * (PQcancel, which blocks) is sent from the blocking lane when the query is
- * the one the server is running, and the connection takes no new work
+ * (PQcancel, which blocks) is sent from a thread of its own when the query
+ * is the one the server is running, and the connection takes no new work
  * until the server has acted on the request and the query's results have
  * been drained. A pool query that our late cancel request hit instead
- * (SQLSTATE 57014) is sent again.
+ * (SQLSTATE 57014) is sent again. A cancel request unanswered after
+ * cancel_timeout_ms (a stopped or wedged postmaster) closes its connection
+ * and the pool opens another: a late request could hit any later query.
+ * Nothing waits for the request's thread, neither the pool nor
+ * bt_pq_pool_free nor bt_loop_free.
  *
  * Threads: everything here is loop-thread only; notification and row
  * callbacks run on the loop thread and must not free the pool (they may
@@ -116,6 +120,12 @@ typedef struct {
     bool sync_each_query;        /* give every pool query its own Sync, even
                                     when pipelined: no shared batches (see
                                     "Pipelining" above); default false */
+    uint64_t resolve_timeout_ms; /* host name lookup before a connect (the
+                                    connect then has connect_timeout_ms of
+                                    its own); default 5000 */
+    uint64_t cancel_timeout_ms;  /* a cancel request's answer; past it the
+                                    connection is closed and replaced (see
+                                    "Cancellation" above); default 5000 */
 } bt_pq_options;
 
 /* Fill o with the defaults above (conninfo NULL). NULL is a no-op.
@@ -167,6 +177,9 @@ typedef struct {
     uint64_t queries;        /* queries settled */
     uint64_t pipelined;      /* queries sent while others were in flight */
     uint64_t cancels_sent;   /* cancel requests sent to the server */
+    uint64_t cancels_timed_out; /* of those, unanswered within
+                                   cancel_timeout_ms: their connection was
+                                   closed and replaced */
     uint64_t retried;        /* queries sent again: their batch failed, their
                                 statement went stale, or our late cancel
                                 hit them (none of them had taken effect) */

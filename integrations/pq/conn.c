@@ -166,10 +166,11 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     bool was_open = c->state == CS_READY;
     /* Closing under running queries (the pool is terminated): PQfinish
      * alone would leave the server running them until they try to answer.
-     * Ask it to stop them (best effort: the request goes out from the
-     * blocking lane after we are gone). */
-    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && !c->cancel_job)
-        bt__pq_cancel_send(c);
+     * Ask it to stop them (best effort: the request goes out from a
+     * thread that nobody waits for, see offload.c). */
+    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
+        c->pg != NULL)
+        bt__pq_cancel_fire(c->pg);
     c->state = CS_DEAD;
     bt__pq_resolve_detach(c);
     bt__pq_cancel_detach(c);

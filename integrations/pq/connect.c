@@ -32,7 +32,9 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
         bt_free(c);
         return NULL;
     }
-    bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
+    /* The lookup has a deadline of its own; the connect gets
+     * connect_timeout_ms from when it begins (begin_connect). */
+    bt_timer_start(c->timer, p->host ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms, 0);
     if (p->host) {
         if (bt__pq_resolve_start(c, p->host) != 0) {
             bt_timer_free(c->timer);
@@ -166,6 +168,8 @@ static void on_notice(void *arg, const char *msg)
 static void begin_connect(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
+    if (c->state == CS_RESOLVING)
+        bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
     c->state = CS_CONNECTING;
     const char **vals = p->vals;
     const char *saved = NULL;
@@ -206,7 +210,12 @@ static void on_connect_timeout(bt_timer *t, void *arg)
 {
     (void)t;
     bt_pq_conn *c = arg;
-    if (c->state == CS_RESOLVING || c->state == CS_CONNECTING)
+    /* The lookup job, if any, is abandoned: it finishes on the blocking
+     * lane and its answer is dropped (bt__pq_resolve_detach). */
+    if (c->state == CS_RESOLVING)
+        connect_failed(c, BT_ETIMEDOUT,
+                       "timed out resolving the database's host name (resolve_timeout_ms)");
+    else if (c->state == CS_CONNECTING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out connecting to the database (connect_timeout_ms)");
 }

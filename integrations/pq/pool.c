@@ -44,6 +44,8 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
     o->reconnect_min_ms = 50;
     o->reconnect_max_ms = 5000;
     o->stmt_cache_size = 256;
+    o->resolve_timeout_ms = 5000;
+    o->cancel_timeout_ms = 5000;
 }
 
 /* ---- Connections coming and going -------------------------------------- */
@@ -625,8 +627,13 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         p->o.reconnect_min_ms = 1;
     if (p->o.reconnect_max_ms < p->o.reconnect_min_ms)
         p->o.reconnect_max_ms = p->o.reconnect_min_ms;
+    /* 0 would mean "wait forever": every wait has a deadline. */
     if (p->o.connect_timeout_ms == 0)
         p->o.connect_timeout_ms = 10000;
+    if (p->o.resolve_timeout_ms == 0)
+        p->o.resolve_timeout_ms = 5000;
+    if (p->o.cancel_timeout_ms == 0)
+        p->o.cancel_timeout_ms = 5000;
     p->rng = (uint32_t)(now_ns() ^ (uintptr_t)p) | 1;
     p->conninfo = bt_strdup(o->conninfo);
     p->o.conninfo = p->conninfo;

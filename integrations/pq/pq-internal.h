@@ -2,10 +2,11 @@
  *
  * DESIGN
  * Everything runs on the pool's loop thread; there are no locks. The only
- * work that leaves the loop is host name resolution and PQcancel, both on
- * the offload pool's blocking lane (offload.c), each with a small context
- * of its own so that a job finishing after its connection or pool died
- * touches nothing that was freed.
+ * work that leaves the loop is host name resolution (on the offload pool's
+ * blocking lane) and PQcancel (on a thread of its own), see offload.c,
+ * each with a small context of its own so that a call finishing after its
+ * connection or pool died touches nothing that was freed, and each bounded
+ * by a timer on the loop: the pool never waits for either.
  *
  * A query (pq_query) is in exactly one place at a time:
  *   new -> the pool's wait queue (Q_WAITING) -> a connection (Q_SENT) -> freed
@@ -153,7 +154,7 @@ struct bt_pq_conn {
     bool retiring;             /* past its lifetime: close once drained */
     bool is_listener;
     bool counted_connecting;   /* in the pool's nconnecting */
-    struct pq_cancel *cancel_job; /* a PQcancel in flight for this one */
+    struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
     bool cancel_sent;          /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
     unsigned busy;             /* inside on_io: a close defers the free */
@@ -296,6 +297,7 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts);
 void bt__pq_resolve_detach(bt_pq_conn *c);
 void bt__pq_cancel_send(bt_pq_conn *c);
 void bt__pq_cancel_detach(bt_pq_conn *c);
+void bt__pq_cancel_fire(PGconn *pg);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);
