@@ -68,7 +68,8 @@ static void connect_failed(bt_pq_conn *c, int code, const char *msg)
     bt_free(m);
 }
 
-/* Sort a libpq connect failure into a code. */
+/* Sort a libpq connect failure that the server did not explain (no
+ * SQLSTATE: refused, unreachable, timed out, TLS) into a code. */
 static int connect_code(const char *msg)
 {
     if (!msg)
@@ -88,6 +89,72 @@ static int connect_code(const char *msg)
     if (strstr(msg, "SSL") || strstr(msg, "certificate"))
         return BT_ETLS;
     return BT_EIO;
+}
+
+/* The code a program can branch on for an error the server reported while
+ * we connected (see pq.h, "Errors"). */
+static int sqlstate_code(const char *state)
+{
+    if (strncmp(state, "28", 2) == 0 || strcmp(state, "42501") == 0)
+        return BT_EACCES; /* 28000 no such role or no pg_hba entry, 28P01 wrong
+                             password, 42501 no CONNECT privilege */
+    if (strcmp(state, "3D000") == 0)
+        return BT_ENOENT; /* no such database */
+    return BT_ESQL;
+}
+
+/* A connect failure as libpq tells it. While connecting, the PGconn's error
+ * verbosity is PQERRORS_VERBOSE (begin_connect), so an error the server
+ * sent (libpq 15 keeps its PGresult to itself) reads
+ *   ...failed: FATAL:  3D000: database "x" does not exist\nLOCATION: ...
+ * Turn that into the shape of a query's error, "[3D000] database "x" does
+ * not exist" plus DETAIL and HINT lines, which bt_pq_error_parse splits,
+ * and sort it by its SQLSTATE. Other failures keep libpq's text. Sets *out
+ * to a new string (or NULL: out of memory) and returns the code. */
+static int connect_error(const char *msg, char **out)
+{
+    *out = NULL;
+    const char *sev = NULL;
+    for (const char *at = msg; at != NULL && (at = strstr(at, "FATAL:  ")) != NULL; at++)
+        sev = at; /* several hosts: the last attempt's error */
+    if (sev == NULL)
+        sev = msg != NULL ? strstr(msg, "ERROR:  ") : NULL;
+    const char *st = sev != NULL ? sev + 8 : NULL;
+    bool has_state = st != NULL && strlen(st) > 7 && st[5] == ':' && st[6] == ' ';
+    for (int i = 0; has_state && i < 5; i++)
+        if (!((st[i] >= '0' && st[i] <= '9') || (st[i] >= 'A' && st[i] <= 'Z')))
+            has_state = false;
+    if (!has_state) {
+        *out = bt_strdup(msg != NULL ? msg : "could not connect");
+        if (*out != NULL) {
+            char *loc = strstr(*out, "\nLOCATION:");
+            if (loc != NULL)
+                *loc = '\0';
+        }
+        return connect_code(msg);
+    }
+    char state[6];
+    memcpy(state, st, 5);
+    state[5] = '\0';
+    const char *prim = st + 7;
+    size_t plen = strcspn(prim, "\n");
+    const char *detail = strstr(prim, "\nDETAIL:  ");
+    const char *hint = strstr(prim, "\nHINT:  ");
+    size_t dlen = detail != NULL ? strcspn(detail + 10, "\n") : 0;
+    size_t hlen = hint != NULL ? strcspn(hint + 8, "\n") : 0;
+    *out = bt_asprintf("[%s] %.*s%s%.*s%s%.*s", state, (int)plen, prim,
+                       detail != NULL ? "\nDETAIL: " : "", (int)dlen,
+                       detail != NULL ? detail + 10 : "", hint != NULL ? "\nHINT: " : "",
+                       (int)hlen, hint != NULL ? hint + 8 : "");
+    return sqlstate_code(state);
+}
+
+static void connect_failed_pg(bt_pq_conn *c)
+{
+    char *m = NULL;
+    int code = connect_error(PQerrorMessage(c->pg), &m);
+    connect_failed(c, code, m);
+    bt_free(m);
 }
 
 /* Watch the socket for what PQconnectPoll asked. libpq may open a new
@@ -117,6 +184,7 @@ static void connected(bt_pq_conn *c)
         event_free(c->ev);
         c->ev = NULL;
     }
+    PQsetErrorVerbosity(c->pg, PQERRORS_DEFAULT);
     if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
         connect_failed(c, BT_EIO, PQerrorMessage(c->pg));
         return;
@@ -140,11 +208,9 @@ static void step(bt_pq_conn *c)
     case PGRES_POLLING_OK:
         connected(c);
         return;
-    case PGRES_POLLING_FAILED: {
-        const char *m = PQerrorMessage(c->pg);
-        connect_failed(c, connect_code(m), m);
+    case PGRES_POLLING_FAILED:
+        connect_failed_pg(c);
         return;
-    }
     default: {
         int rc = watch_connect(c);
         if (rc != 0)
@@ -185,9 +251,11 @@ static void begin_connect(bt_pq_conn *c)
         return;
     }
     PQsetNoticeProcessor(c->pg, on_notice, NULL);
+    /* Until connected: the server's SQLSTATE in the error text (see
+     * connect_error). */
+    PQsetErrorVerbosity(c->pg, PQERRORS_VERBOSE);
     if (PQstatus(c->pg) == CONNECTION_BAD) {
-        const char *m = PQerrorMessage(c->pg);
-        connect_failed(c, connect_code(m), m);
+        connect_failed_pg(c);
         return;
     }
     /* "If PQconnectStart succeeds, the next stage is to poll libpq so that

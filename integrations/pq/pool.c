@@ -143,6 +143,19 @@ void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
     bt__pq_pump(p);
 }
 
+/* The length of a leading "[SQLSTATE] " in msg (a connect error the server
+ * reported, see connect.c), or 0. Messages built around msg keep it in
+ * front, where bt_pq_error_parse looks for it. */
+static int sqlstate_prefix(const char *msg)
+{
+    if (msg == NULL || msg[0] != '[' || strlen(msg) < 8 || msg[6] != ']' || msg[7] != ' ')
+        return 0;
+    for (int i = 1; i < 6; i++)
+        if (!((msg[i] >= '0' && msg[i] <= '9') || (msg[i] >= 'A' && msg[i] <= 'Z')))
+            return 0;
+    return 8;
+}
+
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
 {
     while (p->wq_head) {
@@ -195,7 +208,9 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
         while (p->listen_waits) {
             struct pq_listen_wait *w = p->listen_waits;
             p->listen_waits = w->next;
-            bt_future_set_error(w->f, code, "could not connect to listen: %s", msg);
+            int n = sqlstate_prefix(msg);
+            bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg,
+                                msg + n);
             bt_future_unref(w->f);
             bt_free(w->channel);
             bt_free(w);
@@ -205,7 +220,10 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
          * server is down: fail what waits now rather than at the timeout.
          * Once a pool has worked, waiters ride out a restart instead. */
         settle_ready(p, code, msg);
-        fail_waiters(p, code, "could not connect to the database: %s", msg);
+        int n = sqlstate_prefix(msg);
+        char *m = bt_asprintf("%.*scould not connect to the database: %s", n, msg, msg + n);
+        fail_waiters(p, code, "%s", m != NULL ? m : msg);
+        bt_free(m);
     }
     arm_maint(p, delay + 1);
 }
@@ -613,8 +631,23 @@ static void pool_free_memory(bt_pq_pool *p)
 
 BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 {
-    if (!loop || !o || !o->conninfo || o->max_size == 0 || o->min_size > o->max_size)
+    /* A NULL without a word leaves a newcomer guessing: say why. */
+    if (loop == NULL || o == NULL) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: %s is NULL",
+               loop == NULL ? "the loop" : "the options (bt_pq_options_init fills them)");
         return NULL;
+    }
+    if (o->conninfo == NULL) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: no conninfo (set options.conninfo to a "
+                            "libpq connection string or URI)");
+        return NULL;
+    }
+    if (o->max_size == 0 || o->min_size > o->max_size) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: min_size %u and max_size %u: max_size must "
+                            "be at least 1 and at least min_size",
+               o->min_size, o->max_size);
+        return NULL;
+    }
     bt_pq_pool *p = bt_calloc(1, sizeof *p);
     if (!p)
         return NULL;

@@ -158,7 +158,9 @@ BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out)
     const char *m = bt_future_error_message(f);
     if (!m)
         return code;
-    if (code == BT_ESQL && m[0] == '[') {
+    /* A query's server error (BT_ESQL), or a connect error the server
+     * reported (BT_EACCES, BT_ENOENT, BT_ESQL): "[SQLSTATE] ...". */
+    if (m[0] == '[' && (code == BT_ESQL || code == BT_EACCES || code == BT_ENOENT)) {
         const char *end = strchr(m, ']');
         if (end && end - m - 1 < (long)sizeof out->sqlstate) {
             copy_field(out->sqlstate, sizeof out->sqlstate, m + 1, (size_t)(end - m - 1));
