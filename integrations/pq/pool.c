@@ -338,9 +338,12 @@ static void grow(bt_pq_pool *p)
             want = floor;
         if (want == 0 || p->nconns >= p->o.max_size || !bt__pq_can_connect(p))
             return;
-        unsigned before = p->nconns + p->st.connect_failures;
+        /* 64 bits, as the counter: in unsigned, 2^32 failed connects in a
+         * process's life would wrap the sum and the guard would stop
+         * working. */
+        uint64_t before = (uint64_t)p->nconns + p->st.connect_failures;
         start_conn(p);
-        if (p->closed || p->nconns + p->st.connect_failures == before)
+        if (p->closed || (uint64_t)p->nconns + p->st.connect_failures == before)
             return; /* nothing changed: do not spin */
     }
 }
