@@ -45,115 +45,6 @@ static void ops_pop(bt_pq_conn *c)
     c->ops_len--;
 }
 
-/* ---- Prepared statements: a per-connection hash of SQL text ------------- */
-
-static uint32_t hash_str(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
-{
-    if (!c->nbuckets)
-        return NULL;
-    for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
-        if (s->hash == h && strcmp(s->sql, sql) == 0)
-            return s;
-    return NULL;
-}
-
-static void lru_unlink(bt_pq_conn *c, pq_stmt *s)
-{
-    if (s->lru_prev)
-        s->lru_prev->lru_next = s->lru_next;
-    else
-        c->lru_head = s->lru_next;
-    if (s->lru_next)
-        s->lru_next->lru_prev = s->lru_prev;
-    else
-        c->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NULL;
-}
-
-static void lru_link(bt_pq_conn *c, pq_stmt *s)
-{
-    s->lru_prev = NULL;
-    s->lru_next = c->lru_head;
-    if (c->lru_head)
-        c->lru_head->lru_prev = s;
-    else
-        c->lru_tail = s;
-    c->lru_head = s;
-}
-
-static void lru_touch(bt_pq_conn *c, pq_stmt *s)
-{
-    if (c->lru_head != s) {
-        lru_unlink(c, s);
-        lru_link(c, s);
-    }
-}
-
-static pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
-{
-    if (!c->nbuckets) {
-        unsigned n = 64;
-        c->stmts = bt_calloc(n, sizeof *c->stmts);
-        if (!c->stmts)
-            return NULL;
-        c->nbuckets = n;
-    }
-    pq_stmt *s = bt_calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
-    s->sql = bt_strdup(sql);
-    if (!s->sql) {
-        bt_free(s);
-        return NULL;
-    }
-    s->hash = h;
-    snprintf(s->name, sizeof s->name, "bt_%u", ++c->stmt_seq);
-    s->next = c->stmts[h % c->nbuckets];
-    c->stmts[h % c->nbuckets] = s;
-    c->nstmts++;
-    lru_link(c, s);
-    return s;
-}
-
-/* Unlink s (its PREPARE failed); the statement does not exist server-side. */
-static void stmt_remove(bt_pq_conn *c, pq_stmt *s)
-{
-    for (pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            c->nstmts--;
-            lru_unlink(c, s);
-            bt_free(s->sql);
-            bt_free(s);
-            return;
-        }
-}
-
-void bt__pq_conn_stmt_clear(bt_pq_conn *c)
-{
-    for (unsigned i = 0; i < c->nbuckets; i++) {
-        pq_stmt *s = c->stmts[i];
-        while (s) {
-            pq_stmt *n = s->next;
-            bt_free(s->sql);
-            bt_free(s);
-            s = n;
-        }
-    }
-    bt_free(c->stmts);
-    c->stmts = NULL;
-    c->lru_head = c->lru_tail = NULL;
-    c->nbuckets = c->nstmts = 0;
-}
-
 /* ---- Closing ------------------------------------------------------------ */
 
 /* Fail everything on c, close the PGconn and tell the pool. If c is
@@ -207,7 +98,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     }
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
-    bt__pq_conn_stmt_clear(c);
+    bt__pq_stmt_clear(c);
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -295,7 +186,7 @@ static int stmt_evict(bt_pq_conn *c)
         return 0; /* all are being prepared: this query runs unnamed */
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
-    stmt_remove(c, s);
+    bt__pq_stmt_remove(c, s);
     bt_pq_query_opts o = {.no_prepare = true};
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
@@ -344,8 +235,8 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     pq_stmt *s = NULL;
     bool prepared = false;
     if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        uint32_t h = hash_str(q->sql);
-        s = stmt_find(c, q->sql, h);
+        uint32_t h = bt__pq_stmt_hash(q->sql);
+        s = bt__pq_stmt_find(c, q->sql, h);
         if (!s && c->nstmts >= p->o.stmt_cache_size) {
             c->busy++; /* a failed send closes c: keep it allocated here */
             int rc = stmt_evict(c);
@@ -362,9 +253,9 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
         if (s && s->ready) {
             prepared = true;
             q->used_named = true;
-            lru_touch(c, s);
+            bt__pq_stmt_touch(c, s);
         } else if (!s && c->nstmts < p->o.stmt_cache_size) {
-            s = stmt_add(c, q->sql, h);
+            s = bt__pq_stmt_add(c, q->sql, h);
             if (s) {
                 ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
                 if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
@@ -517,12 +408,12 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    uint32_t h = hash_str(q->sql);
-    pq_stmt *s = stmt_find(c, q->sql, h);
+    uint32_t h = bt__pq_stmt_hash(q->sql);
+    pq_stmt *s = bt__pq_stmt_find(c, q->sql, h);
     if (s)
-        stmt_remove(c, s);
+        bt__pq_stmt_remove(c, s);
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
-        bt__pq_conn_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+        bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
     return true;
 }
 
@@ -656,11 +547,11 @@ static int process(bt_pq_conn *c)
                     op->stmt->ready = true;
                 } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
                     op->q->aborted = true; /* skipped: never prepared */
-                    stmt_remove(c, op->stmt);
+                    bt__pq_stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 } else {
                     bt__pq_query_set_error_from(op->q, res);
-                    stmt_remove(c, op->stmt);
+                    bt__pq_stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 }
                 PQclear(res);

@@ -243,7 +243,6 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
 bool bt__pq_conn_idle(const bt_pq_conn *c);
-void bt__pq_conn_stmt_clear(bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);
 
 /* pool.c */
@@ -298,6 +297,18 @@ void bt__pq_resolve_detach(bt_pq_conn *c);
 void bt__pq_cancel_send(bt_pq_conn *c);
 void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
+
+/* stmt.c: the statement cache of one connection (books only). */
+uint32_t bt__pq_stmt_hash(const char *sql);
+pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
+/* A new entry, most recently used; NULL when out of memory. */
+pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
+/* Forget s (its PREPARE failed, or the server dropped it) and free it. */
+void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s);
+/* s was used: make it the most recently used. */
+void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s);
+/* Forget every statement (the connection closed, or DISCARD ALL). */
+void bt__pq_stmt_clear(bt_pq_conn *c);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);
