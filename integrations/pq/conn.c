@@ -58,7 +58,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     /* Closing under running queries (the pool is terminated): PQfinish
      * alone would leave the server running them until they try to answer.
      * Ask it to stop them (best effort: the request goes out from a
-     * thread that nobody waits for, see offload.c). */
+     * thread that nobody waits for, see cancel.c). */
     if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
         c->pg != NULL)
         bt__pq_cancel_fire(c->pg);

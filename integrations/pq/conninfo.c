@@ -160,7 +160,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         host = getenv("PGHOST"); /* what libpq would use */
     if (host && !hostaddr) {
         /* Resolution happens on the blocking lane, then libpq gets
-         * hostaddr (see offload.c). */
+         * hostaddr (see resolve.c). */
         bool names = false;
         const char *h = host;
         while (*h) {

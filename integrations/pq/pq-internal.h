@@ -3,7 +3,7 @@
  * DESIGN
  * Everything runs on the pool's loop thread; there are no locks. The only
  * work that leaves the loop is host name resolution (on the offload pool's
- * blocking lane) and PQcancel (on a thread of its own), see offload.c,
+ * blocking lane, resolve.c) and PQcancel (on a thread of its own, cancel.c),
  * each with a small context of its own so that a call finishing after its
  * connection or pool died touches nothing that was freed, and each bounded
  * by a timer on the loop: the pool never waits for either.
@@ -291,7 +291,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p);
 /* conn.c: the callback of internal queries (logs a failure). */
 void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
-/* offload.c: the one place that leaves the loop. */
+/* resolve.c and cancel.c: the only work that leaves the loop. */
 int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts);
 void bt__pq_resolve_detach(bt_pq_conn *c);
 void bt__pq_cancel_send(bt_pq_conn *c);

@@ -1,178 +1,20 @@
-/* The two calls that would block the loop: host name resolution before a
- * connect, on the offload pool's blocking lane (bt_to_thread), and
- * PQcancel, on a thread of its own (see below for why). Each owns a small
- * context, so a call that outlives its connection (or pool) touches
- * nothing freed: the connection only clears the context's back pointer.
- * Each is bounded on the loop side by a timer (resolve_timeout_ms,
- * cancel_timeout_ms): the loop never waits for either to return. */
+/* Cancel requests: PQcancel on a thread of its own, bounded on the loop
+ * by cancel_timeout_ms. */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "config.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
-
-#include <baton/pool.h>
 
 #include "pq-internal.h"
 
-struct pq_resolve {
-    bt_pq_conn *c;          /* NULL once the connection gave up on us */
-    char *hosts;            /* "a,b,/tmp" as in the conninfo */
-    char *hostaddr;         /* the answer, one entry per host */
-};
-
-static bool is_numeric(const char *h)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
-}
-
-/* Worker thread: getaddrinfo for each host that is a name. libpq, given
- * hostaddr, connects to that address and still uses host for TLS checks
- * and the password file. Only the first address of each name is used. */
-static int resolve_job(bt_job *job, void *arg)
-{
-    struct pq_resolve *r = arg;
-    size_t cap = strlen(r->hosts) * 2 + 64, len = 0;
-    char *out = bt_malloc(cap);
-    if (!out)
-        return bt_job_fail(job, BT_ENOMEM, "out of memory resolving %s", r->hosts);
-    out[0] = '\0';
-    char *copy = bt_strdup(r->hosts), *save = NULL;
-    if (!copy) {
-        bt_free(out);
-        return BT_ENOMEM;
-    }
-    int rc = 0;
-    bool first = true;
-    /* strtok_r would skip empty entries; libpq keeps them positional. */
-    for (char *h = copy; h; first = false) {
-        char *comma = strchr(h, ',');
-        if (comma)
-            *comma = '\0';
-        char addr[INET6_ADDRSTRLEN] = "";
-        if (*h && *h != '/' && *h != '@') {
-            if (is_numeric(h)) {
-                snprintf(addr, sizeof addr, "%s", h);
-            } else {
-                struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                         .ai_flags = AI_ADDRCONFIG};
-                struct addrinfo *ai = NULL;
-                int e = getaddrinfo(h, NULL, &hints, &ai);
-                if (e != 0 || !ai) {
-                    rc = bt_job_fail(job, BT_EDNS, "could not resolve host name \"%s\": %s", h,
-                                     gai_strerror(e));
-                    if (ai)
-                        freeaddrinfo(ai);
-                    break;
-                }
-                void *sa = ai->ai_family == AF_INET
-                               ? (void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
-                               : (void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
-                inet_ntop(ai->ai_family, sa, addr, sizeof addr);
-                freeaddrinfo(ai);
-            }
-        }
-        size_t need = strlen(addr) + 2;
-        if (len + need >= cap) {
-            cap = (len + need) * 2;
-            char *n = bt_realloc(out, cap);
-            if (!n) {
-                rc = BT_ENOMEM;
-                break;
-            }
-            out = n;
-        }
-        len += (size_t)snprintf(out + len, cap - len, "%s%s", first ? "" : ",", addr);
-        h = comma ? comma + 1 : NULL;
-    }
-    (void)save;
-    bt_free(copy);
-    if (rc != 0) {
-        bt_free(out);
-        return rc;
-    }
-    r->hostaddr = out;
-    return 0;
-}
-
-static void resolve_done(bt_future *f, void *arg)
-{
-    struct pq_resolve *r = arg;
-    int err = bt_future_error(f);
-    const char *msg = err ? bt_future_error_message(f) : NULL;
-    bt_pq_conn *c = r->c;
-    if (c) {
-        c->resolve = NULL;
-        if (err == 0) {
-            c->hostaddr = r->hostaddr;
-            r->hostaddr = NULL;
-            bt__pq_conn_begin(c);
-        } else {
-            char *m = bt_strdup(msg ? msg : bt_strerror(err));
-            bt_pq_pool *p = c->pool;
-            bool listener = c->is_listener;
-            bt__pq_conn_close(c, err, m);
-            if (p && !p->closed)
-                bt__pq_pool_connect_failed(p, listener, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
-                                       m ? m : bt_strerror(err));
-            bt_free(m);
-        }
-    }
-    bt_free(r->hostaddr);
-    bt_free(r->hosts);
-    bt_free(r);
-}
-
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
-{
-    struct pq_resolve *r = bt_calloc(1, sizeof *r);
-    if (!r)
-        return BT_ENOMEM;
-    r->c = c;
-    r->hosts = bt_strdup(hosts);
-    if (!r->hosts) {
-        bt_free(r);
-        return BT_ENOMEM;
-    }
-    bt_future *f = bt_to_thread(c->pool->loop, resolve_job, r);
-    if (!f || bt_future_add_callback(f, resolve_done, r) != 0) {
-        if (f) {
-            bt_future_cancel(f);
-            bt_future_error(f);
-            bt_future_unref(f);
-        }
-        /* The job may still run and write r->hostaddr: leak r rather than
-         * free it under the job (only on out of memory). */
-        if (!f) {
-            bt_free(r->hosts);
-            bt_free(r);
-        }
-        return BT_ENOMEM;
-    }
-    c->resolve = r;
-    bt_future_unref(f);
-    return 0;
-}
-
-void bt__pq_resolve_detach(bt_pq_conn *c)
-{
-    if (c->resolve) {
-        c->resolve->c = NULL;
-        c->resolve = NULL;
-    }
-}
-
-/* ---- PQcancel ------------------------------------------------------------
- *
- * DESIGN
+/* DESIGN
  * PQcancel opens a new connection to the postmaster, sends the 16-byte
  * CancelRequest and waits for the postmaster to close it. It blocks, has
  * no timeout and retries on EINTR, so nothing can interrupt it: with the
