@@ -1,6 +1,5 @@
 /* Cancel requests: PQcancel on a thread of its own, bounded on the loop
  * by cancel_timeout_ms. */
-#define _GNU_SOURCE
 #include "config.h"
 
 #include <errno.h>

@@ -2,6 +2,8 @@
  * mode (solo or batched), matching the results to them in order, and
  * closing. See pq-internal.h for the design (ops FIFO, batches, abandoned
  * queries, lifetimes); connect.c opens it. */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
     if (c->ops_len == c->ops_cap) {
         size_t cap = c->ops_cap ? c->ops_cap * 2 : 16;
         pq_op *n = bt_malloc(cap * sizeof *n);
-        if (!n)
+        if (n == NULL)
             return BT_ENOMEM;
         for (size_t i = 0; i < c->ops_len; i++)
             n[i] = c->ops[(c->ops_head + i) % c->ops_cap];
@@ -182,7 +184,7 @@ static int stmt_evict(bt_pq_conn *c)
     pq_stmt *s = c->lru_tail;
     while (s && !s->ready)
         s = s->lru_prev;
-    if (!s)
+    if (s == NULL)
         return 0; /* all are being prepared: this query runs unnamed */
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
@@ -190,7 +192,7 @@ static int stmt_evict(bt_pq_conn *c)
     bt_pq_query_opts o = {.no_prepare = true};
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
-    if (!d)
+    if (d == NULL)
         return 0; /* the statement leaks server-side; harmless */
     d->internal = bt__pq_internal_done;
     bt__pq_conn_send(c, d);
@@ -203,7 +205,7 @@ static bool batchable(const bt_pq_conn *c, const pq_query *q)
     const bt_pq_pool *p = c->pool;
     return p && !p->o.sync_each_query && p->o.pipeline_depth > 1 && !c->is_listener &&
            !c->acquired && !c->releasing && !q->target && !q->solo && !q->row_cb &&
-           !q->internal;
+           q->internal == NULL;
 }
 
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
@@ -237,7 +239,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
         uint32_t h = bt__pq_stmt_hash(q->sql);
         s = bt__pq_stmt_find(c, q->sql, h);
-        if (!s && c->nstmts >= p->o.stmt_cache_size) {
+        if (s == NULL && c->nstmts >= p->o.stmt_cache_size) {
             c->busy++; /* a failed send closes c: keep it allocated here */
             int rc = stmt_evict(c);
             c->busy--;
@@ -254,7 +256,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             prepared = true;
             q->used_named = true;
             bt__pq_stmt_touch(c, s);
-        } else if (!s && c->nstmts < p->o.stmt_cache_size) {
+        } else if (s == NULL && c->nstmts < p->o.stmt_cache_size) {
             s = bt__pq_stmt_add(c, q->sql, h);
             if (s) {
                 ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
@@ -319,7 +321,7 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
 
 static void deliver_rows(pq_query *q, PGresult *res)
 {
-    if (q->abandoned || q->rows_stopped || !q->row_cb)
+    if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
         return;
     bt_loop *loop = q->pool ? q->pool->loop : NULL;
     bt_pq_result row = {.pg = res};
@@ -571,7 +573,7 @@ static int process(bt_pq_conn *c)
             }
             break;
         case OP_SYNC:
-            if (!res) {
+            if (res == NULL) {
                 /* Not expected between a query's NULL and its Sync; wait
                  * for more input rather than spin. */
                 if (PQstatus(c->pg) == CONNECTION_BAD)
@@ -638,7 +640,7 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
         goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();
-        if (!c->cancel_job)
+        if (c->cancel_job == NULL)
             c->cancel_sent = false;
         if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
             bt__pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");

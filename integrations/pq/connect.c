@@ -1,6 +1,8 @@
 /* Opening a connection without blocking the loop: PQconnectStartParams
  * and PQconnectPoll driven by libevent, the socket read again at every
  * step, our own timeout, and the resolved hostaddr swapped in. */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,7 @@ static void begin_connect(bt_pq_conn *c);
 bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
 {
     bt_pq_conn *c = bt_calloc(1, sizeof *c);
-    if (!c)
+    if (c == NULL)
         return NULL;
     c->pool = p;
     c->loop = p->loop;
@@ -28,7 +30,7 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
     c->state = CS_RESOLVING;
     c->born_ns = now_ns();
     c->timer = bt_timer_new(p->loop, on_connect_timeout, c);
-    if (!c->timer) {
+    if (c->timer == NULL) {
         bt_free(c);
         return NULL;
     }
@@ -72,7 +74,7 @@ static void connect_failed(bt_pq_conn *c, int code, const char *msg)
  * SQLSTATE: refused, unreachable, timed out, TLS) into a code. */
 static int connect_code(const char *msg)
 {
-    if (!msg)
+    if (msg == NULL)
         return BT_EIO;
     if (strstr(msg, "Connection refused") || strstr(msg, "No such file or directory"))
         return BT_ECONNREFUSED;
@@ -172,7 +174,7 @@ static int watch_connect(bt_pq_conn *c)
     c->fd = fd;
     short what = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
     c->ev = event_new(c->pool->base, fd, what, on_connect_io, c);
-    if (!c->ev || event_add(c->ev, NULL) != 0)
+    if (c->ev == NULL || event_add(c->ev, NULL) != 0)
         return BT_ENOMEM;
     return 0;
 }
@@ -192,7 +194,7 @@ static void connected(bt_pq_conn *c)
     c->fd = PQsocket(c->pg);
     c->ev = event_new(c->pool->base, c->fd, EV_READ | EV_PERSIST, bt__pq_conn_on_io, c);
     c->wev = event_new(c->pool->base, c->fd, EV_WRITE | EV_PERSIST, bt__pq_conn_on_io, c);
-    if (!c->ev || !c->wev || event_add(c->ev, NULL) != 0) {
+    if (c->ev == NULL || c->wev == NULL || event_add(c->ev, NULL) != 0) {
         connect_failed(c, BT_ENOMEM, "out of memory for connection events");
         return;
     }
@@ -246,7 +248,7 @@ static void begin_connect(bt_pq_conn *c)
     c->pg = PQconnectStartParams(p->keys, vals, 0);
     if (saved || (c->hostaddr && p->hostaddr_idx >= 0))
         vals[p->hostaddr_idx] = saved;
-    if (!c->pg) {
+    if (c->pg == NULL) {
         connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
         return;
     }

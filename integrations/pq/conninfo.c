@@ -1,5 +1,7 @@
 /* The pool's conninfo, parsed once into the keyword/value arrays that
  * PQconnectStartParams takes, with room for the resolved hostaddr. */
+#include "config.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -103,7 +105,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
 {
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
-    if (!opts) {
+    if (opts == NULL) {
         size_t n = err ? strlen(err) : 0;
         while (n > 0 && err[n - 1] == '\n')
             n--;
@@ -126,7 +128,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
      * terminator */
     p->keys = bt_calloc(n + 5, sizeof *p->keys);
     p->vals = bt_calloc(n + 5, sizeof *p->vals);
-    if (!p->keys || !p->vals) {
+    if (p->keys == NULL || p->vals == NULL) {
         PQconninfoFree(opts);
         return BT_ENOMEM;
     }
@@ -135,7 +137,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     bool gss = false;
     p->host_idx = p->hostaddr_idx = -1;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val || !*o->val)
+        if (o->val == NULL || !*o->val)
             continue;
         p->keys[i] = bt_strdup(o->keyword);
         p->vals[i] = bt_strdup(o->val);
@@ -156,9 +158,9 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         i++;
     }
     PQconninfoFree(opts);
-    if (!host && !hostaddr)
+    if (host == NULL && hostaddr == NULL)
         host = getenv("PGHOST"); /* what libpq would use */
-    if (host && !hostaddr) {
+    if (host && hostaddr == NULL) {
         /* Resolution happens on the blocking lane, then libpq gets
          * hostaddr (see resolve.c). */
         bool names = false;

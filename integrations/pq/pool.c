@@ -13,6 +13,8 @@
  * exponentially with jitter, and the maintenance timer retries. bt__pq_pump() is
  * guarded against re-entry (a send can close a connection, which pumps).
  */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ uint64_t bt__pq_deadline(bt_pq_pool *p)
 
 BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
 {
-    if (!o)
+    if (o == NULL)
         return;
     memset(o, 0, sizeof *o);
     o->min_size = 1;
@@ -86,7 +88,7 @@ bool bt__pq_can_connect(bt_pq_pool *p)
 static void start_conn(bt_pq_pool *p)
 {
     bt_pq_conn *c = bt__pq_conn_new(p, false);
-    if (!c) {
+    if (c == NULL) {
         bt__pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
         return;
     }
@@ -99,10 +101,10 @@ static void start_conn(bt_pq_pool *p)
 
 void bt__pq_start_listener(bt_pq_pool *p)
 {
-    if (p->listener || !p->chans || !bt__pq_can_connect(p))
+    if (p->listener || p->chans == NULL || !bt__pq_can_connect(p))
         return;
     bt_pq_conn *c = bt__pq_conn_new(p, true);
-    if (!c) {
+    if (c == NULL) {
         bt__pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
         return;
     }
@@ -285,7 +287,7 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
 static bool usable(const bt_pq_conn *c)
 {
     return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring &&
-           !c->cancel_job;
+           c->cancel_job == NULL;
 }
 
 bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
@@ -301,7 +303,7 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
     bt_pq_conn *best = NULL;
     for (bt_pq_conn *c = p->conns; c; c = c->next)
         if (usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth &&
-            (!best || c->inflight < best->inflight))
+            (best == NULL || c->inflight < best->inflight))
             best = c;
     return best;
 }
@@ -311,7 +313,7 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
 bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
 {
     bt_pq_conn *c = bt__pq_find_idle(p);
-    if (!c && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
+    if (c == NULL && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
         p->nconns >= p->o.max_size)
         c = least_busy(p);
     return c;
@@ -361,7 +363,7 @@ void bt__pq_pump(bt_pq_pool *p)
         p->repump = false;
         while (p->aq_head) {
             bt_pq_conn *c = bt__pq_find_idle(p);
-            if (!c)
+            if (c == NULL)
                 break;
             struct pq_acq *a = p->aq_head;
             bt__pq_aq_unlink(p, a);
@@ -369,7 +371,7 @@ void bt__pq_pump(bt_pq_pool *p)
         }
         while (p->wq_head && !p->closed) {
             bt_pq_conn *c = bt__pq_pick(p);
-            if (!c)
+            if (c == NULL)
                 break;
             pq_query *q = p->wq_head;
             bt__pq_wq_unlink(p, q);
@@ -446,7 +448,7 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
         bt_pq_conn *c = p->conns;
         while (c && (c->unsynced == 0 || c->state != CS_READY))
             c = c->next;
-        if (!c)
+        if (c == NULL)
             break;
         bt__pq_conn_sync(c);
     }
@@ -551,7 +553,7 @@ static void on_maint(bt_timer *t, void *arg)
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms)
 {
-    if (p->closed || !p->maint_timer)
+    if (p->closed || p->maint_timer == NULL)
         return;
     uint64_t due = now_ns() + ms * 1000000;
     if (p->maint_due_ns && p->maint_due_ns <= due && bt_timer_is_active(p->maint_timer))
@@ -652,7 +654,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     }
     bt_pq_pool *p = bt_calloc(1, sizeof *p);
-    if (!p)
+    if (p == NULL)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
@@ -676,7 +678,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
-    if (!p->conninfo || !p->wait_timer || !p->maint_timer || !p->sync_ev ||
+    if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL || p->sync_ev == NULL ||
         bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
@@ -693,7 +695,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return;
     if (!p->loop_gone) {
         pool_shutdown(p);
@@ -704,7 +706,7 @@ BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 
 BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
     if (p->closed && !p->drained)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
@@ -713,7 +715,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
     if (p->close_f)
         return bt_future_ref(p->close_f);
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     p->close_f = bt_future_ref(f);
     p->closing = true;
@@ -724,7 +726,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
 
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
     if (p->closed)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
@@ -732,10 +734,10 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
         if (c->state == CS_READY)
             return bt_future_new_value(p->loop, NULL, NULL);
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     bt_future **n = bt_realloc(p->ready, (p->nready + 1) * sizeof *n);
-    if (!n) {
+    if (n == NULL) {
         bt_future_unref(f);
         return NULL;
     }
@@ -747,7 +749,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
 
 BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
 {
-    if (!p || !out)
+    if (p == NULL || out == NULL)
         return BT_EINVAL;
     *out = p->st;
     out->size = p->nconns;

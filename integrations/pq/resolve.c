@@ -4,7 +4,6 @@
  * freed: the connection only clears the context's back pointer. The
  * connection's timer (resolve_timeout_ms, connect.c) bounds the wait; a
  * late answer is dropped. */
-#define _GNU_SOURCE
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -38,11 +37,11 @@ static int resolve_job(bt_job *job, void *arg)
     struct pq_resolve *r = arg;
     size_t cap = strlen(r->hosts) * 2 + 64, len = 0;
     char *out = bt_malloc(cap);
-    if (!out)
+    if (out == NULL)
         return bt_job_fail(job, BT_ENOMEM, "out of memory resolving %s", r->hosts);
     out[0] = '\0';
     char *copy = bt_strdup(r->hosts), *save = NULL;
-    if (!copy) {
+    if (copy == NULL) {
         bt_free(out);
         return BT_ENOMEM;
     }
@@ -62,7 +61,7 @@ static int resolve_job(bt_job *job, void *arg)
                                          .ai_flags = AI_ADDRCONFIG};
                 struct addrinfo *ai = NULL;
                 int e = getaddrinfo(h, NULL, &hints, &ai);
-                if (e != 0 || !ai) {
+                if (e != 0 || ai == NULL) {
                     rc = bt_job_fail(job, BT_EDNS, "could not resolve host name \"%s\": %s", h,
                                      gai_strerror(e));
                     if (ai)
@@ -80,7 +79,7 @@ static int resolve_job(bt_job *job, void *arg)
         if (len + need >= cap) {
             cap = (len + need) * 2;
             char *n = bt_realloc(out, cap);
-            if (!n) {
+            if (n == NULL) {
                 rc = BT_ENOMEM;
                 break;
             }
@@ -130,16 +129,16 @@ static void resolve_done(bt_future *f, void *arg)
 int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
 {
     struct pq_resolve *r = bt_calloc(1, sizeof *r);
-    if (!r)
+    if (r == NULL)
         return BT_ENOMEM;
     r->c = c;
     r->hosts = bt_strdup(hosts);
-    if (!r->hosts) {
+    if (r->hosts == NULL) {
         bt_free(r);
         return BT_ENOMEM;
     }
     bt_future *f = bt_to_thread(c->pool->loop, resolve_job, r);
-    if (!f || bt_future_add_callback(f, resolve_done, r) != 0) {
+    if (f == NULL || bt_future_add_callback(f, resolve_done, r) != 0) {
         if (f) {
             bt_future_cancel(f);
             bt_future_error(f);
@@ -147,7 +146,7 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
         }
         /* The job may still run and write r->hostaddr: leak r rather than
          * free it under the job (only on out of memory). */
-        if (!f) {
+        if (f == NULL) {
             bt_free(r->hosts);
             bt_free(r);
         }

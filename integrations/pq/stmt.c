@@ -64,15 +64,15 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
     if (!c->nbuckets) {
         unsigned n = 64;
         c->stmts = bt_calloc(n, sizeof *c->stmts);
-        if (!c->stmts)
+        if (c->stmts == NULL)
             return NULL;
         c->nbuckets = n;
     }
     pq_stmt *s = bt_calloc(1, sizeof *s);
-    if (!s)
+    if (s == NULL)
         return NULL;
     s->sql = bt_strdup(sql);
-    if (!s->sql) {
+    if (s->sql == NULL) {
         bt_free(s);
         return NULL;
     }
