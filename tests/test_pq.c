@@ -1391,7 +1391,7 @@ START_TEST(bad_options_are_refused_at_once_and_say_why)
     bt_test_log_capture();
     bt_test_log_clear();
     ck_assert_ptr_null(bt_pq_pool_new(loop, NULL));
-    ck_assert(bt_test_log_contains("bt_pq_pool_new: the options"));
+    ck_assert(bt_test_log_contains("bt_pq_pool_new: the options are"));
     bt_pq_options o;
     bt_pq_options_init(&o);
     bt_test_log_clear();

@@ -638,8 +638,9 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 {
     /* A NULL without a word leaves a newcomer guessing: say why. */
     if (loop == NULL || o == NULL) {
-        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: %s is NULL",
-               loop == NULL ? "the loop" : "the options (bt_pq_options_init fills them)");
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: %s",
+               loop == NULL ? "the loop is NULL"
+                            : "the options are NULL (bt_pq_options_init fills them)");
         return NULL;
     }
     if (o->conninfo == NULL) {
