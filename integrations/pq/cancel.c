@@ -57,6 +57,7 @@ struct pq_cancel {
     bt_pq_conn *c;          /* NULL once the connection let go */
     struct event *ev;       /* rfd readable: the thread is done */
     bt_timer *timer;        /* the deadline */
+    bt__pq_cancel_cb done;
     uint64_t timeout_ms;
 };
 
@@ -112,6 +113,8 @@ static void on_cancel_done(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct pq_cancel *k = arg;
     bt_pq_conn *c = k->c;
+    bt__pq_cancel_cb done = k->done;
+    uint64_t ms = k->timeout_ms;
     if (atomic_load_explicit(&k->ok, memory_order_acquire) == 0) {
         size_t n = strlen(k->err);
         while (n > 0 && k->err[n - 1] == '\n')
@@ -119,14 +122,8 @@ static void on_cancel_done(evutil_socket_t fd, short what, void *arg)
         bt_log(BT_LOG_DEBUG, "pq: cancel request failed: %.*s", (int)n, k->err);
     }
     cancel_release(k);
-    if (c != NULL) {
-        /* The server has acted on the request: the connection may take new
-         * work again once drained. */
-        if (c->ops_len == 0)
-            c->cancel_sent = false;
-        if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
-            bt__pq_pool_conn_available(c->pool, c);
-    }
+    if (c != NULL)
+        done(c, true, ms);
 }
 
 static void on_cancel_deadline(bt_timer *t, void *arg)
@@ -134,20 +131,11 @@ static void on_cancel_deadline(bt_timer *t, void *arg)
     (void)t;
     struct pq_cancel *k = arg;
     bt_pq_conn *c = k->c;
+    bt__pq_cancel_cb done = k->done;
     uint64_t ms = k->timeout_ms;
     cancel_release(k); /* the thread goes on alone; its answer is dropped */
-    if (c == NULL)
-        return;
-    if (c->pool != NULL)
-        c->pool->st.cancels_timed_out++;
-    bt_log(BT_LOG_WARN,
-           "pq: a cancel request got no answer within %llu ms (cancel_timeout_ms); closing "
-           "its connection so that the pool replaces it",
-           (unsigned long long)ms);
-    char why[128];
-    snprintf(why, sizeof why, "the cancel request got no answer within %llu ms",
-             (unsigned long long)ms);
-    bt__pq_conn_close(c, BT_ECONNRESET, why);
+    if (c != NULL)
+        done(c, false, ms);
 }
 
 void bt__pq_cancel_detach(bt_pq_conn *c)
@@ -205,7 +193,7 @@ static struct pq_cancel *cancel_new(PGconn *pg)
 
 /* Ask the server to cancel what c is running. PQgetCancel copies what it
  * needs (address, backend key), so the thread does not touch c. */
-void bt__pq_cancel_send(bt_pq_conn *c)
+void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done)
 {
     if (c->pg == NULL || c->pool == NULL)
         return;
@@ -224,6 +212,7 @@ void bt__pq_cancel_send(bt_pq_conn *c)
     k->rfd = fds[0];
     k->wfd = fds[1];
     k->timeout_ms = p->o.cancel_timeout_ms;
+    k->done = done;
     k->ev = event_new(p->base, k->rfd, EV_READ, on_cancel_done, k);
     k->timer = bt_timer_new(p->loop, on_cancel_deadline, k);
     if (k->ev == NULL || k->timer == NULL || event_add(k->ev, NULL) != 0 ||

@@ -15,6 +15,31 @@ static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
+/* cancel.c reports here (see cancel.c's DESIGN). Answered: the server has
+ * acted on the request, so the connection may take new work again once
+ * drained. Not answered in time: a late request could hit whatever the
+ * connection runs next, so it is closed, and the pool replaces it. */
+static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
+{
+    if (answered) {
+        if (c->ops_len == 0)
+            c->cancel_sent = false;
+        if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
+            bt__pq_pool_conn_available(c->pool, c);
+        return;
+    }
+    if (c->pool != NULL)
+        c->pool->st.cancels_timed_out++;
+    bt_log(BT_LOG_WARN,
+           "pq: a cancel request got no answer within %llu ms (cancel_timeout_ms); closing "
+           "its connection so that the pool replaces it",
+           (unsigned long long)timeout_ms);
+    char why[128];
+    snprintf(why, sizeof why, "the cancel request got no answer within %llu ms",
+             (unsigned long long)timeout_ms);
+    bt__pq_conn_close(c, BT_ECONNRESET, why);
+}
+
 /* ---- The ops FIFO -------------------------------------------------------- */
 
 static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
@@ -313,7 +338,7 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
     pq_op *f = ops_front(c);
     if (f && f->q == q) {
         q->want_cancel = false;
-        bt__pq_cancel_send(c);
+        bt__pq_cancel_send(c, cancel_done);
     }
 }
 
@@ -536,7 +561,7 @@ static int process(bt_pq_conn *c)
                 PQsetSingleRowMode(c->pg);
             if (op->q->want_cancel) {
                 op->q->want_cancel = false;
-                bt__pq_cancel_send(c);
+                bt__pq_cancel_send(c, cancel_done);
             }
         }
         if (PQisBusy(c->pg))

@@ -11,6 +11,7 @@
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void on_connect_timeout(bt_timer *t, void *arg);
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
@@ -38,7 +39,7 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
      * connect_timeout_ms from when it begins (begin_connect). */
     bt_timer_start(c->timer, p->host ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms, 0);
     if (p->host) {
-        if (bt__pq_resolve_start(c, p->host) != 0) {
+        if (bt__pq_resolve_start(c, p->host, on_resolved) != 0) {
             bt_timer_free(c->timer);
             bt_free(c);
             return NULL;
@@ -288,4 +289,17 @@ static void on_connect_timeout(bt_timer *t, void *arg)
     else if (c->state == CS_CONNECTING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out connecting to the database (connect_timeout_ms)");
+}
+
+/* resolve.c reports here: connect to the addresses, or fail the connect
+ * (a lookup cancelled under us means the pool is going away). */
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr)
+{
+    if (err == 0) {
+        c->hostaddr = hostaddr;
+        begin_connect(c);
+        return;
+    }
+    connect_failed(c, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
+                   msg != NULL ? msg : bt_strerror(err));
 }

@@ -291,10 +291,18 @@ int bt__pq_parse_conninfo(bt_pq_pool *p);
 /* conn.c: the callback of internal queries (logs a failure). */
 void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
-/* resolve.c and cancel.c: the only work that leaves the loop. */
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts);
+/* resolve.c and cancel.c: the only work that leaves the loop. They call
+ * nothing else of the wing: each reports to the callback it was given. */
+/* The lookup for c ended: err 0 and hostaddr (a new string, the callee's
+ * to keep or free), or err and msg. Not called once detached. */
+typedef void (*bt__pq_resolved_cb)(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done);
 void bt__pq_resolve_detach(bt_pq_conn *c);
-void bt__pq_cancel_send(bt_pq_conn *c);
+/* The cancel request for c was answered (answered true), or got no answer
+ * within timeout_ms (false: the request is abandoned). Not called once
+ * detached. */
+typedef void (*bt__pq_cancel_cb)(bt_pq_conn *c, bool answered, uint64_t timeout_ms);
+void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done);
 void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
 

@@ -21,6 +21,7 @@ struct pq_resolve {
     bt_pq_conn *c;          /* NULL once the connection gave up on us */
     char *hosts;            /* "a,b,/tmp" as in the conninfo */
     char *hostaddr;         /* the answer, one entry per host */
+    bt__pq_resolved_cb done;
 };
 
 static bool is_numeric(const char *h)
@@ -102,36 +103,26 @@ static void resolve_done(bt_future *f, void *arg)
 {
     struct pq_resolve *r = arg;
     int err = bt_future_error(f);
-    const char *msg = err ? bt_future_error_message(f) : NULL;
     bt_pq_conn *c = r->c;
-    if (c) {
+    if (c != NULL) {
         c->resolve = NULL;
-        if (err == 0) {
-            c->hostaddr = r->hostaddr;
+        char *hostaddr = err == 0 ? r->hostaddr : NULL;
+        if (err == 0)
             r->hostaddr = NULL;
-            bt__pq_conn_begin(c);
-        } else {
-            char *m = bt_strdup(msg ? msg : bt_strerror(err));
-            bt_pq_pool *p = c->pool;
-            bool listener = c->is_listener;
-            bt__pq_conn_close(c, err, m);
-            if (p && !p->closed)
-                bt__pq_pool_connect_failed(p, listener, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
-                                       m ? m : bt_strerror(err));
-            bt_free(m);
-        }
+        r->done(c, err, err != 0 ? bt_future_error_message(f) : NULL, hostaddr);
     }
     bt_free(r->hostaddr);
     bt_free(r->hosts);
     bt_free(r);
 }
 
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done)
 {
     struct pq_resolve *r = bt_calloc(1, sizeof *r);
     if (r == NULL)
         return BT_ENOMEM;
     r->c = c;
+    r->done = done;
     r->hosts = bt_strdup(hosts);
     if (r->hosts == NULL) {
         bt_free(r);
