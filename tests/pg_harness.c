@@ -39,6 +39,7 @@ struct bt_test_pg {
     char conninfo[PATH_MAX + 128];
     char sockinfo[PATH_MAX + 128];
     char url[128];
+    char pwinfo[PATH_MAX + 160]; /* the password role's conninfo */
     pid_t watchdog;            /* see start_watchdog; 0 if none */
     int watchdog_fd;           /* our end of its pipe, -1 if none */
     struct bt_test_pg *next_live;
@@ -286,6 +287,105 @@ static int write_conf(bt_test_pg *pg)
     return 0;
 }
 
+/* Put a scram-sha-256 line for the password role (PG_HARNESS_PW_ROLE)
+ * in front of initdb's "trust" lines: pg_hba.conf takes the first line
+ * that matches, so that role alone must give its password. */
+#define PW_ROLE "baton_pw"
+#define PW_SECRET "baton-secret"
+static int write_hba(bt_test_pg *pg)
+{
+    char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
+    snprintf(path, sizeof path, "%s/pg_hba.conf", pg->data);
+    snprintf(tmp, sizeof tmp, "%s.new", path);
+    FILE *in = fopen(path, "r"), *out = fopen(tmp, "w");
+    if (!in || !out) {
+        complain("rewrite %s: %s", path, strerror(errno));
+        if (in)
+            fclose(in);
+        if (out)
+            fclose(out);
+        return -1;
+    }
+    fprintf(out, "# pg_harness: this role must give its password\n"
+                 "local all " PW_ROLE " scram-sha-256\n"
+                 "host all " PW_ROLE " 127.0.0.1/32 scram-sha-256\n");
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        fwrite(buf, 1, n, out);
+    fclose(in);
+    if (fclose(out) != 0 || rename(tmp, path) != 0) {
+        complain("rewrite %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (pg->drop && chown(path, pg->run_uid, pg->run_gid) != 0) {
+        complain("chown %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The postmaster's pid, from the first line of data/postmaster.pid, or
+ * -1 when the server is not running. */
+static pid_t read_postmaster_pid(const bt_test_pg *pg)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/postmaster.pid", pg->data);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long pid = -1;
+    if (fscanf(f, "%ld", &pid) != 1)
+        pid = -1;
+    fclose(f);
+    return pid > 0 ? (pid_t)pid : -1;
+}
+
+/* Send sig to the postmaster's children (the backends and the server's
+ * own processes), found by their parent in /proc. Returns how many. */
+static int signal_children(pid_t pm, int sig)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        pid_t pid = (pid_t)atol(e->d_name);
+        if (pid <= 0)
+            continue;
+        char path[64], line[512];
+        snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t len = fread(line, 1, sizeof line - 1, f);
+        fclose(f);
+        line[len] = '\0';
+        /* "pid (comm) state ppid ...": comm may hold spaces or ')', so
+         * read from the last ')'. */
+        char *close = strrchr(line, ')');
+        char state;
+        long ppid;
+        if (close && sscanf(close + 1, " %c %ld", &state, &ppid) == 2 && ppid == pm &&
+            kill(pid, sig) == 0)
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Resume whatever bt_test_pg_freeze stopped: a stopped postmaster would
+ * never act on pg_ctl stop. Harmless when nothing is stopped. */
+static void thaw(const bt_test_pg *pg)
+{
+    pid_t pm = read_postmaster_pid(pg);
+    if (pm > 0) {
+        signal_children(pm, SIGCONT);
+        kill(pm, SIGCONT);
+    }
+}
+
 static int ctl_start(bt_test_pg *pg)
 {
     char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60", "start", NULL};
@@ -302,6 +402,7 @@ static void stop_at_exit(void)
             continue; /* a forked child exiting: the server is its parent's */
         if (pg->running) {
             char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            thaw(pg);
             run(pg, argv);
             pg->running = false;
         }
@@ -347,6 +448,7 @@ static void start_watchdog(bt_test_pg *pg)
         }
         if (access(pg->data, F_OK) == 0) {
             char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            thaw(pg);
             run(pg, argv);
             rm_tree(pg->dir);
         }
@@ -377,6 +479,9 @@ static void set_strings(bt_test_pg *pg)
     snprintf(pg->sockinfo, sizeof pg->sockinfo,
              "host=%s port=%d dbname=postgres user=postgres", pg->dir, pg->port);
     snprintf(pg->url, sizeof pg->url, "postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
+    snprintf(pg->pwinfo, sizeof pg->pwinfo,
+             "host=127.0.0.1 port=%d dbname=postgres user=" PW_ROLE " password=" PW_SECRET,
+             pg->port);
 }
 
 bt_test_pg *bt_test_pg_start(void)
@@ -434,6 +539,8 @@ bt_test_pg *bt_test_pg_start(void)
         dump_logs(pg);
         goto fail;
     }
+    if (write_hba(pg) != 0)
+        goto fail;
 
     /* A free port may be taken between our check and the server's bind;
      * try a few. */
@@ -455,6 +562,11 @@ bt_test_pg *bt_test_pg_start(void)
     }
     set_strings(pg);
     start_watchdog(pg);
+    if (bt_test_pg_exec(pg, "SET password_encryption = 'scram-sha-256'; "
+                            "CREATE ROLE " PW_ROLE " LOGIN PASSWORD '" PW_SECRET "'") != 0) {
+        complain("could not create the password role");
+        dump_logs(pg);
+    }
     pg->next_live = live;
     live = pg;
     if (!atexit_done) {
@@ -482,6 +594,7 @@ void bt_test_pg_free(bt_test_pg *pg)
     if (pg->owner == getpid()) {
         if (pg->running) {
             char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            thaw(pg);
             run(pg, argv);
         }
         rm_tree(pg->dir);
@@ -503,6 +616,7 @@ int bt_test_pg_restart(bt_test_pg *pg, const char *mode)
     snprintf(m, sizeof m, "%s", mode ? mode : "fast");
     char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60",
                     "-m", m, "restart", NULL};
+    thaw(pg);
     if (run(pg, argv) != 0) {
         complain("pg_ctl restart -m %s failed", m);
         dump_logs(pg);
@@ -517,6 +631,7 @@ int bt_test_pg_stop(bt_test_pg *pg, const char *mode)
     char m[32];
     snprintf(m, sizeof m, "%s", mode ? mode : "fast");
     char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-t", "60", "-m", m, "stop", NULL};
+    thaw(pg);
     if (run(pg, argv) != 0) {
         complain("pg_ctl stop -m %s failed", m);
         dump_logs(pg);
@@ -535,6 +650,42 @@ int bt_test_pg_resume(bt_test_pg *pg)
     }
     return 0;
 }
+
+int bt_test_pg_postmaster_pid(const bt_test_pg *pg)
+{
+    return pg->running ? (int)read_postmaster_pid(pg) : -1;
+}
+
+int bt_test_pg_freeze(bt_test_pg *pg, bool whole_server)
+{
+    pid_t pm = read_postmaster_pid(pg);
+    if (pm <= 0) {
+        complain("freeze: the server is not running");
+        return -1;
+    }
+    /* The children first: a stopped postmaster cannot start new ones
+     * while we look, and a backend that was being born is stopped on the
+     * next round by the caller's thaw/freeze pair. */
+    if (whole_server)
+        signal_children(pm, SIGSTOP);
+    if (kill(pm, SIGSTOP) != 0) {
+        complain("freeze: kill(%ld, SIGSTOP): %s", (long)pm, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int bt_test_pg_thaw(bt_test_pg *pg)
+{
+    if (read_postmaster_pid(pg) <= 0) {
+        complain("thaw: the server is not running");
+        return -1;
+    }
+    thaw(pg);
+    return 0;
+}
+
+const char *bt_test_pg_password_conninfo(const bt_test_pg *pg) { return pg->pwinfo; }
 
 int bt_test_pg_exec(const bt_test_pg *pg, const char *sql)
 {

@@ -57,6 +57,25 @@ int bt_test_pg_stop(bt_test_pg *pg, const char *mode);
 int bt_test_pg_resume(bt_test_pg *pg);
 bool bt_test_pg_running(const bt_test_pg *pg);
 
+/* Faults for tests: stop the server with SIGSTOP, as a wedged host or a
+ * debugger would. whole_server false stops the postmaster alone: running
+ * backends go on answering their clients, but no new connection and no
+ * cancel request is served (the kernel still accepts the TCP connection
+ * into the listen backlog, so clients wait rather than fail). true stops
+ * the backends too. bt_test_pg_thaw resumes everything; bt_test_pg_free,
+ * _stop, _restart and the at-exit cleanup thaw first, so a test that fails
+ * while the server is frozen leaves nothing hanging. Return 0 or -1. */
+int bt_test_pg_freeze(bt_test_pg *pg, bool whole_server);
+int bt_test_pg_thaw(bt_test_pg *pg);
+/* The postmaster's pid, or -1 if the server is not running. */
+int bt_test_pg_postmaster_pid(const bt_test_pg *pg);
+
+/* A role that must give its password (scram-sha-256 in pg_hba.conf, over
+ * TCP and the unix socket); every other role is trusted. The conninfo
+ * (borrowed) connects as that role with the right password: replace the
+ * password to see authentication fail (SQLSTATE 28P01). */
+const char *bt_test_pg_password_conninfo(const bt_test_pg *pg);
+
 /* Run SQL synchronously with a blocking libpq connection (setup and
  * checks; there may be several statements). Returns 0, or -1 after
  * printing the server's error. */

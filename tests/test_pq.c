@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@ static bt_loop *loop;
 static void setup(void)
 {
     ck_assert_msg(pg != NULL, "PostgreSQL did not start");
+    /* A test that failed while the server was frozen must not wedge the
+     * ones after it. */
+    bt_test_pg_thaw(pg);
     loop = bt_loop_new();
     ck_assert_ptr_nonnull(loop);
 }
@@ -41,6 +45,13 @@ static bt_pq_pool *new_pool(unsigned min, unsigned max, unsigned depth)
     o.max_size = max;
     o.pipeline_depth = depth;
     bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+static bt_pq_pool *new_pool_opts(bt_pq_options *o)
+{
+    bt_pq_pool *p = bt_pq_pool_new(loop, o);
     ck_assert_ptr_nonnull(p);
     return p;
 }
@@ -1168,6 +1179,39 @@ START_TEST(connect_by_name_and_socket)
 }
 END_TEST
 
+START_TEST(a_slow_lookup_has_a_deadline_of_its_own)
+{
+    /* The name lookup runs on the blocking lane; with that lane held by a
+     * job that does not end, the lookup cannot run. The connect must fail
+     * at resolve_timeout_ms, long before connect_timeout_ms, and while the
+     * job that holds the lane still runs. */
+    ck_assert_int_eq(bt_pool_set_threads(bt_pool_default(), BT_LANE_BLOCKING, 1), 0);
+    bt_test_long_job lj = {0};
+    bt_future *blocker = bt_to_thread(loop, bt_test_long_job_run, &lj);
+    ck_assert_ptr_nonnull(blocker);
+    for (int i = 0; i < 1000 && !atomic_load(&lj.started); i++)
+        sleep_ms(5);
+    char ci[256];
+    snprintf(ci, sizeof ci, "postgresql://postgres@localhost:%d/postgres", bt_test_pg_port(pg));
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = ci;
+    o.resolve_timeout_ms = 200;
+    o.connect_timeout_ms = 60000;
+    bt_pq_pool *p = new_pool_opts(&o);
+    bt_future *ready = await(bt_pq_pool_ready(p));
+    ck_assert_int_eq(bt_future_get_state(blocker), BT_FUTURE_PENDING);
+    ck_assert_int_eq(bt_future_error(ready), BT_ETIMEDOUT);
+    ck_assert_msg(strstr(bt_future_error_message(ready), "resolve_timeout_ms") != NULL, "%s",
+                  bt_future_error_message(ready));
+    bt_future_unref(ready);
+    bt_pq_pool_free(p);
+    bt_future_cancel(blocker);
+    await(blocker);
+    bt_future_unref(blocker);
+}
+END_TEST
+
 START_TEST(statements_are_prepared_once_per_connection)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
@@ -1330,6 +1374,117 @@ START_TEST(bad_arguments)
 }
 END_TEST
 
+static void rejected(bt_pq_options *o, const char *conninfo, const char *says)
+{
+    bt_test_log_clear();
+    o->conninfo = conninfo;
+    bt_pq_pool *p = bt_pq_pool_new(loop, o);
+    if (p != NULL)
+        bt_pq_pool_free(p);
+    ck_assert_msg(p == NULL, "\"%s\" was accepted", conninfo);
+    ck_assert_msg(bt_test_log_contains(says), "\"%s\": no log line saying \"%s\"", conninfo,
+                  says);
+}
+
+START_TEST(bad_options_are_refused_at_once_and_say_why)
+{
+    bt_test_log_capture();
+    bt_test_log_clear();
+    ck_assert_ptr_null(bt_pq_pool_new(loop, NULL));
+    ck_assert(bt_test_log_contains("bt_pq_pool_new: the options are"));
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    bt_test_log_clear();
+    ck_assert_ptr_null(bt_pq_pool_new(NULL, &o));
+    ck_assert(bt_test_log_contains("the loop is NULL"));
+    bt_test_log_clear();
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o));
+    ck_assert(bt_test_log_contains("no conninfo"));
+    /* libpq checks these only when it connects: the pool checks them now,
+     * as it does unknown keys. */
+    rejected(&o, "host=127.0.0.1 port=abc dbname=postgres", "port=\"abc\"");
+    rejected(&o, "host=127.0.0.1,127.0.0.2 port=5432,99999", "is not a port number");
+    rejected(&o, "postgresql://postgres@127.0.0.1:abc/postgres", "port=\"abc\"");
+    rejected(&o, "host=127.0.0.1 connect_timeout=ten", "connect_timeout=\"ten\"");
+    rejected(&o, "host=127.0.0.1 keepalives_idle=1x", "keepalives_idle=\"1x\"");
+    rejected(&o, "host=127.0.0.1 sslmode=maybe", "sslmode=\"maybe\"");
+    rejected(&o, "host=127.0.0.1 target_session_attrs=any-old", "target_session_attrs");
+    rejected(&o, "host=127.0.0.1 bogus_key=1", "bogus_key");
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 3;
+    o.max_size = 2;
+    bt_test_log_clear();
+    ck_assert_ptr_null(bt_pq_pool_new(loop, &o));
+    ck_assert(bt_test_log_contains("max_size must"));
+    /* Good values still pass, lists and blanks included. */
+    char ci[256];
+    snprintf(ci, sizeof ci,
+             "host=127.0.0.1 port=' %d ' dbname=postgres user=postgres connect_timeout=5 "
+             "sslmode=disable keepalives=1",
+             bt_test_pg_port(pg));
+    o.conninfo = ci;
+    o.min_size = 1;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    exec_ok(p, "SELECT 1", 0, NULL);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+/* Connect with conninfo and expect the pool's first connect, and a query
+ * waiting for it, to fail with code and SQLSTATE state. */
+static void connect_fails(const char *conninfo, int code, const char *state, const char *text)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = conninfo;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    bt_future *q = bt_pq_query(p, "SELECT 1", 0, NULL);
+    bt_future *r = await(bt_pq_pool_ready(p));
+    await(q);
+    bt_future *both[] = {r, q};
+    for (int i = 0; i < 2; i++) {
+        bt_pq_error e;
+        int err = bt_pq_error_parse(both[i], &e);
+        ck_assert_msg(err == code, "%s: %s (%s), wanted %s", conninfo, bt_err_name(err),
+                      bt_future_error_message(both[i]), bt_err_name(code));
+        ck_assert_msg(strcmp(e.sqlstate, state) == 0, "%s: SQLSTATE \"%s\", wanted %s (%s)",
+                      conninfo, e.sqlstate, state, bt_future_error_message(both[i]));
+        ck_assert_msg(strstr(e.message, text) != NULL, "%s: \"%s\"", conninfo, e.message);
+        ck_assert_msg(strstr(e.message, "LOCATION") == NULL, "%s", e.message);
+    }
+    bt_future_unref(r);
+    bt_future_unref(q);
+    bt_pq_pool_free(p);
+}
+
+START_TEST(connect_errors_carry_their_sqlstate)
+{
+    char ci[512];
+    int port = bt_test_pg_port(pg);
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d dbname=no_such_db user=postgres", port);
+    connect_fails(ci, BT_ENOENT, "3D000", "database \"no_such_db\" does not exist");
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d dbname=postgres user=no_such_role", port);
+    connect_fails(ci, BT_EACCES, "28000", "role \"no_such_role\" does not exist");
+    snprintf(ci, sizeof ci, "%s", bt_test_pg_password_conninfo(pg));
+    char *pw = strstr(ci, "password=");
+    ck_assert_ptr_nonnull(pw);
+    snprintf(pw, sizeof ci - (size_t)(pw - ci), "password=wrong");
+    connect_fails(ci, BT_EACCES, "28P01", "password authentication failed");
+    /* The right password works: the harness's role is real. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_password_conninfo(pg);
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    bt_pq_result *r = must(p, "SELECT current_user", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "baton_pw");
+    bt_pq_result_free(r);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(graceful_close_drains_first)
 {
     bt_pq_pool *p = new_pool(2, 2, 16);
@@ -1422,6 +1577,177 @@ START_TEST(shutdown_settles_everything)
 }
 END_TEST
 
+
+/* ---- A wedged postmaster (issue 13) ------------------------------------- */
+
+/* Wait (running the loop) until the pool has n idle connections. */
+static void wait_idle(bt_pq_pool *p, unsigned n)
+{
+    bt_pq_stats st;
+    for (int i = 0; i < 2500; i++) {
+        bt_pq_pool_get_stats(p, &st);
+        if (st.idle >= n)
+            return;
+        sleep_ms(10);
+    }
+    ck_abort_msg("the pool never had %u idle connections (%u)", n, st.idle);
+}
+
+START_TEST(an_unanswered_cancel_closes_and_replaces_its_connection)
+{
+    /* Two connections; one runs a long query. The postmaster alone is
+     * stopped (its backends run on), and the long query is cancelled: the
+     * cancel request can never be answered. The pool must keep serving from
+     * the other connection, close the one whose cancel hangs once
+     * cancel_timeout_ms has passed (while the postmaster is still stopped:
+     * nothing else could free it), and open a new one once the postmaster
+     * is back. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 2;
+    o.max_size = 2;
+    o.pipeline_depth = 1;
+    o.cancel_timeout_ms = 300;
+    bt_pq_pool *p = new_pool_opts(&o);
+    wait_idle(p, 2);
+    bt_future *slow = bt_pq_query(p, "SELECT pg_sleep(61)", 0, NULL);
+    sleep_ms(300);
+    ck_assert_int_eq(sleeping_like("SELECT pg_sleep(61)"), 1);
+    ck_assert_int_eq(bt_test_pg_freeze(pg, false), 0);
+    ck_assert_int_eq(bt_future_cancel(slow), 0);
+    ck_assert_int_eq(bt_future_error(slow), BT_ECANCELED);
+    bt_future_unref(slow);
+
+    /* The healthy connection serves while the postmaster is stopped. */
+    bt_pq_result *r = must(p, "SELECT 'still serving'", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "still serving");
+    bt_pq_result_free(r);
+
+    /* The cancelled query's connection is closed at the cancel deadline,
+     * with the postmaster still stopped (a generous bound: 50x). */
+    bt_pq_stats st;
+    for (int i = 0; i < 1500; i++) {
+        bt_pq_pool_get_stats(p, &st);
+        if (st.broken >= 1)
+            break;
+        sleep_ms(10);
+    }
+    ck_assert_msg(st.broken == 1, "the connection whose cancel hangs was never closed");
+    ck_assert_uint_eq(st.cancels_timed_out, 1);
+    ck_assert_uint_eq(st.cancels_sent, 1);
+    r = must(p, "SELECT 'and still'", 0, NULL);
+    bt_pq_result_free(r);
+
+    /* Back: the pool replaces the closed connection and serves on both. */
+    ck_assert_int_eq(bt_test_pg_thaw(pg), 0);
+    wait_idle(p, 2);
+    bt_future *fs[4];
+    for (int i = 0; i < 4; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_msg(bt_future_error(await(fs[i])) == 0, "%s", bt_future_error_message(fs[i]));
+        bt_future_unref(fs[i]);
+    }
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.connects, 3);
+    ck_assert_uint_eq(st.size, 2);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+struct rescue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;    /* the test got past the point it could hang at */
+    bool rescued; /* the deadline passed first: the thread thawed the server */
+};
+
+/* If the test hangs while the server is frozen, thaw it after 40 s so
+ * that the test can end (and fail), rather than wait for Check's timeout. */
+static void *rescue_main(void *arg)
+{
+    struct rescue *r = arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 40;
+    pthread_mutex_lock(&r->mu);
+    while (!r->done)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
+            break;
+    if (!r->done) {
+        r->rescued = true;
+        bt_test_pg_thaw(pg);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+START_TEST(shutdown_ends_while_the_postmaster_is_stopped)
+{
+    /* Two queries run; the postmaster alone is stopped (the second run
+     * stops the backends too); one query is cancelled, and the pool and
+     * then the loop are freed. Neither cancel request (the one for the
+     * cancelled query, and the one freeing the pool sends for the query
+     * still running) can be answered while the postmaster is stopped:
+     * neither bt_pq_pool_free nor bt_loop_free may wait for them. */
+    bool whole = _i == 1;
+    const char *sql1 = whole ? "SELECT pg_sleep(62.1)" : "SELECT pg_sleep(62.2)";
+    const char *sql2 = whole ? "SELECT pg_sleep(63.1)" : "SELECT pg_sleep(63.2)";
+    bt_pq_pool *p = new_pool(2, 2, 1);
+    wait_idle(p, 2);
+    bt_future *cancelled = bt_pq_query(p, sql1, 0, NULL);
+    bt_future *running = bt_pq_query(p, sql2, 0, NULL);
+    sleep_ms(300);
+    ck_assert_int_eq(sleeping_like(sql1), 1);
+    ck_assert_int_eq(sleeping_like(sql2), 1);
+    ck_assert_int_eq(bt_test_pg_freeze(pg, whole), 0);
+    ck_assert_int_eq(bt_future_cancel(cancelled), 0);
+    /* A second pool with a connect in flight to the stopped server. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    bt_pq_pool *p2 = new_pool_opts(&o);
+    bt_future *waits = bt_pq_query(p2, "SELECT 1", 0, NULL);
+    sleep_ms(200); /* the cancel request is out, waiting for an answer */
+
+    struct rescue rs = {.done = false, .rescued = false};
+    pthread_mutex_init(&rs.mu, NULL);
+    pthread_cond_init(&rs.cv, NULL);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, rescue_main, &rs), 0);
+    uint64_t t0 = bt_hrtime();
+    bt_pq_pool_free(p);
+    bt_pq_pool_free(p2);
+    ck_assert_int_eq(bt_future_error(running), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(waits), BT_ESHUTDOWN);
+    bt_future_unref(cancelled);
+    bt_future_unref(running);
+    bt_future_unref(waits);
+    bt_test_loop_free_clean(loop);
+    loop = bt_loop_new(); /* for teardown */
+    uint64_t ms = (bt_hrtime() - t0) / 1000000;
+    pthread_mutex_lock(&rs.mu);
+    bool rescued = rs.rescued;
+    rs.done = true;
+    pthread_cond_signal(&rs.cv);
+    pthread_mutex_unlock(&rs.mu);
+    pthread_join(th, NULL);
+    bt_test_pg_thaw(pg);
+    ck_assert_msg(!rescued, "shutdown waited for the stopped server (%llu ms)",
+                  (unsigned long long)ms);
+    /* Both cancel requests reach the server once it runs again. */
+    int left = 2;
+    for (int i = 0; i < 200 && left != 0; i++) {
+        left = sleeping_like(sql1) + sleeping_like(sql2);
+        usleep(50000);
+    }
+    ck_assert_int_eq(left, 0);
+    fprintf(stderr, "shutdown with the %s stopped: %llu ms\n", whole ? "server" : "postmaster",
+            (unsigned long long)ms);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -1444,6 +1770,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, closed_port_fails_cleanly);
     tcase_add_test(tc, connect_by_name_and_socket);
     tcase_add_test(tc, connect_timeout_is_ours);
+    tcase_add_test(tc, a_slow_lookup_has_a_deadline_of_its_own);
     tcase_add_test(tc, a_killed_backend_is_replaced);
     tcase_add_test(tc, reconnects_back_off);
     tcase_add_test(tc, a_stray_begin_is_rolled_back);
@@ -1452,9 +1779,13 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, statement_cache_evicts_least_recently_used);
     tcase_add_test(tc, idle_connections_are_closed_and_lifetime_renews);
     tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, bad_options_are_refused_at_once_and_say_why);
+    tcase_add_test(tc, connect_errors_carry_their_sqlstate);
     tcase_add_test(tc, shutdown_settles_everything);
     tcase_add_test(tc, graceful_close_drains_first);
     tcase_add_test(tc, cancels_and_timeouts_in_a_pipelined_stream);
+    tcase_add_test(tc, an_unanswered_cancel_closes_and_replaces_its_connection);
+    tcase_add_loop_test(tc, shutdown_ends_while_the_postmaster_is_stopped, 0, 2);
     /* Last: it restarts the shared server. */
     tcase_add_test(tc, restart_mid_stream);
     suite_add_tcase(s, tc);

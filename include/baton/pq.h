@@ -62,18 +62,30 @@
  *   cannot know whether it ran, so it is never retried. Queries that were
  *   only waiting are not affected: they go out on a new connection.
  * - BT_ETIMEDOUT: the per-query timeout (a cancel request was sent) or the
- *   acquire timeout. BT_EAGAIN: too many waiters. BT_ECONNREFUSED and
- *   friends: the pool could not connect at all (a pool that never
- *   connected fails waiting queries at the first connect failure instead of
- *   making them wait). BT_ESHUTDOWN: the pool or its loop was freed.
+ *   acquire timeout. BT_EAGAIN: too many waiters. BT_ESHUTDOWN: the pool
+ *   or its loop was freed.
+ * - Connect errors: a pool that never connected fails bt_pq_pool_ready and
+ *   waiting queries at the first connect failure instead of making them
+ *   wait. BT_ECONNREFUSED, BT_ETIMEDOUT, BT_EDNS, BT_ETLS and friends: the
+ *   server could not be reached. When the server itself refused, the
+ *   message starts with its SQLSTATE, as a query's error does, and
+ *   bt_pq_error_parse gives it: BT_EACCES for authentication and
+ *   authorization (28000: no such role, or no pg_hba.conf entry; 28P01:
+ *   wrong password; 42501: no CONNECT privilege), BT_ENOENT for a database
+ *   that does not exist (3D000), BT_ESQL for any other (53300 too many
+ *   connections, 57P03 the server is starting or stopping).
  *
  * Cancellation: bt_future_cancel on a query that has not been sent removes
  * it; on one that has, the future is cancelled at once, a cancel request
- * (PQcancel, which blocks) is sent from the blocking lane when the query is
- * the one the server is running, and the connection takes no new work
+ * (PQcancel, which blocks) is sent from a thread of its own when the query
+ * is the one the server is running, and the connection takes no new work
  * until the server has acted on the request and the query's results have
  * been drained. A pool query that our late cancel request hit instead
- * (SQLSTATE 57014) is sent again.
+ * (SQLSTATE 57014) is sent again. A cancel request unanswered after
+ * cancel_timeout_ms (a stopped or wedged postmaster) closes its connection
+ * and the pool opens another: a late request could hit any later query.
+ * Nothing waits for the request's thread, neither the pool nor
+ * bt_pq_pool_free nor bt_loop_free.
  *
  * Threads: everything here is loop-thread only; notification and row
  * callbacks run on the loop thread and must not free the pool (they may
@@ -116,6 +128,12 @@ typedef struct {
     bool sync_each_query;        /* give every pool query its own Sync, even
                                     when pipelined: no shared batches (see
                                     "Pipelining" above); default false */
+    uint64_t resolve_timeout_ms; /* host name lookup before a connect (the
+                                    connect then has connect_timeout_ms of
+                                    its own); default 5000 */
+    uint64_t cancel_timeout_ms;  /* a cancel request's answer; past it the
+                                    connection is closed and replaced (see
+                                    "Cancellation" above); default 5000 */
 } bt_pq_options;
 
 /* Fill o with the defaults above (conninfo NULL). NULL is a no-op.
@@ -124,9 +142,12 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
 
 /* A new pool on loop. Starts min_size connections in the background and
  * returns at once (use bt_pq_pool_ready to wait for the first).
- * Returns: a pool to free with bt_pq_pool_free, or NULL for NULL arguments,
- * a conninfo libpq cannot parse, min_size > max_size or max_size == 0, or
- * out of memory. Thread: the loop's. */
+ * Returns: a pool to free with bt_pq_pool_free, or NULL, after a log line
+ * (bt_log, BT_LOG_WARN) saying why, for NULL arguments, a conninfo libpq
+ * cannot parse (an unknown key) or whose values it would refuse when
+ * connecting (port=abc, connect_timeout=ten, sslmode=maybe: checked here,
+ * not at the first query), min_size > max_size or max_size == 0, or out of
+ * memory. Thread: the loop's. */
 BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o);
 
 /* Free the pool: every waiting and in-flight query and acquire fails with
@@ -167,6 +188,9 @@ typedef struct {
     uint64_t queries;        /* queries settled */
     uint64_t pipelined;      /* queries sent while others were in flight */
     uint64_t cancels_sent;   /* cancel requests sent to the server */
+    uint64_t cancels_timed_out; /* of those, unanswered within
+                                   cancel_timeout_ms: their connection was
+                                   closed and replaced */
     uint64_t retried;        /* queries sent again: their batch failed, their
                                 statement went stale, or our late cancel
                                 hit them (none of them had taken effect) */
@@ -256,7 +280,8 @@ typedef struct {
 
 /* Split a failed query future's error into its fields (truncating long
  * fields). Marks the error read. Returns the future's error code (BT_ESQL
- * for a server error; then sqlstate is set; BT_ECANCELED for a cancelled
+ * for a server error, and BT_EACCES or BT_ENOENT for a connect error the
+ * server reported: then sqlstate is set; BT_ECANCELED for a cancelled
  * future, whose message is "cancelled"), 0 if f settled with a value or
  * BT_EINPROGRESS if it is pending (out is then zeroed), BT_EINVAL for a
  * NULL f or out. Thread: the loop's. */

@@ -1,5 +1,7 @@
 /* Acquired connections: a connection taken out of the pool for a series
  * of queries (a transaction), and its return, rolled back if dirty. */
+#include "config.h"
+
 #include <string.h>
 
 #include "pq-internal.h"
@@ -37,17 +39,17 @@ static void on_acquire_cancel(bt_future *f, void *arg)
 
 BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     if (p->closed || p->closing) {
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s", p->closed ? "closed" : "closing");
         return f;
     }
     struct pq_acq *a = bt_calloc(1, sizeof *a);
-    if (!a) {
+    if (a == NULL) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
         return f;
     }
@@ -83,13 +85,13 @@ BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int npa
                                            const char *const *values,
                                            const bt_pq_query_opts *opts)
 {
-    if (!c || !sql)
+    if (c == NULL || sql == NULL)
         return NULL;
     if (!c->acquired) {
         return bt_future_new_error(c->loop, BT_EINVAL,
                                    "the connection is not acquired (released already?)");
     }
-    if (!c->pool || c->state != CS_READY)
+    if (c->pool == NULL || c->state != CS_READY)
         return bt_future_new_error(c->loop, BT_ECONNRESET,
                                    "the connection was lost; release it and acquire another");
     return bt__pq_submit(c->pool, c->loop, c, sql, nparams, values, opts);
@@ -113,7 +115,7 @@ BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c) { return simple(c, "ROLL
 
 BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 {
-    if (!c || !c->pg)
+    if (c == NULL || c->pg == NULL)
         return false;
     PGTransactionStatusType ts = PQtransactionStatus(c->pg);
     return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
@@ -124,7 +126,7 @@ void bt__pq_send_internal(bt_pq_conn *c, const char *sql)
     bt_pq_query_opts o = {.no_prepare = true};
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
-    if (!q) {
+    if (q == NULL) {
         bt__pq_conn_close(c, BT_ENOMEM, "out of memory");
         return;
     }
@@ -167,7 +169,7 @@ BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c)
     if (!c || !c->acquired)
         return;
     c->acquired = false;
-    if (!c->pool || c->state == CS_DEAD) {
+    if (c->pool == NULL || c->state == CS_DEAD) {
         bt__pq_conn_free_dead(c);
         return;
     }

@@ -2,6 +2,8 @@
  * mode (solo or batched), matching the results to them in order, and
  * closing. See pq-internal.h for the design (ops FIFO, batches, abandoned
  * queries, lifetimes); connect.c opens it. */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,31 @@ static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
+/* cancel.c reports here (see cancel.c's DESIGN). Answered: the server has
+ * acted on the request, so the connection may take new work again once
+ * drained. Not answered in time: a late request could hit whatever the
+ * connection runs next, so it is closed, and the pool replaces it. */
+static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
+{
+    if (answered) {
+        if (c->ops_len == 0)
+            c->cancel_sent = false;
+        if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
+            bt__pq_pool_conn_available(c->pool, c);
+        return;
+    }
+    if (c->pool != NULL)
+        c->pool->st.cancels_timed_out++;
+    bt_log(BT_LOG_WARN,
+           "pq: a cancel request got no answer within %llu ms (cancel_timeout_ms); closing "
+           "its connection so that the pool replaces it",
+           (unsigned long long)timeout_ms);
+    char why[128];
+    snprintf(why, sizeof why, "the cancel request got no answer within %llu ms",
+             (unsigned long long)timeout_ms);
+    bt__pq_conn_close(c, BT_ECONNRESET, why);
+}
+
 /* ---- The ops FIFO -------------------------------------------------------- */
 
 static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
@@ -20,7 +47,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
     if (c->ops_len == c->ops_cap) {
         size_t cap = c->ops_cap ? c->ops_cap * 2 : 16;
         pq_op *n = bt_malloc(cap * sizeof *n);
-        if (!n)
+        if (n == NULL)
             return BT_ENOMEM;
         for (size_t i = 0; i < c->ops_len; i++)
             n[i] = c->ops[(c->ops_head + i) % c->ops_cap];
@@ -45,115 +72,6 @@ static void ops_pop(bt_pq_conn *c)
     c->ops_len--;
 }
 
-/* ---- Prepared statements: a per-connection hash of SQL text ------------- */
-
-static uint32_t hash_str(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
-{
-    if (!c->nbuckets)
-        return NULL;
-    for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
-        if (s->hash == h && strcmp(s->sql, sql) == 0)
-            return s;
-    return NULL;
-}
-
-static void lru_unlink(bt_pq_conn *c, pq_stmt *s)
-{
-    if (s->lru_prev)
-        s->lru_prev->lru_next = s->lru_next;
-    else
-        c->lru_head = s->lru_next;
-    if (s->lru_next)
-        s->lru_next->lru_prev = s->lru_prev;
-    else
-        c->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NULL;
-}
-
-static void lru_link(bt_pq_conn *c, pq_stmt *s)
-{
-    s->lru_prev = NULL;
-    s->lru_next = c->lru_head;
-    if (c->lru_head)
-        c->lru_head->lru_prev = s;
-    else
-        c->lru_tail = s;
-    c->lru_head = s;
-}
-
-static void lru_touch(bt_pq_conn *c, pq_stmt *s)
-{
-    if (c->lru_head != s) {
-        lru_unlink(c, s);
-        lru_link(c, s);
-    }
-}
-
-static pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
-{
-    if (!c->nbuckets) {
-        unsigned n = 64;
-        c->stmts = bt_calloc(n, sizeof *c->stmts);
-        if (!c->stmts)
-            return NULL;
-        c->nbuckets = n;
-    }
-    pq_stmt *s = bt_calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
-    s->sql = bt_strdup(sql);
-    if (!s->sql) {
-        bt_free(s);
-        return NULL;
-    }
-    s->hash = h;
-    snprintf(s->name, sizeof s->name, "bt_%u", ++c->stmt_seq);
-    s->next = c->stmts[h % c->nbuckets];
-    c->stmts[h % c->nbuckets] = s;
-    c->nstmts++;
-    lru_link(c, s);
-    return s;
-}
-
-/* Unlink s (its PREPARE failed); the statement does not exist server-side. */
-static void stmt_remove(bt_pq_conn *c, pq_stmt *s)
-{
-    for (pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            c->nstmts--;
-            lru_unlink(c, s);
-            bt_free(s->sql);
-            bt_free(s);
-            return;
-        }
-}
-
-void bt__pq_conn_stmt_clear(bt_pq_conn *c)
-{
-    for (unsigned i = 0; i < c->nbuckets; i++) {
-        pq_stmt *s = c->stmts[i];
-        while (s) {
-            pq_stmt *n = s->next;
-            bt_free(s->sql);
-            bt_free(s);
-            s = n;
-        }
-    }
-    bt_free(c->stmts);
-    c->stmts = NULL;
-    c->lru_head = c->lru_tail = NULL;
-    c->nbuckets = c->nstmts = 0;
-}
-
 /* ---- Closing ------------------------------------------------------------ */
 
 /* Fail everything on c, close the PGconn and tell the pool. If c is
@@ -166,10 +84,11 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     bool was_open = c->state == CS_READY;
     /* Closing under running queries (the pool is terminated): PQfinish
      * alone would leave the server running them until they try to answer.
-     * Ask it to stop them (best effort: the request goes out from the
-     * blocking lane after we are gone). */
-    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && !c->cancel_job)
-        bt__pq_cancel_send(c);
+     * Ask it to stop them (best effort: the request goes out from a
+     * thread that nobody waits for, see cancel.c). */
+    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
+        c->pg != NULL)
+        bt__pq_cancel_fire(c->pg);
     c->state = CS_DEAD;
     bt__pq_resolve_detach(c);
     bt__pq_cancel_detach(c);
@@ -206,7 +125,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     }
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
-    bt__pq_conn_stmt_clear(c);
+    bt__pq_stmt_clear(c);
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -290,15 +209,15 @@ static int stmt_evict(bt_pq_conn *c)
     pq_stmt *s = c->lru_tail;
     while (s && !s->ready)
         s = s->lru_prev;
-    if (!s)
+    if (s == NULL)
         return 0; /* all are being prepared: this query runs unnamed */
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
-    stmt_remove(c, s);
+    bt__pq_stmt_remove(c, s);
     bt_pq_query_opts o = {.no_prepare = true};
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
-    if (!d)
+    if (d == NULL)
         return 0; /* the statement leaks server-side; harmless */
     d->internal = bt__pq_internal_done;
     bt__pq_conn_send(c, d);
@@ -311,7 +230,7 @@ static bool batchable(const bt_pq_conn *c, const pq_query *q)
     const bt_pq_pool *p = c->pool;
     return p && !p->o.sync_each_query && p->o.pipeline_depth > 1 && !c->is_listener &&
            !c->acquired && !c->releasing && !q->target && !q->solo && !q->row_cb &&
-           !q->internal;
+           q->internal == NULL;
 }
 
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
@@ -343,9 +262,9 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     pq_stmt *s = NULL;
     bool prepared = false;
     if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        uint32_t h = hash_str(q->sql);
-        s = stmt_find(c, q->sql, h);
-        if (!s && c->nstmts >= p->o.stmt_cache_size) {
+        uint32_t h = bt__pq_stmt_hash(q->sql);
+        s = bt__pq_stmt_find(c, q->sql, h);
+        if (s == NULL && c->nstmts >= p->o.stmt_cache_size) {
             c->busy++; /* a failed send closes c: keep it allocated here */
             int rc = stmt_evict(c);
             c->busy--;
@@ -361,9 +280,9 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
         if (s && s->ready) {
             prepared = true;
             q->used_named = true;
-            lru_touch(c, s);
-        } else if (!s && c->nstmts < p->o.stmt_cache_size) {
-            s = stmt_add(c, q->sql, h);
+            bt__pq_stmt_touch(c, s);
+        } else if (s == NULL && c->nstmts < p->o.stmt_cache_size) {
+            s = bt__pq_stmt_add(c, q->sql, h);
             if (s) {
                 ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
                 if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
@@ -419,7 +338,7 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
     pq_op *f = ops_front(c);
     if (f && f->q == q) {
         q->want_cancel = false;
-        bt__pq_cancel_send(c);
+        bt__pq_cancel_send(c, cancel_done);
     }
 }
 
@@ -427,7 +346,7 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
 
 static void deliver_rows(pq_query *q, PGresult *res)
 {
-    if (q->abandoned || q->rows_stopped || !q->row_cb)
+    if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
         return;
     bt_loop *loop = q->pool ? q->pool->loop : NULL;
     bt_pq_result row = {.pg = res};
@@ -516,12 +435,12 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    uint32_t h = hash_str(q->sql);
-    pq_stmt *s = stmt_find(c, q->sql, h);
+    uint32_t h = bt__pq_stmt_hash(q->sql);
+    pq_stmt *s = bt__pq_stmt_find(c, q->sql, h);
     if (s)
-        stmt_remove(c, s);
+        bt__pq_stmt_remove(c, s);
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
-        bt__pq_conn_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+        bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
     return true;
 }
 
@@ -642,7 +561,7 @@ static int process(bt_pq_conn *c)
                 PQsetSingleRowMode(c->pg);
             if (op->q->want_cancel) {
                 op->q->want_cancel = false;
-                bt__pq_cancel_send(c);
+                bt__pq_cancel_send(c, cancel_done);
             }
         }
         if (PQisBusy(c->pg))
@@ -655,11 +574,11 @@ static int process(bt_pq_conn *c)
                     op->stmt->ready = true;
                 } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
                     op->q->aborted = true; /* skipped: never prepared */
-                    stmt_remove(c, op->stmt);
+                    bt__pq_stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 } else {
                     bt__pq_query_set_error_from(op->q, res);
-                    stmt_remove(c, op->stmt);
+                    bt__pq_stmt_remove(c, op->stmt);
                     op->stmt = NULL;
                 }
                 PQclear(res);
@@ -679,7 +598,7 @@ static int process(bt_pq_conn *c)
             }
             break;
         case OP_SYNC:
-            if (!res) {
+            if (res == NULL) {
                 /* Not expected between a query's NULL and its Sync; wait
                  * for more input rather than spin. */
                 if (PQstatus(c->pg) == CONNECTION_BAD)
@@ -746,7 +665,7 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
         goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();
-        if (!c->cancel_job)
+        if (c->cancel_job == NULL)
             c->cancel_sent = false;
         if (!c->is_listener && PQstatus(c->pg) == CONNECTION_BAD) {
             bt__pq_conn_close(c, BT_ECONNRESET, "connection closed by the server");

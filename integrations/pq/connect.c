@@ -1,6 +1,8 @@
 /* Opening a connection without blocking the loop: PQconnectStartParams
  * and PQconnectPoll driven by libevent, the socket read again at every
  * step, our own timeout, and the resolved hostaddr swapped in. */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void on_connect_timeout(bt_timer *t, void *arg);
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
@@ -19,7 +22,7 @@ static void begin_connect(bt_pq_conn *c);
 bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
 {
     bt_pq_conn *c = bt_calloc(1, sizeof *c);
-    if (!c)
+    if (c == NULL)
         return NULL;
     c->pool = p;
     c->loop = p->loop;
@@ -28,13 +31,15 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
     c->state = CS_RESOLVING;
     c->born_ns = now_ns();
     c->timer = bt_timer_new(p->loop, on_connect_timeout, c);
-    if (!c->timer) {
+    if (c->timer == NULL) {
         bt_free(c);
         return NULL;
     }
-    bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
+    /* The lookup has a deadline of its own; the connect gets
+     * connect_timeout_ms from when it begins (begin_connect). */
+    bt_timer_start(c->timer, p->host ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms, 0);
     if (p->host) {
-        if (bt__pq_resolve_start(c, p->host) != 0) {
+        if (bt__pq_resolve_start(c, p->host, on_resolved) != 0) {
             bt_timer_free(c->timer);
             bt_free(c);
             return NULL;
@@ -66,10 +71,11 @@ static void connect_failed(bt_pq_conn *c, int code, const char *msg)
     bt_free(m);
 }
 
-/* Sort a libpq connect failure into a code. */
+/* Sort a libpq connect failure that the server did not explain (no
+ * SQLSTATE: refused, unreachable, timed out, TLS) into a code. */
 static int connect_code(const char *msg)
 {
-    if (!msg)
+    if (msg == NULL)
         return BT_EIO;
     if (strstr(msg, "Connection refused") || strstr(msg, "No such file or directory"))
         return BT_ECONNREFUSED;
@@ -88,6 +94,72 @@ static int connect_code(const char *msg)
     return BT_EIO;
 }
 
+/* The code a program can branch on for an error the server reported while
+ * we connected (see pq.h, "Errors"). */
+static int sqlstate_code(const char *state)
+{
+    if (strncmp(state, "28", 2) == 0 || strcmp(state, "42501") == 0)
+        return BT_EACCES; /* 28000 no such role or no pg_hba entry, 28P01 wrong
+                             password, 42501 no CONNECT privilege */
+    if (strcmp(state, "3D000") == 0)
+        return BT_ENOENT; /* no such database */
+    return BT_ESQL;
+}
+
+/* A connect failure as libpq tells it. While connecting, the PGconn's error
+ * verbosity is PQERRORS_VERBOSE (begin_connect), so an error the server
+ * sent (libpq 15 keeps its PGresult to itself) reads
+ *   ...failed: FATAL:  3D000: database "x" does not exist\nLOCATION: ...
+ * Turn that into the shape of a query's error, "[3D000] database "x" does
+ * not exist" plus DETAIL and HINT lines, which bt_pq_error_parse splits,
+ * and sort it by its SQLSTATE. Other failures keep libpq's text. Sets *out
+ * to a new string (or NULL: out of memory) and returns the code. */
+static int connect_error(const char *msg, char **out)
+{
+    *out = NULL;
+    const char *sev = NULL;
+    for (const char *at = msg; at != NULL && (at = strstr(at, "FATAL:  ")) != NULL; at++)
+        sev = at; /* several hosts: the last attempt's error */
+    if (sev == NULL)
+        sev = msg != NULL ? strstr(msg, "ERROR:  ") : NULL;
+    const char *st = sev != NULL ? sev + 8 : NULL;
+    bool has_state = st != NULL && strlen(st) > 7 && st[5] == ':' && st[6] == ' ';
+    for (int i = 0; has_state && i < 5; i++)
+        if (!((st[i] >= '0' && st[i] <= '9') || (st[i] >= 'A' && st[i] <= 'Z')))
+            has_state = false;
+    if (!has_state) {
+        *out = bt_strdup(msg != NULL ? msg : "could not connect");
+        if (*out != NULL) {
+            char *loc = strstr(*out, "\nLOCATION:");
+            if (loc != NULL)
+                *loc = '\0';
+        }
+        return connect_code(msg);
+    }
+    char state[6];
+    memcpy(state, st, 5);
+    state[5] = '\0';
+    const char *prim = st + 7;
+    size_t plen = strcspn(prim, "\n");
+    const char *detail = strstr(prim, "\nDETAIL:  ");
+    const char *hint = strstr(prim, "\nHINT:  ");
+    size_t dlen = detail != NULL ? strcspn(detail + 10, "\n") : 0;
+    size_t hlen = hint != NULL ? strcspn(hint + 8, "\n") : 0;
+    *out = bt_asprintf("[%s] %.*s%s%.*s%s%.*s", state, (int)plen, prim,
+                       detail != NULL ? "\nDETAIL: " : "", (int)dlen,
+                       detail != NULL ? detail + 10 : "", hint != NULL ? "\nHINT: " : "",
+                       (int)hlen, hint != NULL ? hint + 8 : "");
+    return sqlstate_code(state);
+}
+
+static void connect_failed_pg(bt_pq_conn *c)
+{
+    char *m = NULL;
+    int code = connect_error(PQerrorMessage(c->pg), &m);
+    connect_failed(c, code, m);
+    bt_free(m);
+}
+
 /* Watch the socket for what PQconnectPoll asked. libpq may open a new
  * socket between steps (another host, another address, SSL fallback), so
  * the descriptor is read again every time. */
@@ -103,7 +175,7 @@ static int watch_connect(bt_pq_conn *c)
     c->fd = fd;
     short what = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
     c->ev = event_new(c->pool->base, fd, what, on_connect_io, c);
-    if (!c->ev || event_add(c->ev, NULL) != 0)
+    if (c->ev == NULL || event_add(c->ev, NULL) != 0)
         return BT_ENOMEM;
     return 0;
 }
@@ -115,6 +187,7 @@ static void connected(bt_pq_conn *c)
         event_free(c->ev);
         c->ev = NULL;
     }
+    PQsetErrorVerbosity(c->pg, PQERRORS_DEFAULT);
     if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
         connect_failed(c, BT_EIO, PQerrorMessage(c->pg));
         return;
@@ -122,7 +195,7 @@ static void connected(bt_pq_conn *c)
     c->fd = PQsocket(c->pg);
     c->ev = event_new(c->pool->base, c->fd, EV_READ | EV_PERSIST, bt__pq_conn_on_io, c);
     c->wev = event_new(c->pool->base, c->fd, EV_WRITE | EV_PERSIST, bt__pq_conn_on_io, c);
-    if (!c->ev || !c->wev || event_add(c->ev, NULL) != 0) {
+    if (c->ev == NULL || c->wev == NULL || event_add(c->ev, NULL) != 0) {
         connect_failed(c, BT_ENOMEM, "out of memory for connection events");
         return;
     }
@@ -138,11 +211,9 @@ static void step(bt_pq_conn *c)
     case PGRES_POLLING_OK:
         connected(c);
         return;
-    case PGRES_POLLING_FAILED: {
-        const char *m = PQerrorMessage(c->pg);
-        connect_failed(c, connect_code(m), m);
+    case PGRES_POLLING_FAILED:
+        connect_failed_pg(c);
         return;
-    }
     default: {
         int rc = watch_connect(c);
         if (rc != 0)
@@ -166,6 +237,8 @@ static void on_notice(void *arg, const char *msg)
 static void begin_connect(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
+    if (c->state == CS_RESOLVING)
+        bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
     c->state = CS_CONNECTING;
     const char **vals = p->vals;
     const char *saved = NULL;
@@ -176,14 +249,16 @@ static void begin_connect(bt_pq_conn *c)
     c->pg = PQconnectStartParams(p->keys, vals, 0);
     if (saved || (c->hostaddr && p->hostaddr_idx >= 0))
         vals[p->hostaddr_idx] = saved;
-    if (!c->pg) {
+    if (c->pg == NULL) {
         connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
         return;
     }
     PQsetNoticeProcessor(c->pg, on_notice, NULL);
+    /* Until connected: the server's SQLSTATE in the error text (see
+     * connect_error). */
+    PQsetErrorVerbosity(c->pg, PQERRORS_VERBOSE);
     if (PQstatus(c->pg) == CONNECTION_BAD) {
-        const char *m = PQerrorMessage(c->pg);
-        connect_failed(c, connect_code(m), m);
+        connect_failed_pg(c);
         return;
     }
     /* "If PQconnectStart succeeds, the next stage is to poll libpq so that
@@ -206,7 +281,25 @@ static void on_connect_timeout(bt_timer *t, void *arg)
 {
     (void)t;
     bt_pq_conn *c = arg;
-    if (c->state == CS_RESOLVING || c->state == CS_CONNECTING)
+    /* The lookup job, if any, is abandoned: it finishes on the blocking
+     * lane and its answer is dropped (bt__pq_resolve_detach). */
+    if (c->state == CS_RESOLVING)
+        connect_failed(c, BT_ETIMEDOUT,
+                       "timed out resolving the database's host name (resolve_timeout_ms)");
+    else if (c->state == CS_CONNECTING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out connecting to the database (connect_timeout_ms)");
+}
+
+/* resolve.c reports here: connect to the addresses, or fail the connect
+ * (a lookup cancelled under us means the pool is going away). */
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr)
+{
+    if (err == 0) {
+        c->hostaddr = hostaddr;
+        begin_connect(c);
+        return;
+    }
+    connect_failed(c, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
+                   msg != NULL ? msg : bt_strerror(err));
 }

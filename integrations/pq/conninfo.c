@@ -1,5 +1,9 @@
 /* The pool's conninfo, parsed once into the keyword/value arrays that
  * PQconnectStartParams takes, with room for the resolved hostaddr. */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,11 +18,94 @@ static bool is_numeric(const char *h)
     return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
 }
 
+/* An integer as libpq's parse_int_param reads one: blanks around an
+ * optional sign and digits. */
+static bool is_int(const char *v, long min, long max)
+{
+    while (*v == ' ' || *v == '\t')
+        v++;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (end == v || errno != 0)
+        return false;
+    while (*end == ' ' || *end == '\t')
+        end++;
+    return *end == '\0' && n >= min && n <= max;
+}
+
+static bool one_of(const char *v, const char *const *words)
+{
+    for (; *words != NULL; words++)
+        if (strcmp(v, *words) == 0)
+            return true;
+    return false;
+}
+
+/* libpq checks most values only when a connection starts, so a pool would
+ * accept "port=abc" and fail every query later with a vague error, while
+ * it rejects an unknown key at once. Check here, once, the values libpq
+ * would refuse: numbers and the keywords of the enumerated settings.
+ * Returns true, or logs why and returns false. */
+static bool values_ok(const PQconninfoOption *opts)
+{
+    static const char *const ints[] = {"connect_timeout", "keepalives", "keepalives_idle",
+                                       "keepalives_interval", "keepalives_count",
+                                       "tcp_user_timeout", NULL};
+    static const struct {
+        const char *key;
+        const char *const words[8];
+    } enums[] = {
+        {"sslmode", {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}},
+        {"gssencmode", {"disable", "prefer", "require"}},
+        {"channel_binding", {"disable", "prefer", "require"}},
+        {"target_session_attrs",
+         {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}},
+    };
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL)
+            continue;
+        if (strcmp(o->keyword, "port") == 0) {
+            /* A list, one per host; an empty entry means the default. */
+            const char *v = o->val;
+            for (;;) {
+                size_t len = strcspn(v, ",");
+                char one[32];
+                if (len > 0 && (len >= sizeof one ||
+                                (memcpy(one, v, len), one[len] = '\0', !is_int(one, 1, 65535)))) {
+                    bt_log(BT_LOG_WARN, "pq: bad conninfo: port=\"%s\" is not a port number "
+                                        "(1 to 65535, or a comma-separated list of them)",
+                           o->val);
+                    return false;
+                }
+                if (v[len] == '\0')
+                    break;
+                v += len + 1;
+            }
+        } else if (one_of(o->keyword, ints)) {
+            if (*o->val != '\0' && !is_int(o->val, INT_MIN, INT_MAX)) {
+                bt_log(BT_LOG_WARN, "pq: bad conninfo: %s=\"%s\" is not an integer",
+                       o->keyword, o->val);
+                return false;
+            }
+        } else {
+            for (size_t i = 0; i < sizeof enums / sizeof enums[0]; i++)
+                if (strcmp(o->keyword, enums[i].key) == 0 && *o->val != '\0' &&
+                    !one_of(o->val, enums[i].words)) {
+                    bt_log(BT_LOG_WARN, "pq: bad conninfo: %s=\"%s\" is not a valid value",
+                           o->keyword, o->val);
+                    return false;
+                }
+        }
+    }
+    return true;
+}
+
 int bt__pq_parse_conninfo(bt_pq_pool *p)
 {
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
-    if (!opts) {
+    if (opts == NULL) {
         size_t n = err ? strlen(err) : 0;
         while (n > 0 && err[n - 1] == '\n')
             n--;
@@ -29,6 +116,10 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         PQfreemem(err);
         return BT_EINVAL;
     }
+    if (!values_ok(opts)) {
+        PQconninfoFree(opts);
+        return BT_EINVAL;
+    }
     size_t n = 0;
     for (PQconninfoOption *o = opts; o->keyword; o++)
         if (o->val && *o->val)
@@ -37,7 +128,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
      * terminator */
     p->keys = bt_calloc(n + 5, sizeof *p->keys);
     p->vals = bt_calloc(n + 5, sizeof *p->vals);
-    if (!p->keys || !p->vals) {
+    if (p->keys == NULL || p->vals == NULL) {
         PQconninfoFree(opts);
         return BT_ENOMEM;
     }
@@ -46,7 +137,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     bool gss = false;
     p->host_idx = p->hostaddr_idx = -1;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val || !*o->val)
+        if (o->val == NULL || !*o->val)
             continue;
         p->keys[i] = bt_strdup(o->keyword);
         p->vals[i] = bt_strdup(o->val);
@@ -67,11 +158,11 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         i++;
     }
     PQconninfoFree(opts);
-    if (!host && !hostaddr)
+    if (host == NULL && hostaddr == NULL)
         host = getenv("PGHOST"); /* what libpq would use */
-    if (host && !hostaddr) {
+    if (host && hostaddr == NULL) {
         /* Resolution happens on the blocking lane, then libpq gets
-         * hostaddr (see offload.c). */
+         * hostaddr (see resolve.c). */
         bool names = false;
         const char *h = host;
         while (*h) {

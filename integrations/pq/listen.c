@@ -1,5 +1,7 @@
 /* LISTEN/NOTIFY: one dedicated connection per pool carries every channel;
  * after a reconnect it LISTENs again on each. */
+#include "config.h"
+
 #include <string.h>
 
 #include "pq-internal.h"
@@ -18,7 +20,7 @@ static pq_chan *find_chan(bt_pq_pool *p, const char *name)
 static char *listen_sql(bt_pq_conn *c, const char *verb, const char *channel)
 {
     char *id = PQescapeIdentifier(c->pg, channel, strlen(channel));
-    if (!id)
+    if (id == NULL)
         return NULL;
     char *sql = bt_asprintf("%s %s", verb, id);
     PQfreemem(id);
@@ -28,7 +30,7 @@ static char *listen_sql(bt_pq_conn *c, const char *verb, const char *channel)
 static void send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
 {
     char *sql = listen_sql(c, "LISTEN", channel);
-    if (!sql) {
+    if (sql == NULL) {
         if (f) {
             bt_future_set_error(f, BT_EINVAL, "cannot quote channel name");
             bt_future_unref(f);
@@ -39,7 +41,7 @@ static void send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     bt_free(sql);
-    if (!q) {
+    if (q == NULL) {
         if (f) {
             bt_future_set_error(f, err, "out of memory");
             bt_future_unref(f);
@@ -69,7 +71,7 @@ void bt__pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c)
 void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n)
 {
     pq_chan *ch = find_chan(p, n->relname);
-    if (!ch || !ch->cb)
+    if (ch == NULL || ch->cb == NULL)
         return;
     bt_loop_enter_cb(p->loop, (const void *)ch->cb);
     ch->cb(n->relname, n->extra ? n->extra : "", n->be_pid, ch->arg);
@@ -79,17 +81,17 @@ void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n)
 BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_notify_cb cb,
                                   void *arg)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
-    if (!channel || !*channel || !cb)
+    if (channel == NULL || !*channel || cb == NULL)
         return bt_future_new_error(p->loop, BT_EINVAL, "listen needs a channel and a callback");
     if (p->closed || p->closing)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool is %s",
                                    p->closed ? "closed" : "closing");
     pq_chan *ch = find_chan(p, channel);
-    if (!ch) {
+    if (ch == NULL) {
         ch = bt_calloc(1, sizeof *ch);
-        if (!ch || !(ch->name = bt_strdup(channel))) {
+        if (ch == NULL || !(ch->name = bt_strdup(channel))) {
             bt_free(ch);
             return bt_future_new_error(p->loop, BT_ENOMEM, "out of memory");
         }
@@ -99,14 +101,14 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
     ch->cb = cb;
     ch->arg = arg;
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     if (p->listener && p->listener->state == CS_READY) {
         send_listen(p->listener, channel, bt_future_ref(f));
         return f;
     }
     struct pq_listen_wait *w = bt_calloc(1, sizeof *w);
-    if (!w || !(w->channel = bt_strdup(channel))) {
+    if (w == NULL || !(w->channel = bt_strdup(channel))) {
         bt_free(w);
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
         return f;
@@ -114,7 +116,7 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
     w->f = bt_future_ref(f);
     w->next = p->listen_waits;
     p->listen_waits = w;
-    if (!p->listener) {
+    if (p->listener == NULL) {
         if (!bt__pq_can_connect(p)) {
             /* Backing off after failures: the maintenance timer starts the
              * listener; meanwhile the LISTEN waits. */
@@ -127,7 +129,7 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
 
 BT_EXPORT int bt_pq_unlisten(bt_pq_pool *p, const char *channel)
 {
-    if (!p || !channel)
+    if (p == NULL || channel == NULL)
         return BT_EINVAL;
     for (pq_chan **pp = &p->chans; *pp; pp = &(*pp)->next) {
         pq_chan *ch = *pp;

@@ -13,6 +13,8 @@
  * exponentially with jitter, and the maintenance timer retries. bt__pq_pump() is
  * guarded against re-entry (a send can close a connection, which pumps).
  */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ uint64_t bt__pq_deadline(bt_pq_pool *p)
 
 BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
 {
-    if (!o)
+    if (o == NULL)
         return;
     memset(o, 0, sizeof *o);
     o->min_size = 1;
@@ -44,6 +46,8 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
     o->reconnect_min_ms = 50;
     o->reconnect_max_ms = 5000;
     o->stmt_cache_size = 256;
+    o->resolve_timeout_ms = 5000;
+    o->cancel_timeout_ms = 5000;
 }
 
 /* ---- Connections coming and going -------------------------------------- */
@@ -84,7 +88,7 @@ bool bt__pq_can_connect(bt_pq_pool *p)
 static void start_conn(bt_pq_pool *p)
 {
     bt_pq_conn *c = bt__pq_conn_new(p, false);
-    if (!c) {
+    if (c == NULL) {
         bt__pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
         return;
     }
@@ -97,10 +101,10 @@ static void start_conn(bt_pq_pool *p)
 
 void bt__pq_start_listener(bt_pq_pool *p)
 {
-    if (p->listener || !p->chans || !bt__pq_can_connect(p))
+    if (p->listener || p->chans == NULL || !bt__pq_can_connect(p))
         return;
     bt_pq_conn *c = bt__pq_conn_new(p, true);
-    if (!c) {
+    if (c == NULL) {
         bt__pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
         return;
     }
@@ -139,6 +143,19 @@ void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
     p->ever_connected = true;
     settle_ready(p, 0, NULL);
     bt__pq_pump(p);
+}
+
+/* The length of a leading "[SQLSTATE] " in msg (a connect error the server
+ * reported, see connect.c), or 0. Messages built around msg keep it in
+ * front, where bt_pq_error_parse looks for it. */
+static int sqlstate_prefix(const char *msg)
+{
+    if (msg == NULL || msg[0] != '[' || strlen(msg) < 8 || msg[6] != ']' || msg[7] != ' ')
+        return 0;
+    for (int i = 1; i < 6; i++)
+        if (!((msg[i] >= '0' && msg[i] <= '9') || (msg[i] >= 'A' && msg[i] <= 'Z')))
+            return 0;
+    return 8;
 }
 
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
@@ -193,7 +210,9 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
         while (p->listen_waits) {
             struct pq_listen_wait *w = p->listen_waits;
             p->listen_waits = w->next;
-            bt_future_set_error(w->f, code, "could not connect to listen: %s", msg);
+            int n = sqlstate_prefix(msg);
+            bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg,
+                                msg + n);
             bt_future_unref(w->f);
             bt_free(w->channel);
             bt_free(w);
@@ -203,7 +222,10 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
          * server is down: fail what waits now rather than at the timeout.
          * Once a pool has worked, waiters ride out a restart instead. */
         settle_ready(p, code, msg);
-        fail_waiters(p, code, "could not connect to the database: %s", msg);
+        int n = sqlstate_prefix(msg);
+        char *m = bt_asprintf("%.*scould not connect to the database: %s", n, msg, msg + n);
+        fail_waiters(p, code, "%s", m != NULL ? m : msg);
+        bt_free(m);
     }
     arm_maint(p, delay + 1);
 }
@@ -265,7 +287,7 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
 static bool usable(const bt_pq_conn *c)
 {
     return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring &&
-           !c->cancel_job;
+           c->cancel_job == NULL;
 }
 
 bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
@@ -281,7 +303,7 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
     bt_pq_conn *best = NULL;
     for (bt_pq_conn *c = p->conns; c; c = c->next)
         if (usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth &&
-            (!best || c->inflight < best->inflight))
+            (best == NULL || c->inflight < best->inflight))
             best = c;
     return best;
 }
@@ -291,7 +313,7 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
 bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
 {
     bt_pq_conn *c = bt__pq_find_idle(p);
-    if (!c && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
+    if (c == NULL && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
         p->nconns >= p->o.max_size)
         c = least_busy(p);
     return c;
@@ -318,9 +340,12 @@ static void grow(bt_pq_pool *p)
             want = floor;
         if (want == 0 || p->nconns >= p->o.max_size || !bt__pq_can_connect(p))
             return;
-        unsigned before = p->nconns + p->st.connect_failures;
+        /* 64 bits, as the counter: in unsigned, 2^32 failed connects in a
+         * process's life would wrap the sum and the guard would stop
+         * working. */
+        uint64_t before = (uint64_t)p->nconns + p->st.connect_failures;
         start_conn(p);
-        if (p->closed || p->nconns + p->st.connect_failures == before)
+        if (p->closed || (uint64_t)p->nconns + p->st.connect_failures == before)
             return; /* nothing changed: do not spin */
     }
 }
@@ -338,7 +363,7 @@ void bt__pq_pump(bt_pq_pool *p)
         p->repump = false;
         while (p->aq_head) {
             bt_pq_conn *c = bt__pq_find_idle(p);
-            if (!c)
+            if (c == NULL)
                 break;
             struct pq_acq *a = p->aq_head;
             bt__pq_aq_unlink(p, a);
@@ -346,7 +371,7 @@ void bt__pq_pump(bt_pq_pool *p)
         }
         while (p->wq_head && !p->closed) {
             bt_pq_conn *c = bt__pq_pick(p);
-            if (!c)
+            if (c == NULL)
                 break;
             pq_query *q = p->wq_head;
             bt__pq_wq_unlink(p, q);
@@ -423,7 +448,7 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
         bt_pq_conn *c = p->conns;
         while (c && (c->unsynced == 0 || c->state != CS_READY))
             c = c->next;
-        if (!c)
+        if (c == NULL)
             break;
         bt__pq_conn_sync(c);
     }
@@ -528,7 +553,7 @@ static void on_maint(bt_timer *t, void *arg)
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms)
 {
-    if (p->closed || !p->maint_timer)
+    if (p->closed || p->maint_timer == NULL)
         return;
     uint64_t due = now_ns() + ms * 1000000;
     if (p->maint_due_ns && p->maint_due_ns <= due && bt_timer_is_active(p->maint_timer))
@@ -611,10 +636,26 @@ static void pool_free_memory(bt_pq_pool *p)
 
 BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 {
-    if (!loop || !o || !o->conninfo || o->max_size == 0 || o->min_size > o->max_size)
+    /* A NULL without a word leaves a newcomer guessing: say why. */
+    if (loop == NULL || o == NULL) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: %s",
+               loop == NULL ? "the loop is NULL"
+                            : "the options are NULL (bt_pq_options_init fills them)");
         return NULL;
+    }
+    if (o->conninfo == NULL) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: no conninfo (set options.conninfo to a "
+                            "libpq connection string or URI)");
+        return NULL;
+    }
+    if (o->max_size == 0 || o->min_size > o->max_size) {
+        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: min_size %u and max_size %u: max_size must "
+                            "be at least 1 and at least min_size",
+               o->min_size, o->max_size);
+        return NULL;
+    }
     bt_pq_pool *p = bt_calloc(1, sizeof *p);
-    if (!p)
+    if (p == NULL)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
@@ -625,15 +666,20 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         p->o.reconnect_min_ms = 1;
     if (p->o.reconnect_max_ms < p->o.reconnect_min_ms)
         p->o.reconnect_max_ms = p->o.reconnect_min_ms;
+    /* 0 would mean "wait forever": every wait has a deadline. */
     if (p->o.connect_timeout_ms == 0)
         p->o.connect_timeout_ms = 10000;
+    if (p->o.resolve_timeout_ms == 0)
+        p->o.resolve_timeout_ms = 5000;
+    if (p->o.cancel_timeout_ms == 0)
+        p->o.cancel_timeout_ms = 5000;
     p->rng = (uint32_t)(now_ns() ^ (uintptr_t)p) | 1;
     p->conninfo = bt_strdup(o->conninfo);
     p->o.conninfo = p->conninfo;
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
-    if (!p->conninfo || !p->wait_timer || !p->maint_timer || !p->sync_ev ||
+    if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL || p->sync_ev == NULL ||
         bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
@@ -650,7 +696,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return;
     if (!p->loop_gone) {
         pool_shutdown(p);
@@ -661,7 +707,7 @@ BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 
 BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
     if (p->closed && !p->drained)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
@@ -670,7 +716,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
     if (p->close_f)
         return bt_future_ref(p->close_f);
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     p->close_f = bt_future_ref(f);
     p->closing = true;
@@ -681,7 +727,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
 
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
 {
-    if (!p)
+    if (p == NULL)
         return NULL;
     if (p->closed)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
@@ -689,10 +735,10 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
         if (c->state == CS_READY)
             return bt_future_new_value(p->loop, NULL, NULL);
     bt_future *f = bt_future_new(p->loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
     bt_future **n = bt_realloc(p->ready, (p->nready + 1) * sizeof *n);
-    if (!n) {
+    if (n == NULL) {
         bt_future_unref(f);
         return NULL;
     }
@@ -704,7 +750,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
 
 BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
 {
-    if (!p || !out)
+    if (p == NULL || out == NULL)
         return BT_EINVAL;
     *out = p->st;
     out->size = p->nconns;

@@ -2,10 +2,11 @@
  *
  * DESIGN
  * Everything runs on the pool's loop thread; there are no locks. The only
- * work that leaves the loop is host name resolution and PQcancel, both on
- * the offload pool's blocking lane (offload.c), each with a small context
- * of its own so that a job finishing after its connection or pool died
- * touches nothing that was freed.
+ * work that leaves the loop is host name resolution (on the offload pool's
+ * blocking lane, resolve.c) and PQcancel (on a thread of its own, cancel.c),
+ * each with a small context of its own so that a call finishing after its
+ * connection or pool died touches nothing that was freed, and each bounded
+ * by a timer on the loop: the pool never waits for either.
  *
  * A query (pq_query) is in exactly one place at a time:
  *   new -> the pool's wait queue (Q_WAITING) -> a connection (Q_SENT) -> freed
@@ -153,7 +154,7 @@ struct bt_pq_conn {
     bool retiring;             /* past its lifetime: close once drained */
     bool is_listener;
     bool counted_connecting;   /* in the pool's nconnecting */
-    struct pq_cancel *cancel_job; /* a PQcancel in flight for this one */
+    struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
     bool cancel_sent;          /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
     unsigned busy;             /* inside on_io: a close defers the free */
@@ -242,7 +243,6 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
 bool bt__pq_conn_idle(const bt_pq_conn *c);
-void bt__pq_conn_stmt_clear(bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);
 
 /* pool.c */
@@ -291,11 +291,32 @@ int bt__pq_parse_conninfo(bt_pq_pool *p);
 /* conn.c: the callback of internal queries (logs a failure). */
 void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
-/* offload.c: the one place that leaves the loop. */
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts);
+/* resolve.c and cancel.c: the only work that leaves the loop. They call
+ * nothing else of the wing: each reports to the callback it was given. */
+/* The lookup for c ended: err 0 and hostaddr (a new string, the callee's
+ * to keep or free), or err and msg. Not called once detached. */
+typedef void (*bt__pq_resolved_cb)(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done);
 void bt__pq_resolve_detach(bt_pq_conn *c);
-void bt__pq_cancel_send(bt_pq_conn *c);
+/* The cancel request for c was answered (answered true), or got no answer
+ * within timeout_ms (false: the request is abandoned). Not called once
+ * detached. */
+typedef void (*bt__pq_cancel_cb)(bt_pq_conn *c, bool answered, uint64_t timeout_ms);
+void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done);
 void bt__pq_cancel_detach(bt_pq_conn *c);
+void bt__pq_cancel_fire(PGconn *pg);
+
+/* stmt.c: the statement cache of one connection (books only). */
+uint32_t bt__pq_stmt_hash(const char *sql);
+pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
+/* A new entry, most recently used; NULL when out of memory. */
+pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
+/* Forget s (its PREPARE failed, or the server dropped it) and free it. */
+void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s);
+/* s was used: make it the most recently used. */
+void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s);
+/* Forget every statement (the connection closed, or DISCARD ALL). */
+void bt__pq_stmt_clear(bt_pq_conn *c);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);

@@ -1,6 +1,8 @@
 /* One query's life: its copied SQL and parameters, submission (straight to
  * a connection or into the pool's wait queue), cancellation and timeout,
  * and the single place where its outcome is delivered (exactly once). */
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
                        const bt_pq_query_opts *opts, int *err)
 {
     *err = 0;
-    if (nparams < 0 || nparams > 65535 || (nparams > 0 && !values)) {
+    if (nparams < 0 || nparams > 65535 || (nparams > 0 && values == NULL)) {
         *err = BT_EINVAL;
         return NULL;
     }
@@ -39,7 +41,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
     size += strings;
 
     char *mem = bt_malloc(size);
-    if (!mem) {
+    if (mem == NULL) {
         *err = BT_ENOMEM;
         return NULL;
     }
@@ -94,7 +96,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
 
 void bt__pq_query_free(pq_query *q)
 {
-    if (!q)
+    if (q == NULL)
         return;
     if (q->timer)
         bt_timer_free(q->timer);
@@ -165,7 +167,7 @@ void bt__pq_query_settle_result(pq_query *q)
     count(q);
     if (q->f) {
         bt_pq_result *r = bt__pq_result_wrap(q->res);
-        if (!r) {
+        if (r == NULL) {
             bt_future_set_error(q->f, BT_ENOMEM, "out of memory for a result");
             return;
         }
@@ -248,16 +250,16 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
                          int nparams, const char *const *values, const bt_pq_query_opts *opts)
 {
     bt_future *f = bt_future_new(loop);
-    if (!f)
+    if (f == NULL)
         return NULL;
-    if (!p || p->closed || (p->closing && !target)) {
+    if (p == NULL || p->closed || (p->closing && target == NULL)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s",
                             p && !p->closed ? "closing" : "closed");
         return f;
     }
     int err;
     pq_query *q = bt__pq_query_new(p, sql, nparams, values, opts, &err);
-    if (!q) {
+    if (q == NULL) {
         if (err == BT_EINVAL)
             bt_future_set_error(f, err, "bad query arguments (nparams %d, values %p)", nparams,
                                 (const void *)values);
@@ -312,7 +314,7 @@ BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *p, const char *sql, int nparams,
 BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *p, const char *sql, int nparams,
                                       const char *const *values, const bt_pq_query_opts *opts)
 {
-    if (!p || !sql)
+    if (p == NULL || sql == NULL)
         return NULL;
     return bt__pq_submit(p, p->loop, NULL, sql, nparams, values, opts);
 }

@@ -1,4 +1,6 @@
 /* Query results and server errors: a thin, const view over a PGresult. */
+#include "config.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,7 +9,7 @@
 bt_pq_result *bt__pq_result_wrap(PGresult *res)
 {
     bt_pq_result *r = bt_malloc(sizeof *r);
-    if (!r)
+    if (r == NULL)
         return NULL;
     r->pg = res;
     return r;
@@ -15,7 +17,7 @@ bt_pq_result *bt__pq_result_wrap(PGresult *res)
 
 BT_EXPORT void bt_pq_result_free(bt_pq_result *r)
 {
-    if (!r)
+    if (r == NULL)
         return;
     PQclear(r->pg);
     bt_free(r);
@@ -38,7 +40,7 @@ BT_EXPORT const char *bt_pq_result_column_name(const bt_pq_result *r, int col)
 
 BT_EXPORT int bt_pq_result_column_index(const bt_pq_result *r, const char *name)
 {
-    if (!r || !r->pg || !name)
+    if (r == NULL || r->pg == NULL || name == NULL)
         return -1;
     /* Exact (case-sensitive) match first: PQfnumber folds unquoted names
      * to lower case, which surprises callers who pass a result's own
@@ -52,7 +54,7 @@ BT_EXPORT int bt_pq_result_column_index(const bt_pq_result *r, const char *name)
 
 BT_EXPORT unsigned bt_pq_result_column_type(const bt_pq_result *r, int col)
 {
-    if (!r || !r->pg || col < 0 || col >= PQnfields(r->pg))
+    if (r == NULL || r->pg == NULL || col < 0 || col >= PQnfields(r->pg))
         return 0;
     return PQftype(r->pg, col);
 }
@@ -89,10 +91,10 @@ BT_EXPORT int bt_pq_result_length(const bt_pq_result *r, int row, int col)
 
 BT_EXPORT int64_t bt_pq_result_affected(const bt_pq_result *r)
 {
-    if (!r || !r->pg)
+    if (r == NULL || r->pg == NULL)
         return -1;
     const char *s = PQcmdTuples(r->pg);
-    if (!s || !*s)
+    if (s == NULL || !*s)
         return -1;
     return strtoll(s, NULL, 10);
 }
@@ -121,11 +123,11 @@ char *bt__pq_format_error(const PGresult *res, const char *fallback)
     const char *prim = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
     const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
-    if (!prim) {
+    if (prim == NULL) {
         /* A client-side error (connection lost...): libpq's own text, with
          * its trailing newline cut. */
         const char *m = res ? PQresultErrorMessage(res) : NULL;
-        if (!m || !*m)
+        if (m == NULL || !*m)
             m = fallback ? fallback : "unknown error";
         char *s = bt_strdup(m);
         if (s) {
@@ -149,16 +151,18 @@ static void copy_field(char *dst, size_t cap, const char *src, size_t n)
 
 BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out)
 {
-    if (!f || !out)
+    if (f == NULL || out == NULL)
         return BT_EINVAL;
     memset(out, 0, sizeof *out);
     int code = bt_future_error(f);
     if (code == 0 || code == BT_EINPROGRESS)
         return code == 0 ? 0 : code;
     const char *m = bt_future_error_message(f);
-    if (!m)
+    if (m == NULL)
         return code;
-    if (code == BT_ESQL && m[0] == '[') {
+    /* A query's server error (BT_ESQL), or a connect error the server
+     * reported (BT_EACCES, BT_ENOENT, BT_ESQL): "[SQLSTATE] ...". */
+    if (m[0] == '[' && (code == BT_ESQL || code == BT_EACCES || code == BT_ENOENT)) {
         const char *end = strchr(m, ']');
         if (end && end - m - 1 < (long)sizeof out->sqlstate) {
             copy_field(out->sqlstate, sizeof out->sqlstate, m + 1, (size_t)(end - m - 1));

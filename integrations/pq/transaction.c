@@ -5,6 +5,8 @@
  * as one future. A small state machine driven by the callbacks of each
  * step's future; `step` is the future of the step under way, so a cancel of
  * the result can reach it. */
+#include "config.h"
+
 #include "pq-internal.h"
 
 typedef struct {
@@ -49,7 +51,7 @@ static void end_with(tx *t, bt_future *(*verb)(bt_pq_conn *))
 {
     t->ending = true;
     bt_future *f = verb(t->conn);
-    if (!f) {
+    if (f == NULL) {
         bt_future_set_error(t->out, BT_ENOMEM, "out of memory ending a transaction");
         tx_finish(t);
         return;
@@ -84,10 +86,10 @@ static void on_begin(bt_future *f, void *arg)
         return;
     }
     t->body = t->fn(t->conn, t->arg);
-    if (!t->body)
+    if (t->body == NULL)
         t->body = bt_future_new_error(t->pool->loop, BT_ENOMEM,
                                       "the transaction body returned no future");
-    if (!t->body) {
+    if (t->body == NULL) {
         bt_future_set_error(t->out, BT_ENOMEM, NULL);
         tx_finish(t);
         return;
@@ -113,7 +115,7 @@ static void on_acquired(bt_future *f, void *arg)
     }
     t->conn = bt_future_take_value(f);
     bt_future *b = bt_pq_conn_begin(t->conn);
-    if (!b) {
+    if (b == NULL) {
         bt_future_set_error(t->out, BT_ENOMEM, NULL);
         tx_finish(t);
         return;
@@ -139,14 +141,14 @@ static void on_cancel(bt_future *f, void *arg)
 
 BT_EXPORT bt_future *bt_pq_transaction(bt_pq_pool *pool, bt_pq_tx_fn fn, void *arg)
 {
-    if (!pool || !fn)
+    if (pool == NULL || fn == NULL)
         return NULL;
     bt_future *out = bt_future_new(pool->loop);
-    if (!out)
+    if (out == NULL)
         return NULL;
     tx *t = bt_calloc(1, sizeof *t);
     bt_future *a = t ? bt_pq_acquire(pool) : NULL;
-    if (!a) {
+    if (a == NULL) {
         bt_free(t);
         bt_future_set_error(out, BT_ENOMEM, NULL);
         return out;

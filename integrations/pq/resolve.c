@@ -1,9 +1,11 @@
-/* The two calls that would block the loop, run on the offload pool's
- * blocking lane (bt_to_thread): host name resolution before a connect, and
- * PQcancel. Each job owns a small context that the job's settle callback
- * frees, so a job that outlives its connection (or pool) touches nothing
- * freed: the connection only clears the context's back pointer. */
-#define _GNU_SOURCE
+/* Host name resolution before a connect, on the offload pool's blocking
+ * lane (bt_to_thread): getaddrinfo blocks. The job owns a small context,
+ * so a lookup that outlives its connection (or pool) touches nothing
+ * freed: the connection only clears the context's back pointer. The
+ * connection's timer (resolve_timeout_ms, connect.c) bounds the wait; a
+ * late answer is dropped. */
+#include "config.h"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@ struct pq_resolve {
     bt_pq_conn *c;          /* NULL once the connection gave up on us */
     char *hosts;            /* "a,b,/tmp" as in the conninfo */
     char *hostaddr;         /* the answer, one entry per host */
+    bt__pq_resolved_cb done;
 };
 
 static bool is_numeric(const char *h)
@@ -35,11 +38,11 @@ static int resolve_job(bt_job *job, void *arg)
     struct pq_resolve *r = arg;
     size_t cap = strlen(r->hosts) * 2 + 64, len = 0;
     char *out = bt_malloc(cap);
-    if (!out)
+    if (out == NULL)
         return bt_job_fail(job, BT_ENOMEM, "out of memory resolving %s", r->hosts);
     out[0] = '\0';
     char *copy = bt_strdup(r->hosts), *save = NULL;
-    if (!copy) {
+    if (copy == NULL) {
         bt_free(out);
         return BT_ENOMEM;
     }
@@ -59,7 +62,7 @@ static int resolve_job(bt_job *job, void *arg)
                                          .ai_flags = AI_ADDRCONFIG};
                 struct addrinfo *ai = NULL;
                 int e = getaddrinfo(h, NULL, &hints, &ai);
-                if (e != 0 || !ai) {
+                if (e != 0 || ai == NULL) {
                     rc = bt_job_fail(job, BT_EDNS, "could not resolve host name \"%s\": %s", h,
                                      gai_strerror(e));
                     if (ai)
@@ -77,7 +80,7 @@ static int resolve_job(bt_job *job, void *arg)
         if (len + need >= cap) {
             cap = (len + need) * 2;
             char *n = bt_realloc(out, cap);
-            if (!n) {
+            if (n == NULL) {
                 rc = BT_ENOMEM;
                 break;
             }
@@ -100,43 +103,33 @@ static void resolve_done(bt_future *f, void *arg)
 {
     struct pq_resolve *r = arg;
     int err = bt_future_error(f);
-    const char *msg = err ? bt_future_error_message(f) : NULL;
     bt_pq_conn *c = r->c;
-    if (c) {
+    if (c != NULL) {
         c->resolve = NULL;
-        if (err == 0) {
-            c->hostaddr = r->hostaddr;
+        char *hostaddr = err == 0 ? r->hostaddr : NULL;
+        if (err == 0)
             r->hostaddr = NULL;
-            bt__pq_conn_begin(c);
-        } else {
-            char *m = bt_strdup(msg ? msg : bt_strerror(err));
-            bt_pq_pool *p = c->pool;
-            bool listener = c->is_listener;
-            bt__pq_conn_close(c, err, m);
-            if (p && !p->closed)
-                bt__pq_pool_connect_failed(p, listener, err == BT_ECANCELED ? BT_ESHUTDOWN : err,
-                                       m ? m : bt_strerror(err));
-            bt_free(m);
-        }
+        r->done(c, err, err != 0 ? bt_future_error_message(f) : NULL, hostaddr);
     }
     bt_free(r->hostaddr);
     bt_free(r->hosts);
     bt_free(r);
 }
 
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done)
 {
     struct pq_resolve *r = bt_calloc(1, sizeof *r);
-    if (!r)
+    if (r == NULL)
         return BT_ENOMEM;
     r->c = c;
+    r->done = done;
     r->hosts = bt_strdup(hosts);
-    if (!r->hosts) {
+    if (r->hosts == NULL) {
         bt_free(r);
         return BT_ENOMEM;
     }
     bt_future *f = bt_to_thread(c->pool->loop, resolve_job, r);
-    if (!f || bt_future_add_callback(f, resolve_done, r) != 0) {
+    if (f == NULL || bt_future_add_callback(f, resolve_done, r) != 0) {
         if (f) {
             bt_future_cancel(f);
             bt_future_error(f);
@@ -144,7 +137,7 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts)
         }
         /* The job may still run and write r->hostaddr: leak r rather than
          * free it under the job (only on out of memory). */
-        if (!f) {
+        if (f == NULL) {
             bt_free(r->hosts);
             bt_free(r);
         }
@@ -161,83 +154,4 @@ void bt__pq_resolve_detach(bt_pq_conn *c)
         c->resolve->c = NULL;
         c->resolve = NULL;
     }
-}
-
-/* ---- PQcancel ------------------------------------------------------------ */
-
-struct pq_cancel {
-    PGcancel *cancel;
-    bt_pq_conn *c; /* NULL once the connection closed */
-};
-
-static int cancel_job(bt_job *job, void *arg)
-{
-    struct pq_cancel *k = arg;
-    char err[256] = "";
-    if (!PQcancel(k->cancel, err, sizeof err))
-        return bt_job_fail(job, BT_EIO, "cancel request failed: %s", err);
-    return 0;
-}
-
-static void cancel_done(bt_future *f, void *arg)
-{
-    struct pq_cancel *k = arg;
-    int err = bt_future_error(f);
-    if (err && err != BT_ECANCELED)
-        bt_log(BT_LOG_DEBUG, "pq: %s", bt_future_error_message(f));
-    bt_pq_conn *c = k->c;
-    PQfreeCancel(k->cancel);
-    bt_free(k);
-    if (c) {
-        /* The server has acted on the request: the connection may take new
-         * work again once drained. */
-        c->cancel_job = NULL;
-        if (c->ops_len == 0)
-            c->cancel_sent = false;
-        if (c->pool && c->state == CS_READY && !c->is_listener)
-            bt__pq_pool_conn_available(c->pool, c);
-    }
-}
-
-void bt__pq_cancel_detach(bt_pq_conn *c)
-{
-    if (c->cancel_job) {
-        c->cancel_job->c = NULL;
-        c->cancel_job = NULL;
-    }
-}
-
-/* Ask the server to cancel what c is running. PQgetCancel copies what it
- * needs (address, backend key), so the job does not touch c. */
-void bt__pq_cancel_send(bt_pq_conn *c)
-{
-    if (!c->pg || !c->pool)
-        return;
-    c->cancel_sent = true;
-    if (c->cancel_job)
-        return; /* one is on its way; it cancels whatever runs then */
-    struct pq_cancel *k = bt_calloc(1, sizeof *k);
-    if (!k)
-        return;
-    k->cancel = PQgetCancel(c->pg);
-    if (!k->cancel) {
-        bt_free(k);
-        return;
-    }
-    bt_future *f = bt_to_thread(c->pool->loop, cancel_job, k);
-    if (!f) {
-        PQfreeCancel(k->cancel);
-        bt_free(k);
-        return;
-    }
-    if (bt_future_add_callback(f, cancel_done, k) != 0) {
-        /* Cannot free k under a job that may run: leave it (out of memory
-         * only). */
-        bt_future_unref(f);
-        return;
-    }
-    k->c = c;
-    c->cancel_job = k;
-    c->pool->st.cancels_sent++;
-    bt_future_unref(f);
 }
