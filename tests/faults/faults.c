@@ -630,6 +630,26 @@ static double load_recovery(const load *l, double since)
     (t).requests, (t).ok, (t).s504, (t).s503, (t).s5xx - (t).s503 - (t).s504, (t).other,       \
         (t).hung, (t).refused
 
+/* Stop a server that should be healthy, and check that it exits 0 within
+ * its shutdown deadline plus the bound (a sanitizer's report or a crash
+ * shows here too: its log's tail goes to stderr). */
+static void stop_and_check(server *s, const char *tag)
+{
+    int st = 0;
+    double took = server_stop(s, 30, &st);
+    bool ok = took >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    char name[64];
+    snprintf(name, sizeof name, "clean_exit_%s", tag);
+    report(name, ok ? NULL : "did not exit 0 in time", "exit_s=%.2f status=%d", took,
+           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    if (!ok) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "tail -n 40 '%s' >&2", s->log);
+        if (system(cmd) != 0)
+            note("no log at %s", s->log);
+    }
+}
+
 /* ---- The faults ------------------------------------------------------------ */
 
 /* PostgreSQL SIGSTOPped for 10 s under load: requests get 504 at the
@@ -942,7 +962,6 @@ static void fault_fd_exhaustion(void)
         nap(0.2);
     double back_s = now() - t_free;
     double rss = rss_mb(s.pid);
-    server_stop(&s, 30, NULL);
     const char *why = NULL;
     if (pct > FD_CPU_MAX_PCT)
         why = "the server spins while out of descriptors";
@@ -954,8 +973,7 @@ static void fault_fd_exhaustion(void)
            "ulimit_n=256 idle_conns=%d window_s=%.0f cpu_pct=%.1f log_lines=%ld"
            " healthz_after=%d back_s=%.2f rss_mb=%.1f",
            opened, FD_WINDOW_S, pct, lines, health, back_s, rss);
-    if (lines > 1000)
-        unlink(s.log); /* megabytes of the same line: not worth keeping */
+    stop_and_check(&s, "fd");
 }
 
 /* The endless upstream: answers every request with a chunked body that
@@ -1062,7 +1080,6 @@ static void fault_endless_upstream(void)
     atomic_store(&upstream_stop, true);
     pthread_join(acc, NULL);
     close(lfd);
-    server_stop(&s, 30, NULL);
     const char *why = NULL;
     if (runaway || peak - base > RSS_GROWTH_MAX_MB)
         why = "memory grows with what the upstream sends";
@@ -1073,6 +1090,8 @@ static void fault_endless_upstream(void)
            ENDLESS_CALLS, TALLY_ARGS(t), (double)atomic_load(&upstream_bytes) / 1048576.0, base,
            peak);
     load_free(&l);
+    if (!runaway)
+        stop_and_check(&s, "endless");
 }
 
 /* Issue 13 point 2: SIGTERM while PostgreSQL is stopped, with requests
@@ -1167,7 +1186,7 @@ int main(int argc, char **argv)
     if (quick) {
         fault_smuggling(&s);
         fault_slowloris(&s, 50, QUICK_HEAD_DEADLINE_S, QUICK_HEAD_SLACK_S);
-        server_stop(&s, 30, NULL);
+        stop_and_check(&s, "main");
     } else {
         if (wanted(only, "pg_sigstop"))
             fault_pg_sigstop(&s);
@@ -1182,7 +1201,7 @@ int main(int argc, char **argv)
         if (wanted(only, "sigterm"))
             fault_sigterm_pg_stopped(&s);
         else
-            server_stop(&s, 30, NULL);
+            stop_and_check(&s, "main");
         if (wanted(only, "fd"))
             fault_fd_exhaustion();
         if (wanted(only, "endless"))
