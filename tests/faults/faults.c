@@ -885,9 +885,9 @@ static void fault_slowloris(server *s, int conns, double deadline_s, double slac
             char c = sent < head_len ? head[sent] : 'a';
             char tmp[512];
             ssize_t n = recv(fd[i], tmp, sizeof tmp, MSG_DONTWAIT);
-            bool gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
-            /* An answer (a 408 or 431, say) and then a close also counts:
-             * the server ended it. */
+            /* A close, or an answer to the unfinished head (a 408, say,
+             * before the close): either way the server ended it. */
+            bool gone = n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
             if (!gone && send(fd[i], &c, 1, MSG_NOSIGNAL) != 1)
                 gone = true;
             if (gone) {
