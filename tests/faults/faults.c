@@ -651,9 +651,16 @@ static void stop_and_check(server *s, const char *tag)
     report(name, ok ? NULL : "did not exit 0 in time", "exit_s=%.2f status=%d", took,
            WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     if (!ok) {
-        char cmd[400];
-        snprintf(cmd, sizeof cmd, "tail -n 40 '%s' >&2", s->log);
-        if (system(cmd) != 0)
+        /* The log lives in PostgreSQL's directory, removed at exit: keep
+         * a copy where it can be read. */
+        const char *tmp = getenv("TMPDIR");
+        char keep[300], cmd[1024];
+        snprintf(keep, sizeof keep, "%s/baton-faults-%s-%d.log", tmp != NULL ? tmp : "/tmp", tag,
+                 (int)getpid());
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s' && tail -n 20 '%s' >&2", s->log, keep, keep);
+        if (system(cmd) == 0)
+            note("the server's log is kept in %s", keep);
+        else
             note("no log at %s", s->log);
     }
 }
@@ -988,6 +995,9 @@ static void fault_fd_exhaustion(void)
  * never ends, as fast as the reader takes it. */
 static atomic_bool upstream_stop;
 static atomic_llong upstream_bytes;
+/* One 64 KiB chunk, made before the first connection and only read. */
+static char endless_chunk[65536 + 16];
+static size_t endless_chunk_len;
 
 static void *endless_conn(void *arg)
 {
@@ -1004,13 +1014,8 @@ static void *endless_conn(void *arg)
                        "Transfer-Encoding: chunked\r\n\r\n";
     if (!send_all(fd, head, strlen(head)))
         goto out;
-    static char chunk[65536 + 16];
-    int off = snprintf(chunk, 16, "%x\r\n", 65536);
-    memset(chunk + off, ' ', 65536);
-    memcpy(chunk + off + 65536, "\r\n", 2);
-    size_t clen = (size_t)off + 65536 + 2;
-    while (!atomic_load(&upstream_stop) && send_all(fd, chunk, clen))
-        atomic_fetch_add(&upstream_bytes, (long long)clen);
+    while (!atomic_load(&upstream_stop) && send_all(fd, endless_chunk, endless_chunk_len))
+        atomic_fetch_add(&upstream_bytes, (long long)endless_chunk_len);
 out:
     close(fd);
     return NULL;
@@ -1053,6 +1058,10 @@ static void fault_endless_upstream(void)
             close(lfd);
         return;
     }
+    int off = snprintf(endless_chunk, 16, "%x\r\n", 65536);
+    memset(endless_chunk + off, ' ', 65536);
+    memcpy(endless_chunk + off + 65536, "\r\n", 2);
+    endless_chunk_len = (size_t)off + 65536 + 2;
     atomic_store(&upstream_stop, false);
     pthread_t acc;
     pthread_create(&acc, NULL, endless_accept, (void *)(intptr_t)lfd);
