@@ -34,7 +34,7 @@ while [ $i -lt 600 ]; do
     i=$((i + 1))
 done
 [ -n "$url" ] || { echo "demo: the server did not start in 60 s" >&2; cat "$work/log" >&2; exit 1; }
-sed -n '1,5p' "$work/log"
+sed -n '1,/^listening on/p' "$work/log"
 
 failed=0
 # req EXPECTED PATH TITLE: one request, its status, time and body.
@@ -73,13 +73,21 @@ sort -t ' ' -k2 -g "$work/burst.out" | awk -v n="$ok" -v start="$start" -v end="
     END {
         wall = end - start
         p99 = int(NR * 0.99); if (p99 < 1) p99 = 1
-        printf "%d of %d answered 200 in %.3f s wall (%.0f req/s through curl)\n", n, NR, wall, NR / wall
-        printf "per request: min %.1f ms, median %.1f ms, p99 %.1f ms, max %.1f ms\n",
+        if (n == NR)
+            printf "All %d requests were answered 200 OK, in %.3f s (%.0f requests a second through curl).\n", NR, wall, NR / wall
+        else
+            printf "Only %d of the %d requests were answered 200 OK, in %.3f s.\n", n, NR, wall
+        printf "Time per request: min %.1f ms, median %.1f ms, p99 %.1f ms, max %.1f ms.\n",
             t[1] * 1000, t[int((NR + 1) / 2)] * 1000, t[p99] * 1000, t[NR] * 1000
     }'
 [ "$ok" -eq $n ] || { echo "demo: $((n - ok)) requests of the burst failed" >&2; failed=1; }
 
 printf '\n== what the metrics route says (GET /metrics, excerpt)\n'
+if grep -q 'a route of this same process' "$work/log"; then
+    echo "The upstream profile service is a route of this same process"
+    echo "(GET /upstream/profile/{id}), so every /user request is counted twice:"
+    echo "once as itself and once as the upstream call it makes."
+fi
 curl -s --max-time 10 "$url/metrics" | grep -E '^baton_http_requests_total|^baton_http_request_duration_seconds_(count|sum)|^baton_loop_lag_seconds|^baton_pool_done_total\{pool="default",lane="cpu"\}'
 
 printf '\n== SIGTERM: graceful shutdown\n'
@@ -87,7 +95,17 @@ kill -TERM "$pid"
 wait "$pid"
 rc=$?
 pid=
-tail -n 1 "$work/log"
+sed -n '/^shut down/,$p' "$work/log"
 echo "exit status $rc"
 [ $rc -eq 0 ] || failed=1
+# The throwaway PostgreSQL (when DATABASE_URL was unset) is gone with it.
+pgdir=$(sed -n 's/^throwaway PostgreSQL in //p' "$work/log")
+if [ -n "$pgdir" ]; then
+    if [ -e "$pgdir" ]; then
+        echo "demo: the throwaway PostgreSQL's directory $pgdir is still there" >&2
+        failed=1
+    else
+        echo "The throwaway PostgreSQL's directory $pgdir no longer exists."
+    fi
+fi
 exit $failed

@@ -24,12 +24,23 @@
  * Environment:
  *   DATABASE_URL  a PostgreSQL conninfo or URI. Without it, the demo starts
  *                 a throwaway cluster in a temporary directory (as the
- *                 postgres user when run as root) and removes it on exit.
- *                 The users table is created and filled if missing.
- *   UPSTREAM_URL  the profile service's base URL; without it, the demo
- *                 serves /upstream/profile/{id} itself (no network needed).
+ *                 postgres user when run as root), says where, and removes
+ *                 it on exit. The server reads and writes only a table of
+ *                 its own, baton_demo_users: it creates and fills it when
+ *                 it is missing, uses it as it is otherwise, and says which
+ *                 it did. It never touches any other table.
+ *   UPSTREAM_URL  the profile service's base URL; without it, the server
+ *                 serves /upstream/profile/{id} itself, as a route of this
+ *                 same process (no network needed), so every /user request
+ *                 is two requests in the metrics: its own and the upstream
+ *                 call it makes to itself.
  *   HOST, PORT    where to listen (127.0.0.1, 8000; PORT=0 picks one).
  *   LOOPS         loops (0: one per core).
+ *
+ * Limits that fit what it talks to: a profile is a few hundred bytes, so
+ * the HTTP client buffers at most 64 KiB of one upstream response (an
+ * upstream that sends an endless body costs 64 KiB per call, not the
+ * client's 64 MiB default).
  *
  * Routes: GET /user/{id}, GET /upstream/profile/{id}, GET /healthz,
  * GET /metrics (Prometheus).
@@ -49,7 +60,13 @@
 
 #include "pg_harness.h" /* the throwaway PostgreSQL, when DATABASE_URL is unset */
 
+/* The server's own table. Its name is one no application would use, so
+ * pointing the server at a real database never touches the user's data. */
+#define TABLE "baton_demo_users"
 #define USERS 10000
+/* The longest upstream response body the handler accepts (a profile is a
+ * few hundred bytes). */
+#define UPSTREAM_MAX_BODY (64 * 1024)
 
 static const char *database_url;
 static _Atomic(char *) upstream_base; /* set once, before or at on_ready */
@@ -68,7 +85,8 @@ typedef struct {
  * cancelled, the client having left, does not start its next step). */
 typedef struct {
     bt_loop *loop;
-    char id[16];
+    char id[16];  /* the id as text, the query's parameter */
+    long id_num;  /* the same id, a number in the JSON answer */
     char *name, *email;
     json_t *profile;
     char fingerprint[17]; /* written by the CPU job */
@@ -134,9 +152,9 @@ static bt_future *on_hashed(bt_future *job, void *arg)
             return cancelled(loop);
         return bt_future_new_error(loop, rc, "fingerprint: %s", bt_future_error_message(job));
     }
-    json_t *body = json_pack("{s:s, s:s, s:s, s:O, s:s}", "id", uc->id, "name", uc->name,
-                             "email", uc->email, "profile", uc->profile, "fingerprint",
-                             uc->fingerprint);
+    json_t *body = json_pack("{s:I, s:s, s:s, s:O, s:s}", "id", (json_int_t)uc->id_num, "name",
+                             uc->name, "email", uc->email, "profile", uc->profile,
+                             "fingerprint", uc->fingerprint);
     return bt_http_respond_json(loop, 200, body);
 }
 
@@ -194,7 +212,8 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     bt_loop *loop = bt_http_req_loop(req);
     loop_state *st = bt_http_req_loop_data(req);
     const char *id = bt_http_req_param(req, "id");
-    if (parse_id(id) == 0)
+    long id_num = parse_id(id);
+    if (id_num == 0)
         return bt_http_respond_error(loop, 400, "id must be a positive integer");
 
     user_call *uc = bt_calloc(1, sizeof *uc);
@@ -202,13 +221,14 @@ static bt_future *get_user(bt_http_req *req, void *arg)
         return NULL;
     bt_http_req_set_state(req, uc, user_call_free);
     uc->loop = loop;
+    uc->id_num = id_num;
     snprintf(uc->id, sizeof uc->id, "%s", id);
 
     const char *params[] = {uc->id};
     char url[512];
     snprintf(url, sizeof url, "%s/profile/%s", atomic_load(&upstream_base), uc->id);
     bt_future *parts[2] = {
-        bt_pq_query(st->db, "SELECT name, email FROM users WHERE id = $1", 1, params),
+        bt_pq_query(st->db, "SELECT name, email FROM " TABLE " WHERE id = $1", 1, params),
         bt_http_get(st->http, url),
     };
     /* Takes over both parts; out of memory, it stops whichever did start. */
@@ -264,6 +284,7 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
         return BT_EINVAL;
     }
     bt_http_client_set_timeouts(st->http, 2000, 5000, 5000);
+    bt_http_client_set_max_body(st->http, UPSTREAM_MAX_BODY);
     *data = st;
     return 0;
 }
@@ -278,58 +299,106 @@ static void loop_fini(bt_loop *loop, void *data, void *arg)
 
 /* ---- The table, made with Baton before serving ------------------------------- */
 
-static bt_future *setup_step(bt_future *prev, void *arg)
+/* The server's own table: CREATE TABLE (not IF NOT EXISTS) tells it whether
+ * the table was there, race-free: 42P07 (duplicate_table) means another run
+ * made it, and then it is used as it is, never written to. */
+typedef struct {
+    bt_pq_pool *db;
+    bool created;
+} setup_state;
+
+static bt_future *setup_filled(bt_future *prev, void *arg)
 {
-    bt_pq_pool *db = arg;
+    setup_state *ss = arg;
+    bt_loop *loop = bt_future_loop(prev);
     if (bt_future_error(prev) != 0)
-        return bt_future_new_error(bt_future_loop(prev), bt_future_error(prev), "%s",
+        return bt_future_new_error(loop, bt_future_error(prev), "filling " TABLE ": %s",
                                    bt_future_error_message(prev));
-    return bt_pq_query(db,
-                       "INSERT INTO users (id, name, email) "
-                       "SELECT i, 'user ' || i, 'user' || i || '@example.com' "
-                       "FROM generate_series(1, " /* USERS */ "10000) AS i "
-                       "ON CONFLICT (id) DO NOTHING",
-                       0, NULL);
+    ss->created = true;
+    return bt_future_new_value(loop, NULL, NULL);
+}
+
+static bt_future *setup_created(bt_future *prev, void *arg)
+{
+    setup_state *ss = arg;
+    bt_loop *loop = bt_future_loop(prev);
+    bt_pq_error e;
+    int rc = bt_pq_error_parse(prev, &e);
+    if (rc == BT_ESQL && strcmp(e.sqlstate, "42P07") == 0)
+        return bt_future_new_value(loop, NULL, NULL); /* there already: use it */
+    if (rc != 0)
+        return bt_future_new_error(loop, rc, "creating " TABLE ": %s",
+                                   rc == BT_ESQL ? e.message : bt_future_error_message(prev));
+    bt_future *fill = bt_pq_query(ss->db,
+                                  "INSERT INTO " TABLE " (id, name, email) "
+                                  "SELECT i, 'user ' || i, 'user' || i || '@example.com' "
+                                  "FROM generate_series(1, " /* USERS */ "10000) AS i",
+                                  0, NULL);
+    return bt_future_after(fill, setup_filled, ss); /* takes over fill */
 }
 
 static bt_future *setup_main(bt_loop *loop, void *arg)
 {
+    setup_state *ss = arg;
     bt_pq_options o;
     bt_pq_options_init(&o);
     o.conninfo = database_url;
-    bt_pq_pool *db = bt_pq_pool_new(loop, &o);
-    *(bt_pq_pool **)arg = db;
-    if (!db)
+    ss->db = bt_pq_pool_new(loop, &o);
+    if (ss->db == NULL)
         return bt_future_new_error(loop, BT_EINVAL, "bad DATABASE_URL");
-    bt_future *create = bt_pq_query(db,
-                                    "CREATE TABLE IF NOT EXISTS users ("
+    bt_future *create = bt_pq_query(ss->db,
+                                    "CREATE TABLE " TABLE " ("
                                     " id integer PRIMARY KEY,"
                                     " name text NOT NULL,"
                                     " email text NOT NULL)",
                                     0, NULL);
-    return bt_future_after(create, setup_step, db);
+    return bt_future_after(create, setup_created, ss); /* takes over create */
 }
 
 static int make_table(void)
 {
-    bt_pq_pool *db = NULL;
-    int rc = bt_run(setup_main, &db);
+    setup_state ss = {0};
+    int rc = bt_run(setup_main, &ss);
     /* bt_run freed the loop, whose closer closed the pool: free the rest. */
-    bt_pq_pool_free(db);
+    bt_pq_pool_free(ss.db);
+    if (rc == 0 && ss.created)
+        printf("created table " TABLE " with %d rows\n", USERS);
+    else if (rc == 0)
+        printf("using the existing table " TABLE " (left as it is)\n");
+    fflush(stdout);
     return rc;
 }
 
 /* ---- main ----------------------------------------------------------------------- */
 
+static bool upstream_is_self; /* no UPSTREAM_URL: the profile route of this process */
+
 static void on_ready(int port, void *arg)
 {
     const char *host = arg;
-    if (!atomic_load(&upstream_base)) {
+    if (atomic_load(&upstream_base) == NULL) {
         char *u = bt_asprintf("http://127.0.0.1:%d/upstream", port);
         atomic_store(&upstream_base, u);
     }
-    printf("listening on http://%s:%d (upstream %s)\n", host, port, atomic_load(&upstream_base));
+    if (upstream_is_self)
+        printf("listening on http://%s:%d (upstream %s: a route of this same process, so each"
+               " /user request counts twice in the metrics)\n",
+               host, port, atomic_load(&upstream_base));
+    else
+        printf("listening on http://%s:%d (upstream %s)\n", host, port,
+               atomic_load(&upstream_base));
     fflush(stdout);
+}
+
+/* Stop the throwaway PostgreSQL, remove its directory, and say so. */
+static void stop_throwaway_pg(bt_test_pg *pg)
+{
+    if (pg == NULL)
+        return;
+    char *dir = bt_strdup(bt_test_pg_dir(pg));
+    bt_test_pg_free(pg);
+    printf("stopped the throwaway PostgreSQL and removed %s\n", dir != NULL ? dir : "its directory");
+    bt_free(dir);
 }
 
 static const char *env_or(const char *name, const char *dflt)
@@ -354,15 +423,18 @@ int main(void)
             fprintf(stderr, "server: could not start PostgreSQL (see above)\n");
             return 1;
         }
+        printf("throwaway PostgreSQL in %s\n", bt_test_pg_dir(pg));
+        fflush(stdout);
         database_url = bt_test_pg_conninfo(pg);
     }
     if (make_table() != 0) {
-        fprintf(stderr, "server: could not create the users table\n");
-        bt_test_pg_free(pg);
+        fprintf(stderr, "server: could not prepare the table " TABLE "\n");
+        stop_throwaway_pg(pg);
         return 1;
     }
     const char *up = getenv("UPSTREAM_URL");
-    if (up && *up)
+    upstream_is_self = up == NULL || *up == '\0';
+    if (!upstream_is_self)
         atomic_store(&upstream_base, bt_strdup(up));
     else if (port != 0)
         atomic_store(&upstream_base, bt_asprintf("http://127.0.0.1:%d/upstream", port));
@@ -389,6 +461,6 @@ int main(void)
         printf("shut down cleanly\n");
     bt_http_app_free(app);
     bt_free(atomic_load(&upstream_base));
-    bt_test_pg_free(pg);
+    stop_throwaway_pg(pg);
     return rc == 0 ? 0 : 1;
 }

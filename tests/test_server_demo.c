@@ -56,6 +56,8 @@ static char *read_log(void)
 static void start_server(const char *upstream)
 {
     snprintf(log_path, sizeof log_path, "/tmp/baton-server-demo-%d.log", (int)getpid());
+    unlink(log_path); /* a start after a stop must not read the last run's log */
+    server_url[0] = '\0';
     server_pid = fork();
     ck_assert_int_ge(server_pid, 0);
     if (server_pid == 0) {
@@ -135,7 +137,9 @@ START_TEST(user_routes)
     ck_assert_int_eq(a.status, 200);
     json_t *j = json_loads(a.body, 0, NULL);
     ck_assert_ptr_nonnull(j);
-    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "42");
+    /* The id is a number, as a users API returns it. */
+    ck_assert_msg(json_is_integer(json_object_get(j, "id")), "id is not a number: %s", a.body);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "id")), 42);
     ck_assert_str_eq(json_string_value(json_object_get(j, "name")), "user 42");
     ck_assert_str_eq(json_string_value(json_object_get(j, "email")), "user42@example.com");
     json_t *prof = json_object_get(j, "profile");
@@ -243,9 +247,9 @@ END_TEST
 START_TEST(database_error_gives_500_and_is_logged)
 {
     start_server(NULL);
-    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE users RENAME TO users_away"), 0);
+    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE baton_demo_users RENAME TO users_away"), 0);
     answer a = ask("GET", "user/3");
-    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE users_away RENAME TO users"), 0);
+    ck_assert_int_eq(bt_test_pg_exec(pg, "ALTER TABLE users_away RENAME TO baton_demo_users"), 0);
     ck_assert_int_eq(a.status, 500);
     ck_assert_str_eq(a.body, "{\"error\":\"internal server error\"}"); /* nothing leaks */
     char *log = read_log();
@@ -362,6 +366,47 @@ START_TEST(disconnect_cancels_the_query)
 }
 END_TEST
 
+/* Pointed at a database that has a `users` table of its own, the server
+ * leaves it alone: it makes (once) and reads only baton_demo_users, and
+ * says which it did. */
+START_TEST(existing_tables_are_left_alone)
+{
+    ck_assert_int_eq(bt_test_pg_exec(pg, "DROP TABLE IF EXISTS users;"
+                                         " CREATE TABLE users (id integer PRIMARY KEY,"
+                                         " name text NOT NULL, email text NOT NULL);"
+                                         " INSERT INTO users VALUES (1, 'ada', 'ada@example.org')"),
+                     0);
+    start_server(NULL);
+    char *log = read_log();
+    ck_assert_msg(strstr(log, "created table baton_demo_users with 10000 rows") ||
+                      strstr(log, "using the existing table baton_demo_users"),
+                  "log:\n%s", log);
+    free(log);
+    ck_assert_int_eq(ask("GET", "user/2").status, 200); /* served from its own table */
+    stop_server();
+    char *n = bt_test_pg_scalar(pg, "SELECT count(*) || ' ' || max(name) FROM users");
+    ck_assert_str_eq(n, "1 ada");
+    free(n);
+
+    /* A second start finds its table and does not fill it again. */
+    ck_assert_int_eq(bt_test_pg_exec(pg, "DELETE FROM baton_demo_users WHERE id > 5000"), 0);
+    start_server(NULL);
+    log = read_log();
+    ck_assert_msg(strstr(log, "using the existing table baton_demo_users"), "log:\n%s", log);
+    free(log);
+    ck_assert_int_eq(ask("GET", "user/6000").status, 404);
+    stop_server();
+    n = bt_test_pg_scalar(pg, "SELECT count(*) FROM baton_demo_users");
+    ck_assert_str_eq(n, "5000");
+    free(n);
+    ck_assert_int_eq(bt_test_pg_exec(pg, "DROP TABLE users;"
+                                         " INSERT INTO baton_demo_users SELECT i, 'user ' || i,"
+                                         " 'user' || i || '@example.com'"
+                                         " FROM generate_series(5001, 10000) AS i"),
+                     0);
+}
+END_TEST
+
 /* A database that refuses: the flagship says so and exits 1, at once. */
 START_TEST(unreachable_database_fails_clearly)
 {
@@ -376,7 +421,8 @@ START_TEST(unreachable_database_fails_clearly)
     out[n] = '\0';
     int st = pclose(p);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d, output:\n%s", st, out);
-    ck_assert_msg(strstr(out, "could not create the users table") && strstr(out, "refused"),
+    ck_assert_msg(strstr(out, "could not prepare the table baton_demo_users") &&
+                      strstr(out, "refused"),
                   "output:\n%s", out);
 }
 END_TEST
@@ -393,6 +439,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, client_leaving_cancels_upstream_call);
     tcase_add_test(tc, disconnect_cancels_the_query);
     tcase_add_test(tc, unreachable_database_fails_clearly);
+    tcase_add_test(tc, existing_tables_are_left_alone);
     suite_add_tcase(s, tc);
     return s;
 }
