@@ -477,10 +477,13 @@ static bt_future *h_big(bt_http_req *req, void *arg)
  * goes on serving. A disposition the program chose itself is left alone. */
 /* The client's whole run has one deadline, and each recv waits at most
  * what is left of it: under TSan on a loaded machine the four exchanges
- * once outlasted the 25 s guard, each recv being allowed 10 s of its own.
- * The guard and the test's timeout now sit above the one deadline, so a
- * slow machine gets the time and a real hang fails in the client. */
-#define HANG_UP_DEADLINE_MS 80000
+ * once outlasted the 25 s guard, each recv being allowed 10 s of its own
+ * (measured since: about 20 s before the first byte of each 16 MiB answer
+ * under TSan at load 20, so the server's own 30 s timeouts closed
+ * connections too). The server's timeouts, the guard and the test's
+ * timeout now sit above the one deadline, so a slow machine gets the time
+ * and a real hang fails in the client. */
+#define HANG_UP_DEADLINE_MS 120000
 
 static void recv_until(int fd, uint64_t deadline_ns)
 {
@@ -524,6 +527,7 @@ START_TEST(client_hanging_up_mid_response_is_not_fatal)
     signal(SIGPIPE, SIG_DFL);
     bt_http_app_route(app, "GET", "/big", h_big, NULL);
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 2 * HANG_UP_DEADLINE_MS, 2 * HANG_UP_DEADLINE_MS), 0);
     start_server();
     struct sigaction sa;
     sigaction(SIGPIPE, NULL, &sa);
