@@ -159,8 +159,10 @@ static bt_future *main_async(bt_loop *loop, void *arg)
 int main(int argc, char **argv)
 {
     app a = {.dsn = argc > 1 ? argv[1] : getenv("DATABASE_URL")};
-    if (!a.dsn || !*a.dsn) {
-        fprintf(stderr, "usage: %s DSN   (or set DATABASE_URL)\n", argv[0]);
+    if (a.dsn == NULL || a.dsn[0] == '\0') {
+        /* Its own name, not argv[0]: run from the build tree, argv[0] is
+         * libtool's wrapper target (.libs/lt-postgres), not what was typed. */
+        fprintf(stderr, "usage: examples/postgres [DSN]   (or set DATABASE_URL)\n");
         return 2;
     }
     int rc = bt_run(main_async, &a);

@@ -6,8 +6,13 @@
  * request thread calls bt_bridge_call, which runs a function on the loop
  * thread (here: an offloaded "price lookup" after a short async delay) and
  * blocks that request thread, and only that one, until the future settles
- * or the timeout passes. One request asks for something slow and times
- * out cleanly; its future is cancelled on the loop.
+ * or the timeout passes. Request 5 is the deliberately slow one: its
+ * lookup would take a minute, so it times out cleanly at the budget and its
+ * future is cancelled on the loop.
+ *
+ * The budget is generous on purpose: 5 s for 20 ms of work, so the example
+ * still passes under valgrind's 20x slowdown; only request 5, whose lookup
+ * takes 60 s, can miss it, and it does so under any slowdown.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +24,10 @@
 #include <baton/pool.h>
 
 #define REQUESTS 6
+#define SLOW_ITEM 5        /* the one request that is slow on purpose */
+#define BUDGET_MS 5000     /* each request thread's timeout */
+#define LOOKUP_MS 20       /* the async delay of a normal lookup */
+#define SLOW_LOOKUP_MS 60000
 
 /* The asynchronous side: runs on the loop thread. */
 static int price_job(bt_job *job, void *arg)
@@ -38,8 +47,8 @@ static bt_future *after_delay(bt_future *slept, void *arg)
 static bt_future *lookup_price(bt_loop *loop, void *arg)
 {
     long item = (long)(intptr_t)arg;
-    /* Item 5 is "slow": longer than the caller's timeout. */
-    bt_future *slept = bt_sleep(loop, item == 5 ? 5000 : 20);
+    /* The slow item takes far longer than the caller's budget. */
+    bt_future *slept = bt_sleep(loop, item == SLOW_ITEM ? SLOW_LOOKUP_MS : LOOKUP_MS);
     return bt_future_then(slept, after_delay, arg);
 }
 
@@ -55,9 +64,13 @@ static void *handle_request(void *arg)
 {
     request *r = arg;
     bt_bridge_result res;
-    r->rc = bt_bridge_call(r->loop, lookup_price, (void *)(intptr_t)r->item, 500, &res);
+    r->rc = bt_bridge_call(r->loop, lookup_price, (void *)(intptr_t)r->item, BUDGET_MS, &res);
     if (r->rc == 0)
         r->price = *(long *)res.value;
+    else if (r->item == SLOW_ITEM)
+        printf("request %ld, the deliberately slow one (a %d s lookup, a %d s budget): %s (%s)\n",
+               r->item, SLOW_LOOKUP_MS / 1000, BUDGET_MS / 1000, bt_err_name(r->rc),
+               res.message);
     else
         printf("request %ld: %s (%s)\n", r->item, bt_err_name(r->rc), res.message);
     bt_bridge_result_clear(&res);
@@ -90,7 +103,7 @@ int main(void)
 
     int ok = 1;
     for (int i = 0; i < REQUESTS; i++) {
-        if (i == 5) {
+        if (i == SLOW_ITEM) {
             ok &= reqs[i].rc == BT_ETIMEDOUT;
             continue;
         }

@@ -1,16 +1,35 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define LOG_MAX 256
+/* The log capture. Each test starts with an empty one, forked or not: with
+ * CK_FORK=no (how a test runs under gdb or valgrind) every test of a suite
+ * shares this process, so the lines are tagged with the test that captured
+ * them (Check's tcase_name(), the running test's name) and dropped when
+ * another test first touches the capture. The test name is read only on
+ * the test's own thread, never in capture(), which pool and bridge threads
+ * call too. The capture holds LOG_MAX lines; a line beyond that fails the
+ * test at its next query instead of being dropped without a word. */
+#define LOG_MAX 4096
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char *logs[LOG_MAX];
 static int nlogs;
+static int overflowed; /* lines that did not fit, since the last clear */
+static char owner[256]; /* the test the captured lines belong to */
+
+static void clear_locked(void)
+{
+    for (int i = 0; i < nlogs; i++)
+        free(logs[i]);
+    nlogs = 0;
+    overflowed = 0;
+}
 
 static void capture(bt_log_level level, const char *msg, void *arg)
 {
@@ -19,11 +38,28 @@ static void capture(bt_log_level level, const char *msg, void *arg)
     pthread_mutex_lock(&mu);
     if (nlogs < LOG_MAX)
         logs[nlogs++] = strdup(msg);
+    else
+        overflowed++;
     pthread_mutex_unlock(&mu);
+}
+
+/* With mu held, on the test's thread: start afresh if a new test runs. */
+static void own_locked(void)
+{
+    const char *name = tcase_name();
+    if (name == NULL)
+        name = "";
+    if (strcmp(owner, name) != 0) {
+        clear_locked();
+        snprintf(owner, sizeof owner, "%s", name);
+    }
 }
 
 void bt_test_log_capture(void)
 {
+    pthread_mutex_lock(&mu);
+    own_locked();
+    pthread_mutex_unlock(&mu);
     bt_log_set_level(BT_LOG_DEBUG);
     bt_log_set_handler(capture, NULL);
 }
@@ -31,9 +67,8 @@ void bt_test_log_capture(void)
 void bt_test_log_clear(void)
 {
     pthread_mutex_lock(&mu);
-    for (int i = 0; i < nlogs; i++)
-        free(logs[i]);
-    nlogs = 0;
+    own_locked();
+    clear_locked();
     pthread_mutex_unlock(&mu);
 }
 
@@ -41,10 +76,16 @@ int bt_test_log_count(const char *needle)
 {
     int n = 0;
     pthread_mutex_lock(&mu);
+    own_locked();
+    int lost = overflowed;
     for (int i = 0; i < nlogs; i++)
-        if (strstr(logs[i], needle))
+        if (strstr(logs[i], needle) != NULL)
             n++;
     pthread_mutex_unlock(&mu);
+    ck_assert_msg(lost == 0,
+                  "the log capture is full: %d lines after the first %d were lost "
+                  "(raise LOG_MAX in tests/harness.c or call bt_test_log_clear)",
+                  lost, LOG_MAX);
     return n;
 }
 

@@ -18,7 +18,9 @@ int bt_test_main(Suite *s);
 /* Default per-test timeout in seconds (Check's own default is 4). */
 #define BT_TEST_TIMEOUT 30
 
-/* Capture everything Baton logs, at every level, from now on. */
+/* Capture everything Baton logs, at every level, from now on. Each test
+ * starts with an empty capture, with or without CK_FORK; a test whose
+ * capture overflows fails at its next query. */
 void bt_test_log_capture(void);
 /* True if a captured message contains needle. */
 bool bt_test_log_contains(const char *needle);

@@ -196,17 +196,19 @@ static void *client_main(void *p)
 
 static void hang_guard(bt_timer *t, void *arg) { ck_abort_msg("the client thread hung"); }
 
-static void with_client(client_fn fn, void *arg)
+static void with_client_guarded(client_fn fn, void *arg, uint64_t guard_ms)
 {
     client c = {fn, arg};
     pthread_t th;
     bt_timer *guard = bt_timer_new(loop, hang_guard, NULL);
-    bt_timer_start(guard, 25000, 0);
+    bt_timer_start(guard, guard_ms, 0);
     ck_assert_int_eq(pthread_create(&th, NULL, client_main, &c), 0);
     bt_loop_run(loop);
     pthread_join(th, NULL);
     bt_timer_free(guard);
 }
+
+static void with_client(client_fn fn, void *arg) { with_client_guarded(fn, arg, 25000); }
 
 static void wait_for(_Atomic int *counter, int n)
 {
@@ -479,22 +481,49 @@ static bt_future *h_big(bt_http_req *req, void *arg)
  * server's write fails with EPIPE, which must not kill the process (the
  * test runs with SIGPIPE at its default, which would), and the server
  * goes on serving. A disposition the program chose itself is left alone. */
+/* The client's whole run has one deadline, and each recv waits at most
+ * what is left of it: under TSan on a loaded machine the four exchanges
+ * once outlasted the 25 s guard, each recv being allowed 10 s of its own
+ * (measured since: about 20 s before the first byte of each 16 MiB answer
+ * under TSan at load 20, so the server's own 30 s timeouts closed
+ * connections too). The server's timeouts, the guard and the test's
+ * timeout now sit above the one deadline, so a slow machine gets the time
+ * and a real hang fails in the client. */
+#define HANG_UP_DEADLINE_MS 120000
+
+static void recv_until(int fd, uint64_t deadline_ns)
+{
+    uint64_t now = bt_hrtime();
+    uint64_t left = deadline_ns > now + 1000000 ? deadline_ns - now : 1000000;
+    struct timeval tv = {(time_t)(left / 1000000000u), (suseconds_t)(left % 1000000000u / 1000)};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
 static void hang_up_early(void *arg)
 {
     result *r = arg;
+    uint64_t deadline = bt_hrtime() + HANG_UP_DEADLINE_MS * 1000000ull;
     for (int i = 0; i < 3; i++) {
         int fd = connect_to(port);
         ck_assert_int_ge(fd, 0);
         const char *req = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
         send_all(fd, req, strlen(req));
         char buf[4096];
+        recv_until(fd, deadline);
         ck_assert_int_gt(recv(fd, buf, sizeof buf, 0), 0); /* it started */
         struct linger lg = {1, 0}; /* hang up with a reset */
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(fd);
     }
     usleep(100000); /* let the server write into the dead sockets */
-    raw(port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", r);
+    memset(r, 0, sizeof *r);
+    int fd = connect_to(port);
+    ck_assert_int_ge(fd, 0);
+    const char *hello = "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, hello, strlen(hello));
+    recv_until(fd, deadline);
+    read_response(fd, r);
+    close(fd);
 }
 
 static void keep_handler(int sig) { (void)sig; }
@@ -504,12 +533,13 @@ START_TEST(client_hanging_up_mid_response_is_not_fatal)
     signal(SIGPIPE, SIG_DFL);
     bt_http_app_route(app, "GET", "/big", h_big, NULL);
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 2 * HANG_UP_DEADLINE_MS, 2 * HANG_UP_DEADLINE_MS), 0);
     start_server();
     struct sigaction sa;
     sigaction(SIGPIPE, NULL, &sa);
     ck_assert_ptr_eq((void *)sa.sa_handler, (void *)SIG_IGN);
     result r;
-    with_client(hang_up_early, &r);
+    with_client_guarded(hang_up_early, &r, HANG_UP_DEADLINE_MS + 20000);
     ck_assert_int_eq(r.status, 200);
     ck_assert_str_eq(r.body, "hello");
 
@@ -764,6 +794,7 @@ START_TEST(shutdown_refuses_requests_on_open_connections)
     bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
     start_server();
     shut_deadline = 300;
+    release_on_shutdown = false; /* CK_FORK=no: an earlier test set it */
     with_client(keepalive_client, NULL);
     ck_assert_int_eq(rs[0].status, 200);
     ck_assert_int_eq(rs[1].status, 503);
@@ -824,6 +855,7 @@ START_TEST(graceful_shutdown_cancels_at_deadline)
     bt_http_app_route(app, "GET", "/hold", h_hold, NULL);
     start_server();
     shut_deadline = 200;
+    release_on_shutdown = false; /* CK_FORK=no: an earlier test set it */
     with_client(shutdown_client, "/hold");
     ck_assert_int_eq(rs[0].status, 503);
     ck_assert_int_eq(rs[1].status, 503);
@@ -1570,7 +1602,6 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, BT_TEST_TIMEOUT);
     tcase_add_test(tc, routing_and_params);
-    tcase_add_test(tc, client_hanging_up_mid_response_is_not_fatal);
     tcase_add_test(tc, failing_handler_gives_500);
     tcase_add_test(tc, limits_sizes_and_timeout);
     tcase_add_test(tc, limits_concurrent_cap);
@@ -1594,6 +1625,13 @@ static Suite *make_suite(void)
     tcase_add_test(tc, connection_cap_refuses_with_503);
     tcase_add_test(tc, fd_exhaustion_pauses_the_listener);
     suite_add_tcase(s, tc);
+    /* Tests whose client has a deadline of its own above the usual
+     * timeout (slow sanitizer builds on a loaded machine). */
+    TCase *slow = tcase_create("server-slow");
+    tcase_add_checked_fixture(slow, setup, teardown);
+    tcase_set_timeout(slow, (HANG_UP_DEADLINE_MS + 40000) / 1000);
+    tcase_add_test(slow, client_hanging_up_mid_response_is_not_fatal);
+    suite_add_tcase(s, slow);
     return s;
 }
 
