@@ -711,6 +711,14 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
         bt_pool_free(pool);
         return NULL;
     }
+    /* One blocking thread now, so that the first bt_to_thread finds a
+     * worker instead of waiting for a thread to start (it retires after
+     * the idle time like any other; failing to start it is no error). */
+    bt__lane *blk = &pool->lane[BT_LANE_BLOCKING];
+    pthread_mutex_lock(&blk->mu);
+    blk->threads++;
+    pthread_mutex_unlock(&blk->mu);
+    bt__lane_spawn(pool, blk, 1);
     return pool;
 }
 
