@@ -133,6 +133,12 @@ struct bt__attach {
     char pad_end[64];
 };
 
+/* The counters of workers, summed: a lane's retired workers' totals, or
+ * a snapshot for stats (worker_totals_add in pool.c). */
+typedef struct {
+    uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+} bt__worker_totals;
+
 /* Counters a worker writes alone (relaxed stores) and stats reads. */
 struct bt__worker {
     bt__worker *next;
@@ -171,7 +177,7 @@ struct bt__lane {
     /* Totals of retired workers and of loop-side events. */
     uint64_t submitted;
     _Atomic uint64_t rejected, cancelled, abandoned;
-    uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+    bt__worker_totals retired_totals;
     uint64_t started, retired;
     bt_lane id;
 };
