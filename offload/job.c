@@ -385,6 +385,11 @@ void bt__job_on_cancel(bt_future *f, void *arg)
         /* Its completion may already be in the loop's inbox: then it is
          * counted here all the same, having ended a moment ago. */
         atomic_fetch_add_explicit(&lane->abandoned, 1, memory_order_relaxed);
+        /* The loop spins for expected completions: not for this one. */
+        if (job->expected) {
+            job->expected = false;
+            bt__loop_expect(f->loop, -1);
+        }
         bt__future_settle(f, BT_FUTURE_CANCELLED, NULL, NULL, BT_ECANCELED,
                           bt_strdup(BT__JOB_ABANDONED_MSG));
     }
