@@ -1168,8 +1168,7 @@ START_TEST(timeout_settles_while_job_still_runs)
     bt_pool_stats before, st;
     bt_pool_get_stats(bt_pool_default(), &before); /* the default pool may have served others */
     bt_future *job = bt_to_thread(loop, hold_job, NULL);
-    bt_future *t = bt_timeout(job, 100);
-    bt_future_unref(job); /* borrowed by bt_timeout (today's rule) */
+    bt_future *t = bt_timeout(job, 100); /* takes over job's reference */
     bt_test_run_until(loop, t, 20000);
     ck_assert_int_eq(atomic_load(&hold_started), 1);
     ck_assert_int_eq(atomic_load(&hold_finished), 0); /* settled before the job ended */
