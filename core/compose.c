@@ -335,7 +335,9 @@ static void timeout_on_inner(bt_future *inner, void *arg)
     bt_timer_free(ts->timer);
     if (ts->timed_out && !bt_future_cancel_requested(ts->result)) {
         bt_future_error(inner); /* cancelled by us: nothing to report */
-        bt_future_set_error(ts->result, BT_ETIMEDOUT, "timed out after %" PRIu64 " ms", ts->ms);
+        const char *note = bt__future_cancel_note(inner); /* "the job is still running..." */
+        bt_future_set_error(ts->result, BT_ETIMEDOUT, "timed out after %" PRIu64 " ms%s%s", ts->ms,
+                            note ? "; " : "", note ? note : "");
     } else {
         bt_future_set_from(ts->result, inner);
     }

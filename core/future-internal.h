@@ -82,6 +82,12 @@ int bt__future_settle(bt_future *f, bt_future_state st, void *value, bt_destroy_
 void bt__future_settle_now(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
                            int code, char *message, int drop);
 
+/* A cancelled future may carry a message from its producer, starting with
+ * "cancelled; " and saying what went on after the cancel (a pool job
+ * abandoned while it runs: "cancelled; the job is still running on the
+ * pool"). Returns the text after that prefix, or NULL. Loop thread. */
+const char *bt__future_cancel_note(const bt_future *f);
+
 /* True once the callbacks registered before and while settling have run. */
 bool bt__future_callbacks_done(const bt_future *f);
 

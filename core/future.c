@@ -131,6 +131,19 @@ BT_EXPORT void bt_future_unref(bt_future *f)
                    atomic_load_explicit(&f->state, memory_order_acquire) == BT_FUTURE_PENDING &&
                    bt_loop_is_current(f->loop);
     int prev = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
+    if (prev <= 0) {
+        /* A reference dropped twice: f is already destroyed. Say so
+         * rather than destroy it again. Caught here when the memory still
+         * holds the count (a pool job's block waits in its thread's cache
+         * with 0); under AddressSanitizer the read above is reported as a
+         * use after free (cached job blocks are poisoned too). */
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+        bt_log(BT_LOG_ERROR,
+               "bt_future_unref: future %p has no reference left: a reference was dropped "
+               "twice (the future is already freed)",
+               (void *)f);
+        return;
+    }
     if (prev == 1)
         future_destroy(f);
     else if (prev == 2 && on_loop)
@@ -403,6 +416,15 @@ void bt__future_discard(bt_future *f)
     bt_future_unref(f);
 }
 
+const char *bt__future_cancel_note(const bt_future *f)
+{
+    static const char prefix[] = "cancelled; ";
+    if (f == NULL || bt_future_get_state(f) != BT_FUTURE_CANCELLED || f->message == NULL ||
+        strncmp(f->message, prefix, sizeof prefix - 1) != 0)
+        return NULL;
+    return f->message + sizeof prefix - 1;
+}
+
 /* ---- Reading ------------------------------------------------------------- */
 
 BT_EXPORT bt_future_state bt_future_get_state(const bt_future *f)
@@ -443,7 +465,7 @@ BT_EXPORT const char *bt_future_error_message(bt_future *f)
         f->error_read = true;
         return f->message ? f->message : bt_strerror(f->code);
     case BT_FUTURE_CANCELLED:
-        return "cancelled";
+        return f->message ? f->message : "cancelled";
     default:
         return NULL;
     }

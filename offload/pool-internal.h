@@ -43,7 +43,9 @@ struct bt__batch {
 };
 
 struct bt_job {
-    bt__task task;            /* the admit task, then the completion task
+    /* Aligned so that the block's size rounds up to whole 16-byte vectors
+     * (job_block_zero in job.c). */
+    _Alignas(16) bt__task task; /* the admit task, then the completion task
                                  (its link lists jobs being cancelled) */
     bt__batch *batch;         /* the hand-over it came in, job->batch->job[slot];
                                  valid while in_batch or QUEUED */
@@ -52,6 +54,9 @@ struct bt_job {
                                  or running (the closer waits for it) */
     bt_job_fn fn;
     void *arg;
+    /* Set when the pool owns arg (bt_pool_submit_owned): called once the
+     * job has returned or will never run; NULL once called. */
+    bt_destroy_fn arg_free;
     union {
         struct {              /* what the job left, for its future */
             void *value;
@@ -71,20 +76,35 @@ struct bt_job {
     bool skipped;             /* never ran: settles as cancelled */
     bool in_batch;            /* in att's batch (loop thread only) */
     bool expected;            /* counted in the loop's `expected` */
+    /* Its future may settle (cancelled) while it runs: it has no arg, or
+     * the pool owns its arg. A job with a borrowed arg is waited for. */
+    bool abandonable;
     _Atomic bool cancelled;
     /* The job's future lives in the same block: one allocation per job,
      * and the completion finds both in the cache together. Its loop is
      * the job's loop (set before the future starts, for a job submitted
      * from another thread). The block is given back when the future's
      * last reference goes (the job holds one until it settles), so the
-     * future may outlive the job's run. At most 112 + 144 bytes: four
-     * cache lines, the block aligned on one. */
+     * future may outlive the job's run. Conversely a cancelled job that
+     * is abandoned (its future settled while it runs) keeps the block
+     * alive through that same reference until it returns. At most
+     * 112 + 144 bytes: four cache lines, the block aligned on one. */
     bt_future fut;
 };
 
+/* The job block's promise: four cache lines (job.c aligns each block on
+ * one). A field added beyond that costs a fifth line per job. */
+_Static_assert(sizeof(bt_job) == 256, "a job block is four cache lines");
+
 
 /* One per (pool, loop): the loop's unflushed batches and its closer. Loop
- * thread only, except `running` and `closing` (atomics read by workers). */
+ * thread only, except the atomics at its end (read by workers).
+ *
+ * Its life: `running` counts the loop's hold (1, from the attach's making
+ * until its closer, or its flush task, lets go) plus the jobs workers took
+ * and have not pushed back yet. Whoever brings it to 0 frees the attach:
+ * the loop side, as a rule; a worker, when the closer gave up waiting at
+ * its deadline and abandoned jobs still running (bt__attach_release). */
 struct bt__attach {
     bt_pool *pool;            /* holds a pool reference */
     bt_loop *loop;
@@ -102,11 +122,22 @@ struct bt__attach {
     /* Written by workers for every batch they take: a line of its own,
      * or the loop would miss on the fields above at every submission. */
     char pad[64];
-    _Atomic long running;     /* jobs taken by workers, not yet pushed back */
+    _Atomic long running;     /* the loop's hold + jobs taken by workers,
+                                 not yet pushed back (see above) */
+    _Atomic long lane_running[BT_LANE_COUNT]; /* those jobs, per lane */
     _Atomic(bt__batch *) returned; /* spent hand-overs workers gave back */
     _Atomic bool closing;     /* the loop is being freed */
+    /* The closer's deadline passed with jobs still running: their
+     * completions are dropped, never pushed to the (freed) loop. */
+    _Atomic bool abandoned;
     char pad_end[64];
 };
+
+/* The counters of workers, summed: a lane's retired workers' totals, or
+ * a snapshot for stats (worker_totals_add in pool.c). */
+typedef struct {
+    uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+} bt__worker_totals;
 
 /* Counters a worker writes alone (relaxed stores) and stats reads. */
 struct bt__worker {
@@ -116,6 +147,10 @@ struct bt__worker {
     unsigned index;
     _Atomic uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
     _Atomic bool busy;
+    /* The attach whose loop this worker is pushing a completion to, NULL
+     * otherwise: a closer that abandons its jobs waits until no worker
+     * is inside a push to its loop (see worker_push in pool.c). */
+    _Atomic(bt__attach *) pushing_to;
 };
 
 struct bt__lane {
@@ -141,8 +176,8 @@ struct bt__lane {
     bt__worker *workers;
     /* Totals of retired workers and of loop-side events. */
     uint64_t submitted;
-    _Atomic uint64_t rejected, cancelled;
-    uint64_t done, failed, skipped, queue_ns, qwait_max, run_ns, run_max;
+    _Atomic uint64_t rejected, cancelled, abandoned;
+    bt__worker_totals retired_totals;
     uint64_t started, retired;
     bt_lane id;
 };
@@ -155,6 +190,7 @@ struct bt_pool {
     char name[12];
     uint64_t linger_ns;
     uint64_t idle_ns;
+    uint64_t shutdown_ns;     /* UINT64_MAX: wait for running jobs forever */
     bt__lane lane[BT_LANE_COUNT];
     pthread_mutex_t mu;       /* guards nothing but the two waits below */
     pthread_cond_t cv;
@@ -202,6 +238,21 @@ void bt__job_on_cancel(bt_future *f, void *arg);    /* the future's hook */
 
 /* submit.c */
 void bt__pool_forget_default(bt_pool *pool);
+/* Let go of n of att's `running` counts; the last one frees att. Any
+ * thread. */
+void bt__attach_release(bt__attach *att, long n);
+
+/* job.c, continued */
+/* The pool owns the job's arg: free it now (once). The thread that holds
+ * the job: its worker, or the loop once the job came back. */
+void bt__job_drop_arg(bt_job *job);
+/* The job ended after its loop's closer abandoned it: destroy what it
+ * left and drop its reference on its future, on the worker thread,
+ * without touching the loop. */
+void bt__job_drop_abandoned(bt_job *job);
+/* The message of a future whose job was abandoned on cancel. */
+#define BT__JOB_ABANDONED_MSG "cancelled; the job is still running on the pool"
+
 
 /* For the bridge: is the calling thread running a job, and has that job
  * been cancelled (its future, its loop or its pool shutting down)? */

@@ -55,6 +55,8 @@
  */
 #include "config.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,12 +68,19 @@
 #include "pool-internal.h"
 
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
+/* Pauses between two clock reads while a worker lingers (a power of two).
+ * Measured on the 2-core test machine: a clock read costs 80 to 90 ns, a
+ * pause about 60 ns; every 32 pauses, the clock is about 4% of the spin
+ * and the 50 us linger overshoots by at most about 2 us. */
+#define LINGER_CLOCK_EVERY 32u
+_Static_assert((LINGER_CLOCK_EVERY & (LINGER_CLOCK_EVERY - 1)) == 0, "a power of two");
 #define TIME_EACH_NS 2000     /* time jobs one by one when longer than this */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
 #define DEFAULT_LINGER_US 50
 #define DEFAULT_CPU_NICE 5
+#define DEFAULT_SHUTDOWN_MS 5000
 
 static _Thread_local bt__worker *current_worker;
 static _Thread_local bt_job *current_job; /* running on this worker */
@@ -282,19 +291,25 @@ static void batches_return(bt__batch *b)
     }
 }
 
+/* Add w's counters to t: the one place that reads a worker's counters. */
+static void worker_totals_add(bt__worker_totals *t, bt__worker *w)
+{
+    t->done += atomic_load(&w->done);
+    t->failed += atomic_load(&w->failed);
+    t->skipped += atomic_load(&w->skipped);
+    t->queue_ns += atomic_load(&w->queue_ns);
+    t->run_ns += atomic_load(&w->run_ns);
+    uint64_t qm = atomic_load(&w->qwait_max), rm = atomic_load(&w->run_max);
+    if (qm > t->qwait_max)
+        t->qwait_max = qm;
+    if (rm > t->run_max)
+        t->run_max = rm;
+}
+
 /* Fold a retiring worker's counters into the lane. Lane lock held. */
 static void worker_fold(bt__lane *lane, bt__worker *w)
 {
-    lane->done += atomic_load(&w->done);
-    lane->failed += atomic_load(&w->failed);
-    lane->skipped += atomic_load(&w->skipped);
-    lane->queue_ns += atomic_load(&w->queue_ns);
-    lane->run_ns += atomic_load(&w->run_ns);
-    uint64_t qm = atomic_load(&w->qwait_max), rm = atomic_load(&w->run_max);
-    if (qm > lane->qwait_max)
-        lane->qwait_max = qm;
-    if (rm > lane->run_max)
-        lane->run_max = rm;
+    worker_totals_add(&lane->retired_totals, w);
     for (bt__worker **p = &lane->workers; *p; p = &(*p)->next)
         if (*p == w) {
             *p = w->next;
@@ -326,14 +341,25 @@ static void worker_set_name(bt_pool *pool, bt__worker *w)
 #endif
 }
 
-/* Account one job's times to its worker: qns waiting, run running (ran:
- * it was not skipped). */
-static void worker_account(bt__worker *w, uint64_t qns, uint64_t run, bool ran, bool failed)
+/* Count one job in its worker's totals: done (and failed), or skipped.
+ * Before the job goes back to its loop, so that stats read after its
+ * future settled count it. */
+static void worker_count(bt__worker *w, bool ran, bool failed)
 {
     if (ran) {
         bump(&w->done, 1);
         if (failed)
             bump(&w->failed, 1);
+    } else {
+        bump(&w->skipped, 1);
+    }
+}
+
+/* Account one job's times to its worker: qns waiting, run running (ran:
+ * it was not skipped). */
+static void worker_account_time(bt__worker *w, uint64_t qns, uint64_t run, bool ran)
+{
+    if (ran) {
         bump(&w->run_ns, run);
         raise_max(&w->run_max, run);
         /* A moving average (1/8 weight), racy between workers by design:
@@ -341,20 +367,17 @@ static void worker_account(bt__worker *w, uint64_t qns, uint64_t run, bool ran, 
          * workers read the clock. */
         uint64_t avg = atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed);
         atomic_store_explicit(&w->lane->avg_run_ns, avg - avg / 8 + run / 8, memory_order_relaxed);
-    } else {
-        bump(&w->skipped, 1);
     }
     bump(&w->queue_ns, qns);
     raise_max(&w->qwait_max, qns);
 }
 
-/* Run one job (skip it, if cancelled) and push it back to its loop; the
- * job is not touched after that. No lock held. *end, if given, gets the
- * time the job ended. Sets *ran and *failed. */
-static void worker_run(bt_job *job, uint64_t *end, bool *ran, bool *failed)
+/* Run one job, or skip it if cancelled. No lock held. Returns whether it
+ * ran; sets *failed. */
+static bool worker_exec(bt_job *job, bool *failed)
 {
-    *ran = !bt_job_cancelled(job);
-    if (*ran) {
+    bool ran = !bt_job_cancelled(job);
+    if (ran) {
         current_job = job;
         int rc = job->fn(job, job->arg);
         current_job = NULL;
@@ -367,14 +390,34 @@ static void worker_run(bt_job *job, uint64_t *end, bool *ran, bool *failed)
     } else {
         job->skipped = true;
     }
-    *failed = *ran && job->code != 0;
-    if (end)
-        *end = bt_hrtime();
+    bt__job_drop_arg(job); /* the job is done with it */
+    *failed = ran && job->code != 0;
+    return ran;
+}
 
-    /* Back at once, one exchange: holding finished jobs to push them
-     * together saved nothing measurable, and would delay a completion by
-     * the whole run of the next job (one that waits for that completion's
-     * callback would wait for good). */
+/* Push a finished job back to its loop; the job is not touched after
+ * that. Back at once, one exchange: holding finished jobs to push them
+ * together saved nothing measurable, and would delay a completion by the
+ * whole run of the next job (one that waits for that completion's
+ * callback would wait for good).
+ *
+ * Unless the loop's closer abandoned its jobs at the shutdown deadline:
+ * then the loop may be freed, and the job is dropped here. A Dekker
+ * handshake with attach_abandon (submit.c), all sequentially consistent:
+ * we publish pushing_to, then read `abandoned`; the closer sets
+ * `abandoned`, then waits while any worker's pushing_to names its attach.
+ * Either we see the flag, or the closer sees us and waits for our push to
+ * end: never a push onto a freed loop. The store is on the worker's own
+ * line: no sharing on the way. */
+static void worker_push(bt__worker *w, bt_job *job)
+{
+    bt__attach *att = job->att;
+    atomic_store(&w->pushing_to, att);
+    if (atomic_load(&att->abandoned)) {
+        atomic_store_explicit(&w->pushing_to, NULL, memory_order_release);
+        bt__job_drop_abandoned(job);
+        return;
+    }
     job->task.run = bt__job_complete;
     if (bt__loop_push(job->fut.loop, &job->task) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
@@ -382,37 +425,39 @@ static void worker_run(bt_job *job, uint64_t *end, bool *ran, bool *failed)
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
         bt__job_free(job);
     }
+    atomic_store_explicit(&w->pushing_to, NULL, memory_order_release);
 }
 
-/* Run the n jobs a worker took (handed over at submitted[i]), and account
- * their times. A clock read costs tens of nanoseconds (more under a
- * hypervisor): as much as a short job. So jobs shorter than TIME_EACH_NS
- * on average are timed as a batch, one read at its end, each job's start
- * and run time interpolated; longer ones are timed one by one (the end of
- * one is the start of the next). */
+/* Run the n jobs a worker took (handed over at submitted[i]), count each
+ * before it goes back, and account their times. A clock read costs tens
+ * of nanoseconds (more under a hypervisor): as much as a short job. So
+ * jobs shorter than TIME_EACH_NS on average are timed as a batch, one
+ * read at its end, each job's start and run time interpolated; longer
+ * ones are timed one by one (the end of one is the start of the next). */
 static void worker_run_batch(bt__worker *w, bt_job **jobs, const uint64_t *submitted, size_t n)
 {
     uint64_t start = bt_hrtime();
     bool each = n == 1 ||
                 atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed) >= TIME_EACH_NS;
-    bool ran[TAKE_MAX], failed[TAKE_MAX];
+    bool ran[TAKE_MAX];
     for (size_t i = 0; i < n; i++) {
+        bool failed;
+        ran[i] = worker_exec(jobs[i], &failed);
+        worker_count(w, ran[i], failed);
         if (each) {
-            uint64_t end;
-            worker_run(jobs[i], &end, &ran[i], &failed[i]);
-            worker_account(w, start > submitted[i] ? start - submitted[i] : 0, end - start, ran[i],
-                           failed[i]);
+            uint64_t end = bt_hrtime();
+            worker_account_time(w, start > submitted[i] ? start - submitted[i] : 0, end - start,
+                                ran[i]);
             start = end;
-        } else {
-            worker_run(jobs[i], NULL, &ran[i], &failed[i]);
         }
+        worker_push(w, jobs[i]);
     }
     if (each)
         return;
     uint64_t per = (bt_hrtime() - start) / n;
     for (size_t i = 0; i < n; i++) {
         uint64_t began = start + i * per;
-        worker_account(w, began > submitted[i] ? began - submitted[i] : 0, per, ran[i], failed[i]);
+        worker_account_time(w, began > submitted[i] ? began - submitted[i] : 0, per, ran[i]);
     }
 }
 
@@ -430,13 +475,14 @@ static void wake_closers(bt_pool *pool)
 
 /* The jobs of atts[0..n) were pushed back: let their closers go on. The
  * last touch of each att: once its `running` is 0 the closer may free it. */
-static void worker_release(bt_pool *pool, bt__attach **atts, size_t n)
+static void worker_release(bt_pool *pool, bt_lane l, bt__attach **atts, size_t n)
 {
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
         while (j < n && atts[j] == atts[i])
             j++;
-        atomic_fetch_sub(&atts[i]->running, (long)(j - i));
+        atomic_fetch_sub_explicit(&atts[i]->lane_running[l], (long)(j - i), memory_order_relaxed);
+        bt__attach_release(atts[i], (long)(j - i));
         i = j;
     }
     wake_closers(pool);
@@ -475,7 +521,7 @@ static void *worker_main(void *arg)
                 uint64_t deadline = bt_hrtime() + pool->linger_ns;
                 unsigned i = 0;
                 while (atomic_load_explicit(&lane->depth, memory_order_relaxed) == 0) {
-                    if ((++i & 31) == 0 && bt_hrtime() >= deadline)
+                    if ((++i & (LINGER_CLOCK_EVERY - 1)) == 0 && bt_hrtime() >= deadline)
                         break;
 #if defined(__x86_64__) || defined(__i386__)
                     __builtin_ia32_pause();
@@ -536,6 +582,8 @@ static void *worker_main(void *arg)
             while (j < n && atts[j] == atts[i])
                 j++;
             atomic_fetch_add_explicit(&atts[i]->running, (long)(j - i), memory_order_relaxed);
+            atomic_fetch_add_explicit(&atts[i]->lane_running[lane->id], (long)(j - i),
+                                      memory_order_relaxed);
             i = j;
         }
         atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
@@ -552,7 +600,7 @@ static void *worker_main(void *arg)
         }
         if (n) { /* 0: only cancelled slots were left */
             worker_run_batch(w, local, submitted, n);
-            worker_release(pool, atts, n);
+            worker_release(pool, lane->id, atts, n);
         }
         atomic_store_explicit(&w->busy, false, memory_order_relaxed);
         pthread_mutex_lock(&lane->mu);
@@ -592,6 +640,7 @@ BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg)
     cfg->linger_us = DEFAULT_LINGER_US;
     cfg->name = "bt";
     cfg->cpu_nice = DEFAULT_CPU_NICE;
+    cfg->shutdown_ms = DEFAULT_SHUTDOWN_MS;
 }
 
 /* Zeros in cfg become defaults. */
@@ -618,6 +667,8 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
         out->cpu_nice = d.cpu_nice;
     if (out->cpu_nice > 19)
         out->cpu_nice = 19;
+    if (out->shutdown_ms == 0)
+        out->shutdown_ms = d.shutdown_ms;
 }
 
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
@@ -630,9 +681,17 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
     pool->cfg.name = pool->name;
     pool->linger_ns = pool->cfg.linger_us == UINT64_MAX ? 0 : pool->cfg.linger_us * 1000;
     pool->idle_ns = pool->cfg.blocking_idle_ms * 1000000u;
+    pool->shutdown_ns = pool->cfg.shutdown_ms == UINT64_MAX ? UINT64_MAX
+                        : pool->cfg.shutdown_ms > UINT64_MAX / 1000000u
+                            ? UINT64_MAX - 1
+                            : pool->cfg.shutdown_ms * 1000000u;
     atomic_init(&pool->refs, 1);
     pthread_mutex_init(&pool->mu, NULL);
-    pthread_cond_init(&pool->cv, NULL);
+    pthread_condattr_t pca; /* shutdown deadlines immune to clock jumps */
+    pthread_condattr_init(&pca);
+    pthread_condattr_setclock(&pca, CLOCK_MONOTONIC);
+    pthread_cond_init(&pool->cv, &pca);
+    pthread_condattr_destroy(&pca);
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
         /* Adaptive: spin briefly before sleeping in the kernel, since the
@@ -664,6 +723,14 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
         bt_pool_free(pool);
         return NULL;
     }
+    /* One blocking thread now, so that the first bt_to_thread finds a
+     * worker instead of waiting for a thread to start (it retires after
+     * the idle time like any other; failing to start it is no error). */
+    bt__lane *blk = &pool->lane[BT_LANE_BLOCKING];
+    pthread_mutex_lock(&blk->mu);
+    blk->threads++;
+    pthread_mutex_unlock(&blk->mu);
+    bt__lane_spawn(pool, blk, 1);
     return pool;
 }
 
@@ -699,19 +766,25 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
         bt_free(b);
         b = next;
     }
+    /* Under pool->mu, which a closer that abandons its jobs takes after
+     * raising `abandoned`: either we see the flag or it waits for us. */
+    pthread_mutex_lock(&pool->mu);
     while (list) {
         bt__task *next = list->next;
         bt_job *job = (bt_job *)list;
         job->skipped = true;
         job->task.run = bt__job_complete;
         bt__attach *att = job->att;
-        if (bt__loop_push(job->fut.loop, &job->task) != 0) {
+        if (atomic_load(&att->abandoned)) {
+            bt__job_drop_abandoned(job);
+        } else if (bt__loop_push(job->fut.loop, &job->task) != 0) {
             bt_log(BT_LOG_ERROR, "offload pool: a loop closed with jobs queued");
             bt__job_free(job);
         }
-        atomic_fetch_sub(&att->running, 1);
+        bt__attach_release(att, 1);
         list = next;
     }
+    pthread_mutex_unlock(&pool->mu);
     /* The jobs may be other loops' (this runs on a loop thread that found
      * the lane stopped, too), whose closers may wait on them. */
     wake_closers(pool);
@@ -734,10 +807,32 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
         pthread_mutex_unlock(&l->mu);
         bt__lane_cancel_queue(pool, l);
     }
+    /* Wait for the threads, up to the shutdown deadline: a job that never
+     * returns must not hold the process. The threads left hold their own
+     * references to the pool, so its memory outlives them; their jobs
+     * still settle on their loops (or are dropped, if their loop's closer
+     * abandoned them). */
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec +
+                  (pool->shutdown_ns == UINT64_MAX ? 0 : pool->shutdown_ns);
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    long left = 0;
     pthread_mutex_lock(&pool->mu);
-    while (atomic_load(&pool->live_threads) > 0)
-        pthread_cond_wait(&pool->cv, &pool->mu);
+    while ((left = atomic_load(&pool->live_threads)) > 0) {
+        if (pool->shutdown_ns == UINT64_MAX)
+            pthread_cond_wait(&pool->cv, &pool->mu);
+        else if (pthread_cond_timedwait(&pool->cv, &pool->mu, &until) == ETIMEDOUT)
+            break;
+    }
+    left = atomic_load(&pool->live_threads);
     pthread_mutex_unlock(&pool->mu);
+    if (left > 0)
+        bt_log(BT_LOG_WARN,
+               "offload pool freed with %ld thread%s still running a job after the %" PRIu64
+               " ms shutdown deadline: left to finish on their own",
+               left, left == 1 ? "" : "s", pool->shutdown_ns / 1000000u);
     bt__pool_forget_default(pool);
     bt__pool_unref(pool);
 }
@@ -790,29 +885,22 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
         s->submitted = l->submitted;
         s->rejected = atomic_load(&l->rejected);
         s->cancelled = atomic_load(&l->cancelled);
-        s->done = l->done;
-        s->failed = l->failed;
-        s->queue_ns_total = l->queue_ns;
-        s->queue_ns_max = l->qwait_max;
-        s->run_ns_total = l->run_ns;
-        s->run_ns_max = l->run_max;
+        s->abandoned = atomic_load(&l->abandoned);
         s->threads_started = l->started;
         s->threads_retired = l->retired;
-        uint64_t skipped = l->skipped;
+        bt__worker_totals t = l->retired_totals;
         for (bt__worker *w = l->workers; w; w = w->next) {
-            s->done += atomic_load(&w->done);
-            s->failed += atomic_load(&w->failed);
-            skipped += atomic_load(&w->skipped);
-            s->queue_ns_total += atomic_load(&w->queue_ns);
-            s->run_ns_total += atomic_load(&w->run_ns);
-            uint64_t qm = atomic_load(&w->qwait_max), rm = atomic_load(&w->run_max);
-            if (qm > s->queue_ns_max)
-                s->queue_ns_max = qm;
-            if (rm > s->run_ns_max)
-                s->run_ns_max = rm;
+            worker_totals_add(&t, w);
             if (atomic_load(&w->busy))
                 s->busy++;
         }
+        s->done = t.done;
+        s->failed = t.failed;
+        s->queue_ns_total = t.queue_ns;
+        s->queue_ns_max = t.qwait_max;
+        s->run_ns_total = t.run_ns;
+        s->run_ns_max = t.run_max;
+        uint64_t skipped = t.skipped;
         s->cancelled += skipped;
         s->idle = s->threads > s->busy ? s->threads - s->busy : 0;
         pthread_mutex_unlock(&l->mu);

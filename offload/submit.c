@@ -5,10 +5,14 @@
  * pool.c. */
 #include "config.h"
 
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pool-internal.h"
 
@@ -72,12 +76,18 @@ void bt__batch_put(bt__attach *att, bt__batch *b)
     att->free_n++;
 }
 
+void bt__attach_release(bt__attach *att, long n)
+{
+    if (atomic_fetch_sub_explicit(&att->running, n, memory_order_acq_rel) == n)
+        attach_free(att);
+}
+
 static void flush_run(bt__task *t)
 {
     bt__attach *att = (bt__attach *)((char *)t - offsetof(bt__attach, flush_task));
     att->flush_scheduled = false;
     if (att->dead) {
-        attach_free(att);
+        bt__attach_release(att, 1); /* the loop's hold */
         return;
     }
     for (int l = 0; l < BT_LANE_COUNT; l++)
@@ -97,6 +107,7 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
         return NULL;
     att->pool = pool;
     att->loop = loop;
+    atomic_init(&att->running, 1); /* the loop's hold */
     att->flush_task.run = flush_run;
     if (bt_loop_add_closer(loop, attach_closer, att) != 0) {
         bt_free(att);
@@ -173,8 +184,73 @@ static void lane_flush(bt__attach *att, bt_lane l)
         lane_flush_locked(pool, lane, n);
 }
 
+/* Wait until none of att's jobs is running, or the pool's shutdown
+ * deadline passes. Returns false at the deadline. */
+static bool attach_wait_running(bt__attach *att)
+{
+    bt_pool *pool = att->pool;
+    bool forever = pool->shutdown_ns == UINT64_MAX;
+    struct timespec until;
+    if (!forever) {
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + pool->shutdown_ns;
+        until.tv_sec += (time_t)(ns / 1000000000u);
+        until.tv_nsec = (long)(ns % 1000000000u);
+    }
+    bool done = true;
+    atomic_fetch_add(&pool->closers_waiting, 1);
+    pthread_mutex_lock(&pool->mu);
+    while (atomic_load(&att->running) > 1) { /* 1: the loop's hold */
+        if (forever) {
+            pthread_cond_wait(&pool->cv, &pool->mu);
+        } else if (pthread_cond_timedwait(&pool->cv, &pool->mu, &until) == ETIMEDOUT) {
+            done = atomic_load(&att->running) <= 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pool->mu);
+    atomic_fetch_sub(&pool->closers_waiting, 1);
+    return done;
+}
+
+/* The deadline passed with jobs of att still running: leave them. From
+ * now on their completions are dropped by the workers (worker_push in
+ * pool.c), and the last of them frees att. The loop must not return from
+ * its closer while a worker is inside a push to it: wait for those
+ * (pushing_to), which take a moment, never a job's run. Loop thread. */
+static void attach_abandon(bt__attach *att)
+{
+    bt_pool *pool = att->pool;
+    long n = 0;
+    for (int l = 0; l < BT_LANE_COUNT; l++) {
+        long k = atomic_load(&att->lane_running[l]);
+        if (k > 0) {
+            atomic_fetch_add(&pool->lane[l].abandoned, (uint64_t)k);
+            n += k;
+        }
+    }
+    atomic_store(&att->abandoned, true); /* sequentially consistent: see
+                                            worker_push */
+    pthread_mutex_lock(&pool->mu); /* against bt__lane_cancel_queue */
+    pthread_mutex_unlock(&pool->mu);
+    for (int l = 0; l < BT_LANE_COUNT; l++) {
+        bt__lane *lane = &pool->lane[l];
+        pthread_mutex_lock(&lane->mu); /* keeps the worker list still */
+        for (bt__worker *w = lane->workers; w; w = w->next)
+            while (atomic_load(&w->pushing_to) == att)
+                sched_yield();
+        pthread_mutex_unlock(&lane->mu);
+    }
+    bt_log(BT_LOG_WARN,
+           "offload pool: loop freed with %ld job%s still running after the %" PRIu64
+           " ms shutdown deadline: abandoned (they finish on their own; their results "
+           "are destroyed)",
+           n, n == 1 ? "" : "s", pool->shutdown_ns / 1000000u);
+}
+
 /* bt_loop_free: the loop's jobs leave the queues cancelled; running ones
- * see their flag and are waited for. */
+ * see their flag and are waited for, up to the pool's shutdown deadline,
+ * then abandoned. */
 static void attach_closer(void *arg)
 {
     bt__attach *att = arg;
@@ -214,16 +290,13 @@ static void attach_closer(void *arg)
             mine = next;
         }
     }
-    atomic_fetch_add(&pool->closers_waiting, 1);
-    pthread_mutex_lock(&pool->mu);
-    while (atomic_load(&att->running) > 0)
-        pthread_cond_wait(&pool->cv, &pool->mu);
-    pthread_mutex_unlock(&pool->mu);
-    atomic_fetch_sub(&pool->closers_waiting, 1);
-    /* Their completions are in the loop's inbox: bt_loop_free drains it. */
+    if (!attach_wait_running(att))
+        attach_abandon(att);
+    /* The completions of the jobs that ended are in the loop's inbox:
+     * bt_loop_free drains it. */
     att->dead = true;
     if (!att->flush_scheduled)
-        attach_free(att);
+        bt__attach_release(att, 1); /* the loop's hold; else flush_run's */
 }
 
 /* ---- Submitting -------------------------------------------------------------- */
@@ -232,6 +305,7 @@ static void attach_closer(void *arg)
  * reference goes (the block is only a future from now on). */
 static void job_reject(bt_future *f, int code, const char *fmt, ...)
 {
+    bt__job_drop_arg((bt_job *)((char *)f - offsetof(bt_job, fut)));
     va_list ap;
     va_start(ap, fmt);
     bt_future_set_errorv(f, code, fmt, ap);
@@ -309,28 +383,51 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     }
 }
 
-BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
-                                    void *arg)
+/* bt_pool_submit and bt_pool_submit_owned: owned says the pool owns arg
+ * (arg_free, which may be NULL, frees it once the job is done with it),
+ * so the job may be abandoned when its future is cancelled while it runs.
+ * A job without an arg may be too: nothing of the caller's is at stake. */
+static bt_future *submit(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn, void *arg,
+                         bt_destroy_fn arg_free, bool owned)
 {
-    if (loop == NULL)
-        return NULL;
-    if (pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT)
+    if (loop == NULL || pool == NULL || fn == NULL || (unsigned)lane >= BT_LANE_COUNT) {
+        if (arg_free != NULL)
+            arg_free(arg);
+        if (loop == NULL)
+            return NULL;
         return bt_future_new_error(loop, BT_EINVAL, "bt_pool_submit: %s",
                                    pool == NULL ? "no pool"
                                    : fn == NULL ? "no job function"
                                                 : "bad lane");
+    }
     bt_job *job = bt__job_alloc();
-    if (job == NULL)
-        return bt_future_new_error(loop, BT_ENOMEM, "out of memory submitting a job");
-    bt_future *f = bt__job_future_init(job, loop);
+    bt_future *f = job != NULL ? bt__job_future_init(job, loop) : NULL;
     if (f == NULL) {
+        if (arg_free != NULL)
+            arg_free(arg);
+        if (job == NULL)
+            return bt_future_new_error(loop, BT_ENOMEM, "out of memory submitting a job");
         bt__job_release(job);
         return NULL;
     }
     job->fn = fn;
     job->arg = arg;
+    job->arg_free = arg_free;
+    job->abandonable = owned || arg == NULL;
     job_enqueue(pool, loop, lane, job, f);
     return f;
+}
+
+BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
+                                    void *arg)
+{
+    return submit(pool, loop, lane, fn, arg, NULL, false);
+}
+
+BT_EXPORT bt_future *bt_pool_submit_owned(bt_pool *pool, bt_loop *loop, bt_lane lane,
+                                          bt_job_fn fn, void *arg, bt_destroy_fn arg_free)
+{
+    return submit(pool, loop, lane, fn, arg, arg_free, true);
 }
 
 /* The admit task: a job submitted from another thread reaches its loop. */
@@ -376,6 +473,7 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
     job->arg = arg;
     job->done = done;
     job->done_arg = done_arg;
+    job->abandonable = arg == NULL;
     job->task.run = job_admit;
     bt__pool_ref(pool);
     int rc = bt__loop_push(loop, &job->task);
@@ -460,22 +558,31 @@ BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
     return rc;
 }
 
+/* The one-liners: the default pool, made on first use. */
+static bt_future *submit_default(bt_loop *loop, bt_lane lane, bt_job_fn fn, void *arg,
+                                 bt_destroy_fn arg_free, bool owned)
+{
+    bt_pool *pool = loop != NULL ? bt_pool_default() : NULL;
+    if (loop != NULL && pool == NULL) {
+        if (arg_free != NULL)
+            arg_free(arg);
+        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
+    }
+    return submit(pool, loop, lane, fn, arg, arg_free, owned);
+}
+
 BT_EXPORT bt_future *bt_to_thread(bt_loop *loop, bt_job_fn fn, void *arg)
 {
-    if (loop == NULL)
-        return NULL;
-    bt_pool *pool = bt_pool_default();
-    if (pool == NULL)
-        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
-    return bt_pool_submit(pool, loop, BT_LANE_BLOCKING, fn, arg);
+    return submit_default(loop, BT_LANE_BLOCKING, fn, arg, NULL, false);
+}
+
+BT_EXPORT bt_future *bt_to_thread_owned(bt_loop *loop, bt_job_fn fn, void *arg,
+                                        bt_destroy_fn arg_free)
+{
+    return submit_default(loop, BT_LANE_BLOCKING, fn, arg, arg_free, true);
 }
 
 BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg)
 {
-    if (loop == NULL)
-        return NULL;
-    bt_pool *pool = bt_pool_default();
-    if (pool == NULL)
-        return bt_future_new_error(loop, BT_ENOMEM, "the default offload pool could not start");
-    return bt_pool_submit(pool, loop, BT_LANE_CPU, fn, arg);
+    return submit_default(loop, BT_LANE_CPU, fn, arg, NULL, false);
 }

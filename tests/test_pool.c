@@ -4,6 +4,7 @@
  * blocking lane, resizing, thread names, stats. No timing assertions:
  * waits are for outcomes, with generous hang guards. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <baton/compose.h>
 #include <baton/pool.h>
 
 #include "harness.h"
@@ -1133,6 +1135,273 @@ START_TEST(default_pool_can_be_freed_and_remade)
 }
 END_TEST
 
+
+/* ---- Abandoning running jobs ------------------------------------------------ */
+
+/* A job that ignores bt_job_cancelled: it waits for the test's gate, as a
+ * legacy call waits for its peer. */
+static _Atomic int hold_gate, hold_started, hold_finished;
+
+static int hold_job(bt_job *job, void *arg)
+{
+    atomic_fetch_add(&hold_started, 1);
+    while (!atomic_load(&hold_gate))
+        usleep(500);
+    bt_job_set_value(job, value_new(1), value_free);
+    if (arg != NULL)
+        atomic_fetch_add((_Atomic int *)arg, 1); /* writes into its arg */
+    atomic_fetch_add(&hold_finished, 1);
+    return 0;
+}
+
+static _Atomic long owned_freed;
+
+static void owned_free(void *p)
+{
+    atomic_fetch_add(&owned_freed, 1);
+    free(p);
+}
+
+/* Issue 13 point 7: bt_timeout over bt_to_thread settles at its deadline,
+ * while the job is still running, and says so. */
+static void hold_reset(void)
+{
+    atomic_store(&hold_gate, 0);
+    atomic_store(&hold_started, 0);
+    atomic_store(&hold_finished, 0);
+    atomic_store(&owned_freed, 0);
+}
+
+START_TEST(timeout_settles_while_job_still_runs)
+{
+    hold_reset();
+    bt_pool_stats before, st;
+    bt_pool_get_stats(bt_pool_default(), &before); /* the default pool may have served others */
+    bt_future *job = bt_to_thread(loop, hold_job, NULL);
+    bt_future *t = bt_timeout(job, 100); /* takes over job's reference */
+    bt_test_run_until(loop, t, 20000);
+    ck_assert_int_eq(atomic_load(&hold_started), 1);
+    ck_assert_int_eq(atomic_load(&hold_finished), 0); /* settled before the job ended */
+    ck_assert_int_eq(bt_future_error(t), BT_ETIMEDOUT);
+    ck_assert_str_eq(bt_future_error_message(t),
+                     "timed out after 100 ms; the job is still running on the pool");
+    bt_future_unref(t);
+    bt_pool_get_stats(bt_pool_default(), &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned - before.lane[BT_LANE_BLOCKING].abandoned,
+                      1);
+    /* The job ends later: its value is destroyed, it counts as done. */
+    atomic_store(&hold_gate, 1);
+    WAIT_FOR(atomic_load(&hold_finished) == 1);
+    for (int i = 0; i < 20000 && atomic_load(&values_alive) != 0; i++)
+        turn(loop, 1);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+    bt_pool_get_stats(bt_pool_default(), &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].done - before.lane[BT_LANE_BLOCKING].done, 1);
+}
+END_TEST
+
+/* An owned arg: the future settles at the cancel, the arg is freed only
+ * once the job returns, after writing into it. */
+START_TEST(cancel_running_owned_job_settles_at_once)
+{
+    hold_reset();
+    bt_pool *p = small_pool(1, 0);
+    _Atomic int *arg = calloc(1, sizeof *arg);
+    bt_future *f = bt_pool_submit_owned(p, loop, BT_LANE_BLOCKING, hold_job, arg, owned_free);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&hold_started) == 1);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert(bt_future_is_settled(f)); /* at once, the job still running */
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+    ck_assert_str_eq(bt_future_error_message(f), "cancelled; the job is still running on the pool");
+    ck_assert_int_eq(atomic_load(&hold_finished), 0);
+    ck_assert_int_eq(atomic_load(&owned_freed), 0);
+    bt_future_unref(f); /* the block stays until the job returns */
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 1);
+    atomic_store(&hold_gate, 1);
+    run_until_count(loop, &owned_freed, 1, 20000);
+    ck_assert_int_eq(atomic_load(&hold_finished), 1);
+    for (int i = 0; i < 20000 && atomic_load(&values_alive) != 0; i++)
+        turn(loop, 1);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+    bt_pool_free(p);
+    ck_assert_int_eq(atomic_load(&owned_freed), 1);
+}
+END_TEST
+
+/* An owned arg is freed exactly once whatever happens: run, cancelled in
+ * the queue, refused. */
+START_TEST(owned_arg_freed_once_on_every_path)
+{
+    hold_reset();
+    bt_pool *p = small_pool(1, 1);
+    bt_future *ran = bt_pool_submit_owned(p, loop, BT_LANE_CPU, square_job, NULL, NULL);
+    bt_test_run_until(loop, ran, 10000);
+    bt_future_unref(ran);
+    gate_t g = {0};
+    bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
+    turn(loop, 0);
+    WAIT_FOR(atomic_load(&g.started) == 1);
+    bt_future *q = bt_pool_submit_owned(p, loop, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free);
+    bt_future *full = bt_pool_submit_owned(p, loop, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free);
+    ck_assert_int_eq(bt_future_error(full), BT_EAGAIN);
+    ck_assert_int_eq(atomic_load(&owned_freed), 1);
+    bt_future_unref(full);
+    bt_future_cancel(q); /* queued: leaves, never runs */
+    bt_test_run_until(loop, q, 10000);
+    ck_assert_int_eq(atomic_load(&owned_freed), 2);
+    bt_future_unref(q);
+    ck_assert_ptr_null(bt_pool_submit_owned(p, NULL, BT_LANE_CPU, hold_job, calloc(1, 8),
+                                            owned_free));
+    ck_assert_int_eq(atomic_load(&owned_freed), 3);
+    atomic_store(&g.gate, 1);
+    bt_test_run_until(loop, blocker, 10000);
+    bt_future_unref(blocker);
+    bt_pool_free(p);
+    ck_assert_int_eq(atomic_load(&hold_started), 0);
+}
+END_TEST
+
+/* Issue 13 point 2: a job blocked on a peer that never answers does not
+ * hold bt_loop_free past the pool's shutdown deadline; when it ends later
+ * it touches nothing of the freed loop (ASan, TSan). */
+static int pipe_fd[2];
+
+static int pipe_job(bt_job *job, void *arg)
+{
+    (void)job;
+    (void)arg;
+    atomic_fetch_add(&hold_started, 1);
+    char c;
+    while (read(pipe_fd[0], &c, 1) < 0 && errno == EINTR)
+        ;
+    bt_job_set_value(job, value_new(2), value_free);
+    atomic_fetch_add(&hold_finished, 1);
+    return 0;
+}
+
+START_TEST(loop_free_abandons_blocked_job_at_deadline)
+{
+    hold_reset();
+    atomic_store(&shut_settled, 0);
+    ck_assert_int_eq(pipe(pipe_fd), 0);
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    cfg.shutdown_ms = 200;
+    bt_pool *p = bt_pool_new(&cfg);
+    bt_loop *lp = bt_loop_new();
+    bt_future *f = bt_pool_submit(p, lp, BT_LANE_BLOCKING, pipe_job, NULL);
+    bt_future_add_callback(f, on_shut, NULL);
+    bt_future *g = bt_pool_submit(p, lp, BT_LANE_BLOCKING, pipe_job, NULL);
+    turn(lp, 0);
+    WAIT_FOR(atomic_load(&hold_started) == 2);
+    bt_future_unref(f);
+    bt_test_log_capture();
+    bt_loop_free(lp); /* returns at the deadline */
+    ck_assert_int_eq(atomic_load(&hold_finished), 0);
+    ck_assert_int_eq(atomic_load(&shut_settled), 1); /* cancelled with the loop */
+    ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
+    bt_future_unref(g); /* after the loop: a settled future outlives it */
+    ck_assert_int_eq(bt_test_log_count("abandoned"), 1);
+    bt_pool_stats st;
+    bt_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 2);
+    /* The peer answers at last: the jobs end and drop what they made. */
+    ck_assert_int_eq(write(pipe_fd[1], "xy", 2), 2);
+    WAIT_FOR(atomic_load(&hold_finished) == 2);
+    WAIT_FOR(atomic_load(&values_alive) == 0);
+    bt_pool_free(p);
+    close(pipe_fd[0]);
+    close(pipe_fd[1]);
+}
+END_TEST
+
+/* bt_pool_free stops waiting at the same deadline. */
+START_TEST(pool_free_gives_up_at_deadline)
+{
+    hold_reset();
+    ck_assert_int_eq(pipe(pipe_fd), 0);
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    cfg.shutdown_ms = 200;
+    bt_pool *p = bt_pool_new(&cfg);
+    bt_loop *lp = bt_loop_new();
+    bt_future *f = bt_pool_submit(p, lp, BT_LANE_BLOCKING, pipe_job, NULL);
+    turn(lp, 0);
+    WAIT_FOR(atomic_load(&hold_started) == 1);
+    bt_test_log_capture();
+    bt_pool_free(p);
+    ck_assert_int_eq(atomic_load(&hold_finished), 0);
+    ck_assert_int_eq(bt_test_log_count("still running a job"), 1);
+    bt_future_unref(f);
+    bt_loop_free(lp); /* abandons it too */
+    ck_assert_int_eq(write(pipe_fd[1], "x", 1), 1);
+    WAIT_FOR(atomic_load(&hold_finished) == 1);
+    WAIT_FOR(atomic_load(&values_alive) == 0);
+    usleep(20000); /* let the worker exit before the process does */
+    close(pipe_fd[0]);
+    close(pipe_fd[1]);
+}
+END_TEST
+
+/* Issue 13: stats never lag behind a settled future. Read in each job's
+ * callback, `done` already counts that job. */
+static bt_pool *lag_pool;
+static _Atomic long lag_settled;
+static long lag_bad;
+
+static void on_lag(bt_future *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    long n = atomic_fetch_add(&lag_settled, 1) + 1;
+    bt_pool_stats st;
+    bt_pool_get_stats(lag_pool, &st);
+    if ((long)st.lane[BT_LANE_CPU].done < n)
+        lag_bad++;
+}
+
+START_TEST(stats_count_before_the_future_settles)
+{
+    lag_pool = small_pool(2, 0);
+    atomic_store(&lag_settled, 0);
+    lag_bad = 0;
+    long rounds = 3000;
+    for (long i = 0; i < rounds; i++) {
+        bt_future *f = bt_pool_submit(lag_pool, loop, BT_LANE_CPU, count_job, NULL);
+        bt_future_add_callback(f, on_lag, NULL);
+        bt_future_unref(f);
+        run_until_count(loop, &lag_settled, i + 1, 10000);
+    }
+    ck_assert_msg(lag_bad == 0, "%ld of %ld reads missed the job just settled", lag_bad, rounds);
+    bt_pool_free(lag_pool);
+}
+END_TEST
+
+/* Issue 12 point 6: a second unref of the same reference is reported, not
+ * a second destruction (under ASan, ASan reports it instead). */
+START_TEST(double_unref_is_reported)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return;
+#else
+    bt_pool *p = small_pool(1, 0);
+    bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
+    bt_test_run_until(loop, f, 10000);
+    turn(loop, 0);
+    bt_test_log_capture();
+    bt_future_unref(f);
+    bt_future_unref(f); /* the mistake */
+    ck_assert_int_eq(bt_test_log_count("dropped twice"), 1);
+    bt_pool_free(p);
+#endif
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
@@ -1165,6 +1434,13 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, shut_down_pool_refuses);
     tcase_add_test(tc, default_pool_can_be_freed_and_remade);
     tcase_add_test(tc, stats_count_time_in_queue_and_running);
+    tcase_add_test(tc, timeout_settles_while_job_still_runs);
+    tcase_add_test(tc, cancel_running_owned_job_settles_at_once);
+    tcase_add_test(tc, owned_arg_freed_once_on_every_path);
+    tcase_add_test(tc, loop_free_abandons_blocked_job_at_deadline);
+    tcase_add_test(tc, pool_free_gives_up_at_deadline);
+    tcase_add_test(tc, stats_count_before_the_future_settles);
+    tcase_add_test(tc, double_unref_is_reported);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("volume");
     tcase_add_checked_fixture(big, setup, teardown);

@@ -14,7 +14,11 @@
  *   (a pool job leaves its queue, a transfer is removed, a query gets a
  *   cancel request). A cancelled combinator settles once its children have
  *   all settled, so when it reports "cancelled", no child is still running
- *   with memory the caller passed in;
+ *   with memory the caller passed in. One kind of child settles while its
+ *   work goes on: a pool job that holds none of the caller's memory (no
+ *   arg, or an arg given to the pool with bt_pool_submit_owned), which is
+ *   abandoned on cancel (see pool.h); a job with a borrowed arg is waited
+ *   for;
  * - reads the errors it consumes (a sibling's error that arrives after the
  *   combinator has settled is read and dropped, as asyncio does), so only
  *   errors that reach the caller can be reported as unread.

@@ -129,7 +129,9 @@ BT_EXPORT bool bt_future_is_settled(const bt_future *f);
  * NULL. Reading an error marks it as read. */
 BT_EXPORT int bt_future_error(bt_future *f);
 
-/* The error message (for an error, or "cancelled"), or NULL if the future
+/* The error message (for an error; for a cancelled future "cancelled", or
+ * what its producer said, e.g. "cancelled; the job is still running on the
+ * pool"), or NULL if the future
  * has none. Marks the error as read. Returns: borrowed, valid while f
  * lives. NULL for a NULL future. Thread: the loop's. */
 BT_EXPORT const char *bt_future_error_message(bt_future *f);
