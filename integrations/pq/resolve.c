@@ -1,9 +1,13 @@
 /* Host name resolution before a connect, on the offload pool's blocking
- * lane (bt_to_thread): getaddrinfo blocks. The job owns a small context,
- * so a lookup that outlives its connection (or pool) touches nothing
- * freed: the connection only clears the context's back pointer. The
- * connection's timer (resolve_timeout_ms, connect.c) bounds the wait; a
- * late answer is dropped. */
+ * lane: getaddrinfo blocks. The job is given its own copy of the host list
+ * (bt_to_thread_owned: the pool frees it once the job is done with it) and
+ * returns the answer as its value, so it shares no memory with the loop.
+ * A lookup that outlives its connection, its pool or its loop (abandoned
+ * when cancelled, or at the pool's shutdown deadline) therefore touches
+ * nothing freed. The loop side keeps a small context whose back pointer
+ * the connection clears when it gives up. The connection's timer
+ * (resolve_timeout_ms, connect.c) bounds the wait; a late answer is
+ * dropped. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -17,10 +21,9 @@
 
 #include "pq-internal.h"
 
+/* Loop thread only. */
 struct pq_resolve {
-    bt_pq_conn *c;          /* NULL once the connection gave up on us */
-    char *hosts;            /* "a,b,/tmp" as in the conninfo */
-    char *hostaddr;         /* the answer, one entry per host */
+    bt_pq_conn *c; /* NULL once the connection gave up on us */
     bt__pq_resolved_cb done;
 };
 
@@ -30,18 +33,20 @@ static bool is_numeric(const char *h)
     return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
 }
 
-/* Worker thread: getaddrinfo for each host that is a name. libpq, given
- * hostaddr, connects to that address and still uses host for TLS checks
- * and the password file. Only the first address of each name is used. */
+/* Worker thread: getaddrinfo for each host that is a name in `hosts`
+ * ("a,b,/tmp" as in the conninfo); the value is the matching hostaddr list.
+ * libpq, given hostaddr, connects to that address and still uses host for
+ * TLS checks and the password file. Only the first address of each name is
+ * used. */
 static int resolve_job(bt_job *job, void *arg)
 {
-    struct pq_resolve *r = arg;
-    size_t cap = strlen(r->hosts) * 2 + 64, len = 0;
+    const char *hosts = arg;
+    size_t cap = strlen(hosts) * 2 + 64, len = 0;
     char *out = bt_malloc(cap);
     if (out == NULL)
-        return bt_job_fail(job, BT_ENOMEM, "out of memory resolving %s", r->hosts);
+        return bt_job_fail(job, BT_ENOMEM, "out of memory resolving %s", hosts);
     out[0] = '\0';
-    char *copy = bt_strdup(r->hosts), *save = NULL;
+    char *copy = bt_strdup(hosts), *save = NULL;
     if (copy == NULL) {
         bt_free(out);
         return BT_ENOMEM;
@@ -95,8 +100,7 @@ static int resolve_job(bt_job *job, void *arg)
         bt_free(out);
         return rc;
     }
-    r->hostaddr = out;
-    return 0;
+    return bt_job_set_value(job, out, bt_free);
 }
 
 static void resolve_done(bt_future *f, void *arg)
@@ -106,13 +110,9 @@ static void resolve_done(bt_future *f, void *arg)
     bt_pq_conn *c = r->c;
     if (c != NULL) {
         c->resolve = NULL;
-        char *hostaddr = err == 0 ? r->hostaddr : NULL;
-        if (err == 0)
-            r->hostaddr = NULL;
+        char *hostaddr = err == 0 ? bt_future_take_value(f) : NULL;
         r->done(c, err, err != 0 ? bt_future_error_message(f) : NULL, hostaddr);
     }
-    bt_free(r->hostaddr);
-    bt_free(r->hosts);
     bt_free(r);
 }
 
@@ -123,24 +123,20 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb do
         return BT_ENOMEM;
     r->c = c;
     r->done = done;
-    r->hosts = bt_strdup(hosts);
-    if (r->hosts == NULL) {
+    char *copy = bt_strdup(hosts);
+    if (copy == NULL) {
         bt_free(r);
         return BT_ENOMEM;
     }
-    bt_future *f = bt_to_thread(c->pool->loop, resolve_job, r);
+    /* The pool owns copy from here, on failure too. */
+    bt_future *f = bt_to_thread_owned(c->pool->loop, resolve_job, copy, bt_free);
     if (f == NULL || bt_future_add_callback(f, resolve_done, r) != 0) {
-        if (f) {
+        if (f != NULL) {
             bt_future_cancel(f);
             bt_future_error(f);
             bt_future_unref(f);
         }
-        /* The job may still run and write r->hostaddr: leak r rather than
-         * free it under the job (only on out of memory). */
-        if (f == NULL) {
-            bt_free(r->hosts);
-            bt_free(r);
-        }
+        bt_free(r);
         return BT_ENOMEM;
     }
     c->resolve = r;
