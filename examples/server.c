@@ -36,11 +36,15 @@
  *                 call it makes to itself.
  *   HOST, PORT    where to listen (127.0.0.1, 8000; PORT=0 picks one).
  *   LOOPS         loops (0: one per core).
+ *   HEAD_TIMEOUT_MS  how long a client may take to send a request head
+ *                 (the server's default, 15 s, without it); `make check`'s
+ *                 quick fault run sets 2000 to see slowloris end quickly.
  *
  * Limits that fit what it talks to: a profile is a few hundred bytes, so
  * the HTTP client buffers at most 64 KiB of one upstream response (an
  * upstream that sends an endless body costs 64 KiB per call, not the
- * client's 64 MiB default).
+ * client's 16 MiB default) and 4 MiB for all of a loop's calls at once
+ * (64 such calls; beyond that a call fails, and its request gets 502).
  *
  * Routes: GET /user/{id}, GET /upstream/profile/{id}, GET /healthz,
  * GET /metrics (Prometheus).
@@ -67,6 +71,7 @@
 /* The longest upstream response body the handler accepts (a profile is a
  * few hundred bytes). */
 #define UPSTREAM_MAX_BODY (64 * 1024)
+#define UPSTREAM_MAX_BUFFERED (4 * 1024 * 1024)
 
 static const char *database_url;
 static _Atomic(char *) upstream_base; /* set once, before or at on_ready */
@@ -285,6 +290,7 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
     }
     bt_http_client_set_timeouts(st->http, 2000, 5000, 5000);
     bt_http_client_set_max_body(st->http, UPSTREAM_MAX_BODY);
+    bt_http_client_set_max_buffered(st->http, UPSTREAM_MAX_BUFFERED);
     *data = st;
     return 0;
 }
@@ -452,6 +458,9 @@ int main(void)
     bt_http_app_set_loops(app, loops);
     bt_http_app_set_shutdown_deadline(app, 5000);
     bt_http_app_set_handler_timeout(app, 10000); /* 504 past 10 s, work cancelled */
+    long head_ms = atol(env_or("HEAD_TIMEOUT_MS", "0"));
+    if (head_ms > 0)
+        bt_http_app_set_head_timeout(app, (uint64_t)head_ms);
     bt_http_app_on_loop(app, loop_init, loop_fini, NULL);
 
     int rc = bt_http_app_run(app, host, port, on_ready, (void *)host);
