@@ -90,6 +90,7 @@ struct bt_loop {
     _Atomic(const void *) cb_fn;
     _Atomic uint64_t cb_start_ns;
     void *watchdog;              /* owned by core/watchdog.c when on */
+    void *fibers;                /* owned by core/fiber.c once used */
 };
 
 /* Queue a task on the loop's ready FIFO. Loop thread only. */

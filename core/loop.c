@@ -50,6 +50,7 @@
 
 #include <baton/future.h>
 
+#include "fiber-internal.h"
 #include "future-internal.h"
 #include "loop-internal.h"
 
@@ -501,6 +502,9 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
         bt_log(BT_LOG_WARN,
                "%zu of them had been dropped while pending: nobody held or waited on them",
                dropped);
+    /* The fibers were cancelled with their futures and have unwound in the
+     * drain above: only their stacks are left. */
+    bt__fibers_free(loop);
 
     event_free(loop->wake_ev);
     event_free(loop->ready_ev);
@@ -518,6 +522,7 @@ BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out)
         return BT_EINVAL;
     *out = loop->stats;
     out->pending = loop->pending.count;
+    bt__fibers_stats(loop, out);
     return 0;
 }
 

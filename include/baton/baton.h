@@ -14,5 +14,6 @@
 #include <baton/group.h>
 #include <baton/semaphore.h>
 #include <baton/watchdog.h>
+#include <baton/fiber.h>
 
 #endif

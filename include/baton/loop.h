@@ -105,6 +105,10 @@ typedef struct {
     uint64_t posted_run;     /* tasks from other threads run */
     uint64_t spin_hits;      /* completions caught while spinning */
     uint64_t pending;        /* futures pending now */
+    uint64_t fibers_alive;   /* fibers started and not yet returned */
+    uint64_t fiber_stack_bytes; /* address space mapped for fiber stacks,
+                                   in use or kept for reuse (resident
+                                   memory is the pages touched) */
 } bt_loop_stats;
 BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out);
 
