@@ -5,9 +5,10 @@
  *   resumed, suspended and ended there, so no field needs an atomic. The
  *   one exception is the SIGSEGV handler, which runs on the faulting
  *   thread and reads that thread's current fiber.
- * - A fiber is one mapping: [guard page][stack ... ][struct bt__fiber].
- *   The struct at the top means a fiber costs one mmap (or none, from the
- *   loop's free list) and no malloc. The mapping outlives the fiber's run
+ * - A fiber is one mapping: [guard page][stack ... struct bt__fiber]. The
+ *   struct at the top of its own stack means a fiber costs one mmap (or
+ *   none, from the loop's free list), no malloc, and one resident page
+ *   for a fiber that stays shallow. The mapping outlives the fiber's run
  *   while something still refers to the struct (`refs`, below), and then
  *   goes back to the free list.
  * - Suspension happens only in bt_await: the fiber registers a callback on
@@ -128,6 +129,9 @@ struct bt__fiber {
 #endif
 };
 
+/* The struct's room at the top of the mapping, kept 64-byte aligned. */
+#define FIBER_RECORD ((sizeof(bt__fiber) + 63) & ~(size_t)63)
+
 static _Thread_local bt__fiber *tls_current;
 
 /* The fiber's function as a data pointer, for dladdr and the watchdog. */
@@ -206,7 +210,7 @@ static void on_segv(int sig, siginfo_t *si, void *uctx)
         put(" (");
         put_hex((uintptr_t)fn);
         put("); its stack is ");
-        put_dec(fib->stack_size);
+        put_dec(fib->map_size - fib->guard);
         put(" bytes: raise it with bt_loop_set_fiber_stack\n");
         signal(SIGSEGV, SIG_DFL);
         return; /* the fault repeats, now fatal */
@@ -317,7 +321,7 @@ static bt__fiber *fiber_map(bt__fibers *fs)
         fs->free = fib->live_next;
         fs->nfree--;
         char *map = fib->map;
-        size_t map_size = fib->map_size, guard = fib->guard;
+        size_t map_size = fib->map_size, guard = fib->guard, stack_size = fib->stack_size;
         unsigned vg_id = fib->vg_id;
         memset(fib, 0, sizeof *fib);
         fib->map = map;
@@ -325,13 +329,12 @@ static bt__fiber *fiber_map(bt__fibers *fs)
         fib->guard = guard;
         fib->vg_id = vg_id;
         fib->stack_lo = map + guard;
-        fib->stack_size = fs->stack_size;
+        fib->stack_size = stack_size;
         stack_unpoison(fib->stack_lo, fib->stack_size);
         return fib;
     }
     size_t guard = page_size();
-    size_t top = round_page(sizeof(bt__fiber));
-    size_t map_size = guard + fs->stack_size + top;
+    size_t map_size = guard + fs->stack_size;
     int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 #ifdef MAP_STACK
     flags |= MAP_STACK;
@@ -344,13 +347,13 @@ static bt__fiber *fiber_map(bt__fibers *fs)
         return NULL;
     }
     fs->mapped += map_size;
-    /* The struct sits in the last page, above the stack. */
-    bt__fiber *fib = (bt__fiber *)(map + guard + fs->stack_size);
+    /* The struct sits at the top, the stack grows down from under it. */
+    bt__fiber *fib = (bt__fiber *)(map + map_size - FIBER_RECORD);
     fib->map = map;
     fib->map_size = map_size;
     fib->guard = guard;
     fib->stack_lo = map + guard;
-    fib->stack_size = fs->stack_size;
+    fib->stack_size = fs->stack_size - FIBER_RECORD;
 #ifdef HAVE_VALGRIND_VALGRIND_H
     fib->vg_id = VALGRIND_STACK_REGISTER(fib->stack_lo, fib->stack_lo + fib->stack_size);
 #endif
@@ -376,7 +379,7 @@ static void fiber_unref(bt__fiber *fib)
         return;
     bt__fibers *fs = fib->fs;
     live_remove(fs, fib);
-    if (fs->nfree < FREE_MAX && fib->stack_size == fs->stack_size) {
+    if (fs->nfree < FREE_MAX && fib->map_size == fib->guard + fs->stack_size) {
         fib->live_next = fs->free;
         fs->free = fib;
         fs->nfree++;

@@ -78,13 +78,14 @@ BT_EXPORT const char *bt_await_error(void);
 /* True when called on a fiber (from fn or anything it calls). Thread: any. */
 BT_EXPORT bool bt_in_fiber(void);
 
-/* The usable stack size of the loop's fibers started from now on, in
- * bytes, rounded up to whole pages; at least 16 KiB. The default is
+/* The stack size of the loop's fibers started from now on, in bytes,
+ * rounded up to whole pages; at least 16 KiB. The fiber's own record (a
+ * few hundred bytes) sits at the top of it. The default is
  * BT_FIBER_STACK_DEFAULT (see docs/fibers.md for what was measured).
  * Stacks are mapped lazily: a fiber costs the pages it touches, plus one
  * guard page of address space. Returns 0, or BT_EINVAL (a NULL loop, a
  * size under 16 KiB or over 1 GiB). Thread: the loop's. */
-#define BT_FIBER_STACK_DEFAULT (128u * 1024u)
+#define BT_FIBER_STACK_DEFAULT (64u * 1024u)
 BT_EXPORT int bt_loop_set_fiber_stack(bt_loop *loop, size_t bytes);
 
 #ifdef __cplusplus
