@@ -538,7 +538,7 @@ START_TEST(ten_thousand_fibers_alive_at_once)
         ck_assert_ptr_nonnull(fs[i]);
     }
     bt_future *s = bt_sleep(loop, 1);
-    bt_test_run_until(loop, s, 20000); /* every fiber is now suspended */
+    bt_test_run_until(loop, s, 200000); /* every fiber is now suspended */
     bt_future_unref(s);
     bt_loop_stats st;
     bt_loop_get_stats(loop, &st);
