@@ -633,6 +633,35 @@ START_TEST(stack_size_setting)
 }
 END_TEST
 
+/* ---- The watchdog ---------------------------------------------------------- */
+
+/* Exported, so that dladdr can name it (see below). */
+__attribute__((visibility("default"))) bt_future *bt_test_blocking_fiber(bt_loop *l, void *arg);
+bt_future *bt_test_blocking_fiber(bt_loop *l, void *arg)
+{
+    bool *seen = arg;
+    /* Resumed from the awaited future's callback, then blocks the loop
+     * until the watchdog has named it (10 s guard). */
+    ck_assert_int_eq(bt_await(bt_sleep(l, 1), NULL), 0);
+    uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000;
+    while (bt_hrtime() < until && !(*seen = bt_test_log_contains("bt_test_blocking_fiber")))
+        usleep(1000);
+    return done();
+}
+
+START_TEST(the_watchdog_names_a_blocking_fiber)
+{
+    bt_test_log_capture();
+    ck_assert_int_eq(bt_watchdog_start(loop, 20), 0);
+    bool seen = false;
+    bt_future *f = run_fiber(bt_test_blocking_fiber, &seen);
+    ck_assert_msg(seen, "the watchdog did not name the fiber's function");
+    ck_assert(bt_test_log_contains("loop blocked"));
+    bt_future_unref(f);
+    ck_assert_int_eq(bt_watchdog_stop(loop), 0);
+}
+END_TEST
+
 /* ---- Stack overflow ------------------------------------------------------- */
 
 static int deep(volatile char *prev, int depth)
@@ -708,6 +737,7 @@ static Suite *fiber_suite(void)
     tcase_add_test(tc, ten_thousand_fibers_alive_at_once);
     tcase_add_test(tc, a_fiber_awaits_another);
     tcase_add_test(tc, stack_size_setting);
+    tcase_add_test(tc, the_watchdog_names_a_blocking_fiber);
     suite_add_tcase(s, tc);
     TCase *tc2 = tcase_create("end");
     tcase_add_checked_fixture(tc2, setup, teardown_maybe);
