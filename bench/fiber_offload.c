@@ -60,7 +60,7 @@ static void seq_next(bt_future *f, void *arg)
 
 /* ---- Gathers of 64 ------------------------------------------------------------ */
 
-/* The gather borrows its children today: they are dropped after it. */
+/* The gather takes over the children's references. */
 static bt_future *gather_batch(bt_loop *loop, long base, bt_future **kids)
 {
     for (int j = 0; j < BATCH; j++)
@@ -77,8 +77,6 @@ static bt_future *gather_fiber(bt_loop *loop, void *arg)
         if (bt_await(gather_batch(loop, i, kids), (void **)&r) != 0)
             abort();
         bt_results_free(r);
-        for (int j = 0; j < BATCH; j++)
-            bt_future_unref(kids[j]);
     }
     return bt_future_new_value(loop, NULL, NULL);
 }
@@ -102,8 +100,6 @@ static void gather_next(bt_future *g, void *arg)
     gather_state *gs = arg;
     if (bt_future_error(g) != 0)
         abort();
-    for (int j = 0; j < BATCH; j++)
-        bt_future_unref(gs->kids[j]);
     gs->s.i += BATCH;
     if (gs->s.i >= JOBS)
         bt_future_set_value(gs->s.done, NULL, NULL);

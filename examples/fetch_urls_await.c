@@ -115,9 +115,7 @@ static bt_future *main_async(bt_loop *loop, void *arg)
     bt_future *fs[16];
     for (size_t i = 0; i < a->n; i++)
         fs[i] = bt_http_get(a->client, a->urls[i]);
-    bt_future *all = bt_gather(loop, fs, a->n, BT_GATHER_COLLECT);
-    for (size_t i = 0; i < a->n; i++)
-        bt_future_unref(fs[i]); /* the gather holds its own references */
+    bt_future *all = bt_gather(loop, fs, a->n, BT_GATHER_COLLECT); /* takes them */
     bt_results *res;
     int rc = bt_await(all, (void **)&res);
     double conc = (double)(bt_hrtime() - t0) / 1e6;

@@ -58,9 +58,7 @@ static bt_future *main_async(bt_loop *loop, void *arg)
     bt_future *kids[3];
     for (int i = 0; i < 3; i++)
         kids[i] = bt_async(loop, fetch_user, (void *)(intptr_t)(i + 1));
-    bt_future *all = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(kids[i]); /* the gather holds its own references */
+    bt_future *all = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST); /* takes the kids */
     bt_results *r;
     int rc = bt_await(all, (void **)&r);
     if (rc != 0)

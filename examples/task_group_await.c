@@ -40,9 +40,7 @@ static bt_future *main_async(bt_loop *loop, void *arg)
     uint64_t t0 = bt_hrtime();
     bt_group *g = bt_group_new(loop);
     for (intptr_t id = 1; id <= 3; id++) {
-        bt_future *child = bt_async(loop, fetch_user, (void *)id);
-        bt_group_add(g, child);
-        bt_future_unref(child); /* the group holds its own reference */
+        bt_group_add(g, bt_async(loop, fetch_user, (void *)id)); /* takes it */
     }
     int rc = bt_await(bt_group_wait(g), NULL);
     double ms = (double)(bt_hrtime() - t0) / 1e6;

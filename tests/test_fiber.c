@@ -239,7 +239,7 @@ static bt_future *every_kind(bt_loop *l, void *arg)
     ck_assert_int_eq(bt_await(bt_to_thread(l, await_in_job, NULL), &v), 0);
     ck_assert_int_eq((int)(intptr_t)v, BT_EINVAL);
 
-    /* gather (children borrowed today: see the ownership note) */
+    /* gather: it takes over the children's references */
     bt_future *kids[3];
     for (int i = 0; i < 3; i++)
         kids[i] = bt_to_thread(l, job_double, (void *)(intptr_t)i);
@@ -248,27 +248,23 @@ static bt_future *every_kind(bt_loop *l, void *arg)
     ck_assert_uint_eq(bt_results_count(r), 3);
     ck_assert_ptr_eq(bt_results_value(r, 2), (void *)(intptr_t)4);
     bt_results_free(r);
-    for (int i = 0; i < 3; i++)
-        bt_future_unref(kids[i]);
 
     /* race: the fast one wins, the slow one is cancelled */
-    bt_future *pair[2] = {bt_sleep(l, 10000), soon(9)};
+    bt_future *slow0 = bt_sleep(l, 10000);
+    bt_future *pair[2] = {bt_future_ref(slow0), soon(9)};
     ck_assert_int_eq(bt_await(bt_race(l, pair, 2), &v), 0);
     ck_assert_ptr_eq(v, (void *)(intptr_t)9);
-    ck_assert_int_eq(bt_await(pair[0], NULL), BT_ECANCELED); /* consumes our ref */
-    bt_future_unref(pair[1]);
+    ck_assert_int_eq(bt_await(slow0, NULL), BT_ECANCELED); /* the loser */
 
     /* timeout: over a sleep that is too long */
-    bt_future *slow = bt_sleep(l, 10000);
-    ck_assert_int_eq(bt_await(bt_timeout(slow, 10), NULL), BT_ETIMEDOUT);
-    bt_future_unref(slow);
+    ck_assert_int_eq(bt_await(bt_timeout(bt_sleep(l, 10000), 10), NULL), BT_ETIMEDOUT);
 
     /* a group of child fibers */
     bt_group *g = bt_group_new(l);
     bt_future *c1 = bt_async(l, child_fiber, (void *)(intptr_t)1);
     bt_future *c2 = bt_async(l, child_fiber, (void *)(intptr_t)2);
-    bt_group_add(g, c1);
-    bt_group_add(g, c2);
+    bt_group_add(g, bt_future_ref(c1)); /* the group takes a reference */
+    bt_group_add(g, bt_future_ref(c2));
     ck_assert_int_eq(bt_await(bt_group_wait(g), NULL), 0);
     ck_assert_int_eq(bt_await(c1, &v), 0); /* settled: read at once */
     ck_assert_ptr_eq(v, (void *)(intptr_t)2);
@@ -424,7 +420,7 @@ START_TEST(a_timeout_over_a_fiber)
 {
     int rc = 0;
     bt_future *f = bt_async(loop, sleepy_fiber, &rc);
-    bt_future *t = bt_timeout(f, 30);
+    bt_future *t = bt_timeout(bt_future_ref(f), 30);
     bt_test_run_until(loop, t, 20000);
     ck_assert_int_eq(bt_future_error(t), BT_ETIMEDOUT);
     bt_test_run_until(loop, f, 20000); /* the fiber unwinds */
@@ -458,7 +454,7 @@ START_TEST(a_group_of_fibers_with_one_failing)
     bt_future *fs[3];
     for (int i = 0; i < 3; i++) {
         fs[i] = bt_async(loop, member_fiber, &m[i]);
-        ck_assert_int_eq(bt_group_add(g, fs[i]), 0);
+        ck_assert_int_eq(bt_group_add(g, bt_future_ref(fs[i])), 0);
     }
     bt_future *w = bt_group_wait(g);
     bt_test_run_until(loop, w, 20000);
