@@ -136,7 +136,10 @@ BT_EXPORT void bt_future_unref(bt_future *f)
          * rather than destroy it again. Caught here when the memory still
          * holds the count (a pool job's block waits in its thread's cache
          * with 0); under AddressSanitizer the read above is reported as a
-         * use after free (cached job blocks are poisoned too). */
+         * use after free (cached job blocks are poisoned too). Best effort:
+         * memory already reused by a live future is not caught (its count
+         * is above 0, as it was before this check existed); ASan is the
+         * authority. */
         atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
         bt_log(BT_LOG_ERROR,
                "bt_future_unref: future %p has no reference left: a reference was dropped "
