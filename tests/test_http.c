@@ -1387,6 +1387,58 @@ START_TEST(slowloris_head_and_body_deadlines)
 }
 END_TEST
 
+/* A chunked body is held to the same rate as a Content-Length one: what
+ * counts is the bytes received, not the chunk sizes declared. A client
+ * that declares a 1 MiB chunk and then sends nothing, or trickles, is
+ * closed at the grace deadline, not given a second per 1000 declared
+ * bytes (17 minutes). */
+static int chunk_silent_status;
+static uint64_t chunk_silent_ms;
+
+static void slow_chunked_client(void *arg)
+{
+    (void)arg;
+    const char *req = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "100000\r\n";
+    int fd = connect_to(port);
+    uint64_t t0 = bt_hrtime();
+    send_all(fd, req, strlen(req));
+    char buf[4096];
+    size_t got = 0;
+    struct pollfd pfd = {fd, POLLIN, 0};
+    /* Wait up to 5 s for the refusal and the close. */
+    while (got < sizeof buf - 1 && poll(&pfd, 1, 5000) == 1) {
+        ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    chunk_silent_ms = (bt_hrtime() - t0) / 1000000;
+    sscanf(buf, "HTTP/1.%*d %d", &chunk_silent_status);
+    close(fd);
+
+    trickle("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "100000\r\n", 200, 0);
+}
+
+START_TEST(slowloris_chunked_body_deadline)
+{
+    bt_http_app_route(app, "POST", "/echo", h_echo, NULL);
+    ck_assert_int_eq(bt_http_app_set_timeouts(app, 5000, 5000), 0);
+    /* 1000 bytes a second after 300 ms. */
+    ck_assert_int_eq(bt_http_app_set_min_body_rate(app, 1000, 300), 0);
+    start_server();
+    with_client(slow_chunked_client, NULL);
+    ck_assert_int_eq(chunk_silent_status, 408);
+    ck_assert_uint_lt(chunk_silent_ms, 2000);
+    ck_assert_int_lt(slow_sent[0], 200);
+    ck_assert_int_eq(slow_res[0].status, 408);
+    ck_assert(strstr(slow_res[0].text, "{\"error\":\"request body") != NULL);
+    ck_assert_int_eq(atomic_load(&handler_calls), 0);
+}
+END_TEST
+
 /* A cap of two open connections: the third is answered 503 and closed;
  * once one of the two closes, a new connection is served. */
 static hostile_result cap_res[2];
@@ -1622,6 +1674,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, watchdog_names_a_blocking_handler);
     tcase_add_test(tc, smuggling_and_malformed_framing_refused);
     tcase_add_test(tc, slowloris_head_and_body_deadlines);
+    tcase_add_test(tc, slowloris_chunked_body_deadline);
     tcase_add_test(tc, connection_cap_refuses_with_503);
     tcase_add_test(tc, fd_exhaustion_pauses_the_listener);
     suite_add_tcase(s, tc);

@@ -206,7 +206,8 @@ typedef struct conn {
     size_t linelen, linecap;
     bool cr;                   /* C_CHUNK_END: the CR was seen */
     uint64_t body_left;
-    uint64_t body_total;
+    uint64_t body_total;       /* chunked: the chunk sizes declared (the 413 cap) */
+    uint64_t body_recv;        /* the body's bytes received: the rate deadline */
     uint64_t since_ns;         /* the head's or the body's start */
     uint64_t close_at_ns;      /* C_CLOSING: when to stop lingering */
     int status;                /* the refusal's */
@@ -546,6 +547,7 @@ static void message_reset(conn *c)
     c->chunked = c->is_head = false;
     c->linelen = 0;
     c->body_total = 0;
+    c->body_recv = 0;
     c->msg_start = c->seen;
     if (c->started)
         event_del(c->timer);
@@ -556,6 +558,7 @@ static void start_body(conn *c, enum conn_state st, uint64_t left)
     c->st = st;
     c->body_left = left;
     c->body_total = 0;
+    c->body_recv = 0;
     c->linelen = 0;
     c->since_ns = now_ns();
     arm(c, c->g->app->body_grace_ms);
@@ -597,6 +600,8 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
         }
         for (size_t i = 0; i < n; i++) {
             c->seen++;
+            if (c->st == C_TRAILER)
+                c->body_recv++;
             if (++c->head_bytes > app->max_header_bytes) {
                 refuse(c, 431, c->st == C_HEAD ? "request header fields too large"
                                                : "trailer fields too large");
@@ -646,8 +651,7 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
         size_t k = n < c->body_left ? n : (size_t)c->body_left;
         c->seen += k;
         c->body_left -= k;
-        if (c->st == C_BODY)
-            c->body_total += k;
+        c->body_recv += k;
         if (c->body_left == 0) {
             if (c->st == C_BODY)
                 message_reset(c);
@@ -660,6 +664,7 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
     }
     case C_CHUNK_END:
         c->seen++;
+        c->body_recv++;
         if (b[0] == '\r' && !c->cr) {
             c->cr = true;
             return 1;
@@ -674,6 +679,7 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
     case C_CHUNK_SIZE:
         for (size_t i = 0; i < n; i++) {
             c->seen++;
+            c->body_recv++;
             if (b[i] != '\n') {
                 int rc = line_add(c, b[i], CHUNK_LINE_MAX);
                 if (rc != 0) {
@@ -696,7 +702,7 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
                 refuse(c, st, msg);
                 return i + 1;
             }
-            c->body_total += size;
+            c->body_total += size; /* declared, not received: the cap only */
             if (size == 0) {
                 c->st = C_TRAILER;
                 c->head_bytes = 0;
@@ -820,9 +826,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     case C_CHUNK_END:
     case C_TRAILER: {
         /* The body may take body_grace_ms, plus a second per min_body_rate
-         * bytes received so far: a client that stops or trickles falls
-         * behind. */
-        uint64_t allowed_ms = app->body_grace_ms + c->body_total * 1000 / app->min_body_rate;
+         * bytes received so far (chunk framing and trailers included; a
+         * chunk's declared size counts only as its bytes arrive): a client
+         * that stops or trickles falls behind. */
+        uint64_t allowed_ms = app->body_grace_ms + c->body_recv * 1000 / app->min_body_rate;
         uint64_t spent_ms = (now - c->since_ns) / 1000000;
         if (spent_ms >= allowed_ms) {
             refuse(c, 408, "request body not received in time");
