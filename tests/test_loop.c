@@ -116,7 +116,7 @@ START_TEST(burst_costs_one_wakeup)
         bt_loop_post(loop, count_cb, &ran);
     bt_loop_post(loop, stop_cb, loop);
     bt_loop_run(loop);
-    bt_loop_stats st;
+    bt_loop_stats st = BT_SIZED(bt_loop_stats);
     ck_assert_int_eq(bt_loop_get_stats(loop, &st), 0);
     ck_assert_int_eq(ran, 1000);
     ck_assert_uint_eq(st.wakeups, 1);

@@ -236,7 +236,7 @@ START_TEST(bad_arguments)
     ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 0), BT_EINVAL);
     ck_assert_int_eq(bt_pool_set_threads(NULL, BT_LANE_CPU, 1), BT_EINVAL);
     ck_assert_int_eq(bt_pool_set_queue_max(p, BT_LANE_CPU, 0), BT_EINVAL);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_get_stats(NULL, &st), BT_EINVAL);
     ck_assert_int_eq(bt_pool_get_stats(p, NULL), BT_EINVAL);
     ck_assert_int_eq(bt_pool_default_configure(NULL), BT_EINVAL);
@@ -311,7 +311,7 @@ START_TEST(million_jobs)
         if (v.ran[i] != 1 || v.settled[i] != 1)
             ck_abort_msg("job %ld ran %d times, settled %d times", i, v.ran[i], v.settled[i]);
     }
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(v.pool, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].done, MILLION);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].submitted, MILLION);
@@ -466,7 +466,7 @@ START_TEST(one_pool_four_loops)
         ck_assert_int_eq(atomic_load(&c[i].done), 1000);
         ck_assert_int_eq(c[i].wrong_thread, 0);
     }
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].done + st.lane[BT_LANE_BLOCKING].done, 4000);
     bt_pool_free(p);
@@ -494,7 +494,7 @@ START_TEST(full_queue_fails_at_once)
      * have left the queue, making room for one more). */
     ck_assert_int_ge(rejected, 4);
     ck_assert_int_le(rejected, 5);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].rejected, (uint64_t)rejected);
     atomic_store(&g.gate, 1);
@@ -546,7 +546,7 @@ START_TEST(cancel_queued_leaves_queue)
     }
     atomic_store(&g.gate, 1);
     bt_test_run_until(loop, blocker, 10000);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].cancelled, 10);
     ck_assert_int_eq(atomic_load(&ran_count), 0);
@@ -586,7 +586,7 @@ START_TEST(cancel_across_hand_overs)
     for (int i = 0; i < N; i++)
         f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, ordered_job, (void *)(intptr_t)i);
     turn(loop, 1); /* the last, partial batch goes too */
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, N);
     long cancelled = 0;
@@ -814,7 +814,7 @@ START_TEST(blocking_lane_grows_and_shrinks)
     turn(loop, 0);
     /* All eight run at once: the lane grew to its cap of 8. */
     WAIT_FOR(atomic_load(&g.started) == 8);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads, 8);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 8);
@@ -882,7 +882,7 @@ END_TEST
 START_TEST(resize_cpu_lane)
 {
     bt_pool *p = small_pool(1, 0);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 4), 0);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 4);
@@ -989,7 +989,7 @@ START_TEST(default_pool_configured_at_run_time)
     ck_assert_ptr_nonnull(p);
     ck_assert_ptr_eq(bt_pool_default(), p);
     ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EBUSY);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 3);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 5);
@@ -1021,7 +1021,7 @@ START_TEST(stats_count_time_in_queue_and_running)
     bt_test_run_until(loop, e, 10000);
     ck_assert_int_eq(bt_future_error(e), BT_ENOENT);
     bt_future_unref(e);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_get_stats(p, &st), 0);
     bt_lane_stats *c = &st.lane[BT_LANE_CPU];
     ck_assert_uint_eq(c->submitted, 6);
@@ -1046,7 +1046,7 @@ START_TEST(busy_and_idle_counts)
     bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 2);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].busy, 1);
@@ -1074,7 +1074,7 @@ START_TEST(queue_bound_changes_at_run_time)
     ck_assert(!bt_future_is_settled(a));
     ck_assert(!bt_future_is_settled(b));
     ck_assert_int_eq(bt_future_error(c), BT_EAGAIN);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].queue_max, 2);
     atomic_store(&g.gate, 1);

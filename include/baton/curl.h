@@ -175,6 +175,7 @@ BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, 
 
 /* Counters, for tests and metrics. */
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     uint64_t started;       /* requests handed to curl */
     uint64_t succeeded;     /* settled with a response */
     uint64_t failed;        /* settled with an error */

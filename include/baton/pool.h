@@ -124,6 +124,7 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job);
 /* ---- Pools -------------------------------------------------------------- */
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     unsigned cpu_threads;       /* 0: the number of online cores */
     unsigned blocking_max;      /* cap of the blocking lane; 0: 64 */
     uint64_t blocking_idle_ms;  /* retire an idle blocking thread; 0: 10000 */
@@ -267,6 +268,7 @@ typedef struct {
 } bt_lane_stats;
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     bt_lane_stats lane[BT_LANE_COUNT]; /* indexed by bt_lane */
 } bt_pool_stats;
 

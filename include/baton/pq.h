@@ -110,6 +110,7 @@ typedef struct bt_pq_conn bt_pq_conn;
 typedef struct bt_pq_result bt_pq_result;
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     const char *conninfo;        /* libpq conninfo or URI (copied); required */
     unsigned min_size;           /* connections kept open; default 1 */
     unsigned max_size;           /* default 10 */
@@ -177,7 +178,8 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *pool);
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *pool);
 
 typedef struct {
-    unsigned size;           /* open or opening connections */
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
+    unsigned conns;          /* open or opening connections */
     unsigned idle;           /* open, not acquired, nothing in flight */
     unsigned connecting;
     unsigned acquired;
@@ -208,6 +210,7 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
 typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     const unsigned *types;     /* parameter type Oids, NULL: server infers */
     const int *lengths;        /* byte lengths of binary parameters */
     const int *formats;        /* 0 text / 1 binary per parameter; binary
@@ -272,6 +275,7 @@ BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
 /* ---- Errors ------------------------------------------------------------- */
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     char sqlstate[6];      /* "23505"; "" if the error did not come from SQL */
     char message[512];     /* the primary message */
     char detail[512];      /* "" if none */

@@ -46,6 +46,7 @@ extern "C" {
 #define BT_WATCHDOG_BUCKETS 16
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     uint64_t threshold_ns;   /* current threshold */
     uint64_t stalls;         /* callbacks caught running past it */
     uint64_t longest_stall_ns;
