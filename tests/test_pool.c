@@ -1007,6 +1007,58 @@ static int sleep_job(bt_job *job, void *arg)
     return 0;
 }
 
+/* The end of a struct's first layout, as the library's BT__SIZE_V1: what
+ * a caller built against the first header passes as size. */
+#define SIZE_V1(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
+#define CANARY 0xA5
+
+START_TEST(unsized_structs_are_refused)
+{
+    bt_test_log_capture();
+    bt_pool_config cfg = {.cpu_threads = 1}; /* size left 0 */
+    ck_assert_ptr_null(bt_pool_new(&cfg));
+    ck_assert(bt_test_log_contains("bt_pool_config_init"));
+    ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EINVAL);
+
+    bt_pool *p = small_pool(1, 0);
+    bt_pool_stats st = {0};
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), BT_EINVAL);
+    ck_assert(bt_test_log_contains("BT_SIZED(bt_pool_stats)"));
+    st.size = SIZE_V1(bt_pool_stats, lane) - 1;
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), BT_EINVAL);
+    bt_pool_free(p);
+    bt_test_log_clear();
+}
+END_TEST
+
+START_TEST(old_caller_structs_work)
+{
+    /* A config exactly as long as the first layout (ASan would see a read
+     * past it), fields past it absent. */
+    size_t v1 = SIZE_V1(bt_pool_config, cpu_nice);
+    bt_pool_config fields = {.size = v1, .cpu_threads = 2, .name = "old"};
+    void *old = malloc(v1);
+    ck_assert_ptr_nonnull(old);
+    memcpy(old, &fields, v1);
+    bt_pool *p = bt_pool_new(old);
+    free(old);
+    ck_assert_ptr_nonnull(p);
+
+    /* Stats written up to the caller's size and not one byte past it. */
+    size_t sv1 = SIZE_V1(bt_pool_stats, lane);
+    unsigned char buf[sizeof(bt_pool_stats) + 16];
+    memset(buf, CANARY, sizeof buf);
+    bt_pool_stats *st = (bt_pool_stats *)(void *)buf;
+    st->size = sv1;
+    ck_assert_int_eq(bt_pool_get_stats(p, st), 0);
+    ck_assert_uint_eq(st->size, sv1);
+    ck_assert_uint_eq(st->lane[BT_LANE_CPU].max_threads, 2);
+    for (size_t i = sv1; i < sizeof buf; i++)
+        ck_assert_uint_eq(buf[i], CANARY);
+    bt_pool_free(p);
+}
+END_TEST
+
 START_TEST(stats_count_time_in_queue_and_running)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1441,6 +1493,8 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, pool_free_gives_up_at_deadline);
     tcase_add_test(tc, stats_count_before_the_future_settles);
     tcase_add_test(tc, double_unref_is_reported);
+    tcase_add_test(tc, unsized_structs_are_refused);
+    tcase_add_test(tc, old_caller_structs_work);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("volume");
     tcase_add_checked_fixture(big, setup, teardown);
