@@ -184,7 +184,8 @@ typedef struct {
     uint64_t in_flight;     /* requests now in curl, waiting or running */
 } bt_http_client_stats;
 
-/* Fill *out. Returns 0 or BT_EINVAL. Thread: the loop's. */
+/* Fill *out (set out->size first with BT_SIZED, see common.h). Returns 0
+ * or BT_EINVAL (NULL, an unset size). Thread: the loop's. */
 BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_stats *out);
 
 /* ---- Requests ---------------------------------------------------------- */
