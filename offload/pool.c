@@ -681,7 +681,7 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 {
     if (cfg != NULL &&
-        bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, cpu_nice), "bt_pool_new",
+        bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms), "bt_pool_new",
                         "bt_pool_config", "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
         return NULL;
     bt_pool *pool = bt_calloc(1, sizeof *pool);

@@ -543,7 +543,7 @@ BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
 {
     if (cfg == NULL)
         return BT_EINVAL;
-    if (bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, cpu_nice),
+    if (bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms),
                         "bt_pool_default_configure", "bt_pool_config",
                         "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
         return BT_EINVAL;

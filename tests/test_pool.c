@@ -1035,7 +1035,7 @@ START_TEST(old_caller_structs_work)
 {
     /* A config exactly as long as the first layout (ASan would see a read
      * past it), fields past it absent. */
-    size_t v1 = SIZE_V1(bt_pool_config, cpu_nice);
+    size_t v1 = SIZE_V1(bt_pool_config, shutdown_ms);
     bt_pool_config fields = {.size = v1, .cpu_threads = 2, .name = "old"};
     void *old = malloc(v1);
     ck_assert_ptr_nonnull(old);
@@ -1269,7 +1269,7 @@ START_TEST(cancel_running_owned_job_settles_at_once)
     ck_assert_int_eq(atomic_load(&hold_finished), 0);
     ck_assert_int_eq(atomic_load(&owned_freed), 0);
     bt_future_unref(f); /* the block stays until the job returns */
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 1);
     atomic_store(&hold_gate, 1);
@@ -1358,7 +1358,7 @@ START_TEST(loop_free_abandons_blocked_job_at_deadline)
     ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
     bt_future_unref(g); /* after the loop: a settled future outlives it */
     ck_assert_int_eq(bt_test_log_count("abandoned"), 1);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 2);
     /* The peer answers at last: the jobs end and drop what they made. */
@@ -1411,7 +1411,7 @@ static void on_lag(bt_future *f, void *arg)
     (void)f;
     (void)arg;
     long n = atomic_fetch_add(&lag_settled, 1) + 1;
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(lag_pool, &st);
     if ((long)st.lane[BT_LANE_CPU].done < n)
         lag_bad++;
