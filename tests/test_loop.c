@@ -346,7 +346,7 @@ START_TEST(stats_need_their_size)
     ck_assert(bt_test_log_contains("BT_SIZED(bt_loop_stats)"));
     bt_test_log_clear();
 
-    size_t v1 = offsetof(bt_loop_stats, pending) + sizeof st.pending;
+    size_t v1 = offsetof(bt_loop_stats, fiber_stack_bytes) + sizeof st.fiber_stack_bytes;
     unsigned char buf[sizeof(bt_loop_stats) + 16];
     memset(buf, 0xA5, sizeof buf);
     bt_loop_stats *old = (bt_loop_stats *)(void *)buf;
