@@ -205,7 +205,7 @@ static bt_pq_pool *make_pool(bt_loop *loop, const char *conninfo, unsigned size,
         die("bt_pq_pool_new");
     /* Wait until all are open, so no measure includes connecting. */
     for (;;) {
-        bt_pq_stats st;
+        bt_pq_stats st = BT_SIZED(bt_pq_stats);
         bt_pq_pool_get_stats(p, &st);
         if (st.idle == size)
             break;

@@ -53,6 +53,7 @@
 #include "fiber-internal.h"
 #include "future-internal.h"
 #include "loop-internal.h"
+#include "sized.h"
 
 #define BT_DEFAULT_SPIN_NS 30000u
 #define INBOX_READY_EVERY 16 /* a power of two */
@@ -520,9 +521,13 @@ BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out)
 {
     if (loop == NULL || out == NULL)
         return BT_EINVAL;
-    *out = loop->stats;
-    out->pending = loop->pending.count;
-    bt__fibers_stats(loop, out);
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_loop_stats, fiber_stack_bytes),
+                        "bt_loop_get_stats", "bt_loop_stats", "BT_SIZED(bt_loop_stats)") != 0)
+        return BT_EINVAL;
+    bt_loop_stats st = loop->stats;
+    st.pending = loop->pending.count;
+    bt__fibers_stats(loop, &st);
+    bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
 

@@ -41,6 +41,7 @@
 #include <baton/watchdog.h>
 
 #include "loop-internal.h"
+#include "sized.h"
 
 #define PROBE_INTERVAL_NS (20u * 1000 * 1000)
 #define MS (1000u * 1000)
@@ -312,15 +313,20 @@ BT_EXPORT int bt_watchdog_get_stats(const bt_loop *loop, bt_watchdog_stats *out)
     const watchdog *wd = loop->watchdog;
     if (wd == NULL)
         return BT_ENOENT;
-    memset(out, 0, sizeof *out);
-    out->threshold_ns = atomic_load(&wd->threshold_ns);
-    out->stalls = atomic_load(&wd->stalls);
-    out->longest_stall_ns = atomic_load(&wd->longest_stall_ns);
-    out->lag_samples = atomic_load(&wd->lag_samples);
-    out->lag_sum_ns = atomic_load(&wd->lag_sum_ns);
-    out->lag_max_ns = atomic_load(&wd->lag_max_ns);
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_watchdog_stats, lag_buckets),
+                        "bt_watchdog_get_stats", "bt_watchdog_stats",
+                        "BT_SIZED(bt_watchdog_stats)") != 0)
+        return BT_EINVAL;
+    bt_watchdog_stats st = {0};
+    st.threshold_ns = atomic_load(&wd->threshold_ns);
+    st.stalls = atomic_load(&wd->stalls);
+    st.longest_stall_ns = atomic_load(&wd->longest_stall_ns);
+    st.lag_samples = atomic_load(&wd->lag_samples);
+    st.lag_sum_ns = atomic_load(&wd->lag_sum_ns);
+    st.lag_max_ns = atomic_load(&wd->lag_max_ns);
     for (unsigned i = 0; i < BT_WATCHDOG_BUCKETS; i++)
-        out->lag_buckets[i] = atomic_load(&wd->lag_buckets[i]);
+        st.lag_buckets[i] = atomic_load(&wd->lag_buckets[i]);
+    bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
 
@@ -336,7 +342,7 @@ static void fmt_ns(char *buf, size_t len, uint64_t ns)
 
 BT_EXPORT char *bt_watchdog_histogram(const bt_loop *loop)
 {
-    bt_watchdog_stats st;
+    bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);
     if (bt_watchdog_get_stats(loop, &st) != 0)
         return NULL;
     char mean[32], max[32], longest[32], thr[32];

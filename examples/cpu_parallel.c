@@ -107,7 +107,7 @@ int main(void)
     bt_loop_run(loop);
     double ms = (double)(bt_hrtime() - start) / 1e6;
 
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(bt_pool_default(), &st);
     printf("%ld primes below %ld\n", t.total, LIMIT);
     printf("one thread:              %6.0f ms\n", serial_ms);

@@ -328,7 +328,7 @@ static bt_future *setup_created(bt_future *prev, void *arg)
 {
     setup_state *ss = arg;
     bt_loop *loop = bt_future_loop(prev);
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     int rc = bt_pq_error_parse(prev, &e);
     if (rc == BT_ESQL && strcmp(e.sqlstate, "42P07") == 0)
         return bt_future_new_value(loop, NULL, NULL); /* there already: use it */

@@ -63,7 +63,7 @@ typedef struct {
 static void *handle_request(void *arg)
 {
     request *r = arg;
-    bt_bridge_result res;
+    bt_bridge_result res = BT_SIZED(bt_bridge_result);
     r->rc = bt_bridge_call(r->loop, lookup_price, (void *)(intptr_t)r->item, BUDGET_MS, &res);
     if (r->rc == 0)
         r->price = *(long *)res.value;

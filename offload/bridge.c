@@ -21,6 +21,7 @@
 
 #include "future-internal.h"
 #include "pool-internal.h"
+#include "sized.h"
 
 typedef struct {
     pthread_mutex_t mu;
@@ -124,9 +125,15 @@ static void call_cancel(void *arg)
 BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t timeout_ms,
                              bt_bridge_result *out)
 {
-    if (out)
-        memset(out, 0, sizeof *out);
-    if (loop == NULL || fn == NULL || out == NULL)
+    if (out == NULL)
+        return BT_EINVAL;
+    /* Past this check every field written below is one of the first
+     * layout's, all within out->size. */
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_bridge_result, message), "bt_bridge_call",
+                        "bt_bridge_result", "BT_SIZED(bt_bridge_result)") != 0)
+        return BT_EINVAL;
+    bt__sized_zero(out, out->size, sizeof *out);
+    if (loop == NULL || fn == NULL)
         return BT_EINVAL;
     if (bt_loop_is_current(loop)) {
         out->message = bt_strdup("bt_bridge_call from the loop's own thread would wait forever");
@@ -225,5 +232,5 @@ BT_EXPORT void bt_bridge_result_clear(bt_bridge_result *r)
     if (r->dtor)
         r->dtor(r->value);
     bt_free(r->message);
-    memset(r, 0, sizeof *r);
+    bt__sized_zero(r, r->size, sizeof *r);
 }

@@ -66,6 +66,7 @@
 #include <sys/syscall.h>
 
 #include "pool-internal.h"
+#include "sized.h"
 
 #define TAKE_MAX 16           /* jobs a worker takes at once, at most */
 /* Pauses between two clock reads while a worker lingers (a power of two).
@@ -631,6 +632,7 @@ BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg)
     if (cfg == NULL)
         return;
     memset(cfg, 0, sizeof *cfg);
+    cfg->size = sizeof *cfg;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->cpu_threads = n > 0 ? (unsigned)n : 1;
     cfg->blocking_max = DEFAULT_BLOCKING_MAX;
@@ -648,7 +650,12 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
 {
     bt_pool_config d;
     bt_pool_config_init(&d);
-    *out = cfg ? *cfg : d;
+    /* Zeros mean "default", so the fields an older caller lacks start zero. */
+    *out = (bt_pool_config){0};
+    if (cfg != NULL)
+        bt__sized_read(out, sizeof *out, cfg, cfg->size);
+    else
+        *out = d;
     if (out->cpu_threads == 0)
         out->cpu_threads = d.cpu_threads;
     if (out->blocking_max == 0)
@@ -673,6 +680,10 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
 
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 {
+    if (cfg != NULL &&
+        bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms), "bt_pool_new",
+                        "bt_pool_config", "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
+        return NULL;
     bt_pool *pool = bt_calloc(1, sizeof *pool);
     if (pool == NULL)
         return NULL;
@@ -872,10 +883,13 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
 {
     if (pool == NULL || out == NULL)
         return BT_EINVAL;
-    memset(out, 0, sizeof *out);
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_pool_stats, lane), "bt_pool_get_stats",
+                        "bt_pool_stats", "BT_SIZED(bt_pool_stats)") != 0)
+        return BT_EINVAL;
+    bt_pool_stats st = {0};
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
-        bt_lane_stats *s = &out->lane[i];
+        bt_lane_stats *s = &st.lane[i];
         pthread_mutex_lock(&l->mu);
         bt__lane_splice(l);
         s->threads = l->threads;
@@ -905,5 +919,6 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
         s->idle = s->threads > s->busy ? s->threads - s->busy : 0;
         pthread_mutex_unlock(&l->mu);
     }
+    bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }

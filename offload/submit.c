@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "pool-internal.h"
+#include "sized.h"
 
 #define EXPECT_MAX_NS 100000  /* loops spin for jobs shorter than this */
 
@@ -518,7 +519,7 @@ BT_EXPORT bt_pool *bt_pool_default(void)
         if (default_cfg_set)
             cfg = default_cfg;
         else
-            memset(&cfg, 0, sizeof cfg);
+            cfg = BT_SIZED(bt_pool_config);
         if (cfg.cpu_threads == 0)
             cfg.cpu_threads = env_unsigned("BATON_CPU_THREADS");
         if (cfg.blocking_max == 0)
@@ -542,12 +543,18 @@ BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
 {
     if (cfg == NULL)
         return BT_EINVAL;
+    if (bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms),
+                        "bt_pool_default_configure", "bt_pool_config",
+                        "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
+        return BT_EINVAL;
     pthread_mutex_lock(&default_mu);
     int rc = 0;
     if (atomic_load(&default_pool)) {
         rc = BT_EBUSY;
     } else {
-        default_cfg = *cfg;
+        /* Zeros mean "default": the fields an older caller lacks stay 0. */
+        default_cfg = (bt_pool_config){0};
+        bt__sized_read(&default_cfg, sizeof default_cfg, cfg, cfg->size);
         if (cfg->name) {
             snprintf(default_name, sizeof default_name, "%s", cfg->name);
             default_cfg.name = default_name;

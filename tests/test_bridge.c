@@ -86,7 +86,7 @@ static void call_from_thread(call_args *c)
 
 START_TEST(value_from_a_thread)
 {
-    call_args c = {give_value, (void *)(intptr_t)42, 10000, -1, {0}};
+    call_args c = {give_value, (void *)(intptr_t)42, 10000, -1, BT_SIZED(bt_bridge_result)};
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, 0);
     ck_assert_int_eq(*(int *)c.res.value, 42);
@@ -99,7 +99,7 @@ END_TEST
 
 START_TEST(error_from_a_thread)
 {
-    call_args c = {give_error, NULL, 10000, -1, {0}};
+    call_args c = {give_error, NULL, 10000, -1, BT_SIZED(bt_bridge_result)};
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_ESQL);
     ck_assert_str_eq(c.res.message, "relation \"users\" does not exist");
@@ -110,7 +110,7 @@ END_TEST
 
 START_TEST(offloaded_job_through_the_bridge)
 {
-    call_args c = {give_offloaded, (void *)(intptr_t)12, 0, -1, {0}};
+    call_args c = {give_offloaded, (void *)(intptr_t)12, 0, -1, BT_SIZED(bt_bridge_result)};
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, 0);
     ck_assert_int_eq(*(long *)c.res.value, 144);
@@ -120,7 +120,7 @@ END_TEST
 
 START_TEST(timeout_cancels_the_future)
 {
-    call_args c = {give_never, NULL, 50, -1, {0}};
+    call_args c = {give_never, NULL, 50, -1, BT_SIZED(bt_bridge_result)};
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_ETIMEDOUT);
     ck_assert_ptr_nonnull(c.res.message);
@@ -134,7 +134,7 @@ END_TEST
 
 START_TEST(null_future_is_an_error)
 {
-    call_args c = {give_null, NULL, 10000, -1, {0}};
+    call_args c = {give_null, NULL, 10000, -1, BT_SIZED(bt_bridge_result)};
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_EINVAL);
     ck_assert_ptr_nonnull(c.res.message);
@@ -147,7 +147,7 @@ static int loop_thread_rc;
 static void call_on_loop(void *arg)
 {
     (void)arg;
-    bt_bridge_result r;
+    bt_bridge_result r = BT_SIZED(bt_bridge_result);
     loop_thread_rc = bt_bridge_call(loop, give_value, (void *)1, 0, &r);
     ck_assert_ptr_nonnull(r.message);
     bt_bridge_result_clear(&r);
@@ -160,7 +160,7 @@ START_TEST(from_the_loop_thread_refuses)
     bt_loop_run(loop);
     ck_assert_int_eq(loop_thread_rc, BT_EDEADLK);
     /* Before the loop ever ran, the creating thread is its thread too. */
-    bt_bridge_result r;
+    bt_bridge_result r = BT_SIZED(bt_bridge_result);
     ck_assert_int_eq(bt_bridge_call(loop, give_value, NULL, 10, &r), BT_EDEADLK);
     bt_bridge_result_clear(&r);
 }
@@ -168,7 +168,7 @@ END_TEST
 
 START_TEST(bad_arguments)
 {
-    bt_bridge_result r;
+    bt_bridge_result r = BT_SIZED(bt_bridge_result);
     ck_assert_int_eq(bt_bridge_call(NULL, give_value, NULL, 10, &r), BT_EINVAL);
     ck_assert_int_eq(bt_bridge_call(loop, NULL, NULL, 10, &r), BT_EINVAL);
     ck_assert_int_eq(bt_bridge_call(loop, give_value, NULL, 10, NULL), BT_EINVAL);
@@ -183,7 +183,7 @@ static void *many_caller(void *arg)
 {
     long ok = 0;
     for (int i = 0; i < 50; i++) {
-        bt_bridge_result r;
+        bt_bridge_result r = BT_SIZED(bt_bridge_result);
         if (bt_bridge_call(loop, give_value, (void *)(intptr_t)i, 10000, &r) == 0 &&
             *(int *)r.value == i)
             ok++;
@@ -222,7 +222,7 @@ static bt_future *give_never_plain(bt_loop *lp, void *arg)
 static int bridging_job(bt_job *job, void *arg)
 {
     (void)arg;
-    bt_bridge_result r;
+    bt_bridge_result r = BT_SIZED(bt_bridge_result);
     atomic_store(&bridging, 1);
     int rc = bt_bridge_call(bt_job_loop(job), give_never_plain, NULL, 0, &r);
     bt_bridge_result_clear(&r);

@@ -653,7 +653,7 @@ START_TEST(test_total_timeout)
     const char *msg = wait_err(f, BT_ETIMEDOUT);
     ck_assert_msg(strstr(msg, "total timeout") != NULL, "message: %s", msg);
     bt_future_unref(f);
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.in_flight, 0);
     ck_assert_uint_eq(st.failed, 1);
@@ -716,7 +716,7 @@ START_TEST(test_thousand_concurrent)
         ck_assert_int_eq(bt_http_response_status(bt_future_value(fs[i])), 200);
         bt_future_unref(fs[i]);
     }
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.succeeded, N);
     ck_assert_uint_eq(st.in_flight, 0);
@@ -733,7 +733,7 @@ START_TEST(test_keepalive_reuse)
         wait_ok(f);
         bt_future_unref(f);
     }
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.connects, 1);
     ck_assert_int_eq(curl_server_accepted(srv), 1);
@@ -813,7 +813,7 @@ START_TEST(test_cancel_frees_slot)
     spin_until(curl_server_slow_active, 1);
     ck_assert_int_eq(bt_future_cancel(slow), 0);
     ck_assert_int_eq(bt_future_get_state(slow), BT_FUTURE_CANCELLED);
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.in_flight, 0); /* removed at once */
     ck_assert_uint_eq(st.cancelled, 1);
@@ -863,7 +863,7 @@ START_TEST(test_cancel_inside_callback)
     ck_assert_int_eq(bt_future_get_state(s.other), BT_FUTURE_CANCELLED);
     ck_assert_ptr_nonnull(s.spawned);
     wait_ok(s.spawned);
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.in_flight, 0);
     ck_assert_uint_eq(st.cancelled, 2);
@@ -1260,7 +1260,7 @@ START_TEST(test_http2_multiplexing)
         ck_assert_int_eq(bt_http_response_version(bt_future_value(fs[i])), 20);
         bt_future_unref(fs[i]);
     }
-    bt_http_client_stats st;
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     bt_http_client_get_stats(cli, &st);
     ck_assert_uint_eq(st.connects, 1);
     ck_assert_uint_eq(st.succeeded, N);

@@ -82,7 +82,7 @@ START_TEST(await_in_a_loop_of_100000)
     ck_assert_ptr_eq(bt_future_value(f), (void *)(intptr_t)7);
     ck_assert_int_eq(sum, 100000L * 99999 / 2);
     bt_future_unref(f);
-    bt_loop_stats st;
+    bt_loop_stats st = BT_SIZED(bt_loop_stats);
     bt_loop_get_stats(loop, &st);
     ck_assert_uint_eq(st.fibers_alive, 0);
     ck_assert_uint_gt(st.fiber_stack_bytes, 0); /* kept for reuse */
@@ -321,7 +321,7 @@ typedef struct {
 static void *bridge_thread(void *arg)
 {
     bridge_out *o = arg;
-    bt_bridge_result r;
+    bt_bridge_result r = BT_SIZED(bt_bridge_result);
     o->rc = bt_bridge_call(loop, bridge_main, (void *)(intptr_t)8, 20000, &r);
     o->value = r.value;
     bt_bridge_result_clear(&r);
@@ -536,7 +536,7 @@ START_TEST(ten_thousand_fibers_alive_at_once)
     bt_future *s = bt_sleep(loop, 1);
     bt_test_run_until(loop, s, 200000); /* every fiber is now suspended */
     bt_future_unref(s);
-    bt_loop_stats st;
+    bt_loop_stats st = BT_SIZED(bt_loop_stats);
     bt_loop_get_stats(loop, &st);
     ck_assert_uint_eq(st.fibers_alive, N);
     long after = rss_kib();

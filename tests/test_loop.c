@@ -3,6 +3,7 @@
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -116,7 +117,7 @@ START_TEST(burst_costs_one_wakeup)
         bt_loop_post(loop, count_cb, &ran);
     bt_loop_post(loop, stop_cb, loop);
     bt_loop_run(loop);
-    bt_loop_stats st;
+    bt_loop_stats st = BT_SIZED(bt_loop_stats);
     ck_assert_int_eq(bt_loop_get_stats(loop, &st), 0);
     ck_assert_int_eq(ran, 1000);
     ck_assert_uint_eq(st.wakeups, 1);
@@ -334,6 +335,30 @@ START_TEST(run_quiet_when_main_read_its_error)
 }
 END_TEST
 
+/* Stats need their size (docs/design.md, "Structs that can grow"): 0 is
+ * refused with a hint, and a caller's struct of the first layout is
+ * written up to its size and not past it. */
+START_TEST(stats_need_their_size)
+{
+    bt_test_log_capture();
+    bt_loop_stats st = {0};
+    ck_assert_int_eq(bt_loop_get_stats(loop, &st), BT_EINVAL);
+    ck_assert(bt_test_log_contains("BT_SIZED(bt_loop_stats)"));
+    bt_test_log_clear();
+
+    size_t v1 = offsetof(bt_loop_stats, fiber_stack_bytes) + sizeof st.fiber_stack_bytes;
+    unsigned char buf[sizeof(bt_loop_stats) + 16];
+    memset(buf, 0xA5, sizeof buf);
+    bt_loop_stats *old = (bt_loop_stats *)(void *)buf;
+    old->size = v1;
+    ck_assert_int_eq(bt_loop_get_stats(loop, old), 0);
+    ck_assert_uint_eq(old->size, v1);
+    ck_assert_uint_eq(old->pending, 0);
+    for (size_t i = v1; i < sizeof buf; i++)
+        ck_assert_uint_eq(buf[i], 0xA5);
+}
+END_TEST
+
 START_TEST(closers_run_in_reverse)
 {
     bt_loop *l = bt_loop_new();
@@ -377,6 +402,7 @@ static Suite *loop_suite(void)
     tcase_add_test(tc, run_like_asyncio);
     tcase_add_test(tc, closers_run_at_free);
     tcase_add_test(tc, closers_run_in_reverse);
+    tcase_add_test(tc, stats_need_their_size);
     tcase_add_test(tc, nested_run_is_refused);
     tcase_add_test(tc, stop_on_adopted_base_is_once);
     tcase_add_test(tc, run_quiet_when_main_read_its_error);

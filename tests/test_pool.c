@@ -236,7 +236,7 @@ START_TEST(bad_arguments)
     ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 0), BT_EINVAL);
     ck_assert_int_eq(bt_pool_set_threads(NULL, BT_LANE_CPU, 1), BT_EINVAL);
     ck_assert_int_eq(bt_pool_set_queue_max(p, BT_LANE_CPU, 0), BT_EINVAL);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_get_stats(NULL, &st), BT_EINVAL);
     ck_assert_int_eq(bt_pool_get_stats(p, NULL), BT_EINVAL);
     ck_assert_int_eq(bt_pool_default_configure(NULL), BT_EINVAL);
@@ -311,7 +311,7 @@ START_TEST(million_jobs)
         if (v.ran[i] != 1 || v.settled[i] != 1)
             ck_abort_msg("job %ld ran %d times, settled %d times", i, v.ran[i], v.settled[i]);
     }
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(v.pool, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].done, MILLION);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].submitted, MILLION);
@@ -466,7 +466,7 @@ START_TEST(one_pool_four_loops)
         ck_assert_int_eq(atomic_load(&c[i].done), 1000);
         ck_assert_int_eq(c[i].wrong_thread, 0);
     }
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].done + st.lane[BT_LANE_BLOCKING].done, 4000);
     bt_pool_free(p);
@@ -494,7 +494,7 @@ START_TEST(full_queue_fails_at_once)
      * have left the queue, making room for one more). */
     ck_assert_int_ge(rejected, 4);
     ck_assert_int_le(rejected, 5);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].rejected, (uint64_t)rejected);
     atomic_store(&g.gate, 1);
@@ -546,7 +546,7 @@ START_TEST(cancel_queued_leaves_queue)
     }
     atomic_store(&g.gate, 1);
     bt_test_run_until(loop, blocker, 10000);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].cancelled, 10);
     ck_assert_int_eq(atomic_load(&ran_count), 0);
@@ -586,7 +586,7 @@ START_TEST(cancel_across_hand_overs)
     for (int i = 0; i < N; i++)
         f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, ordered_job, (void *)(intptr_t)i);
     turn(loop, 1); /* the last, partial batch goes too */
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].queued, N);
     long cancelled = 0;
@@ -814,7 +814,7 @@ START_TEST(blocking_lane_grows_and_shrinks)
     turn(loop, 0);
     /* All eight run at once: the lane grew to its cap of 8. */
     WAIT_FOR(atomic_load(&g.started) == 8);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].threads, 8);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 8);
@@ -882,7 +882,7 @@ END_TEST
 START_TEST(resize_cpu_lane)
 {
     bt_pool *p = small_pool(1, 0);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_set_threads(p, BT_LANE_CPU, 4), 0);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 4);
@@ -989,7 +989,7 @@ START_TEST(default_pool_configured_at_run_time)
     ck_assert_ptr_nonnull(p);
     ck_assert_ptr_eq(bt_pool_default(), p);
     ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EBUSY);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 3);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].max_threads, 5);
@@ -1007,6 +1007,58 @@ static int sleep_job(bt_job *job, void *arg)
     return 0;
 }
 
+/* The end of a struct's first layout, as the library's BT__SIZE_V1: what
+ * a caller built against the first header passes as size. */
+#define SIZE_V1(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
+#define CANARY 0xA5
+
+START_TEST(unsized_structs_are_refused)
+{
+    bt_test_log_capture();
+    bt_pool_config cfg = {.cpu_threads = 1}; /* size left 0 */
+    ck_assert_ptr_null(bt_pool_new(&cfg));
+    ck_assert(bt_test_log_contains("bt_pool_config_init"));
+    ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EINVAL);
+
+    bt_pool *p = small_pool(1, 0);
+    bt_pool_stats st = {0};
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), BT_EINVAL);
+    ck_assert(bt_test_log_contains("BT_SIZED(bt_pool_stats)"));
+    st.size = SIZE_V1(bt_pool_stats, lane) - 1;
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), BT_EINVAL);
+    bt_pool_free(p);
+    bt_test_log_clear();
+}
+END_TEST
+
+START_TEST(old_caller_structs_work)
+{
+    /* A config exactly as long as the first layout (ASan would see a read
+     * past it), fields past it absent. */
+    size_t v1 = SIZE_V1(bt_pool_config, shutdown_ms);
+    bt_pool_config fields = {.size = v1, .cpu_threads = 2, .name = "old"};
+    void *old = malloc(v1);
+    ck_assert_ptr_nonnull(old);
+    memcpy(old, &fields, v1);
+    bt_pool *p = bt_pool_new(old);
+    free(old);
+    ck_assert_ptr_nonnull(p);
+
+    /* Stats written up to the caller's size and not one byte past it. */
+    size_t sv1 = SIZE_V1(bt_pool_stats, lane);
+    unsigned char buf[sizeof(bt_pool_stats) + 16];
+    memset(buf, CANARY, sizeof buf);
+    bt_pool_stats *st = (bt_pool_stats *)(void *)buf;
+    st->size = sv1;
+    ck_assert_int_eq(bt_pool_get_stats(p, st), 0);
+    ck_assert_uint_eq(st->size, sv1);
+    ck_assert_uint_eq(st->lane[BT_LANE_CPU].max_threads, 2);
+    for (size_t i = sv1; i < sizeof buf; i++)
+        ck_assert_uint_eq(buf[i], CANARY);
+    bt_pool_free(p);
+}
+END_TEST
+
 START_TEST(stats_count_time_in_queue_and_running)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1021,7 +1073,7 @@ START_TEST(stats_count_time_in_queue_and_running)
     bt_test_run_until(loop, e, 10000);
     ck_assert_int_eq(bt_future_error(e), BT_ENOENT);
     bt_future_unref(e);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_get_stats(p, &st), 0);
     bt_lane_stats *c = &st.lane[BT_LANE_CPU];
     ck_assert_uint_eq(c->submitted, 6);
@@ -1046,7 +1098,7 @@ START_TEST(busy_and_idle_counts)
     bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 2);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].busy, 1);
@@ -1074,7 +1126,7 @@ START_TEST(queue_bound_changes_at_run_time)
     ck_assert(!bt_future_is_settled(a));
     ck_assert(!bt_future_is_settled(b));
     ck_assert_int_eq(bt_future_error(c), BT_EAGAIN);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].queue_max, 2);
     atomic_store(&g.gate, 1);
@@ -1217,7 +1269,7 @@ START_TEST(cancel_running_owned_job_settles_at_once)
     ck_assert_int_eq(atomic_load(&hold_finished), 0);
     ck_assert_int_eq(atomic_load(&owned_freed), 0);
     bt_future_unref(f); /* the block stays until the job returns */
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 1);
     atomic_store(&hold_gate, 1);
@@ -1306,7 +1358,7 @@ START_TEST(loop_free_abandons_blocked_job_at_deadline)
     ck_assert_int_eq(bt_future_get_state(g), BT_FUTURE_CANCELLED);
     bt_future_unref(g); /* after the loop: a settled future outlives it */
     ck_assert_int_eq(bt_test_log_count("abandoned"), 1);
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_BLOCKING].abandoned, 2);
     /* The peer answers at last: the jobs end and drop what they made. */
@@ -1359,7 +1411,7 @@ static void on_lag(bt_future *f, void *arg)
     (void)f;
     (void)arg;
     long n = atomic_fetch_add(&lag_settled, 1) + 1;
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(lag_pool, &st);
     if ((long)st.lane[BT_LANE_CPU].done < n)
         lag_bad++;
@@ -1441,6 +1493,8 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, pool_free_gives_up_at_deadline);
     tcase_add_test(tc, stats_count_before_the_future_settles);
     tcase_add_test(tc, double_unref_is_reported);
+    tcase_add_test(tc, unsized_structs_are_refused);
+    tcase_add_test(tc, old_caller_structs_work);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("volume");
     tcase_add_checked_fixture(big, setup, teardown);

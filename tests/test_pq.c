@@ -149,7 +149,7 @@ START_TEST(crud_with_parameters_and_nulls)
     /* Typed and binary parameters. */
     unsigned types[] = {20}; /* int8 */
     const char *big[] = {"9000000000"};
-    bt_pq_query_opts qo = {.types = types};
+    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .types = types};
     bt_future *f = await(bt_pq_query_ex(p, "SELECT $1 + 1", 1, big, &qo));
     ck_assert_int_eq(bt_future_error(f), 0);
     ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "9000000001");
@@ -161,7 +161,7 @@ START_TEST(crud_with_parameters_and_nulls)
     int lens[] = {(int)sizeof blob};
     int fmts[] = {1};
     const char *bv[] = {blob};
-    bt_pq_query_opts bo = {.types = btypes, .lengths = lens, .formats = fmts, .result_format = 1};
+    bt_pq_query_opts bo = {.size = sizeof(bt_pq_query_opts), .types = btypes, .lengths = lens, .formats = fmts, .result_format = 1};
     f = await(bt_pq_query_ex(p, "SELECT $1::bytea, length($1)", 1, bv, &bo));
     ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
     const bt_pq_result *br = bt_future_value(f);
@@ -186,7 +186,7 @@ START_TEST(injection_is_stored_as_text)
     /* Two statements in one query text are refused by the extended
      * protocol: nothing can be smuggled in. */
     bt_future *f = await(bt_pq_query(p, "SELECT 1; DROP TABLE victims", 0, NULL));
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "42601");
     bt_future_unref(f);
@@ -201,7 +201,7 @@ START_TEST(sql_errors_carry_sqlstate)
 {
     bt_pq_pool *p = new_pool(1, 2, 16);
     bt_future *f = await(bt_pq_query(p, "SELEC 1", 0, NULL));
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "42601");
     ck_assert_ptr_nonnull(strstr(e.message, "syntax error"));
@@ -288,9 +288,9 @@ START_TEST(pool_exhaustion_times_out)
     ck_assert_int_eq(bt_future_error(await(q5)), 0);
     ck_assert_str_eq(bt_pq_result_get(bt_future_value(q5), 0, 0), "5");
     bt_future_unref(q5);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     ck_assert_int_eq(bt_pq_pool_get_stats(p, &st), 0);
-    ck_assert_uint_eq(st.size, 1);
+    ck_assert_uint_eq(st.conns, 1);
     ck_assert_uint_eq(st.waiting, 0);
     bt_pq_pool_free(p);
 }
@@ -334,7 +334,7 @@ START_TEST(transactions_commit_rollback_and_dirty_release)
     f = await(bt_pq_conn_begin(c));
     bt_future_unref(f);
     f = await(bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v));
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "23505");
     bt_future_unref(f);
@@ -453,7 +453,7 @@ START_TEST(transaction_helper_commits_or_rolls_back)
 
     tx_body dup = {"3", 2};
     f = await(bt_pq_transaction(p, run_tx, &dup));
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "23505");
     bt_future_unref(f);
@@ -584,7 +584,7 @@ START_TEST(cancel_pg_sleep)
     fprintf(stderr, "cancel_pg_sleep: cancelled and drained in %llu ms\n",
             (unsigned long long)ms);
     ck_assert_int_eq(sleeping_backends(), 0);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.cancels_sent, 1);
     bt_pq_pool_free(p);
@@ -619,7 +619,7 @@ END_TEST
 START_TEST(query_timeout_cancels)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
-    bt_pq_query_opts qo = {.timeout_ms = 300};
+    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .timeout_ms = 300};
     bt_future *f = await(bt_pq_query_ex(p, "SELECT pg_sleep(10)", 0, NULL, &qo));
     ck_assert_int_eq(bt_future_error(f), BT_ETIMEDOUT);
     ck_assert_ptr_nonnull(strstr(bt_future_error_message(f), "timed out"));
@@ -662,7 +662,7 @@ START_TEST(pipelining_matches_results_in_order)
     for (int i = 0; i < N; i++) {
         await(fs[i]);
         if (i == 77 || i == 133) {
-            bt_pq_error e;
+            bt_pq_error e = BT_SIZED(bt_pq_error);
             ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
             ck_assert_str_eq(e.sqlstate, i == 77 ? "22012" : "42601");
         } else {
@@ -674,9 +674,9 @@ START_TEST(pipelining_matches_results_in_order)
         }
         bt_future_unref(fs[i]);
     }
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
-    ck_assert_uint_eq(st.size, 1);
+    ck_assert_uint_eq(st.conns, 1);
     ck_assert_uint_gt(st.pipelined, 100);
     bt_pq_pool_free(p);
 }
@@ -703,7 +703,7 @@ START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
     for (int i = 0; i < N; i++) {
         await(fs[i]);
         if (i == 10) {
-            bt_pq_error e;
+            bt_pq_error e = BT_SIZED(bt_pq_error);
             ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
             ck_assert_str_eq(e.sqlstate, "23505");
         } else {
@@ -717,7 +717,7 @@ START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
     ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "20");
     ck_assert_str_eq(bt_pq_result_get(r, 0, 1), "20");
     bt_pq_result_free(r);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.retried, 1);
     bt_pq_pool_free(p);
@@ -768,7 +768,7 @@ START_TEST(single_row_mode_streams)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
     rowacc acc = {0};
-    bt_pq_query_opts qo = {.row_cb = on_row, .row_arg = &acc};
+    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .row_cb = on_row, .row_arg = &acc};
     const char *v[] = {"200000"};
     bt_future *f = await(bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v,
                                         &qo));
@@ -850,7 +850,7 @@ START_TEST(cancels_and_timeouts_in_a_pipelined_stream)
         snprintf(sl, sizeof sl, "0.00%d", i % 4);
         snprintf(idx, sizeof idx, "%d", i);
         const char *v[] = {sl, idx};
-        bt_pq_query_opts qo = {.timeout_ms = i % 11 == 0 ? 1 : 0};
+        bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .timeout_ms = i % 11 == 0 ? 1 : 0};
         bt_future *f = bt_pq_query_ex(p, "SELECT pg_sleep($1::float8), $2::int", 2, v, &qo);
         ck_assert_ptr_nonnull(f);
         chaos_ticket *t = malloc(sizeof *t);
@@ -882,7 +882,7 @@ START_TEST(cancels_and_timeouts_in_a_pipelined_stream)
     for (int i = 0; i < 20; i++)
         exec_ok(p, "SELECT 1", 0, NULL);
     ck_assert_int_eq(sleeping_like("SELECT pg_sleep($1::float8), $2"), 0);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.waiting, 0);
     ck_assert_uint_eq(st.broken, 0);
@@ -985,10 +985,10 @@ START_TEST(restart_mid_stream)
     /* The pool is whole again and works. */
     bt_pq_result *res = must(s.p, "SELECT 1", 0, NULL);
     bt_pq_result_free(res);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(s.p, &st);
-    ck_assert_uint_ge(st.size, 4);
-    ck_assert_uint_le(st.size, 8);
+    ck_assert_uint_ge(st.conns, 4);
+    ck_assert_uint_le(st.conns, 8);
     ck_assert_uint_eq(st.waiting, 0);
     ck_assert_uint_ge(st.broken, 1);
     bt_pq_pool_free(s.p);
@@ -1013,7 +1013,7 @@ START_TEST(closed_port_fails_cleanly)
     bt_future *f = await(bt_pq_query(p, "SELECT 1", 0, NULL));
     ck_assert_int_eq(bt_future_error(f), BT_ECONNREFUSED);
     bt_future_unref(f);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.connect_failures, 1);
     ck_assert_uint_eq(st.connects, 0);
@@ -1083,7 +1083,7 @@ START_TEST(a_killed_backend_is_replaced)
     bt_pq_pool *p = new_pool(2, 2, 1);
     bt_future *r = await(bt_pq_pool_ready(p));
     bt_future_unref(r);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     for (int i = 0; i < 200; i++) { /* both open */
         bt_pq_pool_get_stats(p, &st);
         if (st.idle == 2)
@@ -1107,7 +1107,7 @@ START_TEST(a_killed_backend_is_replaced)
         sleep_ms(10);
     }
     ck_assert_uint_ge(st.broken, 1);
-    ck_assert_uint_eq(st.size, 2);
+    ck_assert_uint_eq(st.conns, 2);
     ck_assert_uint_ge(st.connects, 3);
     for (int i = 0; i < 10; i++)
         exec_ok(p, "SELECT 1", 0, NULL);
@@ -1130,7 +1130,7 @@ START_TEST(reconnects_back_off)
     o.reconnect_max_ms = 200;
     bt_pq_pool *p = bt_pq_pool_new(loop, &o);
     sleep_ms(1000);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.connect_failures, 3);
     ck_assert_uint_le(st.connect_failures, 60);
@@ -1140,7 +1140,7 @@ END_TEST
 
 static uint64_t blocking_jobs(void)
 {
-    bt_pool_stats ps;
+    bt_pool_stats ps = BT_SIZED(bt_pool_stats);
     ck_assert_int_eq(bt_pool_get_stats(bt_pool_default(), &ps), 0);
     return ps.lane[BT_LANE_BLOCKING].submitted;
 }
@@ -1247,7 +1247,7 @@ START_TEST(statement_cache_evicts_least_recently_used)
             bt_pq_result_free(r);
             exec_ok(p, "SELECT 'hot'", 0, NULL); /* used all the time: stays */
         }
-    bt_pq_query_opts un = {.no_prepare = true};
+    bt_pq_query_opts un = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
     bt_future *f = await(bt_pq_query_ex(p,
                                         "SELECT count(*), count(*) FILTER (WHERE statement = "
                                         "'SELECT ''hot''') FROM pg_prepared_statements",
@@ -1283,7 +1283,7 @@ START_TEST(stale_prepared_statements_are_replaced)
     r = must(p, "SELECT * FROM morph", 0, NULL);
     ck_assert_int_eq(bt_pq_result_rows(r), 1);
     bt_pq_result_free(r);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.retried, 2);
     bt_pq_pool_free(p);
@@ -1308,16 +1308,16 @@ START_TEST(idle_connections_are_closed_and_lifetime_renews)
         ck_assert_int_eq(bt_future_error(await(fs[i])), 0);
         bt_future_unref(fs[i]);
     }
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
-    ck_assert_uint_eq(st.size, 4);
+    ck_assert_uint_eq(st.conns, 4);
     for (int i = 0; i < 100; i++) {
         sleep_ms(50);
         bt_pq_pool_get_stats(p, &st);
-        if (st.size == 1 && st.connects >= 6)
+        if (st.conns == 1 && st.connects >= 6)
             break;
     }
-    ck_assert_uint_eq(st.size, 1);       /* idle ones closed down to min */
+    ck_assert_uint_eq(st.conns, 1);       /* idle ones closed down to min */
     ck_assert_uint_ge(st.connects, 6);   /* the last one renewed (lifetime) */
     ck_assert_uint_eq(st.broken, 0);
     bt_pq_result *r = must(p, "SELECT 1", 0, NULL);
@@ -1366,7 +1366,7 @@ START_TEST(bad_arguments)
     bt_pq_result_free(NULL);
     ck_assert_int_eq(bt_pq_result_rows(NULL), 0);
     ck_assert_ptr_null(bt_pq_result_get(NULL, 0, 0));
-    bt_pq_error e;
+    bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(NULL, &e), BT_EINVAL);
     bt_pq_pool_free(NULL);
     bt_pq_pool_free(p);
@@ -1445,7 +1445,7 @@ static void connect_fails(const char *conninfo, int code, const char *state, con
     await(q);
     bt_future *both[] = {r, q};
     for (int i = 0; i < 2; i++) {
-        bt_pq_error e;
+        bt_pq_error e = BT_SIZED(bt_pq_error);
         int err = bt_pq_error_parse(both[i], &e);
         ck_assert_msg(err == code, "%s: %s (%s), wanted %s", conninfo, bt_err_name(err),
                       bt_future_error_message(both[i]), bt_err_name(code));
@@ -1513,9 +1513,9 @@ START_TEST(graceful_close_drains_first)
     bt_pq_conn_release(c);
     ck_assert_int_eq(bt_future_error(await(closed)), 0);
     bt_future_unref(closed);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
-    ck_assert_uint_eq(st.size, 0);
+    ck_assert_uint_eq(st.conns, 0);
     closed = await(bt_pq_pool_close(p)); /* again: same outcome */
     ck_assert_int_eq(bt_future_error(closed), 0);
     bt_future_unref(closed);
@@ -1583,7 +1583,7 @@ END_TEST
 /* Wait (running the loop) until the pool has n idle connections. */
 static void wait_idle(bt_pq_pool *p, unsigned n)
 {
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     for (int i = 0; i < 2500; i++) {
         bt_pq_pool_get_stats(p, &st);
         if (st.idle >= n)
@@ -1626,7 +1626,7 @@ START_TEST(an_unanswered_cancel_closes_and_replaces_its_connection)
 
     /* The cancelled query's connection is closed at the cancel deadline,
      * with the postmaster still stopped (a generous bound: 50x). */
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     for (int i = 0; i < 1500; i++) {
         bt_pq_pool_get_stats(p, &st);
         if (st.broken >= 1)
@@ -1651,7 +1651,7 @@ START_TEST(an_unanswered_cancel_closes_and_replaces_its_connection)
     }
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_ge(st.connects, 3);
-    ck_assert_uint_eq(st.size, 2);
+    ck_assert_uint_eq(st.conns, 2);
     bt_pq_pool_free(p);
 }
 END_TEST

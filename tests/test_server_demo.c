@@ -347,7 +347,7 @@ START_TEST(disconnect_cancels_the_query)
     n = wait_running("0");
     ck_assert_str_eq(n, "0");
     free(n);
-    bt_pq_stats st;
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(db, &st);
     ck_assert_uint_ge(st.cancels_sent, 1);
     /* The handler's chain settles after its query: wait for it (the bound

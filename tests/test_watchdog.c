@@ -62,7 +62,7 @@ START_TEST(fires_on_a_blocking_callback)
     ck_assert_msg(seen_while_blocked, "no report while the loop was blocked");
     ck_assert(wait_for_log("it has returned", 5000));
     ck_assert_msg(bt_test_log_contains("bt_test_blocking_callback"), "not named");
-    bt_watchdog_stats st;
+    bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);
     ck_assert_int_eq(bt_watchdog_get_stats(loop, &st), 0);
     ck_assert_uint_ge(st.stalls, 1);
     ck_assert_uint_ge(st.longest_stall_ns, 20ull * 1000 * 1000);
@@ -130,7 +130,7 @@ START_TEST(quiet_on_a_busy_healthy_loop)
         bt_loop_call_soon(loop, busy_cb, NULL);
         bt_loop_run(loop);
         busy_note();
-        bt_watchdog_stats st;
+        bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);
         ck_assert_int_eq(bt_watchdog_get_stats(loop, &st), 0);
         ck_assert_uint_eq(st.threshold_ns, threshold_ns);
         int windows = 0; /* three consecutive intervals reaching the threshold */
@@ -156,7 +156,7 @@ END_TEST
 START_TEST(lag_histogram_is_readable)
 {
     ck_assert_int_eq(bt_watchdog_start(loop, 0), 0);
-    bt_watchdog_stats st;
+    bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);
     ck_assert_int_eq(bt_watchdog_get_stats(loop, &st), 0);
     ck_assert_uint_eq(st.threshold_ns, BT_WATCHDOG_DEFAULT_MS * 1000ull * 1000);
     /* Let probes run: the loop idles in a sleep for a while. */
@@ -191,7 +191,7 @@ START_TEST(control)
     ck_assert(!bt_watchdog_is_running(loop));
     ck_assert_int_eq(bt_watchdog_stop(loop), BT_ENOENT);
     ck_assert_int_eq(bt_watchdog_set_threshold(loop, 10), BT_ENOENT);
-    bt_watchdog_stats st;
+    bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);
     ck_assert_int_eq(bt_watchdog_get_stats(loop, &st), BT_ENOENT);
     ck_assert_ptr_null(bt_watchdog_histogram(loop));
     ck_assert_int_eq(bt_watchdog_start(loop, 50), 0);

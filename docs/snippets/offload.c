@@ -112,7 +112,7 @@ static void *plain_thread(void *loop_arg)
     bt_loop *loop = loop_arg;
     char item[] = "item-7";
     /* On a plain thread (a legacy thread-per-request server): */
-    bt_bridge_result res;
+    bt_bridge_result res = BT_SIZED(bt_bridge_result);
     int rc = bt_bridge_call(loop, lookup_price, item, 500 /* ms */, &res);
     if (rc == 0) use(res.value); else log("%s: %s", bt_err_name(rc), res.message);
     bt_bridge_result_clear(&res);

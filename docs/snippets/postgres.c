@@ -58,7 +58,7 @@ static void tour(bt_loop *loop)
         if (bt_pq_result_rows(r) == 1)
             printf("%s\n", bt_pq_result_get_named(r, 0, "email"));
     } else {
-        bt_pq_error e;                    /* SQLSTATE, message, detail, hint */
+        bt_pq_error e = BT_SIZED(bt_pq_error);                    /* SQLSTATE, message, detail, hint */
         bt_pq_error_parse(f, &e);
         fprintf(stderr, "%s %s (%s)\n", e.sqlstate, e.message, e.detail);
     }

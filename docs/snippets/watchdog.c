@@ -21,7 +21,7 @@ int main(void)
     bt_loop_run(loop);
 
     char *h = bt_watchdog_histogram(loop); /* readable text, bt_free it */
-    bt_watchdog_stats st;                  /* or the numbers */
+    bt_watchdog_stats st = BT_SIZED(bt_watchdog_stats);                  /* or the numbers */
     bt_watchdog_get_stats(loop, &st);
     bt_watchdog_stop(loop);                /* the off switch; bt_loop_free also stops it */
 

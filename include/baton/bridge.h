@@ -8,7 +8,7 @@
  *   {
  *       return my_db_query(loop, arg);  // runs on the loop thread
  *   }
- *   bt_bridge_result r;
+ *   bt_bridge_result r = BT_SIZED(bt_bridge_result);
  *   int rc = bt_bridge_call(loop, fetch_user, "42", 2000, &r);
  *   if (rc == 0) use(r.value); else fprintf(stderr, "%s\n", r.message);
  *   bt_bridge_result_clear(&r);
@@ -31,6 +31,7 @@ extern "C" {
 
 /* What bt_bridge_call hands back. */
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     void *value;         /* the future's value on success (now the caller's) */
     bt_destroy_fn dtor;  /* its destructor (may be NULL) */
     char *message;       /* on failure: the error text (bt_free it) */
@@ -43,7 +44,8 @@ typedef struct {
  * Returns 0 (out->value holds the value, taken from the future), the
  * future's error code (out->message says why), BT_ECANCELED, BT_ETIMEDOUT,
  * BT_EDEADLK when called from the loop's own thread, BT_ESHUTDOWN when the
- * loop is being freed, BT_EINVAL for a NULL argument or when fn returned
+ * loop is being freed, BT_EINVAL for a NULL argument, an unset out->size
+ * (BT_SIZED, see common.h; out is then untouched) or when fn returned
  * no future, BT_ENOMEM. out is always filled (zeroed first); release it
  * with bt_bridge_result_clear. The loop must be running (or run later) on
  * its own thread. Called from an offloaded job, the wait also ends when
@@ -54,7 +56,7 @@ BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t t
                              bt_bridge_result *out);
 
 /* Destroy the value (with its destructor) and free the message; zeroes
- * r. NULL is a no-op. Thread: any. */
+ * r, all but its size. NULL is a no-op. Thread: any. */
 BT_EXPORT void bt_bridge_result_clear(bt_bridge_result *r);
 
 #ifdef __cplusplus

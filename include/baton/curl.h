@@ -175,6 +175,7 @@ BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, 
 
 /* Counters, for tests and metrics. */
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     uint64_t started;       /* requests handed to curl */
     uint64_t succeeded;     /* settled with a response */
     uint64_t failed;        /* settled with an error */
@@ -183,7 +184,8 @@ typedef struct {
     uint64_t in_flight;     /* requests now in curl, waiting or running */
 } bt_http_client_stats;
 
-/* Fill *out. Returns 0 or BT_EINVAL. Thread: the loop's. */
+/* Fill *out (set out->size first with BT_SIZED, see common.h). Returns 0
+ * or BT_EINVAL (NULL, an unset size). Thread: the loop's. */
 BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_stats *out);
 
 /* ---- Requests ---------------------------------------------------------- */

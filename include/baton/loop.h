@@ -99,8 +99,10 @@ BT_EXPORT int bt_loop_add_closer(bt_loop *loop, bt_fn fn, void *arg);
 BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg);
 
 /* Counters, for tests and metrics: copies them into *out (the caller's).
- * Returns 0, or BT_EINVAL for a NULL loop or out. Thread: the loop's. */
+ * Set out->size first (BT_SIZED, see common.h). Returns 0, or BT_EINVAL for
+ * a NULL loop or out or an unset size. Thread: the loop's. */
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     uint64_t wakeups;        /* times the wakeup fd woke the loop */
     uint64_t posted_run;     /* tasks from other threads run */
     uint64_t spin_hits;      /* completions caught while spinning */

@@ -124,6 +124,7 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job);
 /* ---- Pools -------------------------------------------------------------- */
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     unsigned cpu_threads;       /* 0: the number of online cores */
     unsigned blocking_max;      /* cap of the blocking lane; 0: 64 */
     uint64_t blocking_idle_ms;  /* retire an idle blocking thread; 0: 10000 */
@@ -143,15 +144,16 @@ typedef struct {
                                    them; 0: 5000; UINT64_MAX: for ever */
 } bt_pool_config;
 
-/* Fill cfg with the defaults (zeros mean "default" everywhere, so a
- * zeroed struct works too). NULL is a no-op. Thread: any. */
+/* Fill cfg with the defaults and its size (zeros mean "default"
+ * everywhere, so BT_SIZED(bt_pool_config) works too; see common.h). NULL
+ * is a no-op. Thread: any. */
 BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg);
 
 /* A new pool (cfg may be NULL for the defaults; it is copied). The CPU
  * lane's threads and one blocking thread start now; more blocking threads
  * start on demand.
- * No configuration is refused: zeros take the defaults and cpu_nice is
- * capped at 19. Returns: a pool to free with bt_pool_free, or NULL (out of
+ * Zeros take the defaults and cpu_nice is capped at 19. Returns: a pool
+ * to free with bt_pool_free, or NULL (cfg->size unset: logged; out of
  * memory, or no thread could be started). Thread: any. */
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg);
 
@@ -171,7 +173,8 @@ BT_EXPORT bt_pool *bt_pool_default(void);
 
 /* Set the default pool's configuration; call before its first use.
  * Returns 0, BT_EBUSY if the default pool already exists (use
- * bt_pool_set_threads to resize it), BT_EINVAL for a NULL cfg. cfg is
+ * bt_pool_set_threads to resize it), BT_EINVAL for a NULL cfg or an unset
+ * cfg->size. cfg is
  * copied, its name too. Thread: any. */
 BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg);
 
@@ -267,12 +270,14 @@ typedef struct {
 } bt_lane_stats;
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     bt_lane_stats lane[BT_LANE_COUNT]; /* indexed by bt_lane */
 } bt_pool_stats;
 
 /* A snapshot of the pool's counters (each exact; together, approximately
- * simultaneous), copied into *out (the caller's). Returns 0, or BT_EINVAL
- * for a NULL pool or out. Thread: any. */
+ * simultaneous), copied into *out (the caller's; set out->size first with
+ * BT_SIZED, see common.h). Returns 0, or BT_EINVAL for a NULL pool or out
+ * or an unset size. Thread: any. */
 BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out);
 
 #ifdef __cplusplus

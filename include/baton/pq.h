@@ -110,6 +110,7 @@ typedef struct bt_pq_conn bt_pq_conn;
 typedef struct bt_pq_result bt_pq_result;
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     const char *conninfo;        /* libpq conninfo or URI (copied); required */
     unsigned min_size;           /* connections kept open; default 1 */
     unsigned max_size;           /* default 10 */
@@ -136,7 +137,8 @@ typedef struct {
                                     "Cancellation" above); default 5000 */
 } bt_pq_options;
 
-/* Fill o with the defaults above (conninfo NULL). NULL is a no-op.
+/* Fill o with the defaults above (conninfo NULL) and its size (see
+ * common.h: a struct not filled by this is refused). NULL is a no-op.
  * Thread: any. */
 BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
 
@@ -146,7 +148,8 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
  * (bt_log, BT_LOG_WARN) saying why, for NULL arguments, a conninfo libpq
  * cannot parse (an unknown key) or whose values it would refuse when
  * connecting (port=abc, connect_timeout=ten, sslmode=maybe: checked here,
- * not at the first query), min_size > max_size or max_size == 0, or out of
+ * not at the first query), min_size > max_size or max_size == 0, an o not
+ * filled by bt_pq_options_init (o->size unset), or out of
  * memory. Thread: the loop's. */
 BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o);
 
@@ -177,7 +180,8 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *pool);
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *pool);
 
 typedef struct {
-    unsigned size;           /* open or opening connections */
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
+    unsigned conns;          /* open or opening connections */
     unsigned idle;           /* open, not acquired, nothing in flight */
     unsigned connecting;
     unsigned acquired;
@@ -196,7 +200,8 @@ typedef struct {
                                 hit them (none of them had taken effect) */
 } bt_pq_stats;
 
-/* Returns 0 or BT_EINVAL. Thread: the loop's. */
+/* Fill *out (set out->size first with BT_SIZED, see common.h). Returns 0
+ * or BT_EINVAL (NULL, an unset size). Thread: the loop's. */
 BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
 
 /* ---- Queries ------------------------------------------------------------ */
@@ -208,6 +213,7 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
 typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     const unsigned *types;     /* parameter type Oids, NULL: server infers */
     const int *lengths;        /* byte lengths of binary parameters */
     const int *formats;        /* 0 text / 1 binary per parameter; binary
@@ -230,7 +236,8 @@ typedef struct {
  * a failed future (BT_EINVAL). Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *pool, const char *sql, int nparams,
                                  const char *const *values);
-/* The same with options (opts may be NULL; it is copied). */
+/* The same with options (opts may be NULL; it is copied; set opts->size,
+ * see common.h, or the future fails with BT_EINVAL). */
 BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *pool, const char *sql, int nparams,
                                       const char *const *values, const bt_pq_query_opts *opts);
 
@@ -272,6 +279,7 @@ BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
 /* ---- Errors ------------------------------------------------------------- */
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     char sqlstate[6];      /* "23505"; "" if the error did not come from SQL */
     char message[512];     /* the primary message */
     char detail[512];      /* "" if none */
@@ -284,7 +292,7 @@ typedef struct {
  * server reported: then sqlstate is set; BT_ECANCELED for a cancelled
  * future, whose message is "cancelled"), 0 if f settled with a value or
  * BT_EINPROGRESS if it is pending (out is then zeroed), BT_EINVAL for a
- * NULL f or out. Thread: the loop's. */
+ * NULL f or out or an unset out->size (BT_SIZED, see common.h). Thread: the loop's. */
 BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out);
 
 /* ---- Acquired connections and transactions ------------------------------ */

@@ -46,6 +46,7 @@ extern "C" {
 #define BT_WATCHDOG_BUCKETS 16
 
 typedef struct {
+    size_t size; /* sizeof this struct, set by the caller (common.h) */
     uint64_t threshold_ns;   /* current threshold */
     uint64_t stalls;         /* callbacks caught running past it */
     uint64_t longest_stall_ns;
@@ -73,9 +74,9 @@ BT_EXPORT int bt_watchdog_stop(bt_loop *loop);
 /* True while the watchdog is on; false for NULL. Thread: the loop's. */
 BT_EXPORT bool bt_watchdog_is_running(const bt_loop *loop);
 
-/* Copy the statistics into *out (the caller's). Returns 0, BT_ENOENT if
- * the watchdog is off, BT_EINVAL for a NULL loop or out. Thread: the
- * loop's. */
+/* Copy the statistics into *out (the caller's; set out->size first with
+ * BT_SIZED, see common.h). Returns 0, BT_ENOENT if the watchdog is off,
+ * BT_EINVAL for a NULL loop or out or an unset size. Thread: the loop's. */
 BT_EXPORT int bt_watchdog_get_stats(const bt_loop *loop, bt_watchdog_stats *out);
 
 /* Upper limit of bucket i in nanoseconds; UINT64_MAX for the last bucket

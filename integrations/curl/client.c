@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include "curl-internal.h"
+#include "sized.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -348,7 +349,12 @@ BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_s
 {
     if (c == NULL || out == NULL)
         return BT_EINVAL;
-    *out = c->stats;
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_http_client_stats, in_flight),
+                        "bt_http_client_get_stats", "bt_http_client_stats",
+                        "BT_SIZED(bt_http_client_stats)") != 0)
+        return BT_EINVAL;
+    bt_http_client_stats st = c->stats;
+    bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
 

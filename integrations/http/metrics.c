@@ -151,7 +151,7 @@ char *bt__http_metrics_render(bt_http_app *app)
 char *bt__http_pool_metrics(void *arg)
 {
     bt__pool_src *src = arg;
-    bt_pool_stats st;
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
     if (bt_pool_get_stats(src->pool, &st) != 0)
         return NULL;
     static const char *const lanes[BT_LANE_COUNT] = {"cpu", "blocking"};

@@ -535,7 +535,7 @@ static void on_lag_timer(bt_timer *t, void *arg)
     atomic_store_explicit(&srv->stats->lag_us, lag_us, memory_order_relaxed);
     if (lag_us > atomic_load_explicit(&srv->stats->lag_max_us, memory_order_relaxed))
         atomic_store_explicit(&srv->stats->lag_max_us, lag_us, memory_order_relaxed);
-    bt_loop_stats ls;
+    bt_loop_stats ls = BT_SIZED(bt_loop_stats);
     if (bt_loop_get_stats(srv->loop, &ls) == 0)
         atomic_store_explicit(&srv->stats->pending, ls.pending, memory_order_relaxed);
 }

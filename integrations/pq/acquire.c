@@ -105,7 +105,7 @@ BT_EXPORT bt_future *bt_pq_conn_query(bt_pq_conn *c, const char *sql, int nparam
 
 static bt_future *simple(bt_pq_conn *c, const char *sql)
 {
-    bt_pq_query_opts o = {.no_prepare = true};
+    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
     return bt_pq_conn_query_ex(c, sql, 0, NULL, &o);
 }
 
@@ -123,7 +123,7 @@ BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 
 void bt__pq_send_internal(bt_pq_conn *c, const char *sql)
 {
-    bt_pq_query_opts o = {.no_prepare = true};
+    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (q == NULL) {

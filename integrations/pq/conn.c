@@ -214,7 +214,7 @@ static int stmt_evict(bt_pq_conn *c)
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
     bt__pq_stmt_remove(c, s);
-    bt_pq_query_opts o = {.no_prepare = true};
+    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (d == NULL)

@@ -37,7 +37,7 @@ static void send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
         }
         return;
     }
-    bt_pq_query_opts o = {.no_prepare = true};
+    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     bt_free(sql);

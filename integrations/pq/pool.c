@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "pq-internal.h"
+#include "sized.h"
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
 
@@ -35,6 +36,7 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
     if (o == NULL)
         return;
     memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
     o->min_size = 1;
     o->max_size = 10;
     o->pipeline_depth = 16;
@@ -643,6 +645,14 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
                             : "the options are NULL (bt_pq_options_init fills them)");
         return NULL;
     }
+    /* The caller's options over the defaults, up to the caller's size. */
+    if (bt__sized_check(o->size, BT__SIZE_V1(bt_pq_options, cancel_timeout_ms), "pq: bt_pq_pool_new",
+                        "bt_pq_options", "bt_pq_options_init") != 0)
+        return NULL;
+    bt_pq_options given;
+    bt_pq_options_init(&given);
+    bt__sized_read(&given, sizeof given, o, o->size);
+    o = &given;
     if (o->conninfo == NULL) {
         bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: no conninfo (set options.conninfo to a "
                             "libpq connection string or URI)");
@@ -752,16 +762,20 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
 {
     if (p == NULL || out == NULL)
         return BT_EINVAL;
-    *out = p->st;
-    out->size = p->nconns;
-    out->connecting = p->nconnecting;
-    out->waiting = p->nwq + p->naq;
-    out->idle = out->acquired = 0;
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_pq_stats, retried), "pq: bt_pq_pool_get_stats",
+                        "bt_pq_stats", "BT_SIZED(bt_pq_stats)") != 0)
+        return BT_EINVAL;
+    bt_pq_stats st = p->st;
+    st.conns = p->nconns;
+    st.connecting = p->nconnecting;
+    st.waiting = p->nwq + p->naq;
+    st.idle = st.acquired = 0;
     for (const bt_pq_conn *c = p->conns; c; c = c->next) {
         if (c->acquired)
-            out->acquired++;
+            st.acquired++;
         else if (c->state == CS_READY && c->ops_len == 0 && !c->releasing)
-            out->idle++;
+            st.idle++;
     }
+    bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }

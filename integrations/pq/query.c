@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "pq-internal.h"
+#include "sized.h"
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
 
@@ -252,6 +253,18 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     bt_future *f = bt_future_new(loop);
     if (f == NULL)
         return NULL;
+    /* The caller's options up to their size; the rest default to zero. */
+    bt_pq_query_opts given = {0};
+    if (opts != NULL) {
+        if (bt__sized_check(opts->size, BT__SIZE_V1(bt_pq_query_opts, row_arg), "pq: query",
+                            "bt_pq_query_opts", "BT_SIZED(bt_pq_query_opts)") != 0) {
+            bt_future_set_error(f, BT_EINVAL, "bt_pq_query_opts.size is %zu: initialise the "
+                                "options with BT_SIZED(bt_pq_query_opts)", opts->size);
+            return f;
+        }
+        bt__sized_read(&given, sizeof given, opts, opts->size);
+        opts = &given;
+    }
     if (p == NULL || p->closed || (p->closing && target == NULL)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s",
                             p && !p->closed ? "closing" : "closed");

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "pq-internal.h"
+#include "sized.h"
 
 bt_pq_result *bt__pq_result_wrap(PGresult *res)
 {
@@ -153,7 +154,12 @@ BT_EXPORT int bt_pq_error_parse(bt_future *f, bt_pq_error *out)
 {
     if (f == NULL || out == NULL)
         return BT_EINVAL;
-    memset(out, 0, sizeof *out);
+    /* Past this check every field written below is one of the first
+     * layout's, all within out->size. */
+    if (bt__sized_check(out->size, BT__SIZE_V1(bt_pq_error, hint), "pq: bt_pq_error_parse",
+                        "bt_pq_error", "BT_SIZED(bt_pq_error)") != 0)
+        return BT_EINVAL;
+    bt__sized_zero(out, out->size, sizeof *out);
     int code = bt_future_error(f);
     if (code == 0 || code == BT_EINPROGRESS)
         return code == 0 ? 0 : code;
