@@ -140,6 +140,7 @@ static void on_cancel_deadline(bt_timer *t, void *arg)
 
 void bt__pq_cancel_detach(bt_pq_conn *c)
 {
+    c->cancel_again = false;
     if (c->cancel_job != NULL)
         cancel_release(c->cancel_job);
 }
@@ -198,8 +199,14 @@ void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done)
     if (c->pg == NULL || c->pool == NULL)
         return;
     c->cancel_sent = true;
-    if (c->cancel_job != NULL)
-        return; /* one is on its way; it cancels whatever runs then */
+    if (c->cancel_job != NULL) {
+        /* One is on its way, but it may reach the server before the query
+         * that asked for this one starts (the previous query's 57014 and
+         * the thread's answer arrive together): cancel_done sends again if
+         * an abandoned query is still running at the front then. */
+        c->cancel_again = true;
+        return;
+    }
     bt_pq_pool *p = c->pool;
     struct pq_cancel *k = cancel_new(c->pg);
     if (k == NULL)

@@ -15,6 +15,8 @@ static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void) { return bt_hrtime(); }
 
+static pq_op *ops_front(bt_pq_conn *c);
+
 /* cancel.c reports here (see cancel.c's DESIGN). Answered: the server has
  * acted on the request, so the connection may take new work again once
  * drained. Not answered in time: a late request could hit whatever the
@@ -22,6 +24,15 @@ static uint64_t now_ns(void) { return bt_hrtime(); }
 static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
 {
     if (answered) {
+        /* A second abandoned query reached the front while this request was
+         * in flight; it may have been answered before that query started,
+         * so ask again for the one that runs now. */
+        if (c->cancel_again) {
+            c->cancel_again = false;
+            pq_op *f = ops_front(c);
+            if (f && f->kind == OP_QUERY && f->q->abandoned && f->q->started)
+                bt__pq_cancel_send(c, cancel_done);
+        }
         if (c->ops_len == 0)
             c->cancel_sent = false;
         if (c->pool != NULL && c->state == CS_READY && !c->is_listener)

@@ -281,8 +281,9 @@ static void on_connect_timeout(bt_timer *t, void *arg)
 {
     (void)t;
     bt_pq_conn *c = arg;
-    /* The lookup job, if any, is abandoned: it finishes on the blocking
-     * lane and its answer is dropped (bt__pq_resolve_detach). */
+    /* The lookup job, if any, is cancelled (bt__pq_resolve_detach): a
+     * queued one never runs, a running one is left to the blocking lane and
+     * its answer is dropped. */
     if (c->state == CS_RESOLVING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out resolving the database's host name (resolve_timeout_ms)");

@@ -155,6 +155,9 @@ struct bt_pq_conn {
     bool is_listener;
     bool counted_connecting;   /* in the pool's nconnecting */
     struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
+    bool cancel_again;         /* another abandoned query reached the front
+                                  while cancel_job was in flight: when it
+                                  returns, send one for that query */
     bool cancel_sent;          /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
     unsigned busy;             /* inside on_io: a close defers the free */

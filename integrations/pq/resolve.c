@@ -25,6 +25,7 @@
 struct pq_resolve {
     bt_pq_conn *c; /* NULL once the connection gave up on us */
     bt__pq_resolved_cb done;
+    bt_future *f;  /* the job's future: our reference, dropped in resolve_done */
 };
 
 static bool is_numeric(const char *h)
@@ -113,6 +114,8 @@ static void resolve_done(bt_future *f, void *arg)
         char *hostaddr = err == 0 ? bt_future_take_value(f) : NULL;
         r->done(c, err, err != 0 ? bt_future_error_message(f) : NULL, hostaddr);
     }
+    /* The loop keeps its own reference until the callbacks have run. */
+    bt_future_unref(r->f);
     bt_free(r);
 }
 
@@ -139,15 +142,23 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb do
         bt_free(r);
         return BT_ENOMEM;
     }
+    r->f = f; /* keep our reference: detach cancels the job through it */
     c->resolve = r;
-    bt_future_unref(f);
     return 0;
 }
 
+/* The connection gives up on its lookup (timeout, close, shutdown). Cancel
+ * the job: a queued one never runs, a running one (a hung getaddrinfo) is
+ * abandoned by the pool, which is safe since its arg is owned and its answer
+ * is a value. Its future settles cancelled and resolve_done, run later by
+ * the loop (settling runs no callback inside the call), sees c == NULL,
+ * drops our reference and frees r. */
 void bt__pq_resolve_detach(bt_pq_conn *c)
 {
-    if (c->resolve) {
-        c->resolve->c = NULL;
+    struct pq_resolve *r = c->resolve;
+    if (r) {
+        r->c = NULL;
         c->resolve = NULL;
+        bt_future_cancel(r->f);
     }
 }
