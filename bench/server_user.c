@@ -14,7 +14,14 @@
  * warm-up and a 10 s measured run; the median of the three counts, for
  * req/s and for p99 apart, to damp the noise of a shared machine.
  *
+ * It also runs the flagship-like handler (examples/server.c's GET /user/{id}
+ * without the upstream call: the query, a fingerprint on the CPU lane,
+ * JSON) twice, in callback style and as a fiber handler
+ * (bt_http_app_route_async), in the same rounds.
+ *
  * Prints:
+ *   bench server_user_fiber baton=V anchor=server_user_callback anchor_value=V unit=req/s ratio=R better=higher
+ *   bench server_user_fiber_p99 (ms, lower) and server_user_fiber_cpu (us/request, lower)
  *   bench server_user_rps baton=V anchor=evhttp_libpq anchor_value=V unit=req/s ratio=R better=higher
  *   bench server_user_p99 baton=V anchor=evhttp_libpq anchor_value=V unit=ms ratio=R better=lower
  *   bench server_user_cpu baton=V anchor=evhttp_libpq anchor_value=V unit=us/request ratio=R better=lower
@@ -31,6 +38,7 @@
 #include <unistd.h>
 
 #include <baton/baton.h>
+#include <baton/fiber.h>
 #include <baton/http.h>
 #include <baton/pq.h>
 
@@ -91,6 +99,145 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     return q ? bt_future_after(q, on_row, uc) : NULL;
 }
 
+/* ---- The flagship-like handler, in callback style and as a fiber -------
+ * What examples/server.c's GET /user/{id} does, minus the upstream call:
+ * the query, then a fingerprint of the email on the pool's CPU lane, then
+ * JSON. Both styles do the same work with the same allocations: the job
+ * owns a copy of the email (bt_pool_submit_owned), as a fiber's job must
+ * (a cancelled await returns while a running job goes on). */
+
+static int fingerprint_job(bt_job *job, void *arg)
+{
+    const char *email = arg;
+    uint64_t h = 1469598103934665603ull;
+    for (int round = 0; round < 256 && !bt_job_cancelled(job); round++) {
+        for (const char *p = email; *p; p++) {
+            h ^= (unsigned char)*p;
+            h *= 1099511628211ull;
+        }
+        h ^= (uint64_t)round;
+    }
+    char *hex = bt_asprintf("%016llx", (unsigned long long)h);
+    if (hex == NULL)
+        return bt_job_fail(job, BT_ENOMEM, "out of memory");
+    return bt_job_set_value(job, hex, bt_free);
+}
+
+static bool valid_id(const char *id)
+{
+    size_t n = strlen(id);
+    return n > 0 && n <= 10 && strspn(id, "0123456789") == n;
+}
+
+static json_t *user_json(const char *id, bt_pq_result *r)
+{
+    return json_pack("{s:s, s:s, s:s}", "id", id, "name", bt_pq_result_get(r, 0, 0), "email",
+                     bt_pq_result_get(r, 0, 1));
+}
+
+/* Callback style: the request's state carries the steps' data. */
+typedef struct {
+    bt_loop *loop;
+    char id[16];
+    json_t *body;
+} flag_call;
+
+static void flag_call_free(void *p)
+{
+    flag_call *fc = p;
+    json_decref(fc->body);
+    bt_free(fc);
+}
+
+static bt_future *cb_hashed(bt_future *job, void *arg)
+{
+    flag_call *fc = arg;
+    int rc = bt_future_error(job);
+    if (rc != 0)
+        return bt_future_new_error(fc->loop, rc, "%s", bt_future_error_message(job));
+    json_object_set_new(fc->body, "fingerprint", json_string(bt_future_value(job)));
+    json_t *body = fc->body;
+    fc->body = NULL;
+    return bt_http_respond_json(fc->loop, 200, body);
+}
+
+static bt_future *cb_row(bt_future *q, void *arg)
+{
+    flag_call *fc = arg;
+    int rc = bt_future_error(q);
+    if (rc != 0)
+        return bt_future_new_error(fc->loop, rc, "%s", bt_future_error_message(q));
+    bt_pq_result *r = bt_future_value(q);
+    if (bt_pq_result_rows(r) == 0)
+        return bt_http_respond_error(fc->loop, 404, "user not found");
+    char *email = bt_strdup(bt_pq_result_get(r, 0, 1));
+    fc->body = user_json(fc->id, r);
+    if (email == NULL || fc->body == NULL) {
+        bt_free(email);
+        return NULL;
+    }
+    bt_future *job = bt_pool_submit_owned(bt_pool_default(), fc->loop, BT_LANE_CPU,
+                                          fingerprint_job, email, bt_free);
+    return job ? bt_future_after(job, cb_hashed, fc) : NULL;
+}
+
+static bt_future *get_user_callback(bt_http_req *req, void *arg)
+{
+    bt_loop *loop = bt_http_req_loop(req);
+    const char *id = bt_http_req_param(req, "id");
+    if (!valid_id(id))
+        return bt_http_respond_error(loop, 400, "id must be a positive integer");
+    flag_call *fc = bt_calloc(1, sizeof *fc);
+    if (fc == NULL)
+        return NULL;
+    bt_http_req_set_state(req, fc, flag_call_free);
+    fc->loop = loop;
+    snprintf(fc->id, sizeof fc->id, "%s", id);
+    const char *params[] = {fc->id};
+    bt_future *q = bt_pq_query(bt_http_req_loop_data(req),
+                               "SELECT name, email FROM users WHERE id = $1", 1, params);
+    return q ? bt_future_after(q, cb_row, fc) : NULL;
+}
+
+/* Fiber style (bt_http_app_route_async): the same steps, top to bottom. */
+static bt_future *get_user_fiber(bt_http_req *req, void *arg)
+{
+    bt_loop *loop = bt_http_req_loop(req);
+    const char *id = bt_http_req_param(req, "id");
+    if (!valid_id(id))
+        return bt_http_respond_error(loop, 400, "id must be a positive integer");
+    const char *params[] = {id};
+    bt_pq_result *r;
+    int rc = bt_await(bt_pq_query(bt_http_req_loop_data(req),
+                                  "SELECT name, email FROM users WHERE id = $1", 1, params),
+                      (void **)&r);
+    if (rc != 0)
+        return bt_future_new_error(loop, rc, "%s", bt_await_error());
+    if (bt_pq_result_rows(r) == 0) {
+        bt_pq_result_free(r);
+        return bt_http_respond_error(loop, 404, "user not found");
+    }
+    char *email = bt_strdup(bt_pq_result_get(r, 0, 1));
+    json_t *body = user_json(id, r);
+    bt_pq_result_free(r);
+    if (email == NULL || body == NULL) {
+        bt_free(email);
+        json_decref(body);
+        return NULL;
+    }
+    char *hex;
+    rc = bt_await(bt_pool_submit_owned(bt_pool_default(), loop, BT_LANE_CPU, fingerprint_job,
+                                       email, bt_free),
+                  (void **)&hex);
+    if (rc != 0) {
+        json_decref(body);
+        return bt_future_new_error(loop, rc, "%s", bt_await_error());
+    }
+    json_object_set_new(body, "fingerprint", json_string(hex));
+    bt_free(hex);
+    return bt_http_respond_json(loop, 200, body);
+}
+
 static int loop_init(bt_loop *loop, void *arg, void **data)
 {
     bt_pq_options o;
@@ -121,10 +268,19 @@ static void on_ready(int port, void *arg)
         exit(1);
 }
 
-static int baton_serve(int ready_fd)
+/* The servers: the anchor, and Baton with each handler. */
+enum { ANCHOR, BATON, FLAG_CALLBACK, FLAG_FIBER, NMODES };
+static const char *const mode_names[NMODES] = {"anchor", "baton", "callback", "fiber"};
+
+static int baton_serve(int ready_fd, int mode)
 {
     bt_http_app *app = bt_http_app_new();
-    bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
+    if (mode == FLAG_FIBER)
+        bt_http_app_route_async(app, "GET", "/user/{id}", get_user_fiber, NULL);
+    else if (mode == FLAG_CALLBACK)
+        bt_http_app_route(app, "GET", "/user/{id}", get_user_callback, NULL);
+    else
+        bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
     bt_http_app_set_loops(app, 1);
     bt_http_app_on_loop(app, loop_init, loop_fini, NULL);
     int rc = bt_http_app_run(app, "127.0.0.1", 0, on_ready, &ready_fd);
@@ -150,8 +306,9 @@ static int listen_any(int *port)
 }
 
 /* Start one server in a child; returns its pid and sets *port. */
-static pid_t start(bool baton, int *port)
+static pid_t start(int mode, int *port)
 {
+    bool baton = mode != ANCHOR;
     int lfd = -1, pfd[2];
     if (!baton && (lfd = listen_any(port)) < 0)
         return -1;
@@ -161,7 +318,7 @@ static pid_t start(bool baton, int *port)
     if (pid == 0) {
         close(pfd[0]);
         if (baton)
-            _exit(baton_serve(pfd[1]));
+            _exit(baton_serve(pfd[1], mode));
         int one = 1;
         if (write(pfd[1], &one, sizeof one) < 0)
             _exit(1);
@@ -264,20 +421,23 @@ int main(void)
                             "ANALYZE users;") != 0)
         return 1;
 
-    /* For profiling: SERVER_USER_ONLY=baton|anchor, SERVER_USER_SECONDS=N. */
+    /* For profiling: SERVER_USER_ONLY=a list of anchor, baton, callback,
+     * fiber (e.g. "callback,fiber"); SERVER_USER_SECONDS=N. */
     const char *only = getenv("SERVER_USER_ONLY");
     int seconds = getenv("SERVER_USER_SECONDS") ? atoi(getenv("SERVER_USER_SECONDS")) : 10;
     enum { ROUNDS = 3 };
-    wrk_result runs[2][ROUNDS];
+    wrk_result runs[NMODES][ROUNDS];
+    bool ran[NMODES] = {false};
     memset(runs, 0, sizeof runs);
     for (int round = 0; round < ROUNDS; round++) {
-        for (int b = 0; b < 2; b++) { /* 0 = anchor, 1 = baton */
-            if (only && strcmp(only, b ? "baton" : "anchor") != 0)
+        for (int b = 0; b < NMODES; b++) {
+            if (only && strstr(only, mode_names[b]) == NULL)
                 continue;
+            ran[b] = true;
             int port = 0;
-            pid_t pid = start(b == 1, &port);
+            pid_t pid = start(b, &port);
             if (pid < 0) {
-                fprintf(stderr, "server_user: the %s server did not start\n", b ? "Baton" : "anchor");
+                fprintf(stderr, "server_user: the %s server did not start\n", mode_names[b]);
                 return 1;
             }
             wrk_result warm, r;
@@ -293,19 +453,19 @@ int main(void)
             fprintf(stderr,
                     "server_user: round %d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %ld errors, "
                     "%ld non-2xx, server CPU %.1f us/request\n",
-                    round + 1, b ? "baton" : "anchor", r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx,
+                    round + 1, mode_names[b], r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx,
                     r.cpu_us);
             if (r.errors || r.non2xx) {
                 fprintf(stderr, "server_user: the %s server answered with errors\n",
-                        b ? "Baton" : "anchor");
+                        mode_names[b]);
                 return 1;
             }
             runs[b][round] = r;
         }
     }
     /* The median run of each, by requests per second and by p99 apart. */
-    wrk_result best[2];
-    for (int b = 0; b < 2; b++) {
+    wrk_result best[NMODES];
+    for (int b = 0; b < NMODES; b++) {
         double rps[ROUNDS], p99[ROUNDS], cpu[ROUNDS];
         for (int i = 0; i < ROUNDS; i++) {
             rps[i] = runs[b][i].rps;
@@ -316,12 +476,26 @@ int main(void)
         best[b].p99_ms = median_d(p99, 3);
         best[b].cpu_us = median_d(cpu, 3);
     }
-    bench_line("server_user_rps", best[1].rps, "evhttp_libpq", best[0].rps, "req/s", "higher");
-    bench_line("server_user_p99", best[1].p99_ms, "evhttp_libpq", best[0].p99_ms, "ms", "lower");
-    /* The server's own CPU per request: steadier than req/s on a machine
-     * shared with wrk, PostgreSQL and other work. */
-    bench_line("server_user_cpu", best[1].cpu_us, "evhttp_libpq", best[0].cpu_us, "us/request",
-               "lower");
+    if (ran[ANCHOR] && ran[BATON]) {
+        bench_line("server_user_rps", best[BATON].rps, "evhttp_libpq", best[ANCHOR].rps, "req/s",
+                   "higher");
+        bench_line("server_user_p99", best[BATON].p99_ms, "evhttp_libpq", best[ANCHOR].p99_ms,
+                   "ms", "lower");
+        /* The server's own CPU per request: steadier than req/s on a
+         * machine shared with wrk, PostgreSQL and other work. */
+        bench_line("server_user_cpu", best[BATON].cpu_us, "evhttp_libpq", best[ANCHOR].cpu_us,
+                   "us/request", "lower");
+    }
+    /* The flagship-like handler written as a fiber, against the same
+     * handler in callback style, in the same run (rounds interleaved). */
+    if (ran[FLAG_CALLBACK] && ran[FLAG_FIBER]) {
+        bench_line("server_user_fiber", best[FLAG_FIBER].rps, "server_user_callback",
+                   best[FLAG_CALLBACK].rps, "req/s", "higher");
+        bench_line("server_user_fiber_p99", best[FLAG_FIBER].p99_ms, "server_user_callback",
+                   best[FLAG_CALLBACK].p99_ms, "ms", "lower");
+        bench_line("server_user_fiber_cpu", best[FLAG_FIBER].cpu_us, "server_user_callback",
+                   best[FLAG_CALLBACK].cpu_us, "us/request", "lower");
+    }
     bt_test_pg_free(pg);
     return 0;
 }

@@ -12,7 +12,9 @@
  * the user from PostgreSQL and, at the same time (bt_gather, the guide's
  * asyncio.gather), fetches a profile from an upstream HTTP service through
  * the async client; then it hashes something on the offload pool's CPU lane
- * (asyncio.to_thread for computation) and answers JSON. 400 for an id that
+ * (asyncio.to_thread for computation) and answers JSON. The handler is a
+ * fiber handler (bt_http_app_route_async): it awaits each step and reads
+ * top to bottom, like the guide's Python. 400 for an id that
  * is not a positive integer, 404 for a user that does not exist, 502 when
  * the upstream fails. A client that goes away cancels the handler's
  * future, and the cancellation reaches the query and the upstream call.
@@ -58,6 +60,7 @@
 #include <baton/baton.h>
 #include <baton/compose.h>
 #include <baton/curl.h>
+#include <baton/fiber.h>
 #include <baton/http.h>
 #include <baton/pool.h>
 #include <baton/pq.h>
@@ -84,28 +87,6 @@ typedef struct {
 
 /* ---- GET /user/{id} ---------------------------------------------------- */
 
-/* One request's work in flight. It is the request's state
- * (bt_http_req_set_state), freed once the handler's future has settled:
- * no step frees it, because a step may never run (a chain whose result was
- * cancelled, the client having left, does not start its next step). */
-typedef struct {
-    bt_loop *loop;
-    char id[16];  /* the id as text, the query's parameter */
-    long id_num;  /* the same id, a number in the JSON answer */
-    char *name, *email;
-    json_t *profile;
-    char fingerprint[17]; /* written by the CPU job */
-} user_call;
-
-static void user_call_free(void *arg)
-{
-    user_call *uc = arg;
-    bt_free(uc->name);
-    bt_free(uc->email);
-    json_decref(uc->profile);
-    bt_free(uc);
-}
-
 /* A positive 32-bit integer in plain decimal, or 0. */
 static long parse_id(const char *s)
 {
@@ -122,20 +103,25 @@ static long parse_id(const char *s)
 
 /* The CPU step, on a worker of the CPU lane: a fingerprint of the user's
  * email, 4096 rounds of FNV-1a. It stands for real computation (a password
- * hash, a thumbnail, a signature) that must not run on the loop. */
+ * hash, a thumbnail, a signature) that must not run on the loop. arg is
+ * the job's own copy of the email (given to the pool, which frees it): a
+ * cancelled request's handler returns at once, while a job already
+ * running goes on, so the job must not read the handler's stack. */
 static int fingerprint_job(bt_job *job, void *arg)
 {
-    user_call *uc = arg;
+    const char *email = arg;
     uint64_t h = 1469598103934665603ull;
     for (int round = 0; round < 4096 && !bt_job_cancelled(job); round++) {
-        for (const char *p = uc->email; *p; p++) {
+        for (const char *p = email; *p; p++) {
             h ^= (unsigned char)*p;
             h *= 1099511628211ull;
         }
         h ^= (uint64_t)round;
     }
-    snprintf(uc->fingerprint, sizeof uc->fingerprint, "%016" PRIx64, h);
-    return 0;
+    char *hex = bt_asprintf("%016" PRIx64, h);
+    if (hex == NULL)
+        return bt_job_fail(job, BT_ENOMEM, "out of memory");
+    return bt_job_set_value(job, hex, bt_free);
 }
 
 static bt_future *cancelled(bt_loop *loop)
@@ -146,101 +132,100 @@ static bt_future *cancelled(bt_loop *loop)
     return f;
 }
 
-/* Step 3: the fingerprint is ready: answer. */
-static bt_future *on_hashed(bt_future *job, void *arg)
+/* The profile the upstream sent, or a reply future saying why not. */
+static json_t *read_profile(bt_loop *loop, bt_results *r, bt_future **out)
 {
-    user_call *uc = arg;
-    bt_loop *loop = uc->loop;
-    int rc = bt_future_error(job);
+    bt_http_response *resp = bt_results_value(r, 1);
+    int rc = bt_results_error(r, 1);
     if (rc != 0) {
-        if (rc == BT_ECANCELED)
-            return cancelled(loop);
-        return bt_future_new_error(loop, rc, "fingerprint: %s", bt_future_error_message(job));
-    }
-    json_t *body = json_pack("{s:I, s:s, s:s, s:O, s:s}", "id", (json_int_t)uc->id_num, "name",
-                             uc->name, "email", uc->email, "profile", uc->profile,
-                             "fingerprint", uc->fingerprint);
-    return bt_http_respond_json(loop, 200, body);
-}
-
-/* Step 2: the row and the profile are both here (or failed). */
-static bt_future *on_fetched(bt_future *g, void *arg)
-{
-    user_call *uc = arg;
-    bt_loop *loop = uc->loop;
-    int rc = bt_future_error(g);
-    if (rc != 0) { /* the gather itself was cancelled: the client left */
-        return rc == BT_ECANCELED ? cancelled(loop)
-                                  : bt_future_new_error(loop, rc, "%s", bt_future_error_message(g));
-    }
-    bt_results *r = bt_future_value(g);
-    bt_future *out = NULL;
-    if ((rc = bt_results_error(r, 0)) != 0) {
-        /* A database failure is ours: a 500, and the details in the log. */
-        out = bt_future_new_error(loop, rc, "users query: %s", bt_results_error_message(r, 0));
+        bt_log(BT_LOG_WARN, "server: upstream: %s", bt_results_error_message(r, 1));
+    } else if (bt_http_response_status(resp) != 200) {
+        bt_log(BT_LOG_WARN, "server: upstream answered %d", bt_http_response_status(resp));
     } else {
-        bt_pq_result *row = bt_results_value(r, 0);
-        if (bt_pq_result_rows(row) == 0)
-            out = bt_http_respond_error(loop, 404, "user not found");
-        else {
-            uc->name = bt_strdup(bt_pq_result_get(row, 0, 0));
-            uc->email = bt_strdup(bt_pq_result_get(row, 0, 1));
-        }
+        size_t len;
+        const char *text = bt_http_response_body(resp, &len);
+        json_t *profile = json_loadb(text, len, 0, NULL);
+        if (profile == NULL)
+            *out = bt_http_respond_error(loop, 502, "profile service sent bad JSON");
+        return profile;
     }
-    if (!out) {
-        bt_http_response *resp = bt_results_value(r, 1);
-        if ((rc = bt_results_error(r, 1)) != 0) {
-            bt_log(BT_LOG_WARN, "server: upstream: %s", bt_results_error_message(r, 1));
-            out = bt_http_respond_error(loop, 502, "profile service unavailable");
-        } else if (bt_http_response_status(resp) != 200) {
-            bt_log(BT_LOG_WARN, "server: upstream answered %d", bt_http_response_status(resp));
-            out = bt_http_respond_error(loop, 502, "profile service unavailable");
-        } else {
-            size_t len;
-            const char *text = bt_http_response_body(resp, &len);
-            uc->profile = json_loadb(text, len, 0, NULL);
-            if (!uc->profile)
-                out = bt_http_respond_error(loop, 502, "profile service sent bad JSON");
-        }
-    }
-    if (out || !uc->name || !uc->email)
-        return out ? out : bt_future_new_error(loop, BT_ENOMEM, "out of memory");
-    bt_future *job = bt_to_cpu(loop, fingerprint_job, uc);
-    if (!job)
-        return NULL;
-    return bt_future_after(job, on_hashed, uc);
+    *out = bt_http_respond_error(loop, 502, "profile service unavailable");
+    return NULL;
 }
 
-/* Step 1: validate, then start the query and the upstream call together. */
+/* GET /user/{id}, a fiber handler (bt_http_app_route_async): it reads top
+ * to bottom, and each bt_await lets the loop serve other requests. A
+ * client that leaves (or the handler timeout) cancels the fiber: the
+ * pending await returns BT_ECANCELED, having cancelled the query, the
+ * upstream call or the job, and the handler returns. */
 static bt_future *get_user(bt_http_req *req, void *arg)
 {
     bt_loop *loop = bt_http_req_loop(req);
     loop_state *st = bt_http_req_loop_data(req);
+
+    /* 1. Parse the id. */
     const char *id = bt_http_req_param(req, "id");
     long id_num = parse_id(id);
     if (id_num == 0)
         return bt_http_respond_error(loop, 400, "id must be a positive integer");
 
-    user_call *uc = bt_calloc(1, sizeof *uc);
-    if (!uc)
-        return NULL;
-    bt_http_req_set_state(req, uc, user_call_free);
-    uc->loop = loop;
-    uc->id_num = id_num;
-    snprintf(uc->id, sizeof uc->id, "%s", id);
-
-    const char *params[] = {uc->id};
+    /* 2. The row and the profile, together (bt_gather, asyncio.gather). */
+    const char *params[] = {id};
     char url[512];
-    snprintf(url, sizeof url, "%s/profile/%s", atomic_load(&upstream_base), uc->id);
+    snprintf(url, sizeof url, "%s/profile/%s", atomic_load(&upstream_base), id);
     bt_future *parts[2] = {
         bt_pq_query(st->db, "SELECT name, email FROM " TABLE " WHERE id = $1", 1, params),
         bt_http_get(st->http, url),
     };
-    /* Takes over both parts; out of memory, it stops whichever did start. */
-    bt_future *both = bt_gather(loop, parts, 2, BT_GATHER_COLLECT);
-    if (!both)
-        return NULL;
-    return bt_future_after(both, on_fetched, uc);
+    bt_results *r;
+    int rc = bt_await(bt_gather(loop, parts, 2, BT_GATHER_COLLECT), (void **)&r);
+    if (rc == BT_ECANCELED)
+        return cancelled(loop);
+    if (rc != 0)
+        return bt_future_new_error(loop, rc, "%s", bt_await_error());
+
+    /* 3. Read them: a database failure is ours (a 500, details in the
+     * log), an upstream failure a 502. */
+    bt_future *out = NULL;
+    char *email = NULL;
+    json_t *body = NULL, *profile = NULL;
+    if ((rc = bt_results_error(r, 0)) != 0) {
+        out = bt_future_new_error(loop, rc, "users query: %s", bt_results_error_message(r, 0));
+    } else if (bt_pq_result_rows(bt_results_value(r, 0)) == 0) {
+        out = bt_http_respond_error(loop, 404, "user not found");
+    } else if ((profile = read_profile(loop, r, &out)) != NULL) {
+        bt_pq_result *row = bt_results_value(r, 0);
+        email = bt_strdup(bt_pq_result_get(row, 0, 1));
+        body = json_pack("{s:I, s:s, s:s, s:o}", "id", (json_int_t)id_num, "name",
+                         bt_pq_result_get(row, 0, 0), "email", bt_pq_result_get(row, 0, 1),
+                         "profile", profile); /* takes over profile */
+        if (email == NULL || body == NULL)
+            out = bt_future_new_error(loop, BT_ENOMEM, "out of memory");
+    }
+    bt_results_free(r);
+    if (out != NULL) {
+        bt_free(email);
+        json_decref(body);
+        return out;
+    }
+
+    /* 4. The fingerprint, on the pool's CPU lane (the job owns its copy
+     * of the email). */
+    char *fingerprint;
+    rc = bt_await(bt_pool_submit_owned(bt_pool_default(), loop, BT_LANE_CPU, fingerprint_job,
+                                       email, bt_free),
+                  (void **)&fingerprint);
+    if (rc != 0) {
+        json_decref(body);
+        return rc == BT_ECANCELED ? cancelled(loop)
+                                  : bt_future_new_error(loop, rc, "fingerprint: %s",
+                                                        bt_await_error());
+    }
+
+    /* 5. Respond. */
+    json_object_set_new(body, "fingerprint", json_string(fingerprint));
+    bt_free(fingerprint);
+    return bt_http_respond_json(loop, 200, body);
 }
 
 /* ---- The upstream the demo serves itself ---------------------------------- */
@@ -448,7 +433,7 @@ int main(void)
     bt_http_app *app = bt_http_app_new();
     if (!app)
         return 1;
-    bt_http_app_route(app, "GET", "/user/{id}", get_user, NULL);
+    bt_http_app_route_async(app, "GET", "/user/{id}", get_user, NULL);
     bt_http_app_route(app, "GET", "/upstream/profile/{id}", get_profile, NULL);
     bt_http_app_route(app, "GET", "/healthz", healthz, NULL);
     bt_http_app_enable_metrics(app, "/metrics");

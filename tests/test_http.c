@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <baton/curl.h>
+#include <baton/fiber.h>
 #include <baton/watchdog.h>
 #include <baton/http.h>
 
@@ -658,6 +659,126 @@ START_TEST(handler_timeout_gives_504)
     ck_assert_int_eq(rs[2].status, 200);
     ck_assert(bt_test_log_contains("GET /upstream: handler failed: upstream took too long"));
     drop_held();
+}
+END_TEST
+
+/* ---- Fiber routes (bt_http_app_route_async) ------------------------------------- */
+
+static int job_forty_two(bt_job *job, void *arg)
+{
+    static int v = 42;
+    return bt_job_set_value(job, &v, NULL);
+}
+
+static _Atomic int fiber_awaits;
+static _Atomic int fiber_await_rc;
+
+/* Reads top to bottom: sleep, a job on the pool, then the answer. */
+static bt_future *hf_steps(bt_http_req *req, void *arg)
+{
+    bt_loop *l = bt_http_req_loop(req);
+    ck_assert(bt_in_fiber());
+    int rc = bt_await(bt_sleep(l, 20), NULL);
+    ck_assert_int_eq(rc, 0);
+    atomic_fetch_add(&fiber_awaits, 1);
+    int *v;
+    rc = bt_await(bt_to_thread(l, job_forty_two, NULL), (void **)&v);
+    ck_assert_int_eq(rc, 0);
+    atomic_fetch_add(&fiber_awaits, 1);
+    char body[64];
+    int n = snprintf(body, sizeof body, "%s=%d", bt_http_req_param(req, "id"), *v);
+    return bt_http_respond(l, 200, "text/plain", body, (size_t)n);
+}
+
+/* Awaits far past the handler timeout; the await must come back
+ * cancelled, and req must still be readable then. */
+static bt_future *hf_slow(bt_http_req *req, void *arg)
+{
+    bt_loop *l = bt_http_req_loop(req);
+    ck_assert_int_eq(bt_http_req_set_state(req, &states_freed, count_state), 0);
+    atomic_fetch_add(&handler_calls, 1);
+    int rc = bt_await(bt_sleep(l, 60000), NULL);
+    atomic_store(&fiber_await_rc, rc);
+    ck_assert_str_eq(bt_http_req_path(req), "/fslow"); /* still valid */
+    atomic_fetch_add(&fiber_awaits, 1);
+    return bt_http_respond(l, 200, "text/plain", "late", 4); /* dropped */
+}
+
+static bt_future *hf_fail(bt_http_req *req, void *arg)
+{
+    bt_loop *l = bt_http_req_loop(req);
+    int rc = bt_await(bt_sleep(l, 1), NULL);
+    ck_assert_int_eq(rc, 0);
+    return bt_future_new_error(l, BT_EIO, "fiber says no");
+}
+
+static bt_future *hf_null(bt_http_req *req, void *arg) { return NULL; }
+
+static void fiber_client(void *arg)
+{
+    curl_cli("", "/f/7", &rs[0]);
+    curl_cli("", "/ffail", &rs[1]);
+    curl_cli("", "/fnull", &rs[2]);
+    curl_cli("", "/hello", &rs[3]);
+}
+
+START_TEST(fiber_route_awaits_then_answers)
+{
+    bt_test_log_capture();
+    atomic_store(&fiber_awaits, 0);
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/f/{id}", hf_steps, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/ffail", hf_fail, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/fnull", hf_null, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/hello", h_hello, NULL), 0);
+    /* The same checks as bt_http_app_route. */
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/f/{id}", hf_steps, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route_async(NULL, "GET", "/x", hf_steps, NULL), BT_EINVAL);
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/x", NULL, NULL), BT_EINVAL);
+    start_server();
+    with_client(fiber_client, NULL);
+    ck_assert_int_eq(rs[0].status, 200);
+    ck_assert_str_eq(rs[0].body, "7=42");
+    ck_assert_int_eq(atomic_load(&fiber_awaits), 2);
+    /* A fiber route's failure is a 500 like a plain route's, logged. */
+    ck_assert_int_eq(rs[1].status, 500);
+    ck_assert_str_eq(rs[1].body, "{\"error\":\"internal server error\"}");
+    ck_assert(bt_test_log_contains("GET /ffail: handler failed: fiber says no (BT_EIO)"));
+    ck_assert_int_eq(rs[2].status, 500);
+    ck_assert_int_eq(rs[3].status, 200);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
+}
+END_TEST
+
+static void fiber_timeout_client(void *arg)
+{
+    curl_cli("", "/fslow", &rs[0]);
+    curl_cli("", "/hello", &rs[1]);
+}
+
+START_TEST(fiber_route_cancelled_by_handler_timeout)
+{
+    atomic_store(&fiber_awaits, 0);
+    atomic_store(&fiber_await_rc, 1);
+    ck_assert_int_eq(bt_http_app_route_async(app, "GET", "/fslow", hf_slow, NULL), 0);
+    ck_assert_int_eq(bt_http_app_route(app, "GET", "/hello", h_hello, NULL), 0);
+    ck_assert_int_eq(bt_http_app_set_handler_timeout(app, 100), 0);
+    start_server();
+    with_client(fiber_timeout_client, NULL);
+    ck_assert_int_eq(rs[0].status, 504);
+    ck_assert_str_eq(rs[0].body, "{\"error\":\"timed out\"}");
+    ck_assert_int_eq(rs[1].status, 200);
+    /* The fiber unwinds on a turn after the cancel: run the loop until it
+     * has returned and its request was freed (a deadline of 100 turns of
+     * 10 ms, far beyond the one or two turns it takes). */
+    for (int i = 0; i < 100 && atomic_load(&states_freed) == 0; i++) {
+        bt_future *t = bt_sleep(loop, 10);
+        bt_loop_run_until(loop, t);
+        bt_future_unref(t);
+    }
+    ck_assert_int_eq(atomic_load(&fiber_awaits), 1);
+    ck_assert_int_eq(atomic_load(&fiber_await_rc), BT_ECANCELED);
+    ck_assert_int_eq(atomic_load(&states_freed), 1);
+    ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
 }
 END_TEST
 
@@ -1671,6 +1792,8 @@ static Suite *make_suite(void)
     tcase_add_test(tc, app_run_stop_sigint_and_bind_error);
     tcase_add_test(tc, api_refusals);
     tcase_add_test(tc, allocation_failures);
+    tcase_add_test(tc, fiber_route_awaits_then_answers);
+    tcase_add_test(tc, fiber_route_cancelled_by_handler_timeout);
     tcase_add_test(tc, watchdog_names_a_blocking_handler);
     tcase_add_test(tc, smuggling_and_malformed_framing_refused);
     tcase_add_test(tc, slowloris_head_and_body_deadlines);

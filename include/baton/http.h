@@ -103,6 +103,34 @@ BT_EXPORT void bt_http_app_free(bt_http_app *app);
 BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
                                 bt_http_handler_fn handler, void *arg);
 
+/* Like bt_http_app_route, but the handler runs on a fiber of the server's
+ * loop (bt_async, include/baton/fiber.h), so it may bt_await and read top
+ * to bottom:
+ *
+ *     static bt_future *get_user(bt_http_req *req, void *arg)
+ *     {
+ *         bt_loop *loop = bt_http_req_loop(req);
+ *         bt_pq_result *r;
+ *         if (bt_await(bt_pq_query(pool, sql, 1, params), (void **)&r) != 0)
+ *             return bt_future_new_error(loop, BT_EIO, "%s", bt_await_error());
+ *         ...
+ *         return bt_http_respond_json(loop, 200, body);
+ *     }
+ *
+ * Same handler signature and outcomes as a plain route (its returned
+ * future answers; a failure is a 500, a timeout a 504). The fiber starts
+ * on the loop turn after the request was read. Cancelling the handler (the
+ * client went away, the handler timeout, shutdown) cancels the fiber: its
+ * pending bt_await and every later one return BT_ECANCELED, and the
+ * handler should return at once (whatever it returns is dropped). req stays
+ * valid until the handler has returned, even after a timeout answered.
+ * Costs one fiber per request in flight (a stack from the loop's cache, see
+ * bt_loop_set_fiber_stack), no allocation of its own.
+ * Returns: as bt_http_app_route. Thread: the configuring one. */
+BT_EXPORT int bt_http_app_route_async(bt_http_app *app, const char *method,
+                                      const char *pattern, bt_http_handler_fn handler,
+                                      void *arg);
+
 /* Limits. Each returns 0, BT_EINVAL (NULL app or a zero value) or BT_EBUSY
  * once a server uses the app.
  * - max_header_bytes: the request line and headers (default 16 KiB);

@@ -87,7 +87,14 @@ int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
                       bt_http_handler_fn handler, void *arg)
 {
     CHECK_APP(app);
-    return bt__router_add(&app->router, method, pattern, handler, arg);
+    return bt__router_add(&app->router, method, pattern, handler, arg, false);
+}
+
+BT_EXPORT int bt_http_app_route_async(bt_http_app *app, const char *method, const char *pattern,
+                                      bt_http_handler_fn handler, void *arg)
+{
+    CHECK_APP(app);
+    return bt__router_add(&app->router, method, pattern, handler, arg, true);
 }
 
 int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes)

@@ -23,6 +23,7 @@ typedef struct bt__route {
     size_t order;
     bt_http_handler_fn handler;
     void *arg;
+    bool fiber;       /* bt_http_app_route_async: the handler runs on a fiber */
 } bt__route;
 
 typedef struct bt__router {
@@ -44,7 +45,7 @@ typedef struct {
 } bt__match;
 
 int bt__router_add(bt__router *r, const char *method, const char *pattern,
-                   bt_http_handler_fn handler, void *arg);
+                   bt_http_handler_fn handler, void *arg, bool fiber);
 void bt__router_free(bt__router *r);
 /* segs are the decoded segments of the request path. Returns 0 or
  * BT_ENOMEM (allow could not be built). */
@@ -154,6 +155,8 @@ struct bt_http_req {
     struct event *watch;         /* notices the client closing, while in flight */
     bool watched;                /* watch_peer was tried (the sweep's mark) */
     bt_future *fut;
+    const bt__route *route;      /* for a fiber route's entry (set before bt_async) */
+    bt_future *fiber;            /* a fiber route's bt_async future (a reference) */
     bt_http_req *prev, *next;
     uint64_t start_ns;
 

@@ -32,6 +32,7 @@ void bt__http_req_free(bt_http_req *req)
     bt_free(req->headers); /* one block with the strings */
     bt_free(req->body);
     bt_future_unref(req->fut);
+    bt_future_unref(req->fiber);
     bt_free(req);
 }
 

@@ -74,7 +74,7 @@ static int parse_pattern(bt__route *rt, const char *pattern)
 }
 
 int bt__router_add(bt__router *r, const char *method, const char *pattern,
-                   bt_http_handler_fn handler, void *arg)
+                   bt_http_handler_fn handler, void *arg, bool fiber)
 {
     if (!method || !*method || !pattern || !handler)
         return BT_EINVAL;
@@ -109,6 +109,7 @@ int bt__router_add(bt__router *r, const char *method, const char *pattern,
     rt.order = r->n;
     rt.handler = handler;
     rt.arg = arg;
+    rt.fiber = fiber;
     r->routes[r->n++] = rt;
     return 0;
 }

@@ -53,6 +53,7 @@
 #include <event2/listener.h>
 
 #include <baton/compose.h>
+#include <baton/fiber.h>
 
 #include "http-internal.h"
 #include "response-internal.h"
@@ -207,6 +208,35 @@ static void maybe_shutdown_done(bt_http_server *srv)
     }
 }
 
+/* A fiber route's handler: the fiber's entry, with handler and arg found
+ * through the request (so a fiber route allocates nothing per request
+ * beyond what bt_async takes from the loop's stack cache). */
+static bt_future *fiber_entry(bt_loop *loop, void *arg)
+{
+    (void)loop;
+    bt_http_req *req = arg;
+    return req->route->handler(req, req->route->arg);
+}
+
+static void on_fiber_end(bt_future *f, void *arg)
+{
+    bt_future_error(f); /* its outcome was answered (or dropped) by on_done */
+    bt__http_req_free(arg);
+}
+
+/* Free req once nothing uses it. A fiber route's request outlives the
+ * answer when the handler timeout fired: the timeout's future settles at
+ * the deadline, but the fiber only unwinds on a later turn (its cancelled
+ * bt_await returns then), and the handler may still read req until it
+ * returns. Its future settles when it has returned: free req then. */
+static void req_release(bt_http_req *req)
+{
+    if (req->fiber != NULL && !bt_future_is_settled(req->fiber) &&
+        bt_future_add_callback(req->fiber, on_fiber_end, req) == 0)
+        return;
+    bt__http_req_free(req);
+}
+
 /* The handler's future settled: answer, account, free. */
 static void on_done(bt_future *f, void *arg)
 {
@@ -214,7 +244,7 @@ static void on_done(bt_future *f, void *arg)
     bt_http_server *srv = req->srv;
     if (!srv) { /* detached by free or the loop's closer: nobody to answer */
         bt_future_error(f);
-        bt__http_req_free(req);
+        req_release(req);
         return;
     }
     list_remove(srv, req);
@@ -254,7 +284,7 @@ static void on_done(bt_future *f, void *arg)
     }
     bt_http_reply_free(resp);
     req->ev = NULL;
-    bt__http_req_free(req);
+    req_release(req);
     maybe_shutdown_done(srv);
 }
 
@@ -414,9 +444,22 @@ static void dispatch(struct evhttp_request *ev, void *arg)
     srv->nflight++;
     atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
 
-    bt_loop_enter_cb(srv->loop, (const void *)m.route->handler);
-    bt_future *f = m.route->handler(req, m.route->arg);
-    bt_loop_leave_cb(srv->loop);
+    bt_future *f;
+    if (m.route->fiber) {
+        /* The fiber's entry finds handler and arg through req: no block of
+         * its own per request. bt_async's future adopts the handler's, and
+         * cancelling it (client gone, handler timeout, shutdown) makes the
+         * handler's pending bt_await return BT_ECANCELED. */
+        req->route = m.route;
+        f = bt_async(srv->loop, fiber_entry, req);
+        if (f == NULL)
+            bt_log(BT_LOG_ERROR, "http: %s %s: no fiber for the handler (out of memory?)",
+                   req->method, req->path);
+    } else {
+        bt_loop_enter_cb(srv->loop, (const void *)m.route->handler);
+        f = m.route->handler(req, m.route->arg);
+        bt_loop_leave_cb(srv->loop);
+    }
     if (!f) {
         bt_log(BT_LOG_ERROR, "http: %s %s: handler returned no future", req->method, req->path);
         f = bt_future_new_error(srv->loop, BT_ENOMEM, "handler returned NULL");
@@ -437,6 +480,10 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         return;
     }
     if (srv->app->handler_timeout_ms) {
+        /* A fiber route keeps its fiber's future: req must outlive the
+         * fiber, which ends after the timeout's future settles. */
+        if (m.route->fiber)
+            req->fiber = bt_future_ref(f);
         /* bt_timeout takes over f; out of memory, it cancels f. */
         req->fut = f = bt_timeout(f, srv->app->handler_timeout_ms);
         if (f == NULL) {
@@ -451,7 +498,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         list_remove(srv, req);
         bt_future_cancel(f);
         bt_future_error(f);
-        bt__http_req_free(req);
+        req_release(req);
         send_simple(srv, ev, 500, "internal server error", NULL, t0);
         return;
     }
