@@ -20,7 +20,11 @@
  *   bt_await. Between two awaits nothing else runs on the loop: state the
  *   fiber reads there is as consistent as in a callback.
  * - Everything on the fiber's stack stays valid across an await; pointers
- *   into it may be handed to futures the fiber awaits.
+ *   into it may be handed to futures the fiber awaits, with one exception:
+ *   a pool job. A cancelled fiber's await returns at once, and the fiber
+ *   unwinds, while a job already running goes on; so give a job its own
+ *   copy (bt_to_thread_owned / bt_pool_submit_owned), never a pointer into
+ *   the fiber's stack.
  * - Cancelling the future bt_async returned makes the pending bt_await
  *   (and every later one) return BT_ECANCELED at once, and cancels what it
  *   was awaiting. The fiber unwinds by returning; its future then settles
