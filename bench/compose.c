@@ -20,7 +20,10 @@
 #define N 10000
 #define ROUNDS 5
 
-static double now_s(void) { return (double)bt_hrtime() / 1e9; }
+static double now_s(void)
+{
+    return (double)bt_hrtime() / 1e9;
+}
 
 /* ---- gather vs a hand-written join ---------------------------------------- */
 
@@ -74,7 +77,7 @@ static double run_hand_join(bt_loop *loop)
 {
     make_kids(loop);
     double t0 = now_s();
-    join j = {N, 0, bt_future_new(loop)};
+    join j = { N, 0, bt_future_new(loop) };
     for (int i = 0; i < N; i++)
         bt_future_add_callback(kids[i], join_cb, &j);
     settle_kids();

@@ -176,10 +176,9 @@ int main(void)
         bs[r] = serial / baton_run(pool, loop, &bl[r]);
         us[r] = serial / uv_runit(&uvl, &ul[r]);
     }
-    bench_line("cpu_parallel_speedup", median_d(bs, 3), ANCHOR,
-               median_d(us, 3), "x", "higher");
-    bench_line("cpu_parallel_timer_lag_p99", median_d(bl, 3), ANCHOR,
-               median_d(ul, 3), "ms", "lower");
+    bench_line("cpu_parallel_speedup", median_d(bs, 3), ANCHOR, median_d(us, 3), "x", "higher");
+    bench_line("cpu_parallel_timer_lag_p99", median_d(bl, 3), ANCHOR, median_d(ul, 3), "ms",
+               "lower");
 
     uv_close((uv_handle_t *)&uvt, NULL);
     uv_run(&uvl, UV_RUN_DEFAULT);

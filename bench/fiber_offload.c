@@ -117,13 +117,13 @@ static double run(bt_loop *loop, int kind)
     if (kind == 0) {
         done = bt_async(loop, seq_fiber, NULL);
     } else if (kind == 1) {
-        gs.s = (cb_state){loop, 0, bt_future_new(loop)};
+        gs.s = (cb_state){ loop, 0, bt_future_new(loop) };
         done = gs.s.done;
         seq_submit(&gs.s);
     } else if (kind == 2) {
         done = bt_async(loop, gather_fiber, NULL);
     } else {
-        gs.s = (cb_state){loop, 0, bt_future_new(loop)};
+        gs.s = (cb_state){ loop, 0, bt_future_new(loop) };
         done = gs.s.done;
         gather_submit(&gs);
     }

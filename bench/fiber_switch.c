@@ -84,8 +84,7 @@ int main(void)
         bb = b[r] < bb ? b[r] : bb;
         ub = u[r] < ub ? u[r] : ub;
     }
-    bench_line("fiber_switch", bb, "ucontext_swapcontext", ub,
-               "ns/switch", "lower");
+    bench_line("fiber_switch", bb, "ucontext_swapcontext", ub, "ns/switch", "lower");
     fprintf(stderr, "(%s: switch implementation %s)\n", name, bt__ctx_kind);
     return 0;
 }

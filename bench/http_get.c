@@ -54,7 +54,7 @@ static void start_one(run_state *s)
 
 static int run_baton(const char *url, int n, http_get_result *out)
 {
-    run_state s = {.url = url};
+    run_state s = { .url = url };
     s.loop = bt_loop_new();
     s.c = bt_http_client_new(s.loop);
     bt_http_client_set_limits(s.c, CONC, 0);
@@ -101,8 +101,9 @@ int main(void)
         }
         double s2 = curl_server_child_cpu(server);
         double va = N / ra.seconds, vb = N / rb.seconds;
-        fprintf(stderr, "round %d: anchor %.0f req/s (client cpu %.2fs, server cpu %.2fs), "
-                        "baton %.0f req/s (client cpu %.2fs, server cpu %.2fs)\n",
+        fprintf(stderr,
+                "round %d: anchor %.0f req/s (client cpu %.2fs, server cpu %.2fs), "
+                "baton %.0f req/s (client cpu %.2fs, server cpu %.2fs)\n",
                 round, va, ra.cpu, s1 - s0, vb, rb.cpu, s2 - s1);
         best_a = va > best_a ? va : best_a;
         best_b = vb > best_b ? vb : best_b;

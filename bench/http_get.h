@@ -5,8 +5,8 @@
 #include <stddef.h>
 
 typedef struct {
-    double seconds;     /* wall time */
-    double cpu;         /* this process's user+system seconds */
+    double seconds; /* wall time */
+    double cpu;     /* this process's user+system seconds */
     int ok, failed;
 } http_get_result;
 

@@ -119,7 +119,8 @@ static void on_event(evutil_socket_t fd, short kind, void *arg)
 {
     anchor *a = arg;
     int running;
-    int mask = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int mask =
+        ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     curl_multi_socket_action(a->multi, fd, mask, &running);
     check_done(a);
 }
@@ -141,7 +142,7 @@ static int on_timer(CURLM *m, long ms, void *arg)
     if (ms < 0) {
         evtimer_del(a->timer);
     } else {
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
         evtimer_add(a->timer, &tv);
     }
     return 0;
@@ -178,7 +179,7 @@ int http_get_anchor(const char *url, int n, int conc, http_get_result *out)
     char ua[96];
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
     snprintf(ua, sizeof ua, "baton/%s libcurl/%s", "0.1.0", v->version);
-    anchor a = {.url = url, .ua = ua, .n = n, .conc = conc};
+    anchor a = { .url = url, .ua = ua, .n = n, .conc = conc };
     a.base = event_base_new();
     a.multi = curl_multi_init();
     a.timer = evtimer_new(a.base, on_timeout, &a);

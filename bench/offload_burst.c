@@ -112,12 +112,12 @@ int main(void)
         u[r] = uv_round(&uvl);
         uc[r] = cpu_per_job;
     }
-    bench_line("offload_burst", median_d(b, ROUNDS), ANCHOR,
-               median_d(u, ROUNDS), "jobs/s", "higher");
+    bench_line("offload_burst", median_d(b, ROUNDS), ANCHOR, median_d(u, ROUNDS), "jobs/s",
+               "higher");
     /* CPU per job, all threads together: steadier than wall time on a
      * shared machine. */
-    bench_line("offload_burst_cpu", median_d(bc, ROUNDS), ANCHOR,
-               median_d(uc, ROUNDS), "ns/job", "lower");
+    bench_line("offload_burst_cpu", median_d(bc, ROUNDS), ANCHOR, median_d(uc, ROUNDS), "ns/job",
+               "lower");
 
     uv_loop_close(&uvl);
     free(reqs);

@@ -118,12 +118,9 @@ int main(void)
         baton_run(loop, &b50[r], &b99[r], &bc[r]);
         uv_runit(&uvl, &u50[r], &u99[r], &uc[r]);
     }
-    bench_line("offload_latency_p50", median_d(b50, 3), ANCHOR,
-               median_d(u50, 3), "us", "lower");
-    bench_line("offload_latency_p99", median_d(b99, 3), ANCHOR,
-               median_d(u99, 3), "us", "lower");
-    bench_line("offload_latency_cpu", median_d(bc, 3), ANCHOR,
-               median_d(uc, 3), "cores", "lower");
+    bench_line("offload_latency_p50", median_d(b50, 3), ANCHOR, median_d(u50, 3), "us", "lower");
+    bench_line("offload_latency_p99", median_d(b99, 3), ANCHOR, median_d(u99, 3), "us", "lower");
+    bench_line("offload_latency_cpu", median_d(bc, 3), ANCHOR, median_d(uc, 3), "cores", "lower");
 
     uv_loop_close(&uvl);
     free(lat);

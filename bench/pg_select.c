@@ -60,7 +60,7 @@ static bool raw_send(raw_conn *rc)
 {
     char buf[16];
     snprintf(buf, sizeof buf, "%d", next_id());
-    const char *v[] = {buf};
+    const char *v[] = { buf };
     if (!PQsendQueryPrepared(rc->c, "s", 1, v, NULL, NULL, 0))
         return false;
     while (PQflush(rc->c) == 1) {
@@ -169,7 +169,7 @@ static void issue(bench *b)
     b->sent++;
     char buf[16];
     snprintf(buf, sizeof buf, "%d", next_id());
-    const char *v[] = {buf};
+    const char *v[] = { buf };
     bt_future *f = bt_pq_query(b->pool, SQL, 1, v);
     if (!f)
         die("bt_pq_query");
@@ -179,7 +179,7 @@ static void issue(bench *b)
 
 static double run_baton(bt_loop *loop, bt_pq_pool *pool, int total)
 {
-    bench b = {.pool = pool, .total = total};
+    bench b = { .pool = pool, .total = total };
     b.finished = bt_future_new(loop);
     uint64_t t0 = bt_hrtime();
     for (int i = 0; i < CONC; i++)
@@ -274,15 +274,21 @@ int main(int argc, char **argv)
          * its load drifts more between rounds than within one. */
         for (int k = 0; k < 3; k++) {
             switch ((r + k) % 3) {
-            case 0: raw[r] = run_raw(QUERIES); break;
-            case 1: bat[r] = run_baton(loop, plain, QUERIES); break;
-            default: pip[r] = run_baton(loop, piped, QUERIES); break;
+            case 0:
+                raw[r] = run_raw(QUERIES);
+                break;
+            case 1:
+                bat[r] = run_baton(loop, plain, QUERIES);
+                break;
+            default:
+                pip[r] = run_baton(loop, piped, QUERIES);
+                break;
             }
         }
         r1[r] = bat[r] / raw[r];
         r2[r] = pip[r] / raw[r];
-        fprintf(stderr, "pg_select: round %d: raw %.0f, baton %.0f, pipelined %.0f\n", r,
-                raw[r], bat[r], pip[r]);
+        fprintf(stderr, "pg_select: round %d: raw %.0f, baton %.0f, pipelined %.0f\n", r, raw[r],
+                bat[r], pip[r]);
     }
     double a = median_d(raw, ROUNDS), b = median_d(bat, ROUNDS), c = median_d(pip, ROUNDS);
     double ratio1 = median_d(r1, ROUNDS), ratio2 = median_d(r2, ROUNDS);

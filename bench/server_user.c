@@ -93,7 +93,7 @@ static bt_future *get_user(bt_http_req *req, void *arg)
     bt_http_req_set_state(req, uc, bt_free); /* freed after the reply */
     uc->loop = loop;
     memcpy(uc->id, id, n + 1);
-    const char *params[] = {uc->id};
+    const char *params[] = { uc->id };
     bt_future *q = bt_pq_query(bt_http_req_loop_data(req),
                                "SELECT name, email FROM users WHERE id = $1", 1, params);
     return q ? bt_future_after(q, on_row, uc) : NULL;
@@ -176,8 +176,8 @@ static bt_future *cb_row(bt_future *q, void *arg)
         bt_free(email);
         return NULL;
     }
-    bt_future *job = bt_pool_submit_owned(bt_pool_default(), fc->loop, BT_LANE_CPU,
-                                          fingerprint_job, email, bt_free);
+    bt_future *job = bt_pool_submit_owned(bt_pool_default(), fc->loop, BT_LANE_CPU, fingerprint_job,
+                                          email, bt_free);
     return job ? bt_future_after(job, cb_hashed, fc) : NULL;
 }
 
@@ -193,7 +193,7 @@ static bt_future *get_user_callback(bt_http_req *req, void *arg)
     bt_http_req_set_state(req, fc, flag_call_free);
     fc->loop = loop;
     snprintf(fc->id, sizeof fc->id, "%s", id);
-    const char *params[] = {fc->id};
+    const char *params[] = { fc->id };
     bt_future *q = bt_pq_query(bt_http_req_loop_data(req),
                                "SELECT name, email FROM users WHERE id = $1", 1, params);
     return q ? bt_future_after(q, cb_row, fc) : NULL;
@@ -206,7 +206,7 @@ static bt_future *get_user_fiber(bt_http_req *req, void *arg)
     const char *id = bt_http_req_param(req, "id");
     if (!valid_id(id))
         return bt_http_respond_error(loop, 400, "id must be a positive integer");
-    const char *params[] = {id};
+    const char *params[] = { id };
     bt_pq_result *r;
     int rc = bt_await(bt_pq_query(bt_http_req_loop_data(req),
                                   "SELECT name, email FROM users WHERE id = $1", 1, params),
@@ -226,9 +226,9 @@ static bt_future *get_user_fiber(bt_http_req *req, void *arg)
         return NULL;
     }
     char *hex;
-    rc = bt_await(bt_pool_submit_owned(bt_pool_default(), loop, BT_LANE_CPU, fingerprint_job,
-                                       email, bt_free),
-                  (void **)&hex);
+    rc = bt_await(
+        bt_pool_submit_owned(bt_pool_default(), loop, BT_LANE_CPU, fingerprint_job, email, bt_free),
+        (void **)&hex);
     if (rc != 0) {
         json_decref(body);
         return bt_future_new_error(loop, rc, "%s", bt_await_error());
@@ -259,7 +259,10 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
     return db ? 0 : BT_EINVAL;
 }
 
-static void loop_fini(bt_loop *loop, void *data, void *arg) { bt_pq_pool_free(data); }
+static void loop_fini(bt_loop *loop, void *data, void *arg)
+{
+    bt_pq_pool_free(data);
+}
 
 static void on_ready(int port, void *arg)
 {
@@ -270,7 +273,7 @@ static void on_ready(int port, void *arg)
 
 /* The servers: the anchor, and Baton with each handler. */
 enum { ANCHOR, BATON, FLAG_CALLBACK, FLAG_FIBER, NMODES };
-static const char *const mode_names[NMODES] = {"anchor", "baton", "callback", "fiber"};
+static const char *const mode_names[NMODES] = { "anchor", "baton", "callback", "fiber" };
 
 static int baton_serve(int ready_fd, int mode)
 {
@@ -293,7 +296,7 @@ static int baton_serve(int ready_fd, int mode)
 static int listen_any(int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct sockaddr_in sa = { .sin_family = AF_INET };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -427,7 +430,7 @@ int main(void)
     int seconds = getenv("SERVER_USER_SECONDS") ? atoi(getenv("SERVER_USER_SECONDS")) : 10;
     enum { ROUNDS = 3 };
     wrk_result runs[NMODES][ROUNDS];
-    bool ran[NMODES] = {false};
+    bool ran[NMODES] = { false };
     memset(runs, 0, sizeof runs);
     for (int round = 0; round < ROUNDS; round++) {
         for (int b = 0; b < NMODES; b++) {
@@ -456,8 +459,7 @@ int main(void)
                     round + 1, mode_names[b], r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx,
                     r.cpu_us);
             if (r.errors || r.non2xx) {
-                fprintf(stderr, "server_user: the %s server answered with errors\n",
-                        mode_names[b]);
+                fprintf(stderr, "server_user: the %s server answered with errors\n", mode_names[b]);
                 return 1;
             }
             runs[b][round] = r;
@@ -479,8 +481,8 @@ int main(void)
     if (ran[ANCHOR] && ran[BATON]) {
         bench_line("server_user_rps", best[BATON].rps, "evhttp_libpq", best[ANCHOR].rps, "req/s",
                    "higher");
-        bench_line("server_user_p99", best[BATON].p99_ms, "evhttp_libpq", best[ANCHOR].p99_ms,
-                   "ms", "lower");
+        bench_line("server_user_p99", best[BATON].p99_ms, "evhttp_libpq", best[ANCHOR].p99_ms, "ms",
+                   "lower");
         /* The server's own CPU per request: steadier than req/s on a
          * machine shared with wrk, PostgreSQL and other work. */
         bench_line("server_user_cpu", best[BATON].cpu_us, "evhttp_libpq", best[ANCHOR].cpu_us,

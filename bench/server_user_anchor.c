@@ -32,7 +32,7 @@ typedef struct pending {
 typedef struct {
     PGconn *pg;
     struct event *rd, *wr;
-    pending *cur;              /* the request whose query is in flight */
+    pending *cur; /* the request whose query is in flight */
 } conn;
 
 static struct event_base *base;
@@ -53,7 +53,7 @@ static void reply_error(struct evhttp_request *req, int status, const char *msg)
 static void start_query(conn *c, pending *p)
 {
     c->cur = p;
-    const char *params[1] = {p->id};
+    const char *params[1] = { p->id };
     if (!PQsendQueryPrepared(c->pg, "user", 1, params, NULL, NULL, 0)) {
         c->cur = NULL;
         reply_error(p->req, 500, "internal server error");
@@ -104,8 +104,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         } else if (PQntuples(r) == 0) {
             reply_error(req, 404, "user not found");
         } else {
-            json_t *j = json_pack("{s:s, s:s, s:s}", "id", c->cur->id, "name",
-                                  PQgetvalue(r, 0, 0), "email", PQgetvalue(r, 0, 1));
+            json_t *j = json_pack("{s:s, s:s, s:s}", "id", c->cur->id, "name", PQgetvalue(r, 0, 0),
+                                  "email", PQgetvalue(r, 0, 1));
             char *text = json_dumps(j, JSON_COMPACT);
             evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                               "application/json");

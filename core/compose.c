@@ -99,12 +99,12 @@ typedef struct {
 
 struct fan {
     fan_kind kind;
-    bt_future *result;  /* owned reference */
-    bt_future **kids;   /* owned references; NULLed when moved to results */
+    bt_future *result; /* owned reference */
+    bt_future **kids;  /* owned references; NULLed when moved to results */
     fan_slot *slots;
     size_t n;
-    size_t left;        /* child callbacks still to run */
-    int first_code;     /* any: the first child's error */
+    size_t left;    /* child callbacks still to run */
+    int first_code; /* any: the first child's error */
     char *first_msg;
 };
 
@@ -294,8 +294,8 @@ BT_EXPORT bt_future *bt_gather(bt_loop *loop, bt_future *const *children, size_t
         discard_children(children, n);
         return NULL;
     }
-    return fan_new(mode == BT_GATHER_COLLECT ? FAN_GATHER_COLLECT : FAN_GATHER_FAST, loop,
-                   children, n);
+    return fan_new(mode == BT_GATHER_COLLECT ? FAN_GATHER_COLLECT : FAN_GATHER_FAST, loop, children,
+                   n);
 }
 
 BT_EXPORT bt_future *bt_race(bt_loop *loop, bt_future *const *children, size_t n)
@@ -334,7 +334,7 @@ static void timeout_on_inner(bt_future *inner, void *arg)
     timeout_state *ts = arg;
     bt_timer_free(ts->timer);
     if (ts->timed_out && !bt_future_cancel_requested(ts->result)) {
-        bt_future_error(inner); /* cancelled by us: nothing to report */
+        bt_future_error(inner);                           /* cancelled by us: nothing to report */
         const char *note = bt__future_cancel_note(inner); /* "the job is still running..." */
         bt_future_set_error(ts->result, BT_ETIMEDOUT, "timed out after %" PRIu64 " ms%s%s", ts->ms,
                             note ? "; " : "", note ? note : "");

@@ -101,12 +101,12 @@ void bt__ctx_make(bt__ctx *c, void *lo, size_t size, void (*entry)(void *), void
     __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(fpucw));
     sp[0] = (uint64_t)mxcsr | (uint64_t)fpucw << 32;
-    sp[1] = 0;                      /* r15 */
-    sp[2] = 0;                      /* r14 */
+    sp[1] = 0;                          /* r15 */
+    sp[2] = 0;                          /* r14 */
     sp[3] = (uint64_t)(uintptr_t)entry; /* r13 */
     sp[4] = (uint64_t)(uintptr_t)arg;   /* r12 */
-    sp[5] = 0;                      /* rbx */
-    sp[6] = 0;                      /* rbp: ends frame-pointer walks */
+    sp[5] = 0;                          /* rbx */
+    sp[6] = 0;                          /* rbp: ends frame-pointer walks */
     sp[7] = (uint64_t)(uintptr_t)bt__ctx_entry;
     c->sp = sp;
 }

@@ -14,7 +14,8 @@
 
 #include <stddef.h>
 
-#if !defined(BT_FIBER_UCONTEXT) && !(defined(__ELF__) && (defined(__x86_64__) || defined(__aarch64__)))
+#if !defined(BT_FIBER_UCONTEXT) && \
+    !(defined(__ELF__) && (defined(__x86_64__) || defined(__aarch64__)))
 #define BT_FIBER_UCONTEXT 1
 #endif
 

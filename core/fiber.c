@@ -80,38 +80,38 @@
 
 #define MIN_STACK (16u * 1024u)
 #define MAX_STACK (1024u * 1024u * 1024u)
-#define FREE_MAX 64          /* stacks a loop keeps for reuse */
+#define FREE_MAX 64               /* stacks a loop keeps for reuse */
 #define GUARD_SLACK (64u * 1024u) /* a frame may skip past the guard page */
 
 typedef struct bt__fiber bt__fiber;
 
 /* The loop's fibers: owned by the loop (loop->fibers), loop thread only. */
 typedef struct bt__fibers {
-    size_t stack_size;   /* usable bytes of new stacks */
-    bt__fiber *free;     /* mappings to reuse, all of stack_size */
+    size_t stack_size; /* usable bytes of new stacks */
+    bt__fiber *free;   /* mappings to reuse, all of stack_size */
     size_t nfree;
-    size_t alive;        /* fibers started and not yet ended */
-    size_t mapped;       /* bytes mapped: the fibers' and the free list's */
-    bt__fiber *live;     /* every mapping in use, for bt_loop_free */
+    size_t alive;    /* fibers started and not yet ended */
+    size_t mapped;   /* bytes mapped: the fibers' and the free list's */
+    bt__fiber *live; /* every mapping in use, for bt_loop_free */
 } bt__fibers;
 
 struct bt__fiber {
-    bt__ctx ctx;           /* the fiber's saved context while suspended */
-    bt__ctx *caller;       /* the resumer's, on the resumer's stack */
+    bt__ctx ctx;     /* the fiber's saved context while suspended */
+    bt__ctx *caller; /* the resumer's, on the resumer's stack */
     bt__fiber *prev_current;
     bt__fibers *fs;
     bt_loop *loop;
     bt_start_fn fn;
     void *arg;
-    bt_future *result;     /* ours: settled when the fiber has returned */
-    bt_future *awaiting;   /* borrowed from the bt_await frame */
-    bt_future *ret;        /* what fn returned; ours */
+    bt_future *result;      /* ours: settled when the fiber has returned */
+    bt_future *awaiting;    /* borrowed from the bt_await frame */
+    bt_future *ret;         /* what fn returned; ours */
     bt_future *last_failed; /* ours, for bt_await_error */
     const char *last_msg;
     int refs;
     bool started, ended, cancelled, task_queued;
-    bt__task task;         /* start, then wake */
-    char *map;             /* the mapping: guard page first */
+    bt__task task; /* start, then wake */
+    char *map;     /* the mapping: guard page first */
     size_t map_size;
     size_t guard;
     char *stack_lo;
@@ -252,7 +252,7 @@ static void altstack_ensure(void)
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return;
-    stack_t ss = {.ss_sp = p, .ss_size = size, .ss_flags = 0};
+    stack_t ss = { .ss_sp = p, .ss_size = size, .ss_flags = 0 };
     if (sigaltstack(&ss, NULL) != 0)
         munmap(p, size);
 }

@@ -25,7 +25,7 @@ typedef struct bt__future_cb_node {
 struct bt_future {
     _Atomic int refs;
     int code;
-    _Atomic unsigned char state;  /* bt_future_state */
+    _Atomic unsigned char state; /* bt_future_state */
     _Atomic bool cancel_requested;
     bool error_read;
     bool value_taken;

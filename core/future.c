@@ -201,8 +201,8 @@ bool bt__future_callbacks_done(const bt_future *f)
 
 /* Common tail of every setter, but for running the callbacks. Takes
  * ownership of value and message. */
-static int settle_state(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor,
-                        int code, char *message)
+static int settle_state(bt_future *f, bt_future_state st, void *value, bt_destroy_fn dtor, int code,
+                        char *message)
 {
     if (f == NULL) {
         if (dtor)
@@ -216,7 +216,8 @@ static int settle_state(bt_future *f, bt_future_state st, void *value, bt_destro
         bt_free(message);
         return BT_EALREADY;
     }
-    if (st != BT_FUTURE_CANCELLED && atomic_load_explicit(&f->cancel_requested, memory_order_relaxed)) {
+    if (st != BT_FUTURE_CANCELLED &&
+        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed)) {
         /* Cancellation was asked for: the late outcome is discarded. */
         if (dtor)
             dtor(value);
@@ -572,7 +573,7 @@ static void chain_on_src(bt_future *src, void *arg)
     chain *c = arg;
     if (bt_future_is_settled(c->result)) {
         bt_future_error(src); /* consumed: nobody is left to read it */
-        chain_free(c); /* settled by bt_loop_free: nothing to hand on */
+        chain_free(c);        /* settled by bt_loop_free: nothing to hand on */
         return;
     }
     if (bt_future_cancel_requested(c->result)) {

@@ -34,8 +34,8 @@ struct bt_group {
     bt_future *future; /* owned */
     kid *head;
     size_t pending;
-    size_t failed;       /* children that settled with an error */
-    int first_code;      /* 0 until the group fails */
+    size_t failed;  /* children that settled with an error */
+    int first_code; /* 0 until the group fails */
     char *first_msg;
     bool first_is_child; /* else the deadline */
     bt_timer *deadline;

@@ -27,8 +27,9 @@ typedef struct bt__list {
 
 /* for (pos = first; pos != head; pos = next), where the body may remove
  * (or free) pos: `tmp` holds the next node before the body runs. */
-#define BT__LIST_FOREACH_SAFE(pos, tmp, head) \
-    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp), (tmp) = (pos)->next)
+#define BT__LIST_FOREACH_SAFE(pos, tmp, head)                        \
+    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); \
+         (pos) = (tmp), (tmp) = (pos)->next)
 
 /* An empty list head, or an unlinked node. */
 static inline void bt__list_init(bt__list *l)

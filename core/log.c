@@ -20,10 +20,14 @@ static _Atomic int g_log_min = BT_LOG_WARN;
 static const char *level_name(bt_log_level l)
 {
     switch (l) {
-    case BT_LOG_DEBUG: return "debug";
-    case BT_LOG_INFO: return "info";
-    case BT_LOG_WARN: return "warning";
-    default: return "error";
+    case BT_LOG_DEBUG:
+        return "debug";
+    case BT_LOG_INFO:
+        return "info";
+    case BT_LOG_WARN:
+        return "warning";
+    default:
+        return "error";
     }
 }
 

@@ -35,15 +35,15 @@ struct bt_loop {
     struct event_base *base;
     bool owns_base;
     bool running;
-    bool closing;                /* bt_loop_free has started */
+    bool closing;                 /* bt_loop_free has started */
     _Atomic bool closed_to_posts; /* bt_loop_post refuses from now on */
     _Atomic bool stop_requested;
     /* The thread that runs it, as pthread_self() (an integer on Linux):
      * written by that thread, compared from any, so atomic. */
     _Atomic uintptr_t thread;
-    unsigned spin_streak;        /* spin hits since libevent last ran */
-    uint64_t spin_since;         /* when the first of them began */
-    unsigned cb_depth;           /* nesting of bt_loop_enter_cb */
+    unsigned spin_streak; /* spin hits since libevent last ran */
+    uint64_t spin_since;  /* when the first of them began */
+    unsigned cb_depth;    /* nesting of bt_loop_enter_cb */
 
     /* Loop-thread FIFO of tasks to run on the next pass (call_soon and
      * future callbacks). */
@@ -59,18 +59,18 @@ struct bt_loop {
      * wakeup fd is written by the producer that turns `wake_wanted` from
      * 1 to 0: the loop sets it when it has found the inbox empty and may
      * sleep, and clears it while it spins on the inbox. */
-    char pad_inbox[64];          /* the tail and `wake_wanted` have a line
+    char pad_inbox[64]; /* the tail and `wake_wanted` have a line
                                     of their own: producers write it on
                                     every push, so no field the loop uses
                                     for anything else may share it */
     _Atomic(bt__task *) inbox_tail;
     _Atomic int wake_wanted;
     char pad_inbox_end[64];
-    bt__task *inbox_head;        /* loop thread only */
-    unsigned cut_streak;         /* drains in a row that found it cut */
+    bt__task *inbox_head; /* loop thread only */
+    unsigned cut_streak;  /* drains in a row that found it cut */
     bt__task inbox_stub;
-    int wake_fd;                 /* eventfd; wake_wfd == wake_fd */
-    int wake_wfd;                /* the write end (a pipe where no eventfd) */
+    int wake_fd;  /* eventfd; wake_wfd == wake_fd */
+    int wake_wfd; /* the write end (a pipe where no eventfd) */
     struct event *wake_ev;
 
     /* Completions the loop expects from other threads (offloaded jobs in
@@ -80,7 +80,7 @@ struct bt_loop {
     uint64_t spin_ns;
 
     bt_loop_stats stats;
-    bt__future_list pending;     /* every pending future of this loop */
+    bt__future_list pending; /* every pending future of this loop */
     bt__closer *closers;
 
     /* What the loop thread is running now, for the stall watchdog:
@@ -89,8 +89,8 @@ struct bt_loop {
     _Atomic uint64_t cb_seq;
     _Atomic(const void *) cb_fn;
     _Atomic uint64_t cb_start_ns;
-    void *watchdog;              /* owned by core/watchdog.c when on */
-    void *fibers;                /* owned by core/fiber.c once used */
+    void *watchdog; /* owned by core/watchdog.c when on */
+    void *fibers;   /* owned by core/fiber.c once used */
 };
 
 /* Queue a task on the loop's ready FIFO. Loop thread only. */

@@ -56,7 +56,7 @@
 #include "sized.h"
 
 #define BT_DEFAULT_SPIN_NS 30000u
-#define INBOX_READY_EVERY 16 /* a power of two */
+#define INBOX_READY_EVERY 16   /* a power of two */
 #define INBOX_PREFETCH_LINES 4 /* a pool job: 256 bytes on a cache line */
 #define SPIN_STREAK_MAX 16
 #define SPIN_PASS_NS 250000u /* libevent polls at least this often */
@@ -275,7 +275,7 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
     /* Keep ready_armed set while draining: new tasks wait for the next pass. */
     ready_drain(loop);
     if (loop->ready_head) {
-        static const struct timeval zero = {0, 0};
+        static const struct timeval zero = { 0, 0 };
         event_add(loop->ready_ev, &zero);
     } else {
         loop->ready_armed = false;
@@ -352,8 +352,8 @@ BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop)
 
 BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
 {
-    return loop && atomic_load_explicit(&loop->thread, memory_order_relaxed) ==
-                       (uintptr_t)pthread_self();
+    return loop &&
+           atomic_load_explicit(&loop->thread, memory_order_relaxed) == (uintptr_t)pthread_self();
 }
 
 /* Pauses between two clock reads while the loop spins for completions (a

@@ -17,7 +17,7 @@ struct bt_timer {
 
 static struct timeval ms_to_tv(uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
     return tv;
 }
 

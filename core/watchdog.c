@@ -47,25 +47,25 @@
 #define MS (1000u * 1000)
 
 typedef struct watchdog {
-    bt__task probe;            /* first: the task pointer is the watchdog */
+    bt__task probe; /* first: the task pointer is the watchdog */
     bt_loop *loop;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stop;                 /* under mu */
-    bool dead;                 /* loop thread only: free when the probe runs */
+    bool stop; /* under mu */
+    bool dead; /* loop thread only: free when the probe runs */
     _Atomic bool probe_in_flight;
     _Atomic uint64_t probe_t0;
     _Atomic uint64_t threshold_ns;
-    uint64_t ignore_seq;       /* the callback that started the watchdog */
+    uint64_t ignore_seq; /* the callback that started the watchdog */
     _Atomic uint64_t stalls, longest_stall_ns;
     _Atomic uint64_t lag_samples, lag_sum_ns, lag_max_ns;
     _Atomic uint64_t lag_buckets[BT_WATCHDOG_BUCKETS];
 } watchdog;
 
 static const uint64_t bucket_us[BT_WATCHDOG_BUCKETS - 1] = {
-    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
-    100000, 250000, 500000, 1000000, 2500000,
+    50,    100,   250,    500,    1000,   2500,    5000,    10000,
+    25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
 };
 
 BT_EXPORT uint64_t bt_watchdog_bucket_limit(unsigned i)
@@ -174,8 +174,8 @@ static void *watchdog_main(void *arg)
             uint64_t d = now - stalled_start;
             atomic_max(&wd->longest_stall_ns, d);
             describe(stalled_fn, name, sizeof name);
-            bt_log(BT_LOG_WARN, "loop blocked for %" PRIu64 " ms by %s: it has returned",
-                   d / MS, name);
+            bt_log(BT_LOG_WARN, "loop blocked for %" PRIu64 " ms by %s: it has returned", d / MS,
+                   name);
             stalled_seq = 0;
         }
         if ((seq & 1) && seq == stalled_seq && now >= next_report) {
@@ -317,7 +317,7 @@ BT_EXPORT int bt_watchdog_get_stats(const bt_loop *loop, bt_watchdog_stats *out)
                         "bt_watchdog_get_stats", "bt_watchdog_stats",
                         "BT_SIZED(bt_watchdog_stats)") != 0)
         return BT_EINVAL;
-    bt_watchdog_stats st = {0};
+    bt_watchdog_stats st = { 0 };
     st.threshold_ns = atomic_load(&wd->threshold_ns);
     st.stalls = atomic_load(&wd->stalls);
     st.longest_stall_ns = atomic_load(&wd->longest_stall_ns);

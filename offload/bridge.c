@@ -186,8 +186,9 @@ BT_EXPORT int bt_bridge_call(bt_loop *loop, bt_main_fn fn, void *arg, uint64_t t
                 slice.tv_sec++;
                 slice.tv_nsec -= 1000000000;
             }
-            if (timeout_ms && (slice.tv_sec > deadline.tv_sec ||
-                               (slice.tv_sec == deadline.tv_sec && slice.tv_nsec > deadline.tv_nsec)))
+            if (timeout_ms &&
+                (slice.tv_sec > deadline.tv_sec ||
+                 (slice.tv_sec == deadline.tv_sec && slice.tv_nsec > deadline.tv_nsec)))
                 slice = deadline;
             wrc = pthread_cond_timedwait(&c->cv, &c->mu, &slice);
             if (wrc == ETIMEDOUT && (timeout_ms == 0 || slice.tv_sec != deadline.tv_sec ||

@@ -43,7 +43,10 @@ BT_EXPORT void bt_fs_buf_free(bt_fs_buf *buf)
     bt_free(buf);
 }
 
-static void buf_dtor(void *p) { bt_fs_buf_free(p); }
+static void buf_dtor(void *p)
+{
+    bt_fs_buf_free(p);
+}
 
 static void fd_dtor(void *p)
 {
@@ -348,8 +351,8 @@ BT_EXPORT bt_future *bt_fs_read_file(bt_loop *loop, const char *path, size_t max
     return op_submit(loop, op);
 }
 
-BT_EXPORT bt_future *bt_fs_write_file(bt_loop *loop, const char *path, const void *data,
-                                      size_t len, unsigned mode)
+BT_EXPORT bt_future *bt_fs_write_file(bt_loop *loop, const char *path, const void *data, size_t len,
+                                      unsigned mode)
 {
     if (path == NULL || (data == NULL && len > 0))
         return bad_arg(loop, "bt_fs_write_file: no path or no data");

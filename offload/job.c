@@ -107,10 +107,10 @@ _Static_assert((JOB_CACHE_CLOCK_EVERY & (JOB_CACHE_CLOCK_EVERY - 1)) == 0, "a po
 typedef struct {
     bt_job **slot;
     size_t n, cap;
-    size_t low;          /* the smallest n since the last trim */
+    size_t low; /* the smallest n since the last trim */
     uint64_t next_trim;
     unsigned ops;
-    bool makes_jobs;     /* this thread has called bt__job_alloc */
+    bool makes_jobs; /* this thread has called bt__job_alloc */
     bool keyed;
 } job_cache_t;
 
@@ -158,7 +158,7 @@ static void job_block_zero(bt_job *j)
 #pragma GCC unroll 16
 #endif
     for (size_t i = 0; i < sizeof(bt_job) / sizeof *v; i++)
-        v[i] = (job_zero_vec){0, 0};
+        v[i] = (job_zero_vec){ 0, 0 };
 }
 
 /* Free the n blocks at the bottom of the stack (the coldest ones). */

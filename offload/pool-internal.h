@@ -32,13 +32,13 @@ enum { JOB_BATCH = 1, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
  * took at once instead of one miss after another. */
 typedef struct bt__batch bt__batch;
 struct bt__batch {
-    bt__batch *next;          /* on the incoming stack, in the queue, or
+    bt__batch *next;            /* on the incoming stack, in the queue, or
                                  free */
-    bt__attach *att;          /* the loop's, whose jobs these are */
-    uint64_t t_submit;        /* when it was handed over */
-    unsigned n;               /* slots filled */
-    unsigned live;            /* of them, not cancelled at the hand-over */
-    unsigned first;           /* the first slot not yet taken (lane lock) */
+    bt__attach *att;            /* the loop's, whose jobs these are */
+    uint64_t t_submit;          /* when it was handed over */
+    unsigned n;                 /* slots filled */
+    unsigned live;              /* of them, not cancelled at the hand-over */
+    unsigned first;             /* the first slot not yet taken (lane lock) */
     bt_job *job[BT__BATCH_MAX]; /* NULL: cancelled while waiting */
 };
 
@@ -47,10 +47,10 @@ struct bt_job {
      * (job_block_zero in job.c). */
     _Alignas(16) bt__task task; /* the admit task, then the completion task
                                  (its link lists jobs being cancelled) */
-    bt__batch *batch;         /* the hand-over it came in, job->batch->job[slot];
+    bt__batch *batch;           /* the hand-over it came in, job->batch->job[slot];
                                  valid while in_batch or QUEUED */
     bt_pool *pool;
-    bt__attach *att;          /* the (pool, loop) record; alive while queued
+    bt__attach *att; /* the (pool, loop) record; alive while queued
                                  or running (the closer waits for it) */
     bt_job_fn fn;
     void *arg;
@@ -58,11 +58,11 @@ struct bt_job {
      * job has returned or will never run; NULL once called. */
     bt_destroy_fn arg_free;
     union {
-        struct {              /* what the job left, for its future */
+        struct { /* what the job left, for its future */
             void *value;
             bt_destroy_fn dtor;
         };
-        struct {              /* bt_pool_submit_from's callback, until
+        struct { /* bt_pool_submit_from's callback, until
                                  the job reaches its loop */
             bt_future_cb done;
             void *done_arg;
@@ -71,11 +71,11 @@ struct bt_job {
     char *message;
     int code;
     unsigned char where;
-    unsigned char lane;       /* bt_lane */
+    unsigned char lane; /* bt_lane */
     unsigned char slot;
-    bool skipped;             /* never ran: settles as cancelled */
-    bool in_batch;            /* in att's batch (loop thread only) */
-    bool expected;            /* counted in the loop's `expected` */
+    bool skipped;  /* never ran: settles as cancelled */
+    bool in_batch; /* in att's batch (loop thread only) */
+    bool expected; /* counted in the loop's `expected` */
     /* Its future may settle (cancelled) while it runs: it has no arg, or
      * the pool owns its arg. A job with a borrowed arg is waited for. */
     bool abandonable;
@@ -96,7 +96,6 @@ struct bt_job {
  * one). A field added beyond that costs a fifth line per job. */
 _Static_assert(sizeof(bt_job) == 256, "a job block is four cache lines");
 
-
 /* One per (pool, loop): the loop's unflushed batches and its closer. Loop
  * thread only, except the atomics at its end (read by workers).
  *
@@ -106,10 +105,10 @@ _Static_assert(sizeof(bt_job) == 256, "a job block is four cache lines");
  * the loop side, as a rule; a worker, when the closer gave up waiting at
  * its deadline and abandoned jobs still running (bt__attach_release). */
 struct bt__attach {
-    bt_pool *pool;            /* holds a pool reference */
+    bt_pool *pool; /* holds a pool reference */
     bt_loop *loop;
     bt__batch *batch[BT_LANE_COUNT]; /* being filled, not handed over */
-    bt__batch *free_batches;  /* for reuse, and how many */
+    bt__batch *free_batches;         /* for reuse, and how many */
     size_t free_n;
     /* The lane as seen when the batch began: its depth, its bound, and
      * whether its recent jobs were short. */
@@ -118,15 +117,15 @@ struct bt__attach {
     bool short_seen[BT_LANE_COUNT];
     bt__task flush_task;
     bool flush_scheduled;
-    bool dead;                /* the closer ran; the flush task frees it */
+    bool dead; /* the closer ran; the flush task frees it */
     /* Written by workers for every batch they take: a line of its own,
      * or the loop would miss on the fields above at every submission. */
     char pad[64];
-    _Atomic long running;     /* the loop's hold + jobs taken by workers,
+    _Atomic long running;                     /* the loop's hold + jobs taken by workers,
                                  not yet pushed back (see above) */
     _Atomic long lane_running[BT_LANE_COUNT]; /* those jobs, per lane */
-    _Atomic(bt__batch *) returned; /* spent hand-overs workers gave back */
-    _Atomic bool closing;     /* the loop is being freed */
+    _Atomic(bt__batch *) returned;            /* spent hand-overs workers gave back */
+    _Atomic bool closing;                     /* the loop is being freed */
     /* The closer's deadline passed with jobs still running: their
      * completions are dropped, never pushed to the (freed) loop. */
     _Atomic bool abandoned;
@@ -155,20 +154,20 @@ struct bt__worker {
 
 struct bt__lane {
     pthread_mutex_t mu;
-    pthread_cond_t cv;        /* workers wait here for jobs */
-    bt__batch *head, *tail;   /* the queue of hand-overs (FIFO) */
+    pthread_cond_t cv;      /* workers wait here for jobs */
+    bt__batch *head, *tail; /* the queue of hand-overs (FIFO) */
     /* Hand-overs no worker has moved to the queue yet: a lock-free stack,
      * newest first (bt__lane_splice). */
     _Atomic(bt__batch *) incoming;
-    _Atomic size_t depth;     /* handed over, not yet taken or cancelled:
+    _Atomic size_t depth;        /* handed over, not yet taken or cancelled:
                                  the bound's count, and what lingering
                                  workers watch */
     _Atomic uint64_t avg_run_ns; /* recent jobs' run time, roughly */
     _Atomic size_t queue_max;
     /* Written under the lock; threads, sleepers and stop are also read
      * without it, by loops handing over a batch. */
-    _Atomic unsigned threads; /* alive (or being started) */
-    unsigned target;          /* CPU: the size; blocking: the cap */
+    _Atomic unsigned threads;  /* alive (or being started) */
+    unsigned target;           /* CPU: the size; blocking: the cap */
     _Atomic unsigned sleepers; /* in cond_wait */
     _Atomic unsigned spinners; /* lingering before sleep */
     unsigned next_index;
@@ -183,16 +182,16 @@ struct bt__lane {
 };
 
 struct bt_pool {
-    _Atomic long refs;        /* the owner's, each attach's, each worker's,
+    _Atomic long refs; /* the owner's, each attach's, each worker's,
                                  each job being admitted */
     _Atomic bool shutdown;
     bt_pool_config cfg;
     char name[12];
     uint64_t linger_ns;
     uint64_t idle_ns;
-    uint64_t shutdown_ns;     /* UINT64_MAX: wait for running jobs forever */
+    uint64_t shutdown_ns; /* UINT64_MAX: wait for running jobs forever */
     bt__lane lane[BT_LANE_COUNT];
-    pthread_mutex_t mu;       /* guards nothing but the two waits below */
+    pthread_mutex_t mu; /* guards nothing but the two waits below */
     pthread_cond_t cv;
     _Atomic long live_threads;
     _Atomic long closers_waiting;
@@ -216,17 +215,17 @@ void bt__lane_splice(bt__lane *lane);
 void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane);
 
 /* job.c: making, settling and cancelling jobs. Loop thread unless said. */
-bt_job *bt__job_alloc(void);                    /* any thread */
+bt_job *bt__job_alloc(void); /* any thread */
 /* Start the job's own future (job->fut) on loop, with three references:
  * the caller's, the loop's and the job's (job->future). NULL if the loop
  * is closing. From then on the block belongs to the future. */
 bt_future *bt__job_future_init(bt_job *job, bt_loop *loop);
-void bt__job_release(bt_job *job);  /* the block's memory: into this
+void bt__job_release(bt_job *job);    /* the block's memory: into this
                                        thread's cache, or freed */
-void bt__job_free(bt_job *job);     /* destroys value, drops the job's
+void bt__job_free(bt_job *job);       /* destroys value, drops the job's
                                        reference on its future; any thread */
-void bt__job_complete(bt__task *t);             /* the completion task */
-void bt__job_cancel_now(bt_job *job);           /* never ran: cancelled */
+void bt__job_complete(bt__task *t);   /* the completion task */
+void bt__job_cancel_now(bt_job *job); /* never ran: cancelled */
 /* A hand-over for att's next batch (reused when one came back), or NULL;
  * give one back with bt__batch_put. Loop thread. */
 bt__batch *bt__batch_get(bt__attach *att);
@@ -234,7 +233,7 @@ void bt__batch_put(bt__attach *att, bt__batch *b);
 
 /* A queued job leaves its hand-over (lane lock held, after a splice). */
 void bt__queue_remove(bt__lane *lane, bt_job *job);
-void bt__job_on_cancel(bt_future *f, void *arg);    /* the future's hook */
+void bt__job_on_cancel(bt_future *f, void *arg); /* the future's hook */
 
 /* submit.c */
 void bt__pool_forget_default(bt_pool *pool);
@@ -252,7 +251,6 @@ void bt__job_drop_arg(bt_job *job);
 void bt__job_drop_abandoned(bt_job *job);
 /* The message of a future whose job was abandoned on cancel. */
 #define BT__JOB_ABANDONED_MSG "cancelled; the job is still running on the pool"
-
 
 /* For the bridge: is the calling thread running a job, and has that job
  * been cancelled (its future, its loop or its pool shutting down)? */

@@ -68,14 +68,14 @@
 #include "pool-internal.h"
 #include "sized.h"
 
-#define TAKE_MAX 16           /* jobs a worker takes at once, at most */
+#define TAKE_MAX 16 /* jobs a worker takes at once, at most */
 /* Pauses between two clock reads while a worker lingers (a power of two).
  * Measured on the 2-core test machine: a clock read costs 80 to 90 ns, a
  * pause about 60 ns; every 32 pauses, the clock is about 4% of the spin
  * and the 50 us linger overshoots by at most about 2 us. */
 #define LINGER_CLOCK_EVERY 32u
 _Static_assert((LINGER_CLOCK_EVERY & (LINGER_CLOCK_EVERY - 1)) == 0, "a power of two");
-#define TIME_EACH_NS 2000     /* time jobs one by one when longer than this */
+#define TIME_EACH_NS 2000 /* time jobs one by one when longer than this */
 #define DEFAULT_BLOCKING_MAX 64
 #define DEFAULT_IDLE_MS 10000
 #define DEFAULT_QUEUE_MAX ((size_t)1 << 20)
@@ -286,8 +286,8 @@ static void batches_return(bt__batch *b)
         bt__batch *top = atomic_load_explicit(&att->returned, memory_order_relaxed);
         do
             b->next = top;
-        while (!atomic_compare_exchange_weak_explicit(&att->returned, &top, b,
-                                                      memory_order_release, memory_order_relaxed));
+        while (!atomic_compare_exchange_weak_explicit(&att->returned, &top, b, memory_order_release,
+                                                      memory_order_relaxed));
         b = next;
     }
 }
@@ -387,7 +387,7 @@ static bool worker_exec(bt_job *job, bool *failed)
         if (rc < 0 && job->code == 0)
             job->code = rc; /* failed without bt_job_fail */
         else if (rc == 0)
-            job->code = 0;  /* success wins over an earlier bt_job_fail */
+            job->code = 0; /* success wins over an earlier bt_job_fail */
     } else {
         job->skipped = true;
     }
@@ -438,8 +438,8 @@ static void worker_push(bt__worker *w, bt_job *job)
 static void worker_run_batch(bt__worker *w, bt_job **jobs, const uint64_t *submitted, size_t n)
 {
     uint64_t start = bt_hrtime();
-    bool each = n == 1 ||
-                atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed) >= TIME_EACH_NS;
+    bool each =
+        n == 1 || atomic_load_explicit(&w->lane->avg_run_ns, memory_order_relaxed) >= TIME_EACH_NS;
     bool ran[TAKE_MAX];
     for (size_t i = 0; i < n; i++) {
         bool failed;
@@ -516,7 +516,8 @@ static void *worker_main(void *arg)
              * worker per lane lingers, the others sleep at once: on a
              * machine with few cores, spinners would take the CPU that
              * the loop thread (the one submitting) needs. */
-            if (pool->linger_ns && atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
+            if (pool->linger_ns &&
+                atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
                 atomic_fetch_add(&lane->spinners, 1);
                 pthread_mutex_unlock(&lane->mu);
                 uint64_t deadline = bt_hrtime() + pool->linger_ns;
@@ -651,7 +652,7 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
     bt_pool_config d;
     bt_pool_config_init(&d);
     /* Zeros mean "default", so the fields an older caller lacks start zero. */
-    *out = (bt_pool_config){0};
+    *out = (bt_pool_config){ 0 };
     if (cfg != NULL)
         bt__sized_read(out, sizeof *out, cfg, cfg->size);
     else
@@ -825,8 +826,8 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
      * abandoned them). */
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec +
-                  (pool->shutdown_ns == UINT64_MAX ? 0 : pool->shutdown_ns);
+    uint64_t ns =
+        (uint64_t)until.tv_nsec + (pool->shutdown_ns == UINT64_MAX ? 0 : pool->shutdown_ns);
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
     long left = 0;
@@ -886,7 +887,7 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
     if (bt__sized_check(out->size, BT__SIZE_V1(bt_pool_stats, lane), "bt_pool_get_stats",
                         "bt_pool_stats", "BT_SIZED(bt_pool_stats)") != 0)
         return BT_EINVAL;
-    bt_pool_stats st = {0};
+    bt_pool_stats st = { 0 };
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
         bt_lane_stats *s = &st.lane[i];

@@ -17,7 +17,7 @@
 #include "pool-internal.h"
 #include "sized.h"
 
-#define EXPECT_MAX_NS 100000  /* loops spin for jobs shorter than this */
+#define EXPECT_MAX_NS 100000 /* loops spin for jobs shorter than this */
 
 /* ---- Attachments: one per (pool, loop) --------------------------------- */
 
@@ -232,7 +232,7 @@ static void attach_abandon(bt__attach *att)
     }
     atomic_store(&att->abandoned, true); /* sequentially consistent: see
                                             worker_push */
-    pthread_mutex_lock(&pool->mu); /* against bt__lane_cancel_queue */
+    pthread_mutex_lock(&pool->mu);       /* against bt__lane_cancel_queue */
     pthread_mutex_unlock(&pool->mu);
     for (int l = 0; l < BT_LANE_COUNT; l++) {
         bt__lane *lane = &pool->lane[l];
@@ -352,8 +352,8 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
         att->depth_seen[l] = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     if (att->depth_seen[l] + b->n >= max) {
         atomic_fetch_add_explicit(&lane->rejected, 1, memory_order_relaxed);
-        job_reject(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)",
-                   bt__lane_name(l), max);
+        job_reject(f, BT_EAGAIN, "offload pool: %s lane full (%zu jobs waiting)", bt__lane_name(l),
+                   max);
         if (b->n == 0) {
             att->batch[l] = NULL;
             bt__batch_put(att, b);
@@ -425,8 +425,8 @@ BT_EXPORT bt_future *bt_pool_submit(bt_pool *pool, bt_loop *loop, bt_lane lane, 
     return submit(pool, loop, lane, fn, arg, NULL, false);
 }
 
-BT_EXPORT bt_future *bt_pool_submit_owned(bt_pool *pool, bt_loop *loop, bt_lane lane,
-                                          bt_job_fn fn, void *arg, bt_destroy_fn arg_free)
+BT_EXPORT bt_future *bt_pool_submit_owned(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
+                                          void *arg, bt_destroy_fn arg_free)
 {
     return submit(pool, loop, lane, fn, arg, arg_free, true);
 }
@@ -553,7 +553,7 @@ BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
         rc = BT_EBUSY;
     } else {
         /* Zeros mean "default": the fields an older caller lacks stay 0. */
-        default_cfg = (bt_pool_config){0};
+        default_cfg = (bt_pool_config){ 0 };
         bt__sized_read(&default_cfg, sizeof default_cfg, cfg, cfg->size);
         if (cfg->name) {
             snprintf(default_name, sizeof default_name, "%s", cfg->name);

@@ -29,7 +29,7 @@ struct curl_server {
     struct event_base *base;
     struct evhttp *http;
     struct evconnlistener *drop;
-    struct evconnlistener *raw[4];  /* see raw_mode */
+    struct evconnlistener *raw[4]; /* see raw_mode */
     int raw_port[4];
     _Atomic long raw_accepted[4], raw_requests[4], raw_open[4];
     struct event *stop_ev;
@@ -38,7 +38,7 @@ struct curl_server {
     int port, drop_port;
     _Atomic long accepted, open, peak_open, requests;
     _Atomic long slow_active, slow_peak, slow_aborted;
-    struct slow_ctx *slows;     /* replies still waiting (server thread) */
+    struct slow_ctx *slows; /* replies still waiting (server thread) */
 };
 
 static void peak(_Atomic long *cur, _Atomic long *pk, long delta)
@@ -95,8 +95,8 @@ static void reply_text(struct evhttp_request *req, int code, const char *text)
 static void route_echo(curl_server *s, struct evhttp_request *req)
 {
     (void)s;
-    static const char *methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS",
-                                    "TRACE", "CONNECT", "PATCH"};
+    static const char *methods[] = { "GET",     "POST",  "HEAD",    "PUT",  "DELETE",
+                                     "OPTIONS", "TRACE", "CONNECT", "PATCH" };
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const char *m = "?";
     for (int i = 0; i < 9; i++)
@@ -164,14 +164,15 @@ static void route_slow(curl_server *s, struct evhttp_request *req)
     c->s = s;
     c->req = req;
     c->left_ms = query_long(req, "ms", 1000);
-    c->fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evhttp_request_get_connection(req)));
+    c->fd =
+        bufferevent_getfd(evhttp_connection_get_bufferevent(evhttp_request_get_connection(req)));
     c->ev = event_new(s->base, -1, EV_PERSIST, slow_tick, c);
     c->next = s->slows;
     if (s->slows)
         s->slows->prev = c;
     s->slows = c;
     peak(&s->slow_active, &s->slow_peak, 1);
-    struct timeval tv = {0, 10000};
+    struct timeval tv = { 0, 10000 };
     evtimer_add(c->ev, &tv);
 }
 
@@ -243,7 +244,7 @@ static void drop_read(evutil_socket_t fd, short what, void *arg)
             send(fd, body, sizeof body, MSG_NOSIGNAL) < 0)
             perror("curl_server: drop send");
         usleep(20000); /* let the client read the part before the reset */
-        struct linger lg = {1, 0};
+        struct linger lg = { 1, 0 };
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
         return;
@@ -416,7 +417,7 @@ static curl_server *server_new(void)
         goto fail;
     s->port = bound_port(evhttp_bound_socket_get_fd(bs));
 
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     s->drop = evconnlistener_new_bind(s->base, on_drop_accept, s,
                                       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
                                       (struct sockaddr *)&sin, sizeof sin);
@@ -477,12 +478,30 @@ void curl_server_stop(curl_server *s)
     free(s);
 }
 
-int curl_server_port(const curl_server *s) { return s->port; }
-int curl_server_drop_port(const curl_server *s) { return s->drop_port; }
-int curl_server_endless_port(const curl_server *s) { return s->raw_port[RAW_ENDLESS]; }
-int curl_server_silent_port(const curl_server *s) { return s->raw_port[RAW_SILENT]; }
-int curl_server_closing_port(const curl_server *s) { return s->raw_port[RAW_CLOSING]; }
-int curl_server_stale_port(const curl_server *s) { return s->raw_port[RAW_STALE]; }
+int curl_server_port(const curl_server *s)
+{
+    return s->port;
+}
+int curl_server_drop_port(const curl_server *s)
+{
+    return s->drop_port;
+}
+int curl_server_endless_port(const curl_server *s)
+{
+    return s->raw_port[RAW_ENDLESS];
+}
+int curl_server_silent_port(const curl_server *s)
+{
+    return s->raw_port[RAW_SILENT];
+}
+int curl_server_closing_port(const curl_server *s)
+{
+    return s->raw_port[RAW_CLOSING];
+}
+int curl_server_stale_port(const curl_server *s)
+{
+    return s->raw_port[RAW_STALE];
+}
 long curl_server_raw_accepted(const curl_server *s, int port)
 {
     for (int i = 0; i < RAW_N; i++)
@@ -504,13 +523,34 @@ long curl_server_raw_open(const curl_server *s, int port)
             return atomic_load(&s->raw_open[i]);
     return -1;
 }
-long curl_server_accepted(const curl_server *s) { return atomic_load(&s->accepted); }
-long curl_server_open(const curl_server *s) { return atomic_load(&s->open); }
-long curl_server_peak_open(const curl_server *s) { return atomic_load(&s->peak_open); }
-long curl_server_requests(const curl_server *s) { return atomic_load(&s->requests); }
-long curl_server_slow_active(const curl_server *s) { return atomic_load(&s->slow_active); }
-long curl_server_slow_peak(const curl_server *s) { return atomic_load(&s->slow_peak); }
-long curl_server_slow_aborted(const curl_server *s) { return atomic_load(&s->slow_aborted); }
+long curl_server_accepted(const curl_server *s)
+{
+    return atomic_load(&s->accepted);
+}
+long curl_server_open(const curl_server *s)
+{
+    return atomic_load(&s->open);
+}
+long curl_server_peak_open(const curl_server *s)
+{
+    return atomic_load(&s->peak_open);
+}
+long curl_server_requests(const curl_server *s)
+{
+    return atomic_load(&s->requests);
+}
+long curl_server_slow_active(const curl_server *s)
+{
+    return atomic_load(&s->slow_active);
+}
+long curl_server_slow_peak(const curl_server *s)
+{
+    return atomic_load(&s->slow_peak);
+}
+long curl_server_slow_aborted(const curl_server *s)
+{
+    return atomic_load(&s->slow_aborted);
+}
 
 pid_t curl_server_fork(int *port)
 {

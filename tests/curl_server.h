@@ -48,10 +48,10 @@ long curl_server_raw_requests(const curl_server *s, int port);
 long curl_server_raw_open(const curl_server *s, int port);
 
 /* Server-side counts. */
-long curl_server_accepted(const curl_server *s);   /* connections accepted */
-long curl_server_open(const curl_server *s);       /* open now */
-long curl_server_peak_open(const curl_server *s);  /* most open at once */
-long curl_server_requests(const curl_server *s);   /* requests received */
+long curl_server_accepted(const curl_server *s);  /* connections accepted */
+long curl_server_open(const curl_server *s);      /* open now */
+long curl_server_peak_open(const curl_server *s); /* most open at once */
+long curl_server_requests(const curl_server *s);  /* requests received */
 long curl_server_slow_active(const curl_server *s);
 long curl_server_slow_peak(const curl_server *s);
 long curl_server_slow_aborted(const curl_server *s); /* closed before reply */

@@ -20,7 +20,7 @@
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char *logs[LOG_MAX];
 static int nlogs;
-static int overflowed; /* lines that did not fit, since the last clear */
+static int overflowed;  /* lines that did not fit, since the last clear */
 static char owner[256]; /* the test the captured lines belong to */
 
 static void clear_locked(void)

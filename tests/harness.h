@@ -12,8 +12,11 @@
 /* Runs the suite, each test forked (CK_FORK unless the environment says
  * otherwise), and exits non-zero if any test failed. */
 int bt_test_main(Suite *s);
-#define BT_TEST_MAIN(make_suite)                                         \
-    int main(void) { return bt_test_main(make_suite()); }
+#define BT_TEST_MAIN(make_suite)           \
+    int main(void)                         \
+    {                                      \
+        return bt_test_main(make_suite()); \
+    }
 
 /* Default per-test timeout in seconds (Check's own default is 4). */
 #define BT_TEST_TIMEOUT 30

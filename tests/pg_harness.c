@@ -24,15 +24,15 @@
 #include <unistd.h>
 
 struct bt_test_pg {
-    pid_t owner;               /* the process that started it */
+    pid_t owner; /* the process that started it */
     char bindir[PATH_MAX];
-    char dir[PATH_MAX];        /* temp dir: data/, socket, logs */
+    char dir[PATH_MAX]; /* temp dir: data/, socket, logs */
     char data[PATH_MAX + 8];
-    char log[PATH_MAX + 16];   /* server log (pg_ctl -l) */
-    char cmdlog[PATH_MAX + 16];/* output of initdb / pg_ctl */
+    char log[PATH_MAX + 16];    /* server log (pg_ctl -l) */
+    char cmdlog[PATH_MAX + 16]; /* output of initdb / pg_ctl */
     int port;
     bool running;
-    bool drop;                 /* run commands as run_uid/run_gid */
+    bool drop; /* run commands as run_uid/run_gid */
     uid_t run_uid;
     gid_t run_gid;
     char user[64];
@@ -40,12 +40,12 @@ struct bt_test_pg {
     char sockinfo[PATH_MAX + 128];
     char url[128];
     char pwinfo[PATH_MAX + 160]; /* the password role's conninfo */
-    pid_t watchdog;            /* see start_watchdog; 0 if none */
-    int watchdog_fd;           /* our end of its pipe, -1 if none */
+    pid_t watchdog;              /* see start_watchdog; 0 if none */
+    int watchdog_fd;             /* our end of its pipe, -1 if none */
     struct bt_test_pg *next_live;
 };
 
-static bt_test_pg *live;       /* servers to stop at exit */
+static bt_test_pg *live; /* servers to stop at exit */
 static bool atexit_done;
 
 static void complain(const char *fmt, ...)
@@ -188,10 +188,8 @@ static int run(const bt_test_pg *pg, char *const argv[])
         }
         if (pg->drop) {
             /* What runuser -u postgres -- does, without needing runuser. */
-            if (setgroups(0, NULL) != 0 || setgid(pg->run_gid) != 0 ||
-                setuid(pg->run_uid) != 0) {
-                fprintf(stderr, "pg_harness: cannot become %s: %s\n", pg->user,
-                        strerror(errno));
+            if (setgroups(0, NULL) != 0 || setgid(pg->run_gid) != 0 || setuid(pg->run_uid) != 0) {
+                fprintf(stderr, "pg_harness: cannot become %s: %s\n", pg->user, strerror(errno));
                 _exit(126);
             }
         }
@@ -233,7 +231,7 @@ int bt_test_pg_closed_port(void)
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
         return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct sockaddr_in a = { .sin_family = AF_INET };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     a.sin_port = 0;
     socklen_t len = sizeof a;
@@ -388,7 +386,7 @@ static void thaw(const bt_test_pg *pg)
 
 static int ctl_start(bt_test_pg *pg)
 {
-    char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60", "start", NULL};
+    char *argv[] = { "pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60", "start", NULL };
     if (run(pg, argv) != 0)
         return -1;
     pg->running = true;
@@ -401,7 +399,7 @@ static void stop_at_exit(void)
         if (pg->owner != getpid())
             continue; /* a forked child exiting: the server is its parent's */
         if (pg->running) {
-            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            char *argv[] = { "pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL };
             thaw(pg);
             run(pg, argv);
             pg->running = false;
@@ -447,7 +445,7 @@ static void start_watchdog(bt_test_pg *pg)
                 break;
         }
         if (access(pg->data, F_OK) == 0) {
-            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            char *argv[] = { "pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL };
             thaw(pg);
             run(pg, argv);
             rm_tree(pg->dir);
@@ -476,8 +474,8 @@ static void set_strings(bt_test_pg *pg)
 {
     snprintf(pg->conninfo, sizeof pg->conninfo,
              "host=127.0.0.1 port=%d dbname=postgres user=postgres", pg->port);
-    snprintf(pg->sockinfo, sizeof pg->sockinfo,
-             "host=%s port=%d dbname=postgres user=postgres", pg->dir, pg->port);
+    snprintf(pg->sockinfo, sizeof pg->sockinfo, "host=%s port=%d dbname=postgres user=postgres",
+             pg->dir, pg->port);
     snprintf(pg->url, sizeof pg->url, "postgresql://postgres@127.0.0.1:%d/postgres", pg->port);
     snprintf(pg->pwinfo, sizeof pg->pwinfo,
              "host=127.0.0.1 port=%d dbname=postgres user=" PW_ROLE " password=" PW_SECRET,
@@ -520,7 +518,8 @@ bt_test_pg *bt_test_pg_start(void)
         struct passwd *pw = getpwnam(pg->user);
         if (!pw) {
             complain("running as root and there is no user '%s' to run the server as "
-                     "(set PG_HARNESS_USER)", pg->user);
+                     "(set PG_HARNESS_USER)",
+                     pg->user);
             goto fail;
         }
         pg->drop = true;
@@ -532,8 +531,8 @@ bt_test_pg *bt_test_pg_start(void)
         }
     }
 
-    char *initdb[] = {"initdb", "-D", pg->data, "-U", "postgres", "-A", "trust",
-                      "-E", "UTF8", "--locale=C", "--no-sync", NULL};
+    char *initdb[] = { "initdb", "-D", pg->data, "-U",         "postgres",  "-A",
+                       "trust",  "-E", "UTF8",   "--locale=C", "--no-sync", NULL };
     if (run(pg, initdb) != 0) {
         complain("initdb failed in %s", pg->dir);
         dump_logs(pg);
@@ -593,7 +592,7 @@ void bt_test_pg_free(bt_test_pg *pg)
         }
     if (pg->owner == getpid()) {
         if (pg->running) {
-            char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL};
+            char *argv[] = { "pg_ctl", "-D", pg->data, "-w", "-m", "immediate", "stop", NULL };
             thaw(pg);
             run(pg, argv);
         }
@@ -603,19 +602,37 @@ void bt_test_pg_free(bt_test_pg *pg)
     free(pg);
 }
 
-const char *bt_test_pg_conninfo(const bt_test_pg *pg) { return pg->conninfo; }
-const char *bt_test_pg_socket_conninfo(const bt_test_pg *pg) { return pg->sockinfo; }
-const char *bt_test_pg_url(const bt_test_pg *pg) { return pg->url; }
-int bt_test_pg_port(const bt_test_pg *pg) { return pg->port; }
-const char *bt_test_pg_dir(const bt_test_pg *pg) { return pg->dir; }
-bool bt_test_pg_running(const bt_test_pg *pg) { return pg->running; }
+const char *bt_test_pg_conninfo(const bt_test_pg *pg)
+{
+    return pg->conninfo;
+}
+const char *bt_test_pg_socket_conninfo(const bt_test_pg *pg)
+{
+    return pg->sockinfo;
+}
+const char *bt_test_pg_url(const bt_test_pg *pg)
+{
+    return pg->url;
+}
+int bt_test_pg_port(const bt_test_pg *pg)
+{
+    return pg->port;
+}
+const char *bt_test_pg_dir(const bt_test_pg *pg)
+{
+    return pg->dir;
+}
+bool bt_test_pg_running(const bt_test_pg *pg)
+{
+    return pg->running;
+}
 
 int bt_test_pg_restart(bt_test_pg *pg, const char *mode)
 {
     char m[32];
     snprintf(m, sizeof m, "%s", mode ? mode : "fast");
-    char *argv[] = {"pg_ctl", "-D", pg->data, "-l", pg->log, "-w", "-t", "60",
-                    "-m", m, "restart", NULL};
+    char *argv[] = { "pg_ctl", "-D", pg->data, "-l", pg->log,   "-w",
+                     "-t",     "60", "-m",     m,    "restart", NULL };
     thaw(pg);
     if (run(pg, argv) != 0) {
         complain("pg_ctl restart -m %s failed", m);
@@ -630,7 +647,7 @@ int bt_test_pg_stop(bt_test_pg *pg, const char *mode)
 {
     char m[32];
     snprintf(m, sizeof m, "%s", mode ? mode : "fast");
-    char *argv[] = {"pg_ctl", "-D", pg->data, "-w", "-t", "60", "-m", m, "stop", NULL};
+    char *argv[] = { "pg_ctl", "-D", pg->data, "-w", "-t", "60", "-m", m, "stop", NULL };
     thaw(pg);
     if (run(pg, argv) != 0) {
         complain("pg_ctl stop -m %s failed", m);
@@ -685,7 +702,10 @@ int bt_test_pg_thaw(bt_test_pg *pg)
     return 0;
 }
 
-const char *bt_test_pg_password_conninfo(const bt_test_pg *pg) { return pg->pwinfo; }
+const char *bt_test_pg_password_conninfo(const bt_test_pg *pg)
+{
+    return pg->pwinfo;
+}
 
 int bt_test_pg_exec(const bt_test_pg *pg, const char *sql)
 {

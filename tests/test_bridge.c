@@ -13,8 +13,15 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 static bt_future *give_value(bt_loop *lp, void *arg)
 {
@@ -86,7 +93,7 @@ static void call_from_thread(call_args *c)
 
 START_TEST(value_from_a_thread)
 {
-    call_args c = {give_value, (void *)(intptr_t)42, 10000, -1, BT_SIZED(bt_bridge_result)};
+    call_args c = { give_value, (void *)(intptr_t)42, 10000, -1, BT_SIZED(bt_bridge_result) };
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, 0);
     ck_assert_int_eq(*(int *)c.res.value, 42);
@@ -99,7 +106,7 @@ END_TEST
 
 START_TEST(error_from_a_thread)
 {
-    call_args c = {give_error, NULL, 10000, -1, BT_SIZED(bt_bridge_result)};
+    call_args c = { give_error, NULL, 10000, -1, BT_SIZED(bt_bridge_result) };
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_ESQL);
     ck_assert_str_eq(c.res.message, "relation \"users\" does not exist");
@@ -110,7 +117,7 @@ END_TEST
 
 START_TEST(offloaded_job_through_the_bridge)
 {
-    call_args c = {give_offloaded, (void *)(intptr_t)12, 0, -1, BT_SIZED(bt_bridge_result)};
+    call_args c = { give_offloaded, (void *)(intptr_t)12, 0, -1, BT_SIZED(bt_bridge_result) };
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, 0);
     ck_assert_int_eq(*(long *)c.res.value, 144);
@@ -120,7 +127,7 @@ END_TEST
 
 START_TEST(timeout_cancels_the_future)
 {
-    call_args c = {give_never, NULL, 50, -1, BT_SIZED(bt_bridge_result)};
+    call_args c = { give_never, NULL, 50, -1, BT_SIZED(bt_bridge_result) };
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_ETIMEDOUT);
     ck_assert_ptr_nonnull(c.res.message);
@@ -134,7 +141,7 @@ END_TEST
 
 START_TEST(null_future_is_an_error)
 {
-    call_args c = {give_null, NULL, 10000, -1, BT_SIZED(bt_bridge_result)};
+    call_args c = { give_null, NULL, 10000, -1, BT_SIZED(bt_bridge_result) };
     call_from_thread(&c);
     ck_assert_int_eq(c.rc, BT_EINVAL);
     ck_assert_ptr_nonnull(c.res.message);

@@ -11,12 +11,22 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 /* A producer driven by hand (tests/harness.h). */
 typedef bt_test_prod prod;
-static void prod_init(prod *p, bool eager) { bt_test_prod_init(p, loop, eager); }
+static void prod_init(prod *p, bool eager)
+{
+    bt_test_prod_init(p, loop, eager);
+}
 
 static int *boxed(int v)
 {
@@ -25,7 +35,10 @@ static int *boxed(int v)
     return p;
 }
 
-static void stop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 /* Run a few turns so that pending callbacks run. */
 static void spin(void)
@@ -48,7 +61,7 @@ START_TEST(gather_values_in_order)
     prod p[3];
     for (int i = 0; i < 3; i++)
         prod_init(&p[i], true);
-    bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
+    bt_future *kids[3] = { p[0].f, p[1].f, p[2].f };
     bt_future *g = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST);
     ck_assert_ptr_nonnull(g); /* it took over p[i].f: no unref of ours */
     /* Settle in reverse order: the results keep the given order. */
@@ -112,7 +125,7 @@ START_TEST(gather_fail_fast_settles_before_a_running_sibling)
     prod run, bad;
     prod_init(&run, false); /* a job already running: cannot stop at once */
     prod_init(&bad, true);
-    bt_future *kids[2] = {bt_future_ref(run.f), bad.f}; /* run.f is read below */
+    bt_future *kids[2] = { bt_future_ref(run.f), bad.f }; /* run.f is read below */
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_future_set_error(bad.f, BT_ECONNREFUSED, NULL);
     bt_test_run_until(loop, g, 2000);
@@ -133,7 +146,7 @@ START_TEST(gather_fail_fast_reads_the_other_errors)
     prod a, b;
     prod_init(&a, true);
     prod_init(&b, true);
-    bt_future *kids[2] = {a.f, b.f};
+    bt_future *kids[2] = { a.f, b.f };
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     /* Both fail in the same turn: the first decides, the second is read. */
     bt_future_set_error(a.f, BT_EIO, "first");
@@ -152,7 +165,7 @@ START_TEST(gather_fail_fast_child_cancelled_elsewhere)
     prod a, b;
     prod_init(&a, true);
     prod_init(&b, true);
-    bt_future *kids[2] = {a.f, b.f};
+    bt_future *kids[2] = { a.f, b.f };
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_future_cancel(a.f);
     bt_test_run_until(loop, g, 2000);
@@ -169,7 +182,7 @@ START_TEST(gather_collect_reports_every_outcome)
     prod p[3];
     for (int i = 0; i < 3; i++)
         prod_init(&p[i], true);
-    bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
+    bt_future *kids[3] = { p[0].f, p[1].f, p[2].f };
     bt_future *g = bt_gather(loop, kids, 3, BT_GATHER_COLLECT);
     bt_future_set_error(p[1].f, BT_ETIMEDOUT, "slow peer");
     bt_future_cancel(p[2].f);
@@ -204,7 +217,7 @@ START_TEST(gather_collect_unread_error_is_reported)
     ck_assert_int_eq(bt_future_error(g), 0);
     bt_test_log_capture();
     bt_future_unref(g); /* the results go, and with them the unread error */
-    spin();              /* (once the loop has dropped its reference too) */
+    spin();             /* (once the loop has dropped its reference too) */
     ck_assert(bt_test_log_contains("ignored by the caller"));
 }
 END_TEST
@@ -215,7 +228,7 @@ START_TEST(gather_cancel_from_outside_reaches_children)
     prod_init(&eager, true);
     prod_init(&stubborn, false);
     bt_future *s = bt_sleep(loop, 100000);
-    bt_future *kids[3] = {eager.f, stubborn.f, s};
+    bt_future *kids[3] = { eager.f, stubborn.f, s };
     bt_future *g = bt_gather(loop, kids, 3, BT_GATHER_FAIL_FAST);
     ck_assert_int_eq(bt_future_cancel(g), 0);
     ck_assert_int_eq(eager.hook_calls, 1);
@@ -243,7 +256,7 @@ START_TEST(gather_empty_and_duplicates)
 
     prod a;
     prod_init(&a, true);
-    bt_future *kids[2] = {a.f, bt_future_ref(a.f)}; /* twice: two references */
+    bt_future *kids[2] = { a.f, bt_future_ref(a.f) }; /* twice: two references */
     g = bt_gather(loop, kids, 2, BT_GATHER_COLLECT);
     bt_future_set_value(a.f, boxed(3), free);
     bt_test_run_until(loop, g, 2000);
@@ -261,12 +274,12 @@ START_TEST(bad_arguments)
     prod_init(&a, true);
     bt_loop *other = bt_loop_new();
     bt_future *o = bt_future_new(other);
-    bt_future *kids[2] = {bt_future_ref(a.f), NULL};
+    bt_future *kids[2] = { bt_future_ref(a.f), NULL };
     ck_assert_ptr_null(bt_gather(NULL, kids, 1, BT_GATHER_FAIL_FAST));
     ck_assert_ptr_null(bt_gather(loop, NULL, 2, BT_GATHER_FAIL_FAST));
     kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST));
-    bt_future *mixed[2] = {bt_future_ref(a.f), bt_future_ref(o)};
+    bt_future *mixed[2] = { bt_future_ref(a.f), bt_future_ref(o) };
     ck_assert_ptr_null(bt_gather(loop, mixed, 2, BT_GATHER_FAIL_FAST));
     kids[0] = bt_future_ref(a.f);
     ck_assert_ptr_null(bt_gather(loop, kids, 1, (bt_gather_mode)7));
@@ -320,12 +333,12 @@ START_TEST(nested_calls_take_over_their_arguments)
     bt_test_log_capture();
     bt_test_log_clear();
     bt_future *f = bt_future_then(
-        bt_gather(loop, (bt_future *[]){counted(loop), counted(loop)}, 2, BT_GATHER_FAIL_FAST),
+        bt_gather(loop, (bt_future *[]){ counted(loop), counted(loop) }, 2, BT_GATHER_FAIL_FAST),
         pass_on, NULL);
     bt_future *t = bt_timeout(bt_future_after(counted(loop), pass_on, NULL), 100000);
-    bt_future *r = bt_race(loop, (bt_future *[]){counted(loop), bt_sleep(loop, 100000)}, 2);
-    bt_future *n = bt_any(loop, (bt_future *[]){bt_sleep(loop, 100000), counted(loop)}, 2);
-    bt_future *all[4] = {f, t, r, n};
+    bt_future *r = bt_race(loop, (bt_future *[]){ counted(loop), bt_sleep(loop, 100000) }, 2);
+    bt_future *n = bt_any(loop, (bt_future *[]){ bt_sleep(loop, 100000), counted(loop) }, 2);
+    bt_future *all[4] = { f, t, r, n };
     for (int i = 0; i < 4; i++) {
         bt_test_run_until(loop, all[i], 2000);
         ck_assert_int_eq(bt_future_error(all[i]), 0);
@@ -358,14 +371,14 @@ START_TEST(failing_calls_still_take_over_their_arguments)
 
     /* A NULL child: the others are released. */
     ck_assert_ptr_null(
-        bt_gather(loop, (bt_future *[]){counted(loop), NULL, p[0].f}, 3, BT_GATHER_COLLECT));
+        bt_gather(loop, (bt_future *[]){ counted(loop), NULL, p[0].f }, 3, BT_GATHER_COLLECT));
     /* No loop. */
-    ck_assert_ptr_null(bt_race(NULL, (bt_future *[]){counted(loop), p[1].f}, 2));
+    ck_assert_ptr_null(bt_race(NULL, (bt_future *[]){ counted(loop), p[1].f }, 2));
     /* A child of another loop: that one is cancelled too. */
     bt_future *o = bt_future_new(other);
-    ck_assert_ptr_null(bt_any(loop, (bt_future *[]){o, counted(loop), err}, 3));
+    ck_assert_ptr_null(bt_any(loop, (bt_future *[]){ o, counted(loop), err }, 3));
     /* An unknown mode. */
-    ck_assert_ptr_null(bt_gather(loop, (bt_future *[]){p[2].f}, 1, (bt_gather_mode)7));
+    ck_assert_ptr_null(bt_gather(loop, (bt_future *[]){ p[2].f }, 1, (bt_gather_mode)7));
     ck_assert_ptr_null(bt_gather(loop, NULL, 3, BT_GATHER_FAIL_FAST)); /* nothing to take */
     ck_assert_ptr_null(bt_timeout(NULL, 10));
 
@@ -386,7 +399,7 @@ START_TEST(race_first_value_wins_and_cancels_the_rest)
     prod p[3];
     for (int i = 0; i < 3; i++)
         prod_init(&p[i], true);
-    bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
+    bt_future *kids[3] = { p[0].f, p[1].f, p[2].f };
     bt_future *r = bt_race(loop, kids, 3);
     bt_future_set_value(p[1].f, boxed(11), free);
     bt_test_run_until(loop, r, 2000);
@@ -404,7 +417,7 @@ START_TEST(race_first_error_wins)
     bt_future *slow = bt_sleep(loop, 100000);
     prod a;
     prod_init(&a, true);
-    bt_future *kids[2] = {bt_future_ref(slow), a.f}; /* slow is read below */
+    bt_future *kids[2] = { bt_future_ref(slow), a.f }; /* slow is read below */
     bt_future *r = bt_race(loop, kids, 2);
     bt_future_set_error(a.f, BT_EHOSTUNREACH, "no route");
     bt_test_run_until(loop, r, 2000);
@@ -420,7 +433,7 @@ START_TEST(race_of_sleeps_and_cancel_from_outside)
 {
     bt_future *fast = bt_sleep(loop, 1);
     bt_future *slow = bt_sleep(loop, 100000);
-    bt_future *kids[2] = {slow, fast};
+    bt_future *kids[2] = { slow, fast };
     bt_future *r = bt_race(loop, kids, 2);
     bt_test_run_until(loop, r, 5000);
     ck_assert_int_eq(bt_future_error(r), 0);
@@ -429,7 +442,7 @@ START_TEST(race_of_sleeps_and_cancel_from_outside)
     prod a, b;
     prod_init(&a, true);
     prod_init(&b, true);
-    bt_future *k2[2] = {a.f, b.f};
+    bt_future *k2[2] = { a.f, b.f };
     r = bt_race(loop, k2, 2);
     bt_future_cancel(r);
     ck_assert_int_eq(a.hook_calls, 1);
@@ -457,7 +470,7 @@ START_TEST(any_skips_failures)
     prod p[3];
     for (int i = 0; i < 3; i++)
         prod_init(&p[i], true);
-    bt_future *kids[3] = {p[0].f, p[1].f, p[2].f};
+    bt_future *kids[3] = { p[0].f, p[1].f, p[2].f };
     bt_future *r = bt_any(loop, kids, 3);
     bt_future_set_error(p[0].f, BT_ECONNREFUSED, "replica 0 down");
     spin();
@@ -475,7 +488,7 @@ START_TEST(any_all_fail)
     prod p[2];
     for (int i = 0; i < 2; i++)
         prod_init(&p[i], true);
-    bt_future *kids[2] = {p[0].f, p[1].f};
+    bt_future *kids[2] = { p[0].f, p[1].f };
     bt_future *r = bt_any(loop, kids, 2);
     bt_future_set_error(p[1].f, BT_ECONNRESET, "reset");
     bt_future_set_error(p[0].f, BT_ECONNREFUSED, "refused");
@@ -584,7 +597,7 @@ START_TEST(cancel_goes_down_to_the_source)
     bt_future *s1 = bt_sleep(loop, 100000);
     bt_future *s2 = bt_sleep(loop, 100000);
     bt_future *t1 = bt_timeout(bt_future_ref(s1), 100000); /* s1, s2 read below */
-    bt_future *kids[2] = {t1, bt_future_ref(s2)};
+    bt_future *kids[2] = { t1, bt_future_ref(s2) };
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_future_cancel(g);
     bt_test_run_until(loop, g, 2000);
@@ -615,7 +628,7 @@ START_TEST(cancel_reaches_a_running_pool_job)
     bt_future *job = bt_to_thread(loop, bt_test_long_job_run, &lj);
     bt_future *queued = bt_to_thread(loop, bt_test_long_job_run, &lj);
     bt_future *t = bt_timeout(bt_future_ref(job), 100000); /* job, queued read below */
-    bt_future *kids[2] = {t, bt_future_ref(queued)};
+    bt_future *kids[2] = { t, bt_future_ref(queued) };
     bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_FAIL_FAST);
     bt_timer *tm = bt_timer_new(loop, cancel_when_started, g);
     bt_timer_start(tm, 1, 1);
@@ -635,7 +648,7 @@ START_TEST(loop_free_with_combinators_pending)
 {
     bt_loop *l = bt_loop_new();
     bt_future *s = bt_sleep(l, 100000);
-    bt_future *kids[1] = {bt_future_ref(s)}; /* given twice: two references */
+    bt_future *kids[1] = { bt_future_ref(s) }; /* given twice: two references */
     bt_future *g = bt_gather(l, kids, 1, BT_GATHER_FAIL_FAST);
     bt_future *t = bt_timeout(s, 100000);
     bt_test_log_capture();
@@ -651,7 +664,10 @@ END_TEST
 /* ---- allocation failures ---------------------------------------------------- */
 
 static int fail_after = -1;
-static void *failing_malloc(size_t n) { return fail_after-- == 0 ? NULL : malloc(n); }
+static void *failing_malloc(size_t n)
+{
+    return fail_after-- == 0 ? NULL : malloc(n);
+}
 
 /* Every combinator, with the n-th allocation failing for each n: a NULL
  * return or a working future, never a crash, a leak (ASan) or a future
@@ -663,8 +679,8 @@ START_TEST(allocation_failure_is_clean)
         prod_init(&a, true);
         prod_init(&b, true);
         /* Each call takes over a reference of its own; we keep ours. */
-        bt_future *kids[2] = {bt_future_ref(a.f), bt_future_ref(b.f)};
-        bt_future *kids2[2] = {bt_future_ref(a.f), bt_future_ref(b.f)};
+        bt_future *kids[2] = { bt_future_ref(a.f), bt_future_ref(b.f) };
+        bt_future *kids2[2] = { bt_future_ref(a.f), bt_future_ref(b.f) };
         bt_set_allocator(failing_malloc, realloc, free);
         fail_after = i;
         bt_future *g = bt_gather(loop, kids, 2, BT_GATHER_COLLECT);
@@ -684,7 +700,7 @@ START_TEST(allocation_failure_is_clean)
         bt_group_free(grp);
         if (s1)
             bt_semaphore_release(sem); /* hands the permit to s2, if queued */
-        bt_future *all[5] = {g, r, t, w, s2};
+        bt_future *all[5] = { g, r, t, w, s2 };
         for (int k = 0; k < 5; k++) {
             if (all[k] == NULL)
                 continue;

@@ -98,7 +98,7 @@ static void count_one(bt_future *f, void *arg)
 
 static void wait_all(bt_future **fs, int n)
 {
-    counter c = {bt_future_new(loop), n};
+    counter c = { bt_future_new(loop), n };
     for (int i = 0; i < n; i++)
         ck_assert_int_eq(bt_future_add_callback(fs[i], count_one, &c), 0);
     bt_test_run_until(loop, c.done, 60000);
@@ -119,7 +119,7 @@ static void spin_until(long (*get)(const curl_server *), long want)
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t len = sizeof sin;
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
     ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
@@ -155,7 +155,7 @@ START_TEST(test_methods_headers_body)
     ck_assert_int_eq(bt_http_client_add_header(cli, "X-Default", "d"), 0);
     ck_assert_int_eq(bt_http_client_add_header(cli, "X-Overridden", "old"), 0);
     ck_assert_int_eq(bt_http_client_set_user_agent(cli, "baton-test/1"), 0);
-    const char *methods[] = {"POST", "PUT", "PATCH", "DELETE"};
+    const char *methods[] = { "POST", "PUT", "PATCH", "DELETE" };
     for (int i = 0; i < 4; i++) {
         bt_http_request *req = bt_http_request_new(methods[i], url("/echo"));
         ck_assert_ptr_nonnull(req);
@@ -268,7 +268,7 @@ END_TEST
 
 START_TEST(test_status_codes)
 {
-    int codes[] = {204, 301, 404, 418, 500, 503};
+    int codes[] = { 204, 301, 404, 418, 500, 503 };
     for (int i = 0; i < 6; i++) {
         char p[32];
         snprintf(p, sizeof p, "/status/%d", codes[i]);
@@ -350,8 +350,8 @@ START_TEST(test_buffer_defaults)
      * (its length is announced), with the cap named. */
     bt_future *f = bt_http_get(cli, url("/large?n=17825792"));
     const char *msg = wait_err(f, BT_EMSGSIZE);
-    ck_assert_msg(strstr(msg, "cap of 16777216 bytes (bt_http_client_set_max_body)"),
-                  "message: %s", msg);
+    ck_assert_msg(strstr(msg, "cap of 16777216 bytes (bt_http_client_set_max_body)"), "message: %s",
+                  msg);
     bt_future_unref(f);
     /* An endless body stops at the per-response default. (The client's
      * default cap, 128 MiB, is not filled here: streaming that much takes
@@ -359,8 +359,8 @@ START_TEST(test_buffer_defaults)
      * mechanism with a small cap.) */
     f = bt_http_get(cli, raw_url(curl_server_endless_port(srv)));
     msg = wait_err(f, BT_EMSGSIZE);
-    ck_assert_msg(strstr(msg, "cap of 16777216 bytes (bt_http_client_set_max_body)"),
-                  "message: %s", msg);
+    ck_assert_msg(strstr(msg, "cap of 16777216 bytes (bt_http_client_set_max_body)"), "message: %s",
+                  msg);
     bt_future_unref(f);
     size_t now = 1, peak = 0;
     ck_assert_int_eq(bt_http_client_get_buffered(cli, &now, &peak), 0);
@@ -400,7 +400,7 @@ static int on_body(bt_http_response *resp, const void *data, size_t len, void *a
 START_TEST(test_streaming)
 {
     bt_http_client_set_max_body(cli, 1000); /* does not apply to streams */
-    stream_state st = {0};
+    stream_state st = { 0 };
     bt_http_request *req = bt_http_request_new("GET", url("/large?n=3000000"));
     bt_http_request_set_body_cb(req, on_body, &st);
     bt_future *f = bt_http_client_send(cli, req);
@@ -414,7 +414,7 @@ START_TEST(test_streaming)
     ck_assert_uint_eq(len, 0);
     bt_future_unref(f);
 
-    stream_state st2 = {.stop_after = 2};
+    stream_state st2 = { .stop_after = 2 };
     req = bt_http_request_new("GET", url("/large?n=3000000"));
     bt_http_request_set_body_cb(req, on_body, &st2);
     f = bt_http_client_send(cli, req);
@@ -447,7 +447,6 @@ START_TEST(test_redirects)
     bt_future_unref(f);
 }
 END_TEST
-
 
 static bt_http_response *echo(bt_http_request *req, bt_future **out)
 {
@@ -520,8 +519,8 @@ START_TEST(test_bodiless_methods)
     bt_http_client_set_limits(cli, 1, 0);
     const struct {
         const char *method, *content_length;
-    } cases[] = {{"POST", "0"},       {"PUT", "0"},     {"PATCH", "0"},
-                 {"DELETE", NULL},    {"OPTIONS", NULL}, {"POST", "0"}};
+    } cases[] = { { "POST", "0" },    { "PUT", "0" },      { "PATCH", "0" },
+                  { "DELETE", NULL }, { "OPTIONS", NULL }, { "POST", "0" } };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bt_future *f;
         bt_http_response *r = echo(bt_http_request_new(cases[i].method, url("/echo")), &f);
@@ -529,8 +528,8 @@ START_TEST(test_bodiless_methods)
         ck_assert_str_eq(bt_http_response_header(r, "X-Echo-Method"), cases[i].method);
         const char *cl = bt_http_response_header(r, "X-Req-Content-Length");
         if (cases[i].content_length)
-            ck_assert_msg(cl && strcmp(cl, cases[i].content_length) == 0,
-                          "%s: Content-Length %s", cases[i].method, cl ? cl : "absent");
+            ck_assert_msg(cl && strcmp(cl, cases[i].content_length) == 0, "%s: Content-Length %s",
+                          cases[i].method, cl ? cl : "absent");
         else
             ck_assert_msg(cl == NULL, "%s: Content-Length %s", cases[i].method, cl);
         ck_assert_ptr_null(bt_http_response_header(r, "X-Req-Content-Type"));
@@ -667,7 +666,7 @@ START_TEST(test_connect_timeout)
     /* A listener whose accept queue is full: further SYNs are dropped, so
      * connecting hangs until the connect timeout. */
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t len = sizeof sin;
     ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
     ck_assert_int_eq(listen(lfd, 0), 0);
@@ -852,7 +851,7 @@ static int cancel_in_cb(bt_http_response *resp, const void *data, size_t len, vo
 
 START_TEST(test_cancel_inside_callback)
 {
-    cancel_state s = {0};
+    cancel_state s = { 0 };
     bt_http_request *req = bt_http_request_new("GET", url("/large?n=4000000"));
     bt_http_request_set_body_cb(req, cancel_in_cb, &s);
     s.other = bt_http_get(cli, url("/slow?ms=20000"));
@@ -931,7 +930,6 @@ START_TEST(test_loop_free_cancels)
     srv = NULL;
 }
 END_TEST
-
 
 /* ---- Stale keep-alive connections ------------------------------------------- */
 
@@ -1038,7 +1036,8 @@ START_TEST(test_loop_free_with_hostile_upstreams)
     bt_future_unref(a);
     bt_future_unref(b);
     for (int i = 0; i < 1000 && (curl_server_raw_open(srv, silent) != 0 ||
-                                 curl_server_raw_open(srv, endless) != 0); i++)
+                                 curl_server_raw_open(srv, endless) != 0);
+         i++)
         usleep(10000);
     ck_assert_int_eq(curl_server_raw_open(srv, silent), 0);
     ck_assert_int_eq(curl_server_raw_open(srv, endless), 0);
@@ -1184,9 +1183,9 @@ static void h2_setup(void)
         int status;
         ck_assert_msg(waitpid(nghttpd_pid, &status, WNOHANG) == 0, "nghttpd exited");
         int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sin = {.sin_family = AF_INET,
-                                  .sin_port = htons((uint16_t)h2_port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in sin = { .sin_family = AF_INET,
+                                   .sin_port = htons((uint16_t)h2_port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         int ok = connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0;
         close(fd);
         if (ok)

@@ -19,8 +19,15 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 /* Run a fiber to its end; returns its future (the test's reference). */
 static bt_future *run_fiber(bt_start_fn fn, void *arg)
@@ -32,7 +39,10 @@ static bt_future *run_fiber(bt_start_fn fn, void *arg)
     return f;
 }
 
-static bt_future *done(void) { return bt_future_new_value(loop, NULL, NULL); }
+static bt_future *done(void)
+{
+    return bt_future_new_value(loop, NULL, NULL);
+}
 
 /* A pending future settled with (intptr_t)value from a later turn: each
  * await on one really suspends. */
@@ -220,7 +230,8 @@ static bt_future *child_fiber(bt_loop *l, void *arg)
     if (rc != 0)
         return bt_future_new_error(l, rc, "%s", bt_await_error());
     rc = bt_await(bt_to_thread(l, job_double, arg), &v);
-    return rc ? bt_future_new_error(l, rc, "%s", bt_await_error()) : bt_future_new_value(l, v, NULL);
+    return rc ? bt_future_new_error(l, rc, "%s", bt_await_error())
+              : bt_future_new_value(l, v, NULL);
 }
 
 static bt_future *every_kind(bt_loop *l, void *arg)
@@ -251,7 +262,7 @@ static bt_future *every_kind(bt_loop *l, void *arg)
 
     /* race: the fast one wins, the slow one is cancelled */
     bt_future *slow0 = bt_sleep(l, 10000);
-    bt_future *pair[2] = {bt_future_ref(slow0), soon(9)};
+    bt_future *pair[2] = { bt_future_ref(slow0), soon(9) };
     ck_assert_int_eq(bt_await(bt_race(l, pair, 2), &v), 0);
     ck_assert_ptr_eq(v, (void *)(intptr_t)9);
     ck_assert_int_eq(bt_await(slow0, NULL), BT_ECANCELED); /* the loser */
@@ -331,7 +342,7 @@ static void *bridge_thread(void *arg)
 
 START_TEST(the_bridge_into_a_fiber)
 {
-    bridge_out o = {-1, NULL};
+    bridge_out o = { -1, NULL };
     pthread_t th;
     pthread_create(&th, NULL, bridge_thread, &o);
     bt_loop_run(loop);
@@ -370,7 +381,7 @@ static void cancel_when_started(bt_timer *t, void *arg)
 
 START_TEST(cancellation_mid_await)
 {
-    cancel_state cs = {0};
+    cancel_state cs = { 0 };
     bt_future *f = bt_async(loop, long_wait_fiber, &cs);
     bt_timer *t = bt_timer_new(loop, cancel_when_started, f);
     bt_timer_start(t, 20, 0);
@@ -450,7 +461,7 @@ static bt_future *member_fiber(bt_loop *l, void *arg)
 START_TEST(a_group_of_fibers_with_one_failing)
 {
     bt_group *g = bt_group_new(loop);
-    member m[3] = {{0, 1}, {1, 1}, {2, 1}};
+    member m[3] = { { 0, 1 }, { 1, 1 }, { 2, 1 } };
     bt_future *fs[3];
     for (int i = 0; i < 3; i++) {
         fs[i] = bt_async(loop, member_fiber, &m[i]);
@@ -526,7 +537,7 @@ START_TEST(ten_thousand_fibers_alive_at_once)
 #else
     enum { N = 10000 };
 #endif
-    herd h = {bt_future_new(loop), 0};
+    herd h = { bt_future_new(loop), 0 };
     bt_future **fs = malloc(N * sizeof *fs);
     long before = rss_kib();
     for (int i = 0; i < N; i++) {
@@ -575,7 +586,7 @@ static bt_future *stuck_fiber(bt_loop *l, void *arg)
 
 START_TEST(loop_free_cancels_suspended_fibers)
 {
-    at_exit_state s = {.rc = 1};
+    at_exit_state s = { .rc = 1 };
     bt_test_prod_init(&s.prod, loop, true);
     bt_future *f = bt_async(loop, stuck_fiber, &s);
     bt_future *tick = bt_sleep(loop, 1);

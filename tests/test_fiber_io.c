@@ -102,7 +102,7 @@ static bt_future *io_fiber(bt_loop *l, void *arg)
     bt_http_response_free(resp);
 
     /* PostgreSQL: a query through the pool, with a parameter. */
-    const char *args[] = {"41"};
+    const char *args[] = { "41" };
     ck_assert_int_eq(bt_await(bt_pq_query(x->pool, "SELECT $1::int + 1 AS n", 1, args), &v), 0);
     bt_pq_result *r = v;
     ck_assert_str_eq(bt_pq_result_get_named(r, 0, "n"), "42");
@@ -124,7 +124,8 @@ static bt_future *io_fiber(bt_loop *l, void *arg)
     bt_pq_conn_release(c);
     /* And the whole-transaction helper: committed. */
     ck_assert_int_eq(bt_await(bt_pq_transaction(x->pool, tx_body, NULL), NULL), 0);
-    ck_assert_int_eq(bt_await(bt_pq_query(x->pool, "SELECT count(*) FROM fiber_t", 0, NULL), &v), 0);
+    ck_assert_int_eq(bt_await(bt_pq_query(x->pool, "SELECT count(*) FROM fiber_t", 0, NULL), &v),
+                     0);
     ck_assert_str_eq(bt_pq_result_get((r = v), 0, 0), "1");
     bt_pq_result_free(r);
 
@@ -138,7 +139,7 @@ static bt_future *io_fiber(bt_loop *l, void *arg)
 
 START_TEST(await_the_http_client_and_postgres)
 {
-    io_ctx x = {0};
+    io_ctx x = { 0 };
     x.cli = bt_http_client_new(loop);
     bt_pq_options o;
     bt_pq_options_init(&o);

@@ -172,9 +172,12 @@ START_TEST(bad_arguments)
 {
     ck_assert_ptr_null(bt_fs_read_file(NULL, "/x", 0));
     bt_future *f[6] = {
-        bt_fs_read_file(loop, NULL, 0),   bt_fs_write_file(loop, NULL, "x", 1, 0),
-        bt_fs_write_file(loop, "/x", NULL, 1, 0), bt_fs_open(loop, NULL, O_RDONLY, 0),
-        bt_fs_read(loop, -1, 1, 0),       bt_fs_stat(loop, NULL),
+        bt_fs_read_file(loop, NULL, 0),
+        bt_fs_write_file(loop, NULL, "x", 1, 0),
+        bt_fs_write_file(loop, "/x", NULL, 1, 0),
+        bt_fs_open(loop, NULL, O_RDONLY, 0),
+        bt_fs_read(loop, -1, 1, 0),
+        bt_fs_stat(loop, NULL),
     };
     for (int i = 0; i < 6; i++) {
         ck_assert_ptr_nonnull(f[i]);

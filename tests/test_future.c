@@ -7,8 +7,15 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 typedef struct {
     int calls;
@@ -25,7 +32,10 @@ static void on_settle(bt_future *f, void *arg)
     bt_future_error(f); /* read it: the test owns the outcome */
 }
 
-static void stop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 static int *boxed(int v)
 {
@@ -37,7 +47,7 @@ static int *boxed(int v)
 START_TEST(value_settles_once)
 {
     bt_future *f = bt_future_new(loop);
-    probe p = {0};
+    probe p = { 0 };
     ck_assert_int_eq(bt_future_add_callback(f, on_settle, &p), 0);
     ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_PENDING);
     ck_assert_int_eq(bt_future_error(f), BT_EINPROGRESS);
@@ -85,7 +95,7 @@ static void run_a_while(void)
 START_TEST(callbacks_in_order_never_reentrant)
 {
     bt_future *f = bt_future_new(loop);
-    probe p = {0};
+    probe p = { 0 };
     for (int i = 0; i < 3; i++)
         bt_future_add_callback(f, record, &p);
     bt_future_add_callback(f, record_and_add, &p);
@@ -135,7 +145,11 @@ START_TEST(unread_error_is_reported)
 END_TEST
 
 static int destroyed;
-static void count_destroy(void *v) { (void)v; destroyed++; }
+static void count_destroy(void *v)
+{
+    (void)v;
+    destroyed++;
+}
 
 START_TEST(value_ownership)
 {
@@ -161,7 +175,7 @@ START_TEST(loop_keeps_pending_future_alive)
 {
     /* The consumer drops its reference; the producer still settles. */
     bt_future *f = bt_future_new(loop);
-    probe p = {0};
+    probe p = { 0 };
     bt_future_add_callback(f, on_settle, &p);
     bt_future_unref(f);
     bt_future_set_value(f, NULL, NULL);
@@ -185,10 +199,10 @@ static void cancel_hook(bt_future *f, void *arg)
 
 START_TEST(cancel_reaches_producer)
 {
-    producer pr = {0, true};
+    producer pr = { 0, true };
     bt_future *f = bt_future_new(loop);
     bt_future_on_cancel(f, cancel_hook, &pr);
-    probe p = {0};
+    probe p = { 0 };
     bt_future_add_callback(f, on_settle, &p);
     ck_assert_int_eq(bt_future_cancel(f), 0);
     ck_assert_int_eq(bt_future_cancel(f), BT_EALREADY);
@@ -205,7 +219,7 @@ END_TEST
 START_TEST(cancel_of_running_work_settles_cancelled_later)
 {
     /* A producer that cannot stop at once (a job already running). */
-    producer pr = {0, false};
+    producer pr = { 0, false };
     bt_future *f = bt_future_new(loop);
     bt_future_on_cancel(f, cancel_hook, &pr);
     ck_assert_int_eq(bt_future_cancel(f), 0);
@@ -322,7 +336,7 @@ START_TEST(chain_dropped_then_loop_freed)
      * its source, whose producer settles late: nothing may touch the freed
      * result (ASan watches). */
     bt_loop *l = bt_loop_new();
-    producer pr = {0, false};
+    producer pr = { 0, false };
     bt_future *src = bt_future_new(l);
     bt_future_on_cancel(src, cancel_hook, &pr);
     bt_future *r = bt_future_then(src, double_it, NULL);
@@ -418,7 +432,7 @@ START_TEST(loop_free_cancels_pending)
 {
     bt_loop *l = bt_loop_new();
     bt_future *f = bt_future_new(l);
-    probe p = {0};
+    probe p = { 0 };
     bt_future_add_callback(f, on_settle, &p);
     bt_future *dropped = bt_future_new(l);
     bt_future_unref(dropped);
@@ -457,18 +471,18 @@ START_TEST(then_takes_over_its_source)
     bt_test_log_capture();
     bt_test_log_clear();
     destroyed = 0;
-    bt_future *c = bt_future_then(bt_future_new_value(loop, (void *)1, count_destroy),
-                                  double_nothing, NULL);
+    bt_future *c =
+        bt_future_then(bt_future_new_value(loop, (void *)1, count_destroy), double_nothing, NULL);
     bt_test_run_until(loop, c, 1000);
     bt_future_unref(c);
     run_a_while();
     ck_assert_int_eq(destroyed, 1); /* the source went with the chain */
 
     destroyed = 0;
-    ck_assert_ptr_null(bt_future_then(bt_future_new_value(loop, (void *)1, count_destroy),
-                                      NULL, NULL));
+    ck_assert_ptr_null(
+        bt_future_then(bt_future_new_value(loop, (void *)1, count_destroy), NULL, NULL));
     ck_assert_ptr_null(bt_future_after(bt_future_new_error(loop, BT_EIO, "unread"), NULL, NULL));
-    producer pr = {0, false};
+    producer pr = { 0, false };
     bt_future *pending = bt_future_new(loop);
     bt_future_on_cancel(pending, cancel_hook, &pr);
     ck_assert_ptr_null(bt_future_after(pending, NULL, NULL));
@@ -483,7 +497,10 @@ START_TEST(then_takes_over_its_source)
 END_TEST
 
 static int fail_after = -1;
-static void *failing_malloc(size_t n) { return fail_after-- == 0 ? NULL : malloc(n); }
+static void *failing_malloc(size_t n)
+{
+    return fail_after-- == 0 ? NULL : malloc(n);
+}
 
 START_TEST(allocation_failure_is_clean)
 {

@@ -12,12 +12,22 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 /* A producer driven by hand (tests/harness.h). */
 typedef bt_test_prod prod;
-static void prod_init(prod *p, bool eager) { bt_test_prod_init(p, loop, eager); }
+static void prod_init(prod *p, bool eager)
+{
+    bt_test_prod_init(p, loop, eager);
+}
 
 static void spin(void)
 {
@@ -63,7 +73,7 @@ START_TEST(first_failure_cancels_the_rest_and_waits_for_them)
     prod_init(&running, false); /* mid-job: cannot stop at once */
     prod_init(&bad, true);
     prod_init(&idle, true);
-    prod *all[4] = {&ok, &running, &bad, &idle};
+    prod *all[4] = { &ok, &running, &bad, &idle };
     for (int i = 0; i < 4; i++)
         ck_assert_int_eq(bt_group_add(g, bt_future_ref(all[i]->f)), 0); /* read below */
     bt_future *w = bt_group_wait(g);
@@ -353,8 +363,7 @@ START_TEST(add_takes_over_the_child)
     ck_assert_int_eq(bt_group_add(g, bt_future_new_error(loop, BT_EIO, "x")), BT_ESHUTDOWN);
     ck_assert_int_eq(bt_group_add(g, p.f), BT_ESHUTDOWN);
     ck_assert_int_eq(p.hook_calls, 1);
-    ck_assert_int_eq(bt_group_add(NULL, bt_future_new_value(loop, NULL, count_free)),
-                     BT_EINVAL);
+    ck_assert_int_eq(bt_group_add(NULL, bt_future_new_value(loop, NULL, count_free)), BT_EINVAL);
     bt_group_free(g);
     spin();
     ck_assert_int_eq(values_freed, 3);

@@ -75,15 +75,15 @@ typedef struct {
     char head[4096];
     char body[8192];
     size_t body_len;
-    int err;       /* errno of a failed connect */
+    int err; /* errno of a failed connect */
 } result;
 
 static int connect_to(int p)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {10, 0};
+    struct timeval tv = { 10, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         int e = errno;
@@ -185,7 +185,10 @@ typedef struct {
     void *arg;
 } client;
 
-static void stop_loop(void *arg) { bt_loop_stop(arg); }
+static void stop_loop(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 static void *client_main(void *p)
 {
@@ -195,11 +198,14 @@ static void *client_main(void *p)
     return NULL;
 }
 
-static void hang_guard(bt_timer *t, void *arg) { ck_abort_msg("the client thread hung"); }
+static void hang_guard(bt_timer *t, void *arg)
+{
+    ck_abort_msg("the client thread hung");
+}
 
 static void with_client_guarded(client_fn fn, void *arg, uint64_t guard_ms)
 {
-    client c = {fn, arg};
+    client c = { fn, arg };
     pthread_t th;
     bt_timer *guard = bt_timer_new(loop, hang_guard, NULL);
     bt_timer_start(guard, guard_ms, 0);
@@ -209,7 +215,10 @@ static void with_client_guarded(client_fn fn, void *arg, uint64_t guard_ms)
     bt_timer_free(guard);
 }
 
-static void with_client(client_fn fn, void *arg) { with_client_guarded(fn, arg, 25000); }
+static void with_client(client_fn fn, void *arg)
+{
+    with_client_guarded(fn, arg, 25000);
+}
 
 static void wait_for(_Atomic int *counter, int n)
 {
@@ -266,7 +275,10 @@ static bt_future *h_fail(bt_http_req *req, void *arg)
     return bt_future_new_error(bt_http_req_loop(req), BT_EIO, "password=hunter2 leaked?");
 }
 
-static bt_future *h_null(bt_http_req *req, void *arg) { return NULL; }
+static bt_future *h_null(bt_http_req *req, void *arg)
+{
+    return NULL;
+}
 
 static bt_future *h_novalue(bt_http_req *req, void *arg)
 {
@@ -433,8 +445,8 @@ static void limits_client(void *arg)
              "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
              strlen(big), big);
     raw(port, req, &rs[0]);
-    snprintf(req, sizeof req, "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\nConnection: close\r\n\r\n",
-             big);
+    snprintf(req, sizeof req,
+             "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\nConnection: close\r\n\r\n", big);
     raw(port, req, &rs[1]);
     raw(port, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &rs[2]);
 
@@ -496,7 +508,7 @@ static void recv_until(int fd, uint64_t deadline_ns)
 {
     uint64_t now = bt_hrtime();
     uint64_t left = deadline_ns > now + 1000000 ? deadline_ns - now : 1000000;
-    struct timeval tv = {(time_t)(left / 1000000000u), (suseconds_t)(left % 1000000000u / 1000)};
+    struct timeval tv = { (time_t)(left / 1000000000u), (suseconds_t)(left % 1000000000u / 1000) };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 }
 
@@ -512,7 +524,7 @@ static void hang_up_early(void *arg)
         char buf[4096];
         recv_until(fd, deadline);
         ck_assert_int_gt(recv(fd, buf, sizeof buf, 0), 0); /* it started */
-        struct linger lg = {1, 0}; /* hang up with a reset */
+        struct linger lg = { 1, 0 };                       /* hang up with a reset */
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(fd);
     }
@@ -527,14 +539,18 @@ static void hang_up_early(void *arg)
     close(fd);
 }
 
-static void keep_handler(int sig) { (void)sig; }
+static void keep_handler(int sig)
+{
+    (void)sig;
+}
 
 START_TEST(client_hanging_up_mid_response_is_not_fatal)
 {
     signal(SIGPIPE, SIG_DFL);
     bt_http_app_route(app, "GET", "/big", h_big, NULL);
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
-    ck_assert_int_eq(bt_http_app_set_timeouts(app, 2 * HANG_UP_DEADLINE_MS, 2 * HANG_UP_DEADLINE_MS), 0);
+    ck_assert_int_eq(
+        bt_http_app_set_timeouts(app, 2 * HANG_UP_DEADLINE_MS, 2 * HANG_UP_DEADLINE_MS), 0);
     start_server();
     struct sigaction sa;
     sigaction(SIGPIPE, NULL, &sa);
@@ -559,9 +575,9 @@ static void slow_reader_client(void *arg)
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int small = 4096;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {10, 0};
+    struct timeval tv = { 10, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
         return;
@@ -712,7 +728,10 @@ static bt_future *hf_fail(bt_http_req *req, void *arg)
     return bt_future_new_error(l, BT_EIO, "fiber says no");
 }
 
-static bt_future *hf_null(bt_http_req *req, void *arg) { return NULL; }
+static bt_future *hf_null(bt_http_req *req, void *arg)
+{
+    return NULL;
+}
 
 static void fiber_client(void *arg)
 {
@@ -1010,7 +1029,7 @@ START_TEST(server_free_cancels_inflight)
     srv = NULL;
     ck_assert_int_eq(atomic_load(&hook_calls), 1);
     /* The client sees its connection closed, without an answer. */
-    result r = {0};
+    result r = { 0 };
     read_response(fd, &r);
     ck_assert_int_eq(r.status, 0);
     close(fd);
@@ -1060,7 +1079,10 @@ static void metrics_client(void *arg)
     curl_cli("", "/metrics", &rs[3]);
 }
 
-static char *extra_metrics(void *arg) { return bt_strdup("my_pool_threads 4"); }
+static char *extra_metrics(void *arg)
+{
+    return bt_strdup("my_pool_threads 4");
+}
 
 START_TEST(metrics_route)
 {
@@ -1090,7 +1112,8 @@ START_TEST(metrics_route)
     ck_assert_int_eq(bt_test_log_count("http: 127.0.0.1 \"GET /hello\" 200 "), 2);
     ck_assert_int_eq(bt_test_log_count("http: 127.0.0.1 \"GET /missing\" 404 "), 1);
     ck_assert_ptr_nonnull(strstr(m, "baton_pool_max_threads{pool=\"main\",lane=\"cpu\"} 1\n"));
-    ck_assert_ptr_nonnull(strstr(m, "baton_pool_submitted_total{pool=\"main\",lane=\"blocking\"} 0\n"));
+    ck_assert_ptr_nonnull(
+        strstr(m, "baton_pool_submitted_total{pool=\"main\",lane=\"blocking\"} 0\n"));
     bt_http_server_free(srv);
     srv = NULL;
     bt_pool_free(pool);
@@ -1134,7 +1157,7 @@ START_TEST(app_run_multi_loop_sigterm)
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
     bt_http_app_route(app, "GET", "/slow", h_slow, NULL);
     ck_assert_int_eq(bt_http_app_set_loops(app, 3), 0);
-    run_state st = {0};
+    run_state st = { 0 };
     ck_assert_int_eq(bt_http_app_run(app, "127.0.0.1", 0, on_ready, &st), 0);
     pthread_join(st.th, NULL);
     for (int i = 0; i < 4; i++)
@@ -1180,7 +1203,7 @@ START_TEST(app_run_stop_sigint_and_bind_error)
     pthread_join(th, NULL);
     /* A port held by a socket without SO_REUSEPORT cannot be shared. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct sockaddr_in sa = { .sin_family = AF_INET };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     listen(fd, 1);
@@ -1195,7 +1218,7 @@ END_TEST
 /* ---- The stall watchdog names a handler that blocks the loop -----------------------
  * Visible, and the test is linked with -export-dynamic, so dladdr names it. */
 __attribute__((visibility("default"))) bt_future *bt_test_http_blocking_handler(bt_http_req *req,
-                                                                              void *arg);
+                                                                                void *arg);
 bt_future *bt_test_http_blocking_handler(bt_http_req *req, void *arg)
 {
     /* The guide's time.sleep() inside async code: block until the watchdog
@@ -1206,7 +1229,10 @@ bt_future *bt_test_http_blocking_handler(bt_http_req *req, void *arg)
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "late", 4);
 }
 
-static void blocking_client(void *arg) { curl_cli("", "/block", &rs[0]); }
+static void blocking_client(void *arg)
+{
+    curl_cli("", "/block", &rs[0]);
+}
 
 START_TEST(watchdog_names_a_blocking_handler)
 {
@@ -1236,19 +1262,26 @@ static bool should_fail(void)
     int k = atomic_load(&fail_every);
     return k && atomic_fetch_add(&alloc_count, 1) % (unsigned long)k == 0;
 }
-static void *failing_malloc(size_t n) { return should_fail() ? NULL : malloc(n); }
-static void *failing_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n); }
+static void *failing_malloc(size_t n)
+{
+    return should_fail() ? NULL : malloc(n);
+}
+static void *failing_realloc(void *p, size_t n)
+{
+    return should_fail() ? NULL : realloc(p, n);
+}
 
 static int alloc_statuses[4]; /* 200, 500, 503, closed */
 static void alloc_client(void *arg)
 {
-    static const int every[] = {2, 3, 5, 8, 13, 21, 34, 55, 89, 144};
+    static const int every[] = { 2, 3, 5, 8, 13, 21, 34, 55, 89, 144 };
     for (size_t e = 0; e < sizeof every / sizeof every[0]; e++) {
         atomic_store(&fail_every, every[e]);
         for (int i = 0; i < 25; i++) {
             result r;
-            raw(port, i % 2 ? "GET /user/7?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                            : "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            raw(port,
+                i % 2 ? "GET /user/7?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      : "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 &r);
             int slot = r.status == 200 ? 0 : r.status == 500 ? 1 : r.status == 503 ? 2 : 3;
             if (r.status != 200 && r.status != 500 && r.status != 503 && r.status != 0)
@@ -1280,7 +1313,6 @@ START_TEST(allocation_failures)
     ck_assert_int_eq(bt_http_server_in_flight(srv), 0);
 }
 END_TEST
-
 
 /* ---- Hostile clients ------------------------------------------------------------- */
 
@@ -1330,50 +1362,48 @@ typedef struct {
 } hostile_case;
 
 static const hostile_case smuggling_cases[] = {
-    {"two Content-Length, the second a pipelined request",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n"
-     "abcdGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
-     400},
-    {"Content-Length +4",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\n{}{}", 400},
-    {"Content-Length 4 4",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4 4\r\n\r\n{}{}", 400},
-    {"Content-Length not digits",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0x4\r\n\r\n{}{}", 400},
-    {"Transfer-Encoding identity, chunked beside Content-Length",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n"
-     "Content-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-     400},
-    {"Transfer-Encoding chunked beside Content-Length",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
-     "2\r\n{}\r\n0\r\n\r\n",
-     400},
-    {"Transfer-Encoding gzip",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}", 400},
-    {"obs-fold",
-     "GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400},
-    {"obs-fold with a tab, folding a Content-Length",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\t0\r\n\r\n{}", 400},
-    {"invalid chunk size",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-     400},
-    {"HEAD with a body that is a request",
-     "HEAD /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n"
-     "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
-     400},
-    {"space before the colon",
-     "GET /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400},
-    {"bare CR in a header",
-     "GET /hello HTTP/1.1\r\nHost: x\rX-B: 1\r\n\r\n", 400},
-    {"absolute-form target evhttp cannot parse",
-     "GET http://[::1/x HTTP/1.1\r\nHost: x\r\n\r\n", 400},
-    {"unknown method", "BREW /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501},
-    {"HTTP/2.0 request line", "GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505},
-    {"Expect other than 100-continue",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\n{}", 417},
-    {"chunked body over max_body_bytes",
-     "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-     "100000\r\n", 413},
+    { "two Content-Length, the second a pipelined request",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n"
+      "abcdGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+      400 },
+    { "Content-Length +4", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\n{}{}",
+      400 },
+    { "Content-Length 4 4", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4 4\r\n\r\n{}{}",
+      400 },
+    { "Content-Length not digits",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0x4\r\n\r\n{}{}", 400 },
+    { "Transfer-Encoding identity, chunked beside Content-Length",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n"
+      "Content-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+      400 },
+    { "Transfer-Encoding chunked beside Content-Length",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "2\r\n{}\r\n0\r\n\r\n",
+      400 },
+    { "Transfer-Encoding gzip",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}", 400 },
+    { "obs-fold", "GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400 },
+    { "obs-fold with a tab, folding a Content-Length",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\t0\r\n\r\n{}", 400 },
+    { "invalid chunk size",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+      400 },
+    { "HEAD with a body that is a request",
+      "HEAD /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n"
+      "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+      400 },
+    { "space before the colon", "GET /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400 },
+    { "bare CR in a header", "GET /hello HTTP/1.1\r\nHost: x\rX-B: 1\r\n\r\n", 400 },
+    { "absolute-form target evhttp cannot parse", "GET http://[::1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+      400 },
+    { "unknown method", "BREW /hello HTTP/1.1\r\nHost: x\r\n\r\n", 501 },
+    { "HTTP/2.0 request line", "GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505 },
+    { "Expect other than 100-continue",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\n{}", 417 },
+    { "chunked body over max_body_bytes",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "100000\r\n",
+      413 },
 };
 #define NCASES (sizeof smuggling_cases / sizeof smuggling_cases[0])
 static hostile_result hres[NCASES + 4];
@@ -1422,7 +1452,8 @@ START_TEST(smuggling_and_malformed_framing_refused)
     ck_assert_msg(hres[NCASES + 1].nresp == 2, "%s", hres[NCASES + 1].text);
     ck_assert_int_eq(hres[NCASES + 2].nresp, 2);
     ck_assert_int_eq(hres[NCASES + 2].status, 200);
-    ck_assert(strstr(hres[NCASES + 2].text, "hello") < strstr(hres[NCASES + 2].text, "HTTP/1.1 400"));
+    ck_assert(strstr(hres[NCASES + 2].text, "hello") <
+              strstr(hres[NCASES + 2].text, "HTTP/1.1 400"));
     ck_assert(hres[NCASES + 2].closed);
 }
 END_TEST
@@ -1446,7 +1477,7 @@ static void trickle(const char *prefix, size_t total, int slot)
         if (send(fd, "a", 1, MSG_NOSIGNAL) != 1)
             break; /* the server closed: EPIPE or a reset */
         sent++;
-        struct pollfd pfd = {fd, POLLIN, 0};
+        struct pollfd pfd = { fd, POLLIN, 0 };
         while (!closed && poll(&pfd, 1, 50) == 1) {
             ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
             if (n <= 0)
@@ -1526,7 +1557,7 @@ static void slow_chunked_client(void *arg)
     send_all(fd, req, strlen(req));
     char buf[4096];
     size_t got = 0;
-    struct pollfd pfd = {fd, POLLIN, 0};
+    struct pollfd pfd = { fd, POLLIN, 0 };
     /* Wait up to 5 s for the refusal and the close. */
     while (got < sizeof buf - 1 && poll(&pfd, 1, 5000) == 1) {
         ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
@@ -1540,7 +1571,8 @@ static void slow_chunked_client(void *arg)
     close(fd);
 
     trickle("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            "100000\r\n", 200, 0);
+            "100000\r\n",
+            200, 0);
 }
 
 START_TEST(slowloris_chunked_body_deadline)
@@ -1614,7 +1646,10 @@ static void fd_child_ready(int p, void *arg)
     close(fd);
 }
 
-static void fd_exhaustion_client(void *arg) { (void)arg; }
+static void fd_exhaustion_client(void *arg)
+{
+    (void)arg;
+}
 
 START_TEST(fd_exhaustion_pauses_the_listener)
 {
@@ -1633,7 +1668,7 @@ START_TEST(fd_exhaustion_pauses_the_listener)
         for (int fd = 0; fd < 1024; fd++)
             if (fcntl(fd, F_GETFD) != -1)
                 open_fds++;
-        struct rlimit rl = {(rlim_t)open_fds + 24, (rlim_t)open_fds + 24};
+        struct rlimit rl = { (rlim_t)open_fds + 24, (rlim_t)open_fds + 24 };
         setrlimit(RLIMIT_NOFILE, &rl);
         bt_http_app *a = bt_http_app_new();
         bt_http_app_route(a, "GET", "/hello", h_hello, NULL);
@@ -1668,7 +1703,7 @@ START_TEST(fd_exhaustion_pauses_the_listener)
             close(fds[i]);
     /* Served again once the descriptors are free (the server closes its
      * side as it reads each client's EOF; the pause lasts 250 ms). */
-    result r = {0};
+    result r = { 0 };
     for (int i = 0; i < 200 && r.status != 200; i++) {
         raw(cport, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", &r);
         if (r.status != 200)
@@ -1701,7 +1736,10 @@ END_TEST
 
 /* ---- Refusals ---------------------------------------------------------------------- */
 
-static int failing_init(bt_loop *l, void *arg, void **data) { return BT_ECONNREFUSED; }
+static int failing_init(bt_loop *l, void *arg, void **data)
+{
+    return BT_ECONNREFUSED;
+}
 
 START_TEST(api_refusals)
 {

@@ -73,13 +73,12 @@ START_TEST(splice_and_safe_iteration)
     ck_assert_int_eq(digits(&a), 123456);
 
     /* Remove the even values while walking. */
-    BT__LIST_FOREACH_SAFE(pos, tmp, &a)
-    {
+    BT__LIST_FOREACH_SAFE (pos, tmp, &a) {
         if (BT__LIST_ENTRY(pos, item, link)->v % 2 == 0)
             bt__list_remove(pos);
     }
     ck_assert_int_eq(digits(&a), 135);
-    BT__LIST_FOREACH_SAFE(pos, tmp, &a)
+    BT__LIST_FOREACH_SAFE (pos, tmp, &a)
         bt__list_remove(pos);
     ck_assert(bt__list_empty(&a));
 }

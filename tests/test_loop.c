@@ -10,14 +10,27 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
-static void stop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 static int seq[16];
 static int nseq;
-static void push_seq(void *arg) { seq[nseq++] = (int)(intptr_t)arg; }
+static void push_seq(void *arg)
+{
+    seq[nseq++] = (int)(intptr_t)arg;
+}
 
 static void schedule_more(void *arg)
 {
@@ -82,7 +95,7 @@ static void *poster(void *arg)
     poster_arg *pa = arg;
     for (int i = 1; i <= PER_POSTER; i++) {
         post_msg *m = malloc(sizeof *m);
-        *m = (post_msg){pa->st, pa->id, i};
+        *m = (post_msg){ pa->st, pa->id, i };
         ck_assert_int_eq(bt_loop_post(loop, on_post, m), 0);
     }
     return NULL;
@@ -90,11 +103,11 @@ static void *poster(void *arg)
 
 START_TEST(post_from_many_threads)
 {
-    post_state st = {0};
+    post_state st = { 0 };
     pthread_t th[POSTERS];
     poster_arg pa[POSTERS];
     for (int i = 0; i < POSTERS; i++) {
-        pa[i] = (poster_arg){&st, i};
+        pa[i] = (poster_arg){ &st, i };
         pthread_create(&th[i], NULL, poster, &pa[i]);
     }
     bt_loop_run(loop);
@@ -107,7 +120,10 @@ START_TEST(post_from_many_threads)
 }
 END_TEST
 
-static void count_cb(void *arg) { (*(int *)arg)++; }
+static void count_cb(void *arg)
+{
+    (*(int *)arg)++;
+}
 
 START_TEST(burst_costs_one_wakeup)
 {
@@ -188,7 +204,10 @@ START_TEST(sleep_cancelled)
 }
 END_TEST
 
-static void break_base(void *arg) { event_base_loopbreak(arg); }
+static void break_base(void *arg)
+{
+    event_base_loopbreak(arg);
+}
 
 START_TEST(adopt_existing_base)
 {
@@ -255,12 +274,23 @@ START_TEST(run_like_asyncio)
 }
 END_TEST
 
-static void closer(void *arg) { (*(int *)arg) += 10; }
+static void closer(void *arg)
+{
+    (*(int *)arg) += 10;
+}
 
 static int closer_order[4];
 static int nclosers;
-static void closer_a(void *arg) { (void)arg; closer_order[nclosers++] = 'a'; }
-static void closer_b(void *arg) { (void)arg; closer_order[nclosers++] = 'b'; }
+static void closer_a(void *arg)
+{
+    (void)arg;
+    closer_order[nclosers++] = 'a';
+}
+static void closer_b(void *arg)
+{
+    (void)arg;
+    closer_order[nclosers++] = 'b';
+}
 
 static void nested_run(void *arg)
 {
@@ -283,7 +313,10 @@ START_TEST(nested_run_is_refused)
 }
 END_TEST
 
-static void stop_loop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_loop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 static void break_after(evutil_socket_t fd, short w, void *arg)
 {
     (void)fd;
@@ -299,7 +332,7 @@ START_TEST(stop_on_adopted_base_is_once)
     ck_assert_int_eq(event_base_dispatch(base), 0); /* broken by bt_loop_stop */
     /* A later wakeup must not break the program's base again. */
     int ran = 0;
-    struct timeval tv = {0, 30000};
+    struct timeval tv = { 0, 30000 };
     event_base_once(base, -1, EV_TIMEOUT, break_after, base, &tv);
     bt_loop_post(l, count_cb, &ran);
     event_base_dispatch(base);
@@ -341,7 +374,7 @@ END_TEST
 START_TEST(stats_need_their_size)
 {
     bt_test_log_capture();
-    bt_loop_stats st = {0};
+    bt_loop_stats st = { 0 };
     ck_assert_int_eq(bt_loop_get_stats(loop, &st), BT_EINVAL);
     ck_assert(bt_test_log_contains("BT_SIZED(bt_loop_stats)"));
     bt_test_log_clear();

@@ -20,8 +20,15 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 /* ---- Helpers ------------------------------------------------------------ */
 
@@ -48,7 +55,7 @@ static void wait_tick(bt_timer *t, void *arg)
 /* Run lp until *counter reaches target; fail after timeout_ms. */
 static void run_until_count(bt_loop *lp, _Atomic long *counter, long target, unsigned timeout_ms)
 {
-    waiter w = {counter, target, lp, bt_hrtime() + (uint64_t)timeout_ms * 1000000u, false};
+    waiter w = { counter, target, lp, bt_hrtime() + (uint64_t)timeout_ms * 1000000u, false };
     bt_timer *t = bt_timer_new(lp, wait_tick, &w);
     ck_assert_ptr_nonnull(t);
     bt_timer_start(t, 1, 1);
@@ -68,12 +75,12 @@ static void turn(bt_loop *lp, uint64_t ms)
 }
 
 /* Spin-wait (sleeping) for a condition a worker sets; a hang guard. */
-#define WAIT_FOR(cond)                                                     \
-    do {                                                                   \
-        for (int i_ = 0; !(cond); i_++) {                                  \
-            ck_assert_msg(i_ < 20000, "timed out waiting for " #cond);     \
-            usleep(1000);                                                  \
-        }                                                                  \
+#define WAIT_FOR(cond)                                                 \
+    do {                                                               \
+        for (int i_ = 0; !(cond); i_++) {                              \
+            ck_assert_msg(i_ < 20000, "timed out waiting for " #cond); \
+            usleep(1000);                                              \
+        }                                                              \
     } while (0)
 
 static _Atomic long values_alive;
@@ -299,7 +306,7 @@ static void submit_more(long n)
 
 START_TEST(million_jobs)
 {
-    volume v = {0};
+    volume v = { 0 };
     vol = &v;
     v.pool = small_pool(2, 0);
     v.ran = calloc(MILLION, 1);
@@ -363,7 +370,7 @@ START_TEST(submit_from_eight_threads)
     submitter s[SUBMITTERS];
     pthread_t th[SUBMITTERS];
     for (int i = 0; i < SUBMITTERS; i++) {
-        s[i] = (submitter){p, loop, i, &done, &bad, pthread_self()};
+        s[i] = (submitter){ p, loop, i, &done, &bad, pthread_self() };
         pthread_create(&th[i], NULL, submit_thread, &s[i]);
     }
     run_until_count(loop, &done, SUBMITTERS * PER_THREAD, 60000);
@@ -408,7 +415,7 @@ static void *late_submitter(void *arg)
 START_TEST(submit_from_then_loop_freed_unrun)
 {
     bt_pool *p = small_pool(1, 0);
-    late_args a = {p, bt_loop_new(), 0};
+    late_args a = { p, bt_loop_new(), 0 };
     pthread_t th;
     pthread_create(&th, NULL, late_submitter, &a);
     pthread_join(th, NULL);
@@ -478,7 +485,7 @@ END_TEST
 START_TEST(full_queue_fails_at_once)
 {
     bt_pool *p = small_pool(1, 4);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     bt_future *f[8];
     int rejected = 0;
@@ -527,7 +534,7 @@ START_TEST(cancel_queued_leaves_queue)
 {
     atomic_store(&ran_count, 0); /* CK_FORK=no: earlier tests counted too */
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0); /* hand it over */
     WAIT_FOR(atomic_load(&g.started) == 1);
@@ -578,7 +585,7 @@ START_TEST(cancel_across_hand_overs)
     atomic_store(&ran_count, 0); /* CK_FORK=no: earlier tests counted too */
     enum { N = 200 };
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
@@ -621,7 +628,7 @@ END_TEST
 START_TEST(cancel_running_sets_flag)
 {
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
@@ -670,7 +677,7 @@ static void cancel_some(bt_timer *t, void *arg)
 START_TEST(cancel_races_completion)
 {
     bt_pool *p = small_pool(2, 0);
-    race_ctx r = {0};
+    race_ctx r = { 0 };
     r.n = 20000;
     r.fs = calloc((size_t)r.n, sizeof *r.fs);
     for (int i = 0; i < r.n; i++) {
@@ -722,8 +729,9 @@ static int wait_for_first(bt_job *job, void *arg)
     (void)arg;
     for (int i = 0; i < 5000 && !atomic_load(&first_seen); i++)
         usleep(1000);
-    return atomic_load(&first_seen) ? 0
-                                    : bt_job_fail(job, BT_ETIMEDOUT, "first job's callback never ran");
+    return atomic_load(&first_seen)
+               ? 0
+               : bt_job_fail(job, BT_ETIMEDOUT, "first job's callback never ran");
 }
 
 START_TEST(completion_not_held_behind_next_job)
@@ -757,13 +765,14 @@ START_TEST(loop_free_with_queued_and_running)
 {
     bt_pool *p = small_pool(1, 0);
     bt_loop *lp = bt_loop_new();
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *running = bt_pool_submit(p, lp, BT_LANE_CPU, gate_job, &g);
     bt_future_add_callback(running, on_shut, NULL);
     turn(lp, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
     for (int i = 0; i < 100; i++) {
-        bt_future *f = bt_pool_submit(p, lp, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING, count_job, NULL);
+        bt_future *f =
+            bt_pool_submit(p, lp, i % 2 ? BT_LANE_CPU : BT_LANE_BLOCKING, count_job, NULL);
         bt_future_add_callback(f, on_shut, NULL);
         bt_future_unref(f);
     }
@@ -780,14 +789,14 @@ START_TEST(pool_free_with_queued_and_running)
 {
     atomic_store(&ran_count, 0); /* CK_FORK=no: earlier tests counted too */
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *running = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
     bt_future *f[20];
     for (int i = 0; i < 20; i++)
         f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, count_job, NULL);
-    turn(loop, 1); /* queued on the lane */
+    turn(loop, 1);   /* queued on the lane */
     bt_pool_free(p); /* cancels the queue, waits for the running job */
     ck_assert_int_eq(atomic_load(&g.saw_cancel), 1);
     bt_test_run_until(loop, running, 10000);
@@ -807,7 +816,7 @@ END_TEST
 START_TEST(blocking_lane_grows_and_shrinks)
 {
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *f[8];
     for (int i = 0; i < 8; i++)
         f[i] = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
@@ -849,7 +858,7 @@ END_TEST
 START_TEST(blocking_flood_does_not_delay_cpu)
 {
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *slow[8];
     for (int i = 0; i < 8; i++)
         slow[i] = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
@@ -859,7 +868,7 @@ START_TEST(blocking_flood_does_not_delay_cpu)
     ck_assert_int_eq(bt_future_error(cpu), 0);
     ck_assert_int_eq(atomic_load(&g.gate), 0);
     /* And the reverse: a stuck CPU lane leaves the blocking lane free. */
-    gate_t g2 = {0};
+    gate_t g2 = { 0 };
     bt_future *cpu_stuck = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g2);
     atomic_store(&g.gate, 1);
     for (int i = 0; i < 8; i++) {
@@ -887,7 +896,7 @@ START_TEST(resize_cpu_lane)
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].threads, 4);
     /* Four jobs that wait for each other need four threads. */
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *f[4];
     for (int i = 0; i < 4; i++)
         f[i] = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
@@ -949,8 +958,8 @@ END_TEST
 static int nice_job(bt_job *job, void *arg)
 {
     (void)arg;
-    bt_job_set_value(job, (void *)(intptr_t)(getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid)) + 100),
-                     NULL);
+    bt_job_set_value(
+        job, (void *)(intptr_t)(getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid)) + 100), NULL);
     return 0;
 }
 
@@ -1015,13 +1024,13 @@ static int sleep_job(bt_job *job, void *arg)
 START_TEST(unsized_structs_are_refused)
 {
     bt_test_log_capture();
-    bt_pool_config cfg = {.cpu_threads = 1}; /* size left 0 */
+    bt_pool_config cfg = { .cpu_threads = 1 }; /* size left 0 */
     ck_assert_ptr_null(bt_pool_new(&cfg));
     ck_assert(bt_test_log_contains("bt_pool_config_init"));
     ck_assert_int_eq(bt_pool_default_configure(&cfg), BT_EINVAL);
 
     bt_pool *p = small_pool(1, 0);
-    bt_pool_stats st = {0};
+    bt_pool_stats st = { 0 };
     ck_assert_int_eq(bt_pool_get_stats(p, &st), BT_EINVAL);
     ck_assert(bt_test_log_contains("BT_SIZED(bt_pool_stats)"));
     st.size = SIZE_V1(bt_pool_stats, lane) - 1;
@@ -1036,7 +1045,7 @@ START_TEST(old_caller_structs_work)
     /* A config exactly as long as the first layout (ASan would see a read
      * past it), fields past it absent. */
     size_t v1 = SIZE_V1(bt_pool_config, shutdown_ms);
-    bt_pool_config fields = {.size = v1, .cpu_threads = 2, .name = "old"};
+    bt_pool_config fields = { .size = v1, .cpu_threads = 2, .name = "old" };
     void *old = malloc(v1);
     ck_assert_ptr_nonnull(old);
     memcpy(old, &fields, v1);
@@ -1094,7 +1103,7 @@ END_TEST
 START_TEST(busy_and_idle_counts)
 {
     bt_pool *p = small_pool(2, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
@@ -1113,7 +1122,7 @@ END_TEST
 START_TEST(queue_bound_changes_at_run_time)
 {
     bt_pool *p = small_pool(1, 0);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_BLOCKING, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
@@ -1186,7 +1195,6 @@ START_TEST(default_pool_can_be_freed_and_remade)
     bt_future_unref(g);
 }
 END_TEST
-
 
 /* ---- Abandoning running jobs ------------------------------------------------ */
 
@@ -1292,12 +1300,13 @@ START_TEST(owned_arg_freed_once_on_every_path)
     bt_future *ran = bt_pool_submit_owned(p, loop, BT_LANE_CPU, square_job, NULL, NULL);
     bt_test_run_until(loop, ran, 10000);
     bt_future_unref(ran);
-    gate_t g = {0};
+    gate_t g = { 0 };
     bt_future *blocker = bt_pool_submit(p, loop, BT_LANE_CPU, gate_job, &g);
     turn(loop, 0);
     WAIT_FOR(atomic_load(&g.started) == 1);
     bt_future *q = bt_pool_submit_owned(p, loop, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free);
-    bt_future *full = bt_pool_submit_owned(p, loop, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free);
+    bt_future *full =
+        bt_pool_submit_owned(p, loop, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free);
     ck_assert_int_eq(bt_future_error(full), BT_EAGAIN);
     ck_assert_int_eq(atomic_load(&owned_freed), 1);
     bt_future_unref(full);
@@ -1305,8 +1314,8 @@ START_TEST(owned_arg_freed_once_on_every_path)
     bt_test_run_until(loop, q, 10000);
     ck_assert_int_eq(atomic_load(&owned_freed), 2);
     bt_future_unref(q);
-    ck_assert_ptr_null(bt_pool_submit_owned(p, NULL, BT_LANE_CPU, hold_job, calloc(1, 8),
-                                            owned_free));
+    ck_assert_ptr_null(
+        bt_pool_submit_owned(p, NULL, BT_LANE_CPU, hold_job, calloc(1, 8), owned_free));
     ck_assert_int_eq(atomic_load(&owned_freed), 3);
     atomic_store(&g.gate, 1);
     bt_test_run_until(loop, blocker, 10000);

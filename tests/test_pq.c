@@ -34,7 +34,10 @@ static void setup(void)
     ck_assert_ptr_nonnull(loop);
 }
 
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 static bt_pq_pool *new_pool(unsigned min, unsigned max, unsigned depth)
 {
@@ -91,17 +94,19 @@ static void sleep_ms(unsigned ms)
 START_TEST(crud_with_parameters_and_nulls)
 {
     bt_pq_pool *p = new_pool(1, 4, 16);
-    exec_ok(p, "CREATE TABLE crud (id int PRIMARY KEY, name text, score float8, "
-               "active bool, born date, tags text[])", 0, NULL);
-    const char *a[] = {"1", "Ada", "97.5", "true", "1815-12-10", "{x,y}"};
+    exec_ok(p,
+            "CREATE TABLE crud (id int PRIMARY KEY, name text, score float8, "
+            "active bool, born date, tags text[])",
+            0, NULL);
+    const char *a[] = { "1", "Ada", "97.5", "true", "1815-12-10", "{x,y}" };
     bt_pq_result *r = must(p, "INSERT INTO crud VALUES ($1, $2, $3, $4, $5, $6)", 6, a);
     ck_assert_int_eq(bt_pq_result_affected(r), 1);
     ck_assert_str_eq(bt_pq_result_command(r), "INSERT 0 1");
     bt_pq_result_free(r);
-    const char *b[] = {"2", NULL, NULL, "false", NULL, NULL};
+    const char *b[] = { "2", NULL, NULL, "false", NULL, NULL };
     exec_ok(p, "INSERT INTO crud VALUES ($1, $2, $3, $4, $5, $6)", 6, b);
 
-    const char *id[] = {"1"};
+    const char *id[] = { "1" };
     r = must(p, "SELECT id, name, score, active, born, tags FROM crud WHERE id = $1", 1, id);
     ck_assert_int_eq(bt_pq_result_rows(r), 1);
     ck_assert_int_eq(bt_pq_result_columns(r), 6);
@@ -132,11 +137,11 @@ START_TEST(crud_with_parameters_and_nulls)
     ck_assert(bt_pq_result_is_null(r, 0, 3));
     bt_pq_result_free(r);
 
-    const char *u[] = {"Grace", "2"};
+    const char *u[] = { "Grace", "2" };
     r = must(p, "UPDATE crud SET name = $1 WHERE id = $2", 2, u);
     ck_assert_int_eq(bt_pq_result_affected(r), 1);
     bt_pq_result_free(r);
-    const char *none[] = {"99"};
+    const char *none[] = { "99" };
     r = must(p, "DELETE FROM crud WHERE id = $1", 1, none);
     ck_assert_int_eq(bt_pq_result_affected(r), 0);
     bt_pq_result_free(r);
@@ -147,21 +152,25 @@ START_TEST(crud_with_parameters_and_nulls)
     ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "0");
     bt_pq_result_free(r);
     /* Typed and binary parameters. */
-    unsigned types[] = {20}; /* int8 */
-    const char *big[] = {"9000000000"};
-    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .types = types};
+    unsigned types[] = { 20 }; /* int8 */
+    const char *big[] = { "9000000000" };
+    bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts), .types = types };
     bt_future *f = await(bt_pq_query_ex(p, "SELECT $1 + 1", 1, big, &qo));
     ck_assert_int_eq(bt_future_error(f), 0);
     ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "9000000001");
     bt_future_unref(f);
 
     /* Binary in, binary out: a bytea with NUL bytes survives untouched. */
-    static const char blob[] = {'a', '\0', 'b', '\xff'};
-    unsigned btypes[] = {17}; /* bytea */
-    int lens[] = {(int)sizeof blob};
-    int fmts[] = {1};
-    const char *bv[] = {blob};
-    bt_pq_query_opts bo = {.size = sizeof(bt_pq_query_opts), .types = btypes, .lengths = lens, .formats = fmts, .result_format = 1};
+    static const char blob[] = { 'a', '\0', 'b', '\xff' };
+    unsigned btypes[] = { 17 }; /* bytea */
+    int lens[] = { (int)sizeof blob };
+    int fmts[] = { 1 };
+    const char *bv[] = { blob };
+    bt_pq_query_opts bo = { .size = sizeof(bt_pq_query_opts),
+                            .types = btypes,
+                            .lengths = lens,
+                            .formats = fmts,
+                            .result_format = 1 };
     f = await(bt_pq_query_ex(p, "SELECT $1::bytea, length($1)", 1, bv, &bo));
     ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
     const bt_pq_result *br = bt_future_value(f);
@@ -177,7 +186,7 @@ START_TEST(injection_is_stored_as_text)
     bt_pq_pool *p = new_pool(1, 2, 16);
     exec_ok(p, "CREATE TABLE victims (name text)", 0, NULL);
     const char *evil = "x'); DROP TABLE victims; --";
-    const char *v[] = {evil};
+    const char *v[] = { evil };
     exec_ok(p, "INSERT INTO victims (name) VALUES ($1)", 1, v);
     bt_pq_result *r = must(p, "SELECT name FROM victims WHERE name = $1", 1, v);
     ck_assert_int_eq(bt_pq_result_rows(r), 1);
@@ -208,7 +217,7 @@ START_TEST(sql_errors_carry_sqlstate)
     bt_future_unref(f);
 
     exec_ok(p, "CREATE TABLE uniq (id int PRIMARY KEY, n int CHECK (n > 0))", 0, NULL);
-    const char *v[] = {"1", "5"};
+    const char *v[] = { "1", "5" };
     exec_ok(p, "INSERT INTO uniq VALUES ($1, $2)", 2, v);
     f = await(bt_pq_query(p, "INSERT INTO uniq VALUES ($1, $2)", 2, v));
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
@@ -217,7 +226,7 @@ START_TEST(sql_errors_carry_sqlstate)
     ck_assert_ptr_nonnull(strstr(e.detail, "(id)=(1)"));
     bt_future_unref(f);
 
-    const char *neg[] = {"2", "-1"};
+    const char *neg[] = { "2", "-1" };
     f = await(bt_pq_query(p, "INSERT INTO uniq VALUES ($1, $2)", 2, neg));
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "23514");
@@ -229,7 +238,7 @@ START_TEST(sql_errors_carry_sqlstate)
     bt_future_unref(f);
 
     /* A bad parameter value: the message names the type. */
-    const char *bad[] = {"not a number"};
+    const char *bad[] = { "not a number" };
     f = await(bt_pq_query(p, "SELECT $1::int", 1, bad));
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
     ck_assert_str_eq(e.sqlstate, "22P02");
@@ -309,7 +318,7 @@ START_TEST(transactions_commit_rollback_and_dirty_release)
     ck_assert_int_eq(bt_future_error(f), 0);
     bt_future_unref(f);
     ck_assert(bt_pq_conn_in_transaction(c));
-    const char *v[] = {"1", "10"};
+    const char *v[] = { "1", "10" };
     f = await(bt_pq_conn_query(c, "INSERT INTO acct VALUES ($1, $2)", 2, v));
     ck_assert_int_eq(bt_future_error(f), 0);
     bt_future_unref(f);
@@ -344,7 +353,7 @@ START_TEST(transactions_commit_rollback_and_dirty_release)
     bt_future_unref(f);
 
     /* Released dirty: the pool rolls back before anyone else gets it. */
-    const char *v2[] = {"2", "20"};
+    const char *v2[] = { "2", "20" };
     f = await(bt_pq_conn_query(c, "SELECT 1", 0, NULL)); /* still aborted */
     bt_future_error(f);
     bt_future_unref(f);
@@ -400,7 +409,7 @@ static bt_future *tx_fail(bt_future *ins, void *arg)
 static bt_future *run_tx(bt_pq_conn *c, void *arg)
 {
     tx_body *b = arg;
-    const char *v[] = {b->id};
+    const char *v[] = { b->id };
     bt_future *ins = bt_pq_conn_query(c, "INSERT INTO txs VALUES ($1)", 1, v);
     bt_future *out;
     switch (b->mode) {
@@ -437,21 +446,21 @@ START_TEST(transaction_helper_commits_or_rolls_back)
     bt_pq_pool *p = new_pool(1, 1, 16);
     exec_ok(p, "CREATE TABLE txs (id int PRIMARY KEY)", 0, NULL);
 
-    tx_body ok = {"1", 0};
+    tx_body ok = { "1", 0 };
     bt_future *f = await(bt_pq_transaction(p, run_tx, &ok));
     ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
     ck_assert_str_eq(bt_future_value(f), "done");
     bt_future_unref(f);
     ck_assert_str_eq(count_txs(p), "1");
 
-    tx_body nope = {"2", 1};
+    tx_body nope = { "2", 1 };
     f = await(bt_pq_transaction(p, run_tx, &nope));
     ck_assert_int_eq(bt_future_error(f), BT_EPERM);
     ck_assert_str_eq(bt_future_error_message(f), "changed my mind");
     bt_future_unref(f);
     ck_assert_str_eq(count_txs(p), "1"); /* row 2 rolled back */
 
-    tx_body dup = {"3", 2};
+    tx_body dup = { "3", 2 };
     f = await(bt_pq_transaction(p, run_tx, &dup));
     bt_pq_error e = BT_SIZED(bt_pq_error);
     ck_assert_int_eq(bt_pq_error_parse(f, &e), BT_ESQL);
@@ -459,7 +468,7 @@ START_TEST(transaction_helper_commits_or_rolls_back)
     bt_future_unref(f);
     ck_assert_str_eq(count_txs(p), "1"); /* row 3 rolled back too */
 
-    tx_body slow = {"4", 3};
+    tx_body slow = { "4", 3 };
     f = bt_pq_transaction(p, run_tx, &slow);
     sleep_ms(200);
     ck_assert_int_eq(bt_future_cancel(f), 0);
@@ -491,7 +500,7 @@ static void on_note(const char *channel, const char *payload, int pid, void *arg
 
 static void notify(bt_pq_pool *p, const char *chan, const char *payload)
 {
-    const char *v[] = {chan, payload};
+    const char *v[] = { chan, payload };
     exec_ok(p, "SELECT pg_notify($1, $2)", 2, v);
 }
 
@@ -510,7 +519,7 @@ static void notify_until_seen(bt_pq_pool *p, note_log *l, const char *chan, cons
 START_TEST(listen_notify_survives_reconnect)
 {
     bt_pq_pool *p = new_pool(1, 2, 16);
-    note_log l = {0};
+    note_log l = { 0 };
     bt_future *f = await(bt_pq_listen(p, "Jobs Channel", on_note, &l));
     ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
     bt_future_unref(f);
@@ -560,7 +569,10 @@ static int sleeping_like(const char *prefix)
     return n;
 }
 
-static int sleeping_backends(void) { return sleeping_like("SELECT pg_sleep(10)"); }
+static int sleeping_backends(void)
+{
+    return sleeping_like("SELECT pg_sleep(10)");
+}
 
 START_TEST(cancel_pg_sleep)
 {
@@ -581,8 +593,7 @@ START_TEST(cancel_pg_sleep)
     uint64_t ms = (bt_hrtime() - t0) / 1000000;
     ck_assert_msg(ms < 9000, "the cancel did not stop the server (%llu ms)",
                   (unsigned long long)ms);
-    fprintf(stderr, "cancel_pg_sleep: cancelled and drained in %llu ms\n",
-            (unsigned long long)ms);
+    fprintf(stderr, "cancel_pg_sleep: cancelled and drained in %llu ms\n", (unsigned long long)ms);
     ck_assert_int_eq(sleeping_backends(), 0);
     bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
@@ -619,7 +630,7 @@ END_TEST
 START_TEST(query_timeout_cancels)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
-    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .timeout_ms = 300};
+    bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts), .timeout_ms = 300 };
     bt_future *f = await(bt_pq_query_ex(p, "SELECT pg_sleep(10)", 0, NULL, &qo));
     ck_assert_int_eq(bt_future_error(f), BT_ETIMEDOUT);
     ck_assert_ptr_nonnull(strstr(bt_future_error_message(f), "timed out"));
@@ -649,7 +660,7 @@ START_TEST(pipelining_matches_results_in_order)
     char bufs[N][16];
     for (int i = 0; i < N; i++) {
         snprintf(bufs[i], sizeof bufs[i], "%d", i);
-        const char *v[] = {bufs[i]};
+        const char *v[] = { bufs[i] };
         if (i == 77)
             fs[i] = bt_pq_query(p, "SELECT 1 / ($1::int - 77)", 1, v); /* division by zero */
         else if (i == 133)
@@ -666,8 +677,7 @@ START_TEST(pipelining_matches_results_in_order)
             ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
             ck_assert_str_eq(e.sqlstate, i == 77 ? "22012" : "42601");
         } else {
-            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i,
-                          bt_future_error_message(fs[i]));
+            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i, bt_future_error_message(fs[i]));
             char want[16];
             snprintf(want, sizeof want, "%d", i * 2);
             ck_assert_str_eq(bt_pq_result_get(bt_future_value(fs[i]), 0, 0), want);
@@ -690,14 +700,14 @@ START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
      * each row ends up stored exactly once. */
     bt_pq_pool *p = new_pool(1, 1, 64);
     exec_ok(p, "CREATE TABLE batchy (id int PRIMARY KEY)", 0, NULL);
-    const char *one[] = {"7"};
+    const char *one[] = { "7" };
     exec_ok(p, "INSERT INTO batchy VALUES ($1)", 1, one);
     enum { N = 20 };
     bt_future *fs[N];
     char bufs[N][16];
     for (int i = 0; i < N; i++) {
         snprintf(bufs[i], sizeof bufs[i], "%d", i == 10 ? 7 : 100 + i);
-        const char *v[] = {bufs[i]};
+        const char *v[] = { bufs[i] };
         fs[i] = bt_pq_query(p, "INSERT INTO batchy VALUES ($1)", 1, v);
     }
     for (int i = 0; i < N; i++) {
@@ -707,8 +717,7 @@ START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
             ck_assert_int_eq(bt_pq_error_parse(fs[i], &e), BT_ESQL);
             ck_assert_str_eq(e.sqlstate, "23505");
         } else {
-            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i,
-                          bt_future_error_message(fs[i]));
+            ck_assert_msg(bt_future_error(fs[i]) == 0, "%d: %s", i, bt_future_error_message(fs[i]));
             ck_assert_int_eq(bt_pq_result_affected(bt_future_value(fs[i])), 1);
         }
         bt_future_unref(fs[i]);
@@ -731,7 +740,7 @@ START_TEST(a_failed_batch_fails_one_query_and_reruns_the_rest)
     p = bt_pq_pool_new(loop, &o);
     for (int i = 0; i < N; i++) {
         snprintf(bufs[i], sizeof bufs[i], "%d", i == 10 ? 7 : 200 + i);
-        const char *v[] = {bufs[i]};
+        const char *v[] = { bufs[i] };
         fs[i] = bt_pq_query(p, "INSERT INTO batchy VALUES ($1)", 1, v);
     }
     for (int i = 0; i < N; i++) {
@@ -767,11 +776,11 @@ static int on_row(const bt_pq_result *row, void *arg)
 START_TEST(single_row_mode_streams)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
-    rowacc acc = {0};
-    bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .row_cb = on_row, .row_arg = &acc};
-    const char *v[] = {"200000"};
-    bt_future *f = await(bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v,
-                                        &qo));
+    rowacc acc = { 0 };
+    bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts), .row_cb = on_row, .row_arg = &acc };
+    const char *v[] = { "200000" };
+    bt_future *f =
+        await(bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v, &qo));
     ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
     ck_assert_int_eq(acc.rows, 200000);
     ck_assert_int_eq(acc.sum, 200000LL * 200001 / 2);
@@ -779,9 +788,9 @@ START_TEST(single_row_mode_streams)
     ck_assert_int_eq(bt_pq_result_rows(bt_future_value(f)), 0);
     bt_future_unref(f);
     /* Behind another query in the pipeline, too. */
-    rowacc acc2 = {0};
+    rowacc acc2 = { 0 };
     qo.row_arg = &acc2;
-    const char *v2[] = {"1000"};
+    const char *v2[] = { "1000" };
     bt_future *g1 = bt_pq_query(p, "SELECT pg_sleep(0.1)", 0, NULL);
     bt_future *g2 = bt_pq_query_ex(p, "SELECT g FROM generate_series(1, $1::int) g", 1, v2, &qo);
     ck_assert_int_eq(bt_future_error(await(g2)), 0);
@@ -849,8 +858,9 @@ START_TEST(cancels_and_timeouts_in_a_pipelined_stream)
         char sl[16], idx[16];
         snprintf(sl, sizeof sl, "0.00%d", i % 4);
         snprintf(idx, sizeof idx, "%d", i);
-        const char *v[] = {sl, idx};
-        bt_pq_query_opts qo = {.size = sizeof(bt_pq_query_opts), .timeout_ms = i % 11 == 0 ? 1 : 0};
+        const char *v[] = { sl, idx };
+        bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts),
+                                .timeout_ms = i % 11 == 0 ? 1 : 0 };
         bt_future *f = bt_pq_query_ex(p, "SELECT pg_sleep($1::float8), $2::int", 2, v, &qo);
         ck_assert_ptr_nonnull(f);
         chaos_ticket *t = malloc(sizeof *t);
@@ -876,8 +886,7 @@ START_TEST(cancels_and_timeouts_in_a_pipelined_stream)
     ck_assert_int_eq(c.other, 0);
     ck_assert_int_gt(c.ok, 0);
     ck_assert_int_gt(c.cancelled, 0);
-    fprintf(stderr, "chaos: ok %d, cancelled %d, timed out %d\n", c.ok, c.cancelled,
-            c.timedout);
+    fprintf(stderr, "chaos: ok %d, cancelled %d, timed out %d\n", c.ok, c.cancelled, c.timedout);
     /* Afterwards the pool is whole and quiet. */
     for (int i = 0; i < 20; i++)
         exec_ok(p, "SELECT 1", 0, NULL);
@@ -949,7 +958,7 @@ static void issue(stream *s)
         t->i = s->issued++;
         char buf[16];
         snprintf(buf, sizeof buf, "%d", t->i);
-        const char *v[] = {buf};
+        const char *v[] = { buf };
         bt_future *f = bt_pq_query(s->p, "SELECT $1::int", 1, v);
         ck_assert_ptr_nonnull(f);
         bt_future_add_callback(f, on_stream_settle, t);
@@ -1037,7 +1046,7 @@ START_TEST(connect_timeout_is_ours)
      * (the kernel's backlog), libpq waits for the server's reply forever,
      * and only the pool's own connect timeout ends the wait. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct sockaddr_in a = { .sin_family = AF_INET };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof a;
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -1186,7 +1195,7 @@ START_TEST(a_slow_lookup_has_a_deadline_of_its_own)
      * at resolve_timeout_ms, long before connect_timeout_ms, and while the
      * job that holds the lane still runs. */
     ck_assert_int_eq(bt_pool_set_threads(bt_pool_default(), BT_LANE_BLOCKING, 1), 0);
-    bt_test_long_job lj = {0};
+    bt_test_long_job lj = { 0 };
     bt_future *blocker = bt_to_thread(loop, bt_test_long_job_run, &lj);
     ck_assert_ptr_nonnull(blocker);
     for (int i = 0; i < 1000 && !atomic_load(&lj.started); i++)
@@ -1239,7 +1248,7 @@ START_TEST(statement_cache_evicts_least_recently_used)
     for (int round = 0; round < 3; round++)
         for (int i = 0; i < 8; i++) {
             snprintf(sql, sizeof sql, "SELECT %d + $1::int", i);
-            const char *v[] = {"1"};
+            const char *v[] = { "1" };
             bt_pq_result *r = must(p, sql, 1, v);
             char want[16];
             snprintf(want, sizeof want, "%d", i + 1);
@@ -1247,7 +1256,7 @@ START_TEST(statement_cache_evicts_least_recently_used)
             bt_pq_result_free(r);
             exec_ok(p, "SELECT 'hot'", 0, NULL); /* used all the time: stays */
         }
-    bt_pq_query_opts un = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
+    bt_pq_query_opts un = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     bt_future *f = await(bt_pq_query_ex(p,
                                         "SELECT count(*), count(*) FILTER (WHERE statement = "
                                         "'SELECT ''hot''') FROM pg_prepared_statements",
@@ -1317,8 +1326,8 @@ START_TEST(idle_connections_are_closed_and_lifetime_renews)
         if (st.conns == 1 && st.connects >= 6)
             break;
     }
-    ck_assert_uint_eq(st.conns, 1);       /* idle ones closed down to min */
-    ck_assert_uint_ge(st.connects, 6);   /* the last one renewed (lifetime) */
+    ck_assert_uint_eq(st.conns, 1);    /* idle ones closed down to min */
+    ck_assert_uint_ge(st.connects, 6); /* the last one renewed (lifetime) */
     ck_assert_uint_eq(st.broken, 0);
     bt_pq_result *r = must(p, "SELECT 1", 0, NULL);
     bt_pq_result_free(r);
@@ -1354,7 +1363,7 @@ START_TEST(bad_arguments)
     ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
     bt_future_unref(f);
     /* Wrong parameter count: the server says so. */
-    const char *v[] = {"1", "2"};
+    const char *v[] = { "1", "2" };
     f = await(bt_pq_query(p, "SELECT $1::int", 2, v));
     ck_assert_int_eq(bt_future_error(f), BT_ESQL);
     bt_future_unref(f);
@@ -1382,8 +1391,7 @@ static void rejected(bt_pq_options *o, const char *conninfo, const char *says)
     if (p != NULL)
         bt_pq_pool_free(p);
     ck_assert_msg(p == NULL, "\"%s\" was accepted", conninfo);
-    ck_assert_msg(bt_test_log_contains(says), "\"%s\": no log line saying \"%s\"", conninfo,
-                  says);
+    ck_assert_msg(bt_test_log_contains(says), "\"%s\": no log line saying \"%s\"", conninfo, says);
 }
 
 START_TEST(bad_options_are_refused_at_once_and_say_why)
@@ -1443,7 +1451,7 @@ static void connect_fails(const char *conninfo, int code, const char *state, con
     bt_future *q = bt_pq_query(p, "SELECT 1", 0, NULL);
     bt_future *r = await(bt_pq_pool_ready(p));
     await(q);
-    bt_future *both[] = {r, q};
+    bt_future *both[] = { r, q };
     for (int i = 0; i < 2; i++) {
         bt_pq_error e = BT_SIZED(bt_pq_error);
         int err = bt_pq_error_parse(both[i], &e);
@@ -1576,7 +1584,6 @@ START_TEST(shutdown_settles_everything)
     bt_pq_pool_free(p); /* memory only now */
 }
 END_TEST
-
 
 /* ---- A wedged postmaster (issue 13) ------------------------------------- */
 
@@ -1711,7 +1718,7 @@ START_TEST(shutdown_ends_while_the_postmaster_is_stopped)
     bt_future *waits = bt_pq_query(p2, "SELECT 1", 0, NULL);
     sleep_ms(200); /* the cancel request is out, waiting for an answer */
 
-    struct rescue rs = {.done = false, .rescued = false};
+    struct rescue rs = { .done = false, .rescued = false };
     pthread_mutex_init(&rs.mu, NULL);
     pthread_cond_init(&rs.cv, NULL);
     pthread_t th;

@@ -8,10 +8,20 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
-static void stop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 static void spin(void)
 {
@@ -46,11 +56,11 @@ START_TEST(fifo_order)
     ck_assert_int_eq(bt_future_get_state(a), BT_FUTURE_VALUE);
     ck_assert_int_eq(bt_future_get_state(b), BT_FUTURE_VALUE);
     ck_assert_uint_eq(bt_semaphore_available(s), 0);
-    log_t lg = {{0}, 0};
+    log_t lg = { { 0 }, 0 };
     tag tags[5];
     bt_future *w[5];
     for (int i = 0; i < 5; i++) {
-        tags[i] = (tag){&lg, i};
+        tags[i] = (tag){ &lg, i };
         w[i] = bt_semaphore_acquire(s);
         ck_assert_int_eq(bt_future_get_state(w[i]), BT_FUTURE_PENDING);
         bt_future_add_callback(w[i], granted, &tags[i]);

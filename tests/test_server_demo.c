@@ -38,7 +38,10 @@ static void pg_up(void)
     ck_assert_msg(pg != NULL, "could not start PostgreSQL for the flagship's tests");
 }
 
-static void pg_down(void) { bt_test_pg_free(pg); }
+static void pg_down(void)
+{
+    bt_test_pg_free(pg);
+}
 
 static char *read_log(void)
 {
@@ -117,7 +120,7 @@ typedef struct {
 
 static answer ask(const char *method, const char *path)
 {
-    answer a = {0};
+    answer a = { 0 };
     bt_http_request *req = bt_http_request_new(method, path);
     bt_future *f = bt_http_client_send(client, req);
     ck_assert_ptr_nonnull(f);
@@ -150,7 +153,7 @@ START_TEST(user_routes)
     a = ask("GET", "user/10001");
     ck_assert_int_eq(a.status, 404);
     ck_assert_str_eq(a.body, "{\"error\":\"user not found\"}");
-    const char *bad[] = {"user/abc", "user/0", "user/-1", "user/99999999999", "user/4x"};
+    const char *bad[] = { "user/abc", "user/0", "user/-1", "user/99999999999", "user/4x" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         a = ask("GET", bad[i]);
         ck_assert_int_eq(a.status, 400);
@@ -211,7 +214,7 @@ END_TEST
 START_TEST(client_leaving_cancels_upstream_call)
 {
     int bh = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct sockaddr_in sa = { .sin_family = AF_INET };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ck_assert_int_eq(bind(bh, (struct sockaddr *)&sa, sizeof sa), 0);
     ck_assert_int_eq(listen(bh, 64), 0);
@@ -253,8 +256,8 @@ START_TEST(database_error_gives_500_and_is_logged)
     ck_assert_int_eq(a.status, 500);
     ck_assert_str_eq(a.body, "{\"error\":\"internal server error\"}"); /* nothing leaks */
     char *log = read_log();
-    ck_assert_msg(strstr(log, "GET /user/3: handler failed") && strstr(log, "users"),
-                  "log:\n%s", log);
+    ck_assert_msg(strstr(log, "GET /user/3: handler failed") && strstr(log, "users"), "log:\n%s",
+                  log);
     free(log);
     ck_assert_int_eq(ask("GET", "user/3").status, 200);
     stop_server();
@@ -279,7 +282,10 @@ static bt_future *h_sleep(bt_http_req *req, void *arg)
     return bt_future_then(bt_future_ref(query_f), answer_slept, NULL); /* query_f read later */
 }
 
-static void on_gone(bt_future *f, void *arg) { bt_future_error(f); }
+static void on_gone(bt_future *f, void *arg)
+{
+    bt_future_error(f);
+}
 
 static void nap(unsigned ms)
 {

@@ -33,10 +33,10 @@ START_TEST(old_input_gets_defaults_for_new_fields)
      * library must not take for the new field. */
     unsigned char buf[sizeof(v2_struct)];
     memset(buf, CANARY, sizeof buf);
-    v1_struct old = {.size = sizeof(v1_struct), .a = 7, .b = 9};
+    v1_struct old = { .size = sizeof(v1_struct), .a = 7, .b = 9 };
     memcpy(buf, &old, sizeof old);
 
-    v2_struct mine = {.size = 0, .a = 1, .b = 2, .added = 42}; /* defaults */
+    v2_struct mine = { .size = 0, .a = 1, .b = 2, .added = 42 }; /* defaults */
     bt__sized_read(&mine, sizeof mine, buf, ((v1_struct *)buf)->size);
     ck_assert_uint_eq(mine.size, sizeof(v2_struct));
     ck_assert_uint_eq(mine.a, 7);
@@ -49,10 +49,10 @@ START_TEST(old_output_is_written_only_up_to_its_size)
 {
     unsigned char buf[sizeof(v2_struct) + 8];
     memset(buf, CANARY, sizeof buf);
-    v1_struct old = {.size = sizeof(v1_struct)};
+    v1_struct old = { .size = sizeof(v1_struct) };
     memcpy(buf, &old, sizeof old);
 
-    v2_struct full = {.a = 3, .b = 4, .added = 5};
+    v2_struct full = { .a = 3, .b = 4, .added = 5 };
     bt__sized_write(buf, ((v1_struct *)buf)->size, &full, sizeof full);
     v1_struct got;
     memcpy(&got, buf, sizeof got);
@@ -68,14 +68,14 @@ START_TEST(newer_caller_keeps_fields_the_library_lacks)
 {
     /* The other way round: a caller newer than the library. Its extra
      * field is neither read nor written. */
-    v2_struct caller = {.size = sizeof(v2_struct), .a = 1, .b = 2, .added = 77};
-    v1_struct lib = {.a = 5, .b = 6};
+    v2_struct caller = { .size = sizeof(v2_struct), .a = 1, .b = 2, .added = 77 };
+    v1_struct lib = { .a = 5, .b = 6 };
     bt__sized_write(&caller, caller.size, &lib, sizeof lib);
     ck_assert_uint_eq(caller.size, sizeof(v2_struct));
     ck_assert_uint_eq(caller.a, 5);
     ck_assert_uint_eq(caller.added, 77);
 
-    v1_struct in = {.a = 0};
+    v1_struct in = { .a = 0 };
     bt__sized_read(&in, sizeof in, &caller, caller.size);
     ck_assert_uint_eq(in.size, sizeof(v1_struct));
     ck_assert_uint_eq(in.b, 6);
@@ -85,9 +85,9 @@ END_TEST
 START_TEST(too_small_is_refused_with_a_hint)
 {
     bt_test_log_capture();
-    ck_assert_int_eq(bt__sized_check(0, BT__SIZE_V1(v1_struct, b), "f", "v1_struct",
-                                     "BT_SIZED(v1_struct)"),
-                     BT_EINVAL);
+    ck_assert_int_eq(
+        bt__sized_check(0, BT__SIZE_V1(v1_struct, b), "f", "v1_struct", "BT_SIZED(v1_struct)"),
+        BT_EINVAL);
     ck_assert(bt_test_log_contains("BT_SIZED(v1_struct)"));
     ck_assert_int_eq(bt__sized_check(BT__SIZE_V1(v1_struct, a), BT__SIZE_V1(v1_struct, b), "f",
                                      "v1_struct", "x"),

@@ -13,8 +13,15 @@
 
 static bt_loop *loop;
 
-static void setup(void) { loop = bt_loop_new(); ck_assert_ptr_nonnull(loop); }
-static void teardown(void) { bt_test_loop_free_clean(loop); }
+static void setup(void)
+{
+    loop = bt_loop_new();
+    ck_assert_ptr_nonnull(loop);
+}
+static void teardown(void)
+{
+    bt_test_loop_free_clean(loop);
+}
 
 static bool seen_while_blocked;
 
@@ -38,7 +45,10 @@ void bt_test_blocking_callback(void *arg)
     }
 }
 
-static void stop_cb(void *arg) { bt_loop_stop(arg); }
+static void stop_cb(void *arg)
+{
+    bt_loop_stop(arg);
+}
 
 static bool wait_for_log(const char *needle, unsigned ms)
 {
@@ -146,7 +156,8 @@ START_TEST(quiet_on_a_busy_healthy_loop)
         } else {
             ck_assert_msg(st.stalls <= (uint64_t)windows,
                           "%" PRIu64 " stalls reported, but only %d callbacks can have run %" PRIu64
-                          " ms", st.stalls, windows, threshold_ms);
+                          " ms",
+                          st.stalls, windows, threshold_ms);
         }
         ck_assert_int_eq(bt_watchdog_stop(loop), 0);
     }

@@ -31,10 +31,10 @@ extern "C" {
 
 /* What bt_bridge_call hands back. */
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    void *value;         /* the future's value on success (now the caller's) */
-    bt_destroy_fn dtor;  /* its destructor (may be NULL) */
-    char *message;       /* on failure: the error text (bt_free it) */
+    size_t size;        /* sizeof this struct, set by the caller (common.h) */
+    void *value;        /* the future's value on success (now the caller's) */
+    bt_destroy_fn dtor; /* its destructor (may be NULL) */
+    char *message;      /* on failure: the error text (bt_free it) */
 } bt_bridge_result;
 
 /* Run fn(loop, arg) on the loop thread, then block the calling thread until

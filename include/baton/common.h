@@ -65,7 +65,7 @@ extern "C" {
 
 /* A zeroed struct of `type` with its size set (see "Structs that can grow"
  * above): `bt_loop_stats st = BT_SIZED(bt_loop_stats);`. */
-#define BT_SIZED(type) ((type){.size = sizeof(type)})
+#define BT_SIZED(type) ((type){ .size = sizeof(type) })
 
 #if defined(__GNUC__)
 #define BT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
@@ -79,7 +79,7 @@ extern "C" {
 #define BT_ENOENT (-ENOENT)
 #define BT_EIO (-EIO)
 #define BT_EBADF (-EBADF)
-#define BT_EAGAIN (-EAGAIN)         /* a bounded queue is full; try later */
+#define BT_EAGAIN (-EAGAIN) /* a bounded queue is full; try later */
 #define BT_ENOMEM (-ENOMEM)
 #define BT_EACCES (-EACCES)
 #define BT_EBUSY (-EBUSY)
@@ -88,29 +88,29 @@ extern "C" {
 #define BT_ENOSPC (-ENOSPC)
 #define BT_EPIPE (-EPIPE)
 #define BT_ERANGE (-ERANGE)
-#define BT_EDEADLK (-EDEADLK)       /* a wait that could never end */
+#define BT_EDEADLK (-EDEADLK) /* a wait that could never end */
 #define BT_ENOSYS (-ENOSYS)
-#define BT_EPROTO (-EPROTO)         /* the peer broke the protocol */
-#define BT_EMSGSIZE (-EMSGSIZE)     /* a size limit was exceeded */
+#define BT_EPROTO (-EPROTO)     /* the peer broke the protocol */
+#define BT_EMSGSIZE (-EMSGSIZE) /* a size limit was exceeded */
 #define BT_ENOTSUP (-ENOTSUP)
 #define BT_EADDRINUSE (-EADDRINUSE)
 #define BT_ENETUNREACH (-ENETUNREACH)
 #define BT_ECONNABORTED (-ECONNABORTED)
 #define BT_ECONNRESET (-ECONNRESET)
-#define BT_ESHUTDOWN (-ESHUTDOWN)   /* the object is shutting down */
+#define BT_ESHUTDOWN (-ESHUTDOWN) /* the object is shutting down */
 #define BT_ETIMEDOUT (-ETIMEDOUT)
 #define BT_ECONNREFUSED (-ECONNREFUSED)
 #define BT_EHOSTUNREACH (-EHOSTUNREACH)
-#define BT_EALREADY (-EALREADY)     /* already settled / already done */
+#define BT_EALREADY (-EALREADY)       /* already settled / already done */
 #define BT_EINPROGRESS (-EINPROGRESS) /* still pending */
 #define BT_ECANCELED (-ECANCELED)
 
 /* Errors errno has no name for. Far below errno's range, like libuv's. */
-#define BT_EDNS (-4001)   /* host name could not be resolved */
-#define BT_ETLS (-4002)   /* TLS handshake or certificate verification */
-#define BT_ESQL (-4003)   /* the database server reported an error */
-#define BT_EHTTP (-4004)  /* an HTTP-level failure (bad status, bad reply) */
-#define BT_EJOB (-4005)   /* an offloaded job failed without a code */
+#define BT_EDNS (-4001)  /* host name could not be resolved */
+#define BT_ETLS (-4002)  /* TLS handshake or certificate verification */
+#define BT_ESQL (-4003)  /* the database server reported an error */
+#define BT_EHTTP (-4004) /* an HTTP-level failure (bad status, bad reply) */
+#define BT_EJOB (-4005)  /* an offloaded job failed without a code */
 
 /* A short, static, English description of a BT_E* code. Never NULL; an
  * unknown code gives "unknown error". Thread: any. */

@@ -121,13 +121,12 @@ BT_EXPORT int bt_http_client_set_limits(bt_http_client *c, unsigned max_total,
  *   above, plus DNS for a new one).
  * Each failure is BT_ETIMEDOUT with a message naming which one fired.
  * Returns 0 or BT_EINVAL. */
-BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms,
-                                          uint64_t total_ms, uint64_t wait_ms);
+BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms, uint64_t total_ms,
+                                          uint64_t wait_ms);
 
 /* Follow redirects (default off) up to max_redirects. Only http and https
  * targets are followed. Returns 0 or BT_EINVAL. */
-BT_EXPORT int bt_http_client_set_redirects(bt_http_client *c, bool follow,
-                                           unsigned max_redirects);
+BT_EXPORT int bt_http_client_set_redirects(bt_http_client *c, bool follow, unsigned max_redirects);
 
 /* Verify TLS peers (default on). Turning it off makes TLS useless against
  * an active attacker; it is for tests and for nothing else. Returns 0 or
@@ -175,13 +174,13 @@ BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, 
 
 /* Counters, for tests and metrics. */
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    uint64_t started;       /* requests handed to curl */
-    uint64_t succeeded;     /* settled with a response */
-    uint64_t failed;        /* settled with an error */
-    uint64_t cancelled;     /* settled cancelled */
-    uint64_t connects;      /* new connections opened (reuse opens none) */
-    uint64_t in_flight;     /* requests now in curl, waiting or running */
+    size_t size;        /* sizeof this struct, set by the caller (common.h) */
+    uint64_t started;   /* requests handed to curl */
+    uint64_t succeeded; /* settled with a response */
+    uint64_t failed;    /* settled with an error */
+    uint64_t cancelled; /* settled cancelled */
+    uint64_t connects;  /* new connections opened (reuse opens none) */
+    uint64_t in_flight; /* requests now in curl, waiting or running */
 } bt_http_client_stats;
 
 /* Fill *out (set out->size first with BT_SIZED, see common.h). Returns 0
@@ -207,13 +206,11 @@ BT_EXPORT void bt_http_request_free(bt_http_request *req);
 /* Add a header ("Name", "value"; copied). An empty value sends the header
  * empty; a NULL value removes a header curl or the client would add (such
  * as "Accept"). Returns 0, BT_EINVAL (CR/LF, a ':' in the name), BT_ENOMEM. */
-BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name,
-                                         const char *value);
+BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name, const char *value);
 
 /* Append name=value to the URL's query, both percent-encoded (RFC 3986
  * unreserved characters stay as they are). Returns 0, BT_EINVAL, BT_ENOMEM. */
-BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name,
-                                        const char *value);
+BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name, const char *value);
 
 /* The body, copied. Without a Content-Type header, application/octet-stream
  * is sent. Returns 0, BT_EINVAL, BT_ENOMEM. Replaces a previous body. */
@@ -234,8 +231,7 @@ BT_EXPORT int bt_http_request_set_timeout(bt_http_request *req, uint64_t total_m
  * Return 0 to go on, or a negative BT_E* code to stop the transfer: the
  * request then fails with that code. The callback may cancel the request's
  * future or send new requests; it must not free the client. */
-typedef int (*bt_http_body_cb)(bt_http_response *resp, const void *data, size_t len,
-                               void *arg);
+typedef int (*bt_http_body_cb)(bt_http_response *resp, const void *data, size_t len, void *arg);
 BT_EXPORT int bt_http_request_set_body_cb(bt_http_request *req, bt_http_body_cb cb, void *arg);
 
 /* Send req. The client takes req whatever happens: do not touch or free it
@@ -265,8 +261,8 @@ BT_EXPORT const char *bt_http_response_header(const bt_http_response *r, const c
  * ones (Set-Cookie). */
 BT_EXPORT size_t bt_http_response_header_count(const bt_http_response *r);
 /* Returns 0, or BT_ERANGE past the end. *name and *value are borrowed. */
-BT_EXPORT int bt_http_response_header_at(const bt_http_response *r, size_t i,
-                                         const char **name, const char **value);
+BT_EXPORT int bt_http_response_header_at(const bt_http_response *r, size_t i, const char **name,
+                                         const char **value);
 
 /* The body, NUL-terminated for convenience (it may hold NULs itself);
  * *len (if not NULL) gets its length. Returns: borrowed, valid while r

@@ -50,8 +50,8 @@ BT_EXPORT bt_future *bt_fs_read_file(bt_loop *loop, const char *path, size_t max
  * fsync it, rename it over path and fsync the folder, so a reader sees the
  * old content or the new, never a mix, even after a crash. data is copied.
  * mode is used for a new file (0: 0644). Value: NULL. */
-BT_EXPORT bt_future *bt_fs_write_file(bt_loop *loop, const char *path, const void *data,
-                                      size_t len, unsigned mode);
+BT_EXPORT bt_future *bt_fs_write_file(bt_loop *loop, const char *path, const void *data, size_t len,
+                                      unsigned mode);
 
 /* open(2): flags and mode as open's (O_CLOEXEC is always added).
  * Value: the fd; take it with bt_fs_take_fd. An fd nobody took is closed

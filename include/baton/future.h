@@ -95,8 +95,7 @@ BT_EXPORT int bt_future_set_value(bt_future *f, void *value, bt_destroy_fn dtor)
 /* code must be negative (a BT_E* code; a code >= 0 is a producer bug and
  * fails the future with BT_EINVAL instead); fmt may be NULL, which uses
  * bt_strerror(code). The message is copied. */
-BT_EXPORT int bt_future_set_error(bt_future *f, int code, const char *fmt, ...)
-    BT_PRINTF(3, 4);
+BT_EXPORT int bt_future_set_error(bt_future *f, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 BT_EXPORT int bt_future_set_errorv(bt_future *f, int code, const char *fmt, va_list ap)
     BT_PRINTF(3, 0);
 BT_EXPORT int bt_future_set_cancelled(bt_future *f);

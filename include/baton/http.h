@@ -127,9 +127,8 @@ BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char
  * Costs one fiber per request in flight (a stack from the loop's cache, see
  * bt_loop_set_fiber_stack), no allocation of its own.
  * Returns: as bt_http_app_route. Thread: the configuring one. */
-BT_EXPORT int bt_http_app_route_async(bt_http_app *app, const char *method,
-                                      const char *pattern, bt_http_handler_fn handler,
-                                      void *arg);
+BT_EXPORT int bt_http_app_route_async(bt_http_app *app, const char *method, const char *pattern,
+                                      bt_http_handler_fn handler, void *arg);
 
 /* Limits. Each returns 0, BT_EINVAL (NULL app or a zero value) or BT_EBUSY
  * once a server uses the app.
@@ -348,8 +347,7 @@ BT_EXPORT void bt_http_reply_free(void *resp);
 /* Add a header (copied). An empty name, a name with ':', and names or
  * values with CR or LF are refused. Returns 0, BT_EINVAL (those, or a NULL
  * argument), BT_ENOMEM. */
-BT_EXPORT int bt_http_reply_add_header(bt_http_reply *resp, const char *name,
-                                       const char *value);
+BT_EXPORT int bt_http_reply_add_header(bt_http_reply *resp, const char *name, const char *value);
 /* Set the body (copied; a second call replaces it) and, if content_type is
  * not NULL, the Content-Type (replacing any). Returns 0, BT_EINVAL,
  * BT_ENOMEM. */

@@ -102,12 +102,12 @@ BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg);
  * Set out->size first (BT_SIZED, see common.h). Returns 0, or BT_EINVAL for
  * a NULL loop or out or an unset size. Thread: the loop's. */
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    uint64_t wakeups;        /* times the wakeup fd woke the loop */
-    uint64_t posted_run;     /* tasks from other threads run */
-    uint64_t spin_hits;      /* completions caught while spinning */
-    uint64_t pending;        /* futures pending now */
-    uint64_t fibers_alive;   /* fibers started and not yet returned */
+    size_t size;                /* sizeof this struct, set by the caller (common.h) */
+    uint64_t wakeups;           /* times the wakeup fd woke the loop */
+    uint64_t posted_run;        /* tasks from other threads run */
+    uint64_t spin_hits;         /* completions caught while spinning */
+    uint64_t pending;           /* futures pending now */
+    uint64_t fibers_alive;      /* fibers started and not yet returned */
     uint64_t fiber_stack_bytes; /* address space mapped for fiber stacks,
                                    in use or kept for reuse (resident
                                    memory is the pages touched) */

@@ -124,22 +124,22 @@ BT_EXPORT bt_loop *bt_job_loop(const bt_job *job);
 /* ---- Pools -------------------------------------------------------------- */
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    unsigned cpu_threads;       /* 0: the number of online cores */
-    unsigned blocking_max;      /* cap of the blocking lane; 0: 64 */
-    uint64_t blocking_idle_ms;  /* retire an idle blocking thread; 0: 10000 */
-    size_t cpu_queue_max;       /* jobs waiting per lane; 0: 1 << 20 */
-    size_t blocking_queue_max;  /* 0: 1 << 20 */
-    size_t stack_size;          /* worker stack in bytes; 0: the system's */
-    uint64_t linger_us;         /* a worker out of work spins this long
+    size_t size;               /* sizeof this struct, set by the caller (common.h) */
+    unsigned cpu_threads;      /* 0: the number of online cores */
+    unsigned blocking_max;     /* cap of the blocking lane; 0: 64 */
+    uint64_t blocking_idle_ms; /* retire an idle blocking thread; 0: 10000 */
+    size_t cpu_queue_max;      /* jobs waiting per lane; 0: 1 << 20 */
+    size_t blocking_queue_max; /* 0: 1 << 20 */
+    size_t stack_size;         /* worker stack in bytes; 0: the system's */
+    uint64_t linger_us;        /* a worker out of work spins this long
                                    before it sleeps; 0: 50; UINT64_MAX: off */
-    const char *name;           /* thread name prefix (shows in top -H and
+    const char *name;          /* thread name prefix (shows in top -H and
                                    gdb as NAME-cpu-N, NAME-blk-N); NULL: "bt" */
-    int cpu_nice;               /* Linux: nice of the CPU lane's threads, so
+    int cpu_nice;              /* Linux: nice of the CPU lane's threads, so
                                    that loop threads win the CPU back from
                                    them (timers stay on time while the lane
                                    is saturated); 0: 5; negative: unchanged */
-    uint64_t shutdown_ms;       /* how long bt_loop_free and bt_pool_free
+    uint64_t shutdown_ms;      /* how long bt_loop_free and bt_pool_free
                                    wait for running jobs before abandoning
                                    them; 0: 5000; UINT64_MAX: for ever */
 } bt_pool_config;
@@ -224,8 +224,8 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
  * must not touch arg after the call. Such a job can be abandoned: a cancel
  * while it runs settles its future at once (see the top of this file).
  * Returns: new reference, or NULL as bt_pool_submit. Thread: the loop's. */
-BT_EXPORT bt_future *bt_pool_submit_owned(bt_pool *pool, bt_loop *loop, bt_lane lane,
-                                          bt_job_fn fn, void *arg, bt_destroy_fn arg_free);
+BT_EXPORT bt_future *bt_pool_submit_owned(bt_pool *pool, bt_loop *loop, bt_lane lane, bt_job_fn fn,
+                                          void *arg, bt_destroy_fn arg_free);
 
 /* The one-liners: the default pool's blocking lane (bt_to_thread, for a
  * call that waits) or CPU lane (bt_to_cpu, for computation), and the
@@ -245,11 +245,11 @@ BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg);
 /* ---- Metrics ------------------------------------------------------------ */
 
 typedef struct {
-    unsigned threads;        /* alive now */
-    unsigned busy;           /* running a job now */
-    unsigned idle;           /* waiting for work now (threads - busy) */
-    unsigned max_threads;    /* the lane's size (CPU) or cap (blocking) */
-    size_t queued;           /* waiting in the queue now */
+    unsigned threads;     /* alive now */
+    unsigned busy;        /* running a job now */
+    unsigned idle;        /* waiting for work now (threads - busy) */
+    unsigned max_threads; /* the lane's size (CPU) or cap (blocking) */
+    size_t queued;        /* waiting in the queue now */
     size_t queue_max;
     uint64_t submitted;      /* accepted into the queue */
     uint64_t rejected;       /* refused: queue full (BT_EAGAIN) */
@@ -270,7 +270,7 @@ typedef struct {
 } bt_lane_stats;
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
+    size_t size;                       /* sizeof this struct, set by the caller (common.h) */
     bt_lane_stats lane[BT_LANE_COUNT]; /* indexed by bt_lane */
 } bt_pool_stats;
 

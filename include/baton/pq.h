@@ -110,7 +110,7 @@ typedef struct bt_pq_conn bt_pq_conn;
 typedef struct bt_pq_result bt_pq_result;
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
+    size_t size;                 /* sizeof this struct, set by the caller (common.h) */
     const char *conninfo;        /* libpq conninfo or URI (copied); required */
     unsigned min_size;           /* connections kept open; default 1 */
     unsigned max_size;           /* default 10 */
@@ -180,22 +180,22 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *pool);
 BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *pool);
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    unsigned conns;          /* open or opening connections */
-    unsigned idle;           /* open, not acquired, nothing in flight */
+    size_t size;    /* sizeof this struct, set by the caller (common.h) */
+    unsigned conns; /* open or opening connections */
+    unsigned idle;  /* open, not acquired, nothing in flight */
     unsigned connecting;
     unsigned acquired;
-    unsigned waiting;        /* queries + acquires waiting for a connection */
-    uint64_t connects;       /* successful connects, over the pool's life */
+    unsigned waiting;  /* queries + acquires waiting for a connection */
+    uint64_t connects; /* successful connects, over the pool's life */
     uint64_t connect_failures;
-    uint64_t broken;         /* connections lost while open */
-    uint64_t queries;        /* queries settled */
-    uint64_t pipelined;      /* queries sent while others were in flight */
-    uint64_t cancels_sent;   /* cancel requests sent to the server */
+    uint64_t broken;            /* connections lost while open */
+    uint64_t queries;           /* queries settled */
+    uint64_t pipelined;         /* queries sent while others were in flight */
+    uint64_t cancels_sent;      /* cancel requests sent to the server */
     uint64_t cancels_timed_out; /* of those, unanswered within
                                    cancel_timeout_ms: their connection was
                                    closed and replaced */
-    uint64_t retried;        /* queries sent again: their batch failed, their
+    uint64_t retried;           /* queries sent again: their batch failed, their
                                 statement went stale, or our late cancel
                                 hit them (none of them had taken effect) */
 } bt_pq_stats;
@@ -213,15 +213,15 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
 typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    const unsigned *types;     /* parameter type Oids, NULL: server infers */
-    const int *lengths;        /* byte lengths of binary parameters */
-    const int *formats;        /* 0 text / 1 binary per parameter; binary
+    size_t size;           /* sizeof this struct, set by the caller (common.h) */
+    const unsigned *types; /* parameter type Oids, NULL: server infers */
+    const int *lengths;    /* byte lengths of binary parameters */
+    const int *formats;    /* 0 text / 1 binary per parameter; binary
                                   needs lengths too; NULL: all text */
-    int result_format;         /* 0 text (default), 1 binary */
-    uint64_t timeout_ms;       /* 0: the pool's query_timeout_ms */
-    bool no_prepare;           /* run unnamed even if the cache has room */
-    bt_pq_row_cb row_cb;       /* single-row mode: rows go here, the final
+    int result_format;     /* 0 text (default), 1 binary */
+    uint64_t timeout_ms;   /* 0: the pool's query_timeout_ms */
+    bool no_prepare;       /* run unnamed even if the cache has room */
+    bt_pq_row_cb row_cb;   /* single-row mode: rows go here, the final
                                   result has none (only the command status) */
     void *row_arg;
 } bt_pq_query_opts;
@@ -239,7 +239,7 @@ BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *pool, const char *sql, int nparams,
 /* The same with options (opts may be NULL; it is copied; set opts->size,
  * see common.h, or the future fails with BT_EINVAL). */
 BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *pool, const char *sql, int nparams,
-                                      const char *const *values, const bt_pq_query_opts *opts);
+                                    const char *const *values, const bt_pq_query_opts *opts);
 
 /* ---- Results ------------------------------------------------------------
  * These only read a result and touch no loop or connection, so, unlike the
@@ -279,11 +279,11 @@ BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
 /* ---- Errors ------------------------------------------------------------- */
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    char sqlstate[6];      /* "23505"; "" if the error did not come from SQL */
-    char message[512];     /* the primary message */
-    char detail[512];      /* "" if none */
-    char hint[512];        /* "" if none */
+    size_t size;       /* sizeof this struct, set by the caller (common.h) */
+    char sqlstate[6];  /* "23505"; "" if the error did not come from SQL */
+    char message[512]; /* the primary message */
+    char detail[512];  /* "" if none */
+    char hint[512];    /* "" if none */
 } bt_pq_error;
 
 /* Split a failed query future's error into its fields (truncating long
@@ -312,8 +312,7 @@ BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *pool);
 BT_EXPORT bt_future *bt_pq_conn_query(bt_pq_conn *c, const char *sql, int nparams,
                                       const char *const *values);
 BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int nparams,
-                                           const char *const *values,
-                                           const bt_pq_query_opts *opts);
+                                         const char *const *values, const bt_pq_query_opts *opts);
 
 /* BEGIN, COMMIT and ROLLBACK as queries. Returns as bt_pq_conn_query. */
 BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c);

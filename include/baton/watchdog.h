@@ -46,11 +46,11 @@ extern "C" {
 #define BT_WATCHDOG_BUCKETS 16
 
 typedef struct {
-    size_t size; /* sizeof this struct, set by the caller (common.h) */
-    uint64_t threshold_ns;   /* current threshold */
-    uint64_t stalls;         /* callbacks caught running past it */
+    size_t size;           /* sizeof this struct, set by the caller (common.h) */
+    uint64_t threshold_ns; /* current threshold */
+    uint64_t stalls;       /* callbacks caught running past it */
     uint64_t longest_stall_ns;
-    uint64_t lag_samples;    /* probes that ran */
+    uint64_t lag_samples; /* probes that ran */
     uint64_t lag_sum_ns;
     uint64_t lag_max_ns;
     uint64_t lag_buckets[BT_WATCHDOG_BUCKETS];

@@ -24,14 +24,16 @@ static void global_init(void)
 {
     global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-    snprintf(bt__http_default_ua, sizeof bt__http_default_ua, "baton/%s libcurl/%s", PACKAGE_VERSION,
-             v ? v->version : "?");
+    snprintf(bt__http_default_ua, sizeof bt__http_default_ua, "baton/%s libcurl/%s",
+             PACKAGE_VERSION, v ? v->version : "?");
     /* Name resolution must not block the loop: that takes curl's threaded
      * or c-ares resolver. A libcurl without one resolves inside
      * curl_multi_socket_action, on the loop thread. */
     if (v && !(v->features & CURL_VERSION_ASYNCHDNS))
-        bt_log(BT_LOG_WARN, "libcurl %s has no asynchronous resolver: DNS lookups will "
-                            "block the loop", v->version);
+        bt_log(BT_LOG_WARN,
+               "libcurl %s has no asynchronous resolver: DNS lookups will "
+               "block the loop",
+               v->version);
 }
 
 /* ---- The client ------------------------------------------------------------ */
@@ -167,8 +169,8 @@ BT_EXPORT int bt_http_client_set_base_url(bt_http_client *c, const char *url)
         c->base_url = NULL;
         return 0;
     }
-    if (!bt__http_has_scheme(url) || (strncasecmp(url, "http://", 7) != 0 &&
-                             strncasecmp(url, "https://", 8) != 0))
+    if (!bt__http_has_scheme(url) ||
+        (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0))
         return BT_EINVAL;
     CURLU *u = curl_url();
     if (u == NULL)
@@ -241,8 +243,8 @@ BT_EXPORT int bt_http_client_set_limits(bt_http_client *c, unsigned max_total,
     return 0;
 }
 
-BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms,
-                                          uint64_t total_ms, uint64_t wait_ms)
+BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms, uint64_t total_ms,
+                                          uint64_t wait_ms)
 {
     if (c == NULL || c->closed || connect_ms > INT32_MAX)
         return BT_EINVAL;
@@ -357,4 +359,3 @@ BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_s
     bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
-

@@ -25,7 +25,7 @@ typedef struct bt__http_header {
 struct bt_http_request {
     char *method;
     char *url;
-    char *query;                /* "a=1&b=2", already percent-encoded */
+    char *query; /* "a=1&b=2", already percent-encoded */
     size_t query_len;
     bt__http_header *headers;
     size_t nheaders;
@@ -41,7 +41,7 @@ struct bt_http_request {
 };
 
 typedef struct bt__resp_header {
-    char *name;                 /* name and value share one allocation */
+    char *name; /* name and value share one allocation */
     char *value;
 } bt__resp_header;
 
@@ -87,41 +87,41 @@ typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
 
 struct sockwatch {
-    bt__list node;              /* on the client's watches */
+    bt__list node; /* on the client's watches */
     bt_http_client *c;
     curl_socket_t fd;
     short kind;
-    struct event *ev;           /* points just past the struct */
+    struct event *ev; /* points just past the struct */
 };
 
 struct xfer {
-    bt__list node;              /* on the client's live transfers */
+    bt__list node; /* on the client's live transfers */
     xfer *next_deferred;
     bt_http_client *c;
     CURL *easy;
     CURLU *cu;
-    bt_future *future;          /* NULL once settled */
+    bt_future *future; /* NULL once settled */
     bt_http_request *req;
     bt_http_response *resp;
-    struct curl_slist *hdrs;    /* this request's own header list, or NULL */
+    struct curl_slist *hdrs; /* this request's own header list, or NULL */
     FILE *file;
     size_t max_body;
-    size_t held;                /* body buffer bytes counted in c->buffered */
+    size_t held; /* body buffer bytes counted in c->buffered */
     uint64_t wait_ms, total_ms;
     const struct timeval *wait_tv, *total_tv;
     struct timeval own_total_tv;
-    int abort_code;             /* why a callback stopped the transfer */
+    int abort_code; /* why a callback stopped the transfer */
     const char *abort_msg;
-    size_t abort_limit;         /* the cap it hit, if one did (0: none) */
-    const char *abort_setter;   /* and the function that sets that cap */
-    unsigned easy_gen;          /* as idle[].gen, for x->easy */
-    bool plain;                 /* a GET without body: no method options */
+    size_t abort_limit;       /* the cap it hit, if one did (0: none) */
+    const char *abort_setter; /* and the function that sets that cap */
+    unsigned easy_gen;        /* as idle[].gen, for x->easy */
+    bool plain;               /* a GET without body: no method options */
     bool got_conn;
     bool in_multi;
     bool timer_armed;
-    bool deferred;              /* on the client's deferred list */
+    bool deferred; /* on the client's deferred list */
     char errbuf[CURL_ERROR_SIZE];
-    struct event *timer;        /* points just past the struct */
+    struct event *timer; /* points just past the struct */
 };
 
 struct bt_http_client {
@@ -129,12 +129,12 @@ struct bt_http_client {
     struct event_base *base;
     CURLM *multi;
     struct event *curl_timer;
-    bt__list xfers;             /* live transfers (xfer.node) */
-    xfer *deferred;             /* to add or remove once curl returns */
-    bt__list watches;           /* watched sockets (sockwatch.node) */
+    bt__list xfers;   /* live transfers (xfer.node) */
+    xfer *deferred;   /* to add or remove once curl returns */
+    bt__list watches; /* watched sockets (sockwatch.node) */
     int in_curl;
     bool free_pending;
-    bool closed;                /* the closer ran: no multi, no events */
+    bool closed; /* the closer ran: no multi, no events */
     size_t still_running;
 
     char *base_url;
@@ -149,7 +149,7 @@ struct bt_http_client {
     bool follow, verify, http2;
     unsigned max_redirects;
     char *ca_file;
-    char *accept_encoding;      /* NULL: none; "" by default */
+    char *accept_encoding; /* NULL: none; "" by default */
     bool no_accept_encoding;
     size_t max_body;
     /* Bytes of body buffers held by transfers in flight (their capacity,
@@ -165,10 +165,9 @@ struct bt_http_client {
         unsigned gen;
     } idle[IDLE_EASY_MAX];
     size_t nidle;
-    unsigned gen;               /* bumped by every setter of easy options */
+    unsigned gen; /* bumped by every setter of easy options */
     bt_http_client_stats stats;
 };
-
 
 /* client.c */
 extern char bt__http_default_ua[96];

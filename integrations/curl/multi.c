@@ -52,8 +52,8 @@ static void on_sock_event(evutil_socket_t fd, short events, void *arg)
 {
     sockwatch *w = arg;
     bt_http_client *c = w->c;
-    int mask = ((events & EV_READ) ? CURL_CSELECT_IN : 0) |
-               ((events & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int mask =
+        ((events & EV_READ) ? CURL_CSELECT_IN : 0) | ((events & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     bt_loop *loop = c->loop; /* c may be freed by a deferred free */
     bt_loop_enter_cb(loop, (const void *)on_sock_event);
     curl_action(c, fd, mask); /* w may be gone after this */
@@ -116,7 +116,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
         evtimer_del(c->curl_timer);
     } else {
         /* Never socket_action from here: a 0 ms timer runs it next. */
-        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
         evtimer_add(c->curl_timer, &tv);
     }
     return 0;
@@ -179,4 +179,3 @@ void bt__http_flush(bt_http_client *c)
         bt__http_client_destroy(c);
     }
 }
-

@@ -62,8 +62,7 @@ BT_EXPORT void bt_http_request_free(bt_http_request *req)
     bt_free(req);
 }
 
-BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name,
-                                         const char *value)
+BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name, const char *value)
 {
     if (req == NULL || name == NULL)
         return BT_EINVAL;
@@ -95,8 +94,7 @@ BT_EXPORT int bt_http_request_add_header(bt_http_request *req, const char *name,
     return 0;
 }
 
-BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name,
-                                        const char *value)
+BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name, const char *value)
 {
     if (req == NULL || name == NULL || name[0] == '\0' || value == NULL)
         return BT_EINVAL;
@@ -109,8 +107,8 @@ BT_EXPORT int bt_http_request_add_query(bt_http_request *req, const char *name,
         size_t add = strlen(en) + 1 + strlen(ev) + (req->query_len ? 1 : 0);
         char *q = bt_realloc(req->query, req->query_len + add + 1);
         if (q) {
-            int n = snprintf(q + req->query_len, add + 1, "%s%s=%s",
-                             req->query_len ? "&" : "", en, ev);
+            int n =
+                snprintf(q + req->query_len, add + 1, "%s%s=%s", req->query_len ? "&" : "", en, ev);
             req->query = q;
             req->query_len += (size_t)n;
             rc = 0;
@@ -302,8 +300,8 @@ BT_EXPORT size_t bt_http_response_header_count(const bt_http_response *r)
     return r ? r->nheaders : 0;
 }
 
-BT_EXPORT int bt_http_response_header_at(const bt_http_response *r, size_t i,
-                                         const char **name, const char **value)
+BT_EXPORT int bt_http_response_header_at(const bt_http_response *r, size_t i, const char **name,
+                                         const char **value)
 {
     if (r == NULL)
         return BT_EINVAL;

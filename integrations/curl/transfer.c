@@ -201,12 +201,12 @@ static void on_xfer_timer(evutil_socket_t fd, short events, void *arg)
     x->timer_armed = false;
     if (x->got_conn)
         bt__xfer_fail(x, BT_ETIMEDOUT, "timed out after %llu ms (total timeout)",
-                          (unsigned long long)x->total_ms);
+                      (unsigned long long)x->total_ms);
     else
         bt__xfer_fail(x, BT_ETIMEDOUT,
-                          "timed out after %llu ms waiting for a connection "
-                          "(limits: %u in total, %u per host)",
-                          (unsigned long long)x->wait_ms, x->c->max_total, x->c->max_per_host);
+                      "timed out after %llu ms waiting for a connection "
+                      "(limits: %u in total, %u per host)",
+                      (unsigned long long)x->wait_ms, x->c->max_total, x->c->max_per_host);
     bt__xfer_release(x); /* from a libevent timer: curl is not on the stack */
 }
 
@@ -223,8 +223,7 @@ static void xfer_got_conn(xfer *x)
     }
 }
 
-static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
-                                    struct curl_sockaddr *addr)
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     xfer *x = clientp;
     (void)purpose;
@@ -553,8 +552,8 @@ static int xfer_headers(bt_http_client *c, xfer *x)
             goto oom;
         l = t;
         if (!req->has_content_type) {
-            const char *ct = req->has_body ? "Content-Type: application/octet-stream"
-                                           : "Content-Type:";
+            const char *ct =
+                req->has_body ? "Content-Type: application/octet-stream" : "Content-Type:";
             if ((t = curl_slist_append(l, ct)) == NULL)
                 goto oom;
             l = t;
@@ -656,8 +655,7 @@ static void xfer_client_options(bt_http_client *c, xfer *x)
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent ? c->user_agent : bt__http_default_ua);
     if (!c->no_accept_encoding)
-        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING,
-                         c->accept_encoding ? c->accept_encoding : "");
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, c->accept_encoding ? c->accept_encoding : "");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     if (c->follow) {
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
@@ -788,4 +786,3 @@ BT_EXPORT bt_future *bt_http_get(bt_http_client *c, const char *url)
         return url[0] == '\0' ? bt_future_new_error(c->loop, BT_EINVAL, "GET: empty URL") : NULL;
     return bt_http_client_send(c, req);
 }
-

@@ -75,12 +75,12 @@ static int frozen(const bt_http_app *app)
     return atomic_load(&app->servers) != 0 || atomic_load(&app->running);
 }
 
-#define CHECK_APP(app)                                                                     \
-    do {                                                                                   \
-        if (!(app))                                                                        \
-            return BT_EINVAL;                                                              \
-        if (frozen(app))                                                                   \
-            return BT_EBUSY;                                                               \
+#define CHECK_APP(app)        \
+    do {                      \
+        if (!(app))           \
+            return BT_EINVAL; \
+        if (frozen(app))      \
+            return BT_EBUSY;  \
     } while (0)
 
 int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
@@ -404,7 +404,7 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
         bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port, n);
         if (on_ready)
             on_ready(ws[0].bound_port, ready_arg);
-        struct pollfd pf = {.fd = app->stop_fd[0], .events = POLLIN};
+        struct pollfd pf = { .fd = app->stop_fd[0], .events = POLLIN };
         for (;;) {
             int pr = poll(&pf, 1, -1);
             if (pr < 0 && errno == EINTR)

@@ -65,13 +65,16 @@
 
 #include "http-internal.h"
 
-#define LINGER_MS 2000         /* dropping input after a refusal, at most */
-#define POLL_MS 20             /* waiting for evhttp to be idle, for the write to drain */
-#define ACCEPT_PAUSE_MS 250    /* the listeners' pause after a failed accept() */
-#define LOG_INTERVAL_MS 10000  /* at most one line per this, per kind */
-#define CHUNK_LINE_MAX 256     /* a chunk-size line */
+#define LINGER_MS 2000        /* dropping input after a refusal, at most */
+#define POLL_MS 20            /* waiting for evhttp to be idle, for the write to drain */
+#define ACCEPT_PAUSE_MS 250   /* the listeners' pause after a failed accept() */
+#define LOG_INTERVAL_MS 10000 /* at most one line per this, per kind */
+#define CHUNK_LINE_MAX 256    /* a chunk-size line */
 
-static uint64_t now_ns(void) { return bt_hrtime(); }
+static uint64_t now_ns(void)
+{
+    return bt_hrtime();
+}
 
 /* ---- Listener registry --------------------------------------------------- */
 
@@ -129,7 +132,7 @@ static void on_accept_error(struct evconnlistener *lev, void *ctx)
         return;
     for (size_t i = 0; i < g->nlisteners; i++)
         evconnlistener_disable(g->listeners[i]);
-    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
     event_add(g->accept_timer, &tv);
     g->accept_pauses++;
     atomic_fetch_add_explicit(&g->app->accept_pauses, 1, memory_order_relaxed);
@@ -171,49 +174,48 @@ void bt__guard_forget_listeners(bt__guard *g)
 }
 
 enum conn_state {
-    C_HEAD,          /* the request line and field lines */
-    C_BODY,          /* body_left Content-Length bytes */
-    C_CHUNK_SIZE,    /* a chunk-size line */
-    C_CHUNK_DATA,    /* body_left chunk bytes */
-    C_CHUNK_END,     /* the CRLF after a chunk's data */
-    C_TRAILER,       /* the trailer section */
-    C_REFUSE,        /* dropping input; the answer waits for evhttp to be idle */
-    C_CLOSING,       /* the answer is written; dropping input, then closing */
+    C_HEAD,       /* the request line and field lines */
+    C_BODY,       /* body_left Content-Length bytes */
+    C_CHUNK_SIZE, /* a chunk-size line */
+    C_CHUNK_DATA, /* body_left chunk bytes */
+    C_CHUNK_END,  /* the CRLF after a chunk's data */
+    C_TRAILER,    /* the trailer section */
+    C_REFUSE,     /* dropping input; the answer waits for evhttp to be idle */
+    C_CLOSING,    /* the answer is written; dropping input, then closing */
 };
 
 typedef struct conn {
     bt__guard *g;
     struct conn *prev, *next;
-    struct bufferevent *bev;   /* evhttp's; the guard holds a reference */
+    struct bufferevent *bev; /* evhttp's; the guard holds a reference */
     struct evbuffer_cb_entry *watch;
     struct event *timer;
     enum conn_state st;
-    bool started;              /* evhttp's close callback is set */
-    bool head_started;         /* the current head's deadline runs */
-    bool in_cb;                /* our own changes to the buffer, not the client's */
-    bool shut;                 /* the write side is shut */
-    bool counted;              /* in the app's open connections */
+    bool started;      /* evhttp's close callback is set */
+    bool head_started; /* the current head's deadline runs */
+    bool in_cb;        /* our own changes to the buffer, not the client's */
+    bool shut;         /* the write side is shut */
+    bool counted;      /* in the app's open connections */
     /* The current message. */
-    uint64_t msg_start;        /* its first byte's position in the stream */
-    uint64_t seen;             /* bytes of the stream looked at */
-    uint64_t added;            /* bytes of the stream added to the buffer */
+    uint64_t msg_start; /* its first byte's position in the stream */
+    uint64_t seen;      /* bytes of the stream looked at */
+    uint64_t added;     /* bytes of the stream added to the buffer */
     size_t head_bytes;
     unsigned nlines;
     int ncl, nte;
     uint64_t cl;
     bool chunked, is_head;
-    char *line;                /* the current line, up to max_header_bytes */
+    char *line; /* the current line, up to max_header_bytes */
     size_t linelen, linecap;
-    bool cr;                   /* C_CHUNK_END: the CR was seen */
+    bool cr; /* C_CHUNK_END: the CR was seen */
     uint64_t body_left;
-    uint64_t body_total;       /* chunked: the chunk sizes declared (the 413 cap) */
-    uint64_t body_recv;        /* the body's bytes received: the rate deadline */
-    uint64_t since_ns;         /* the head's or the body's start */
-    uint64_t close_at_ns;      /* C_CLOSING: when to stop lingering */
-    int status;                /* the refusal's */
+    uint64_t body_total;  /* chunked: the chunk sizes declared (the 413 cap) */
+    uint64_t body_recv;   /* the body's bytes received: the rate deadline */
+    uint64_t since_ns;    /* the head's or the body's start */
+    uint64_t close_at_ns; /* C_CLOSING: when to stop lingering */
+    int status;           /* the refusal's */
     const char *msg;
 } conn;
-
 
 /* Until the timer's first run has set evhttp's close callback, that run
  * stays first: it also arms whatever deadline is due. */
@@ -232,14 +234,22 @@ static void arm(conn *c, uint64_t ms)
 static const char *reason(int status)
 {
     switch (status) {
-    case 400: return "Bad Request";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
+    case 400:
+        return "Bad Request";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
     }
     return "Error";
 }
@@ -280,11 +290,11 @@ static void write_refusal(conn *c)
 {
     char body[160], head[320];
     int bl = snprintf(body, sizeof body, "{\"error\":\"%s\"}", c->msg);
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %d\r\nConnection: close\r\n%s\r\n",
-                      c->status, reason(c->status), bl,
-                      c->status == 503 ? "Retry-After: 1\r\n" : "");
+    int hl =
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %d\r\nConnection: close\r\n%s\r\n",
+                 c->status, reason(c->status), bl, c->status == 503 ? "Retry-After: 1\r\n" : "");
     /* evhttp's write callback would take this write's completion for the
      * end of a reply of its own. */
     bufferevent_data_cb rcb;
@@ -316,7 +326,7 @@ static bool is_hex(unsigned char ch)
     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
 }
 
-static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"};
+static const char *const methods[] = { "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH" };
 
 static void trim_ows(const char **v, size_t *n)
 {
@@ -402,8 +412,8 @@ int bt__guard_check_request_line(const char *line, size_t len, bool *is_head, co
     }
     const char *ver = sp2 + 1;
     size_t vl = len - (size_t)(ver - line);
-    if (vl != 8 || strncmp(ver, "HTTP/", 5) != 0 || ver[6] != '.' || ver[5] < '0' ||
-        ver[5] > '9' || ver[7] < '0' || ver[7] > '9') {
+    if (vl != 8 || strncmp(ver, "HTTP/", 5) != 0 || ver[6] != '.' || ver[5] < '0' || ver[5] > '9' ||
+        ver[7] < '0' || ver[7] > '9') {
         *msg = "malformed HTTP version";
         return 400;
     }
@@ -603,8 +613,9 @@ static size_t look(conn *c, const unsigned char *b, size_t n)
             if (c->st == C_TRAILER)
                 c->body_recv++;
             if (++c->head_bytes > app->max_header_bytes) {
-                refuse(c, 431, c->st == C_HEAD ? "request header fields too large"
-                                               : "trailer fields too large");
+                refuse(c, 431,
+                       c->st == C_HEAD ? "request header fields too large"
+                                       : "trailer fields too large");
                 return i + 1;
             }
             if (b[i] != '\n') {
@@ -855,7 +866,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                 shutdown(s, SHUT_WR);
             c->shut = true;
         }
-        if (now >= c->close_at_ns || (c->shut && now + LINGER_MS * 1000000ull / 2 >= c->close_at_ns)) {
+        if (now >= c->close_at_ns ||
+            (c->shut && now + LINGER_MS * 1000000ull / 2 >= c->close_at_ns)) {
             /* evhttp ends the connection as on the client's EOF; its
              * close callback releases c. */
             bufferevent_trigger_event(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
@@ -918,7 +930,7 @@ struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
         c->status = 503;
         c->msg = "too many open connections";
     }
-    struct timeval zero = {0, 0};
+    struct timeval zero = { 0, 0 };
     event_add(c->timer, &zero); /* on_timer's first run, once evhttp has the connection */
     return c->bev;
 }

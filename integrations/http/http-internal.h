@@ -16,14 +16,14 @@
 typedef struct bt__route {
     char *method;
     char *pattern;
-    char **segs;      /* literal text, or the parameter name */
+    char **segs; /* literal text, or the parameter name */
     bool *is_param;
     size_t nsegs;
-    size_t nliteral;  /* for precedence: more literals wins */
+    size_t nliteral; /* for precedence: more literals wins */
     size_t order;
     bt_http_handler_fn handler;
     void *arg;
-    bool fiber;       /* bt_http_app_route_async: the handler runs on a fiber */
+    bool fiber; /* bt_http_app_route_async: the handler runs on a fiber */
 } bt__route;
 
 typedef struct bt__router {
@@ -67,10 +67,10 @@ typedef struct bt__http_stats {
     _Atomic uint64_t sum_us;
     _Atomic uint64_t count;
     _Atomic uint64_t in_flight;
-    _Atomic uint64_t lag_us;       /* last measured loop lag */
+    _Atomic uint64_t lag_us; /* last measured loop lag */
     _Atomic uint64_t lag_max_us;
-    _Atomic uint64_t pending;      /* the loop's pending futures */
-    _Atomic uint64_t cancelled;    /* handlers cancelled (disconnect, deadline) */
+    _Atomic uint64_t pending;   /* the loop's pending futures */
+    _Atomic uint64_t cancelled; /* handlers cancelled (disconnect, deadline) */
 } bt__http_stats;
 
 void bt__http_stats_observe(bt__http_stats *s, int status, uint64_t ns);
@@ -82,7 +82,7 @@ char *bt__http_metrics_render(bt_http_app *app);
 typedef struct bt__metrics_src {
     bt_http_metrics_fn fn;
     void *arg;
-    bool owns_arg;   /* bt_free(arg) with the app */
+    bool owns_arg; /* bt_free(arg) with the app */
 } bt__metrics_src;
 
 /* The pool metrics source (metrics.c): arg is a bt__pool_src. */
@@ -103,10 +103,10 @@ struct bt_http_app {
     uint64_t shutdown_deadline_ms;
     bool access_log;
     uint64_t handler_timeout_ms;
-    uint64_t head_timeout_ms;      /* guard.c: the whole request head */
-    uint64_t min_body_rate;        /* guard.c: bytes a second, after body_grace_ms */
+    uint64_t head_timeout_ms; /* guard.c: the whole request head */
+    uint64_t min_body_rate;   /* guard.c: bytes a second, after body_grace_ms */
     uint64_t body_grace_ms;
-    unsigned max_connections;      /* guard.c: open connections, all servers */
+    unsigned max_connections; /* guard.c: open connections, all servers */
     char *metrics_path;
     bt__metrics_src *msrc;
     size_t nmsrc;
@@ -115,19 +115,19 @@ struct bt_http_app {
     void *hook_arg;
 
     /* Shared by the servers of every loop. */
-    _Atomic unsigned servers;      /* servers alive: the app is frozen while > 0 */
-    _Atomic unsigned in_flight;    /* for max_concurrent */
+    _Atomic unsigned servers;   /* servers alive: the app is frozen while > 0 */
+    _Atomic unsigned in_flight; /* for max_concurrent */
     _Atomic unsigned next_index;
-    _Atomic unsigned open_conns;   /* for max_connections */
+    _Atomic unsigned open_conns;       /* for max_connections */
     _Atomic uint64_t refused_conns;    /* 503: max_connections reached */
     _Atomic uint64_t refused_requests; /* answered by the guard: 400, 408, 413, 431... */
     _Atomic uint64_t accept_pauses;    /* accept() failed: the listeners paused */
-    pthread_mutex_t stats_lock;    /* guards stats list */
+    pthread_mutex_t stats_lock;        /* guards stats list */
     bt__http_stats *stats;
 
     /* bt_http_app_run */
     _Atomic bool running;
-    int stop_fd[2];                /* bt_http_app_stop writes here */
+    int stop_fd[2]; /* bt_http_app_stop writes here */
 };
 
 /* ---- Requests (request.c) ------------------------------------------------ */
@@ -147,36 +147,36 @@ typedef struct {
 } bt__http_kv;
 
 struct bt_http_req {
-    bt_http_server *srv;         /* NULL once detached by close/free */
+    bt_http_server *srv; /* NULL once detached by close/free */
     bt_loop *loop;
     void *loop_data;
-    struct evhttp_request *ev;   /* NULL once answered or freed with evhttp */
-    bool disconnected;           /* the client went away; ev is gone */
-    struct event *watch;         /* notices the client closing, while in flight */
-    bool watched;                /* watch_peer was tried (the sweep's mark) */
+    struct evhttp_request *ev; /* NULL once answered or freed with evhttp */
+    bool disconnected;         /* the client went away; ev is gone */
+    struct event *watch;       /* notices the client closing, while in flight */
+    bool watched;              /* watch_peer was tried (the sweep's mark) */
     bt_future *fut;
-    const bt__route *route;      /* for a fiber route's entry (set before bt_async) */
-    bt_future *fiber;            /* a fiber route's bt_async future (a reference) */
+    const bt__route *route; /* for a fiber route's entry (set before bt_async) */
+    bt_future *fiber;       /* a fiber route's bt_async future (a reference) */
     bt_http_req *prev, *next;
     uint64_t start_ns;
 
     const char *method;
     char *path;
-    char **segs;                 /* into path's block */
+    char **segs; /* into path's block */
     char *inline_segs[BT__HTTP_INLINE_SEGS];
     size_t nsegs;
     const char *pnames[BT__HTTP_MAX_PARAMS];
     const char *pvalues[BT__HTTP_MAX_PARAMS];
     size_t nparams;
     char *raw_query;
-    struct evkeyvalq *query;     /* parsed on first use */
+    struct evkeyvalq *query; /* parsed on first use */
     bt__http_kv *headers;
     size_t nheaders;
     char *body;
     size_t body_len;
     struct evhttp_connection *evcon; /* for the peer's address, looked up lazily */
     const struct bufferevent *bev;   /* the connection's, compared, never followed */
-    void *state;                 /* bt_http_req_set_state */
+    void *state;                     /* bt_http_req_set_state */
     bt_destroy_fn state_dtor;
     char peer[INET6_ADDRSTRLEN + 1];
 };
@@ -205,10 +205,10 @@ typedef struct bt__guard {
     bt_http_server *srv;
     bt_http_app *app;
     bt__http_stats *stats;
-    struct conn *conns;            /* every connection not yet destroyed */
+    struct conn *conns; /* every connection not yet destroyed */
     struct evconnlistener *listeners[BT__GUARD_MAX_LISTENERS];
     size_t nlisteners;
-    struct event *accept_timer;    /* resumes accepting after a pause */
+    struct event *accept_timer; /* resumes accepting after a pause */
     uint64_t accept_pauses, accept_logged_ns;
     uint64_t refused, refused_logged_ns;
 } bt__guard;

@@ -42,8 +42,8 @@ static void sb_printf(sbuf *sb, const char *fmt, ...)
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int n = vsnprintf(sb->buf ? sb->buf + sb->len : NULL, sb->buf ? sb->cap - sb->len : 0,
-                          fmt, ap);
+        int n =
+            vsnprintf(sb->buf ? sb->buf + sb->len : NULL, sb->buf ? sb->cap - sb->len : 0, fmt, ap);
         va_end(ap);
         if (n < 0) {
             sb->failed = true;
@@ -70,8 +70,8 @@ static void sb_printf(sbuf *sb, const char *fmt, ...)
 
 char *bt__http_metrics_render(bt_http_app *app)
 {
-    sbuf sb = {0};
-    uint64_t hist[BT__HTTP_NBUCKETS + 1] = {0};
+    sbuf sb = { 0 };
+    uint64_t hist[BT__HTTP_NBUCKETS + 1] = { 0 };
     uint64_t sum_us = 0, count = 0, in_flight = 0, cancelled = 0;
     uint64_t *status = bt_calloc(600, sizeof *status);
     if (!status)
@@ -106,17 +106,20 @@ char *bt__http_metrics_render(bt_http_app *app)
               (unsigned long long)cum);
     sb_printf(&sb, "baton_http_request_duration_seconds_sum %.6f\n", (double)sum_us / 1e6);
     sb_printf(&sb, "baton_http_request_duration_seconds_count %llu\n", (unsigned long long)count);
-    sb_printf(&sb, "# HELP baton_http_requests_in_flight Requests whose handler has not answered.\n"
-                   "# TYPE baton_http_requests_in_flight gauge\n"
-                   "baton_http_requests_in_flight %llu\n",
+    sb_printf(&sb,
+              "# HELP baton_http_requests_in_flight Requests whose handler has not answered.\n"
+              "# TYPE baton_http_requests_in_flight gauge\n"
+              "baton_http_requests_in_flight %llu\n",
               (unsigned long long)in_flight);
-    sb_printf(&sb, "# HELP baton_http_handlers_cancelled_total Handlers cancelled (client gone, "
-                   "shutdown deadline).\n"
-                   "# TYPE baton_http_handlers_cancelled_total counter\n"
-                   "baton_http_handlers_cancelled_total %llu\n",
+    sb_printf(&sb,
+              "# HELP baton_http_handlers_cancelled_total Handlers cancelled (client gone, "
+              "shutdown deadline).\n"
+              "# TYPE baton_http_handlers_cancelled_total counter\n"
+              "baton_http_handlers_cancelled_total %llu\n",
               (unsigned long long)cancelled);
-    sb_printf(&sb, "# HELP baton_loop_lag_seconds How late the loop ran a 250 ms timer, last time.\n"
-                   "# TYPE baton_loop_lag_seconds gauge\n");
+    sb_printf(&sb,
+              "# HELP baton_loop_lag_seconds How late the loop ran a 250 ms timer, last time.\n"
+              "# TYPE baton_loop_lag_seconds gauge\n");
     for (bt__http_stats *s = app->stats; s; s = s->next)
         sb_printf(&sb, "baton_loop_lag_seconds{loop=\"%u\"} %.6f\n", s->loop_index,
                   (double)LOAD(s->lag_us) / 1e6);
@@ -154,25 +157,31 @@ char *bt__http_pool_metrics(void *arg)
     bt_pool_stats st = BT_SIZED(bt_pool_stats);
     if (bt_pool_get_stats(src->pool, &st) != 0)
         return NULL;
-    static const char *const lanes[BT_LANE_COUNT] = {"cpu", "blocking"};
-    sbuf sb = {0};
+    static const char *const lanes[BT_LANE_COUNT] = { "cpu", "blocking" };
+    sbuf sb = { 0 };
     const struct {
         const char *name, *type, *help;
         size_t off;
         bool is_size, is_ns;
     } rows[] = {
-#define ROW(n, t, h, field, sz, ns) {n, t, h, offsetof(bt_lane_stats, field), sz, ns}
+#define ROW(n, t, h, field, sz, ns) { n, t, h, offsetof(bt_lane_stats, field), sz, ns }
         ROW("baton_pool_threads", "gauge", "Worker threads alive.", threads, false, false),
         ROW("baton_pool_busy_threads", "gauge", "Workers running a job.", busy, false, false),
-        ROW("baton_pool_max_threads", "gauge", "The lane's size or cap.", max_threads, false, false),
+        ROW("baton_pool_max_threads", "gauge", "The lane's size or cap.", max_threads, false,
+            false),
         ROW("baton_pool_queued_jobs", "gauge", "Jobs waiting in the queue.", queued, true, false),
         ROW("baton_pool_submitted_total", "counter", "Jobs accepted.", submitted, false, false),
-        ROW("baton_pool_rejected_total", "counter", "Jobs refused, queue full.", rejected, false, false),
+        ROW("baton_pool_rejected_total", "counter", "Jobs refused, queue full.", rejected, false,
+            false),
         ROW("baton_pool_done_total", "counter", "Jobs run to completion.", done, false, false),
-        ROW("baton_pool_failed_total", "counter", "Jobs that returned an error.", failed, false, false),
-        ROW("baton_pool_cancelled_total", "counter", "Jobs cancelled before running.", cancelled, false, false),
-        ROW("baton_pool_queue_seconds_total", "counter", "Time jobs waited, summed.", queue_ns_total, false, true),
-        ROW("baton_pool_run_seconds_total", "counter", "Time jobs ran, summed.", run_ns_total, false, true),
+        ROW("baton_pool_failed_total", "counter", "Jobs that returned an error.", failed, false,
+            false),
+        ROW("baton_pool_cancelled_total", "counter", "Jobs cancelled before running.", cancelled,
+            false, false),
+        ROW("baton_pool_queue_seconds_total", "counter", "Time jobs waited, summed.",
+            queue_ns_total, false, true),
+        ROW("baton_pool_run_seconds_total", "counter", "Time jobs ran, summed.", run_ns_total,
+            false, true),
 #undef ROW
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {

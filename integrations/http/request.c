@@ -113,7 +113,8 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
     struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
     size_t n = 0, bytes = 0;
     struct evkeyval *h;
-    TAILQ_FOREACH(h, in, next) {
+    TAILQ_FOREACH(h, in, next)
+    {
         n++;
         bytes += strlen(h->key) + strlen(h->value) + 2;
     }
@@ -122,7 +123,8 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
         if (!req->headers)
             return BT_ENOMEM;
         char *w = (char *)(req->headers + n);
-        TAILQ_FOREACH(h, in, next) {
+        TAILQ_FOREACH(h, in, next)
+        {
             bt__http_kv *k = &req->headers[req->nheaders++];
             size_t kl = strlen(h->key) + 1, vl = strlen(h->value) + 1;
             k->name = memcpy(w, h->key, kl);
@@ -151,8 +153,14 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
 
 /* ---- Request accessors ------------------------------------------------------ */
 
-const char *bt_http_req_method(const bt_http_req *req) { return req ? req->method : NULL; }
-const char *bt_http_req_path(const bt_http_req *req) { return req ? req->path : NULL; }
+const char *bt_http_req_method(const bt_http_req *req)
+{
+    return req ? req->method : NULL;
+}
+const char *bt_http_req_path(const bt_http_req *req)
+{
+    return req ? req->path : NULL;
+}
 
 const char *bt_http_req_param(const bt_http_req *req, const char *name)
 {
@@ -181,8 +189,8 @@ const char *bt_http_req_query(const bt_http_req *req, const char *name)
     }
     struct evkeyval *h;
     TAILQ_FOREACH(h, r->query, next)
-        if (strcmp(h->key, name) == 0)
-            return h->value;
+    if (strcmp(h->key, name) == 0)
+        return h->value;
     return NULL;
 }
 
@@ -234,5 +242,11 @@ const char *bt_http_req_peer(const bt_http_req *req)
     }
     return r->peer;
 }
-bt_loop *bt_http_req_loop(const bt_http_req *req) { return req ? req->loop : NULL; }
-void *bt_http_req_loop_data(const bt_http_req *req) { return req ? req->loop_data : NULL; }
+bt_loop *bt_http_req_loop(const bt_http_req *req)
+{
+    return req ? req->loop : NULL;
+}
+void *bt_http_req_loop_data(const bt_http_req *req)
+{
+    return req ? req->loop_data : NULL;
+}

@@ -33,12 +33,14 @@ void bt_http_reply_free(void *p)
     bt_free(r);
 }
 
-static bool has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
+static bool has_crlf(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
 
 int bt_http_reply_add_header(bt_http_reply *r, const char *name, const char *value)
 {
-    if (!r || !name || !*name || !value || has_crlf(name) || has_crlf(value) ||
-        strchr(name, ':'))
+    if (!r || !name || !*name || !value || has_crlf(name) || has_crlf(value) || strchr(name, ':'))
         return BT_EINVAL;
     if (r->nheaders == r->capheaders) {
         size_t cap = r->capheaders ? r->capheaders * 2 : 4;
@@ -75,8 +77,7 @@ static void remove_header(bt_http_reply *r, const char *name)
     r->nheaders = w;
 }
 
-int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const void *body,
-                              size_t len)
+int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const void *body, size_t len)
 {
     if (!r || (!body && len))
         return BT_EINVAL;
@@ -132,7 +133,10 @@ int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
     return 0;
 }
 
-int bt_http_reply_status(const bt_http_reply *r) { return r ? r->status : BT_EINVAL; }
+int bt_http_reply_status(const bt_http_reply *r)
+{
+    return r ? r->status : BT_EINVAL;
+}
 
 bt_future *bt_http_reply_future(bt_loop *loop, bt_http_reply *resp)
 {

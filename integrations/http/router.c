@@ -84,7 +84,7 @@ int bt__router_add(bt__router *r, const char *method, const char *pattern,
     for (size_t i = 0; i < r->n; i++)
         if (strcmp(r->routes[i].method, method) == 0 && strcmp(r->routes[i].pattern, pattern) == 0)
             return BT_EINVAL;
-    bt__route rt = {0};
+    bt__route rt = { 0 };
     int rc = parse_pattern(&rt, pattern);
     if (rc == 0) {
         rt.method = bt_strdup(method);
@@ -195,7 +195,7 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
         const bt__route *rt = &r->routes[i];
         if (!path_matches(rt, segs, nsegs))
             continue;
-        const char *names[2] = {rt->method, NULL};
+        const char *names[2] = { rt->method, NULL };
         if (strcmp(rt->method, "GET") == 0)
             has_get = true;
         if (strcmp(rt->method, "HEAD") == 0)

@@ -74,18 +74,18 @@ struct bt_http_server {
     size_t nlisteners;
     int port;
 
-    bt_http_req *head;       /* requests in flight, doubly linked */
+    bt_http_req *head; /* requests in flight, doubly linked */
     unsigned nflight;
 
     bool shutting_down;
-    bool closed;                 /* evhttp freed: by the closer or free */
-    bt_future *shutdown_f;       /* the server's own reference */
+    bool closed;           /* evhttp freed: by the closer or free */
+    bt_future *shutdown_f; /* the server's own reference */
     bt_timer *deadline;
     bt_timer *lag_timer;
-    bt_timer *sweep;             /* arms disconnect watches, while requests are in flight */
+    bt_timer *sweep; /* arms disconnect watches, while requests are in flight */
     uint64_t lag_last_ns;
     struct timeval read_tv, write_tv;
-    bt__guard guard;             /* framing, deadlines, caps: guard.c */
+    bt__guard guard; /* framing, deadlines, caps: guard.c */
     bool guard_ready;
 };
 
@@ -94,15 +94,24 @@ static void unwatch_peer(bt_http_req *req);
 static const char *method_name(enum evhttp_cmd_type t)
 {
     switch (t) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "UNKNOWN";
 }
@@ -162,8 +171,8 @@ static void send_response(bt_http_server *srv, struct evhttp_request *ev, bt_htt
 }
 
 /* A small JSON answer the server makes itself: {"error": msg}. */
-static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int status,
-                        const char *msg, const char *allow, uint64_t start_ns)
+static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int status, const char *msg,
+                        const char *allow, uint64_t start_ns)
 {
     bt_http_reply *r = bt_http_reply_new(status);
     json_t *j = json_pack("{s:s}", "error", msg);
@@ -254,8 +263,8 @@ static void on_done(bt_future *f, void *arg)
     if (st == BT_FUTURE_VALUE) {
         resp = bt_future_take_value(f);
         if (!resp)
-            bt_log(BT_LOG_ERROR, "http: %s %s: the handler's future has no response",
-                   req->method, req->path);
+            bt_log(BT_LOG_ERROR, "http: %s %s: the handler's future has no response", req->method,
+                   req->path);
     } else if (st == BT_FUTURE_ERROR) {
         int code = bt_future_error(f);
         timed_out = code == BT_ETIMEDOUT;
@@ -569,7 +578,10 @@ static void server_close(bt_http_server *srv)
     }
 }
 
-static void on_loop_close(void *arg) { server_close(arg); }
+static void on_loop_close(void *arg)
+{
+    server_close(arg);
+}
 
 static void on_lag_timer(bt_timer *t, void *arg)
 {
@@ -686,7 +698,7 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
         return BT_EINVAL;
     if (srv->nlisteners == MAX_LISTENERS || srv->shutting_down)
         return BT_EBUSY;
-    struct addrinfo hints = {0}, *res = NULL;
+    struct addrinfo hints = { 0 }, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
@@ -740,9 +752,15 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
     return 0;
 }
 
-int bt_http_server_port(const bt_http_server *srv) { return srv ? srv->port : BT_EINVAL; }
+int bt_http_server_port(const bt_http_server *srv)
+{
+    return srv ? srv->port : BT_EINVAL;
+}
 
-unsigned bt_http_server_in_flight(const bt_http_server *srv) { return srv ? srv->nflight : 0; }
+unsigned bt_http_server_in_flight(const bt_http_server *srv)
+{
+    return srv ? srv->nflight : 0;
+}
 
 bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms)
 {
@@ -788,4 +806,3 @@ void bt_http_server_free(bt_http_server *srv)
     bt_free(srv->stats);
     bt_free(srv);
 }
-

@@ -82,8 +82,7 @@ BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
 }
 
 BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int nparams,
-                                           const char *const *values,
-                                           const bt_pq_query_opts *opts)
+                                         const char *const *values, const bt_pq_query_opts *opts)
 {
     if (c == NULL || sql == NULL)
         return NULL;
@@ -105,13 +104,22 @@ BT_EXPORT bt_future *bt_pq_conn_query(bt_pq_conn *c, const char *sql, int nparam
 
 static bt_future *simple(bt_pq_conn *c, const char *sql)
 {
-    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     return bt_pq_conn_query_ex(c, sql, 0, NULL, &o);
 }
 
-BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c) { return simple(c, "BEGIN"); }
-BT_EXPORT bt_future *bt_pq_conn_commit(bt_pq_conn *c) { return simple(c, "COMMIT"); }
-BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c) { return simple(c, "ROLLBACK"); }
+BT_EXPORT bt_future *bt_pq_conn_begin(bt_pq_conn *c)
+{
+    return simple(c, "BEGIN");
+}
+BT_EXPORT bt_future *bt_pq_conn_commit(bt_pq_conn *c)
+{
+    return simple(c, "COMMIT");
+}
+BT_EXPORT bt_future *bt_pq_conn_rollback(bt_pq_conn *c)
+{
+    return simple(c, "ROLLBACK");
+}
 
 BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 {
@@ -123,7 +131,7 @@ BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 
 void bt__pq_send_internal(bt_pq_conn *c, const char *sql)
 {
-    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (q == NULL) {
@@ -144,8 +152,7 @@ void bt__pq_finish_release(bt_pq_conn *c)
         bt__pq_conn_close(c, BT_ECONNRESET, "broken");
         return;
     }
-    if (bt_pq_conn_in_transaction(c) ||
-        PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
+    if (bt_pq_conn_in_transaction(c) || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
         if (c->rollback_tries++ > 0 || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
             bt__pq_conn_close(c, BT_ECONNRESET, "could not roll back a released connection");
             return;

@@ -49,14 +49,14 @@ static atomic_bool cancel_cap_logged;
 
 struct pq_cancel {
     atomic_int refs;
-    atomic_int ok;          /* 1: PQcancel succeeded (set before the write) */
+    atomic_int ok; /* 1: PQcancel succeeded (set before the write) */
     PGcancel *cancel;
-    int rfd, wfd;           /* the pipe; -1 when not watched */
-    char err[256];          /* PQcancel's error, written before the write */
+    int rfd, wfd;  /* the pipe; -1 when not watched */
+    char err[256]; /* PQcancel's error, written before the write */
     /* Loop side only. */
-    bt_pq_conn *c;          /* NULL once the connection let go */
-    struct event *ev;       /* rfd readable: the thread is done */
-    bt_timer *timer;        /* the deadline */
+    bt_pq_conn *c;    /* NULL once the connection let go */
+    struct event *ev; /* rfd readable: the thread is done */
+    bt_timer *timer;  /* the deadline */
     bt__pq_cancel_cb done;
     uint64_t timeout_ms;
 };
@@ -149,12 +149,12 @@ void bt__pq_cancel_detach(bt_pq_conn *c)
  * untouched) if the thread could not start or too many are in flight. */
 static bool cancel_start(struct pq_cancel *k)
 {
-    if (atomic_fetch_add_explicit(&cancel_threads, 1, memory_order_relaxed) >=
-        MAX_CANCEL_THREADS) {
+    if (atomic_fetch_add_explicit(&cancel_threads, 1, memory_order_relaxed) >= MAX_CANCEL_THREADS) {
         atomic_fetch_sub_explicit(&cancel_threads, 1, memory_order_relaxed);
         if (!atomic_exchange(&cancel_cap_logged, true))
-            bt_log(BT_LOG_WARN, "pq: %d cancel requests are still unanswered; sending no "
-                                "more until some return (the queries run to their end)",
+            bt_log(BT_LOG_WARN,
+                   "pq: %d cancel requests are still unanswered; sending no "
+                   "more until some return (the queries run to their end)",
                    MAX_CANCEL_THREADS);
         return false;
     }

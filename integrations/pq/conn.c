@@ -13,7 +13,10 @@
 static int process(bt_pq_conn *c);
 static void fail_held(bt_pq_conn *c, int code, const char *why);
 
-static uint64_t now_ns(void) { return bt_hrtime(); }
+static uint64_t now_ns(void)
+{
+    return bt_hrtime();
+}
 
 static pq_op *ops_front(bt_pq_conn *c);
 
@@ -75,7 +78,10 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
     return 0;
 }
 
-static pq_op *ops_front(bt_pq_conn *c) { return c->ops_len ? &c->ops[c->ops_head] : NULL; }
+static pq_op *ops_front(bt_pq_conn *c)
+{
+    return c->ops_len ? &c->ops[c->ops_head] : NULL;
+}
 
 static void ops_pop(bt_pq_conn *c)
 {
@@ -128,9 +134,9 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
                 bt__pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
             else
                 bt__pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
-                              "the connection was lost while the query was in flight "
-                              "(it may or may not have run; not retried): %s",
-                              why ? why : "connection closed");
+                                  "the connection was lost while the query was in flight "
+                                  "(it may or may not have run; not retried): %s",
+                                  why ? why : "connection closed");
         }
         bt__pq_query_free(q);
     }
@@ -225,7 +231,7 @@ static int stmt_evict(bt_pq_conn *c)
     char sql[48];
     snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
     bt__pq_stmt_remove(c, s);
-    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (d == NULL)
@@ -252,8 +258,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     q->conn = c;
     q->state = Q_SENT;
     if (c->state != CS_READY) {
-        bt__pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN,
-                      "the connection is closed");
+        bt__pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         bt__pq_query_free(q);
         return;
     }
@@ -281,7 +286,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             c->busy--;
             if (rc != 0) {
                 bt__pq_query_fail(q, BT_ECONNRESET,
-                              "the connection was lost before the query was sent");
+                                  "the connection was lost before the query was sent");
                 bt__pq_query_free(q);
                 if (c->zombie && c->busy == 0)
                     bt__pq_conn_free_dead(c);
@@ -309,8 +314,8 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
                                      q->result_format);
         else
-            ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths,
-                                   q->formats, q->result_format);
+            ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
+                                   q->result_format);
     }
     if (ok && ops_push(c, OP_QUERY, q, NULL) != 0)
         ok = 0;
@@ -360,7 +365,7 @@ static void deliver_rows(pq_query *q, PGresult *res)
     if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
         return;
     bt_loop *loop = q->pool ? q->pool->loop : NULL;
-    bt_pq_result row = {.pg = res};
+    bt_pq_result row = { .pg = res };
     if (loop)
         bt_loop_enter_cb(loop, (const void *)q->row_cb);
     if (q->row_cb(&row, q->row_arg) != 0)
@@ -551,9 +556,9 @@ static void fail_held(bt_pq_conn *c, int code, const char *why)
         pq_query *next = q->next;
         if (!q->settled)
             bt__pq_query_fail(q, code,
-                          "the connection was lost before the query's transaction was "
-                          "confirmed (it may or may not have run; not retried): %s",
-                          why ? why : "connection closed");
+                              "the connection was lost before the query's transaction was "
+                              "confirmed (it may or may not have run; not retried): %s",
+                              why ? why : "connection closed");
         bt__pq_query_free(q);
         q = next;
     }
@@ -630,7 +635,7 @@ static int process(bt_pq_conn *c)
     if (PQstatus(c->pg) == CONNECTION_BAD)
         goto broken;
     return 0;
-broken: {
+broken : {
     char *m = bt_strdup(PQerrorMessage(c->pg));
     bt__pq_conn_close(c, BT_ECONNRESET, m);
     bt_free(m);

@@ -13,7 +13,10 @@ static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void on_connect_timeout(bt_timer *t, void *arg);
 static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
 
-static uint64_t now_ns(void) { return bt_hrtime(); }
+static uint64_t now_ns(void)
+{
+    return bt_hrtime();
+}
 
 /* ---- Connecting ----------------------------------------------------------- */
 
@@ -53,7 +56,10 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
 }
 
 /* Called by the pool once c is linked (and by the resolver when done). */
-void bt__pq_conn_begin(bt_pq_conn *c) { begin_connect(c); }
+void bt__pq_conn_begin(bt_pq_conn *c)
+{
+    begin_connect(c);
+}
 
 static void connect_failed(bt_pq_conn *c, int code, const char *msg)
 {
@@ -147,8 +153,8 @@ static int connect_error(const char *msg, char **out)
     size_t hlen = hint != NULL ? strcspn(hint + 8, "\n") : 0;
     *out = bt_asprintf("[%s] %.*s%s%.*s%s%.*s", state, (int)plen, prim,
                        detail != NULL ? "\nDETAIL: " : "", (int)dlen,
-                       detail != NULL ? detail + 10 : "", hint != NULL ? "\nHINT: " : "",
-                       (int)hlen, hint != NULL ? hint + 8 : "");
+                       detail != NULL ? detail + 10 : "", hint != NULL ? "\nHINT: " : "", (int)hlen,
+                       hint != NULL ? hint + 8 : "");
     return sqlstate_code(state);
 }
 

@@ -49,18 +49,22 @@ static bool one_of(const char *v, const char *const *words)
  * Returns true, or logs why and returns false. */
 static bool values_ok(const PQconninfoOption *opts)
 {
-    static const char *const ints[] = {"connect_timeout", "keepalives", "keepalives_idle",
-                                       "keepalives_interval", "keepalives_count",
-                                       "tcp_user_timeout", NULL};
+    static const char *const ints[] = { "connect_timeout",
+                                        "keepalives",
+                                        "keepalives_idle",
+                                        "keepalives_interval",
+                                        "keepalives_count",
+                                        "tcp_user_timeout",
+                                        NULL };
     static const struct {
         const char *key;
         const char *const words[8];
     } enums[] = {
-        {"sslmode", {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}},
-        {"gssencmode", {"disable", "prefer", "require"}},
-        {"channel_binding", {"disable", "prefer", "require"}},
-        {"target_session_attrs",
-         {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}},
+        { "sslmode", { "disable", "allow", "prefer", "require", "verify-ca", "verify-full" } },
+        { "gssencmode", { "disable", "prefer", "require" } },
+        { "channel_binding", { "disable", "prefer", "require" } },
+        { "target_session_attrs",
+          { "any", "read-write", "read-only", "primary", "standby", "prefer-standby" } },
     };
     for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
         if (o->val == NULL)
@@ -73,8 +77,9 @@ static bool values_ok(const PQconninfoOption *opts)
                 char one[32];
                 if (len > 0 && (len >= sizeof one ||
                                 (memcpy(one, v, len), one[len] = '\0', !is_int(one, 1, 65535)))) {
-                    bt_log(BT_LOG_WARN, "pq: bad conninfo: port=\"%s\" is not a port number "
-                                        "(1 to 65535, or a comma-separated list of them)",
+                    bt_log(BT_LOG_WARN,
+                           "pq: bad conninfo: port=\"%s\" is not a port number "
+                           "(1 to 65535, or a comma-separated list of them)",
                            o->val);
                     return false;
                 }
@@ -84,8 +89,8 @@ static bool values_ok(const PQconninfoOption *opts)
             }
         } else if (one_of(o->keyword, ints)) {
             if (*o->val != '\0' && !is_int(o->val, INT_MIN, INT_MAX)) {
-                bt_log(BT_LOG_WARN, "pq: bad conninfo: %s=\"%s\" is not an integer",
-                       o->keyword, o->val);
+                bt_log(BT_LOG_WARN, "pq: bad conninfo: %s=\"%s\" is not an integer", o->keyword,
+                       o->val);
                 return false;
             }
         } else {

@@ -37,7 +37,7 @@ static void send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
         }
         return;
     }
-    bt_pq_query_opts o = {.size = sizeof(bt_pq_query_opts), .no_prepare = true};
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
     pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     bt_free(sql);
@@ -78,8 +78,7 @@ void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n)
     bt_loop_leave_cb(p->loop);
 }
 
-BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_notify_cb cb,
-                                  void *arg)
+BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_notify_cb cb, void *arg)
 {
     if (p == NULL)
         return NULL;

@@ -24,7 +24,10 @@
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
 
-static uint64_t now_ns(void) { return bt_hrtime(); }
+static uint64_t now_ns(void)
+{
+    return bt_hrtime();
+}
 
 uint64_t bt__pq_deadline(bt_pq_pool *p)
 {
@@ -213,8 +216,7 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
             struct pq_listen_wait *w = p->listen_waits;
             p->listen_waits = w->next;
             int n = sqlstate_prefix(msg);
-            bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg,
-                                msg + n);
+            bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg, msg + n);
             bt_future_unref(w->f);
             bt_free(w->channel);
             bt_free(w);
@@ -250,7 +252,6 @@ void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
     if (!p->closed)
         bt__pq_pump(p); /* replace it if anything waits or min_size says so */
 }
-
 
 void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
 {
@@ -321,7 +322,10 @@ bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
     return c;
 }
 
-static void conn_value_release(void *v) { bt_pq_conn_release(v); }
+static void conn_value_release(void *v)
+{
+    bt_pq_conn_release(v);
+}
 
 void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
 {
@@ -473,9 +477,8 @@ static void on_wait_timer(bt_timer *t, void *arg)
     uint64_t now = now_ns();
     char why[600];
     snprintf(why, sizeof why, "%llu ms; pool %u/%u open%s%s",
-             (unsigned long long)p->o.acquire_timeout_ms, p->nconns - p->nconnecting,
-             p->o.max_size, p->last_errmsg ? "; last connect error: " : "",
-             p->last_errmsg ? p->last_errmsg : "");
+             (unsigned long long)p->o.acquire_timeout_ms, p->nconns - p->nconnecting, p->o.max_size,
+             p->last_errmsg ? "; last connect error: " : "", p->last_errmsg ? p->last_errmsg : "");
     while (p->wq_head && p->wq_head->deadline_ns <= now) {
         pq_query *q = p->wq_head;
         bt__pq_wq_unlink(p, q);
@@ -486,8 +489,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
     while (p->aq_head && p->aq_head->deadline_ns <= now) {
         struct pq_acq *a = p->aq_head;
         bt__pq_aq_unlink(p, a);
-        bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s",
-                            why);
+        bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt_future_unref(a->f);
         bt_free(a);
     }
@@ -509,7 +511,6 @@ void bt__pq_arm_wait(bt_pq_pool *p)
     uint64_t now = now_ns();
     bt_timer_start(p->wait_timer, next > now ? (next - now) / 1000000 + 1 : 0, 0);
 }
-
 
 /* ---- Maintenance: lifetime, idleness, retries ---------------------------- */
 
@@ -646,8 +647,8 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     }
     /* The caller's options over the defaults, up to the caller's size. */
-    if (bt__sized_check(o->size, BT__SIZE_V1(bt_pq_options, cancel_timeout_ms), "pq: bt_pq_pool_new",
-                        "bt_pq_options", "bt_pq_options_init") != 0)
+    if (bt__sized_check(o->size, BT__SIZE_V1(bt_pq_options, cancel_timeout_ms),
+                        "pq: bt_pq_pool_new", "bt_pq_options", "bt_pq_options_init") != 0)
         return NULL;
     bt_pq_options given;
     bt_pq_options_init(&given);
@@ -659,8 +660,9 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     }
     if (o->max_size == 0 || o->min_size > o->max_size) {
-        bt_log(BT_LOG_WARN, "pq: bt_pq_pool_new: min_size %u and max_size %u: max_size must "
-                            "be at least 1 and at least min_size",
+        bt_log(BT_LOG_WARN,
+               "pq: bt_pq_pool_new: min_size %u and max_size %u: max_size must "
+               "be at least 1 and at least min_size",
                o->min_size, o->max_size);
         return NULL;
     }
@@ -689,8 +691,8 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
-    if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL || p->sync_ev == NULL ||
-        bt__pq_parse_conninfo(p) != 0 ||
+    if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL ||
+        p->sync_ev == NULL || bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);

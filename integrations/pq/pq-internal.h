@@ -73,11 +73,11 @@ enum { Q_NEW, Q_WAITING, Q_SENT };
 typedef void (*pq_internal_cb)(bt_pq_conn *c, pq_query *q, int err);
 
 struct pq_query {
-    pq_query *prev, *next;     /* the pool's wait queue */
+    pq_query *prev, *next; /* the pool's wait queue */
     bt_pq_pool *pool;
-    bt_pq_conn *conn;          /* once sent */
-    bt_pq_conn *target;        /* an acquired connection, or NULL */
-    bt_future *f;              /* our own reference; NULL if internal */
+    bt_pq_conn *conn;   /* once sent */
+    bt_pq_conn *target; /* an acquired connection, or NULL */
+    bt_future *f;       /* our own reference; NULL if internal */
     pq_internal_cb internal;
     void *internal_arg;
     char *sql;
@@ -91,21 +91,21 @@ struct pq_query {
     bt_pq_row_cb row_cb;
     void *row_arg;
     bool rows_stopped;
-    bt_timer *timer;           /* per-query timeout, if any */
+    bt_timer *timer; /* per-query timeout, if any */
     uint64_t timeout_ms;
-    uint64_t deadline_ns;      /* for the wait queue */
+    uint64_t deadline_ns; /* for the wait queue */
     int state;
     bool settled;
-    bool abandoned;            /* settled early; results to be dropped */
-    bool want_cancel;          /* send a cancel when it reaches the front */
-    bool started;              /* its OP_QUERY reached the front */
-    bool aborted;              /* PGRES_PIPELINE_ABORTED: it never ran */
-    bool solo;                 /* send with a Sync of its own (no batch) */
-    bool used_named;           /* ran a cached prepared statement */
-    bool replanned;            /* already retried for a stale statement */
-    bool recancelled;          /* already retried after a stray cancel */
+    bool abandoned;   /* settled early; results to be dropped */
+    bool want_cancel; /* send a cancel when it reaches the front */
+    bool started;     /* its OP_QUERY reached the front */
+    bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
+    bool solo;        /* send with a Sync of its own (no batch) */
+    bool used_named;  /* ran a cached prepared statement */
+    bool replanned;   /* already retried for a stale statement */
+    bool recancelled; /* already retried after a stray cancel */
     PGresult *res;
-    int err;                   /* first error seen, 0 if none */
+    int err; /* first error seen, 0 if none */
     char *errmsg;
 };
 
@@ -113,59 +113,59 @@ enum { OP_PREPARE, OP_QUERY, OP_SYNC };
 typedef struct {
     int kind;
     pq_query *q;
-    pq_stmt *stmt;             /* OP_PREPARE: the statement being made */
+    pq_stmt *stmt; /* OP_PREPARE: the statement being made */
 } pq_op;
 
 struct pq_stmt {
-    pq_stmt *next;             /* hash chain */
+    pq_stmt *next;                /* hash chain */
     pq_stmt *lru_prev, *lru_next; /* most recently used first */
     char *sql;
     uint32_t hash;
-    bool ready;                /* PREPARE succeeded */
+    bool ready; /* PREPARE succeeded */
     char name[24];
 };
 
 enum { CS_RESOLVING, CS_CONNECTING, CS_READY, CS_DEAD };
 
 struct bt_pq_conn {
-    bt_pq_pool *pool;          /* NULL once dead (closed while acquired) */
+    bt_pq_pool *pool; /* NULL once dead (closed while acquired) */
     bt_loop *loop;
-    bt_pq_conn *prev, *next;   /* the pool's list (not the listener) */
+    bt_pq_conn *prev, *next; /* the pool's list (not the listener) */
     PGconn *pg;
     int state;
     int fd;
-    struct event *ev;          /* connect step, or persistent read */
-    struct event *wev;         /* write, while libpq has unsent data */
+    struct event *ev;  /* connect step, or persistent read */
+    struct event *wev; /* write, while libpq has unsent data */
     bool flushing;
-    bt_timer *timer;           /* connect timeout */
-    int poll;                  /* last PQconnectPoll answer */
-    struct pq_resolve *resolve;/* a resolution job in flight */
-    char *hostaddr;            /* resolved addresses for libpq */
-    pq_op *ops;                /* FIFO ring */
+    bt_timer *timer;            /* connect timeout */
+    int poll;                   /* last PQconnectPoll answer */
+    struct pq_resolve *resolve; /* a resolution job in flight */
+    char *hostaddr;             /* resolved addresses for libpq */
+    pq_op *ops;                 /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
-    unsigned inflight;         /* user queries (not abandoned) in flight */
-    unsigned unsynced;         /* queries sent since the last Sync */
+    unsigned inflight;               /* user queries (not abandoned) in flight */
+    unsigned unsynced;               /* queries sent since the last Sync */
     pq_query *held_head, *held_tail; /* answered, waiting for their Sync */
     unsigned nheld;
-    bool held_error;           /* a query of the held batch failed */
-    unsigned abandoned;        /* abandoned queries still in the FIFO */
-    bool acquired;             /* handed to a user */
-    bool releasing;            /* released; finishing queries / rolling back */
-    bool retiring;             /* past its lifetime: close once drained */
+    bool held_error;    /* a query of the held batch failed */
+    unsigned abandoned; /* abandoned queries still in the FIFO */
+    bool acquired;      /* handed to a user */
+    bool releasing;     /* released; finishing queries / rolling back */
+    bool retiring;      /* past its lifetime: close once drained */
     bool is_listener;
-    bool counted_connecting;   /* in the pool's nconnecting */
+    bool counted_connecting;      /* in the pool's nconnecting */
     struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
-    bool cancel_again;         /* another abandoned query reached the front
+    bool cancel_again;            /* another abandoned query reached the front
                                   while cancel_job was in flight: when it
                                   returns, send one for that query */
-    bool cancel_sent;          /* since it was last idle: a 57014 on another
+    bool cancel_sent;             /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
-    unsigned busy;             /* inside on_io: a close defers the free */
-    bool zombie;               /* closed while busy: on_io frees it */
-    unsigned rollback_tries;   /* ROLLBACKs sent since the release */
+    unsigned busy;                /* inside on_io: a close defers the free */
+    bool zombie;                  /* closed while busy: on_io frees it */
+    unsigned rollback_tries;      /* ROLLBACKs sent since the release */
     uint64_t born_ns;
-    uint64_t idle_ns;          /* when it last became idle */
-    pq_stmt **stmts;           /* hash buckets */
+    uint64_t idle_ns; /* when it last became idle */
+    pq_stmt **stmts;  /* hash buckets */
     pq_stmt *lru_head, *lru_tail;
     unsigned nbuckets, nstmts, stmt_seq;
 };
@@ -180,13 +180,13 @@ struct pq_chan {
 struct pq_listen_wait {
     struct pq_listen_wait *next;
     char *channel;
-    bt_future *f;              /* our own reference */
+    bt_future *f; /* our own reference */
 };
 
 struct pq_acq {
     struct pq_acq *prev, *next;
-    bt_pq_pool *pool;          /* for the cancel hook */
-    bt_future *f;              /* our own reference */
+    bt_pq_pool *pool; /* for the cancel hook */
+    bt_future *f;     /* our own reference */
     uint64_t deadline_ns;
 };
 
@@ -202,35 +202,35 @@ struct bt_pq_pool {
     /* Parsed conninfo, NULL-terminated, for PQconnectStartParams. */
     const char **keys;
     const char **vals;
-    int host_idx, hostaddr_idx;  /* index in keys, or -1 */
-    char *host;                  /* the host list to resolve, or NULL */
+    int host_idx, hostaddr_idx; /* index in keys, or -1 */
+    char *host;                 /* the host list to resolve, or NULL */
     bt_pq_conn *conns;
     unsigned nconns, nconnecting;
     pq_query *wq_head, *wq_tail;
     unsigned nwq;
     struct pq_acq *aq_head, *aq_tail;
     unsigned naq;
-    bt_timer *wait_timer;        /* earliest waiter deadline */
-    bt_timer *maint_timer;       /* lifetime, idleness, min size, retries */
-    unsigned fails;              /* consecutive connect failures */
-    uint64_t next_connect_ns;    /* backoff: no new connect before this */
+    bt_timer *wait_timer;     /* earliest waiter deadline */
+    bt_timer *maint_timer;    /* lifetime, idleness, min size, retries */
+    unsigned fails;           /* consecutive connect failures */
+    uint64_t next_connect_ns; /* backoff: no new connect before this */
     bool ever_connected;
     int last_err;
     char *last_errmsg;
-    bt_future **ready;           /* bt_pq_pool_ready waiters */
+    bt_future **ready; /* bt_pq_pool_ready waiters */
     size_t nready;
     bt_pq_conn *listener;
     pq_chan *chans;
     struct pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
     bool pumping, repump;
-    struct event *sync_ev;       /* end of pass: Sync the open batches */
+    struct event *sync_ev; /* end of pass: Sync the open batches */
     bool sync_armed;
     uint64_t maint_due_ns;
-    bool closing;                /* bt_pq_pool_close: draining */
-    bool drained;                /* ... and done: close_f gets a value */
-    bt_future *close_f;          /* our own reference */
-    bool closed;                 /* shut down (pool freed or loop closing) */
-    bool loop_gone;              /* the loop's closer ran: do not touch it */
+    bool closing;       /* bt_pq_pool_close: draining */
+    bool drained;       /* ... and done: close_f gets a value */
+    bt_future *close_f; /* our own reference */
+    bool closed;        /* shut down (pool freed or loop closing) */
+    bool loop_gone;     /* the loop's closer ran: do not touch it */
     uint32_t rng;
     bt_pq_stats st;
 };
@@ -260,7 +260,7 @@ void bt__pq_pool_arm_sync(bt_pq_pool *p);
 
 /* query.c */
 pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
-                       const bt_pq_query_opts *opts, int *err);
+                           const bt_pq_query_opts *opts, int *err);
 void bt__pq_query_settle_result(pq_query *q);
 void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 /* Take q off the pool's queue of queries waiting for a connection. */

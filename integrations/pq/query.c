@@ -10,12 +10,15 @@
 #include "pq-internal.h"
 #include "sized.h"
 
-static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+static size_t align8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
 
 /* One allocation holds the query, its arrays and its strings: a point
  * select costs one malloc here, not one per parameter. */
 pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
-                       const bt_pq_query_opts *opts, int *err)
+                           const bt_pq_query_opts *opts, int *err)
 {
     *err = 0;
     if (nparams < 0 || nparams > 65535 || (nparams > 0 && values == NULL)) {
@@ -75,8 +78,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
             q->values[i] = NULL;
             continue;
         }
-        size_t n = (binary && opts->formats[i] == 1) ? (size_t)opts->lengths[i]
-                                                      : strlen(values[i]);
+        size_t n = (binary && opts->formats[i] == 1) ? (size_t)opts->lengths[i] : strlen(values[i]);
         q->values[i] = at;
         memcpy(at, values[i], n);
         at[n] = '\0';
@@ -227,7 +229,7 @@ static void abandon(pq_query *q, int code)
                 q->pool->st.queries++;
         } else {
             bt__pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
-                          (unsigned long long)q->timeout_ms);
+                              (unsigned long long)q->timeout_ms);
         }
         bt__pq_conn_abandon(q->conn, q);
     }
@@ -254,12 +256,14 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     if (f == NULL)
         return NULL;
     /* The caller's options up to their size; the rest default to zero. */
-    bt_pq_query_opts given = {0};
+    bt_pq_query_opts given = { 0 };
     if (opts != NULL) {
         if (bt__sized_check(opts->size, BT__SIZE_V1(bt_pq_query_opts, row_arg), "pq: query",
                             "bt_pq_query_opts", "BT_SIZED(bt_pq_query_opts)") != 0) {
-            bt_future_set_error(f, BT_EINVAL, "bt_pq_query_opts.size is %zu: initialise the "
-                                "options with BT_SIZED(bt_pq_query_opts)", opts->size);
+            bt_future_set_error(f, BT_EINVAL,
+                                "bt_pq_query_opts.size is %zu: initialise the "
+                                "options with BT_SIZED(bt_pq_query_opts)",
+                                opts->size);
             return f;
         }
         bt__sized_read(&given, sizeof given, opts, opts->size);
@@ -298,8 +302,9 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
         return f;
     }
     if (p->nwq + p->naq >= p->o.max_waiters) {
-        bt__pq_query_fail(q, BT_EAGAIN, "too many queries waiting for a connection (max_waiters %u)",
-                      p->o.max_waiters);
+        bt__pq_query_fail(q, BT_EAGAIN,
+                          "too many queries waiting for a connection (max_waiters %u)",
+                          p->o.max_waiters);
         bt__pq_query_free(q);
         return f;
     }
@@ -325,7 +330,7 @@ BT_EXPORT bt_future *bt_pq_query(bt_pq_pool *p, const char *sql, int nparams,
 }
 
 BT_EXPORT bt_future *bt_pq_query_ex(bt_pq_pool *p, const char *sql, int nparams,
-                                      const char *const *values, const bt_pq_query_opts *opts)
+                                    const char *const *values, const bt_pq_query_opts *opts)
 {
     if (p == NULL || sql == NULL)
         return NULL;

@@ -25,7 +25,7 @@
 struct pq_resolve {
     bt_pq_conn *c; /* NULL once the connection gave up on us */
     bt__pq_resolved_cb done;
-    bt_future *f;  /* the job's future: our reference, dropped in resolve_done */
+    bt_future *f; /* the job's future: our reference, dropped in resolve_done */
 };
 
 static bool is_numeric(const char *h)
@@ -64,8 +64,9 @@ static int resolve_job(bt_job *job, void *arg)
             if (is_numeric(h)) {
                 snprintf(addr, sizeof addr, "%s", h);
             } else {
-                struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                         .ai_flags = AI_ADDRCONFIG};
+                struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                                          .ai_socktype = SOCK_STREAM,
+                                          .ai_flags = AI_ADDRCONFIG };
                 struct addrinfo *ai = NULL;
                 int e = getaddrinfo(h, NULL, &hints, &ai);
                 if (e != 0 || ai == NULL) {

@@ -62,8 +62,7 @@ BT_EXPORT unsigned bt_pq_result_column_type(const bt_pq_result *r, int col)
 
 static bool in_range(const bt_pq_result *r, int row, int col)
 {
-    return r && r->pg && row >= 0 && col >= 0 && row < PQntuples(r->pg) &&
-           col < PQnfields(r->pg);
+    return r && r->pg && row >= 0 && col >= 0 && row < PQntuples(r->pg) && col < PQnfields(r->pg);
 }
 
 BT_EXPORT const char *bt_pq_result_get(const bt_pq_result *r, int row, int col)

@@ -117,7 +117,7 @@ static void nap(double s)
 {
     if (s <= 0)
         return;
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
@@ -254,8 +254,7 @@ typedef struct {
 static int server_start(server *s, const char *tag, const char *upstream, long nofile)
 {
     memset(s, 0, sizeof *s);
-    snprintf(s->log, sizeof s->log, "%s/faults-%s-%d.log", bt_test_pg_dir(pg), tag,
-             (int)getpid());
+    snprintf(s->log, sizeof s->log, "%s/faults-%s-%d.log", bt_test_pg_dir(pg), tag, (int)getpid());
     unlink(s->log);
     fflush(NULL);
     s->pid = fork();
@@ -292,7 +291,7 @@ static int server_start(server *s, const char *tag, const char *upstream, long n
                  asan != NULL && *asan != '\0' ? ":" : "");
         setenv("ASAN_OPTIONS", opts, 1);
         if (nofile > 0) {
-            struct rlimit rl = {(rlim_t)nofile, (rlim_t)nofile};
+            struct rlimit rl = { (rlim_t)nofile, (rlim_t)nofile };
             setrlimit(RLIMIT_NOFILE, &rl);
         }
         execl(server_bin, server_bin, (char *)NULL);
@@ -377,8 +376,8 @@ static double cpu_s(pid_t pid)
     buf[len] = '\0';
     char *p = strrchr(buf, ')');
     unsigned long ut = 0, st = 0;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                            &st) != 2)
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
@@ -414,7 +413,7 @@ static int dial(int port)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         close(fd);
@@ -450,7 +449,7 @@ static size_t read_until(int fd, char *buf, size_t cap, double idle_s, double de
             left = idle_s;
         if (left <= 0)
             break;
-        struct pollfd p = {fd, POLLIN, 0};
+        struct pollfd p = { fd, POLLIN, 0 };
         int r = poll(&p, 1, (int)(left * 1000) + 1);
         if (r < 0 && errno == EINTR)
             continue;
@@ -504,7 +503,7 @@ static int http_get(int port, const char *path, double timeout_s)
         double left = deadline - now();
         if (left <= 0)
             break;
-        struct pollfd p = {fd, POLLIN, 0};
+        struct pollfd p = { fd, POLLIN, 0 };
         int r = poll(&p, 1, (int)(left * 1000) + 1);
         if (r < 0 && errno == EINTR)
             continue;
@@ -558,7 +557,7 @@ static void *load_thread(void *arg)
             l->s = realloc(l->s, l->cap * sizeof *l->s);
         }
         if (l->s != NULL)
-            l->s[l->n++] = (sample){t0, t1, st};
+            l->s[l->n++] = (sample){ t0, t1, st };
         pthread_mutex_unlock(&l->mu);
         if (st < 0)
             nap(0.02); /* refused: do not spin */
@@ -599,7 +598,7 @@ typedef struct {
 /* Count the requests that started in [from, to). */
 static tally load_tally(const load *l, double from, double to)
 {
-    tally t = {0};
+    tally t = { 0 };
     for (size_t i = 0; i < l->n; i++) {
         const sample *s = &l->s[i];
         if (s->start < from || s->start >= to)
@@ -627,16 +626,15 @@ static double load_recovery(const load *l, double since)
 {
     double best = -1;
     for (size_t i = 0; i < l->n; i++)
-        if (l->s[i].status == 200 && l->s[i].start >= since &&
-            (best < 0 || l->s[i].end < best))
+        if (l->s[i].status == 200 && l->s[i].start >= since && (best < 0 || l->s[i].end < best))
             best = l->s[i].end;
     return best < 0 ? -1 : best - since;
 }
 
 #define TALLY_FMT "requests=%d ok200=%d s504=%d s503=%d other5xx=%d other=%d hung=%d refused=%d"
-#define TALLY_ARGS(t)                                                                          \
-    (t).requests, (t).ok, (t).s504, (t).s503, (t).s5xx - (t).s503 - (t).s504, (t).other,       \
-        (t).hung, (t).refused
+#define TALLY_ARGS(t)                                                                              \
+    (t).requests, (t).ok, (t).s504, (t).s503, (t).s5xx - (t).s503 - (t).s504, (t).other, (t).hung, \
+        (t).refused
 
 /* Stop a server that should be healthy, and check that it exits 0 within
  * its shutdown deadline plus the bound (a sanitizer's report or a crash
@@ -770,7 +768,7 @@ static void fault_wedged_postmaster(server *s)
     one_get g[GIVE_UP];
     pthread_t th[GIVE_UP];
     for (int i = 0; i < GIVE_UP; i++) {
-        g[i] = (one_get){s->port, 0};
+        g[i] = (one_get){ s->port, 0 };
         pthread_create(&th[i], NULL, one_get_thread, &g[i]);
     }
     int gave_up = 0;
@@ -818,19 +816,18 @@ static void fault_smuggling(server *s)
     static const struct {
         const char *name, *bytes;
     } cases[] = {
-        {"smuggle_two_content_lengths",
-         "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"
-         "abcde"},
-        {"smuggle_content_length_plus",
-         "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd"},
-        {"smuggle_te_identity_chunked_with_cl",
-         "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n"
-         "Content-Length: 5\r\n\r\n0\r\n\r\n"},
-        {"smuggle_obs_fold",
-         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n"},
-        {"smuggle_cl4_cl40_hidden_request",
-         "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n"
-         "abcdGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"},
+        { "smuggle_two_content_lengths",
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"
+          "abcde" },
+        { "smuggle_content_length_plus",
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd" },
+        { "smuggle_te_identity_chunked_with_cl",
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n"
+          "Content-Length: 5\r\n\r\n0\r\n\r\n" },
+        { "smuggle_obs_fold", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n" },
+        { "smuggle_cl4_cl40_hidden_request",
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n"
+          "abcdGET /nope HTTP/1.1\r\nHost: x\r\n\r\n" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int fd = dial(s->port);
@@ -1025,13 +1022,13 @@ static void *endless_accept(void *arg)
 {
     int lfd = (int)(intptr_t)arg;
     while (!atomic_load(&upstream_stop)) {
-        struct pollfd p = {lfd, POLLIN, 0};
+        struct pollfd p = { lfd, POLLIN, 0 };
         if (poll(&p, 1, 200) <= 0)
             continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
-        struct timeval tv = {5, 0}; /* a stalled reader ends the thread */
+        struct timeval tv = { 5, 0 }; /* a stalled reader ends the thread */
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         pthread_t t;
         if (pthread_create(&t, NULL, endless_conn, (void *)(intptr_t)fd) == 0)
@@ -1048,7 +1045,7 @@ static void *endless_accept(void *arg)
 static void fault_endless_upstream(void)
 {
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct sockaddr_in sa = { .sin_family = AF_INET };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t sl = sizeof sa;
     if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 128) != 0 ||
