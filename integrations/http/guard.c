@@ -186,7 +186,7 @@ enum conn_state {
 
 typedef struct conn {
     bt__guard *g;
-    struct conn *prev, *next;
+    bt__list link;           /* on the guard's conns */
     struct bufferevent *bev; /* evhttp's; the guard holds a reference */
     struct evbuffer_cb_entry *watch;
     struct event *timer;
@@ -769,12 +769,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 static void conn_release(conn *c)
 {
     bt__guard *g = c->g;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        g->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    bt__list_remove(&c->link);
     if (c->counted)
         atomic_fetch_sub_explicit(&g->app->open_conns, 1, memory_order_relaxed);
     evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->watch);
@@ -901,6 +896,7 @@ struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
     conn *c = bt_calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
+    bt__list_init(&c->link);
     c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->timer = event_new(base, -1, 0, on_timer, c);
     if (c->bev != NULL)
@@ -915,10 +911,7 @@ struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
     }
     bufferevent_incref(c->bev); /* the guard's, until evhttp's close callback */
     c->g = g;
-    c->next = g->conns;
-    if (g->conns != NULL)
-        g->conns->prev = c;
-    g->conns = c;
+    bt__list_push_front(&g->conns, &c->link);
     unsigned open = atomic_fetch_add_explicit(&g->app->open_conns, 1, memory_order_relaxed);
     c->counted = true;
     c->head_started = true;
@@ -939,6 +932,7 @@ int bt__guard_init(bt__guard *g, bt_http_server *srv, bt_http_app *app, struct e
                    bt__http_stats *stats)
 {
     memset(g, 0, sizeof *g);
+    bt__list_init(&g->conns);
     g->srv = srv;
     g->app = app;
     g->stats = stats;
@@ -951,8 +945,8 @@ int bt__guard_init(bt__guard *g, bt_http_server *srv, bt_http_app *app, struct e
 void bt__guard_close(bt__guard *g)
 {
     bt__guard_forget_listeners(g);
-    while (g->conns != NULL)
-        conn_release(g->conns);
+    while (!bt__list_empty(&g->conns))
+        conn_release(BT__LIST_ENTRY(g->conns.next, conn, link));
     if (g->accept_timer != NULL) {
         event_free(g->accept_timer);
         g->accept_timer = NULL;

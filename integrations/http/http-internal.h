@@ -9,6 +9,8 @@
 
 #include <baton/http.h>
 
+#include "list.h"
+
 #define BT__HTTP_MAX_PARAMS 16
 
 /* ---- Router (router.c) --------------------------------------------------- */
@@ -205,7 +207,7 @@ typedef struct bt__guard {
     bt_http_server *srv;
     bt_http_app *app;
     bt__http_stats *stats;
-    struct conn *conns; /* every connection not yet destroyed */
+    bt__list conns; /* every connection not yet destroyed (struct conn) */
     struct evconnlistener *listeners[BT__GUARD_MAX_LISTENERS];
     size_t nlisteners;
     struct event *accept_timer; /* resumes accepting after a pause */
