@@ -80,8 +80,13 @@
 
 #define MIN_STACK (16u * 1024u)
 #define MAX_STACK (1024u * 1024u * 1024u)
-#define FREE_MAX 64               /* stacks a loop keeps for reuse */
-#define GUARD_SLACK (64u * 1024u) /* a frame may skip past the guard page */
+#define FREE_MAX 64 /* stacks a loop keeps for reuse */
+/* The guard below each stack: no access, address space only. A frame
+ * larger than the guard could step over it into the mapping below (often
+ * another fiber's stack, with its record at the top) without a fault, so
+ * the guard is as large as the frames we expect, not one page; the fault
+ * handler also takes faults up to this far under the mapping. */
+#define GUARD_SLACK (64u * 1024u)
 
 typedef struct bt__fiber bt__fiber;
 
@@ -333,7 +338,7 @@ static bt__fiber *fiber_map(bt__fibers *fs)
         stack_unpoison(fib->stack_lo, fib->stack_size);
         return fib;
     }
-    size_t guard = page_size();
+    size_t guard = GUARD_SLACK > page_size() ? GUARD_SLACK : page_size();
     size_t map_size = guard + fs->stack_size;
     int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 #ifdef MAP_STACK

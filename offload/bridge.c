@@ -230,6 +230,11 @@ BT_EXPORT void bt_bridge_result_clear(bt_bridge_result *r)
 {
     if (r == NULL)
         return;
+    /* A result bt_bridge_call refused (its size unset) holds nothing of
+     * ours, only what was on the caller's stack: touch none of it. */
+    if (bt__sized_check(r->size, BT__SIZE_V1(bt_bridge_result, message), "bt_bridge_result_clear",
+                        "bt_bridge_result", "BT_SIZED(bt_bridge_result)") != 0)
+        return;
     if (r->dtor)
         r->dtor(r->value);
     bt_free(r->message);

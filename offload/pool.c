@@ -628,22 +628,26 @@ static void *worker_main(void *arg)
 
 /* ---- Pools ----------------------------------------------------------------- */
 
-BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg)
+/* size is the caller's sizeof (the bt_pool_config_init macro): only that
+ * much is written, whatever this library's layout. */
+BT_EXPORT void bt_pool_config_init_size(bt_pool_config *cfg, size_t size)
 {
-    if (cfg == NULL)
+    if (cfg == NULL || size < sizeof(size_t))
         return;
-    memset(cfg, 0, sizeof *cfg);
-    cfg->size = sizeof *cfg;
+    bt_pool_config d;
+    memset(&d, 0, sizeof d);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg->cpu_threads = n > 0 ? (unsigned)n : 1;
-    cfg->blocking_max = DEFAULT_BLOCKING_MAX;
-    cfg->blocking_idle_ms = DEFAULT_IDLE_MS;
-    cfg->cpu_queue_max = DEFAULT_QUEUE_MAX;
-    cfg->blocking_queue_max = DEFAULT_QUEUE_MAX;
-    cfg->linger_us = DEFAULT_LINGER_US;
-    cfg->name = "bt";
-    cfg->cpu_nice = DEFAULT_CPU_NICE;
-    cfg->shutdown_ms = DEFAULT_SHUTDOWN_MS;
+    d.cpu_threads = n > 0 ? (unsigned)n : 1;
+    d.blocking_max = DEFAULT_BLOCKING_MAX;
+    d.blocking_idle_ms = DEFAULT_IDLE_MS;
+    d.cpu_queue_max = DEFAULT_QUEUE_MAX;
+    d.blocking_queue_max = DEFAULT_QUEUE_MAX;
+    d.linger_us = DEFAULT_LINGER_US;
+    d.name = "bt";
+    d.cpu_nice = DEFAULT_CPU_NICE;
+    d.shutdown_ms = DEFAULT_SHUTDOWN_MS;
+    memset(cfg, 0, size); /* fields a newer header has: zero, "default" */
+    bt__sized_write(cfg, size, &d, sizeof d);
 }
 
 /* Zeros in cfg become defaults. */

@@ -30,7 +30,7 @@
  *   was awaiting. The fiber unwinds by returning; its future then settles
  *   cancelled. bt_loop_free cancels suspended fibers the same way and runs
  *   them until they return.
- * - Stacks are fixed-size (bt_loop_set_fiber_stack), with a guard page: an
+ * - Stacks are fixed-size (bt_loop_set_fiber_stack), with a 64 KiB guard: an
  *   overflow kills the process with a message naming the fiber's function.
  * - Never await on a pool worker (a bt_to_thread job): it is no fiber, and
  *   bt_await returns BT_EINVAL there.
@@ -87,7 +87,7 @@ BT_EXPORT bool bt_in_fiber(void);
  * few hundred bytes) sits at the top of it. The default is
  * BT_FIBER_STACK_DEFAULT (see docs/fibers.md for what was measured).
  * Stacks are mapped lazily: a fiber costs the pages it touches, plus one
- * guard page of address space. Returns 0, or BT_EINVAL (a NULL loop, a
+ * 64 KiB guard of address space. Returns 0, or BT_EINVAL (a NULL loop, a
  * size under 16 KiB or over 1 GiB). Thread: the loop's. */
 #define BT_FIBER_STACK_DEFAULT (64u * 1024u)
 BT_EXPORT int bt_loop_set_fiber_stack(bt_loop *loop, size_t bytes);

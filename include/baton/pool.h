@@ -146,8 +146,11 @@ typedef struct {
 
 /* Fill cfg with the defaults and its size (zeros mean "default"
  * everywhere, so BT_SIZED(bt_pool_config) works too; see common.h). NULL
- * is a no-op. Thread: any. */
-BT_EXPORT void bt_pool_config_init(bt_pool_config *cfg);
+ * is a no-op. Thread: any. A macro, so that the size is the caller's
+ * sizeof: a program built against an older header, with a smaller struct,
+ * is never written past its end by a newer library. */
+#define bt_pool_config_init(cfg) bt_pool_config_init_size((cfg), sizeof *(cfg))
+BT_EXPORT void bt_pool_config_init_size(bt_pool_config *cfg, size_t size);
 
 /* A new pool (cfg may be NULL for the defaults; it is copied). The CPU
  * lane's threads and one blocking thread start now; more blocking threads

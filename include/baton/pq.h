@@ -139,8 +139,10 @@ typedef struct {
 
 /* Fill o with the defaults above (conninfo NULL) and its size (see
  * common.h: a struct not filled by this is refused). NULL is a no-op.
- * Thread: any. */
-BT_EXPORT void bt_pq_options_init(bt_pq_options *o);
+ * Thread: any. A macro, so that the size is the caller's sizeof: a program
+ * built against an older header is never written past its struct's end. */
+#define bt_pq_options_init(o) bt_pq_options_init_size((o), sizeof *(o))
+BT_EXPORT void bt_pq_options_init_size(bt_pq_options *o, size_t size);
 
 /* A new pool on loop. Starts min_size connections in the background and
  * returns at once (use bt_pq_pool_ready to wait for the first).

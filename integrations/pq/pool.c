@@ -34,12 +34,14 @@ uint64_t bt__pq_deadline(bt_pq_pool *p)
     return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
 }
 
-BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
+/* size is the caller's sizeof (the bt_pq_options_init macro): only that
+ * much is written, whatever this library's layout. */
+BT_EXPORT void bt_pq_options_init_size(bt_pq_options *dst, size_t size)
 {
-    if (o == NULL)
+    if (dst == NULL || size < sizeof(size_t))
         return;
+    bt_pq_options d, *o = &d;
     memset(o, 0, sizeof *o);
-    o->size = sizeof *o;
     o->min_size = 1;
     o->max_size = 10;
     o->pipeline_depth = 16;
@@ -53,6 +55,8 @@ BT_EXPORT void bt_pq_options_init(bt_pq_options *o)
     o->stmt_cache_size = 256;
     o->resolve_timeout_ms = 5000;
     o->cancel_timeout_ms = 5000;
+    memset(dst, 0, size); /* fields a newer header has: zero, "default" */
+    bt__sized_write(dst, size, o, sizeof *o);
 }
 
 /* ---- Connections coming and going -------------------------------------- */
