@@ -28,15 +28,17 @@
  * and a NULL from fetch_user simply makes f NULL.
  * Every other function borrows the futures it is given: the accessors,
  * bt_future_add_callback, bt_future_cancel, bt_future_set_from,
- * bt_loop_run_until and the like. *
+ * bt_loop_run_until and the like.
+ *
  * Structs that can grow
  * Every public config or stats struct begins with `size_t size`, which the
  * caller sets to sizeof the struct, and Baton reads or writes the struct
  * only up to that size: fields past it take their defaults on input and
  * are not written on output. So fields can be appended in a later version
  * without breaking programs built against this header. Set size with the
- * struct's _init function where it has one (bt_pool_config_init,
- * bt_pq_options_init: they also fill the defaults), else with BT_SIZED:
+ * struct's _init where it has one (bt_pool_config_init,
+ * bt_pq_options_init: macros that pass your sizeof, and fill the
+ * defaults), else with BT_SIZED:
  *
  *     bt_pool_stats st = BT_SIZED(bt_pool_stats);
  *     bt_pool_get_stats(pool, &st);
