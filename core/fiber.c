@@ -49,6 +49,7 @@
 #include "fiber-ctx.h"
 #include "fiber-internal.h"
 #include "future-internal.h"
+#include "list.h"
 
 /* ---- Sanitizers and valgrind ------------------------------------------- */
 
@@ -93,11 +94,11 @@ typedef struct bt__fiber bt__fiber;
 /* The loop's fibers: owned by the loop (loop->fibers), loop thread only. */
 typedef struct bt__fibers {
     size_t stack_size; /* usable bytes of new stacks */
-    bt__fiber *free;   /* mappings to reuse, all of stack_size */
+    bt__list free;     /* mappings to reuse, all of stack_size */
     size_t nfree;
-    size_t alive;    /* fibers started and not yet ended */
-    size_t mapped;   /* bytes mapped: the fibers' and the free list's */
-    bt__fiber *live; /* every mapping in use, for bt_loop_free */
+    size_t alive;  /* fibers started and not yet ended */
+    size_t mapped; /* bytes mapped: the fibers' and the free list's */
+    bt__list live; /* every mapping in use, for bt_loop_free */
 } bt__fibers;
 
 struct bt__fiber {
@@ -121,7 +122,7 @@ struct bt__fiber {
     size_t guard;
     char *stack_lo;
     size_t stack_size;
-    bt__fiber *live_prev, *live_next;
+    bt__list link; /* on the loop's live list while in use, then on free */
     unsigned vg_id;
 #ifdef BT_ASAN
     void *asan_fake;
@@ -287,6 +288,8 @@ static bt__fibers *fibers_of(bt_loop *loop)
         if (fs == NULL)
             return NULL;
         fs->stack_size = BT_FIBER_STACK_DEFAULT;
+        bt__list_init(&fs->free);
+        bt__list_init(&fs->live);
         loop->fibers = fs;
     }
     return loop->fibers;
@@ -321,9 +324,9 @@ static void map_release(bt__fibers *fs, char *map, size_t map_size, unsigned vg_
  * new one. NULL when out of address space. */
 static bt__fiber *fiber_map(bt__fibers *fs)
 {
-    if (fs->free != NULL) {
-        bt__fiber *fib = fs->free;
-        fs->free = fib->live_next;
+    bt__list *reuse = bt__list_pop_front(&fs->free);
+    if (reuse != NULL) {
+        bt__fiber *fib = BT__LIST_ENTRY(reuse, bt__fiber, link);
         fs->nfree--;
         char *map = fib->map;
         size_t map_size = fib->map_size, guard = fib->guard, stack_size = fib->stack_size;
@@ -365,17 +368,6 @@ static bt__fiber *fiber_map(bt__fibers *fs)
     return fib;
 }
 
-static void live_remove(bt__fibers *fs, bt__fiber *fib)
-{
-    if (fib->live_prev)
-        fib->live_prev->live_next = fib->live_next;
-    else
-        fs->live = fib->live_next;
-    if (fib->live_next)
-        fib->live_next->live_prev = fib->live_prev;
-    fib->live_prev = fib->live_next = NULL;
-}
-
 /* The last reference is gone: the mapping goes back to the free list (or
  * away, if the list is full or the stack size has changed since). */
 static void fiber_unref(bt__fiber *fib)
@@ -383,10 +375,9 @@ static void fiber_unref(bt__fiber *fib)
     if (--fib->refs > 0)
         return;
     bt__fibers *fs = fib->fs;
-    live_remove(fs, fib);
+    bt__list_remove(&fib->link);
     if (fs->nfree < FREE_MAX && fib->map_size == fib->guard + fs->stack_size) {
-        fib->live_next = fs->free;
-        fs->free = fib;
+        bt__list_push_front(&fs->free, &fib->link);
         fs->nfree++;
     } else {
         map_release(fs, fib->map, fib->map_size, fib->vg_id);
@@ -601,10 +592,7 @@ BT_EXPORT bt_future *bt_async(bt_loop *loop, bt_start_fn fn, void *arg)
     }
     fib->fs = fs;
     fib->refs = 1; /* the run's; queue_task adds the start task's */
-    fib->live_next = fs->live;
-    if (fs->live)
-        fs->live->live_prev = fib;
-    fs->live = fib;
+    bt__list_push_front(&fs->live, &fib->link);
     bt_future *r = bt_future_new(loop);
     if (r == NULL) {
         fiber_unref(fib);
@@ -706,9 +694,8 @@ BT_EXPORT int bt_loop_set_fiber_stack(bt_loop *loop, size_t bytes)
     size_t size = round_page(bytes);
     if (size != fs->stack_size) {
         fs->stack_size = size;
-        while (fs->free != NULL) { /* the wrong size now */
-            bt__fiber *fib = fs->free;
-            fs->free = fib->live_next;
+        for (bt__list *n; (n = bt__list_pop_front(&fs->free)) != NULL;) { /* wrong size now */
+            bt__fiber *fib = BT__LIST_ENTRY(n, bt__fiber, link);
             map_release(fs, fib->map, fib->map_size, fib->vg_id);
         }
         fs->nfree = 0;
@@ -736,14 +723,9 @@ void bt__fibers_free(bt_loop *loop)
                "(awaiting in a loop that ignores BT_ECANCELED?): their stacks are freed "
                "without unwinding",
                fs->alive, fs->alive == 1 ? "" : "s");
-    while (fs->live != NULL) {
-        bt__fiber *fib = fs->live;
-        fs->live = fib->live_next;
-        map_release(fs, fib->map, fib->map_size, fib->vg_id);
-    }
-    while (fs->free != NULL) {
-        bt__fiber *fib = fs->free;
-        fs->free = fib->live_next;
+    bt__list_splice_back(&fs->live, &fs->free);
+    for (bt__list *n; (n = bt__list_pop_front(&fs->live)) != NULL;) {
+        bt__fiber *fib = BT__LIST_ENTRY(n, bt__fiber, link);
         map_release(fs, fib->map, fib->map_size, fib->vg_id);
     }
     bt_free(fs);
