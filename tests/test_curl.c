@@ -1572,7 +1572,7 @@ START_TEST(test_retry_deadline)
     bt_http_client_set_retry(cli, &p);
     f = bt_http_get(cli, url("/slow?ms=15000"));
     msg = wait_err(f, BT_ETIMEDOUT);
-    ck_assert_msg(strstr(msg, "during attempt 1") != NULL, "message: %s", msg);
+    ck_assert_msg(strstr(msg, "during an attempt") != NULL, "message: %s", msg);
     bt_future_unref(f);
     spin_until(curl_server_slow_aborted, 1);
 }

@@ -233,9 +233,10 @@ static void on_deadline(evutil_socket_t fd, short events, void *arg)
     x->deadline_armed = false;
     if (x->future == NULL)
         return; /* settled, and its release is on its way */
-    bt__xfer_fail(x, BT_ETIMEDOUT, "the retry deadline of %llu ms passed %s attempt %u",
-                  (unsigned long long)x->pol.deadline_ms, x->backoff ? "before" : "during",
-                  x->backoff ? x->attempt + 1 : x->attempt);
+    /* bt__xfer_fail adds "(attempt N)" after the first. */
+    bt__xfer_fail(x, BT_ETIMEDOUT, "the retry deadline of %llu ms passed %s",
+                  (unsigned long long)x->pol.deadline_ms,
+                  x->backoff ? "while waiting to retry" : "during an attempt");
     bt__xfer_release(x); /* from a libevent timer: curl is not on the stack */
 }
 
@@ -304,10 +305,10 @@ bool bt__retry_after_attempt(xfer *x, CURLcode rc)
     if (x->deadline_ns != 0 && bt_hrtime() + wait_ms * 1000000 >= x->deadline_ns) {
         char buf[CURL_ERROR_SIZE + 32];
         bt__xfer_fail(x, BT_ETIMEDOUT,
-                      "the retry deadline of %llu ms leaves no time for attempt %u after a "
-                      "wait of %llu ms; attempt %u ended with %s",
-                      (unsigned long long)x->pol.deadline_ms, x->attempt + 1,
-                      (unsigned long long)wait_ms, x->attempt, outcome(x, rc, buf, sizeof buf));
+                      "the retry deadline of %llu ms leaves no room for a wait of %llu ms and "
+                      "another attempt; the last one ended with %s",
+                      (unsigned long long)x->pol.deadline_ms, (unsigned long long)wait_ms,
+                      outcome(x, rc, buf, sizeof buf));
         bt__xfer_release(x);
         return true;
     }
