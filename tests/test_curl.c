@@ -1556,15 +1556,19 @@ START_TEST(test_retry_deadline)
     const char *msg = wait_err(f, BT_ETIMEDOUT);
     ck_assert_msg(strstr(msg, "retry deadline of 800 ms") != NULL, "message: %s", msg);
     bt_future_unref(f);
-    long seen = curl_server_flaky(srv);
-    ck_assert_int_ge(seen, 2);
     bt_http_client_stats st = stats();
-    ck_assert_uint_eq(st.retries, (uint64_t)seen - 1);
+    ck_assert_uint_ge(st.started, 2);
+    ck_assert_uint_eq(st.retries, st.started - 1);
     ck_assert_uint_eq(st.failed, 1);
     ck_assert_uint_eq(st.in_flight, 0);
-    /* Nothing goes out after the future settled. */
+    /* Nothing goes out after the future settled. Every attempt but the
+     * last got its 503, so the server saw each; the last may have been
+     * cut by the deadline before it reached the server's handler. */
     run_for(300);
-    ck_assert_int_eq(curl_server_flaky(srv), seen);
+    ck_assert_uint_eq(stats().started, st.started);
+    long seen = curl_server_flaky(srv);
+    ck_assert_int_le(seen, (long)st.started);
+    ck_assert_int_ge(seen, (long)st.started - 1);
 
     /* The deadline also cuts an attempt short: the server sees the
      * connection go. */
