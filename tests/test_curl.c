@@ -1414,6 +1414,16 @@ START_TEST(test_retry_after_429)
     bt_future_unref(f);
     ck_assert_int_eq(curl_server_flaky(srv), 5);
     ck_assert_uint_eq(stats().retries, 2);
+
+    /* Told not to honour it, the client backs off as usual: the same
+     * reply is retried (fail=6: one more 429, then a 200). */
+    p.honor_retry_after = false;
+    bt_http_client_set_retry(cli, &p);
+    f = bt_http_get(cli, url("/flaky?fail=6&code=429&ra=5"));
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 200);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 7);
+    ck_assert_uint_eq(stats().retries, 3);
 }
 END_TEST
 
@@ -1609,6 +1619,19 @@ START_TEST(test_retry_cancel_during_wait)
     ck_assert_uint_eq(st.started, 1);
     ck_assert_uint_eq(st.retries, 0);
     ck_assert_uint_eq(st.cancelled, 1);
+
+    /* Freeing the client during a wait cancels the request too. */
+    f = bt_http_get(cli, url("/flaky?fail=-1&ra=1"));
+    for (int i = 0; i < 2000 && (curl_server_flaky(srv) < 2 || stats().in_flight > 0); i++)
+        run_for(5);
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
+    bt_http_client_free(cli);
+    cli = NULL;
+    bt_test_run_until(loop, f, T_LONG);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    run_for(1500);
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
 }
 END_TEST
 
