@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -38,6 +39,7 @@ struct curl_server {
     int port, drop_port;
     _Atomic long accepted, open, peak_open, requests;
     _Atomic long slow_active, slow_peak, slow_aborted;
+    _Atomic long flaky;     /* requests to /flaky so far */
     struct slow_ctx *slows; /* replies still waiting (server thread) */
 };
 
@@ -176,6 +178,37 @@ static void route_slow(curl_server *s, struct evhttp_request *req)
     evtimer_add(c->ev, &tv);
 }
 
+/* The first `fail` requests to /flaky (all of them with fail=-1) get
+ * status `code` (503 by default), with "Retry-After: <ra>" or an HTTP-date
+ * radate seconds ahead if asked; later ones a 200 with the body (or "ok"). */
+static void route_flaky(curl_server *s, struct evhttp_request *req)
+{
+    long n = atomic_fetch_add(&s->flaky, 1);
+    long fail = query_long(req, "fail", 1);
+    if (fail >= 0 && n >= fail) {
+        /* The body back, so that a test sees a retried body arrive whole. */
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        if (evbuffer_get_length(in) > 0)
+            evhttp_send_reply(req, 200, "OK", in);
+        else
+            reply_text(req, 200, "ok");
+        return;
+    }
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    char v[64];
+    long ra = query_long(req, "ra", -1), radate = query_long(req, "radate", -1);
+    if (ra >= 0) {
+        snprintf(v, sizeof v, "%ld", ra);
+        evhttp_add_header(out, "Retry-After", v);
+    } else if (radate >= 0) {
+        time_t t = time(NULL) + radate;
+        struct tm tm;
+        strftime(v, sizeof v, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&t, &tm));
+        evhttp_add_header(out, "Retry-After", v);
+    }
+    reply_text(req, (int)query_long(req, "code", 503), "try again");
+}
+
 static void route_large(struct evhttp_request *req)
 {
     long n = query_long(req, "n", 1 << 20);
@@ -210,6 +243,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_text(req, code, text);
     } else if (strcmp(path, "/slow") == 0) {
         route_slow(s, req);
+    } else if (strcmp(path, "/flaky") == 0) {
+        route_flaky(s, req);
     } else if (strcmp(path, "/large") == 0) {
         route_large(req);
     } else if (strncmp(path, "/redirect/", 10) == 0) {
@@ -501,6 +536,10 @@ int curl_server_closing_port(const curl_server *s)
 int curl_server_stale_port(const curl_server *s)
 {
     return s->raw_port[RAW_STALE];
+}
+long curl_server_flaky(const curl_server *s)
+{
+    return atomic_load(&s->flaky);
 }
 long curl_server_raw_accepted(const curl_server *s, int port)
 {

@@ -10,6 +10,12 @@
  *   /slow?ms=N       replies "slow" after N ms (counts replies in flight)
  *   /large?n=N       N bytes, byte i = 'a' + i % 26
  *   /redirect/N      302 to /redirect/N-1; /redirect/0 is 200 "done"
+ *   /flaky?fail=N&code=C&ra=S&radate=S
+ *                    the first N requests to /flaky (every one with N=-1;
+ *                    N defaults to 1) get status C (503) with Retry-After:
+ *                    S, or an HTTP-date S seconds ahead, if asked; the
+ *                    later ones 200 with the request's body, or "ok"
+ *                    (curl_server_flaky counts them)
  * drop_port: a raw socket that answers any request with a header promising
  *   100000 bytes, sends 1000 and resets the connection (SO_LINGER 0).
  * Raw peers that misbehave, one port each (any path):
@@ -55,6 +61,7 @@ long curl_server_requests(const curl_server *s);  /* requests received */
 long curl_server_slow_active(const curl_server *s);
 long curl_server_slow_peak(const curl_server *s);
 long curl_server_slow_aborted(const curl_server *s); /* closed before reply */
+long curl_server_flaky(const curl_server *s);        /* requests to /flaky */
 
 /* Run the server in a child process instead (benchmarks: its CPU use is
  * then its own). Returns the child's pid (or -1), and its port in *port. */

@@ -1277,6 +1277,364 @@ START_TEST(test_http2_multiplexing)
 }
 END_TEST
 
+/* ---- Retries ------------------------------------------------------------------ */
+
+/* A policy whose backoff waits are short (full jitter under 20 ms). */
+static bt_http_retry_policy quick_policy(unsigned attempts)
+{
+    bt_http_retry_policy p;
+    bt_http_retry_policy_init(&p);
+    p.max_attempts = attempts;
+    p.base_delay_ms = 10;
+    p.max_delay_ms = 20;
+    return p;
+}
+
+static bt_http_client_stats stats(void)
+{
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
+    ck_assert_int_eq(bt_http_client_get_stats(cli, &st), 0);
+    return st;
+}
+
+static void run_for(unsigned ms)
+{
+    bt_future *s = bt_sleep(loop, ms);
+    bt_test_run_until(loop, s, T_LONG);
+    bt_future_unref(s);
+}
+
+START_TEST(test_retry_policy_args)
+{
+    bt_http_retry_policy p;
+    bt_http_retry_policy_init(&p);
+    ck_assert_uint_eq(p.size, sizeof p);
+    ck_assert_uint_eq(p.max_attempts, 3);
+    ck_assert_uint_eq(p.base_delay_ms, 100);
+    ck_assert_uint_eq(p.max_delay_ms, 30000);
+    ck_assert_uint_eq(p.deadline_ms, 0);
+    ck_assert(p.honor_retry_after);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, NULL), 0);
+    ck_assert_int_eq(bt_http_client_set_retry(NULL, &p), BT_EINVAL);
+    bt_test_log_capture();
+    bt_http_retry_policy bad = { 0 }; /* never initialised */
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &bad), BT_EINVAL);
+    ck_assert(bt_test_log_contains("bt_http_retry_policy_init"));
+    bad = p;
+    bad.max_attempts = 0;
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &bad), BT_EINVAL);
+    bad = p;
+    bad.max_delay_ms = 10;
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &bad), BT_EINVAL);
+    ck_assert(bt_test_log_contains("max_delay_ms"));
+    bt_http_request *req = bt_http_request_new("GET", url("/hello"));
+    ck_assert_int_eq(bt_http_request_set_retry(req, &bad), BT_EINVAL);
+    ck_assert_int_eq(bt_http_request_set_retry(req, &p), 0);
+    ck_assert_int_eq(bt_http_request_set_retry(req, NULL), 0);
+    ck_assert_int_eq(bt_http_request_set_retry(NULL, &p), BT_EINVAL);
+    bt_http_request_free(req);
+}
+END_TEST
+
+START_TEST(test_retry_503_then_200)
+{
+    bt_http_retry_policy p;
+    bt_http_retry_policy_init(&p); /* the defaults: 3 attempts, 100 ms base */
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    bt_future *f = bt_http_get(cli, url("/flaky?fail=1"));
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "ok");
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 2); /* the 503 and the 200 */
+    bt_http_client_stats st = stats();
+    ck_assert_uint_eq(st.retries, 1);
+    ck_assert_uint_eq(st.started, 2);
+    ck_assert_uint_eq(st.succeeded, 1);
+    ck_assert_uint_eq(st.failed, 0);
+    ck_assert_uint_eq(st.in_flight, 0);
+
+    /* A request that says "never" is not retried under the client's
+     * policy: the 503 is its answer. fail=-1 answers 503 for ever. */
+    bt_http_request *req = bt_http_request_new("GET", url("/flaky?fail=-1"));
+    ck_assert_int_eq(bt_http_request_set_retry(req, NULL), 0);
+    f = bt_http_client_send(cli, req);
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 503);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 3);
+
+    /* Attempts run out: the last reply is the result. */
+    p = quick_policy(3);
+    bt_http_client_set_retry(cli, &p);
+    f = bt_http_get(cli, url("/flaky?fail=-1&code=502"));
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 502);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 6);
+    ck_assert_uint_eq(stats().retries, 3);
+}
+END_TEST
+
+START_TEST(test_retry_after_429)
+{
+    bt_http_retry_policy p = quick_policy(3);
+    p.max_delay_ms = 5000; /* backoff alone: under 20 ms (base 10 ms, 2 waits) */
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    uint64_t t0 = bt_hrtime();
+    bt_future *f = bt_http_get(cli, url("/flaky?fail=1&code=429&ra=1"));
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 200);
+    bt_future_unref(f);
+    uint64_t waited_ms = (bt_hrtime() - t0) / 1000000;
+    /* Retry-After: 1 replaced the backoff; its bound is 1 s, so 900 ms
+     * leaves room for clock granularity and nothing else. */
+    ck_assert_msg(waited_ms >= 900, "retried after %llu ms, before the 1 s asked",
+                  (unsigned long long)waited_ms);
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
+    ck_assert_uint_eq(stats().retries, 1);
+
+    /* The same as an HTTP-date 2 s ahead: at least 1 s once rounded to
+     * whole seconds on both sides. */
+    t0 = bt_hrtime();
+    f = bt_http_get(cli, url("/flaky?fail=3&code=503&radate=2"));
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 200);
+    bt_future_unref(f);
+    waited_ms = (bt_hrtime() - t0) / 1000000;
+    ck_assert_msg(waited_ms >= 900, "retried after %llu ms", (unsigned long long)waited_ms);
+    ck_assert_int_eq(curl_server_flaky(srv), 4);
+    ck_assert_uint_eq(stats().retries, 2);
+
+    /* A server that asks for more than max_delay_ms gets its reply
+     * returned at once, not an early retry. */
+    p.max_delay_ms = 500;
+    bt_http_client_set_retry(cli, &p);
+    f = bt_http_get(cli, url("/flaky?fail=-1&code=429&ra=5"));
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 429);
+    ck_assert_str_eq(bt_http_response_header(r, "Retry-After"), "5");
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 5);
+    ck_assert_uint_eq(stats().retries, 2);
+
+    /* Told not to honour it, the client backs off as usual: the same
+     * reply is retried (fail=6: one more 429, then a 200). */
+    p.honor_retry_after = false;
+    bt_http_client_set_retry(cli, &p);
+    f = bt_http_get(cli, url("/flaky?fail=6&code=429&ra=5"));
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 200);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 7);
+    ck_assert_uint_eq(stats().retries, 3);
+}
+END_TEST
+
+START_TEST(test_retry_methods_and_bodies)
+{
+    bt_http_retry_policy p = quick_policy(3);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    /* A POST that got a 503 may have done its work: not retried. */
+    bt_http_request *req = bt_http_request_new("POST", url("/flaky?fail=-1"));
+    bt_http_request_set_body(req, "once", 4);
+    bt_future *f = bt_http_client_send(cli, req);
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 503);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 1);
+    ck_assert_uint_eq(stats().retries, 0);
+
+    /* A PUT is idempotent: retried, its body sent again whole, from
+     * memory and from a file (read again from its start). fail=2 on a
+     * counter now at 1 fails one request more. */
+    req = bt_http_request_new("PUT", url("/flaky?fail=2"));
+    bt_http_request_set_body(req, "from memory", 11);
+    f = bt_http_client_send(cli, req);
+    bt_http_response *r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "from memory");
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_flaky(srv), 3);
+
+    char path[] = "/tmp/bt-curl-retryXXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "from a file", 11), 11);
+    close(fd);
+    req = bt_http_request_new("PUT", url("/flaky?fail=4"));
+    bt_http_request_set_body_file(req, path);
+    f = bt_http_client_send(cli, req);
+    r = wait_ok(f);
+    ck_assert_int_eq(bt_http_response_status(r), 200);
+    ck_assert_str_eq(bt_http_response_body(r, NULL), "from a file");
+    bt_future_unref(f);
+    unlink(path);
+    ck_assert_int_eq(curl_server_flaky(srv), 5);
+    ck_assert_uint_eq(stats().retries, 2);
+}
+END_TEST
+
+START_TEST(test_retry_refused_any_method)
+{
+    /* Nothing listens: the connection fails before a byte is sent, so
+     * even a POST is tried again, up to max_attempts, and then fails with
+     * the connect error. */
+    bt_http_retry_policy p = quick_policy(4);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", free_port());
+    bt_http_request *req = bt_http_request_new("POST", u);
+    bt_http_request_set_body(req, "x", 1);
+    bt_future *f = bt_http_client_send(cli, req);
+    const char *msg = wait_err(f, BT_ECONNREFUSED);
+    ck_assert_msg(strstr(msg, "(attempt 4)") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    bt_http_client_stats st = stats();
+    ck_assert_uint_eq(st.started, 4);
+    ck_assert_uint_eq(st.retries, 3);
+    ck_assert_uint_eq(st.failed, 1);
+    ck_assert_uint_eq(st.in_flight, 0);
+}
+END_TEST
+
+static int count_pieces(bt_http_response *resp, const void *data, size_t len, void *arg)
+{
+    (void)resp;
+    (void)data;
+    (void)len;
+    ++*(int *)arg;
+    return 0;
+}
+
+START_TEST(test_retry_connection_broke)
+{
+    /* The drop port answers with 1000 of 100000 promised bytes and resets:
+     * the connection broke after the request went out. */
+    bt_http_retry_policy p = quick_policy(3);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/big", curl_server_drop_port(srv));
+    /* A GET is retried, until the attempts run out. */
+    bt_future *f = bt_http_get(cli, u);
+    const char *msg = wait_err(f, BT_ECONNRESET);
+    ck_assert_msg(strstr(msg, "(attempt 3)") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_accepted(srv), 3);
+    /* A POST is not: the server may have acted on it. */
+    bt_http_request *req = bt_http_request_new("POST", u);
+    bt_http_request_set_body(req, "once", 4);
+    f = bt_http_client_send(cli, req);
+    wait_err(f, BT_ECONNRESET);
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_accepted(srv), 4);
+    /* Nor a streamed GET whose callback already got part of the body:
+     * those bytes cannot be taken back, so the stream is not replayed. */
+    int pieces = 0;
+    req = bt_http_request_new("GET", u);
+    bt_http_request_set_body_cb(req, count_pieces, &pieces);
+    f = bt_http_client_send(cli, req);
+    wait_err(f, BT_ECONNRESET);
+    bt_future_unref(f);
+    ck_assert_int_gt(pieces, 0);
+    ck_assert_int_eq(curl_server_accepted(srv), 5);
+    ck_assert_uint_eq(stats().retries, 2);
+}
+END_TEST
+
+START_TEST(test_retry_streamed_503_body_withheld)
+{
+    /* A streamed GET whose first reply is a 503 to be retried: the 503's
+     * body never reaches the callback, the 200's does. */
+    bt_http_retry_policy p = quick_policy(3);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    int pieces = 0;
+    bt_http_request *req = bt_http_request_new("GET", url("/flaky?fail=1"));
+    bt_http_request_set_body_cb(req, count_pieces, &pieces);
+    bt_future *f = bt_http_client_send(cli, req);
+    ck_assert_int_eq(bt_http_response_status(wait_ok(f)), 200);
+    bt_future_unref(f);
+    ck_assert_int_eq(pieces, 1); /* "ok", not "try again" */
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
+}
+END_TEST
+
+START_TEST(test_retry_deadline)
+{
+    /* 503 for ever, many attempts allowed: the deadline ends it. */
+    bt_http_retry_policy p = quick_policy(100000);
+    p.base_delay_ms = 50;
+    p.max_delay_ms = 100;
+    p.deadline_ms = 800;
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    bt_future *f = bt_http_get(cli, url("/flaky?fail=-1"));
+    const char *msg = wait_err(f, BT_ETIMEDOUT);
+    ck_assert_msg(strstr(msg, "retry deadline of 800 ms") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    bt_http_client_stats st = stats();
+    ck_assert_uint_ge(st.started, 2);
+    ck_assert_uint_eq(st.retries, st.started - 1);
+    ck_assert_uint_eq(st.failed, 1);
+    ck_assert_uint_eq(st.in_flight, 0);
+    /* Nothing goes out after the future settled. Every attempt but the
+     * last got its 503, so the server saw each; the last may have been
+     * cut by the deadline before it reached the server's handler. */
+    run_for(300);
+    ck_assert_uint_eq(stats().started, st.started);
+    long seen = curl_server_flaky(srv);
+    ck_assert_int_le(seen, (long)st.started);
+    ck_assert_int_ge(seen, (long)st.started - 1);
+
+    /* The deadline also cuts an attempt short: the server sees the
+     * connection go. */
+    p.deadline_ms = 300;
+    bt_http_client_set_retry(cli, &p);
+    f = bt_http_get(cli, url("/slow?ms=15000"));
+    msg = wait_err(f, BT_ETIMEDOUT);
+    ck_assert_msg(strstr(msg, "during an attempt") != NULL, "message: %s", msg);
+    bt_future_unref(f);
+    spin_until(curl_server_slow_aborted, 1);
+}
+END_TEST
+
+START_TEST(test_retry_cancel_during_wait)
+{
+    /* A 503 with Retry-After: 1 puts the request in a 1 s wait; cancelling
+     * it then settles it cancelled, and no second request is sent. */
+    bt_http_retry_policy p;
+    bt_http_retry_policy_init(&p);
+    ck_assert_int_eq(bt_http_client_set_retry(cli, &p), 0);
+    bt_future *f = bt_http_get(cli, url("/flaky?fail=-1&ra=1"));
+    bt_http_client_stats st = stats();
+    for (int i = 0; i < 2000 && (curl_server_flaky(srv) < 1 || st.in_flight > 0); i++) {
+        run_for(5);
+        st = stats();
+    }
+    ck_assert_int_eq(curl_server_flaky(srv), 1);
+    ck_assert_uint_eq(st.in_flight, 0); /* the reply came: waiting */
+    ck_assert(!bt_future_is_settled(f));
+    bt_future_cancel(f);
+    bt_test_run_until(loop, f, T_LONG);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    /* Past the time the retry was due, and then some. */
+    run_for(1500);
+    ck_assert_int_eq(curl_server_flaky(srv), 1);
+    st = stats();
+    ck_assert_uint_eq(st.started, 1);
+    ck_assert_uint_eq(st.retries, 0);
+    ck_assert_uint_eq(st.cancelled, 1);
+
+    /* Freeing the client during a wait cancels the request too. */
+    f = bt_http_get(cli, url("/flaky?fail=-1&ra=1"));
+    for (int i = 0; i < 2000 && (curl_server_flaky(srv) < 2 || stats().in_flight > 0); i++)
+        run_for(5);
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
+    bt_http_client_free(cli);
+    cli = NULL;
+    bt_test_run_until(loop, f, T_LONG);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    run_for(1500);
+    ck_assert_int_eq(curl_server_flaky(srv), 2);
+}
+END_TEST
+
 static Suite *curl_suite(void)
 {
     Suite *s = suite_create("curl");
@@ -1318,6 +1676,20 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_loop_free_with_hostile_upstreams);
     tcase_add_test(tc, test_dns_deadline);
     suite_add_tcase(s, tc);
+
+    TCase *rt = tcase_create("retry");
+    tcase_add_checked_fixture(rt, setup, teardown);
+    tcase_set_timeout(rt, 60);
+    tcase_add_test(rt, test_retry_policy_args);
+    tcase_add_test(rt, test_retry_503_then_200);
+    tcase_add_test(rt, test_retry_after_429);
+    tcase_add_test(rt, test_retry_methods_and_bodies);
+    tcase_add_test(rt, test_retry_refused_any_method);
+    tcase_add_test(rt, test_retry_connection_broke);
+    tcase_add_test(rt, test_retry_streamed_503_body_withheld);
+    tcase_add_test(rt, test_retry_deadline);
+    tcase_add_test(rt, test_retry_cancel_during_wait);
+    suite_add_tcase(s, rt);
 
     TCase *h2 = tcase_create("h2-tls");
     tcase_add_checked_fixture(h2, h2_setup, h2_teardown);

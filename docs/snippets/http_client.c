@@ -17,6 +17,13 @@ static void tour(bt_loop *loop, const char *u1, const char *u2, const char *u3)
     bt_http_client_set_timeouts(c, 5000, 10000, 2000);  /* connect, total, wait for a connection */
     bt_http_client_set_limits(c, 100, 10);              /* connections: total, per host */
 
+    /* Retries are opt-in: idempotent requests on 429/502/503/504 and broken
+     * connections, any request whose connection failed before sending. */
+    bt_http_retry_policy rp;
+    bt_http_retry_policy_init(&rp);                     /* 3 attempts, full jitter from 100 ms */
+    rp.deadline_ms = 20000;                             /* all attempts and waits together */
+    bt_http_client_set_retry(c, &rp);                   /* or per request: bt_http_request_set_retry */
+
     /* response = await client.get("users/1") */
     bt_future *f = bt_http_get(c, "users/1");
     bt_loop_run_until(loop, f);

@@ -172,20 +172,84 @@ BT_EXPORT int bt_http_client_set_max_buffered(bt_http_client *c, size_t max_byte
  * Thread: the loop's. */
 BT_EXPORT int bt_http_client_get_buffered(const bt_http_client *c, size_t *now, size_t *peak);
 
-/* Counters, for tests and metrics. */
+/* Counters, for tests and metrics. succeeded, failed and cancelled count
+ * requests (a future settles once however many attempts it took). */
 typedef struct {
     size_t size;        /* sizeof this struct, set by the caller (common.h) */
-    uint64_t started;   /* requests handed to curl */
+    uint64_t started;   /* attempts handed to curl (one per request,
+                         * plus one per retry) */
     uint64_t succeeded; /* settled with a response */
     uint64_t failed;    /* settled with an error */
     uint64_t cancelled; /* settled cancelled */
     uint64_t connects;  /* new connections opened (reuse opens none) */
     uint64_t in_flight; /* requests now in curl, waiting or running */
+    /* Appended after the first layout (see docs/design.md, "Structs that
+     * can grow"): */
+    uint64_t retries; /* attempts sent again under a retry policy (each is
+                       * also counted in started) */
 } bt_http_client_stats;
 
 /* Fill *out (set out->size first with BT_SIZED, see common.h). Returns 0
  * or BT_EINVAL (NULL, an unset size). Thread: the loop's. */
 BT_EXPORT int bt_http_client_get_stats(const bt_http_client *c, bt_http_client_stats *out);
+
+/* ---- Retries -------------------------------------------------------------
+ * Opt-in (off by default, as in httpx, urllib3 and Go's net/http). A
+ * request sent under a policy is tried again, after a wait, when:
+ * - its method is idempotent (GET, HEAD, PUT, DELETE, OPTIONS) and the
+ *   attempt got a 429, 502, 503 or 504 reply, or failed on the connection:
+ *   the errors of the next item, and a reset or a connection closed while
+ *   sending or receiving (curl's CURLE_SEND_ERROR, CURLE_RECV_ERROR,
+ *   CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE);
+ * - whatever its method (POST and PATCH included), the connection failed
+ *   before any byte of the request was sent: CURLE_COULDNT_CONNECT
+ *   (refused, unreachable), CURLE_COULDNT_RESOLVE_HOST (DNS) and
+ *   CURLE_OPERATION_TIMEDOUT (the connect timeout: the client sets no
+ *   other curl timeout), each only when curl reports 0 request bytes sent.
+ * Never retried: TLS and protocol errors, the client's total and wait
+ * timeouts, body caps, a body callback's stop, bad URLs, and a streamed
+ * response (bt_http_request_set_body_cb) once a piece of its body has
+ * reached the callback (those bytes cannot be taken back; the body of a
+ * reply that will be retried is never handed to it).
+ * The wait before attempt n+1 (n >= 1) is "full jitter": a uniform random
+ * value in [0, min(max_delay_ms, base_delay_ms * 2^(n-1))]. A Retry-After
+ * header on a retried reply (delta-seconds or an HTTP-date) replaces it;
+ * one asking for more than max_delay_ms is not retried: its reply is
+ * returned at once (Envoy's rule: retrying sooner than the server asked
+ * only adds load). The deadline counts every attempt and every wait: when
+ * it passes during an attempt, the attempt is cancelled; when the next wait
+ * would end past it, no wait starts; either way the request fails with
+ * BT_ETIMEDOUT, its message naming the last attempt's outcome. When the
+ * attempts run out, the last outcome (a reply or an error) is the result.
+ * Bodies are sent again whole: a body in memory as it is, a body file
+ * re-read from its start. The client's timeouts apply to each attempt,
+ * the deadline to all of them. The waits are libevent timers on the
+ * client's loop. Cancelling the future cancels the attempt in flight or
+ * the wait, and no further attempt starts. A failure after retries says
+ * "(attempt N)" at the end of its message. */
+typedef struct {
+    size_t size;            /* sizeof this struct: bt_http_retry_policy_init */
+    unsigned max_attempts;  /* attempts in all, the first included (default 3;
+                             * 1: never retried, though the deadline holds) */
+    uint64_t base_delay_ms; /* the backoff's first ceiling (default 100) */
+    uint64_t max_delay_ms;  /* the longest wait between attempts, Retry-After
+                             * included (default 30000) */
+    uint64_t deadline_ms;   /* for all the attempts and waits together,
+                             * from bt_http_client_send (default 0: none) */
+    bool honor_retry_after; /* wait as Retry-After says (default true) */
+} bt_http_retry_policy;
+
+/* Fill *p with the defaults above and its size. Thread: any. */
+#define bt_http_retry_policy_init(p) bt_http_retry_policy_init_size((p), sizeof *(p))
+BT_EXPORT void bt_http_retry_policy_init_size(bt_http_retry_policy *p, size_t size);
+
+/* Retry the client's requests under *policy (copied), or not at all with
+ * NULL (the default). A request's own policy (bt_http_request_set_retry)
+ * wins. Applies to requests sent after the call. Returns 0 or BT_EINVAL
+ * (NULL c, a policy not filled by bt_http_retry_policy_init, max_attempts
+ * 0, max_delay_ms smaller than base_delay_ms, a delay or the deadline over
+ * 30 days; a bt_log line says which). Thread: the loop's. */
+BT_EXPORT int bt_http_client_set_retry(bt_http_client *c, const bt_http_retry_policy *policy);
 
 /* ---- Requests ---------------------------------------------------------- */
 
@@ -224,6 +288,11 @@ BT_EXPORT int bt_http_request_set_body_file(bt_http_request *req, const char *pa
 /* This request's total timeout (see bt_http_client_set_timeouts), instead of
  * the client's; 0 = none. Returns 0 or BT_EINVAL. */
 BT_EXPORT int bt_http_request_set_timeout(bt_http_request *req, uint64_t total_ms);
+
+/* This request's retry policy (copied) instead of the client's; NULL: this
+ * request is never retried, whatever the client's policy. Returns 0 or
+ * BT_EINVAL (as bt_http_client_set_retry). Thread: any. */
+BT_EXPORT int bt_http_request_set_retry(bt_http_request *req, const bt_http_retry_policy *policy);
 
 /* Streaming: called on the loop thread with each piece of the body as it
  * arrives, instead of buffering it (bt_http_response_body is then empty).

@@ -156,6 +156,9 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
     c->http2 = true;
     c->max_body = DEFAULT_MAX_BODY;
     c->max_buffered = DEFAULT_MAX_BUFFERED;
+    /* The retry jitter's seed: any non-zero value that differs between
+     * clients and runs. */
+    c->rng = (bt_hrtime() ^ (uint64_t)(uintptr_t)c) | 1;
     bt_http_client_set_timeouts(c, 10000, 300000, 300000);
     return c;
 }

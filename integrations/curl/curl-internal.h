@@ -38,6 +38,9 @@ struct bt_http_request {
     uint64_t timeout_ms;
     bt_http_body_cb body_cb;
     void *body_cb_arg;
+    /* Its own retry policy (has_retry), which may be "never" (retry_off). */
+    bool has_retry, retry_off;
+    bt_http_retry_policy retry;
 };
 
 typedef struct bt__resp_header {
@@ -120,6 +123,18 @@ struct xfer {
     bool in_multi;
     bool timer_armed;
     bool deferred; /* on the client's deferred list */
+    /* Retries (retry.c). pol is the policy in force when retry is set;
+     * attempt counts from 1; the timer waits between attempts (backoff
+     * set) as well as timing each attempt. */
+    bool retry;
+    bool backoff;    /* waiting for the next attempt, out of curl */
+    bool delivered;  /* the body callback got a piece: no retry */
+    bool discarding; /* this reply will be retried: its body goes nowhere */
+    bool deadline_armed;
+    unsigned attempt;
+    uint64_t deadline_ns; /* bt_hrtime() at which it passes (0: none) */
+    bt_http_retry_policy pol;
+    struct event *deadline; /* after timer, when pol has a deadline */
     char errbuf[CURL_ERROR_SIZE];
     struct event *timer; /* points just past the struct */
 };
@@ -167,6 +182,9 @@ struct bt_http_client {
     size_t nidle;
     unsigned gen; /* bumped by every setter of easy options */
     bt_http_client_stats stats;
+    bool has_retry; /* retry under `retry` (bt_http_client_set_retry) */
+    bt_http_retry_policy retry;
+    uint64_t rng; /* xorshift state for the backoff's jitter */
 };
 
 /* client.c */
@@ -186,5 +204,34 @@ void bt__xfer_done(xfer *x, CURLcode rc);
 void bt__xfer_fail(xfer *x, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 /* True if url starts with "scheme://". */
 bool bt__http_has_scheme(const char *url);
+/* Start an attempt: arm the wait-for-a-connection timer and add the handle
+ * to curl (deferred while curl is on the stack). On failure x is failed
+ * and released. */
+void bt__xfer_start(xfer *x);
+/* Disarm the transfer's timer (wait, total, or the wait between attempts). */
+void bt__xfer_timer_stop(xfer *x);
+
+/* retry.c */
+/* Check a caller's policy (fn names the public function for the log).
+ * Returns 0 with *out filled, or BT_EINVAL. */
+int bt__retry_policy_read(bt_http_retry_policy *out, const bt_http_retry_policy *in,
+                          const char *fn);
+/* Set x up for retries under the request's or the client's policy, and
+ * arm the deadline. Called once, at send, before the first attempt. */
+void bt__retry_setup(xfer *x);
+/* Whether the reply now in x->resp (status and headers complete) will be
+ * retried, judged before its body: used to keep a retried reply's body
+ * away from a streaming callback. */
+bool bt__retry_status_wanted(xfer *x);
+/* The attempt ended with rc (curl's, CURLE_OK for a reply): if it is to
+ * be retried, detach it from curl, reset it and arm the wait, and return
+ * true; else return false and the caller settles it. May instead fail x
+ * with BT_ETIMEDOUT (the deadline) and return true. Curl must not be on
+ * the stack. */
+bool bt__retry_after_attempt(xfer *x, CURLcode rc);
+/* The wait between attempts is over (x's timer): start the next one. */
+void bt__retry_wait_done(xfer *x);
+/* Disarm the deadline (the transfer is being released). */
+void bt__retry_stop(xfer *x);
 
 #endif

@@ -96,7 +96,7 @@ static const char *xfer_url(xfer *x)
     return x->req->url;
 }
 
-static void xfer_timer_stop(xfer *x)
+void bt__xfer_timer_stop(xfer *x)
 {
     if (x->timer_armed) {
         evtimer_del(x->timer);
@@ -116,7 +116,8 @@ static void xfer_unhold(xfer *x)
 void bt__xfer_release(xfer *x)
 {
     bt_http_client *c = x->c;
-    xfer_timer_stop(x);
+    bt__xfer_timer_stop(x);
+    bt__retry_stop(x);
     xfer_unhold(x);
     if (x->in_multi) {
         long n = 0;
@@ -161,8 +162,12 @@ void bt__xfer_fail(xfer *x, int code, const char *fmt, ...)
     va_start(ap, fmt);
     char *detail = bt_vasprintf(fmt, ap);
     va_end(ap);
-    bt_future_set_error(x->future, code, "%s %s: %s", x->req->method, xfer_url(x),
-                        detail ? detail : bt_strerror(code));
+    if (x->attempt > 1)
+        bt_future_set_error(x->future, code, "%s %s: %s (attempt %u)", x->req->method, xfer_url(x),
+                            detail ? detail : bt_strerror(code), x->attempt);
+    else
+        bt_future_set_error(x->future, code, "%s %s: %s", x->req->method, xfer_url(x),
+                            detail ? detail : bt_strerror(code));
     bt_free(detail);
     x->future = NULL;
     x->c->stats.failed++;
@@ -199,6 +204,10 @@ static void on_xfer_timer(evutil_socket_t fd, short events, void *arg)
     (void)fd;
     (void)events;
     x->timer_armed = false;
+    if (x->backoff) {
+        bt__retry_wait_done(x); /* the wait between attempts is over */
+        return;
+    }
     if (x->got_conn)
         bt__xfer_fail(x, BT_ETIMEDOUT, "timed out after %llu ms (total timeout)",
                       (unsigned long long)x->total_ms);
@@ -216,7 +225,7 @@ static void xfer_got_conn(xfer *x)
     if (x->got_conn)
         return;
     x->got_conn = true;
-    xfer_timer_stop(x);
+    bt__xfer_timer_stop(x);
     if (x->total_tv && x->future) {
         evtimer_add(x->timer, x->total_tv);
         x->timer_armed = true;
@@ -334,8 +343,17 @@ static size_t on_write(char *p, size_t size, size_t n, void *arg)
     size_t len = size * n;
     if (x->future == NULL)
         return CURL_WRITEFUNC_ERROR; /* cancelled from a callback */
+    if (x->discarding)
+        return len; /* a reply that will be retried */
     if (x->req->body_cb) {
         bt_http_client *c = x->c;
+        if (!x->delivered && x->retry && bt__retry_status_wanted(x)) {
+            /* The body of a reply that will be retried never reaches the
+             * callback, which could not take it back. */
+            x->discarding = true;
+            return len;
+        }
+        x->delivered = true;
         bt_loop_enter_cb(c->loop, (const void *)x->req->body_cb);
         int rc = x->req->body_cb(x->resp, p, len, x->req->body_cb_arg);
         bt_loop_leave_cb(c->loop);
@@ -379,6 +397,8 @@ static int on_seek(void *arg, curl_off_t offset, int origin)
 void bt__xfer_done(xfer *x, CURLcode rc)
 {
     bt_http_client *c = x->c;
+    if (x->future != NULL && x->retry && bt__retry_after_attempt(x, rc))
+        return; /* waiting for the next attempt, or failed by the deadline */
     if (x->future) {
         if (rc == CURLE_OK) {
             bt_http_response *r = x->resp;
@@ -697,7 +717,9 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
         return f;
     }
     bt_future *f = bt_future_new(c->loop);
-    xfer *x = bt_calloc(1, sizeof *x + event_get_struct_event_size());
+    /* Two events after the struct: the transfer's timer and the retry
+     * deadline. */
+    xfer *x = bt_calloc(1, sizeof *x + 2 * event_get_struct_event_size());
     if (f == NULL || x == NULL) {
         bt_future_unref(f);
         bt_free(x);
@@ -708,6 +730,7 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
     x->req = req;
     x->future = f;
     x->timer = (struct event *)(x + 1);
+    x->deadline = (struct event *)((char *)x->timer + event_get_struct_event_size());
     evtimer_assign(x->timer, c->base, on_xfer_timer, x);
     bt__list_push_front(&c->xfers, &x->node);
     if (c->nidle) {
@@ -755,6 +778,14 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
         return f;
     }
     bt_future_on_cancel(f, on_cancel, x);
+    bt__retry_setup(x);
+    bt__xfer_start(x);
+    return f;
+}
+
+void bt__xfer_start(xfer *x)
+{
+    bt_http_client *c = x->c;
     if (x->wait_tv) {
         evtimer_add(x->timer, x->wait_tv);
         x->timer_armed = true;
@@ -764,17 +795,16 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
         x->deferred = true;
         x->next_deferred = c->deferred;
         c->deferred = x;
-        return f;
+        return;
     }
     if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
         bt__xfer_fail(x, BT_ENOMEM, "curl refused the transfer");
         bt__xfer_release(x);
-        return f;
+        return;
     }
     x->in_multi = true;
     c->stats.in_flight++;
     c->stats.started++;
-    return f;
 }
 
 BT_EXPORT bt_future *bt_http_get(bt_http_client *c, const char *url)
