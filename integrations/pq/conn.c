@@ -39,7 +39,7 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
         if (c->ops_len == 0)
             c->cancel_sent = false;
         if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
-            bt__pq_pool_conn_available(c->pool, c);
+            c->events->available(c);
         return;
     }
     if (c->pool != NULL)
@@ -151,7 +151,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     if (p) {
         if (was_open && code != BT_ESHUTDOWN && code != 0)
             p->st.broken++;
-        bt__pq_pool_conn_gone(p, c); /* unlinks c */
+        c->events->gone(c); /* unlinks c */
     }
     if (!c->acquired)
         bt__pq_conn_free_dead(c);
@@ -209,12 +209,27 @@ int bt__pq_conn_sync(bt_pq_conn *c)
     return 0;
 }
 
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
+BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 {
-    (void)c;
-    (void)q;
-    if (err)
-        bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
+    if (c == NULL || c->pg == NULL)
+        return false;
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+}
+
+/* Send one of the pool's own statements (ROLLBACK, UNLISTEN, LISTEN after a
+ * reconnect) on c: no future; a failure is logged. */
+void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql)
+{
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
+    int err;
+    pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    if (q == NULL) {
+        bt__pq_conn_close(c, BT_ENOMEM, "out of memory");
+        return;
+    }
+    q->internal = bt__pq_internal_done;
+    bt__pq_conn_send(c, q);
 }
 
 /* The cache is full: DEALLOCATE its least recently used statement (one
@@ -333,7 +348,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (batch) {
         /* Synced (and flushed) at the end of this loop pass, together with
          * whatever else is sent to this connection meanwhile. */
-        bt__pq_pool_arm_sync(p);
+        c->events->batch_open(c);
         return;
     }
     bt__pq_conn_sync(c);
@@ -533,7 +548,7 @@ static void resolve_batch(bt_pq_conn *c)
             if (v)
                 v[i++] = q;
         if (v) {
-            bt__pq_pool_requeue(c->pool, v, nagain);
+            c->events->retry(c, v, nagain);
             bt_free(v);
         } else {
             for (q = again_head; q;) {
@@ -648,7 +663,7 @@ static void drain_notifies(bt_pq_conn *c)
     PGnotify *n;
     while ((n = PQnotifies(c->pg)) != NULL) {
         if (c->is_listener && c->pool)
-            bt__pq_pool_notify(c->pool, n);
+            c->events->notify(c, n);
         PQfreemem(n);
         if (c->state != CS_READY)
             return;
@@ -688,8 +703,8 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
             goto out;
         }
     }
-    if (c->pool && !c->is_listener)
-        bt__pq_pool_conn_available(c->pool, c);
+    if (c->pool != NULL && !c->is_listener)
+        c->events->available(c);
 out:
     c->busy--;
     if (c->zombie && c->busy == 0)

@@ -22,12 +22,13 @@ static uint64_t now_ns(void)
 
 static void begin_connect(bt_pq_conn *c);
 
-bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_conn_events *events)
 {
     bt_pq_conn *c = bt_calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
     c->pool = p;
+    c->events = events;
     c->loop = p->loop;
     c->fd = -1;
     c->is_listener = listener;
@@ -64,6 +65,7 @@ void bt__pq_conn_begin(bt_pq_conn *c)
 static void connect_failed(bt_pq_conn *c, int code, const char *msg)
 {
     bt_pq_pool *p = c->pool;
+    const struct bt__pq_conn_events *c_events = c->events;
     bool listener = c->is_listener;
     char *m = bt_strdup(msg ? msg : bt_strerror(code));
     if (m) {
@@ -72,8 +74,8 @@ static void connect_failed(bt_pq_conn *c, int code, const char *msg)
             m[--n] = '\0';
     }
     bt__pq_conn_close(c, code, m);
-    if (p)
-        bt__pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
+    if (p != NULL)
+        c_events->connect_failed(p, listener, code, m != NULL ? m : bt_strerror(code));
     bt_free(m);
 }
 
@@ -207,7 +209,7 @@ static void connected(bt_pq_conn *c)
     }
     c->state = CS_READY;
     c->born_ns = c->idle_ns = now_ns();
-    bt__pq_pool_connected(c->pool, c);
+    c->events->connected(c);
 }
 
 static void step(bt_pq_conn *c)

@@ -23,6 +23,9 @@
 #include "sized.h"
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
+static void aq_unlink(bt_pq_pool *p, struct pq_acq *a);
+static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
+static const struct bt__pq_conn_events conn_events;
 
 static uint64_t now_ns(void)
 {
@@ -96,9 +99,9 @@ bool bt__pq_can_connect(bt_pq_pool *p)
 
 static void start_conn(bt_pq_pool *p)
 {
-    bt_pq_conn *c = bt__pq_conn_new(p, false);
+    bt_pq_conn *c = bt__pq_conn_new(p, false, &conn_events);
     if (c == NULL) {
-        bt__pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
+        on_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     link_conn(p, c);
@@ -112,9 +115,9 @@ void bt__pq_start_listener(bt_pq_pool *p)
 {
     if (p->listener || p->chans == NULL || !bt__pq_can_connect(p))
         return;
-    bt_pq_conn *c = bt__pq_conn_new(p, true);
+    bt_pq_conn *c = bt__pq_conn_new(p, true, &conn_events);
     if (c == NULL) {
-        bt__pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
+        on_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     p->listener = c;
@@ -136,13 +139,45 @@ static void settle_ready(bt_pq_pool *p, int code, const char *msg)
     p->nready = 0;
 }
 
-void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
+/* c was released and has nothing in flight: roll back a transaction left
+ * open (never hand a connection to the next user mid-transaction), then
+ * make it available. */
+static void finish_release(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
+    if (c->state != CS_READY) {
+        bt__pq_conn_close(c, BT_ECONNRESET, "broken");
+        return;
+    }
+    if (bt_pq_conn_in_transaction(c) || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
+        if (c->rollback_tries++ > 0 || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
+            bt__pq_conn_close(c, BT_ECONNRESET, "could not roll back a released connection");
+            return;
+        }
+        bt_log(BT_LOG_DEBUG, "pq: a connection was released inside a transaction; rolling back");
+        bt__pq_conn_send_internal(c, "ROLLBACK");
+        return; /* back here through on_available */
+    }
+    c->releasing = false;
+    c->rollback_tries = 0;
+    c->idle_ns = bt_hrtime();
+    if (c->retiring) {
+        bt__pq_conn_close(c, 0, "retired");
+        return;
+    }
+    bt__pq_pump(p);
+}
+
+/* ---- What connections report (struct bt__pq_conn_events) ----------------- */
+
+static void on_connected(bt_pq_conn *c)
+{
+    bt_pq_pool *p = c->pool;
     p->fails = 0;
     p->next_connect_ns = 0;
     p->st.connects++;
     if (c->is_listener) {
-        bt__pq_pool_listener_ready(p, c);
+        bt__pq_chan_relisten(p, c);
         return;
     }
     if (c->counted_connecting) {
@@ -178,14 +213,14 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
     }
     while (p->aq_head) {
         struct pq_acq *a = p->aq_head;
-        bt__pq_aq_unlink(p, a);
+        aq_unlink(p, a);
         bt_future_set_error(a->f, code, fmt, msg);
         bt_future_unref(a->f);
         bt_free(a);
     }
 }
 
-void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
+static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
 {
     if (p->closed)
         return;
@@ -238,8 +273,9 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
     arm_maint(p, delay + 1);
 }
 
-void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
+static void on_gone(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
     if (c == p->listener) {
         p->listener = NULL;
         if (!p->closed && p->chans)
@@ -257,11 +293,12 @@ void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
         bt__pq_pump(p); /* replace it if anything waits or min_size says so */
 }
 
-void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
+static void on_available(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
     if (c->ops_len == 0) {
         if (c->releasing) {
-            bt__pq_finish_release(c);
+            finish_release(c);
             return;
         }
         if (!c->acquired && bt_pq_conn_in_transaction(c)) {
@@ -270,7 +307,7 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
             bt_log(BT_LOG_WARN, "pq: a pool query left its connection inside a transaction; "
                                 "rolling it back (use bt_pq_acquire for transactions)");
             c->releasing = true;
-            bt__pq_finish_release(c);
+            finish_release(c);
             return;
         }
         if (c->retiring && !c->acquired) {
@@ -328,7 +365,7 @@ bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
 
 static void conn_value_release(void *v)
 {
-    bt_pq_conn_release(v);
+    bt__pq_pool_release(v);
 }
 
 void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
@@ -338,6 +375,132 @@ void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
     bt_future_set_value(a->f, c, conn_value_release);
     bt_future_unref(a->f);
     bt_free(a);
+}
+
+/* Take q off the queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        p->wq_head = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        p->wq_tail = q->prev;
+    q->next = q->prev = NULL;
+    p->nwq--;
+}
+
+/* A pool query, new: to a connection now, else into the wait queue
+ * (bounded in length and time). The pool takes q over. */
+void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
+{
+    bt_pq_conn *c = p->wq_head ? NULL : bt__pq_pick(p);
+    if (c) {
+        bt__pq_conn_send(c, q);
+        return;
+    }
+    if (p->nwq + p->naq >= p->o.max_waiters) {
+        bt__pq_query_fail(q, BT_EAGAIN,
+                          "too many queries waiting for a connection (max_waiters %u)",
+                          p->o.max_waiters);
+        bt__pq_query_free(q);
+        return;
+    }
+    q->state = Q_WAITING;
+    q->deadline_ns = bt__pq_deadline(p);
+    q->prev = p->wq_tail;
+    q->next = NULL;
+    if (p->wq_tail)
+        p->wq_tail->next = q;
+    else
+        p->wq_head = q;
+    p->wq_tail = q;
+    p->nwq++;
+    bt__pq_arm_wait(p);
+    bt__pq_pump(p);
+}
+
+/* Take a waiter off the pool's acquire queue. */
+static void aq_unlink(bt_pq_pool *p, struct pq_acq *a)
+{
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        p->aq_head = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    else
+        p->aq_tail = a->prev;
+    a->next = a->prev = NULL;
+    p->naq--;
+}
+
+static void on_acquire_cancel(bt_future *f, void *arg)
+{
+    (void)f;
+    struct pq_acq *a = arg;
+    /* a is still queued: bt__pq_hand_over and the timers free it otherwise, and
+     * the future is settled then, so this hook cannot run. */
+    bt_pq_pool *pool = a->pool;
+    aq_unlink(pool, a);
+    bt_future_set_cancelled(a->f);
+    bt_future_unref(a->f);
+    bt_free(a);
+    bt__pq_check_drained(pool);
+}
+
+/* bt_pq_acquire's work, for an open pool: f gets a connection now, or
+ * waits in the acquire queue (bounded in length and time), or fails. */
+void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
+{
+    struct pq_acq *a = bt_calloc(1, sizeof *a);
+    if (a == NULL) {
+        bt_future_set_error(f, BT_ENOMEM, "out of memory");
+        return;
+    }
+    a->pool = p;
+    a->f = bt_future_ref(f);
+    bt_pq_conn *c = p->aq_head ? NULL : bt__pq_find_idle(p);
+    if (c) {
+        bt__pq_hand_over(c, a);
+        return;
+    }
+    if (p->nwq + p->naq >= p->o.max_waiters) {
+        bt_future_set_error(f, BT_EAGAIN, "too many waiting for a connection (max_waiters %u)",
+                            p->o.max_waiters);
+        bt_future_unref(a->f);
+        bt_free(a);
+        return;
+    }
+    a->deadline_ns = bt__pq_deadline(p);
+    a->prev = p->aq_tail;
+    if (p->aq_tail)
+        p->aq_tail->next = a;
+    else
+        p->aq_head = a;
+    p->aq_tail = a;
+    p->naq++;
+    bt_future_on_cancel(f, on_acquire_cancel, a);
+    bt__pq_arm_wait(p);
+    bt__pq_pump(p);
+}
+
+/* bt_pq_conn_release: take c back (it may still be running queries; it is
+ * rolled back if dirty once they are done), or free it if it died. */
+void bt__pq_pool_release(bt_pq_conn *c)
+{
+    if (!c->acquired)
+        return;
+    c->acquired = false;
+    if (c->pool == NULL || c->state == CS_DEAD) {
+        bt__pq_conn_free_dead(c);
+        return;
+    }
+    c->releasing = true;
+    if (c->ops_len == 0)
+        finish_release(c);
 }
 
 static void grow(bt_pq_pool *p)
@@ -376,7 +539,7 @@ void bt__pq_pump(bt_pq_pool *p)
             if (c == NULL)
                 break;
             struct pq_acq *a = p->aq_head;
-            bt__pq_aq_unlink(p, a);
+            aq_unlink(p, a);
             bt__pq_hand_over(c, a);
         }
         while (p->wq_head && !p->closed) {
@@ -410,8 +573,9 @@ void bt__pq_check_drained(bt_pq_pool *p)
 
 /* Put queries of a failed batch back at the head of the wait queue, in
  * their order, each to be sent alone (see pq-internal.h). */
-void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
+static void on_retry(bt_pq_conn *c, pq_query **qs, size_t n)
 {
+    bt_pq_pool *p = c->pool;
     for (size_t i = n; i-- > 0;) {
         pq_query *q = qs[i];
         if (p->closed) {
@@ -464,13 +628,29 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void bt__pq_pool_arm_sync(bt_pq_pool *p)
+static void on_batch_open(bt_pq_conn *c)
 {
-    if (!p->sync_armed && p->sync_ev) {
+    bt_pq_pool *p = c->pool;
+    if (!p->sync_armed && p->sync_ev != NULL) {
         p->sync_armed = true;
         event_active(p->sync_ev, EV_TIMEOUT, 0);
     }
 }
+
+static void on_notify(bt_pq_conn *c, PGnotify *n)
+{
+    bt__pq_chan_dispatch(c->pool, n);
+}
+
+static const struct bt__pq_conn_events conn_events = {
+    .connected = on_connected,
+    .connect_failed = on_connect_failed,
+    .available = on_available,
+    .gone = on_gone,
+    .batch_open = on_batch_open,
+    .retry = on_retry,
+    .notify = on_notify,
+};
 
 /* ---- Waiting with bounds ----------------------------------------------- */
 
@@ -492,7 +672,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
     }
     while (p->aq_head && p->aq_head->deadline_ns <= now) {
         struct pq_acq *a = p->aq_head;
-        bt__pq_aq_unlink(p, a);
+        aq_unlink(p, a);
         bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt_future_unref(a->f);
         bt_free(a);

@@ -127,8 +127,34 @@ struct pq_stmt {
 
 enum { CS_RESOLVING, CS_CONNECTING, CS_READY, CS_DEAD };
 
+/* How a connection reports to its pool: the one way up from conn.c and
+ * connect.c. The pool fills in the table when it creates the connection
+ * (bt__pq_conn_new); the connection calls these and never a pool function,
+ * so the calls between the files run one way, down. Each is called on the
+ * loop thread, with c->pool set (never once the connection is dead). */
+struct bt__pq_conn_events {
+    /* c is open, in pipeline mode, and may take queries. */
+    void (*connected)(bt_pq_conn *c);
+    /* Opening a connection failed. c is already closed (and maybe freed),
+     * so the pool and the kind of connection are passed instead. */
+    void (*connect_failed)(bt_pq_pool *p, bool listener, int code, const char *msg);
+    /* c finished some work (or a cancel request for it returned): it may
+     * take more, or be released, retired or rolled back. */
+    void (*available)(bt_pq_conn *c);
+    /* c is closing: the pool forgets it (unlinks it) and replaces it. */
+    void (*gone)(bt_pq_conn *c);
+    /* c has a batch open: Sync it at the end of this loop pass. */
+    void (*batch_open)(bt_pq_conn *c);
+    /* These n queries of a failed batch never took effect: run them again,
+     * each alone (the pool takes them over; qs is the caller's array). */
+    void (*retry)(bt_pq_conn *c, pq_query **qs, size_t n);
+    /* A notification arrived on the listener connection. */
+    void (*notify)(bt_pq_conn *c, PGnotify *n);
+};
+
 struct bt_pq_conn {
-    bt_pq_pool *pool; /* NULL once dead (closed while acquired) */
+    bt_pq_pool *pool;                        /* NULL once dead (closed while acquired) */
+    const struct bt__pq_conn_events *events; /* the pool's, see above */
     bt_loop *loop;
     bt_pq_conn *prev, *next; /* the pool's list (not the listener) */
     PGconn *pg;
@@ -236,7 +262,7 @@ struct bt_pq_pool {
 };
 
 /* connect.c */
-bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener);
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_conn_events *events);
 void bt__pq_conn_begin(bt_pq_conn *c);
 
 /* conn.c */
@@ -247,33 +273,39 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
 bool bt__pq_conn_idle(const bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);
+void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 
-/* pool.c */
-void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
-void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n);
-void bt__pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n);
-void bt__pq_pool_arm_sync(bt_pq_pool *p);
+/* channels.c: the LISTEN channels, below the pool. */
+pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
+/* "VERB "quoted"" for c, or NULL. Free with bt_free. */
+char *bt__pq_chan_sql(bt_pq_conn *c, const char *verb, const char *channel);
+/* LISTEN on c; f (taken over, or NULL for an internal one) settles with it. */
+void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f);
+void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
 
-/* query.c */
+/* request.c: the query object. */
 pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
                            const bt_pq_query_opts *opts, int *err);
 void bt__pq_query_settle_result(pq_query *q);
 void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-/* Take q off the pool's queue of queries waiting for a connection. */
-void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
-void bt__pq_aq_unlink(bt_pq_pool *p, struct pq_acq *a); /* acquire.c */
 void bt__pq_query_free(pq_query *q);
 void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
+/* The callback of internal queries (logs a failure). */
+void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
+
+/* query.c */
 /* The common path of every query: target is an acquired connection or
  * NULL for the pool. Returns: new reference, or NULL. */
 bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
                          int nparams, const char *const *values, const bt_pq_query_opts *opts);
 
-/* pool.c, shared with the files below */
+/* pool.c, for the files above it (query.c, acquire.c, listen.c) */
+/* Take q off the pool's queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
+void bt__pq_pool_run(bt_pq_pool *p, pq_query *q);
+void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
+void bt__pq_pool_release(bt_pq_conn *c);
 void bt__pq_pump(bt_pq_pool *p);
 void bt__pq_arm_wait(bt_pq_pool *p);
 uint64_t bt__pq_deadline(bt_pq_pool *p);
@@ -284,15 +316,8 @@ void bt__pq_start_listener(bt_pq_pool *p);
 bool bt__pq_can_connect(bt_pq_pool *p);
 void bt__pq_check_drained(bt_pq_pool *p);
 
-/* acquire.c */
-void bt__pq_finish_release(bt_pq_conn *c);
-void bt__pq_send_internal(bt_pq_conn *c, const char *sql);
-
 /* conninfo.c */
 int bt__pq_parse_conninfo(bt_pq_pool *p);
-
-/* conn.c: the callback of internal queries (logs a failure). */
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
 /* resolve.c and cancel.c: the only work that leaves the loop. They call
  * nothing else of the wing: each reports to the callback it was given. */
