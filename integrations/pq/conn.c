@@ -4,6 +4,7 @@
  * queries, lifetimes); connect.c opens it. */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,29 @@ static uint64_t now_ns(void)
 }
 
 static pq_op *ops_front(bt_pq_conn *c);
+
+/* The one way conn.c ends a query: settle it (code 0: with what it
+ * collected; else failed with code and the message) unless it was settled
+ * already, and free it. */
+static void end_query(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+static void end_query(pq_query *q, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bt__pq_query_vend(q, code, fmt, ap);
+    va_end(ap);
+}
+
+/* libpq says c is broken: close it with libpq's message (copied, since
+ * closing frees the PGconn that holds it). Returns -1 for the callers that
+ * must return at once. */
+static int close_broken(bt_pq_conn *c)
+{
+    char *m = bt_strdup(PQerrorMessage(c->pg));
+    bt__pq_conn_close(c, BT_ECONNRESET, m);
+    bt_free(m);
+    return -1;
+}
 
 /* cancel.c reports here (see cancel.c's DESIGN). Answered: the server has
  * acted on the request, so the connection may take new work again once
@@ -128,17 +152,13 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
         ops_pop(c);
         if (op.kind != OP_QUERY)
             continue;
-        pq_query *q = op.q;
-        if (!q->settled) {
-            if (code == BT_ESHUTDOWN)
-                bt__pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
-            else
-                bt__pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
-                                  "the connection was lost while the query was in flight "
-                                  "(it may or may not have run; not retried): %s",
-                                  why ? why : "connection closed");
-        }
-        bt__pq_query_free(q);
+        if (code == BT_ESHUTDOWN)
+            end_query(op.q, code, "%s", why != NULL ? why : "the pool is shutting down");
+        else
+            end_query(op.q, code == 0 ? BT_ECONNRESET : code,
+                      "the connection was lost while the query was in flight "
+                      "(it may or may not have run; not retried): %s",
+                      why != NULL ? why : "connection closed");
     }
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
@@ -200,12 +220,8 @@ int bt__pq_conn_sync(bt_pq_conn *c)
     if (c->unsynced == 0 || c->state != CS_READY)
         return 0;
     c->unsynced = 0;
-    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
-        return -1;
-    }
+    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0)
+        return close_broken(c);
     return 0;
 }
 
@@ -273,16 +289,14 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     q->conn = c;
     q->state = Q_SENT;
     if (c->state != CS_READY) {
-        bt__pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
-        bt__pq_query_free(q);
+        end_query(q, c->pool != NULL ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         return;
     }
     bool batch = batchable(c, q);
     /* A solo query closes the open batch first, so that it is alone
      * between two Syncs. */
     if (!batch && c->unsynced > 0 && bt__pq_conn_sync(c) != 0) {
-        bt__pq_query_fail(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-        bt__pq_query_free(q);
+        end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
         return;
     }
     if (c->ops_len > 0 && p)
@@ -300,9 +314,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             int rc = stmt_evict(c);
             c->busy--;
             if (rc != 0) {
-                bt__pq_query_fail(q, BT_ECONNRESET,
-                                  "the connection was lost before the query was sent");
-                bt__pq_query_free(q);
+                end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
                 if (c->zombie && c->busy == 0)
                     bt__pq_conn_free_dead(c);
                 return;
@@ -336,11 +348,8 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
         ok = 0;
     if (!ok) {
         /* q is not in the FIFO: fail it here, then the connection. */
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_query_fail(q, BT_ECONNRESET, "could not send the query: %s", m ? m : "");
-        bt__pq_query_free(q);
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
+        end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
+        close_broken(c);
         return;
     }
     c->inflight++;
@@ -485,18 +494,6 @@ static bool stray_cancel(const bt_pq_conn *c, const pq_query *q)
            strstr(q->errmsg, "user request");
 }
 
-static void settle(pq_query *q)
-{
-    if (!q->settled) {
-        if (q->aborted && !q->err) {
-            q->err = BT_EIO;
-            q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
-        }
-        bt__pq_query_settle_result(q);
-    }
-    bt__pq_query_free(q);
-}
-
 /* The Sync of the held queries arrived: settle them, or, if the batch
  * failed, fail the query that failed and send the others again. */
 static void resolve_batch(bt_pq_conn *c)
@@ -513,7 +510,7 @@ static void resolve_batch(bt_pq_conn *c)
         q->next = NULL;
         if (q->abandoned) {
             c->abandoned--;
-            bt__pq_query_free(q);
+            end_query(q, 0, NULL); /* settled already: freed */
         } else {
             c->inflight--;
             bool stale = stale_statement(c, q);
@@ -529,7 +526,7 @@ static void resolve_batch(bt_pq_conn *c)
             if (stray)
                 q->recancelled = true;
             if (!again) {
-                settle(q);
+                end_query(q, 0, NULL);
             } else {
                 if (again_tail)
                     again_tail->next = q;
@@ -553,8 +550,7 @@ static void resolve_batch(bt_pq_conn *c)
         } else {
             for (q = again_head; q;) {
                 pq_query *next = q->next;
-                bt__pq_query_fail(q, BT_ENOMEM, "out of memory retrying the query");
-                bt__pq_query_free(q);
+                end_query(q, BT_ENOMEM, "out of memory retrying the query");
                 q = next;
             }
         }
@@ -569,12 +565,10 @@ static void fail_held(bt_pq_conn *c, int code, const char *why)
     c->held_error = false;
     while (q) {
         pq_query *next = q->next;
-        if (!q->settled)
-            bt__pq_query_fail(q, code,
-                              "the connection was lost before the query's transaction was "
-                              "confirmed (it may or may not have run; not retried): %s",
-                              why ? why : "connection closed");
-        bt__pq_query_free(q);
+        end_query(q, code,
+                  "the connection was lost before the query's transaction was "
+                  "confirmed (it may or may not have run; not retried): %s",
+                  why != NULL ? why : "connection closed");
         q = next;
     }
 }
@@ -650,12 +644,8 @@ static int process(bt_pq_conn *c)
     if (PQstatus(c->pg) == CONNECTION_BAD)
         goto broken;
     return 0;
-broken : {
-    char *m = bt_strdup(PQerrorMessage(c->pg));
-    bt__pq_conn_close(c, BT_ECONNRESET, m);
-    bt_free(m);
-    return -1;
-}
+broken:
+    return close_broken(c);
 }
 
 static void drain_notifies(bt_pq_conn *c)
@@ -677,16 +667,12 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     c->busy++;
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
-            char *m = bt_strdup(PQerrorMessage(c->pg));
-            bt__pq_conn_close(c, BT_ECONNRESET, m);
-            bt_free(m);
+            close_broken(c);
             goto out;
         }
     }
     if (c->flushing && flush(c) != 0) {
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
+        close_broken(c);
         goto out;
     }
     if (process(c) != 0)

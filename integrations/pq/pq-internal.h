@@ -54,6 +54,7 @@
 #ifndef BATON_PQ_INTERNAL_H
 #define BATON_PQ_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -290,6 +291,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
 void bt__pq_query_settle_result(pq_query *q);
 void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 void bt__pq_query_free(pq_query *q);
+void bt__pq_query_vend(pq_query *q, int code, const char *fmt, va_list ap);
 void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
 /* The callback of internal queries (logs a failure). */
 void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);

@@ -5,6 +5,7 @@
  * of the wing but result.c. */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,26 +136,28 @@ static void count(pq_query *q)
         q->pool->st.queries++;
 }
 
-void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...)
+static void vfail(pq_query *q, int code, const char *fmt, va_list ap)
 {
     if (q->settled)
         return;
     q->settled = true;
     stop_timer(q);
     count(q);
-    char *msg = NULL;
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        msg = bt_vasprintf(fmt, ap);
-        va_end(ap);
-    }
-    if (q->f) {
-        bt_future_set_error(q->f, code, "%s", msg ? msg : bt_strerror(code));
-    } else if (q->internal) {
+    char *msg = fmt != NULL ? bt_vasprintf(fmt, ap) : NULL;
+    if (q->f != NULL) {
+        bt_future_set_error(q->f, code, "%s", msg != NULL ? msg : bt_strerror(code));
+    } else if (q->internal != NULL) {
         q->internal(q->conn, q, code);
     }
     bt_free(msg);
+}
+
+void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(q, code, fmt, ap);
+    va_end(ap);
 }
 
 /* Deliver what the connection collected: an error, or the result. */
@@ -188,4 +191,21 @@ void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
     (void)q;
     if (err)
         bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
+}
+
+/* The end of q on a connection: settle it unless it was settled already
+ * (code 0: deliver what it collected, and a query its pipeline skipped
+ * fails; else fail it with code and the message), then free it. */
+void bt__pq_query_vend(pq_query *q, int code, const char *fmt, va_list ap)
+{
+    if (code != 0) {
+        vfail(q, code, fmt, ap);
+    } else if (!q->settled) {
+        if (q->aborted && q->err == 0) {
+            q->err = BT_EIO;
+            q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
+        }
+        bt__pq_query_settle_result(q);
+    }
+    bt__pq_query_free(q);
 }
