@@ -248,20 +248,13 @@ void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql)
     bt__pq_conn_send(c, q);
 }
 
-/* The cache is full: DEALLOCATE its least recently used statement (one
- * whose PREPARE has completed: a pending OP_PREPARE still points at its
- * entry). Queries already sent with it run before the DEALLOCATE: the
- * pipeline keeps order. Returns -1 if the connection broke. */
-static int stmt_evict(bt_pq_conn *c)
+/* The cache was full: DEALLOCATE the statement it forgot (name). Queries
+ * already sent with it run before: the pipeline keeps order. Returns -1 if
+ * the connection broke. */
+static int stmt_evict(bt_pq_conn *c, const char *name)
 {
-    pq_stmt *s = c->lru_tail;
-    while (s && !s->ready)
-        s = s->lru_prev;
-    if (s == NULL)
-        return 0; /* all are being prepared: this query runs unnamed */
     char sql[48];
-    snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
-    bt__pq_stmt_remove(c, s);
+    snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
     bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
     pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
@@ -306,12 +299,12 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     int ok = 1;
     pq_stmt *s = NULL;
     bool prepared = false;
-    if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        uint32_t h = bt__pq_stmt_hash(q->sql);
-        s = bt__pq_stmt_find(c, q->sql, h);
-        if (s == NULL && c->nstmts >= p->o.stmt_cache_size) {
+    if (p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
+        char evict[24];
+        int how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
+        if (evict[0] != '\0') {
             c->busy++; /* a failed send closes c: keep it allocated here */
-            int rc = stmt_evict(c);
+            int rc = stmt_evict(c, evict);
             c->busy--;
             if (rc != 0) {
                 end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
@@ -320,20 +313,14 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
                 return;
             }
         }
-        if (s && s->ready) {
+        if (how == BT__PQ_STMT_RUN) {
             prepared = true;
             q->used_named = true;
-            bt__pq_stmt_touch(c, s);
-        } else if (s == NULL && c->nstmts < p->o.stmt_cache_size) {
-            s = bt__pq_stmt_add(c, q->sql, h);
-            if (s) {
-                ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
-                if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
-                    ok = 0;
-                prepared = ok;
-            }
-        } else {
-            s = NULL; /* being prepared by an earlier query, or cache full */
+        } else if (how == BT__PQ_STMT_PREPARE) {
+            ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
+            if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
+                ok = 0;
+            prepared = ok;
         }
     }
     if (ok) {
@@ -446,12 +433,7 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
  * transaction committed. */
 static void hold(bt_pq_conn *c, pq_query *q)
 {
-    q->next = NULL;
-    if (c->held_tail)
-        c->held_tail->next = q;
-    else
-        c->held_head = q;
-    c->held_tail = q;
+    bt__list_push_back(&c->held, &q->link);
     c->nheld++;
     if (q->err)
         c->held_error = true;
@@ -475,10 +457,7 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    uint32_t h = bt__pq_stmt_hash(q->sql);
-    pq_stmt *s = bt__pq_stmt_find(c, q->sql, h);
-    if (s)
-        bt__pq_stmt_remove(c, s);
+    bt__pq_stmt_forget(c, q->sql);
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
         bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
     return true;
@@ -498,79 +477,55 @@ static bool stray_cancel(const bt_pq_conn *c, const pq_query *q)
  * failed, fail the query that failed and send the others again. */
 static void resolve_batch(bt_pq_conn *c)
 {
-    pq_query *q = c->held_head;
     bool failed = c->held_error && c->nheld > 1;
-    c->held_head = c->held_tail = NULL;
+    bt__list batch, again;
+    bt__list_init(&batch);
+    bt__list_init(&again);
+    bt__list_splice_back(&batch, &c->held);
     c->nheld = 0;
     c->held_error = false;
-    pq_query *again_head = NULL, *again_tail = NULL;
-    size_t nagain = 0;
-    while (q) {
-        pq_query *next = q->next;
-        q->next = NULL;
+    bt__list *n;
+    while ((n = bt__list_pop_front(&batch)) != NULL) {
+        pq_query *q = BT__LIST_ENTRY(n, pq_query, link);
         if (q->abandoned) {
             c->abandoned--;
             end_query(q, 0, NULL); /* settled already: freed */
-        } else {
-            c->inflight--;
-            bool stale = stale_statement(c, q);
-            bool stray = !stale && stray_cancel(c, q);
-            /* Only pool queries go back to the pool: never one bound to an
-             * acquired connection, an internal one, or a LISTEN. */
-            bool pool_query = !q->target && !q->internal && !c->is_listener;
-            bool again = stale   ? pool_query && !q->replanned
-                         : stray ? pool_query && !q->recancelled
-                                 : failed && !(q->err && (q->solo || !batch_only_error(q)));
-            if (stale)
-                q->replanned = true;
-            if (stray)
-                q->recancelled = true;
-            if (!again) {
-                end_query(q, 0, NULL);
-            } else {
-                if (again_tail)
-                    again_tail->next = q;
-                else
-                    again_head = q;
-                again_tail = q;
-                nagain++;
-            }
+            continue;
         }
-        q = next;
+        c->inflight--;
+        bool stale = stale_statement(c, q);
+        bool stray = !stale && stray_cancel(c, q);
+        /* Only pool queries go back to the pool: never one bound to an
+         * acquired connection, an internal one, or a LISTEN. */
+        bool pool_query = q->target == NULL && q->internal == NULL && !c->is_listener;
+        bool again_q = stale   ? pool_query && !q->replanned
+                       : stray ? pool_query && !q->recancelled
+                               : failed && !(q->err && (q->solo || !batch_only_error(q)));
+        if (stale)
+            q->replanned = true;
+        if (stray)
+            q->recancelled = true;
+        if (again_q)
+            bt__list_push_back(&again, &q->link);
+        else
+            end_query(q, 0, NULL);
     }
-    if (nagain && c->pool) {
-        pq_query **v = bt_malloc(nagain * sizeof *v);
-        size_t i = 0;
-        for (q = again_head; q; q = q->next)
-            if (v)
-                v[i++] = q;
-        if (v) {
-            c->events->retry(c, v, nagain);
-            bt_free(v);
-        } else {
-            for (q = again_head; q;) {
-                pq_query *next = q->next;
-                end_query(q, BT_ENOMEM, "out of memory retrying the query");
-                q = next;
-            }
-        }
-    }
+    if (!bt__list_empty(&again) && c->pool != NULL)
+        c->events->retry(c, &again); /* takes them all */
+    while ((n = bt__list_pop_front(&again)) != NULL)
+        end_query(BT__LIST_ENTRY(n, pq_query, link), BT_ESHUTDOWN, "the pool was closed");
 }
 
 static void fail_held(bt_pq_conn *c, int code, const char *why)
 {
-    pq_query *q = c->held_head;
-    c->held_head = c->held_tail = NULL;
     c->nheld = 0;
     c->held_error = false;
-    while (q) {
-        pq_query *next = q->next;
-        end_query(q, code,
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->held)) != NULL)
+        end_query(BT__LIST_ENTRY(n, pq_query, link), code,
                   "the connection was lost before the query's transaction was "
                   "confirmed (it may or may not have run; not retried): %s",
                   why != NULL ? why : "connection closed");
-        q = next;
-    }
 }
 
 /* Read every result that is complete. Returns -1 if c was closed. */

@@ -29,6 +29,9 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_co
         return NULL;
     c->pool = p;
     c->events = events;
+    bt__list_init(&c->link);
+    bt__list_init(&c->held);
+    bt__list_init(&c->lru);
     c->loop = p->loop;
     c->fd = -1;
     c->is_listener = listener;

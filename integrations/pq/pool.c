@@ -23,6 +23,22 @@
 #include "sized.h"
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
+
+/* The pool's three lists (core/list.h): its connections, and the queues of
+ * queries and of acquires waiting for one, each served from its head. */
+#define CONN_OF(n) BT__LIST_ENTRY(n, bt_pq_conn, link)
+
+static pq_query *wq_first(const bt_pq_pool *p)
+{
+    bt__list *n = bt__list_first(&p->wq);
+    return n != NULL ? BT__LIST_ENTRY(n, pq_query, link) : NULL;
+}
+
+static struct pq_acq *aq_first(const bt_pq_pool *p)
+{
+    bt__list *n = bt__list_first(&p->aq);
+    return n != NULL ? BT__LIST_ENTRY(n, struct pq_acq, link) : NULL;
+}
 static void aq_unlink(bt_pq_pool *p, struct pq_acq *a);
 static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
 static const struct bt__pq_conn_events conn_events;
@@ -66,23 +82,13 @@ BT_EXPORT void bt_pq_options_init_size(bt_pq_options *dst, size_t size)
 
 static void link_conn(bt_pq_pool *p, bt_pq_conn *c)
 {
-    c->prev = NULL;
-    c->next = p->conns;
-    if (p->conns)
-        p->conns->prev = c;
-    p->conns = c;
+    bt__list_push_front(&p->conns, &c->link);
     p->nconns++;
 }
 
 static void unlink_conn(bt_pq_pool *p, bt_pq_conn *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        p->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    bt__list_remove(&c->link);
     p->nconns--;
 }
 
@@ -204,15 +210,15 @@ static int sqlstate_prefix(const char *msg)
 
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
 {
-    while (p->wq_head) {
-        pq_query *q = p->wq_head;
+    pq_query *q;
+    while ((q = wq_first(p)) != NULL) {
         bt__pq_wq_unlink(p, q);
         q->state = Q_NEW;
         bt__pq_query_fail(q, code, fmt, msg);
         bt__pq_query_free(q);
     }
-    while (p->aq_head) {
-        struct pq_acq *a = p->aq_head;
+    struct pq_acq *a;
+    while ((a = aq_first(p)) != NULL) {
         aq_unlink(p, a);
         bt_future_set_error(a->f, code, fmt, msg);
         bt_future_unref(a->f);
@@ -317,7 +323,7 @@ static void on_available(bt_pq_conn *c)
     }
     /* The common case under load: nothing waits and the pool is at its
      * floor, so there is nothing to hand out or open. */
-    if (p->wq_head || p->aq_head || p->nready || p->nconns < p->o.min_size)
+    if (p->nwq > 0 || p->naq > 0 || p->nready > 0 || p->nconns < p->o.min_size)
         bt__pq_pump(p);
     else
         bt__pq_check_drained(p);
@@ -336,19 +342,21 @@ static bool usable(const bt_pq_conn *c)
 
 bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
 {
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (usable(c) && c->ops_len == 0)
-            return c;
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (usable(CONN_OF(n)) && CONN_OF(n)->ops_len == 0)
+            return CONN_OF(n);
     return NULL;
 }
 
 static bt_pq_conn *least_busy(bt_pq_pool *p)
 {
     bt_pq_conn *best = NULL;
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        bt_pq_conn *c = CONN_OF(n);
         if (usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth &&
             (best == NULL || c->inflight < best->inflight))
             best = c;
+    }
     return best;
 }
 
@@ -380,15 +388,7 @@ void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
 /* Take q off the queue of queries waiting for a connection. */
 void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
 {
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        p->wq_head = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    else
-        p->wq_tail = q->prev;
-    q->next = q->prev = NULL;
+    bt__list_remove(&q->link);
     p->nwq--;
 }
 
@@ -396,7 +396,7 @@ void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
  * (bounded in length and time). The pool takes q over. */
 void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
 {
-    bt_pq_conn *c = p->wq_head ? NULL : bt__pq_pick(p);
+    bt_pq_conn *c = p->nwq > 0 ? NULL : bt__pq_pick(p);
     if (c) {
         bt__pq_conn_send(c, q);
         return;
@@ -410,13 +410,7 @@ void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
     }
     q->state = Q_WAITING;
     q->deadline_ns = bt__pq_deadline(p);
-    q->prev = p->wq_tail;
-    q->next = NULL;
-    if (p->wq_tail)
-        p->wq_tail->next = q;
-    else
-        p->wq_head = q;
-    p->wq_tail = q;
+    bt__list_push_back(&p->wq, &q->link);
     p->nwq++;
     bt__pq_arm_wait(p);
     bt__pq_pump(p);
@@ -425,15 +419,7 @@ void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
 /* Take a waiter off the pool's acquire queue. */
 static void aq_unlink(bt_pq_pool *p, struct pq_acq *a)
 {
-    if (a->prev)
-        a->prev->next = a->next;
-    else
-        p->aq_head = a->next;
-    if (a->next)
-        a->next->prev = a->prev;
-    else
-        p->aq_tail = a->prev;
-    a->next = a->prev = NULL;
+    bt__list_remove(&a->link);
     p->naq--;
 }
 
@@ -460,9 +446,10 @@ void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
         return;
     }
+    bt__list_init(&a->link);
     a->pool = p;
     a->f = bt_future_ref(f);
-    bt_pq_conn *c = p->aq_head ? NULL : bt__pq_find_idle(p);
+    bt_pq_conn *c = p->naq > 0 ? NULL : bt__pq_find_idle(p);
     if (c) {
         bt__pq_hand_over(c, a);
         return;
@@ -475,12 +462,7 @@ void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
         return;
     }
     a->deadline_ns = bt__pq_deadline(p);
-    a->prev = p->aq_tail;
-    if (p->aq_tail)
-        p->aq_tail->next = a;
-    else
-        p->aq_head = a;
-    p->aq_tail = a;
+    bt__list_push_back(&p->aq, &a->link);
     p->naq++;
     bt_future_on_cancel(f, on_acquire_cancel, a);
     bt__pq_arm_wait(p);
@@ -534,19 +516,19 @@ void bt__pq_pump(bt_pq_pool *p)
     p->pumping = true;
     do {
         p->repump = false;
-        while (p->aq_head) {
+        while (p->naq > 0) {
             bt_pq_conn *c = bt__pq_find_idle(p);
             if (c == NULL)
                 break;
-            struct pq_acq *a = p->aq_head;
+            struct pq_acq *a = aq_first(p);
             aq_unlink(p, a);
             bt__pq_hand_over(c, a);
         }
-        while (p->wq_head && !p->closed) {
+        while (p->nwq > 0 && !p->closed) {
             bt_pq_conn *c = bt__pq_pick(p);
             if (c == NULL)
                 break;
-            pq_query *q = p->wq_head;
+            pq_query *q = wq_first(p);
             bt__pq_wq_unlink(p, q);
             bt__pq_conn_send(c, q);
         }
@@ -564,8 +546,8 @@ void bt__pq_check_drained(bt_pq_pool *p)
 {
     if (!p->closing || p->closed || p->pumping || p->nwq || p->naq)
         return;
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (c->acquired || c->releasing || c->ops_len > 0)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (CONN_OF(n)->acquired || CONN_OF(n)->releasing || CONN_OF(n)->ops_len > 0)
             return;
     p->drained = true;
     pool_shutdown(p);
@@ -573,11 +555,13 @@ void bt__pq_check_drained(bt_pq_pool *p)
 
 /* Put queries of a failed batch back at the head of the wait queue, in
  * their order, each to be sent alone (see pq-internal.h). */
-static void on_retry(bt_pq_conn *c, pq_query **qs, size_t n)
+static void on_retry(bt_pq_conn *c, bt__list *qs)
 {
     bt_pq_pool *p = c->pool;
-    for (size_t i = n; i-- > 0;) {
-        pq_query *q = qs[i];
+    bt__list front, *n;
+    bt__list_init(&front);
+    while ((n = bt__list_pop_front(qs)) != NULL) {
+        pq_query *q = BT__LIST_ENTRY(n, pq_query, link);
         if (p->closed) {
             bt__pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
             bt__pq_query_free(q);
@@ -591,21 +575,18 @@ static void on_retry(bt_pq_conn *c, pq_query **qs, size_t n)
         q->err = 0;
         bt_free(q->errmsg);
         q->errmsg = NULL;
-        if (q->res) {
+        if (q->res != NULL) {
             PQclear(q->res);
             q->res = NULL;
         }
         q->deadline_ns = bt__pq_deadline(p);
-        q->prev = NULL;
-        q->next = p->wq_head;
-        if (p->wq_head)
-            p->wq_head->prev = q;
-        else
-            p->wq_tail = q;
-        p->wq_head = q;
+        bt__list_push_back(&front, &q->link);
         p->nwq++;
         p->st.retried++;
     }
+    /* front, then the queries that were waiting already. */
+    bt__list_splice_back(&front, &p->wq);
+    bt__list_splice_back(&p->wq, &front);
     bt__pq_arm_wait(p);
 }
 
@@ -619,9 +600,10 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
     bt_pq_pool *p = arg;
     p->sync_armed = false;
     for (;;) {
-        bt_pq_conn *c = p->conns;
-        while (c && (c->unsynced == 0 || c->state != CS_READY))
-            c = c->next;
+        bt_pq_conn *c = NULL;
+        for (bt__list *n = p->conns.next; n != &p->conns && c == NULL; n = n->next)
+            if (CONN_OF(n)->unsynced > 0 && CONN_OF(n)->state == CS_READY)
+                c = CONN_OF(n);
         if (c == NULL)
             break;
         bt__pq_conn_sync(c);
@@ -663,15 +645,15 @@ static void on_wait_timer(bt_timer *t, void *arg)
     snprintf(why, sizeof why, "%llu ms; pool %u/%u open%s%s",
              (unsigned long long)p->o.acquire_timeout_ms, p->nconns - p->nconnecting, p->o.max_size,
              p->last_errmsg ? "; last connect error: " : "", p->last_errmsg ? p->last_errmsg : "");
-    while (p->wq_head && p->wq_head->deadline_ns <= now) {
-        pq_query *q = p->wq_head;
+    pq_query *q;
+    while ((q = wq_first(p)) != NULL && q->deadline_ns <= now) {
         bt__pq_wq_unlink(p, q);
         q->state = Q_NEW;
         bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt__pq_query_free(q);
     }
-    while (p->aq_head && p->aq_head->deadline_ns <= now) {
-        struct pq_acq *a = p->aq_head;
+    struct pq_acq *a;
+    while ((a = aq_first(p)) != NULL && a->deadline_ns <= now) {
         aq_unlink(p, a);
         bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt_future_unref(a->f);
@@ -686,10 +668,10 @@ void bt__pq_arm_wait(bt_pq_pool *p)
     if (p->closed || !p->o.acquire_timeout_ms || bt_timer_is_active(p->wait_timer))
         return;
     uint64_t next = UINT64_MAX;
-    if (p->wq_head)
-        next = p->wq_head->deadline_ns;
-    if (p->aq_head && p->aq_head->deadline_ns < next)
-        next = p->aq_head->deadline_ns;
+    if (p->nwq > 0)
+        next = wq_first(p)->deadline_ns;
+    if (p->naq > 0 && aq_first(p)->deadline_ns < next)
+        next = aq_first(p)->deadline_ns;
     if (next == UINT64_MAX)
         return;
     uint64_t now = now_ns();
@@ -714,9 +696,9 @@ static void on_maint(bt_timer *t, void *arg)
     bt_pq_pool *p = arg;
     p->maint_due_ns = 0;
     uint64_t now = now_ns();
-    bt_pq_conn *next;
-    for (bt_pq_conn *c = p->conns; c; c = next) {
-        next = c->next;
+    bt__list *n, *next;
+    BT__LIST_FOREACH_SAFE (n, next, &p->conns) {
+        bt_pq_conn *c = CONN_OF(n);
         if (c->state != CS_READY)
             continue;
         bool idle = c->ops_len == 0 && !c->acquired && !c->releasing;
@@ -787,8 +769,9 @@ static void pool_shutdown(bt_pq_pool *p)
         bt_free(w->channel);
         bt_free(w);
     }
-    while (p->conns)
-        bt__pq_conn_close(p->conns, BT_ESHUTDOWN, "the pool was closed");
+    bt__list *n;
+    while ((n = bt__list_first(&p->conns)) != NULL)
+        bt__pq_conn_close(CONN_OF(n), BT_ESHUTDOWN, "the pool was closed");
     if (p->listener)
         bt__pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
 }
@@ -855,6 +838,9 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
+    bt__list_init(&p->conns);
+    bt__list_init(&p->wq);
+    bt__list_init(&p->aq);
     p->o = *o;
     if (p->o.pipeline_depth == 0)
         p->o.pipeline_depth = 1;
@@ -927,8 +913,8 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
         return NULL;
     if (p->closed)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (c->state == CS_READY)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (CONN_OF(n)->state == CS_READY)
             return bt_future_new_value(p->loop, NULL, NULL);
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
@@ -956,7 +942,8 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
     st.connecting = p->nconnecting;
     st.waiting = p->nwq + p->naq;
     st.idle = st.acquired = 0;
-    for (const bt_pq_conn *c = p->conns; c; c = c->next) {
+    for (const bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        const bt_pq_conn *c = CONN_OF(n);
         if (c->acquired)
             st.acquired++;
         else if (c->state == CS_READY && c->ops_len == 0 && !c->releasing)

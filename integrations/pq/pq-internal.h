@@ -63,6 +63,8 @@
 
 #include <baton/pq.h>
 
+#include "list.h"
+
 typedef struct pq_query pq_query;
 typedef struct pq_stmt pq_stmt;
 typedef struct pq_chan pq_chan;
@@ -74,7 +76,7 @@ enum { Q_NEW, Q_WAITING, Q_SENT };
 typedef void (*pq_internal_cb)(bt_pq_conn *c, pq_query *q, int err);
 
 struct pq_query {
-    pq_query *prev, *next; /* the pool's wait queue */
+    bt__list link; /* on the pool's wait queue, or its connection's held batch */
     bt_pq_pool *pool;
     bt_pq_conn *conn;   /* once sent */
     bt_pq_conn *target; /* an acquired connection, or NULL */
@@ -118,8 +120,8 @@ typedef struct {
 } pq_op;
 
 struct pq_stmt {
-    pq_stmt *next;                /* hash chain */
-    pq_stmt *lru_prev, *lru_next; /* most recently used first */
+    pq_stmt *next; /* hash chain */
+    bt__list lru;  /* on its connection's lru, most recently used first */
     char *sql;
     uint32_t hash;
     bool ready; /* PREPARE succeeded */
@@ -146,9 +148,10 @@ struct bt__pq_conn_events {
     void (*gone)(bt_pq_conn *c);
     /* c has a batch open: Sync it at the end of this loop pass. */
     void (*batch_open)(bt_pq_conn *c);
-    /* These n queries of a failed batch never took effect: run them again,
-     * each alone (the pool takes them over; qs is the caller's array). */
-    void (*retry)(bt_pq_conn *c, pq_query **qs, size_t n);
+    /* These queries of a failed batch (a list through their link) never
+     * took effect: run them again, each alone. The pool takes them over
+     * and leaves qs empty. */
+    void (*retry)(bt_pq_conn *c, bt__list *qs);
     /* A notification arrived on the listener connection. */
     void (*notify)(bt_pq_conn *c, PGnotify *n);
 };
@@ -157,7 +160,7 @@ struct bt_pq_conn {
     bt_pq_pool *pool;                        /* NULL once dead (closed while acquired) */
     const struct bt__pq_conn_events *events; /* the pool's, see above */
     bt_loop *loop;
-    bt_pq_conn *prev, *next; /* the pool's list (not the listener) */
+    bt__list link; /* on the pool's conns (not the listener) */
     PGconn *pg;
     int state;
     int fd;
@@ -170,9 +173,9 @@ struct bt_pq_conn {
     char *hostaddr;             /* resolved addresses for libpq */
     pq_op *ops;                 /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
-    unsigned inflight;               /* user queries (not abandoned) in flight */
-    unsigned unsynced;               /* queries sent since the last Sync */
-    pq_query *held_head, *held_tail; /* answered, waiting for their Sync */
+    unsigned inflight; /* user queries (not abandoned) in flight */
+    unsigned unsynced; /* queries sent since the last Sync */
+    bt__list held;     /* answered queries, waiting for their Sync */
     unsigned nheld;
     bool held_error;    /* a query of the held batch failed */
     unsigned abandoned; /* abandoned queries still in the FIFO */
@@ -193,7 +196,7 @@ struct bt_pq_conn {
     uint64_t born_ns;
     uint64_t idle_ns; /* when it last became idle */
     pq_stmt **stmts;  /* hash buckets */
-    pq_stmt *lru_head, *lru_tail;
+    bt__list lru;     /* the statements, most recently used first */
     unsigned nbuckets, nstmts, stmt_seq;
 };
 
@@ -211,7 +214,7 @@ struct pq_listen_wait {
 };
 
 struct pq_acq {
-    struct pq_acq *prev, *next;
+    bt__list link;    /* on the pool's aq */
     bt_pq_pool *pool; /* for the cancel hook */
     bt_future *f;     /* our own reference */
     uint64_t deadline_ns;
@@ -231,11 +234,11 @@ struct bt_pq_pool {
     const char **vals;
     int host_idx, hostaddr_idx; /* index in keys, or -1 */
     char *host;                 /* the host list to resolve, or NULL */
-    bt_pq_conn *conns;
+    bt__list conns;             /* open and opening connections, not the listener */
     unsigned nconns, nconnecting;
-    pq_query *wq_head, *wq_tail;
+    bt__list wq; /* queries waiting for a connection, by deadline */
     unsigned nwq;
-    struct pq_acq *aq_head, *aq_tail;
+    bt__list aq; /* acquires waiting for a connection, by deadline */
     unsigned naq;
     bt_timer *wait_timer;     /* earliest waiter deadline */
     bt_timer *maint_timer;    /* lifetime, idleness, min size, retries */
@@ -347,6 +350,18 @@ void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s);
 void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s);
 /* Forget every statement (the connection closed, or DISCARD ALL). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
+/* Forget sql's statement, if cached (the server no longer has it). */
+void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
+/* How to run sql on c with a cache of cap statements, the one question
+ * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
+ * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
+ * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
+ * cache was full, its least recently used ready statement was forgotten to
+ * make room and its name is in evict (else evict is ""): the caller sends
+ * the DEALLOCATE, before the PREPARE, since the pipeline keeps order. */
+enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **s, char *evict,
+                     size_t evict_size);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);

@@ -53,6 +53,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
     }
     pq_query *q = (pq_query *)mem;
     memset(q, 0, sizeof *q);
+    bt__list_init(&q->link);
     char *at = mem + align8(sizeof(pq_query));
     q->pool = p;
     q->nparams = nparams;

@@ -19,7 +19,7 @@ uint32_t bt__pq_stmt_hash(const char *s)
 
 pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
 {
-    if (!c->nbuckets)
+    if (c->nbuckets == 0)
         return NULL;
     for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
         if (s->hash == h && strcmp(s->sql, sql) == 0)
@@ -27,42 +27,17 @@ pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
     return NULL;
 }
 
-static void lru_unlink(bt_pq_conn *c, pq_stmt *s)
-{
-    if (s->lru_prev)
-        s->lru_prev->lru_next = s->lru_next;
-    else
-        c->lru_head = s->lru_next;
-    if (s->lru_next)
-        s->lru_next->lru_prev = s->lru_prev;
-    else
-        c->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NULL;
-}
-
-static void lru_link(bt_pq_conn *c, pq_stmt *s)
-{
-    s->lru_prev = NULL;
-    s->lru_next = c->lru_head;
-    if (c->lru_head)
-        c->lru_head->lru_prev = s;
-    else
-        c->lru_tail = s;
-    c->lru_head = s;
-}
-
 void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s)
 {
-    if (c->lru_head != s) {
-        lru_unlink(c, s);
-        lru_link(c, s);
-    }
+    bt__list_remove(&s->lru);
+    bt__list_push_front(&c->lru, &s->lru);
 }
 
 pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
-    if (!c->nbuckets) {
+    if (c->nbuckets == 0) {
         unsigned n = 64;
+        bt__list_init(&c->lru);
         c->stmts = bt_calloc(n, sizeof *c->stmts);
         if (c->stmts == NULL)
             return NULL;
@@ -81,7 +56,7 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
     s->next = c->stmts[h % c->nbuckets];
     c->stmts[h % c->nbuckets] = s;
     c->nstmts++;
-    lru_link(c, s);
+    bt__list_push_front(&c->lru, &s->lru);
     return s;
 }
 
@@ -92,7 +67,7 @@ void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s)
         if (*pp == s) {
             *pp = s->next;
             c->nstmts--;
-            lru_unlink(c, s);
+            bt__list_remove(&s->lru);
             bt_free(s->sql);
             bt_free(s);
             return;
@@ -112,6 +87,45 @@ void bt__pq_stmt_clear(bt_pq_conn *c)
     }
     bt_free(c->stmts);
     c->stmts = NULL;
-    c->lru_head = c->lru_tail = NULL;
+    bt__list_init(&c->lru);
     c->nbuckets = c->nstmts = 0;
+}
+
+/* Forget sql's statement, if cached (the server no longer has it). */
+void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql)
+{
+    pq_stmt *s = bt__pq_stmt_find(c, sql, bt__pq_stmt_hash(sql));
+    if (s != NULL)
+        bt__pq_stmt_remove(c, s);
+}
+
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **out, char *evict,
+                     size_t evict_size)
+{
+    uint32_t h = bt__pq_stmt_hash(sql);
+    pq_stmt *s = bt__pq_stmt_find(c, sql, h);
+    *out = NULL;
+    evict[0] = '\0';
+    if (s == NULL && c->nstmts >= cap) {
+        /* Full: the least recently used statement whose PREPARE has
+         * completed goes (a pending OP_PREPARE still points at its entry). */
+        pq_stmt *v = NULL;
+        for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
+            if (BT__LIST_ENTRY(n, pq_stmt, lru)->ready)
+                v = BT__LIST_ENTRY(n, pq_stmt, lru);
+        if (v != NULL) {
+            snprintf(evict, evict_size, "%s", v->name);
+            bt__pq_stmt_remove(c, v);
+        }
+    }
+    if (s != NULL && s->ready) {
+        bt__pq_stmt_touch(c, s);
+        *out = s;
+        return BT__PQ_STMT_RUN;
+    }
+    if (s == NULL && c->nstmts < cap) {
+        *out = bt__pq_stmt_add(c, sql, h);
+        return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
+    }
+    return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query, or all are */
 }
