@@ -30,14 +30,12 @@ static void arm_maint(bt_pq_pool *p, uint64_t ms);
 
 static pq_query *wq_first(const bt_pq_pool *p)
 {
-    bt__list *n = bt__list_first(&p->wq);
-    return n != NULL ? BT__LIST_ENTRY(n, pq_query, link) : NULL;
+    return p->nwq > 0 ? BT__LIST_ENTRY(p->wq.next, pq_query, link) : NULL;
 }
 
 static struct pq_acq *aq_first(const bt_pq_pool *p)
 {
-    bt__list *n = bt__list_first(&p->aq);
-    return n != NULL ? BT__LIST_ENTRY(n, struct pq_acq, link) : NULL;
+    return p->naq > 0 ? BT__LIST_ENTRY(p->aq.next, struct pq_acq, link) : NULL;
 }
 static void aq_unlink(bt_pq_pool *p, struct pq_acq *a);
 static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
@@ -392,11 +390,14 @@ void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
     p->nwq--;
 }
 
-/* A pool query, new: to a connection now, else into the wait queue
- * (bounded in length and time). The pool takes q over. */
+/* A new query: to the connection lent for it (q->target), else to a
+ * connection now, else into the wait queue (bounded in length and time).
+ * The pool takes q over. */
 void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
 {
-    bt_pq_conn *c = p->nwq > 0 ? NULL : bt__pq_pick(p);
+    bt_pq_conn *c = q->target;
+    if (c == NULL && p->nwq == 0)
+        c = bt__pq_pick(p);
     if (c) {
         bt__pq_conn_send(c, q);
         return;
@@ -413,7 +414,13 @@ void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
     bt__list_push_back(&p->wq, &q->link);
     p->nwq++;
     bt__pq_arm_wait(p);
-    bt__pq_pump(p);
+    /* No connection is free: the pool opens one (or hands one back) at the
+     * end of this loop pass, once for every query that came meanwhile,
+     * rather than inside each call. */
+    if (!p->pump_armed && p->pump_ev != NULL) {
+        p->pump_armed = true;
+        event_active(p->pump_ev, EV_TIMEOUT, 0);
+    }
 }
 
 /* Take a waiter off the pool's acquire queue. */
@@ -593,6 +600,15 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
 /* End of the loop pass: Sync every connection's open batch. A Sync can
  * close its connection (which may start others), so look again from the
  * top each time rather than keep a pointer into the list. */
+static void on_pump_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bt_pq_pool *p = arg;
+    p->pump_armed = false;
+    bt__pq_pump(p);
+}
+
 static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -750,6 +766,10 @@ static void pool_shutdown(bt_pq_pool *p)
         event_free(p->sync_ev);
         p->sync_ev = NULL;
     }
+    if (p->pump_ev != NULL) {
+        event_free(p->pump_ev);
+        p->pump_ev = NULL;
+    }
     fail_waiters(p, BT_ESHUTDOWN, "%s", "the pool was closed");
     settle_ready(p, BT_ESHUTDOWN, "the pool was closed");
     if (p->close_f) {
@@ -861,13 +881,16 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
+    p->pump_ev = event_new(p->base, -1, 0, on_pump_ev, p);
     if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL ||
-        p->sync_ev == NULL || bt__pq_parse_conninfo(p) != 0 ||
+        p->sync_ev == NULL || p->pump_ev == NULL || bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);
         if (p->sync_ev)
             event_free(p->sync_ev);
+        if (p->pump_ev != NULL)
+            event_free(p->pump_ev);
         pool_free_memory(p);
         return NULL;
     }

@@ -255,6 +255,8 @@ struct bt_pq_pool {
     bool pumping, repump;
     struct event *sync_ev; /* end of pass: Sync the open batches */
     bool sync_armed;
+    struct event *pump_ev; /* end of pass: hand out and open connections */
+    bool pump_armed;
     uint64_t maint_due_ns;
     bool closing;       /* bt_pq_pool_close: draining */
     bool drained;       /* ... and done: close_f gets a value */

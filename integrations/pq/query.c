@@ -108,10 +108,6 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
         if (q->timer)
             bt_timer_start(q->timer, q->timeout_ms, 0);
     }
-    if (target != NULL) {
-        bt__pq_conn_send(target, q);
-        return f;
-    }
     bt__pq_pool_run(p, q);
     return f;
 }
