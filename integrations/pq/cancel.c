@@ -96,15 +96,14 @@ static void cancel_release(struct pq_cancel *k)
         event_free(k->ev);
         k->ev = NULL;
     }
-    if (k->timer != NULL) {
-        bt_timer_free(k->timer);
-        k->timer = NULL;
-    }
+    bt_timer *t = k->timer; /* the loop's, freed last (k may go first) */
+    k->timer = NULL;
     if (k->c != NULL) {
         k->c->cancel_job = NULL;
         k->c = NULL;
     }
     cancel_unref(k);
+    bt_timer_free(t); /* NULL-safe */
 }
 
 static void on_cancel_done(evutil_socket_t fd, short what, void *arg)

@@ -131,12 +131,12 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
         c->pg != NULL)
         bt__pq_cancel_fire(c->pg);
     c->state = CS_DEAD;
-    bt__pq_resolve_detach(c);
     bt__pq_cancel_detach(c);
     if (c->timer) {
         bt_timer_free(c->timer);
         c->timer = NULL;
     }
+    bt__pq_resolve_detach(c);
     if (c->ev) {
         event_free(c->ev);
         c->ev = NULL;

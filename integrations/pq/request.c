@@ -123,33 +123,38 @@ void bt__pq_query_set_error_from(pq_query *q, const PGresult *res)
     q->errmsg = bt__pq_format_error(res, "query failed");
 }
 
-static void stop_timer(pq_query *q)
+/* q is settling now: it settles once, its timer stops and it is counted. */
+static void settling(pq_query *q)
 {
-    if (q->timer) {
+    q->settled = true;
+    if (q->timer != NULL) {
         bt_timer_free(q->timer);
         q->timer = NULL;
     }
+    if (q->pool != NULL)
+        q->pool->st.queries++;
 }
 
-static void count(pq_query *q)
+/* Fail q with code and msg (NULL: the code's own text, bt_strerror). */
+static void fail_msg(pq_query *q, int code, const char *msg)
 {
-    if (q->pool)
-        q->pool->st.queries++;
+    settling(q);
+    if (q->f != NULL) {
+        if (msg != NULL)
+            bt_future_set_error(q->f, code, "%s", msg);
+        else
+            bt_future_set_error(q->f, code, NULL);
+    } else if (q->internal != NULL) {
+        q->internal(q->conn, q, code);
+    }
 }
 
 static void vfail(pq_query *q, int code, const char *fmt, va_list ap)
 {
     if (q->settled)
         return;
-    q->settled = true;
-    stop_timer(q);
-    count(q);
     char *msg = fmt != NULL ? bt_vasprintf(fmt, ap) : NULL;
-    if (q->f != NULL) {
-        bt_future_set_error(q->f, code, "%s", msg != NULL ? msg : bt_strerror(code));
-    } else if (q->internal != NULL) {
-        q->internal(q->conn, q, code);
-    }
+    fail_msg(q, code, msg);
     bt_free(msg);
 }
 
@@ -167,13 +172,11 @@ void bt__pq_query_settle_result(pq_query *q)
     if (q->settled)
         return;
     if (q->err) {
-        bt__pq_query_fail(q, q->err, "%s", q->errmsg ? q->errmsg : bt_strerror(q->err));
+        fail_msg(q, q->err, q->errmsg);
         return;
     }
-    q->settled = true;
-    stop_timer(q);
-    count(q);
-    if (q->f) {
+    settling(q);
+    if (q->f != NULL) {
         bt_pq_result *r = bt__pq_result_wrap(q->res);
         if (r == NULL) {
             bt_future_set_error(q->f, BT_ENOMEM, "out of memory for a result");
@@ -181,7 +184,7 @@ void bt__pq_query_settle_result(pq_query *q)
         }
         q->res = NULL; /* the future owns it now */
         bt_future_set_value(q->f, r, (bt_destroy_fn)bt_pq_result_free);
-    } else if (q->internal) {
+    } else if (q->internal != NULL) {
         q->internal(q->conn, q, 0);
     }
 }

@@ -37,7 +37,6 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (c->nbuckets == 0) {
         unsigned n = 64;
-        bt__list_init(&c->lru);
         c->stmts = bt_calloc(n, sizeof *c->stmts);
         if (c->stmts == NULL)
             return NULL;
@@ -76,18 +75,14 @@ void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s)
 
 void bt__pq_stmt_clear(bt_pq_conn *c)
 {
-    for (unsigned i = 0; i < c->nbuckets; i++) {
-        pq_stmt *s = c->stmts[i];
-        while (s) {
-            pq_stmt *n = s->next;
-            bt_free(s->sql);
-            bt_free(s);
-            s = n;
-        }
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->lru)) != NULL) {
+        pq_stmt *s = BT__LIST_ENTRY(n, pq_stmt, lru);
+        bt_free(s->sql);
+        bt_free(s);
     }
     bt_free(c->stmts);
     c->stmts = NULL;
-    bt__list_init(&c->lru);
     c->nbuckets = c->nstmts = 0;
 }
 
@@ -106,26 +101,25 @@ int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **out
     pq_stmt *s = bt__pq_stmt_find(c, sql, h);
     *out = NULL;
     evict[0] = '\0';
-    if (s == NULL && c->nstmts >= cap) {
+    if (s != NULL) {
+        if (!s->ready)
+            return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query */
+        bt__pq_stmt_touch(c, s);
+        *out = s;
+        return BT__PQ_STMT_RUN;
+    }
+    if (c->nstmts >= cap) {
         /* Full: the least recently used statement whose PREPARE has
          * completed goes (a pending OP_PREPARE still points at its entry). */
         pq_stmt *v = NULL;
         for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
             if (BT__LIST_ENTRY(n, pq_stmt, lru)->ready)
                 v = BT__LIST_ENTRY(n, pq_stmt, lru);
-        if (v != NULL) {
-            snprintf(evict, evict_size, "%s", v->name);
-            bt__pq_stmt_remove(c, v);
-        }
+        if (v == NULL)
+            return BT__PQ_STMT_UNNAMED; /* all are being prepared */
+        snprintf(evict, evict_size, "%s", v->name);
+        bt__pq_stmt_remove(c, v);
     }
-    if (s != NULL && s->ready) {
-        bt__pq_stmt_touch(c, s);
-        *out = s;
-        return BT__PQ_STMT_RUN;
-    }
-    if (s == NULL && c->nstmts < cap) {
-        *out = bt__pq_stmt_add(c, sql, h);
-        return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
-    }
-    return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query, or all are */
+    *out = bt__pq_stmt_add(c, sql, h);
+    return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
 }
