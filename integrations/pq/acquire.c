@@ -15,7 +15,7 @@ BT_EXPORT bt_future *bt_pq_conn_query_ex(bt_pq_conn *c, const char *sql, int npa
         return bt_future_new_error(c->loop, BT_EINVAL,
                                    "the connection is not acquired (released already?)");
     }
-    if (c->pool == NULL || c->state != CS_READY)
+    if (c->pool == NULL || c->state != BT__PQ_CS_READY)
         return bt_future_new_error(c->loop, BT_ECONNRESET,
                                    "the connection was lost; release it and acquire another");
     return bt__pq_submit(c->pool, c->loop, c, sql, nparams, values, opts);

@@ -9,9 +9,9 @@
 
 #include "pq-internal.h"
 
-pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name)
+bt__pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name)
 {
-    for (pq_chan *ch = p->chans; ch; ch = ch->next)
+    for (bt__pq_chan *ch = p->chans; ch != NULL; ch = ch->next)
         if (strcmp(ch->name, name) == 0)
             return ch;
     return NULL;
@@ -32,7 +32,7 @@ void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
 {
     char *sql = bt__pq_chan_sql(c, "LISTEN", channel);
     if (sql == NULL) {
-        if (f) {
+        if (f != NULL) {
             bt_future_set_error(f, BT_EINVAL, "cannot quote channel name");
             bt_future_unref(f);
         }
@@ -40,16 +40,16 @@ void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
     }
     bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
-    pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    bt__pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     bt_free(sql);
     if (q == NULL) {
-        if (f) {
+        if (f != NULL) {
             bt_future_set_error(f, err, "out of memory");
             bt_future_unref(f);
         }
         return;
     }
-    if (f)
+    if (f != NULL)
         q->f = f; /* takes the caller's reference */
     else
         q->internal = bt__pq_internal_done;
@@ -60,10 +60,10 @@ void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f)
  * LISTENs that waited for it. */
 void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c)
 {
-    for (pq_chan *ch = p->chans; ch && c->state == CS_READY; ch = ch->next)
+    for (bt__pq_chan *ch = p->chans; ch != NULL && c->state == BT__PQ_CS_READY; ch = ch->next)
         bt__pq_chan_send_listen(c, ch->name, NULL);
-    while (p->listen_waits && c->state == CS_READY) {
-        struct pq_listen_wait *w = p->listen_waits;
+    while (p->listen_waits != NULL && c->state == BT__PQ_CS_READY) {
+        struct bt__pq_listen_wait *w = p->listen_waits;
         p->listen_waits = w->next;
         bt__pq_chan_send_listen(c, w->channel, w->f);
         bt_free(w->channel);
@@ -74,10 +74,10 @@ void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c)
 /* A notification: run its channel's callback, if it still has one. */
 void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n)
 {
-    pq_chan *ch = bt__pq_chan_find(p, n->relname);
+    bt__pq_chan *ch = bt__pq_chan_find(p, n->relname);
     if (ch == NULL || ch->cb == NULL)
         return;
     bt_loop_enter_cb(p->loop, (const void *)ch->cb);
-    ch->cb(n->relname, n->extra ? n->extra : "", n->be_pid, ch->arg);
+    ch->cb(n->relname, n->extra != NULL ? n->extra : "", n->be_pid, ch->arg);
     bt_loop_leave_cb(p->loop);
 }

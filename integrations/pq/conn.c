@@ -19,13 +19,13 @@ static uint64_t now_ns(void)
     return bt_hrtime();
 }
 
-static pq_op *ops_front(bt_pq_conn *c);
+static bt__pq_op *ops_front(bt_pq_conn *c);
 
 /* The one way conn.c ends a query: settle it (code 0: with what it
  * collected; else failed with code and the message) unless it was settled
  * already, and free it. */
-static void end_query(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-static void end_query(pq_query *q, int code, const char *fmt, ...)
+static void end_query(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+static void end_query(bt__pq_query *q, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -56,13 +56,13 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
          * so ask again for the one that runs now. */
         if (c->cancel_again) {
             c->cancel_again = false;
-            pq_op *f = ops_front(c);
-            if (f && f->kind == OP_QUERY && f->q->abandoned && f->q->started)
+            bt__pq_op *f = ops_front(c);
+            if (f != NULL && f->kind == BT__PQ_OP_QUERY && f->q->abandoned && f->q->started)
                 bt__pq_cancel_send(c, cancel_done);
         }
         if (c->ops_len == 0)
             c->cancel_sent = false;
-        if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
+        if (c->pool != NULL && c->state == BT__PQ_CS_READY && !c->is_listener)
             c->events->available(c);
         return;
     }
@@ -80,11 +80,11 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
 
 /* ---- The ops FIFO -------------------------------------------------------- */
 
-static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
+static int ops_push(bt_pq_conn *c, int kind, bt__pq_query *q, bt__pq_stmt *s)
 {
     if (c->ops_len == c->ops_cap) {
         size_t cap = c->ops_cap ? c->ops_cap * 2 : 16;
-        pq_op *n = bt_malloc(cap * sizeof *n);
+        bt__pq_op *n = bt_malloc(cap * sizeof *n);
         if (n == NULL)
             return BT_ENOMEM;
         for (size_t i = 0; i < c->ops_len; i++)
@@ -94,7 +94,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
         c->ops_cap = cap;
         c->ops_head = 0;
     }
-    pq_op *op = &c->ops[(c->ops_head + c->ops_len) % c->ops_cap];
+    bt__pq_op *op = &c->ops[(c->ops_head + c->ops_len) % c->ops_cap];
     op->kind = kind;
     op->q = q;
     op->stmt = s;
@@ -102,7 +102,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
     return 0;
 }
 
-static pq_op *ops_front(bt_pq_conn *c)
+static bt__pq_op *ops_front(bt_pq_conn *c)
 {
     return c->ops_len ? &c->ops[c->ops_head] : NULL;
 }
@@ -120,9 +120,9 @@ static void ops_pop(bt_pq_conn *c)
  * is freed. */
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
 {
-    if (c->state == CS_DEAD)
+    if (c->state == BT__PQ_CS_DEAD)
         return;
-    bool was_open = c->state == CS_READY;
+    bool was_open = c->state == BT__PQ_CS_READY;
     /* Closing under running queries (the pool is terminated): PQfinish
      * alone would leave the server running them until they try to answer.
      * Ask it to stop them (best effort: the request goes out from a
@@ -130,27 +130,27 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
         c->pg != NULL)
         bt__pq_cancel_fire(c->pg);
-    c->state = CS_DEAD;
+    c->state = BT__PQ_CS_DEAD;
     bt__pq_cancel_detach(c);
-    if (c->timer) {
+    if (c->timer != NULL) {
         bt_timer_free(c->timer);
         c->timer = NULL;
     }
     bt__pq_resolve_detach(c);
-    if (c->ev) {
+    if (c->ev != NULL) {
         event_free(c->ev);
         c->ev = NULL;
     }
-    if (c->wev) {
+    if (c->wev != NULL) {
         event_free(c->wev);
         c->wev = NULL;
     }
     /* Every query still on the connection was sent: it may or may not have
      * run, so it fails and is never retried. */
     while (c->ops_len) {
-        pq_op op = *ops_front(c);
+        bt__pq_op op = *ops_front(c);
         ops_pop(c);
-        if (op.kind != OP_QUERY)
+        if (op.kind != BT__PQ_OP_QUERY)
             continue;
         if (code == BT_ESHUTDOWN)
             end_query(op.q, code, "%s", why != NULL ? why : "the pool is shutting down");
@@ -163,12 +163,12 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
     bt__pq_stmt_clear(c);
-    if (c->pg) {
+    if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
     }
     bt_pq_pool *p = c->pool;
-    if (p) {
+    if (p != NULL) {
         if (was_open && code != BT_ESHUTDOWN && code != 0)
             p->st.broken++;
         c->events->gone(c); /* unlinks c */
@@ -193,7 +193,7 @@ void bt__pq_conn_free_dead(bt_pq_conn *c)
 
 bool bt__pq_conn_idle(const bt_pq_conn *c)
 {
-    return c->state == CS_READY && c->ops_len == 0;
+    return c->state == BT__PQ_CS_READY && c->ops_len == 0;
 }
 
 /* ---- Sending ------------------------------------------------------------ */
@@ -217,10 +217,10 @@ static int flush(bt_pq_conn *c)
  * broke (and closed) the connection. */
 int bt__pq_conn_sync(bt_pq_conn *c)
 {
-    if (c->unsynced == 0 || c->state != CS_READY)
+    if (c->unsynced == 0 || c->state != BT__PQ_CS_READY)
         return 0;
     c->unsynced = 0;
-    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0)
+    if (!PQpipelineSync(c->pg) || ops_push(c, BT__PQ_OP_SYNC, NULL, NULL) != 0 || flush(c) != 0)
         return close_broken(c);
     return 0;
 }
@@ -239,7 +239,7 @@ void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql)
 {
     bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
-    pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    bt__pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (q == NULL) {
         bt__pq_conn_close(c, BT_ENOMEM, "out of memory");
         return;
@@ -257,31 +257,31 @@ static int stmt_evict(bt_pq_conn *c, const char *name)
     snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
     bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
-    pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    bt__pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (d == NULL)
         return 0; /* the statement leaks server-side; harmless */
     d->internal = bt__pq_internal_done;
     bt__pq_conn_send(c, d);
-    return c->state == CS_READY ? 0 : -1;
+    return c->state == BT__PQ_CS_READY ? 0 : -1;
 }
 
 /* May q share a Sync with other queries (see "Syncs and batches")? */
-static bool batchable(const bt_pq_conn *c, const pq_query *q)
+static bool batchable(const bt_pq_conn *c, const bt__pq_query *q)
 {
     const bt_pq_pool *p = c->pool;
     return p && !p->o.sync_each_query && p->o.pipeline_depth > 1 && !c->is_listener &&
-           !c->acquired && !c->releasing && !q->target && !q->solo && !q->row_cb &&
+           !c->acquired && !c->releasing && q->target == NULL && !q->solo && q->row_cb == NULL &&
            q->internal == NULL;
 }
 
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
  * failure means the connection is broken, which fails q with the rest. */
-void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
 {
     bt_pq_pool *p = c->pool;
     q->conn = c;
-    q->state = Q_SENT;
-    if (c->state != CS_READY) {
+    q->state = BT__PQ_Q_SENT;
+    if (c->state != BT__PQ_CS_READY) {
         end_query(q, c->pool != NULL ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         return;
     }
@@ -292,12 +292,12 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
         end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
         return;
     }
-    if (c->ops_len > 0 && p)
+    if (c->ops_len > 0 && p != NULL)
         p->st.pipelined++;
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
     int ok = 1;
-    pq_stmt *s = NULL;
+    bt__pq_stmt *s = NULL;
     bool prepared = false;
     if (p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
         char evict[24];
@@ -318,7 +318,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             q->used_named = true;
         } else if (how == BT__PQ_STMT_PREPARE) {
             ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
-            if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
+            if (ok && ops_push(c, BT__PQ_OP_PREPARE, q, s) != 0)
                 ok = 0;
             prepared = ok;
         }
@@ -331,7 +331,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
                                    q->result_format);
     }
-    if (ok && ops_push(c, OP_QUERY, q, NULL) != 0)
+    if (ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) != 0)
         ok = 0;
     if (!ok) {
         /* q is not in the FIFO: fail it here, then the connection. */
@@ -356,14 +356,14 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
 /* q (on c) was settled early by a cancel or a timeout: drop its results
  * when they come, and ask the server to stop it when it is the one
  * running. */
-void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q)
 {
     q->abandoned = true;
     c->inflight--;
     c->abandoned++;
     q->want_cancel = true;
-    pq_op *f = ops_front(c);
-    if (f && f->q == q) {
+    bt__pq_op *f = ops_front(c);
+    if (f != NULL && f->q == q) {
         q->want_cancel = false;
         bt__pq_cancel_send(c, cancel_done);
     }
@@ -371,22 +371,22 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
 
 /* ---- Receiving ---------------------------------------------------------- */
 
-static void deliver_rows(pq_query *q, PGresult *res)
+static void deliver_rows(bt__pq_query *q, PGresult *res)
 {
     if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
         return;
-    bt_loop *loop = q->pool ? q->pool->loop : NULL;
+    bt_loop *loop = q->pool != NULL ? q->pool->loop : NULL;
     bt_pq_result row = { .pg = res };
-    if (loop)
+    if (loop != NULL)
         bt_loop_enter_cb(loop, (const void *)q->row_cb);
     if (q->row_cb(&row, q->row_arg) != 0)
         q->rows_stopped = true;
-    if (loop)
+    if (loop != NULL)
         bt_loop_leave_cb(loop);
 }
 
-/* A result for the OP_QUERY at the front. */
-static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
+/* A result for the BT__PQ_OP_QUERY at the front. */
+static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     (void)c;
     switch (PQresultStatus(res)) {
@@ -397,13 +397,13 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
-        if (q->row_cb && PQntuples(res) > 0) {
+        if (q->row_cb != NULL && PQntuples(res) > 0) {
             /* Single-row mode was refused: give the rows one by one anyway
              * (each as a view of the whole result would mislead, so the
              * callback sees the full result once). */
             deliver_rows(q, res);
         }
-        if (q->res)
+        if (q->res != NULL)
             PQclear(q->res);
         q->res = res;
         return;
@@ -431,7 +431,7 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
 
 /* q's results are all in: hold it until its Sync says the implicit
  * transaction committed. */
-static void hold(bt_pq_conn *c, pq_query *q)
+static void hold(bt_pq_conn *c, bt__pq_query *q)
 {
     bt__list_push_back(&c->held, &q->link);
     c->nheld++;
@@ -440,7 +440,7 @@ static void hold(bt_pq_conn *c, pq_query *q)
 }
 
 /* Errors that only sharing a transaction with other queries can cause. */
-static bool batch_only_error(const pq_query *q)
+static bool batch_only_error(const bt__pq_query *q)
 {
     const char *m = q->errmsg;
     return m && (strncmp(m, "[40", 3) == 0 || strncmp(m, "[25001]", 7) == 0);
@@ -450,9 +450,9 @@ static bool batch_only_error(const pq_query *q)
  * or whose result type changed under it (ALTER TABLE): forget it, so the
  * next run prepares again; a pool query is then retried once (it failed
  * before executing). asyncpg does the same. */
-static bool stale_statement(bt_pq_conn *c, pq_query *q)
+static bool stale_statement(bt_pq_conn *c, bt__pq_query *q)
 {
-    if (!q->err || !q->used_named || !q->errmsg)
+    if (!q->err || !q->used_named || q->errmsg == NULL)
         return false;
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
@@ -467,9 +467,9 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
  * connection where we sent a cancel for another query: the request arrived
  * late and hit this one. It did not take effect (a cancelled statement is
  * rolled back), so a pool query runs again. */
-static bool stray_cancel(const bt_pq_conn *c, const pq_query *q)
+static bool stray_cancel(const bt_pq_conn *c, const bt__pq_query *q)
 {
-    return c->cancel_sent && q->err && q->errmsg && strncmp(q->errmsg, "[57014]", 7) == 0 &&
+    return c->cancel_sent && q->err && q->errmsg != NULL && strncmp(q->errmsg, "[57014]", 7) == 0 &&
            strstr(q->errmsg, "user request");
 }
 
@@ -486,7 +486,7 @@ static void resolve_batch(bt_pq_conn *c)
     c->held_error = false;
     bt__list *n;
     while ((n = bt__list_pop_front(&batch)) != NULL) {
-        pq_query *q = BT__LIST_ENTRY(n, pq_query, link);
+        bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (q->abandoned) {
             c->abandoned--;
             end_query(q, 0, NULL); /* settled already: freed */
@@ -513,7 +513,7 @@ static void resolve_batch(bt_pq_conn *c)
     if (!bt__list_empty(&again) && c->pool != NULL)
         c->events->retry(c, &again); /* takes them all */
     while ((n = bt__list_pop_front(&again)) != NULL)
-        end_query(BT__LIST_ENTRY(n, pq_query, link), BT_ESHUTDOWN, "the pool was closed");
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), BT_ESHUTDOWN, "the pool was closed");
 }
 
 static void fail_held(bt_pq_conn *c, int code, const char *why)
@@ -522,7 +522,7 @@ static void fail_held(bt_pq_conn *c, int code, const char *why)
     c->held_error = false;
     bt__list *n;
     while ((n = bt__list_pop_front(&c->held)) != NULL)
-        end_query(BT__LIST_ENTRY(n, pq_query, link), code,
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code,
                   "the connection was lost before the query's transaction was "
                   "confirmed (it may or may not have run; not retried): %s",
                   why != NULL ? why : "connection closed");
@@ -534,10 +534,10 @@ static int process(bt_pq_conn *c)
     while (c->ops_len > 0) {
         if (PQstatus(c->pg) == CONNECTION_BAD)
             goto broken;
-        pq_op *op = ops_front(c);
-        if (op->kind == OP_QUERY && !op->q->started) {
+        bt__pq_op *op = ops_front(c);
+        if (op->kind == BT__PQ_OP_QUERY && !op->q->started) {
             op->q->started = true;
-            if (op->q->row_cb)
+            if (op->q->row_cb != NULL)
                 PQsetSingleRowMode(c->pg);
             if (op->q->want_cancel) {
                 op->q->want_cancel = false;
@@ -548,8 +548,8 @@ static int process(bt_pq_conn *c)
             break;
         PGresult *res = PQgetResult(c->pg);
         switch (op->kind) {
-        case OP_PREPARE:
-            if (res) {
+        case BT__PQ_OP_PREPARE:
+            if (res != NULL) {
                 if (PQresultStatus(res) == PGRES_COMMAND_OK) {
                     op->stmt->ready = true;
                 } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
@@ -566,18 +566,18 @@ static int process(bt_pq_conn *c)
                 ops_pop(c);
             }
             break;
-        case OP_QUERY:
-            if (res) {
+        case BT__PQ_OP_QUERY:
+            if (res != NULL) {
                 query_result(c, op->q, res);
-                if (c->state != CS_READY)
+                if (c->state != BT__PQ_CS_READY)
                     return -1; /* a row callback closed the pool */
             } else {
-                pq_query *q = op->q;
+                bt__pq_query *q = op->q;
                 ops_pop(c);
                 hold(c, q);
             }
             break;
-        case OP_SYNC:
+        case BT__PQ_OP_SYNC:
             if (res == NULL) {
                 /* Not expected between a query's NULL and its Sync; wait
                  * for more input rather than spin. */
@@ -607,10 +607,10 @@ static void drain_notifies(bt_pq_conn *c)
 {
     PGnotify *n;
     while ((n = PQnotifies(c->pg)) != NULL) {
-        if (c->is_listener && c->pool)
+        if (c->is_listener && c->pool != NULL)
             c->events->notify(c, n);
         PQfreemem(n);
-        if (c->state != CS_READY)
+        if (c->state != BT__PQ_CS_READY)
             return;
     }
 }
@@ -633,7 +633,7 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     if (process(c) != 0)
         goto out;
     drain_notifies(c);
-    if (c->state != CS_READY)
+    if (c->state != BT__PQ_CS_READY)
         goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();

@@ -16,7 +16,7 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
     if (p->closed || p->closing)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool is %s",
                                    p->closed ? "closed" : "closing");
-    pq_chan *ch = bt__pq_chan_find(p, channel);
+    bt__pq_chan *ch = bt__pq_chan_find(p, channel);
     if (ch == NULL) {
         ch = bt_calloc(1, sizeof *ch);
         if (ch == NULL || !(ch->name = bt_strdup(channel))) {
@@ -31,11 +31,11 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
         return NULL;
-    if (p->listener && p->listener->state == CS_READY) {
+    if (p->listener != NULL && p->listener->state == BT__PQ_CS_READY) {
         bt__pq_chan_send_listen(p->listener, channel, bt_future_ref(f));
         return f;
     }
-    struct pq_listen_wait *w = bt_calloc(1, sizeof *w);
+    struct bt__pq_listen_wait *w = bt_calloc(1, sizeof *w);
     if (w == NULL || !(w->channel = bt_strdup(channel))) {
         bt_free(w);
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
@@ -59,14 +59,14 @@ BT_EXPORT int bt_pq_unlisten(bt_pq_pool *p, const char *channel)
 {
     if (p == NULL || channel == NULL)
         return BT_EINVAL;
-    for (pq_chan **pp = &p->chans; *pp; pp = &(*pp)->next) {
-        pq_chan *ch = *pp;
+    for (bt__pq_chan **pp = &p->chans; *pp; pp = &(*pp)->next) {
+        bt__pq_chan *ch = *pp;
         if (strcmp(ch->name, channel) != 0)
             continue;
         *pp = ch->next;
-        if (p->listener && p->listener->state == CS_READY) {
+        if (p->listener != NULL && p->listener->state == BT__PQ_CS_READY) {
             char *sql = bt__pq_chan_sql(p->listener, "UNLISTEN", channel);
-            if (sql) {
+            if (sql != NULL) {
                 bt__pq_conn_send_internal(p->listener, sql);
                 bt_free(sql);
             }

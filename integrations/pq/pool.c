@@ -28,16 +28,16 @@ static void arm_maint(bt_pq_pool *p, uint64_t ms);
  * queries and of acquires waiting for one, each served from its head. */
 #define CONN_OF(n) BT__LIST_ENTRY(n, bt_pq_conn, link)
 
-static pq_query *wq_first(const bt_pq_pool *p)
+static bt__pq_query *wq_first(const bt_pq_pool *p)
 {
-    return p->nwq > 0 ? BT__LIST_ENTRY(p->wq.next, pq_query, link) : NULL;
+    return p->nwq > 0 ? BT__LIST_ENTRY(p->wq.next, bt__pq_query, link) : NULL;
 }
 
-static struct pq_acq *aq_first(const bt_pq_pool *p)
+static struct bt__pq_acq *aq_first(const bt_pq_pool *p)
 {
-    return p->naq > 0 ? BT__LIST_ENTRY(p->aq.next, struct pq_acq, link) : NULL;
+    return p->naq > 0 ? BT__LIST_ENTRY(p->aq.next, struct bt__pq_acq, link) : NULL;
 }
-static void aq_unlink(bt_pq_pool *p, struct pq_acq *a);
+static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a);
 static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
 static const struct bt__pq_conn_events conn_events;
 
@@ -111,13 +111,13 @@ static void start_conn(bt_pq_pool *p)
     link_conn(p, c);
     c->counted_connecting = true;
     p->nconnecting++;
-    if (c->state == CS_CONNECTING)
+    if (c->state == BT__PQ_CS_CONNECTING)
         bt__pq_conn_begin(c); /* may fail (and unlink c) at once */
 }
 
 void bt__pq_start_listener(bt_pq_pool *p)
 {
-    if (p->listener || p->chans == NULL || !bt__pq_can_connect(p))
+    if (p->listener != NULL || p->chans == NULL || !bt__pq_can_connect(p))
         return;
     bt_pq_conn *c = bt__pq_conn_new(p, true, &conn_events);
     if (c == NULL) {
@@ -125,7 +125,7 @@ void bt__pq_start_listener(bt_pq_pool *p)
         return;
     }
     p->listener = c;
-    if (c->state == CS_CONNECTING)
+    if (c->state == BT__PQ_CS_CONNECTING)
         bt__pq_conn_begin(c);
 }
 
@@ -149,7 +149,7 @@ static void settle_ready(bt_pq_pool *p, int code, const char *msg)
 static void finish_release(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
-    if (c->state != CS_READY) {
+    if (c->state != BT__PQ_CS_READY) {
         bt__pq_conn_close(c, BT_ECONNRESET, "broken");
         return;
     }
@@ -208,14 +208,14 @@ static int sqlstate_prefix(const char *msg)
 
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
 {
-    pq_query *q;
+    bt__pq_query *q;
     while ((q = wq_first(p)) != NULL) {
         bt__pq_wq_unlink(p, q);
-        q->state = Q_NEW;
+        q->state = BT__PQ_Q_NEW;
         bt__pq_query_fail(q, code, fmt, msg);
         bt__pq_query_free(q);
     }
-    struct pq_acq *a;
+    struct bt__pq_acq *a;
     while ((a = aq_first(p)) != NULL) {
         aq_unlink(p, a);
         bt_future_set_error(a->f, code, fmt, msg);
@@ -255,8 +255,8 @@ static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char
     bt_log(BT_LOG_DEBUG, "pq: connect failed (%s), retry in %llu ms", msg,
            (unsigned long long)delay);
     if (listener) {
-        while (p->listen_waits) {
-            struct pq_listen_wait *w = p->listen_waits;
+        while (p->listen_waits != NULL) {
+            struct bt__pq_listen_wait *w = p->listen_waits;
             p->listen_waits = w->next;
             int n = sqlstate_prefix(msg);
             bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg, msg + n);
@@ -282,7 +282,7 @@ static void on_gone(bt_pq_conn *c)
     bt_pq_pool *p = c->pool;
     if (c == p->listener) {
         p->listener = NULL;
-        if (!p->closed && p->chans)
+        if (!p->closed && p->chans != NULL)
             arm_maint(p, 1);
     } else {
         unlink_conn(p, c);
@@ -334,7 +334,7 @@ static void on_available(bt_pq_conn *c)
  * and the request would hit the new query. */
 static bool usable(const bt_pq_conn *c)
 {
-    return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring &&
+    return c->state == BT__PQ_CS_READY && !c->acquired && !c->releasing && !c->retiring &&
            c->cancel_job == NULL;
 }
 
@@ -374,7 +374,7 @@ static void conn_value_release(void *v)
     bt__pq_pool_release(v);
 }
 
-void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
+void bt__pq_hand_over(bt_pq_conn *c, struct bt__pq_acq *a)
 {
     c->acquired = true;
     c->rollback_tries = 0;
@@ -384,7 +384,7 @@ void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
 }
 
 /* Take q off the queue of queries waiting for a connection. */
-void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
+void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q)
 {
     bt__list_remove(&q->link);
     p->nwq--;
@@ -393,12 +393,12 @@ void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q)
 /* A new query: to the connection lent for it (q->target), else to a
  * connection now, else into the wait queue (bounded in length and time).
  * The pool takes q over. */
-void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
+void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
 {
     bt_pq_conn *c = q->target;
     if (c == NULL && p->nwq == 0)
         c = bt__pq_pick(p);
-    if (c) {
+    if (c != NULL) {
         bt__pq_conn_send(c, q);
         return;
     }
@@ -409,7 +409,7 @@ void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
         bt__pq_query_free(q);
         return;
     }
-    q->state = Q_WAITING;
+    q->state = BT__PQ_Q_WAITING;
     q->deadline_ns = bt__pq_deadline(p);
     bt__list_push_back(&p->wq, &q->link);
     p->nwq++;
@@ -424,7 +424,7 @@ void bt__pq_pool_run(bt_pq_pool *p, pq_query *q)
 }
 
 /* Take a waiter off the pool's acquire queue. */
-static void aq_unlink(bt_pq_pool *p, struct pq_acq *a)
+static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a)
 {
     bt__list_remove(&a->link);
     p->naq--;
@@ -433,7 +433,7 @@ static void aq_unlink(bt_pq_pool *p, struct pq_acq *a)
 static void on_acquire_cancel(bt_future *f, void *arg)
 {
     (void)f;
-    struct pq_acq *a = arg;
+    struct bt__pq_acq *a = arg;
     /* a is still queued: bt__pq_hand_over and the timers free it otherwise, and
      * the future is settled then, so this hook cannot run. */
     bt_pq_pool *pool = a->pool;
@@ -448,7 +448,7 @@ static void on_acquire_cancel(bt_future *f, void *arg)
  * waits in the acquire queue (bounded in length and time), or fails. */
 void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
 {
-    struct pq_acq *a = bt_calloc(1, sizeof *a);
+    struct bt__pq_acq *a = bt_calloc(1, sizeof *a);
     if (a == NULL) {
         bt_future_set_error(f, BT_ENOMEM, "out of memory");
         return;
@@ -457,7 +457,7 @@ void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
     a->pool = p;
     a->f = bt_future_ref(f);
     bt_pq_conn *c = p->naq > 0 ? NULL : bt__pq_find_idle(p);
-    if (c) {
+    if (c != NULL) {
         bt__pq_hand_over(c, a);
         return;
     }
@@ -483,7 +483,7 @@ void bt__pq_pool_release(bt_pq_conn *c)
     if (!c->acquired)
         return;
     c->acquired = false;
-    if (c->pool == NULL || c->state == CS_DEAD) {
+    if (c->pool == NULL || c->state == BT__PQ_CS_DEAD) {
         bt__pq_conn_free_dead(c);
         return;
     }
@@ -527,7 +527,7 @@ void bt__pq_pump(bt_pq_pool *p)
             bt_pq_conn *c = bt__pq_find_idle(p);
             if (c == NULL)
                 break;
-            struct pq_acq *a = aq_first(p);
+            struct bt__pq_acq *a = aq_first(p);
             aq_unlink(p, a);
             bt__pq_hand_over(c, a);
         }
@@ -535,7 +535,7 @@ void bt__pq_pump(bt_pq_pool *p)
             bt_pq_conn *c = bt__pq_pick(p);
             if (c == NULL)
                 break;
-            pq_query *q = wq_first(p);
+            bt__pq_query *q = wq_first(p);
             bt__pq_wq_unlink(p, q);
             bt__pq_conn_send(c, q);
         }
@@ -568,13 +568,13 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
     bt__list front, *n;
     bt__list_init(&front);
     while ((n = bt__list_pop_front(qs)) != NULL) {
-        pq_query *q = BT__LIST_ENTRY(n, pq_query, link);
+        bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (p->closed) {
             bt__pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
             bt__pq_query_free(q);
             continue;
         }
-        q->state = Q_WAITING;
+        q->state = BT__PQ_Q_WAITING;
         q->conn = NULL;
         q->solo = true;
         q->used_named = false;
@@ -618,7 +618,7 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
     for (;;) {
         bt_pq_conn *c = NULL;
         for (bt__list *n = p->conns.next; n != &p->conns && c == NULL; n = n->next)
-            if (CONN_OF(n)->unsynced > 0 && CONN_OF(n)->state == CS_READY)
+            if (CONN_OF(n)->unsynced > 0 && CONN_OF(n)->state == BT__PQ_CS_READY)
                 c = CONN_OF(n);
         if (c == NULL)
             break;
@@ -660,15 +660,16 @@ static void on_wait_timer(bt_timer *t, void *arg)
     char why[600];
     snprintf(why, sizeof why, "%llu ms; pool %u/%u open%s%s",
              (unsigned long long)p->o.acquire_timeout_ms, p->nconns - p->nconnecting, p->o.max_size,
-             p->last_errmsg ? "; last connect error: " : "", p->last_errmsg ? p->last_errmsg : "");
-    pq_query *q;
+             p->last_errmsg != NULL ? "; last connect error: " : "",
+             p->last_errmsg != NULL ? p->last_errmsg : "");
+    bt__pq_query *q;
     while ((q = wq_first(p)) != NULL && q->deadline_ns <= now) {
         bt__pq_wq_unlink(p, q);
-        q->state = Q_NEW;
+        q->state = BT__PQ_Q_NEW;
         bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt__pq_query_free(q);
     }
-    struct pq_acq *a;
+    struct bt__pq_acq *a;
     while ((a = aq_first(p)) != NULL && a->deadline_ns <= now) {
         aq_unlink(p, a);
         bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
@@ -715,7 +716,7 @@ static void on_maint(bt_timer *t, void *arg)
     bt__list *n, *next;
     BT__LIST_FOREACH_SAFE (n, next, &p->conns) {
         bt_pq_conn *c = CONN_OF(n);
-        if (c->state != CS_READY)
+        if (c->state != BT__PQ_CS_READY)
             continue;
         bool idle = c->ops_len == 0 && !c->acquired && !c->releasing;
         if (p->o.max_lifetime_ms && now - c->born_ns > p->o.max_lifetime_ms * 1000000) {
@@ -754,15 +755,15 @@ static void pool_shutdown(bt_pq_pool *p)
     if (p->closed)
         return;
     p->closed = true;
-    if (p->wait_timer) {
+    if (p->wait_timer != NULL) {
         bt_timer_free(p->wait_timer);
         p->wait_timer = NULL;
     }
-    if (p->maint_timer) {
+    if (p->maint_timer != NULL) {
         bt_timer_free(p->maint_timer);
         p->maint_timer = NULL;
     }
-    if (p->sync_ev) {
+    if (p->sync_ev != NULL) {
         event_free(p->sync_ev);
         p->sync_ev = NULL;
     }
@@ -772,7 +773,7 @@ static void pool_shutdown(bt_pq_pool *p)
     }
     fail_waiters(p, BT_ESHUTDOWN, "%s", "the pool was closed");
     settle_ready(p, BT_ESHUTDOWN, "the pool was closed");
-    if (p->close_f) {
+    if (p->close_f != NULL) {
         if (p->drained)
             bt_future_set_value(p->close_f, NULL, NULL);
         else
@@ -781,8 +782,8 @@ static void pool_shutdown(bt_pq_pool *p)
         bt_future_unref(p->close_f);
         p->close_f = NULL;
     }
-    while (p->listen_waits) {
-        struct pq_listen_wait *w = p->listen_waits;
+    while (p->listen_waits != NULL) {
+        struct bt__pq_listen_wait *w = p->listen_waits;
         p->listen_waits = w->next;
         bt_future_set_error(w->f, BT_ESHUTDOWN, "the pool was closed");
         bt_future_unref(w->f);
@@ -792,7 +793,7 @@ static void pool_shutdown(bt_pq_pool *p)
     bt__list *n;
     while ((n = bt__list_first(&p->conns)) != NULL)
         bt__pq_conn_close(CONN_OF(n), BT_ESHUTDOWN, "the pool was closed");
-    if (p->listener)
+    if (p->listener != NULL)
         bt__pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
 }
 
@@ -805,15 +806,15 @@ static void on_loop_close(void *arg)
 
 static void pool_free_memory(bt_pq_pool *p)
 {
-    if (p->keys)
-        for (size_t i = 0; p->keys[i]; i++) {
+    if (p->keys != NULL)
+        for (size_t i = 0; p->keys[i] != NULL; i++) {
             bt_free((void *)p->keys[i]);
             bt_free((void *)p->vals[i]);
         }
     bt_free(p->keys);
     bt_free(p->vals);
-    while (p->chans) {
-        pq_chan *ch = p->chans;
+    while (p->chans != NULL) {
+        bt__pq_chan *ch = p->chans;
         p->chans = ch->next;
         bt_free(ch->name);
         bt_free(ch);
@@ -887,7 +888,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);
-        if (p->sync_ev)
+        if (p->sync_ev != NULL)
             event_free(p->sync_ev);
         if (p->pump_ev != NULL)
             event_free(p->pump_ev);
@@ -918,7 +919,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
     if (p->closed)
         return bt_future_new_value(p->loop, NULL, NULL);
-    if (p->close_f)
+    if (p->close_f != NULL)
         return bt_future_ref(p->close_f);
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
@@ -937,7 +938,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
     if (p->closed)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
     for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
-        if (CONN_OF(n)->state == CS_READY)
+        if (CONN_OF(n)->state == BT__PQ_CS_READY)
             return bt_future_new_value(p->loop, NULL, NULL);
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
@@ -969,7 +970,7 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
         const bt_pq_conn *c = CONN_OF(n);
         if (c->acquired)
             st.acquired++;
-        else if (c->state == CS_READY && c->ops_len == 0 && !c->releasing)
+        else if (c->state == BT__PQ_CS_READY && c->ops_len == 0 && !c->releasing)
             st.idle++;
     }
     bt__sized_write(out, out->size, &st, sizeof st);

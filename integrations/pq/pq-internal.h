@@ -8,14 +8,14 @@
  * connection or pool died touches nothing that was freed, and each bounded
  * by a timer on the loop: the pool never waits for either.
  *
- * A query (pq_query) is in exactly one place at a time:
- *   new -> the pool's wait queue (Q_WAITING) -> a connection (Q_SENT) -> freed
- * or, for a query on an acquired connection, straight to Q_SENT. On a
+ * A query (bt__pq_query) is in exactly one place at a time:
+ *   new -> the pool's wait queue (BT__PQ_Q_WAITING) -> a connection (BT__PQ_Q_SENT) -> freed
+ * or, for a query on an acquired connection, straight to BT__PQ_Q_SENT. On a
  * connection every query becomes a run of "ops" in the connection's FIFO,
  * matching what libpq will hand back in pipeline mode:
- *   [OP_PREPARE]  results, then NULL     (first use of a statement)
- *   OP_QUERY      results, then NULL
- *   OP_SYNC       PGRES_PIPELINE_SYNC
+ *   [BT__PQ_OP_PREPARE]  results, then NULL     (first use of a statement)
+ *   BT__PQ_OP_QUERY      results, then NULL
+ *   BT__PQ_OP_SYNC       PGRES_PIPELINE_SYNC
  * The front op is the one whose results libpq returns next; results are
  * matched to queries by that order alone.
  *
@@ -65,23 +65,23 @@
 
 #include "list.h"
 
-typedef struct pq_query pq_query;
-typedef struct pq_stmt pq_stmt;
-typedef struct pq_chan pq_chan;
+typedef struct bt__pq_query bt__pq_query;
+typedef struct bt__pq_stmt bt__pq_stmt;
+typedef struct bt__pq_chan bt__pq_chan;
 
-enum { Q_NEW, Q_WAITING, Q_SENT };
+enum { BT__PQ_Q_NEW, BT__PQ_Q_WAITING, BT__PQ_Q_SENT };
 
 /* Internal queries (ROLLBACK on release, LISTEN after a reconnect) report
  * here instead of through a future. err is 0 or a BT_E* code. */
-typedef void (*pq_internal_cb)(bt_pq_conn *c, pq_query *q, int err);
+typedef void (*bt__pq_internal_cb)(bt_pq_conn *c, bt__pq_query *q, int err);
 
-struct pq_query {
+struct bt__pq_query {
     bt__list link; /* on the pool's wait queue, or its connection's held batch */
     bt_pq_pool *pool;
     bt_pq_conn *conn;   /* once sent */
     bt_pq_conn *target; /* an acquired connection, or NULL */
     bt_future *f;       /* our own reference; NULL if internal */
-    pq_internal_cb internal;
+    bt__pq_internal_cb internal;
     void *internal_arg;
     char *sql;
     int nparams;
@@ -101,7 +101,7 @@ struct pq_query {
     bool settled;
     bool abandoned;   /* settled early; results to be dropped */
     bool want_cancel; /* send a cancel when it reaches the front */
-    bool started;     /* its OP_QUERY reached the front */
+    bool started;     /* its BT__PQ_OP_QUERY reached the front */
     bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
     bool solo;        /* send with a Sync of its own (no batch) */
     bool used_named;  /* ran a cached prepared statement */
@@ -112,23 +112,23 @@ struct pq_query {
     char *errmsg;
 };
 
-enum { OP_PREPARE, OP_QUERY, OP_SYNC };
+enum { BT__PQ_OP_PREPARE, BT__PQ_OP_QUERY, BT__PQ_OP_SYNC };
 typedef struct {
     int kind;
-    pq_query *q;
-    pq_stmt *stmt; /* OP_PREPARE: the statement being made */
-} pq_op;
+    bt__pq_query *q;
+    bt__pq_stmt *stmt; /* BT__PQ_OP_PREPARE: the statement being made */
+} bt__pq_op;
 
-struct pq_stmt {
-    pq_stmt *next; /* hash chain */
-    bt__list lru;  /* on its connection's lru, most recently used first */
+struct bt__pq_stmt {
+    bt__pq_stmt *next; /* hash chain */
+    bt__list lru;      /* on its connection's lru, most recently used first */
     char *sql;
     uint32_t hash;
     bool ready; /* PREPARE succeeded */
     char name[24];
 };
 
-enum { CS_RESOLVING, CS_CONNECTING, CS_READY, CS_DEAD };
+enum { BT__PQ_CS_RESOLVING, BT__PQ_CS_CONNECTING, BT__PQ_CS_READY, BT__PQ_CS_DEAD };
 
 /* How a connection reports to its pool: the one way up from conn.c and
  * connect.c. The pool fills in the table when it creates the connection
@@ -167,11 +167,11 @@ struct bt_pq_conn {
     struct event *ev;  /* connect step, or persistent read */
     struct event *wev; /* write, while libpq has unsent data */
     bool flushing;
-    bt_timer *timer;            /* connect timeout */
-    int poll;                   /* last PQconnectPoll answer */
-    struct pq_resolve *resolve; /* a resolution job in flight */
-    char *hostaddr;             /* resolved addresses for libpq */
-    pq_op *ops;                 /* FIFO ring */
+    bt_timer *timer;                /* connect timeout */
+    int poll;                       /* last PQconnectPoll answer */
+    struct bt__pq_resolve *resolve; /* a resolution job in flight */
+    char *hostaddr;                 /* resolved addresses for libpq */
+    bt__pq_op *ops;                 /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
     unsigned inflight; /* user queries (not abandoned) in flight */
     unsigned unsynced; /* queries sent since the last Sync */
@@ -183,37 +183,37 @@ struct bt_pq_conn {
     bool releasing;     /* released; finishing queries / rolling back */
     bool retiring;      /* past its lifetime: close once drained */
     bool is_listener;
-    bool counted_connecting;      /* in the pool's nconnecting */
-    struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
-    bool cancel_again;            /* another abandoned query reached the front
+    bool counted_connecting;          /* in the pool's nconnecting */
+    struct bt__pq_cancel *cancel_job; /* a cancel request in flight for this one */
+    bool cancel_again;                /* another abandoned query reached the front
                                   while cancel_job was in flight: when it
                                   returns, send one for that query */
-    bool cancel_sent;             /* since it was last idle: a 57014 on another
+    bool cancel_sent;                 /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
-    unsigned busy;                /* inside on_io: a close defers the free */
-    bool zombie;                  /* closed while busy: on_io frees it */
-    unsigned rollback_tries;      /* ROLLBACKs sent since the release */
+    unsigned busy;                    /* inside on_io: a close defers the free */
+    bool zombie;                      /* closed while busy: on_io frees it */
+    unsigned rollback_tries;          /* ROLLBACKs sent since the release */
     uint64_t born_ns;
-    uint64_t idle_ns; /* when it last became idle */
-    pq_stmt **stmts;  /* hash buckets */
-    bt__list lru;     /* the statements, most recently used first */
+    uint64_t idle_ns;    /* when it last became idle */
+    bt__pq_stmt **stmts; /* hash buckets */
+    bt__list lru;        /* the statements, most recently used first */
     unsigned nbuckets, nstmts, stmt_seq;
 };
 
-struct pq_chan {
-    pq_chan *next;
+struct bt__pq_chan {
+    bt__pq_chan *next;
     char *name;
     bt_pq_notify_cb cb;
     void *arg;
 };
 
-struct pq_listen_wait {
-    struct pq_listen_wait *next;
+struct bt__pq_listen_wait {
+    struct bt__pq_listen_wait *next;
     char *channel;
     bt_future *f; /* our own reference */
 };
 
-struct pq_acq {
+struct bt__pq_acq {
     bt__list link;    /* on the pool's aq */
     bt_pq_pool *pool; /* for the cancel hook */
     bt_future *f;     /* our own reference */
@@ -250,8 +250,8 @@ struct bt_pq_pool {
     bt_future **ready; /* bt_pq_pool_ready waiters */
     size_t nready;
     bt_pq_conn *listener;
-    pq_chan *chans;
-    struct pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
+    bt__pq_chan *chans;
+    struct bt__pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
     bool pumping, repump;
     struct event *sync_ev; /* end of pass: Sync the open batches */
     bool sync_armed;
@@ -273,8 +273,8 @@ void bt__pq_conn_begin(bt_pq_conn *c);
 
 /* conn.c */
 void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg);
-void bt__pq_conn_send(bt_pq_conn *c, pq_query *q);
-void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
+void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q);
+void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
 bool bt__pq_conn_idle(const bt_pq_conn *c);
@@ -282,7 +282,7 @@ int bt__pq_conn_sync(bt_pq_conn *c);
 void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 
 /* channels.c: the LISTEN channels, below the pool. */
-pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
+bt__pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
 /* "VERB "quoted"" for c, or NULL. Free with bt_free. */
 char *bt__pq_chan_sql(bt_pq_conn *c, const char *verb, const char *channel);
 /* LISTEN on c; f (taken over, or NULL for an internal one) settles with it. */
@@ -291,15 +291,15 @@ void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c);
 void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
 
 /* request.c: the query object. */
-pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
-                           const bt_pq_query_opts *opts, int *err);
-void bt__pq_query_settle_result(pq_query *q);
-void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-void bt__pq_query_free(pq_query *q);
-void bt__pq_query_vend(pq_query *q, int code, const char *fmt, va_list ap);
-void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
+bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
+                               const char *const *values, const bt_pq_query_opts *opts, int *err);
+void bt__pq_query_settle_result(bt__pq_query *q);
+void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+void bt__pq_query_free(bt__pq_query *q);
+void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
+void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res);
 /* The callback of internal queries (logs a failure). */
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
+void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err);
 
 /* query.c */
 /* The common path of every query: target is an acquired connection or
@@ -309,8 +309,8 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
 
 /* pool.c, for the files above it (query.c, acquire.c, listen.c) */
 /* Take q off the pool's queue of queries waiting for a connection. */
-void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
-void bt__pq_pool_run(bt_pq_pool *p, pq_query *q);
+void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q);
+void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q);
 void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
 void bt__pq_pool_release(bt_pq_conn *c);
 void bt__pq_pump(bt_pq_pool *p);
@@ -318,7 +318,7 @@ void bt__pq_arm_wait(bt_pq_pool *p);
 uint64_t bt__pq_deadline(bt_pq_pool *p);
 bt_pq_conn *bt__pq_pick(bt_pq_pool *p);
 bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p);
-void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a);
+void bt__pq_hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
 void bt__pq_start_listener(bt_pq_pool *p);
 bool bt__pq_can_connect(bt_pq_pool *p);
 void bt__pq_check_drained(bt_pq_pool *p);
@@ -343,13 +343,13 @@ void bt__pq_cancel_fire(PGconn *pg);
 
 /* stmt.c: the statement cache of one connection (books only). */
 uint32_t bt__pq_stmt_hash(const char *sql);
-pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
+bt__pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
 /* A new entry, most recently used; NULL when out of memory. */
-pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
+bt__pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
 /* Forget s (its PREPARE failed, or the server dropped it) and free it. */
-void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s);
+void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s);
 /* s was used: make it the most recently used. */
-void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s);
+void bt__pq_stmt_touch(bt_pq_conn *c, bt__pq_stmt *s);
 /* Forget every statement (the connection closed, or DISCARD ALL). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
 /* Forget sql's statement, if cached (the server no longer has it). */
@@ -362,7 +362,7 @@ void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
  * make room and its name is in evict (else evict is ""): the caller sends
  * the DEALLOCATE, before the PREPARE, since the pipeline keeps order. */
 enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
-int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **s, char *evict,
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **s, char *evict,
                      size_t evict_size);
 
 /* result.c */

@@ -14,14 +14,14 @@
 /* ---- Submitting, cancelling, timing out ----------------------------------- */
 
 /* Cancel or time out q, wherever it is. */
-static void abandon(pq_query *q, int code)
+static void abandon(bt__pq_query *q, int code)
 {
     if (q->settled)
         return;
-    if (q->state == Q_WAITING) {
+    if (q->state == BT__PQ_Q_WAITING) {
         bt_pq_pool *p = q->pool;
         bt__pq_wq_unlink(p, q);
-        q->state = Q_NEW;
+        q->state = BT__PQ_Q_NEW;
         if (code == BT_ECANCELED) {
             q->settled = true;
             bt_future_set_cancelled(q->f);
@@ -33,15 +33,15 @@ static void abandon(pq_query *q, int code)
         bt__pq_check_drained(p);
         return;
     }
-    if (q->state == Q_SENT) {
+    if (q->state == BT__PQ_Q_SENT) {
         if (code == BT_ECANCELED) {
             q->settled = true;
-            if (q->timer) {
+            if (q->timer != NULL) {
                 bt_timer_free(q->timer);
                 q->timer = NULL;
             }
             bt_future_set_cancelled(q->f);
-            if (q->pool)
+            if (q->pool != NULL)
                 q->pool->st.queries++;
         } else {
             bt__pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
@@ -91,7 +91,7 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
         return f;
     }
     int err;
-    pq_query *q = bt__pq_query_new(p, sql, nparams, values, opts, &err);
+    bt__pq_query *q = bt__pq_query_new(p, sql, nparams, values, opts, &err);
     if (q == NULL) {
         if (err == BT_EINVAL)
             bt_future_set_error(f, err, "bad query arguments (nparams %d, values %p)", nparams,
@@ -105,7 +105,7 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     bt_future_on_cancel(f, on_query_cancel, q);
     if (q->timeout_ms) {
         q->timer = bt_timer_new(loop, on_query_timeout, q);
-        if (q->timer)
+        if (q->timer != NULL)
             bt_timer_start(q->timer, q->timeout_ms, 0);
     }
     bt__pq_pool_run(p, q);

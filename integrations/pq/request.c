@@ -19,8 +19,8 @@ static size_t align8(size_t n)
 
 /* One allocation holds the query, its arrays and its strings: a point
  * select costs one malloc here, not one per parameter. */
-pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
-                           const bt_pq_query_opts *opts, int *err)
+bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
+                               const char *const *values, const bt_pq_query_opts *opts, int *err)
 {
     *err = 0;
     if (nparams < 0 || nparams > 65535 || (nparams > 0 && values == NULL)) {
@@ -29,7 +29,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
     }
     bool binary = opts && opts->formats && opts->lengths;
     size_t sql_len = strlen(sql) + 1;
-    size_t size = align8(sizeof(pq_query));
+    size_t size = align8(sizeof(bt__pq_query));
     size += align8(sizeof(char *) * (size_t)nparams);
     if (binary)
         size += 2 * align8(sizeof(int) * (size_t)nparams);
@@ -37,7 +37,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
         size += align8(sizeof(Oid) * (size_t)nparams);
     size_t strings = sql_len;
     for (int i = 0; i < nparams; i++) {
-        if (!values[i])
+        if (values[i] == NULL)
             continue;
         if (binary && opts->formats[i] == 1)
             strings += (size_t)opts->lengths[i] + 1;
@@ -51,10 +51,10 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
         *err = BT_ENOMEM;
         return NULL;
     }
-    pq_query *q = (pq_query *)mem;
+    bt__pq_query *q = (bt__pq_query *)mem;
     memset(q, 0, sizeof *q);
     bt__list_init(&q->link);
-    char *at = mem + align8(sizeof(pq_query));
+    char *at = mem + align8(sizeof(bt__pq_query));
     q->pool = p;
     q->nparams = nparams;
     q->values = (char **)at;
@@ -77,7 +77,7 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
     memcpy(at, sql, sql_len);
     at += sql_len;
     for (int i = 0; i < nparams; i++) {
-        if (!values[i]) {
+        if (values[i] == NULL) {
             q->values[i] = NULL;
             continue;
         }
@@ -94,28 +94,28 @@ pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const ch
         q->row_arg = opts->row_arg;
         q->timeout_ms = opts->timeout_ms;
     }
-    if (!q->timeout_ms && p)
+    if (!q->timeout_ms && p != NULL)
         q->timeout_ms = p->o.query_timeout_ms;
-    q->state = Q_NEW;
+    q->state = BT__PQ_Q_NEW;
     return q;
 }
 
-void bt__pq_query_free(pq_query *q)
+void bt__pq_query_free(bt__pq_query *q)
 {
     if (q == NULL)
         return;
-    if (q->timer)
+    if (q->timer != NULL)
         bt_timer_free(q->timer);
-    if (q->res)
+    if (q->res != NULL)
         PQclear(q->res);
     bt_free(q->errmsg);
-    if (q->f)
+    if (q->f != NULL)
         bt_future_unref(q->f);
     bt_free(q);
 }
 
 /* Record an error from a result (the first one wins). */
-void bt__pq_query_set_error_from(pq_query *q, const PGresult *res)
+void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
 {
     if (q->err)
         return;
@@ -124,7 +124,7 @@ void bt__pq_query_set_error_from(pq_query *q, const PGresult *res)
 }
 
 /* q is settling now: it settles once, its timer stops and it is counted. */
-static void settling(pq_query *q)
+static void settling(bt__pq_query *q)
 {
     q->settled = true;
     if (q->timer != NULL) {
@@ -136,7 +136,7 @@ static void settling(pq_query *q)
 }
 
 /* Fail q with code and msg (NULL: the code's own text, bt_strerror). */
-static void fail_msg(pq_query *q, int code, const char *msg)
+static void fail_msg(bt__pq_query *q, int code, const char *msg)
 {
     settling(q);
     if (q->f != NULL) {
@@ -149,7 +149,7 @@ static void fail_msg(pq_query *q, int code, const char *msg)
     }
 }
 
-static void vfail(pq_query *q, int code, const char *fmt, va_list ap)
+static void vfail(bt__pq_query *q, int code, const char *fmt, va_list ap)
 {
     if (q->settled)
         return;
@@ -158,7 +158,7 @@ static void vfail(pq_query *q, int code, const char *fmt, va_list ap)
     bt_free(msg);
 }
 
-void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...)
+void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -167,7 +167,7 @@ void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...)
 }
 
 /* Deliver what the connection collected: an error, or the result. */
-void bt__pq_query_settle_result(pq_query *q)
+void bt__pq_query_settle_result(bt__pq_query *q)
 {
     if (q->settled)
         return;
@@ -189,7 +189,7 @@ void bt__pq_query_settle_result(pq_query *q)
     }
 }
 
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
+void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err)
 {
     (void)c;
     (void)q;
@@ -200,7 +200,7 @@ void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
 /* The end of q on a connection: settle it unless it was settled already
  * (code 0: deliver what it collected, and a query its pipeline skipped
  * fails; else fail it with code and the message), then free it. */
-void bt__pq_query_vend(pq_query *q, int code, const char *fmt, va_list ap)
+void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap)
 {
     if (code != 0) {
         vfail(q, code, fmt, ap);

@@ -17,23 +17,23 @@ uint32_t bt__pq_stmt_hash(const char *s)
     return h;
 }
 
-pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
+bt__pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (c->nbuckets == 0)
         return NULL;
-    for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
+    for (bt__pq_stmt *s = c->stmts[h % c->nbuckets]; s != NULL; s = s->next)
         if (s->hash == h && strcmp(s->sql, sql) == 0)
             return s;
     return NULL;
 }
 
-void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s)
+void bt__pq_stmt_touch(bt_pq_conn *c, bt__pq_stmt *s)
 {
     bt__list_remove(&s->lru);
     bt__list_push_front(&c->lru, &s->lru);
 }
 
-pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
+bt__pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (c->nbuckets == 0) {
         unsigned n = 64;
@@ -42,7 +42,7 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
             return NULL;
         c->nbuckets = n;
     }
-    pq_stmt *s = bt_calloc(1, sizeof *s);
+    bt__pq_stmt *s = bt_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
     s->sql = bt_strdup(sql);
@@ -60,9 +60,9 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 }
 
 /* Unlink s (its PREPARE failed); the statement does not exist server-side. */
-void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s)
+void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s)
 {
-    for (pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
+    for (bt__pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
             c->nstmts--;
@@ -77,7 +77,7 @@ void bt__pq_stmt_clear(bt_pq_conn *c)
 {
     bt__list *n;
     while ((n = bt__list_pop_front(&c->lru)) != NULL) {
-        pq_stmt *s = BT__LIST_ENTRY(n, pq_stmt, lru);
+        bt__pq_stmt *s = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
         bt_free(s->sql);
         bt_free(s);
     }
@@ -89,16 +89,16 @@ void bt__pq_stmt_clear(bt_pq_conn *c)
 /* Forget sql's statement, if cached (the server no longer has it). */
 void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql)
 {
-    pq_stmt *s = bt__pq_stmt_find(c, sql, bt__pq_stmt_hash(sql));
+    bt__pq_stmt *s = bt__pq_stmt_find(c, sql, bt__pq_stmt_hash(sql));
     if (s != NULL)
         bt__pq_stmt_remove(c, s);
 }
 
-int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **out, char *evict,
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **out, char *evict,
                      size_t evict_size)
 {
     uint32_t h = bt__pq_stmt_hash(sql);
-    pq_stmt *s = bt__pq_stmt_find(c, sql, h);
+    bt__pq_stmt *s = bt__pq_stmt_find(c, sql, h);
     *out = NULL;
     evict[0] = '\0';
     if (s != NULL) {
@@ -110,11 +110,11 @@ int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, pq_stmt **out
     }
     if (c->nstmts >= cap) {
         /* Full: the least recently used statement whose PREPARE has
-         * completed goes (a pending OP_PREPARE still points at its entry). */
-        pq_stmt *v = NULL;
+         * completed goes (a pending BT__PQ_OP_PREPARE still points at its entry). */
+        bt__pq_stmt *v = NULL;
         for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
-            if (BT__LIST_ENTRY(n, pq_stmt, lru)->ready)
-                v = BT__LIST_ENTRY(n, pq_stmt, lru);
+            if (BT__LIST_ENTRY(n, bt__pq_stmt, lru)->ready)
+                v = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
         if (v == NULL)
             return BT__PQ_STMT_UNNAMED; /* all are being prepared */
         snprintf(evict, evict_size, "%s", v->name);
