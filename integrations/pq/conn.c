@@ -57,7 +57,7 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
         if (c->cancel_again) {
             c->cancel_again = false;
             bt__pq_op *f = ops_front(c);
-            if (f != NULL && f->kind == BT__PQ_OP_QUERY && f->q->abandoned && f->q->started)
+            if (f != NULL && f->q != NULL && f->q->abandoned)
                 bt__pq_cancel_send(c, cancel_done);
         }
         if (c->ops_len == 0)
@@ -539,10 +539,16 @@ static int process(bt_pq_conn *c)
             op->q->started = true;
             if (op->q->row_cb != NULL)
                 PQsetSingleRowMode(c->pg);
-            if (op->q->want_cancel) {
-                op->q->want_cancel = false;
-                bt__pq_cancel_send(c, cancel_done);
-            }
+        }
+        /* An abandoned query whose first op is at the front is the one the
+         * server runs now: the ops before it are answered, Sync included.
+         * Its PREPARE counts: in a pipeline the server sends the PREPARE's
+         * answer only when it flushes, at the query's Sync, after the
+         * query has run; waiting for its OP_QUERY to reach the front would
+         * wait for the very query the cancel is meant to stop. */
+        if (op->q != NULL && op->q->want_cancel) {
+            op->q->want_cancel = false;
+            bt__pq_cancel_send(c, cancel_done);
         }
         if (PQisBusy(c->pg))
             break;
