@@ -1,17 +1,24 @@
-/* The pool: who gets a connection, when connections are opened, retired
- * and replaced, waiting with bounds, cancellation, and shutdown.
+/* The pool: its connections and, beside them, the queues of queries and
+ * acquires waiting for one; who gets a connection, when connections are
+ * opened, retired and replaced, lending and taking back, waiting with
+ * bounds, and shutdown. It also handles what its connections report
+ * (struct bt__pq_conn_events, filled in here).
  *
  * DESIGN
  * One FIFO of waiting queries and one of waiting acquires, both bounded in
  * length (max_waiters) and in time (acquire_timeout_ms, one timer for the
- * earliest bt__pq_deadline: FIFOs with one timeout are ordered by bt__pq_deadline). bt__pq_pump()
- * is the only place that hands out connections: acquires first (they wait
- * for a whole connection), then queries to an idle connection, then, when
- * the pool is at max_size, to the least busy connection below
- * pipeline_depth. It then opens connections for what still waits (and up to
- * min_size), unless a connect failed recently: failures back off
- * exponentially with jitter, and the maintenance timer retries. bt__pq_pump() is
- * guarded against re-entry (a send can close a connection, which pumps).
+ * earliest deadline: FIFOs with one timeout are ordered by deadline).
+ * bt__pq_pump() is the only place that hands out connections: acquires
+ * first (they wait for a whole connection), then queries to an idle
+ * connection, then, when the pool is at max_size, to the least busy
+ * connection below pipeline_depth. It then opens connections for what
+ * still waits (and up to min_size), unless a connect failed recently:
+ * failures back off exponentially with jitter, and the maintenance timer
+ * retries. bt__pq_pump() is guarded against re-entry (a send can close a
+ * connection, which pumps). A query that finds no free connection does not
+ * pump inside the caller's call: it arms pump_ev, which pumps once at the
+ * end of the loop pass for every query that came meanwhile (as sync_ev
+ * Syncs the batches of the pass).
  */
 #include "config.h"
 
@@ -682,14 +689,14 @@ static void on_wait_timer(bt_timer *t, void *arg)
 
 void bt__pq_arm_wait(bt_pq_pool *p)
 {
-    if (p->closed || !p->o.acquire_timeout_ms || bt_timer_is_active(p->wait_timer))
+    if (p->closed || p->o.acquire_timeout_ms == 0)
         return;
     uint64_t next = UINT64_MAX;
     if (p->nwq > 0)
         next = wq_first(p)->deadline_ns;
     if (p->naq > 0 && aq_first(p)->deadline_ns < next)
         next = aq_first(p)->deadline_ns;
-    if (next == UINT64_MAX)
+    if (next == UINT64_MAX || bt_timer_is_active(p->wait_timer))
         return;
     uint64_t now = now_ns();
     bt_timer_start(p->wait_timer, next > now ? (next - now) / 1000000 + 1 : 0, 0);
