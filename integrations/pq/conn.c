@@ -123,13 +123,6 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     if (c->state == BT__PQ_CS_DEAD)
         return;
     bool was_open = c->state == BT__PQ_CS_READY;
-    /* Closing under running queries (the pool is terminated): PQfinish
-     * alone would leave the server running them until they try to answer.
-     * Ask it to stop them (best effort: the request goes out from a
-     * thread that nobody waits for, see cancel.c). */
-    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
-        c->pg != NULL)
-        bt__pq_cancel_fire(c->pg);
     c->state = BT__PQ_CS_DEAD;
     bt__pq_cancel_detach(c);
     if (c->timer != NULL) {
@@ -175,6 +168,17 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     }
     if (!c->acquired)
         bt__pq_conn_free_dead(c);
+}
+
+/* The pool is shutting down: close c with BT_ESHUTDOWN. Closing under
+ * running queries, PQfinish alone would leave the server running them
+ * until they try to answer: ask it to stop them first (best effort: the
+ * request goes out from a thread that nobody waits for, see cancel.c). */
+void bt__pq_conn_shutdown(bt_pq_conn *c, const char *why)
+{
+    if (c->state == BT__PQ_CS_READY && c->ops_len > 0 && c->cancel_job == NULL && c->pg != NULL)
+        bt__pq_cancel_fire(c->pg);
+    bt__pq_conn_close(c, BT_ESHUTDOWN, why);
 }
 
 void bt__pq_conn_free_dead(bt_pq_conn *c)

@@ -799,9 +799,9 @@ static void pool_shutdown(bt_pq_pool *p)
     }
     bt__list *n;
     while ((n = bt__list_first(&p->conns)) != NULL)
-        bt__pq_conn_close(CONN_OF(n), BT_ESHUTDOWN, "the pool was closed");
+        bt__pq_conn_shutdown(CONN_OF(n), "the pool was closed");
     if (p->listener != NULL)
-        bt__pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
+        bt__pq_conn_shutdown(p->listener, "the pool was closed");
 }
 
 static void on_loop_close(void *arg)

@@ -276,6 +276,7 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg);
 void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q);
 void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
+void bt__pq_conn_shutdown(bt_pq_conn *c, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
 bool bt__pq_conn_idle(const bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);

@@ -123,14 +123,12 @@ void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
     q->errmsg = bt__pq_format_error(res, "query failed");
 }
 
-/* q is settling now: it settles once, its timer stops and it is counted. */
+/* q is settling now: it settles once, its timer stops (bt__pq_query_free
+ * frees it) and it is counted. */
 static void settling(bt__pq_query *q)
 {
     q->settled = true;
-    if (q->timer != NULL) {
-        bt_timer_free(q->timer);
-        q->timer = NULL;
-    }
+    bt_timer_stop(q->timer); /* NULL-safe */
     if (q->pool != NULL)
         q->pool->st.queries++;
 }
