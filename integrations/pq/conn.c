@@ -195,11 +195,6 @@ void bt__pq_conn_free_dead(bt_pq_conn *c)
     bt_free(c);
 }
 
-bool bt__pq_conn_idle(const bt_pq_conn *c)
-{
-    return c->state == BT__PQ_CS_READY && c->ops_len == 0;
-}
-
 /* ---- Sending ------------------------------------------------------------ */
 
 static int flush(bt_pq_conn *c)

@@ -8,13 +8,13 @@
  * One FIFO of waiting queries and one of waiting acquires, both bounded in
  * length (max_waiters) and in time (acquire_timeout_ms, one timer for the
  * earliest deadline: FIFOs with one timeout are ordered by deadline).
- * bt__pq_pump() is the only place that hands out connections: acquires
+ * pump() is the only place that hands out connections: acquires
  * first (they wait for a whole connection), then queries to an idle
  * connection, then, when the pool is at max_size, to the least busy
  * connection below pipeline_depth. It then opens connections for what
  * still waits (and up to min_size), unless a connect failed recently:
  * failures back off exponentially with jitter, and the maintenance timer
- * retries. bt__pq_pump() is guarded against re-entry (a send can close a
+ * retries. pump() is guarded against re-entry (a send can close a
  * connection, which pumps). A query that finds no free connection does not
  * pump inside the caller's call: it arms pump_ev, which pumps once at the
  * end of the loop pass for every query that came meanwhile (as sync_ev
@@ -45,6 +45,11 @@ static struct bt__pq_acq *aq_first(const bt_pq_pool *p)
     return p->naq > 0 ? BT__LIST_ENTRY(p->aq.next, struct bt__pq_acq, link) : NULL;
 }
 static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a);
+static void pump(bt_pq_pool *p);
+static void arm_wait(bt_pq_pool *p);
+static bt_pq_conn *pick(bt_pq_pool *p);
+static bt_pq_conn *find_idle(bt_pq_pool *p);
+static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
 static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
 static const struct bt__pq_conn_events conn_events;
 
@@ -53,7 +58,7 @@ static uint64_t now_ns(void)
     return bt_hrtime();
 }
 
-uint64_t bt__pq_deadline(bt_pq_pool *p)
+static uint64_t deadline(bt_pq_pool *p)
 {
     return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
 }
@@ -176,7 +181,7 @@ static void finish_release(bt_pq_conn *c)
         bt__pq_conn_close(c, 0, "retired");
         return;
     }
-    bt__pq_pump(p);
+    pump(p);
 }
 
 /* ---- What connections report (struct bt__pq_conn_events) ----------------- */
@@ -197,7 +202,7 @@ static void on_connected(bt_pq_conn *c)
     }
     p->ever_connected = true;
     settle_ready(p, 0, NULL);
-    bt__pq_pump(p);
+    pump(p);
 }
 
 /* The length of a leading "[SQLSTATE] " in msg (a connect error the server
@@ -301,7 +306,7 @@ static void on_gone(bt_pq_conn *c)
     if (c->acquired)
         c->pool = NULL; /* dead until the user releases it */
     if (!p->closed)
-        bt__pq_pump(p); /* replace it if anything waits or min_size says so */
+        pump(p); /* replace it if anything waits or min_size says so */
 }
 
 static void on_available(bt_pq_conn *c)
@@ -329,7 +334,7 @@ static void on_available(bt_pq_conn *c)
     /* The common case under load: nothing waits and the pool is at its
      * floor, so there is nothing to hand out or open. */
     if (p->nwq > 0 || p->naq > 0 || p->nready > 0 || p->nconns < p->o.min_size)
-        bt__pq_pump(p);
+        pump(p);
     else
         bt__pq_check_drained(p);
 }
@@ -345,7 +350,7 @@ static bool usable(const bt_pq_conn *c)
            c->cancel_job == NULL;
 }
 
-bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
+static bt_pq_conn *find_idle(bt_pq_pool *p)
 {
     for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
         if (usable(CONN_OF(n)) && CONN_OF(n)->ops_len == 0)
@@ -367,9 +372,9 @@ static bt_pq_conn *least_busy(bt_pq_pool *p)
 
 /* A connection for a query now: idle first, else pipelined when the pool
  * cannot grow. NULL: wait. */
-bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
+static bt_pq_conn *pick(bt_pq_pool *p)
 {
-    bt_pq_conn *c = bt__pq_find_idle(p);
+    bt_pq_conn *c = find_idle(p);
     if (c == NULL && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
         p->nconns >= p->o.max_size)
         c = least_busy(p);
@@ -381,7 +386,7 @@ static void conn_value_release(void *v)
     bt__pq_pool_release(v);
 }
 
-void bt__pq_hand_over(bt_pq_conn *c, struct bt__pq_acq *a)
+static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a)
 {
     c->acquired = true;
     c->rollback_tries = 0;
@@ -404,7 +409,7 @@ void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
 {
     bt_pq_conn *c = q->target;
     if (c == NULL && p->nwq == 0)
-        c = bt__pq_pick(p);
+        c = pick(p);
     if (c != NULL) {
         bt__pq_conn_send(c, q);
         return;
@@ -417,10 +422,10 @@ void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
         return;
     }
     q->state = BT__PQ_Q_WAITING;
-    q->deadline_ns = bt__pq_deadline(p);
+    q->deadline_ns = deadline(p);
     bt__list_push_back(&p->wq, &q->link);
     p->nwq++;
-    bt__pq_arm_wait(p);
+    arm_wait(p);
     /* No connection is free: the pool opens one (or hands one back) at the
      * end of this loop pass, once for every query that came meanwhile,
      * rather than inside each call. */
@@ -441,7 +446,7 @@ static void on_acquire_cancel(bt_future *f, void *arg)
 {
     (void)f;
     struct bt__pq_acq *a = arg;
-    /* a is still queued: bt__pq_hand_over and the timers free it otherwise, and
+    /* a is still queued: hand_over and the timers free it otherwise, and
      * the future is settled then, so this hook cannot run. */
     bt_pq_pool *pool = a->pool;
     aq_unlink(pool, a);
@@ -463,9 +468,9 @@ void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
     bt__list_init(&a->link);
     a->pool = p;
     a->f = bt_future_ref(f);
-    bt_pq_conn *c = p->naq > 0 ? NULL : bt__pq_find_idle(p);
+    bt_pq_conn *c = p->naq > 0 ? NULL : find_idle(p);
     if (c != NULL) {
-        bt__pq_hand_over(c, a);
+        hand_over(c, a);
         return;
     }
     if (p->nwq + p->naq >= p->o.max_waiters) {
@@ -475,12 +480,12 @@ void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
         bt_free(a);
         return;
     }
-    a->deadline_ns = bt__pq_deadline(p);
+    a->deadline_ns = deadline(p);
     bt__list_push_back(&p->aq, &a->link);
     p->naq++;
     bt_future_on_cancel(f, on_acquire_cancel, a);
-    bt__pq_arm_wait(p);
-    bt__pq_pump(p);
+    arm_wait(p);
+    pump(p);
 }
 
 /* bt_pq_conn_release: take c back (it may still be running queries; it is
@@ -519,7 +524,7 @@ static void grow(bt_pq_pool *p)
     }
 }
 
-void bt__pq_pump(bt_pq_pool *p)
+static void pump(bt_pq_pool *p)
 {
     if (p->closed)
         return;
@@ -531,15 +536,15 @@ void bt__pq_pump(bt_pq_pool *p)
     do {
         p->repump = false;
         while (p->naq > 0) {
-            bt_pq_conn *c = bt__pq_find_idle(p);
+            bt_pq_conn *c = find_idle(p);
             if (c == NULL)
                 break;
             struct bt__pq_acq *a = aq_first(p);
             aq_unlink(p, a);
-            bt__pq_hand_over(c, a);
+            hand_over(c, a);
         }
         while (p->nwq > 0 && !p->closed) {
-            bt_pq_conn *c = bt__pq_pick(p);
+            bt_pq_conn *c = pick(p);
             if (c == NULL)
                 break;
             bt__pq_query *q = wq_first(p);
@@ -593,7 +598,7 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
             PQclear(q->res);
             q->res = NULL;
         }
-        q->deadline_ns = bt__pq_deadline(p);
+        q->deadline_ns = deadline(p);
         bt__list_push_back(&front, &q->link);
         p->nwq++;
         p->st.retried++;
@@ -601,7 +606,7 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
     /* front, then the queries that were waiting already. */
     bt__list_splice_back(&front, &p->wq);
     bt__list_splice_back(&p->wq, &front);
-    bt__pq_arm_wait(p);
+    arm_wait(p);
 }
 
 /* End of the loop pass: Sync every connection's open batch. A Sync can
@@ -613,7 +618,7 @@ static void on_pump_ev(evutil_socket_t fd, short what, void *arg)
     (void)what;
     bt_pq_pool *p = arg;
     p->pump_armed = false;
-    bt__pq_pump(p);
+    pump(p);
 }
 
 static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
@@ -683,11 +688,11 @@ static void on_wait_timer(bt_timer *t, void *arg)
         bt_future_unref(a->f);
         bt_free(a);
     }
-    bt__pq_arm_wait(p);
+    arm_wait(p);
     bt__pq_check_drained(p);
 }
 
-void bt__pq_arm_wait(bt_pq_pool *p)
+static void arm_wait(bt_pq_pool *p)
 {
     if (p->closed || p->o.acquire_timeout_ms == 0)
         return;
@@ -739,7 +744,7 @@ static void on_maint(bt_timer *t, void *arg)
     }
     if (p->closed)
         return;
-    bt__pq_pump(p);
+    pump(p);
     bt__pq_start_listener(p);
     arm_maint(p, maint_period(p));
 }
@@ -902,7 +907,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         pool_free_memory(p);
         return NULL;
     }
-    bt__pq_pump(p); /* opens min_size connections */
+    pump(p); /* opens min_size connections */
     arm_maint(p, maint_period(p));
     return p;
 }
@@ -957,7 +962,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
     }
     p->ready = n;
     p->ready[p->nready++] = bt_future_ref(f);
-    bt__pq_pump(p);
+    pump(p);
     return f;
 }
 

@@ -278,7 +278,6 @@ void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q);
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
 void bt__pq_conn_shutdown(bt_pq_conn *c, const char *why);
 void bt__pq_conn_free_dead(bt_pq_conn *c);
-bool bt__pq_conn_idle(const bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);
 void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 
@@ -294,7 +293,6 @@ void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
 /* request.c: the query object. */
 bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
                                const char *const *values, const bt_pq_query_opts *opts, int *err);
-void bt__pq_query_settle_result(bt__pq_query *q);
 void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 void bt__pq_query_free(bt__pq_query *q);
 void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
@@ -314,12 +312,6 @@ void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q);
 void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q);
 void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
 void bt__pq_pool_release(bt_pq_conn *c);
-void bt__pq_pump(bt_pq_pool *p);
-void bt__pq_arm_wait(bt_pq_pool *p);
-uint64_t bt__pq_deadline(bt_pq_pool *p);
-bt_pq_conn *bt__pq_pick(bt_pq_pool *p);
-bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p);
-void bt__pq_hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
 void bt__pq_start_listener(bt_pq_pool *p);
 bool bt__pq_can_connect(bt_pq_pool *p);
 void bt__pq_check_drained(bt_pq_pool *p);
@@ -343,14 +335,8 @@ void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
 
 /* stmt.c: the statement cache of one connection (books only). */
-uint32_t bt__pq_stmt_hash(const char *sql);
-bt__pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
-/* A new entry, most recently used; NULL when out of memory. */
-bt__pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
 /* Forget s (its PREPARE failed, or the server dropped it) and free it. */
 void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s);
-/* s was used: make it the most recently used. */
-void bt__pq_stmt_touch(bt_pq_conn *c, bt__pq_stmt *s);
 /* Forget every statement (the connection closed, or DISCARD ALL). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
 /* Forget sql's statement, if cached (the server no longer has it). */

@@ -165,7 +165,7 @@ void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...)
 }
 
 /* Deliver what the connection collected: an error, or the result. */
-void bt__pq_query_settle_result(bt__pq_query *q)
+static void settle_result(bt__pq_query *q)
 {
     if (q->settled)
         return;
@@ -207,7 +207,7 @@ void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap)
             q->err = BT_EIO;
             q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
         }
-        bt__pq_query_settle_result(q);
+        settle_result(q);
     }
     bt__pq_query_free(q);
 }

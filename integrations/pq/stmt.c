@@ -9,7 +9,7 @@
 
 #include "pq-internal.h"
 
-uint32_t bt__pq_stmt_hash(const char *s)
+static uint32_t stmt_hash(const char *s)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (; *s; s++)
@@ -17,7 +17,7 @@ uint32_t bt__pq_stmt_hash(const char *s)
     return h;
 }
 
-bt__pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
+static bt__pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (c->nbuckets == 0)
         return NULL;
@@ -27,13 +27,13 @@ bt__pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
     return NULL;
 }
 
-void bt__pq_stmt_touch(bt_pq_conn *c, bt__pq_stmt *s)
+static void stmt_touch(bt_pq_conn *c, bt__pq_stmt *s)
 {
     bt__list_remove(&s->lru);
     bt__list_push_front(&c->lru, &s->lru);
 }
 
-bt__pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
+static bt__pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
     if (c->nbuckets == 0) {
         unsigned n = 64;
@@ -89,7 +89,7 @@ void bt__pq_stmt_clear(bt_pq_conn *c)
 /* Forget sql's statement, if cached (the server no longer has it). */
 void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql)
 {
-    bt__pq_stmt *s = bt__pq_stmt_find(c, sql, bt__pq_stmt_hash(sql));
+    bt__pq_stmt *s = stmt_find(c, sql, stmt_hash(sql));
     if (s != NULL)
         bt__pq_stmt_remove(c, s);
 }
@@ -97,14 +97,14 @@ void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql)
 int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **out, char *evict,
                      size_t evict_size)
 {
-    uint32_t h = bt__pq_stmt_hash(sql);
-    bt__pq_stmt *s = bt__pq_stmt_find(c, sql, h);
+    uint32_t h = stmt_hash(sql);
+    bt__pq_stmt *s = stmt_find(c, sql, h);
     *out = NULL;
     evict[0] = '\0';
     if (s != NULL) {
         if (!s->ready)
             return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query */
-        bt__pq_stmt_touch(c, s);
+        stmt_touch(c, s);
         *out = s;
         return BT__PQ_STMT_RUN;
     }
@@ -120,6 +120,6 @@ int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt *
         snprintf(evict, evict_size, "%s", v->name);
         bt__pq_stmt_remove(c, v);
     }
-    *out = bt__pq_stmt_add(c, sql, h);
+    *out = stmt_add(c, sql, h);
     return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
 }
