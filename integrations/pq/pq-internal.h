@@ -267,6 +267,37 @@ struct bt_pq_pool {
     bt_pq_stats st;
 };
 
+/* The files from the top of the wing down; each calls only the ones
+ * below it (docs/postgres.md, "How the wing is built"). */
+
+/* query.c */
+/* The common path of every query: target is an acquired connection or
+ * NULL for the pool. Returns: new reference, or NULL. */
+bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
+                         int nparams, const char *const *values, const bt_pq_query_opts *opts);
+
+/* pool.c, for the files above it (query.c, acquire.c, listen.c) */
+/* Take q off the pool's queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q);
+/* A new query, taken over: to its acquired connection, a free one, or the
+ * wait queue. */
+void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q);
+/* bt_pq_acquire's and bt_pq_conn_release's work. */
+void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
+void bt__pq_pool_release(bt_pq_conn *c);
+void bt__pq_start_listener(bt_pq_pool *p);
+bool bt__pq_can_connect(bt_pq_pool *p);
+void bt__pq_check_drained(bt_pq_pool *p);
+
+/* channels.c: the LISTEN channels, below the pool. */
+bt__pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
+/* "VERB "quoted"" for c, or NULL. Free with bt_free. */
+char *bt__pq_chan_sql(bt_pq_conn *c, const char *verb, const char *channel);
+/* LISTEN on c; f (taken over, or NULL for an internal one) settles with it. */
+void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f);
+void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
+
 /* connect.c */
 bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_conn_events *events);
 void bt__pq_conn_begin(bt_pq_conn *c);
@@ -281,15 +312,6 @@ void bt__pq_conn_free_dead(bt_pq_conn *c);
 int bt__pq_conn_sync(bt_pq_conn *c);
 void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 
-/* channels.c: the LISTEN channels, below the pool. */
-bt__pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
-/* "VERB "quoted"" for c, or NULL. Free with bt_free. */
-char *bt__pq_chan_sql(bt_pq_conn *c, const char *verb, const char *channel);
-/* LISTEN on c; f (taken over, or NULL for an internal one) settles with it. */
-void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f);
-void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
-
 /* request.c: the query object. */
 bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
                                const char *const *values, const bt_pq_query_opts *opts, int *err);
@@ -299,22 +321,6 @@ void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
 void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res);
 /* The callback of internal queries (logs a failure). */
 void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err);
-
-/* query.c */
-/* The common path of every query: target is an acquired connection or
- * NULL for the pool. Returns: new reference, or NULL. */
-bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
-                         int nparams, const char *const *values, const bt_pq_query_opts *opts);
-
-/* pool.c, for the files above it (query.c, acquire.c, listen.c) */
-/* Take q off the pool's queue of queries waiting for a connection. */
-void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q);
-void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q);
-void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
-void bt__pq_pool_release(bt_pq_conn *c);
-void bt__pq_start_listener(bt_pq_pool *p);
-bool bt__pq_can_connect(bt_pq_pool *p);
-void bt__pq_check_drained(bt_pq_pool *p);
 
 /* conninfo.c */
 int bt__pq_parse_conninfo(bt_pq_pool *p);
