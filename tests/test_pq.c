@@ -627,6 +627,48 @@ START_TEST(cancel_spares_the_queries_behind)
 }
 END_TEST
 
+START_TEST(two_abandoned_queries_are_both_cancelled)
+{
+    /* Two solo queries pipelined on an acquired connection time out
+     * together. The first one's cancel stops it; the second reaches the
+     * front while that request may still be in flight (its 57014 and the
+     * cancel thread's answer arrive together), and must be cancelled too,
+     * not left to run to its end. Whether the loop sees the 57014 before
+     * the thread's answer is a race, so the test repeats; it always checks
+     * that the connection answers a new query promptly and that neither
+     * sleep is left on the server. */
+    bt_pq_pool *p = new_pool(1, 1, 16);
+    bt_future *a = await(bt_pq_acquire(p));
+    ck_assert_int_eq(bt_future_error(a), 0);
+    bt_pq_conn *c = bt_future_take_value(a);
+    bt_future_unref(a);
+    bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts), .timeout_ms = 200 };
+    for (int i = 0; i < 8; i++) {
+        bt_future *q1 = bt_pq_conn_query_ex(c, "SELECT pg_sleep(64.1)", 0, NULL, &qo);
+        bt_future *q2 = bt_pq_conn_query_ex(c, "SELECT pg_sleep(64.2)", 0, NULL, &qo);
+        ck_assert_int_eq(bt_future_error(await(q1)), BT_ETIMEDOUT);
+        ck_assert_int_eq(bt_future_error(await(q2)), BT_ETIMEDOUT);
+        bt_future_unref(q1);
+        bt_future_unref(q2);
+        uint64_t t0 = bt_hrtime();
+        bt_future *f = await(bt_pq_conn_query(c, "SELECT 5", 0, NULL));
+        uint64_t ms = (bt_hrtime() - t0) / 1000000;
+        ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+        ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "5");
+        bt_future_unref(f);
+        ck_assert_msg(ms < 5000, "the second abandoned query was not cancelled (%llu ms)",
+                      (unsigned long long)ms);
+        ck_assert_int_eq(sleeping_like("SELECT pg_sleep(64."), 0);
+    }
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.cancels_sent, 8); /* the first can stop both */
+    ck_assert_uint_eq(st.cancels_timed_out, 0);
+    bt_pq_conn_release(c);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(query_timeout_cancels)
 {
     bt_pq_pool *p = new_pool(1, 1, 16);
@@ -1771,6 +1813,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, cancel_pg_sleep);
     tcase_add_test(tc, query_timeout_cancels);
     tcase_add_test(tc, cancel_spares_the_queries_behind);
+    tcase_add_test(tc, two_abandoned_queries_are_both_cancelled);
     tcase_add_test(tc, pipelining_matches_results_in_order);
     tcase_add_test(tc, a_failed_batch_fails_one_query_and_reruns_the_rest);
     tcase_add_test(tc, single_row_mode_streams);

@@ -47,7 +47,7 @@
 static atomic_uint cancel_threads; /* in flight, in this process */
 static atomic_bool cancel_cap_logged;
 
-struct pq_cancel {
+struct bt__pq_cancel {
     atomic_int refs;
     atomic_int ok; /* 1: PQcancel succeeded (set before the write) */
     PGcancel *cancel;
@@ -61,7 +61,7 @@ struct pq_cancel {
     uint64_t timeout_ms;
 };
 
-static void cancel_unref(struct pq_cancel *k)
+static void cancel_unref(struct bt__pq_cancel *k)
 {
     if (atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
         return;
@@ -75,7 +75,7 @@ static void cancel_unref(struct pq_cancel *k)
 
 static void *cancel_thread(void *arg)
 {
-    struct pq_cancel *k = arg;
+    struct bt__pq_cancel *k = arg;
     int ok = PQcancel(k->cancel, k->err, sizeof k->err);
     atomic_store_explicit(&k->ok, ok ? 1 : 0, memory_order_release);
     if (k->wfd >= 0) {
@@ -90,28 +90,27 @@ static void *cancel_thread(void *arg)
 }
 
 /* Loop side: stop watching k and drop the connection's reference. */
-static void cancel_release(struct pq_cancel *k)
+static void cancel_release(struct bt__pq_cancel *k)
 {
     if (k->ev != NULL) {
         event_free(k->ev);
         k->ev = NULL;
     }
-    if (k->timer != NULL) {
-        bt_timer_free(k->timer);
-        k->timer = NULL;
-    }
+    bt_timer *t = k->timer; /* the loop's, freed last (k may go first) */
+    k->timer = NULL;
     if (k->c != NULL) {
         k->c->cancel_job = NULL;
         k->c = NULL;
     }
     cancel_unref(k);
+    bt_timer_free(t); /* NULL-safe */
 }
 
 static void on_cancel_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct pq_cancel *k = arg;
+    struct bt__pq_cancel *k = arg;
     bt_pq_conn *c = k->c;
     bt__pq_cancel_cb done = k->done;
     uint64_t ms = k->timeout_ms;
@@ -129,7 +128,7 @@ static void on_cancel_done(evutil_socket_t fd, short what, void *arg)
 static void on_cancel_deadline(bt_timer *t, void *arg)
 {
     (void)t;
-    struct pq_cancel *k = arg;
+    struct bt__pq_cancel *k = arg;
     bt_pq_conn *c = k->c;
     bt__pq_cancel_cb done = k->done;
     uint64_t ms = k->timeout_ms;
@@ -147,7 +146,7 @@ void bt__pq_cancel_detach(bt_pq_conn *c)
 
 /* Start k's thread, which then owns one reference. Returns false (k
  * untouched) if the thread could not start or too many are in flight. */
-static bool cancel_start(struct pq_cancel *k)
+static bool cancel_start(struct bt__pq_cancel *k)
 {
     if (atomic_fetch_add_explicit(&cancel_threads, 1, memory_order_relaxed) >= MAX_CANCEL_THREADS) {
         atomic_fetch_sub_explicit(&cancel_threads, 1, memory_order_relaxed);
@@ -176,9 +175,9 @@ static bool cancel_start(struct pq_cancel *k)
     return ok;
 }
 
-static struct pq_cancel *cancel_new(PGconn *pg)
+static struct bt__pq_cancel *cancel_new(PGconn *pg)
 {
-    struct pq_cancel *k = bt_calloc(1, sizeof *k);
+    struct bt__pq_cancel *k = bt_calloc(1, sizeof *k);
     if (k == NULL)
         return NULL;
     atomic_init(&k->refs, 1);
@@ -208,7 +207,7 @@ void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done)
         return;
     }
     bt_pq_pool *p = c->pool;
-    struct pq_cancel *k = cancel_new(c->pg);
+    struct bt__pq_cancel *k = cancel_new(c->pg);
     if (k == NULL)
         return;
     int fds[2];
@@ -236,7 +235,7 @@ void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done)
  * them, and wait for nothing (no pipe, no timer; the thread frees k). */
 void bt__pq_cancel_fire(PGconn *pg)
 {
-    struct pq_cancel *k = cancel_new(pg);
+    struct bt__pq_cancel *k = cancel_new(pg);
     if (k == NULL)
         return;
     if (!cancel_start(k)) {

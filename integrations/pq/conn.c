@@ -4,6 +4,7 @@
  * queries, lifetimes); connect.c opens it. */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,30 @@ static uint64_t now_ns(void)
     return bt_hrtime();
 }
 
-static pq_op *ops_front(bt_pq_conn *c);
+static bt__pq_op *ops_front(bt_pq_conn *c);
+
+/* The one way conn.c ends a query: settle it (code 0: with what it
+ * collected; else failed with code and the message) unless it was settled
+ * already, and free it. */
+static void end_query(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+static void end_query(bt__pq_query *q, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bt__pq_query_vend(q, code, fmt, ap);
+    va_end(ap);
+}
+
+/* libpq says c is broken: close it with libpq's message (copied, since
+ * closing frees the PGconn that holds it). Returns -1 for the callers that
+ * must return at once. */
+static int close_broken(bt_pq_conn *c)
+{
+    char *m = bt_strdup(PQerrorMessage(c->pg));
+    bt__pq_conn_close(c, BT_ECONNRESET, m);
+    bt_free(m);
+    return -1;
+}
 
 /* cancel.c reports here (see cancel.c's DESIGN). Answered: the server has
  * acted on the request, so the connection may take new work again once
@@ -32,14 +56,14 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
          * so ask again for the one that runs now. */
         if (c->cancel_again) {
             c->cancel_again = false;
-            pq_op *f = ops_front(c);
-            if (f && f->kind == OP_QUERY && f->q->abandoned && f->q->started)
+            bt__pq_op *f = ops_front(c);
+            if (f != NULL && f->q != NULL && f->q->abandoned)
                 bt__pq_cancel_send(c, cancel_done);
         }
         if (c->ops_len == 0)
             c->cancel_sent = false;
-        if (c->pool != NULL && c->state == CS_READY && !c->is_listener)
-            bt__pq_pool_conn_available(c->pool, c);
+        if (c->pool != NULL && c->state == BT__PQ_CS_READY && !c->is_listener)
+            c->events->available(c);
         return;
     }
     if (c->pool != NULL)
@@ -56,11 +80,11 @@ static void cancel_done(bt_pq_conn *c, bool answered, uint64_t timeout_ms)
 
 /* ---- The ops FIFO -------------------------------------------------------- */
 
-static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
+static int ops_push(bt_pq_conn *c, int kind, bt__pq_query *q, bt__pq_stmt *s)
 {
     if (c->ops_len == c->ops_cap) {
         size_t cap = c->ops_cap ? c->ops_cap * 2 : 16;
-        pq_op *n = bt_malloc(cap * sizeof *n);
+        bt__pq_op *n = bt_malloc(cap * sizeof *n);
         if (n == NULL)
             return BT_ENOMEM;
         for (size_t i = 0; i < c->ops_len; i++)
@@ -70,7 +94,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
         c->ops_cap = cap;
         c->ops_head = 0;
     }
-    pq_op *op = &c->ops[(c->ops_head + c->ops_len) % c->ops_cap];
+    bt__pq_op *op = &c->ops[(c->ops_head + c->ops_len) % c->ops_cap];
     op->kind = kind;
     op->q = q;
     op->stmt = s;
@@ -78,7 +102,7 @@ static int ops_push(bt_pq_conn *c, int kind, pq_query *q, pq_stmt *s)
     return 0;
 }
 
-static pq_op *ops_front(bt_pq_conn *c)
+static bt__pq_op *ops_front(bt_pq_conn *c)
 {
     return c->ops_len ? &c->ops[c->ops_head] : NULL;
 }
@@ -96,65 +120,65 @@ static void ops_pop(bt_pq_conn *c)
  * is freed. */
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
 {
-    if (c->state == CS_DEAD)
+    if (c->state == BT__PQ_CS_DEAD)
         return;
-    bool was_open = c->state == CS_READY;
-    /* Closing under running queries (the pool is terminated): PQfinish
-     * alone would leave the server running them until they try to answer.
-     * Ask it to stop them (best effort: the request goes out from a
-     * thread that nobody waits for, see cancel.c). */
-    if (was_open && code == BT_ESHUTDOWN && c->ops_len > 0 && c->cancel_job == NULL &&
-        c->pg != NULL)
-        bt__pq_cancel_fire(c->pg);
-    c->state = CS_DEAD;
-    bt__pq_resolve_detach(c);
+    bool was_open = c->state == BT__PQ_CS_READY;
+    c->state = BT__PQ_CS_DEAD;
     bt__pq_cancel_detach(c);
-    if (c->timer) {
+    if (c->timer != NULL) {
         bt_timer_free(c->timer);
         c->timer = NULL;
     }
-    if (c->ev) {
+    bt__pq_resolve_detach(c);
+    if (c->ev != NULL) {
         event_free(c->ev);
         c->ev = NULL;
     }
-    if (c->wev) {
+    if (c->wev != NULL) {
         event_free(c->wev);
         c->wev = NULL;
     }
     /* Every query still on the connection was sent: it may or may not have
      * run, so it fails and is never retried. */
     while (c->ops_len) {
-        pq_op op = *ops_front(c);
+        bt__pq_op op = *ops_front(c);
         ops_pop(c);
-        if (op.kind != OP_QUERY)
+        if (op.kind != BT__PQ_OP_QUERY)
             continue;
-        pq_query *q = op.q;
-        if (!q->settled) {
-            if (code == BT_ESHUTDOWN)
-                bt__pq_query_fail(q, code, "%s", why ? why : "the pool is shutting down");
-            else
-                bt__pq_query_fail(q, code == 0 ? BT_ECONNRESET : code,
-                                  "the connection was lost while the query was in flight "
-                                  "(it may or may not have run; not retried): %s",
-                                  why ? why : "connection closed");
-        }
-        bt__pq_query_free(q);
+        if (code == BT_ESHUTDOWN)
+            end_query(op.q, code, "%s", why != NULL ? why : "the pool is shutting down");
+        else
+            end_query(op.q, code == 0 ? BT_ECONNRESET : code,
+                      "the connection was lost while the query was in flight "
+                      "(it may or may not have run; not retried): %s",
+                      why != NULL ? why : "connection closed");
     }
     fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
     bt__pq_stmt_clear(c);
-    if (c->pg) {
+    if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
     }
     bt_pq_pool *p = c->pool;
-    if (p) {
+    if (p != NULL) {
         if (was_open && code != BT_ESHUTDOWN && code != 0)
             p->st.broken++;
-        bt__pq_pool_conn_gone(p, c); /* unlinks c */
+        c->events->gone(c); /* unlinks c */
     }
     if (!c->acquired)
         bt__pq_conn_free_dead(c);
+}
+
+/* The pool is shutting down: close c with BT_ESHUTDOWN. Closing under
+ * running queries, PQfinish alone would leave the server running them
+ * until they try to answer: ask it to stop them first (best effort: the
+ * request goes out from a thread that nobody waits for, see cancel.c). */
+void bt__pq_conn_shutdown(bt_pq_conn *c, const char *why)
+{
+    if (c->state == BT__PQ_CS_READY && c->ops_len > 0 && c->cancel_job == NULL && c->pg != NULL)
+        bt__pq_cancel_fire(c->pg);
+    bt__pq_conn_close(c, BT_ESHUTDOWN, why);
 }
 
 void bt__pq_conn_free_dead(bt_pq_conn *c)
@@ -169,11 +193,6 @@ void bt__pq_conn_free_dead(bt_pq_conn *c)
     bt_free(c->ops);
     bt_free(c->hostaddr);
     bt_free(c);
-}
-
-bool bt__pq_conn_idle(const bt_pq_conn *c)
-{
-    return c->state == CS_READY && c->ops_len == 0;
 }
 
 /* ---- Sending ------------------------------------------------------------ */
@@ -197,116 +216,110 @@ static int flush(bt_pq_conn *c)
  * broke (and closed) the connection. */
 int bt__pq_conn_sync(bt_pq_conn *c)
 {
-    if (c->unsynced == 0 || c->state != CS_READY)
+    if (c->unsynced == 0 || c->state != BT__PQ_CS_READY)
         return 0;
     c->unsynced = 0;
-    if (!PQpipelineSync(c->pg) || ops_push(c, OP_SYNC, NULL, NULL) != 0 || flush(c) != 0) {
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
-        return -1;
-    }
+    if (!PQpipelineSync(c->pg) || ops_push(c, BT__PQ_OP_SYNC, NULL, NULL) != 0 || flush(c) != 0)
+        return close_broken(c);
     return 0;
 }
 
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err)
+BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c)
 {
-    (void)c;
-    (void)q;
-    if (err)
-        bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
+    if (c == NULL || c->pg == NULL)
+        return false;
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
 }
 
-/* The cache is full: DEALLOCATE its least recently used statement (one
- * whose PREPARE has completed: a pending OP_PREPARE still points at its
- * entry). Queries already sent with it run before the DEALLOCATE: the
- * pipeline keeps order. Returns -1 if the connection broke. */
-static int stmt_evict(bt_pq_conn *c)
+/* Send one of the pool's own statements (ROLLBACK, UNLISTEN, LISTEN after a
+ * reconnect) on c: no future; a failure is logged. */
+void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql)
 {
-    pq_stmt *s = c->lru_tail;
-    while (s && !s->ready)
-        s = s->lru_prev;
-    if (s == NULL)
-        return 0; /* all are being prepared: this query runs unnamed */
-    char sql[48];
-    snprintf(sql, sizeof sql, "DEALLOCATE %s", s->name);
-    bt__pq_stmt_remove(c, s);
     bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
     int err;
-    pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    bt__pq_query *q = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
+    if (q == NULL) {
+        bt__pq_conn_close(c, BT_ENOMEM, "out of memory");
+        return;
+    }
+    q->internal = bt__pq_internal_done;
+    bt__pq_conn_send(c, q);
+}
+
+/* The cache was full: DEALLOCATE the statement it forgot (name). Queries
+ * already sent with it run before: the pipeline keeps order. Returns -1 if
+ * the connection broke. */
+static int stmt_evict(bt_pq_conn *c, const char *name)
+{
+    char sql[48];
+    snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
+    bt_pq_query_opts o = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
+    int err;
+    bt__pq_query *d = bt__pq_query_new(c->pool, sql, 0, NULL, &o, &err);
     if (d == NULL)
         return 0; /* the statement leaks server-side; harmless */
     d->internal = bt__pq_internal_done;
     bt__pq_conn_send(c, d);
-    return c->state == CS_READY ? 0 : -1;
+    return c->state == BT__PQ_CS_READY ? 0 : -1;
 }
 
 /* May q share a Sync with other queries (see "Syncs and batches")? */
-static bool batchable(const bt_pq_conn *c, const pq_query *q)
+static bool batchable(const bt_pq_conn *c, const bt__pq_query *q)
 {
     const bt_pq_pool *p = c->pool;
     return p && !p->o.sync_each_query && p->o.pipeline_depth > 1 && !c->is_listener &&
-           !c->acquired && !c->releasing && !q->target && !q->solo && !q->row_cb &&
+           !c->acquired && !c->releasing && q->target == NULL && !q->solo && q->row_cb == NULL &&
            q->internal == NULL;
 }
 
 /* Queue q's ops and hand them to libpq. Never fails the caller: a send
  * failure means the connection is broken, which fails q with the rest. */
-void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
 {
     bt_pq_pool *p = c->pool;
     q->conn = c;
-    q->state = Q_SENT;
-    if (c->state != CS_READY) {
-        bt__pq_query_fail(q, c->pool ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
-        bt__pq_query_free(q);
+    q->state = BT__PQ_Q_SENT;
+    if (c->state != BT__PQ_CS_READY) {
+        end_query(q, c->pool != NULL ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         return;
     }
     bool batch = batchable(c, q);
     /* A solo query closes the open batch first, so that it is alone
      * between two Syncs. */
     if (!batch && c->unsynced > 0 && bt__pq_conn_sync(c) != 0) {
-        bt__pq_query_fail(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-        bt__pq_query_free(q);
+        end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
         return;
     }
-    if (c->ops_len > 0 && p)
+    if (c->ops_len > 0 && p != NULL)
         p->st.pipelined++;
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
     int ok = 1;
-    pq_stmt *s = NULL;
+    bt__pq_stmt *s = NULL;
     bool prepared = false;
-    if (p && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        uint32_t h = bt__pq_stmt_hash(q->sql);
-        s = bt__pq_stmt_find(c, q->sql, h);
-        if (s == NULL && c->nstmts >= p->o.stmt_cache_size) {
+    if (p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
+        char evict[24];
+        int how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
+        if (evict[0] != '\0') {
             c->busy++; /* a failed send closes c: keep it allocated here */
-            int rc = stmt_evict(c);
+            int rc = stmt_evict(c, evict);
             c->busy--;
             if (rc != 0) {
-                bt__pq_query_fail(q, BT_ECONNRESET,
-                                  "the connection was lost before the query was sent");
-                bt__pq_query_free(q);
+                end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
                 if (c->zombie && c->busy == 0)
                     bt__pq_conn_free_dead(c);
                 return;
             }
         }
-        if (s && s->ready) {
+        if (how == BT__PQ_STMT_RUN) {
             prepared = true;
             q->used_named = true;
-            bt__pq_stmt_touch(c, s);
-        } else if (s == NULL && c->nstmts < p->o.stmt_cache_size) {
-            s = bt__pq_stmt_add(c, q->sql, h);
-            if (s) {
-                ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
-                if (ok && ops_push(c, OP_PREPARE, q, s) != 0)
-                    ok = 0;
-                prepared = ok;
-            }
-        } else {
-            s = NULL; /* being prepared by an earlier query, or cache full */
+        } else if (how == BT__PQ_STMT_PREPARE) {
+            ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
+            if (ok && ops_push(c, BT__PQ_OP_PREPARE, q, s) != 0)
+                ok = 0;
+            prepared = ok;
         }
     }
     if (ok) {
@@ -317,15 +330,12 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
             ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
                                    q->result_format);
     }
-    if (ok && ops_push(c, OP_QUERY, q, NULL) != 0)
+    if (ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) != 0)
         ok = 0;
     if (!ok) {
         /* q is not in the FIFO: fail it here, then the connection. */
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_query_fail(q, BT_ECONNRESET, "could not send the query: %s", m ? m : "");
-        bt__pq_query_free(q);
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
+        end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
+        close_broken(c);
         return;
     }
     c->inflight++;
@@ -333,7 +343,7 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
     if (batch) {
         /* Synced (and flushed) at the end of this loop pass, together with
          * whatever else is sent to this connection meanwhile. */
-        bt__pq_pool_arm_sync(p);
+        c->events->batch_open(c);
         return;
     }
     bt__pq_conn_sync(c);
@@ -345,14 +355,14 @@ void bt__pq_conn_send(bt_pq_conn *c, pq_query *q)
 /* q (on c) was settled early by a cancel or a timeout: drop its results
  * when they come, and ask the server to stop it when it is the one
  * running. */
-void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
+void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q)
 {
     q->abandoned = true;
     c->inflight--;
     c->abandoned++;
     q->want_cancel = true;
-    pq_op *f = ops_front(c);
-    if (f && f->q == q) {
+    bt__pq_op *f = ops_front(c);
+    if (f != NULL && f->q == q) {
         q->want_cancel = false;
         bt__pq_cancel_send(c, cancel_done);
     }
@@ -360,22 +370,22 @@ void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q)
 
 /* ---- Receiving ---------------------------------------------------------- */
 
-static void deliver_rows(pq_query *q, PGresult *res)
+static void deliver_rows(bt__pq_query *q, PGresult *res)
 {
     if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
         return;
-    bt_loop *loop = q->pool ? q->pool->loop : NULL;
+    bt_loop *loop = q->pool != NULL ? q->pool->loop : NULL;
     bt_pq_result row = { .pg = res };
-    if (loop)
+    if (loop != NULL)
         bt_loop_enter_cb(loop, (const void *)q->row_cb);
     if (q->row_cb(&row, q->row_arg) != 0)
         q->rows_stopped = true;
-    if (loop)
+    if (loop != NULL)
         bt_loop_leave_cb(loop);
 }
 
-/* A result for the OP_QUERY at the front. */
-static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
+/* A result for the BT__PQ_OP_QUERY at the front. */
+static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     (void)c;
     switch (PQresultStatus(res)) {
@@ -386,13 +396,13 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
-        if (q->row_cb && PQntuples(res) > 0) {
+        if (q->row_cb != NULL && PQntuples(res) > 0) {
             /* Single-row mode was refused: give the rows one by one anyway
              * (each as a view of the whole result would mislead, so the
              * callback sees the full result once). */
             deliver_rows(q, res);
         }
-        if (q->res)
+        if (q->res != NULL)
             PQclear(q->res);
         q->res = res;
         return;
@@ -420,21 +430,16 @@ static void query_result(bt_pq_conn *c, pq_query *q, PGresult *res)
 
 /* q's results are all in: hold it until its Sync says the implicit
  * transaction committed. */
-static void hold(bt_pq_conn *c, pq_query *q)
+static void hold(bt_pq_conn *c, bt__pq_query *q)
 {
-    q->next = NULL;
-    if (c->held_tail)
-        c->held_tail->next = q;
-    else
-        c->held_head = q;
-    c->held_tail = q;
+    bt__list_push_back(&c->held, &q->link);
     c->nheld++;
     if (q->err)
         c->held_error = true;
 }
 
 /* Errors that only sharing a transaction with other queries can cause. */
-static bool batch_only_error(const pq_query *q)
+static bool batch_only_error(const bt__pq_query *q)
 {
     const char *m = q->errmsg;
     return m && (strncmp(m, "[40", 3) == 0 || strncmp(m, "[25001]", 7) == 0);
@@ -444,17 +449,14 @@ static bool batch_only_error(const pq_query *q)
  * or whose result type changed under it (ALTER TABLE): forget it, so the
  * next run prepares again; a pool query is then retried once (it failed
  * before executing). asyncpg does the same. */
-static bool stale_statement(bt_pq_conn *c, pq_query *q)
+static bool stale_statement(bt_pq_conn *c, bt__pq_query *q)
 {
-    if (!q->err || !q->used_named || !q->errmsg)
+    if (!q->err || !q->used_named || q->errmsg == NULL)
         return false;
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    uint32_t h = bt__pq_stmt_hash(q->sql);
-    pq_stmt *s = bt__pq_stmt_find(c, q->sql, h);
-    if (s)
-        bt__pq_stmt_remove(c, s);
+    bt__pq_stmt_forget(c, q->sql);
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
         bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
     return true;
@@ -464,104 +466,65 @@ static bool stale_statement(bt_pq_conn *c, pq_query *q)
  * connection where we sent a cancel for another query: the request arrived
  * late and hit this one. It did not take effect (a cancelled statement is
  * rolled back), so a pool query runs again. */
-static bool stray_cancel(const bt_pq_conn *c, const pq_query *q)
+static bool stray_cancel(const bt_pq_conn *c, const bt__pq_query *q)
 {
-    return c->cancel_sent && q->err && q->errmsg && strncmp(q->errmsg, "[57014]", 7) == 0 &&
+    return c->cancel_sent && q->err && q->errmsg != NULL && strncmp(q->errmsg, "[57014]", 7) == 0 &&
            strstr(q->errmsg, "user request");
-}
-
-static void settle(pq_query *q)
-{
-    if (!q->settled) {
-        if (q->aborted && !q->err) {
-            q->err = BT_EIO;
-            q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
-        }
-        bt__pq_query_settle_result(q);
-    }
-    bt__pq_query_free(q);
 }
 
 /* The Sync of the held queries arrived: settle them, or, if the batch
  * failed, fail the query that failed and send the others again. */
 static void resolve_batch(bt_pq_conn *c)
 {
-    pq_query *q = c->held_head;
     bool failed = c->held_error && c->nheld > 1;
-    c->held_head = c->held_tail = NULL;
+    bt__list batch, again;
+    bt__list_init(&batch);
+    bt__list_init(&again);
+    bt__list_splice_back(&batch, &c->held);
     c->nheld = 0;
     c->held_error = false;
-    pq_query *again_head = NULL, *again_tail = NULL;
-    size_t nagain = 0;
-    while (q) {
-        pq_query *next = q->next;
-        q->next = NULL;
+    bt__list *n;
+    while ((n = bt__list_pop_front(&batch)) != NULL) {
+        bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (q->abandoned) {
             c->abandoned--;
-            bt__pq_query_free(q);
-        } else {
-            c->inflight--;
-            bool stale = stale_statement(c, q);
-            bool stray = !stale && stray_cancel(c, q);
-            /* Only pool queries go back to the pool: never one bound to an
-             * acquired connection, an internal one, or a LISTEN. */
-            bool pool_query = !q->target && !q->internal && !c->is_listener;
-            bool again = stale   ? pool_query && !q->replanned
-                         : stray ? pool_query && !q->recancelled
-                                 : failed && !(q->err && (q->solo || !batch_only_error(q)));
-            if (stale)
-                q->replanned = true;
-            if (stray)
-                q->recancelled = true;
-            if (!again) {
-                settle(q);
-            } else {
-                if (again_tail)
-                    again_tail->next = q;
-                else
-                    again_head = q;
-                again_tail = q;
-                nagain++;
-            }
+            end_query(q, 0, NULL); /* settled already: freed */
+            continue;
         }
-        q = next;
+        c->inflight--;
+        bool stale = stale_statement(c, q);
+        bool stray = !stale && stray_cancel(c, q);
+        /* Only pool queries go back to the pool: never one bound to an
+         * acquired connection, an internal one, or a LISTEN. */
+        bool pool_query = q->target == NULL && q->internal == NULL && !c->is_listener;
+        bool again_q = stale   ? pool_query && !q->replanned
+                       : stray ? pool_query && !q->recancelled
+                               : failed && !(q->err && (q->solo || !batch_only_error(q)));
+        if (stale)
+            q->replanned = true;
+        if (stray)
+            q->recancelled = true;
+        if (again_q)
+            bt__list_push_back(&again, &q->link);
+        else
+            end_query(q, 0, NULL);
     }
-    if (nagain && c->pool) {
-        pq_query **v = bt_malloc(nagain * sizeof *v);
-        size_t i = 0;
-        for (q = again_head; q; q = q->next)
-            if (v)
-                v[i++] = q;
-        if (v) {
-            bt__pq_pool_requeue(c->pool, v, nagain);
-            bt_free(v);
-        } else {
-            for (q = again_head; q;) {
-                pq_query *next = q->next;
-                bt__pq_query_fail(q, BT_ENOMEM, "out of memory retrying the query");
-                bt__pq_query_free(q);
-                q = next;
-            }
-        }
-    }
+    if (!bt__list_empty(&again) && c->pool != NULL)
+        c->events->retry(c, &again); /* takes them all */
+    while ((n = bt__list_pop_front(&again)) != NULL)
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), BT_ESHUTDOWN, "the pool was closed");
 }
 
 static void fail_held(bt_pq_conn *c, int code, const char *why)
 {
-    pq_query *q = c->held_head;
-    c->held_head = c->held_tail = NULL;
     c->nheld = 0;
     c->held_error = false;
-    while (q) {
-        pq_query *next = q->next;
-        if (!q->settled)
-            bt__pq_query_fail(q, code,
-                              "the connection was lost before the query's transaction was "
-                              "confirmed (it may or may not have run; not retried): %s",
-                              why ? why : "connection closed");
-        bt__pq_query_free(q);
-        q = next;
-    }
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->held)) != NULL)
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code,
+                  "the connection was lost before the query's transaction was "
+                  "confirmed (it may or may not have run; not retried): %s",
+                  why != NULL ? why : "connection closed");
 }
 
 /* Read every result that is complete. Returns -1 if c was closed. */
@@ -570,22 +533,28 @@ static int process(bt_pq_conn *c)
     while (c->ops_len > 0) {
         if (PQstatus(c->pg) == CONNECTION_BAD)
             goto broken;
-        pq_op *op = ops_front(c);
-        if (op->kind == OP_QUERY && !op->q->started) {
+        bt__pq_op *op = ops_front(c);
+        if (op->kind == BT__PQ_OP_QUERY && !op->q->started) {
             op->q->started = true;
-            if (op->q->row_cb)
+            if (op->q->row_cb != NULL)
                 PQsetSingleRowMode(c->pg);
-            if (op->q->want_cancel) {
-                op->q->want_cancel = false;
-                bt__pq_cancel_send(c, cancel_done);
-            }
+        }
+        /* An abandoned query whose first op is at the front is the one the
+         * server runs now: the ops before it are answered, Sync included.
+         * Its PREPARE counts: in a pipeline the server sends the PREPARE's
+         * answer only when it flushes, at the query's Sync, after the
+         * query has run; waiting for its OP_QUERY to reach the front would
+         * wait for the very query the cancel is meant to stop. */
+        if (op->q != NULL && op->q->want_cancel) {
+            op->q->want_cancel = false;
+            bt__pq_cancel_send(c, cancel_done);
         }
         if (PQisBusy(c->pg))
             break;
         PGresult *res = PQgetResult(c->pg);
         switch (op->kind) {
-        case OP_PREPARE:
-            if (res) {
+        case BT__PQ_OP_PREPARE:
+            if (res != NULL) {
                 if (PQresultStatus(res) == PGRES_COMMAND_OK) {
                     op->stmt->ready = true;
                 } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
@@ -602,18 +571,18 @@ static int process(bt_pq_conn *c)
                 ops_pop(c);
             }
             break;
-        case OP_QUERY:
-            if (res) {
+        case BT__PQ_OP_QUERY:
+            if (res != NULL) {
                 query_result(c, op->q, res);
-                if (c->state != CS_READY)
+                if (c->state != BT__PQ_CS_READY)
                     return -1; /* a row callback closed the pool */
             } else {
-                pq_query *q = op->q;
+                bt__pq_query *q = op->q;
                 ops_pop(c);
                 hold(c, q);
             }
             break;
-        case OP_SYNC:
+        case BT__PQ_OP_SYNC:
             if (res == NULL) {
                 /* Not expected between a query's NULL and its Sync; wait
                  * for more input rather than spin. */
@@ -635,22 +604,18 @@ static int process(bt_pq_conn *c)
     if (PQstatus(c->pg) == CONNECTION_BAD)
         goto broken;
     return 0;
-broken : {
-    char *m = bt_strdup(PQerrorMessage(c->pg));
-    bt__pq_conn_close(c, BT_ECONNRESET, m);
-    bt_free(m);
-    return -1;
-}
+broken:
+    return close_broken(c);
 }
 
 static void drain_notifies(bt_pq_conn *c)
 {
     PGnotify *n;
     while ((n = PQnotifies(c->pg)) != NULL) {
-        if (c->is_listener && c->pool)
-            bt__pq_pool_notify(c->pool, n);
+        if (c->is_listener && c->pool != NULL)
+            c->events->notify(c, n);
         PQfreemem(n);
-        if (c->state != CS_READY)
+        if (c->state != BT__PQ_CS_READY)
             return;
     }
 }
@@ -662,22 +627,18 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     c->busy++;
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
-            char *m = bt_strdup(PQerrorMessage(c->pg));
-            bt__pq_conn_close(c, BT_ECONNRESET, m);
-            bt_free(m);
+            close_broken(c);
             goto out;
         }
     }
     if (c->flushing && flush(c) != 0) {
-        char *m = bt_strdup(PQerrorMessage(c->pg));
-        bt__pq_conn_close(c, BT_ECONNRESET, m);
-        bt_free(m);
+        close_broken(c);
         goto out;
     }
     if (process(c) != 0)
         goto out;
     drain_notifies(c);
-    if (c->state != CS_READY)
+    if (c->state != BT__PQ_CS_READY)
         goto out;
     if (c->ops_len == 0) {
         c->idle_ns = now_ns();
@@ -688,8 +649,8 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
             goto out;
         }
     }
-    if (c->pool && !c->is_listener)
-        bt__pq_pool_conn_available(c->pool, c);
+    if (c->pool != NULL && !c->is_listener)
+        c->events->available(c);
 out:
     c->busy--;
     if (c->zombie && c->busy == 0)

@@ -22,16 +22,20 @@ static uint64_t now_ns(void)
 
 static void begin_connect(bt_pq_conn *c);
 
-bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_conn_events *events)
 {
     bt_pq_conn *c = bt_calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
     c->pool = p;
+    c->events = events;
+    bt__list_init(&c->link);
+    bt__list_init(&c->held);
+    bt__list_init(&c->lru);
     c->loop = p->loop;
     c->fd = -1;
     c->is_listener = listener;
-    c->state = CS_RESOLVING;
+    c->state = BT__PQ_CS_RESOLVING;
     c->born_ns = now_ns();
     c->timer = bt_timer_new(p->loop, on_connect_timeout, c);
     if (c->timer == NULL) {
@@ -40,8 +44,9 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
     }
     /* The lookup has a deadline of its own; the connect gets
      * connect_timeout_ms from when it begins (begin_connect). */
-    bt_timer_start(c->timer, p->host ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms, 0);
-    if (p->host) {
+    bt_timer_start(c->timer, p->host != NULL ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms,
+                   0);
+    if (p->host != NULL) {
         if (bt__pq_resolve_start(c, p->host, on_resolved) != 0) {
             bt_timer_free(c->timer);
             bt_free(c);
@@ -50,7 +55,7 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener)
     } else {
         /* Not yet: the caller links c into the pool first, and a connect
          * that fails at once reports through the pool. */
-        c->state = CS_CONNECTING;
+        c->state = BT__PQ_CS_CONNECTING;
     }
     return c;
 }
@@ -64,16 +69,17 @@ void bt__pq_conn_begin(bt_pq_conn *c)
 static void connect_failed(bt_pq_conn *c, int code, const char *msg)
 {
     bt_pq_pool *p = c->pool;
+    const struct bt__pq_conn_events *c_events = c->events;
     bool listener = c->is_listener;
-    char *m = bt_strdup(msg ? msg : bt_strerror(code));
-    if (m) {
+    char *m = bt_strdup(msg != NULL ? msg : bt_strerror(code));
+    if (m != NULL) {
         size_t n = strlen(m);
         while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == ' '))
             m[--n] = '\0';
     }
     bt__pq_conn_close(c, code, m);
-    if (p)
-        bt__pq_pool_connect_failed(p, listener, code, m ? m : bt_strerror(code));
+    if (p != NULL)
+        c_events->connect_failed(p, listener, code, m != NULL ? m : bt_strerror(code));
     bt_free(m);
 }
 
@@ -174,7 +180,7 @@ static int watch_connect(bt_pq_conn *c)
     int fd = PQsocket(c->pg);
     if (fd < 0)
         return BT_EBADF;
-    if (c->ev) {
+    if (c->ev != NULL) {
         event_free(c->ev);
         c->ev = NULL;
     }
@@ -189,7 +195,7 @@ static int watch_connect(bt_pq_conn *c)
 static void connected(bt_pq_conn *c)
 {
     bt_timer_stop(c->timer);
-    if (c->ev) {
+    if (c->ev != NULL) {
         event_free(c->ev);
         c->ev = NULL;
     }
@@ -205,9 +211,9 @@ static void connected(bt_pq_conn *c)
         connect_failed(c, BT_ENOMEM, "out of memory for connection events");
         return;
     }
-    c->state = CS_READY;
+    c->state = BT__PQ_CS_READY;
     c->born_ns = c->idle_ns = now_ns();
-    bt__pq_pool_connected(c->pool, c);
+    c->events->connected(c);
 }
 
 static void step(bt_pq_conn *c)
@@ -243,17 +249,17 @@ static void on_notice(void *arg, const char *msg)
 static void begin_connect(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
-    if (c->state == CS_RESOLVING)
+    if (c->state == BT__PQ_CS_RESOLVING)
         bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
-    c->state = CS_CONNECTING;
+    c->state = BT__PQ_CS_CONNECTING;
     const char **vals = p->vals;
     const char *saved = NULL;
-    if (c->hostaddr && p->hostaddr_idx >= 0) {
+    if (c->hostaddr != NULL && p->hostaddr_idx >= 0) {
         saved = vals[p->hostaddr_idx];
         vals[p->hostaddr_idx] = c->hostaddr;
     }
     c->pg = PQconnectStartParams(p->keys, vals, 0);
-    if (saved || (c->hostaddr && p->hostaddr_idx >= 0))
+    if (saved != NULL || (c->hostaddr != NULL && p->hostaddr_idx >= 0))
         vals[p->hostaddr_idx] = saved;
     if (c->pg == NULL) {
         connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
@@ -290,10 +296,10 @@ static void on_connect_timeout(bt_timer *t, void *arg)
     /* The lookup job, if any, is cancelled (bt__pq_resolve_detach): a
      * queued one never runs, a running one is left to the blocking lane and
      * its answer is dropped. */
-    if (c->state == CS_RESOLVING)
+    if (c->state == BT__PQ_CS_RESOLVING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out resolving the database's host name (resolve_timeout_ms)");
-    else if (c->state == CS_CONNECTING)
+    else if (c->state == BT__PQ_CS_CONNECTING)
         connect_failed(c, BT_ETIMEDOUT,
                        "timed out connecting to the database (connect_timeout_ms)");
 }

@@ -127,7 +127,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     }
     size_t n = 0;
     for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (o->val && *o->val)
+        if (o->val != NULL && *o->val)
             n++;
     /* + hostaddr + host + fallback_application_name + gssencmode + the
      * terminator */
@@ -146,7 +146,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
             continue;
         p->keys[i] = bt_strdup(o->keyword);
         p->vals[i] = bt_strdup(o->val);
-        if (!p->keys[i] || !p->vals[i]) {
+        if (p->keys[i] == NULL || p->vals[i] == NULL) {
             PQconninfoFree(opts);
             return BT_ENOMEM;
         }
@@ -165,7 +165,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     PQconninfoFree(opts);
     if (host == NULL && hostaddr == NULL)
         host = getenv("PGHOST"); /* what libpq would use */
-    if (host && hostaddr == NULL) {
+    if (host != NULL && hostaddr == NULL) {
         /* Resolution happens on the blocking lane, then libpq gets
          * hostaddr (see resolve.c). */
         bool names = false;
@@ -192,13 +192,13 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
             p->keys[i] = bt_strdup("hostaddr");
             p->hostaddr_idx = (int)i;
             p->vals[i] = NULL;
-            if (!p->host || !p->keys[i])
+            if (p->host == NULL || p->keys[i] == NULL)
                 return BT_ENOMEM;
             i++;
             if (p->host_idx < 0) {
                 p->keys[i] = bt_strdup("host");
                 p->vals[i] = bt_strdup(host);
-                if (!p->keys[i] || !p->vals[i])
+                if (p->keys[i] == NULL || p->vals[i] == NULL)
                     return BT_ENOMEM;
                 i++;
             }
@@ -206,7 +206,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     }
     p->keys[i] = bt_strdup("fallback_application_name");
     p->vals[i] = bt_strdup("baton");
-    if (!p->keys[i] || !p->vals[i])
+    if (p->keys[i] == NULL || p->vals[i] == NULL)
         return BT_ENOMEM;
     i++;
     if (!gss && !getenv("PGGSSENCMODE")) {
@@ -215,7 +215,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
          * block inside PQconnectPoll. */
         p->keys[i] = bt_strdup("gssencmode");
         p->vals[i] = bt_strdup("disable");
-        if (!p->keys[i] || !p->vals[i])
+        if (p->keys[i] == NULL || p->vals[i] == NULL)
             return BT_ENOMEM;
     }
     return 0;

@@ -1,17 +1,24 @@
-/* The pool: who gets a connection, when connections are opened, retired
- * and replaced, waiting with bounds, cancellation, and shutdown.
+/* The pool: its connections and, beside them, the queues of queries and
+ * acquires waiting for one; who gets a connection, when connections are
+ * opened, retired and replaced, lending and taking back, waiting with
+ * bounds, and shutdown. It also handles what its connections report
+ * (struct bt__pq_conn_events, filled in here).
  *
  * DESIGN
  * One FIFO of waiting queries and one of waiting acquires, both bounded in
  * length (max_waiters) and in time (acquire_timeout_ms, one timer for the
- * earliest bt__pq_deadline: FIFOs with one timeout are ordered by bt__pq_deadline). bt__pq_pump()
- * is the only place that hands out connections: acquires first (they wait
- * for a whole connection), then queries to an idle connection, then, when
- * the pool is at max_size, to the least busy connection below
- * pipeline_depth. It then opens connections for what still waits (and up to
- * min_size), unless a connect failed recently: failures back off
- * exponentially with jitter, and the maintenance timer retries. bt__pq_pump() is
- * guarded against re-entry (a send can close a connection, which pumps).
+ * earliest deadline: FIFOs with one timeout are ordered by deadline).
+ * pump() is the only place that hands out connections: acquires
+ * first (they wait for a whole connection), then queries to an idle
+ * connection, then, when the pool is at max_size, to the least busy
+ * connection below pipeline_depth. It then opens connections for what
+ * still waits (and up to min_size), unless a connect failed recently:
+ * failures back off exponentially with jitter, and the maintenance timer
+ * retries. pump() is guarded against re-entry (a send can close a
+ * connection, which pumps). A query that finds no free connection does not
+ * pump inside the caller's call: it arms pump_ev, which pumps once at the
+ * end of the loop pass for every query that came meanwhile (as sync_ev
+ * Syncs the batches of the pass).
  */
 #include "config.h"
 
@@ -24,12 +31,34 @@
 
 static void arm_maint(bt_pq_pool *p, uint64_t ms);
 
+/* The pool's three lists (core/list.h): its connections, and the queues of
+ * queries and of acquires waiting for one, each served from its head. */
+#define CONN_OF(n) BT__LIST_ENTRY(n, bt_pq_conn, link)
+
+static bt__pq_query *wq_first(const bt_pq_pool *p)
+{
+    return p->nwq > 0 ? BT__LIST_ENTRY(p->wq.next, bt__pq_query, link) : NULL;
+}
+
+static struct bt__pq_acq *aq_first(const bt_pq_pool *p)
+{
+    return p->naq > 0 ? BT__LIST_ENTRY(p->aq.next, struct bt__pq_acq, link) : NULL;
+}
+static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a);
+static void pump(bt_pq_pool *p);
+static void arm_wait(bt_pq_pool *p);
+static bt_pq_conn *pick(bt_pq_pool *p);
+static bt_pq_conn *find_idle(bt_pq_pool *p);
+static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
+static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
+static const struct bt__pq_conn_events conn_events;
+
 static uint64_t now_ns(void)
 {
     return bt_hrtime();
 }
 
-uint64_t bt__pq_deadline(bt_pq_pool *p)
+static uint64_t deadline(bt_pq_pool *p)
 {
     return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
 }
@@ -63,23 +92,13 @@ BT_EXPORT void bt_pq_options_init_size(bt_pq_options *dst, size_t size)
 
 static void link_conn(bt_pq_pool *p, bt_pq_conn *c)
 {
-    c->prev = NULL;
-    c->next = p->conns;
-    if (p->conns)
-        p->conns->prev = c;
-    p->conns = c;
+    bt__list_push_front(&p->conns, &c->link);
     p->nconns++;
 }
 
 static void unlink_conn(bt_pq_pool *p, bt_pq_conn *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        p->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    bt__list_remove(&c->link);
     p->nconns--;
 }
 
@@ -96,29 +115,29 @@ bool bt__pq_can_connect(bt_pq_pool *p)
 
 static void start_conn(bt_pq_pool *p)
 {
-    bt_pq_conn *c = bt__pq_conn_new(p, false);
+    bt_pq_conn *c = bt__pq_conn_new(p, false, &conn_events);
     if (c == NULL) {
-        bt__pq_pool_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
+        on_connect_failed(p, false, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     link_conn(p, c);
     c->counted_connecting = true;
     p->nconnecting++;
-    if (c->state == CS_CONNECTING)
+    if (c->state == BT__PQ_CS_CONNECTING)
         bt__pq_conn_begin(c); /* may fail (and unlink c) at once */
 }
 
 void bt__pq_start_listener(bt_pq_pool *p)
 {
-    if (p->listener || p->chans == NULL || !bt__pq_can_connect(p))
+    if (p->listener != NULL || p->chans == NULL || !bt__pq_can_connect(p))
         return;
-    bt_pq_conn *c = bt__pq_conn_new(p, true);
+    bt_pq_conn *c = bt__pq_conn_new(p, true, &conn_events);
     if (c == NULL) {
-        bt__pq_pool_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
+        on_connect_failed(p, true, BT_ENOMEM, "out of memory for a connection");
         return;
     }
     p->listener = c;
-    if (c->state == CS_CONNECTING)
+    if (c->state == BT__PQ_CS_CONNECTING)
         bt__pq_conn_begin(c);
 }
 
@@ -136,13 +155,45 @@ static void settle_ready(bt_pq_pool *p, int code, const char *msg)
     p->nready = 0;
 }
 
-void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
+/* c was released and has nothing in flight: roll back a transaction left
+ * open (never hand a connection to the next user mid-transaction), then
+ * make it available. */
+static void finish_release(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
+    if (c->state != BT__PQ_CS_READY) {
+        bt__pq_conn_close(c, BT_ECONNRESET, "broken");
+        return;
+    }
+    if (bt_pq_conn_in_transaction(c) || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
+        if (c->rollback_tries++ > 0 || PQtransactionStatus(c->pg) == PQTRANS_UNKNOWN) {
+            bt__pq_conn_close(c, BT_ECONNRESET, "could not roll back a released connection");
+            return;
+        }
+        bt_log(BT_LOG_DEBUG, "pq: a connection was released inside a transaction; rolling back");
+        bt__pq_conn_send_internal(c, "ROLLBACK");
+        return; /* back here through on_available */
+    }
+    c->releasing = false;
+    c->rollback_tries = 0;
+    c->idle_ns = bt_hrtime();
+    if (c->retiring) {
+        bt__pq_conn_close(c, 0, "retired");
+        return;
+    }
+    pump(p);
+}
+
+/* ---- What connections report (struct bt__pq_conn_events) ----------------- */
+
+static void on_connected(bt_pq_conn *c)
+{
+    bt_pq_pool *p = c->pool;
     p->fails = 0;
     p->next_connect_ns = 0;
     p->st.connects++;
     if (c->is_listener) {
-        bt__pq_pool_listener_ready(p, c);
+        bt__pq_chan_relisten(p, c);
         return;
     }
     if (c->counted_connecting) {
@@ -151,7 +202,7 @@ void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c)
     }
     p->ever_connected = true;
     settle_ready(p, 0, NULL);
-    bt__pq_pump(p);
+    pump(p);
 }
 
 /* The length of a leading "[SQLSTATE] " in msg (a connect error the server
@@ -169,23 +220,23 @@ static int sqlstate_prefix(const char *msg)
 
 static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *msg)
 {
-    while (p->wq_head) {
-        pq_query *q = p->wq_head;
+    bt__pq_query *q;
+    while ((q = wq_first(p)) != NULL) {
         bt__pq_wq_unlink(p, q);
-        q->state = Q_NEW;
+        q->state = BT__PQ_Q_NEW;
         bt__pq_query_fail(q, code, fmt, msg);
         bt__pq_query_free(q);
     }
-    while (p->aq_head) {
-        struct pq_acq *a = p->aq_head;
-        bt__pq_aq_unlink(p, a);
+    struct bt__pq_acq *a;
+    while ((a = aq_first(p)) != NULL) {
+        aq_unlink(p, a);
         bt_future_set_error(a->f, code, fmt, msg);
         bt_future_unref(a->f);
         bt_free(a);
     }
 }
 
-void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
+static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg)
 {
     if (p->closed)
         return;
@@ -216,8 +267,8 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
     bt_log(BT_LOG_DEBUG, "pq: connect failed (%s), retry in %llu ms", msg,
            (unsigned long long)delay);
     if (listener) {
-        while (p->listen_waits) {
-            struct pq_listen_wait *w = p->listen_waits;
+        while (p->listen_waits != NULL) {
+            struct bt__pq_listen_wait *w = p->listen_waits;
             p->listen_waits = w->next;
             int n = sqlstate_prefix(msg);
             bt_future_set_error(w->f, code, "%.*scould not connect to listen: %s", n, msg, msg + n);
@@ -238,11 +289,12 @@ void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const ch
     arm_maint(p, delay + 1);
 }
 
-void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
+static void on_gone(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
     if (c == p->listener) {
         p->listener = NULL;
-        if (!p->closed && p->chans)
+        if (!p->closed && p->chans != NULL)
             arm_maint(p, 1);
     } else {
         unlink_conn(p, c);
@@ -254,14 +306,15 @@ void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c)
     if (c->acquired)
         c->pool = NULL; /* dead until the user releases it */
     if (!p->closed)
-        bt__pq_pump(p); /* replace it if anything waits or min_size says so */
+        pump(p); /* replace it if anything waits or min_size says so */
 }
 
-void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
+static void on_available(bt_pq_conn *c)
 {
+    bt_pq_pool *p = c->pool;
     if (c->ops_len == 0) {
         if (c->releasing) {
-            bt__pq_finish_release(c);
+            finish_release(c);
             return;
         }
         if (!c->acquired && bt_pq_conn_in_transaction(c)) {
@@ -270,7 +323,7 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
             bt_log(BT_LOG_WARN, "pq: a pool query left its connection inside a transaction; "
                                 "rolling it back (use bt_pq_acquire for transactions)");
             c->releasing = true;
-            bt__pq_finish_release(c);
+            finish_release(c);
             return;
         }
         if (c->retiring && !c->acquired) {
@@ -280,8 +333,8 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
     }
     /* The common case under load: nothing waits and the pool is at its
      * floor, so there is nothing to hand out or open. */
-    if (p->wq_head || p->aq_head || p->nready || p->nconns < p->o.min_size)
-        bt__pq_pump(p);
+    if (p->nwq > 0 || p->naq > 0 || p->nready > 0 || p->nconns < p->o.min_size)
+        pump(p);
     else
         bt__pq_check_drained(p);
 }
@@ -293,33 +346,35 @@ void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c)
  * and the request would hit the new query. */
 static bool usable(const bt_pq_conn *c)
 {
-    return c->state == CS_READY && !c->acquired && !c->releasing && !c->retiring &&
+    return c->state == BT__PQ_CS_READY && !c->acquired && !c->releasing && !c->retiring &&
            c->cancel_job == NULL;
 }
 
-bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p)
+static bt_pq_conn *find_idle(bt_pq_pool *p)
 {
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (usable(c) && c->ops_len == 0)
-            return c;
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (usable(CONN_OF(n)) && CONN_OF(n)->ops_len == 0)
+            return CONN_OF(n);
     return NULL;
 }
 
 static bt_pq_conn *least_busy(bt_pq_pool *p)
 {
     bt_pq_conn *best = NULL;
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        bt_pq_conn *c = CONN_OF(n);
         if (usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth &&
             (best == NULL || c->inflight < best->inflight))
             best = c;
+    }
     return best;
 }
 
 /* A connection for a query now: idle first, else pipelined when the pool
  * cannot grow. NULL: wait. */
-bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
+static bt_pq_conn *pick(bt_pq_pool *p)
 {
-    bt_pq_conn *c = bt__pq_find_idle(p);
+    bt_pq_conn *c = find_idle(p);
     if (c == NULL && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
         p->nconns >= p->o.max_size)
         c = least_busy(p);
@@ -328,16 +383,125 @@ bt_pq_conn *bt__pq_pick(bt_pq_pool *p)
 
 static void conn_value_release(void *v)
 {
-    bt_pq_conn_release(v);
+    bt__pq_pool_release(v);
 }
 
-void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a)
+static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a)
 {
     c->acquired = true;
     c->rollback_tries = 0;
     bt_future_set_value(a->f, c, conn_value_release);
     bt_future_unref(a->f);
     bt_free(a);
+}
+
+/* Take q off the queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q)
+{
+    bt__list_remove(&q->link);
+    p->nwq--;
+}
+
+/* A new query: to the connection lent for it (q->target), else to a
+ * connection now, else into the wait queue (bounded in length and time).
+ * The pool takes q over. */
+void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
+{
+    bt_pq_conn *c = q->target;
+    if (c == NULL && p->nwq == 0)
+        c = pick(p);
+    if (c != NULL) {
+        bt__pq_conn_send(c, q);
+        return;
+    }
+    if (p->nwq + p->naq >= p->o.max_waiters) {
+        bt__pq_query_fail(q, BT_EAGAIN,
+                          "too many queries waiting for a connection (max_waiters %u)",
+                          p->o.max_waiters);
+        bt__pq_query_free(q);
+        return;
+    }
+    q->state = BT__PQ_Q_WAITING;
+    q->deadline_ns = deadline(p);
+    bt__list_push_back(&p->wq, &q->link);
+    p->nwq++;
+    arm_wait(p);
+    /* No connection is free: the pool opens one (or hands one back) at the
+     * end of this loop pass, once for every query that came meanwhile,
+     * rather than inside each call. */
+    if (!p->pump_armed && p->pump_ev != NULL) {
+        p->pump_armed = true;
+        event_active(p->pump_ev, EV_TIMEOUT, 0);
+    }
+}
+
+/* Take a waiter off the pool's acquire queue. */
+static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a)
+{
+    bt__list_remove(&a->link);
+    p->naq--;
+}
+
+static void on_acquire_cancel(bt_future *f, void *arg)
+{
+    (void)f;
+    struct bt__pq_acq *a = arg;
+    /* a is still queued: hand_over and the timers free it otherwise, and
+     * the future is settled then, so this hook cannot run. */
+    bt_pq_pool *pool = a->pool;
+    aq_unlink(pool, a);
+    bt_future_set_cancelled(a->f);
+    bt_future_unref(a->f);
+    bt_free(a);
+    bt__pq_check_drained(pool);
+}
+
+/* bt_pq_acquire's work, for an open pool: f gets a connection now, or
+ * waits in the acquire queue (bounded in length and time), or fails. */
+void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f)
+{
+    struct bt__pq_acq *a = bt_calloc(1, sizeof *a);
+    if (a == NULL) {
+        bt_future_set_error(f, BT_ENOMEM, "out of memory");
+        return;
+    }
+    bt__list_init(&a->link);
+    a->pool = p;
+    a->f = bt_future_ref(f);
+    bt_pq_conn *c = p->naq > 0 ? NULL : find_idle(p);
+    if (c != NULL) {
+        hand_over(c, a);
+        return;
+    }
+    if (p->nwq + p->naq >= p->o.max_waiters) {
+        bt_future_set_error(f, BT_EAGAIN, "too many waiting for a connection (max_waiters %u)",
+                            p->o.max_waiters);
+        bt_future_unref(a->f);
+        bt_free(a);
+        return;
+    }
+    a->deadline_ns = deadline(p);
+    bt__list_push_back(&p->aq, &a->link);
+    p->naq++;
+    bt_future_on_cancel(f, on_acquire_cancel, a);
+    arm_wait(p);
+    pump(p);
+}
+
+/* bt_pq_conn_release: take c back (it may still be running queries; it is
+ * rolled back if dirty once they are done), or free it if it died. */
+void bt__pq_pool_release(bt_pq_conn *c)
+{
+    if (!c->acquired)
+        return;
+    c->acquired = false;
+    if (c->pool == NULL || c->state == BT__PQ_CS_DEAD) {
+        bt__pq_conn_free_dead(c);
+        return;
+    }
+    c->releasing = true;
+    if (c->ops_len == 0)
+        finish_release(c);
 }
 
 static void grow(bt_pq_pool *p)
@@ -360,7 +524,7 @@ static void grow(bt_pq_pool *p)
     }
 }
 
-void bt__pq_pump(bt_pq_pool *p)
+static void pump(bt_pq_pool *p)
 {
     if (p->closed)
         return;
@@ -371,19 +535,19 @@ void bt__pq_pump(bt_pq_pool *p)
     p->pumping = true;
     do {
         p->repump = false;
-        while (p->aq_head) {
-            bt_pq_conn *c = bt__pq_find_idle(p);
+        while (p->naq > 0) {
+            bt_pq_conn *c = find_idle(p);
             if (c == NULL)
                 break;
-            struct pq_acq *a = p->aq_head;
-            bt__pq_aq_unlink(p, a);
-            bt__pq_hand_over(c, a);
+            struct bt__pq_acq *a = aq_first(p);
+            aq_unlink(p, a);
+            hand_over(c, a);
         }
-        while (p->wq_head && !p->closed) {
-            bt_pq_conn *c = bt__pq_pick(p);
+        while (p->nwq > 0 && !p->closed) {
+            bt_pq_conn *c = pick(p);
             if (c == NULL)
                 break;
-            pq_query *q = p->wq_head;
+            bt__pq_query *q = wq_first(p);
             bt__pq_wq_unlink(p, q);
             bt__pq_conn_send(c, q);
         }
@@ -401,8 +565,8 @@ void bt__pq_check_drained(bt_pq_pool *p)
 {
     if (!p->closing || p->closed || p->pumping || p->nwq || p->naq)
         return;
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (c->acquired || c->releasing || c->ops_len > 0)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (CONN_OF(n)->acquired || CONN_OF(n)->releasing || CONN_OF(n)->ops_len > 0)
             return;
     p->drained = true;
     pool_shutdown(p);
@@ -410,16 +574,19 @@ void bt__pq_check_drained(bt_pq_pool *p)
 
 /* Put queries of a failed batch back at the head of the wait queue, in
  * their order, each to be sent alone (see pq-internal.h). */
-void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
+static void on_retry(bt_pq_conn *c, bt__list *qs)
 {
-    for (size_t i = n; i-- > 0;) {
-        pq_query *q = qs[i];
+    bt_pq_pool *p = c->pool;
+    bt__list front, *n;
+    bt__list_init(&front);
+    while ((n = bt__list_pop_front(qs)) != NULL) {
+        bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (p->closed) {
             bt__pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
             bt__pq_query_free(q);
             continue;
         }
-        q->state = Q_WAITING;
+        q->state = BT__PQ_Q_WAITING;
         q->conn = NULL;
         q->solo = true;
         q->used_named = false;
@@ -427,27 +594,33 @@ void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n)
         q->err = 0;
         bt_free(q->errmsg);
         q->errmsg = NULL;
-        if (q->res) {
+        if (q->res != NULL) {
             PQclear(q->res);
             q->res = NULL;
         }
-        q->deadline_ns = bt__pq_deadline(p);
-        q->prev = NULL;
-        q->next = p->wq_head;
-        if (p->wq_head)
-            p->wq_head->prev = q;
-        else
-            p->wq_tail = q;
-        p->wq_head = q;
+        q->deadline_ns = deadline(p);
+        bt__list_push_back(&front, &q->link);
         p->nwq++;
         p->st.retried++;
     }
-    bt__pq_arm_wait(p);
+    /* front, then the queries that were waiting already. */
+    bt__list_splice_back(&front, &p->wq);
+    bt__list_splice_back(&p->wq, &front);
+    arm_wait(p);
 }
 
 /* End of the loop pass: Sync every connection's open batch. A Sync can
  * close its connection (which may start others), so look again from the
  * top each time rather than keep a pointer into the list. */
+static void on_pump_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bt_pq_pool *p = arg;
+    p->pump_armed = false;
+    pump(p);
+}
+
 static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -455,22 +628,39 @@ static void on_sync_ev(evutil_socket_t fd, short what, void *arg)
     bt_pq_pool *p = arg;
     p->sync_armed = false;
     for (;;) {
-        bt_pq_conn *c = p->conns;
-        while (c && (c->unsynced == 0 || c->state != CS_READY))
-            c = c->next;
+        bt_pq_conn *c = NULL;
+        for (bt__list *n = p->conns.next; n != &p->conns && c == NULL; n = n->next)
+            if (CONN_OF(n)->unsynced > 0 && CONN_OF(n)->state == BT__PQ_CS_READY)
+                c = CONN_OF(n);
         if (c == NULL)
             break;
         bt__pq_conn_sync(c);
     }
 }
 
-void bt__pq_pool_arm_sync(bt_pq_pool *p)
+static void on_batch_open(bt_pq_conn *c)
 {
-    if (!p->sync_armed && p->sync_ev) {
+    bt_pq_pool *p = c->pool;
+    if (!p->sync_armed && p->sync_ev != NULL) {
         p->sync_armed = true;
         event_active(p->sync_ev, EV_TIMEOUT, 0);
     }
 }
+
+static void on_notify(bt_pq_conn *c, PGnotify *n)
+{
+    bt__pq_chan_dispatch(c->pool, n);
+}
+
+static const struct bt__pq_conn_events conn_events = {
+    .connected = on_connected,
+    .connect_failed = on_connect_failed,
+    .available = on_available,
+    .gone = on_gone,
+    .batch_open = on_batch_open,
+    .retry = on_retry,
+    .notify = on_notify,
+};
 
 /* ---- Waiting with bounds ----------------------------------------------- */
 
@@ -482,35 +672,36 @@ static void on_wait_timer(bt_timer *t, void *arg)
     char why[600];
     snprintf(why, sizeof why, "%llu ms; pool %u/%u open%s%s",
              (unsigned long long)p->o.acquire_timeout_ms, p->nconns - p->nconnecting, p->o.max_size,
-             p->last_errmsg ? "; last connect error: " : "", p->last_errmsg ? p->last_errmsg : "");
-    while (p->wq_head && p->wq_head->deadline_ns <= now) {
-        pq_query *q = p->wq_head;
+             p->last_errmsg != NULL ? "; last connect error: " : "",
+             p->last_errmsg != NULL ? p->last_errmsg : "");
+    bt__pq_query *q;
+    while ((q = wq_first(p)) != NULL && q->deadline_ns <= now) {
         bt__pq_wq_unlink(p, q);
-        q->state = Q_NEW;
+        q->state = BT__PQ_Q_NEW;
         bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt__pq_query_free(q);
     }
-    while (p->aq_head && p->aq_head->deadline_ns <= now) {
-        struct pq_acq *a = p->aq_head;
-        bt__pq_aq_unlink(p, a);
+    struct bt__pq_acq *a;
+    while ((a = aq_first(p)) != NULL && a->deadline_ns <= now) {
+        aq_unlink(p, a);
         bt_future_set_error(a->f, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
         bt_future_unref(a->f);
         bt_free(a);
     }
-    bt__pq_arm_wait(p);
+    arm_wait(p);
     bt__pq_check_drained(p);
 }
 
-void bt__pq_arm_wait(bt_pq_pool *p)
+static void arm_wait(bt_pq_pool *p)
 {
-    if (p->closed || !p->o.acquire_timeout_ms || bt_timer_is_active(p->wait_timer))
+    if (p->closed || p->o.acquire_timeout_ms == 0)
         return;
     uint64_t next = UINT64_MAX;
-    if (p->wq_head)
-        next = p->wq_head->deadline_ns;
-    if (p->aq_head && p->aq_head->deadline_ns < next)
-        next = p->aq_head->deadline_ns;
-    if (next == UINT64_MAX)
+    if (p->nwq > 0)
+        next = wq_first(p)->deadline_ns;
+    if (p->naq > 0 && aq_first(p)->deadline_ns < next)
+        next = aq_first(p)->deadline_ns;
+    if (next == UINT64_MAX || bt_timer_is_active(p->wait_timer))
         return;
     uint64_t now = now_ns();
     bt_timer_start(p->wait_timer, next > now ? (next - now) / 1000000 + 1 : 0, 0);
@@ -534,10 +725,10 @@ static void on_maint(bt_timer *t, void *arg)
     bt_pq_pool *p = arg;
     p->maint_due_ns = 0;
     uint64_t now = now_ns();
-    bt_pq_conn *next;
-    for (bt_pq_conn *c = p->conns; c; c = next) {
-        next = c->next;
-        if (c->state != CS_READY)
+    bt__list *n, *next;
+    BT__LIST_FOREACH_SAFE (n, next, &p->conns) {
+        bt_pq_conn *c = CONN_OF(n);
+        if (c->state != BT__PQ_CS_READY)
             continue;
         bool idle = c->ops_len == 0 && !c->acquired && !c->releasing;
         if (p->o.max_lifetime_ms && now - c->born_ns > p->o.max_lifetime_ms * 1000000) {
@@ -553,7 +744,7 @@ static void on_maint(bt_timer *t, void *arg)
     }
     if (p->closed)
         return;
-    bt__pq_pump(p);
+    pump(p);
     bt__pq_start_listener(p);
     arm_maint(p, maint_period(p));
 }
@@ -576,21 +767,25 @@ static void pool_shutdown(bt_pq_pool *p)
     if (p->closed)
         return;
     p->closed = true;
-    if (p->wait_timer) {
+    if (p->wait_timer != NULL) {
         bt_timer_free(p->wait_timer);
         p->wait_timer = NULL;
     }
-    if (p->maint_timer) {
+    if (p->maint_timer != NULL) {
         bt_timer_free(p->maint_timer);
         p->maint_timer = NULL;
     }
-    if (p->sync_ev) {
+    if (p->sync_ev != NULL) {
         event_free(p->sync_ev);
         p->sync_ev = NULL;
     }
+    if (p->pump_ev != NULL) {
+        event_free(p->pump_ev);
+        p->pump_ev = NULL;
+    }
     fail_waiters(p, BT_ESHUTDOWN, "%s", "the pool was closed");
     settle_ready(p, BT_ESHUTDOWN, "the pool was closed");
-    if (p->close_f) {
+    if (p->close_f != NULL) {
         if (p->drained)
             bt_future_set_value(p->close_f, NULL, NULL);
         else
@@ -599,18 +794,19 @@ static void pool_shutdown(bt_pq_pool *p)
         bt_future_unref(p->close_f);
         p->close_f = NULL;
     }
-    while (p->listen_waits) {
-        struct pq_listen_wait *w = p->listen_waits;
+    while (p->listen_waits != NULL) {
+        struct bt__pq_listen_wait *w = p->listen_waits;
         p->listen_waits = w->next;
         bt_future_set_error(w->f, BT_ESHUTDOWN, "the pool was closed");
         bt_future_unref(w->f);
         bt_free(w->channel);
         bt_free(w);
     }
-    while (p->conns)
-        bt__pq_conn_close(p->conns, BT_ESHUTDOWN, "the pool was closed");
-    if (p->listener)
-        bt__pq_conn_close(p->listener, BT_ESHUTDOWN, "the pool was closed");
+    bt__list *n;
+    while ((n = bt__list_first(&p->conns)) != NULL)
+        bt__pq_conn_shutdown(CONN_OF(n), "the pool was closed");
+    if (p->listener != NULL)
+        bt__pq_conn_shutdown(p->listener, "the pool was closed");
 }
 
 static void on_loop_close(void *arg)
@@ -622,15 +818,15 @@ static void on_loop_close(void *arg)
 
 static void pool_free_memory(bt_pq_pool *p)
 {
-    if (p->keys)
-        for (size_t i = 0; p->keys[i]; i++) {
+    if (p->keys != NULL)
+        for (size_t i = 0; p->keys[i] != NULL; i++) {
             bt_free((void *)p->keys[i]);
             bt_free((void *)p->vals[i]);
         }
     bt_free(p->keys);
     bt_free(p->vals);
-    while (p->chans) {
-        pq_chan *ch = p->chans;
+    while (p->chans != NULL) {
+        bt__pq_chan *ch = p->chans;
         p->chans = ch->next;
         bt_free(ch->name);
         bt_free(ch);
@@ -675,6 +871,9 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
+    bt__list_init(&p->conns);
+    bt__list_init(&p->wq);
+    bt__list_init(&p->aq);
     p->o = *o;
     if (p->o.pipeline_depth == 0)
         p->o.pipeline_depth = 1;
@@ -695,17 +894,20 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
     p->wait_timer = bt_timer_new(loop, on_wait_timer, p);
     p->maint_timer = bt_timer_new(loop, on_maint, p);
     p->sync_ev = event_new(p->base, -1, 0, on_sync_ev, p);
+    p->pump_ev = event_new(p->base, -1, 0, on_pump_ev, p);
     if (p->conninfo == NULL || p->wait_timer == NULL || p->maint_timer == NULL ||
-        p->sync_ev == NULL || bt__pq_parse_conninfo(p) != 0 ||
+        p->sync_ev == NULL || p->pump_ev == NULL || bt__pq_parse_conninfo(p) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, p) != 0) {
         bt_timer_free(p->wait_timer);
         bt_timer_free(p->maint_timer);
-        if (p->sync_ev)
+        if (p->sync_ev != NULL)
             event_free(p->sync_ev);
+        if (p->pump_ev != NULL)
+            event_free(p->pump_ev);
         pool_free_memory(p);
         return NULL;
     }
-    bt__pq_pump(p); /* opens min_size connections */
+    pump(p); /* opens min_size connections */
     arm_maint(p, maint_period(p));
     return p;
 }
@@ -729,7 +931,7 @@ BT_EXPORT bt_future *bt_pq_pool_close(bt_pq_pool *p)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
     if (p->closed)
         return bt_future_new_value(p->loop, NULL, NULL);
-    if (p->close_f)
+    if (p->close_f != NULL)
         return bt_future_ref(p->close_f);
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
@@ -747,8 +949,8 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
         return NULL;
     if (p->closed)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool was closed");
-    for (bt_pq_conn *c = p->conns; c; c = c->next)
-        if (c->state == CS_READY)
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next)
+        if (CONN_OF(n)->state == BT__PQ_CS_READY)
             return bt_future_new_value(p->loop, NULL, NULL);
     bt_future *f = bt_future_new(p->loop);
     if (f == NULL)
@@ -760,7 +962,7 @@ BT_EXPORT bt_future *bt_pq_pool_ready(bt_pq_pool *p)
     }
     p->ready = n;
     p->ready[p->nready++] = bt_future_ref(f);
-    bt__pq_pump(p);
+    pump(p);
     return f;
 }
 
@@ -776,10 +978,11 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *p, bt_pq_stats *out)
     st.connecting = p->nconnecting;
     st.waiting = p->nwq + p->naq;
     st.idle = st.acquired = 0;
-    for (const bt_pq_conn *c = p->conns; c; c = c->next) {
+    for (const bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        const bt_pq_conn *c = CONN_OF(n);
         if (c->acquired)
             st.acquired++;
-        else if (c->state == CS_READY && c->ops_len == 0 && !c->releasing)
+        else if (c->state == BT__PQ_CS_READY && c->ops_len == 0 && !c->releasing)
             st.idle++;
     }
     bt__sized_write(out, out->size, &st, sizeof st);

@@ -8,14 +8,14 @@
  * connection or pool died touches nothing that was freed, and each bounded
  * by a timer on the loop: the pool never waits for either.
  *
- * A query (pq_query) is in exactly one place at a time:
- *   new -> the pool's wait queue (Q_WAITING) -> a connection (Q_SENT) -> freed
- * or, for a query on an acquired connection, straight to Q_SENT. On a
+ * A query (bt__pq_query) is in exactly one place at a time:
+ *   new -> the pool's wait queue (BT__PQ_Q_WAITING) -> a connection (BT__PQ_Q_SENT) -> freed
+ * or, for a query on an acquired connection, straight to BT__PQ_Q_SENT. On a
  * connection every query becomes a run of "ops" in the connection's FIFO,
  * matching what libpq will hand back in pipeline mode:
- *   [OP_PREPARE]  results, then NULL     (first use of a statement)
- *   OP_QUERY      results, then NULL
- *   OP_SYNC       PGRES_PIPELINE_SYNC
+ *   [BT__PQ_OP_PREPARE]  results, then NULL     (first use of a statement)
+ *   BT__PQ_OP_QUERY      results, then NULL
+ *   BT__PQ_OP_SYNC       PGRES_PIPELINE_SYNC
  * The front op is the one whose results libpq returns next; results are
  * matched to queries by that order alone.
  *
@@ -54,6 +54,7 @@
 #ifndef BATON_PQ_INTERNAL_H
 #define BATON_PQ_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -62,23 +63,25 @@
 
 #include <baton/pq.h>
 
-typedef struct pq_query pq_query;
-typedef struct pq_stmt pq_stmt;
-typedef struct pq_chan pq_chan;
+#include "list.h"
 
-enum { Q_NEW, Q_WAITING, Q_SENT };
+typedef struct bt__pq_query bt__pq_query;
+typedef struct bt__pq_stmt bt__pq_stmt;
+typedef struct bt__pq_chan bt__pq_chan;
+
+enum { BT__PQ_Q_NEW, BT__PQ_Q_WAITING, BT__PQ_Q_SENT };
 
 /* Internal queries (ROLLBACK on release, LISTEN after a reconnect) report
  * here instead of through a future. err is 0 or a BT_E* code. */
-typedef void (*pq_internal_cb)(bt_pq_conn *c, pq_query *q, int err);
+typedef void (*bt__pq_internal_cb)(bt_pq_conn *c, bt__pq_query *q, int err);
 
-struct pq_query {
-    pq_query *prev, *next; /* the pool's wait queue */
+struct bt__pq_query {
+    bt__list link; /* on the pool's wait queue, or its connection's held batch */
     bt_pq_pool *pool;
     bt_pq_conn *conn;   /* once sent */
     bt_pq_conn *target; /* an acquired connection, or NULL */
     bt_future *f;       /* our own reference; NULL if internal */
-    pq_internal_cb internal;
+    bt__pq_internal_cb internal;
     void *internal_arg;
     char *sql;
     int nparams;
@@ -98,7 +101,7 @@ struct pq_query {
     bool settled;
     bool abandoned;   /* settled early; results to be dropped */
     bool want_cancel; /* send a cancel when it reaches the front */
-    bool started;     /* its OP_QUERY reached the front */
+    bool started;     /* its BT__PQ_OP_QUERY reached the front */
     bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
     bool solo;        /* send with a Sync of its own (no batch) */
     bool used_named;  /* ran a cached prepared statement */
@@ -109,43 +112,70 @@ struct pq_query {
     char *errmsg;
 };
 
-enum { OP_PREPARE, OP_QUERY, OP_SYNC };
+enum { BT__PQ_OP_PREPARE, BT__PQ_OP_QUERY, BT__PQ_OP_SYNC };
 typedef struct {
     int kind;
-    pq_query *q;
-    pq_stmt *stmt; /* OP_PREPARE: the statement being made */
-} pq_op;
+    bt__pq_query *q;
+    bt__pq_stmt *stmt; /* BT__PQ_OP_PREPARE: the statement being made */
+} bt__pq_op;
 
-struct pq_stmt {
-    pq_stmt *next;                /* hash chain */
-    pq_stmt *lru_prev, *lru_next; /* most recently used first */
+struct bt__pq_stmt {
+    bt__pq_stmt *next; /* hash chain */
+    bt__list lru;      /* on its connection's lru, most recently used first */
     char *sql;
     uint32_t hash;
     bool ready; /* PREPARE succeeded */
     char name[24];
 };
 
-enum { CS_RESOLVING, CS_CONNECTING, CS_READY, CS_DEAD };
+enum { BT__PQ_CS_RESOLVING, BT__PQ_CS_CONNECTING, BT__PQ_CS_READY, BT__PQ_CS_DEAD };
+
+/* How a connection reports to its pool: the one way up from conn.c and
+ * connect.c. The pool fills in the table when it creates the connection
+ * (bt__pq_conn_new); the connection calls these and never a pool function,
+ * so the calls between the files run one way, down. Each is called on the
+ * loop thread, with c->pool set (never once the connection is dead). */
+struct bt__pq_conn_events {
+    /* c is open, in pipeline mode, and may take queries. */
+    void (*connected)(bt_pq_conn *c);
+    /* Opening a connection failed. c is already closed (and maybe freed),
+     * so the pool and the kind of connection are passed instead. */
+    void (*connect_failed)(bt_pq_pool *p, bool listener, int code, const char *msg);
+    /* c finished some work (or a cancel request for it returned): it may
+     * take more, or be released, retired or rolled back. */
+    void (*available)(bt_pq_conn *c);
+    /* c is closing: the pool forgets it (unlinks it) and replaces it. */
+    void (*gone)(bt_pq_conn *c);
+    /* c has a batch open: Sync it at the end of this loop pass. */
+    void (*batch_open)(bt_pq_conn *c);
+    /* These queries of a failed batch (a list through their link) never
+     * took effect: run them again, each alone. The pool takes them over
+     * and leaves qs empty. */
+    void (*retry)(bt_pq_conn *c, bt__list *qs);
+    /* A notification arrived on the listener connection. */
+    void (*notify)(bt_pq_conn *c, PGnotify *n);
+};
 
 struct bt_pq_conn {
-    bt_pq_pool *pool; /* NULL once dead (closed while acquired) */
+    bt_pq_pool *pool;                        /* NULL once dead (closed while acquired) */
+    const struct bt__pq_conn_events *events; /* the pool's, see above */
     bt_loop *loop;
-    bt_pq_conn *prev, *next; /* the pool's list (not the listener) */
+    bt__list link; /* on the pool's conns (not the listener) */
     PGconn *pg;
     int state;
     int fd;
     struct event *ev;  /* connect step, or persistent read */
     struct event *wev; /* write, while libpq has unsent data */
     bool flushing;
-    bt_timer *timer;            /* connect timeout */
-    int poll;                   /* last PQconnectPoll answer */
-    struct pq_resolve *resolve; /* a resolution job in flight */
-    char *hostaddr;             /* resolved addresses for libpq */
-    pq_op *ops;                 /* FIFO ring */
+    bt_timer *timer;                /* connect timeout */
+    int poll;                       /* last PQconnectPoll answer */
+    struct bt__pq_resolve *resolve; /* a resolution job in flight */
+    char *hostaddr;                 /* resolved addresses for libpq */
+    bt__pq_op *ops;                 /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
-    unsigned inflight;               /* user queries (not abandoned) in flight */
-    unsigned unsynced;               /* queries sent since the last Sync */
-    pq_query *held_head, *held_tail; /* answered, waiting for their Sync */
+    unsigned inflight; /* user queries (not abandoned) in flight */
+    unsigned unsynced; /* queries sent since the last Sync */
+    bt__list held;     /* answered queries, waiting for their Sync */
     unsigned nheld;
     bool held_error;    /* a query of the held batch failed */
     unsigned abandoned; /* abandoned queries still in the FIFO */
@@ -153,38 +183,38 @@ struct bt_pq_conn {
     bool releasing;     /* released; finishing queries / rolling back */
     bool retiring;      /* past its lifetime: close once drained */
     bool is_listener;
-    bool counted_connecting;      /* in the pool's nconnecting */
-    struct pq_cancel *cancel_job; /* a cancel request in flight for this one */
-    bool cancel_again;            /* another abandoned query reached the front
+    bool counted_connecting;          /* in the pool's nconnecting */
+    struct bt__pq_cancel *cancel_job; /* a cancel request in flight for this one */
+    bool cancel_again;                /* another abandoned query reached the front
                                   while cancel_job was in flight: when it
                                   returns, send one for that query */
-    bool cancel_sent;             /* since it was last idle: a 57014 on another
+    bool cancel_sent;                 /* since it was last idle: a 57014 on another
                                   query may be our stray cancel */
-    unsigned busy;                /* inside on_io: a close defers the free */
-    bool zombie;                  /* closed while busy: on_io frees it */
-    unsigned rollback_tries;      /* ROLLBACKs sent since the release */
+    unsigned busy;                    /* inside on_io: a close defers the free */
+    bool zombie;                      /* closed while busy: on_io frees it */
+    unsigned rollback_tries;          /* ROLLBACKs sent since the release */
     uint64_t born_ns;
-    uint64_t idle_ns; /* when it last became idle */
-    pq_stmt **stmts;  /* hash buckets */
-    pq_stmt *lru_head, *lru_tail;
+    uint64_t idle_ns;    /* when it last became idle */
+    bt__pq_stmt **stmts; /* hash buckets */
+    bt__list lru;        /* the statements, most recently used first */
     unsigned nbuckets, nstmts, stmt_seq;
 };
 
-struct pq_chan {
-    pq_chan *next;
+struct bt__pq_chan {
+    bt__pq_chan *next;
     char *name;
     bt_pq_notify_cb cb;
     void *arg;
 };
 
-struct pq_listen_wait {
-    struct pq_listen_wait *next;
+struct bt__pq_listen_wait {
+    struct bt__pq_listen_wait *next;
     char *channel;
     bt_future *f; /* our own reference */
 };
 
-struct pq_acq {
-    struct pq_acq *prev, *next;
+struct bt__pq_acq {
+    bt__list link;    /* on the pool's aq */
     bt_pq_pool *pool; /* for the cancel hook */
     bt_future *f;     /* our own reference */
     uint64_t deadline_ns;
@@ -204,11 +234,11 @@ struct bt_pq_pool {
     const char **vals;
     int host_idx, hostaddr_idx; /* index in keys, or -1 */
     char *host;                 /* the host list to resolve, or NULL */
-    bt_pq_conn *conns;
+    bt__list conns;             /* open and opening connections, not the listener */
     unsigned nconns, nconnecting;
-    pq_query *wq_head, *wq_tail;
+    bt__list wq; /* queries waiting for a connection, by deadline */
     unsigned nwq;
-    struct pq_acq *aq_head, *aq_tail;
+    bt__list aq; /* acquires waiting for a connection, by deadline */
     unsigned naq;
     bt_timer *wait_timer;     /* earliest waiter deadline */
     bt_timer *maint_timer;    /* lifetime, idleness, min size, retries */
@@ -220,11 +250,13 @@ struct bt_pq_pool {
     bt_future **ready; /* bt_pq_pool_ready waiters */
     size_t nready;
     bt_pq_conn *listener;
-    pq_chan *chans;
-    struct pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
+    bt__pq_chan *chans;
+    struct bt__pq_listen_wait *listen_waits; /* LISTENs waiting for the listener */
     bool pumping, repump;
     struct event *sync_ev; /* end of pass: Sync the open batches */
     bool sync_armed;
+    struct event *pump_ev; /* end of pass: hand out and open connections */
+    bool pump_armed;
     uint64_t maint_due_ns;
     bool closing;       /* bt_pq_pool_close: draining */
     bool drained;       /* ... and done: close_f gets a value */
@@ -235,64 +267,63 @@ struct bt_pq_pool {
     bt_pq_stats st;
 };
 
-/* connect.c */
-bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener);
-void bt__pq_conn_begin(bt_pq_conn *c);
-
-/* conn.c */
-void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg);
-void bt__pq_conn_send(bt_pq_conn *c, pq_query *q);
-void bt__pq_conn_abandon(bt_pq_conn *c, pq_query *q);
-void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
-void bt__pq_conn_free_dead(bt_pq_conn *c);
-bool bt__pq_conn_idle(const bt_pq_conn *c);
-int bt__pq_conn_sync(bt_pq_conn *c);
-
-/* pool.c */
-void bt__pq_pool_connected(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
-void bt__pq_pool_conn_gone(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_conn_available(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_notify(bt_pq_pool *p, PGnotify *n);
-void bt__pq_pool_listener_ready(bt_pq_pool *p, bt_pq_conn *c);
-void bt__pq_pool_requeue(bt_pq_pool *p, pq_query **qs, size_t n);
-void bt__pq_pool_arm_sync(bt_pq_pool *p);
+/* The files from the top of the wing down; each calls only the ones
+ * below it (docs/postgres.md, "How the wing is built"). */
 
 /* query.c */
-pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams, const char *const *values,
-                           const bt_pq_query_opts *opts, int *err);
-void bt__pq_query_settle_result(pq_query *q);
-void bt__pq_query_fail(pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-/* Take q off the pool's queue of queries waiting for a connection. */
-void bt__pq_wq_unlink(bt_pq_pool *p, pq_query *q);
-void bt__pq_aq_unlink(bt_pq_pool *p, struct pq_acq *a); /* acquire.c */
-void bt__pq_query_free(pq_query *q);
-void bt__pq_query_set_error_from(pq_query *q, const PGresult *res);
 /* The common path of every query: target is an acquired connection or
  * NULL for the pool. Returns: new reference, or NULL. */
 bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
                          int nparams, const char *const *values, const bt_pq_query_opts *opts);
 
-/* pool.c, shared with the files below */
-void bt__pq_pump(bt_pq_pool *p);
-void bt__pq_arm_wait(bt_pq_pool *p);
-uint64_t bt__pq_deadline(bt_pq_pool *p);
-bt_pq_conn *bt__pq_pick(bt_pq_pool *p);
-bt_pq_conn *bt__pq_find_idle(bt_pq_pool *p);
-void bt__pq_hand_over(bt_pq_conn *c, struct pq_acq *a);
+/* pool.c, for the files above it (query.c, acquire.c, listen.c) */
+/* Take q off the pool's queue of queries waiting for a connection. */
+void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q);
+/* A new query, taken over: to its acquired connection, a free one, or the
+ * wait queue. */
+void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q);
+/* bt_pq_acquire's and bt_pq_conn_release's work. */
+void bt__pq_pool_acquire(bt_pq_pool *p, bt_future *f);
+void bt__pq_pool_release(bt_pq_conn *c);
 void bt__pq_start_listener(bt_pq_pool *p);
 bool bt__pq_can_connect(bt_pq_pool *p);
 void bt__pq_check_drained(bt_pq_pool *p);
 
-/* acquire.c */
-void bt__pq_finish_release(bt_pq_conn *c);
-void bt__pq_send_internal(bt_pq_conn *c, const char *sql);
+/* channels.c: the LISTEN channels, below the pool. */
+bt__pq_chan *bt__pq_chan_find(bt_pq_pool *p, const char *name);
+/* "VERB "quoted"" for c, or NULL. Free with bt_free. */
+char *bt__pq_chan_sql(bt_pq_conn *c, const char *verb, const char *channel);
+/* LISTEN on c; f (taken over, or NULL for an internal one) settles with it. */
+void bt__pq_chan_send_listen(bt_pq_conn *c, const char *channel, bt_future *f);
+void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c);
+void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n);
+
+/* connect.c */
+bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_conn_events *events);
+void bt__pq_conn_begin(bt_pq_conn *c);
+
+/* conn.c */
+void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg);
+void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q);
+void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q);
+void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why);
+void bt__pq_conn_shutdown(bt_pq_conn *c, const char *why);
+void bt__pq_conn_free_dead(bt_pq_conn *c);
+int bt__pq_conn_sync(bt_pq_conn *c);
+void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
+
+/* request.c: the query object. */
+bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
+                               const char *const *values, const bt_pq_query_opts *opts, int *err);
+void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+void bt__pq_query_free(bt__pq_query *q);
+void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
+void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res);
+/* The callback of internal queries (logs a failure). */
+void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err);
 
 /* conninfo.c */
 int bt__pq_parse_conninfo(bt_pq_pool *p);
-
-/* conn.c: the callback of internal queries (logs a failure). */
-void bt__pq_internal_done(bt_pq_conn *c, pq_query *q, int err);
 
 /* resolve.c and cancel.c: the only work that leaves the loop. They call
  * nothing else of the wing: each reports to the callback it was given. */
@@ -310,16 +341,22 @@ void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
 
 /* stmt.c: the statement cache of one connection (books only). */
-uint32_t bt__pq_stmt_hash(const char *sql);
-pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h);
-/* A new entry, most recently used; NULL when out of memory. */
-pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h);
 /* Forget s (its PREPARE failed, or the server dropped it) and free it. */
-void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s);
-/* s was used: make it the most recently used. */
-void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s);
+void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s);
 /* Forget every statement (the connection closed, or DISCARD ALL). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
+/* Forget sql's statement, if cached (the server no longer has it). */
+void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
+/* How to run sql on c with a cache of cap statements, the one question
+ * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
+ * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
+ * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
+ * cache was full, its least recently used ready statement was forgotten to
+ * make room and its name is in evict (else evict is ""): the caller sends
+ * the DEALLOCATE, before the PREPARE, since the pipeline keeps order. */
+enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **s, char *evict,
+                     size_t evict_size);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);

@@ -22,7 +22,7 @@
 #include "pq-internal.h"
 
 /* Loop thread only. */
-struct pq_resolve {
+struct bt__pq_resolve {
     bt_pq_conn *c; /* NULL once the connection gave up on us */
     bt__pq_resolved_cb done;
     bt_future *f; /* the job's future: our reference, dropped in resolve_done */
@@ -107,7 +107,7 @@ static int resolve_job(bt_job *job, void *arg)
 
 static void resolve_done(bt_future *f, void *arg)
 {
-    struct pq_resolve *r = arg;
+    struct bt__pq_resolve *r = arg;
     int err = bt_future_error(f);
     bt_pq_conn *c = r->c;
     if (c != NULL) {
@@ -122,7 +122,7 @@ static void resolve_done(bt_future *f, void *arg)
 
 int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done)
 {
-    struct pq_resolve *r = bt_calloc(1, sizeof *r);
+    struct bt__pq_resolve *r = bt_calloc(1, sizeof *r);
     if (r == NULL)
         return BT_ENOMEM;
     r->c = c;
@@ -156,8 +156,8 @@ int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb do
  * drops our reference and frees r. */
 void bt__pq_resolve_detach(bt_pq_conn *c)
 {
-    struct pq_resolve *r = c->resolve;
-    if (r) {
+    struct bt__pq_resolve *r = c->resolve;
+    if (r != NULL) {
         r->c = NULL;
         c->resolve = NULL;
         bt_future_cancel(r->f);

@@ -26,17 +26,17 @@ BT_EXPORT void bt_pq_result_free(bt_pq_result *r)
 
 BT_EXPORT int bt_pq_result_rows(const bt_pq_result *r)
 {
-    return r && r->pg ? PQntuples(r->pg) : 0;
+    return r != NULL && r->pg != NULL ? PQntuples(r->pg) : 0;
 }
 
 BT_EXPORT int bt_pq_result_columns(const bt_pq_result *r)
 {
-    return r && r->pg ? PQnfields(r->pg) : 0;
+    return r != NULL && r->pg != NULL ? PQnfields(r->pg) : 0;
 }
 
 BT_EXPORT const char *bt_pq_result_column_name(const bt_pq_result *r, int col)
 {
-    return r && r->pg ? PQfname(r->pg, col) : NULL;
+    return r != NULL && r->pg != NULL ? PQfname(r->pg, col) : NULL;
 }
 
 BT_EXPORT int bt_pq_result_column_index(const bt_pq_result *r, const char *name)
@@ -62,7 +62,8 @@ BT_EXPORT unsigned bt_pq_result_column_type(const bt_pq_result *r, int col)
 
 static bool in_range(const bt_pq_result *r, int row, int col)
 {
-    return r && r->pg && row >= 0 && col >= 0 && row < PQntuples(r->pg) && col < PQnfields(r->pg);
+    return r != NULL && r->pg != NULL && row >= 0 && col >= 0 && row < PQntuples(r->pg) &&
+           col < PQnfields(r->pg);
 }
 
 BT_EXPORT const char *bt_pq_result_get(const bt_pq_result *r, int row, int col)
@@ -101,14 +102,14 @@ BT_EXPORT int64_t bt_pq_result_affected(const bt_pq_result *r)
 
 BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r)
 {
-    return r && r->pg ? PQcmdStatus(r->pg) : NULL;
+    return r != NULL && r->pg != NULL ? PQcmdStatus(r->pg) : NULL;
 }
 
 /* ---- Errors ------------------------------------------------------------- */
 
 int bt__pq_error_code(const PGresult *res)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     /* Class 08 is a connection exception; 57P01-57P03 are the server
      * shutting down or not accepting connections. Both mean the connection
      * is going, but the query did reach the server: still BT_ESQL, so the
@@ -119,18 +120,18 @@ int bt__pq_error_code(const PGresult *res)
 /* "[SQLSTATE] primary\nDETAIL: ...\nHINT: ..." (see pq.h). */
 char *bt__pq_format_error(const PGresult *res, const char *fallback)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *prim = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
-    const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *prim = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *detail = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+    const char *hint = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
     if (prim == NULL) {
         /* A client-side error (connection lost...): libpq's own text, with
          * its trailing newline cut. */
-        const char *m = res ? PQresultErrorMessage(res) : NULL;
+        const char *m = res != NULL ? PQresultErrorMessage(res) : NULL;
         if (m == NULL || !*m)
             m = fallback ? fallback : "unknown error";
         char *s = bt_strdup(m);
-        if (s) {
+        if (s != NULL) {
             size_t n = strlen(s);
             while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
                 s[--n] = '\0';

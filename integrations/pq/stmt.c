@@ -9,7 +9,7 @@
 
 #include "pq-internal.h"
 
-uint32_t bt__pq_stmt_hash(const char *s)
+static uint32_t stmt_hash(const char *s)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (; *s; s++)
@@ -17,58 +17,32 @@ uint32_t bt__pq_stmt_hash(const char *s)
     return h;
 }
 
-pq_stmt *bt__pq_stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
+static bt__pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
 {
-    if (!c->nbuckets)
+    if (c->nbuckets == 0)
         return NULL;
-    for (pq_stmt *s = c->stmts[h % c->nbuckets]; s; s = s->next)
+    for (bt__pq_stmt *s = c->stmts[h % c->nbuckets]; s != NULL; s = s->next)
         if (s->hash == h && strcmp(s->sql, sql) == 0)
             return s;
     return NULL;
 }
 
-static void lru_unlink(bt_pq_conn *c, pq_stmt *s)
+static void stmt_touch(bt_pq_conn *c, bt__pq_stmt *s)
 {
-    if (s->lru_prev)
-        s->lru_prev->lru_next = s->lru_next;
-    else
-        c->lru_head = s->lru_next;
-    if (s->lru_next)
-        s->lru_next->lru_prev = s->lru_prev;
-    else
-        c->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NULL;
+    bt__list_remove(&s->lru);
+    bt__list_push_front(&c->lru, &s->lru);
 }
 
-static void lru_link(bt_pq_conn *c, pq_stmt *s)
+static bt__pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
 {
-    s->lru_prev = NULL;
-    s->lru_next = c->lru_head;
-    if (c->lru_head)
-        c->lru_head->lru_prev = s;
-    else
-        c->lru_tail = s;
-    c->lru_head = s;
-}
-
-void bt__pq_stmt_touch(bt_pq_conn *c, pq_stmt *s)
-{
-    if (c->lru_head != s) {
-        lru_unlink(c, s);
-        lru_link(c, s);
-    }
-}
-
-pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
-{
-    if (!c->nbuckets) {
+    if (c->nbuckets == 0) {
         unsigned n = 64;
         c->stmts = bt_calloc(n, sizeof *c->stmts);
         if (c->stmts == NULL)
             return NULL;
         c->nbuckets = n;
     }
-    pq_stmt *s = bt_calloc(1, sizeof *s);
+    bt__pq_stmt *s = bt_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
     s->sql = bt_strdup(sql);
@@ -81,18 +55,18 @@ pq_stmt *bt__pq_stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
     s->next = c->stmts[h % c->nbuckets];
     c->stmts[h % c->nbuckets] = s;
     c->nstmts++;
-    lru_link(c, s);
+    bt__list_push_front(&c->lru, &s->lru);
     return s;
 }
 
 /* Unlink s (its PREPARE failed); the statement does not exist server-side. */
-void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s)
+void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s)
 {
-    for (pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
+    for (bt__pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
             c->nstmts--;
-            lru_unlink(c, s);
+            bt__list_remove(&s->lru);
             bt_free(s->sql);
             bt_free(s);
             return;
@@ -101,17 +75,51 @@ void bt__pq_stmt_remove(bt_pq_conn *c, pq_stmt *s)
 
 void bt__pq_stmt_clear(bt_pq_conn *c)
 {
-    for (unsigned i = 0; i < c->nbuckets; i++) {
-        pq_stmt *s = c->stmts[i];
-        while (s) {
-            pq_stmt *n = s->next;
-            bt_free(s->sql);
-            bt_free(s);
-            s = n;
-        }
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->lru)) != NULL) {
+        bt__pq_stmt *s = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
+        bt_free(s->sql);
+        bt_free(s);
     }
     bt_free(c->stmts);
     c->stmts = NULL;
-    c->lru_head = c->lru_tail = NULL;
     c->nbuckets = c->nstmts = 0;
+}
+
+/* Forget sql's statement, if cached (the server no longer has it). */
+void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql)
+{
+    bt__pq_stmt *s = stmt_find(c, sql, stmt_hash(sql));
+    if (s != NULL)
+        bt__pq_stmt_remove(c, s);
+}
+
+int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **out, char *evict,
+                     size_t evict_size)
+{
+    uint32_t h = stmt_hash(sql);
+    bt__pq_stmt *s = stmt_find(c, sql, h);
+    *out = NULL;
+    evict[0] = '\0';
+    if (s != NULL) {
+        if (!s->ready)
+            return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query */
+        stmt_touch(c, s);
+        *out = s;
+        return BT__PQ_STMT_RUN;
+    }
+    if (c->nstmts >= cap) {
+        /* Full: the least recently used statement whose PREPARE has
+         * completed goes (a pending BT__PQ_OP_PREPARE still points at its entry). */
+        bt__pq_stmt *v = NULL;
+        for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
+            if (BT__LIST_ENTRY(n, bt__pq_stmt, lru)->ready)
+                v = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
+        if (v == NULL)
+            return BT__PQ_STMT_UNNAMED; /* all are being prepared */
+        snprintf(evict, evict_size, "%s", v->name);
+        bt__pq_stmt_remove(c, v);
+    }
+    *out = stmt_add(c, sql, h);
+    return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
 }

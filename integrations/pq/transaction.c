@@ -23,7 +23,7 @@ typedef struct {
 static void tx_finish(tx *t)
 {
     bt_pq_conn_release(t->conn); /* NULL-safe; rolls back if still dirty */
-    if (t->body)
+    if (t->body != NULL)
         bt_future_unref(t->body);
     bt_future_unref(t->out);
     bt_free(t);
@@ -135,7 +135,7 @@ static void on_cancel(bt_future *f, void *arg)
 {
     (void)f;
     tx *t = arg;
-    if (t->step && !t->ending)
+    if (t->step != NULL && !t->ending)
         bt_future_cancel(t->step);
 }
 
