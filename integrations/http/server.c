@@ -74,7 +74,7 @@ struct bt_http_server {
     size_t nlisteners;
     int port;
 
-    bt_http_req *head; /* requests in flight, doubly linked */
+    bt__list inflight; /* requests in flight, newest first */
     unsigned nflight;
 
     bool shutting_down;
@@ -196,13 +196,7 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 
 static void list_remove(bt_http_server *srv, bt_http_req *req)
 {
-    if (req->prev)
-        req->prev->next = req->next;
-    else
-        srv->head = req->next;
-    if (req->next)
-        req->next->prev = req->prev;
-    req->prev = req->next = NULL;
+    bt__list_remove(&req->link);
     srv->nflight--;
     atomic_fetch_sub_explicit(&srv->app->in_flight, 1, memory_order_relaxed);
     atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
@@ -365,7 +359,10 @@ static void on_sweep(bt_timer *t, void *arg)
         return;
     }
     uint64_t now = bt_hrtime();
-    for (bt_http_req *req = srv->head; req; req = req->next) {
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (now - req->start_ns < SWEEP_MS * 1000000ull)
             continue;
         if (req->watched)
@@ -446,10 +443,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
     req->nparams = m.nparams;
     req->ev = ev;
     req->srv = srv;
-    req->next = srv->head;
-    if (srv->head)
-        srv->head->prev = req;
-    srv->head = req;
+    bt__list_push_front(&srv->inflight, &req->link);
     srv->nflight++;
     atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
 
@@ -527,9 +521,13 @@ reject:
 
 bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev)
 {
-    for (bt_http_req *req = srv->head; req != NULL; req = req->next)
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (req->ev != NULL && !req->disconnected && req->bev == bev)
             return true;
+    }
     return false;
 }
 
@@ -549,18 +547,16 @@ static void server_close(bt_http_server *srv)
         return;
     srv->closed = true;
     srv->shutting_down = true;
-    bt_http_req *req = srv->head;
-    while (req) {
-        bt_http_req *next = req->next;
+    bt__list *pos, *tmp;
+    BT__LIST_FOREACH_SAFE (pos, tmp, &srv->inflight) {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         unwatch_peer(req);
         req->ev = NULL; /* evhttp_free frees it with its connection */
         req->srv = NULL;
         list_remove(srv, req);
         atomic_fetch_add_explicit(&srv->stats->cancelled, 1, memory_order_relaxed);
         bt_future_cancel(req->fut);
-        req = next;
     }
-    srv->head = NULL;
     close_listeners(srv);
     evhttp_free(srv->http);
     srv->http = NULL;
@@ -603,8 +599,9 @@ static void on_deadline(bt_timer *t, void *arg)
 {
     bt_http_server *srv = arg;
     (void)t;
-    for (bt_http_req *req = srv->head; req; req = req->next)
-        bt_future_cancel(req->fut); /* on_done answers 503 */
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    bt_future_cancel(BT__LIST_ENTRY(pos, bt_http_req, link)->fut); /* on_done answers 503 */
 }
 
 /* evhttp writes responses with plain write(2): a client that hangs up
@@ -631,6 +628,7 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     srv->loop = loop;
     srv->app = app;
     srv->port = BT_EINVAL;
+    bt__list_init(&srv->inflight);
     ms_to_tv(app->read_timeout_ms, &srv->read_tv);
     ms_to_tv(app->write_timeout_ms, &srv->write_tv);
     srv->stats = bt_calloc(1, sizeof *srv->stats);
