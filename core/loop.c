@@ -50,7 +50,6 @@
 
 #include <baton/future.h>
 
-#include "fiber-internal.h"
 #include "future-internal.h"
 #include "loop-internal.h"
 #include "sized.h"
@@ -505,7 +504,8 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
                dropped);
     /* The fibers were cancelled with their futures and have unwound in the
      * drain above: only their stacks are left. */
-    bt__fibers_free(loop);
+    if (loop->fiber_hooks != NULL)
+        loop->fiber_hooks->free(loop);
 
     event_free(loop->wake_ev);
     event_free(loop->ready_ev);
@@ -526,7 +526,8 @@ BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out)
         return BT_EINVAL;
     bt_loop_stats st = loop->stats;
     st.pending = loop->pending.count;
-    bt__fibers_stats(loop, &st);
+    if (loop->fiber_hooks != NULL)
+        loop->fiber_hooks->stats(loop, &st); /* else no fiber has run: the fields stay 0 */
     bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
