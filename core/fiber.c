@@ -211,7 +211,7 @@ static void on_segv(int sig, siginfo_t *si, void *uctx)
         if (dladdr(fn, &di) != 0 && di.dli_sname != NULL)
             name = di.dli_sname;
 #endif
-        put(name ? name : "an unnamed function");
+        put(name != NULL ? name : "an unnamed function");
         put(" (");
         put_hex((uintptr_t)fn);
         put("); its stack is ");
@@ -681,7 +681,7 @@ BT_EXPORT int bt_await(bt_future *f, void **value)
 
 BT_EXPORT const char *bt_await_error(void)
 {
-    return tls_current ? tls_current->last_msg : NULL;
+    return tls_current != NULL ? tls_current->last_msg : NULL;
 }
 
 BT_EXPORT bool bt_in_fiber(void)
