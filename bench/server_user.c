@@ -82,6 +82,7 @@ static bt_future *on_row(bt_future *q, void *arg)
 
 static bt_future *get_user(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *loop = bt_http_req_loop(req);
     const char *id = bt_http_req_param(req, "id");
     size_t n = strlen(id);
@@ -183,6 +184,7 @@ static bt_future *cb_row(bt_future *q, void *arg)
 
 static bt_future *get_user_callback(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *loop = bt_http_req_loop(req);
     const char *id = bt_http_req_param(req, "id");
     if (!valid_id(id))
@@ -202,6 +204,7 @@ static bt_future *get_user_callback(bt_http_req *req, void *arg)
 /* Fiber style (bt_http_app_route_async): the same steps, top to bottom. */
 static bt_future *get_user_fiber(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *loop = bt_http_req_loop(req);
     const char *id = bt_http_req_param(req, "id");
     if (!valid_id(id))
@@ -240,6 +243,7 @@ static bt_future *get_user_fiber(bt_http_req *req, void *arg)
 
 static int loop_init(bt_loop *loop, void *arg, void **data)
 {
+    (void)arg;
     bt_pq_options o;
     bt_pq_options_init(&o);
     o.conninfo = conninfo;
@@ -261,6 +265,8 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
 
 static void loop_fini(bt_loop *loop, void *data, void *arg)
 {
+    (void)loop;
+    (void)arg;
     bt_pq_pool_free(data);
 }
 
@@ -403,8 +409,8 @@ static double stop(pid_t pid)
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
     wait4(pid, NULL, 0, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 int main(void)

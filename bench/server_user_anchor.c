@@ -77,6 +77,8 @@ static void next_job(conn *c)
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     conn *c = arg;
     if (PQflush(c->pg) == 1)
         event_add(c->wr, NULL);
@@ -84,6 +86,8 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     conn *c = arg;
     if (!PQconsumeInput(c->pg)) {
         fprintf(stderr, "anchor: %s", PQerrorMessage(c->pg));
@@ -120,6 +124,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
+    (void)arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET || !path ||
         strncmp(path, "/user/", 6) != 0) {

@@ -35,7 +35,7 @@ BT_EXPORT void *bt_calloc(size_t n, size_t size)
         return NULL;
     size_t total = n * size;
     void *p = bt_malloc(total);
-    if (p)
+    if (p != NULL)
         memset(p, 0, total > 0 ? total : 1);
     return p;
 }
@@ -47,7 +47,7 @@ BT_EXPORT void *bt_realloc(void *ptr, size_t size)
 
 BT_EXPORT void bt_free(void *ptr)
 {
-    if (ptr)
+    if (ptr != NULL)
         g_free(ptr);
 }
 
@@ -57,7 +57,7 @@ BT_EXPORT char *bt_strdup(const char *s)
         return NULL;
     size_t n = strlen(s) + 1;
     char *d = bt_malloc(n);
-    if (d)
+    if (d != NULL)
         memcpy(d, s, n);
     return d;
 }
@@ -73,7 +73,7 @@ BT_EXPORT char *bt_vasprintf(const char *fmt, va_list ap)
     if (n < 0)
         return NULL;
     char *s = bt_malloc((size_t)n + 1);
-    if (s)
+    if (s != NULL)
         vsnprintf(s, (size_t)n + 1, fmt, ap);
     return s;
 }

@@ -47,7 +47,6 @@
 #include <baton/fiber.h>
 
 #include "fiber-ctx.h"
-#include "fiber-internal.h"
 #include "future-internal.h"
 #include "list.h"
 
@@ -212,7 +211,7 @@ static void on_segv(int sig, siginfo_t *si, void *uctx)
         if (dladdr(fn, &di) != 0 && di.dli_sname != NULL)
             name = di.dli_sname;
 #endif
-        put(name ? name : "an unnamed function");
+        put(name != NULL ? name : "an unnamed function");
         put(" (");
         put_hex((uintptr_t)fn);
         put("); its stack is ");
@@ -281,6 +280,11 @@ static size_t round_page(size_t n)
     return (n + ps - 1) / ps * ps;
 }
 
+/* The loop reaches the fibers only through these (core/loop-internal.h). */
+static void fibers_stats(const bt_loop *loop, bt_loop_stats *out);
+static void fibers_free(bt_loop *loop);
+static const bt__loop_fiber_hooks fiber_hooks = { .stats = fibers_stats, .free = fibers_free };
+
 static bt__fibers *fibers_of(bt_loop *loop)
 {
     if (loop->fibers == NULL) {
@@ -291,6 +295,7 @@ static bt__fibers *fibers_of(bt_loop *loop)
         bt__list_init(&fs->free);
         bt__list_init(&fs->live);
         loop->fibers = fs;
+        loop->fiber_hooks = &fiber_hooks;
     }
     return loop->fibers;
 }
@@ -676,7 +681,7 @@ BT_EXPORT int bt_await(bt_future *f, void **value)
 
 BT_EXPORT const char *bt_await_error(void)
 {
-    return tls_current ? tls_current->last_msg : NULL;
+    return tls_current != NULL ? tls_current->last_msg : NULL;
 }
 
 BT_EXPORT bool bt_in_fiber(void)
@@ -705,14 +710,14 @@ BT_EXPORT int bt_loop_set_fiber_stack(bt_loop *loop, size_t bytes)
 
 /* ---- For the loop ----------------------------------------------------------- */
 
-void bt__fibers_stats(const bt_loop *loop, bt_loop_stats *out)
+static void fibers_stats(const bt_loop *loop, bt_loop_stats *out)
 {
     const bt__fibers *fs = loop->fibers;
-    out->fibers_alive = fs ? fs->alive : 0;
-    out->fiber_stack_bytes = fs ? fs->mapped : 0;
+    out->fibers_alive = fs != NULL ? fs->alive : 0;
+    out->fiber_stack_bytes = fs != NULL ? fs->mapped : 0;
 }
 
-void bt__fibers_free(bt_loop *loop)
+static void fibers_free(bt_loop *loop)
 {
     bt__fibers *fs = loop->fibers;
     if (fs == NULL)
@@ -730,4 +735,5 @@ void bt__fibers_free(bt_loop *loop)
     }
     bt_free(fs);
     loop->fibers = NULL;
+    loop->fiber_hooks = NULL;
 }

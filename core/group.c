@@ -22,9 +22,10 @@
 #include <baton/group.h>
 
 #include "future-internal.h"
+#include "list.h"
 
 typedef struct kid {
-    struct kid *prev, *next;
+    bt__list link; /* on the group's kids */
     bt_group *g;
     bt_future *f; /* owned */
 } kid;
@@ -32,7 +33,7 @@ typedef struct kid {
 struct bt_group {
     bt_loop *loop;
     bt_future *future; /* owned */
-    kid *head;
+    bt__list kids;     /* pending children, newest first */
     size_t pending;
     size_t failed;  /* children that settled with an error */
     int first_code; /* 0 until the group fails */
@@ -57,10 +58,9 @@ static void group_abort(bt_group *g)
     if (g->aborting)
         return;
     g->aborting = true;
-    for (kid *k = g->head, *next; k; k = next) {
-        next = k->next;
-        bt_future_cancel(k->f);
-    }
+    bt__list *pos, *tmp;
+    BT__LIST_FOREACH_SAFE (pos, tmp, &g->kids)
+        bt_future_cancel(BT__LIST_ENTRY(pos, kid, link)->f);
 }
 
 static void maybe_finish(bt_group *g)
@@ -77,10 +77,11 @@ static void maybe_finish(bt_group *g)
     if (g->first_code != 0) {
         size_t others = g->failed - (g->first_is_child ? 1 : 0);
         if (others == 0)
-            bt_future_set_error(g->future, g->first_code, "%s", g->first_msg ? g->first_msg : "");
+            bt_future_set_error(g->future, g->first_code, "%s",
+                                g->first_msg != NULL ? g->first_msg : "");
         else
             bt_future_set_error(g->future, g->first_code, "%s (and %zu %schild failure%s)",
-                                g->first_msg ? g->first_msg : "", others,
+                                g->first_msg != NULL ? g->first_msg : "", others,
                                 g->first_is_child ? "other " : "", others == 1 ? "" : "s");
     } else {
         bt_future_set_value(g->future, NULL, NULL);
@@ -105,12 +106,7 @@ static void on_kid(bt_future *f, void *arg)
 {
     kid *k = arg;
     bt_group *g = k->g;
-    if (k->prev)
-        k->prev->next = k->next;
-    else
-        g->head = k->next;
-    if (k->next)
-        k->next->prev = k->prev;
+    bt__list_remove(&k->link);
     g->pending--;
     if (bt_future_get_state(f) == BT_FUTURE_ERROR) {
         g->failed++;
@@ -161,9 +157,10 @@ BT_EXPORT bt_group *bt_group_new(bt_loop *loop)
         return NULL;
     g->loop = loop;
     g->handle = true;
+    bt__list_init(&g->kids);
     g->future = bt_future_new(loop);
     if (g->future == NULL || bt_loop_add_closer(loop, group_closer, g) != 0) {
-        if (g->future) {
+        if (g->future != NULL) {
             bt_future_set_cancelled(g->future);
             bt_future_unref(g->future);
         }
@@ -195,10 +192,7 @@ BT_EXPORT int bt_group_add(bt_group *g, bt_future *child)
     }
     k->g = g;
     k->f = child; /* the caller's reference, taken over */
-    k->next = g->head;
-    if (g->head)
-        g->head->prev = k;
-    g->head = k;
+    bt__list_push_front(&g->kids, &k->link);
     g->pending++;
     return 0;
 }
@@ -237,12 +231,12 @@ BT_EXPORT int bt_group_cancel(bt_group *g)
 
 BT_EXPORT size_t bt_group_pending(const bt_group *g)
 {
-    return g ? g->pending : 0;
+    return g != NULL ? g->pending : 0;
 }
 
 BT_EXPORT size_t bt_group_failed(const bt_group *g)
 {
-    return g ? g->failed : 0;
+    return g != NULL ? g->failed : 0;
 }
 
 BT_EXPORT void bt_group_free(bt_group *g)

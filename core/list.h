@@ -25,6 +25,10 @@ typedef struct bt__list {
 /* The struct that holds `node` as its field `member`. */
 #define BT__LIST_ENTRY(node, type, member) ((type *)(void *)((char *)(node)-offsetof(type, member)))
 
+/* for (pos = first; pos != head; pos = next), where the body leaves pos
+ * on the list. */
+#define BT__LIST_FOREACH(pos, head) for ((pos) = (head)->next; (pos) != (head); (pos) = (pos)->next)
+
 /* for (pos = first; pos != head; pos = next), where the body may remove
  * (or free) pos: `tmp` holds the next node before the body runs. */
 #define BT__LIST_FOREACH_SAFE(pos, tmp, head)                        \

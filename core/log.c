@@ -58,7 +58,7 @@ BT_EXPORT void bt_log(bt_log_level level, const char *fmt, ...)
     bt_log_cb cb = g_log_cb;
     void *arg = g_log_arg;
     pthread_mutex_unlock(&g_log_mu);
-    if (cb)
+    if (cb != NULL)
         cb(level, buf, arg);
     else
         fprintf(stderr, "baton: %s: %s\n", level_name(level), buf);

@@ -26,6 +26,18 @@ typedef struct bt__closer {
     void *arg;
 } bt__closer;
 
+/* What core/fiber.c lends a loop on which a fiber has run: the loop calls
+ * these and never names fiber.c, so the calls run one way (fibers are
+ * built on the loop and futures, not the reverse). */
+typedef struct bt__loop_fiber_hooks {
+    /* Fill the fiber fields of *out. Loop thread. */
+    void (*stats)(const bt_loop *loop, bt_loop_stats *out);
+    /* Release the loop's fiber stacks, at the end of bt_loop_free (every
+     * fiber has been cancelled and run to its end by then; one that has
+     * not is reported and its stack freed without unwinding). Loop thread. */
+    void (*free)(bt_loop *loop);
+} bt__loop_fiber_hooks;
+
 typedef struct bt__future_list {
     struct bt_future *head;
     size_t count;
@@ -91,6 +103,8 @@ struct bt_loop {
     _Atomic uint64_t cb_start_ns;
     void *watchdog; /* owned by core/watchdog.c when on */
     void *fibers;   /* owned by core/fiber.c once used */
+    /* Set by core/fiber.c with `fibers`, NULL while no fiber has run. */
+    const bt__loop_fiber_hooks *fiber_hooks;
 };
 
 /* Queue a task on the loop's ready FIFO. Loop thread only. */

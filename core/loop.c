@@ -50,7 +50,6 @@
 
 #include <baton/future.h>
 
-#include "fiber-internal.h"
 #include "future-internal.h"
 #include "loop-internal.h"
 #include "sized.h"
@@ -187,7 +186,7 @@ static size_t inbox_drain_cut(bt_loop *loop, bool *cut_out)
              * callbacks) every few tasks, while their memory is still in
              * the cache, rather than after a burst of thousands has pushed
              * it out. */
-            if ((++n & (INBOX_READY_EVERY - 1)) == 0 && loop->ready_head)
+            if ((++n & (INBOX_READY_EVERY - 1)) == 0 && loop->ready_head != NULL)
                 ready_drain(loop);
         }
         if (cut)
@@ -198,7 +197,7 @@ static size_t inbox_drain_cut(bt_loop *loop, bool *cut_out)
             break;
     }
     if (cut) {
-        if (cut_out) {
+        if (cut_out != NULL) {
             *cut_out = true;
         } else {
             /* Come back on the next pass. A producer cut off for long was
@@ -211,7 +210,7 @@ static size_t inbox_drain_cut(bt_loop *loop, bool *cut_out)
     } else {
         loop->cut_streak = 0;
     }
-    if (loop->ready_head)
+    if (loop->ready_head != NULL)
         ready_drain(loop);
     loop->stats.posted_run += n;
     return n;
@@ -241,7 +240,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 void bt__loop_schedule(bt_loop *loop, bt__task *task)
 {
     task->next = NULL;
-    if (loop->ready_tail)
+    if (loop->ready_tail != NULL)
         loop->ready_tail->next = task;
     else
         loop->ready_head = task;
@@ -258,7 +257,7 @@ static size_t ready_drain(bt_loop *loop)
     bt__task *t = loop->ready_head;
     loop->ready_head = loop->ready_tail = NULL;
     size_t n = 0;
-    while (t) {
+    while (t != NULL) {
         bt__task *next = t->next;
         bt__loop_run_task(loop, t, (const void *)t->run);
         t = next;
@@ -274,7 +273,7 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
     bt_loop *loop = arg;
     /* Keep ready_armed set while draining: new tasks wait for the next pass. */
     ready_drain(loop);
-    if (loop->ready_head) {
+    if (loop->ready_head != NULL) {
         static const struct timeval zero = { 0, 0 };
         event_add(loop->ready_ev, &zero);
     } else {
@@ -305,9 +304,9 @@ static bt_loop *loop_init(struct event_base *base, bool owns)
         goto fail;
     return loop;
 fail:
-    if (loop->wake_ev)
+    if (loop->wake_ev != NULL)
         event_free(loop->wake_ev);
-    if (loop->ready_ev)
+    if (loop->ready_ev != NULL)
         event_free(loop->ready_ev);
     if (loop->wake_fd >= 0)
         close(loop->wake_fd);
@@ -325,7 +324,7 @@ BT_EXPORT bt_loop *bt_loop_new(void)
      * it is late by under 0.1 ms at p99. */
     struct event_base *base = NULL;
     struct event_config *cfg = event_config_new();
-    if (cfg) {
+    if (cfg != NULL) {
         event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
         base = event_base_new_with_config(cfg);
         event_config_free(cfg);
@@ -342,17 +341,17 @@ BT_EXPORT bt_loop *bt_loop_new(void)
 
 BT_EXPORT bt_loop *bt_loop_adopt(struct event_base *base)
 {
-    return base ? loop_init(base, false) : NULL;
+    return base != NULL ? loop_init(base, false) : NULL;
 }
 
 BT_EXPORT struct event_base *bt_loop_base(const bt_loop *loop)
 {
-    return loop ? loop->base : NULL;
+    return loop != NULL ? loop->base : NULL;
 }
 
 BT_EXPORT bool bt_loop_is_current(const bt_loop *loop)
 {
-    return loop &&
+    return loop != NULL &&
            atomic_load_explicit(&loop->thread, memory_order_relaxed) == (uintptr_t)pthread_self();
 }
 
@@ -404,18 +403,18 @@ static int run_impl(bt_loop *loop, bt_future *until)
 {
     if (loop == NULL)
         return BT_EINVAL;
-    if (until && bt_future_loop(until) != loop)
+    if (until != NULL && bt_future_loop(until) != loop)
         return BT_EINVAL; /* it would never settle here */
     if (loop->running || loop->closing)
         return BT_EBUSY;
     loop->running = true;
     atomic_store_explicit(&loop->thread, (uintptr_t)pthread_self(), memory_order_relaxed);
-    if (until)
+    if (until != NULL)
         bt_future_ref(until);
     /* Until the future's own callbacks have run too, so that what they
      * read (an error, a value) is read before run_until returns. */
     while (!atomic_load_explicit(&loop->stop_requested, memory_order_acquire) &&
-           !(until && bt__future_callbacks_done(until))) {
+           !(until != NULL && bt__future_callbacks_done(until))) {
         if (spin_for_completions(loop))
             continue;
         loop->spin_streak = 0;
@@ -425,7 +424,7 @@ static int run_impl(bt_loop *loop, bt_future *until)
     loop->running = false;
     atomic_store(&loop->stop_requested, false);
     int rc = 0;
-    if (until) {
+    if (until != NULL) {
         rc = bt_future_is_settled(until) ? 0 : BT_ESHUTDOWN;
         bt_future_unref(until);
     }
@@ -482,7 +481,7 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
      * closers (a job submitted from another thread is admitted from the
      * inbox): those run too, until none is left. */
     do {
-        while (loop->closers) {
+        while (loop->closers != NULL) {
             bt__closer *c = loop->closers;
             loop->closers = c->next;
             c->fn(c->arg);
@@ -505,7 +504,8 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
                dropped);
     /* The fibers were cancelled with their futures and have unwound in the
      * drain above: only their stacks are left. */
-    bt__fibers_free(loop);
+    if (loop->fiber_hooks != NULL)
+        loop->fiber_hooks->free(loop);
 
     event_free(loop->wake_ev);
     event_free(loop->ready_ev);
@@ -526,14 +526,15 @@ BT_EXPORT int bt_loop_get_stats(const bt_loop *loop, bt_loop_stats *out)
         return BT_EINVAL;
     bt_loop_stats st = loop->stats;
     st.pending = loop->pending.count;
-    bt__fibers_stats(loop, &st);
+    if (loop->fiber_hooks != NULL)
+        loop->fiber_hooks->stats(loop, &st); /* else no fiber has run: the fields stay 0 */
     bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
 }
 
 BT_EXPORT void bt_loop_set_spin(bt_loop *loop, uint64_t usec)
 {
-    if (loop)
+    if (loop != NULL)
         loop->spin_ns = usec * 1000;
 }
 
@@ -562,7 +563,7 @@ static void run_call(bt__task *t)
 static call_task *call_new(bt_loop *loop, bt_fn fn, void *arg)
 {
     call_task *c = bt_malloc(sizeof *c);
-    if (c) {
+    if (c != NULL) {
         c->task.run = run_call;
         c->fn = fn;
         c->arg = arg;
@@ -619,7 +620,7 @@ BT_EXPORT int bt_loop_remove_closer(bt_loop *loop, bt_fn fn, void *arg)
 {
     if (loop == NULL)
         return BT_EINVAL;
-    for (bt__closer **p = &loop->closers; *p; p = &(*p)->next) {
+    for (bt__closer **p = &loop->closers; *p != NULL; p = &(*p)->next) {
         if ((*p)->fn == fn && (*p)->arg == arg) {
             bt__closer *c = *p;
             *p = c->next;
@@ -638,7 +639,7 @@ BT_EXPORT void bt_loop_enter_cb(bt_loop *loop, const void *fn)
         return;
     if (loop->cb_depth++ == 0) {
         uint64_t s = atomic_load_explicit(&loop->cb_seq, memory_order_relaxed);
-        if (loop->watchdog)
+        if (loop->watchdog != NULL)
             atomic_store_explicit(&loop->cb_start_ns, bt_hrtime(), memory_order_relaxed);
         atomic_store_explicit(&loop->cb_seq, s + 1, memory_order_release);
     }

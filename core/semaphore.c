@@ -19,9 +19,10 @@
 #include <baton/semaphore.h>
 
 #include "future-internal.h"
+#include "list.h"
 
 typedef struct waiter {
-    struct waiter *prev, *next;
+    bt__list link; /* on the semaphore's queue */
     bt_semaphore *sem;
     bt_future *f; /* plain: the loop keeps it while pending */
 } waiter;
@@ -31,7 +32,7 @@ struct bt_semaphore {
     size_t available;
     size_t held;
     size_t nwaiting;
-    waiter *head, *tail;
+    bt__list waiters; /* oldest first */
 };
 
 BT_EXPORT bt_semaphore *bt_semaphore_new(bt_loop *loop, size_t permits)
@@ -43,19 +44,13 @@ BT_EXPORT bt_semaphore *bt_semaphore_new(bt_loop *loop, size_t permits)
         return NULL;
     s->loop = loop;
     s->available = permits;
+    bt__list_init(&s->waiters);
     return s;
 }
 
 static void unlink_waiter(bt_semaphore *s, waiter *w)
 {
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        s->head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        s->tail = w->prev;
+    bt__list_remove(&w->link);
     s->nwaiting--;
 }
 
@@ -71,8 +66,8 @@ BT_EXPORT void bt_semaphore_free(bt_semaphore *s)
 {
     if (s == NULL)
         return;
-    while (s->head)
-        bt_future_cancel(s->head->f); /* the hook unlinks it */
+    for (bt__list *n; (n = bt__list_first(&s->waiters)) != NULL;)
+        bt_future_cancel(BT__LIST_ENTRY(n, waiter, link)->f); /* the hook unlinks it */
     bt_free(s);
 }
 
@@ -80,28 +75,23 @@ BT_EXPORT bt_future *bt_semaphore_acquire(bt_semaphore *s)
 {
     if (s == NULL)
         return NULL;
-    if (s->available > 0 && s->head == NULL) {
+    if (s->available > 0 && bt__list_empty(&s->waiters)) {
         bt_future *f = bt_future_new_value(s->loop, NULL, NULL);
-        if (f) {
+        if (f != NULL) {
             s->available--;
             s->held++;
         }
         return f;
     }
     waiter *w = bt_calloc(1, sizeof *w);
-    bt_future *f = w ? bt_future_new(s->loop) : NULL;
+    bt_future *f = w != NULL ? bt_future_new(s->loop) : NULL;
     if (f == NULL) {
         bt_free(w);
         return NULL;
     }
     w->sem = s;
     w->f = f;
-    w->prev = s->tail;
-    if (s->tail)
-        s->tail->next = w;
-    else
-        s->head = w;
-    s->tail = w;
+    bt__list_push_back(&s->waiters, &w->link);
     s->nwaiting++;
     bt_future_on_cancel(f, waiter_on_cancel, w);
     return f;
@@ -111,7 +101,7 @@ BT_EXPORT int bt_semaphore_try_acquire(bt_semaphore *s)
 {
     if (s == NULL)
         return BT_EINVAL;
-    if (s->available == 0 || s->head != NULL)
+    if (s->available == 0 || !bt__list_empty(&s->waiters))
         return BT_EAGAIN;
     s->available--;
     s->held++;
@@ -124,13 +114,14 @@ BT_EXPORT int bt_semaphore_release(bt_semaphore *s)
         return BT_EINVAL;
     if (s->held == 0)
         return BT_ERANGE;
-    waiter *w = s->head;
-    if (w == NULL) {
+    bt__list *first = bt__list_first(&s->waiters);
+    if (first == NULL) {
         s->held--;
         s->available++;
         return 0;
     }
     /* Hand the permit over: `held` stays the same. */
+    waiter *w = BT__LIST_ENTRY(first, waiter, link);
     unlink_waiter(s, w);
     bt_future_on_cancel(w->f, NULL, NULL);
     bt_future_set_value(w->f, NULL, NULL);
@@ -140,12 +131,12 @@ BT_EXPORT int bt_semaphore_release(bt_semaphore *s)
 
 BT_EXPORT size_t bt_semaphore_available(const bt_semaphore *s)
 {
-    return s ? s->available : 0;
+    return s != NULL ? s->available : 0;
 }
 
 BT_EXPORT size_t bt_semaphore_waiting(const bt_semaphore *s)
 {
-    return s ? s->nwaiting : 0;
+    return s != NULL ? s->nwaiting : 0;
 }
 
 /* ---- bt_semaphore_run -------------------------------------------------- */
@@ -208,7 +199,7 @@ static void run_on_cancel(bt_future *result, void *arg)
 {
     (void)result;
     sem_run *r = arg;
-    if (r->work)
+    if (r->work != NULL)
         bt_future_cancel(r->work);
     else
         bt_future_cancel(r->acquire); /* leaves the queue, or already granted */
@@ -225,13 +216,13 @@ BT_EXPORT bt_future *bt_semaphore_run(bt_semaphore *s, bt_start_fn fn, void *arg
     r->fn = fn;
     r->arg = arg;
     r->result = bt_future_new(s->loop);
-    r->acquire = r->result ? bt_semaphore_acquire(s) : NULL;
+    r->acquire = r->result != NULL ? bt_semaphore_acquire(s) : NULL;
     if (r->acquire == NULL || bt_future_add_callback(r->acquire, run_on_acquire, r) != 0) {
-        if (r->acquire) {
+        if (r->acquire != NULL) {
             if (bt_future_cancel(r->acquire) == BT_EALREADY)
                 bt_semaphore_release(s); /* granted at once: give it back */
         }
-        if (r->result)
+        if (r->result != NULL)
             bt_future_set_cancelled(r->result);
         run_free(r);
         return NULL;

@@ -78,7 +78,7 @@ BT_EXPORT void bt_timer_stop(bt_timer *t)
 
 BT_EXPORT bool bt_timer_is_active(const bt_timer *t)
 {
-    return t && event_pending(t->ev, EV_TIMEOUT, NULL);
+    return t != NULL && event_pending(t->ev, EV_TIMEOUT, NULL);
 }
 
 BT_EXPORT void bt_timer_free(bt_timer *t)
@@ -129,7 +129,7 @@ BT_EXPORT bt_future *bt_sleep(bt_loop *loop, uint64_t ms)
     if (loop == NULL)
         return NULL;
     sleeper *s = bt_calloc(1, sizeof *s);
-    bt_future *f = s ? bt_future_new(loop) : NULL;
+    bt_future *f = s != NULL ? bt_future_new(loop) : NULL;
     if (f == NULL) {
         bt_free(s);
         return NULL;
@@ -138,7 +138,7 @@ BT_EXPORT bt_future *bt_sleep(bt_loop *loop, uint64_t ms)
     s->ev = event_new(loop->base, -1, 0, on_sleep_done, s);
     struct timeval tv = ms_to_tv(ms);
     if (s->ev == NULL || event_add(s->ev, &tv) != 0) {
-        if (s->ev)
+        if (s->ev != NULL)
             event_free(s->ev);
         bt_free(s);
         bt_future_set_error(f, BT_ENOMEM, "could not arm the sleep timer");

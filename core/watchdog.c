@@ -91,11 +91,11 @@ static void describe(const void *fn, char *buf, size_t len)
 #ifdef HAVE_DLFCN_H
     Dl_info di;
     if (dladdr(fn, &di) != 0) {
-        const char *file = di.dli_fname ? strrchr(di.dli_fname, '/') : NULL;
-        file = file ? file + 1 : di.dli_fname ? di.dli_fname : "?";
-        if (di.dli_sname && di.dli_saddr == fn)
+        const char *file = di.dli_fname != NULL ? strrchr(di.dli_fname, '/') : NULL;
+        file = file != NULL ? file + 1 : di.dli_fname != NULL ? di.dli_fname : "?";
+        if (di.dli_sname != NULL && di.dli_saddr == fn)
             snprintf(buf, len, "%s (%s)", di.dli_sname, file);
-        else if (di.dli_sname)
+        else if (di.dli_sname != NULL)
             snprintf(buf, len, "%s+0x%zx (%s)", di.dli_sname,
                      (size_t)((const char *)fn - (const char *)di.dli_saddr), file);
         else
@@ -245,7 +245,7 @@ BT_EXPORT int bt_watchdog_start(bt_loop *loop, uint64_t threshold_ms)
 {
     if (loop == NULL)
         return BT_EINVAL;
-    if (loop->watchdog)
+    if (loop->watchdog != NULL)
         return BT_EALREADY;
     if (loop->closing)
         return BT_ESHUTDOWN;
@@ -292,7 +292,7 @@ BT_EXPORT int bt_watchdog_stop(bt_loop *loop)
 
 BT_EXPORT bool bt_watchdog_is_running(const bt_loop *loop)
 {
-    return loop && loop->watchdog;
+    return loop != NULL && loop->watchdog != NULL;
 }
 
 BT_EXPORT int bt_watchdog_set_threshold(bt_loop *loop, uint64_t threshold_ms)

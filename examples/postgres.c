@@ -106,6 +106,7 @@ typedef struct {
 
 static bt_future *seed(bt_future *created, void *arg)
 {
+    (void)created;
     app *a = arg;
     return bt_pq_query(a->pool,
                        "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) "

@@ -160,6 +160,7 @@ static json_t *read_profile(bt_loop *loop, bt_results *r, bt_future **out)
  * upstream call or the job, and the handler returns. */
 static bt_future *get_user(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *loop = bt_http_req_loop(req);
     loop_state *st = bt_http_req_loop_data(req);
 
@@ -232,6 +233,7 @@ static bt_future *get_user(bt_http_req *req, void *arg)
 
 static bt_future *get_profile(bt_http_req *req, void *arg)
 {
+    (void)arg;
     long id = parse_id(bt_http_req_param(req, "id"));
     if (id == 0)
         return bt_http_respond_error(bt_http_req_loop(req), 400, "bad id");
@@ -244,6 +246,7 @@ static bt_future *get_profile(bt_http_req *req, void *arg)
 
 static bt_future *healthz(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "ok\n", 3);
 }
 
@@ -256,6 +259,7 @@ static unsigned db_conns_per_loop = 2;
 
 static int loop_init(bt_loop *loop, void *arg, void **data)
 {
+    (void)arg;
     loop_state *st = bt_calloc(1, sizeof *st);
     if (!st)
         return BT_ENOMEM;
@@ -282,6 +286,8 @@ static int loop_init(bt_loop *loop, void *arg, void **data)
 
 static void loop_fini(bt_loop *loop, void *data, void *arg)
 {
+    (void)loop;
+    (void)arg;
     loop_state *st = data;
     bt_http_client_free(st->http);
     bt_pq_pool_free(st->db);

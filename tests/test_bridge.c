@@ -188,6 +188,7 @@ END_TEST
 static _Atomic int callers_done;
 static void *many_caller(void *arg)
 {
+    (void)arg;
     long ok = 0;
     for (int i = 0; i < 50; i++) {
         bt_bridge_result r = BT_SIZED(bt_bridge_result);

@@ -162,6 +162,7 @@ static int job_double(bt_job *job, void *arg)
 
 static int await_in_job(bt_job *job, void *arg)
 {
+    (void)arg;
     /* A pool worker is no fiber. */
     int rc = bt_await(NULL, NULL);
     bt_job_set_value(job, (void *)(intptr_t)rc, NULL);
@@ -397,6 +398,7 @@ END_TEST
 /* A producer that cannot stop at once: the await still returns at once. */
 static bt_future *stubborn_fiber(bt_loop *l, void *arg)
 {
+    (void)l;
     bt_test_prod *p = arg;
     int rc = bt_await(bt_future_ref(p->f), NULL);
     ck_assert_int_eq(rc, BT_ECANCELED);

@@ -97,7 +97,7 @@ static bt_future *io_fiber(bt_loop *l, void *arg)
     ck_assert_int_eq(bt_http_response_status(resp), 200);
     size_t len;
     const char *body = bt_http_response_body(resp, &len);
-    ck_assert_int_eq(len, 12);
+    ck_assert_uint_eq(len, 12);
     ck_assert_int_eq(memcmp(body, "hello world\n", 12), 0);
     bt_http_response_free(resp);
 

@@ -200,6 +200,8 @@ static void *client_main(void *p)
 
 static void hang_guard(bt_timer *t, void *arg)
 {
+    (void)t;
+    (void)arg;
     ck_abort_msg("the client thread hung");
 }
 
@@ -230,12 +232,14 @@ static void wait_for(_Atomic int *counter, int n)
 
 static bt_future *h_hello(bt_http_req *req, void *arg)
 {
+    (void)arg;
     atomic_fetch_add(&handler_calls, 1);
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "hello", 5);
 }
 
 static bt_future *h_user(bt_http_req *req, void *arg)
 {
+    (void)arg;
     const char *v = bt_http_req_query(req, "verbose");
     const char *x = bt_http_req_header(req, "x-test");
     return bt_http_respond_json(bt_http_req_loop(req), 200,
@@ -246,11 +250,13 @@ static bt_future *h_user(bt_http_req *req, void *arg)
 
 static bt_future *h_me(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "me", 2);
 }
 
 static bt_future *h_two(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_http_respond_json(bt_http_req_loop(req), 200,
                                 json_pack("{s:s, s:s}", "a", bt_http_req_param(req, "a"), "b",
                                           bt_http_req_param(req, "b")));
@@ -258,6 +264,7 @@ static bt_future *h_two(bt_http_req *req, void *arg)
 
 static bt_future *h_echo(bt_http_req *req, void *arg)
 {
+    (void)arg;
     json_t *in = bt_http_req_json(req);
     if (!in)
         return bt_http_respond_error(bt_http_req_loop(req), 400, "body must be JSON");
@@ -272,16 +279,20 @@ static bt_future *h_echo(bt_http_req *req, void *arg)
 
 static bt_future *h_fail(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_future_new_error(bt_http_req_loop(req), BT_EIO, "password=hunter2 leaked?");
 }
 
 static bt_future *h_null(bt_http_req *req, void *arg)
 {
+    (void)req;
+    (void)arg;
     return NULL;
 }
 
 static bt_future *h_novalue(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_future_new_value(bt_http_req_loop(req), NULL, NULL);
 }
 
@@ -292,6 +303,7 @@ static int nheld;
 
 static void held_hook(bt_future *f, void *arg)
 {
+    (void)arg;
     atomic_fetch_add(&hook_calls, 1);
     bt_future_set_cancelled(f);
 }
@@ -304,6 +316,7 @@ static void count_state(void *p)
 
 static bt_future *h_hold(bt_http_req *req, void *arg)
 {
+    (void)arg;
     ck_assert_int_eq(bt_http_req_set_state(req, &states_freed, count_state), 0);
     bt_future *f = bt_future_new(bt_http_req_loop(req));
     bt_future_on_cancel(f, held_hook, NULL);
@@ -315,6 +328,7 @@ static bt_future *h_hold(bt_http_req *req, void *arg)
 
 static void release_held(void *arg)
 {
+    (void)arg;
     for (int i = 0; i < nheld; i++) {
         if (!bt_future_is_settled(held[i]))
             bt_future_set_value(held[i], bt_http_reply_new(200), bt_http_reply_free);
@@ -332,11 +346,13 @@ static void drop_held(void)
 
 static bt_future *to_ok(bt_future *src, void *arg)
 {
+    (void)arg;
     return bt_http_respond(bt_future_loop(src), 200, "text/plain", "slow", 4);
 }
 
 static bt_future *h_slow(bt_http_req *req, void *arg)
 {
+    (void)arg;
     atomic_fetch_add(&handler_calls, 1);
     return bt_future_then(bt_sleep(bt_http_req_loop(req), 300), to_ok, NULL);
 }
@@ -347,6 +363,7 @@ static result rs[16];
 
 static void routing_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/hello", &rs[0]);
     curl_cli("-H 'X-Test: abc'", "/user/42?verbose=yes%20please&other=1", &rs[1]);
     curl_cli("", "/user/me", &rs[2]);
@@ -406,6 +423,7 @@ END_TEST
 
 static void fail_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/fail", &rs[0]);
     curl_cli("", "/null", &rs[1]);
     curl_cli("", "/novalue", &rs[2]);
@@ -437,6 +455,7 @@ END_TEST
 
 static void limits_client(void *arg)
 {
+    (void)arg;
     char big[4096];
     memset(big, 'a', sizeof big - 1);
     big[sizeof big - 1] = '\0';
@@ -483,6 +502,7 @@ END_TEST
 #define BIG (16 * 1024 * 1024)
 static bt_future *h_big(bt_http_req *req, void *arg)
 {
+    (void)arg;
     char *body = malloc(BIG);
     memset(body, 'x', BIG);
     bt_future *f = bt_http_respond(bt_http_req_loop(req), 200, "text/plain", body, BIG);
@@ -572,6 +592,7 @@ END_TEST
 static size_t big_received;
 static void slow_reader_client(void *arg)
 {
+    (void)arg;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int small = 4096;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
@@ -614,6 +635,7 @@ static int cap_fds[2];
 
 static void cap_client(void *arg)
 {
+    (void)arg;
     const char *req = "GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     for (int i = 0; i < 2; i++) {
         cap_fds[i] = connect_to(port);
@@ -648,11 +670,13 @@ END_TEST
 
 static bt_future *h_upstream_timeout(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_future_new_error(bt_http_req_loop(req), BT_ETIMEDOUT, "upstream took too long");
 }
 
 static void timeout_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/hold", &rs[0]);
     curl_cli("", "/upstream", &rs[1]);
     curl_cli("", "/hello", &rs[2]);
@@ -682,6 +706,7 @@ END_TEST
 
 static int job_forty_two(bt_job *job, void *arg)
 {
+    (void)arg;
     static int v = 42;
     return bt_job_set_value(job, &v, NULL);
 }
@@ -692,6 +717,7 @@ static _Atomic int fiber_await_rc;
 /* Reads top to bottom: sleep, a job on the pool, then the answer. */
 static bt_future *hf_steps(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *l = bt_http_req_loop(req);
     ck_assert(bt_in_fiber());
     int rc = bt_await(bt_sleep(l, 20), NULL);
@@ -710,6 +736,7 @@ static bt_future *hf_steps(bt_http_req *req, void *arg)
  * cancelled, and req must still be readable then. */
 static bt_future *hf_slow(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *l = bt_http_req_loop(req);
     ck_assert_int_eq(bt_http_req_set_state(req, &states_freed, count_state), 0);
     atomic_fetch_add(&handler_calls, 1);
@@ -722,6 +749,7 @@ static bt_future *hf_slow(bt_http_req *req, void *arg)
 
 static bt_future *hf_fail(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_loop *l = bt_http_req_loop(req);
     int rc = bt_await(bt_sleep(l, 1), NULL);
     ck_assert_int_eq(rc, 0);
@@ -730,11 +758,14 @@ static bt_future *hf_fail(bt_http_req *req, void *arg)
 
 static bt_future *hf_null(bt_http_req *req, void *arg)
 {
+    (void)req;
+    (void)arg;
     return NULL;
 }
 
 static void fiber_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/f/7", &rs[0]);
     curl_cli("", "/ffail", &rs[1]);
     curl_cli("", "/fnull", &rs[2]);
@@ -770,6 +801,7 @@ END_TEST
 
 static void fiber_timeout_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/fslow", &rs[0]);
     curl_cli("", "/hello", &rs[1]);
 }
@@ -805,6 +837,7 @@ END_TEST
 
 static void disconnect_client(void *arg)
 {
+    (void)arg;
     int fd = connect_to(port);
     const char *req = "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
     send_all(fd, req, strlen(req));
@@ -836,6 +869,7 @@ static bt_future *hook_seen;
 
 static void hold_hook_signal(bt_future *f, void *arg)
 {
+    (void)arg;
     atomic_fetch_add(&hook_calls, 1);
     bt_future_set_cancelled(f);
     bt_future_set_value(hook_seen, NULL, NULL);
@@ -843,6 +877,7 @@ static void hold_hook_signal(bt_future *f, void *arg)
 
 static bt_future *h_hold_signal(bt_http_req *req, void *arg)
 {
+    (void)arg;
     bt_future *f = bt_future_new(bt_http_req_loop(req));
     bt_future_on_cancel(f, hold_hook_signal, NULL);
     atomic_fetch_add(&handler_calls, 1);
@@ -899,6 +934,7 @@ static bool release_on_shutdown;
  * release_on_shutdown, let them answer right after it has begun. */
 static void do_shutdown(void *arg)
 {
+    (void)arg;
     shut_f = bt_http_server_shutdown(srv, shut_deadline);
     if (release_on_shutdown)
         release_held(NULL);
@@ -909,6 +945,7 @@ static void do_shutdown(void *arg)
  * is refused with 503 and the connection closed. */
 static void keepalive_client(void *arg)
 {
+    (void)arg;
     const char *hello = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
     int k = connect_to(port);
     send_all(k, hello, strlen(hello));
@@ -1040,11 +1077,13 @@ END_TEST
 static int fini_calls;
 static int init_hook(bt_loop *l, void *arg, void **data)
 {
+    (void)l;
     *data = arg;
     return 0;
 }
 static void fini_hook(bt_loop *l, void *data, void *arg)
 {
+    (void)l;
     ck_assert_ptr_eq(data, arg);
     fini_calls++;
 }
@@ -1073,6 +1112,7 @@ END_TEST
 
 static void metrics_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/hello", &rs[0]);
     curl_cli("", "/hello", &rs[1]);
     curl_cli("", "/missing", &rs[2]);
@@ -1081,6 +1121,7 @@ static void metrics_client(void *arg)
 
 static char *extra_metrics(void *arg)
 {
+    (void)arg;
     return bt_strdup("my_pool_threads 4");
 }
 
@@ -1177,18 +1218,21 @@ static void *stopper(void *arg)
 
 static void stop_when_ready(int p, void *arg)
 {
+    (void)p;
     pthread_t *th = arg;
     pthread_create(th, NULL, stopper, app);
 }
 
 static void *interrupter(void *arg)
 {
+    (void)arg;
     kill(getpid(), SIGINT); /* as ^C does */
     return NULL;
 }
 
 static void interrupt_when_ready(int p, void *arg)
 {
+    (void)p;
     pthread_create(arg, NULL, interrupter, NULL); /* the handler is in place now */
 }
 
@@ -1221,6 +1265,7 @@ __attribute__((visibility("default"))) bt_future *bt_test_http_blocking_handler(
                                                                                 void *arg);
 bt_future *bt_test_http_blocking_handler(bt_http_req *req, void *arg)
 {
+    (void)arg;
     /* The guide's time.sleep() inside async code: block until the watchdog
      * has reported us (10 s hang guard). */
     uint64_t until = bt_hrtime() + 10ull * 1000 * 1000 * 1000;
@@ -1231,6 +1276,7 @@ bt_future *bt_test_http_blocking_handler(bt_http_req *req, void *arg)
 
 static void blocking_client(void *arg)
 {
+    (void)arg;
     curl_cli("", "/block", &rs[0]);
 }
 
@@ -1274,6 +1320,7 @@ static void *failing_realloc(void *p, size_t n)
 static int alloc_statuses[4]; /* 200, 500, 503, closed */
 static void alloc_client(void *arg)
 {
+    (void)arg;
     static const int every[] = { 2, 3, 5, 8, 13, 21, 34, 55, 89, 144 };
     for (size_t e = 0; e < sizeof every / sizeof every[0]; e++) {
         atomic_store(&fail_every, every[e]);
@@ -1410,6 +1457,7 @@ static hostile_result hres[NCASES + 4];
 
 static void smuggling_client(void *arg)
 {
+    (void)arg;
     for (size_t i = 0; i < NCASES; i++)
         hostile(port, smuggling_cases[i].req, strlen(smuggling_cases[i].req), &hres[i]);
     /* Still strict and still serving after all that: a good request, and
@@ -1496,6 +1544,7 @@ static void trickle(const char *prefix, size_t total, int slot)
 static int idle_status[2];
 static void slowloris_client(void *arg)
 {
+    (void)arg;
     /* A keep-alive connection idle between requests for longer than the
      * head deadline is not cut: the deadline runs from a head's first
      * byte; idleness is the read timeout's business. */
@@ -1597,6 +1646,7 @@ END_TEST
 static hostile_result cap_res[2];
 static void conn_cap_client(void *arg)
 {
+    (void)arg;
     int a = connect_to(port), b = connect_to(port);
     send_all(a, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 32);
     result r;
@@ -1741,6 +1791,9 @@ END_TEST
 
 static int failing_init(bt_loop *l, void *arg, void **data)
 {
+    (void)l;
+    (void)arg;
+    (void)data;
     return BT_ECONNREFUSED;
 }
 

@@ -1,5 +1,5 @@
 /* The intrusive list of core/list.h: order, removal from anywhere,
- * idempotent unlink, splice, and removal while iterating. */
+ * idempotent unlink, splice, plain iteration and removal while iterating. */
 #include <stddef.h>
 
 #include "harness.h"
@@ -84,12 +84,32 @@ START_TEST(splice_and_safe_iteration)
 }
 END_TEST
 
+START_TEST(plain_iteration)
+{
+    bt__list head, *pos;
+    item it[3];
+    bt__list_init(&head);
+    int n = 0;
+    BT__LIST_FOREACH(pos, &head)
+    n++;
+    ck_assert_int_eq(n, 0); /* an empty list runs no body */
+    for (int i = 0; i < 3; i++) {
+        it[i].v = i + 1;
+        bt__list_push_back(&head, &it[i].link);
+    }
+    BT__LIST_FOREACH(pos, &head)
+    n = n * 10 + BT__LIST_ENTRY(pos, item, link)->v;
+    ck_assert_int_eq(n, 123);
+}
+END_TEST
+
 static Suite *list_suite(void)
 {
     Suite *s = suite_create("list");
     TCase *tc = tcase_create("list");
     tcase_add_test(tc, push_pop_remove);
     tcase_add_test(tc, splice_and_safe_iteration);
+    tcase_add_test(tc, plain_iteration);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -147,7 +147,7 @@ START_TEST(user_routes)
     ck_assert_str_eq(json_string_value(json_object_get(j, "email")), "user42@example.com");
     json_t *prof = json_object_get(j, "profile");
     ck_assert_int_eq(json_integer_value(json_object_get(prof, "user_id")), 42);
-    ck_assert_int_eq(strlen(json_string_value(json_object_get(j, "fingerprint"))), 16);
+    ck_assert_uint_eq(strlen(json_string_value(json_object_get(j, "fingerprint"))), 16);
     json_decref(j);
 
     a = ask("GET", "user/10001");
@@ -272,11 +272,14 @@ static bt_future *query_f, *handler_started;
 
 static bt_future *answer_slept(bt_future *q, void *arg)
 {
+    (void)arg;
     return bt_http_respond(bt_future_loop(q), 200, "text/plain", "slept", 5);
 }
 
 static bt_future *h_sleep(bt_http_req *req, void *arg)
 {
+    (void)req;
+    (void)arg;
     query_f = bt_pq_query(db, "SELECT pg_sleep(30) /* baton-cancel-test */", 0, NULL);
     bt_future_set_value(handler_started, NULL, NULL);
     return bt_future_then(bt_future_ref(query_f), answer_slept, NULL); /* query_f read later */
@@ -284,6 +287,7 @@ static bt_future *h_sleep(bt_http_req *req, void *arg)
 
 static void on_gone(bt_future *f, void *arg)
 {
+    (void)arg;
     bt_future_error(f);
 }
 

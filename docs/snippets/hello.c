@@ -38,6 +38,7 @@ static bt_future *fetch_user(bt_loop *loop, int user_id)
 
 static bt_future *main_async(bt_loop *loop, void *arg)
 {
+    (void)arg;
     return bt_future_then(fetch_user(loop, 1), print_user, NULL);
 }
 

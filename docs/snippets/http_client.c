@@ -32,6 +32,7 @@ static void tour(bt_loop *loop, const char *u1, const char *u2, const char *u3)
         printf("%d %s\n", bt_http_response_status(r), bt_http_response_header(r, "content-type"));
         size_t len;
         const char *body = bt_http_response_body(r, &len);
+        fwrite(body, 1, len, stdout);
     } else {
         fprintf(stderr, "%s: %s\n", bt_err_name(bt_future_error(f)), bt_future_error_message(f));
     }

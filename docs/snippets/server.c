@@ -35,6 +35,7 @@ static bt_future *on_fetched(bt_future *both, void *arg)
 
 static bt_future *get_user(bt_http_req *req, void *arg)   /* @app.get("/user/{id}") */
 {
+    (void)arg;
     bt_loop *loop = bt_http_req_loop(req);
     loop_state *st = bt_http_req_loop_data(req);
     if (st == NULL)

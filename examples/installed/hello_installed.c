@@ -16,18 +16,21 @@
 
 static int answer_job(bt_job *job, void *arg) /* runs on a worker thread */
 {
+    (void)arg;
     bt_job_set_value(job, (void *)(intptr_t)42, NULL);
     return 0;
 }
 
 static void print_answer(bt_future *f, void *arg) /* back on the loop */
 {
+    (void)arg;
     if (bt_future_error(f) == 0)
         printf("the pool answered %d\n", (int)(intptr_t)bt_future_value(f));
 }
 
 static bt_future *main_async(bt_loop *loop, void *arg)
 {
+    (void)arg;
     bt_pq_options o;
     bt_pq_options_init(&o);
     o.conninfo = "postgresql:///postgres";

@@ -28,10 +28,10 @@
 
 #include "http-internal.h"
 
-bt_http_app *bt_http_app_new(void)
+BT_EXPORT bt_http_app *bt_http_app_new(void)
 {
     bt_http_app *app = bt_calloc(1, sizeof *app);
-    if (!app)
+    if (app == NULL)
         return NULL;
     app->max_header_bytes = 16 * 1024;
     app->max_body_bytes = 1024 * 1024;
@@ -51,9 +51,9 @@ bt_http_app *bt_http_app_new(void)
     return app;
 }
 
-void bt_http_app_free(bt_http_app *app)
+BT_EXPORT void bt_http_app_free(bt_http_app *app)
 {
-    if (!app)
+    if (app == NULL)
         return;
     if (atomic_load(&app->servers) != 0)
         bt_log(BT_LOG_ERROR, "http: bt_http_app_free with %u servers alive",
@@ -77,14 +77,14 @@ static int frozen(const bt_http_app *app)
 
 #define CHECK_APP(app)        \
     do {                      \
-        if (!(app))           \
+        if ((app) == NULL)    \
             return BT_EINVAL; \
         if (frozen(app))      \
             return BT_EBUSY;  \
     } while (0)
 
-int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
-                      bt_http_handler_fn handler, void *arg)
+BT_EXPORT int bt_http_app_route(bt_http_app *app, const char *method, const char *pattern,
+                                bt_http_handler_fn handler, void *arg)
 {
     CHECK_APP(app);
     return bt__router_add(&app->router, method, pattern, handler, arg, false);
@@ -97,7 +97,7 @@ BT_EXPORT int bt_http_app_route_async(bt_http_app *app, const char *method, cons
     return bt__router_add(&app->router, method, pattern, handler, arg, true);
 }
 
-int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes)
+BT_EXPORT int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes)
 {
     CHECK_APP(app);
     if (!bytes)
@@ -106,7 +106,7 @@ int bt_http_app_set_max_header_bytes(bt_http_app *app, size_t bytes)
     return 0;
 }
 
-int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes)
+BT_EXPORT int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes)
 {
     CHECK_APP(app);
     if (!bytes)
@@ -115,7 +115,7 @@ int bt_http_app_set_max_body_bytes(bt_http_app *app, size_t bytes)
     return 0;
 }
 
-int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_ms, uint64_t write_ms)
+BT_EXPORT int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_ms, uint64_t write_ms)
 {
     CHECK_APP(app);
     if (!read_ms || !write_ms)
@@ -125,7 +125,7 @@ int bt_http_app_set_timeouts(bt_http_app *app, uint64_t read_ms, uint64_t write_
     return 0;
 }
 
-int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent)
+BT_EXPORT int bt_http_app_set_max_concurrent(bt_http_app *app, unsigned max_concurrent)
 {
     CHECK_APP(app);
     if (!max_concurrent)
@@ -163,21 +163,21 @@ BT_EXPORT int bt_http_app_set_max_connections(bt_http_app *app, unsigned max_con
     return 0;
 }
 
-int bt_http_app_set_handler_timeout(bt_http_app *app, uint64_t ms)
+BT_EXPORT int bt_http_app_set_handler_timeout(bt_http_app *app, uint64_t ms)
 {
     CHECK_APP(app);
     app->handler_timeout_ms = ms;
     return 0;
 }
 
-int bt_http_app_set_access_log(bt_http_app *app, bool on)
+BT_EXPORT int bt_http_app_set_access_log(bt_http_app *app, bool on)
 {
     CHECK_APP(app);
     app->access_log = on;
     return 0;
 }
 
-int bt_http_app_set_loops(bt_http_app *app, unsigned loops)
+BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops)
 {
     CHECK_APP(app);
     if (loops > 1024)
@@ -186,7 +186,7 @@ int bt_http_app_set_loops(bt_http_app *app, unsigned loops)
     return 0;
 }
 
-int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms)
+BT_EXPORT int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms)
 {
     CHECK_APP(app);
     if (!ms)
@@ -195,26 +195,26 @@ int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms)
     return 0;
 }
 
-int bt_http_app_enable_metrics(bt_http_app *app, const char *path)
+BT_EXPORT int bt_http_app_enable_metrics(bt_http_app *app, const char *path)
 {
     CHECK_APP(app);
-    if (!path || path[0] != '/')
+    if (path == NULL || path[0] != '/')
         return BT_EINVAL;
     char *p = bt_strdup(path);
-    if (!p)
+    if (p == NULL)
         return BT_ENOMEM;
     bt_free(app->metrics_path);
     app->metrics_path = p;
     return 0;
 }
 
-int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg)
+BT_EXPORT int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg)
 {
     CHECK_APP(app);
-    if (!fn)
+    if (fn == NULL)
         return BT_EINVAL;
     bt__metrics_src *n = bt_realloc(app->msrc, (app->nmsrc + 1) * sizeof *n);
-    if (!n)
+    if (n == NULL)
         return BT_ENOMEM;
     app->msrc = n;
     app->msrc[app->nmsrc].fn = fn;
@@ -224,14 +224,14 @@ int bt_http_app_add_metrics(bt_http_app *app, bt_http_metrics_fn fn, void *arg)
     return 0;
 }
 
-int bt_http_app_add_pool_metrics(bt_http_app *app, bt_pool *pool, const char *name)
+BT_EXPORT int bt_http_app_add_pool_metrics(bt_http_app *app, bt_pool *pool, const char *name)
 {
     CHECK_APP(app);
-    if (!pool || !name || strlen(name) >= sizeof(((bt__pool_src *)0)->name) ||
-        strpbrk(name, "\"\\\n"))
+    if (pool == NULL || name == NULL || strlen(name) >= sizeof(((bt__pool_src *)0)->name) ||
+        strpbrk(name, "\"\\\n") != NULL)
         return BT_EINVAL;
     bt__pool_src *src = bt_calloc(1, sizeof *src);
-    if (!src)
+    if (src == NULL)
         return BT_ENOMEM;
     src->pool = pool;
     strcpy(src->name, name);
@@ -244,8 +244,8 @@ int bt_http_app_add_pool_metrics(bt_http_app *app, bt_pool *pool, const char *na
     return 0;
 }
 
-int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init, bt_http_loop_fini_fn fini,
-                        void *arg)
+BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
+                                  bt_http_loop_fini_fn fini, void *arg)
 {
     CHECK_APP(app);
     app->init = init;
@@ -254,9 +254,9 @@ int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init, bt_http_loo
     return 0;
 }
 
-int bt_http_app_stop(bt_http_app *app)
+BT_EXPORT int bt_http_app_stop(bt_http_app *app)
 {
-    if (!app)
+    if (app == NULL)
         return BT_EINVAL;
     char c = 1;
     ssize_t w = write(app->stop_fd[1], &c, 1);
@@ -275,7 +275,7 @@ static void on_signal(int sig)
     int saved = errno;
     signal_seen = sig;
     bt_http_app *app = atomic_load(&signal_app);
-    if (app)
+    if (app != NULL)
         bt_http_app_stop(app);
     errno = saved;
 }
@@ -307,10 +307,10 @@ static void on_drained(bt_future *f, void *arg)
 static void begin_shutdown(void *arg)
 {
     worker *w = arg;
-    if (w->shut)
+    if (w->shut != NULL)
         return;
     w->shut = bt_http_server_shutdown(w->srv, w->app->shutdown_deadline_ms);
-    if (!w->shut || bt_future_add_callback(w->shut, on_drained, w) != 0)
+    if (w->shut == NULL || bt_future_add_callback(w->shut, on_drained, w) != 0)
         bt_loop_stop(w->loop); /* out of memory: free cancels what is left */
 }
 
@@ -319,10 +319,13 @@ static void *worker_main(void *arg)
     worker *w = arg;
     int rc = 0;
     w->loop = bt_loop_new();
-    if (!w->loop)
+    if (w->loop == NULL)
         rc = BT_ENOMEM;
-    if (rc == 0 && !(w->srv = bt_http_server_new(w->loop, w->app)))
-        rc = BT_ENOMEM;
+    if (rc == 0) {
+        w->srv = bt_http_server_new(w->loop, w->app);
+        if (w->srv == NULL)
+            rc = BT_ENOMEM;
+    }
     if (rc == 0)
         rc = bt_http_server_listen(w->srv, w->host, w->port);
     pthread_mutex_lock(&w->mu);
@@ -351,10 +354,10 @@ static int start_worker(worker *w)
     return w->rc;
 }
 
-int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_fn on_ready,
-                    void *ready_arg)
+BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
+                              bt_http_ready_fn on_ready, void *ready_arg)
 {
-    if (!app || !host || port < 0 || port > 65535)
+    if (app == NULL || host == NULL || port < 0 || port > 65535)
         return BT_EINVAL;
     bool expect = false;
     if (!atomic_compare_exchange_strong(&app->running, &expect, true))
@@ -388,7 +391,7 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
     pthread_sigmask(SIG_BLOCK, &set, &old);
 
     worker *ws = bt_calloc(n, sizeof *ws);
-    int rc = ws ? 0 : BT_ENOMEM;
+    int rc = ws != NULL ? 0 : BT_ENOMEM;
     for (unsigned i = 0; rc == 0 && i < n; i++) {
         worker *w = &ws[i];
         w->app = app;
@@ -402,7 +405,7 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) {
         bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port, n);
-        if (on_ready)
+        if (on_ready != NULL)
             on_ready(ws[0].bound_port, ready_arg);
         struct pollfd pf = { .fd = app->stop_fd[0], .events = POLLIN };
         for (;;) {
@@ -418,7 +421,7 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
         while (read(app->stop_fd[0], drain, sizeof drain) > 0)
             ;
     }
-    for (unsigned i = 0; ws && i < n; i++) {
+    for (unsigned i = 0; ws != NULL && i < n; i++) {
         worker *w = &ws[i];
         if (!w->started)
             continue;
@@ -426,10 +429,10 @@ int bt_http_app_run(bt_http_app *app, const char *host, int port, bt_http_ready_
         if (w->rc == 0 && bt_loop_post(w->loop, begin_shutdown, w) != 0)
             bt_loop_stop(w->loop);
     }
-    for (unsigned i = 0; ws && i < n; i++) {
+    for (unsigned i = 0; ws != NULL && i < n; i++) {
         if (ws[i].started)
             pthread_join(ws[i].thread, NULL);
-        if (ws[i].app) {
+        if (ws[i].app != NULL) {
             pthread_mutex_destroy(&ws[i].mu);
             pthread_cond_destroy(&ws[i].cv);
         }

@@ -159,7 +159,7 @@ struct bt_http_req {
     bt_future *fut;
     const bt__route *route; /* for a fiber route's entry (set before bt_async) */
     bt_future *fiber;       /* a fiber route's bt_async future (a reference) */
-    bt_http_req *prev, *next;
+    bt__list link;          /* on the server's requests in flight */
     uint64_t start_ns;
 
     const char *method;

@@ -42,14 +42,14 @@ static void sb_printf(sbuf *sb, const char *fmt, ...)
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int n =
-            vsnprintf(sb->buf ? sb->buf + sb->len : NULL, sb->buf ? sb->cap - sb->len : 0, fmt, ap);
+        int n = vsnprintf(sb->buf != NULL ? sb->buf + sb->len : NULL,
+                          sb->buf != NULL ? sb->cap - sb->len : 0, fmt, ap);
         va_end(ap);
         if (n < 0) {
             sb->failed = true;
             return;
         }
-        if (sb->buf && sb->len + (size_t)n < sb->cap) {
+        if (sb->buf != NULL && sb->len + (size_t)n < sb->cap) {
             sb->len += (size_t)n;
             return;
         }
@@ -57,7 +57,7 @@ static void sb_printf(sbuf *sb, const char *fmt, ...)
         while (cap <= sb->len + (size_t)n)
             cap *= 2;
         char *nb = bt_realloc(sb->buf, cap);
-        if (!nb) {
+        if (nb == NULL) {
             sb->failed = true;
             return;
         }
@@ -74,10 +74,10 @@ char *bt__http_metrics_render(bt_http_app *app)
     uint64_t hist[BT__HTTP_NBUCKETS + 1] = { 0 };
     uint64_t sum_us = 0, count = 0, in_flight = 0, cancelled = 0;
     uint64_t *status = bt_calloc(600, sizeof *status);
-    if (!status)
+    if (status == NULL)
         return NULL;
     pthread_mutex_lock(&app->stats_lock);
-    for (bt__http_stats *s = app->stats; s; s = s->next) {
+    for (bt__http_stats *s = app->stats; s != NULL; s = s->next) {
         for (int i = 100; i < 600; i++)
             status[i] += LOAD(s->by_status[i]);
         for (size_t b = 0; b <= BT__HTTP_NBUCKETS; b++)
@@ -120,24 +120,24 @@ char *bt__http_metrics_render(bt_http_app *app)
     sb_printf(&sb,
               "# HELP baton_loop_lag_seconds How late the loop ran a 250 ms timer, last time.\n"
               "# TYPE baton_loop_lag_seconds gauge\n");
-    for (bt__http_stats *s = app->stats; s; s = s->next)
+    for (bt__http_stats *s = app->stats; s != NULL; s = s->next)
         sb_printf(&sb, "baton_loop_lag_seconds{loop=\"%u\"} %.6f\n", s->loop_index,
                   (double)LOAD(s->lag_us) / 1e6);
     sb_printf(&sb, "# HELP baton_loop_lag_max_seconds The largest loop lag seen.\n"
                    "# TYPE baton_loop_lag_max_seconds gauge\n");
-    for (bt__http_stats *s = app->stats; s; s = s->next)
+    for (bt__http_stats *s = app->stats; s != NULL; s = s->next)
         sb_printf(&sb, "baton_loop_lag_max_seconds{loop=\"%u\"} %.6f\n", s->loop_index,
                   (double)LOAD(s->lag_max_us) / 1e6);
     sb_printf(&sb, "# HELP baton_loop_pending_futures Futures pending on the loop.\n"
                    "# TYPE baton_loop_pending_futures gauge\n");
-    for (bt__http_stats *s = app->stats; s; s = s->next)
+    for (bt__http_stats *s = app->stats; s != NULL; s = s->next)
         sb_printf(&sb, "baton_loop_pending_futures{loop=\"%u\"} %llu\n", s->loop_index,
                   (unsigned long long)LOAD(s->pending));
     pthread_mutex_unlock(&app->stats_lock);
     bt_free(status);
     for (size_t i = 0; i < app->nmsrc; i++) {
         char *extra = app->msrc[i].fn(app->msrc[i].arg);
-        if (extra) {
+        if (extra != NULL) {
             sb_printf(&sb, "%s", extra);
             if (sb.len && sb.buf[sb.len - 1] != '\n')
                 sb_printf(&sb, "\n");
@@ -200,7 +200,7 @@ char *bt__http_pool_metrics(void *arg)
                     size_t z;
                     memcpy(&z, base, sizeof z);
                     v = z;
-                } else if (strstr(rows[i].name, "total")) {
+                } else if (strstr(rows[i].name, "total") != NULL) {
                     uint64_t u;
                     memcpy(&u, base, sizeof u);
                     v = u;

@@ -19,13 +19,13 @@
 
 void bt__http_req_free(bt_http_req *req)
 {
-    if (req->state_dtor)
+    if (req->state_dtor != NULL)
         req->state_dtor(req->state);
     if (req->segs != req->inline_segs)
         bt_free(req->segs);
     bt_free(req->path);
     bt_free(req->raw_query);
-    if (req->query) {
+    if (req->query != NULL) {
         evhttp_clear_headers(req->query);
         bt_free(req->query);
     }
@@ -54,7 +54,7 @@ static int hexval(char c)
  * path is not absolute), BT_ENOMEM. */
 int bt__http_req_split_path(bt_http_req *req, const char *raw)
 {
-    if (!raw || !*raw)
+    if (raw == NULL || !*raw)
         raw = "/";
     if (raw[0] != '/')
         return BT_EINVAL;
@@ -66,11 +66,11 @@ int bt__http_req_split_path(bt_http_req *req, const char *raw)
     if (len == 1)
         n = 0;
     req->path = bt_malloc(2 * len + 2);
-    if (!req->path)
+    if (req->path == NULL)
         return BT_ENOMEM;
     if (n > BT__HTTP_INLINE_SEGS) {
         req->segs = bt_malloc(n * sizeof *req->segs);
-        if (!req->segs)
+        if (req->segs == NULL)
             return BT_ENOMEM;
     } else {
         req->segs = req->inline_segs;
@@ -120,7 +120,7 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
     }
     if (n) {
         req->headers = bt_malloc(n * sizeof *req->headers + bytes);
-        if (!req->headers)
+        if (req->headers == NULL)
             return BT_ENOMEM;
         char *w = (char *)(req->headers + n);
         TAILQ_FOREACH(h, in, next)
@@ -137,15 +137,18 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
     size_t len = evbuffer_get_length(body);
     if (len) {
         req->body = bt_malloc(len + 1);
-        if (!req->body)
+        if (req->body == NULL)
             return BT_ENOMEM;
         evbuffer_copyout(body, req->body, len);
         req->body[len] = '\0';
         req->body_len = len;
     }
     const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(ev));
-    if (q && !(req->raw_query = bt_strdup(q)))
-        return BT_ENOMEM;
+    if (q != NULL) {
+        req->raw_query = bt_strdup(q);
+        if (req->raw_query == NULL)
+            return BT_ENOMEM;
+    }
     req->evcon = evhttp_request_get_connection(ev);
     req->bev = req->evcon != NULL ? evhttp_connection_get_bufferevent(req->evcon) : NULL;
     return 0;
@@ -153,18 +156,18 @@ int bt__http_req_copy(bt_http_req *req, struct evhttp_request *ev)
 
 /* ---- Request accessors ------------------------------------------------------ */
 
-const char *bt_http_req_method(const bt_http_req *req)
+BT_EXPORT const char *bt_http_req_method(const bt_http_req *req)
 {
-    return req ? req->method : NULL;
+    return req != NULL ? req->method : NULL;
 }
-const char *bt_http_req_path(const bt_http_req *req)
+BT_EXPORT const char *bt_http_req_path(const bt_http_req *req)
 {
-    return req ? req->path : NULL;
+    return req != NULL ? req->path : NULL;
 }
 
-const char *bt_http_req_param(const bt_http_req *req, const char *name)
+BT_EXPORT const char *bt_http_req_param(const bt_http_req *req, const char *name)
 {
-    if (!req || !name)
+    if (req == NULL || name == NULL)
         return NULL;
     for (size_t i = 0; i < req->nparams; i++)
         if (strcmp(req->pnames[i], name) == 0)
@@ -172,14 +175,14 @@ const char *bt_http_req_param(const bt_http_req *req, const char *name)
     return NULL;
 }
 
-const char *bt_http_req_query(const bt_http_req *req, const char *name)
+BT_EXPORT const char *bt_http_req_query(const bt_http_req *req, const char *name)
 {
-    if (!req || !name || !req->raw_query)
+    if (req == NULL || name == NULL || req->raw_query == NULL)
         return NULL;
     bt_http_req *r = (bt_http_req *)req; /* the parse is a cache */
-    if (!r->query) {
+    if (r->query == NULL) {
         r->query = bt_calloc(1, sizeof *r->query);
-        if (!r->query)
+        if (r->query == NULL)
             return NULL;
         TAILQ_INIT(r->query);
         if (evhttp_parse_query_str(r->raw_query, r->query) != 0) {
@@ -194,9 +197,9 @@ const char *bt_http_req_query(const bt_http_req *req, const char *name)
     return NULL;
 }
 
-const char *bt_http_req_header(const bt_http_req *req, const char *name)
+BT_EXPORT const char *bt_http_req_header(const bt_http_req *req, const char *name)
 {
-    if (!req || !name)
+    if (req == NULL || name == NULL)
         return NULL;
     for (size_t i = 0; i < req->nheaders; i++)
         if (strcasecmp(req->headers[i].name, name) == 0)
@@ -204,49 +207,49 @@ const char *bt_http_req_header(const bt_http_req *req, const char *name)
     return NULL;
 }
 
-const void *bt_http_req_body(const bt_http_req *req, size_t *len)
+BT_EXPORT const void *bt_http_req_body(const bt_http_req *req, size_t *len)
 {
-    if (len)
-        *len = req ? req->body_len : 0;
-    return req ? req->body : NULL;
+    if (len != NULL)
+        *len = req != NULL ? req->body_len : 0;
+    return req != NULL ? req->body : NULL;
 }
 
-json_t *bt_http_req_json(const bt_http_req *req)
+BT_EXPORT json_t *bt_http_req_json(const bt_http_req *req)
 {
-    if (!req || !req->body_len)
+    if (req == NULL || !req->body_len)
         return NULL;
     return json_loadb(req->body, req->body_len, 0, NULL);
 }
 
-int bt_http_req_set_state(bt_http_req *req, void *state, bt_destroy_fn dtor)
+BT_EXPORT int bt_http_req_set_state(bt_http_req *req, void *state, bt_destroy_fn dtor)
 {
-    if (!req)
+    if (req == NULL)
         return BT_EINVAL;
-    if (req->state_dtor)
+    if (req->state_dtor != NULL)
         req->state_dtor(req->state);
     req->state = state;
     req->state_dtor = dtor;
     return 0;
 }
 
-const char *bt_http_req_peer(const bt_http_req *req)
+BT_EXPORT const char *bt_http_req_peer(const bt_http_req *req)
 {
-    if (!req)
+    if (req == NULL)
         return NULL;
     bt_http_req *r = (bt_http_req *)req; /* a cache, filled on first use */
-    if (!r->peer[0] && r->evcon && r->ev && !r->disconnected) {
+    if (!r->peer[0] && r->evcon != NULL && r->ev != NULL && !r->disconnected) {
         char *addr = NULL;
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(r->evcon, &addr, &port);
-        snprintf(r->peer, sizeof r->peer, "%s", addr ? addr : "");
+        snprintf(r->peer, sizeof r->peer, "%s", addr != NULL ? addr : "");
     }
     return r->peer;
 }
-bt_loop *bt_http_req_loop(const bt_http_req *req)
+BT_EXPORT bt_loop *bt_http_req_loop(const bt_http_req *req)
 {
-    return req ? req->loop : NULL;
+    return req != NULL ? req->loop : NULL;
 }
-void *bt_http_req_loop_data(const bt_http_req *req)
+BT_EXPORT void *bt_http_req_loop_data(const bt_http_req *req)
 {
-    return req ? req->loop_data : NULL;
+    return req != NULL ? req->loop_data : NULL;
 }

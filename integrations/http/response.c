@@ -9,20 +9,20 @@
 #include "http-internal.h"
 #include "response-internal.h"
 
-bt_http_reply *bt_http_reply_new(int status)
+BT_EXPORT bt_http_reply *bt_http_reply_new(int status)
 {
     if (status < 100 || status > 599)
         return NULL;
     bt_http_reply *r = bt_calloc(1, sizeof *r);
-    if (r)
+    if (r != NULL)
         r->status = status;
     return r;
 }
 
-void bt_http_reply_free(void *p)
+BT_EXPORT void bt_http_reply_free(void *p)
 {
     bt_http_reply *r = p;
-    if (!r)
+    if (r == NULL)
         return;
     for (size_t i = 0; i < r->nheaders; i++) {
         bt_free(r->headers[i].name);
@@ -38,20 +38,21 @@ static bool has_crlf(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
-int bt_http_reply_add_header(bt_http_reply *r, const char *name, const char *value)
+BT_EXPORT int bt_http_reply_add_header(bt_http_reply *r, const char *name, const char *value)
 {
-    if (!r || !name || !*name || !value || has_crlf(name) || has_crlf(value) || strchr(name, ':'))
+    if (r == NULL || name == NULL || !*name || value == NULL || has_crlf(name) || has_crlf(value) ||
+        strchr(name, ':') != NULL)
         return BT_EINVAL;
     if (r->nheaders == r->capheaders) {
         size_t cap = r->capheaders ? r->capheaders * 2 : 4;
         bt__header *nh = bt_realloc(r->headers, cap * sizeof *nh);
-        if (!nh)
+        if (nh == NULL)
             return BT_ENOMEM;
         r->headers = nh;
         r->capheaders = cap;
     }
     char *n = bt_strdup(name), *v = bt_strdup(value);
-    if (!n || !v) {
+    if (n == NULL || v == NULL) {
         bt_free(n);
         bt_free(v);
         return BT_ENOMEM;
@@ -77,18 +78,19 @@ static void remove_header(bt_http_reply *r, const char *name)
     r->nheaders = w;
 }
 
-int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const void *body, size_t len)
+BT_EXPORT int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const void *body,
+                                     size_t len)
 {
-    if (!r || (!body && len))
+    if (r == NULL || (body == NULL && len))
         return BT_EINVAL;
     char *copy = NULL;
     if (len) {
         copy = bt_malloc(len);
-        if (!copy)
+        if (copy == NULL)
             return BT_ENOMEM;
         memcpy(copy, body, len);
     }
-    if (content_type) {
+    if (content_type != NULL) {
         if (has_crlf(content_type)) {
             bt_free(copy);
             return BT_EINVAL;
@@ -106,9 +108,9 @@ int bt_http_reply_set_body(bt_http_reply *r, const char *content_type, const voi
     return 0;
 }
 
-int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
+BT_EXPORT int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
 {
-    if (!r || !json)
+    if (r == NULL || json == NULL)
         return BT_EINVAL;
     /* JSON_ENCODE_ANY: a handler may answer a bare array or string too.
      * json_dumpb writes into our buffer, so the text never passes through
@@ -118,7 +120,7 @@ int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
     if (len == 0)
         return BT_EINVAL;
     char *text = bt_malloc(len);
-    if (!text)
+    if (text == NULL)
         return BT_ENOMEM;
     json_dumpb(json, text, len, flags);
     remove_header(r, "Content-Type");
@@ -133,32 +135,33 @@ int bt_http_reply_set_json(bt_http_reply *r, const json_t *json)
     return 0;
 }
 
-int bt_http_reply_status(const bt_http_reply *r)
+BT_EXPORT int bt_http_reply_status(const bt_http_reply *r)
 {
-    return r ? r->status : BT_EINVAL;
+    return r != NULL ? r->status : BT_EINVAL;
 }
 
-bt_future *bt_http_reply_future(bt_loop *loop, bt_http_reply *resp)
+BT_EXPORT bt_future *bt_http_reply_future(bt_loop *loop, bt_http_reply *resp)
 {
-    if (!resp)
+    if (resp == NULL)
         return NULL;
     return bt_future_new_value(loop, resp, bt_http_reply_free);
 }
 
-bt_future *bt_http_respond(bt_loop *loop, int status, const char *content_type, const void *body,
-                           size_t len)
+BT_EXPORT bt_future *bt_http_respond(bt_loop *loop, int status, const char *content_type,
+                                     const void *body, size_t len)
 {
     bt_http_reply *r = bt_http_reply_new(status);
-    if (!r)
+    if (r == NULL)
         return NULL;
-    if ((body || content_type) && bt_http_reply_set_body(r, content_type, body, len) != 0) {
+    if ((body != NULL || content_type != NULL) &&
+        bt_http_reply_set_body(r, content_type, body, len) != 0) {
         bt_http_reply_free(r);
         return NULL;
     }
     return bt_http_reply_future(loop, r);
 }
 
-bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json)
+BT_EXPORT bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json)
 {
     if (json == NULL) {
         /* Usually a json_pack whose format did not match its arguments:
@@ -168,7 +171,7 @@ bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json)
                                    "bt_http_respond_json: json is NULL (did a json_pack fail?)");
     }
     bt_http_reply *r = bt_http_reply_new(status);
-    int rc = r ? bt_http_reply_set_json(r, json) : BT_EINVAL;
+    int rc = r != NULL ? bt_http_reply_set_json(r, json) : BT_EINVAL;
     json_decref(json);
     if (rc) {
         bt_http_reply_free(r);
@@ -177,7 +180,8 @@ bt_future *bt_http_respond_json(bt_loop *loop, int status, json_t *json)
     return bt_http_reply_future(loop, r);
 }
 
-bt_future *bt_http_respond_error(bt_loop *loop, int status, const char *message)
+BT_EXPORT bt_future *bt_http_respond_error(bt_loop *loop, int status, const char *message)
 {
-    return bt_http_respond_json(loop, status, json_pack("{s:s}", "error", message ? message : ""));
+    return bt_http_respond_json(loop, status,
+                                json_pack("{s:s}", "error", message != NULL ? message : ""));
 }

@@ -41,33 +41,34 @@ static int parse_pattern(bt__route *rt, const char *pattern)
         n = 0;
     rt->segs = bt_calloc(n ? n : 1, sizeof *rt->segs);
     rt->is_param = bt_calloc(n ? n : 1, sizeof *rt->is_param);
-    if (!rt->segs || !rt->is_param)
+    if (rt->segs == NULL || rt->is_param == NULL)
         return BT_ENOMEM;
     const char *p = pattern + 1;
     for (size_t i = 0; i < n; i++) {
         const char *end = strchr(p, '/');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
         if (len >= 2 && p[0] == '{' && p[len - 1] == '}') {
-            if (len == 2 || memchr(p + 1, '{', len - 2) || memchr(p + 1, '}', len - 2))
+            if (len == 2 || memchr(p + 1, '{', len - 2) != NULL ||
+                memchr(p + 1, '}', len - 2) != NULL)
                 return BT_EINVAL;
             rt->is_param[i] = true;
             rt->segs[i] = bt_malloc(len - 1);
-            if (!rt->segs[i])
+            if (rt->segs[i] == NULL)
                 return BT_ENOMEM;
             memcpy(rt->segs[i], p + 1, len - 2);
             rt->segs[i][len - 2] = '\0';
         } else {
-            if (memchr(p, '{', len) || memchr(p, '}', len))
+            if (memchr(p, '{', len) != NULL || memchr(p, '}', len) != NULL)
                 return BT_EINVAL;
             rt->segs[i] = bt_malloc(len + 1);
-            if (!rt->segs[i])
+            if (rt->segs[i] == NULL)
                 return BT_ENOMEM;
             memcpy(rt->segs[i], p, len);
             rt->segs[i][len] = '\0';
             rt->nliteral++;
         }
         rt->nsegs = i + 1;
-        p = end ? end + 1 : p + len;
+        p = end != NULL ? end + 1 : p + len;
     }
     size_t nparams = rt->nsegs - rt->nliteral;
     return nparams > BT__HTTP_MAX_PARAMS ? BT_EINVAL : 0;
@@ -76,7 +77,7 @@ static int parse_pattern(bt__route *rt, const char *pattern)
 int bt__router_add(bt__router *r, const char *method, const char *pattern,
                    bt_http_handler_fn handler, void *arg, bool fiber)
 {
-    if (!method || !*method || !pattern || !handler)
+    if (method == NULL || !*method || pattern == NULL || handler == NULL)
         return BT_EINVAL;
     for (const char *m = method; *m; m++)
         if (*m < 'A' || *m > 'Z')
@@ -89,13 +90,13 @@ int bt__router_add(bt__router *r, const char *method, const char *pattern,
     if (rc == 0) {
         rt.method = bt_strdup(method);
         rt.pattern = bt_strdup(pattern);
-        if (!rt.method || !rt.pattern)
+        if (rt.method == NULL || rt.pattern == NULL)
             rc = BT_ENOMEM;
     }
     if (rc == 0 && r->n == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 8;
         bt__route *nr = bt_realloc(r->routes, cap * sizeof *nr);
-        if (!nr)
+        if (nr == NULL)
             rc = BT_ENOMEM;
         else {
             r->routes = nr;
@@ -146,7 +147,7 @@ static bool method_matches(const bt__route *rt, const char *method)
 
 static bool better(const bt__route *a, const bt__route *b)
 {
-    if (!b)
+    if (b == NULL)
         return true;
     if (a->nliteral != b->nliteral)
         return a->nliteral > b->nliteral;
@@ -159,7 +160,7 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
     memset(m, 0, sizeof *m);
     const bt__route *best = NULL;
     /* An exact method beats HEAD-answered-by-GET. */
-    for (int pass = 0; pass < 2 && !best; pass++) {
+    for (int pass = 0; pass < 2 && best == NULL; pass++) {
         for (size_t i = 0; i < r->n; i++) {
             const bt__route *rt = &r->routes[i];
             if (!path_matches(rt, segs, nsegs))
@@ -170,7 +171,7 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
                 best = rt;
         }
     }
-    if (best) {
+    if (best != NULL) {
         m->route = best;
         m->path_matched = false;
         for (size_t i = 0; i < nsegs; i++) {
@@ -187,7 +188,7 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
     /* 405: list the methods of every route whose path matches. */
     size_t cap = 64, len = 0;
     char *allow = bt_malloc(cap);
-    if (!allow)
+    if (allow == NULL)
         return BT_ENOMEM;
     allow[0] = '\0';
     bool has_get = false, has_head = false;
@@ -200,11 +201,11 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
             has_get = true;
         if (strcmp(rt->method, "HEAD") == 0)
             has_head = true;
-        for (int k = 0; k < 2 && names[k]; k++) {
+        for (int k = 0; k < 2 && names[k] != NULL; k++) {
             size_t need = len + strlen(names[k]) + 3;
             if (need > cap) {
                 char *na = bt_realloc(allow, need * 2);
-                if (!na) {
+                if (na == NULL) {
                     bt_free(allow);
                     return BT_ENOMEM;
                 }
@@ -216,7 +217,7 @@ int bt__router_match(const bt__router *r, const char *method, char **segs, size_
     }
     if (has_get && !has_head) {
         char *na = bt_realloc(allow, len + 7);
-        if (!na) {
+        if (na == NULL) {
             bt_free(allow);
             return BT_ENOMEM;
         }

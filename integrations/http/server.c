@@ -74,7 +74,7 @@ struct bt_http_server {
     size_t nlisteners;
     int port;
 
-    bt_http_req *head; /* requests in flight, doubly linked */
+    bt__list inflight; /* requests in flight, newest first */
     unsigned nflight;
 
     bool shutting_down;
@@ -128,7 +128,7 @@ static void restore_read_timeout(struct evhttp_request *ev, void *arg)
 {
     bt_http_server *srv = arg;
     struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    if (evcon)
+    if (evcon != NULL)
         evhttp_connection_set_timeout_tv(evcon, &srv->read_tv);
 }
 
@@ -137,15 +137,15 @@ static void access_log(bt_http_server *srv, struct evhttp_request *ev, int statu
 {
     if (!srv->app->access_log)
         return;
-    struct evhttp_connection *evcon = ev ? evhttp_request_get_connection(ev) : NULL;
+    struct evhttp_connection *evcon = ev != NULL ? evhttp_request_get_connection(ev) : NULL;
     char *addr = NULL;
     ev_uint16_t port = 0;
-    if (evcon)
+    if (evcon != NULL)
         evhttp_connection_get_peer(evcon, &addr, &port);
-    const char *uri = ev ? evhttp_request_get_uri(ev) : "";
-    bt_log(BT_LOG_INFO, "http: %s \"%s %s\" %d %.3f ms", addr ? addr : "-",
-           ev ? method_name(evhttp_request_get_command(ev)) : "-", uri ? uri : "", status,
-           (double)(bt_hrtime() - start_ns) / 1e6);
+    const char *uri = ev != NULL ? evhttp_request_get_uri(ev) : "";
+    bt_log(BT_LOG_INFO, "http: %s \"%s %s\" %d %.3f ms", addr != NULL ? addr : "-",
+           ev != NULL ? method_name(evhttp_request_get_command(ev)) : "-", uri != NULL ? uri : "",
+           status, (double)(bt_hrtime() - start_ns) / 1e6);
 }
 
 /* Send resp (taken) on ev. ev is answered (and freed by evhttp) after. */
@@ -153,7 +153,7 @@ static void send_response(bt_http_server *srv, struct evhttp_request *ev, bt_htt
                           uint64_t start_ns)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    if (evcon && timercmp(&srv->read_tv, &srv->write_tv, !=)) {
+    if (evcon != NULL && timercmp(&srv->read_tv, &srv->write_tv, !=)) {
         evhttp_connection_set_timeout_tv(evcon, &srv->write_tv);
         evhttp_request_set_on_complete_cb(ev, restore_read_timeout, srv);
     }
@@ -176,8 +176,8 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 {
     bt_http_reply *r = bt_http_reply_new(status);
     json_t *j = json_pack("{s:s}", "error", msg);
-    if (!r || !j || bt_http_reply_set_json(r, j) != 0 ||
-        (allow && bt_http_reply_add_header(r, "Allow", allow) != 0) ||
+    if (r == NULL || j == NULL || bt_http_reply_set_json(r, j) != 0 ||
+        (allow != NULL && bt_http_reply_add_header(r, "Allow", allow) != 0) ||
         (status == 503 && bt_http_reply_add_header(r, "Retry-After", "1") != 0)) {
         /* Out of memory: still answer, with no body. */
         bt_http_reply_free(r);
@@ -196,13 +196,7 @@ static void send_simple(bt_http_server *srv, struct evhttp_request *ev, int stat
 
 static void list_remove(bt_http_server *srv, bt_http_req *req)
 {
-    if (req->prev)
-        req->prev->next = req->next;
-    else
-        srv->head = req->next;
-    if (req->next)
-        req->next->prev = req->prev;
-    req->prev = req->next = NULL;
+    bt__list_remove(&req->link);
     srv->nflight--;
     atomic_fetch_sub_explicit(&srv->app->in_flight, 1, memory_order_relaxed);
     atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
@@ -210,7 +204,7 @@ static void list_remove(bt_http_server *srv, bt_http_req *req)
 
 static void maybe_shutdown_done(bt_http_server *srv)
 {
-    if (srv->shutting_down && srv->nflight == 0 && srv->shutdown_f &&
+    if (srv->shutting_down && srv->nflight == 0 && srv->shutdown_f != NULL &&
         !bt_future_is_settled(srv->shutdown_f)) {
         bt_timer_stop(srv->deadline);
         bt_future_set_value(srv->shutdown_f, NULL, NULL);
@@ -251,7 +245,7 @@ static void on_done(bt_future *f, void *arg)
 {
     bt_http_req *req = arg;
     bt_http_server *srv = req->srv;
-    if (!srv) { /* detached by free or the loop's closer: nobody to answer */
+    if (srv == NULL) { /* detached by free or the loop's closer: nobody to answer */
         bt_future_error(f);
         req_release(req);
         return;
@@ -262,7 +256,7 @@ static void on_done(bt_future *f, void *arg)
     bool timed_out = false;
     if (st == BT_FUTURE_VALUE) {
         resp = bt_future_take_value(f);
-        if (!resp)
+        if (resp == NULL)
             bt_log(BT_LOG_ERROR, "http: %s %s: the handler's future has no response", req->method,
                    req->path);
     } else if (st == BT_FUTURE_ERROR) {
@@ -282,7 +276,7 @@ static void on_done(bt_future *f, void *arg)
         if (srv->app->access_log)
             bt_log(BT_LOG_INFO, "http: - \"%s %s\" 499 %.3f ms (the client left)", req->method,
                    req->path, (double)(bt_hrtime() - req->start_ns) / 1e6);
-    } else if (resp) {
+    } else if (resp != NULL) {
         send_response(srv, req->ev, resp, req->start_ns);
     } else if (st == BT_FUTURE_CANCELLED) {
         send_simple(srv, req->ev, 503, "service unavailable", NULL, req->start_ns);
@@ -322,7 +316,7 @@ static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
     struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
     req->disconnected = true;
     req->ev = NULL;
-    if (evcon)
+    if (evcon != NULL)
         evhttp_connection_free(evcon);
     bt_future_cancel(req->fut);
 }
@@ -331,20 +325,20 @@ static void watch_peer(bt_http_server *srv, bt_http_req *req)
 {
     req->watched = true;
     struct evhttp_connection *evcon = evhttp_request_get_connection(req->ev);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    struct bufferevent *bev = evcon != NULL ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
     if (fd < 0)
         return;
     struct event_base *base = bt_loop_base(srv->loop);
     short what = (event_base_get_features(base) & EV_FEATURE_EARLY_CLOSE) ? EV_CLOSED : EV_READ;
     req->watch = event_new(base, fd, what, on_peer_closed, req);
-    if (req->watch)
+    if (req->watch != NULL)
         event_add(req->watch, NULL); /* without it, a disconnect is noticed at the reply */
 }
 
 static void unwatch_peer(bt_http_req *req)
 {
-    if (req->watch) {
+    if (req->watch != NULL) {
         event_free(req->watch);
         req->watch = NULL;
     }
@@ -365,12 +359,15 @@ static void on_sweep(bt_timer *t, void *arg)
         return;
     }
     uint64_t now = bt_hrtime();
-    for (bt_http_req *req = srv->head; req; req = req->next) {
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (now - req->start_ns < SWEEP_MS * 1000000ull)
             continue;
         if (req->watched)
             break;
-        if (req->ev && !req->disconnected)
+        if (req->ev != NULL && !req->disconnected)
             watch_peer(srv, req);
         else
             req->watched = true;
@@ -391,16 +388,16 @@ static void dispatch(struct evhttp_request *ev, void *arg)
     if (srv->shutting_down)
         goto reject;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
-    const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *raw_path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
 
-    if (app->metrics_path && raw_path && strcmp(raw_path, app->metrics_path) == 0 &&
+    if (app->metrics_path != NULL && raw_path != NULL && strcmp(raw_path, app->metrics_path) == 0 &&
         (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
         char *text = bt__http_metrics_render(app);
-        bt_http_reply *r = bt_http_reply_new(text ? 200 : 500);
-        if (r && text)
+        bt_http_reply *r = bt_http_reply_new(text != NULL ? 200 : 500);
+        if (r != NULL && text != NULL)
             bt_http_reply_set_body(r, "text/plain; version=0.0.4", text, strlen(text));
         bt_free(text);
-        if (r)
+        if (r != NULL)
             send_response(srv, ev, r, t0);
         else
             evhttp_send_reply(ev, 500, NULL, NULL);
@@ -446,10 +443,7 @@ static void dispatch(struct evhttp_request *ev, void *arg)
     req->nparams = m.nparams;
     req->ev = ev;
     req->srv = srv;
-    req->next = srv->head;
-    if (srv->head)
-        srv->head->prev = req;
-    srv->head = req;
+    bt__list_push_front(&srv->inflight, &req->link);
     srv->nflight++;
     atomic_store_explicit(&srv->stats->in_flight, srv->nflight, memory_order_relaxed);
 
@@ -469,10 +463,10 @@ static void dispatch(struct evhttp_request *ev, void *arg)
         f = m.route->handler(req, m.route->arg);
         bt_loop_leave_cb(srv->loop);
     }
-    if (!f) {
+    if (f == NULL) {
         bt_log(BT_LOG_ERROR, "http: %s %s: handler returned no future", req->method, req->path);
         f = bt_future_new_error(srv->loop, BT_ENOMEM, "handler returned NULL");
-        if (!f) {
+        if (f == NULL) {
             list_remove(srv, req);
             bt__http_req_free(req);
             send_simple(srv, ev, 500, "internal server error", NULL, t0);
@@ -527,9 +521,13 @@ reject:
 
 bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev)
 {
-    for (bt_http_req *req = srv->head; req != NULL; req = req->next)
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (req->ev != NULL && !req->disconnected && req->bev == bev)
             return true;
+    }
     return false;
 }
 
@@ -549,18 +547,16 @@ static void server_close(bt_http_server *srv)
         return;
     srv->closed = true;
     srv->shutting_down = true;
-    bt_http_req *req = srv->head;
-    while (req) {
-        bt_http_req *next = req->next;
+    bt__list *pos, *tmp;
+    BT__LIST_FOREACH_SAFE (pos, tmp, &srv->inflight) {
+        bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         unwatch_peer(req);
         req->ev = NULL; /* evhttp_free frees it with its connection */
         req->srv = NULL;
         list_remove(srv, req);
         atomic_fetch_add_explicit(&srv->stats->cancelled, 1, memory_order_relaxed);
         bt_future_cancel(req->fut);
-        req = next;
     }
-    srv->head = NULL;
     close_listeners(srv);
     evhttp_free(srv->http);
     srv->http = NULL;
@@ -571,7 +567,7 @@ static void server_close(bt_http_server *srv)
     srv->lag_timer = NULL;
     bt_timer_free(srv->sweep);
     srv->sweep = NULL;
-    if (srv->shutdown_f) {
+    if (srv->shutdown_f != NULL) {
         bt_future_set_value(srv->shutdown_f, NULL, NULL);
         bt_future_unref(srv->shutdown_f);
         srv->shutdown_f = NULL;
@@ -603,8 +599,9 @@ static void on_deadline(bt_timer *t, void *arg)
 {
     bt_http_server *srv = arg;
     (void)t;
-    for (bt_http_req *req = srv->head; req; req = req->next)
-        bt_future_cancel(req->fut); /* on_done answers 503 */
+    bt__list *pos;
+    BT__LIST_FOREACH(pos, &srv->inflight)
+    bt_future_cancel(BT__LIST_ENTRY(pos, bt_http_req, link)->fut); /* on_done answers 503 */
 }
 
 /* evhttp writes responses with plain write(2): a client that hangs up
@@ -620,32 +617,33 @@ static void sigpipe_ignore(void)
     }
 }
 
-bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
+BT_EXPORT bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
 {
-    if (!loop || !app)
+    if (loop == NULL || app == NULL)
         return NULL;
     sigpipe_ignore();
     bt_http_server *srv = bt_calloc(1, sizeof *srv);
-    if (!srv)
+    if (srv == NULL)
         return NULL;
     srv->loop = loop;
     srv->app = app;
     srv->port = BT_EINVAL;
+    bt__list_init(&srv->inflight);
     ms_to_tv(app->read_timeout_ms, &srv->read_tv);
     ms_to_tv(app->write_timeout_ms, &srv->write_tv);
     srv->stats = bt_calloc(1, sizeof *srv->stats);
     srv->http = evhttp_new(bt_loop_base(loop));
     srv->deadline = bt_timer_new(loop, on_deadline, srv);
     srv->sweep = bt_timer_new(loop, on_sweep, srv);
-    if (!srv->stats || !srv->http || !srv->deadline || !srv->sweep)
+    if (srv->stats == NULL || srv->http == NULL || srv->deadline == NULL || srv->sweep == NULL)
         goto fail;
     if (bt__guard_init(&srv->guard, srv, app, bt_loop_base(loop), srv->stats) != 0)
         goto fail;
     srv->guard_ready = true;
     evhttp_set_bevcb(srv->http, bt__guard_bevcb, &srv->guard);
-    if (app->metrics_path) {
+    if (app->metrics_path != NULL) {
         srv->lag_timer = bt_timer_new(loop, on_lag_timer, srv);
-        if (!srv->lag_timer)
+        if (srv->lag_timer == NULL)
             goto fail;
     }
     evhttp_set_gencb(srv->http, dispatch, srv);
@@ -660,7 +658,7 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     evhttp_set_timeout_tv(srv->http, &srv->read_tv);
     if (bt_loop_add_closer(loop, on_loop_close, srv) != 0)
         goto fail;
-    if (app->init) {
+    if (app->init != NULL) {
         int rc = app->init(loop, app->hook_arg, &srv->loop_data);
         if (rc != 0) {
             bt_log(BT_LOG_ERROR, "http: the app's loop init hook failed: %s", bt_strerror(rc));
@@ -674,13 +672,13 @@ bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     app->stats = srv->stats;
     pthread_mutex_unlock(&app->stats_lock);
     atomic_fetch_add(&app->servers, 1);
-    if (srv->lag_timer) {
+    if (srv->lag_timer != NULL) {
         srv->lag_last_ns = bt_hrtime();
         bt_timer_start(srv->lag_timer, LAG_PERIOD_MS, LAG_PERIOD_MS);
     }
     return srv;
 fail:
-    if (srv->http)
+    if (srv->http != NULL)
         evhttp_free(srv->http);
     if (srv->guard_ready)
         bt__guard_close(&srv->guard);
@@ -692,9 +690,9 @@ fail:
     return NULL;
 }
 
-int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
+BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
 {
-    if (!srv || !host || port < 0 || port > 65535 || srv->closed)
+    if (srv == NULL || host == NULL || port < 0 || port > 65535 || srv->closed)
         return BT_EINVAL;
     if (srv->nlisteners == MAX_LISTENERS || srv->shutting_down)
         return BT_EBUSY;
@@ -709,7 +707,7 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
         return gai == EAI_MEMORY ? BT_ENOMEM : BT_EINVAL;
     int rc = BT_EINVAL;
     int fd = -1;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             rc = -errno;
@@ -737,7 +735,7 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
         bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                          : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(srv->http, fd);
-    if (!bs) {
+    if (bs == NULL) {
         close(fd);
         return BT_ENOMEM;
     }
@@ -752,26 +750,26 @@ int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
     return 0;
 }
 
-int bt_http_server_port(const bt_http_server *srv)
+BT_EXPORT int bt_http_server_port(const bt_http_server *srv)
 {
-    return srv ? srv->port : BT_EINVAL;
+    return srv != NULL ? srv->port : BT_EINVAL;
 }
 
-unsigned bt_http_server_in_flight(const bt_http_server *srv)
+BT_EXPORT unsigned bt_http_server_in_flight(const bt_http_server *srv)
 {
-    return srv ? srv->nflight : 0;
+    return srv != NULL ? srv->nflight : 0;
 }
 
-bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms)
+BT_EXPORT bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms)
 {
-    if (!srv)
+    if (srv == NULL)
         return NULL;
     if (srv->closed)
         return bt_future_new_value(srv->loop, NULL, NULL);
-    if (srv->shutdown_f)
+    if (srv->shutdown_f != NULL)
         return bt_future_ref(srv->shutdown_f);
     srv->shutdown_f = bt_future_new(srv->loop);
-    if (!srv->shutdown_f)
+    if (srv->shutdown_f == NULL)
         return NULL;
     srv->shutting_down = true;
     close_listeners(srv);
@@ -782,9 +780,9 @@ bt_future *bt_http_server_shutdown(bt_http_server *srv, uint64_t deadline_ms)
     return bt_future_ref(srv->shutdown_f);
 }
 
-void bt_http_server_free(bt_http_server *srv)
+BT_EXPORT void bt_http_server_free(bt_http_server *srv)
 {
-    if (!srv)
+    if (srv == NULL)
         return;
     bool loop_alive = !srv->closed;
     if (loop_alive) {
@@ -792,10 +790,10 @@ void bt_http_server_free(bt_http_server *srv)
         bt_loop_remove_closer(srv->loop, on_loop_close, srv);
     }
     bt_http_app *app = srv->app;
-    if (app->fini)
+    if (app->fini != NULL)
         app->fini(loop_alive ? srv->loop : NULL, srv->loop_data, app->hook_arg);
     pthread_mutex_lock(&app->stats_lock);
-    for (bt__http_stats **pp = &app->stats; *pp; pp = &(*pp)->next) {
+    for (bt__http_stats **pp = &app->stats; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == srv->stats) {
             *pp = srv->stats->next;
             break;
