@@ -59,7 +59,7 @@ BT_EXPORT bt_future *bt_results_future(const bt_results *r, size_t i)
 
 BT_EXPORT void *bt_results_value(const bt_results *r, size_t i)
 {
-    return bt_future_value(bt_results_future(r, i));
+    return r != NULL && i < r->n ? bt__future_value(r->kids[i]) : NULL;
 }
 
 BT_EXPORT void *bt_results_take(bt_results *r, size_t i)
@@ -92,6 +92,7 @@ BT_EXPORT size_t bt_results_failed(const bt_results *r)
 
 /* ---- Fans: gather, race, any ----------------------------------------------- */
 
+/* The gathers first: fan_on_child tests `kind <= FAN_GATHER_COLLECT`. */
 typedef enum { FAN_GATHER_FAST, FAN_GATHER_COLLECT, FAN_RACE, FAN_ANY } fan_kind;
 
 /* One block: the fan, then its n children (fa->res.kids points there).
@@ -210,13 +211,18 @@ static bool fan_finish(fan *fa)
 static void fan_on_child(bt_future *kid, void *arg)
 {
     fan *fa = arg;
-    if (bt_future_is_settled(fa->result)) {
+    bt_future *result = fa->result;
+    /* Read the fields, not through the getters: this runs once per child
+     * (10,000 times for a gather of 10,000), on the loop thread that alone
+     * writes them. A gather's child with a value decides nothing. */
+    if (atomic_load_explicit(&result->state, memory_order_relaxed) != BT_FUTURE_PENDING) {
         bt_future_error(kid); /* consumed: the result has spoken */
-    } else if (!bt_future_cancel_requested(fa->result)) {
+    } else if (!atomic_load_explicit(&result->cancel_requested, memory_order_relaxed) &&
+               (fa->kind > FAN_GATHER_COLLECT ||
+                atomic_load_explicit(&kid->state, memory_order_relaxed) != BT_FUTURE_VALUE)) {
         fan_decide(fa, kid);
     }
     if (--fa->left == 0) {
-        bt_future *result = fa->result;
         if (!bt_future_is_settled(result) && fan_finish(fa))
             bt_future_unref(result); /* the fan's reference; the block is the value now */
         else

@@ -61,6 +61,16 @@ struct bt_future {
     void (*release)(bt_future *f);
 };
 
+/* bt_future_value without the call, for readers that run once per child of
+ * a combinator (bt_results_value): the value of a future settled with one
+ * and not taken, else NULL. f must not be NULL. */
+static inline void *bt__future_value(const bt_future *f)
+{
+    if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_VALUE || f->value_taken)
+        return NULL;
+    return f->value;
+}
+
 /* Start a pending future of loop in zeroed memory the caller provides,
  * with `refs` references (the loop's among them: 2 is the caller's and
  * the loop's); release(f) frees that memory once the last reference is

@@ -477,9 +477,7 @@ BT_EXPORT const char *bt_future_error_message(bt_future *f)
 
 BT_EXPORT void *bt_future_value(const bt_future *f)
 {
-    if (f == NULL || bt_future_get_state(f) != BT_FUTURE_VALUE || f->value_taken)
-        return NULL;
-    return f->value;
+    return f != NULL ? bt__future_value(f) : NULL;
 }
 
 BT_EXPORT void *bt_future_take_value(bt_future *f)
