@@ -312,47 +312,71 @@ BT_EXPORT bt_future *bt_any(bt_loop *loop, bt_future *const *children, size_t n)
 
 /* ---- timeout ------------------------------------------------------------------ */
 
+/* One block per bt_timeout: the result future (first, so that its release
+ * hook finds the block), the state, and the libevent timer in the bytes
+ * after it (struct event's size is known only at run time). It was four
+ * allocations (the state, a bt_timer, its struct event, the result); at
+ * 10,000 timeouts the allocator's work, and the fresh pages it touched,
+ * were most of the cost. The block lives as long as the result: its
+ * references are the caller's, the loop's while pending, and the state's
+ * own, dropped by the inner callback once the timer is deleted, so the
+ * event is never pending when the block goes. */
 typedef struct {
-    bt_future *result; /* owned */
-    bt_future *inner;  /* owned */
-    bt_timer *timer;
+    bt_future result;
+    bt_future *inner; /* owned */
+    bt_loop *loop;
     uint64_t ms;
     bool timed_out;
+    void *ev[]; /* struct event, event_get_struct_event_size() bytes */
 } timeout_state;
 
-static void timeout_on_timer(bt_timer *t, void *arg)
+static struct event *timeout_event(timeout_state *ts)
 {
-    (void)t;
+    return (struct event *)(void *)ts->ev;
+}
+
+static void timeout_release(bt_future *f)
+{
+    bt_free(f); /* the block starts with the result future */
+}
+
+static void timeout_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
     timeout_state *ts = arg;
     /* Settled in the same turn, its callback not yet run: it wins. */
     if (bt_future_is_settled(ts->inner))
         return;
     ts->timed_out = true;
+    bt_loop_enter_cb(ts->loop, (const void *)timeout_on_timer);
     bt_future_cancel(ts->inner);
+    bt_loop_leave_cb(ts->loop);
 }
 
 static void timeout_on_inner(bt_future *inner, void *arg)
 {
     timeout_state *ts = arg;
-    bt_timer_free(ts->timer);
-    if (ts->timed_out && !bt_future_cancel_requested(ts->result)) {
+    bt_future *result = &ts->result;
+    event_del(timeout_event(ts));
+    if (ts->timed_out && !bt_future_cancel_requested(result)) {
         bt_future_error(inner);                           /* cancelled by us: nothing to report */
         const char *note = bt__future_cancel_note(inner); /* "the job is still running..." */
-        bt_future_set_error(ts->result, BT_ETIMEDOUT, "timed out after %" PRIu64 " ms%s%s", ts->ms,
+        bt_future_set_error(result, BT_ETIMEDOUT, "timed out after %" PRIu64 " ms%s%s", ts->ms,
                             note ? "; " : "", note ? note : "");
     } else {
-        bt_future_set_from(ts->result, inner);
+        bt_future_set_from(result, inner);
     }
-    bt_future_unref(ts->result);
-    bt_future_unref(ts->inner);
-    bt_free(ts);
+    ts->inner = NULL;
+    bt_future_unref(inner);
+    bt_future_unref(result); /* the state's: may free the block */
 }
 
 static void timeout_on_cancel(bt_future *result, void *arg)
 {
     (void)result;
     timeout_state *ts = arg;
-    bt_timer_stop(ts->timer);
+    event_del(timeout_event(ts));
     bt_future_cancel(ts->inner);
 }
 
@@ -360,26 +384,30 @@ BT_EXPORT bt_future *bt_timeout(bt_future *f, uint64_t ms)
 {
     if (f == NULL)
         return NULL;
-    timeout_state *ts = bt_calloc(1, sizeof *ts);
-    if (ts == NULL) {
-        bt__future_discard(f);
-        return NULL;
-    }
-    ts->ms = ms;
-    ts->timer = bt_timer_new(f->loop, timeout_on_timer, ts);
-    ts->result = ts->timer ? bt_future_new(f->loop) : NULL;
-    if (ts->result == NULL || bt_timer_start(ts->timer, ms, 0) != 0 ||
-        bt_future_add_callback(f, timeout_on_inner, ts) != 0) {
-        bt_timer_free(ts->timer);
-        if (ts->result) {
-            bt_future_set_cancelled(ts->result);
-            bt_future_unref(ts->result);
-        }
+    bt_loop *loop = f->loop;
+    size_t ev_size = event_get_struct_event_size();
+    timeout_state *ts = bt_calloc(1, sizeof *ts + ev_size);
+    /* Three references: the caller's, the loop's, the state's. */
+    if (ts == NULL || bt__future_init(&ts->result, loop, 3, timeout_release) == NULL) {
         bt_free(ts);
         bt__future_discard(f); /* taken over even when we fail */
         return NULL;
     }
+    ts->loop = loop;
+    ts->ms = ms;
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+    bool armed = event_assign(timeout_event(ts), loop->base, -1, 0, timeout_on_timer, ts) == 0 &&
+                 event_add(timeout_event(ts), &tv) == 0;
+    if (!armed || bt_future_add_callback(f, timeout_on_inner, ts) != 0) {
+        if (armed)
+            event_del(timeout_event(ts));
+        bt_future_set_cancelled(&ts->result); /* the loop's reference goes once it has run */
+        bt_future_unref(&ts->result);
+        bt_future_unref(&ts->result);
+        bt__future_discard(f);
+        return NULL;
+    }
     ts->inner = f; /* the caller's reference, taken over */
-    bt_future_on_cancel(ts->result, timeout_on_cancel, ts);
-    return bt_future_ref(ts->result);
+    bt_future_on_cancel(&ts->result, timeout_on_cancel, ts);
+    return &ts->result;
 }
