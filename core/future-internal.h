@@ -6,14 +6,18 @@
 
 #include <baton/future.h>
 
+#include "list.h"
 #include "loop-internal.h"
 
 /* A callback beyond the first (which lives inside the future: most
- * futures have one), or one added after the future's callbacks ran: then
- * it is queued as a task of its own. */
+ * futures have one), on the future's `cbs` list; or one added after the
+ * future's callbacks ran: then it is queued as a task of its own. A node is
+ * only ever one of the two, so they share the memory. */
 typedef struct bt__future_cb_node {
-    bt__task task;
-    struct bt__future_cb_node *next;
+    union {
+        bt__list link; /* on f->cbs */
+        bt__task task; /* queued late */
+    };
     bt_future *future;
     bt_future_cb cb;
     void *arg;
@@ -46,11 +50,12 @@ struct bt_future {
     bt_cancel_hook cancel_hook;
     void *cancel_arg;
 
-    /* The first callback, then the others in the order they came; while
-     * the future is pending, cbs_head is NULL unless first_cb is set. */
+    /* The first callback, then the others in the order they came
+     * (bt__future_cb_node.link); while the future is pending, cbs is empty
+     * unless first_cb is set. */
     bt_future_cb first_cb;
     void *first_arg;
-    bt__future_cb_node *cbs_head, *cbs_tail;
+    bt__list cbs;
 
     /* Scheduled once settled: runs the callbacks, then drops the loop's
      * reference. */
@@ -60,6 +65,16 @@ struct bt_future {
      * Set for futures that live inside a larger block (a pool job). */
     void (*release)(bt_future *f);
 };
+
+/* bt_future_value without the call, for readers that run once per child of
+ * a combinator (bt_results_value): the value of a future settled with one
+ * and not taken, else NULL. f must not be NULL. */
+static inline void *bt__future_value(const bt_future *f)
+{
+    if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_VALUE || f->value_taken)
+        return NULL;
+    return f->value;
+}
 
 /* Start a pending future of loop in zeroed memory the caller provides,
  * with `refs` references (the loop's among them: 2 is the caller's and

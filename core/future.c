@@ -49,6 +49,7 @@ bt_future *bt__future_init(bt_future *f, bt_loop *loop, int refs, void (*release
     atomic_init(&f->cancel_requested, false);
     f->loop = loop;
     f->settle_task.run = run_settle_task;
+    bt__list_init(&f->cbs);
     f->pend_next = loop->pending.head;
     if (f->pend_next)
         f->pend_next->pend_prev = f;
@@ -86,12 +87,9 @@ static void future_destroy(bt_future *f)
                f->message ? f->message : bt_strerror(f->code), bt_err_name(f->code));
     if (f->dtor && !f->value_taken)
         f->dtor(f->value);
-    bt__future_cb_node *n = f->cbs_head;
-    while (n) { /* only reachable if never settled, which the loop prevents */
-        bt__future_cb_node *next = n->next;
-        bt_free(n);
-        n = next;
-    }
+    bt__list *l; /* only reachable if never settled, which the loop prevents */
+    while ((l = bt__list_pop_front(&f->cbs)) != NULL)
+        bt_free(BT__LIST_ENTRY(l, bt__future_cb_node, link));
     bt_free(f->message);
     if (f->release)
         f->release(f);
@@ -168,11 +166,9 @@ static void run_callbacks(bt_future *f)
         f->first_cb(f, f->first_arg);
         bt_loop_leave_cb(f->loop);
     }
-    while (f->cbs_head) {
-        bt__future_cb_node *n = f->cbs_head;
-        f->cbs_head = n->next;
-        if (f->cbs_head == NULL)
-            f->cbs_tail = NULL;
+    bt__list *l;
+    while ((l = bt__list_pop_front(&f->cbs)) != NULL) {
+        bt__future_cb_node *n = BT__LIST_ENTRY(l, bt__future_cb_node, link);
         bt_loop_enter_cb(f->loop, (const void *)n->cb);
         n->cb(f, n->arg);
         bt_loop_leave_cb(f->loop);
@@ -477,9 +473,7 @@ BT_EXPORT const char *bt_future_error_message(bt_future *f)
 
 BT_EXPORT void *bt_future_value(const bt_future *f)
 {
-    if (f == NULL || bt_future_get_state(f) != BT_FUTURE_VALUE || f->value_taken)
-        return NULL;
-    return f->value;
+    return f != NULL ? bt__future_value(f) : NULL;
 }
 
 BT_EXPORT void *bt_future_take_value(bt_future *f)
@@ -494,7 +488,7 @@ BT_EXPORT void *bt_future_take_value(bt_future *f)
 
 static void run_late_cb(bt__task *t)
 {
-    bt__future_cb_node *n = (bt__future_cb_node *)t;
+    bt__future_cb_node *n = (bt__future_cb_node *)(void *)t; /* task is at offset 0 */
     bt_future *f = n->future;
     bt_loop_enter_cb(f->loop, (const void *)n->cb);
     n->cb(f, n->arg);
@@ -525,11 +519,7 @@ BT_EXPORT int bt_future_add_callback(bt_future *f, bt_future_cb cb, void *arg)
         bt__loop_schedule(f->loop, &n->task);
         return 0;
     }
-    if (f->cbs_tail)
-        f->cbs_tail->next = n;
-    else
-        f->cbs_head = n;
-    f->cbs_tail = n;
+    bt__list_push_back(&f->cbs, &n->link);
     return 0;
 }
 

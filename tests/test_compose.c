@@ -720,6 +720,61 @@ START_TEST(allocation_failure_is_clean)
 }
 END_TEST
 
+/* ---- allocations per call ---------------------------------------------------- */
+
+static atomic_int mallocs;
+static void *counting_malloc(size_t n)
+{
+    atomic_fetch_add(&mallocs, 1);
+    return malloc(n);
+}
+
+/* A gather allocates per call, not per child: one block for the fan and
+ * its children (which becomes the results) and one result future, for 10
+ * children as for 1,000; a timeout is one block (its future, its state and
+ * its timer). The results still come back in order. */
+START_TEST(combinators_allocate_per_call_not_per_child)
+{
+    enum { MANY = 1000 };
+    static bt_future *kids[MANY];
+    const size_t sizes[2] = { 10, MANY };
+    for (int s = 0; s < 2; s++) {
+        size_t n = sizes[s];
+        for (size_t i = 0; i < n; i++)
+            kids[i] = bt_future_new(loop);
+        bt_set_allocator(counting_malloc, realloc, free);
+        atomic_store(&mallocs, 0);
+        bt_future *g = bt_gather(loop, kids, n, BT_GATHER_FAIL_FAST); /* takes them over */
+        int made = atomic_load(&mallocs);
+        bt_set_allocator(NULL, NULL, NULL);
+        ck_assert_ptr_nonnull(g);
+        ck_assert_msg(made <= 2, "bt_gather of %zu children made %d allocations", n, made);
+        for (size_t i = n; i-- > 0;) /* settled in reverse: the order is the caller's */
+            bt_future_set_value(kids[i], (void *)(uintptr_t)(i + 1), NULL);
+        bt_test_run_until(loop, g, 2000);
+        ck_assert_int_eq(bt_future_error(g), 0);
+        bt_results *r = bt_future_value(g);
+        ck_assert_uint_eq(bt_results_count(r), n);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_ptr_eq(bt_results_value(r, i), (void *)(uintptr_t)(i + 1));
+        bt_future_unref(g);
+    }
+
+    bt_future *inner = bt_future_new(loop);
+    bt_set_allocator(counting_malloc, realloc, free);
+    atomic_store(&mallocs, 0);
+    bt_future *t = bt_timeout(inner, 100000); /* takes it over */
+    int made = atomic_load(&mallocs);
+    bt_set_allocator(NULL, NULL, NULL);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(made, 1);
+    bt_future_set_value(inner, boxed(5), free);
+    bt_test_run_until(loop, t, 2000);
+    ck_assert_int_eq(*(int *)bt_future_value(t), 5);
+    bt_future_unref(t);
+}
+END_TEST
+
 /* ---- a future dropped while pending ----------------------------------------- */
 
 START_TEST(dropped_pending_future_is_reported)
@@ -779,6 +834,7 @@ static Suite *suite(void)
     tcase_add_test(tc, cancel_reaches_a_running_pool_job);
     tcase_add_test(tc, loop_free_with_combinators_pending);
     tcase_add_test(tc, allocation_failure_is_clean);
+    tcase_add_test(tc, combinators_allocate_per_call_not_per_child);
     tcase_add_test(tc, dropped_pending_future_is_reported);
     suite_add_tcase(s, tc);
     return s;
