@@ -247,6 +247,13 @@ BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg);
 
 /* ---- Metrics ------------------------------------------------------------ */
 
+/* A lane's counters. They add up: every job accepted on the lane (not
+ * rejected) is counted once in `submitted`, and once it has left the
+ * lane's queues and workers, once in either `done` (its function ran) or
+ * `cancelled` (it never ran); so with nothing queued or running,
+ * submitted == done + cancelled. `abandoned` counts a job at most once,
+ * when its future settled while its function was running (a cancel, or
+ * its loop's shutdown deadline); it is in `done` too once it returns. */
 typedef struct {
     unsigned threads;     /* alive now */
     unsigned busy;        /* running a job now */
@@ -254,15 +261,17 @@ typedef struct {
     unsigned max_threads; /* the lane's size (CPU) or cap (blocking) */
     size_t queued;        /* waiting in the queue now */
     size_t queue_max;
-    uint64_t submitted;      /* accepted into the queue */
+    uint64_t submitted;      /* accepted into the queue (or the loop's
+                                batch, if cancelled there) */
     uint64_t rejected;       /* refused: queue full (BT_EAGAIN) */
     uint64_t done;           /* ran to completion (success or failure) */
     uint64_t failed;         /* of those, returned an error */
-    uint64_t cancelled;      /* left the queue cancelled, never ran */
+    uint64_t cancelled;      /* left the batch or the queue cancelled, or
+                                skipped by a worker: never ran */
     uint64_t abandoned;      /* left running: their futures settled (a
-                                cancel, or the shutdown deadline) before
-                                they returned; counted in `done` too once
-                                they return */
+                                cancel, or the shutdown deadline) while
+                                they ran; counted in `done` too once they
+                                return */
     uint64_t queue_ns_total; /* time jobs waited in the queue, summed */
     uint64_t queue_ns_max;   /* the longest such wait */
     uint64_t run_ns_total;   /* time jobs ran, summed */
