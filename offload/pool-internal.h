@@ -109,6 +109,8 @@ struct bt__lane {
     unsigned target;           /* CPU: the size; blocking: the cap */
     _Atomic unsigned sleepers; /* in cond_wait */
     _Atomic unsigned spinners; /* lingering before sleep */
+    /* Whether lingering pays (worker_wait): the lingerer's, lock held. */
+    bt__spin_budget spin_budget;
     unsigned next_index;
     _Atomic bool stop;
     bt__worker *workers;

@@ -27,7 +27,9 @@
  *   batches go back to their loop's attach for reuse. Out of work, one
  *   worker per lane lingers (spins on `depth`) for linger_ns before it
  *   sleeps on the condvar, so a loop that submits one job at a time finds
- *   it awake; the others sleep at once. A worker that takes jobs and
+ *   it awake, but only while lingering pays (the lane's spin budget:
+ *   recent gaps between jobs shorter than the linger, and spinning no
+ *   more than spin_share% of its waits); the others sleep at once. A worker that takes jobs and
  *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
  *   sleep counts itself in `sleepers`, then looks at the stack once more;
  *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
@@ -35,7 +37,9 @@
  *   workers run at a higher nice value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
- *   completion instead of sleeping in epoll. The completion task settles
+ *   completion instead of sleeping in epoll, within its own spin budget
+ *   (the largest spin_share of the pools it submits to; see
+ *   bt__spin_budget in loop-internal.h). The completion task settles
  *   the future and runs its callbacks at once. The job and its future are
  *   one 256-byte block (job->fut): it goes back to the job cache of the
  *   thread that drops the future's last reference (a loop thread, as a
@@ -533,6 +537,17 @@ static void worker_linger(bt__lane *lane, uint64_t linger_ns)
     atomic_fetch_sub(&lane->spinners, 1);
 }
 
+/* A lingerer's wait ended with jobs queued (lane lock held): account it
+ * to the lane's spin budget, and how long after it began the oldest batch
+ * was handed over (the gap, without the time it took to wake us). */
+static void worker_wait_account(bt__lane *lane, uint64_t t0, uint64_t spun)
+{
+    uint64_t now = bt_hrtime();
+    uint64_t handed = lane->head->t_submit;
+    bt__spin_account(&lane->spin_budget, spun, now - t0);
+    bt__spin_gap(&lane->spin_budget, handed > t0 ? handed - t0 : 0);
+}
+
 /* The wait step: until the lane's queue has jobs for this worker (true)
  * or the worker must retire (false: the lane stops or shrank, or a
  * blocking worker was idle too long). One worker per lane lingers first,
@@ -543,19 +558,32 @@ static bool worker_wait(bt__worker *w)
 {
     bt__lane *lane = w->lane;
     bt_pool *pool = w->pool;
+    /* A wait of the lane's lingerer, timed for its spin budget: when it
+     * began (0: not one), and how long it spun. */
+    uint64_t t0 = 0, spun = 0;
     for (;;) {
         bt__lane_splice(lane);
-        if (lane->head != NULL) /* shrunk: leave the jobs to the others */
+        if (lane->head != NULL) {
+            if (t0 != 0)
+                worker_wait_account(lane, t0, spun);
+            /* shrunk: leave the jobs to the others */
             return !(lane->threads > lane->target && !lane->stop);
+        }
         if (worker_should_retire(lane))
             return false;
         if (pool->linger_ns && atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
-            worker_linger(lane, pool->linger_ns);
-            bt__lane_splice(lane);
-            if (lane->head != NULL)
-                continue;
-            if (worker_should_retire(lane))
-                return false;
+            uint64_t now = bt_hrtime();
+            if (t0 == 0)
+                t0 = now;
+            if (bt__spin_pays(&lane->spin_budget, pool->cfg.spin_share, pool->linger_ns)) {
+                worker_linger(lane, pool->linger_ns);
+                spun += bt_hrtime() - now;
+                bt__lane_splice(lane);
+                if (lane->head != NULL)
+                    continue;
+                if (worker_should_retire(lane))
+                    return false;
+            }
         }
         /* Count ourselves asleep, then look once more: a loop that handed
          * a batch over without the lock and saw no sleeper left it for us
@@ -700,6 +728,7 @@ BT_EXPORT void bt_pool_config_init_size(bt_pool_config *cfg, size_t size)
     d.name = "bt";
     d.cpu_nice = DEFAULT_CPU_NICE;
     d.shutdown_ms = DEFAULT_SHUTDOWN_MS;
+    d.spin_share = BT_POOL_SPIN_DEFAULT;
     memset(cfg, 0, size); /* fields a newer header has: zero, "default" */
     bt__sized_write(cfg, size, &d, sizeof d);
 }
@@ -735,6 +764,10 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
         out->cpu_nice = 19;
     if (out->shutdown_ms == 0)
         out->shutdown_ms = d.shutdown_ms;
+    if (out->spin_share == 0)
+        out->spin_share = d.spin_share;
+    if (out->spin_share > BT_POOL_SPIN_FULL)
+        out->spin_share = BT_POOL_SPIN_FULL;
 }
 
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)

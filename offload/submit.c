@@ -93,6 +93,7 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
         bt_free(att);
         return NULL;
     }
+    bt__loop_spin_share(loop, pool->cfg.spin_share);
     bt__pool_ref(pool);
     return att;
 }

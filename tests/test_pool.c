@@ -1071,6 +1071,45 @@ START_TEST(old_caller_structs_work)
 }
 END_TEST
 
+/* Issue 18: the spin budget changes when threads spin, never what runs:
+ * round trips one at a time (the ping-pong the budget is for) complete in
+ * order with every share, from never-spinning-much to the full spin. */
+static _Atomic long rt_done;
+
+static void on_round_trip(bt_future *f, void *arg)
+{
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_VALUE);
+    (void)arg;
+    atomic_fetch_add(&rt_done, 1);
+}
+
+START_TEST(round_trips_with_every_spin_share)
+{
+    unsigned shares[] = { 1, BT_POOL_SPIN_DEFAULT, BT_POOL_SPIN_FULL, 1000 /* clamped */ };
+    for (size_t s = 0; s < sizeof shares / sizeof *shares; s++) {
+        bt_pool_config cfg;
+        bt_pool_config_init(&cfg);
+        cfg.cpu_threads = 1;
+        cfg.spin_share = shares[s];
+        bt_pool *p = bt_pool_new(&cfg);
+        ck_assert_ptr_nonnull(p);
+        atomic_store(&rt_done, 0);
+        for (long i = 0; i < 200; i++) {
+            bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, square_job, (void *)(intptr_t)i);
+            bt_future_add_callback(f, on_round_trip, NULL);
+            bt_test_run_until(loop, f, 10000);
+            bt_future_unref(f);
+            ck_assert_int_eq(atomic_load(&rt_done), i + 1);
+        }
+        bt_pool_free(p);
+    }
+    turn(loop, 0);
+    for (int i = 0; i < 20000 && atomic_load(&values_alive) != 0; i++)
+        turn(loop, 1);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+}
+END_TEST
+
 START_TEST(stats_count_time_in_queue_and_running)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1582,6 +1621,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, loop_free_abandons_blocked_job_at_deadline);
     tcase_add_test(tc, pool_free_gives_up_at_deadline);
     tcase_add_test(tc, stats_add_up_after_abandon);
+    tcase_add_test(tc, round_trips_with_every_spin_share);
     tcase_add_test(tc, stats_count_before_the_future_settles);
     tcase_add_test(tc, double_unref_is_reported);
     tcase_add_test(tc, unsized_structs_are_refused);
