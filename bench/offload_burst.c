@@ -97,6 +97,8 @@ int main(void)
     bt_pool_config_init(&cfg);
     cfg.cpu_threads = THREADS;
     cfg.cpu_queue_max = JOBS;
+    if (getenv("BATON_SPIN_SHARE")) /* percent; 100: BT_POOL_SPIN_FULL */
+        cfg.spin_share = (unsigned)strtoul(getenv("BATON_SPIN_SHARE"), NULL, 10);
     bt_pool *pool = bt_pool_new(&cfg);
     bt_loop *loop = bt_loop_new();
     reqs = calloc(JOBS, sizeof *reqs);

@@ -38,6 +38,57 @@ typedef struct bt__loop_fiber_hooks {
     void (*free)(bt_loop *loop);
 } bt__loop_fiber_hooks;
 
+/* A spin budget: a waiter (a loop waiting for its jobs' completions, a
+ * worker waiting for jobs) spins before it sleeps only while that pays.
+ * Spinning saves the wakeup (5 to 50 us on a loaded 2-core machine) but
+ * burns a core for as long as it lasts: in a ping-pong both sides spin
+ * all the time (2 cores, where libuv uses 0.9). So each waiter keeps two
+ * decayed sums, the time it spun and the time it waited (spinning or
+ * asleep), and spins only while spun <= share% of waited: a ping-pong
+ * spins through most waits and sleeps through the others, which pays for
+ * the spins. A caller that knows when the awaited work arrived also
+ * keeps `gap` (recent waits before it arrived, excluding the wakeup) and
+ * sleeps at once when they outlast the spin: sporadic work never pays
+ * for a spin. share 100 (BT__SPIN_SHARE_FULL) spins every time, as before
+ * the budget. Written by one thread at a time (the loop; a lane's
+ * lingering worker under the lane's lock). */
+typedef struct bt__spin_budget {
+    uint64_t spun, waited; /* ns, halved past BT__SPIN_WINDOW_NS waited */
+    uint64_t gap;          /* ns, a moving average (1/8 weight) */
+} bt__spin_budget;
+
+#define BT__SPIN_SHARE_FULL 100u
+/* The sums follow the last few milliseconds of waiting: a change of
+ * traffic is seen within about that. */
+#define BT__SPIN_WINDOW_NS 4000000u
+
+/* Whether to spin (up to limit_ns) before sleeping this time. */
+static inline bool bt__spin_pays(const bt__spin_budget *b, unsigned share, uint64_t limit_ns)
+{
+    if (share >= BT__SPIN_SHARE_FULL)
+        return true;
+    if (b->gap > limit_ns)
+        return false;
+    return b->spun * 100 <= b->waited * share;
+}
+
+/* One wait ended: spun of it spinning, waited in all (>= spun). */
+static inline void bt__spin_account(bt__spin_budget *b, uint64_t spun, uint64_t waited)
+{
+    b->spun += spun;
+    b->waited += waited;
+    if (b->waited > BT__SPIN_WINDOW_NS) {
+        b->spun /= 2;
+        b->waited /= 2;
+    }
+}
+
+/* The work awaited arrived gap ns after the wait began. */
+static inline void bt__spin_gap(bt__spin_budget *b, uint64_t gap)
+{
+    b->gap = b->gap - b->gap / 8 + gap / 8;
+}
+
 typedef struct bt__future_list {
     struct bt_future *head;
     size_t count;
@@ -90,6 +141,13 @@ struct bt_loop {
      * up to spin_ns before it sleeps in the kernel. Loop thread only. */
     long expected;
     uint64_t spin_ns;
+    /* The share of its waiting time the loop may spend spinning for
+     * completions (bt__spin_budget), set by the pools it submits to (the
+     * largest of theirs: bt__loop_spin_share); 0 until one does. */
+    unsigned spin_share;
+    bt__spin_budget spin_budget;
+    uint64_t wait_since; /* a wait for completions went on in libevent: */
+    uint64_t wait_spun;  /* since when, and how long it spun first */
 
     bt_loop_stats stats;
     bt__future_list pending; /* every pending future of this loop */
@@ -120,6 +178,15 @@ int bt__loop_push(bt_loop *loop, bt__task *task);
 static inline void bt__loop_expect(bt_loop *loop, long n)
 {
     loop->expected += n;
+}
+
+/* A pool that submits to this loop asks it to spin for completions for
+ * up to share% of its waiting time (BT__SPIN_SHARE_FULL: every time); the
+ * largest share asked wins. Loop thread. */
+static inline void bt__loop_spin_share(bt_loop *loop, unsigned share)
+{
+    if (share > loop->spin_share)
+        loop->spin_share = share;
 }
 
 /* Run one task with the watchdog's bracket around it. */

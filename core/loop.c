@@ -36,7 +36,9 @@
  *   already passed. No lock is ever taken on this path.
  * - Spinning: while completions are expected from other threads (see
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
- *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write.
+ *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write;
+ *   only while its spin budget allows (bt__spin_budget: spinning no more
+ *   than the share of its waiting time that its pools set).
  */
 #include "config.h"
 
@@ -378,6 +380,11 @@ static bool spin_for_completions(bt_loop *loop)
         loop->spin_since = now;
     else if (now - loop->spin_since >= SPIN_PASS_NS)
         return false;
+    if (!bt__spin_pays(&loop->spin_budget, loop->spin_share, loop->spin_ns)) {
+        loop->wait_since = now; /* all of this wait in libevent */
+        loop->wait_spun = 0;
+        return false;
+    }
     atomic_store(&loop->wake_wanted, 0);
     uint64_t deadline = now + loop->spin_ns;
     unsigned i = 0;
@@ -391,8 +398,13 @@ static bool spin_for_completions(bt_loop *loop)
     /* Going back to libevent, which may sleep: producers must wake us from
      * now on. Then look again: see the DESIGN note on wakeups. */
     atomic_store(&loop->wake_wanted, 1);
-    if (!inbox_busy(loop))
+    uint64_t spun = bt_hrtime() - now;
+    if (!inbox_busy(loop)) {
+        loop->wait_since = now; /* the rest of the wait in libevent */
+        loop->wait_spun = spun;
         return false;
+    }
+    bt__spin_account(&loop->spin_budget, spun, spun);
     inbox_drain(loop);
     loop->stats.spin_hits++;
     loop->spin_streak++;
@@ -420,6 +432,10 @@ static int run_impl(bt_loop *loop, bt_future *until)
         loop->spin_streak = 0;
         if (event_base_loop(loop->base, EVLOOP_ONCE) < 0)
             break;
+        if (loop->wait_since != 0) { /* a wait for completions ended */
+            bt__spin_account(&loop->spin_budget, loop->wait_spun, bt_hrtime() - loop->wait_since);
+            loop->wait_since = 0;
+        }
     }
     loop->running = false;
     atomic_store(&loop->stop_requested, false);

@@ -1,14 +1,17 @@
-/* Jobs: what a job function may call, and a job's life on the loop side
- * (the per-thread job cache, settling its future, cancelling it). See the
- * DESIGN comment in pool.c for how the pieces fit. */
+/* Jobs: a job's whole life, from the block it is made in to its future
+ * settling: what a job function may call, the per-thread job cache, the
+ * run on a worker, the trip back to its loop, settling, cancelling and
+ * abandoning. It knows nothing of lanes, workers or attachments: pool.c
+ * and submit.c call down into it (see the DESIGN comment in pool.c). */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "pool-internal.h"
+#include "job-internal.h"
 
 /* Under AddressSanitizer, a block waiting in the cache is poisoned: a
  * future used (or unreferenced a second time) after its last reference
@@ -61,18 +64,39 @@ BT_EXPORT int bt_job_fail(bt_job *job, int code, const char *fmt, ...)
     return code;
 }
 
-BT_EXPORT bool bt_job_cancelled(const bt_job *job)
-{
-    if (job == NULL)
-        return false;
-    return atomic_load_explicit(&job->cancelled, memory_order_relaxed) ||
-           atomic_load_explicit(&job->att->closing, memory_order_relaxed) ||
-           atomic_load_explicit(&job->pool->shutdown, memory_order_relaxed);
-}
-
 BT_EXPORT bt_loop *bt_job_loop(const bt_job *job)
 {
-    return job ? job->fut.loop : NULL;
+    return job != NULL ? job->fut.loop : NULL;
+}
+
+/* ---- The run, on a worker --------------------------------------------------- */
+
+static _Thread_local bt_job *current_job; /* running on this thread */
+
+bt_job *bt__job_current(void)
+{
+    return current_job;
+}
+
+bool bt__job_run(bt_job *job, bool skip)
+{
+    if (skip) {
+        job->skipped = true;
+    } else {
+        current_job = job;
+        atomic_store_explicit(&job->in_fn, true, memory_order_relaxed);
+        int rc = job->fn(job, job->arg);
+        atomic_store_explicit(&job->in_fn, false, memory_order_relaxed);
+        current_job = NULL;
+        if (rc > 0)
+            rc = BT_EJOB;
+        if (rc < 0 && job->code == 0)
+            job->code = rc; /* failed without bt_job_fail */
+        else if (rc == 0)
+            job->code = 0; /* success wins over an earlier bt_job_fail */
+    }
+    bt__job_drop_arg(job); /* the job is done with it */
+    return !skip;
 }
 
 /* ---- Jobs on the loop side ----------------------------------------------- */
@@ -329,68 +353,41 @@ static void job_settle(bt_job *job, bool now)
 }
 
 /* The completion task: runs on the loop thread, from the inbox. */
-void bt__job_complete(bt__task *t)
+static void job_complete(bt__task *t)
 {
     job_settle((bt_job *)t, true);
 }
 
-/* A job that leaves before it ran. */
+/* Back on its loop: the completion task runs from the loop's inbox. */
+int bt__job_send_back(bt_job *job)
+{
+    job->task.run = job_complete;
+    return bt__loop_push(job->fut.loop, &job->task);
+}
+
 void bt__job_cancel_now(bt_job *job)
 {
     job->skipped = true;
-    atomic_fetch_add_explicit(&job->pool->lane[job->lane].cancelled, 1, memory_order_relaxed);
     job_settle(job, false);
 }
 
-void bt__queue_remove(bt__lane *lane, bt_job *job)
-{
-    job->batch->job[job->slot] = NULL; /* workers skip the slot */
-    job->where = JOB_DONE;
-    atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
-}
-
-/* The future's cancel hook (loop thread): a job still in its batch or in
- * the queue leaves now; a running one sees its flag, and if it can be
- * abandoned (it holds no memory of the caller's: no arg, or one the pool
- * owns) its future settles now, cancelled, with a message that says the
- * job goes on. The job keeps its reference on the block until it returns
+/* The future settles now, cancelled, with a message that says the job
+ * goes on. The job keeps its reference on the block until it returns
  * (job_settle then finds the future settled and destroys what it left),
- * so the worker never writes into freed memory. */
-void bt__job_on_cancel(bt_future *f, void *arg)
+ * so the worker never writes into freed memory. Its completion may
+ * already be in the loop's inbox: it is abandoned all the same, having
+ * ended a moment ago. */
+bool bt__job_abandon(bt_job *job)
 {
-    bt_job *job = arg;
-    atomic_store_explicit(&job->cancelled, true, memory_order_relaxed);
-    /* bt_loop_free, after its closers: every job of the loop has come back
-     * or was abandoned at the shutdown deadline (counted then), and the
-     * pool may be gone; the loop settles the future itself. */
-    if (f->loop->closing)
-        return;
-    bt__lane *lane = &job->pool->lane[job->lane];
-    if (job->in_batch) { /* not handed over: the loop's own */
-        job->in_batch = false;
-        job->batch->job[job->slot] = NULL;
-        bt__job_cancel_now(job);
-        return;
+    bt_future *f = &job->fut;
+    if (!job->abandonable || bt_future_is_settled(f))
+        return false;
+    /* The loop spins for expected completions: not for this one. */
+    if (job->expected) {
+        job->expected = false;
+        bt__loop_expect(f->loop, -1);
     }
-    pthread_mutex_lock(&lane->mu);
-    bt__lane_splice(lane); /* the job may still be on the incoming stack */
-    bool queued = job->where == JOB_QUEUED;
-    bool running = job->where == JOB_RUNNING;
-    if (queued)
-        bt__queue_remove(lane, job);
-    pthread_mutex_unlock(&lane->mu);
-    if (queued) {
-        bt__job_cancel_now(job);
-    } else if (running && job->abandonable && !bt_future_is_settled(f)) {
-        /* Its completion may already be in the loop's inbox: then it is
-         * counted here all the same, having ended a moment ago. */
-        atomic_fetch_add_explicit(&lane->abandoned, 1, memory_order_relaxed);
-        /* The loop spins for expected completions: not for this one. */
-        if (job->expected) {
-            job->expected = false;
-            bt__loop_expect(f->loop, -1);
-        }
-        bt__future_settle(f, BT_FUTURE_CANCELLED, NULL, NULL, BT_ECANCELED,
-                          bt_strdup(BT__JOB_ABANDONED_MSG));
-    }
+    bt__future_settle(f, BT_FUTURE_CANCELLED, NULL, NULL, BT_ECANCELED,
+                      bt_strdup(BT__JOB_ABANDONED_MSG));
+    return true;
 }

@@ -10,17 +10,11 @@
 #include <baton/pool.h>
 
 #include "future-internal.h"
+#include "job-internal.h"
 #include "loop-internal.h"
 
-typedef struct bt__attach bt__attach;
 typedef struct bt__worker bt__worker;
 typedef struct bt__lane bt__lane;
-
-/* Where a job is; changed under its lane's lock, except BATCH -> QUEUED,
- * which only the loop thread does before the hand-over publishes the job
- * (the loop is the only reader of BATCH). QUEUED: on the lane's incoming
- * stack or in its queue. */
-enum { JOB_BATCH = 1, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
 
 /* How many jobs a loop hands over at once, at most. */
 #define BT__BATCH_MAX 64
@@ -30,7 +24,6 @@ enum { JOB_BATCH = 1, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
  * compare-and-swap. Workers take slices of it under the lane's lock; an
  * array rather than a list, so a worker starts loading all the jobs it
  * took at once instead of one miss after another. */
-typedef struct bt__batch bt__batch;
 struct bt__batch {
     bt__batch *next;            /* on the incoming stack, in the queue, or
                                  free */
@@ -41,60 +34,6 @@ struct bt__batch {
     unsigned first;             /* the first slot not yet taken (lane lock) */
     bt_job *job[BT__BATCH_MAX]; /* NULL: cancelled while waiting */
 };
-
-struct bt_job {
-    /* Aligned so that the block's size rounds up to whole 16-byte vectors
-     * (job_block_zero in job.c). */
-    _Alignas(16) bt__task task; /* the admit task, then the completion task
-                                 (its link lists jobs being cancelled) */
-    bt__batch *batch;           /* the hand-over it came in, job->batch->job[slot];
-                                 valid while in_batch or QUEUED */
-    bt_pool *pool;
-    bt__attach *att; /* the (pool, loop) record; alive while queued
-                                 or running (the closer waits for it) */
-    bt_job_fn fn;
-    void *arg;
-    /* Set when the pool owns arg (bt_pool_submit_owned): called once the
-     * job has returned or will never run; NULL once called. */
-    bt_destroy_fn arg_free;
-    union {
-        struct { /* what the job left, for its future */
-            void *value;
-            bt_destroy_fn dtor;
-        };
-        struct { /* bt_pool_submit_from's callback, until
-                                 the job reaches its loop */
-            bt_future_cb done;
-            void *done_arg;
-        };
-    };
-    char *message;
-    int code;
-    unsigned char where;
-    unsigned char lane; /* bt_lane */
-    unsigned char slot;
-    bool skipped;  /* never ran: settles as cancelled */
-    bool in_batch; /* in att's batch (loop thread only) */
-    bool expected; /* counted in the loop's `expected` */
-    /* Its future may settle (cancelled) while it runs: it has no arg, or
-     * the pool owns its arg. A job with a borrowed arg is waited for. */
-    bool abandonable;
-    _Atomic bool cancelled;
-    /* The job's future lives in the same block: one allocation per job,
-     * and the completion finds both in the cache together. Its loop is
-     * the job's loop (set before the future starts, for a job submitted
-     * from another thread). The block is given back when the future's
-     * last reference goes (the job holds one until it settles), so the
-     * future may outlive the job's run. Conversely a cancelled job that
-     * is abandoned (its future settled while it runs) keeps the block
-     * alive through that same reference until it returns. At most
-     * 112 + 144 bytes: four cache lines, the block aligned on one. */
-    bt_future fut;
-};
-
-/* The job block's promise: four cache lines (job.c aligns each block on
- * one). A field added beyond that costs a fifth line per job. */
-_Static_assert(sizeof(bt_job) == 256, "a job block is four cache lines");
 
 /* One per (pool, loop): the loop's unflushed batches and its closer. Loop
  * thread only, except the atomics at its end (read by workers).
@@ -170,12 +109,17 @@ struct bt__lane {
     unsigned target;           /* CPU: the size; blocking: the cap */
     _Atomic unsigned sleepers; /* in cond_wait */
     _Atomic unsigned spinners; /* lingering before sleep */
+    /* Whether lingering pays (worker_wait): the lingerer's, lock held. */
+    bt__spin_budget spin_budget;
     unsigned next_index;
     _Atomic bool stop;
     bt__worker *workers;
     /* Totals of retired workers and of loop-side events. */
     uint64_t submitted;
     _Atomic uint64_t rejected, cancelled, abandoned;
+    /* Of `cancelled`, those cancelled in their loop's batch, before the
+     * hand-over counted them in `submitted`: stats adds them there. */
+    _Atomic uint64_t cancelled_unsent;
     bt__worker_totals retired_totals;
     uint64_t started, retired;
     bt_lane id;
@@ -197,7 +141,8 @@ struct bt_pool {
     _Atomic long closers_waiting;
 };
 
-/* pool.c */
+/* pool.c: pools, lanes, workers, attachments' last counts, stats, the
+ * default pool. */
 void bt__pool_ref(bt_pool *pool);
 void bt__pool_unref(bt_pool *pool);
 const char *bt__lane_name(bt_lane lane);
@@ -210,47 +155,27 @@ unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
  * oldest first. Lane lock held: every look at the queue under the lock
  * starts with it. */
 void bt__lane_splice(bt__lane *lane);
+/* A queued job leaves its hand-over (lane lock held, after a splice). */
+void bt__lane_remove(bt__lane *lane, bt_job *job);
+/* A job leaves before it ran: counted in the lane's `cancelled` (and, if
+ * it was never handed over, in `submitted` too), settled cancelled. Loop
+ * thread. */
+void bt__lane_job_cancelled(bt__lane *lane, bt_job *job, bool handed_over);
 /* Send the lane's queued jobs back to their loops, cancelled (any
  * thread; lock not held). */
 void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane);
-
-/* job.c: making, settling and cancelling jobs. Loop thread unless said. */
-bt_job *bt__job_alloc(void); /* any thread */
-/* Start the job's own future (job->fut) on loop, with three references:
- * the caller's, the loop's and the job's (job->future). NULL if the loop
- * is closing. From then on the block belongs to the future. */
-bt_future *bt__job_future_init(bt_job *job, bt_loop *loop);
-void bt__job_release(bt_job *job);    /* the block's memory: into this
-                                       thread's cache, or freed */
-void bt__job_free(bt_job *job);       /* destroys value, drops the job's
-                                       reference on its future; any thread */
-void bt__job_complete(bt__task *t);   /* the completion task */
-void bt__job_cancel_now(bt_job *job); /* never ran: cancelled */
-/* A hand-over for att's next batch (reused when one came back), or NULL;
- * give one back with bt__batch_put. Loop thread. */
-bt__batch *bt__batch_get(bt__attach *att);
-void bt__batch_put(bt__attach *att, bt__batch *b);
-
-/* A queued job leaves its hand-over (lane lock held, after a splice). */
-void bt__queue_remove(bt__lane *lane, bt_job *job);
-void bt__job_on_cancel(bt_future *f, void *arg); /* the future's hook */
-
-/* submit.c */
-void bt__pool_forget_default(bt_pool *pool);
+/* A job's future's cancel hook (loop thread): out of its batch or queue,
+ * or its flag raised, and abandoned if it can be. */
+void bt__lane_on_cancel(bt_future *f, void *arg);
 /* Let go of n of att's `running` counts; the last one frees att. Any
  * thread. */
 void bt__attach_release(bt__attach *att, long n);
 
-/* job.c, continued */
-/* The pool owns the job's arg: free it now (once). The thread that holds
- * the job: its worker, or the loop once the job came back. */
-void bt__job_drop_arg(bt_job *job);
-/* The job ended after its loop's closer abandoned it: destroy what it
- * left and drop its reference on its future, on the worker thread,
- * without touching the loop. */
-void bt__job_drop_abandoned(bt_job *job);
-/* The message of a future whose job was abandoned on cancel. */
-#define BT__JOB_ABANDONED_MSG "cancelled; the job is still running on the pool"
+/* submit.c: the loop side (attachments, batches, closers, submission). */
+/* A hand-over for att's next batch (reused when one came back), or NULL;
+ * give one back with bt__batch_put. Loop thread. */
+bt__batch *bt__batch_get(bt__attach *att);
+void bt__batch_put(bt__attach *att, bt__batch *b);
 
 /* For the bridge: is the calling thread running a job, and has that job
  * been cancelled (its future, its loop or its pool shutting down)? */

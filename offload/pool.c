@@ -27,7 +27,9 @@
  *   batches go back to their loop's attach for reuse. Out of work, one
  *   worker per lane lingers (spins on `depth`) for linger_ns before it
  *   sleeps on the condvar, so a loop that submits one job at a time finds
- *   it awake; the others sleep at once. A worker that takes jobs and
+ *   it awake, but only while lingering pays (the lane's spin budget:
+ *   recent gaps between jobs shorter than the linger, and spinning no
+ *   more than spin_share% of its waits); the others sleep at once. A worker that takes jobs and
  *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
  *   sleep counts itself in `sleepers`, then looks at the stack once more;
  *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
@@ -35,7 +37,9 @@
  *   workers run at a higher nice value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
- *   completion instead of sleeping in epoll. The completion task settles
+ *   completion instead of sleeping in epoll, within its own spin budget
+ *   (the largest spin_share of the pools it submits to; see
+ *   bt__spin_budget in loop-internal.h). The completion task settles
  *   the future and runs its callbacks at once. The job and its future are
  *   one 256-byte block (job->fut): it goes back to the job cache of the
  *   thread that drops the future's last reference (a loop thread, as a
@@ -49,9 +53,16 @@
  * - Locks: a lane's mutex, then pool->mu; never two lanes at once. A worker
  *   never holds a lock while it runs a job or pushes a completion.
  *
- * Files: pool.c (this one: pools, lanes, workers, stats), job.c (a job's
- * life on the loop side: cache, settling, cancellation), submit.c (the
- * loop side: attachments, batches, closers, submission, the default pool).
+ * Files, and the one direction of their calls: submit.c -> pool.c ->
+ * job.c. job.c (with job-internal.h) owns a job's whole life: its block
+ * and the per-thread cache, its run, its trip back to the loop, settling,
+ * cancelling and abandoning; it knows nothing of lanes or attachments.
+ * pool.c (this one, with pool-internal.h) owns pools, lanes and workers:
+ * where a job is (batch, queue, running) and the lane's counters, the
+ * cancel hook that asks the lane where a job is before job.c settles it,
+ * the attachments' last counts, stats and the default pool. submit.c is
+ * the public submission API on top: attachments, batches and their
+ * hand-over, closers, bt_pool_submit and the one-liners.
  */
 #include "config.h"
 
@@ -84,7 +95,8 @@ _Static_assert((LINGER_CLOCK_EVERY & (LINGER_CLOCK_EVERY - 1)) == 0, "a power of
 #define DEFAULT_SHUTDOWN_MS 5000
 
 static _Thread_local bt__worker *current_worker;
-static _Thread_local bt_job *current_job; /* running on this worker */
+
+static void default_forget(bt_pool *pool);
 
 /* ---- Small helpers ------------------------------------------------------ */
 
@@ -130,14 +142,27 @@ const char *bt__lane_name(bt_lane lane)
     return lane == BT_LANE_CPU ? "cpu" : "blocking";
 }
 
+/* Inside a job: its own flag, its loop's closer and its pool's shutdown
+ * all ask it to stop. Here rather than in job.c: the last two are the
+ * pool's and the attachment's, which job.c does not see. */
+BT_EXPORT bool bt_job_cancelled(const bt_job *job)
+{
+    if (job == NULL)
+        return false;
+    return atomic_load_explicit(&job->cancelled, memory_order_relaxed) ||
+           atomic_load_explicit(&job->att->closing, memory_order_relaxed) ||
+           atomic_load_explicit(&job->pool->shutdown, memory_order_relaxed);
+}
+
 bool bt__pool_current_job_cancelled(void)
 {
-    return current_job && bt_job_cancelled(current_job);
+    bt_job *job = bt__job_current();
+    return job != NULL && bt_job_cancelled(job);
 }
 
 bool bt__pool_in_job(void)
 {
-    return current_job != NULL;
+    return bt__job_current() != NULL;
 }
 
 /* ---- Workers ------------------------------------------------------------- */
@@ -277,6 +302,16 @@ static size_t lane_take(bt__lane *lane, size_t k, bt_job **jobs, uint64_t *submi
     return n;
 }
 
+/* Free a list of hand-overs. */
+static void batch_list_free(bt__batch *b)
+{
+    while (b) {
+        bt__batch *next = b->next;
+        bt_free(b);
+        b = next;
+    }
+}
+
 /* Give spent hand-overs back to their attaches' loops, for reuse. */
 static void batches_return(bt__batch *b)
 {
@@ -377,21 +412,7 @@ static void worker_account_time(bt__worker *w, uint64_t qns, uint64_t run, bool 
  * ran; sets *failed. */
 static bool worker_exec(bt_job *job, bool *failed)
 {
-    bool ran = !bt_job_cancelled(job);
-    if (ran) {
-        current_job = job;
-        int rc = job->fn(job, job->arg);
-        current_job = NULL;
-        if (rc > 0)
-            rc = BT_EJOB;
-        if (rc < 0 && job->code == 0)
-            job->code = rc; /* failed without bt_job_fail */
-        else if (rc == 0)
-            job->code = 0; /* success wins over an earlier bt_job_fail */
-    } else {
-        job->skipped = true;
-    }
-    bt__job_drop_arg(job); /* the job is done with it */
+    bool ran = bt__job_run(job, bt_job_cancelled(job));
     *failed = ran && job->code != 0;
     return ran;
 }
@@ -419,8 +440,7 @@ static void worker_push(bt__worker *w, bt_job *job)
         bt__job_drop_abandoned(job);
         return;
     }
-    job->task.run = bt__job_complete;
-    if (bt__loop_push(job->fut.loop, &job->task) != 0) {
+    if (bt__job_send_back(job) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
          * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
@@ -494,6 +514,165 @@ static bool worker_should_retire(bt__lane *lane)
     return lane->stop || lane->threads > lane->target;
 }
 
+/* Linger: spin on the queue's depth, without the lock, until a job is
+ * handed over or linger_ns pass, so that a loop submitting one job at a
+ * time finds a worker awake (a wakeup through the condvar costs tens of
+ * microseconds; see docs/offload.md). Counted in `spinners`, so that
+ * loops skip the wakeup while we look. Lane lock held on entry and on
+ * return. */
+static void worker_linger(bt__lane *lane, uint64_t linger_ns)
+{
+    atomic_fetch_add(&lane->spinners, 1);
+    pthread_mutex_unlock(&lane->mu);
+    uint64_t deadline = bt_hrtime() + linger_ns;
+    unsigned i = 0;
+    while (atomic_load_explicit(&lane->depth, memory_order_relaxed) == 0) {
+        if ((++i & (LINGER_CLOCK_EVERY - 1)) == 0 && bt_hrtime() >= deadline)
+            break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    pthread_mutex_lock(&lane->mu);
+    atomic_fetch_sub(&lane->spinners, 1);
+}
+
+/* A lingerer's wait ended with jobs queued (lane lock held): account it
+ * to the lane's spin budget, and how long after it began the oldest batch
+ * was handed over (the gap, without the time it took to wake us). */
+static void worker_wait_account(bt__lane *lane, uint64_t t0, uint64_t spun)
+{
+    uint64_t now = bt_hrtime();
+    uint64_t handed = lane->head->t_submit;
+    bt__spin_account(&lane->spin_budget, spun, now - t0);
+    bt__spin_gap(&lane->spin_budget, handed > t0 ? handed - t0 : 0);
+}
+
+/* The wait step: until the lane's queue has jobs for this worker (true)
+ * or the worker must retire (false: the lane stops or shrank, or a
+ * blocking worker was idle too long). One worker per lane lingers first,
+ * the others sleep at once: on a machine with few cores, spinners would
+ * take the CPU that the loop thread (the one submitting) needs. Lane
+ * lock held on entry and on return. */
+static bool worker_wait(bt__worker *w)
+{
+    bt__lane *lane = w->lane;
+    bt_pool *pool = w->pool;
+    /* A wait of the lane's lingerer, timed for its spin budget: when it
+     * began (0: not one), and how long it spun. */
+    uint64_t t0 = 0, spun = 0;
+    for (;;) {
+        bt__lane_splice(lane);
+        if (lane->head != NULL) {
+            if (t0 != 0)
+                worker_wait_account(lane, t0, spun);
+            /* shrunk: leave the jobs to the others */
+            return !(lane->threads > lane->target && !lane->stop);
+        }
+        if (worker_should_retire(lane))
+            return false;
+        if (pool->linger_ns && atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
+            uint64_t now = bt_hrtime();
+            if (t0 == 0)
+                t0 = now;
+            if (bt__spin_pays(&lane->spin_budget, pool->cfg.spin_share, pool->linger_ns)) {
+                worker_linger(lane, pool->linger_ns);
+                spun += bt_hrtime() - now;
+                bt__lane_splice(lane);
+                if (lane->head != NULL)
+                    continue;
+                if (worker_should_retire(lane))
+                    return false;
+            }
+        }
+        /* Count ourselves asleep, then look once more: a loop that handed
+         * a batch over without the lock and saw no sleeper left it for us
+         * to find here. */
+        lane->sleepers++;
+        bt__lane_splice(lane);
+        if (lane->head != NULL) {
+            lane->sleepers--;
+            continue;
+        }
+        if (lane->id == BT_LANE_BLOCKING) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t ns = (uint64_t)ts.tv_nsec + pool->idle_ns;
+            ts.tv_sec += (time_t)(ns / 1000000000u);
+            ts.tv_nsec = (long)(ns % 1000000000u);
+            int rc = pthread_cond_timedwait(&lane->cv, &lane->mu, &ts);
+            lane->sleepers--;
+            bt__lane_splice(lane);
+            if (rc == ETIMEDOUT && lane->head == NULL)
+                return false; /* idle too long: retire */
+        } else {
+            pthread_cond_wait(&lane->cv, &lane->mu);
+            lane->sleepers--;
+        }
+    }
+}
+
+/* What a worker took from the queue in one take step. */
+typedef struct {
+    size_t n;
+    bt_job *job[TAKE_MAX];
+    bt__attach *att[TAKE_MAX];    /* each job's, for worker_release */
+    uint64_t submitted[TAKE_MAX]; /* when each was handed over */
+    bt__batch *spent, *dead;      /* hand-overs to give back, to free */
+} worker_take_t;
+
+/* The take step: a share of the queue, a quarter of ours (1 when the
+ * queue is short, so the tail of a burst spreads evenly; always 1 on the
+ * blocking lane, whose jobs are long), each job marked running and
+ * counted in its attach (under the lock, where a closer looks for its
+ * jobs). A worker that leaves jobs behind wakes a sleeper: the loop did
+ * not, as a worker was awake. Lane lock held, and the queue not empty. */
+static void worker_take(bt__worker *w, worker_take_t *t)
+{
+    bt__lane *lane = w->lane;
+    size_t depth = atomic_load_explicit(&lane->depth, memory_order_relaxed);
+    size_t k = depth / ((size_t)lane->threads * 4);
+    if (k < 1)
+        k = 1;
+    if (k > TAKE_MAX || lane->id == BT_LANE_BLOCKING)
+        k = lane->id == BT_LANE_BLOCKING ? 1 : TAKE_MAX;
+    t->spent = t->dead = NULL;
+    size_t n = lane_take(lane, k, t->job, t->submitted, &t->spent, &t->dead);
+    for (size_t i = 0; i < n; i++) {
+        t->job[i]->where = JOB_RUNNING;
+        t->att[i] = t->job[i]->att;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && t->att[j] == t->att[i])
+            j++;
+        atomic_fetch_add_explicit(&t->att[i]->running, (long)(j - i), memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->att[i]->lane_running[lane->id], (long)(j - i),
+                                  memory_order_relaxed);
+        i = j;
+    }
+    atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
+    atomic_store_explicit(&w->busy, true, memory_order_relaxed);
+    /* Another worker may be asleep with jobs left: pass the baton on. */
+    if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
+        pthread_cond_signal(&lane->cv);
+    t->n = n;
+}
+
+/* The run step, without the lock: give the spent hand-overs back, run
+ * the jobs taken, send each back to its loop, let go of their attaches. */
+static void worker_run(bt__worker *w, worker_take_t *t)
+{
+    batches_return(t->spent);
+    batch_list_free(t->dead);
+    if (t->n) { /* 0: only cancelled slots were left */
+        worker_run_batch(w, t->job, t->submitted, t->n);
+        worker_release(w->pool, w->lane->id, t->att, t->n);
+    }
+    atomic_store_explicit(&w->busy, false, memory_order_relaxed);
+}
+
+/* A worker: wait, take, run, until it must retire. */
 static void *worker_main(void *arg)
 {
     bt__worker *w = arg;
@@ -501,110 +680,13 @@ static void *worker_main(void *arg)
     bt_pool *pool = w->pool;
     current_worker = w;
     worker_set_name(pool, w);
-    bt_job *local[TAKE_MAX];
-    bt__attach *atts[TAKE_MAX];
-    uint64_t submitted[TAKE_MAX];
+    worker_take_t took;
 
     pthread_mutex_lock(&lane->mu);
-    for (;;) {
-        bt__lane_splice(lane);
-        if (lane->head == NULL) {
-            if (worker_should_retire(lane))
-                break;
-            /* Linger: spin on the queue length before sleeping, so a loop
-             * that submits one job at a time finds a worker awake. One
-             * worker per lane lingers, the others sleep at once: on a
-             * machine with few cores, spinners would take the CPU that
-             * the loop thread (the one submitting) needs. */
-            if (pool->linger_ns &&
-                atomic_load_explicit(&lane->spinners, memory_order_relaxed) == 0) {
-                atomic_fetch_add(&lane->spinners, 1);
-                pthread_mutex_unlock(&lane->mu);
-                uint64_t deadline = bt_hrtime() + pool->linger_ns;
-                unsigned i = 0;
-                while (atomic_load_explicit(&lane->depth, memory_order_relaxed) == 0) {
-                    if ((++i & (LINGER_CLOCK_EVERY - 1)) == 0 && bt_hrtime() >= deadline)
-                        break;
-#if defined(__x86_64__) || defined(__i386__)
-                    __builtin_ia32_pause();
-#endif
-                }
-                pthread_mutex_lock(&lane->mu);
-                atomic_fetch_sub(&lane->spinners, 1);
-                bt__lane_splice(lane);
-                if (lane->head)
-                    continue;
-                if (worker_should_retire(lane))
-                    break;
-            }
-            /* Count ourselves asleep, then look once more: a loop that
-             * handed a batch over without the lock and saw no sleeper
-             * left it for us to find here. */
-            lane->sleepers++;
-            bt__lane_splice(lane);
-            if (lane->head) {
-                lane->sleepers--;
-                continue;
-            }
-            if (lane->id == BT_LANE_BLOCKING) {
-                struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                uint64_t ns = (uint64_t)ts.tv_nsec + pool->idle_ns;
-                ts.tv_sec += (time_t)(ns / 1000000000u);
-                ts.tv_nsec = (long)(ns % 1000000000u);
-                int rc = pthread_cond_timedwait(&lane->cv, &lane->mu, &ts);
-                lane->sleepers--;
-                bt__lane_splice(lane);
-                if (rc == ETIMEDOUT && lane->head == NULL)
-                    break; /* idle too long: retire */
-            } else {
-                pthread_cond_wait(&lane->cv, &lane->mu);
-                lane->sleepers--;
-            }
-            continue;
-        }
-        if (lane->threads > lane->target && !lane->stop)
-            break; /* shrunk: leave the jobs to the others */
-        /* Take a share: a quarter of ours, 1 when the queue is short. */
-        size_t depth = atomic_load_explicit(&lane->depth, memory_order_relaxed);
-        size_t k = depth / ((size_t)lane->threads * 4);
-        if (k < 1)
-            k = 1;
-        if (k > TAKE_MAX || lane->id == BT_LANE_BLOCKING)
-            k = lane->id == BT_LANE_BLOCKING ? 1 : TAKE_MAX;
-        bt__batch *spent = NULL, *dead = NULL;
-        size_t n = lane_take(lane, k, local, submitted, &spent, &dead);
-        for (size_t i = 0; i < n; i++) {
-            local[i]->where = JOB_RUNNING;
-            atts[i] = local[i]->att;
-        }
-        /* Counted under the lock, where a closer looks for its jobs. */
-        for (size_t i = 0; i < n;) {
-            size_t j = i + 1;
-            while (j < n && atts[j] == atts[i])
-                j++;
-            atomic_fetch_add_explicit(&atts[i]->running, (long)(j - i), memory_order_relaxed);
-            atomic_fetch_add_explicit(&atts[i]->lane_running[lane->id], (long)(j - i),
-                                      memory_order_relaxed);
-            i = j;
-        }
-        atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
-        atomic_store_explicit(&w->busy, true, memory_order_relaxed);
-        /* Another worker may be asleep with jobs left: pass the baton on. */
-        if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
-            pthread_cond_signal(&lane->cv);
+    while (worker_wait(w)) {
+        worker_take(w, &took);
         pthread_mutex_unlock(&lane->mu);
-        batches_return(spent);
-        while (dead) {
-            bt__batch *next = dead->next;
-            bt_free(dead);
-            dead = next;
-        }
-        if (n) { /* 0: only cancelled slots were left */
-            worker_run_batch(w, local, submitted, n);
-            worker_release(pool, lane->id, atts, n);
-        }
-        atomic_store_explicit(&w->busy, false, memory_order_relaxed);
+        worker_run(w, &took);
         pthread_mutex_lock(&lane->mu);
     }
     lane->threads--;
@@ -646,6 +728,7 @@ BT_EXPORT void bt_pool_config_init_size(bt_pool_config *cfg, size_t size)
     d.name = "bt";
     d.cpu_nice = DEFAULT_CPU_NICE;
     d.shutdown_ms = DEFAULT_SHUTDOWN_MS;
+    d.spin_share = BT_POOL_SPIN_DEFAULT;
     memset(cfg, 0, size); /* fields a newer header has: zero, "default" */
     bt__sized_write(cfg, size, &d, sizeof d);
 }
@@ -681,6 +764,10 @@ static void config_fill(bt_pool_config *out, const bt_pool_config *cfg)
         out->cpu_nice = 19;
     if (out->shutdown_ms == 0)
         out->shutdown_ms = d.shutdown_ms;
+    if (out->spin_share == 0)
+        out->spin_share = d.spin_share;
+    if (out->spin_share > BT_POOL_SPIN_FULL)
+        out->spin_share = BT_POOL_SPIN_FULL;
 }
 
 BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
@@ -777,11 +864,7 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
     atomic_fetch_sub(&lane->depth, n);
     atomic_fetch_add(&lane->cancelled, n);
     pthread_mutex_unlock(&lane->mu);
-    while (b) {
-        bt__batch *next = b->next;
-        bt_free(b);
-        b = next;
-    }
+    batch_list_free(b);
     /* Under pool->mu, which a closer that abandons its jobs takes after
      * raising `abandoned`: either we see the flag or it waits for us. */
     pthread_mutex_lock(&pool->mu);
@@ -789,11 +872,10 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
         bt__task *next = list->next;
         bt_job *job = (bt_job *)list;
         job->skipped = true;
-        job->task.run = bt__job_complete;
         bt__attach *att = job->att;
         if (atomic_load(&att->abandoned)) {
             bt__job_drop_abandoned(job);
-        } else if (bt__loop_push(job->fut.loop, &job->task) != 0) {
+        } else if (bt__job_send_back(job) != 0) {
             bt_log(BT_LOG_ERROR, "offload pool: a loop closed with jobs queued");
             bt__job_free(job);
         }
@@ -804,6 +886,77 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
     /* The jobs may be other loops' (this runs on a loop thread that found
      * the lane stopped, too), whose closers may wait on them. */
     wake_closers(pool);
+}
+
+/* ---- Cancelling: the lane's side ----------------------------------------------- */
+
+void bt__lane_remove(bt__lane *lane, bt_job *job)
+{
+    job->batch->job[job->slot] = NULL; /* workers skip the slot */
+    job->where = JOB_DONE;
+    atomic_fetch_sub_explicit(&lane->depth, 1, memory_order_relaxed);
+}
+
+void bt__lane_job_cancelled(bt__lane *lane, bt_job *job, bool handed_over)
+{
+    atomic_fetch_add_explicit(&lane->cancelled, 1, memory_order_relaxed);
+    if (!handed_over)
+        atomic_fetch_add_explicit(&lane->cancelled_unsent, 1, memory_order_relaxed);
+    bt__job_cancel_now(job);
+}
+
+/* The future's cancel hook (loop thread): a job still in its batch or in
+ * the queue leaves now; a running one sees its flag, and if it can be
+ * abandoned (it holds no memory of the caller's: no arg, or one the pool
+ * owns) its future settles now (bt__job_abandon). Where the job is, is the
+ * lane's to say (under its lock); what becomes of it, job.c's. */
+void bt__lane_on_cancel(bt_future *f, void *arg)
+{
+    bt_job *job = arg;
+    atomic_store_explicit(&job->cancelled, true, memory_order_relaxed);
+    /* bt_loop_free, after its closers: every job of the loop has come back
+     * or was abandoned at the shutdown deadline (counted then), and the
+     * pool may be gone; the loop settles the future itself. */
+    if (f->loop->closing)
+        return;
+    bt__lane *lane = &job->pool->lane[job->lane];
+    if (job->in_batch) { /* not handed over: the loop's own */
+        job->in_batch = false;
+        job->batch->job[job->slot] = NULL;
+        bt__lane_job_cancelled(lane, job, false);
+        return;
+    }
+    pthread_mutex_lock(&lane->mu);
+    bt__lane_splice(lane); /* the job may still be on the incoming stack */
+    bool queued = job->where == JOB_QUEUED;
+    bool running = job->where == JOB_RUNNING;
+    if (queued)
+        bt__lane_remove(lane, job);
+    pthread_mutex_unlock(&lane->mu);
+    if (queued)
+        bt__lane_job_cancelled(lane, job, true);
+    else if (running && bt__job_abandon(job))
+        atomic_fetch_add_explicit(&lane->abandoned, 1, memory_order_relaxed);
+}
+
+/* ---- Attachments' last counts ---------------------------------------------------- */
+
+/* An attach (one per pool and loop, made by submit.c) is freed by whoever
+ * lets go of its last `running` count: its loop, or the last worker that
+ * ran one of its jobs after the closer gave up waiting. Here, because
+ * workers let go of it too. */
+static void attach_free(bt__attach *att)
+{
+    batch_list_free(att->free_batches);
+    batch_list_free(atomic_load(&att->returned));
+    bt__pool_unref(att->pool);
+    bt_free(att);
+}
+
+void bt__attach_release(bt__attach *att, long n)
+{
+    if (atomic_fetch_sub_explicit(&att->running, n, memory_order_acq_rel) == n)
+        attach_free(att);
 }
 
 BT_EXPORT void bt_pool_free(bt_pool *pool)
@@ -849,7 +1002,7 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
                "offload pool freed with %ld thread%s still running a job after the %" PRIu64
                " ms shutdown deadline: left to finish on their own",
                left, left == 1 ? "" : "s", pool->shutdown_ns / 1000000u);
-    bt__pool_forget_default(pool);
+    default_forget(pool);
     bt__pool_unref(pool);
 }
 
@@ -901,7 +1054,7 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
         s->max_threads = l->target;
         s->queued = atomic_load(&l->depth);
         s->queue_max = l->queue_max;
-        s->submitted = l->submitted;
+        s->submitted = l->submitted + atomic_load(&l->cancelled_unsent);
         s->rejected = atomic_load(&l->rejected);
         s->cancelled = atomic_load(&l->cancelled);
         s->abandoned = atomic_load(&l->abandoned);
@@ -926,4 +1079,85 @@ BT_EXPORT int bt_pool_get_stats(bt_pool *pool, bt_pool_stats *out)
     }
     bt__sized_write(out, out->size, &st, sizeof st);
     return 0;
+}
+
+/* ---- The default pool -------------------------------------------------------- */
+
+static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(bt_pool *) default_pool;
+static bt_pool_config default_cfg;
+static bool default_cfg_set;
+static char default_name[12];
+
+static unsigned env_unsigned(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return 0;
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*end != '\0' || n == 0 || n > 1024) {
+        bt_log(BT_LOG_WARN, "ignoring %s=%s: want a number from 1 to 1024", name, v);
+        return 0;
+    }
+    return (unsigned)n;
+}
+
+BT_EXPORT bt_pool *bt_pool_default(void)
+{
+    bt_pool *p = atomic_load_explicit(&default_pool, memory_order_acquire);
+    if (p)
+        return p;
+    pthread_mutex_lock(&default_mu);
+    p = atomic_load_explicit(&default_pool, memory_order_relaxed);
+    if (p == NULL) {
+        bt_pool_config cfg;
+        if (default_cfg_set)
+            cfg = default_cfg;
+        else
+            cfg = BT_SIZED(bt_pool_config);
+        if (cfg.cpu_threads == 0)
+            cfg.cpu_threads = env_unsigned("BATON_CPU_THREADS");
+        if (cfg.blocking_max == 0)
+            cfg.blocking_max = env_unsigned("BATON_BLOCKING_THREADS");
+        p = bt_pool_new(&cfg);
+        atomic_store_explicit(&default_pool, p, memory_order_release);
+    }
+    pthread_mutex_unlock(&default_mu);
+    return p;
+}
+
+/* bt_pool_free: the next bt_pool_default makes a new pool. */
+static void default_forget(bt_pool *pool)
+{
+    pthread_mutex_lock(&default_mu);
+    if (atomic_load(&default_pool) == pool)
+        atomic_store(&default_pool, NULL);
+    pthread_mutex_unlock(&default_mu);
+}
+
+BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
+{
+    if (cfg == NULL)
+        return BT_EINVAL;
+    if (bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms),
+                        "bt_pool_default_configure", "bt_pool_config",
+                        "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
+        return BT_EINVAL;
+    pthread_mutex_lock(&default_mu);
+    int rc = 0;
+    if (atomic_load(&default_pool)) {
+        rc = BT_EBUSY;
+    } else {
+        /* Zeros mean "default": the fields an older caller lacks stay 0. */
+        default_cfg = (bt_pool_config){ 0 };
+        bt__sized_read(&default_cfg, sizeof default_cfg, cfg, cfg->size);
+        if (cfg->name) {
+            snprintf(default_name, sizeof default_name, "%s", cfg->name);
+            default_cfg.name = default_name;
+        }
+        default_cfg_set = true;
+    }
+    pthread_mutex_unlock(&default_mu);
+    return rc;
 }

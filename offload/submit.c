@@ -26,31 +26,27 @@ static void lane_flush(bt__attach *att, bt_lane l);
 
 #define FREE_BATCHES_MAX 256 /* kept for reuse per attach: 16,384 jobs */
 
-static void batch_list_free(bt__batch *b)
+/* Keep a spent hand-over for the next batch, up to FREE_BATCHES_MAX. */
+static void batch_put(bt__attach *att, bt__batch *b)
 {
-    while (b) {
-        bt__batch *next = b->next;
+    if (att->free_n >= FREE_BATCHES_MAX) {
         bt_free(b);
-        b = next;
+        return;
     }
+    b->next = att->free_batches;
+    att->free_batches = b;
+    att->free_n++;
 }
 
-static void attach_free(bt__attach *att)
-{
-    batch_list_free(att->free_batches);
-    batch_list_free(atomic_load(&att->returned));
-    bt__pool_unref(att->pool);
-    bt_free(att);
-}
-
-bt__batch *bt__batch_get(bt__attach *att)
+/* A hand-over for att's next batch (reused when one came back), or NULL. */
+static bt__batch *batch_get(bt__attach *att)
 {
     if (att->free_batches == NULL) {
         /* Take all the workers gave back since the last time at once. */
         bt__batch *b = atomic_exchange_explicit(&att->returned, NULL, memory_order_acquire);
         while (b) {
             bt__batch *next = b->next;
-            bt__batch_put(att, b);
+            batch_put(att, b);
             b = next;
         }
     }
@@ -64,23 +60,6 @@ bt__batch *bt__batch_get(bt__attach *att)
     b->att = att;
     b->n = b->first = 0;
     return b;
-}
-
-void bt__batch_put(bt__attach *att, bt__batch *b)
-{
-    if (att->free_n >= FREE_BATCHES_MAX) {
-        bt_free(b);
-        return;
-    }
-    b->next = att->free_batches;
-    att->free_batches = b;
-    att->free_n++;
-}
-
-void bt__attach_release(bt__attach *att, long n)
-{
-    if (atomic_fetch_sub_explicit(&att->running, n, memory_order_acq_rel) == n)
-        attach_free(att);
 }
 
 static void flush_run(bt__task *t)
@@ -114,6 +93,7 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
         bt_free(att);
         return NULL;
     }
+    bt__loop_spin_share(loop, pool->cfg.spin_share);
     bt__pool_ref(pool);
     return att;
 }
@@ -171,7 +151,7 @@ static void lane_flush(bt__attach *att, bt_lane l)
         }
     }
     if (n == 0) { /* all cancelled before the hand-over */
-        bt__batch_put(att, b);
+        batch_put(att, b);
         return;
     }
     b->live = (unsigned)n;
@@ -214,6 +194,26 @@ static bool attach_wait_running(bt__attach *att)
     return done;
 }
 
+/* Count in `abandoned` the jobs of att that are inside their function at
+ * the deadline, each once. Not all the jobs workers took (lane_running):
+ * one taken but not started is skipped later (its loop is closing) and
+ * counted cancelled then; and one abandoned on cancel was counted then
+ * (its future is settled, so it is no longer among the loop's pending
+ * ones). The loop's pending futures are walked, not the workers: a
+ * pending job's block is alive (the loop holds its future), where a
+ * worker's current job may be another loop's, freed under our feet. Loop
+ * thread; the rare path. */
+static void attach_count_abandoned(bt__attach *att)
+{
+    for (bt_future *f = att->loop->pending.head; f != NULL; f = f->pend_next) {
+        if (f->cancel_hook != bt__lane_on_cancel)
+            continue;
+        bt_job *job = f->cancel_arg;
+        if (job->att == att && atomic_load_explicit(&job->in_fn, memory_order_relaxed))
+            atomic_fetch_add(&att->pool->lane[job->lane].abandoned, 1);
+    }
+}
+
 /* The deadline passed with jobs of att still running: leave them. From
  * now on their completions are dropped by the workers (worker_push in
  * pool.c), and the last of them frees att. The loop must not return from
@@ -223,13 +223,9 @@ static void attach_abandon(bt__attach *att)
 {
     bt_pool *pool = att->pool;
     long n = 0;
-    for (int l = 0; l < BT_LANE_COUNT; l++) {
-        long k = atomic_load(&att->lane_running[l]);
-        if (k > 0) {
-            atomic_fetch_add(&pool->lane[l].abandoned, (uint64_t)k);
-            n += k;
-        }
-    }
+    for (int l = 0; l < BT_LANE_COUNT; l++)
+        n += atomic_load(&att->lane_running[l]);
+    attach_count_abandoned(att);
     atomic_store(&att->abandoned, true); /* sequentially consistent: see
                                             worker_push */
     pthread_mutex_lock(&pool->mu);       /* against bt__lane_cancel_queue */
@@ -264,11 +260,11 @@ static void attach_closer(void *arg)
         for (unsigned i = 0; b && i < b->n; i++) {
             if (b->job[i]) {
                 b->job[i]->in_batch = false;
-                bt__job_cancel_now(b->job[i]);
+                bt__lane_job_cancelled(lane, b->job[i], false);
             }
         }
         if (b)
-            bt__batch_put(att, b);
+            batch_put(att, b);
         /* Queued ones: taken out under the lock, listed through their
          * tasks (unused while queued), cancelled after. */
         bt__task *mine = NULL;
@@ -279,7 +275,7 @@ static void attach_closer(void *arg)
                 bt_job *j = q->job[i];
                 if (j == NULL || j->att != att)
                     continue;
-                bt__queue_remove(lane, j);
+                bt__lane_remove(lane, j);
                 j->task.next = mine;
                 mine = &j->task;
             }
@@ -287,7 +283,7 @@ static void attach_closer(void *arg)
         pthread_mutex_unlock(&lane->mu);
         while (mine) {
             bt__task *next = mine->next;
-            bt__job_cancel_now((bt_job *)mine);
+            bt__lane_job_cancelled(lane, (bt_job *)mine, true);
             mine = next;
         }
     }
@@ -334,7 +330,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
      * overestimates) plus this batch. */
     bt__batch *b = att->batch[l];
     if (b == NULL) {
-        b = bt__batch_get(att);
+        b = batch_get(att);
         if (b == NULL) {
             job_reject(f, BT_ENOMEM, "out of memory submitting a job");
             return;
@@ -356,7 +352,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
                    max);
         if (b->n == 0) {
             att->batch[l] = NULL;
-            bt__batch_put(att, b);
+            batch_put(att, b);
         }
         return;
     }
@@ -365,7 +361,7 @@ static void job_enqueue(bt_pool *pool, bt_loop *loop, bt_lane l, bt_job *job, bt
     job->lane = (unsigned char)l;
     job->in_batch = true;
     job->where = JOB_BATCH;
-    bt_future_on_cancel(f, bt__job_on_cancel, job);
+    bt_future_on_cancel(f, bt__lane_on_cancel, job);
     job->batch = b;
     job->slot = (unsigned char)b->n;
     b->job[b->n++] = job;
@@ -482,86 +478,6 @@ BT_EXPORT int bt_pool_submit_from(bt_pool *pool, bt_loop *loop, bt_lane lane, bt
         bt__pool_unref(pool);
         bt__job_release(job);
     }
-    return rc;
-}
-
-/* ---- The default pool -------------------------------------------------------- */
-
-static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic(bt_pool *) default_pool;
-static bt_pool_config default_cfg;
-static bool default_cfg_set;
-static char default_name[12];
-
-static unsigned env_unsigned(const char *name)
-{
-    const char *v = getenv(name);
-    if (v == NULL || *v == '\0')
-        return 0;
-    char *end;
-    unsigned long n = strtoul(v, &end, 10);
-    if (*end != '\0' || n == 0 || n > 1024) {
-        bt_log(BT_LOG_WARN, "ignoring %s=%s: want a number from 1 to 1024", name, v);
-        return 0;
-    }
-    return (unsigned)n;
-}
-
-BT_EXPORT bt_pool *bt_pool_default(void)
-{
-    bt_pool *p = atomic_load_explicit(&default_pool, memory_order_acquire);
-    if (p)
-        return p;
-    pthread_mutex_lock(&default_mu);
-    p = atomic_load_explicit(&default_pool, memory_order_relaxed);
-    if (p == NULL) {
-        bt_pool_config cfg;
-        if (default_cfg_set)
-            cfg = default_cfg;
-        else
-            cfg = BT_SIZED(bt_pool_config);
-        if (cfg.cpu_threads == 0)
-            cfg.cpu_threads = env_unsigned("BATON_CPU_THREADS");
-        if (cfg.blocking_max == 0)
-            cfg.blocking_max = env_unsigned("BATON_BLOCKING_THREADS");
-        p = bt_pool_new(&cfg);
-        atomic_store_explicit(&default_pool, p, memory_order_release);
-    }
-    pthread_mutex_unlock(&default_mu);
-    return p;
-}
-
-void bt__pool_forget_default(bt_pool *pool)
-{
-    pthread_mutex_lock(&default_mu);
-    if (atomic_load(&default_pool) == pool)
-        atomic_store(&default_pool, NULL);
-    pthread_mutex_unlock(&default_mu);
-}
-
-BT_EXPORT int bt_pool_default_configure(const bt_pool_config *cfg)
-{
-    if (cfg == NULL)
-        return BT_EINVAL;
-    if (bt__sized_check(cfg->size, BT__SIZE_V1(bt_pool_config, shutdown_ms),
-                        "bt_pool_default_configure", "bt_pool_config",
-                        "bt_pool_config_init or BT_SIZED(bt_pool_config)") != 0)
-        return BT_EINVAL;
-    pthread_mutex_lock(&default_mu);
-    int rc = 0;
-    if (atomic_load(&default_pool)) {
-        rc = BT_EBUSY;
-    } else {
-        /* Zeros mean "default": the fields an older caller lacks stay 0. */
-        default_cfg = (bt_pool_config){ 0 };
-        bt__sized_read(&default_cfg, sizeof default_cfg, cfg, cfg->size);
-        if (cfg->name) {
-            snprintf(default_name, sizeof default_name, "%s", cfg->name);
-            default_cfg.name = default_name;
-        }
-        default_cfg_set = true;
-    }
-    pthread_mutex_unlock(&default_mu);
     return rc;
 }
 

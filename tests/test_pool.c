@@ -556,6 +556,9 @@ START_TEST(cancel_queued_leaves_queue)
     bt_pool_stats st = BT_SIZED(bt_pool_stats);
     bt_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.lane[BT_LANE_CPU].cancelled, 10);
+    /* Those cancelled in the batch count as submitted too (pool.h). */
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].submitted, 11);
+    ck_assert_uint_eq(st.lane[BT_LANE_CPU].done + st.lane[BT_LANE_CPU].cancelled, 11);
     ck_assert_int_eq(atomic_load(&ran_count), 0);
     for (int i = 0; i < 10; i++)
         bt_future_unref(f[i]);
@@ -1068,6 +1071,45 @@ START_TEST(old_caller_structs_work)
 }
 END_TEST
 
+/* Issue 18: the spin budget changes when threads spin, never what runs:
+ * round trips one at a time (the ping-pong the budget is for) complete in
+ * order with every share, from never-spinning-much to the full spin. */
+static _Atomic long rt_done;
+
+static void on_round_trip(bt_future *f, void *arg)
+{
+    ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_VALUE);
+    (void)arg;
+    atomic_fetch_add(&rt_done, 1);
+}
+
+START_TEST(round_trips_with_every_spin_share)
+{
+    unsigned shares[] = { 1, BT_POOL_SPIN_DEFAULT, BT_POOL_SPIN_FULL, 1000 /* clamped */ };
+    for (size_t s = 0; s < sizeof shares / sizeof *shares; s++) {
+        bt_pool_config cfg;
+        bt_pool_config_init(&cfg);
+        cfg.cpu_threads = 1;
+        cfg.spin_share = shares[s];
+        bt_pool *p = bt_pool_new(&cfg);
+        ck_assert_ptr_nonnull(p);
+        atomic_store(&rt_done, 0);
+        for (long i = 0; i < 200; i++) {
+            bt_future *f = bt_pool_submit(p, loop, BT_LANE_CPU, square_job, (void *)(intptr_t)i);
+            bt_future_add_callback(f, on_round_trip, NULL);
+            bt_test_run_until(loop, f, 10000);
+            bt_future_unref(f);
+            ck_assert_int_eq(atomic_load(&rt_done), i + 1);
+        }
+        bt_pool_free(p);
+    }
+    turn(loop, 0);
+    for (int i = 0; i < 20000 && atomic_load(&values_alive) != 0; i++)
+        turn(loop, 1);
+    ck_assert_int_eq(atomic_load(&values_alive), 0);
+}
+END_TEST
+
 START_TEST(stats_count_time_in_queue_and_running)
 {
     bt_pool *p = small_pool(1, 0);
@@ -1381,6 +1423,83 @@ START_TEST(loop_free_abandons_blocked_job_at_deadline)
 }
 END_TEST
 
+/* The counters add up (the invariant stated in pool.h): once no job is
+ * queued or running, every submitted job is counted once in `done` or in
+ * `cancelled`, and `abandoned` counts each abandoned job once, among those
+ * done. Two ways it used to break at the shutdown deadline: a job
+ * abandoned on cancel was counted again, and a job a worker had taken but
+ * not started was counted abandoned and then cancelled when it was
+ * skipped. */
+static void assert_stats_add_up(bt_pool *p, bt_lane l, uint64_t submitted, uint64_t abandoned)
+{
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
+    ck_assert_int_eq(bt_pool_get_stats(p, &st), 0);
+    bt_lane_stats *s = &st.lane[l];
+    ck_assert_uint_eq(s->queued, 0);
+    ck_assert_uint_eq(s->submitted, submitted);
+    ck_assert_uint_eq(s->done + s->cancelled, s->submitted);
+    ck_assert_uint_eq(s->abandoned, abandoned);
+    ck_assert_uint_le(s->abandoned, s->done);
+}
+
+START_TEST(stats_add_up_after_abandon)
+{
+    hold_reset();
+    bt_pool_config cfg;
+    bt_pool_config_init(&cfg);
+    cfg.cpu_threads = 1;
+    cfg.shutdown_ms = 100;
+    bt_pool *p = bt_pool_new(&cfg);
+    ck_assert_ptr_nonnull(p);
+
+    /* 1. Abandoned on cancel, then still running at the loop's deadline. */
+    bt_loop *lp = bt_loop_new();
+    bt_future *f = bt_pool_submit_owned(p, lp, BT_LANE_BLOCKING, hold_job, NULL, NULL);
+    turn(lp, 0);
+    WAIT_FOR(atomic_load(&hold_started) == 1);
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert(bt_future_is_settled(f)); /* abandoned: settled, still running */
+    bt_future_unref(f);
+    bt_test_log_capture();
+    bt_loop_free(lp); /* its deadline passes with the job still running */
+    atomic_store(&hold_gate, 1);
+    WAIT_FOR(atomic_load(&hold_finished) == 1);
+    WAIT_FOR(atomic_load(&values_alive) == 0);
+    usleep(20000); /* the worker hands the block back after the value */
+    assert_stats_add_up(p, BT_LANE_BLOCKING, 1, 1);
+
+    /* 2. The one CPU worker takes several jobs at once from a deep queue
+     * (a quarter of its share): at the deadline one is running, the
+     * others it took have not started; they are skipped later. */
+    hold_reset();
+    enum { N = 16 };
+    lp = bt_loop_new();
+    bt_future *g[N];
+    for (int i = 0; i < N; i++)
+        g[i] = bt_pool_submit(p, lp, BT_LANE_CPU, hold_job, NULL);
+    turn(lp, 0);
+    WAIT_FOR(atomic_load(&hold_started) == 1);
+    for (int i = 0; i < N; i++)
+        bt_future_unref(g[i]);
+    bt_loop_free(lp);
+    atomic_store(&hold_gate, 1);
+    WAIT_FOR(atomic_load(&hold_finished) == 1);
+    WAIT_FOR(atomic_load(&values_alive) == 0);
+    /* Until the worker has skipped every job it took. */
+    bt_pool_stats st = BT_SIZED(bt_pool_stats);
+    for (int i = 0; i < 20000; i++) {
+        bt_pool_get_stats(p, &st);
+        if (st.lane[BT_LANE_CPU].busy == 0 &&
+            st.lane[BT_LANE_CPU].done + st.lane[BT_LANE_CPU].cancelled >= N)
+            break;
+        usleep(1000);
+    }
+    ck_assert_int_eq(atomic_load(&hold_started), 1); /* the others never ran */
+    assert_stats_add_up(p, BT_LANE_CPU, N, 1);
+    bt_pool_free(p);
+}
+END_TEST
+
 /* bt_pool_free stops waiting at the same deadline. */
 START_TEST(pool_free_gives_up_at_deadline)
 {
@@ -1501,6 +1620,8 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, owned_arg_freed_once_on_every_path);
     tcase_add_test(tc, loop_free_abandons_blocked_job_at_deadline);
     tcase_add_test(tc, pool_free_gives_up_at_deadline);
+    tcase_add_test(tc, stats_add_up_after_abandon);
+    tcase_add_test(tc, round_trips_with_every_spin_share);
     tcase_add_test(tc, stats_count_before_the_future_settles);
     tcase_add_test(tc, double_unref_is_reported);
     tcase_add_test(tc, unsized_structs_are_refused);

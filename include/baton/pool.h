@@ -142,7 +142,22 @@ typedef struct {
     uint64_t shutdown_ms;      /* how long bt_loop_free and bt_pool_free
                                    wait for running jobs before abandoning
                                    them; 0: 5000; UINT64_MAX: for ever */
+    unsigned spin_share;       /* how much of their waiting time a worker
+                                   (for jobs, up to linger_us) and a loop
+                                   (for its jobs' completions, up to
+                                   bt_loop_set_spin) may spend spinning
+                                   instead of sleeping, in percent: they
+                                   spin while it pays (short gaps between
+                                   jobs, short jobs) and within this
+                                   budget, and sleep otherwise; 0: the
+                                   default (BT_POOL_SPIN_DEFAULT);
+                                   BT_POOL_SPIN_FULL: spin every time, for
+                                   the lowest latency at up to two cores
+                                   (see docs/offload.md) */
 } bt_pool_config;
+
+#define BT_POOL_SPIN_DEFAULT 50u
+#define BT_POOL_SPIN_FULL 100u
 
 /* Fill cfg with the defaults and its size (zeros mean "default"
  * everywhere, so BT_SIZED(bt_pool_config) works too; see common.h). NULL
@@ -247,6 +262,13 @@ BT_EXPORT bt_future *bt_to_cpu(bt_loop *loop, bt_job_fn fn, void *arg);
 
 /* ---- Metrics ------------------------------------------------------------ */
 
+/* A lane's counters. They add up: every job accepted on the lane (not
+ * rejected) is counted once in `submitted`, and once it has left the
+ * lane's queues and workers, once in either `done` (its function ran) or
+ * `cancelled` (it never ran); so with nothing queued or running,
+ * submitted == done + cancelled. `abandoned` counts a job at most once,
+ * when its future settled while its function was running (a cancel, or
+ * its loop's shutdown deadline); it is in `done` too once it returns. */
 typedef struct {
     unsigned threads;     /* alive now */
     unsigned busy;        /* running a job now */
@@ -254,15 +276,17 @@ typedef struct {
     unsigned max_threads; /* the lane's size (CPU) or cap (blocking) */
     size_t queued;        /* waiting in the queue now */
     size_t queue_max;
-    uint64_t submitted;      /* accepted into the queue */
+    uint64_t submitted;      /* accepted into the queue (or the loop's
+                                batch, if cancelled there) */
     uint64_t rejected;       /* refused: queue full (BT_EAGAIN) */
     uint64_t done;           /* ran to completion (success or failure) */
     uint64_t failed;         /* of those, returned an error */
-    uint64_t cancelled;      /* left the queue cancelled, never ran */
+    uint64_t cancelled;      /* left the batch or the queue cancelled, or
+                                skipped by a worker: never ran */
     uint64_t abandoned;      /* left running: their futures settled (a
-                                cancel, or the shutdown deadline) before
-                                they returned; counted in `done` too once
-                                they return */
+                                cancel, or the shutdown deadline) while
+                                they ran; counted in `done` too once they
+                                return */
     uint64_t queue_ns_total; /* time jobs waited in the queue, summed */
     uint64_t queue_ns_max;   /* the longest such wait */
     uint64_t run_ns_total;   /* time jobs ran, summed */
