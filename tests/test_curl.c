@@ -996,6 +996,100 @@ START_TEST(test_stale_connection_retried)
 }
 END_TEST
 
+/* Client sockets to 127.0.0.1:port in CLOSE_WAIT (the peer closed, we have
+ * not): TCP state 08 in /proc/net/tcp, remote port in hex. */
+static int close_wait_to(int port)
+{
+    FILE *fp = fopen("/proc/net/tcp", "r");
+    ck_assert_ptr_nonnull(fp);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, fp) != NULL) {
+        unsigned rport, st;
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x", &rport, &st) == 2 && (int)rport == port &&
+            st == 0x08)
+            n++;
+    }
+    fclose(fp);
+    return n;
+}
+
+/* Run the loop for up to limit_ms until done() holds; returns whether it
+ * did. */
+static bool run_until_true(bool (*done)(int), int arg, int limit_ms)
+{
+    for (int waited = 0; waited < limit_ms; waited += 50) {
+        if (done(arg))
+            return true;
+        bt_future *s = bt_sleep(loop, 50);
+        bt_test_run_until(loop, s, T_LONG);
+        bt_future_unref(s);
+    }
+    return done(arg);
+}
+
+static bool no_close_wait(int port)
+{
+    return close_wait_to(port) == 0;
+}
+
+static bool raw_none_open(int port)
+{
+    return curl_server_raw_open(srv, port) == 0;
+}
+
+START_TEST(test_dead_idle_connection_closed)
+{
+    /* The server closes a kept-alive connection after its reply; the
+     * client sends nothing more. curl's cache would hold the socket in
+     * CLOSE_WAIT until the next request or curl_multi_cleanup; with an
+     * idle timeout of 1 s the client closes it within the bound (10x
+     * slack here). */
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 1000), 0);
+    int port = curl_server_closing_port(srv);
+    bt_future *f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+    /* The scenario is real: the server's close reaches us and the
+     * socket sits in CLOSE_WAIT. */
+    for (int i = 0; i < 200 && close_wait_to(port) == 0; i++)
+        usleep(10000);
+    ck_assert_int_eq(close_wait_to(port), 1);
+    ck_assert_msg(run_until_true(no_close_wait, port, 10000),
+                  "a socket the server closed stayed in CLOSE_WAIT for 10 s");
+    /* The client still works against that server. */
+    f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_idle_connection_aged_out)
+{
+    /* A live keep-alive connection left idle longer than the idle
+     * timeout is closed by the client: the server sees it go. */
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 1000), 0);
+    int port = curl_server_stale_port(srv);
+    bt_future *f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_raw_open(srv, port), 1);
+    ck_assert_msg(run_until_true(raw_none_open, port, 20000),
+                  "an idle connection outlived the idle timeout by 20 s");
+    ck_assert_int_eq(curl_server_raw_accepted(srv, port), 1);
+}
+END_TEST
+
+START_TEST(test_idle_timeout_args)
+{
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(NULL, 1000), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 500), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, (uint64_t)40 * 86400 * 1000), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 0), 0);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 60000), 0);
+}
+END_TEST
+
 /* ---- Deadlines and shutdown against hostile upstreams ----------------------- */
 
 START_TEST(test_free_with_hostile_upstreams)
@@ -1672,6 +1766,9 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_loop_free_cancels);
     tcase_add_test(tc, test_server_closed_keepalive);
     tcase_add_test(tc, test_stale_connection_retried);
+    tcase_add_test(tc, test_dead_idle_connection_closed);
+    tcase_add_test(tc, test_idle_connection_aged_out);
+    tcase_add_test(tc, test_idle_timeout_args);
     tcase_add_test(tc, test_free_with_hostile_upstreams);
     tcase_add_test(tc, test_loop_free_with_hostile_upstreams);
     tcase_add_test(tc, test_dns_deadline);

@@ -165,6 +165,8 @@ void bt__http_flush(bt_http_client *c)
         while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
             if (m->msg != CURLMSG_DONE)
                 continue;
+            if (bt__idle_sweep_done(c, m->easy_handle))
+                continue; /* m is invalid now; the sweep has no future */
             xfer *x = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
             CURLcode rc = m->data.result;
