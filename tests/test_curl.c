@@ -11,7 +11,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -683,6 +685,67 @@ START_TEST(test_connect_timeout)
     bt_future *f = bt_http_get(cli, u);
     wait_err(f, BT_ETIMEDOUT);
     bt_future_unref(f);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(lfd);
+}
+END_TEST
+
+/* Opens and closes pipes as fast as it can until told to stop: another
+ * thread of the process taking whatever fd numbers are free. */
+static atomic_bool churn_stop;
+
+static void *churn_fds(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn_stop)) {
+        int p[2];
+        if (pipe(p) == 0) {
+            close(p[0]);
+            close(p[1]);
+        }
+    }
+    return NULL;
+}
+
+START_TEST(test_fd_reuse_across_threads)
+{
+    /* curl 7.88 closes a socket that is still connecting (a cancel, the
+     * connect timeout) before it tells the socket callback to stop
+     * watching it. The client used to pass that fd number to epoll_ctl
+     * (event_del) after the close, when another thread may own it: here
+     * one that opens pipes in a loop. ThreadSanitizer reported it as a
+     * race on the file descriptor (the pipe's creation against the
+     * loop's epoll_ctl); this test fails under TSan without the fix, and
+     * in every build checks that each cancelled request settles. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof sin;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(listen(lfd, 0), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    int fillers[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fillers[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    usleep(100000);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    atomic_store(&churn_stop, false);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, churn_fds, NULL), 0);
+    for (int i = 0; i < 200; i++) {
+        bt_future *f = bt_http_get(cli, u);
+        bt_future *s = bt_sleep(loop, 1); /* curl starts connecting */
+        bt_test_run_until(loop, s, T_LONG);
+        bt_future_unref(s);
+        ck_assert_int_eq(bt_future_cancel(f), 0);
+        ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+        bt_future_unref(f);
+    }
+    atomic_store(&churn_stop, true);
+    pthread_join(t, NULL);
     for (int i = 0; i < 4; i++)
         close(fillers[i]);
     close(lfd);
@@ -1766,13 +1829,20 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_loop_free_cancels);
     tcase_add_test(tc, test_server_closed_keepalive);
     tcase_add_test(tc, test_stale_connection_retried);
-    tcase_add_test(tc, test_dead_idle_connection_closed);
-    tcase_add_test(tc, test_idle_connection_aged_out);
-    tcase_add_test(tc, test_idle_timeout_args);
     tcase_add_test(tc, test_free_with_hostile_upstreams);
     tcase_add_test(tc, test_loop_free_with_hostile_upstreams);
     tcase_add_test(tc, test_dns_deadline);
     suite_add_tcase(s, tc);
+
+    /* Socket lifetimes: fd numbers curl closes, idle connections. */
+    TCase *sk = tcase_create("sockets");
+    tcase_add_checked_fixture(sk, setup, teardown);
+    tcase_set_timeout(sk, 60);
+    tcase_add_test(sk, test_fd_reuse_across_threads);
+    tcase_add_test(sk, test_dead_idle_connection_closed);
+    tcase_add_test(sk, test_idle_connection_aged_out);
+    tcase_add_test(sk, test_idle_timeout_args);
+    suite_add_tcase(s, sk);
 
     TCase *rt = tcase_create("retry");
     tcase_add_checked_fixture(rt, setup, teardown);

@@ -67,11 +67,7 @@ static void client_shutdown(bt_http_client *c)
      * watching while it closes its cached connections. */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
-    while ((n = bt__list_pop_front(&c->watches)) != NULL) {
-        sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
-        event_del(w->ev);
-        bt_free(w);
-    }
+    bt__http_watches_free(c);
     event_free(c->curl_timer);
     c->curl_timer = NULL;
 }

@@ -89,10 +89,16 @@ bool bt__http_is_token(const char *s, size_t len);
 typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
 
+/* A socket curl asked us to watch. libevent watches evfd, the client's
+ * own duplicate of curl's fd, which only the client closes (multi.c says
+ * why); events go back to curl as fd. evfd is -1 while the watch is
+ * parked (curl closed fd without CURL_POLL_REMOVE), and equals fd in the
+ * fallback when no duplicate could be made. */
 struct sockwatch {
     bt__list node; /* on the client's watches */
     bt_http_client *c;
     curl_socket_t fd;
+    evutil_socket_t evfd;
     short kind;
     struct event *ev; /* points just past the struct */
 };
@@ -207,6 +213,15 @@ int bt__http_multi_wire(bt_http_client *c);
 /* Run what was deferred while curl was on the stack and settle finished
  * transfers; a no-op while curl is on the stack. */
 void bt__http_flush(bt_http_client *c);
+/* curl's open socket callback made socket s: a watch still on that
+ * number belongs to a socket curl closed without telling us, and is moved
+ * to s. */
+void bt__http_socket_opened(bt_http_client *c, curl_socket_t s);
+/* curl's close socket callback is about to close s: a watch still on it
+ * lets go of its duplicate (the watch itself stays: curl still has it). */
+void bt__http_socket_closing(bt_http_client *c, curl_socket_t s);
+/* Stop watching and free every watch (client shutdown). */
+void bt__http_watches_free(bt_http_client *c);
 
 /* transfer.c */
 void bt__xfer_release(xfer *x);

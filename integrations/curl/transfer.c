@@ -240,8 +240,10 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
     (void)purpose;
     xfer_got_conn(x);
     curl_socket_t s = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
-    if (s != CURL_SOCKET_BAD)
+    if (s != CURL_SOCKET_BAD) {
         x->c->nsockets++;
+        bt__http_socket_opened(x->c, s);
+    }
     return s;
 }
 
@@ -253,6 +255,7 @@ static int on_close_socket(void *clientp, curl_socket_t s)
     bt_http_client *c = clientp;
     if (c->nsockets > 0)
         c->nsockets--;
+    bt__http_socket_closing(c, s);
     return close(s);
 }
 
