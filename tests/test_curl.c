@@ -11,7 +11,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -689,6 +691,67 @@ START_TEST(test_connect_timeout)
 }
 END_TEST
 
+/* Opens and closes pipes as fast as it can until told to stop: another
+ * thread of the process taking whatever fd numbers are free. */
+static atomic_bool churn_stop;
+
+static void *churn_fds(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn_stop)) {
+        int p[2];
+        if (pipe(p) == 0) {
+            close(p[0]);
+            close(p[1]);
+        }
+    }
+    return NULL;
+}
+
+START_TEST(test_fd_reuse_across_threads)
+{
+    /* curl 7.88 closes a socket that is still connecting (a cancel, the
+     * connect timeout) before it tells the socket callback to stop
+     * watching it. The client used to pass that fd number to epoll_ctl
+     * (event_del) after the close, when another thread may own it: here
+     * one that opens pipes in a loop. ThreadSanitizer reported it as a
+     * race on the file descriptor (the pipe's creation against the
+     * loop's epoll_ctl); this test fails under TSan without the fix, and
+     * in every build checks that each cancelled request settles. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof sin;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
+    ck_assert_int_eq(listen(lfd, 0), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    int fillers[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fillers[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    usleep(100000);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    atomic_store(&churn_stop, false);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, churn_fds, NULL), 0);
+    for (int i = 0; i < 200; i++) {
+        bt_future *f = bt_http_get(cli, u);
+        bt_future *s = bt_sleep(loop, 1); /* curl starts connecting */
+        bt_test_run_until(loop, s, T_LONG);
+        bt_future_unref(s);
+        ck_assert_int_eq(bt_future_cancel(f), 0);
+        ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
+        bt_future_unref(f);
+    }
+    atomic_store(&churn_stop, true);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(lfd);
+}
+END_TEST
+
 START_TEST(test_reset_mid_body)
 {
     char u[64];
@@ -993,6 +1056,100 @@ START_TEST(test_stale_connection_retried)
     /* 1 + 3 answered, 3 lost to the race and sent again. */
     ck_assert_int_eq(curl_server_raw_requests(srv, port), 7);
     ck_assert_int_eq(curl_server_raw_accepted(srv, port), 4);
+}
+END_TEST
+
+/* Client sockets to 127.0.0.1:port in CLOSE_WAIT (the peer closed, we have
+ * not): TCP state 08 in /proc/net/tcp, remote port in hex. */
+static int close_wait_to(int port)
+{
+    FILE *fp = fopen("/proc/net/tcp", "r");
+    ck_assert_ptr_nonnull(fp);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, fp) != NULL) {
+        unsigned rport, st;
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x", &rport, &st) == 2 && (int)rport == port &&
+            st == 0x08)
+            n++;
+    }
+    fclose(fp);
+    return n;
+}
+
+/* Run the loop for up to limit_ms until done() holds; returns whether it
+ * did. */
+static bool run_until_true(bool (*done)(int), int arg, int limit_ms)
+{
+    for (int waited = 0; waited < limit_ms; waited += 50) {
+        if (done(arg))
+            return true;
+        bt_future *s = bt_sleep(loop, 50);
+        bt_test_run_until(loop, s, T_LONG);
+        bt_future_unref(s);
+    }
+    return done(arg);
+}
+
+static bool no_close_wait(int port)
+{
+    return close_wait_to(port) == 0;
+}
+
+static bool raw_none_open(int port)
+{
+    return curl_server_raw_open(srv, port) == 0;
+}
+
+START_TEST(test_dead_idle_connection_closed)
+{
+    /* The server closes a kept-alive connection after its reply; the
+     * client sends nothing more. curl's cache would hold the socket in
+     * CLOSE_WAIT until the next request or curl_multi_cleanup; with an
+     * idle timeout of 1 s the client closes it within the bound (10x
+     * slack here). */
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 1000), 0);
+    int port = curl_server_closing_port(srv);
+    bt_future *f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+    /* The scenario is real: the server's close reaches us and the
+     * socket sits in CLOSE_WAIT. */
+    for (int i = 0; i < 200 && close_wait_to(port) == 0; i++)
+        usleep(10000);
+    ck_assert_int_eq(close_wait_to(port), 1);
+    ck_assert_msg(run_until_true(no_close_wait, port, 10000),
+                  "a socket the server closed stayed in CLOSE_WAIT for 10 s");
+    /* The client still works against that server. */
+    f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(test_idle_connection_aged_out)
+{
+    /* A live keep-alive connection left idle longer than the idle
+     * timeout is closed by the client: the server sees it go. */
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 1000), 0);
+    int port = curl_server_stale_port(srv);
+    bt_future *f = bt_http_get(cli, raw_url(port));
+    ck_assert_str_eq(bt_http_response_body(wait_ok(f), NULL), "ok");
+    bt_future_unref(f);
+    ck_assert_int_eq(curl_server_raw_open(srv, port), 1);
+    ck_assert_msg(run_until_true(raw_none_open, port, 20000),
+                  "an idle connection outlived the idle timeout by 20 s");
+    ck_assert_int_eq(curl_server_raw_accepted(srv, port), 1);
+}
+END_TEST
+
+START_TEST(test_idle_timeout_args)
+{
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(NULL, 1000), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 500), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, (uint64_t)40 * 86400 * 1000), BT_EINVAL);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 0), 0);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 60000), 0);
 }
 END_TEST
 
@@ -1676,6 +1833,16 @@ static Suite *curl_suite(void)
     tcase_add_test(tc, test_loop_free_with_hostile_upstreams);
     tcase_add_test(tc, test_dns_deadline);
     suite_add_tcase(s, tc);
+
+    /* Socket lifetimes: fd numbers curl closes, idle connections. */
+    TCase *sk = tcase_create("sockets");
+    tcase_add_checked_fixture(sk, setup, teardown);
+    tcase_set_timeout(sk, 60);
+    tcase_add_test(sk, test_fd_reuse_across_threads);
+    tcase_add_test(sk, test_dead_idle_connection_closed);
+    tcase_add_test(sk, test_idle_connection_aged_out);
+    tcase_add_test(sk, test_idle_timeout_args);
+    suite_add_tcase(s, sk);
 
     TCase *rt = tcase_create("retry");
     tcase_add_checked_fixture(rt, setup, teardown);

@@ -62,6 +62,8 @@ typedef struct bt_http_response bt_http_response;
 /* ---- The client -------------------------------------------------------
  * Defaults (httpx's and aiohttp's where they agree):
  *   connections: 100 in total, no per-host limit; idle ones kept for reuse
+ *                up to 60 s, and closed by a sweep when the server closed
+ *                them or their time is up
  *   timeouts: connect 10 s (DNS, TCP and TLS), total 300 s, wait for a
  *             connection 300 s; a name lookup abandoned at its deadline
  *             never blocks the loop (curl's resolver thread is detached)
@@ -111,6 +113,21 @@ BT_EXPORT int bt_http_client_add_header(bt_http_client *c, const char *name, con
  * carries many requests. Returns 0 or BT_EINVAL. */
 BT_EXPORT int bt_http_client_set_limits(bt_http_client *c, unsigned max_total,
                                         unsigned max_per_host);
+
+/* How long a kept-alive connection may sit idle in the client's cache
+ * (default 60000 ms). A connection idle that long is not reused and is
+ * closed; one the server has closed (its socket readable at EOF, in
+ * CLOSE_WAIT on our side) is closed as well. A libevent timer on the loop
+ * sweeps the cache every max(1 s, idle_ms / 2) while the client has
+ * sockets open, so a dead connection's socket is gone within that period
+ * and an idle one within idle_ms plus that period, whether or not the
+ * client sends anything. curl counts idle time in whole seconds: idle_ms
+ * is rounded up to one. 0 turns the sweep off (curl's own rule: a cached
+ * connection is checked, and one idle 118 s dropped, only when a request
+ * starts). Applies to requests sent after the call. Returns 0 or
+ * BT_EINVAL (NULL c, a closed client, 1 to 999 ms, more than 30 days).
+ * Thread: the loop's. */
+BT_EXPORT int bt_http_client_set_idle_timeout(bt_http_client *c, uint64_t idle_ms);
 
 /* Timeouts in milliseconds, 0 = none:
  * - connect_ms: DNS, TCP and TLS set-up of a new connection;

@@ -62,15 +62,12 @@ static void client_shutdown(bt_http_client *c)
     c->closed = true;
     while (c->nidle)
         curl_easy_cleanup(c->idle[--c->nidle].easy);
+    bt__idle_shutdown(c);
     /* Before the event_base goes: curl may still report sockets to stop
      * watching while it closes its cached connections. */
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
-    while ((n = bt__list_pop_front(&c->watches)) != NULL) {
-        sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
-        event_del(w->ev);
-        bt_free(w);
-    }
+    bt__http_watches_free(c);
     event_free(c->curl_timer);
     c->curl_timer = NULL;
 }
@@ -136,12 +133,14 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
     bt__list_init(&c->xfers);
     bt__list_init(&c->watches);
     c->multi = curl_multi_init();
-    if (c->multi == NULL || bt__http_multi_wire(c) != 0 ||
+    if (c->multi == NULL || bt__http_multi_wire(c) != 0 || bt__idle_init(c) != 0 ||
         bt_loop_add_closer(loop, on_loop_close, c)) {
         if (c->multi)
             curl_multi_cleanup(c->multi);
         if (c->curl_timer)
             event_free(c->curl_timer);
+        if (c->sweep_timer)
+            event_free(c->sweep_timer);
         bt_free(c);
         return NULL;
     }

@@ -89,10 +89,16 @@ bool bt__http_is_token(const char *s, size_t len);
 typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
 
+/* A socket curl asked us to watch. libevent watches evfd, the client's
+ * own duplicate of curl's fd, which only the client closes (multi.c says
+ * why); events go back to curl as fd. evfd is -1 while the watch is
+ * parked (curl closed fd without CURL_POLL_REMOVE), and equals fd in the
+ * fallback when no duplicate could be made. */
 struct sockwatch {
     bt__list node; /* on the client's watches */
     bt_http_client *c;
     curl_socket_t fd;
+    evutil_socket_t evfd;
     short kind;
     struct event *ev; /* points just past the struct */
 };
@@ -182,6 +188,16 @@ struct bt_http_client {
     size_t nidle;
     unsigned gen; /* bumped by every setter of easy options */
     bt_http_client_stats stats;
+    /* The idle sweep (idle.c): the bound on a cached connection's idle
+     * time (0: off), curl's whole seconds for it, the timer, and the easy
+     * handle that makes curl prune its cache. nsockets counts the sockets
+     * curl opened through on_open_socket and has not closed. */
+    uint64_t idle_ms;
+    long idle_age_s;
+    struct event *sweep_timer;
+    CURL *sweep;
+    bool sweep_in_multi, sweep_armed;
+    size_t nsockets;
     bool has_retry; /* retry under `retry` (bt_http_client_set_retry) */
     bt_http_retry_policy retry;
     uint64_t rng; /* xorshift state for the backoff's jitter */
@@ -197,6 +213,15 @@ int bt__http_multi_wire(bt_http_client *c);
 /* Run what was deferred while curl was on the stack and settle finished
  * transfers; a no-op while curl is on the stack. */
 void bt__http_flush(bt_http_client *c);
+/* curl's open socket callback made socket s: a watch still on that
+ * number belongs to a socket curl closed without telling us, and is moved
+ * to s. */
+void bt__http_socket_opened(bt_http_client *c, curl_socket_t s);
+/* curl's close socket callback is about to close s: a watch still on it
+ * lets go of its duplicate (the watch itself stays: curl still has it). */
+void bt__http_socket_closing(bt_http_client *c, curl_socket_t s);
+/* Stop watching and free every watch (client shutdown). */
+void bt__http_watches_free(bt_http_client *c);
 
 /* transfer.c */
 void bt__xfer_release(xfer *x);
@@ -210,6 +235,19 @@ bool bt__http_has_scheme(const char *url);
 void bt__xfer_start(xfer *x);
 /* Disarm the transfer's timer (wait, total, or the wait between attempts). */
 void bt__xfer_timer_stop(xfer *x);
+
+/* idle.c */
+/* Set up the sweep's timer and the default idle bound. Returns 0 or
+ * BT_ENOMEM. */
+int bt__idle_init(bt_http_client *c);
+/* A connection may have gone back to curl's cache: arm the sweep. */
+void bt__idle_arm(bt_http_client *c);
+/* True if easy is the sweep's handle; it is then taken out of curl. */
+bool bt__idle_sweep_done(bt_http_client *c, CURL *easy);
+/* Remove the sweep's handle and timer (before curl_multi_cleanup). */
+void bt__idle_shutdown(bt_http_client *c);
+/* The options every transfer gets from the idle bound. */
+void bt__idle_options(bt_http_client *c, CURL *easy);
 
 /* retry.c */
 /* Check a caller's policy (fn names the public function for the log).

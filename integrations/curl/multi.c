@@ -27,10 +27,27 @@
  *   the client's default durations use libevent's common timeouts (O(1)).
  * - Shutdown: a loop closer cancels every transfer and cleans up the multi
  *   handle before the loop frees its event_base.
+ * - fd numbers: libcurl 7.88 closes a socket that is still connecting (a
+ *   cancel, the connect timeout, a happy-eyeballs loser) with a plain
+ *   close() and only then reports CURL_POLL_REMOVE. Had libevent watched
+ *   curl's fd, event_del would hand epoll_ctl a number that is no longer
+ *   ours: another thread may have opened it in between (TSan reported the
+ *   race on that file descriptor), or curl itself, for its next attempt,
+ *   in which case curl sees the same number with the same interest, says
+ *   nothing, and the new socket was never in epoll. So libevent watches
+ *   a duplicate (F_DUPFD_CLOEXEC) that only the client closes, after
+ *   event_del; a number curl hands back from its open socket callback
+ *   while a watch still holds it moves that watch to the new socket; and
+ *   a watch still open when curl's close socket callback runs drops its
+ *   duplicate then. One dup and one close per watch (a transfer's use of
+ *   a connection), none per event.
  */
 #include "config.h"
 
 #include "curl-internal.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -48,16 +65,80 @@ static void curl_action(bt_http_client *c, curl_socket_t fd, int mask)
     bt__http_flush(c);
 }
 
-static void on_sock_event(evutil_socket_t fd, short events, void *arg)
+static void on_sock_event(evutil_socket_t evfd, short events, void *arg)
 {
     sockwatch *w = arg;
     bt_http_client *c = w->c;
+    curl_socket_t fd = w->fd; /* curl's number, not our duplicate */
+    (void)evfd;
     int mask =
         ((events & EV_READ) ? CURL_CSELECT_IN : 0) | ((events & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     bt_loop *loop = c->loop; /* c may be freed by a deferred free */
     bt_loop_enter_cb(loop, (const void *)on_sock_event);
     curl_action(c, fd, mask); /* w may be gone after this */
     bt_loop_leave_cb(loop);
+}
+
+/* Stop watching: event_del on our duplicate, then close it. */
+static void watch_detach(sockwatch *w)
+{
+    if (w->evfd < 0)
+        return;
+    event_del(w->ev);
+    if (w->evfd != w->fd)
+        close(w->evfd);
+    w->evfd = -1;
+}
+
+/* Watch w->fd for w->kind through a new duplicate. If none can be made
+ * (EMFILE), watch curl's fd itself: the old behaviour, racy as above. */
+static void watch_attach(sockwatch *w)
+{
+    w->evfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
+    if (w->evfd < 0)
+        w->evfd = w->fd;
+    event_assign(w->ev, w->c->base, w->evfd, w->kind, on_sock_event, w);
+    event_add(w->ev, NULL);
+}
+
+static sockwatch *watch_find(bt_http_client *c, curl_socket_t s)
+{
+    bt__list *n, *tmp;
+    BT__LIST_FOREACH_SAFE (n, tmp, &c->watches) {
+        sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
+        if (w->fd == s)
+            return w;
+    }
+    return NULL;
+}
+
+void bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
+{
+    sockwatch *w = watch_find(c, s);
+    if (w == NULL)
+        return;
+    /* curl closed the socket this watch was for without CURL_POLL_REMOVE
+     * and got the number again: curl believes s is watched for w->kind,
+     * so make it true of the new socket. */
+    watch_detach(w);
+    watch_attach(w);
+}
+
+void bt__http_socket_closing(bt_http_client *c, curl_socket_t s)
+{
+    sockwatch *w = watch_find(c, s);
+    if (w != NULL)
+        watch_detach(w); /* parked until curl removes or reuses it */
+}
+
+void bt__http_watches_free(bt_http_client *c)
+{
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->watches)) != NULL) {
+        sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
+        watch_detach(w);
+        bt_free(w);
+    }
 }
 
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
@@ -69,7 +150,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         /* Stop watching; curl may keep the connection for reuse and will
          * tell us again when it wants events on it. */
         if (w != NULL) {
-            event_del(w->ev);
+            watch_detach(w);
             bt__list_remove(&w->node);
             bt_free(w);
         }
@@ -83,17 +164,22 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
             return -1; /* curl fails the transfer */
         w->c = c;
         w->fd = s;
+        w->evfd = -1;
         w->ev = (struct event *)(w + 1);
         bt__list_push_front(&c->watches, &w->node);
         curl_multi_assign(c->multi, s, w);
-    } else if (w->kind == kind) {
+    } else if (w->kind == kind && w->evfd >= 0) {
         return 0;
-    } else {
+    } else if (w->evfd >= 0) {
+        /* Same socket, new interest: keep the duplicate. */
         event_del(w->ev);
+        w->kind = kind;
+        event_assign(w->ev, c->base, w->evfd, kind, on_sock_event, w);
+        event_add(w->ev, NULL);
+        return 0;
     }
     w->kind = kind;
-    event_assign(w->ev, c->base, s, kind, on_sock_event, w);
-    event_add(w->ev, NULL);
+    watch_attach(w);
     return 0;
 }
 
@@ -165,6 +251,8 @@ void bt__http_flush(bt_http_client *c)
         while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
             if (m->msg != CURLMSG_DONE)
                 continue;
+            if (bt__idle_sweep_done(c, m->easy_handle))
+                continue; /* m is invalid now; the sweep has no future */
             xfer *x = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
             CURLcode rc = m->data.result;

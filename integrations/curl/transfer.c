@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -128,6 +129,7 @@ void bt__xfer_release(xfer *x)
         c->stats.in_flight--;
     }
     bt__list_remove(&x->node);
+    bt__idle_arm(c); /* its connection may be idle in curl's cache now */
     if (x->easy) {
         if (c->nidle < IDLE_EASY_MAX && !c->closed) {
             if (x->plain && x->easy_gen == c->gen) {
@@ -237,7 +239,24 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
     xfer *x = clientp;
     (void)purpose;
     xfer_got_conn(x);
-    return socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    curl_socket_t s = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (s != CURL_SOCKET_BAD) {
+        x->c->nsockets++;
+        bt__http_socket_opened(x->c, s);
+    }
+    return s;
+}
+
+/* curl closes a connection's socket (after CURL_POLL_REMOVE if it was
+ * watched). clientp is the client, not the transfer: a cached connection
+ * outlives the transfer that opened it. */
+static int on_close_socket(void *clientp, curl_socket_t s)
+{
+    bt_http_client *c = clientp;
+    if (c->nsockets > 0)
+        c->nsockets--;
+    bt__http_socket_closing(c, s);
+    return close(s);
 }
 
 static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
@@ -672,6 +691,8 @@ static void xfer_client_options(bt_http_client *c, xfer *x)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent ? c->user_agent : bt__http_default_ua);
     if (!c->no_accept_encoding)
@@ -701,6 +722,7 @@ static void xfer_client_options(bt_http_client *c, xfer *x)
         curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      c->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
+    bt__idle_options(c, e);
     x->easy_gen = c->gen;
 }
 
