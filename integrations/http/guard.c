@@ -923,6 +923,13 @@ static struct bufferevent *new_bev(bt__guard *g, struct event_base *base, bt__tl
     return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
+static void no_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    (void)arg;
+}
+
 /* Out of memory with TLS: evhttp must not serve plain HTTP on the TLS
  * port, which it would do with a NULL from bt__guard_bevcb. An unguarded
  * OpenSSL bufferevent if one can be made, else a plain one that reports
@@ -936,9 +943,14 @@ static struct bufferevent *unguarded_bev(bt__guard *g, struct event_base *base)
     if (bev != NULL)
         return bev;
     bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (bev != NULL)
+    if (bev != NULL) {
+        /* libevent drops an event for a bufferevent without an event
+         * callback, but calls the one set when the deferred call runs:
+         * evhttp's by then. */
+        bufferevent_setcb(bev, NULL, NULL, no_event, NULL);
         bufferevent_trigger_event(bev, BEV_EVENT_ERROR | BEV_EVENT_READING,
                                   BEV_TRIG_DEFER_CALLBACKS);
+    }
     return bev;
 }
 

@@ -22,6 +22,8 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -205,7 +207,7 @@ static void peer_name(evutil_socket_t fd, char *out, size_t size)
 
 /* The handshake starts: the socket is connected now, and may not be when
  * a failure is logged (the client has seen the close and gone), so the
- * peer's address is taken here. Its end is noted too: after a later
+ * peer's address is taken here, and the socket set to TCP_NODELAY. Its end is noted too: after a later
  * fatal error OpenSSL reports the connection as in its handshake again
  * (SSL_is_init_finished turns false). */
 static void on_info(const SSL *ssl, int where, int ret)
@@ -214,8 +216,16 @@ static void on_info(const SSL *ssl, int where, int ret)
     bt__tls_info *info = SSL_get_app_data(ssl);
     if (info == NULL)
         return;
-    if ((where & SSL_CB_HANDSHAKE_START) && info->peer[0] == '\0')
-        peer_name(SSL_get_fd(ssl), info->peer, sizeof info->peer);
+    if ((where & SSL_CB_HANDSHAKE_START) && info->peer[0] == '\0') {
+        int fd = SSL_get_fd(ssl);
+        peer_name(fd, info->peer, sizeof info->peer);
+        /* bufferevent_openssl writes a reply as one TLS record per
+         * evbuffer chunk (evhttp's head, then its body), each its own
+         * send(): with Nagle's algorithm the second waits for the
+         * client's delayed ACK, 40 ms. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     if (where & SSL_CB_HANDSHAKE_DONE)
         info->handshake_done = true;
 }
