@@ -237,12 +237,11 @@ static void tls_close(tls_conn *c)
     memset(c, 0, sizeof *c);
 }
 
-/* GET /hello on c (keep-alive). Returns the status, 0 if the connection
- * failed. */
-static int tls_get(tls_conn *c)
+/* Send req on c and read one response. Returns its status, 0 if the
+ * connection failed. */
+static int tls_request(tls_conn *c, const char *req)
 {
-    static const char req[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
-    if (SSL_write(c->ssl, req, (int)sizeof req - 1) != (int)sizeof req - 1)
+    if (SSL_write(c->ssl, req, (int)strlen(req)) != (int)strlen(req))
         return 0;
     char buf[4096];
     size_t got = 0;
@@ -260,6 +259,12 @@ static int tls_get(tls_conn *c)
     int status = 0;
     sscanf(buf, "HTTP/1.1 %d", &status);
     return status;
+}
+
+/* GET /hello on c (keep-alive). */
+static int tls_get(tls_conn *c)
+{
+    return tls_request(c, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
 }
 
 /* The common name of the certificate the server presented. */
@@ -505,6 +510,26 @@ START_TEST(tls_handshake_under_head_deadline)
 }
 END_TEST
 
+/* The guard reads the decrypted bytes: framing and the connection cap
+ * hold over TLS, and their answers go out encrypted. */
+START_TEST(tls_guard_still_applies)
+{
+    ck_assert_int_eq(bt_http_app_set_tls(app, live_cert, live_key), 0);
+    ck_assert_int_eq(bt_http_app_set_max_connections(app, 1), 0);
+    start();
+    tls_conn a, b;
+    ck_assert_int_eq(tls_open(&a, ca1, NULL, 0, 0), 0);
+    ck_assert_int_eq(tls_get(&a), 200);
+    ck_assert_int_eq(tls_open(&b, ca1, NULL, 0, 0), 0); /* the handshake, then the 503 */
+    ck_assert_int_eq(tls_get(&b), 503);
+    tls_close(&b);
+    ck_assert_int_eq(tls_request(&a, "GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                                     "Content-Length: 1\r\n\r\nx"),
+                     400);
+    tls_close(&a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("http_tls");
@@ -519,6 +544,7 @@ static Suite *suite(void)
     tcase_add_test(tc, tls_bad_files_refused);
     tcase_add_test(tc, tls_plaintext_client_closed);
     tcase_add_test(tc, tls_handshake_under_head_deadline);
+    tcase_add_test(tc, tls_guard_still_applies);
     suite_add_tcase(s, tc);
     return s;
 }
