@@ -167,6 +167,30 @@ BT_EXPORT int bt_http_app_set_min_body_rate(bt_http_app *app, uint64_t bytes_per
                                             uint64_t grace_ms);
 BT_EXPORT int bt_http_app_set_max_connections(bt_http_app *app, unsigned max_connections);
 
+/* TLS. Serve HTTPS with the certificate chain in cert_file (PEM: the
+ * server's certificate first, then the intermediates) and the private key
+ * in key_file (PEM), both read now. TLS 1.2 and later only; ALPN answers
+ * http/1.1 (a client that offers ALPN without it is refused). The
+ * handshake counts against head_timeout_ms: a client that connects and
+ * does not finish it in time is closed. A client speaking plain HTTP to
+ * the port is closed (logged at BT_LOG_DEBUG).
+ * Returns 0; BT_EINVAL for a NULL argument, a file that cannot be read, a
+ * certificate or key that OpenSSL refuses, or a key that does not match
+ * the certificate (each logged, naming the file and OpenSSL's reason);
+ * BT_ENOTSUP when libbaton-http was built without OpenSSL; BT_ENOMEM;
+ * BT_EBUSY once a server uses the app. A second call replaces the files.
+ * Thread: the configuring one. */
+BT_EXPORT int bt_http_app_set_tls(bt_http_app *app, const char *cert_file, const char *key_file);
+
+/* Read the files given to bt_http_app_set_tls again (a renewed
+ * certificate): new handshakes use them from now on, open connections
+ * keep theirs and are not dropped. bt_http_app_run calls it on SIGHUP.
+ * Returns 0; BT_EINVAL for a NULL app, an app without TLS, or files that
+ * do not load (logged as for bt_http_app_set_tls; the certificate loaded
+ * before keeps serving); BT_ENOTSUP without OpenSSL; BT_ENOMEM.
+ * Thread: any, at any time while the app lives. */
+BT_EXPORT int bt_http_app_reload_tls(bt_http_app *app);
+
 /* A deadline for every handler: a handler's future still pending after ms
  * milliseconds is cancelled (so is the work it waits on) and the client
  * gets 504. 0 (the default) means none. Whatever the deadline, a handler
@@ -230,7 +254,9 @@ BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
  * the shutdown (the previous actions are restored on return), and the
  * loop threads start with both blocked. Threads the program started
  * before (the offload pool's workers) may receive them harmlessly. One
- * bt_http_app_run per process at a time should rely on signals.
+ * bt_http_app_run per process at a time should rely on signals. With TLS
+ * set, SIGHUP has a handler too: the calling thread then reloads the
+ * certificate (bt_http_app_reload_tls) and goes on serving.
  * A bt_http_app_stop made before the call starts is ignored.
  * If on_ready is not NULL it is called once, on the calling thread, when
  * every loop accepts, with the bound port (useful with port 0).

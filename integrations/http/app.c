@@ -8,7 +8,8 @@
  *   signals blocked, so no loop is interrupted; the handler runs in the
  *   calling thread or in one the program started (the offload pool's
  *   workers), and works in either. The old actions are restored on
- *   return.
+ *   return. With TLS, SIGHUP writes a reload byte to the same pipe and the
+ *   calling thread reloads the certificate (bt_http_app_reload_tls).
  * - Loop 0 is started first and binds the port (port 0 picks one); the
  *   others then bind the same port with SO_REUSEPORT and the kernel spreads
  *   connections across them.
@@ -64,6 +65,7 @@ BT_EXPORT void bt_http_app_free(bt_http_app *app)
         if (app->msrc[i].owns_arg)
             bt_free(app->msrc[i].arg);
     bt_free(app->msrc);
+    bt__tls_free(app);
     close(app->stop_fd[0]);
     close(app->stop_fd[1]);
     pthread_mutex_destroy(&app->stats_lock);
@@ -270,11 +272,24 @@ BT_EXPORT int bt_http_app_stop(bt_http_app *app)
 static _Atomic(bt_http_app *) signal_app;
 static volatile sig_atomic_t signal_seen;
 
+/* What the stop pipe carries: bt_http_app_stop's byte is 1. */
+#define RELOAD_BYTE 'R'
+
 static void on_signal(int sig)
 {
     int saved = errno;
-    signal_seen = sig;
     bt_http_app *app = atomic_load(&signal_app);
+    if (sig == SIGHUP) {
+        /* The polling thread reloads the certificate: OpenSSL is not
+         * async-signal-safe. */
+        char c = RELOAD_BYTE;
+        if (app != NULL && write(app->stop_fd[1], &c, 1) < 0) {
+            /* a full pipe already wakes the poller */
+        }
+        errno = saved;
+        return;
+    }
+    signal_seen = sig;
     if (app != NULL)
         bt_http_app_stop(app);
     errno = saved;
@@ -379,7 +394,11 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
-    struct sigaction sa, old_int, old_term;
+    /* With TLS, SIGHUP reloads the certificate. */
+    bool hup = app->tls != NULL;
+    if (hup)
+        sigaddset(&set, SIGHUP);
+    struct sigaction sa, old_int, old_term, old_hup;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -388,6 +407,8 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     signal_seen = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    if (hup)
+        sigaction(SIGHUP, &sa, &old_hup);
     pthread_sigmask(SIG_BLOCK, &set, &old);
 
     worker *ws = bt_calloc(n, sizeof *ws);
@@ -412,8 +433,26 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
             int pr = poll(&pf, 1, -1);
             if (pr < 0 && errno == EINTR)
                 continue;
-            if (pr != 0)
+            if (pr < 0)
                 break;
+            if (pr == 0)
+                continue;
+            /* A SIGHUP's byte asks for a reload; any other byte stops. */
+            bool stop = false, reload = false;
+            ssize_t k;
+            while ((k = read(app->stop_fd[0], drain, sizeof drain)) > 0)
+                for (ssize_t j = 0; j < k; j++) {
+                    if (drain[j] == RELOAD_BYTE)
+                        reload = true;
+                    else
+                        stop = true;
+                }
+            if (stop)
+                break;
+            if (reload) {
+                bt_log(BT_LOG_INFO, "http: SIGHUP: reloading the TLS certificate");
+                bt_http_app_reload_tls(app);
+            }
         }
         if (signal_seen)
             bt_log(BT_LOG_INFO, "http: %s: shutting down gracefully",
@@ -440,6 +479,8 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     bt_free(ws);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    if (hup)
+        sigaction(SIGHUP, &old_hup, NULL);
     atomic_store(&signal_app, NULL);
     atomic_store(&app->running, false);
     return rc;

@@ -45,6 +45,14 @@
  *   timer run) tells the guard the connection is going; the guard then
  *   drops its state and its reference. When the server closes, the guard
  *   releases what is left.
+ * - TLS (tls.c): the bufferevent the guard makes is then an OpenSSL one,
+ *   whose input buffer holds decrypted bytes, so the framing rules apply
+ *   unchanged. The head deadline runs from the accept, so it covers the
+ *   handshake: a connection whose handshake is not done by then is
+ *   closed at once (there is no channel to answer 408 on). A failed
+ *   handshake (a client speaking plain HTTP, an old TLS version) is
+ *   evhttp's to close, as an error on the bufferevent; the guard logs it
+ *   at debug level when it lets go of the connection.
  * Everything here runs on the server's loop thread, except the listener
  * registry, which the servers of several loops share under a mutex.
  */
@@ -191,11 +199,13 @@ typedef struct conn {
     struct evbuffer_cb_entry *watch;
     struct event *timer;
     enum conn_state st;
-    bool started;      /* evhttp's close callback is set */
-    bool head_started; /* the current head's deadline runs */
-    bool in_cb;        /* our own changes to the buffer, not the client's */
-    bool shut;         /* the write side is shut */
-    bool counted;      /* in the app's open connections */
+    bool started;          /* evhttp's close callback is set */
+    bool head_started;     /* the current head's deadline runs */
+    bool in_cb;            /* our own changes to the buffer, not the client's */
+    bool shut;             /* the write side is shut */
+    bool counted;          /* in the app's open connections */
+    bool tls;              /* the bufferevent is an OpenSSL one (tls.c) */
+    bt__tls_info tls_info; /* TLS: filled in by the handshake */
     /* The current message. */
     uint64_t msg_start; /* its first byte's position in the stream */
     uint64_t seen;      /* bytes of the stream looked at */
@@ -769,6 +779,10 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 static void conn_release(conn *c)
 {
     bt__guard *g = c->g;
+#ifdef BT_HAVE_OPENSSL
+    if (c->tls)
+        bt__tls_log_failure(c->bev, &c->tls_info);
+#endif
     bt__list_remove(&c->link);
     if (c->counted)
         atomic_fetch_sub_explicit(&g->app->open_conns, 1, memory_order_relaxed);
@@ -821,6 +835,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (!c->head_started)
             return;
         if (now - c->since_ns >= app->head_timeout_ms * 1000000ull) {
+#ifdef BT_HAVE_OPENSSL
+            if (c->tls && !c->tls_info.handshake_done) {
+                /* evhttp ends the connection as on the client's EOF; its
+                 * close callback releases c. */
+                atomic_fetch_add_explicit(&app->refused_requests, 1, memory_order_relaxed);
+                bt_log(BT_LOG_DEBUG, "http: TLS handshake not done within %llu ms: closed",
+                       (unsigned long long)app->head_timeout_ms);
+                bufferevent_trigger_event(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+                return;
+            }
+#endif
             refuse(c, 408, "request head not received in time");
             return;
         }
@@ -887,17 +912,61 @@ static void log_refused(bt__guard *g)
     }
 }
 
+/* A new connection's bufferevent: an OpenSSL one when the app serves
+ * TLS. NULL when out of memory. */
+static struct bufferevent *new_bev(bt__guard *g, struct event_base *base, bt__tls_info *info)
+{
+#ifdef BT_HAVE_OPENSSL
+    if (g->app->tls != NULL)
+        return bt__tls_bev_new(g->app, base, info);
+#endif
+    return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+}
+
+static void no_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    (void)arg;
+}
+
+/* Out of memory with TLS: evhttp must not serve plain HTTP on the TLS
+ * port, which it would do with a NULL from bt__guard_bevcb. An unguarded
+ * OpenSSL bufferevent if one can be made, else a plain one that reports
+ * an error as soon as the loop runs its deferred callbacks, after evhttp
+ * has taken it: evhttp then closes the connection unread. */
+static struct bufferevent *unguarded_bev(bt__guard *g, struct event_base *base)
+{
+    if (g->app->tls == NULL)
+        return NULL;
+    struct bufferevent *bev = new_bev(g, base, NULL);
+    if (bev != NULL)
+        return bev;
+    bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev != NULL) {
+        /* libevent drops an event for a bufferevent without an event
+         * callback, but calls the one set when the deferred call runs:
+         * evhttp's by then. */
+        bufferevent_setcb(bev, NULL, NULL, no_event, NULL);
+        bufferevent_trigger_event(bev, BEV_EVENT_ERROR | BEV_EVENT_READING,
+                                  BEV_TRIG_DEFER_CALLBACKS);
+    }
+    return bev;
+}
+
 /* evhttp_set_bevcb's callback: a new connection's bufferevent, before
  * evhttp gives it the socket. NULL lets evhttp make a plain one (out of
- * memory: the connection goes unguarded rather than refused). */
+ * memory without TLS: the connection goes unguarded rather than
+ * refused). */
 struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
 {
     bt__guard *g = arg;
     conn *c = bt_calloc(1, sizeof *c);
     if (c == NULL)
-        return NULL;
+        return unguarded_bev(g, base);
     bt__list_init(&c->link);
-    c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    c->tls = g->app->tls != NULL;
+    c->bev = new_bev(g, base, &c->tls_info);
     c->timer = event_new(base, -1, 0, on_timer, c);
     if (c->bev != NULL)
         c->watch = evbuffer_add_cb(bufferevent_get_input(c->bev), on_input, c);
@@ -907,7 +976,7 @@ struct bufferevent *bt__guard_bevcb(struct event_base *base, void *arg)
         if (c->timer != NULL)
             event_free(c->timer);
         bt_free(c);
-        return NULL;
+        return unguarded_bev(g, base);
     }
     bufferevent_incref(c->bev); /* the guard's, until evhttp's close callback */
     c->g = g;

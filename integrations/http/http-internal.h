@@ -116,6 +116,8 @@ struct bt_http_app {
     bt_http_loop_fini_fn fini;
     void *hook_arg;
 
+    struct bt__tls *tls; /* tls.c: NULL without TLS */
+
     /* Shared by the servers of every loop. */
     _Atomic unsigned servers;   /* servers alive: the app is frozen while > 0 */
     _Atomic unsigned in_flight; /* for max_concurrent */
@@ -131,6 +133,41 @@ struct bt_http_app {
     _Atomic bool running;
     int stop_fd[2]; /* bt_http_app_stop writes here */
 };
+
+/* ---- TLS (tls.c) ---------------------------------------------------------- */
+
+#include <netinet/in.h>
+
+struct bufferevent;
+struct event_base;
+typedef struct bt__tls bt__tls;
+
+/* What a connection's handshake tells the guard (the guard's, per
+ * connection): the client's address, taken when the handshake starts,
+ * and whether it completed. */
+typedef struct {
+    char peer[INET6_ADDRSTRLEN];
+    bool handshake_done;
+} bt__tls_info;
+
+#ifdef BT_HAVE_OPENSSL
+/* Load the files into a new context, replacing app's TLS. Returns 0,
+ * BT_EINVAL (logged), BT_ENOMEM. */
+int bt__tls_set(bt_http_app *app, const char *cert_file, const char *key_file);
+/* Load the files again and swap the context. Returns 0 or BT_EINVAL
+ * (logged; the old context stays). Thread: any. */
+int bt__tls_reload(bt_http_app *app);
+/* A connection's accepting OpenSSL bufferevent, without a socket yet
+ * (evhttp gives it one), or NULL. If info is not NULL (zeroed, living as
+ * long as the bufferevent) the handshake fills it in. Thread: the
+ * server's loop. */
+struct bufferevent *bt__tls_bev_new(bt_http_app *app, struct event_base *base, bt__tls_info *info);
+/* A connection goes: if its handshake failed, one BT_LOG_DEBUG line with
+ * the peer and OpenSSL's reason. */
+void bt__tls_log_failure(struct bufferevent *bev, const bt__tls_info *info);
+#endif
+/* With the app. NULL-safe. */
+void bt__tls_free(bt_http_app *app);
 
 /* ---- Requests (request.c) ------------------------------------------------ */
 
