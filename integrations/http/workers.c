@@ -68,6 +68,21 @@
 
 #include "http-internal.h"
 
+/* Threads a process may run at bt_http_app_run besides the calling one:
+ * ThreadSanitizer's runtime starts a background thread of its own (in a
+ * child forked from a process with threads too), which its fork
+ * interceptor stops and restarts around fork, so it is harmless. */
+#if defined(__SANITIZE_THREAD__)
+#define RUNTIME_THREADS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RUNTIME_THREADS 1
+#endif
+#endif
+#ifndef RUNTIME_THREADS
+#define RUNTIME_THREADS 0
+#endif
+
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 5000
 #define KILL_SLACK_MS 5000
@@ -385,7 +400,7 @@ int bt__http_supervise(bt_http_app *app, const char *host, int port, bt_http_rea
         n = c > 0 ? (unsigned)c : 1;
     }
     int threads = count_threads();
-    if (threads > 1) {
+    if (threads > 1 + RUNTIME_THREADS) {
         bt_log(BT_LOG_ERROR,
                "http: bt_http_app_run with worker processes: this process already runs %d "
                "threads, and fork copies only the calling one. Start threads, pools "
