@@ -38,6 +38,10 @@
  *                 call it makes to itself.
  *   HOST, PORT    where to listen (127.0.0.1, 8000; PORT=0 picks one).
  *   LOOPS         loops (0: one per core).
+ *   PROCESSES     worker processes, each with LOOPS loops (default 1) and
+ *                 its own pools, supervised (0: one per core; unset: one
+ *                 process). With PORT=0 and no UPSTREAM_URL the workers
+ *                 do not know the port for their upstream calls: set one.
  *   HEAD_TIMEOUT_MS  how long a client may take to send a request head
  *                 (the server's default, 15 s, without it); `make check`'s
  *                 quick fault run sets 2000 to see slowloris end quickly.
@@ -409,6 +413,7 @@ int main(void)
     const char *host = env_or("HOST", "127.0.0.1");
     int port = atoi(env_or("PORT", "8000"));
     unsigned loops = (unsigned)atoi(env_or("LOOPS", "0"));
+    const char *processes = getenv("PROCESSES"); /* unset: loops in this process */
     bt_test_pg *pg = NULL;
 
     database_url = getenv("DATABASE_URL");
@@ -443,9 +448,16 @@ int main(void)
     bt_http_app_route(app, "GET", "/upstream/profile/{id}", get_profile, NULL);
     bt_http_app_route(app, "GET", "/healthz", healthz, NULL);
     bt_http_app_enable_metrics(app, "/metrics");
-    bt_pool *pool = bt_pool_default(); /* the one offload pool every loop shares */
-    if (pool)
-        bt_http_app_add_pool_metrics(app, pool, "default");
+    if (processes != NULL && *processes != '\0') {
+        /* Worker processes: each makes its own offload pool on first use,
+         * after the fork (a pool made here would reach the workers without
+         * its threads), so the pool's metrics are left out. */
+        bt_http_app_set_processes(app, (unsigned)atoi(processes));
+    } else {
+        bt_pool *pool = bt_pool_default(); /* the one offload pool every loop shares */
+        if (pool)
+            bt_http_app_add_pool_metrics(app, pool, "default");
+    }
     bt_http_app_set_loops(app, loops);
     bt_http_app_set_shutdown_deadline(app, 5000);
     bt_http_app_set_handler_timeout(app, 10000); /* 504 past 10 s, work cancelled */

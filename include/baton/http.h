@@ -209,6 +209,37 @@ BT_EXPORT int bt_http_app_set_access_log(bt_http_app *app, bool on);
  * 1024), BT_EBUSY. */
 BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops);
 
+/* Serve with worker processes: bt_http_app_run forks `processes` workers
+ * (0: one per online CPU; at most 1024), each with its own loops (loops
+ * defaults to 1 per worker then), servers, init hooks and offload pool,
+ * all accepting on one port through SO_REUSEPORT. The calling process
+ * becomes their supervisor and runs no loop: it restarts a worker that
+ * dies (see bt_http_app_set_restart_limit), and on SIGINT or SIGTERM (or
+ * bt_http_app_stop) sends SIGTERM to every worker, which shuts down
+ * gracefully, and SIGKILLs those still alive after the shutdown deadline
+ * plus 5 s. Without this call bt_http_app_run serves in the calling
+ * process; with it, even processes = 1 runs one supervised worker.
+ * fork copies only the calling thread, so bt_http_app_run refuses
+ * (BT_EBUSY, logged) when the process already runs other threads: create
+ * threads, pools (bt_pool_default) and loops in the init hook or on first
+ * use in a worker, never before bt_http_app_run.
+ * Returns 0, BT_EINVAL (NULL app, more than 1024), BT_EBUSY.
+ * Thread: the configuring one. */
+BT_EXPORT int bt_http_app_set_processes(bt_http_app *app, unsigned processes);
+
+/* How often a dead worker is restarted: at most max_restarts times within
+ * window_ms per worker slot (default 5 in 10 s), each restart after a
+ * backoff that doubles from 100 ms (up to 5 s) while the slot keeps dying;
+ * past the limit the slot is given up (logged). 0 never restarts.
+ * Returns 0, BT_EINVAL (NULL app, window_ms 0), BT_EBUSY. */
+BT_EXPORT int bt_http_app_set_restart_limit(bt_http_app *app, unsigned max_restarts,
+                                            uint64_t window_ms);
+
+/* Which worker process this is: 1..n in worker n (stable across its
+ * restarts), 0 in the supervisor or without worker processes. Its
+ * metrics carry it as the label worker="n". Thread: any. */
+BT_EXPORT unsigned bt_http_app_worker(const bt_http_app *app);
+
 /* How long a graceful shutdown lets in-flight requests run before it
  * cancels them (default 10 s). Returns 0, BT_EINVAL, BT_EBUSY. */
 BT_EXPORT int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms);
@@ -263,6 +294,14 @@ BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
  * Returns 0 after a graceful shutdown; BT_EINVAL (NULL, bad host),
  * BT_EADDRINUSE or another bind error, BT_ENOMEM (also when a loop's init
  * hook failed; its error is logged), BT_EBUSY (already running).
+ * With worker processes (bt_http_app_set_processes), on_ready runs in the
+ * supervisor once every worker accepts, and it returns 0 once every
+ * worker exited 0 after the stop; BT_ETIMEDOUT if some had to be killed
+ * at the deadline; BT_EIO if a worker failed its shutdown, or if every
+ * slot was given up (each kept dying: see the log); BT_EBUSY if the
+ * process runs other threads. It then returns in the supervisor only:
+ * a worker leaves with _exit (status 0 after a graceful shutdown) and
+ * never returns into the caller's code.
  * Thread: any. */
 typedef void (*bt_http_ready_fn)(int port, void *arg);
 BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,

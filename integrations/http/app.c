@@ -44,6 +44,9 @@ BT_EXPORT bt_http_app *bt_http_app_new(void)
     app->min_body_rate = 1024;
     app->body_grace_ms = 15000;
     app->max_connections = 10000;
+    app->processes = -1;
+    app->restart_max = 5;
+    app->restart_window_ms = 10000;
     if (pipe2(app->stop_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
         bt_free(app);
         return NULL;
@@ -186,6 +189,33 @@ BT_EXPORT int bt_http_app_set_loops(bt_http_app *app, unsigned loops)
         return BT_EINVAL;
     app->loops = loops;
     return 0;
+}
+
+BT_EXPORT int bt_http_app_set_processes(bt_http_app *app, unsigned processes)
+{
+    CHECK_APP(app);
+    if (processes > 1024) {
+        bt_log(BT_LOG_ERROR, "http: bt_http_app_set_processes(%u): at most 1024", processes);
+        return BT_EINVAL;
+    }
+    app->processes = (int)processes;
+    return 0;
+}
+
+BT_EXPORT int bt_http_app_set_restart_limit(bt_http_app *app, unsigned max_restarts,
+                                            uint64_t window_ms)
+{
+    CHECK_APP(app);
+    if (window_ms == 0)
+        return BT_EINVAL;
+    app->restart_max = max_restarts;
+    app->restart_window_ms = window_ms;
+    return 0;
+}
+
+BT_EXPORT unsigned bt_http_app_worker(const bt_http_app *app)
+{
+    return app != NULL ? app->worker_index : 0;
 }
 
 BT_EXPORT int bt_http_app_set_shutdown_deadline(bt_http_app *app, uint64_t ms)
@@ -377,14 +407,30 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     bool expect = false;
     if (!atomic_compare_exchange_strong(&app->running, &expect, true))
         return BT_EBUSY;
+    int rc;
+    if (app->processes >= 0)
+        rc = bt__http_supervise(app, host, port, on_ready, ready_arg);
+    else
+        rc = bt__http_run_loops(app, host, port, on_ready, ready_arg, true, NULL);
+    atomic_store(&app->running, false);
+    return rc;
+}
+
+int bt__http_run_loops(bt_http_app *app, const char *host, int port, bt_http_ready_fn on_ready,
+                       void *ready_arg, bool fresh, const sigset_t *main_mask)
+{
     unsigned n = app->loops;
-    if (n == 0) {
+    if (n == 0 && app->worker_index != 0) {
+        n = 1; /* a worker process: the processes are the parallelism */
+    } else if (n == 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
         n = c > 0 ? (unsigned)c : 1;
     }
     char drain[64];
-    while (read(app->stop_fd[0], drain, sizeof drain) > 0)
-        ;
+    if (fresh) {
+        while (read(app->stop_fd[0], drain, sizeof drain) > 0)
+            ;
+    }
 
     /* Block the signals in the threads this starts (they inherit the
      * mask), and catch them in whichever thread the kernel picks (threads
@@ -404,7 +450,8 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
     atomic_store(&signal_app, app);
-    signal_seen = 0;
+    if (fresh)
+        signal_seen = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     if (hup)
@@ -423,9 +470,14 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
         rc = start_worker(w);
     }
     /* The loops have the signals blocked; this thread takes them again. */
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_sigmask(SIG_SETMASK, main_mask != NULL ? main_mask : &old, NULL);
     if (rc == 0) {
-        bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port, n);
+        if (app->worker_index != 0)
+            bt_log(BT_LOG_INFO, "http: worker %u (pid %ld) serving on %s:%d with %u loop(s)",
+                   app->worker_index, (long)getpid(), host, ws[0].bound_port, n);
+        else
+            bt_log(BT_LOG_INFO, "http: serving on %s:%d with %u loop(s)", host, ws[0].bound_port,
+                   n);
         if (on_ready != NULL)
             on_ready(ws[0].bound_port, ready_arg);
         struct pollfd pf = { .fd = app->stop_fd[0], .events = POLLIN };
@@ -482,6 +534,5 @@ BT_EXPORT int bt_http_app_run(bt_http_app *app, const char *host, int port,
     if (hup)
         sigaction(SIGHUP, &old_hup, NULL);
     atomic_store(&signal_app, NULL);
-    atomic_store(&app->running, false);
     return rc;
 }

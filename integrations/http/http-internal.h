@@ -3,6 +3,7 @@
 #define BATON_HTTP_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -132,6 +133,14 @@ struct bt_http_app {
     /* bt_http_app_run */
     _Atomic bool running;
     int stop_fd[2]; /* bt_http_app_stop writes here */
+
+    /* Worker processes (workers.c). processes is -1 unless
+     * bt_http_app_set_processes was called (then 0 means one per CPU);
+     * worker_index is 1..n in a worker process, 0 elsewhere. */
+    int processes;
+    unsigned restart_max;
+    uint64_t restart_window_ms;
+    unsigned worker_index;
 };
 
 /* ---- TLS (tls.c) ---------------------------------------------------------- */
@@ -168,6 +177,17 @@ void bt__tls_log_failure(struct bufferevent *bev, const bt__tls_info *info);
 #endif
 /* With the app. NULL-safe. */
 void bt__tls_free(bt_http_app *app);
+
+/* bt_http_app_run's loops in this process (app.c). fresh: forget stop
+ * requests made before the call (bt_http_app_run); a worker process passes
+ * false so that a SIGTERM received between fork and here is not lost.
+ * main_mask: the signal mask the calling thread gets once the loop threads
+ * are started (NULL: the one it had on entry). */
+int bt__http_run_loops(bt_http_app *app, const char *host, int port, bt_http_ready_fn on_ready,
+                       void *ready_arg, bool fresh, const sigset_t *main_mask);
+/* bt_http_app_run with worker processes (workers.c). */
+int bt__http_supervise(bt_http_app *app, const char *host, int port, bt_http_ready_fn on_ready,
+                       void *ready_arg);
 
 /* ---- Requests (request.c) ------------------------------------------------ */
 

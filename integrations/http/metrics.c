@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http-internal.h"
 
@@ -67,6 +68,40 @@ static void sb_printf(sbuf *sb, const char *fmt, ...)
 }
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* In a worker process (bt_http_app_set_processes) every sample gets the
+ * label worker="n", the extra sources' lines included: `name{a="b"} v`
+ * becomes `name{worker="n",a="b"} v` and `name v` becomes
+ * `name{worker="n"} v`. Comments are left as they are. Returns a new
+ * bt_malloc'd text or NULL. */
+static char *label_worker(const char *text, size_t len, unsigned worker)
+{
+    sbuf out = { 0 };
+    const char *p = text, *end = text + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t n = eol != NULL ? (size_t)(eol - p) : (size_t)(end - p);
+        const char *cut = NULL;
+        for (size_t i = 0; i < n && cut == NULL; i++)
+            if (p[i] == '{' || p[i] == ' ')
+                cut = p + i;
+        if (n == 0 || p[0] == '#' || cut == NULL) {
+            sb_printf(&out, "%.*s\n", (int)n, p);
+        } else if (*cut == '{') {
+            sb_printf(&out, "%.*sworker=\"%u\"%s%.*s\n", (int)(cut + 1 - p), p, worker,
+                      cut[1] == '}' ? "" : ",", (int)(n - (size_t)(cut + 1 - p)), cut + 1);
+        } else {
+            sb_printf(&out, "%.*s{worker=\"%u\"}%.*s\n", (int)(cut - p), p, worker,
+                      (int)(n - (size_t)(cut - p)), cut);
+        }
+        p += n + 1;
+    }
+    if (out.failed) {
+        bt_free(out.buf);
+        return NULL;
+    }
+    return out.buf;
+}
 
 char *bt__http_metrics_render(bt_http_app *app)
 {
@@ -144,9 +179,20 @@ char *bt__http_metrics_render(bt_http_app *app)
             bt_free(extra);
         }
     }
+    if (app->worker_index != 0)
+        sb_printf(&sb,
+                  "# HELP baton_http_worker_info The worker process that answered this scrape.\n"
+                  "# TYPE baton_http_worker_info gauge\n"
+                  "baton_http_worker_info{pid=\"%ld\"} 1\n",
+                  (long)getpid());
     if (sb.failed) {
         bt_free(sb.buf);
         return NULL;
+    }
+    if (app->worker_index != 0) {
+        char *labelled = label_worker(sb.buf, sb.len, app->worker_index);
+        bt_free(sb.buf);
+        return labelled;
     }
     return sb.buf;
 }

@@ -168,7 +168,7 @@ struct bt_pq_conn {
     struct event *wev; /* write, while libpq has unsent data */
     bool flushing;
     bt_timer *timer;                /* connect timeout */
-    int poll;                       /* last PQconnectPoll answer */
+    PostgresPollingStatusType poll; /* last PQconnectPoll answer */
     struct bt__pq_resolve *resolve; /* a resolution job in flight */
     char *hostaddr;                 /* resolved addresses for libpq */
     bt__pq_op *ops;                 /* FIFO ring */
