@@ -178,6 +178,10 @@ void bt__tls_log_failure(struct bufferevent *bev, const bt__tls_info *info);
 /* With the app. NULL-safe. */
 void bt__tls_free(bt_http_app *app);
 
+/* A socket bound to host:port with SO_REUSEPORT, listening if asked
+ * (server.c). Returns the fd and sets *bound, or a negative BT_E* code. */
+int bt__http_bind(const char *host, int port, bool listening, int *bound);
+
 /* bt_http_app_run's loops in this process (app.c). fresh: forget stop
  * requests made before the call (bt_http_app_run); a worker process passes
  * false so that a SIGTERM received between fork and here is not lost.

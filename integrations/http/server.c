@@ -690,12 +690,13 @@ fail:
     return NULL;
 }
 
-BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
+/* One socket bound to host:port with SO_REUSEADDR and SO_REUSEPORT (the
+ * first address that binds), listening and non-blocking if listening is
+ * set: bt_http_server_listen's, and the supervisor's port reservation
+ * (workers.c), which binds without listening. Returns the fd and sets
+ * *bound to the port, or a negative BT_E* code. */
+int bt__http_bind(const char *host, int port, bool listening, int *bound)
 {
-    if (srv == NULL || host == NULL || port < 0 || port > 65535 || srv->closed)
-        return BT_EINVAL;
-    if (srv->nlisteners == MAX_LISTENERS || srv->shutting_down)
-        return BT_EBUSY;
     struct addrinfo hints = { 0 }, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -707,8 +708,9 @@ BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int p
         return gai == EAI_MEMORY ? BT_ENOMEM : BT_EINVAL;
     int rc = BT_EINVAL;
     int fd = -1;
+    int type = SOCK_CLOEXEC | (listening ? SOCK_NONBLOCK : 0);
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        fd = socket(ai->ai_family, ai->ai_socktype | type, ai->ai_protocol);
         if (fd < 0) {
             rc = -errno;
             continue;
@@ -716,7 +718,7 @@ BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int p
         int one = 1;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-            bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+            bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || (listening && listen(fd, 1024) != 0)) {
             rc = -errno;
             close(fd);
             fd = -1;
@@ -730,16 +732,32 @@ BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int p
         return rc;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    *bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+BT_EXPORT int bt_http_server_listen(bt_http_server *srv, const char *host, int port)
+{
+    if (srv == NULL || host == NULL || port < 0 || port > 65535 || srv->closed)
+        return BT_EINVAL;
+    if (srv->nlisteners == MAX_LISTENERS || srv->shutting_down)
+        return BT_EBUSY;
     int bound = -1;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    int fd = bt__http_bind(host, port, true, &bound);
+    if (fd < 0)
+        return fd;
     struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(srv->http, fd);
     if (bs == NULL) {
         close(fd);
         return BT_ENOMEM;
     }
-    rc = bt__guard_add_listener(&srv->guard, evhttp_bound_socket_get_listener(bs));
+    int rc = bt__guard_add_listener(&srv->guard, evhttp_bound_socket_get_listener(bs));
     if (rc != 0) {
         evhttp_del_accept_socket(srv->http, bs);
         return rc;

@@ -182,48 +182,7 @@ static int count_threads(void)
  * BT_E* code. */
 static int reserve_port(const char *host, int port, int *bound)
 {
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    int gai = getaddrinfo(host, portstr, &hints, &res);
-    if (gai != 0)
-        return gai == EAI_MEMORY ? BT_ENOMEM : BT_EINVAL;
-    int rc = BT_EINVAL;
-    int fd = -1;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            rc = -errno;
-            continue;
-        }
-        int one = 1;
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-            bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            rc = -errno;
-            close(fd);
-            fd = -1;
-            continue;
-        }
-        rc = 0;
-        break;
-    }
-    freeaddrinfo(res);
-    if (rc != 0)
-        return rc;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
-        rc = -errno;
-        close(fd);
-        return rc;
-    }
-    *bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    return fd;
+    return bt__http_bind(host, port, false, bound);
 }
 
 static void describe(int status, char *buf, size_t len)
