@@ -235,6 +235,8 @@ bool bt__http_has_scheme(const char *url);
 void bt__xfer_start(xfer *x);
 /* Disarm the transfer's timer (wait, total, or the wait between attempts). */
 void bt__xfer_timer_stop(xfer *x);
+/* Take x out of curl's multi handle, counting its connects (transfer.c). */
+void bt__xfer_leave_multi(xfer *x);
 
 /* idle.c */
 /* Set up the sweep's timer and the default idle bound. Returns 0 or

@@ -320,14 +320,8 @@ bool bt__retry_after_attempt(xfer *x, CURLcode rc)
     if (fresh == NULL)
         return false;
 
-    /* Out of curl for the wait; the connection goes back to curl's cache
-     * (or is closed, if the attempt broke it). */
-    long n = 0;
-    if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0)
-        c->stats.connects += (uint64_t)n;
-    curl_multi_remove_handle(c->multi, x->easy);
-    x->in_multi = false;
-    c->stats.in_flight--;
+    /* Out of curl for the wait. */
+    bt__xfer_leave_multi(x);
     bt__xfer_timer_stop(x);
     c->buffered -= x->held;
     x->held = 0;

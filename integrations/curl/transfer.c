@@ -113,6 +113,20 @@ static void xfer_unhold(xfer *x)
     x->held = 0;
 }
 
+/* Take x out of curl (its connection goes back to curl's cache, or is
+ * closed if the attempt broke it), counting the connections it opened.
+ * Must not run with curl on the stack. */
+void bt__xfer_leave_multi(xfer *x)
+{
+    bt_http_client *c = x->c;
+    long n = 0;
+    if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0)
+        c->stats.connects += (uint64_t)n;
+    curl_multi_remove_handle(c->multi, x->easy);
+    x->in_multi = false;
+    c->stats.in_flight--;
+}
+
 /* Detach from curl and free. Must not run with curl on the stack. */
 void bt__xfer_release(xfer *x)
 {
@@ -120,14 +134,8 @@ void bt__xfer_release(xfer *x)
     bt__xfer_timer_stop(x);
     bt__retry_stop(x);
     xfer_unhold(x);
-    if (x->in_multi) {
-        long n = 0;
-        if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &n) == CURLE_OK && n > 0)
-            c->stats.connects += (uint64_t)n;
-        curl_multi_remove_handle(c->multi, x->easy);
-        x->in_multi = false;
-        c->stats.in_flight--;
-    }
+    if (x->in_multi)
+        bt__xfer_leave_multi(x);
     bt__list_remove(&x->node);
     bt__idle_arm(c); /* its connection may be idle in curl's cache now */
     if (x->easy) {
