@@ -21,6 +21,7 @@
 #include <baton/compose.h>
 
 #include "future-internal.h"
+#include "timeval.h"
 
 /* ---- Results ------------------------------------------------------------- */
 
@@ -395,7 +396,7 @@ BT_EXPORT bt_future *bt_timeout(bt_future *f, uint64_t ms)
     }
     ts->loop = loop;
     ts->ms = ms;
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+    struct timeval tv = bt__timeval_ms(ms);
     bool armed = event_assign(timeout_event(ts), loop->base, -1, 0, timeout_on_timer, ts) == 0 &&
                  event_add(timeout_event(ts), &tv) == 0;
     if (!armed || bt_future_add_callback(f, timeout_on_inner, ts) != 0) {

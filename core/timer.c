@@ -4,6 +4,7 @@
 #include <baton/future.h>
 
 #include "loop-internal.h"
+#include "timeval.h"
 
 struct bt_timer {
     bt_loop *loop;
@@ -15,19 +16,13 @@ struct bt_timer {
     bool free_after_cb;
 };
 
-static struct timeval ms_to_tv(uint64_t ms)
-{
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-    return tv;
-}
-
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     bt_timer *t = arg;
     if (t->repeat_ms) {
-        struct timeval tv = ms_to_tv(t->repeat_ms);
+        struct timeval tv = bt__timeval_ms(t->repeat_ms);
         event_add(t->ev, &tv);
     }
     t->in_cb = true;
@@ -64,7 +59,7 @@ BT_EXPORT int bt_timer_start(bt_timer *t, uint64_t timeout_ms, uint64_t repeat_m
     if (t == NULL || t->free_after_cb)
         return BT_EINVAL;
     t->repeat_ms = repeat_ms;
-    struct timeval tv = ms_to_tv(timeout_ms);
+    struct timeval tv = bt__timeval_ms(timeout_ms);
     return event_add(t->ev, &tv) == 0 ? 0 : BT_ENOMEM;
 }
 
@@ -136,7 +131,7 @@ BT_EXPORT bt_future *bt_sleep(bt_loop *loop, uint64_t ms)
     }
     s->f = f;
     s->ev = event_new(loop->base, -1, 0, on_sleep_done, s);
-    struct timeval tv = ms_to_tv(ms);
+    struct timeval tv = bt__timeval_ms(ms);
     if (s->ev == NULL || event_add(s->ev, &tv) != 0) {
         if (s->ev != NULL)
             event_free(s->ev);

@@ -4,6 +4,7 @@
 
 #include "curl-internal.h"
 #include "sized.h"
+#include "timeval.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -102,12 +103,6 @@ BT_EXPORT void bt_http_client_free(bt_http_client *c)
         return;
     }
     bt__http_client_destroy(c);
-}
-
-static void tv_from_ms(struct timeval *tv, uint64_t ms)
-{
-    tv->tv_sec = (time_t)(ms / 1000);
-    tv->tv_usec = (suseconds_t)(ms % 1000) * 1000;
 }
 
 static void client_apply_limits(bt_http_client *c)
@@ -253,8 +248,8 @@ BT_EXPORT int bt_http_client_set_timeouts(bt_http_client *c, uint64_t connect_ms
     c->connect_ms = connect_ms;
     c->total_ms = total_ms;
     c->wait_ms = wait_ms;
-    tv_from_ms(&c->total_tv, total_ms);
-    tv_from_ms(&c->wait_tv, wait_ms);
+    c->total_tv = bt__timeval_ms(total_ms);
+    c->wait_tv = bt__timeval_ms(wait_ms);
     /* Every request with the client's durations shares a common-timeout
      * queue: O(1) to arm instead of a heap insert. */
     c->total_ctv = total_ms ? event_base_init_common_timeout(c->base, &c->total_tv) : NULL;

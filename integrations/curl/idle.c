@@ -31,6 +31,7 @@
 #include "config.h"
 
 #include "curl-internal.h"
+#include "timeval.h"
 
 #include <event2/event.h>
 
@@ -114,7 +115,7 @@ void bt__idle_arm(bt_http_client *c)
     if (c->sweep_armed || c->idle_ms == 0 || c->closed)
         return;
     uint64_t ms = sweep_period_ms(c);
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+    struct timeval tv = bt__timeval_ms(ms);
     evtimer_add(c->sweep_timer, &tv);
     c->sweep_armed = true;
 }

@@ -45,6 +45,7 @@
 #include "config.h"
 
 #include "curl-internal.h"
+#include "timeval.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -202,7 +203,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
         evtimer_del(c->curl_timer);
     } else {
         /* Never socket_action from here: a 0 ms timer runs it next. */
-        struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+        struct timeval tv = bt__timeval_ms((uint64_t)timeout_ms);
         evtimer_add(c->curl_timer, &tv);
     }
     return 0;

@@ -24,6 +24,7 @@
 
 #include "curl-internal.h"
 #include "sized.h"
+#include "timeval.h"
 
 #include <string.h>
 #include <strings.h>
@@ -253,8 +254,7 @@ void bt__retry_setup(xfer *x)
     x->retry = true;
     if (x->pol.deadline_ms != 0) {
         x->deadline_ns = bt_hrtime() + x->pol.deadline_ms * 1000000;
-        struct timeval tv = { (time_t)(x->pol.deadline_ms / 1000),
-                              (suseconds_t)(x->pol.deadline_ms % 1000) * 1000 };
+        struct timeval tv = bt__timeval_ms(x->pol.deadline_ms);
         evtimer_assign(x->deadline, c->base, on_deadline, x);
         evtimer_add(x->deadline, &tv);
         x->deadline_armed = true;
@@ -336,7 +336,7 @@ bool bt__retry_after_attempt(xfer *x, CURLcode rc)
     x->errbuf[0] = '\0';
 
     x->backoff = true;
-    struct timeval tv = { (time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000 };
+    struct timeval tv = bt__timeval_ms(wait_ms);
     evtimer_add(x->timer, &tv);
     x->timer_armed = true;
     return true;

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "curl-internal.h"
+#include "timeval.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -781,8 +782,7 @@ BT_EXPORT bt_future *bt_http_client_send(bt_http_client *c, bt_http_request *req
     x->wait_tv = c->wait_ms ? c->wait_ctv : NULL;
     if (req->has_timeout) {
         x->total_ms = req->timeout_ms;
-        x->own_total_tv.tv_sec = (time_t)(req->timeout_ms / 1000);
-        x->own_total_tv.tv_usec = (suseconds_t)(req->timeout_ms % 1000) * 1000;
+        x->own_total_tv = bt__timeval_ms(req->timeout_ms);
         x->total_tv = req->timeout_ms ? &x->own_total_tv : NULL;
     } else {
         x->total_ms = c->total_ms;

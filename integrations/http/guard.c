@@ -72,6 +72,7 @@
 #include <event2/listener.h>
 
 #include "http-internal.h"
+#include "timeval.h"
 
 #define LINGER_MS 2000        /* dropping input after a refusal, at most */
 #define POLL_MS 20            /* waiting for evhttp to be idle, for the write to drain */
@@ -233,9 +234,7 @@ static void arm(conn *c, uint64_t ms)
 {
     if (!c->started)
         return;
-    struct timeval tv;
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    struct timeval tv = bt__timeval_ms(ms);
     event_add(c->timer, &tv);
 }
 

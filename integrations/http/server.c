@@ -57,6 +57,7 @@
 
 #include "http-internal.h"
 #include "response-internal.h"
+#include "timeval.h"
 
 #define MAX_LISTENERS 8
 #define SWEEP_MS 20
@@ -114,12 +115,6 @@ static const char *method_name(enum evhttp_cmd_type t)
         return "PATCH";
     }
     return "UNKNOWN";
-}
-
-static void ms_to_tv(uint64_t ms, struct timeval *tv)
-{
-    tv->tv_sec = (time_t)(ms / 1000);
-    tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
 }
 
 /* ---- Replies ------------------------------------------------------------- */
@@ -629,8 +624,8 @@ BT_EXPORT bt_http_server *bt_http_server_new(bt_loop *loop, bt_http_app *app)
     srv->app = app;
     srv->port = BT_EINVAL;
     bt__list_init(&srv->inflight);
-    ms_to_tv(app->read_timeout_ms, &srv->read_tv);
-    ms_to_tv(app->write_timeout_ms, &srv->write_tv);
+    srv->read_tv = bt__timeval_ms(app->read_timeout_ms);
+    srv->write_tv = bt__timeval_ms(app->write_timeout_ms);
     srv->stats = bt_calloc(1, sizeof *srv->stats);
     srv->http = evhttp_new(bt_loop_base(loop));
     srv->deadline = bt_timer_new(loop, on_deadline, srv);
