@@ -116,11 +116,13 @@ static bool running;
 
 static bt_future *h_hello(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "hello", 5);
 }
 
 static void on_ready(int p, void *arg)
 {
+    (void)arg;
     pthread_mutex_lock(&ready_mu);
     port = p;
     pthread_cond_signal(&ready_cv);
@@ -129,6 +131,7 @@ static void on_ready(int p, void *arg)
 
 static void *server_main(void *arg)
 {
+    (void)arg;
     run_rc = bt_http_app_run(app, "127.0.0.1", 0, on_ready, NULL);
     pthread_mutex_lock(&ready_mu);
     port = -1;

@@ -6,6 +6,7 @@
 
 static bt_future *hello(bt_http_req *req, void *arg)
 {
+    (void)arg;
     return bt_http_respond_json(bt_http_req_loop(req), 200,
                                 json_pack("{s:s}", "hello", bt_http_req_param(req, "name")));
 }
