@@ -951,7 +951,12 @@ START_TEST(thread_names_show)
     bt_test_run_until(loop, a, 10000);
     bt_test_run_until(loop, b, 10000);
     ck_assert_str_eq(bt_future_value(a), "web-cpu-0");
-    ck_assert_str_eq(bt_future_value(b), "web-blk-0");
+    /* The blocking lane grows on demand: which of its threads takes the job
+     * depends on the race between a starting thread and the one already
+     * waiting, so only the lane's prefix and a thread number are fixed. */
+    const char *blk = bt_future_value(b);
+    ck_assert_msg(strncmp(blk, "web-blk-", 8) == 0 && blk[8] >= '0' && blk[8] <= '9',
+                  "blocking thread named %s", blk);
     bt_future_unref(a);
     bt_future_unref(b);
     bt_pool_free(p);
