@@ -90,15 +90,15 @@ START_TEST(plain_iteration)
     item it[3];
     bt__list_init(&head);
     int n = 0;
-    BT__LIST_FOREACH(pos, &head)
-    n++;
+    BT__LIST_FOREACH (pos, &head)
+        n++;
     ck_assert_int_eq(n, 0); /* an empty list runs no body */
     for (int i = 0; i < 3; i++) {
         it[i].v = i + 1;
         bt__list_push_back(&head, &it[i].link);
     }
-    BT__LIST_FOREACH(pos, &head)
-    n = n * 10 + BT__LIST_ENTRY(pos, item, link)->v;
+    BT__LIST_FOREACH (pos, &head)
+        n = n * 10 + BT__LIST_ENTRY(pos, item, link)->v;
     ck_assert_int_eq(n, 123);
 }
 END_TEST

@@ -355,8 +355,7 @@ static void on_sweep(bt_timer *t, void *arg)
     }
     uint64_t now = bt_hrtime();
     bt__list *pos;
-    BT__LIST_FOREACH(pos, &srv->inflight)
-    {
+    BT__LIST_FOREACH (pos, &srv->inflight) {
         bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (now - req->start_ns < SWEEP_MS * 1000000ull)
             continue;
@@ -517,8 +516,7 @@ reject:
 bool bt__http_server_conn_busy(bt_http_server *srv, const struct bufferevent *bev)
 {
     bt__list *pos;
-    BT__LIST_FOREACH(pos, &srv->inflight)
-    {
+    BT__LIST_FOREACH (pos, &srv->inflight) {
         bt_http_req *req = BT__LIST_ENTRY(pos, bt_http_req, link);
         if (req->ev != NULL && !req->disconnected && req->bev == bev)
             return true;
@@ -595,8 +593,8 @@ static void on_deadline(bt_timer *t, void *arg)
     bt_http_server *srv = arg;
     (void)t;
     bt__list *pos;
-    BT__LIST_FOREACH(pos, &srv->inflight)
-    bt_future_cancel(BT__LIST_ENTRY(pos, bt_http_req, link)->fut); /* on_done answers 503 */
+    BT__LIST_FOREACH (pos, &srv->inflight)
+        bt_future_cancel(BT__LIST_ENTRY(pos, bt_http_req, link)->fut); /* on_done answers 503 */
 }
 
 /* evhttp writes responses with plain write(2): a client that hangs up
