@@ -134,8 +134,7 @@ BT_EXPORT bt_http_client *bt_http_client_new(bt_loop *loop)
             curl_multi_cleanup(c->multi);
         if (c->curl_timer)
             event_free(c->curl_timer);
-        if (c->sweep_timer)
-            event_free(c->sweep_timer);
+        bt__idle_shutdown(c);
         bt_free(c);
         return NULL;
     }

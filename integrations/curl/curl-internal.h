@@ -85,6 +85,9 @@ bool bt__http_is_token(const char *s, size_t len);
  * once (eight bodies at the per-response cap). See curl.h. */
 #define DEFAULT_MAX_BODY ((size_t)16 << 20)
 #define DEFAULT_MAX_BUFFERED ((size_t)128 << 20)
+/* The longest wait the client accepts anywhere (a retry's delay, its
+ * deadline, Retry-After, the idle period): 30 days. */
+#define BT__CURL_MAX_WAIT_MS ((uint64_t)30 * 86400 * 1000)
 
 typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
@@ -189,11 +192,10 @@ struct bt_http_client {
     unsigned gen; /* bumped by every setter of easy options */
     bt_http_client_stats stats;
     /* The idle sweep (idle.c): the bound on a cached connection's idle
-     * time (0: off), curl's whole seconds for it, the timer, and the easy
+     * time (0: off), the timer, and the easy
      * handle that makes curl prune its cache. nsockets counts the sockets
      * curl opened through on_open_socket and has not closed. */
     uint64_t idle_ms;
-    long idle_age_s;
     struct event *sweep_timer;
     CURL *sweep;
     bool sweep_in_multi, sweep_armed;

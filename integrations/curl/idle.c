@@ -38,7 +38,6 @@
 #include <baton/loop.h>
 
 #define DEFAULT_IDLE_MS 60000
-#define MAX_IDLE_MS ((uint64_t)30 * 86400 * 1000)
 
 static curl_socket_t on_sweep_socket(void *clientp, curlsocktype purpose,
                                      struct curl_sockaddr *addr)
@@ -61,10 +60,17 @@ static uint64_t sweep_period_ms(const bt_http_client *c)
     return c->idle_ms / 2 > 1000 ? c->idle_ms / 2 : 1000;
 }
 
+/* curl prunes a connection when the whole seconds it has been idle exceed
+ * CURLOPT_MAXAGE_CONN: the idle period, rounded up to seconds, less one. */
+static long idle_age_s(const bt_http_client *c)
+{
+    return (long)((c->idle_ms + 999) / 1000) - 1;
+}
+
 void bt__idle_options(bt_http_client *c, CURL *easy)
 {
     if (c->idle_ms)
-        curl_easy_setopt(easy, CURLOPT_MAXAGE_CONN, c->idle_age_s);
+        curl_easy_setopt(easy, CURLOPT_MAXAGE_CONN, idle_age_s(c));
 }
 
 static CURL *sweep_handle(bt_http_client *c)
@@ -101,18 +107,17 @@ static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
             curl_multi_remove_handle(c->multi, e);
             c->sweep_in_multi = false;
         }
-        curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, c->idle_age_s);
+        curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, idle_age_s(c));
         if (curl_multi_add_handle(c->multi, e) == CURLM_OK)
             c->sweep_in_multi = true;
         /* curl asks for a 0 ms timeout: the prune runs on the next turn. */
     }
-    if (c->nsockets > 0)
-        bt__idle_arm(c);
+    bt__idle_arm(c);
 }
 
 void bt__idle_arm(bt_http_client *c)
 {
-    if (c->sweep_armed || c->idle_ms == 0 || c->closed)
+    if (c->sweep_armed || c->idle_ms == 0 || c->closed || c->nsockets == 0)
         return;
     uint64_t ms = sweep_period_ms(c);
     struct timeval tv = bt__timeval_ms(ms);
@@ -135,7 +140,6 @@ int bt__idle_init(bt_http_client *c)
     if (c->sweep_timer == NULL)
         return BT_ENOMEM;
     c->idle_ms = DEFAULT_IDLE_MS;
-    c->idle_age_s = DEFAULT_IDLE_MS / 1000 - 1;
     return 0;
 }
 
@@ -159,7 +163,7 @@ BT_EXPORT int bt_http_client_set_idle_timeout(bt_http_client *c, uint64_t idle_m
 {
     if (c == NULL || c->closed)
         return BT_EINVAL;
-    if ((idle_ms > 0 && idle_ms < 1000) || idle_ms > MAX_IDLE_MS) {
+    if ((idle_ms > 0 && idle_ms < 1000) || idle_ms > BT__CURL_MAX_WAIT_MS) {
         bt_log(BT_LOG_WARN,
                "bt_http_client_set_idle_timeout: %llu ms is out of range (0, or 1000 ms to "
                "30 days)",
@@ -167,21 +171,13 @@ BT_EXPORT int bt_http_client_set_idle_timeout(bt_http_client *c, uint64_t idle_m
         return BT_EINVAL;
     }
     c->idle_ms = idle_ms;
-    /* curl prunes when the whole seconds idle exceed MAXAGE_CONN. */
-    c->idle_age_s = idle_ms ? (long)((idle_ms + 999) / 1000) - 1 : 0;
-    if (idle_ms == 0) {
-        if (c->sweep_armed) {
-            evtimer_del(c->sweep_timer);
-            c->sweep_armed = false;
-        }
-    } else if (c->sweep_armed) {
-        /* A shorter period takes effect now. */
+    /* Disarm, then arm with the new period (a shorter one takes effect
+     * now; 0 leaves it disarmed). */
+    if (c->sweep_armed) {
         evtimer_del(c->sweep_timer);
         c->sweep_armed = false;
-        bt__idle_arm(c);
-    } else if (c->nsockets > 0) {
-        bt__idle_arm(c);
     }
+    bt__idle_arm(c);
     c->gen++;
     return 0;
 }

@@ -93,19 +93,24 @@ static void watch_detach(sockwatch *w)
 
 /* Watch w->fd for w->kind through a new duplicate. If none can be made
  * (EMFILE), watch curl's fd itself: the old behaviour, racy as above. */
+static void watch_arm(sockwatch *w)
+{
+    event_assign(w->ev, w->c->base, w->evfd, w->kind, on_sock_event, w);
+    event_add(w->ev, NULL);
+}
+
 static void watch_attach(sockwatch *w)
 {
     w->evfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
     if (w->evfd < 0)
         w->evfd = w->fd;
-    event_assign(w->ev, w->c->base, w->evfd, w->kind, on_sock_event, w);
-    event_add(w->ev, NULL);
+    watch_arm(w);
 }
 
 static sockwatch *watch_find(bt_http_client *c, curl_socket_t s)
 {
-    bt__list *n, *tmp;
-    BT__LIST_FOREACH_SAFE (n, tmp, &c->watches) {
+    bt__list *n;
+    BT__LIST_FOREACH (n, &c->watches) {
         sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
         if (w->fd == s)
             return w;
@@ -175,8 +180,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         /* Same socket, new interest: keep the duplicate. */
         event_del(w->ev);
         w->kind = kind;
-        event_assign(w->ev, c->base, w->evfd, kind, on_sock_event, w);
-        event_add(w->ev, NULL);
+        watch_arm(w);
         return 0;
     }
     w->kind = kind;

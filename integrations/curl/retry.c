@@ -42,7 +42,6 @@
 #define DEFAULT_MAX_MS 30000
 /* Waits and deadlines are capped at 30 days so that no sum or shift of
  * them overflows a uint64_t of nanoseconds. */
-#define MAX_MS ((uint64_t)30 * 24 * 3600 * 1000)
 
 BT_EXPORT void bt_http_retry_policy_init_size(bt_http_retry_policy *p, size_t size)
 {
@@ -53,7 +52,6 @@ BT_EXPORT void bt_http_retry_policy_init_size(bt_http_retry_policy *p, size_t si
     d.max_attempts = DEFAULT_ATTEMPTS;
     d.base_delay_ms = DEFAULT_BASE_MS;
     d.max_delay_ms = DEFAULT_MAX_MS;
-    d.deadline_ms = 0;
     d.honor_retry_after = true;
     memset(p, 0, size); /* fields a newer header has: zero, "as before" */
     bt__sized_write(p, size, &d, sizeof d);
@@ -71,7 +69,7 @@ int bt__retry_policy_read(bt_http_retry_policy *out, const bt_http_retry_policy 
         why = "max_attempts is 0 (1 means a single attempt)";
     else if (out->max_delay_ms < out->base_delay_ms)
         why = "max_delay_ms is smaller than base_delay_ms";
-    else if (out->max_delay_ms > MAX_MS || out->deadline_ms > MAX_MS)
+    else if (out->max_delay_ms > BT__CURL_MAX_WAIT_MS || out->deadline_ms > BT__CURL_MAX_WAIT_MS)
         why = "a delay or the deadline is over 30 days";
     if (why != NULL) {
         bt_log(BT_LOG_WARN, "%s: %s", fn, why);
@@ -156,8 +154,8 @@ static bool parse_retry_after(const char *v, uint64_t *ms)
     if (*v >= '0' && *v <= '9') {
         uint64_t s = 0;
         for (; *v >= '0' && *v <= '9'; v++)
-            if ((s = s * 10 + (uint64_t)(*v - '0')) > MAX_MS / 1000)
-                s = MAX_MS / 1000; /* absurdly long: over any max delay */
+            if ((s = s * 10 + (uint64_t)(*v - '0')) > BT__CURL_MAX_WAIT_MS / 1000)
+                s = BT__CURL_MAX_WAIT_MS / 1000; /* absurdly long: over any max delay */
         while (*v == ' ' || *v == '\t')
             v++;
         if (*v != '\0')
@@ -183,21 +181,25 @@ static bool retry_after_ms(xfer *x, uint64_t *ms)
     return v != NULL && parse_retry_after(v, ms);
 }
 
-/* Whether a reply with this status is retried (the deadline aside). */
-static bool status_wanted(xfer *x, long status)
+/* Whether a reply with this status is retried (the deadline aside), and
+ * the wait its Retry-After asks for (*have_wait false when none). */
+static bool status_wanted(xfer *x, long status, bool *have_wait, uint64_t *wait_ms)
 {
+    *have_wait = false;
     if (!x->retry || x->delivered || x->attempt >= x->pol.max_attempts ||
         !idempotent(x->req->method) || !retryable_status(status))
         return false;
-    uint64_t ms;
     /* A server asking for a longer wait than the policy allows gets its
      * reply returned at once instead of an early retry (Envoy's rule). */
-    return !retry_after_ms(x, &ms) || ms <= x->pol.max_delay_ms;
+    *have_wait = retry_after_ms(x, wait_ms);
+    return !*have_wait || *wait_ms <= x->pol.max_delay_ms;
 }
 
 bool bt__retry_status_wanted(xfer *x)
 {
-    return status_wanted(x, x->resp->status);
+    bool have_wait;
+    uint64_t wait_ms;
+    return status_wanted(x, x->resp->status, &have_wait, &wait_ms);
 }
 
 /* ---- Waits ------------------------------------------------------------------ */
@@ -287,9 +289,8 @@ bool bt__retry_after_attempt(xfer *x, CURLcode rc)
     if (rc == CURLE_OK) {
         long status = 0;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-        if (!status_wanted(x, status))
+        if (!status_wanted(x, status, &have_wait, &wait_ms))
             return false;
-        have_wait = retry_after_ms(x, &wait_ms);
     } else {
         if (x->delivered || x->abort_code != 0 || x->attempt >= x->pol.max_attempts)
             return false;

@@ -173,12 +173,11 @@ void bt__xfer_fail(xfer *x, int code, const char *fmt, ...)
     va_start(ap, fmt);
     char *detail = bt_vasprintf(fmt, ap);
     va_end(ap);
+    char attempt[32] = "";
     if (x->attempt > 1)
-        bt_future_set_error(x->future, code, "%s %s: %s (attempt %u)", x->req->method, xfer_url(x),
-                            detail ? detail : bt_strerror(code), x->attempt);
-    else
-        bt_future_set_error(x->future, code, "%s %s: %s", x->req->method, xfer_url(x),
-                            detail ? detail : bt_strerror(code));
+        snprintf(attempt, sizeof attempt, " (attempt %u)", x->attempt);
+    bt_future_set_error(x->future, code, "%s %s: %s%s", x->req->method, xfer_url(x),
+                        detail ? detail : bt_strerror(code), attempt);
     bt_free(detail);
     x->future = NULL;
     x->c->stats.failed++;
