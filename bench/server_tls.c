@@ -109,25 +109,6 @@ static void stop(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-/* The CPU time a process has used, in seconds, from /proc (all threads). */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 /* ---- Keep-alive: wrk ---------------------------------------------------------- */
 
 typedef struct {
@@ -222,13 +203,13 @@ static double connections(const char *cert, const char *key, double *per_s)
     for (int i = 0; i < 200; i++) /* warm-up */
         if (one_connection(ctx, port) != 0)
             goto done;
-    double cpu0 = cpu_seconds(pid);
+    double cpu0 = proc_cpu_s(pid);
     uint64_t t0 = now_ns();
     for (int i = 0; i < CONNECTIONS; i++)
         if (one_connection(ctx, port) != 0)
             goto done;
     double wall = (double)(now_ns() - t0) / 1e9;
-    out = (cpu_seconds(pid) - cpu0) * 1e6 / CONNECTIONS;
+    out = (proc_cpu_s(pid) - cpu0) * 1e6 / CONNECTIONS;
     *per_s = CONNECTIONS / wall;
 done:
     SSL_CTX_free(ctx);
@@ -285,9 +266,9 @@ int main(void)
                     stop(pid);
                 break;
             }
-            double c0 = cpu_seconds(pid);
+            double c0 = proc_cpu_s(pid);
             int rc = run_wrk(m, port, SECONDS, &res);
-            double c1 = cpu_seconds(pid);
+            double c1 = proc_cpu_s(pid);
             stop(pid);
             if (rc != 0 || res.errors != 0 || res.non2xx != 0) {
                 fprintf(stderr, "server_tls: wrk failed or saw errors (%s)\n", m ? "TLS" : "plain");

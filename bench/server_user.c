@@ -353,24 +353,6 @@ typedef struct {
     double cpu_us; /* the server's CPU time per request, user + system */
 } wrk_result;
 
-/* The CPU time a process has used, in seconds, from /proc (all threads). */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the command may hold spaces */
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 static int run_wrk(int port, int seconds, wrk_result *out)
 {
     char cmd[512];
@@ -451,13 +433,13 @@ int main(void)
             }
             wrk_result warm, r;
             double cpu0 = 0;
-            if (run_wrk(port, 2, &warm) != 0 || (cpu0 = cpu_seconds(pid), false) ||
+            if (run_wrk(port, 2, &warm) != 0 || (cpu0 = proc_cpu_s(pid), false) ||
                 run_wrk(port, seconds, &r) != 0) {
                 fprintf(stderr, "server_user: wrk failed\n");
                 stop(pid);
                 return 1;
             }
-            r.cpu_us = (cpu_seconds(pid) - cpu0) * 1e6 / (double)(r.requests ? r.requests : 1);
+            r.cpu_us = (proc_cpu_s(pid) - cpu0) * 1e6 / (double)(r.requests ? r.requests : 1);
             stop(pid);
             fprintf(stderr,
                     "server_user: round %d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %ld errors, "
