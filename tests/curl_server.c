@@ -649,3 +649,35 @@ void curl_server_kill(pid_t pid)
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
 }
+
+int curl_blackhole_open(curl_blackhole *b)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof sin;
+    b->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    for (int i = 0; i < 4; i++)
+        b->fillers[i] = -1;
+    if (b->lfd < 0 || bind(b->lfd, (struct sockaddr *)&sin, sizeof sin) != 0 ||
+        listen(b->lfd, 0) != 0 || getsockname(b->lfd, (struct sockaddr *)&sin, &len) != 0) {
+        curl_blackhole_close(b);
+        return -1;
+    }
+    /* Nobody accepts: these fill the queue (a backlog of 0 holds one). */
+    for (int i = 0; i < 4; i++) {
+        b->fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (b->fillers[i] >= 0)
+            (void)connect(b->fillers[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    usleep(100000); /* the handshakes complete */
+    b->port = ntohs(sin.sin_port);
+    return 0;
+}
+
+void curl_blackhole_close(curl_blackhole *b)
+{
+    for (int i = 0; i < 4; i++)
+        if (b->fillers[i] >= 0)
+            close(b->fillers[i]);
+    if (b->lfd >= 0)
+        close(b->lfd);
+}

@@ -63,6 +63,16 @@ long curl_server_slow_peak(const curl_server *s);
 long curl_server_slow_aborted(const curl_server *s); /* closed before reply */
 long curl_server_flaky(const curl_server *s);        /* requests to /flaky */
 
+/* A listener on 127.0.0.1 whose accept queue is full: a further SYN is
+ * dropped, so a connect to b->port hangs until the client's connect
+ * timeout. Returns 0, or -1 when it cannot be set up. */
+typedef struct {
+    int port;
+    int lfd, fillers[4];
+} curl_blackhole;
+int curl_blackhole_open(curl_blackhole *b);
+void curl_blackhole_close(curl_blackhole *b);
+
 /* Run the server in a child process instead (benchmarks: its CPU use is
  * then its own). Returns the child's pid (or -1), and its port in *port. */
 pid_t curl_server_fork(int *port);

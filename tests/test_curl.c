@@ -39,6 +39,14 @@ static const char *url(const char *path)
     return url_buf;
 }
 
+/* Run the loop for ms milliseconds. */
+static void run_for(unsigned ms)
+{
+    bt_future *s = bt_sleep(loop, ms);
+    bt_test_run_until(loop, s, T_LONG);
+    bt_future_unref(s);
+}
+
 static void setup(void)
 {
     srv = curl_server_start();
@@ -111,9 +119,7 @@ static void wait_all(bt_future **fs, int n)
 static void spin_until(long (*get)(const curl_server *), long want)
 {
     for (int i = 0; i < 1000 && get(srv) < want; i++) {
-        bt_future *s = bt_sleep(loop, 10);
-        bt_test_run_until(loop, s, T_LONG);
-        bt_future_unref(s);
+        run_for(10);
     }
     ck_assert_int_ge(get(srv), want);
 }
@@ -665,29 +671,15 @@ END_TEST
 
 START_TEST(test_connect_timeout)
 {
-    /* A listener whose accept queue is full: further SYNs are dropped, so
-     * connecting hangs until the connect timeout. */
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof sin;
-    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
-    ck_assert_int_eq(listen(lfd, 0), 0);
-    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
-    int fillers[4];
-    for (int i = 0; i < 4; i++) {
-        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        connect(fillers[i], (struct sockaddr *)&sin, sizeof sin);
-    }
-    usleep(100000);
+    curl_blackhole b;
+    ck_assert_int_eq(curl_blackhole_open(&b), 0);
     bt_http_client_set_timeouts(cli, 300, 0, 0);
     char u[64];
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", b.port);
     bt_future *f = bt_http_get(cli, u);
     wait_err(f, BT_ETIMEDOUT);
     bt_future_unref(f);
-    for (int i = 0; i < 4; i++)
-        close(fillers[i]);
-    close(lfd);
+    curl_blackhole_close(&b);
 }
 END_TEST
 
@@ -718,37 +710,23 @@ START_TEST(test_fd_reuse_across_threads)
      * race on the file descriptor (the pipe's creation against the
      * loop's epoll_ctl); this test fails under TSan without the fix, and
      * in every build checks that each cancelled request settles. */
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof sin;
-    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof sin), 0);
-    ck_assert_int_eq(listen(lfd, 0), 0);
-    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
-    int fillers[4];
-    for (int i = 0; i < 4; i++) {
-        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        connect(fillers[i], (struct sockaddr *)&sin, sizeof sin);
-    }
-    usleep(100000);
+    curl_blackhole b;
+    ck_assert_int_eq(curl_blackhole_open(&b), 0);
     char u[64];
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/", ntohs(sin.sin_port));
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", b.port);
     atomic_store(&churn_stop, false);
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, churn_fds, NULL), 0);
     for (int i = 0; i < 200; i++) {
         bt_future *f = bt_http_get(cli, u);
-        bt_future *s = bt_sleep(loop, 1); /* curl starts connecting */
-        bt_test_run_until(loop, s, T_LONG);
-        bt_future_unref(s);
+        run_for(1); /* curl starts connecting */
         ck_assert_int_eq(bt_future_cancel(f), 0);
         ck_assert_int_eq(bt_future_get_state(f), BT_FUTURE_CANCELLED);
         bt_future_unref(f);
     }
     atomic_store(&churn_stop, true);
     pthread_join(t, NULL);
-    for (int i = 0; i < 4; i++)
-        close(fillers[i]);
-    close(lfd);
+    curl_blackhole_close(&b);
 }
 END_TEST
 
@@ -1000,9 +978,7 @@ END_TEST
 static void spin_raw(long (*get)(const curl_server *, int), int port, long want)
 {
     for (int i = 0; i < 1000 && get(srv, port) != want; i++) {
-        bt_future *s = bt_sleep(loop, 10);
-        bt_test_run_until(loop, s, T_LONG);
-        bt_future_unref(s);
+        run_for(10);
     }
     ck_assert_int_eq(get(srv, port), want);
 }
@@ -1084,9 +1060,7 @@ static bool run_until_true(bool (*done)(int), int arg, int limit_ms)
     for (int waited = 0; waited < limit_ms; waited += 50) {
         if (done(arg))
             return true;
-        bt_future *s = bt_sleep(loop, 50);
-        bt_test_run_until(loop, s, T_LONG);
-        bt_future_unref(s);
+        run_for(50);
     }
     return done(arg);
 }
@@ -1281,9 +1255,7 @@ START_TEST(test_dns_deadline)
     bt_http_client_set_timeouts(cli, 0, 0, 0);
     f = bt_http_get(cli, "http://hang-2.example.com/");
     bt_future *g = bt_http_get(cli, "http://hang-3.example.com/");
-    bt_future *s = bt_sleep(loop, 50);
-    bt_test_run_until(loop, s, T_LONG);
-    bt_future_unref(s);
+    run_for(50);
     ck_assert_int_eq(bt_future_cancel(f), 0);
     bt_http_client_free(cli);
     cli = NULL;
@@ -1452,13 +1424,6 @@ static bt_http_client_stats stats(void)
     bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
     ck_assert_int_eq(bt_http_client_get_stats(cli, &st), 0);
     return st;
-}
-
-static void run_for(unsigned ms)
-{
-    bt_future *s = bt_sleep(loop, ms);
-    bt_test_run_until(loop, s, T_LONG);
-    bt_future_unref(s);
 }
 
 START_TEST(test_retry_policy_args)
