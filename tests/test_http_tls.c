@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,8 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <baton/curl.h>
@@ -162,8 +165,15 @@ static void start(void)
     running = true;
 }
 
+static pid_t sup_pid; /* a test's supervisor process, killed here if it failed */
+
 static void teardown(void)
 {
+    if (sup_pid > 0) { /* its workers follow it (PR_SET_PDEATHSIG) */
+        kill(sup_pid, SIGKILL);
+        waitpid(sup_pid, NULL, 0);
+        sup_pid = 0;
+    }
     if (running) {
         bt_http_app_stop(app);
         pthread_join(server_th, NULL);
@@ -415,6 +425,69 @@ START_TEST(tls_sighup_reloads)
 }
 END_TEST
 
+/* With worker processes the supervisor catches SIGHUP and passes it to
+ * every worker, and each reloads. The supervisor runs in a child of the
+ * test (it forks the workers); its port comes back through a pipe. */
+static int port_pipe[2];
+
+static void report_port(int p, void *arg)
+{
+    (void)arg;
+    ssize_t w = write(port_pipe[1], &p, sizeof p);
+    (void)w;
+}
+
+START_TEST(tls_sighup_reaches_every_worker)
+{
+    ck_assert_int_eq(bt_http_app_set_tls(app, live_cert, live_key), 0);
+    ck_assert_int_eq(pipe(port_pipe), 0);
+    pid_t sup = sup_pid = fork();
+    ck_assert_int_ge(sup, 0);
+    if (sup == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed check leaves nothing running */
+        close(port_pipe[0]);
+        int rc = bt_http_app_set_processes(app, 2);
+        if (rc == 0)
+            rc = bt_http_app_run(app, "127.0.0.1", 0, report_port, NULL);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    close(port_pipe[1]);
+    struct pollfd pf = { .fd = port_pipe[0], .events = POLLIN };
+    ck_assert_msg(poll(&pf, 1, 60000) == 1, "the workers did not start");
+    ck_assert_int_eq(read(port_pipe[0], &port, sizeof port), (ssize_t)sizeof port);
+    close(port_pipe[0]);
+
+    tls_conn old;
+    ck_assert_int_eq(tls_open(&old, ca1, NULL, 0, 0), 0);
+    ck_assert_int_eq(tls_get(&old), 200);
+    install(2);
+    ck_assert_int_eq(kill(sup, SIGHUP), 0);
+    /* Fresh connections are spread over the two workers by the kernel
+     * (SO_REUSEPORT): 20 in a row verified by CA 2 means both reloaded
+     * (one worker alone would take all 20 once in 2^19). */
+    int tries = 0;
+    for (int row = 0; row < 20;) {
+        tls_conn c;
+        if (tls_open(&c, ca2, NULL, 0, 0) == 0) {
+            row++;
+            tls_close(&c);
+            continue;
+        }
+        row = 0;
+        ck_assert_msg(++tries < 2000, "a worker did not reload its certificate within 20 s");
+        usleep(10000);
+    }
+    check_after_reload(&old);
+
+    ck_assert_int_eq(kill(sup, SIGTERM), 0);
+    int st = 0;
+    for (int i = 0; i < 6000 && waitpid(sup, &st, WNOHANG) == 0; i++)
+        usleep(10000);
+    sup_pid = 0;
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the supervisor ended with 0x%x", st);
+}
+END_TEST
+
 START_TEST(tls_bad_files_refused)
 {
     bt_test_log_capture();
@@ -547,6 +620,7 @@ static Suite *suite(void)
     tcase_add_test(tc, tls_old_versions_refused);
     tcase_add_test(tc, tls_reload_keeps_open_connections);
     tcase_add_test(tc, tls_sighup_reloads);
+    tcase_add_test(tc, tls_sighup_reaches_every_worker);
     tcase_add_test(tc, tls_bad_files_refused);
     tcase_add_test(tc, tls_plaintext_client_closed);
     tcase_add_test(tc, tls_handshake_under_head_deadline);
