@@ -123,6 +123,15 @@ static bt_future *h_hello(bt_http_req *req, void *arg)
     return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", "hello", 5);
 }
 
+/* The answering process: which worker served a connection. */
+static bt_future *h_pid(bt_http_req *req, void *arg)
+{
+    (void)arg;
+    char body[32];
+    int n = snprintf(body, sizeof body, "%ld", (long)getpid());
+    return bt_http_respond(bt_http_req_loop(req), 200, "text/plain", body, (size_t)n);
+}
+
 static void on_ready(int p, void *arg)
 {
     (void)arg;
@@ -148,6 +157,7 @@ static void setup(void)
     app = bt_http_app_new();
     ck_assert_ptr_nonnull(app);
     bt_http_app_route(app, "GET", "/hello", h_hello, NULL);
+    bt_http_app_route(app, "GET", "/pid", h_pid, NULL);
     bt_http_app_set_loops(app, 2);
     install(1);
     port = 0;
@@ -250,8 +260,10 @@ static void tls_close(tls_conn *c)
     memset(c, 0, sizeof *c);
 }
 
+static char last_body[256]; /* of the last response tls_request read */
+
 /* Send req on c and read one response. Returns its status, 0 if the
- * connection failed. */
+ * connection failed; the body is left in last_body. */
 static int tls_request(tls_conn *c, const char *req)
 {
     if (SSL_write(c->ssl, req, (int)strlen(req)) != (int)strlen(req))
@@ -271,6 +283,7 @@ static int tls_request(tls_conn *c, const char *req)
     }
     int status = 0;
     sscanf(buf, "HTTP/1.1 %d", &status);
+    snprintf(last_body, sizeof last_body, "%s", strstr(buf, "\r\n\r\n") + 4);
     return status;
 }
 
@@ -437,6 +450,19 @@ static void report_port(int p, void *arg)
     (void)w;
 }
 
+/* The worker process that answers a fresh connection verified by ca, or 0
+ * when the handshake fails. */
+static pid_t worker_pid(const char *ca)
+{
+    tls_conn c;
+    if (tls_open(&c, ca, NULL, 0, 0) != 0)
+        return 0;
+    int status = tls_request(&c, "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n");
+    tls_close(&c);
+    ck_assert_int_eq(status, 200);
+    return (pid_t)atol(last_body);
+}
+
 START_TEST(tls_sighup_reaches_every_worker)
 {
     ck_assert_int_eq(bt_http_app_set_tls(app, live_cert, live_key), 0);
@@ -463,14 +489,18 @@ START_TEST(tls_sighup_reaches_every_worker)
     install(2);
     ck_assert_int_eq(kill(sup, SIGHUP), 0);
     /* Fresh connections are spread over the two workers by the kernel
-     * (SO_REUSEPORT): 20 in a row verified by CA 2 means both reloaded
-     * (one worker alone would take all 20 once in 2^19). */
+     * (SO_REUSEPORT): 20 in a row verified by CA 2, answered by two
+     * processes, means both reloaded. */
+    pid_t seen[2] = { 0, 0 };
     int tries = 0;
-    for (int row = 0; row < 20;) {
-        tls_conn c;
-        if (tls_open(&c, ca2, NULL, 0, 0) == 0) {
+    for (int row = 0; row < 20 || seen[1] == 0;) {
+        pid_t p = worker_pid(ca2);
+        if (p != 0) {
             row++;
-            tls_close(&c);
+            if (seen[0] == 0 || seen[0] == p)
+                seen[0] = p;
+            else
+                seen[1] = p;
             continue;
         }
         row = 0;
@@ -478,6 +508,18 @@ START_TEST(tls_sighup_reaches_every_worker)
         usleep(10000);
     }
     check_after_reload(&old);
+
+    /* A worker that dies after the reload is restarted with the new
+     * certificate (the supervisor reloaded its own copy too): a connection
+     * verified by CA 2 is answered by the new process. */
+    ck_assert_int_eq(kill(seen[0], SIGKILL), 0);
+    for (int i = 0;; i++) {
+        ck_assert_msg(i < 3000, "no restarted worker answered with the new certificate in 30 s");
+        pid_t p = worker_pid(ca2);
+        if (p != 0 && p != seen[0] && p != seen[1])
+            break;
+        usleep(10000);
+    }
 
     ck_assert_int_eq(kill(sup, SIGTERM), 0);
     int st = 0;

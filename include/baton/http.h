@@ -295,7 +295,9 @@ BT_EXPORT int bt_http_app_on_loop(bt_http_app *app, bt_http_loop_init_fn init,
  * BT_EADDRINUSE or another bind error, BT_ENOMEM (also when a loop's init
  * hook failed; its error is logged), BT_EBUSY (already running).
  * With worker processes (bt_http_app_set_processes), on_ready runs in the
- * supervisor once every worker accepts, and it returns 0 once every
+ * supervisor once every worker accepts (it must not start threads: the
+ * supervisor forks restarted workers, and a worker that would be forked
+ * from a threaded supervisor is given up, with an error logged), and it returns 0 once every
  * worker exited 0 after the stop; BT_ETIMEDOUT if some had to be killed
  * at the deadline; BT_EIO if a worker failed its shutdown, or if every
  * slot was given up (each kept dying: see the log); BT_EBUSY if the

@@ -112,7 +112,8 @@ typedef struct {
     int ready_fd[2];
     int wake_fd[2];
     pid_t parent;
-    sigset_t entry_mask; /* the program's mask: what a worker runs with */
+    sigset_t entry_mask;  /* the program's mask, restored on return */
+    sigset_t worker_mask; /* what a worker runs with: entry_mask less the stop signals */
     struct sigaction old_int, old_term, old_chld, old_hup;
     unsigned my_slot; /* in a worker */
 } sup;
@@ -237,7 +238,7 @@ static _Noreturn void worker_main(sup *s, unsigned i)
     sigaction(SIGHUP, &s->old_hup, NULL);
     /* SIGINT, SIGTERM, SIGHUP and SIGCHLD are still blocked: run_loops installs
      * its handlers, then restores the program's mask. */
-    int rc = bt__http_run_loops(app, s->host, s->port, worker_ready, s, false, &s->entry_mask);
+    int rc = bt__http_run_loops(app, s->host, s->port, worker_ready, s, false, &s->worker_mask);
     if (rc != 0)
         bt_log(BT_LOG_ERROR, "http: worker %u (pid %ld) failed: %s", i + 1, (long)getpid(),
                bt_strerror(rc));
@@ -291,6 +292,20 @@ static void schedule(sup *s, unsigned i)
 static void spawn(sup *s, unsigned i)
 {
     slot *sl = &s->slots[i];
+    /* Checked before the first fork too; since then the supervisor ran the
+     * program's on_ready and log hook, which may have started a thread. */
+    int threads = count_threads();
+    if (threads > 1 + RUNTIME_THREADS) {
+        bt_log(BT_LOG_ERROR,
+               "http: worker %u is not started: the supervisor now runs %d threads (started "
+               "by on_ready or a log hook?) and fork copies only the calling one; giving up "
+               "on it",
+               i + 1, threads);
+        sl->pid = 0;
+        sl->ready = false;
+        sl->state = SLOT_GIVEN_UP;
+        return;
+    }
     sigset_t block, prev;
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
@@ -432,6 +447,13 @@ int bt__http_supervise(bt_http_app *app, const char *host, int port, bt_http_rea
     if (app->tls != NULL)
         sigaddset(&ours, SIGHUP);
     pthread_sigmask(SIG_UNBLOCK, &ours, NULL);
+    /* A worker runs with the program's mask less these: it must see the
+     * stop signals and the SIGHUP the supervisor passes on. */
+    s.worker_mask = s.entry_mask;
+    sigdelset(&s.worker_mask, SIGINT);
+    sigdelset(&s.worker_mask, SIGTERM);
+    if (app->tls != NULL)
+        sigdelset(&s.worker_mask, SIGHUP);
 
     bt_log(BT_LOG_INFO, "http: supervisor (pid %ld) starting %u worker process(es) on %s:%d",
            (long)s.parent, n, host, s.port);
@@ -499,6 +521,9 @@ int bt__http_supervise(bt_http_app *app, const char *host, int port, bt_http_rea
         if (hup_seen) {
             hup_seen = 0;
             bt_log(BT_LOG_INFO, "http: SIGHUP: every worker reloads its certificate");
+            /* The supervisor's copy too: a worker forked later (a restart)
+             * starts with it. A failure is logged and the old one kept. */
+            bt_http_app_reload_tls(app);
             for (unsigned i = 0; i < n; i++)
                 if (s.slots[i].state == SLOT_RUNNING)
                     kill(s.slots[i].pid, SIGHUP);
