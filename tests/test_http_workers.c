@@ -97,9 +97,20 @@ static void report_port(int port, void *arg)
     (void)w;
 }
 
+/* Set by a test before start_app: the program blocks SIGINT and SIGTERM
+ * before bt_http_app_run (as one that reads them from a signalfd does). */
+static bool block_stop_signals;
+
 /* The supervisor's process: never returns. */
 static _Noreturn void run_app(unsigned processes, bool crash)
 {
+    if (block_stop_signals) {
+        sigset_t b;
+        sigemptyset(&b);
+        sigaddset(&b, SIGINT);
+        sigaddset(&b, SIGTERM);
+        sigprocmask(SIG_BLOCK, &b, NULL);
+    }
     close(port_pipe[0]);
     close(mark_pipe[0]);
     close(log_pipe[0]);
@@ -468,6 +479,25 @@ START_TEST(processes_refused_once_threads_run)
 }
 END_TEST
 
+START_TEST(workers_stop_although_the_program_blocked_sigterm)
+{
+    /* Workers used to inherit the program's mask: SIGTERM blocked in
+     * each, so the stop ended in SIGKILL at the deadline (exit 4). */
+    block_stop_signals = true;
+    pid_t sup = start_app(2, false);
+    ck_assert_int_gt(wait_port(), 0);
+    ck_assert_int_eq(kill(sup, SIGTERM), 0);
+    int st = wait_exit(sup, DEADLINE_MS);
+    ck_assert_msg(st != -1, "the supervisor did not exit within %d ms", DEADLINE_MS);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the supervisor ended with 0x%x", st);
+    read_log();
+    ck_assert_ptr_nonnull(strstr(logged, "every worker shut down cleanly"));
+    close(port_pipe[0]);
+    close(mark_pipe[0]);
+    close(log_pipe[0]);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("http_workers");
@@ -476,6 +506,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, workers_share_the_port_survive_a_kill_and_stop_on_sigterm);
     tcase_add_test(tc, a_worker_that_crashes_at_start_is_not_restarted_in_a_loop);
     tcase_add_test(tc, processes_refused_once_threads_run);
+    tcase_add_test(tc, workers_stop_although_the_program_blocked_sigterm);
     suite_add_tcase(s, tc);
     return s;
 }
