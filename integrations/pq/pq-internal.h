@@ -316,7 +316,9 @@ void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
                                const char *const *values, const bt_pq_query_opts *opts, int *err);
 void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-void bt__pq_query_free(bt__pq_query *q);
+/* The end of q: settle it unless it has settled already (code 0: with what
+ * it collected; else failed with code and the message), then free it. */
+void bt__pq_query_end(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
 void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res);
 /* The callback of internal queries (logs a failure). */

@@ -25,11 +25,11 @@ static void abandon(bt__pq_query *q, int code)
         if (code == BT_ECANCELED) {
             q->settled = true;
             bt_future_set_cancelled(q->f);
+            bt__pq_query_end(q, 0, NULL); /* settled: freed */
         } else {
-            bt__pq_query_fail(q, code, "timed out after %llu ms waiting for a connection",
-                              (unsigned long long)q->timeout_ms);
+            bt__pq_query_end(q, code, "timed out after %llu ms waiting for a connection",
+                             (unsigned long long)q->timeout_ms);
         }
-        bt__pq_query_free(q);
         bt__pq_check_drained(p);
         return;
     }

@@ -100,20 +100,6 @@ bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
     return q;
 }
 
-void bt__pq_query_free(bt__pq_query *q)
-{
-    if (q == NULL)
-        return;
-    if (q->res != NULL)
-        PQclear(q->res);
-    if (q->f != NULL)
-        bt_future_unref(q->f);
-    if (q->timer != NULL)
-        bt_timer_free(q->timer);
-    bt_free(q->errmsg);
-    bt_free(q);
-}
-
 /* Record an error from a result (the first one wins). */
 void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
 {
@@ -126,8 +112,8 @@ void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
 /* Settle q, once: deliver what the connection collected (code 0; a query
  * its pipeline skipped fails), or fail it with code and msg (NULL: the
  * code's own text). It is counted. Its timer has nothing left to do: a
- * timeout that fires now finds q settled (query.c), and bt__pq_query_free
- * frees the timer with q. */
+ * timeout that fires now finds q settled (query.c), and q's end frees the
+ * timer with q. */
 static void settle(bt__pq_query *q, int code, const char *msg)
 {
     q->settled = true;
@@ -189,11 +175,26 @@ void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err)
         bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
 }
 
-/* The end of q on a connection: settle it unless it has settled already
- * (code 0: deliver what it collected, and a query its pipeline skipped
- * fails; else fail it with code and the message), then free it. */
+/* The end of q: settle it unless it has settled already (code 0: deliver
+ * what it collected, and a query its pipeline skipped fails; else fail it
+ * with code and the message), then free it and what it holds. */
 void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap)
 {
     vsettle(q, code, fmt, ap);
-    bt__pq_query_free(q);
+    if (q->res != NULL)
+        PQclear(q->res);
+    if (q->f != NULL)
+        bt_future_unref(q->f);
+    if (q->timer != NULL)
+        bt_timer_free(q->timer);
+    bt_free(q->errmsg);
+    bt_free(q);
+}
+
+void bt__pq_query_end(bt__pq_query *q, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bt__pq_query_vend(q, code, fmt, ap);
+    va_end(ap);
 }
