@@ -12,7 +12,6 @@
 #include "pq-internal.h"
 
 static int process(bt_pq_conn *c);
-static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void)
 {
@@ -33,14 +32,12 @@ static void end_query(bt__pq_query *q, int code, const char *fmt, ...)
     va_end(ap);
 }
 
-/* libpq says c is broken: close it with libpq's message (copied, since
- * closing frees the PGconn that holds it). Returns -1 for the callers that
- * must return at once. */
+/* libpq says c is broken: close it with libpq's message (closing reads it
+ * before it frees the PGconn that holds it). Returns -1 for the callers
+ * that must return at once. */
 static int close_broken(bt_pq_conn *c)
 {
-    char *m = bt_strdup(PQerrorMessage(c->pg));
-    bt__pq_conn_close(c, BT_ECONNRESET, m);
-    bt_free(m);
+    bt__pq_conn_close(c, BT_ECONNRESET, PQerrorMessage(c->pg));
     return -1;
 }
 
@@ -117,7 +114,8 @@ static void ops_pop(bt_pq_conn *c)
 
 /* Fail everything on c, close the PGconn and tell the pool. If c is
  * acquired by a user it stays allocated (dead) until released; otherwise it
- * is freed. */
+ * is freed. why may be libpq's message on c->pg (PQerrorMessage): it is
+ * not read once the PGconn is finished. */
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
 {
     if (c->state == BT__PQ_CS_DEAD)
@@ -139,7 +137,16 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
         c->wev = NULL;
     }
     /* Every query still on the connection was sent: it may or may not have
-     * run, so it fails and is never retried. */
+     * run, so it fails and is never retried; in pipeline order, the
+     * answered ones waiting for their Sync first. */
+    c->nheld = 0;
+    c->held_error = false;
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->held)) != NULL)
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code == 0 ? BT_ECONNRESET : code,
+                  "the connection was lost before the query's transaction was "
+                  "confirmed (it may or may not have run; not retried): %s",
+                  why != NULL ? why : "connection closed");
     while (c->ops_len) {
         bt__pq_op op = *ops_front(c);
         ops_pop(c);
@@ -153,9 +160,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
                       "(it may or may not have run; not retried): %s",
                       why != NULL ? why : "connection closed");
     }
-    fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
-    bt__pq_stmt_clear(c);
     if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -190,6 +195,7 @@ void bt__pq_conn_free_dead(bt_pq_conn *c)
         c->zombie = true;
         return;
     }
+    bt__pq_stmt_clear(c);
     bt_free(c->ops);
     bt_free(c->hostaddr);
     bt_free(c);
@@ -513,18 +519,6 @@ static void resolve_batch(bt_pq_conn *c)
         c->events->retry(c, &again); /* takes them all */
     while ((n = bt__list_pop_front(&again)) != NULL)
         end_query(BT__LIST_ENTRY(n, bt__pq_query, link), BT_ESHUTDOWN, "the pool was closed");
-}
-
-static void fail_held(bt_pq_conn *c, int code, const char *why)
-{
-    c->nheld = 0;
-    c->held_error = false;
-    bt__list *n;
-    while ((n = bt__list_pop_front(&c->held)) != NULL)
-        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code,
-                  "the connection was lost before the query's transaction was "
-                  "confirmed (it may or may not have run; not retried): %s",
-                  why != NULL ? why : "connection closed");
 }
 
 /* Read every result that is complete. Returns -1 if c was closed. */
