@@ -290,72 +290,61 @@ void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
         end_query(q, c->pool != NULL ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         return;
     }
+    c->busy++; /* a failed send closes c: keep it allocated until the end */
     bool batch = batchable(c, q);
     /* A solo query closes the open batch first, so that it is alone
      * between two Syncs. */
-    if (!batch && c->unsynced > 0 && bt__pq_conn_sync(c) != 0) {
-        end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-        return;
-    }
-    if (c->ops_len > 0 && p != NULL)
+    int ok = batch || c->unsynced == 0 || bt__pq_conn_sync(c) == 0;
+    if (ok && c->ops_len > 0 && p != NULL)
         p->st.pipelined++;
+    int how = BT__PQ_STMT_UNNAMED;
+    bt__pq_stmt *s = NULL;
+    if (ok && p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
+        char evict[24];
+        how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
+        if (evict[0] != '\0')
+            ok = stmt_evict(c, evict) == 0;
+    }
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
-    int ok = 1;
-    bt__pq_stmt *s = NULL;
-    bool prepared = false;
-    if (p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        char evict[24];
-        int how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
-        if (evict[0] != '\0') {
-            c->busy++; /* a failed send closes c: keep it allocated here */
-            int rc = stmt_evict(c, evict);
-            c->busy--;
-            if (rc != 0) {
-                end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-                if (c->zombie && c->busy == 0)
-                    bt__pq_conn_free_dead(c);
-                return;
-            }
-        }
-        if (how == BT__PQ_STMT_RUN) {
-            prepared = true;
-            q->used_named = true;
-        } else if (how == BT__PQ_STMT_PREPARE) {
-            ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
-            if (ok && ops_push(c, BT__PQ_OP_PREPARE, q, s) != 0)
-                ok = 0;
-            prepared = ok;
-        }
+    if (ok && how == BT__PQ_STMT_PREPARE)
+        ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types) &&
+             ops_push(c, BT__PQ_OP_PREPARE, q, s) == 0;
+    if (ok && how != BT__PQ_STMT_UNNAMED) {
+        q->used_named = how == BT__PQ_STMT_RUN;
+        ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
+                                 q->result_format);
+    } else if (ok) {
+        ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
+                               q->result_format);
     }
-    if (ok) {
-        if (prepared)
-            ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
-                                     q->result_format);
-        else
-            ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
-                                   q->result_format);
-    }
-    if (ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) != 0)
-        ok = 0;
+    ok = ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) == 0;
     if (!ok) {
-        /* q is not in the FIFO: fail it here, then the connection. */
-        end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
-        close_broken(c);
-        return;
+        /* q is not in the FIFO: fail it here, then the connection if a
+         * Sync or the DEALLOCATE before it has not closed it already. */
+        if (c->state != BT__PQ_CS_READY) {
+            end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
+        } else {
+            end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
+            close_broken(c);
+        }
+    } else {
+        c->inflight++;
+        c->unsynced++;
+        /* A batch is synced (and flushed) at the end of this loop pass,
+         * together with whatever else is sent to this connection
+         * meanwhile. */
+        if (batch)
+            c->events->batch_open(c);
+        else
+            bt__pq_conn_sync(c);
+        /* Single-row mode is set in process(), when the query reaches the
+         * front and before its first PQgetResult (libpq parses input only
+         * there, never in PQconsumeInput). */
     }
-    c->inflight++;
-    c->unsynced++;
-    if (batch) {
-        /* Synced (and flushed) at the end of this loop pass, together with
-         * whatever else is sent to this connection meanwhile. */
-        c->events->batch_open(c);
-        return;
-    }
-    bt__pq_conn_sync(c);
-    /* Single-row mode is set in process(), when the query reaches the
-     * front and before its first PQgetResult (libpq parses input only
-     * there, never in PQconsumeInput). */
+    c->busy--;
+    if (c->zombie && c->busy == 0)
+        bt__pq_conn_free_dead(c);
 }
 
 /* q (on c) was settled early by a cancel or a timeout: drop its results
