@@ -25,15 +25,8 @@
 
 static void pending_remove(bt_future *f)
 {
-    bt_loop *loop = f->loop;
-    if (f->pend_prev)
-        f->pend_prev->pend_next = f->pend_next;
-    else
-        loop->pending.head = f->pend_next;
-    if (f->pend_next)
-        f->pend_next->pend_prev = f->pend_prev;
-    f->pend_prev = f->pend_next = NULL;
-    loop->pending.count--;
+    bt__list_remove(&f->pend);
+    f->loop->pending.count--;
 }
 
 static void run_settle_task(bt__task *t);
@@ -50,10 +43,7 @@ bt_future *bt__future_init(bt_future *f, bt_loop *loop, int refs, void (*release
     f->loop = loop;
     f->settle_task.run = run_settle_task;
     bt__list_init(&f->cbs);
-    f->pend_next = loop->pending.head;
-    if (f->pend_next)
-        f->pend_next->pend_prev = f;
-    loop->pending.head = f;
+    bt__list_push_front(&loop->pending.head, &f->pend);
     loop->pending.count++;
     return f;
 }
@@ -375,8 +365,9 @@ size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped)
 {
     size_t n = 0;
     *dropped = 0;
-    while (loop->pending.head) {
-        bt_future *f = loop->pending.head;
+    bt__list *l;
+    while ((l = bt__list_first(&loop->pending.head)) != NULL) {
+        bt_future *f = BT__LIST_ENTRY(l, bt_future, pend);
         n++;
         if (atomic_load_explicit(&f->refs, memory_order_relaxed) == 1 && f->first_cb == NULL)
             (*dropped)++;
