@@ -92,13 +92,14 @@ static void future_destroy(bt_future *f)
  * outcome can never be seen: asyncio's "Task was destroyed but it is
  * pending", caught at the moment it happens (not only at bt_loop_free).
  * Only on the loop thread, where state and callbacks cannot change under
- * us; a reference dropped on another thread is left to bt_loop_free. */
+ * us: the caller checked that it runs there (bt_future_unref's on_loop); a
+ * reference dropped on another thread is left to bt_loop_free. */
 static void check_dropped(bt_future *f)
 {
     /* State first: a settled future may outlive its loop. */
     if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_PENDING ||
-        !bt_loop_is_current(f->loop) || f->loop->closing ||
-        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->first_cb != NULL)
+        f->loop->closing || atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) ||
+        f->first_cb != NULL)
         return;
     bt_log(BT_LOG_WARN,
            "future %p dropped while still pending with nobody waiting on it: its outcome "
