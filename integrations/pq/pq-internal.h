@@ -315,7 +315,9 @@ void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 /* request.c: the query object. */
 bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
                                const char *const *values, const bt_pq_query_opts *opts, int *err);
-void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
+/* Fail q now with code and msg (NULL: the code's own text) unless it has
+ * settled; it stays where it is (a sent query that timed out). */
+void bt__pq_query_settle(bt__pq_query *q, int code, const char *msg);
 /* The end of q: settle it unless it has settled already (code 0: with what
  * it collected; else failed with code and the message), then free it. */
 void bt__pq_query_end(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);

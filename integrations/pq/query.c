@@ -44,8 +44,10 @@ static void abandon(bt__pq_query *q, int code)
             if (q->pool != NULL)
                 q->pool->st.queries++;
         } else {
-            bt__pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
-                              (unsigned long long)q->timeout_ms);
+            char msg[96];
+            snprintf(msg, sizeof msg, "query timed out after %llu ms (a cancel request was sent)",
+                     (unsigned long long)q->timeout_ms);
+            bt__pq_query_settle(q, code, msg);
         }
         bt__pq_conn_abandon(q->conn, q);
     }

@@ -159,12 +159,10 @@ static void vsettle(bt__pq_query *q, int code, const char *fmt, va_list ap)
     bt_free(msg);
 }
 
-void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...)
+void bt__pq_query_settle(bt__pq_query *q, int code, const char *msg)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsettle(q, code, fmt, ap);
-    va_end(ap);
+    if (!q->settled)
+        settle(q, code, msg);
 }
 
 void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err)
