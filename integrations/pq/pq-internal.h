@@ -355,9 +355,10 @@ void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
  * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
  * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
  * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
- * cache was full, its least recently used ready statement was forgotten to
- * make room and its name is in evict (else evict is ""): the caller sends
- * the DEALLOCATE, before the PREPARE, since the pipeline keeps order. */
+ * cache was full, its least recently used ready statement was forgotten
+ * (its entry serves the new one) and its name is in evict (else evict is
+ * ""): the caller sends the DEALLOCATE, before the PREPARE, since the
+ * pipeline keeps order. */
 enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
 int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **s, char *evict,
                      size_t evict_size);

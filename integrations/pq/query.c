@@ -1,7 +1,7 @@
 /* Running a query, the top of the wing: bt_pq_query and the common path of
  * every query (straight to an acquired connection, or to the pool, which
  * sends it or queues it), its cancellation and its timeout. The query
- * object itself (its copies, its single settle) is request.c's. */
+ * object itself (its copies, its settle and its end) is request.c's. */
 #include "config.h"
 
 #include <stdio.h>
