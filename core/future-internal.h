@@ -41,7 +41,7 @@ struct bt_future {
     uintptr_t owner;
 
     /* Place in the loop's list of pending futures. */
-    bt_future *pend_prev, *pend_next;
+    bt__list pend;
 
     void *value;
     bt_destroy_fn dtor;

@@ -25,15 +25,8 @@
 
 static void pending_remove(bt_future *f)
 {
-    bt_loop *loop = f->loop;
-    if (f->pend_prev)
-        f->pend_prev->pend_next = f->pend_next;
-    else
-        loop->pending.head = f->pend_next;
-    if (f->pend_next)
-        f->pend_next->pend_prev = f->pend_prev;
-    f->pend_prev = f->pend_next = NULL;
-    loop->pending.count--;
+    bt__list_remove(&f->pend);
+    f->loop->pending.count--;
 }
 
 static void run_settle_task(bt__task *t);
@@ -50,10 +43,7 @@ bt_future *bt__future_init(bt_future *f, bt_loop *loop, int refs, void (*release
     f->loop = loop;
     f->settle_task.run = run_settle_task;
     bt__list_init(&f->cbs);
-    f->pend_next = loop->pending.head;
-    if (f->pend_next)
-        f->pend_next->pend_prev = f;
-    loop->pending.head = f;
+    bt__list_push_front(&loop->pending.head, &f->pend);
     loop->pending.count++;
     return f;
 }
@@ -102,13 +92,14 @@ static void future_destroy(bt_future *f)
  * outcome can never be seen: asyncio's "Task was destroyed but it is
  * pending", caught at the moment it happens (not only at bt_loop_free).
  * Only on the loop thread, where state and callbacks cannot change under
- * us; a reference dropped on another thread is left to bt_loop_free. */
+ * us: the caller checked that it runs there (bt_future_unref's on_loop); a
+ * reference dropped on another thread is left to bt_loop_free. */
 static void check_dropped(bt_future *f)
 {
     /* State first: a settled future may outlive its loop. */
     if (atomic_load_explicit(&f->state, memory_order_acquire) != BT_FUTURE_PENDING ||
-        !bt_loop_is_current(f->loop) || f->loop->closing ||
-        atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) || f->first_cb != NULL)
+        f->loop->closing || atomic_load_explicit(&f->cancel_requested, memory_order_relaxed) ||
+        f->first_cb != NULL)
         return;
     bt_log(BT_LOG_WARN,
            "future %p dropped while still pending with nobody waiting on it: its outcome "
@@ -375,8 +366,9 @@ size_t bt__future_cancel_all(bt_loop *loop, size_t *dropped)
 {
     size_t n = 0;
     *dropped = 0;
-    while (loop->pending.head) {
-        bt_future *f = loop->pending.head;
+    bt__list *l;
+    while ((l = bt__list_first(&loop->pending.head)) != NULL) {
+        bt_future *f = BT__LIST_ENTRY(l, bt_future, pend);
         n++;
         if (atomic_load_explicit(&f->refs, memory_order_relaxed) == 1 && f->first_cb == NULL)
             (*dropped)++;

@@ -11,6 +11,8 @@
 
 #include <baton/loop.h>
 
+#include "list.h"
+
 /* A unit of work queued on a loop: intrusive, so that futures and pool
  * jobs can embed one and be queued without an allocation. */
 typedef struct bt__task bt__task;
@@ -90,7 +92,7 @@ static inline void bt__spin_gap(bt__spin_budget *b, uint64_t gap)
 }
 
 typedef struct bt__future_list {
-    struct bt_future *head;
+    bt__list head; /* through bt_future.pend, newest first */
     size_t count;
 } bt__future_list;
 

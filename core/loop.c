@@ -292,6 +292,7 @@ static bt_loop *loop_init(struct event_base *base, bool owns)
         return NULL;
     loop->base = base;
     loop->owns_base = owns;
+    bt__list_init(&loop->pending.head);
     atomic_init(&loop->thread, (uintptr_t)pthread_self());
     loop->spin_ns = BT_DEFAULT_SPIN_NS;
     loop->wake_fd = loop->wake_wfd = -1;

@@ -205,7 +205,9 @@ static bool attach_wait_running(bt__attach *att)
  * thread; the rare path. */
 static void attach_count_abandoned(bt__attach *att)
 {
-    for (bt_future *f = att->loop->pending.head; f != NULL; f = f->pend_next) {
+    const bt__list *head = &att->loop->pending.head;
+    for (bt__list *n = head->next; n != head; n = n->next) {
+        bt_future *f = BT__LIST_ENTRY(n, bt_future, pend);
         if (f->cancel_hook != bt__lane_on_cancel)
             continue;
         bt_job *job = f->cancel_arg;

@@ -12,7 +12,6 @@
 #include "pq-internal.h"
 
 static int process(bt_pq_conn *c);
-static void fail_held(bt_pq_conn *c, int code, const char *why);
 
 static uint64_t now_ns(void)
 {
@@ -33,14 +32,12 @@ static void end_query(bt__pq_query *q, int code, const char *fmt, ...)
     va_end(ap);
 }
 
-/* libpq says c is broken: close it with libpq's message (copied, since
- * closing frees the PGconn that holds it). Returns -1 for the callers that
- * must return at once. */
+/* libpq says c is broken: close it with libpq's message (closing reads it
+ * before it frees the PGconn that holds it). Returns -1 for the callers
+ * that must return at once. */
 static int close_broken(bt_pq_conn *c)
 {
-    char *m = bt_strdup(PQerrorMessage(c->pg));
-    bt__pq_conn_close(c, BT_ECONNRESET, m);
-    bt_free(m);
+    bt__pq_conn_close(c, BT_ECONNRESET, PQerrorMessage(c->pg));
     return -1;
 }
 
@@ -117,7 +114,8 @@ static void ops_pop(bt_pq_conn *c)
 
 /* Fail everything on c, close the PGconn and tell the pool. If c is
  * acquired by a user it stays allocated (dead) until released; otherwise it
- * is freed. */
+ * is freed. why may be libpq's message on c->pg (PQerrorMessage): it is
+ * not read once the PGconn is finished. */
 void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
 {
     if (c->state == BT__PQ_CS_DEAD)
@@ -139,7 +137,16 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
         c->wev = NULL;
     }
     /* Every query still on the connection was sent: it may or may not have
-     * run, so it fails and is never retried. */
+     * run, so it fails and is never retried; in pipeline order, the
+     * answered ones waiting for their Sync first. */
+    c->nheld = 0;
+    c->held_error = false;
+    bt__list *n;
+    while ((n = bt__list_pop_front(&c->held)) != NULL)
+        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code == 0 ? BT_ECONNRESET : code,
+                  "the connection was lost before the query's transaction was "
+                  "confirmed (it may or may not have run; not retried): %s",
+                  why != NULL ? why : "connection closed");
     while (c->ops_len) {
         bt__pq_op op = *ops_front(c);
         ops_pop(c);
@@ -153,9 +160,7 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
                       "(it may or may not have run; not retried): %s",
                       why != NULL ? why : "connection closed");
     }
-    fail_held(c, code == 0 ? BT_ECONNRESET : code, why);
     c->inflight = c->abandoned = c->unsynced = 0;
-    bt__pq_stmt_clear(c);
     if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -190,6 +195,7 @@ void bt__pq_conn_free_dead(bt_pq_conn *c)
         c->zombie = true;
         return;
     }
+    bt__pq_stmt_clear(c);
     bt_free(c->ops);
     bt_free(c->hostaddr);
     bt_free(c);
@@ -284,72 +290,61 @@ void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
         end_query(q, c->pool != NULL ? BT_ECONNRESET : BT_ESHUTDOWN, "the connection is closed");
         return;
     }
+    c->busy++; /* a failed send closes c: keep it allocated until the end */
     bool batch = batchable(c, q);
     /* A solo query closes the open batch first, so that it is alone
      * between two Syncs. */
-    if (!batch && c->unsynced > 0 && bt__pq_conn_sync(c) != 0) {
-        end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-        return;
-    }
-    if (c->ops_len > 0 && p != NULL)
+    int ok = batch || c->unsynced == 0 || bt__pq_conn_sync(c) == 0;
+    if (ok && c->ops_len > 0 && p != NULL)
         p->st.pipelined++;
+    int how = BT__PQ_STMT_UNNAMED;
+    bt__pq_stmt *s = NULL;
+    if (ok && p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
+        char evict[24];
+        how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
+        if (evict[0] != '\0')
+            ok = stmt_evict(c, evict) == 0;
+    }
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
-    int ok = 1;
-    bt__pq_stmt *s = NULL;
-    bool prepared = false;
-    if (p != NULL && p->o.stmt_cache_size > 0 && !q->no_prepare) {
-        char evict[24];
-        int how = bt__pq_stmt_pick(c, q->sql, p->o.stmt_cache_size, &s, evict, sizeof evict);
-        if (evict[0] != '\0') {
-            c->busy++; /* a failed send closes c: keep it allocated here */
-            int rc = stmt_evict(c, evict);
-            c->busy--;
-            if (rc != 0) {
-                end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
-                if (c->zombie && c->busy == 0)
-                    bt__pq_conn_free_dead(c);
-                return;
-            }
-        }
-        if (how == BT__PQ_STMT_RUN) {
-            prepared = true;
-            q->used_named = true;
-        } else if (how == BT__PQ_STMT_PREPARE) {
-            ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types);
-            if (ok && ops_push(c, BT__PQ_OP_PREPARE, q, s) != 0)
-                ok = 0;
-            prepared = ok;
-        }
+    if (ok && how == BT__PQ_STMT_PREPARE)
+        ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types) &&
+             ops_push(c, BT__PQ_OP_PREPARE, q, s) == 0;
+    if (ok && how != BT__PQ_STMT_UNNAMED) {
+        q->used_named = how == BT__PQ_STMT_RUN;
+        ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
+                                 q->result_format);
+    } else if (ok) {
+        ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
+                               q->result_format);
     }
-    if (ok) {
-        if (prepared)
-            ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
-                                     q->result_format);
-        else
-            ok = PQsendQueryParams(c->pg, q->sql, q->nparams, types, vals, q->lengths, q->formats,
-                                   q->result_format);
-    }
-    if (ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) != 0)
-        ok = 0;
+    ok = ok && ops_push(c, BT__PQ_OP_QUERY, q, NULL) == 0;
     if (!ok) {
-        /* q is not in the FIFO: fail it here, then the connection. */
-        end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
-        close_broken(c);
-        return;
+        /* q is not in the FIFO: fail it here, then the connection if a
+         * Sync or the DEALLOCATE before it has not closed it already. */
+        if (c->state != BT__PQ_CS_READY) {
+            end_query(q, BT_ECONNRESET, "the connection was lost before the query was sent");
+        } else {
+            end_query(q, BT_ECONNRESET, "could not send the query: %s", PQerrorMessage(c->pg));
+            close_broken(c);
+        }
+    } else {
+        c->inflight++;
+        c->unsynced++;
+        /* A batch is synced (and flushed) at the end of this loop pass,
+         * together with whatever else is sent to this connection
+         * meanwhile. */
+        if (batch)
+            c->events->batch_open(c);
+        else
+            bt__pq_conn_sync(c);
+        /* Single-row mode is set in process(), when the query reaches the
+         * front and before its first PQgetResult (libpq parses input only
+         * there, never in PQconsumeInput). */
     }
-    c->inflight++;
-    c->unsynced++;
-    if (batch) {
-        /* Synced (and flushed) at the end of this loop pass, together with
-         * whatever else is sent to this connection meanwhile. */
-        c->events->batch_open(c);
-        return;
-    }
-    bt__pq_conn_sync(c);
-    /* Single-row mode is set in process(), when the query reaches the
-     * front and before its first PQgetResult (libpq parses input only
-     * there, never in PQconsumeInput). */
+    c->busy--;
+    if (c->zombie && c->busy == 0)
+        bt__pq_conn_free_dead(c);
 }
 
 /* q (on c) was settled early by a cancel or a timeout: drop its results
@@ -513,18 +508,6 @@ static void resolve_batch(bt_pq_conn *c)
         c->events->retry(c, &again); /* takes them all */
     while ((n = bt__list_pop_front(&again)) != NULL)
         end_query(BT__LIST_ENTRY(n, bt__pq_query, link), BT_ESHUTDOWN, "the pool was closed");
-}
-
-static void fail_held(bt_pq_conn *c, int code, const char *why)
-{
-    c->nheld = 0;
-    c->held_error = false;
-    bt__list *n;
-    while ((n = bt__list_pop_front(&c->held)) != NULL)
-        end_query(BT__LIST_ENTRY(n, bt__pq_query, link), code,
-                  "the connection was lost before the query's transaction was "
-                  "confirmed (it may or may not have run; not retried): %s",
-                  why != NULL ? why : "connection closed");
 }
 
 /* Read every result that is complete. Returns -1 if c was closed. */

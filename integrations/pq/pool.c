@@ -224,8 +224,7 @@ static void fail_waiters(bt_pq_pool *p, int code, const char *fmt, const char *m
     while ((q = wq_first(p)) != NULL) {
         bt__pq_wq_unlink(p, q);
         q->state = BT__PQ_Q_NEW;
-        bt__pq_query_fail(q, code, fmt, msg);
-        bt__pq_query_free(q);
+        bt__pq_query_end(q, code, fmt, msg);
     }
     struct bt__pq_acq *a;
     while ((a = aq_first(p)) != NULL) {
@@ -402,37 +401,41 @@ void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q)
     p->nwq--;
 }
 
+/* q waits for a connection at the tail of the wait queue, bounded in time;
+ * or, when the queue is full, it fails. */
+static void wq_push(bt_pq_pool *p, bt__pq_query *q)
+{
+    if (p->nwq + p->naq < p->o.max_waiters) {
+        q->state = BT__PQ_Q_WAITING;
+        q->deadline_ns = deadline(p);
+        bt__list_push_back(&p->wq, &q->link);
+        p->nwq++;
+        arm_wait(p);
+        /* No connection is free: the pool opens one (or hands one back) at
+         * the end of this loop pass, once for every query that came
+         * meanwhile, rather than inside each call. */
+        if (!p->pump_armed && p->pump_ev != NULL) {
+            p->pump_armed = true;
+            event_active(p->pump_ev, EV_TIMEOUT, 0);
+        }
+        return;
+    }
+    bt__pq_query_end(q, BT_EAGAIN, "too many queries waiting for a connection (max_waiters %u)",
+                     p->o.max_waiters);
+}
+
 /* A new query: to the connection lent for it (q->target), else to a
- * connection now, else into the wait queue (bounded in length and time).
- * The pool takes q over. */
+ * connection now, else into the wait queue. The pool takes q over. */
 void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
 {
     bt_pq_conn *c = q->target;
     if (c == NULL && p->nwq == 0)
         c = pick(p);
-    if (c != NULL) {
-        bt__pq_conn_send(c, q);
+    if (c == NULL) {
+        wq_push(p, q);
         return;
     }
-    if (p->nwq + p->naq >= p->o.max_waiters) {
-        bt__pq_query_fail(q, BT_EAGAIN,
-                          "too many queries waiting for a connection (max_waiters %u)",
-                          p->o.max_waiters);
-        bt__pq_query_free(q);
-        return;
-    }
-    q->state = BT__PQ_Q_WAITING;
-    q->deadline_ns = deadline(p);
-    bt__list_push_back(&p->wq, &q->link);
-    p->nwq++;
-    arm_wait(p);
-    /* No connection is free: the pool opens one (or hands one back) at the
-     * end of this loop pass, once for every query that came meanwhile,
-     * rather than inside each call. */
-    if (!p->pump_armed && p->pump_ev != NULL) {
-        p->pump_armed = true;
-        event_active(p->pump_ev, EV_TIMEOUT, 0);
-    }
+    bt__pq_conn_send(c, q);
 }
 
 /* Take a waiter off the pool's acquire queue. */
@@ -582,8 +585,7 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
     while ((n = bt__list_pop_front(qs)) != NULL) {
         bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (p->closed) {
-            bt__pq_query_fail(q, BT_ESHUTDOWN, "the pool was closed");
-            bt__pq_query_free(q);
+            bt__pq_query_end(q, BT_ESHUTDOWN, "the pool was closed");
             continue;
         }
         q->state = BT__PQ_Q_WAITING;
@@ -678,8 +680,7 @@ static void on_wait_timer(bt_timer *t, void *arg)
     while ((q = wq_first(p)) != NULL && q->deadline_ns <= now) {
         bt__pq_wq_unlink(p, q);
         q->state = BT__PQ_Q_NEW;
-        bt__pq_query_fail(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
-        bt__pq_query_free(q);
+        bt__pq_query_end(q, BT_ETIMEDOUT, "timed out waiting for a connection after %s", why);
     }
     struct bt__pq_acq *a;
     while ((a = aq_first(p)) != NULL && a->deadline_ns <= now) {

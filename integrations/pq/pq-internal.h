@@ -315,8 +315,12 @@ void bt__pq_conn_send_internal(bt_pq_conn *c, const char *sql);
 /* request.c: the query object. */
 bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
                                const char *const *values, const bt_pq_query_opts *opts, int *err);
-void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
-void bt__pq_query_free(bt__pq_query *q);
+/* Fail q now with code and msg (NULL: the code's own text) unless it has
+ * settled; it stays where it is (a sent query that timed out). */
+void bt__pq_query_settle(bt__pq_query *q, int code, const char *msg);
+/* The end of q: settle it unless it has settled already (code 0: with what
+ * it collected; else failed with code and the message), then free it. */
+void bt__pq_query_end(bt__pq_query *q, int code, const char *fmt, ...) BT_PRINTF(3, 4);
 void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap);
 void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res);
 /* The callback of internal queries (logs a failure). */
@@ -351,9 +355,10 @@ void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
  * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
  * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
  * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
- * cache was full, its least recently used ready statement was forgotten to
- * make room and its name is in evict (else evict is ""): the caller sends
- * the DEALLOCATE, before the PREPARE, since the pipeline keeps order. */
+ * cache was full, its least recently used ready statement was forgotten
+ * (its entry serves the new one) and its name is in evict (else evict is
+ * ""): the caller sends the DEALLOCATE, before the PREPARE, since the
+ * pipeline keeps order. */
 enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
 int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **s, char *evict,
                      size_t evict_size);

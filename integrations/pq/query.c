@@ -1,7 +1,7 @@
 /* Running a query, the top of the wing: bt_pq_query and the common path of
  * every query (straight to an acquired connection, or to the pool, which
  * sends it or queues it), its cancellation and its timeout. The query
- * object itself (its copies, its single settle) is request.c's. */
+ * object itself (its copies, its settle and its end) is request.c's. */
 #include "config.h"
 
 #include <stdio.h>
@@ -25,11 +25,11 @@ static void abandon(bt__pq_query *q, int code)
         if (code == BT_ECANCELED) {
             q->settled = true;
             bt_future_set_cancelled(q->f);
+            bt__pq_query_end(q, 0, NULL); /* settled: freed */
         } else {
-            bt__pq_query_fail(q, code, "timed out after %llu ms waiting for a connection",
-                              (unsigned long long)q->timeout_ms);
+            bt__pq_query_end(q, code, "timed out after %llu ms waiting for a connection",
+                             (unsigned long long)q->timeout_ms);
         }
-        bt__pq_query_free(q);
         bt__pq_check_drained(p);
         return;
     }
@@ -44,8 +44,10 @@ static void abandon(bt__pq_query *q, int code)
             if (q->pool != NULL)
                 q->pool->st.queries++;
         } else {
-            bt__pq_query_fail(q, code, "query timed out after %llu ms (a cancel request was sent)",
-                              (unsigned long long)q->timeout_ms);
+            char msg[96];
+            snprintf(msg, sizeof msg, "query timed out after %llu ms (a cancel request was sent)",
+                     (unsigned long long)q->timeout_ms);
+            bt__pq_query_settle(q, code, msg);
         }
         bt__pq_conn_abandon(q->conn, q);
     }

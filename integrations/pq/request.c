@@ -100,20 +100,6 @@ bt__pq_query *bt__pq_query_new(bt_pq_pool *p, const char *sql, int nparams,
     return q;
 }
 
-void bt__pq_query_free(bt__pq_query *q)
-{
-    if (q == NULL)
-        return;
-    if (q->timer != NULL)
-        bt_timer_free(q->timer);
-    if (q->res != NULL)
-        PQclear(q->res);
-    bt_free(q->errmsg);
-    if (q->f != NULL)
-        bt_future_unref(q->f);
-    bt_free(q);
-}
-
 /* Record an error from a result (the first one wins). */
 void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
 {
@@ -123,68 +109,60 @@ void bt__pq_query_set_error_from(bt__pq_query *q, const PGresult *res)
     q->errmsg = bt__pq_format_error(res, "query failed");
 }
 
-/* q is settling now: it settles once, its timer stops (bt__pq_query_free
- * frees it) and it is counted. */
-static void settling(bt__pq_query *q)
+/* Settle q, once: deliver what the connection collected (code 0; a query
+ * its pipeline skipped fails), or fail it with code and msg (NULL: the
+ * code's own text). It is counted. Its timer has nothing left to do: a
+ * timeout that fires now finds q settled (query.c), and q's end frees the
+ * timer with q. */
+static void settle(bt__pq_query *q, int code, const char *msg)
 {
     q->settled = true;
-    bt_timer_stop(q->timer); /* NULL-safe */
     if (q->pool != NULL)
         q->pool->st.queries++;
-}
-
-/* Fail q with code and msg (NULL: the code's own text, bt_strerror). */
-static void fail_msg(bt__pq_query *q, int code, const char *msg)
-{
-    settling(q);
-    if (q->f != NULL) {
-        if (msg != NULL)
-            bt_future_set_error(q->f, code, "%s", msg);
-        else
-            bt_future_set_error(q->f, code, NULL);
-    } else if (q->internal != NULL) {
-        q->internal(q->conn, q, code);
+    if (code == 0 && q->err) {
+        code = q->err;
+        msg = q->errmsg;
+    } else if (code == 0 && q->aborted) {
+        code = BT_EIO;
+        msg = "the query was skipped (pipeline aborted)";
+    }
+    bt_pq_result *r = NULL;
+    if (code == 0 && q->f != NULL) {
+        r = bt__pq_result_wrap(q->res);
+        if (r == NULL) {
+            code = BT_ENOMEM;
+            msg = "out of memory for a result";
+        } else {
+            q->res = NULL; /* the future owns it now */
+        }
+    }
+    if (q->f == NULL) {
+        if (q->internal != NULL)
+            q->internal(q->conn, q, code);
+    } else if (code == 0) {
+        bt_future_set_value(q->f, r, (bt_destroy_fn)bt_pq_result_free);
+    } else if (msg != NULL) {
+        bt_future_set_error(q->f, code, "%s", msg);
+    } else {
+        bt_future_set_error(q->f, code, NULL);
     }
 }
 
-static void vfail(bt__pq_query *q, int code, const char *fmt, va_list ap)
+/* Settle q with code (0: what it collected) and the message made of fmt
+ * (NULL: the code's own text), unless it has settled already. */
+static void vsettle(bt__pq_query *q, int code, const char *fmt, va_list ap)
 {
     if (q->settled)
         return;
-    char *msg = fmt != NULL ? bt_vasprintf(fmt, ap) : NULL;
-    fail_msg(q, code, msg);
+    char *msg = code != 0 && fmt != NULL ? bt_vasprintf(fmt, ap) : NULL;
+    settle(q, code, msg);
     bt_free(msg);
 }
 
-void bt__pq_query_fail(bt__pq_query *q, int code, const char *fmt, ...)
+void bt__pq_query_settle(bt__pq_query *q, int code, const char *msg)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vfail(q, code, fmt, ap);
-    va_end(ap);
-}
-
-/* Deliver what the connection collected: an error, or the result. */
-static void settle_result(bt__pq_query *q)
-{
-    if (q->settled)
-        return;
-    if (q->err) {
-        fail_msg(q, q->err, q->errmsg);
-        return;
-    }
-    settling(q);
-    if (q->f != NULL) {
-        bt_pq_result *r = bt__pq_result_wrap(q->res);
-        if (r == NULL) {
-            bt_future_set_error(q->f, BT_ENOMEM, "out of memory for a result");
-            return;
-        }
-        q->res = NULL; /* the future owns it now */
-        bt_future_set_value(q->f, r, (bt_destroy_fn)bt_pq_result_free);
-    } else if (q->internal != NULL) {
-        q->internal(q->conn, q, 0);
-    }
+    if (!q->settled)
+        settle(q, code, msg);
 }
 
 void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err)
@@ -195,19 +173,26 @@ void bt__pq_internal_done(bt_pq_conn *c, bt__pq_query *q, int err)
         bt_log(BT_LOG_DEBUG, "pq: internal statement failed (%s)", bt_strerror(err));
 }
 
-/* The end of q on a connection: settle it unless it was settled already
- * (code 0: deliver what it collected, and a query its pipeline skipped
- * fails; else fail it with code and the message), then free it. */
+/* The end of q: settle it unless it has settled already (code 0: deliver
+ * what it collected, and a query its pipeline skipped fails; else fail it
+ * with code and the message), then free it and what it holds. */
 void bt__pq_query_vend(bt__pq_query *q, int code, const char *fmt, va_list ap)
 {
-    if (code != 0) {
-        vfail(q, code, fmt, ap);
-    } else if (!q->settled) {
-        if (q->aborted && q->err == 0) {
-            q->err = BT_EIO;
-            q->errmsg = bt_strdup("the query was skipped (pipeline aborted)");
-        }
-        settle_result(q);
-    }
-    bt__pq_query_free(q);
+    vsettle(q, code, fmt, ap);
+    if (q->res != NULL)
+        PQclear(q->res);
+    if (q->f != NULL)
+        bt_future_unref(q->f);
+    if (q->timer != NULL)
+        bt_timer_free(q->timer);
+    bt_free(q->errmsg);
+    bt_free(q);
+}
+
+void bt__pq_query_end(bt__pq_query *q, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bt__pq_query_vend(q, code, fmt, ap);
+    va_end(ap);
 }

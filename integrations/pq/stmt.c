@@ -27,13 +27,11 @@ static bt__pq_stmt *stmt_find(bt_pq_conn *c, const char *sql, uint32_t h)
     return NULL;
 }
 
-static void stmt_touch(bt_pq_conn *c, bt__pq_stmt *s)
-{
-    bt__list_remove(&s->lru);
-    bt__list_push_front(&c->lru, &s->lru);
-}
-
-static bt__pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
+/* An entry for sql, hashed, with a new name, not on the lru: a new one, or
+ * old (the least recently used entry, already out of the hash) made over.
+ * NULL when out of memory; old is then left an empty entry, not ready and
+ * out of the hash, that only bt__pq_stmt_clear frees. */
+static bt__pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h, bt__pq_stmt *old)
 {
     if (c->nbuckets == 0) {
         unsigned n = 64;
@@ -42,35 +40,49 @@ static bt__pq_stmt *stmt_add(bt_pq_conn *c, const char *sql, uint32_t h)
             return NULL;
         c->nbuckets = n;
     }
-    bt__pq_stmt *s = bt_calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
+    bt__pq_stmt *s = old;
+    if (s != NULL) {
+        bt_free(s->sql);
+        s->ready = false;
+    } else {
+        s = bt_calloc(1, sizeof *s);
+        if (s == NULL)
+            return NULL;
+    }
     s->sql = bt_strdup(sql);
     if (s->sql == NULL) {
-        bt_free(s);
+        if (s != old)
+            bt_free(s);
         return NULL;
     }
+    if (s != old)
+        bt__list_init(&s->lru);
     s->hash = h;
     snprintf(s->name, sizeof s->name, "bt_%u", ++c->stmt_seq);
     s->next = c->stmts[h % c->nbuckets];
     c->stmts[h % c->nbuckets] = s;
     c->nstmts++;
-    bt__list_push_front(&c->lru, &s->lru);
     return s;
 }
 
-/* Unlink s (its PREPARE failed); the statement does not exist server-side. */
-void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s)
+/* Take s out of the hash. */
+static void stmt_unhash(bt_pq_conn *c, bt__pq_stmt *s)
 {
     for (bt__pq_stmt **pp = &c->stmts[s->hash % c->nbuckets]; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
             c->nstmts--;
-            bt__list_remove(&s->lru);
-            bt_free(s->sql);
-            bt_free(s);
             return;
         }
+}
+
+/* Unlink s (its PREPARE failed); the statement does not exist server-side. */
+void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s)
+{
+    stmt_unhash(c, s);
+    bt__list_remove(&s->lru);
+    bt_free(s->sql);
+    bt_free(s);
 }
 
 void bt__pq_stmt_clear(bt_pq_conn *c)
@@ -101,25 +113,31 @@ int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt *
     bt__pq_stmt *s = stmt_find(c, sql, h);
     *out = NULL;
     evict[0] = '\0';
-    if (s != NULL) {
-        if (!s->ready)
-            return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query */
-        stmt_touch(c, s);
-        *out = s;
-        return BT__PQ_STMT_RUN;
-    }
-    if (c->nstmts >= cap) {
-        /* Full: the least recently used statement whose PREPARE has
-         * completed goes (a pending BT__PQ_OP_PREPARE still points at its entry). */
+    if (s != NULL && !s->ready)
+        return BT__PQ_STMT_UNNAMED; /* being prepared by an earlier query */
+    int how = BT__PQ_STMT_RUN;
+    if (s == NULL) {
         bt__pq_stmt *v = NULL;
-        for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
-            if (BT__LIST_ENTRY(n, bt__pq_stmt, lru)->ready)
-                v = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
-        if (v == NULL)
-            return BT__PQ_STMT_UNNAMED; /* all are being prepared */
-        snprintf(evict, evict_size, "%s", v->name);
-        bt__pq_stmt_remove(c, v);
+        if (c->nstmts >= cap) {
+            /* Full: the least recently used statement whose PREPARE has
+             * completed goes (a pending BT__PQ_OP_PREPARE still points at
+             * its entry), and its entry serves the new one. */
+            for (bt__list *n = c->lru.prev; n != &c->lru && v == NULL; n = n->prev)
+                if (BT__LIST_ENTRY(n, bt__pq_stmt, lru)->ready)
+                    v = BT__LIST_ENTRY(n, bt__pq_stmt, lru);
+            if (v == NULL)
+                return BT__PQ_STMT_UNNAMED; /* all are being prepared */
+            snprintf(evict, evict_size, "%s", v->name);
+            stmt_unhash(c, v);
+        }
+        s = stmt_add(c, sql, h, v);
+        if (s == NULL)
+            return BT__PQ_STMT_UNNAMED;
+        how = BT__PQ_STMT_PREPARE;
     }
-    *out = stmt_add(c, sql, h);
-    return *out != NULL ? BT__PQ_STMT_PREPARE : BT__PQ_STMT_UNNAMED;
+    /* Now the most recently used. */
+    bt__list_remove(&s->lru);
+    bt__list_push_front(&c->lru, &s->lru);
+    *out = s;
+    return how;
 }
