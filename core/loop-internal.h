@@ -48,10 +48,11 @@ typedef struct bt__loop_fiber_hooks {
  * the time: the share is the most of a core its spinning may take. A
  * ping-pong then spins through some round trips (about 1.5 us each) and
  * sleeps through the others (tens of microseconds): the slept ones take
- * most of the time, the spun ones are the majority. A caller that knows
- * when the awaited work arrived also keeps `gap` (recent waits before it
- * arrived, excluding the wakeup) and sleeps at once when they outlast
- * the spin: sporadic work never pays for a spin. share 100
+ * most of the time, the spun ones (at the default share) are most of
+ * the trips. A caller that knows when the awaited work arrived also keeps
+ * `gap` (recent waits before it arrived, excluding the wakeup) and sleeps
+ * at once when they outlast the spin: sporadic work never pays for a
+ * spin. share 100
  * (BT__SPIN_SHARE_FULL) spins every time, as before the budget. Written
  * by one thread at a time (the loop; a lane's lingering worker under the
  * lane's lock). */
