@@ -44,24 +44,30 @@ typedef struct bt__loop_fiber_hooks {
  * worker waiting for jobs) spins before it sleeps only while that pays.
  * Spinning saves the wakeup (5 to 50 us on a loaded 2-core machine) but
  * burns a core for as long as it lasts: in a ping-pong both sides spin
- * all the time (2 cores, where libuv uses 0.9). So each waiter keeps two
- * decayed sums, the time it spun and the time it waited (spinning or
- * asleep), and spins only while spun <= share% of waited: a ping-pong
- * spins through most waits and sleeps through the others, which pays for
- * the spins. A caller that knows when the awaited work arrived also
- * keeps `gap` (recent waits before it arrived, excluding the wakeup) and
- * sleeps at once when they outlast the spin: sporadic work never pays
- * for a spin. share 100 (BT__SPIN_SHARE_FULL) spins every time, as before
- * the budget. Written by one thread at a time (the loop; a lane's
- * lingering worker under the lane's lock). */
+ * all the time (2 cores, where libuv uses 0.9). So a waiter keeps two
+ * decayed sums, the time it spun and the time that went by (its whole
+ * time: waiting, asleep, working), and spins only while spun <= share% of
+ * the time: the share is the most of a core its spinning may take. A
+ * ping-pong then spins through some round trips (about 1.5 us each) and
+ * sleeps through the others (tens of microseconds): the slept ones take
+ * most of the time, the spun ones (at the default share) are most of
+ * the trips. A caller that knows when the awaited work arrived also keeps
+ * `gap` (recent waits before it arrived, excluding the wakeup) and sleeps
+ * at once when they outlast the spin: sporadic work never pays for a
+ * spin. share 100
+ * (BT__SPIN_SHARE_FULL) spins every time, as before the budget. Written
+ * by one thread at a time (the loop; a lane's lingering worker under the
+ * lane's lock). */
 typedef struct bt__spin_budget {
-    uint64_t spun, waited; /* ns, halved past BT__SPIN_WINDOW_NS waited */
-    uint64_t gap;          /* ns, a moving average (1/8 weight) */
+    uint64_t spun, total; /* ns, halved past BT__SPIN_WINDOW_NS in all */
+    uint64_t last;        /* when the time was last accounted */
+    uint64_t gap;         /* ns, a moving average (1/8 weight) */
 } bt__spin_budget;
 
 #define BT__SPIN_SHARE_FULL 100u
-/* The sums follow the last few milliseconds of waiting: a change of
- * traffic is seen within about that. */
+/* The sums follow the last few milliseconds: a change of traffic is seen
+ * within about that. A longer pause counts as this long, so that an idle
+ * second does not pay for a long spin afterwards. */
 #define BT__SPIN_WINDOW_NS 4000000u
 
 /* Whether to spin (up to limit_ns) before sleeping this time. */
@@ -71,17 +77,22 @@ static inline bool bt__spin_pays(const bt__spin_budget *b, unsigned share, uint6
         return true;
     if (b->gap > limit_ns)
         return false;
-    return b->spun * 100 <= b->waited * share;
+    return b->spun * 100 <= b->total * share;
 }
 
-/* One wait ended: spun of it spinning, waited in all (>= spun). */
-static inline void bt__spin_account(bt__spin_budget *b, uint64_t spun, uint64_t waited)
+/* One wait ended at now, spun ns of it spinning: account it, and the time
+ * since the last one. */
+static inline void bt__spin_account(bt__spin_budget *b, uint64_t spun, uint64_t now)
 {
+    uint64_t dt = now > b->last ? now - b->last : 0;
+    b->last = now;
+    if (dt > BT__SPIN_WINDOW_NS)
+        dt = BT__SPIN_WINDOW_NS;
     b->spun += spun;
-    b->waited += waited;
-    if (b->waited > BT__SPIN_WINDOW_NS) {
+    b->total += dt > spun ? dt : spun;
+    if (b->total > BT__SPIN_WINDOW_NS) {
         b->spun /= 2;
-        b->waited /= 2;
+        b->total /= 2;
     }
 }
 
@@ -173,6 +184,11 @@ void bt__loop_schedule(bt_loop *loop, bt__task *task);
 /* Push a task from any thread; wakes the loop if needed. The task's memory
  * must stay valid until it runs. Returns 0 or BT_ESHUTDOWN. */
 int bt__loop_push(bt_loop *loop, bt__task *task);
+
+/* bt__loop_push, and *woke tells whether the push had to wake the loop
+ * (it was asleep, or about to sleep, in libevent): a pushing thread that
+ * expects an answer learns whether the loop is spinning for it. */
+int bt__loop_push_woke(bt_loop *loop, bt__task *task, bool *woke);
 
 /* Tell the loop that n more (or, negative, fewer) completions are on their
  * way from other threads. Loop thread (where jobs are submitted and

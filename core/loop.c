@@ -38,7 +38,7 @@
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
  *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write;
  *   only while its spin budget allows (bt__spin_budget: spinning no more
- *   than the share of its waiting time that its pools set).
+ *   than the share of its time that its pools set).
  */
 #include "config.h"
 
@@ -112,16 +112,25 @@ static void inbox_push(bt_loop *loop, bt__task *task)
     __atomic_store_n(&prev->next, task, __ATOMIC_RELEASE);
 }
 
-int bt__loop_push(bt_loop *loop, bt__task *task)
+int bt__loop_push_woke(bt_loop *loop, bt__task *task, bool *woke)
 {
+    *woke = false;
     if (atomic_load_explicit(&loop->closed_to_posts, memory_order_acquire))
         return BT_ESHUTDOWN;
     inbox_push(loop, task);
     /* The exchange above and this load are both sequentially consistent:
      * see the DESIGN note on wakeups. */
-    if (atomic_load(&loop->wake_wanted) && atomic_exchange(&loop->wake_wanted, 0))
+    if (atomic_load(&loop->wake_wanted) && atomic_exchange(&loop->wake_wanted, 0)) {
         wake_write(loop);
+        *woke = true;
+    }
     return 0;
+}
+
+int bt__loop_push(bt_loop *loop, bt__task *task)
+{
+    bool woke;
+    return bt__loop_push_woke(loop, task, &woke);
 }
 
 /* Pop the oldest task, or NULL: *cut is set when tasks are queued but
@@ -405,7 +414,7 @@ static bool spin_for_completions(bt_loop *loop)
         loop->wait_spun = spun;
         return false;
     }
-    bt__spin_account(&loop->spin_budget, spun, spun);
+    bt__spin_account(&loop->spin_budget, spun, now + spun);
     inbox_drain(loop);
     loop->stats.spin_hits++;
     loop->spin_streak++;
@@ -434,7 +443,7 @@ static int run_impl(bt_loop *loop, bt_future *until)
         if (event_base_loop(loop->base, EVLOOP_ONCE) < 0)
             break;
         if (loop->wait_since != 0) { /* a wait for completions ended */
-            bt__spin_account(&loop->spin_budget, loop->wait_spun, bt_hrtime() - loop->wait_since);
+            bt__spin_account(&loop->spin_budget, loop->wait_spun, bt_hrtime());
             loop->wait_since = 0;
         }
     }

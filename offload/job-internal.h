@@ -104,8 +104,9 @@ bool bt__job_run(bt_job *job, bool skip);
 bt_job *bt__job_current(void);
 /* Send a job that ran, or was skipped, back to its loop, where it
  * settles. Returns 0, or BT_ESHUTDOWN if the loop was freed without its
- * closers running (then bt__job_free it). Any thread. */
-int bt__job_send_back(bt_job *job);
+ * closers running (then bt__job_free it); *woke tells whether the loop
+ * had to be woken for it (bt__loop_push_woke). Any thread. */
+int bt__job_send_back(bt_job *job, bool *woke);
 
 /* Settled, loop side: a job that never ran (cancelled in its batch or
  * its queue) settles cancelled now. The caller counts it. Loop thread. */

@@ -359,10 +359,10 @@ static void job_complete(bt__task *t)
 }
 
 /* Back on its loop: the completion task runs from the loop's inbox. */
-int bt__job_send_back(bt_job *job)
+int bt__job_send_back(bt_job *job, bool *woke)
 {
     job->task.run = job_complete;
-    return bt__loop_push(job->fut.loop, &job->task);
+    return bt__loop_push_woke(job->fut.loop, &job->task, woke);
 }
 
 void bt__job_cancel_now(bt_job *job)

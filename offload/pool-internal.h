@@ -89,6 +89,10 @@ struct bt__worker {
      * otherwise: a closer that abandons its jobs waits until no worker
      * is inside a push to its loop (see worker_push in pool.c). */
     _Atomic(bt__attach *) pushing_to;
+    /* The last completion it pushed had to wake its loop: the loop was
+     * not spinning for it, so the next job will not come at once either
+     * (worker_wait). The worker's own. */
+    bool woke_loop;
 };
 
 struct bt__lane {

@@ -28,8 +28,10 @@
  *   worker per lane lingers (spins on `depth`) for linger_ns before it
  *   sleeps on the condvar, so a loop that submits one job at a time finds
  *   it awake, but only while lingering pays (the lane's spin budget:
- *   recent gaps between jobs shorter than the linger, and spinning no
- *   more than spin_share% of its waits); the others sleep at once. A worker that takes jobs and
+ *   recent gaps between jobs shorter than the linger, its last completion
+ *   found its loop spinning, not asleep, and spinning no more than
+ *   spin_share% of its time); the others sleep at once. A worker that
+ *   takes jobs and
  *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
  *   sleep counts itself in `sleepers`, then looks at the stack once more;
  *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
@@ -440,7 +442,7 @@ static void worker_push(bt__worker *w, bt_job *job)
         bt__job_drop_abandoned(job);
         return;
     }
-    if (bt__job_send_back(job) != 0) {
+    if (bt__job_send_back(job, &w->woke_loop) != 0) {
         /* Only if a loop was freed without its closers running: nobody can
          * settle this future any more. */
         bt_log(BT_LOG_ERROR, "offload pool: a job finished after its loop closed");
@@ -544,8 +546,24 @@ static void worker_wait_account(bt__lane *lane, uint64_t t0, uint64_t spun)
 {
     uint64_t now = bt_hrtime();
     uint64_t handed = lane->head->t_submit;
-    bt__spin_account(&lane->spin_budget, spun, now - t0);
+    bt__spin_account(&lane->spin_budget, spun, now);
     bt__spin_gap(&lane->spin_budget, handed > t0 ? handed - t0 : 0);
+}
+
+/* Whether the lane's lingerer should linger now: always at the full
+ * spin; otherwise not when the recent gaps between jobs outlast the
+ * linger, nor when its last completion had to wake its loop (the loop
+ * sleeps, so its next job comes a wakeup later: lingering through that
+ * would cost a core for what the loop saves by sleeping), and within the
+ * lane's spin budget. */
+static bool worker_linger_pays(const bt__worker *w)
+{
+    unsigned share = w->pool->cfg.spin_share;
+    if (share >= BT__SPIN_SHARE_FULL)
+        return true;
+    if (w->woke_loop)
+        return false;
+    return bt__spin_pays(&w->lane->spin_budget, share, w->pool->linger_ns);
 }
 
 /* The wait step: until the lane's queue has jobs for this worker (true)
@@ -575,7 +593,7 @@ static bool worker_wait(bt__worker *w)
             uint64_t now = bt_hrtime();
             if (t0 == 0)
                 t0 = now;
-            if (bt__spin_pays(&lane->spin_budget, pool->cfg.spin_share, pool->linger_ns)) {
+            if (worker_linger_pays(w)) {
                 worker_linger(lane, pool->linger_ns);
                 spun += bt_hrtime() - now;
                 bt__lane_splice(lane);
@@ -868,6 +886,7 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
     /* Under pool->mu, which a closer that abandons its jobs takes after
      * raising `abandoned`: either we see the flag or it waits for us. */
     pthread_mutex_lock(&pool->mu);
+    bool woke;
     while (list) {
         bt__task *next = list->next;
         bt_job *job = (bt_job *)list;
@@ -875,7 +894,7 @@ void bt__lane_cancel_queue(bt_pool *pool, bt__lane *lane)
         bt__attach *att = job->att;
         if (atomic_load(&att->abandoned)) {
             bt__job_drop_abandoned(job);
-        } else if (bt__job_send_back(job) != 0) {
+        } else if (bt__job_send_back(job, &woke) != 0) {
             bt_log(BT_LOG_ERROR, "offload pool: a loop closed with jobs queued");
             bt__job_free(job);
         }

@@ -142,21 +142,22 @@ typedef struct {
     uint64_t shutdown_ms;      /* how long bt_loop_free and bt_pool_free
                                    wait for running jobs before abandoning
                                    them; 0: 5000; UINT64_MAX: for ever */
-    unsigned spin_share;       /* how much of their waiting time a worker
+    unsigned spin_share;       /* how much of their time a worker
                                    (for jobs, up to linger_us) and a loop
                                    (for its jobs' completions, up to
                                    bt_loop_set_spin) may spend spinning
                                    instead of sleeping, in percent: they
                                    spin while it pays (short gaps between
                                    jobs, short jobs) and within this
-                                   budget, and sleep otherwise; 0: the
+                                   budget, and sleep otherwise (a worker
+                                   also sleeps when its loop did); 0: the
                                    default (BT_POOL_SPIN_DEFAULT);
                                    BT_POOL_SPIN_FULL: spin every time, for
                                    the lowest latency at up to two cores
                                    (see docs/offload.md) */
 } bt_pool_config;
 
-#define BT_POOL_SPIN_DEFAULT 50u
+#define BT_POOL_SPIN_DEFAULT 40u
 #define BT_POOL_SPIN_FULL 100u
 
 /* Fill cfg with the defaults and its size (zeros mean "default"
