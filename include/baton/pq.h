@@ -277,6 +277,61 @@ BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r);
 /* Free a result taken from its future (never one still owned by it).
  * NULL is a no-op. */
 BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
+/* A column's format: 0 text, 1 binary (bt_pq_query_opts.result_format),
+ * or -1 if out of range. */
+BT_EXPORT int bt_pq_result_column_format(const bt_pq_result *r, int col);
+
+/* ---- Typed values --------------------------------------------------------
+ * A value as a C type, from a text column (parsed, as the server printed
+ * it) or a binary one (decoded from network byte order): the same call
+ * reads both, so a query can switch to binary results
+ * (bt_pq_query_opts.result_format = 1, which asks the server for binary
+ * columns; faster for wide rows, see docs/postgres.md) without changing
+ * how its rows are read. Each getter takes the column types listed with
+ * it. numeric, text and every other type stay text: read them with
+ * bt_pq_result_get in a text-format query (in a binary one, cast them in
+ * the SQL: `amount::text`).
+ *
+ * Every getter returns
+ *   0            the value is in *out;
+ *   BT_PQ_NULL   the value is SQL NULL (a positive 1, not an error; *out
+ *                is left alone);
+ *   BT_EINVAL    a NULL result or out, or a row or column out of range;
+ *   BT_ETYPE     the column's type is not one the getter takes (checked
+ *                before NULL: it is the column's, whatever the row);
+ *   BT_EPROTO    the value is not what its type promises (a binary int4
+ *                that is not 4 bytes, text that does not parse): nothing
+ *                is read past the value's end;
+ * and the few codes named with a getter. On an error *out is left alone.
+ * Thread: any, as the readers above (they touch no loop or connection). */
+#define BT_PQ_NULL 1
+
+/* int2, int4 and int8 columns. */
+BT_EXPORT int bt_pq_result_int64(const bt_pq_result *r, int row, int col, int64_t *out);
+/* float4 and float8 columns; NaN and the infinities are kept. */
+BT_EXPORT int bt_pq_result_double(const bt_pq_result *r, int row, int col, double *out);
+/* bool columns. */
+BT_EXPORT int bt_pq_result_bool(const bt_pq_result *r, int row, int col, bool *out);
+/* bytea columns: the value's bytes are copied into buf (cap bytes; buf may
+ * be NULL when cap is 0) and *len is set to their count, also when they do
+ * not fit: then nothing is copied and the call returns BT_EMSGSIZE, so a
+ * first call with cap 0 gives the size. A text column is unescaped (either
+ * bytea_output); a binary one is copied as it is (bt_pq_result_get and
+ * bt_pq_result_length read it in place). BT_EINVAL also for a NULL len. */
+BT_EXPORT int bt_pq_result_bytes(const bt_pq_result *r, int row, int col, void *buf, size_t cap,
+                                 size_t *len);
+/* uuid columns: the 16 bytes, in the order the text form prints them. */
+BT_EXPORT int bt_pq_result_uuid(const bt_pq_result *r, int row, int col, uint8_t out[16]);
+
+/* timestamptz columns: microseconds since 1970-01-01 00:00 UTC (negative
+ * before), whatever the session's TimeZone. 'infinity' and '-infinity' give
+ * these two values, which no finite time gives. A text column must be in
+ * DateStyle ISO (the server's default): other styles give BT_ENOTSUP (use
+ * binary results). BT_ERANGE: a time after about 294247 AD, which the
+ * server can store but an int64 of Unix microseconds cannot hold. */
+#define BT_PQ_TIMESTAMP_INFINITY INT64_MAX
+#define BT_PQ_TIMESTAMP_NEG_INFINITY INT64_MIN
+BT_EXPORT int bt_pq_result_timestamptz(const bt_pq_result *r, int row, int col, int64_t *out);
 
 /* ---- Errors ------------------------------------------------------------- */
 
