@@ -4,9 +4,11 @@
  * mismatches, bad arguments), the server's NOTICE and WARNING messages,
  * and the parameters it reports (server_version, TimeZone). */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <baton/pq.h>
 
@@ -466,6 +468,202 @@ START_TEST(binary_rows_in_single_row_mode)
 }
 END_TEST
 
+/* ---- Notices ---------------------------------------------------------------- */
+
+typedef struct {
+    int n;
+    char severity[8][16], sqlstate[8][8], message[8][64], detail[8][64], hint[8][64];
+    int pid[8];
+    int off_thread; /* calls on a thread other than the loop's */
+    bt_pq_pool *pool;
+    bt_future *issued; /* a query the callback issued */
+} notes;
+
+static pthread_t loop_thread;
+
+static void on_notice(const bt_pq_notice *n, void *arg)
+{
+    notes *l = arg;
+    if (!pthread_equal(pthread_self(), loop_thread))
+        l->off_thread++;
+    if (l->n < 8) {
+        snprintf(l->severity[l->n], sizeof l->severity[0], "%s", n->severity);
+        snprintf(l->sqlstate[l->n], sizeof l->sqlstate[0], "%s", n->sqlstate);
+        snprintf(l->message[l->n], sizeof l->message[0], "%s", n->message);
+        snprintf(l->detail[l->n], sizeof l->detail[0], "%s", n->detail);
+        snprintf(l->hint[l->n], sizeof l->hint[0], "%s", n->hint);
+        l->pid[l->n] = n->backend_pid;
+    }
+    l->n++;
+    /* A handler may issue queries (even on the connection being read). */
+    if (l->pool != NULL && l->issued == NULL)
+        l->issued = bt_pq_query(l->pool, "SELECT 1", 0, NULL);
+}
+
+typedef struct {
+    notes *l;
+    int seen; /* how many notices the handler had when the callback ran */
+} at_settle;
+
+static void count_at_settle(bt_future *f, void *arg)
+{
+    (void)f;
+    at_settle *a = arg;
+    a->seen = a->l->n;
+}
+
+START_TEST(notices_reach_the_handler_on_the_loop_thread)
+{
+    loop_thread = pthread_self();
+    bt_pq_pool *p = new_pool(1);
+    notes l = { .n = 0 };
+    ck_assert_int_eq(bt_pq_pool_set_notice_handler(p, on_notice, &l), 0);
+    at_settle a = { .l = &l, .seen = -1 };
+    bt_future *f = bt_pq_query(p,
+                               "DO $$ BEGIN "
+                               "RAISE NOTICE 'hello %', 42 USING DETAIL = 'the detail', "
+                               "HINT = 'the hint'; "
+                               "RAISE WARNING 'careful'; "
+                               "RAISE WARNING 'own code' USING ERRCODE = '01007'; "
+                               "END $$",
+                               0, NULL);
+    ck_assert_ptr_nonnull(f);
+    bt_future_add_callback(f, count_at_settle, &a);
+    await(f);
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    bt_future *s = bt_sleep(loop, 10); /* let the callback run */
+    await(s);
+    bt_future_unref(s);
+    ck_assert_int_eq(a.seen, 3);
+    ck_assert_int_eq(l.n, 3);
+    ck_assert_int_eq(l.off_thread, 0);
+    ck_assert_str_eq(l.severity[0], "NOTICE");
+    ck_assert_str_eq(l.sqlstate[0], "00000");
+    ck_assert_str_eq(l.message[0], "hello 42");
+    ck_assert_str_eq(l.detail[0], "the detail");
+    ck_assert_str_eq(l.hint[0], "the hint");
+    ck_assert_str_eq(l.severity[1], "WARNING");
+    ck_assert_str_eq(l.sqlstate[1], "01000");
+    ck_assert_str_eq(l.message[1], "careful");
+    ck_assert_str_eq(l.detail[1], "");
+    ck_assert_str_eq(l.hint[1], "");
+    ck_assert_str_eq(l.sqlstate[2], "01007");
+    bt_pq_result *r = fetch(p, NULL, 0, "SELECT pg_backend_pid()");
+    int64_t pid = 0;
+    ck_assert_int_eq(bt_pq_result_int64(r, 0, 0, &pid), 0);
+    bt_pq_result_free(r);
+    ck_assert_int_eq(l.pid[0], (int)pid);
+    ck_assert_int_eq(l.pid[1], (int)pid);
+
+    /* The same when an earlier query's answer comes in the same read (so
+     * that its callbacks were scheduled before the notice arrived): both
+     * answers are on the socket before the loop runs again. */
+    l.n = 0;
+    bt_pq_conn *c = acquire(p);
+    bt_future *first = bt_pq_conn_query(c, "SELECT 1", 0, NULL);
+    bt_future_add_callback(first, count_at_settle, &(at_settle){ .l = &l });
+    a.seen = -1;
+    f = bt_pq_conn_query(c, "DO $$ BEGIN RAISE NOTICE 'second'; END $$", 0, NULL);
+    bt_future_add_callback(f, count_at_settle, &a);
+    usleep(300000);
+    await(f);
+    s = bt_sleep(loop, 10);
+    await(s);
+    bt_future_unref(s);
+    ck_assert_int_eq(bt_future_error(first), 0);
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_int_eq(a.seen, 1);
+    bt_future_unref(first);
+    bt_future_unref(f);
+    bt_pq_conn_release(c);
+
+    /* A server notice outside PL/pgSQL, and a handler that issues a
+     * query: it runs. */
+    l.n = 0;
+    l.pool = p;
+    r = fetch(p, NULL, 0, "DROP TABLE IF EXISTS no_such_table");
+    bt_pq_result_free(r);
+    ck_assert_int_eq(l.n, 1);
+    ck_assert_str_eq(l.severity[0], "NOTICE");
+    ck_assert_str_eq(l.sqlstate[0], "00000");
+    ck_assert_str_eq(l.message[0], "table \"no_such_table\" does not exist, skipping");
+    ck_assert_ptr_nonnull(l.issued);
+    await(l.issued);
+    ck_assert_int_eq(bt_future_error(l.issued), 0);
+    bt_future_unref(l.issued);
+    l.issued = NULL;
+    l.pool = NULL;
+
+    /* Many at once, in a pipelined batch: each arrives, in order. */
+    l.n = 0;
+    bt_future *fs[5];
+    for (int i = 0; i < 5; i++)
+        fs[i] = bt_pq_query(p, "DO $$ BEGIN RAISE NOTICE 'n'; END $$", 0, NULL);
+    for (int i = 0; i < 5; i++) {
+        await(fs[i]);
+        ck_assert_int_eq(bt_future_error(fs[i]), 0);
+        bt_future_unref(fs[i]);
+    }
+    ck_assert_int_eq(l.n, 5);
+    ck_assert_int_eq(l.off_thread, 0);
+
+    /* Back to the log: WARNING as a warning, NOTICE as information. */
+    ck_assert_int_eq(bt_pq_pool_set_notice_handler(p, NULL, NULL), 0);
+    bt_test_log_capture();
+    l.n = 0;
+    r = fetch(p, NULL, 0,
+              "DO $$ BEGIN RAISE NOTICE 'to the log'; RAISE WARNING 'loud' USING HINT = 'h'; "
+              "END $$");
+    bt_pq_result_free(r);
+    ck_assert_int_eq(l.n, 0);
+    ck_assert(bt_test_log_contains("pq: server NOTICE 00000: to the log"));
+    ck_assert(bt_test_log_contains("pq: server WARNING 01000: loud; HINT: h"));
+
+    ck_assert_int_eq(bt_pq_pool_set_notice_handler(NULL, on_notice, &l), BT_EINVAL);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(server_parameters_read_back)
+{
+    bt_pq_pool *p = new_pool(2);
+    bt_pq_conn *c = acquire(p);
+    const char *v = bt_pq_conn_parameter(c, "server_version");
+    ck_assert_ptr_nonnull(v);
+    bt_pq_result *r = fetch(p, c, 0, "SHOW server_version");
+    ck_assert_str_eq(v = bt_pq_conn_parameter(c, "server_version"), bt_pq_result_get(r, 0, 0));
+    bt_pq_result_free(r);
+    ck_assert_ptr_nonnull(bt_pq_conn_parameter(c, "TimeZone"));
+    ck_assert_str_eq(bt_pq_conn_parameter(c, "integer_datetimes"), "on");
+    ck_assert_str_eq(bt_pq_conn_parameter(c, "DateStyle"), "ISO, MDY");
+    /* A SET is reported back once it has run. */
+    exec_on(c, "SET TimeZone = 'Asia/Tokyo'");
+    ck_assert_str_eq(bt_pq_conn_parameter(c, "TimeZone"), "Asia/Tokyo");
+    exec_on(c, "SET application_name = 'baton test'");
+    ck_assert_str_eq(bt_pq_conn_parameter(c, "application_name"), "baton test");
+    /* Not reported, or bad arguments: NULL. */
+    ck_assert_ptr_null(bt_pq_conn_parameter(c, "work_mem"));
+    ck_assert_ptr_null(bt_pq_conn_parameter(c, "no such thing"));
+    ck_assert_ptr_null(bt_pq_conn_parameter(c, ""));
+    ck_assert_ptr_null(bt_pq_conn_parameter(c, NULL));
+    ck_assert_ptr_null(bt_pq_conn_parameter(NULL, "server_version"));
+
+    /* A lost connection reports nothing. */
+    r = fetch(p, c, 0, "SELECT pg_backend_pid()");
+    char kill[96];
+    snprintf(kill, sizeof kill, "SELECT pg_terminate_backend(%s)", bt_pq_result_get(r, 0, 0));
+    bt_pq_result_free(r);
+    bt_pq_result_free(fetch(p, NULL, 0, kill));
+    bt_future *f = await(bt_pq_conn_query(c, "SELECT 1", 0, NULL));
+    ck_assert_int_ne(bt_future_error(f), 0);
+    bt_future_unref(f);
+    ck_assert_ptr_null(bt_pq_conn_parameter(c, "server_version"));
+    bt_pq_conn_release(c);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *results_suite(void)
 {
     Suite *s = suite_create("pq_results");
@@ -481,6 +679,12 @@ static Suite *results_suite(void)
     tcase_add_loop_test(tc, nulls_are_their_own_answer, 0, 2);
     tcase_add_loop_test(tc, type_mismatches_and_bad_arguments, 0, 2);
     tcase_add_test(tc, binary_rows_in_single_row_mode);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("server");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, notices_reach_the_handler_on_the_loop_thread);
+    tcase_add_test(tc, server_parameters_read_back);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -405,6 +405,56 @@ BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c);
  * Thread: the loop's. */
 BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c);
 
+/* A parameter the server reports about this connection's session
+ * (PQparameterStatus): "server_version" ("15.4 (Debian 15.4-1)"),
+ * "TimeZone", "DateStyle", "client_encoding", "server_encoding",
+ * "integer_datetimes", "standard_conforming_strings", "application_name",
+ * "is_superuser", "session_authorization", "IntervalStyle" (and
+ * "in_hot_standby" from PostgreSQL 14). A SET of one of them is reported
+ * back once its query has run. Known without a round trip: libpq keeps
+ * what the server sent. Returns: borrowed, valid until control returns to
+ * the loop (a query's results may bring a new value) and never after
+ * bt_pq_conn_release (copy it to keep it); NULL for a NULL c or name, a
+ * name the server does not report, a connection not acquired, or one that
+ * was lost. Thread: the loop's. */
+BT_EXPORT const char *bt_pq_conn_parameter(const bt_pq_conn *c, const char *name);
+
+/* ---- Notices ------------------------------------------------------------ */
+
+/* A message from the server that is not an error: RAISE NOTICE and RAISE
+ * WARNING in PL/pgSQL, "there is no transaction in progress", DROP ... IF
+ * EXISTS of nothing, or the FATAL an idle connection gets when the server
+ * ends it. Every string is borrowed for the callback's duration and never
+ * NULL ("" when the server sent none). The library fills this struct and
+ * the caller only reads it, so fields may be appended to it in a later
+ * version without a size (see docs/design.md). */
+typedef struct {
+    const char *severity; /* "WARNING", "NOTICE", "INFO", "LOG", "DEBUG"
+                             (never translated) or "FATAL" */
+    const char *sqlstate; /* "01000"; "" for a notice libpq made itself */
+    const char *message;  /* the primary message */
+    const char *detail;
+    const char *hint;
+    int backend_pid; /* the server process of the connection it came on */
+} bt_pq_notice;
+
+/* Called on the loop thread for each notice. It may issue queries; it must
+ * not free the pool. */
+typedef void (*bt_pq_notice_cb)(const bt_pq_notice *n, void *arg);
+
+/* Send the notices of every connection of the pool (the LISTEN connection
+ * included) to cb, or, with cb NULL, back to the default: Baton's log
+ * (bt_log: WARNING at BT_LOG_WARN, NOTICE, INFO and FATAL at BT_LOG_INFO,
+ * DEBUG and LOG at BT_LOG_DEBUG, as "pq: server WARNING 01000: ..."). A
+ * notice reaches cb in the order the server sent it, after the read that
+ * brought it and before the callbacks of the query it came with run, so a
+ * query's notices are all in when its future's callbacks see its result.
+ * Set it right after bt_pq_pool_new to see every notice: nothing is read
+ * before the loop runs. Returns 0, BT_EINVAL (NULL pool), BT_ESHUTDOWN
+ * (the pool was freed or its loop closed) or BT_ENOMEM. Thread: the
+ * loop's. */
+BT_EXPORT int bt_pq_pool_set_notice_handler(bt_pq_pool *pool, bt_pq_notice_cb cb, void *arg);
+
 /* ---- LISTEN / NOTIFY ---------------------------------------------------- */
 
 /* Called on the loop thread for each notification on a channel; the
