@@ -87,9 +87,11 @@
  * Nothing waits for the request's thread, neither the pool nor
  * bt_pq_pool_free nor bt_loop_free.
  *
- * Threads: everything here is loop-thread only; notification and row
- * callbacks run on the loop thread and must not free the pool (they may
- * issue queries). COPY is not supported (BT_ENOTSUP).
+ * Threads: everything here is loop-thread only (but the result readers
+ * and typed getters, which any thread may call on a result it holds);
+ * notification, notice and row callbacks run on the loop thread and must
+ * not free the pool (they may issue queries). COPY is not supported
+ * (BT_ENOTSUP).
  */
 #ifndef BATON_PQ_H
 #define BATON_PQ_H
