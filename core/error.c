@@ -37,7 +37,8 @@
     X(BT_ETLS, "TLS failure")                                     \
     X(BT_ESQL, "the database server reported an error")           \
     X(BT_EHTTP, "HTTP failure")                                   \
-    X(BT_EJOB, "the job failed")
+    X(BT_EJOB, "the job failed")                                  \
+    X(BT_ETYPE, "type mismatch")
 
 BT_EXPORT const char *bt_strerror(int code)
 {

@@ -113,6 +113,7 @@ extern "C" {
 #define BT_ESQL (-4003)  /* the database server reported an error */
 #define BT_EHTTP (-4004) /* an HTTP-level failure (bad status, bad reply) */
 #define BT_EJOB (-4005)  /* an offloaded job failed without a code */
+#define BT_ETYPE (-4006) /* a value read as a type it does not have */
 
 /* A short, static, English description of a BT_E* code. Never NULL; an
  * unknown code gives "unknown error". Thread: any. */

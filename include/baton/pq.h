@@ -87,9 +87,11 @@
  * Nothing waits for the request's thread, neither the pool nor
  * bt_pq_pool_free nor bt_loop_free.
  *
- * Threads: everything here is loop-thread only; notification and row
- * callbacks run on the loop thread and must not free the pool (they may
- * issue queries). COPY is not supported (BT_ENOTSUP).
+ * Threads: everything here is loop-thread only (but the result readers
+ * and typed getters, which any thread may call on a result it holds);
+ * notification, notice and row callbacks run on the loop thread and must
+ * not free the pool (they may issue queries). COPY is not supported
+ * (BT_ENOTSUP).
  */
 #ifndef BATON_PQ_H
 #define BATON_PQ_H
@@ -277,6 +279,61 @@ BT_EXPORT const char *bt_pq_result_command(const bt_pq_result *r);
 /* Free a result taken from its future (never one still owned by it).
  * NULL is a no-op. */
 BT_EXPORT void bt_pq_result_free(bt_pq_result *r);
+/* A column's format: 0 text, 1 binary (bt_pq_query_opts.result_format),
+ * or -1 if out of range. */
+BT_EXPORT int bt_pq_result_column_format(const bt_pq_result *r, int col);
+
+/* ---- Typed values --------------------------------------------------------
+ * A value as a C type, from a text column (parsed, as the server printed
+ * it) or a binary one (decoded from network byte order): the same call
+ * reads both, so a query can switch to binary results
+ * (bt_pq_query_opts.result_format = 1, which asks the server for binary
+ * columns; faster for wide rows, see docs/postgres.md) without changing
+ * how its rows are read. Each getter takes the column types listed with
+ * it. numeric, text and every other type stay text: read them with
+ * bt_pq_result_get in a text-format query (in a binary one, cast them in
+ * the SQL: `amount::text`).
+ *
+ * Every getter returns
+ *   0            the value is in *out;
+ *   BT_PQ_NULL   the value is SQL NULL (a positive 1, not an error; *out
+ *                is left alone);
+ *   BT_EINVAL    a NULL result or out, or a row or column out of range;
+ *   BT_ETYPE     the column's type is not one the getter takes (checked
+ *                before NULL: it is the column's, whatever the row);
+ *   BT_EPROTO    the value is not what its type promises (a binary int4
+ *                that is not 4 bytes, text that does not parse): nothing
+ *                is read past the value's end;
+ * and the few codes named with a getter. On an error *out is left alone.
+ * Thread: any, as the readers above (they touch no loop or connection). */
+#define BT_PQ_NULL 1
+
+/* int2, int4 and int8 columns. */
+BT_EXPORT int bt_pq_result_int64(const bt_pq_result *r, int row, int col, int64_t *out);
+/* float4 and float8 columns; NaN and the infinities are kept. */
+BT_EXPORT int bt_pq_result_double(const bt_pq_result *r, int row, int col, double *out);
+/* bool columns. */
+BT_EXPORT int bt_pq_result_bool(const bt_pq_result *r, int row, int col, bool *out);
+/* bytea columns: the value's bytes are copied into buf (cap bytes; buf may
+ * be NULL when cap is 0) and *len is set to their count, also when they do
+ * not fit: then nothing is copied and the call returns BT_EMSGSIZE, so a
+ * first call with cap 0 gives the size. A text column is unescaped (either
+ * bytea_output); a binary one is copied as it is (bt_pq_result_get and
+ * bt_pq_result_length read it in place). BT_EINVAL also for a NULL len. */
+BT_EXPORT int bt_pq_result_bytes(const bt_pq_result *r, int row, int col, void *buf, size_t cap,
+                                 size_t *len);
+/* uuid columns: the 16 bytes, in the order the text form prints them. */
+BT_EXPORT int bt_pq_result_uuid(const bt_pq_result *r, int row, int col, uint8_t out[16]);
+
+/* timestamptz columns: microseconds since 1970-01-01 00:00 UTC (negative
+ * before), whatever the session's TimeZone. 'infinity' and '-infinity' give
+ * these two values, which no finite time gives. A text column must be in
+ * DateStyle ISO (the server's default): other styles give BT_ENOTSUP (use
+ * binary results). BT_ERANGE: a time after about 294247 AD, which the
+ * server can store but an int64 of Unix microseconds cannot hold. */
+#define BT_PQ_TIMESTAMP_INFINITY INT64_MAX
+#define BT_PQ_TIMESTAMP_NEG_INFINITY INT64_MIN
+BT_EXPORT int bt_pq_result_timestamptz(const bt_pq_result *r, int row, int col, int64_t *out);
 
 /* ---- Errors ------------------------------------------------------------- */
 
@@ -349,6 +406,56 @@ BT_EXPORT bool bt_pq_conn_in_transaction(const bt_pq_conn *c);
  * discarded and replaced. c is invalid after the call. NULL is a no-op.
  * Thread: the loop's. */
 BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c);
+
+/* A parameter the server reports about this connection's session
+ * (PQparameterStatus): "server_version" ("15.4 (Debian 15.4-1)"),
+ * "TimeZone", "DateStyle", "client_encoding", "server_encoding",
+ * "integer_datetimes", "standard_conforming_strings", "application_name",
+ * "is_superuser", "session_authorization", "IntervalStyle" (and
+ * "in_hot_standby" from PostgreSQL 14). A SET of one of them is reported
+ * back once its query has run. Known without a round trip: libpq keeps
+ * what the server sent. Returns: borrowed, valid until control returns to
+ * the loop (a query's results may bring a new value) and never after
+ * bt_pq_conn_release (copy it to keep it); NULL for a NULL c or name, a
+ * name the server does not report, a connection not acquired, or one that
+ * was lost. Thread: the loop's. */
+BT_EXPORT const char *bt_pq_conn_parameter(const bt_pq_conn *c, const char *name);
+
+/* ---- Notices ------------------------------------------------------------ */
+
+/* A message from the server that is not an error: RAISE NOTICE and RAISE
+ * WARNING in PL/pgSQL, "there is no transaction in progress", DROP ... IF
+ * EXISTS of nothing, or the FATAL an idle connection gets when the server
+ * ends it. Every string is borrowed for the callback's duration and never
+ * NULL ("" when the server sent none). The library fills this struct and
+ * the caller only reads it, so fields may be appended to it in a later
+ * version without a size (see docs/design.md). */
+typedef struct {
+    const char *severity; /* "WARNING", "NOTICE", "INFO", "LOG", "DEBUG"
+                             (never translated) or "FATAL" */
+    const char *sqlstate; /* "01000"; "" for a notice libpq made itself */
+    const char *message;  /* the primary message */
+    const char *detail;
+    const char *hint;
+    int backend_pid; /* the server process of the connection it came on */
+} bt_pq_notice;
+
+/* Called on the loop thread for each notice. It may issue queries; it must
+ * not free the pool. */
+typedef void (*bt_pq_notice_cb)(const bt_pq_notice *n, void *arg);
+
+/* Send the notices of every connection of the pool (the LISTEN connection
+ * included) to cb, or, with cb NULL, back to the default: Baton's log
+ * (bt_log: WARNING at BT_LOG_WARN, NOTICE, INFO and FATAL at BT_LOG_INFO,
+ * DEBUG and LOG at BT_LOG_DEBUG, as "pq: server WARNING 01000: ..."). A
+ * notice reaches cb in the order the server sent it, after the read that
+ * brought it and before the callbacks of the query it came with run, so a
+ * query's notices are all in when its future's callbacks see its result.
+ * Set it right after bt_pq_pool_new to see every notice: nothing is read
+ * before the loop runs. Returns 0, BT_EINVAL (NULL pool), BT_ESHUTDOWN
+ * (the pool was freed or its loop closed) or BT_ENOMEM. Thread: the
+ * loop's. */
+BT_EXPORT int bt_pq_pool_set_notice_handler(bt_pq_pool *pool, bt_pq_notice_cb cb, void *arg);
 
 /* ---- LISTEN / NOTIFY ---------------------------------------------------- */
 

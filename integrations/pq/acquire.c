@@ -61,6 +61,15 @@ BT_EXPORT bt_future *bt_pq_acquire(bt_pq_pool *p)
     return f;
 }
 
+BT_EXPORT const char *bt_pq_conn_parameter(const bt_pq_conn *c, const char *name)
+{
+    /* libpq keeps what the server reported at connect time and since
+     * (ParameterStatus messages), and answers without a round trip. */
+    if (c == NULL || name == NULL || !c->acquired || c->pg == NULL || c->state != BT__PQ_CS_READY)
+        return NULL;
+    return PQparameterStatus(c->pg, name);
+}
+
 BT_EXPORT void bt_pq_conn_release(bt_pq_conn *c)
 {
     if (c != NULL)

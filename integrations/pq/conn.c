@@ -607,6 +607,7 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     bt_pq_conn *c = arg;
+    bt_pq_pool *pool = c->pool;
     c->busy++;
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
@@ -635,6 +636,10 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     if (c->pool != NULL && !c->is_listener)
         c->events->available(c);
 out:
+    /* The notices read with these results reach their handler now, before
+     * the callbacks of the queries they came with (notice.c). */
+    if (pool != NULL)
+        bt__pq_notice_flush(pool);
     c->busy--;
     if (c->zombie && c->busy == 0)
         bt__pq_conn_free_dead(c);

@@ -235,17 +235,6 @@ static void step(bt_pq_conn *c)
     }
 }
 
-/* Server notices (and the FATAL an idle connection gets when the server
- * shuts down) go to Baton's log, not to libpq's default of stderr. */
-static void on_notice(void *arg, const char *msg)
-{
-    (void)arg;
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n')
-        n--;
-    bt_log(BT_LOG_DEBUG, "pq: server notice: %.*s", (int)n, msg);
-}
-
 static void begin_connect(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
@@ -265,7 +254,10 @@ static void begin_connect(bt_pq_conn *c)
         connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
         return;
     }
-    PQsetNoticeProcessor(c->pg, on_notice, NULL);
+    /* Server notices (and the FATAL an idle connection gets when the
+     * server shuts down) go to the pool's handler or Baton's log, not to
+     * libpq's default of stderr (notice.c). */
+    PQsetNoticeReceiver(c->pg, bt__pq_notice_receive, c);
     /* Until connected: the server's SQLSTATE in the error text (see
      * connect_error). */
     PQsetErrorVerbosity(c->pg, PQERRORS_VERBOSE);

@@ -808,6 +808,7 @@ static void pool_shutdown(bt_pq_pool *p)
         bt__pq_conn_shutdown(CONN_OF(n), "the pool was closed");
     if (p->listener != NULL)
         bt__pq_conn_shutdown(p->listener, "the pool was closed");
+    bt__pq_notice_free(p);
 }
 
 static void on_loop_close(void *arg)

@@ -265,6 +265,7 @@ struct bt_pq_pool {
     bool loop_gone;     /* the loop's closer ran: do not touch it */
     uint32_t rng;
     bt_pq_stats st;
+    struct bt__pq_notices *notices; /* notice.c's; NULL: notices are logged */
 };
 
 /* The files from the top of the wing down; each calls only the ones
@@ -362,6 +363,14 @@ void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
 enum { BT__PQ_STMT_UNNAMED, BT__PQ_STMT_RUN, BT__PQ_STMT_PREPARE };
 int bt__pq_stmt_pick(bt_pq_conn *c, const char *sql, unsigned cap, bt__pq_stmt **s, char *evict,
                      size_t evict_size);
+
+/* notice.c: the server's notices, to the pool's handler or the log. */
+/* The notice receiver of every connection (arg: the bt_pq_conn). */
+void bt__pq_notice_receive(void *arg, const PGresult *res);
+/* Deliver the notices received so far; called where user code may run. */
+void bt__pq_notice_flush(bt_pq_pool *p);
+/* The pool is shutting down: log what is left and free it all. */
+void bt__pq_notice_free(bt_pq_pool *p);
 
 /* result.c */
 bt_pq_result *bt__pq_result_wrap(PGresult *res);
