@@ -140,7 +140,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     size_t i = 0;
     const char *host = NULL, *hostaddr = NULL;
     bool gss = false;
-    p->host_idx = p->hostaddr_idx = -1;
+    p->host_idx = p->hostaddr_idx = p->port_idx = -1;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (o->val == NULL || !*o->val)
             continue;
@@ -156,6 +156,8 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         }
         if (strcmp(o->keyword, "gssencmode") == 0)
             gss = true;
+        if (strcmp(o->keyword, "port") == 0)
+            p->port_idx = (int)i;
         if (strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = p->vals[i];
             p->hostaddr_idx = (int)i;
@@ -188,6 +190,14 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
                 h++;
         }
         if (names) {
+            /* Each name may give several addresses: libpq then gets one
+             * entry per address in host, hostaddr and (if it is a list)
+             * port, in matching order, and walks them itself. */
+            if (p->port_idx >= 0 && strchr(p->vals[p->port_idx], ',') != NULL) {
+                p->ports = bt_strdup(p->vals[p->port_idx]);
+                if (p->ports == NULL)
+                    return BT_ENOMEM;
+            }
             p->host = bt_strdup(host);
             p->keys[i] = bt_strdup("hostaddr");
             p->hostaddr_idx = (int)i;
@@ -196,6 +206,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
                 return BT_ENOMEM;
             i++;
             if (p->host_idx < 0) {
+                p->host_idx = (int)i;
                 p->keys[i] = bt_strdup("host");
                 p->vals[i] = bt_strdup(host);
                 if (p->keys[i] == NULL || p->vals[i] == NULL)

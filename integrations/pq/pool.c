@@ -832,6 +832,7 @@ static void pool_free_memory(bt_pq_pool *p)
         bt_free(ch);
     }
     bt_free(p->host);
+    bt_free(p->ports);
     bt_free(p->last_errmsg);
     bt_free(p->conninfo);
     bt_free(p);
