@@ -135,6 +135,19 @@ typedef struct {
     uint64_t cancel_timeout_ms;  /* a cancel request's answer; past it the
                                     connection is closed and replaced (see
                                     "Cancellation" above); default 5000 */
+    bool transaction_pooling;    /* the conninfo points at a transaction
+                                    pooler (PgBouncer's pool_mode=transaction),
+                                    which gives each transaction whichever
+                                    server connection is free: no prepared
+                                    statements (stmt_cache_size is taken as
+                                    0, every query runs unnamed), and what
+                                    would leave state on a server session
+                                    is refused with BT_ENOTSUP and a message
+                                    naming this option: bt_pq_listen, and
+                                    queries that start with LISTEN, SET
+                                    (but SET LOCAL, SET TRANSACTION and SET
+                                    CONSTRAINTS are fine), RESET or PREPARE;
+                                    default false */
 } bt_pq_options;
 
 /* Fill o with the defaults above (conninfo NULL) and its size (see

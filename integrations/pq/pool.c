@@ -889,6 +889,10 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         p->o.resolve_timeout_ms = 5000;
     if (p->o.cancel_timeout_ms == 0)
         p->o.cancel_timeout_ms = 5000;
+    /* Behind a transaction pooler a statement prepared in one transaction
+     * is on a server connection the next one may not get. */
+    if (p->o.transaction_pooling)
+        p->o.stmt_cache_size = 0;
     p->rng = (uint32_t)(now_ns() ^ (uintptr_t)p) | 1;
     p->conninfo = bt_strdup(o->conninfo);
     p->o.conninfo = p->conninfo;
