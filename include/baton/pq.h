@@ -48,7 +48,10 @@
  *   jitter.
  * - Host names are resolved with getaddrinfo on the offload pool's blocking
  *   lane (bt_to_thread), never on the loop; numeric addresses, unix sockets
- *   and an explicit hostaddr skip that step. libpq's connect_timeout is
+ *   and an explicit hostaddr skip that step. With a host list (host=a,b
+ *   port=5432,5433) every host and every address of a name is tried in
+ *   order, as libpq does, and target_session_attrs picks among them;
+ *   connect_timeout_ms bounds the whole walk. libpq's connect_timeout is
  *   ignored in nonblocking mode, so the pool enforces connect_timeout_ms.
  *   Unless the conninfo (or PGGSSENCMODE) says otherwise, gssencmode is
  *   "disable": the GSSAPI probe costs a round trip and its credential
