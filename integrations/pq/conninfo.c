@@ -106,6 +106,16 @@ static bool values_ok(const PQconninfoOption *opts)
     return true;
 }
 
+/* The entries of a comma-separated list. */
+static size_t entries(const char *list)
+{
+    size_t n = 1;
+    for (; *list != '\0'; list++)
+        if (*list == ',')
+            n++;
+    return n;
+}
+
 int bt__pq_parse_conninfo(bt_pq_pool *p)
 {
     char *err = NULL;
@@ -194,6 +204,15 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
              * entry per address in host, hostaddr and (if it is a list)
              * port, in matching order, and walks them itself. */
             if (p->port_idx >= 0 && strchr(p->vals[p->port_idx], ',') != NULL) {
+                /* libpq refuses a port list that does not match the host
+                 * list; once expanded it could no longer tell. */
+                if (entries(p->vals[p->port_idx]) != entries(host)) {
+                    bt_log(BT_LOG_WARN,
+                           "pq: bad conninfo: %zu ports for %zu hosts (give one port, or "
+                           "one per host)",
+                           entries(p->vals[p->port_idx]), entries(host));
+                    return BT_EINVAL;
+                }
                 p->ports = bt_strdup(p->vals[p->port_idx]);
                 if (p->ports == NULL)
                     return BT_ENOMEM;
