@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <arpa/inet.h>
 #include <unistd.h>
 
@@ -156,11 +157,95 @@ START_TEST(a_stopped_first_server_is_skipped)
 }
 END_TEST
 
+/* nss_wrapper (Debian's libnss-wrapper) makes getaddrinfo read a hosts
+ * file of our own when preloaded: a name with several addresses without
+ * touching /etc/hosts. */
+static const char *nss_wrapper_lib(void)
+{
+    const char *env = getenv("NSS_WRAPPER_LIB");
+    if (env != NULL && *env)
+        return env;
+    static const char *const paths[] = { "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
+                                         "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
+                                         "/usr/lib64/libnss_wrapper.so",
+                                         "/usr/lib/libnss_wrapper.so",
+                                         "/usr/local/lib/libnss_wrapper.so",
+                                         NULL };
+    for (int i = 0; paths[i] != NULL; i++)
+        if (access(paths[i], R_OK) == 0)
+            return paths[i];
+    return NULL;
+}
+
+/* Run this program again as "--reach CONNINFO" with hosts (a hosts file's
+ * text) in force through nss_wrapper; returns its exit status (0: it
+ * reached the server). */
+static int reach_with_hosts(const char *hosts, const char *conninfo)
+{
+    const char *lib = nss_wrapper_lib();
+    ck_assert_msg(lib != NULL, "libnss_wrapper.so not found: install libnss-wrapper "
+                               "(or set NSS_WRAPPER_LIB)");
+    char dir[] = "/tmp/baton-hosts-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/hosts", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(hosts, f);
+    fclose(f);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        setenv("LD_PRELOAD", lib, 1);
+        setenv("NSS_WRAPPER_HOSTS", path, 1);
+        /* An ASan build wants its runtime first in the list; the preload
+         * is harmless to it. */
+        const char *asan = getenv("ASAN_OPTIONS");
+        char opts[512];
+        snprintf(opts, sizeof opts, "%s%sverify_asan_link_order=0", asan ? asan : "",
+                 asan && *asan ? ":" : "");
+        setenv("ASAN_OPTIONS", opts, 1);
+        execl("/proc/self/exe", "test_pq_hosts", "--reach", conninfo, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    unlink(path);
+    rmdir(dir);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* The child of reach_with_hosts: connect, query, exit 0 if it worked. */
+static int reach_main(const char *conninfo)
+{
+    loop = bt_loop_new();
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = conninfo;
+    o.min_size = 0;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    if (p == NULL)
+        return 2;
+    bt_future *f = bt_pq_query(p, "SELECT current_setting('port')", 0, NULL);
+    /* No Check calls here (no test is running): the pool's connect and
+     * acquire timeouts bound the wait. */
+    if (f == NULL || bt_loop_run_until(loop, f) != 0)
+        return 3;
+    int rc = bt_future_error(f) == 0 ? 0 : 1;
+    fprintf(stderr, "--reach %s: %s\n", conninfo,
+            rc == 0 ? bt_pq_result_get(bt_future_value(f), 0, 0) : bt_future_error_message(f));
+    bt_future_unref(f);
+    bt_pq_pool_free(p);
+    bt_loop_free(loop);
+    return rc;
+}
+
 START_TEST(every_address_of_a_name_is_tried)
 {
-    /* What this machine makes of "localhost". The server listens on
-     * 127.0.0.1 only: where localhost also (and first) gives ::1, the
-     * connect must walk past that address to the next. */
+    /* What this machine makes of "localhost" (the server listens on
+     * 127.0.0.1 only; where localhost gives ::1 first, that address must
+     * be walked past). */
     struct addrinfo hints = { .ai_family = AF_UNSPEC,
                               .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_ADDRCONFIG };
@@ -177,6 +262,15 @@ START_TEST(every_address_of_a_name_is_tried)
     snprintf(ci, sizeof ci, "host=localhost port=%d dbname=postgres user=postgres",
              bt_test_pg_port(primary));
     ck_assert_int_eq(reached(ci, NULL), bt_test_pg_port(primary));
+
+    /* A name whose first address refuses (nothing listens on 127.0.0.2)
+     * and whose second is the server. */
+    snprintf(ci, sizeof ci, "host=bt-multi port=%d dbname=postgres user=postgres",
+             bt_test_pg_port(primary));
+    ck_assert_int_eq(reach_with_hosts("127.0.0.2 bt-multi\n127.0.0.1 bt-multi\n", ci), 0);
+    /* The same name with the refusing address alone fails: the lookup did
+     * go through our hosts file. */
+    ck_assert_int_ne(reach_with_hosts("127.0.0.2 bt-multi\n", ci), 0);
 }
 END_TEST
 
@@ -396,8 +490,10 @@ static Suite *hosts_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--reach") == 0)
+        return reach_main(argv[2]);
     primary = bt_test_pg_start();
     other = bt_test_pg_start();
     standby = primary != NULL ? bt_test_pg_start_standby(primary) : NULL;
