@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -207,10 +208,10 @@ static int run(const bt_test_pg *pg, char *const argv[])
          * directory need not be on PATH (it is not on Debian). */
         if (chdir(pg->dir) != 0)
             _exit(126);
-        char *args[16];
+        char *args[24];
         int n = 0;
         args[n++] = prog;
-        for (int i = 1; argv[i] && n < 15; i++)
+        for (int i = 1; argv[i] && n < 23; i++)
             args[n++] = argv[i];
         args[n] = NULL;
         execv(prog, args);
@@ -482,7 +483,9 @@ static void set_strings(bt_test_pg *pg)
              pg->port);
 }
 
-bt_test_pg *bt_test_pg_start(void)
+/* A new cluster: initdb, or, given a primary, pg_basebackup -R from it
+ * (a hot standby that streams from the primary's socket). */
+static bt_test_pg *start_cluster(const bt_test_pg *primary)
 {
     bt_test_pg *pg = calloc(1, sizeof *pg);
     if (!pg)
@@ -531,15 +534,42 @@ bt_test_pg *bt_test_pg_start(void)
         }
     }
 
-    char *initdb[] = { "initdb", "-D", pg->data, "-U",         "postgres",  "-A",
-                       "trust",  "-E", "UTF8",   "--locale=C", "--no-sync", NULL };
-    if (run(pg, initdb) != 0) {
-        complain("initdb failed in %s", pg->dir);
-        dump_logs(pg);
-        goto fail;
+    if (primary != NULL) {
+        /* initdb's pg_hba.conf trusts local replication connections. */
+        char port[16];
+        snprintf(port, sizeof port, "%d", primary->port);
+        char *basebackup[] = { "pg_basebackup",
+                               "-D",
+                               pg->data,
+                               "-h",
+                               (char *)primary->dir,
+                               "-p",
+                               port,
+                               "-U",
+                               "postgres",
+                               "-R",
+                               "-X",
+                               "stream",
+                               "-c",
+                               "fast",
+                               "--no-sync",
+                               NULL };
+        if (run(pg, basebackup) != 0) {
+            complain("pg_basebackup from %s failed", primary->dir);
+            dump_logs(pg);
+            goto fail;
+        }
+    } else {
+        char *initdb[] = { "initdb", "-D", pg->data, "-U",         "postgres",  "-A",
+                           "trust",  "-E", "UTF8",   "--locale=C", "--no-sync", NULL };
+        if (run(pg, initdb) != 0) {
+            complain("initdb failed in %s", pg->dir);
+            dump_logs(pg);
+            goto fail;
+        }
+        if (write_hba(pg) != 0)
+            goto fail;
     }
-    if (write_hba(pg) != 0)
-        goto fail;
 
     /* A free port may be taken between our check and the server's bind;
      * try a few. */
@@ -561,7 +591,8 @@ bt_test_pg *bt_test_pg_start(void)
     }
     set_strings(pg);
     start_watchdog(pg);
-    if (bt_test_pg_exec(pg, "SET password_encryption = 'scram-sha-256'; "
+    if (primary == NULL &&
+        bt_test_pg_exec(pg, "SET password_encryption = 'scram-sha-256'; "
                             "CREATE ROLE " PW_ROLE " LOGIN PASSWORD '" PW_SECRET "'") != 0) {
         complain("could not create the password role");
         dump_logs(pg);
@@ -579,6 +610,20 @@ fail:
         rm_tree(pg->dir);
     free(pg);
     return NULL;
+}
+
+bt_test_pg *bt_test_pg_start(void)
+{
+    return start_cluster(NULL);
+}
+
+bt_test_pg *bt_test_pg_start_standby(const bt_test_pg *primary)
+{
+    if (primary == NULL || !primary->running) {
+        complain("a standby needs a running primary");
+        return NULL;
+    }
+    return start_cluster(primary);
 }
 
 void bt_test_pg_free(bt_test_pg *pg)
@@ -742,4 +787,236 @@ char *bt_test_pg_scalar(const bt_test_pg *pg, const char *sql)
     PQclear(r);
     PQfinish(c);
     return out;
+}
+
+/* ---- PgBouncer in front of a server ---------------------------------------- */
+
+struct bt_test_pgbouncer {
+    pid_t owner; /* the process that started it */
+    pid_t pid;   /* pgbouncer, a child of owner */
+    const bt_test_pg *pg;
+    char dir[PATH_MAX];
+    char log[PATH_MAX + 16];
+    int port;
+    char conninfo[160];
+    struct bt_test_pgbouncer *next_live;
+};
+
+static struct bt_test_pgbouncer *live_bouncers;
+
+/* pgbouncer from $PGBOUNCER, else on PATH, else in /usr/sbin (Debian's
+ * package puts it there, off a normal user's PATH). */
+static bool find_pgbouncer(char *out, size_t len)
+{
+    const char *env = getenv("PGBOUNCER");
+    if (env && *env) {
+        snprintf(out, len, "%s", env);
+        return access(out, X_OK) == 0;
+    }
+    const char *path = getenv("PATH");
+    char *copy = strdup(path ? path : ""), *save = NULL;
+    bool found = false;
+    for (char *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+        snprintf(out, len, "%s/pgbouncer", d);
+        found = access(out, X_OK) == 0;
+    }
+    free(copy);
+    if (!found) {
+        snprintf(out, len, "/usr/sbin/pgbouncer");
+        found = access(out, X_OK) == 0;
+    }
+    return found;
+}
+
+static void bouncer_kill(struct bt_test_pgbouncer *b)
+{
+    if (b->pid > 0 && b->owner == getpid()) {
+        kill(b->pid, SIGTERM); /* immediate shutdown */
+        waitpid(b->pid, NULL, 0);
+    }
+    b->pid = 0;
+}
+
+static void bouncers_at_exit(void)
+{
+    for (struct bt_test_pgbouncer *b = live_bouncers; b; b = b->next_live)
+        if (b->owner == getpid()) {
+            bouncer_kill(b);
+            rm_tree(b->dir);
+            b->dir[0] = '\0';
+        }
+}
+
+/* Write pgbouncer.ini and userlist.txt for a pool in front of pg on port. */
+static int write_bouncer_conf(const struct bt_test_pgbouncer *b, const char *pool_mode,
+                              int pool_size)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/userlist.txt", b->dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        complain("open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* auth_type trust still wants the user listed. */
+    fprintf(f, "\"postgres\" \"\"\n");
+    fclose(f);
+    snprintf(path, sizeof path, "%s/pgbouncer.ini", b->dir);
+    f = fopen(path, "w");
+    if (!f) {
+        complain("open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f,
+            "[databases]\n"
+            "postgres = host=127.0.0.1 port=%d dbname=postgres\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            "listen_port = %d\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            "auth_file = %s/userlist.txt\n"
+            "pool_mode = %s\n"
+            "default_pool_size = %d\n"
+            "max_client_conn = 500\n"
+            "pidfile = %s/pgbouncer.pid\n"
+            "logfile = %s/pgbouncer.log\n"
+            "ignore_startup_parameters = extra_float_digits\n",
+            b->pg->port, b->port, b->dir, pool_mode, pool_size, b->dir, b->dir);
+    fclose(f);
+    return 0;
+}
+
+bt_test_pgbouncer *bt_test_pgbouncer_start(const bt_test_pg *pg, const char *pool_mode,
+                                           int pool_size)
+{
+    char prog[PATH_MAX];
+    if (pg == NULL || !pg->running) {
+        complain("pgbouncer needs a running server");
+        return NULL;
+    }
+    if (!find_pgbouncer(prog, sizeof prog)) {
+        complain("no pgbouncer found (install the pgbouncer package or set PGBOUNCER)");
+        return NULL;
+    }
+    struct bt_test_pgbouncer *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->owner = getpid();
+    b->pg = pg;
+    /* Beside the server's directory: the same parent, reachable by its
+     * user. */
+    char *slash = strrchr(pg->dir, '/');
+    snprintf(b->dir, sizeof b->dir, "%.*s/baton-pgb-XXXXXX", (int)(slash - pg->dir), pg->dir);
+    if (!mkdtemp(b->dir)) {
+        complain("mkdtemp %s: %s", b->dir, strerror(errno));
+        free(b);
+        return NULL;
+    }
+    chmod(b->dir, 0755);
+    if (pg->drop && chown(b->dir, pg->run_uid, pg->run_gid) != 0) {
+        complain("chown %s: %s", b->dir, strerror(errno));
+        goto fail;
+    }
+    snprintf(b->log, sizeof b->log, "%s/pgbouncer.log", b->dir);
+    char out[PATH_MAX + 16], ini[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/pgbouncer.out", b->dir);
+    snprintf(ini, sizeof ini, "%s/pgbouncer.ini", b->dir);
+    /* A free port may be taken before pgbouncer binds it: try a few. */
+    for (int attempt = 0; attempt < 5 && b->pid == 0; attempt++) {
+        b->port = bt_test_pg_closed_port();
+        if (b->port < 0 || write_bouncer_conf(b, pool_mode ? pool_mode : "transaction",
+                                              pool_size > 0 ? pool_size : 2) != 0)
+            goto fail;
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0) {
+            complain("fork: %s", strerror(errno));
+            goto fail;
+        }
+        if (pid == 0) {
+            int fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            if (fd >= 0) {
+                dup2(fd, 1);
+                dup2(fd, 2);
+                close(fd);
+            }
+            /* pgbouncer refuses to run as root. */
+            if (pg->drop &&
+                (setgroups(0, NULL) != 0 || setgid(pg->run_gid) != 0 || setuid(pg->run_uid) != 0))
+                _exit(126);
+            /* If the test process dies, so does its pgbouncer (set after
+             * the change of user, which clears it). */
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (chdir(b->dir) != 0)
+                _exit(126);
+            execl(prog, prog, ini, (char *)NULL);
+            fprintf(stderr, "pg_harness: exec %s: %s\n", prog, strerror(errno));
+            _exit(127);
+        }
+        b->pid = pid;
+        snprintf(b->conninfo, sizeof b->conninfo,
+                 "host=127.0.0.1 port=%d dbname=postgres user=postgres", b->port);
+        /* Up when it answers a connection (up to 20 s); gone if it exited
+         * (a port taken, a bad setting). */
+        bool up = false;
+        for (int i = 0; i < 400 && !up; i++) {
+            if (waitpid(pid, NULL, WNOHANG) == pid) {
+                b->pid = 0;
+                break;
+            }
+            up = PQping(b->conninfo) == PQPING_OK;
+            if (!up)
+                usleep(50000);
+        }
+        if (!up && b->pid != 0) {
+            bouncer_kill(b);
+            break;
+        }
+    }
+    if (b->pid == 0) {
+        complain("pgbouncer did not start in %s", b->dir);
+        dump_file("pgbouncer output", out);
+        dump_file("pgbouncer log", b->log);
+        goto fail;
+    }
+    b->next_live = live_bouncers;
+    live_bouncers = b;
+    static bool registered;
+    if (!registered) {
+        atexit(bouncers_at_exit);
+        registered = true;
+    }
+    return b;
+
+fail:
+    rm_tree(b->dir);
+    free(b);
+    return NULL;
+}
+
+void bt_test_pgbouncer_free(bt_test_pgbouncer *b)
+{
+    if (!b)
+        return;
+    for (struct bt_test_pgbouncer **pp = &live_bouncers; *pp; pp = &(*pp)->next_live)
+        if (*pp == b) {
+            *pp = b->next_live;
+            break;
+        }
+    if (b->owner == getpid()) {
+        bouncer_kill(b);
+        rm_tree(b->dir);
+    }
+    free(b);
+}
+
+const char *bt_test_pgbouncer_conninfo(const bt_test_pgbouncer *b)
+{
+    return b->conninfo;
+}
+
+int bt_test_pgbouncer_port(const bt_test_pgbouncer *b)
+{
+    return b->port;
 }

@@ -34,6 +34,13 @@ typedef struct bt_test_pg bt_test_pg;
  * printing why to stderr). */
 bt_test_pg *bt_test_pg_start(void);
 
+/* A hot standby of primary, in a directory and on a port of its own:
+ * pg_basebackup -R from the primary's socket (as the server's user), then
+ * started; it streams from the primary and answers read-only queries
+ * (pg_is_in_recovery() is true). Free it with bt_test_pg_free before its
+ * primary. Returns NULL on failure (after printing why). */
+bt_test_pg *bt_test_pg_start_standby(const bt_test_pg *primary);
+
 /* Stop the server (immediate mode) and remove the directory. NULL: no-op. */
 void bt_test_pg_free(bt_test_pg *pg);
 
@@ -87,5 +94,23 @@ char *bt_test_pg_scalar(const bt_test_pg *pg, const char *sql);
 /* A loopback TCP port that nothing listens on now (for refused-connection
  * tests). Returns the port, or -1. */
 int bt_test_pg_closed_port(void);
+
+/* PgBouncer in front of pg: a pgbouncer process (from $PGBOUNCER, PATH or
+ * /usr/sbin) run as the server's user, in a temporary directory of its own
+ * (pgbouncer.ini, a userlist.txt with "postgres", pidfile and logfile),
+ * listening on 127.0.0.1 and a free port, with pool_mode (NULL:
+ * "transaction") and default_pool_size pool_size (<= 0: 2) server
+ * connections for database "postgres", auth_type trust. Returns once it
+ * answers a connection, or NULL after printing why (no pgbouncer
+ * installed: the test must fail). Stopped (SIGTERM) and its directory
+ * removed by bt_test_pgbouncer_free, at exit of the process that started
+ * it, or when that process dies. */
+typedef struct bt_test_pgbouncer bt_test_pgbouncer;
+bt_test_pgbouncer *bt_test_pgbouncer_start(const bt_test_pg *pg, const char *pool_mode,
+                                           int pool_size);
+void bt_test_pgbouncer_free(bt_test_pgbouncer *b);
+/* "host=127.0.0.1 port=N dbname=postgres user=postgres" (borrowed). */
+const char *bt_test_pgbouncer_conninfo(const bt_test_pgbouncer *b);
+int bt_test_pgbouncer_port(const bt_test_pgbouncer *b);
 
 #endif

@@ -48,7 +48,10 @@
  *   jitter.
  * - Host names are resolved with getaddrinfo on the offload pool's blocking
  *   lane (bt_to_thread), never on the loop; numeric addresses, unix sockets
- *   and an explicit hostaddr skip that step. libpq's connect_timeout is
+ *   and an explicit hostaddr skip that step. With a host list (host=a,b
+ *   port=5432,5433) every host and every address of a name is tried in
+ *   order, as libpq does, and target_session_attrs picks among them;
+ *   connect_timeout_ms bounds the whole walk. libpq's connect_timeout is
  *   ignored in nonblocking mode, so the pool enforces connect_timeout_ms.
  *   Unless the conninfo (or PGGSSENCMODE) says otherwise, gssencmode is
  *   "disable": the GSSAPI probe costs a round trip and its credential
@@ -137,6 +140,19 @@ typedef struct {
     uint64_t cancel_timeout_ms;  /* a cancel request's answer; past it the
                                     connection is closed and replaced (see
                                     "Cancellation" above); default 5000 */
+    bool transaction_pooling;    /* the conninfo points at a transaction
+                                    pooler (PgBouncer's pool_mode=transaction),
+                                    which gives each transaction whichever
+                                    server connection is free: no prepared
+                                    statements (stmt_cache_size is taken as
+                                    0, every query runs unnamed), and what
+                                    would leave state on a server session
+                                    is refused with BT_ENOTSUP and a message
+                                    naming this option: bt_pq_listen, and
+                                    queries that start with LISTEN, SET
+                                    (but SET LOCAL, SET TRANSACTION and SET
+                                    CONSTRAINTS are fine), RESET or PREPARE;
+                                    default false */
 } bt_pq_options;
 
 /* Fill o with the defaults above (conninfo NULL) and its size (see

@@ -1,6 +1,6 @@
 /* Opening a connection without blocking the loop: PQconnectStartParams
  * and PQconnectPoll driven by libevent, the socket read again at every
- * step, our own timeout, and the resolved hostaddr swapped in. */
+ * step, our own timeout, and the resolved host lists swapped in. */
 #include "config.h"
 
 #include <stdio.h>
@@ -11,7 +11,7 @@
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void on_connect_timeout(bt_timer *t, void *arg);
-static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *lists);
 
 static uint64_t now_ns(void)
 {
@@ -47,7 +47,7 @@ bt_pq_conn *bt__pq_conn_new(bt_pq_pool *p, bool listener, const struct bt__pq_co
     bt_timer_start(c->timer, p->host != NULL ? p->o.resolve_timeout_ms : p->o.connect_timeout_ms,
                    0);
     if (p->host != NULL) {
-        if (bt__pq_resolve_start(c, p->host, on_resolved) != 0) {
+        if (bt__pq_resolve_start(c, p->host, p->ports, on_resolved) != 0) {
             bt_timer_free(c->timer);
             bt_free(c);
             return NULL;
@@ -242,14 +242,26 @@ static void begin_connect(bt_pq_conn *c)
         bt_timer_start(c->timer, p->o.connect_timeout_ms, 0);
     c->state = BT__PQ_CS_CONNECTING;
     const char **vals = p->vals;
-    const char *saved = NULL;
-    if (c->hostaddr != NULL && p->hostaddr_idx >= 0) {
-        saved = vals[p->hostaddr_idx];
-        vals[p->hostaddr_idx] = c->hostaddr;
+    /* The resolved lists (resolve.c) in place of the conninfo's host,
+     * hostaddr and port lists, for this call only. */
+    int idx[3] = { p->host_idx, p->hostaddr_idx, p->port_idx };
+    const char *saved[3] = { NULL, NULL, NULL };
+    bool swapped[3] = { false, false, false };
+    if (c->hostaddr != NULL) {
+        const char *list = c->hostaddr;
+        for (int k = 0; k < 3; k++) {
+            if (idx[k] >= 0 && (k < 2 || *list != '\0')) {
+                saved[k] = vals[idx[k]];
+                vals[idx[k]] = list;
+                swapped[k] = true;
+            }
+            list += strlen(list) + 1;
+        }
     }
     c->pg = PQconnectStartParams(p->keys, vals, 0);
-    if (saved != NULL || (c->hostaddr != NULL && p->hostaddr_idx >= 0))
-        vals[p->hostaddr_idx] = saved;
+    for (int k = 0; k < 3; k++)
+        if (swapped[k])
+            vals[idx[k]] = saved[k];
     if (c->pg == NULL) {
         connect_failed(c, BT_ENOMEM, "out of memory for a PGconn");
         return;
@@ -296,12 +308,14 @@ static void on_connect_timeout(bt_timer *t, void *arg)
                        "timed out connecting to the database (connect_timeout_ms)");
 }
 
-/* resolve.c reports here: connect to the addresses, or fail the connect
- * (a lookup cancelled under us means the pool is going away). */
-static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *hostaddr)
+/* resolve.c reports here: connect to the addresses (libpq walks the lists
+ * and applies target_session_attrs; the connect timer bounds the whole
+ * walk), or fail the connect (a lookup cancelled under us means the pool
+ * is going away). */
+static void on_resolved(bt_pq_conn *c, int err, const char *msg, char *lists)
 {
     if (err == 0) {
-        c->hostaddr = hostaddr;
+        c->hostaddr = lists;
         begin_connect(c);
         return;
     }

@@ -106,6 +106,16 @@ static bool values_ok(const PQconninfoOption *opts)
     return true;
 }
 
+/* The entries of a comma-separated list. */
+static size_t entries(const char *list)
+{
+    size_t n = 1;
+    for (; *list != '\0'; list++)
+        if (*list == ',')
+            n++;
+    return n;
+}
+
 int bt__pq_parse_conninfo(bt_pq_pool *p)
 {
     char *err = NULL;
@@ -140,7 +150,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
     size_t i = 0;
     const char *host = NULL, *hostaddr = NULL;
     bool gss = false;
-    p->host_idx = p->hostaddr_idx = -1;
+    p->host_idx = p->hostaddr_idx = p->port_idx = -1;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (o->val == NULL || !*o->val)
             continue;
@@ -156,6 +166,8 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
         }
         if (strcmp(o->keyword, "gssencmode") == 0)
             gss = true;
+        if (strcmp(o->keyword, "port") == 0)
+            p->port_idx = (int)i;
         if (strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = p->vals[i];
             p->hostaddr_idx = (int)i;
@@ -188,6 +200,23 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
                 h++;
         }
         if (names) {
+            /* Each name may give several addresses: libpq then gets one
+             * entry per address in host, hostaddr and (if it is a list)
+             * port, in matching order, and walks them itself. */
+            if (p->port_idx >= 0 && strchr(p->vals[p->port_idx], ',') != NULL) {
+                /* libpq refuses a port list that does not match the host
+                 * list; once expanded it could no longer tell. */
+                if (entries(p->vals[p->port_idx]) != entries(host)) {
+                    bt_log(BT_LOG_WARN,
+                           "pq: bad conninfo: %zu ports for %zu hosts (give one port, or "
+                           "one per host)",
+                           entries(p->vals[p->port_idx]), entries(host));
+                    return BT_EINVAL;
+                }
+                p->ports = bt_strdup(p->vals[p->port_idx]);
+                if (p->ports == NULL)
+                    return BT_ENOMEM;
+            }
             p->host = bt_strdup(host);
             p->keys[i] = bt_strdup("hostaddr");
             p->hostaddr_idx = (int)i;
@@ -196,6 +225,7 @@ int bt__pq_parse_conninfo(bt_pq_pool *p)
                 return BT_ENOMEM;
             i++;
             if (p->host_idx < 0) {
+                p->host_idx = (int)i;
                 p->keys[i] = bt_strdup("host");
                 p->vals[i] = bt_strdup(host);
                 if (p->keys[i] == NULL || p->vals[i] == NULL)

@@ -16,6 +16,11 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *p, const char *channel, bt_pq_noti
     if (p->closed || p->closing)
         return bt_future_new_error(p->loop, BT_ESHUTDOWN, "the pool is %s",
                                    p->closed ? "closed" : "closing");
+    if (p->o.transaction_pooling)
+        return bt_future_new_error(p->loop, BT_ENOTSUP,
+                                   "LISTEN does not work with transaction_pooling: a "
+                                   "transaction pooler hands the session to other clients "
+                                   "between transactions, so notifications would be lost");
     bt__pq_chan *ch = bt__pq_chan_find(p, channel);
     if (ch == NULL) {
         ch = bt_calloc(1, sizeof *ch);

@@ -834,6 +834,7 @@ static void pool_free_memory(bt_pq_pool *p)
         bt_free(ch);
     }
     bt_free(p->host);
+    bt_free(p->ports);
     bt_free(p->last_errmsg);
     bt_free(p->conninfo);
     bt_free(p);
@@ -890,6 +891,10 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         p->o.resolve_timeout_ms = 5000;
     if (p->o.cancel_timeout_ms == 0)
         p->o.cancel_timeout_ms = 5000;
+    /* Behind a transaction pooler a statement prepared in one transaction
+     * is on a server connection the next one may not get. */
+    if (p->o.transaction_pooling)
+        p->o.stmt_cache_size = 0;
     p->rng = (uint32_t)(now_ns() ^ (uintptr_t)p) | 1;
     p->conninfo = bt_strdup(o->conninfo);
     p->o.conninfo = p->conninfo;

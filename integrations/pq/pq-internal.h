@@ -170,7 +170,7 @@ struct bt_pq_conn {
     bt_timer *timer;                /* connect timeout */
     PostgresPollingStatusType poll; /* last PQconnectPoll answer */
     struct bt__pq_resolve *resolve; /* a resolution job in flight */
-    char *hostaddr;                 /* resolved addresses for libpq */
+    char *hostaddr;                 /* resolved lists for libpq (resolve.c) */
     bt__pq_op *ops;                 /* FIFO ring */
     size_t ops_cap, ops_head, ops_len;
     unsigned inflight; /* user queries (not abandoned) in flight */
@@ -233,7 +233,9 @@ struct bt_pq_pool {
     const char **keys;
     const char **vals;
     int host_idx, hostaddr_idx; /* index in keys, or -1 */
+    int port_idx;               /* index in keys, or -1 */
     char *host;                 /* the host list to resolve, or NULL */
+    char *ports;                /* its port list if it has several entries */
     bt__list conns;             /* open and opening connections, not the listener */
     unsigned nconns, nconnecting;
     bt__list wq; /* queries waiting for a connection, by deadline */
@@ -332,10 +334,15 @@ int bt__pq_parse_conninfo(bt_pq_pool *p);
 
 /* resolve.c and cancel.c: the only work that leaves the loop. They call
  * nothing else of the wing: each reports to the callback it was given. */
-/* The lookup for c ended: err 0 and hostaddr (a new string, the callee's
- * to keep or free), or err and msg. Not called once detached. */
-typedef void (*bt__pq_resolved_cb)(bt_pq_conn *c, int err, const char *msg, char *hostaddr);
-int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, bt__pq_resolved_cb done);
+/* The lookup for c ended: err 0 and lists, "HOSTS\0HOSTADDRS\0PORTS" (one
+ * allocation, the callee's to keep or free: libpq's host, hostaddr and,
+ * unless empty, port lists, one entry per address to try), or err and
+ * msg. Not called once detached. */
+typedef void (*bt__pq_resolved_cb)(bt_pq_conn *c, int err, const char *msg, char *lists);
+/* Resolve every name of hosts (the conninfo's host list); ports is its
+ * port list when it has several entries (else NULL). */
+int bt__pq_resolve_start(bt_pq_conn *c, const char *hosts, const char *ports,
+                         bt__pq_resolved_cb done);
 void bt__pq_resolve_detach(bt_pq_conn *c);
 /* The cancel request for c was answered (answered true), or got no answer
  * within timeout_ms (false: the request is abandoned). Not called once

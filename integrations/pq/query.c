@@ -65,6 +65,56 @@ static void on_query_timeout(bt_timer *t, void *arg)
     abandon(arg, BT_ETIMEDOUT);
 }
 
+/* ---- Behind a transaction pooler ------------------------------------------ */
+
+/* sql's first n-letter keyword after blanks and comments is word
+ * (case-insensitive), followed by a non-letter; *rest is set past it. */
+static bool starts_with_word(const char *sql, const char *word, const char **rest)
+{
+    for (;;) {
+        while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+            sql++;
+        if (sql[0] == '-' && sql[1] == '-') {
+            sql += strcspn(sql, "\n");
+        } else if (sql[0] == '/' && sql[1] == '*') {
+            const char *end = strstr(sql + 2, "*/");
+            sql = end != NULL ? end + 2 : sql + strlen(sql);
+        } else {
+            break;
+        }
+    }
+    size_t n = strlen(word);
+    for (size_t i = 0; i < n; i++)
+        if (sql[i] == '\0' || (sql[i] | 0x20) != word[i])
+            return false;
+    char next = sql[n];
+    if ((next >= 'a' && next <= 'z') || (next >= 'A' && next <= 'Z') || next == '_' ||
+        (next >= '0' && next <= '9'))
+        return false;
+    if (rest != NULL)
+        *rest = sql + n;
+    return true;
+}
+
+/* With transaction_pooling, the statement kind that would leave state on
+ * whichever server session runs it (and so be lost, or leak to another
+ * client), or NULL. */
+static const char *session_state(const char *sql)
+{
+    const char *rest;
+    if (starts_with_word(sql, "listen", NULL))
+        return "LISTEN";
+    if (starts_with_word(sql, "prepare", NULL))
+        return "PREPARE";
+    if (starts_with_word(sql, "reset", NULL))
+        return "RESET";
+    if (starts_with_word(sql, "set", &rest) && !starts_with_word(rest, "local", NULL) &&
+        !starts_with_word(rest, "transaction", NULL) &&
+        !starts_with_word(rest, "constraints", NULL))
+        return "SET";
+    return NULL;
+}
+
 /* The common path of every query. target: an acquired connection or NULL.
  * internal: set for the pool's own queries (no future). */
 bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
@@ -90,6 +140,16 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     if (p == NULL || p->closed || (p->closing && target == NULL)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s",
                             p && !p->closed ? "closing" : "closed");
+        return f;
+    }
+    const char *kind = p->o.transaction_pooling && sql != NULL ? session_state(sql) : NULL;
+    if (kind != NULL) {
+        bt_future_set_error(
+            f, BT_ENOTSUP,
+            "%s does not work with transaction_pooling: a transaction pooler "
+            "gives each transaction any server session, so the session state "
+            "it sets would be lost or reach other clients%s",
+            kind, strcmp(kind, "SET") == 0 ? " (SET LOCAL inside a transaction works)" : "");
         return f;
     }
     int err;
