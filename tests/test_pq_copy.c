@@ -116,7 +116,7 @@ typedef struct {
     char *buf;
     size_t len, cap;
     int rows;
-    int stop_after; /* 0: never */
+    int stop_after;    /* 0: never */
     bt_future *cancel; /* cancel this future after stop_after rows */
 } sink;
 
@@ -287,9 +287,8 @@ START_TEST(hundred_thousand_rows_in_bounded_memory)
     ck_assert(fd.max_buffered <= cap);
     /* The server is slower than the writer: the socket filled up and
      * writes had to wait, so the bound was backpressure, not luck. */
-    ck_assert_msg(fd.pending > 0 && bt_pq_copy_waits(cp) == fd.pending,
-                  "pending %u waits %llu", fd.pending,
-                  (unsigned long long)bt_pq_copy_waits(cp));
+    ck_assert_msg(fd.pending > 0 && bt_pq_copy_waits(cp) == fd.pending, "pending %u waits %llu",
+                  fd.pending, (unsigned long long)bt_pq_copy_waits(cp));
     ck_assert_int_eq(end_ok(cp), ROWS);
     assert_scalar(p, "SELECT count(*), sum(id) FROM big", "100000");
     assert_scalar(p, "SELECT sum(id) FROM big", "4999950000");
@@ -362,9 +361,8 @@ START_TEST(cancel_mid_copy_out)
     /* Ten million rows that the server makes as we read: cancelled after
      * 1,000, the rest never arrives. */
     sink s = { .stop_after = 1000 };
-    bt_future *f =
-        bt_pq_copy_out(p, "COPY (SELECT g FROM generate_series(1, 10000000) g) TO STDOUT",
-                       on_data, &s);
+    bt_future *f = bt_pq_copy_out(
+        p, "COPY (SELECT g FROM generate_series(1, 10000000) g) TO STDOUT", on_data, &s);
     s.cancel = f;
     await(f);
     ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
@@ -462,7 +460,8 @@ START_TEST(wrong_statements_are_refused_and_the_connection_stays_usable)
     ck_assert_str_eq(e.sqlstate, "42P01");
     bt_future_unref(f);
     /* COPY through the plain query API points at the COPY calls. */
-    const char *plain[] = { "COPY wd FROM STDIN", "  copy wd TO stdout", "COPY (SELECT 1) TO STDOUT" };
+    const char *plain[] = { "COPY wd FROM STDIN", "  copy wd TO stdout",
+                            "COPY (SELECT 1) TO STDOUT" };
     for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
         f = await(bt_pq_query(p, plain[i], 0, NULL));
         ck_assert_int_eq(bt_future_error(f), BT_ENOTSUP);

@@ -84,9 +84,9 @@ struct bt_pq_copy {
     bool aborting; /* IN: CopyFail sent (or to send), its error expected */
     bool abort_ok; /* IN: done_f is abort's: succeed on the expected error */
     char *abort_msg;
-    bool dropped;    /* the user no longer wants the outcome */
-    bool wrong_kind; /* the statement was not the COPY asked for */
-    bt__list writes; /* queued writes (IN), while blocked */
+    bool dropped;       /* the user no longer wants the outcome */
+    bool wrong_kind;    /* the statement was not the COPY asked for */
+    bt__list writes;    /* queued writes (IN), while blocked */
     bt_future *pending; /* the write that crossed the mark, while blocked */
     bool blocked;
     size_t buffered;
@@ -412,8 +412,8 @@ static bt_future *copy_begin(bt_pq_pool *p, bt_pq_conn *target, const char *sql,
             return bt_future_new_error(loop, BT_EINVAL,
                                        "the connection is not acquired (released already?)");
         if (target->pool == NULL || target->state != BT__PQ_CS_READY)
-            return bt_future_new_error(
-                loop, BT_ECONNRESET, "the connection was lost; release it and acquire another");
+            return bt_future_new_error(loop, BT_ECONNRESET,
+                                       "the connection was lost; release it and acquire another");
         if (target->takeover != NULL)
             return bt_future_new_error(loop, BT_EBUSY, "a COPY already runs on the connection");
         if (target->ops_len > 0 || target->cancel_job != NULL)
@@ -498,8 +498,9 @@ static void take_result(bt_pq_copy *cp, PGresult *res)
     case PGRES_TUPLES_OK:
     case PGRES_EMPTY_QUERY:
         if (cp->state == CP_STARTING) {
-            set_err(cp, BT_EINVAL, cp->out ? "not a COPY ... TO STDOUT statement"
-                                           : "not a COPY ... FROM STDIN statement");
+            set_err(cp, BT_EINVAL,
+                    cp->out ? "not a COPY ... TO STDOUT statement"
+                            : "not a COPY ... FROM STDIN statement");
             PQclear(res);
             return;
         }
@@ -636,8 +637,7 @@ static void step(bt_pq_copy *cp)
         if (res == NULL) {
             if (cp->state == CP_STARTING && !cp->err)
                 set_err(cp, BT_EINVAL, "no COPY statement");
-            if (cp->open_f != NULL && !bt_future_is_settled(cp->open_f) &&
-                cp->open_f != cp->done_f)
+            if (cp->open_f != NULL && !bt_future_is_settled(cp->open_f) && cp->open_f != cp->done_f)
                 bt_future_set_error(cp->open_f, cp->err, "%s", cp->errmsg);
             give_back(cp);
             return;
@@ -899,11 +899,11 @@ BT_EXPORT bt_future *bt_pq_conn_copy_out(bt_pq_conn *c, const char *sql, bt_pq_c
 BT_EXPORT size_t bt_pq_copy_text_row(char *buf, size_t cap, int n, const char *const *fields)
 {
     size_t at = 0;
-#define EMIT(ch)                                                                                   \
-    do {                                                                                           \
-        if (at < cap)                                                                              \
-            buf[at] = (ch);                                                                        \
-        at++;                                                                                      \
+#define EMIT(ch)            \
+    do {                    \
+        if (at < cap)       \
+            buf[at] = (ch); \
+        at++;               \
     } while (0)
     for (int i = 0; i < n && fields != NULL; i++) {
         if (i > 0)
@@ -917,14 +917,29 @@ BT_EXPORT size_t bt_pq_copy_text_row(char *buf, size_t cap, int n, const char *c
         for (; *s != '\0'; s++) {
             char e = 0;
             switch (*s) {
-            case '\\': e = '\\'; break;
-            case '\t': e = 't'; break;
-            case '\n': e = 'n'; break;
-            case '\r': e = 'r'; break;
-            case '\b': e = 'b'; break;
-            case '\f': e = 'f'; break;
-            case '\v': e = 'v'; break;
-            default: break;
+            case '\\':
+                e = '\\';
+                break;
+            case '\t':
+                e = 't';
+                break;
+            case '\n':
+                e = 'n';
+                break;
+            case '\r':
+                e = 'r';
+                break;
+            case '\b':
+                e = 'b';
+                break;
+            case '\f':
+                e = 'f';
+                break;
+            case '\v':
+                e = 'v';
+                break;
+            default:
+                break;
             }
             if (e != 0) {
                 EMIT('\\');

@@ -287,8 +287,8 @@ struct bt_pq_pool {
  * below it (docs/postgres.md, "How the wing is built"). */
 
 /* The error of a COPY FROM STDIN / TO STDOUT sent as a query. */
-#define BT__PQ_COPY_REFUSED                                                                        \
-    "COPY ... FROM STDIN and COPY ... TO STDOUT run through bt_pq_copy_in and bt_pq_copy_out "     \
+#define BT__PQ_COPY_REFUSED                                                                    \
+    "COPY ... FROM STDIN and COPY ... TO STDOUT run through bt_pq_copy_in and bt_pq_copy_out " \
     "(bt_pq_conn_copy_in / _out on an acquired connection), not as a query"
 
 /* query.c */
