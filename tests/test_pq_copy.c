@@ -528,6 +528,56 @@ START_TEST(pool_free_mid_copy_settles_everything)
 }
 END_TEST
 
+START_TEST(a_backend_killed_mid_copy_fails_and_is_replaced)
+{
+    bt_pq_pool *p = new_pool();
+    exec_ok(p, "CREATE TABLE kill_in (id int)");
+    const char *kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE query LIKE 'COPY%' AND pid <> pg_backend_pid()";
+    /* In: the end (or a write) fails, never hangs. */
+    bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY kill_in FROM STDIN"));
+    write_ok(cp, "1\n", 2);
+    ck_assert_int_eq(bt_test_pg_exec(pg, kill), 0);
+    bt_future *f = NULL;
+    for (int i = 0; i < 200; i++) {
+        bt_future_unref(f);
+        f = await(bt_pq_copy_write(cp, "2\n", 2));
+        if (bt_future_error(f) != 0)
+            break;
+        bt_future *s = bt_sleep(loop, 10);
+        await(s);
+        bt_future_unref(s);
+    }
+    bt_future_unref(f);
+    f = await(bt_pq_copy_end(cp));
+    int e = bt_future_error(f);
+    ck_assert_msg(e == BT_ECONNRESET || e == BT_ESQL, "%d %s", e, bt_future_error_message(f));
+    bt_future_unref(f);
+    assert_scalar(p, "SELECT count(*) FROM kill_in", "0");
+
+    /* Out: the future fails with the connection. */
+    int rows = 0;
+    f = bt_pq_copy_out(p, "COPY (SELECT g, pg_sleep(0.001) FROM generate_series(1, 100000) g) "
+                          "TO STDOUT",
+                       count_rows, &rows);
+    while (rows == 0) {
+        bt_future *s = bt_sleep(loop, 5);
+        await(s);
+        bt_future_unref(s);
+    }
+    ck_assert_int_eq(bt_test_pg_exec(pg, kill), 0);
+    await(f);
+    e = bt_future_error(f);
+    ck_assert_msg(e == BT_ECONNRESET || e == BT_ESQL, "%d %s", e, bt_future_error_message(f));
+    bt_future_unref(f);
+    assert_scalar(p, "SELECT 'replaced'", "replaced");
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.broken, 1);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *copy_suite(void)
 {
     Suite *s = suite_create("pq_copy");
@@ -544,6 +594,7 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, wrong_statements_are_refused_and_the_connection_stays_usable);
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, pool_free_mid_copy_settles_everything);
+    tcase_add_test(tc, a_backend_killed_mid_copy_fails_and_is_replaced);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -353,7 +353,7 @@ static void on_open_cancel(bt_future *f, void *arg)
         set_err(cp, BT_ECANCELED, "cancelled");
         if (cp->state == CP_STARTING || cp->state == CP_COPYING)
             bt__pq_cancel_send(cp->conn, cancel_done);
-    } else if (cp->state == CP_COPYING) {
+    } else if (cp->state == CP_COPYING && !cp->wrong_kind) {
         abort_copy(cp, "cancelled by the client");
     } else if (cp->state == CP_STARTING) {
         cp->aborting = true; /* CopyFail as soon as the server asks */
