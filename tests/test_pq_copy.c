@@ -207,6 +207,22 @@ START_TEST(binary_out_then_in)
 }
 END_TEST
 
+/* A server that stops for `secs` at every `every`-th row (a trigger), so
+ * that a writer outruns it for sure, however loaded the machine. */
+static void slow_down(bt_pq_pool *p, const char *table, int every, const char *secs)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "CREATE FUNCTION %s_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "IF NEW.id %% %d = 0 THEN PERFORM pg_sleep(%s); END IF; RETURN NEW; END $$",
+             table, every, secs);
+    exec_ok(p, sql);
+    snprintf(sql, sizeof sql,
+             "CREATE TRIGGER %s_slow BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s_slow()",
+             table, table, table);
+    exec_ok(p, sql);
+}
+
 /* Writes rows until `rows`, each next one when the previous write's
  * future settles (at once, mostly), as a program would. */
 typedef struct {
@@ -273,6 +289,7 @@ START_TEST(hundred_thousand_rows_in_bounded_memory)
      * megabytes), so the server's pace shows through at once. */
     bt_pq_pool *p = new_pool_at(bt_test_pg_socket_conninfo(pg));
     exec_ok(p, "CREATE TABLE big (id int PRIMARY KEY, pad text)");
+    slow_down(p, "big", 20000, "0.2");
     bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY big FROM STDIN"));
     feeder fd = { .cp = cp, .rows = ROWS, .done = bt_future_new(loop) };
     feed(&fd);
@@ -285,8 +302,8 @@ START_TEST(hundred_thousand_rows_in_bounded_memory)
     ck_assert_msg(bt_pq_copy_max_buffered(cp) <= cap, "libpq held %zu bytes",
                   bt_pq_copy_max_buffered(cp));
     ck_assert(fd.max_buffered <= cap);
-    /* The server is slower than the writer: the socket filled up and
-     * writes had to wait, so the bound was backpressure, not luck. */
+    /* The server stalled (the trigger), the socket filled up and writes
+     * had to wait: the bound was backpressure, not luck. */
     ck_assert_msg(fd.pending > 0 && bt_pq_copy_waits(cp) == fd.pending, "pending %u waits %llu",
                   fd.pending, (unsigned long long)bt_pq_copy_waits(cp));
     ck_assert_int_eq(end_ok(cp), ROWS);
@@ -348,6 +365,47 @@ START_TEST(abort_copies_nothing_and_keeps_the_connection)
     ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
     bt_future_unref(f);
     assert_scalar(p, "SELECT 1", "1");
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.broken, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(cancelling_a_pending_write_aborts_the_copy)
+{
+    bt_pq_pool *p = new_pool_at(bt_test_pg_socket_conninfo(pg));
+    exec_ok(p, "CREATE TABLE cw (id int, pad text)");
+    slow_down(p, "cw", 1000000, "1"); /* row 0 only */
+    bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY cw FROM STDIN"));
+    /* Write without waiting until a write has to wait for the socket. */
+    char row[1100];
+    bt_future *f = NULL;
+    for (int i = 0; i < 1000000; i++) {
+        int n = snprintf(row, sizeof row, "%d\t%01000d\n", i, i);
+        f = bt_pq_copy_write(cp, row, (size_t)n);
+        if (!bt_future_is_settled(f))
+            break;
+        ck_assert_int_eq(bt_future_error(f), 0);
+        bt_future_unref(f);
+        f = NULL;
+    }
+    ck_assert_ptr_nonnull(f);
+    /* One more, queued behind it. */
+    bt_future *queued = bt_pq_copy_write(cp, "x\ty\n", 4);
+    ck_assert(!bt_future_is_settled(queued));
+    ck_assert_int_eq(bt_future_cancel(f), 0);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    ck_assert_int_eq(bt_future_error(queued), BT_ECANCELED);
+    bt_future_unref(f);
+    bt_future_unref(queued);
+    f = bt_pq_copy_write(cp, "1\tz\n", 4);
+    ck_assert_int_eq(bt_future_error(f), BT_ECANCELED);
+    bt_future_unref(f);
+    f = bt_pq_copy_abort(cp, NULL);
+    expect_ok(f, "abort after a cancelled write");
+    bt_future_unref(f);
+    assert_scalar(p, "SELECT count(*) FROM cw", "0");
     bt_pq_stats st = BT_SIZED(bt_pq_stats);
     bt_pq_pool_get_stats(p, &st);
     ck_assert_uint_eq(st.broken, 0);
@@ -557,8 +615,9 @@ START_TEST(a_backend_killed_mid_copy_fails_and_is_replaced)
 
     /* Out: the future fails with the connection. */
     int rows = 0;
-    f = bt_pq_copy_out(p, "COPY (SELECT g, pg_sleep(0.001) FROM generate_series(1, 100000) g) "
-                          "TO STDOUT",
+    f = bt_pq_copy_out(p,
+                       "COPY (SELECT g, pg_sleep(0.001) FROM generate_series(1, 100000) g) "
+                       "TO STDOUT",
                        count_rows, &rows);
     while (rows == 0) {
         bt_future *s = bt_sleep(loop, 5);
@@ -589,6 +648,7 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, hundred_thousand_rows_in_bounded_memory);
     tcase_add_test(tc, a_bad_row_fails_the_end_and_the_connection_stays_usable);
     tcase_add_test(tc, abort_copies_nothing_and_keeps_the_connection);
+    tcase_add_test(tc, cancelling_a_pending_write_aborts_the_copy);
     tcase_add_test(tc, cancel_mid_copy_out);
     tcase_add_test(tc, copy_on_an_acquired_connection_in_a_transaction);
     tcase_add_test(tc, wrong_statements_are_refused_and_the_connection_stays_usable);

@@ -802,7 +802,7 @@ static void on_done_cancel(bt_future *f, void *arg)
 /* end and abort: the user lets go of the handle. */
 static bt_future *finish(bt_pq_copy *cp, bool abort, const char *reason)
 {
-    if (cp->ended || !cp->user_ref)
+    if (!cp->user_ref) /* (an abort of our own may have ended the COPY) */
         return bt_future_new_error(cp->loop, BT_EINVAL, "%s", ended_why(cp));
     cp->ended = true;
     cp->user_ref = false;
