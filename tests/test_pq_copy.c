@@ -320,6 +320,39 @@ START_TEST(hundred_thousand_rows_in_bounded_memory)
 }
 END_TEST
 
+START_TEST(put_and_ready_without_a_future_per_row)
+{
+    enum { ROWS = 20000 };
+    bt_pq_pool *p = new_pool_at(bt_test_pg_socket_conninfo(pg));
+    exec_ok(p, "CREATE TABLE pr (id int, pad text)");
+    slow_down(p, "pr", 1000000, "1"); /* row 0 only */
+    bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY pr FROM STDIN"));
+    char row[200];
+    int again = 0;
+    for (int i = 0; i < ROWS;) {
+        int n = snprintf(row, sizeof row, "%d\t%0150d\n", i, i);
+        int e = bt_pq_copy_put(cp, row, (size_t)n);
+        if (e == BT_EAGAIN) {
+            again++;
+            ck_assert_uint_le(bt_pq_copy_buffered(cp), 128 * 1024 + 200);
+            bt_future *f = bt_pq_copy_ready(cp);
+            expect_ok(f, "ready");
+            bt_future_unref(f);
+            continue; /* the same row again */
+        }
+        ck_assert_int_eq(e, 0);
+        i++;
+    }
+    ck_assert_int_gt(again, 0);
+    ck_assert_uint_le(bt_pq_copy_max_buffered(cp), 128 * 1024 + 200);
+    ck_assert_int_eq(bt_pq_copy_put(NULL, "x", 1), BT_EINVAL);
+    ck_assert_int_eq(bt_pq_copy_put(cp, NULL, 1), BT_EINVAL);
+    ck_assert_int_eq(end_ok(cp), ROWS);
+    assert_scalar(p, "SELECT count(DISTINCT id) FROM pr", "20000");
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(a_bad_row_fails_the_end_and_the_connection_stays_usable)
 {
     bt_pq_pool *p = new_pool();
@@ -545,6 +578,7 @@ START_TEST(null_arguments)
     ck_assert_ptr_null(bt_pq_copy_write(NULL, "x", 1));
     ck_assert_ptr_null(bt_pq_copy_end(NULL));
     ck_assert_ptr_null(bt_pq_copy_abort(NULL, "x"));
+    ck_assert_ptr_null(bt_pq_copy_ready(NULL));
     ck_assert_uint_eq(bt_pq_copy_buffered(NULL), 0);
     bt_future *f = bt_pq_copy_in(p, NULL);
     ck_assert_int_eq(bt_future_error(f), BT_EINVAL);
@@ -646,6 +680,7 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, text_in_and_out);
     tcase_add_test(tc, binary_out_then_in);
     tcase_add_test(tc, hundred_thousand_rows_in_bounded_memory);
+    tcase_add_test(tc, put_and_ready_without_a_future_per_row);
     tcase_add_test(tc, a_bad_row_fails_the_end_and_the_connection_stays_usable);
     tcase_add_test(tc, abort_copies_nothing_and_keeps_the_connection);
     tcase_add_test(tc, cancelling_a_pending_write_aborts_the_copy);

@@ -422,6 +422,17 @@ BT_EXPORT bt_future *bt_pq_conn_copy_in(bt_pq_conn *c, const char *sql);
  * Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_copy_write(bt_pq_copy *cp, const void *data, size_t len);
 
+/* The same without a future per write, for tight loops: hand len bytes
+ * to libpq at once and return 0 (taken: put more), or BT_EAGAIN (not
+ * taken: libpq holds 128 KiB unsent; wait for bt_pq_copy_ready's future,
+ * then put it again), or the error bt_pq_copy_write would fail with (data
+ * not taken). Like write(2) on a nonblocking socket. Thread: the loop's. */
+BT_EXPORT int bt_pq_copy_put(bt_pq_copy *cp, const void *data, size_t len);
+/* A future (new reference; NULL for a NULL cp) that settles once the COPY
+ * takes data again, at once if it does now; fails as a write would.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_ready(bt_pq_copy *cp);
+
 /* Finish the COPY (CopyDone, once the queued writes are out); cp is
  * invalid after the call. Returns: new reference to a future whose value
  * is the COPY's bt_pq_result (bt_pq_result_affected: the rows copied), or

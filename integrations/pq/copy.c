@@ -749,33 +749,75 @@ static const char *ended_why(const bt_pq_copy *cp)
     return cp->aborting ? "the COPY was aborted" : "the COPY was ended already";
 }
 
+/* A future that settles once the writes queued before it went out (len
+ * bytes of data join the queue). Returns: new reference. */
+static bt_future *enqueue(bt_pq_copy *cp, const void *data, size_t len)
+{
+    struct cp_write *w = bt_malloc(sizeof *w + len);
+    bt_future *f = bt_future_new(cp->loop);
+    if (w == NULL || f == NULL) {
+        bt_free(w);
+        bt_future_unref(f);
+        return bt_future_new_error(cp->loop, BT_ENOMEM, "out of memory");
+    }
+    if (len > 0)
+        memcpy(w->data, data, len);
+    w->len = len;
+    w->f = bt_future_ref(f);
+    bt__list_push_back(&cp->writes, &w->link);
+    bt_future_on_cancel(f, on_write_cancel, cp);
+    return f;
+}
+
+/* Why cp takes no data now (a BT_E* code), or 0. */
+static int refuse(const bt_pq_copy *cp)
+{
+    if (cp->err)
+        return cp->err;
+    if (cp->ended || cp->state != CP_COPYING)
+        return BT_EINVAL;
+    return 0;
+}
+
+BT_EXPORT int bt_pq_copy_put(bt_pq_copy *cp, const void *data, size_t len)
+{
+    if (cp == NULL || (data == NULL && len > 0))
+        return BT_EINVAL;
+    int e = refuse(cp);
+    if (e != 0)
+        return e;
+    if (cp->blocked || !bt__list_empty(&cp->writes))
+        return BT_EAGAIN;
+    if (len > 0 && !put(cp, data, len))
+        return cp->err != 0 ? cp->err : BT_ECONNRESET;
+    return 0;
+}
+
+BT_EXPORT bt_future *bt_pq_copy_ready(bt_pq_copy *cp)
+{
+    if (cp == NULL)
+        return NULL;
+    int e = refuse(cp);
+    if (e != 0)
+        return bt_future_new_error(cp->loop, e, "%s", cp->err ? cp->errmsg : ended_why(cp));
+    if (!cp->blocked && bt__list_empty(&cp->writes))
+        return bt_future_ref(cp->ok_f);
+    return enqueue(cp, NULL, 0);
+}
+
 BT_EXPORT bt_future *bt_pq_copy_write(bt_pq_copy *cp, const void *data, size_t len)
 {
     if (cp == NULL)
         return NULL;
     if (data == NULL && len > 0)
         return bt_future_new_error(cp->loop, BT_EINVAL, "data is NULL");
-    if (cp->err)
-        return bt_future_new_error(cp->loop, cp->err, "%s", cp->errmsg);
-    if (cp->ended || cp->state != CP_COPYING)
-        return bt_future_new_error(cp->loop, BT_EINVAL, "%s", ended_why(cp));
+    int e = refuse(cp);
+    if (e != 0)
+        return bt_future_new_error(cp->loop, e, "%s", cp->err ? cp->errmsg : ended_why(cp));
     if (len == 0)
         return bt_future_ref(cp->ok_f);
-    if (cp->blocked || !bt__list_empty(&cp->writes)) {
-        struct cp_write *w = bt_malloc(sizeof *w + len);
-        bt_future *f = bt_future_new(cp->loop);
-        if (w == NULL || f == NULL) {
-            bt_free(w);
-            bt_future_unref(f);
-            return bt_future_new_error(cp->loop, BT_ENOMEM, "out of memory");
-        }
-        memcpy(w->data, data, len);
-        w->len = len;
-        w->f = bt_future_ref(f);
-        bt__list_push_back(&cp->writes, &w->link);
-        bt_future_on_cancel(f, on_write_cancel, cp);
-        return f;
-    }
+    if (cp->blocked || !bt__list_empty(&cp->writes))
+        return enqueue(cp, data, len);
     if (!put(cp, data, len))
         return bt_future_new_error(cp->loop, BT_ECONNRESET, "%s",
                                    cp->errmsg != NULL ? cp->errmsg : "connection lost");
