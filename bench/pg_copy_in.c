@@ -5,7 +5,7 @@
  * Anchor: raw libpq, blocking, one connection: PQexec("COPY ... FROM
  * STDIN"), PQputCopyData per row, PQputCopyEnd, PQgetResult.
  * Baton: a pool of one connection, bt_pq_copy_in, bt_pq_copy_put per row
- * (on BT_EAGAIN, libpq holding 128 KiB unsent, it waits for
+ * (on BT_EAGAIN, libpq holding 16 KiB unsent, it waits for
  * bt_pq_copy_ready's future), bt_pq_copy_end.
  * Both send the same bytes, made before the clock starts; the table is
  * truncated before each run. Goal: ratio >= 0.9.

@@ -297,8 +297,8 @@ START_TEST(hundred_thousand_rows_in_bounded_memory)
     bt_future_unref(fd.done);
     ck_assert_int_eq(fd.err, 0);
     /* About 10 MB went through libpq; it never held more than the mark
-     * (128 KiB) plus one row. */
-    size_t cap = 128 * 1024 + 160;
+     * (16 KiB) plus one row. */
+    size_t cap = 16 * 1024 + 160;
     ck_assert_msg(bt_pq_copy_max_buffered(cp) <= cap, "libpq held %zu bytes",
                   bt_pq_copy_max_buffered(cp));
     ck_assert(fd.max_buffered <= cap);
@@ -334,7 +334,7 @@ START_TEST(put_and_ready_without_a_future_per_row)
         int e = bt_pq_copy_put(cp, row, (size_t)n);
         if (e == BT_EAGAIN) {
             again++;
-            ck_assert_uint_le(bt_pq_copy_buffered(cp), 128 * 1024 + 200);
+            ck_assert_uint_le(bt_pq_copy_buffered(cp), 16 * 1024 + 200);
             bt_future *f = bt_pq_copy_ready(cp);
             expect_ok(f, "ready");
             bt_future_unref(f);
@@ -344,7 +344,7 @@ START_TEST(put_and_ready_without_a_future_per_row)
         i++;
     }
     ck_assert_int_gt(again, 0);
-    ck_assert_uint_le(bt_pq_copy_max_buffered(cp), 128 * 1024 + 200);
+    ck_assert_uint_le(bt_pq_copy_max_buffered(cp), 16 * 1024 + 200);
     ck_assert_int_eq(bt_pq_copy_put(NULL, "x", 1), BT_EINVAL);
     ck_assert_int_eq(bt_pq_copy_put(cp, NULL, 1), BT_EINVAL);
     ck_assert_int_eq(end_ok(cp), ROWS);

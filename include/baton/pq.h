@@ -411,7 +411,7 @@ BT_EXPORT bt_future *bt_pq_conn_copy_in(bt_pq_conn *c, const char *sql);
 /* Send len bytes of COPY data (any split: rows need not be whole; data is
  * copied before the call returns). Returns: new reference to a future
  * that settles (NULL value) once libpq has taken the data and holds less
- * than 128 KiB unsent: it stays pending while the socket is full, which is
+ * than 16 KiB unsent: it stays pending while the socket is full, which is
  * the backpressure. Wait for it before the next write to keep memory
  * bounded; writes made meanwhile are queued (copied) and go out in order.
  * Most writes find room and get an already settled future. Fails with
@@ -424,7 +424,7 @@ BT_EXPORT bt_future *bt_pq_copy_write(bt_pq_copy *cp, const void *data, size_t l
 
 /* The same without a future per write, for tight loops: hand len bytes
  * to libpq at once and return 0 (taken: put more), or BT_EAGAIN (not
- * taken: libpq holds 128 KiB unsent; wait for bt_pq_copy_ready's future,
+ * taken: libpq holds 16 KiB unsent; wait for bt_pq_copy_ready's future,
  * then put it again), or the error bt_pq_copy_write would fail with (data
  * not taken). Like write(2) on a nonblocking socket. Thread: the loop's. */
 BT_EXPORT int bt_pq_copy_put(bt_pq_copy *cp, const void *data, size_t len);
