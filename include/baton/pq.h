@@ -93,8 +93,9 @@
  * Threads: everything here is loop-thread only (but the result readers
  * and typed getters, which any thread may call on a result it holds);
  * notification, notice and row callbacks run on the loop thread and must
- * not free the pool (they may issue queries). COPY is not supported
- * (BT_ENOTSUP).
+ * not free the pool (they may issue queries). COPY FROM STDIN and TO
+ * STDOUT run through their own calls (see "COPY" below): a plain query
+ * refuses them with BT_ENOTSUP.
  */
 #ifndef BATON_PQ_H
 #define BATON_PQ_H
@@ -497,6 +498,118 @@ BT_EXPORT bt_future *bt_pq_listen(bt_pq_pool *pool, const char *channel, bt_pq_n
 /* Stop listening on channel; its callback is not called after this
  * returns. Returns 0, BT_ENOENT if not listening, BT_EINVAL. */
 BT_EXPORT int bt_pq_unlisten(bt_pq_pool *pool, const char *channel);
+
+/* ---- COPY ---------------------------------------------------------------
+ * COPY ... FROM STDIN and COPY ... TO STDOUT, streamed: Baton moves the
+ * bytes of whichever format the statement names (text, csv, binary) and
+ * never holds the table. A COPY takes a connection of its own for its
+ * duration (libpq runs COPY outside pipeline mode): from the pool, like
+ * bt_pq_acquire (and waiting like it, within acquire_timeout_ms), or an
+ * acquired connection with nothing in flight (inside a transaction, say).
+ * The connection goes back usable when the COPY is over, or is discarded
+ * when that cannot be assured. Everything here is loop-thread only.
+ *
+ * In:   f = bt_pq_copy_in(pool, "COPY t (a, b) FROM STDIN");
+ *       bt_pq_copy *cp = bt_future_take_value(f);    (once f settles)
+ *       bt_pq_copy_write(cp, "1\tone\n", 6) ...      (wait for each future)
+ *       bt_pq_copy_end(cp)                           (a bt_pq_result: "COPY n")
+ * Out:  bt_pq_copy_out(pool, "COPY t TO STDOUT", cb, arg)   (cb per row) */
+
+typedef struct bt_pq_copy bt_pq_copy;
+
+/* Start COPY ... FROM STDIN (sql) on a pool connection, or on c, an
+ * acquired connection with no query in flight (else BT_EBUSY). Returns:
+ * new reference to a future whose value is the COPY's handle, once the
+ * server is ready for data; take it with bt_future_take_value (a future
+ * freed with the handle still in it aborts the COPY), then finish it with
+ * bt_pq_copy_end or bt_pq_copy_abort, which invalidate it. Fails with
+ * BT_EINVAL (sql NULL, not a COPY FROM STDIN: the statement is run, so a
+ * COPY TO STDOUT is drained and cancelled), BT_ESQL (the server refused
+ * it), or as bt_pq_acquire. Cancelling it before the handle comes gives
+ * the connection back. NULL only for a NULL pool or c, or out of memory.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_in(bt_pq_pool *pool, const char *sql);
+BT_EXPORT bt_future *bt_pq_conn_copy_in(bt_pq_conn *c, const char *sql);
+
+/* Send len bytes of COPY data (any split: rows need not be whole; data is
+ * copied before the call returns). Returns: new reference to a future
+ * that settles (NULL value) once libpq has taken the data and holds less
+ * than 16 KiB unsent: it stays pending while the socket is full, which is
+ * the backpressure. Wait for it before the next write to keep memory
+ * bounded; writes made meanwhile are queued (copied) and go out in order.
+ * Most writes find room and get an already settled future. Fails with
+ * BT_EINVAL (data NULL with len > 0; the COPY was ended), BT_ECANCELED
+ * (aborted), BT_ECONNRESET / BT_ESHUTDOWN (the connection was lost).
+ * Cancelling a pending write aborts the COPY. A bad row is reported by the
+ * server only at the end (bt_pq_copy_end fails). NULL only for a NULL cp.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_write(bt_pq_copy *cp, const void *data, size_t len);
+
+/* The same without a future per write, for tight loops: hand len bytes
+ * to libpq at once and return 0 (taken: put more), or BT_EAGAIN (not
+ * taken: libpq holds 16 KiB unsent; wait for bt_pq_copy_ready's future,
+ * then put it again), or the error bt_pq_copy_write would fail with (data
+ * not taken). Like write(2) on a nonblocking socket. Thread: the loop's. */
+BT_EXPORT int bt_pq_copy_put(bt_pq_copy *cp, const void *data, size_t len);
+/* A future (new reference; NULL for a NULL cp) that settles once the COPY
+ * takes data again, at once if it does now; fails as a write would.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_ready(bt_pq_copy *cp);
+
+/* Finish the COPY (CopyDone, once the queued writes are out); cp is
+ * invalid after the call. Returns: new reference to a future whose value
+ * is the COPY's bt_pq_result (bt_pq_result_affected: the rows copied), or
+ * that fails with BT_ESQL (a bad row: nothing was copied, and the
+ * connection stays usable), BT_ECANCELED (aborted before), or a lost
+ * connection's code. Cancelling it sends a cancel request (too late, the
+ * rows may be in; use a transaction to be sure). NULL only for a NULL cp.
+ * Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_end(bt_pq_copy *cp);
+
+/* Abort the COPY (CopyFail with reason, or a default; psql's \copy
+ * cancel): nothing is copied and the connection stays usable. cp is
+ * invalid after the call. Returns: new reference to a future that settles
+ * (NULL value) once the server has confirmed, or fails if the connection
+ * was lost. NULL only for a NULL cp. Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_abort(bt_pq_copy *cp, const char *reason);
+
+/* Bytes libpq may hold unsent for this COPY now (an upper bound: each
+ * write counts its length plus a 5-byte message header), the most it ever
+ * held, and how many writes had to wait for the socket. 0 for NULL.
+ * Thread: the loop's. */
+BT_EXPORT size_t bt_pq_copy_buffered(const bt_pq_copy *cp);
+BT_EXPORT size_t bt_pq_copy_max_buffered(const bt_pq_copy *cp);
+BT_EXPORT uint64_t bt_pq_copy_waits(const bt_pq_copy *cp);
+
+/* One row of COPY OUT data (a text line with its newline, or a binary
+ * tuple; the first call of a binary COPY also carries its header), borrowed
+ * for the call. Return 0 to go on; non-zero stops the COPY (a cancel
+ * request is sent, the rest is drained, and the future fails with
+ * BT_ECANCELED). Runs on the loop thread; it must not free the pool. */
+typedef int (*bt_pq_copy_data_cb)(const void *data, size_t len, void *arg);
+
+/* Run COPY ... TO STDOUT (sql) on a pool connection, or on c as
+ * bt_pq_conn_copy_in, and hand every row to cb as it arrives: rows are
+ * read only as fast as cb takes them (the socket, then TCP, hold the rest
+ * back), so a table of any size streams in bounded memory. Returns: new
+ * reference to a future whose value is the COPY's bt_pq_result
+ * (bt_pq_result_affected: rows sent) or that fails with BT_ESQL, BT_EINVAL
+ * (sql or cb NULL, not a COPY TO STDOUT), BT_ECANCELED (cb stopped it), a
+ * lost connection's code, or as bt_pq_acquire. Cancelling it sends a
+ * cancel request and drains the rest before the connection goes back. NULL
+ * only for a NULL pool or c, or out of memory. Thread: the loop's. */
+BT_EXPORT bt_future *bt_pq_copy_out(bt_pq_pool *pool, const char *sql, bt_pq_copy_data_cb cb,
+                                    void *arg);
+BT_EXPORT bt_future *bt_pq_conn_copy_out(bt_pq_conn *c, const char *sql, bt_pq_copy_data_cb cb,
+                                         void *arg);
+
+/* Format one row of COPY text format into buf (at most cap bytes): the n
+ * fields separated by tabs, each escaped (backslash, tab, newline,
+ * carriage return, backspace, form feed, vertical tab), NULL as \N, and a
+ * newline. Returns the row's full length, as snprintf does (not NUL
+ * terminated): when it exceeds cap, nothing useful was written; call
+ * again with a buffer that large. Thread: any. */
+BT_EXPORT size_t bt_pq_copy_text_row(char *buf, size_t cap, int n, const char *const *fields);
 
 #ifdef __cplusplus
 }

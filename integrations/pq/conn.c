@@ -173,6 +173,8 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     }
     if (!c->acquired)
         bt__pq_conn_free_dead(c);
+    else if (c->takeover != NULL)
+        c->takeover->closed(c, code, why); /* a COPY ran on it; may release it */
 }
 
 /* The pool is shutting down: close c with BT_ESHUTDOWN. Closing under
@@ -382,7 +384,6 @@ static void deliver_rows(bt__pq_query *q, PGresult *res)
 /* A result for the BT__PQ_OP_QUERY at the front. */
 static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
-    (void)c;
     switch (PQresultStatus(res)) {
     case PGRES_SINGLE_TUPLE:
         deliver_rows(q, res);
@@ -410,11 +411,13 @@ static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
     case PGRES_COPY_IN:
     case PGRES_COPY_OUT:
     case PGRES_COPY_BOTH:
-        if (!q->err) {
-            q->err = BT_ENOTSUP;
-            q->errmsg = bt_strdup("COPY is not supported through the pool");
-        }
+        /* A COPY that query.c's check let through (bt_pq_copy_in/_out run
+         * it outside the pipeline, see copy.c): the server now waits for
+         * or sends COPY data in the middle of the pipeline, which libpq
+         * cannot continue. Fail it, then the connection. */
         PQclear(res);
+        bt__pq_query_fail(q, BT_ENOTSUP, "%s", BT__PQ_COPY_REFUSED);
+        bt__pq_conn_close(c, BT_ECONNRESET, "a COPY ran through the query API");
         return;
     default:
         bt__pq_query_set_error_from(q, res);
@@ -609,6 +612,10 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     bt_pq_conn *c = arg;
     bt_pq_pool *pool = c->pool;
     c->busy++;
+    if (c->takeover != NULL) {
+        c->takeover->io(c, what); /* a COPY runs on it (copy.c) */
+        goto out;
+    }
     if (what & EV_READ) {
         if (!PQconsumeInput(c->pg)) {
             close_broken(c);

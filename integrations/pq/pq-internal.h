@@ -68,6 +68,7 @@
 typedef struct bt__pq_query bt__pq_query;
 typedef struct bt__pq_stmt bt__pq_stmt;
 typedef struct bt__pq_chan bt__pq_chan;
+typedef struct bt_pq_copy bt__pq_copy;
 
 enum { BT__PQ_Q_NEW, BT__PQ_Q_WAITING, BT__PQ_Q_SENT };
 
@@ -156,6 +157,19 @@ struct bt__pq_conn_events {
     void (*notify)(bt_pq_conn *c, PGnotify *n);
 };
 
+/* A COPY running on c (copy.c) takes the connection over: libpq forbids
+ * COPY in pipeline mode, so copy.c leaves it on an idle, lent connection
+ * and enters it again when the COPY is over. Meanwhile conn.c hands the
+ * connection's I/O events and its close to the copy through this table
+ * (filled in by copy.c, so conn.c names no copy.c function). */
+struct bt__pq_takeover {
+    /* c's socket is readable or writable (what: EV_READ, EV_WRITE). */
+    void (*io)(bt_pq_conn *c, short what);
+    /* c was closed (code, why: as bt__pq_conn_close got them); c is dead
+     * but still allocated (it is lent); the copy may release it. */
+    void (*closed)(bt_pq_conn *c, int code, const char *why);
+};
+
 struct bt_pq_conn {
     bt_pq_pool *pool;                        /* NULL once dead (closed while acquired) */
     const struct bt__pq_conn_events *events; /* the pool's, see above */
@@ -198,6 +212,8 @@ struct bt_pq_conn {
     bt__pq_stmt **stmts; /* hash buckets */
     bt__list lru;        /* the statements, most recently used first */
     unsigned nbuckets, nstmts, stmt_seq;
+    const struct bt__pq_takeover *takeover; /* a COPY runs on it (copy.c) */
+    bt__pq_copy *copy;                      /* ... this one */
 };
 
 struct bt__pq_chan {
@@ -272,6 +288,11 @@ struct bt_pq_pool {
 
 /* The files from the top of the wing down; each calls only the ones
  * below it (docs/postgres.md, "How the wing is built"). */
+
+/* The error of a COPY FROM STDIN / TO STDOUT sent as a query. */
+#define BT__PQ_COPY_REFUSED                                                                    \
+    "COPY ... FROM STDIN and COPY ... TO STDOUT run through bt_pq_copy_in and bt_pq_copy_out " \
+    "(bt_pq_conn_copy_in / _out on an acquired connection), not as a query"
 
 /* query.c */
 /* The common path of every query: target is an acquired connection or

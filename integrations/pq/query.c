@@ -4,9 +4,11 @@
  * object itself (its copies, its settle and its end) is request.c's. */
 #include "config.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "pq-internal.h"
 #include "sized.h"
@@ -115,6 +117,47 @@ static const char *session_state(const char *sql)
     return NULL;
 }
 
+/* True if sql is a COPY with STDIN or STDOUT (outside quotes and
+ * comments): libpq cannot run one in pipeline mode, copy.c runs it. */
+static bool copy_stdio(const char *s)
+{
+    for (;;) {
+        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f')
+            s++;
+        if (s[0] == '-' && s[1] == '-') {
+            s += strcspn(s, "\n");
+        } else if (s[0] == '/' && s[1] == '*') {
+            const char *e = strstr(s + 2, "*/");
+            if (e == NULL)
+                return false;
+            s = e + 2;
+        } else {
+            break;
+        }
+    }
+    if (strncasecmp(s, "copy", 4) != 0 || isalnum((unsigned char)s[4]) || s[4] == '_')
+        return false;
+    for (s += 4; *s != '\0';) {
+        if (*s == '\'' || *s == '"') {
+            const char *e = strchr(s + 1, *s);
+            if (e == NULL)
+                return false;
+            s = e + 1;
+        } else if (isalpha((unsigned char)*s) || *s == '_') {
+            size_t n = 0;
+            while (isalnum((unsigned char)s[n]) || s[n] == '_')
+                n++;
+            if ((n == 5 && strncasecmp(s, "stdin", 5) == 0) ||
+                (n == 6 && strncasecmp(s, "stdout", 6) == 0))
+                return true;
+            s += n;
+        } else {
+            s++;
+        }
+    }
+    return false;
+}
+
 /* The common path of every query. target: an acquired connection or NULL.
  * internal: set for the pool's own queries (no future). */
 bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const char *sql,
@@ -140,6 +183,10 @@ bt_future *bt__pq_submit(bt_pq_pool *p, bt_loop *loop, bt_pq_conn *target, const
     if (p == NULL || p->closed || (p->closing && target == NULL)) {
         bt_future_set_error(f, BT_ESHUTDOWN, "the pool is %s",
                             p && !p->closed ? "closing" : "closed");
+        return f;
+    }
+    if (sql != NULL && copy_stdio(sql)) {
+        bt_future_set_error(f, BT_ENOTSUP, "%s", BT__PQ_COPY_REFUSED);
         return f;
     }
     const char *kind = p->o.transaction_pooling && sql != NULL ? session_state(sql) : NULL;
