@@ -416,7 +416,7 @@ static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
          * or sends COPY data in the middle of the pipeline, which libpq
          * cannot continue. Fail it, then the connection. */
         PQclear(res);
-        bt__pq_query_fail(q, BT_ENOTSUP, "%s", BT__PQ_COPY_REFUSED);
+        bt__pq_query_settle(q, BT_ENOTSUP, BT__PQ_COPY_REFUSED);
         bt__pq_conn_close(c, BT_ECONNRESET, "a COPY ran through the query API");
         return;
     default:
