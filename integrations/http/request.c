@@ -15,6 +15,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "hex.h"
 #include "http-internal.h"
 
 void bt__http_req_free(bt_http_req *req)
@@ -34,17 +35,6 @@ void bt__http_req_free(bt_http_req *req)
     bt_future_unref(req->fut);
     bt_future_unref(req->fiber);
     bt_free(req);
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* Split the raw path into percent-decoded segments, all in one block:
@@ -85,7 +75,8 @@ int bt__http_req_split_path(bt_http_req *req, const char *raw)
         for (; *p && *p != '/'; p++) {
             char c = *p;
             int hi, lo;
-            if (c == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
+            if (c == '%' && (hi = bt__hexval((unsigned char)p[1])) >= 0 &&
+                (lo = bt__hexval((unsigned char)p[2])) >= 0) {
                 c = (char)(hi * 16 + lo);
                 if (c == '\0')
                     return BT_EINVAL;

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hex.h"
 #include "pq-internal.h"
 
 /* Type Oids (pg_type.dat); stable across server versions. */
@@ -230,17 +231,6 @@ BT_EXPORT int bt_pq_result_bool(const bt_pq_result *r, int row, int col, bool *o
     return 0;
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static bool is_octal(unsigned char c)
 {
     return c >= '0' && c <= '7';
@@ -257,7 +247,7 @@ static long unescape_bytea(const unsigned char *p, size_t n, unsigned char *dst)
         if ((n - 2) % 2 != 0)
             return -1;
         for (size_t i = 2; i < n; i += 2) {
-            int hi = hexval(p[i]), lo = hexval(p[i + 1]);
+            int hi = bt__hexval(p[i]), lo = bt__hexval(p[i + 1]);
             if (hi < 0 || lo < 0)
                 return -1;
             if (dst != NULL)
@@ -341,7 +331,7 @@ BT_EXPORT int bt_pq_result_uuid(const bt_pq_result *r, int row, int col, uint8_t
             i++;
             continue;
         }
-        int hi = hexval(v.p[i]), lo = hexval(v.p[i + 1]);
+        int hi = bt__hexval(v.p[i]), lo = bt__hexval(v.p[i + 1]);
         if (hi < 0 || lo < 0)
             return BT_EPROTO;
         u[k++] = (uint8_t)(hi << 4 | lo);
