@@ -551,6 +551,37 @@ START_TEST(wrong_statements_are_refused_and_the_connection_stays_usable)
 }
 END_TEST
 
+START_TEST(comments_are_read_as_the_server_reads_them)
+{
+    bt_pq_pool *p = new_pool();
+    exec_ok(p, "CREATE TABLE wc (id int)");
+    /* A COPY behind a comment, or behind a comment inside a comment
+     * (they nest in PostgreSQL), is refused before it is sent: one that
+     * reached the pipeline would fail too, but cost its connection. */
+    const char *copies[] = { "-- load\nCOPY wc FROM STDIN",
+                             "/* outer /* inner */ still a comment */ COPY wc TO STDOUT",
+                             "/* a */ --b\n/**/ copy /* to a file? */ wc to stdout" };
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    for (size_t i = 0; i < sizeof copies / sizeof *copies; i++) {
+        bt_future *f = await(bt_pq_query(p, copies[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == BT_ENOTSUP, "%s: %s", copies[i],
+                      bt_future_error_message(f));
+        bt_future_unref(f);
+        assert_scalar(p, "SELECT 5", "5");
+        bt_pq_pool_get_stats(p, &st);
+        ck_assert_msg(st.broken == 0, "%s reached the server", copies[i]);
+    }
+    /* ...and STDIN or STDOUT inside a comment is not the COPY's: these run. */
+    exec_ok(p, "/* COPY wc FROM STDIN */ SELECT 1");
+    exec_ok(p, "/* x /* COPY wc FROM STDIN */ */ SELECT 1");
+    exec_ok(p, "COPY wc TO '/dev/null' /* not to stdout */");
+    exec_ok(p, "COPY wc TO '/dev/null' -- not /* to */ stdout");
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.broken, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(null_arguments)
 {
     bt_pq_pool *p = new_pool();
@@ -666,6 +697,7 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, cancel_mid_copy_out);
     tcase_add_test(tc, copy_on_an_acquired_connection_in_a_transaction);
     tcase_add_test(tc, wrong_statements_are_refused_and_the_connection_stays_usable);
+    tcase_add_test(tc, comments_are_read_as_the_server_reads_them);
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, pool_free_mid_copy_settles_everything);
     tcase_add_test(tc, a_backend_killed_mid_copy_fails_and_is_replaced);

@@ -448,6 +448,34 @@ START_TEST(transaction_pooling_through_pgbouncer)
 }
 END_TEST
 
+START_TEST(transaction_pooling_reads_past_comments)
+{
+    /* The statement's first keyword is found as the server finds it: past
+     * line comments and block comments, which nest. The refusal needs no
+     * pooler: it happens before anything is sent. */
+    bt_pq_pool *p = pool_for(bt_test_pg_conninfo(primary), true);
+    const char *refused[] = { "-- why\nLISTEN chan",
+                              "/* outer /* inner */ still a comment */ LISTEN chan",
+                              "/**/ SET /* x */ work_mem = '1MB'",
+                              "/* a /* b /* c */ */ */\n-- d\n\f\vRESET ALL" };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        bt_future *f = await(bt_pq_query(p, refused[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == BT_ENOTSUP, "%s: %s", refused[i],
+                      bt_future_error_message(f));
+        bt_future_unref(f);
+    }
+    /* A keyword inside a comment is not the statement's, nested or not. */
+    const char *fine[] = { "/* LISTEN chan */ SELECT 1", "/* x /* y */ LISTEN chan */ SELECT 1",
+                           "SET /* not session-wide */ LOCAL work_mem = '1MB'" };
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+        bt_future *f = await(bt_pq_query(p, fine[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == 0, "%s: %s", fine[i], bt_future_error_message(f));
+        bt_future_unref(f);
+    }
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(prepared_statements_break_behind_pgbouncer)
 {
     /* Without the option, the pool's prepared statements meet server
@@ -484,6 +512,7 @@ static Suite *hosts_suite(void)
     tcase_add_test(tc, a_stopped_first_server_is_skipped);
     tcase_add_test(tc, connect_timeout_bounds_the_whole_walk);
     tcase_add_test(tc, transaction_pooling_through_pgbouncer);
+    tcase_add_test(tc, transaction_pooling_reads_past_comments);
     tcase_add_test(tc, prepared_statements_break_behind_pgbouncer);
     suite_add_tcase(s, tc);
     return s;
