@@ -142,14 +142,36 @@ static void on_timeout(bt_timer *t, void *arg)
     ck_abort_msg("timed out waiting for a future");
 }
 
-void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms)
+bt_future *bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms)
 {
+    ck_assert_ptr_nonnull(f);
     bool fired = false;
     bt_timer *t = bt_timer_new(loop, on_timeout, &fired);
     ck_assert_ptr_nonnull(t);
     bt_timer_start(t, timeout_ms, 0);
     ck_assert_int_eq(bt_loop_run_until(loop, f), 0);
     bt_timer_free(t);
+    return f;
+}
+
+void bt_test_sleep(bt_loop *loop, unsigned ms)
+{
+    /* The guard only catches a loop that stopped running timers. */
+    bt_future_unref(bt_test_run_until(loop, bt_sleep(loop, ms), ms + 60000));
+}
+
+bt_future *bt_test_ok(bt_future *f, const char *what)
+{
+    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", what, bt_future_error_message(f));
+    return f;
+}
+
+void *bt_test_take(bt_future *f, const char *what)
+{
+    void *v = bt_future_take_value(bt_test_ok(f, what));
+    bt_future_unref(f);
+    ck_assert_msg(v != NULL, "%s: no value", what);
+    return v;
 }
 
 int bt_test_main(Suite *s)

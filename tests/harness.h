@@ -55,7 +55,21 @@ typedef struct {
 } bt_test_long_job;
 int bt_test_long_job_run(bt_job *job, void *arg);
 
-/* Run the loop until f settles, failing the test after timeout_ms. */
-void bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms);
+/* Run the loop until f settles, failing the test after timeout_ms, or at
+ * once if f is NULL (a call that could not even start). Returns f, still
+ * the caller's, so that a call can be awaited where it is made:
+ * bt_test_take(bt_test_run_until(loop, call(...), ms), "call"). */
+bt_future *bt_test_run_until(bt_loop *loop, bt_future *f, unsigned timeout_ms);
+
+/* Run the loop for ms milliseconds (a bt_sleep awaited and dropped). */
+void bt_test_sleep(bt_loop *loop, unsigned ms);
+
+/* Fail the test, saying what and the future's error message, unless f
+ * (settled) succeeded. Returns f, still the caller's. */
+bt_future *bt_test_ok(bt_future *f, const char *what);
+
+/* The value of f, which must have succeeded with a non-NULL value (checked
+ * as bt_test_ok does): taken from f, so the caller owns it, and f dropped. */
+void *bt_test_take(bt_future *f, const char *what);
 
 #endif

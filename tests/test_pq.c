@@ -17,8 +17,7 @@
 #include <baton/pool.h>
 #include <baton/pq.h>
 
-#include "harness.h"
-#include "pg_harness.h"
+#include "pq_fixture.h"
 
 static bt_test_pg *pg; /* started once by main; tests run in forked children */
 static int sleeping_backends(void);
@@ -26,12 +25,10 @@ static bt_loop *loop;
 
 static void setup(void)
 {
-    ck_assert_msg(pg != NULL, "PostgreSQL did not start");
+    loop = bt_test_pq_loop(pg);
     /* A test that failed while the server was frozen must not wedge the
      * ones after it. */
     bt_test_pg_thaw(pg);
-    loop = bt_loop_new();
-    ck_assert_ptr_nonnull(loop);
 }
 
 static void teardown(void)
@@ -42,41 +39,27 @@ static void teardown(void)
 static bt_pq_pool *new_pool(unsigned min, unsigned max, unsigned depth)
 {
     bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = bt_test_pg_conninfo(pg);
-    o.min_size = min;
-    o.max_size = max;
+    bt_test_pq_options(&o, bt_test_pg_conninfo(pg), min, max);
     o.pipeline_depth = depth;
-    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    return bt_test_pq_pool(loop, &o);
 }
 
 static bt_pq_pool *new_pool_opts(bt_pq_options *o)
 {
-    bt_pq_pool *p = bt_pq_pool_new(loop, o);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    return bt_test_pq_pool(loop, o);
 }
 
 /* Wait for f; returns it (still owned by the caller). */
 static bt_future *await(bt_future *f)
 {
-    ck_assert_ptr_nonnull(f);
-    bt_test_run_until(loop, f, 25000);
-    return f;
+    return bt_test_run_until(loop, f, 25000);
 }
 
 /* Run a query to completion and return its result (owned by the caller),
  * failing the test on error. */
 static bt_pq_result *must(bt_pq_pool *p, const char *sql, int n, const char *const *vals)
 {
-    bt_future *f = await(bt_pq_query(p, sql, n, vals));
-    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", sql, bt_future_error_message(f));
-    bt_pq_result *r = bt_future_take_value(f);
-    bt_future_unref(f);
-    ck_assert_ptr_nonnull(r);
-    return r;
+    return bt_test_take(await(bt_pq_query(p, sql, n, vals)), sql);
 }
 
 static void exec_ok(bt_pq_pool *p, const char *sql, int n, const char *const *vals)
@@ -86,9 +69,7 @@ static void exec_ok(bt_pq_pool *p, const char *sql, int n, const char *const *va
 
 static void sleep_ms(unsigned ms)
 {
-    bt_future *s = bt_sleep(loop, ms);
-    await(s);
-    bt_future_unref(s);
+    bt_test_sleep(loop, ms);
 }
 
 START_TEST(crud_with_parameters_and_nulls)
@@ -1844,12 +1825,5 @@ static Suite *pq_suite(void)
 
 int main(void)
 {
-    pg = bt_test_pg_start();
-    if (!pg) {
-        fprintf(stderr, "test_pq: could not start PostgreSQL: every test fails\n");
-        /* Run anyway so that each test reports the failure. */
-    }
-    int rc = bt_test_main(pq_suite());
-    bt_test_pg_free(pg);
-    return rc;
+    return bt_test_pq_main(&pg, pq_suite(), "test_pq");
 }

@@ -11,17 +11,14 @@
 
 #include <baton/pq.h>
 
-#include "harness.h"
-#include "pg_harness.h"
+#include "pq_fixture.h"
 
 static bt_test_pg *pg;
 static bt_loop *loop;
 
 static void setup(void)
 {
-    ck_assert_msg(pg != NULL, "PostgreSQL did not start");
-    loop = bt_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    loop = bt_test_pq_loop(pg);
 }
 
 static void teardown(void)
@@ -33,13 +30,8 @@ static void teardown(void)
 static bt_pq_pool *new_pool_at(const char *conninfo)
 {
     bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = conninfo;
-    o.min_size = 1;
-    o.max_size = 1;
-    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    bt_test_pq_options(&o, conninfo, 1, 1);
+    return bt_test_pq_pool(loop, &o);
 }
 
 static bt_pq_pool *new_pool(void)
@@ -49,15 +41,12 @@ static bt_pq_pool *new_pool(void)
 
 static bt_future *await(bt_future *f)
 {
-    ck_assert_ptr_nonnull(f);
-    bt_test_run_until(loop, f, 60000);
-    return f;
+    return bt_test_run_until(loop, f, 60000);
 }
 
 static void expect_ok(bt_future *f, const char *what)
 {
-    await(f);
-    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", what, bt_future_error_message(f));
+    bt_test_ok(await(f), what);
 }
 
 static char *scalar(bt_pq_pool *p, const char *sql)
@@ -72,9 +61,7 @@ static char *scalar(bt_pq_pool *p, const char *sql)
 
 static void exec_ok(bt_pq_pool *p, const char *sql)
 {
-    bt_future *f = bt_pq_query(p, sql, 0, NULL);
-    expect_ok(f, sql);
-    bt_future_unref(f);
+    bt_future_unref(bt_test_ok(await(bt_pq_query(p, sql, 0, NULL)), sql));
 }
 
 static void assert_scalar(bt_pq_pool *p, const char *sql, const char *want)
@@ -86,11 +73,7 @@ static void assert_scalar(bt_pq_pool *p, const char *sql, const char *want)
 
 static bt_pq_copy *open_in(bt_future *f)
 {
-    expect_ok(f, "copy_in");
-    bt_pq_copy *cp = bt_future_take_value(f);
-    bt_future_unref(f);
-    ck_assert_ptr_nonnull(cp);
-    return cp;
+    return bt_test_take(await(f), "copy_in");
 }
 
 static void write_ok(bt_pq_copy *cp, const void *data, size_t len)
@@ -568,6 +551,37 @@ START_TEST(wrong_statements_are_refused_and_the_connection_stays_usable)
 }
 END_TEST
 
+START_TEST(comments_are_read_as_the_server_reads_them)
+{
+    bt_pq_pool *p = new_pool();
+    exec_ok(p, "CREATE TABLE wc (id int)");
+    /* A COPY behind a comment, or behind a comment inside a comment
+     * (they nest in PostgreSQL), is refused before it is sent: one that
+     * reached the pipeline would fail too, but cost its connection. */
+    const char *copies[] = { "-- load\nCOPY wc FROM STDIN",
+                             "/* outer /* inner */ still a comment */ COPY wc TO STDOUT",
+                             "/* a */ --b\n/**/ copy /* to a file? */ wc to stdout" };
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    for (size_t i = 0; i < sizeof copies / sizeof *copies; i++) {
+        bt_future *f = await(bt_pq_query(p, copies[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == BT_ENOTSUP, "%s: %s", copies[i],
+                      bt_future_error_message(f));
+        bt_future_unref(f);
+        assert_scalar(p, "SELECT 5", "5");
+        bt_pq_pool_get_stats(p, &st);
+        ck_assert_msg(st.broken == 0, "%s reached the server", copies[i]);
+    }
+    /* ...and STDIN or STDOUT inside a comment is not the COPY's: these run. */
+    exec_ok(p, "/* COPY wc FROM STDIN */ SELECT 1");
+    exec_ok(p, "/* x /* COPY wc FROM STDIN */ */ SELECT 1");
+    exec_ok(p, "COPY wc TO '/dev/null' /* not to stdout */");
+    exec_ok(p, "COPY wc TO '/dev/null' -- not /* to */ stdout");
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.broken, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 START_TEST(null_arguments)
 {
     bt_pq_pool *p = new_pool();
@@ -636,9 +650,7 @@ START_TEST(a_backend_killed_mid_copy_fails_and_is_replaced)
         f = await(bt_pq_copy_write(cp, "2\n", 2));
         if (bt_future_error(f) != 0)
             break;
-        bt_future *s = bt_sleep(loop, 10);
-        await(s);
-        bt_future_unref(s);
+        bt_test_sleep(loop, 10);
     }
     bt_future_unref(f);
     f = await(bt_pq_copy_end(cp));
@@ -654,9 +666,7 @@ START_TEST(a_backend_killed_mid_copy_fails_and_is_replaced)
                        "TO STDOUT",
                        count_rows, &rows);
     while (rows == 0) {
-        bt_future *s = bt_sleep(loop, 5);
-        await(s);
-        bt_future_unref(s);
+        bt_test_sleep(loop, 5);
     }
     ck_assert_int_eq(bt_test_pg_exec(pg, kill), 0);
     await(f);
@@ -687,6 +697,7 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, cancel_mid_copy_out);
     tcase_add_test(tc, copy_on_an_acquired_connection_in_a_transaction);
     tcase_add_test(tc, wrong_statements_are_refused_and_the_connection_stays_usable);
+    tcase_add_test(tc, comments_are_read_as_the_server_reads_them);
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, pool_free_mid_copy_settles_everything);
     tcase_add_test(tc, a_backend_killed_mid_copy_fails_and_is_replaced);
@@ -696,10 +707,5 @@ static Suite *copy_suite(void)
 
 int main(void)
 {
-    pg = bt_test_pg_start();
-    if (!pg)
-        fprintf(stderr, "test_pq_copy: could not start PostgreSQL: every test fails\n");
-    int rc = bt_test_main(copy_suite());
-    bt_test_pg_free(pg);
-    return rc;
+    return bt_test_pq_main(&pg, copy_suite(), "test_pq_copy");
 }

@@ -15,8 +15,7 @@
 
 #include <baton/pq.h>
 
-#include "harness.h"
-#include "pg_harness.h"
+#include "pq_fixture.h"
 
 /* Started once by main; the tests run in forked children. */
 static bt_test_pg *primary;        /* the cluster the lists end on */
@@ -27,10 +26,9 @@ static bt_loop *loop;
 
 static void setup(void)
 {
-    ck_assert_msg(primary != NULL && other != NULL, "PostgreSQL did not start");
+    ck_assert_msg(other != NULL, "PostgreSQL did not start");
     bt_test_pg_thaw(other);
-    loop = bt_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    loop = bt_test_pq_loop(primary);
 }
 
 static void teardown(void)
@@ -40,29 +38,20 @@ static void teardown(void)
 
 static bt_future *await(bt_future *f)
 {
-    ck_assert_ptr_nonnull(f);
-    bt_test_run_until(loop, f, 60000);
-    return f;
+    return bt_test_run_until(loop, f, 60000);
 }
 
 static void sleep_ms(unsigned ms)
 {
-    bt_future *s = bt_sleep(loop, ms);
-    await(s);
-    bt_future_unref(s);
+    bt_test_sleep(loop, ms);
 }
 
 static bt_pq_pool *pool_for(const char *conninfo, bool transaction_pooling)
 {
     bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = conninfo;
-    o.min_size = 0;
-    o.max_size = 8;
+    bt_test_pq_options(&o, conninfo, 0, 8);
     o.transaction_pooling = transaction_pooling;
-    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    return bt_test_pq_pool(loop, &o);
 }
 
 /* The first value of sql's first row (a new string), or NULL with the
@@ -420,10 +409,7 @@ START_TEST(transaction_pooling_through_pgbouncer)
     }
 
     /* A transaction on an acquired connection, with SET LOCAL. */
-    bt_future *af = await(bt_pq_acquire(p));
-    ck_assert_int_eq(bt_future_error(af), 0);
-    bt_pq_conn *c = bt_future_take_value(af);
-    bt_future_unref(af);
+    bt_pq_conn *c = bt_test_take(await(bt_pq_acquire(p)), "acquire");
     const char *steps[] = { "BEGIN", "SET LOCAL work_mem = '3MB'", "SHOW work_mem", "COMMIT" };
     for (size_t i = 0; i < 4; i++) {
         bt_future *f = await(bt_pq_conn_query(c, steps[i], 0, NULL));
@@ -456,6 +442,34 @@ START_TEST(transaction_pooling_through_pgbouncer)
         bt_future *f = await(bt_pq_query(p, fine[i], 0, NULL));
         ck_assert_msg(bt_future_error(f) != BT_ENOTSUP, "%s: %s", fine[i],
                       bt_future_error_message(f));
+        bt_future_unref(f);
+    }
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(transaction_pooling_reads_past_comments)
+{
+    /* The statement's first keyword is found as the server finds it: past
+     * line comments and block comments, which nest. The refusal needs no
+     * pooler: it happens before anything is sent. */
+    bt_pq_pool *p = pool_for(bt_test_pg_conninfo(primary), true);
+    const char *refused[] = { "-- why\nLISTEN chan",
+                              "/* outer /* inner */ still a comment */ LISTEN chan",
+                              "/**/ SET /* x */ work_mem = '1MB'",
+                              "/* a /* b /* c */ */ */\n-- d\n\f\vRESET ALL" };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        bt_future *f = await(bt_pq_query(p, refused[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == BT_ENOTSUP, "%s: %s", refused[i],
+                      bt_future_error_message(f));
+        bt_future_unref(f);
+    }
+    /* A keyword inside a comment is not the statement's, nested or not. */
+    const char *fine[] = { "/* LISTEN chan */ SELECT 1", "/* x /* y */ LISTEN chan */ SELECT 1",
+                           "SET /* not session-wide */ LOCAL work_mem = '1MB'" };
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+        bt_future *f = await(bt_pq_query(p, fine[i], 0, NULL));
+        ck_assert_msg(bt_future_error(f) == 0, "%s: %s", fine[i], bt_future_error_message(f));
         bt_future_unref(f);
     }
     bt_pq_pool_free(p);
@@ -498,6 +512,7 @@ static Suite *hosts_suite(void)
     tcase_add_test(tc, a_stopped_first_server_is_skipped);
     tcase_add_test(tc, connect_timeout_bounds_the_whole_walk);
     tcase_add_test(tc, transaction_pooling_through_pgbouncer);
+    tcase_add_test(tc, transaction_pooling_reads_past_comments);
     tcase_add_test(tc, prepared_statements_break_behind_pgbouncer);
     suite_add_tcase(s, tc);
     return s;

@@ -12,17 +12,14 @@
 
 #include <baton/pq.h>
 
-#include "harness.h"
-#include "pg_harness.h"
+#include "pq_fixture.h"
 
 static bt_test_pg *pg; /* started once by main; tests run in forked children */
 static bt_loop *loop;
 
 static void setup(void)
 {
-    ck_assert_msg(pg != NULL, "PostgreSQL did not start");
-    loop = bt_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    loop = bt_test_pq_loop(pg);
 }
 
 static void teardown(void)
@@ -33,20 +30,13 @@ static void teardown(void)
 static bt_pq_pool *new_pool(unsigned max)
 {
     bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = bt_test_pg_conninfo(pg);
-    o.min_size = 1;
-    o.max_size = max;
-    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    bt_test_pq_options(&o, bt_test_pg_conninfo(pg), 1, max);
+    return bt_test_pq_pool(loop, &o);
 }
 
 static bt_future *await(bt_future *f)
 {
-    ck_assert_ptr_nonnull(f);
-    bt_test_run_until(loop, f, 25000);
-    return f;
+    return bt_test_run_until(loop, f, 25000);
 }
 
 /* The result of sql (owned by the caller), in format fmt (0 text, 1
@@ -56,12 +46,9 @@ static bt_pq_result *fetch(bt_pq_pool *p, bt_pq_conn *c, int fmt, const char *sq
 {
     bt_pq_query_opts o = BT_SIZED(bt_pq_query_opts);
     o.result_format = fmt;
-    bt_future *f = await(c != NULL ? bt_pq_conn_query_ex(c, sql, 0, NULL, &o)
-                                   : bt_pq_query_ex(p, sql, 0, NULL, &o));
-    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", sql, bt_future_error_message(f));
-    bt_pq_result *r = bt_future_take_value(f);
-    bt_future_unref(f);
-    ck_assert_ptr_nonnull(r);
+    bt_pq_result *r = bt_test_take(await(c != NULL ? bt_pq_conn_query_ex(c, sql, 0, NULL, &o)
+                                                   : bt_pq_query_ex(p, sql, 0, NULL, &o)),
+                                   sql);
     for (int i = 0; i < bt_pq_result_columns(r); i++)
         ck_assert_int_eq(bt_pq_result_column_format(r, i), fmt);
     return r;
@@ -69,19 +56,12 @@ static bt_pq_result *fetch(bt_pq_pool *p, bt_pq_conn *c, int fmt, const char *sq
 
 static void exec_on(bt_pq_conn *c, const char *sql)
 {
-    bt_future *f = await(bt_pq_conn_query(c, sql, 0, NULL));
-    ck_assert_msg(bt_future_error(f) == 0, "%s: %s", sql, bt_future_error_message(f));
-    bt_future_unref(f);
+    bt_future_unref(bt_test_ok(await(bt_pq_conn_query(c, sql, 0, NULL)), sql));
 }
 
 static bt_pq_conn *acquire(bt_pq_pool *p)
 {
-    bt_future *f = await(bt_pq_acquire(p));
-    ck_assert_int_eq(bt_future_error(f), 0);
-    bt_pq_conn *c = bt_future_take_value(f);
-    bt_future_unref(f);
-    ck_assert_ptr_nonnull(c);
-    return c;
+    return bt_test_take(await(bt_pq_acquire(p)), "acquire");
 }
 
 static int64_t i64(const bt_pq_result *r, int col)
@@ -532,9 +512,7 @@ START_TEST(notices_reach_the_handler_on_the_loop_thread)
     await(f);
     ck_assert_int_eq(bt_future_error(f), 0);
     bt_future_unref(f);
-    bt_future *s = bt_sleep(loop, 10); /* let the callback run */
-    await(s);
-    bt_future_unref(s);
+    bt_test_sleep(loop, 10); /* let the callback run */
     ck_assert_int_eq(a.seen, 3);
     ck_assert_int_eq(l.n, 3);
     ck_assert_int_eq(l.off_thread, 0);
@@ -568,9 +546,7 @@ START_TEST(notices_reach_the_handler_on_the_loop_thread)
     bt_future_add_callback(f, count_at_settle, &a);
     usleep(300000);
     await(f);
-    s = bt_sleep(loop, 10);
-    await(s);
-    bt_future_unref(s);
+    bt_test_sleep(loop, 10);
     ck_assert_int_eq(bt_future_error(first), 0);
     ck_assert_int_eq(bt_future_error(f), 0);
     ck_assert_int_eq(a.seen, 1);
@@ -691,10 +667,5 @@ static Suite *results_suite(void)
 
 int main(void)
 {
-    pg = bt_test_pg_start();
-    if (pg == NULL)
-        fprintf(stderr, "test_pq_results: could not start PostgreSQL: every test fails\n");
-    int rc = bt_test_main(results_suite());
-    bt_test_pg_free(pg);
-    return rc;
+    return bt_test_pq_main(&pg, results_suite(), "test_pq_results");
 }

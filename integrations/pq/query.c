@@ -67,24 +67,57 @@ static void on_query_timeout(bt_timer *t, void *arg)
     abandon(arg, BT_ETIMEDOUT);
 }
 
-/* ---- Behind a transaction pooler ------------------------------------------ */
+/* ---- Reading a statement's words ----------------------------------------- */
 
-/* sql's first n-letter keyword after blanks and comments is word
- * (case-insensitive), followed by a non-letter; *rest is set past it. */
-static bool starts_with_word(const char *sql, const char *word, const char **rest)
+/* s past the block comment that starts it. Block comments nest in
+ * PostgreSQL: a comment opened inside one must be closed before the outer
+ * one closes. One left open runs to the end of s, where the server will
+ * refuse it. */
+static const char *skip_block_comment(const char *s)
 {
-    for (;;) {
-        while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
-            sql++;
-        if (sql[0] == '-' && sql[1] == '-') {
-            sql += strcspn(sql, "\n");
-        } else if (sql[0] == '/' && sql[1] == '*') {
-            const char *end = strstr(sql + 2, "*/");
-            sql = end != NULL ? end + 2 : sql + strlen(sql);
+    int depth = 0;
+    while (*s != '\0') {
+        if (s[0] == '/' && s[1] == '*') {
+            depth++;
+            s += 2;
+        } else if (s[0] == '*' && s[1] == '/') {
+            s += 2;
+            if (--depth == 0)
+                return s;
         } else {
-            break;
+            s++;
         }
     }
+    return s;
+}
+
+/* s past the blanks and comments before its next token, skipped as
+ * PostgreSQL's scanner skips them: white space, "--" to the end of the
+ * line, and block comments. The one place that knows SQL's comments, so
+ * that what transaction_pooling refuses and what is taken for a COPY agree
+ * with what the server will run. */
+static const char *skip_blanks_and_comments(const char *s)
+{
+    for (;;) {
+        s += strspn(s, " \t\n\r\f\v");
+        if (s[0] == '-' && s[1] == '-')
+            s += strcspn(s, "\r\n");
+        else if (s[0] == '/' && s[1] == '*')
+            s = skip_block_comment(s);
+        else
+            return s;
+    }
+}
+
+/* ---- Behind a transaction pooler ------------------------------------------ */
+
+/* sql's first n-letter keyword after blanks, comments and opening
+ * parentheses is word (case-insensitive), followed by a non-letter; *rest
+ * is set past it. */
+static bool starts_with_word(const char *sql, const char *word, const char **rest)
+{
+    for (sql = skip_blanks_and_comments(sql); *sql == '(';)
+        sql = skip_blanks_and_comments(sql + 1);
     size_t n = strlen(word);
     for (size_t i = 0; i < n; i++)
         if (sql[i] == '\0' || (sql[i] | 0x20) != word[i])
@@ -121,23 +154,10 @@ static const char *session_state(const char *sql)
  * comments): libpq cannot run one in pipeline mode, copy.c runs it. */
 static bool copy_stdio(const char *s)
 {
-    for (;;) {
-        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f')
-            s++;
-        if (s[0] == '-' && s[1] == '-') {
-            s += strcspn(s, "\n");
-        } else if (s[0] == '/' && s[1] == '*') {
-            const char *e = strstr(s + 2, "*/");
-            if (e == NULL)
-                return false;
-            s = e + 2;
-        } else {
-            break;
-        }
-    }
+    s = skip_blanks_and_comments(s);
     if (strncasecmp(s, "copy", 4) != 0 || isalnum((unsigned char)s[4]) || s[4] == '_')
         return false;
-    for (s += 4; *s != '\0';) {
+    for (s = skip_blanks_and_comments(s + 4); *s != '\0'; s = skip_blanks_and_comments(s)) {
         if (*s == '\'' || *s == '"') {
             const char *e = strchr(s + 1, *s);
             if (e == NULL)
