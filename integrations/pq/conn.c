@@ -150,6 +150,8 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     while (c->ops_len) {
         bt__pq_op op = *ops_front(c);
         ops_pop(c);
+        if (op.kind == BT__PQ_OP_PREPARE && op.stmt != NULL)
+            bt__pq_stmt_unref(op.stmt);
         if (op.kind != BT__PQ_OP_QUERY)
             continue;
         if (code == BT_ESHUTDOWN)
@@ -309,11 +311,16 @@ void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
     }
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
-    if (ok && how == BT__PQ_STMT_PREPARE)
+    if (ok && how == BT__PQ_STMT_PREPARE) {
         ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types) &&
              ops_push(c, BT__PQ_OP_PREPARE, q, s) == 0;
+        if (ok)
+            bt__pq_stmt_hold(s);
+    }
+    q->stmt_mark = c->stmt_seq;
     if (ok && how != BT__PQ_STMT_UNNAMED) {
         q->used_named = how == BT__PQ_STMT_RUN;
+        q->stmt_seq = s->seq;
         ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
                                  q->result_format);
     } else if (ok) {
@@ -454,10 +461,29 @@ static bool stale_statement(bt_pq_conn *c, bt__pq_query *q)
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    bt__pq_stmt_forget(c, q->sql);
+    bt__pq_stmt_forget(c, q->stmt_seq);
+    /* DISCARD ALL / DEALLOCATE ALL, which ran before q: every statement
+     * prepared before q was sent may be gone. Those prepared since (their
+     * PREPAREs may still be in the pipeline) came after, and stay. */
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
-        bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+        bt__pq_stmt_forget_upto(c, q->stmt_mark);
     return true;
+}
+
+/* The answer to the PREPARE at the front (its statement may have been
+ * forgotten meanwhile: it is alive while the op points at it). */
+static void prepare_result(bt_pq_conn *c, bt__pq_op *op, PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_PIPELINE_ABORTED)
+        op->q->aborted = true; /* skipped: never prepared */
+    else if (st != PGRES_COMMAND_OK)
+        bt__pq_query_set_error_from(op->q, res);
+    if (op->stmt != NULL) {
+        bt__pq_stmt_answered(c, op->stmt, st == PGRES_COMMAND_OK);
+        op->stmt = NULL;
+    }
+    PQclear(res);
 }
 
 /* A query we did not abandon, cancelled "due to user request" on a
@@ -540,28 +566,16 @@ static int process(bt_pq_conn *c)
         PGresult *res = PQgetResult(c->pg);
         switch (op->kind) {
         case BT__PQ_OP_PREPARE:
-            if (res != NULL) {
-                if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-                    op->stmt->ready = true;
-                } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
-                    op->q->aborted = true; /* skipped: never prepared */
-                    bt__pq_stmt_remove(c, op->stmt);
-                    op->stmt = NULL;
-                } else {
-                    bt__pq_query_set_error_from(op->q, res);
-                    bt__pq_stmt_remove(c, op->stmt);
-                    op->stmt = NULL;
-                }
-                PQclear(res);
-            } else {
+            if (res != NULL)
+                prepare_result(c, op, res);
+            else
                 ops_pop(c);
-            }
             break;
         case BT__PQ_OP_QUERY:
             if (res != NULL) {
                 query_result(c, op->q, res);
                 if (c->state != BT__PQ_CS_READY)
-                    return -1; /* a row callback closed the pool */
+                    return -1; /* a row callback freed the pool */
             } else {
                 bt__pq_query *q = op->q;
                 ops_pop(c);

@@ -105,7 +105,9 @@ struct bt__pq_query {
     bool started;     /* its BT__PQ_OP_QUERY reached the front */
     bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
     bool solo;        /* send with a Sync of its own (no batch) */
-    bool used_named;  /* ran a cached prepared statement */
+    bool used_named;  /* ran a cached prepared statement: */
+    uint64_t stmt_seq;  /* ... this one (its number) */
+    uint64_t stmt_mark; /* its connection's stmt_seq when it was sent */
     bool replanned;   /* already retried for a stale statement */
     bool recancelled; /* already retried after a stray cancel */
     PGresult *res;
@@ -125,6 +127,10 @@ struct bt__pq_stmt {
     bt__list lru;      /* on its connection's lru, most recently used first */
     char *sql;
     uint32_t hash;
+    uint64_t seq;  /* its number, in the order PREPAREs are sent; the name */
+    unsigned refs; /* BT__PQ_OP_PREPAREs in the FIFO that point at it */
+    bool cached;   /* on the lru (and, but for a failed make-over, hashed) */
+    bool hashed;
     bool ready; /* PREPARE succeeded */
     char name[24];
 };
@@ -211,7 +217,8 @@ struct bt_pq_conn {
     uint64_t idle_ns;    /* when it last became idle */
     bt__pq_stmt **stmts; /* hash buckets */
     bt__list lru;        /* the statements, most recently used first */
-    unsigned nbuckets, nstmts, stmt_seq;
+    unsigned nbuckets, nstmts;
+    uint64_t stmt_seq; /* the number of the last statement prepared */
     const struct bt__pq_takeover *takeover; /* a COPY runs on it (copy.c) */
     bt__pq_copy *copy;                      /* ... this one */
 };
@@ -373,17 +380,28 @@ void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done);
 void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
 
-/* stmt.c: the statement cache of one connection (books only). */
-/* Forget s (its PREPARE failed, or the server dropped it) and free it. */
-void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s);
-/* Forget every statement (the connection closed, or DISCARD ALL). */
+/* stmt.c: the statement cache of one connection (books only). An entry
+ * lives while it is cached or a PREPARE op points at it (see stmt.c). */
+/* A BT__PQ_OP_PREPARE now points at s; _unref when it no longer does. */
+void bt__pq_stmt_hold(bt__pq_stmt *s);
+void bt__pq_stmt_unref(bt__pq_stmt *s);
+/* The answer to s's PREPARE came (prepared: it succeeded; else it failed
+ * or was skipped, and s is forgotten); the op lets go of s. */
+void bt__pq_stmt_answered(bt_pq_conn *c, bt__pq_stmt *s, bool prepared);
+/* Forget every statement (the connection is being freed). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
-/* Forget sql's statement, if cached (the server no longer has it). */
-void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
+/* Forget the statement numbered seq, if still cached (the server no
+ * longer has it, or its plan changed). */
+void bt__pq_stmt_forget(bt_pq_conn *c, uint64_t seq);
+/* Forget every statement numbered up to mark: the server dropped them
+ * (DISCARD ALL, DEALLOCATE ALL) before a query sent when the numbering was
+ * at mark; the ones prepared after it stay. */
+void bt__pq_stmt_forget_upto(bt_pq_conn *c, uint64_t mark);
 /* How to run sql on c with a cache of cap statements, the one question
  * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
  * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
- * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
+ * first) or BT__PQ_STMT_UNNAMED (no statement: run the text; always with
+ * cap 0, the cache off). When the
  * cache was full, its least recently used ready statement was forgotten
  * (its entry serves the new one) and its name is in evict (else evict is
  * ""): the caller sends the DEALLOCATE, before the PREPARE, since the
