@@ -374,18 +374,23 @@ void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q)
 
 /* ---- Receiving ---------------------------------------------------------- */
 
-static void deliver_rows(bt__pq_query *q, PGresult *res)
+/* Hand res to q's row callback. Returns false if the callback closed c
+ * (it freed the pool, see bt__pq_pool_pin): q was ended with the rest of
+ * c's queries and is gone. */
+static bool deliver_rows(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
-        return;
-    bt_loop *loop = q->pool != NULL ? q->pool->loop : NULL;
+        return true;
+    bt_loop *loop = c->loop;
     bt_pq_result row = { .pg = res };
-    if (loop != NULL)
-        bt_loop_enter_cb(loop, (const void *)q->row_cb);
-    if (q->row_cb(&row, q->row_arg) != 0)
+    bt_loop_enter_cb(loop, (const void *)q->row_cb);
+    int stop = q->row_cb(&row, q->row_arg);
+    bt_loop_leave_cb(loop);
+    if (c->state != BT__PQ_CS_READY)
+        return false;
+    if (stop != 0)
         q->rows_stopped = true;
-    if (loop != NULL)
-        bt_loop_leave_cb(loop);
+    return true;
 }
 
 /* A result for the BT__PQ_OP_QUERY at the front. */
@@ -393,17 +398,18 @@ static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     switch (PQresultStatus(res)) {
     case PGRES_SINGLE_TUPLE:
-        deliver_rows(q, res);
+        deliver_rows(c, q, res);
         PQclear(res);
         return;
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
-        if (q->row_cb != NULL && PQntuples(res) > 0) {
-            /* Single-row mode was refused: give the rows one by one anyway
-             * (each as a view of the whole result would mislead, so the
-             * callback sees the full result once). */
-            deliver_rows(q, res);
+        /* Single-row mode was refused: give the rows one by one anyway
+         * (each as a view of the whole result would mislead, so the
+         * callback sees the full result once). */
+        if (q->row_cb != NULL && PQntuples(res) > 0 && !deliver_rows(c, q, res)) {
+            PQclear(res);
+            return;
         }
         if (q->res != NULL)
             PQclear(q->res);
@@ -625,6 +631,10 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     bt_pq_conn *c = arg;
     bt_pq_pool *pool = c->pool;
+    /* Rows, notifications, notices and COPY data reach user callbacks
+     * from here on, and one may free the pool (see bt__pq_pool_pin). */
+    if (pool != NULL)
+        bt__pq_pool_pin(pool);
     c->busy++;
     if (c->takeover != NULL) {
         c->takeover->io(c, what); /* a COPY runs on it (copy.c) */
@@ -664,4 +674,6 @@ out:
     c->busy--;
     if (c->zombie && c->busy == 0)
         bt__pq_conn_free_dead(c);
+    if (pool != NULL)
+        bt__pq_pool_unpin(pool);
 }

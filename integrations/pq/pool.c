@@ -874,6 +874,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
+    p->free_memory = pool_free_memory;
     bt__list_init(&p->conns);
     bt__list_init(&p->wq);
     bt__list_init(&p->aq);
@@ -921,11 +922,18 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 {
-    if (p == NULL)
+    if (p == NULL || p->free_pending)
         return;
     if (!p->loop_gone) {
         pool_shutdown(p);
         bt_loop_remove_closer(p->loop, on_loop_close, p);
+    }
+    /* Called from a callback that pool code runs (a row, a notification,
+     * a notice, COPY data): that code reads the pool once the callback
+     * returns, so the memory goes at its last unpin. */
+    if (p->pins > 0) {
+        p->free_pending = true;
+        return;
     }
     pool_free_memory(p);
 }

@@ -291,7 +291,33 @@ struct bt_pq_pool {
     uint32_t rng;
     bt_pq_stats st;
     struct bt__pq_notices *notices; /* notice.c's; NULL: notices are logged */
+    unsigned pins;                  /* user callbacks may run: see bt__pq_pool_pin */
+    bool free_pending;              /* freed while pinned: the last unpin frees */
+    void (*free_memory)(bt_pq_pool *p); /* pool.c's, for that last unpin */
 };
+
+/* A user callback (a row, a notification, a notice, COPY data) may free
+ * the pool. The code that runs one pins the pool first, from the loop's
+ * event to its end: bt_pq_pool_free then shuts the pool down at once
+ * (every future settles, every connection closes, no callback runs
+ * again) but leaves its memory to the last unpin, as libuv's uv_close
+ * leaves a handle's memory alone until its close callback. The code after
+ * the callback may read the pool (p->closed says it was shut down); the
+ * connections and queries it closed follow their own rules (a connection
+ * inside on_io is a zombie until on_io ends). */
+static inline void bt__pq_pool_pin(bt_pq_pool *p)
+{
+    p->pins++;
+}
+
+/* Returns false if that freed p. */
+static inline bool bt__pq_pool_unpin(bt_pq_pool *p)
+{
+    if (--p->pins > 0 || !p->free_pending)
+        return true;
+    p->free_memory(p);
+    return false;
+}
 
 /* The files from the top of the wing down; each calls only the ones
  * below it (docs/postgres.md, "How the wing is built"). */
