@@ -266,6 +266,7 @@ struct bt_pq_pool {
     bt__list aq; /* acquires waiting for a connection, by deadline */
     unsigned naq;
     bt_timer *wait_timer;     /* earliest waiter deadline */
+    uint64_t wait_due_ns;     /* ... the one it was started for */
     bt_timer *maint_timer;    /* lifetime, idleness, min size, retries */
     unsigned fails;           /* consecutive connect failures */
     uint64_t next_connect_ns; /* backoff: no new connect before this */
