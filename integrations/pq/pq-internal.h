@@ -100,16 +100,16 @@ struct bt__pq_query {
     uint64_t deadline_ns; /* for the wait queue */
     int state;
     bool settled;
-    bool abandoned;   /* settled early; results to be dropped */
-    bool want_cancel; /* send a cancel when it reaches the front */
-    bool started;     /* its BT__PQ_OP_QUERY reached the front */
-    bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
-    bool solo;        /* send with a Sync of its own (no batch) */
-    bool used_named;  /* ran a cached prepared statement: */
+    bool abandoned;     /* settled early; results to be dropped */
+    bool want_cancel;   /* send a cancel when it reaches the front */
+    bool started;       /* its BT__PQ_OP_QUERY reached the front */
+    bool aborted;       /* PGRES_PIPELINE_ABORTED: it never ran */
+    bool solo;          /* send with a Sync of its own (no batch) */
+    bool used_named;    /* ran a cached prepared statement: */
     uint64_t stmt_seq;  /* ... this one (its number) */
     uint64_t stmt_mark; /* its connection's stmt_seq when it was sent */
-    bool replanned;   /* already retried for a stale statement */
-    bool recancelled; /* already retried after a stray cancel */
+    bool replanned;     /* already retried for a stale statement */
+    bool recancelled;   /* already retried after a stray cancel */
     PGresult *res;
     int err; /* first error seen, 0 if none */
     char *errmsg;
@@ -218,7 +218,7 @@ struct bt_pq_conn {
     bt__pq_stmt **stmts; /* hash buckets */
     bt__list lru;        /* the statements, most recently used first */
     unsigned nbuckets, nstmts;
-    uint64_t stmt_seq; /* the number of the last statement prepared */
+    uint64_t stmt_seq;                      /* the number of the last statement prepared */
     const struct bt__pq_takeover *takeover; /* a COPY runs on it (copy.c) */
     bt__pq_copy *copy;                      /* ... this one */
 };
@@ -291,9 +291,9 @@ struct bt_pq_pool {
     bool loop_gone;     /* the loop's closer ran: do not touch it */
     uint32_t rng;
     bt_pq_stats st;
-    struct bt__pq_notices *notices; /* notice.c's; NULL: notices are logged */
-    unsigned pins;                  /* user callbacks may run: see bt__pq_pool_pin */
-    bool free_pending;              /* freed while pinned: the last unpin frees */
+    struct bt__pq_notices *notices;     /* notice.c's; NULL: notices are logged */
+    unsigned pins;                      /* user callbacks may run: see bt__pq_pool_pin */
+    bool free_pending;                  /* freed while pinned: the last unpin frees */
     void (*free_memory)(bt_pq_pool *p); /* pool.c's, for that last unpin */
 };
 
