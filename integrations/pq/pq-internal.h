@@ -29,8 +29,9 @@
  * PGRES_PIPELINE_SYNC arrives (the commit), and if one query fails the
  * server rolls back the ones before it and skips the ones after it
  * (PGRES_PIPELINE_ABORTED). Then the failed query alone fails, and every
- * other query of the batch is put back at the head of the wait queue as a
- * solo query: none of them took effect, so running them again is safe. A
+ * other query of the batch is put back in the wait queue as a solo query,
+ * by the deadline it got when it came (so near the head): none of them
+ * took effect, so running them again is safe. A
  * failure that only the batching caused (a deadlock 40P01, a serialization
  * failure 40001, a statement that refuses a transaction block 25001) is
  * retried solo too. A solo query is never retried.
