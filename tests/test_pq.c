@@ -1778,6 +1778,278 @@ START_TEST(shutdown_ends_while_the_postmaster_is_stopped)
 }
 END_TEST
 
+/* ---- Review fixes: statements dropped under a pipeline, freeing the
+ * pool from callbacks, retries keeping their deadline ------------------- */
+
+START_TEST(statements_dropped_under_a_pipeline_stay_alive)
+{
+    /* Each query with a Sync of its own: when the server says the cached
+     * statement is gone (DEALLOCATE ALL ran before it, 26000), the PREPAREs
+     * sent behind it are still in the pipeline, pointing at their cache
+     * entries. Their answers must find them: the first succeeds (and its
+     * statement, prepared after the DEALLOCATE, stays cached), the second
+     * fails (and is forgotten), and the stale query is prepared again and
+     * retried. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.sync_each_query = true;
+    bt_pq_pool *p = new_pool_opts(&o);
+    exec_ok(p, "SELECT 'cached'", 0, NULL);
+    bt_pq_query_opts un = { .size = sizeof(bt_pq_query_opts), .no_prepare = true };
+    bt_future *dealloc = bt_pq_query_ex(p, "DEALLOCATE ALL", 0, NULL, &un);
+    bt_future *stale = bt_pq_query(p, "SELECT 'cached'", 0, NULL);
+    bt_future *fresh = bt_pq_query(p, "SELECT 'fresh'", 0, NULL);
+    bt_future *bad = bt_pq_query(p, "SELECT no_such_column", 0, NULL);
+    ck_assert_int_eq(bt_future_error(await(dealloc)), 0);
+    ck_assert_msg(bt_future_error(await(stale)) == 0, "%s", bt_future_error_message(stale));
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(stale), 0, 0), "cached");
+    ck_assert_msg(bt_future_error(await(fresh)) == 0, "%s", bt_future_error_message(fresh));
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(fresh), 0, 0), "fresh");
+    ck_assert_int_eq(bt_future_error(await(bad)), BT_ESQL);
+    bt_pq_error e = BT_SIZED(bt_pq_error);
+    bt_pq_error_parse(bad, &e);
+    ck_assert_str_eq(e.sqlstate, "42703");
+    bt_future_unref(dealloc);
+    bt_future_unref(stale);
+    bt_future_unref(fresh);
+    bt_future_unref(bad);
+    /* 'fresh' runs from the cache: the server has one statement for it. */
+    exec_ok(p, "SELECT 'fresh'", 0, NULL);
+    bt_future *f = await(bt_pq_query_ex(p,
+                                        "SELECT count(*) FROM pg_prepared_statements "
+                                        "WHERE statement = 'SELECT ''fresh'''",
+                                        0, NULL, &un));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(f), 0, 0), "1");
+    bt_future_unref(f);
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_ge(st.retried, 1);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+/* With the statement cache off (stmt_cache_size 0, as transaction_pooling
+ * sets it) every query runs unnamed: the user's own PREPARE, DEALLOCATE
+ * ALL, DISCARD ALL and a statement that does not exist (26000) reach the
+ * server as text and come back as they are, pipelined too. */
+START_TEST(the_statement_cache_off_leaves_statements_to_the_user)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.stmt_cache_size = 0;
+    o.sync_each_query = true;
+    bt_pq_pool *p = new_pool_opts(&o);
+    exec_ok(p, "PREPARE mine AS SELECT 'mine'", 0, NULL);
+    bt_future *run = bt_pq_query(p, "EXECUTE mine", 0, NULL);
+    bt_future *drop = bt_pq_query(p, "DEALLOCATE ALL", 0, NULL);
+    bt_future *gone = bt_pq_query(p, "EXECUTE mine", 0, NULL);
+    bt_future *bad = bt_pq_query(p, "SELECT no_such_column", 0, NULL);
+    bt_future *discard = bt_pq_query(p, "DISCARD ALL", 0, NULL);
+    bt_future *after = bt_pq_query(p, "SELECT 'after'", 0, NULL);
+    ck_assert_int_eq(bt_future_error(await(run)), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(run), 0, 0), "mine");
+    ck_assert_int_eq(bt_future_error(await(drop)), 0);
+    ck_assert_int_eq(bt_future_error(await(gone)), BT_ESQL);
+    bt_pq_error e = BT_SIZED(bt_pq_error);
+    bt_pq_error_parse(gone, &e);
+    ck_assert_str_eq(e.sqlstate, "26000");
+    ck_assert_int_eq(bt_future_error(await(bad)), BT_ESQL);
+    ck_assert_int_eq(bt_future_error(await(discard)), 0);
+    ck_assert_int_eq(bt_future_error(await(after)), 0);
+    ck_assert_str_eq(bt_pq_result_get(bt_future_value(after), 0, 0), "after");
+    bt_future *fs[] = { run, drop, gone, bad, discard, after };
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
+        bt_future_unref(fs[i]);
+    bt_pq_result *r = must(p, "SELECT count(*) FROM pg_prepared_statements", 0, NULL);
+    ck_assert_str_eq(bt_pq_result_get(r, 0, 0), "0");
+    bt_pq_result_free(r);
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.retried, 0);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+/* A callback that frees the pool the nth time it runs. */
+typedef struct {
+    bt_pq_pool *pool;
+    int calls;
+    int free_at;
+} freer;
+
+static void freer_hit(freer *fr)
+{
+    if (++fr->calls == fr->free_at) {
+        bt_pq_pool_free(fr->pool);
+        fr->pool = NULL;
+    }
+}
+
+static int freeing_row(const bt_pq_result *row, void *arg)
+{
+    (void)row;
+    freer *fr = arg;
+    freer_hit(fr);
+    return fr->pool == NULL; /* stop once freed: nothing may write that to the ended query */
+}
+
+static void freeing_note(const char *channel, const char *payload, int pid, void *arg)
+{
+    (void)channel;
+    (void)payload;
+    (void)pid;
+    freer_hit(arg);
+}
+
+static void freeing_notice(const bt_pq_notice *n, void *arg)
+{
+    (void)n;
+    freer_hit(arg);
+}
+
+static void freeing_done(bt_future *f, void *arg)
+{
+    (void)f;
+    freer_hit(arg);
+}
+
+static bt_future *freeing_body(bt_pq_conn *c, void *arg)
+{
+    (void)c;
+    freer_hit(arg);
+    return NULL;
+}
+
+/* Run the loop until fr freed its pool (or 20 s pass). */
+static void until_freed(freer *fr)
+{
+    for (int i = 0; i < 2000 && fr->pool != NULL; i++)
+        sleep_ms(10);
+    ck_assert_ptr_null(fr->pool);
+}
+
+START_TEST(a_callback_may_free_the_pool)
+{
+    /* A row callback: the query, the one pipelined behind it and the one
+     * waiting fail with BT_ESHUTDOWN; nothing is read after the free. */
+    freer fr = { .free_at = 3 };
+    fr.pool = new_pool(1, 1, 2);
+    bt_pq_query_opts qo = { .size = sizeof(bt_pq_query_opts),
+                            .row_cb = freeing_row,
+                            .row_arg = &fr };
+    bt_future *rows =
+        bt_pq_query_ex(fr.pool, "SELECT g FROM generate_series(1, 1000) g", 0, NULL, &qo);
+    bt_future *behind = bt_pq_query(fr.pool, "SELECT 2", 0, NULL);
+    bt_future *waiting = bt_pq_query(fr.pool, "SELECT 3", 0, NULL);
+    ck_assert_int_eq(bt_future_error(await(rows)), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(await(behind)), BT_ESHUTDOWN);
+    ck_assert_int_eq(bt_future_error(await(waiting)), BT_ESHUTDOWN);
+    ck_assert_int_eq(fr.calls, 3);
+    bt_future_unref(rows);
+    bt_future_unref(behind);
+    bt_future_unref(waiting);
+
+    /* A notification callback: two notifications come in one read; the
+     * second finds no callback to run. */
+    fr = (freer){ .free_at = 1 };
+    fr.pool = new_pool(1, 1, 16);
+    bt_future *f = await(bt_pq_listen(fr.pool, "freeing", freeing_note, &fr));
+    ck_assert_int_eq(bt_future_error(f), 0);
+    bt_future_unref(f);
+    bt_future *held = bt_pq_query(fr.pool, "SELECT pg_sleep(5)", 0, NULL);
+    ck_assert_int_eq(bt_test_pg_exec(pg, "BEGIN; NOTIFY freeing, 'a'; NOTIFY freeing, 'b'; COMMIT"),
+                     0);
+    until_freed(&fr);
+    ck_assert_int_eq(bt_future_error(await(held)), BT_ESHUTDOWN);
+    bt_future_unref(held);
+    sleep_ms(50);
+    ck_assert_int_eq(fr.calls, 1);
+
+    /* A notice handler, with another notice queued behind the one that
+     * frees. */
+    fr = (freer){ .free_at = 1 };
+    fr.pool = new_pool(1, 1, 16);
+    ck_assert_int_eq(bt_pq_pool_set_notice_handler(fr.pool, freeing_notice, &fr), 0);
+    f = bt_pq_query(fr.pool, "DO $$ BEGIN RAISE NOTICE 'one'; RAISE NOTICE 'two'; END $$", 0, NULL);
+    until_freed(&fr);
+    int e = bt_future_error(await(f)); /* done, or ended by the free */
+    ck_assert_msg(e == 0 || e == BT_ESHUTDOWN, "%d", e);
+    bt_future_unref(f);
+    ck_assert_int_eq(fr.calls, 1);
+
+    /* A query's completion callback, with another query waiting. */
+    fr = (freer){ .free_at = 1 };
+    fr.pool = new_pool(1, 1, 1);
+    f = bt_pq_query(fr.pool, "SELECT 1", 0, NULL);
+    bt_future_add_callback(f, freeing_done, &fr);
+    bt_future *slow = bt_pq_query(fr.pool, "SELECT pg_sleep(5)", 0, NULL);
+    ck_assert_int_eq(bt_future_error(await(f)), 0);
+    ck_assert_int_eq(bt_future_error(await(slow)), BT_ESHUTDOWN);
+    ck_assert_ptr_null(fr.pool);
+    bt_future_unref(f);
+    bt_future_unref(slow);
+
+    /* A transaction body that frees the pool (and returns no future). */
+    fr = (freer){ .free_at = 1 };
+    fr.pool = new_pool(1, 1, 16);
+    f = await(bt_pq_transaction(fr.pool, freeing_body, &fr));
+    ck_assert_int_ne(bt_future_error(f), 0);
+    ck_assert_ptr_null(fr.pool);
+    bt_future_unref(f);
+}
+END_TEST
+
+START_TEST(a_retried_query_keeps_its_place_by_deadline)
+{
+    /* One connection, two queries in flight at most. A batch of a query
+     * that fails after 3 s and one that is retried because of it; a third
+     * query waits for room, and an acquire takes the connection as soon as
+     * the batch is over, so the retried query and the waiting one both
+     * wait then. The waiting query's deadline (4 s after it came) must be
+     * kept: the retried one, ahead of it in the queue, must not carry a
+     * later deadline that hides it from the timer. */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.pipeline_depth = 2;
+    o.acquire_timeout_ms = 4000;
+    bt_pq_pool *p = new_pool_opts(&o);
+    bt_future *ready = await(bt_pq_pool_ready(p));
+    bt_future_unref(ready);
+    uint64_t t0 = bt_hrtime();
+    bt_future *fails = bt_pq_query(p, "SELECT (pg_sleep(3)::text || 'x')::int", 0, NULL);
+    bt_future *retried = bt_pq_query(p, "SELECT 'retried'", 0, NULL);
+    bt_future *acq = bt_pq_acquire(p);
+    bt_future *waits = bt_pq_query(p, "SELECT 'waits'", 0, NULL);
+    ck_assert_int_eq(bt_future_error(await(fails)), BT_ESQL);
+    ck_assert_int_eq(bt_future_error(await(acq)), 0);
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.retried, 1);
+    ck_assert_uint_eq(st.waiting, 2);
+    await(waits);
+    uint64_t ms = (bt_hrtime() - t0) / 1000000;
+    ck_assert_int_eq(bt_future_error(waits), BT_ETIMEDOUT);
+    /* Due at 4 s; with a fresh deadline for the retried query it waited
+     * until about 7 s. */
+    ck_assert_msg(ms < 5500, "the waiting query timed out after %llu ms", (unsigned long long)ms);
+    /* The retried query's wait is bounded from when it came, too. */
+    ck_assert_int_eq(bt_future_error(await(retried)), BT_ETIMEDOUT);
+    bt_future_unref(fails);
+    bt_future_unref(retried);
+    bt_future_unref(waits);
+    bt_future_unref(acq); /* releases the connection */
+    exec_ok(p, "SELECT 'after'", 0, NULL);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -1819,6 +2091,16 @@ static Suite *pq_suite(void)
     tcase_add_loop_test(tc, shutdown_ends_while_the_postmaster_is_stopped, 0, 2);
     /* Last: it restarts the shared server. */
     tcase_add_test(tc, restart_mid_stream);
+    suite_add_tcase(s, tc);
+    /* Fixes from a review (a case of its own: CK_RUN_CASE=review runs it
+     * alone). */
+    tc = tcase_create("review");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, statements_dropped_under_a_pipeline_stay_alive);
+    tcase_add_test(tc, the_statement_cache_off_leaves_statements_to_the_user);
+    tcase_add_test(tc, a_callback_may_free_the_pool);
+    tcase_add_test(tc, a_retried_query_keeps_its_place_by_deadline);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,6 +5,7 @@
  * connection inside a transaction, the wrong direction, NULL arguments,
  * and COPY through the plain query API refused with a pointer here. After
  * each failure the (single) connection is shown usable. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -681,6 +682,171 @@ START_TEST(a_backend_killed_mid_copy_fails_and_is_replaced)
 }
 END_TEST
 
+/* ---- A server that stops answering (query_timeout_ms) -------------------- */
+
+/* The backend pid running a statement that starts with prefix, found from
+ * another connection, or 0; the newest, should a stopped one that ran it
+ * before still be finishing. */
+static int backend_running(const char *prefix)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT pid FROM pg_stat_activity WHERE query LIKE '%s%%' "
+             "AND pid <> pg_backend_pid() ORDER BY backend_start DESC LIMIT 1",
+             prefix);
+    char *v = bt_test_pg_scalar(pg, sql);
+    int pid = v != NULL ? atoi(v) : 0;
+    free(v);
+    return pid;
+}
+
+/* SIGSTOP the backend running prefix, as a wedged server would be; the
+ * teardown of these tests resumes every backend (bt_test_pg_thaw). */
+static int stop_backend(const char *prefix)
+{
+    int pid = backend_running(prefix);
+    ck_assert_int_gt(pid, 0);
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+    return pid;
+}
+
+static void stall_teardown(void)
+{
+    bt_test_pg_thaw(pg);
+    teardown();
+}
+
+/* Count how often each of a COPY's futures settles. */
+static void count_settle(bt_future *f, void *arg)
+{
+    (void)f;
+    (*(int *)arg)++;
+}
+
+static bt_pq_pool *new_pool_timeout(uint64_t ms)
+{
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.min_size = 1;
+    o.max_size = 1;
+    o.query_timeout_ms = ms;
+    bt_pq_pool *p = bt_pq_pool_new(loop, &o);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+START_TEST(a_stalled_copy_times_out_and_its_connection_is_discarded)
+{
+    bt_pq_pool *p = new_pool_timeout(1000);
+    exec_ok(p, "CREATE TABLE stall_in (id int, pad text)");
+
+    /* In: the backend stops reading; the write that waits for room fails
+     * with BT_ETIMEDOUT, then the end; nothing was copied. */
+    bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY stall_in FROM STDIN"));
+    write_ok(cp, "1\tx\n", 4);
+    int pid = stop_backend("COPY stall_in");
+    static char chunk[9 * 7000];
+    for (size_t i = 0; i < sizeof chunk; i += 9)
+        memcpy(chunk + i, "2\tabcdef\n", 9);
+    size_t len = sizeof chunk;
+    int settles = 0;
+    bt_future *w = NULL;
+    for (int i = 0; i < 100000; i++) { /* until the socket is full */
+        w = bt_pq_copy_write(cp, chunk, len);
+        ck_assert_ptr_nonnull(w);
+        if (!bt_future_is_settled(w))
+            break;
+        ck_assert_int_eq(bt_future_error(w), 0);
+        bt_future_unref(w);
+        w = NULL;
+    }
+    ck_assert_ptr_nonnull(w);
+    bt_future_add_callback(w, count_settle, &settles);
+    await(w);
+    ck_assert_msg(bt_future_error(w) == BT_ETIMEDOUT, "%d %s", bt_future_error(w),
+                  bt_future_error_message(w));
+    ck_assert_ptr_nonnull(strstr(bt_future_error_message(w), "query_timeout_ms"));
+    bt_future_unref(w);
+    bt_future *end = await(bt_pq_copy_end(cp));
+    bt_future_add_callback(end, count_settle, &settles);
+    ck_assert_int_eq(bt_future_error(end), BT_ETIMEDOUT);
+    bt_future_unref(end);
+    ck_assert_int_eq(kill(pid, SIGCONT), 0);
+    assert_scalar(p, "SELECT count(*) FROM stall_in", "0"); /* on a new connection */
+    ck_assert_int_eq(settles, 2);
+
+    /* The end: the backend stops before it answers CopyDone (whether the
+     * rows went in is the server's to say, as for a query that timed out). */
+    cp = open_in(bt_pq_copy_in(p, "COPY stall_in FROM STDIN"));
+    write_ok(cp, "3\ty\n", 4);
+    pid = stop_backend("COPY stall_in");
+    end = await(bt_pq_copy_end(cp));
+    ck_assert_int_eq(bt_future_error(end), BT_ETIMEDOUT);
+    bt_future_unref(end);
+    ck_assert_int_eq(kill(pid, SIGCONT), 0);
+    assert_scalar(p, "SELECT 'usable'", "usable");
+
+    /* Out: the backend stops sending rows; the future fails once. */
+    int rows = 0;
+    settles = 0;
+    bt_future *out = bt_pq_copy_out(
+        p,
+        "COPY (SELECT g, repeat('x', 100), pg_sleep(0.001) FROM generate_series(1, 100000) g) "
+        "TO STDOUT",
+        count_rows, &rows);
+    bt_future_add_callback(out, count_settle, &settles);
+    while (rows == 0 && !bt_future_is_settled(out)) {
+        bt_future *s = bt_sleep(loop, 5);
+        await(s);
+        bt_future_unref(s);
+    }
+    ck_assert_msg(!bt_future_is_settled(out), "%s", bt_future_error_message(out));
+    pid = stop_backend("COPY (SELECT g, repeat");
+    await(out);
+    ck_assert_int_eq(bt_future_error(out), BT_ETIMEDOUT);
+    ck_assert_int_lt(rows, 100000);
+    bt_future_unref(out);
+    ck_assert_int_eq(kill(pid, SIGCONT), 0);
+    assert_scalar(p, "SELECT 'usable'", "usable");
+    ck_assert_int_eq(settles, 1);
+
+    /* Every stalled connection was discarded, none handed out again. */
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.broken, 3);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
+START_TEST(a_slow_copy_that_keeps_moving_does_not_time_out)
+{
+    /* The timeout bounds each wait for the server, not the whole COPY:
+     * rows that take 2 s in all, each well within 300 ms, go through, and
+     * so does a writer that pauses longer than the timeout itself. (Each
+     * row is larger than the server's 8 KiB output buffer, so that it is
+     * sent as soon as it is made.) */
+    bt_pq_pool *p = new_pool_timeout(300);
+    exec_ok(p, "CREATE TABLE slow_in (id int)");
+    int rows = 0;
+    bt_future *out = bt_pq_copy_out(p,
+                                    "COPY (SELECT g, repeat('x', 9000), pg_sleep(0.05) "
+                                    "FROM generate_series(1, 40) g) TO STDOUT",
+                                    count_rows, &rows);
+    expect_ok(out, "slow copy out");
+    ck_assert_int_eq(rows, 40);
+    bt_future_unref(out);
+    bt_pq_copy *cp = open_in(bt_pq_copy_in(p, "COPY slow_in FROM STDIN"));
+    write_ok(cp, "1\n", 2);
+    bt_future *s = bt_sleep(loop, 600);
+    await(s);
+    bt_future_unref(s);
+    write_ok(cp, "2\n", 2);
+    ck_assert_int_eq(end_ok(cp), 2);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *copy_suite(void)
 {
     Suite *s = suite_create("pq_copy");
@@ -701,6 +867,14 @@ static Suite *copy_suite(void)
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, pool_free_mid_copy_settles_everything);
     tcase_add_test(tc, a_backend_killed_mid_copy_fails_and_is_replaced);
+    suite_add_tcase(s, tc);
+    /* Backends stopped with SIGSTOP: a teardown that resumes them (and a
+     * case of its own, CK_RUN_CASE=stall). */
+    tc = tcase_create("stall");
+    tcase_add_checked_fixture(tc, setup, stall_teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, a_stalled_copy_times_out_and_its_connection_is_discarded);
+    tcase_add_test(tc, a_slow_copy_that_keeps_moving_does_not_time_out);
     suite_add_tcase(s, tc);
     return s;
 }

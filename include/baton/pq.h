@@ -20,8 +20,9 @@
  *   time it runs it and reuses the statement afterwards (a per-connection
  *   cache of stmt_cache_size entries; the least recently used is
  *   DEALLOCATEd to make room). A statement the server dropped (DISCARD
- *   ALL) or whose result type changed (ALTER TABLE) is forgotten and a
- *   pool query retried once.
+ *   ALL, DEALLOCATE ALL) or whose result type changed (ALTER TABLE) is
+ *   forgotten and a pool query retried once (those prepared after the drop,
+ *   still in the pipeline, are kept).
  * - Pipelining: every connection runs in libpq's pipeline mode. A query
  *   goes to an idle connection if there is one, else the pool opens a new
  *   connection (up to max_size), else it is pipelined behind the queries
@@ -41,7 +42,8 @@
  *   own Sync.
  * - Waiting is bounded: at most max_waiters queries and acquires wait for a
  *   connection (more fail at once with BT_EAGAIN), each for at most
- *   acquire_timeout_ms (then BT_ETIMEDOUT, with the last connect error).
+ *   acquire_timeout_ms (then BT_ETIMEDOUT, with the last connect error),
+ *   counted from when it came: a retried query does not wait anew.
  * - Connections older than max_lifetime_ms or idle for max_idle_ms are
  *   closed (never below min_size for idleness); broken ones are discarded
  *   and replaced; failed connects are retried with exponential backoff and
@@ -92,10 +94,11 @@
  *
  * Threads: everything here is loop-thread only (but the result readers
  * and typed getters, which any thread may call on a result it holds);
- * notification, notice and row callbacks run on the loop thread and must
- * not free the pool (they may issue queries). COPY FROM STDIN and TO
- * STDOUT run through their own calls (see "COPY" below): a plain query
- * refuses them with BT_ENOTSUP.
+ * notification, notice, row and COPY data callbacks run on the loop
+ * thread. They may issue queries, and they may free the pool
+ * (bt_pq_pool_free, see there), as may a future's callback or a
+ * transaction's body. COPY FROM STDIN and TO STDOUT run through their own
+ * calls (see "COPY" below): a plain query refuses them with BT_ENOTSUP.
  */
 #ifndef BATON_PQ_H
 #define BATON_PQ_H
@@ -125,7 +128,9 @@ typedef struct {
     unsigned max_waiters;        /* queries + acquires waiting; default 10000 */
     uint64_t connect_timeout_ms; /* default 10000 */
     uint64_t acquire_timeout_ms; /* wait for a connection; default 30000, 0 none */
-    uint64_t query_timeout_ms;   /* default per-query timeout; default 0 (none) */
+    uint64_t query_timeout_ms;   /* default per-query timeout; default 0 (none);
+                                    for a COPY, the longest it waits for the
+                                    server (see COPY below) */
     uint64_t max_lifetime_ms;    /* default 3600000 (1 h), 0 none */
     uint64_t max_idle_ms;        /* default 600000 (10 min), 0 none */
     uint64_t reconnect_min_ms;   /* first retry delay; default 50 */
@@ -179,6 +184,11 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o);
  * closed too; its handle stays valid until bt_pq_conn_release (queries on
  * it fail with BT_ESHUTDOWN). If the loop is freed first, the pool's
  * closer does all this, and bt_pq_pool_free then only frees memory.
+ * It may be called from inside any of the pool's callbacks (a row, a
+ * notification, a notice, COPY data): the pool is shut down at once and
+ * no callback of it runs again, but its memory is freed once the pool's
+ * code that ran the callback has returned (as libuv's uv_close defers a
+ * handle's memory). Either way the pool is invalid after the call.
  * Thread: the loop's. NULL is a no-op. */
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *pool);
 
@@ -230,7 +240,8 @@ BT_EXPORT int bt_pq_pool_get_stats(const bt_pq_pool *pool, bt_pq_stats *out);
 /* Called for each row of a query run with a row callback (single-row mode),
  * with a one-row result (borrowed, valid during the call). Return 0 to go
  * on, non-zero to drop the rest of the rows (they are still read from the
- * server and discarded). Thread: the loop's. */
+ * server and discarded). It may issue queries and free the pool (see
+ * bt_pq_pool_free). Thread: the loop's. */
 typedef int (*bt_pq_row_cb)(const bt_pq_result *row, void *arg);
 
 typedef struct {
@@ -457,8 +468,8 @@ typedef struct {
     int backend_pid; /* the server process of the connection it came on */
 } bt_pq_notice;
 
-/* Called on the loop thread for each notice. It may issue queries; it must
- * not free the pool. */
+/* Called on the loop thread for each notice. It may issue queries, and
+ * free the pool (see bt_pq_pool_free). */
 typedef void (*bt_pq_notice_cb)(const bt_pq_notice *n, void *arg);
 
 /* Send the notices of every connection of the pool (the LISTEN connection
@@ -477,7 +488,8 @@ BT_EXPORT int bt_pq_pool_set_notice_handler(bt_pq_pool *pool, bt_pq_notice_cb cb
 /* ---- LISTEN / NOTIFY ---------------------------------------------------- */
 
 /* Called on the loop thread for each notification on a channel; the
- * strings are borrowed for the call. */
+ * strings are borrowed for the call. It may issue queries, unlisten, and
+ * free the pool (see bt_pq_pool_free). */
 typedef void (*bt_pq_notify_cb)(const char *channel, const char *payload, int sender_pid,
                                 void *arg);
 
@@ -509,6 +521,17 @@ BT_EXPORT int bt_pq_unlisten(bt_pq_pool *pool, const char *channel);
  * The connection goes back usable when the COPY is over, or is discarded
  * when that cannot be assured. Everything here is loop-thread only.
  *
+ * Timeout: a COPY streams a table of any size, so nothing bounds its whole
+ * length; the pool's query_timeout_ms (when set) bounds each wait for the
+ * server instead: for the statement's answer, for room in the socket while
+ * a write waits, for the next rows of COPY OUT, for the answer to the end
+ * or the abort. Whatever the server sends starts the wait again; time the
+ * COPY waits for its user is not counted. Past it the connection is closed
+ * (never reused: we cannot know where the server is) and every pending
+ * future of the COPY fails with BT_ETIMEDOUT, like a lost connection's;
+ * whether an end that timed out took effect is the server's to say (run
+ * the COPY in a transaction when that matters).
+ *
  * In:   f = bt_pq_copy_in(pool, "COPY t (a, b) FROM STDIN");
  *       bt_pq_copy *cp = bt_future_take_value(f);    (once f settles)
  *       bt_pq_copy_write(cp, "1\tone\n", 6) ...      (wait for each future)
@@ -525,7 +548,8 @@ typedef struct bt_pq_copy bt_pq_copy;
  * bt_pq_copy_end or bt_pq_copy_abort, which invalidate it. Fails with
  * BT_EINVAL (sql NULL, not a COPY FROM STDIN: the statement is run, so a
  * COPY TO STDOUT is drained and cancelled), BT_ESQL (the server refused
- * it), or as bt_pq_acquire. Cancelling it before the handle comes gives
+ * it), BT_ETIMEDOUT (no answer within query_timeout_ms, see "Timeout"
+ * above), or as bt_pq_acquire. Cancelling it before the handle comes gives
  * the connection back. NULL only for a NULL pool or c, or out of memory.
  * Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_copy_in(bt_pq_pool *pool, const char *sql);
@@ -539,7 +563,8 @@ BT_EXPORT bt_future *bt_pq_conn_copy_in(bt_pq_conn *c, const char *sql);
  * bounded; writes made meanwhile are queued (copied) and go out in order.
  * Most writes find room and get an already settled future. Fails with
  * BT_EINVAL (data NULL with len > 0; the COPY was ended), BT_ECANCELED
- * (aborted), BT_ECONNRESET / BT_ESHUTDOWN (the connection was lost).
+ * (aborted), BT_ECONNRESET / BT_ESHUTDOWN (the connection was lost),
+ * BT_ETIMEDOUT (the socket stayed full for query_timeout_ms).
  * Cancelling a pending write aborts the COPY. A bad row is reported by the
  * server only at the end (bt_pq_copy_end fails). NULL only for a NULL cp.
  * Thread: the loop's. */
@@ -560,8 +585,9 @@ BT_EXPORT bt_future *bt_pq_copy_ready(bt_pq_copy *cp);
  * invalid after the call. Returns: new reference to a future whose value
  * is the COPY's bt_pq_result (bt_pq_result_affected: the rows copied), or
  * that fails with BT_ESQL (a bad row: nothing was copied, and the
- * connection stays usable), BT_ECANCELED (aborted before), or a lost
- * connection's code. Cancelling it sends a cancel request (too late, the
+ * connection stays usable), BT_ECANCELED (aborted before), BT_ETIMEDOUT
+ * (no answer within query_timeout_ms; the rows may or may not be in), or
+ * a lost connection's code. Cancelling it sends a cancel request (too late, the
  * rows may be in; use a transaction to be sure). NULL only for a NULL cp.
  * Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_copy_end(bt_pq_copy *cp);
@@ -570,7 +596,9 @@ BT_EXPORT bt_future *bt_pq_copy_end(bt_pq_copy *cp);
  * cancel): nothing is copied and the connection stays usable. cp is
  * invalid after the call. Returns: new reference to a future that settles
  * (NULL value) once the server has confirmed, or fails if the connection
- * was lost. NULL only for a NULL cp. Thread: the loop's. */
+ * was lost or the server did not confirm within query_timeout_ms
+ * (BT_ETIMEDOUT; nothing was copied either way). NULL only for a NULL cp.
+ * Thread: the loop's. */
 BT_EXPORT bt_future *bt_pq_copy_abort(bt_pq_copy *cp, const char *reason);
 
 /* Bytes libpq may hold unsent for this COPY now (an upper bound: each
@@ -585,7 +613,7 @@ BT_EXPORT uint64_t bt_pq_copy_waits(const bt_pq_copy *cp);
  * tuple; the first call of a binary COPY also carries its header), borrowed
  * for the call. Return 0 to go on; non-zero stops the COPY (a cancel
  * request is sent, the rest is drained, and the future fails with
- * BT_ECANCELED). Runs on the loop thread; it must not free the pool. */
+ * BT_ECANCELED). Runs on the loop thread; it may free the pool. */
 typedef int (*bt_pq_copy_data_cb)(const void *data, size_t len, void *arg);
 
 /* Run COPY ... TO STDOUT (sql) on a pool connection, or on c as
@@ -594,7 +622,9 @@ typedef int (*bt_pq_copy_data_cb)(const void *data, size_t len, void *arg);
  * back), so a table of any size streams in bounded memory. Returns: new
  * reference to a future whose value is the COPY's bt_pq_result
  * (bt_pq_result_affected: rows sent) or that fails with BT_ESQL, BT_EINVAL
- * (sql or cb NULL, not a COPY TO STDOUT), BT_ECANCELED (cb stopped it), a
+ * (sql or cb NULL, not a COPY TO STDOUT), BT_ECANCELED (cb stopped it),
+ * BT_ETIMEDOUT (the server sent nothing for query_timeout_ms: a query that
+ * takes that long before its first 8 KiB of rows times out too), a
  * lost connection's code, or as bt_pq_acquire. Cancelling it sends a
  * cancel request and drains the rest before the connection goes back. NULL
  * only for a NULL pool or c, or out of memory. Thread: the loop's. */

@@ -71,7 +71,9 @@ void bt__pq_chan_relisten(bt_pq_pool *p, bt_pq_conn *c)
     }
 }
 
-/* A notification: run its channel's callback, if it still has one. */
+/* A notification: run its channel's callback, if it still has one. The
+ * callback may unlisten (ch is not read after it) or free the pool (p is
+ * pinned by the listener's on_io, so p->loop is still there to read). */
 void bt__pq_chan_dispatch(bt_pq_pool *p, PGnotify *n)
 {
     bt__pq_chan *ch = bt__pq_chan_find(p, n->relname);

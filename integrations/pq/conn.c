@@ -150,6 +150,8 @@ void bt__pq_conn_close(bt_pq_conn *c, int code, const char *why)
     while (c->ops_len) {
         bt__pq_op op = *ops_front(c);
         ops_pop(c);
+        if (op.kind == BT__PQ_OP_PREPARE && op.stmt != NULL)
+            bt__pq_stmt_unref(op.stmt);
         if (op.kind != BT__PQ_OP_QUERY)
             continue;
         if (code == BT_ESHUTDOWN)
@@ -309,11 +311,16 @@ void bt__pq_conn_send(bt_pq_conn *c, bt__pq_query *q)
     }
     const Oid *types = q->types;
     const char *const *vals = (const char *const *)q->values;
-    if (ok && how == BT__PQ_STMT_PREPARE)
+    if (ok && how == BT__PQ_STMT_PREPARE) {
         ok = PQsendPrepare(c->pg, s->name, q->sql, q->nparams, types) &&
              ops_push(c, BT__PQ_OP_PREPARE, q, s) == 0;
+        if (ok)
+            bt__pq_stmt_hold(s);
+    }
+    q->stmt_mark = c->stmt_seq;
     if (ok && how != BT__PQ_STMT_UNNAMED) {
         q->used_named = how == BT__PQ_STMT_RUN;
+        q->stmt_seq = s->seq;
         ok = PQsendQueryPrepared(c->pg, s->name, q->nparams, vals, q->lengths, q->formats,
                                  q->result_format);
     } else if (ok) {
@@ -367,18 +374,23 @@ void bt__pq_conn_abandon(bt_pq_conn *c, bt__pq_query *q)
 
 /* ---- Receiving ---------------------------------------------------------- */
 
-static void deliver_rows(bt__pq_query *q, PGresult *res)
+/* Hand res to q's row callback. Returns false if the callback closed c
+ * (it freed the pool, see bt__pq_pool_pin): q was ended with the rest of
+ * c's queries and is gone. */
+static bool deliver_rows(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     if (q->abandoned || q->rows_stopped || q->row_cb == NULL)
-        return;
-    bt_loop *loop = q->pool != NULL ? q->pool->loop : NULL;
+        return true;
+    bt_loop *loop = c->loop;
     bt_pq_result row = { .pg = res };
-    if (loop != NULL)
-        bt_loop_enter_cb(loop, (const void *)q->row_cb);
-    if (q->row_cb(&row, q->row_arg) != 0)
+    bt_loop_enter_cb(loop, (const void *)q->row_cb);
+    int stop = q->row_cb(&row, q->row_arg);
+    bt_loop_leave_cb(loop);
+    if (c->state != BT__PQ_CS_READY)
+        return false;
+    if (stop != 0)
         q->rows_stopped = true;
-    if (loop != NULL)
-        bt_loop_leave_cb(loop);
+    return true;
 }
 
 /* A result for the BT__PQ_OP_QUERY at the front. */
@@ -386,17 +398,18 @@ static void query_result(bt_pq_conn *c, bt__pq_query *q, PGresult *res)
 {
     switch (PQresultStatus(res)) {
     case PGRES_SINGLE_TUPLE:
-        deliver_rows(q, res);
+        deliver_rows(c, q, res);
         PQclear(res);
         return;
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
-        if (q->row_cb != NULL && PQntuples(res) > 0) {
-            /* Single-row mode was refused: give the rows one by one anyway
-             * (each as a view of the whole result would mislead, so the
-             * callback sees the full result once). */
-            deliver_rows(q, res);
+        /* Single-row mode was refused: give the rows one by one anyway
+         * (each as a view of the whole result would mislead, so the
+         * callback sees the full result once). */
+        if (q->row_cb != NULL && PQntuples(res) > 0 && !deliver_rows(c, q, res)) {
+            PQclear(res);
+            return;
         }
         if (q->res != NULL)
             PQclear(q->res);
@@ -454,10 +467,29 @@ static bool stale_statement(bt_pq_conn *c, bt__pq_query *q)
     if (strncmp(q->errmsg, "[26000]", 7) != 0 &&
         !(strncmp(q->errmsg, "[0A000]", 7) == 0 && strstr(q->errmsg, "cached plan")))
         return false;
-    bt__pq_stmt_forget(c, q->sql);
+    bt__pq_stmt_forget(c, q->stmt_seq);
+    /* DISCARD ALL / DEALLOCATE ALL, which ran before q: every statement
+     * prepared before q was sent may be gone. Those prepared since (their
+     * PREPAREs may still be in the pipeline) came after, and stay. */
     if (strncmp(q->errmsg, "[26000]", 7) == 0)
-        bt__pq_stmt_clear(c); /* DISCARD ALL / DEALLOCATE ALL: all are gone */
+        bt__pq_stmt_forget_upto(c, q->stmt_mark);
     return true;
+}
+
+/* The answer to the PREPARE at the front (its statement may have been
+ * forgotten meanwhile: it is alive while the op points at it). */
+static void prepare_result(bt_pq_conn *c, bt__pq_op *op, PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_PIPELINE_ABORTED)
+        op->q->aborted = true; /* skipped: never prepared */
+    else if (st != PGRES_COMMAND_OK)
+        bt__pq_query_set_error_from(op->q, res);
+    if (op->stmt != NULL) {
+        bt__pq_stmt_answered(c, op->stmt, st == PGRES_COMMAND_OK);
+        op->stmt = NULL;
+    }
+    PQclear(res);
 }
 
 /* A query we did not abandon, cancelled "due to user request" on a
@@ -540,28 +572,16 @@ static int process(bt_pq_conn *c)
         PGresult *res = PQgetResult(c->pg);
         switch (op->kind) {
         case BT__PQ_OP_PREPARE:
-            if (res != NULL) {
-                if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-                    op->stmt->ready = true;
-                } else if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
-                    op->q->aborted = true; /* skipped: never prepared */
-                    bt__pq_stmt_remove(c, op->stmt);
-                    op->stmt = NULL;
-                } else {
-                    bt__pq_query_set_error_from(op->q, res);
-                    bt__pq_stmt_remove(c, op->stmt);
-                    op->stmt = NULL;
-                }
-                PQclear(res);
-            } else {
+            if (res != NULL)
+                prepare_result(c, op, res);
+            else
                 ops_pop(c);
-            }
             break;
         case BT__PQ_OP_QUERY:
             if (res != NULL) {
                 query_result(c, op->q, res);
                 if (c->state != BT__PQ_CS_READY)
-                    return -1; /* a row callback closed the pool */
+                    return -1; /* a row callback freed the pool */
             } else {
                 bt__pq_query *q = op->q;
                 ops_pop(c);
@@ -611,6 +631,10 @@ void bt__pq_conn_on_io(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     bt_pq_conn *c = arg;
     bt_pq_pool *pool = c->pool;
+    /* Rows, notifications, notices and COPY data reach user callbacks
+     * from here on, and one may free the pool (see bt__pq_pool_pin). */
+    if (pool != NULL)
+        bt__pq_pool_pin(pool);
     c->busy++;
     if (c->takeover != NULL) {
         c->takeover->io(c, what); /* a COPY runs on it (copy.c) */
@@ -650,4 +674,6 @@ out:
     c->busy--;
     if (c->zombie && c->busy == 0)
         bt__pq_conn_free_dead(c);
+    if (pool != NULL)
+        bt__pq_pool_unpin(pool);
 }

@@ -49,6 +49,16 @@
  * answered (it checks cancel_job), and closes it if it never is. A
  * connection that breaks fails whatever is pending and is discarded.
  *
+ * Stalls. A COPY streams a table of any size, so it has no deadline for
+ * its whole length; instead the pool's query_timeout_ms bounds each wait
+ * for the server (`timer`): for the answer to the statement, for room in
+ * the socket while a write is blocked, for the rows of COPY OUT, for the
+ * answer to CopyDone or CopyFail. Any I/O from the server starts the wait
+ * again; waiting for the user (COPY IN with room, no end yet) is not
+ * timed. A wait past it closes the connection with BT_ETIMEDOUT (we cannot
+ * know where the server is, so it is never reused) and fails what is
+ * pending, as a lost connection does.
+ *
  * Lifetime: the object is held by the user (COPY IN, from the handle's
  * delivery until bt_pq_copy_end or _abort) and by the connection (from
  * the takeover until the connection is given back or dies); whichever lets
@@ -101,8 +111,11 @@ struct bt_pq_copy {
     PGresult *res;
     int err;
     char *errmsg;
-    bt_future *ok_f; /* shared, settled: a write that found room */
-    unsigned busy;   /* inside one of our calls: maybe_free waits */
+    bt_future *ok_f;     /* shared, settled: a write that found room */
+    unsigned busy;       /* inside one of our calls: maybe_free waits */
+    uint64_t timeout_ms; /* the longest wait for the server; 0: none */
+    bt_timer *timer;     /* ... while we wait for it (see "Stalls") */
+    bool timed_out;
 };
 
 static void step(bt_pq_copy *cp);
@@ -137,10 +150,19 @@ static void fail_writes(bt_pq_copy *cp, int code, const char *msg)
     }
 }
 
+static void drop_timer(bt_pq_copy *cp)
+{
+    if (cp->timer != NULL) {
+        bt_timer_free(cp->timer); /* (also from inside its own callback) */
+        cp->timer = NULL;
+    }
+}
+
 static void maybe_free(bt_pq_copy *cp)
 {
     if (cp->user_ref || cp->conn_ref || cp->busy || cp->state == CP_ACQUIRING)
         return;
+    drop_timer(cp);
     fail_writes(cp, BT_ECANCELED, "the COPY is over");
     if (cp->open_f != NULL)
         bt_future_unref(cp->open_f);
@@ -165,8 +187,13 @@ static void settle_done(bt_pq_copy *cp)
         return;
     if (cp->abort_ok) {
         /* The server's error for the CopyFail is the expected answer; only
-         * a lost connection fails an abort. */
-        if (cp->err != BT_ECONNRESET && cp->err != BT_ESHUTDOWN)
+         * a lost connection (or one that stalled) fails an abort. */
+        if (cp->timed_out)
+            bt_future_set_error(f, BT_ETIMEDOUT,
+                                "the server did not confirm the abort within %llu ms "
+                                "(query_timeout_ms); the connection was closed",
+                                (unsigned long long)cp->timeout_ms);
+        else if (cp->err != BT_ECONNRESET && cp->err != BT_ESHUTDOWN)
             bt_future_set_value(f, NULL, NULL);
         else
             bt_future_set_error(f, cp->err, "%s", cp->errmsg);
@@ -198,11 +225,54 @@ static void want_write(bt_pq_conn *c, bool on)
     }
 }
 
+/* ---- Stalls (see DESIGN) ---------------------------------------------------- */
+
+/* Whether the COPY now waits for the server rather than for its user. */
+static bool waits_for_server(const bt_pq_copy *cp)
+{
+    if (cp->state == CP_STARTING || cp->state == CP_ENDING)
+        return true;
+    if (cp->state != CP_COPYING)
+        return false;
+    return cp->out || cp->wrong_kind || cp->blocked || cp->ended;
+}
+
+/* After every step: (re)start the wait while the COPY waits for the
+ * server, else stop it. */
+static void watch(bt_pq_copy *cp)
+{
+    if (cp->timer == NULL)
+        return;
+    if (cp->conn != NULL && waits_for_server(cp))
+        bt_timer_start(cp->timer, cp->timeout_ms, 0);
+    else
+        bt_timer_stop(cp->timer);
+}
+
+static void on_stall(bt_timer *t, void *arg)
+{
+    (void)t;
+    bt_pq_copy *cp = arg;
+    if (cp->conn == NULL)
+        return;
+    char why[160];
+    snprintf(why, sizeof why,
+             "the COPY waited %llu ms (query_timeout_ms) for the server; its connection was "
+             "closed",
+             (unsigned long long)cp->timeout_ms);
+    cp->timed_out = true;
+    cp->busy++;
+    bt__pq_conn_close(cp->conn, BT_ETIMEDOUT, why); /* copy_closed settles the rest */
+    cp->busy--;
+    maybe_free(cp);
+}
+
 /* The COPY is over and libpq idle: pipeline mode again, then give the
  * connection back. */
 static void give_back(bt_pq_copy *cp)
 {
     bt_pq_conn *c = cp->conn;
+    drop_timer(cp);
     cp->state = CP_DONE;
     cp->conn = NULL;
     c->takeover = NULL;
@@ -230,9 +300,13 @@ static void copy_closed(bt_pq_conn *c, int code, const char *why)
     c->takeover = NULL;
     c->copy = NULL;
     cp->conn = NULL;
+    drop_timer(cp);
     char msg[512];
-    snprintf(msg, sizeof msg, "the connection was lost during the COPY: %s",
-             why != NULL ? why : "closed");
+    if (code == BT_ETIMEDOUT)
+        snprintf(msg, sizeof msg, "%s", why);
+    else
+        snprintf(msg, sizeof msg, "the connection was lost during the COPY: %s",
+                 why != NULL ? why : "closed");
     int e = code == 0 ? BT_ECONNRESET : code;
     set_err(cp, e, msg);
     fail_writes(cp, e, msg);
@@ -293,6 +367,7 @@ static void start(bt_pq_copy *cp, bt_pq_conn *c)
         return;
     }
     want_write(c, r == 1);
+    watch(cp);
 }
 
 static void on_acquired(bt_future *f, void *arg)
@@ -396,6 +471,17 @@ static bt_pq_copy *copy_new(bt_pq_pool *p, bt_loop *loop, const char *sql, bool 
     cp->pool = p;
     cp->loop = loop;
     cp->out = out;
+    cp->timeout_ms = p->o.query_timeout_ms;
+    if (cp->timeout_ms > 0) {
+        cp->timer = bt_timer_new(loop, on_stall, cp);
+        if (cp->timer == NULL) {
+            bt_future_unref(cp->ok_f);
+            bt_future_unref(cp->open_f);
+            bt_free(cp->sql);
+            bt_free(cp);
+            return NULL;
+        }
+    }
     bt__list_init(&cp->writes);
     if (out)
         cp->done_f = cp->open_f;
@@ -603,8 +689,10 @@ static void send_end(bt_pq_copy *cp)
         broken(cp);
         return;
     }
-    if (r == 0)
-        return; /* no room yet: again when writable */
+    if (r == 0) {
+        watch(cp); /* no room yet: again when writable */
+        return;
+    }
     cp->state = CP_ENDING;
     r = PQflush(c->pg);
     if (r < 0) {
@@ -612,6 +700,7 @@ static void send_end(bt_pq_copy *cp)
         return;
     }
     want_write(c, r == 1);
+    watch(cp);
 }
 
 static void step(bt_pq_copy *cp)
@@ -681,8 +770,8 @@ static void copy_io(bt_pq_conn *c, short what)
     if (!flush_out(cp))
         goto out;
     step(cp);
-    if (cp->conn != NULL)
-        flush_out(cp);
+    if (cp->conn != NULL && flush_out(cp))
+        watch(cp); /* the server did something: its next wait starts now */
 out:
     cp->busy--;
     maybe_free(cp);
@@ -717,6 +806,7 @@ static bool put(bt_pq_copy *cp, const char *data, size_t len)
             cp->blocked = true;
             cp->waits++;
             want_write(c, true);
+            watch(cp);
         }
     }
     return true;

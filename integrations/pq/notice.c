@@ -134,11 +134,11 @@ void bt__pq_notice_receive(void *arg, const PGresult *res)
 
 void bt__pq_notice_flush(bt_pq_pool *p)
 {
-    struct bt__pq_notices *nt = p->notices;
-    if (nt == NULL)
-        return;
+    struct bt__pq_notices *nt;
     bt__list *l;
-    while ((l = bt__list_pop_front(&nt->queue)) != NULL) {
+    /* p->notices read again for each: a handler that freed the pool (it
+     * is pinned, see bt__pq_pool_pin) took the queue with it. */
+    while ((nt = p->notices) != NULL && (l = bt__list_pop_front(&nt->queue)) != NULL) {
         struct notice *x = BT__LIST_ENTRY(l, struct notice, link);
         /* Read again for each: a callback may change or clear it. */
         bt_pq_notice_cb cb = nt->cb;
@@ -159,7 +159,9 @@ static void on_notice_ev(evutil_socket_t fd, short what, void *arg)
     (void)what;
     bt_pq_pool *p = arg;
     p->notices->armed = false;
+    bt__pq_pool_pin(p); /* a handler may free the pool */
     bt__pq_notice_flush(p);
+    bt__pq_pool_unpin(p);
 }
 
 void bt__pq_notice_free(bt_pq_pool *p)

@@ -401,13 +401,13 @@ void bt__pq_wq_unlink(bt_pq_pool *p, bt__pq_query *q)
     p->nwq--;
 }
 
-/* q waits for a connection at the tail of the wait queue, bounded in time;
- * or, when the queue is full, it fails. */
+/* q waits for a connection at the tail of the wait queue, bounded in time
+ * (its deadline was set when it came); or, when the queue is full, it
+ * fails. */
 static void wq_push(bt_pq_pool *p, bt__pq_query *q)
 {
     if (p->nwq + p->naq < p->o.max_waiters) {
         q->state = BT__PQ_Q_WAITING;
-        q->deadline_ns = deadline(p);
         bt__list_push_back(&p->wq, &q->link);
         p->nwq++;
         arm_wait(p);
@@ -429,6 +429,10 @@ static void wq_push(bt_pq_pool *p, bt__pq_query *q)
 void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
 {
     bt_pq_conn *c = q->target;
+    /* The wait for a connection is bounded from now on, across the
+     * retries too (see on_retry). */
+    if (c == NULL)
+        q->deadline_ns = deadline(p);
     if (c == NULL && p->nwq == 0)
         c = pick(p);
     if (c == NULL) {
@@ -575,13 +579,29 @@ void bt__pq_check_drained(bt_pq_pool *p)
     pool_shutdown(p);
 }
 
-/* Put queries of a failed batch back at the head of the wait queue, in
- * their order, each to be sent alone (see pq-internal.h). */
+/* Put q in the wait queue by its deadline, behind those due no later: the
+ * queue stays ordered, which arm_wait and on_wait_timer rely on (they
+ * look at its head only). Retried queries are older than most that wait,
+ * so the walk from the head is short. */
+static void wq_insert(bt_pq_pool *p, bt__pq_query *q)
+{
+    bt__list *n = p->wq.next;
+    while (n != &p->wq && BT__LIST_ENTRY(n, bt__pq_query, link)->deadline_ns <= q->deadline_ns)
+        n = n->next;
+    bt__list__insert(&q->link, n->prev, n);
+    p->nwq++;
+}
+
+/* Put queries of a failed batch back in the wait queue, in their order,
+ * each to be sent alone (see pq-internal.h). They keep the deadline they
+ * got when they came: a query's wait for a connection is bounded as a
+ * whole, retries included, and a fresh deadline would break the queue's
+ * order (a later deadline ahead of an earlier one would hide it from the
+ * timer). They are older than most that wait, so they usually go first. */
 static void on_retry(bt_pq_conn *c, bt__list *qs)
 {
     bt_pq_pool *p = c->pool;
-    bt__list front, *n;
-    bt__list_init(&front);
+    bt__list *n;
     while ((n = bt__list_pop_front(qs)) != NULL) {
         bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (p->closed) {
@@ -600,14 +620,9 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
             PQclear(q->res);
             q->res = NULL;
         }
-        q->deadline_ns = deadline(p);
-        bt__list_push_back(&front, &q->link);
-        p->nwq++;
+        wq_insert(p, q);
         p->st.retried++;
     }
-    /* front, then the queries that were waiting already. */
-    bt__list_splice_back(&front, &p->wq);
-    bt__list_splice_back(&p->wq, &front);
     arm_wait(p);
 }
 
@@ -702,8 +717,12 @@ static void arm_wait(bt_pq_pool *p)
         next = wq_first(p)->deadline_ns;
     if (p->naq > 0 && aq_first(p)->deadline_ns < next)
         next = aq_first(p)->deadline_ns;
-    if (next == UINT64_MAX || bt_timer_is_active(p->wait_timer))
+    if (next == UINT64_MAX)
         return;
+    /* A retried query may be due before the one the timer waits for. */
+    if (bt_timer_is_active(p->wait_timer) && p->wait_due_ns <= next)
+        return;
+    p->wait_due_ns = next;
     uint64_t now = now_ns();
     bt_timer_start(p->wait_timer, next > now ? (next - now) / 1000000 + 1 : 0, 0);
 }
@@ -874,6 +893,7 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
         return NULL;
     p->loop = loop;
     p->base = bt_loop_base(loop);
+    p->free_memory = pool_free_memory;
     bt__list_init(&p->conns);
     bt__list_init(&p->wq);
     bt__list_init(&p->aq);
@@ -921,11 +941,18 @@ BT_EXPORT bt_pq_pool *bt_pq_pool_new(bt_loop *loop, const bt_pq_options *o)
 
 BT_EXPORT void bt_pq_pool_free(bt_pq_pool *p)
 {
-    if (p == NULL)
+    if (p == NULL || p->free_pending)
         return;
     if (!p->loop_gone) {
         pool_shutdown(p);
         bt_loop_remove_closer(p->loop, on_loop_close, p);
+    }
+    /* Called from a callback that pool code runs (a row, a notification,
+     * a notice, COPY data): that code reads the pool once the callback
+     * returns, so the memory goes at its last unpin. */
+    if (p->pins > 0) {
+        p->free_pending = true;
+        return;
     }
     pool_free_memory(p);
 }

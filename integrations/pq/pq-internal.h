@@ -29,8 +29,9 @@
  * PGRES_PIPELINE_SYNC arrives (the commit), and if one query fails the
  * server rolls back the ones before it and skips the ones after it
  * (PGRES_PIPELINE_ABORTED). Then the failed query alone fails, and every
- * other query of the batch is put back at the head of the wait queue as a
- * solo query: none of them took effect, so running them again is safe. A
+ * other query of the batch is put back in the wait queue as a solo query,
+ * by the deadline it got when it came (so near the head): none of them
+ * took effect, so running them again is safe. A
  * failure that only the batching caused (a deadlock 40P01, a serialization
  * failure 40001, a statement that refuses a transaction block 25001) is
  * retried solo too. A solo query is never retried.
@@ -100,14 +101,16 @@ struct bt__pq_query {
     uint64_t deadline_ns; /* for the wait queue */
     int state;
     bool settled;
-    bool abandoned;   /* settled early; results to be dropped */
-    bool want_cancel; /* send a cancel when it reaches the front */
-    bool started;     /* its BT__PQ_OP_QUERY reached the front */
-    bool aborted;     /* PGRES_PIPELINE_ABORTED: it never ran */
-    bool solo;        /* send with a Sync of its own (no batch) */
-    bool used_named;  /* ran a cached prepared statement */
-    bool replanned;   /* already retried for a stale statement */
-    bool recancelled; /* already retried after a stray cancel */
+    bool abandoned;     /* settled early; results to be dropped */
+    bool want_cancel;   /* send a cancel when it reaches the front */
+    bool started;       /* its BT__PQ_OP_QUERY reached the front */
+    bool aborted;       /* PGRES_PIPELINE_ABORTED: it never ran */
+    bool solo;          /* send with a Sync of its own (no batch) */
+    bool used_named;    /* ran a cached prepared statement: */
+    uint64_t stmt_seq;  /* ... this one (its number) */
+    uint64_t stmt_mark; /* its connection's stmt_seq when it was sent */
+    bool replanned;     /* already retried for a stale statement */
+    bool recancelled;   /* already retried after a stray cancel */
     PGresult *res;
     int err; /* first error seen, 0 if none */
     char *errmsg;
@@ -125,6 +128,10 @@ struct bt__pq_stmt {
     bt__list lru;      /* on its connection's lru, most recently used first */
     char *sql;
     uint32_t hash;
+    uint64_t seq;  /* its number, in the order PREPAREs are sent; the name */
+    unsigned refs; /* BT__PQ_OP_PREPAREs in the FIFO that point at it */
+    bool cached;   /* on the lru (and, but for a failed make-over, hashed) */
+    bool hashed;
     bool ready; /* PREPARE succeeded */
     char name[24];
 };
@@ -211,7 +218,8 @@ struct bt_pq_conn {
     uint64_t idle_ns;    /* when it last became idle */
     bt__pq_stmt **stmts; /* hash buckets */
     bt__list lru;        /* the statements, most recently used first */
-    unsigned nbuckets, nstmts, stmt_seq;
+    unsigned nbuckets, nstmts;
+    uint64_t stmt_seq;                      /* the number of the last statement prepared */
     const struct bt__pq_takeover *takeover; /* a COPY runs on it (copy.c) */
     bt__pq_copy *copy;                      /* ... this one */
 };
@@ -259,6 +267,7 @@ struct bt_pq_pool {
     bt__list aq; /* acquires waiting for a connection, by deadline */
     unsigned naq;
     bt_timer *wait_timer;     /* earliest waiter deadline */
+    uint64_t wait_due_ns;     /* ... the one it was started for */
     bt_timer *maint_timer;    /* lifetime, idleness, min size, retries */
     unsigned fails;           /* consecutive connect failures */
     uint64_t next_connect_ns; /* backoff: no new connect before this */
@@ -283,8 +292,34 @@ struct bt_pq_pool {
     bool loop_gone;     /* the loop's closer ran: do not touch it */
     uint32_t rng;
     bt_pq_stats st;
-    struct bt__pq_notices *notices; /* notice.c's; NULL: notices are logged */
+    struct bt__pq_notices *notices;     /* notice.c's; NULL: notices are logged */
+    unsigned pins;                      /* user callbacks may run: see bt__pq_pool_pin */
+    bool free_pending;                  /* freed while pinned: the last unpin frees */
+    void (*free_memory)(bt_pq_pool *p); /* pool.c's, for that last unpin */
 };
+
+/* A user callback (a row, a notification, a notice, COPY data) may free
+ * the pool. The code that runs one pins the pool first, from the loop's
+ * event to its end: bt_pq_pool_free then shuts the pool down at once
+ * (every future settles, every connection closes, no callback runs
+ * again) but leaves its memory to the last unpin, as libuv's uv_close
+ * leaves a handle's memory alone until its close callback. The code after
+ * the callback may read the pool (p->closed says it was shut down); the
+ * connections and queries it closed follow their own rules (a connection
+ * inside on_io is a zombie until on_io ends). */
+static inline void bt__pq_pool_pin(bt_pq_pool *p)
+{
+    p->pins++;
+}
+
+/* Returns false if that freed p. */
+static inline bool bt__pq_pool_unpin(bt_pq_pool *p)
+{
+    if (--p->pins > 0 || !p->free_pending)
+        return true;
+    p->free_memory(p);
+    return false;
+}
 
 /* The files from the top of the wing down; each calls only the ones
  * below it (docs/postgres.md, "How the wing is built"). */
@@ -373,17 +408,28 @@ void bt__pq_cancel_send(bt_pq_conn *c, bt__pq_cancel_cb done);
 void bt__pq_cancel_detach(bt_pq_conn *c);
 void bt__pq_cancel_fire(PGconn *pg);
 
-/* stmt.c: the statement cache of one connection (books only). */
-/* Forget s (its PREPARE failed, or the server dropped it) and free it. */
-void bt__pq_stmt_remove(bt_pq_conn *c, bt__pq_stmt *s);
-/* Forget every statement (the connection closed, or DISCARD ALL). */
+/* stmt.c: the statement cache of one connection (books only). An entry
+ * lives while it is cached or a PREPARE op points at it (see stmt.c). */
+/* A BT__PQ_OP_PREPARE now points at s; _unref when it no longer does. */
+void bt__pq_stmt_hold(bt__pq_stmt *s);
+void bt__pq_stmt_unref(bt__pq_stmt *s);
+/* The answer to s's PREPARE came (prepared: it succeeded; else it failed
+ * or was skipped, and s is forgotten); the op lets go of s. */
+void bt__pq_stmt_answered(bt_pq_conn *c, bt__pq_stmt *s, bool prepared);
+/* Forget every statement (the connection is being freed). */
 void bt__pq_stmt_clear(bt_pq_conn *c);
-/* Forget sql's statement, if cached (the server no longer has it). */
-void bt__pq_stmt_forget(bt_pq_conn *c, const char *sql);
+/* Forget the statement numbered seq, if still cached (the server no
+ * longer has it, or its plan changed). */
+void bt__pq_stmt_forget(bt_pq_conn *c, uint64_t seq);
+/* Forget every statement numbered up to mark: the server dropped them
+ * (DISCARD ALL, DEALLOCATE ALL) before a query sent when the numbering was
+ * at mark; the ones prepared after it stay. */
+void bt__pq_stmt_forget_upto(bt_pq_conn *c, uint64_t mark);
 /* How to run sql on c with a cache of cap statements, the one question
  * conn.c asks: BT__PQ_STMT_RUN (*s is ready: execute it, now the most
  * recently used), BT__PQ_STMT_PREPARE (*s is a new entry: PREPARE it
- * first) or BT__PQ_STMT_UNNAMED (no statement: run the text). When the
+ * first) or BT__PQ_STMT_UNNAMED (no statement: run the text; always with
+ * cap 0, the cache off). When the
  * cache was full, its least recently used ready statement was forgotten
  * (its entry serves the new one) and its name is in evict (else evict is
  * ""): the caller sends the DEALLOCATE, before the PREPARE, since the

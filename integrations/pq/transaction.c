@@ -86,8 +86,8 @@ static void on_begin(bt_future *f, void *arg)
         return;
     }
     t->body = t->fn(t->conn, t->arg);
-    if (t->body == NULL)
-        t->body = bt_future_new_error(t->pool->loop, BT_ENOMEM,
+    if (t->body == NULL) /* (the body may have freed the pool: not t->pool->loop) */
+        t->body = bt_future_new_error(bt_future_loop(t->out), BT_ENOMEM,
                                       "the transaction body returned no future");
     if (t->body == NULL) {
         bt_future_set_error(t->out, BT_ENOMEM, NULL);
