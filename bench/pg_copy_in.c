@@ -25,7 +25,7 @@
 #include <baton/pq.h>
 
 #include "bench.h"
-#include "pg_harness.h"
+#include "pg_bench.h"
 
 enum { ROWS = 1000000, ROUNDS = 3 };
 static const char *COPY_SQL = "COPY narrow (id, name) FROM STDIN";
@@ -33,18 +33,12 @@ static const char *COPY_SQL = "COPY narrow (id, name) FROM STDIN";
 static char *data;    /* every row, back to back */
 static size_t *start; /* row i is data[start[i] .. start[i + 1]) */
 
-static void die(const char *what)
-{
-    fprintf(stderr, "pg_copy_in: %s\n", what);
-    exit(1);
-}
-
 static void make_rows(void)
 {
     start = malloc((ROWS + 1) * sizeof *start);
     data = malloc((size_t)ROWS * 24);
     if (start == NULL || data == NULL)
-        die("out of memory");
+        pgb_die("out of memory");
     size_t at = 0;
     for (int i = 0; i < ROWS; i++) {
         start[i] = at;
@@ -60,16 +54,16 @@ static double run_raw(PGconn *c)
     uint64_t t0 = now_ns();
     PGresult *r = PQexec(c, COPY_SQL);
     if (PQresultStatus(r) != PGRES_COPY_IN)
-        die(PQerrorMessage(c));
+        pgb_die(PQerrorMessage(c));
     PQclear(r);
     for (int i = 0; i < ROWS; i++)
         if (PQputCopyData(c, data + start[i], (int)(start[i + 1] - start[i])) != 1)
-            die(PQerrorMessage(c));
+            pgb_die(PQerrorMessage(c));
     if (PQputCopyEnd(c, NULL) != 1)
-        die(PQerrorMessage(c));
+        pgb_die(PQerrorMessage(c));
     r = PQgetResult(c);
     if (PQresultStatus(r) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(r), "1000000") != 0)
-        die(PQerrorMessage(c));
+        pgb_die(PQerrorMessage(c));
     PQclear(r);
     while ((r = PQgetResult(c)) != NULL)
         PQclear(r);
@@ -90,7 +84,7 @@ static void on_end(bt_future *e, void *arg);
 static void on_ready(bt_future *f, void *arg)
 {
     if (bt_future_error(f) != 0)
-        die(bt_future_error_message(f));
+        pgb_die(bt_future_error_message(f));
     feed(arg);
 }
 
@@ -108,12 +102,12 @@ static void feed(feeder *fd)
             return;
         }
         if (e != 0)
-            die(bt_strerror(e));
+            pgb_die(bt_strerror(e));
         fd->next++;
     }
     bt_future *e = bt_pq_copy_end(fd->cp);
     if (e == NULL)
-        die("bt_pq_copy_end");
+        pgb_die("bt_pq_copy_end");
     bt_future_add_callback(e, on_end, fd->done);
     bt_future_unref(e);
 }
@@ -129,73 +123,68 @@ static double run_baton(bt_loop *loop, bt_pq_pool *pool)
     bt_future *o = bt_pq_copy_in(pool, COPY_SQL);
     bt_loop_run_until(loop, o);
     if (bt_future_error(o) != 0)
-        die(bt_future_error_message(o));
+        pgb_die(bt_future_error_message(o));
     feeder fd = { .cp = bt_future_take_value(o), .done = bt_future_new(loop) };
     bt_future_unref(o);
     feed(&fd);
     bt_loop_run_until(loop, fd.done);
     if (bt_future_error(fd.done) != 0)
-        die(bt_future_error_message(fd.done));
+        pgb_die(bt_future_error_message(fd.done));
     if (bt_pq_result_affected(bt_future_value(fd.done)) != ROWS)
-        die("wrong row count");
+        pgb_die("wrong row count");
     double v = ROWS / ((double)(now_ns() - t0) / 1e9);
     bt_future_unref(fd.done);
     return v;
 }
 
+typedef struct {
+    bt_test_pg *pg;
+    PGconn *raw;
+    bt_loop *loop;
+    bt_pq_pool *pool;
+    double cpu[2]; /* the client's CPU time of each measure, in ns */
+} setup;
+
+/* Measure 0 is raw libpq (the anchor), 1 Baton; on an empty table. */
+static double measure(int which, int round, void *arg)
+{
+    (void)round;
+    setup *s = arg;
+    if (bt_test_pg_exec(s->pg, "TRUNCATE narrow; CHECKPOINT") != 0)
+        pgb_die("truncate failed");
+    uint64_t c0 = cpu_ns();
+    double v = which == 0 ? run_raw(s->raw) : run_baton(s->loop, s->pool);
+    s->cpu[which] += (double)(cpu_ns() - c0);
+    return v;
+}
+
 int main(void)
 {
-    bt_test_pg *pg = bt_test_pg_start();
-    if (!pg)
-        die("could not start PostgreSQL");
-    if (bt_test_pg_exec(pg, "CREATE TABLE narrow (id int, name text)") != 0)
-        die("setup failed");
+    pgb_name = "pg_copy_in";
+    setup s = { .pg = pgb_start("CREATE TABLE narrow (id int, name text)") };
     make_rows();
-    const char *ci = bt_test_pg_conninfo(pg);
-    PGconn *raw = PQconnectdb(ci);
-    if (PQstatus(raw) != CONNECTION_OK)
-        die(PQerrorMessage(raw));
-    bt_loop *loop = bt_loop_new();
-    bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = ci;
-    o.min_size = 1;
-    o.max_size = 1;
-    bt_pq_pool *pool = bt_pq_pool_new(loop, &o);
-    if (pool == NULL)
-        die("bt_pq_pool_new");
-    bt_future *ready = bt_pq_pool_ready(pool);
-    bt_loop_run_until(loop, ready);
-    bt_future_unref(ready);
+    const char *ci = bt_test_pg_conninfo(s.pg);
+    s.raw = PQconnectdb(ci);
+    if (PQstatus(s.raw) != CONNECTION_OK)
+        pgb_die(PQerrorMessage(s.raw));
+    s.loop = bt_loop_new();
+    s.pool = pgb_pool(s.loop, ci, 1, 16);
 
-    double a[ROUNDS], b[ROUNDS], r[ROUNDS], cpu[2] = { 0, 0 };
-    for (int k = 0; k < ROUNDS; k++) {
-        for (int j = 0; j < 2; j++) {
-            if (bt_test_pg_exec(pg, "TRUNCATE narrow; CHECKPOINT") != 0)
-                die("truncate failed");
-            uint64_t c0 = cpu_ns();
-            bool is_raw = (k + j) % 2 == 0;
-            if (is_raw)
-                a[k] = run_raw(raw);
-            else
-                b[k] = run_baton(loop, pool);
-            cpu[is_raw ? 0 : 1] += (double)(cpu_ns() - c0);
-        }
-        r[k] = b[k] / a[k];
-        fprintf(stderr, "pg_copy_in: round %d: raw %.0f, baton %.0f rows/s\n", k, a[k], b[k]);
-    }
+    double v[2][PGB_MAX_ROUNDS];
+    const char *labels[] = { "raw", "baton" };
+    pgb_rounds(ROUNDS, 2, measure, &s, labels, "rows/s", v);
     /* The client's own CPU per row: the server is the bottleneck, this is
      * what each client adds to it. */
     fprintf(stderr, "pg_copy_in: client CPU per row: raw %.0f ns, baton %.0f ns\n",
-            cpu[0] / ROUNDS / ROWS, cpu[1] / ROUNDS / ROWS);
-    double ma = median_d(a, ROUNDS), mb = median_d(b, ROUNDS);
-    fprintf(stderr, "pg_copy_in: median per-round ratio %.2f\n", median_d(r, ROUNDS));
+            s.cpu[0] / ROUNDS / ROWS, s.cpu[1] / ROUNDS / ROWS);
+    double ma = pgb_median(v, 0, ROUNDS), mb = pgb_median(v, 1, ROUNDS);
+    fprintf(stderr, "pg_copy_in: median per-round ratio %.2f\n", pgb_median_ratio(v, 1, ROUNDS));
     fflush(stderr);
     bench_line("pg_copy_in", mb, "raw_libpq", ma, "rows/s", "higher");
-    bt_pq_pool_free(pool);
-    bt_loop_free(loop);
-    PQfinish(raw);
-    bt_test_pg_free(pg);
+    bt_pq_pool_free(s.pool);
+    bt_loop_free(s.loop);
+    PQfinish(s.raw);
+    bt_test_pg_free(s.pg);
     free(data);
     free(start);
     return 0;

@@ -26,32 +26,23 @@
 #include <baton/pq.h>
 
 #include "bench.h"
-#include "pg_harness.h"
+#include "pg_bench.h"
 
 enum { ROWS = 10000, SPAN = 100, QUERIES = 3000, CONC = 16, CONNS = 4, ROUNDS = 5 };
 static const char *SQL = "SELECT * FROM wide WHERE id BETWEEN $1 AND $1 + 99";
 
-static void die(const char *what)
-{
-    fprintf(stderr, "pg_select_wide: %s\n", what);
-    exit(1);
-}
-
 typedef struct {
     bt_pq_pool *pool;
     int format;
-    int total, sent, done, errors;
+    int errors;
     uint64_t rows;
     uint64_t sum; /* a checksum of every value read, whatever the order the
                      queries' results came in */
     unsigned rnd;
-    bt_future *finished;
-} bench;
-
-static void issue(bench *b);
+} wide;
 
 /* Read every value of r through the getters, as a program would. */
-static void read_rows(bench *b, const bt_pq_result *r)
+static void read_rows(wide *b, const bt_pq_result *r)
 {
     int rows = bt_pq_result_rows(r), cols = bt_pq_result_columns(r);
     uint64_t h = 0;
@@ -95,66 +86,58 @@ static void read_rows(bench *b, const bt_pq_result *r)
     b->rows += (uint64_t)rows;
 }
 
-static void on_done(bt_future *f, void *arg)
+static bt_future *send_range(pgb_load *l)
 {
-    bench *b = arg;
-    if (bt_future_error(f) != 0) {
-        fprintf(stderr, "pg_select_wide: %s\n", bt_future_error_message(f));
-        b->errors++;
-    } else {
-        read_rows(b, bt_future_value(f));
-    }
-    b->done++;
-    if (b->done == b->total)
-        bt_future_set_value(b->finished, NULL, NULL);
-    else
-        issue(b);
-}
-
-static void issue(bench *b)
-{
-    if (b->sent >= b->total)
-        return;
-    b->sent++;
+    wide *b = l->arg;
     b->rnd = b->rnd * 1103515245u + 12345u;
     char buf[16];
     snprintf(buf, sizeof buf, "%d", (int)((b->rnd >> 8) % (ROWS - SPAN + 1)) + 1);
     const char *v[] = { buf };
     bt_pq_query_opts o = BT_SIZED(bt_pq_query_opts);
     o.result_format = b->format;
-    bt_future *f = bt_pq_query_ex(b->pool, SQL, 1, v, &o);
-    if (f == NULL)
-        die("bt_pq_query_ex");
-    bt_future_add_callback(f, on_done, b);
-    bt_future_unref(f);
+    return bt_pq_query_ex(b->pool, SQL, 1, v, &o);
+}
+
+static void check_rows(pgb_load *l, bt_future *f)
+{
+    wide *b = l->arg;
+    read_rows(b, bt_future_value(f));
+    l->errors += b->errors;
+    b->errors = 0;
 }
 
 /* One measure: total queries in format; rows per second. The checksum of
  * what was read goes to *sum (the same random ids each time). */
 static double run(bt_loop *loop, bt_pq_pool *pool, int format, int total, uint64_t *sum)
 {
-    bench b = { .pool = pool, .format = format, .total = total, .rnd = 12345 };
-    b.finished = bt_future_new(loop);
-    uint64_t t0 = bt_hrtime();
-    for (int i = 0; i < CONC; i++)
-        issue(&b);
-    bt_loop_run_until(loop, b.finished);
-    double secs = (double)(bt_hrtime() - t0) / 1e9;
-    bt_future_unref(b.finished);
-    if (b.errors)
-        die("queries or getters failed");
+    wide b = { .pool = pool, .format = format, .rnd = 12345 };
+    pgb_load l = {
+        .conc = CONC, .total = total, .send = send_range, .check = check_rows, .arg = &b
+    };
+    pgb_load_run(loop, &l);
     if (sum != NULL)
         *sum = b.sum;
-    return (double)b.rows / secs;
+    return (double)b.rows / l.secs;
+}
+
+typedef struct {
+    bt_loop *loop;
+    bt_pq_pool *pool;
+} setup;
+
+/* Measure 0 is text results (the anchor), 1 binary. */
+static double measure(int which, int round, void *arg)
+{
+    (void)round;
+    setup *s = arg;
+    return run(s->loop, s->pool, which, QUERIES, NULL);
 }
 
 int main(void)
 {
-    bt_test_pg *pg = bt_test_pg_start();
-    if (pg == NULL)
-        die("could not start PostgreSQL");
-    char setup[2048];
-    snprintf(setup, sizeof setup,
+    pgb_name = "pg_select_wide";
+    char ddl[2048];
+    snprintf(ddl, sizeof ddl,
              "CREATE TABLE wide (id int8 PRIMARY KEY, a1 int8, a2 int8, a3 int8, a4 int8, "
              "a5 int8, b1 int4, b2 int4, b3 int4, c1 int2, c2 int2, f1 float8, f2 float8, "
              "f3 float8, r1 float4, flag bool, u uuid, t1 timestamptz, t2 timestamptz, "
@@ -167,41 +150,26 @@ int main(void)
              "- g * interval '1 day 7 microseconds', decode(md5(g::text), 'hex') "
              "FROM generate_series(1::int8, %d) g; ANALYZE wide;",
              ROWS);
-    if (bt_test_pg_exec(pg, setup) != 0)
-        die("setup failed");
+
+    bt_test_pg *pg = pgb_start(ddl);
 
     bt_loop *loop = bt_loop_new();
-    bt_pq_options o;
-    bt_pq_options_init(&o);
-    o.conninfo = bt_test_pg_conninfo(pg);
-    o.min_size = CONNS;
-    o.max_size = CONNS;
-    bt_pq_pool *pool = bt_pq_pool_new(loop, &o);
-    if (pool == NULL)
-        die("bt_pq_pool_new");
+    bt_pq_pool *pool = pgb_pool(loop, bt_test_pg_conninfo(pg), CONNS, 16);
     /* Warm up (connections open, statement prepared on each, caches hot)
      * and check that both formats read the same values. */
     uint64_t sum_text = 0, sum_bin = 1;
     run(loop, pool, 0, 500, &sum_text);
     run(loop, pool, 1, 500, &sum_bin);
     if (sum_text != sum_bin)
-        die("text and binary results read different values");
+        pgb_die("text and binary results read different values");
 
-    double text[ROUNDS], bin[ROUNDS], ratio[ROUNDS];
-    for (int r = 0; r < ROUNDS; r++) {
-        if (r % 2 == 0) {
-            text[r] = run(loop, pool, 0, QUERIES, NULL);
-            bin[r] = run(loop, pool, 1, QUERIES, NULL);
-        } else {
-            bin[r] = run(loop, pool, 1, QUERIES, NULL);
-            text[r] = run(loop, pool, 0, QUERIES, NULL);
-        }
-        ratio[r] = bin[r] / text[r];
-        fprintf(stderr, "pg_select_wide: round %d: text %.0f rows/s, binary %.0f rows/s\n", r,
-                text[r], bin[r]);
-    }
-    double t = median_d(text, ROUNDS), b = median_d(bin, ROUNDS);
-    fprintf(stderr, "pg_select_wide: median per-round ratio %.2f\n", median_d(ratio, ROUNDS));
+    double v[2][PGB_MAX_ROUNDS];
+    const char *labels[] = { "text", "binary" };
+    setup s = { .loop = loop, .pool = pool };
+    pgb_rounds(ROUNDS, 2, measure, &s, labels, "rows/s", v);
+    double t = pgb_median(v, 0, ROUNDS), b = pgb_median(v, 1, ROUNDS);
+    fprintf(stderr, "pg_select_wide: median per-round ratio %.2f\n",
+            pgb_median_ratio(v, 1, ROUNDS));
     fflush(stderr);
     bench_line("pg_select_wide", b, "text_format", t, "rows/s", "higher");
     bt_pq_pool_free(pool);

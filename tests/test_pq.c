@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2050,6 +2051,67 @@ START_TEST(a_retried_query_keeps_its_place_by_deadline)
 }
 END_TEST
 
+/* Run the loop until the n futures have settled, or for at most ms (a
+ * bound on a wait, not a measure); returns how many settled. */
+static int settle_all(bt_future **fs, int n, unsigned ms)
+{
+    for (unsigned t = 0;; t += 10) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += bt_future_is_settled(fs[i]);
+        if (done == n || t >= ms)
+            return done;
+        sleep_ms(10);
+    }
+}
+
+/* The backend pid a "SELECT pg_backend_pid()" future answered. */
+static int answered_pid(bt_future *f)
+{
+    ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+    return atoi(bt_pq_result_get(bt_future_value(f), 0, 0));
+}
+
+START_TEST(a_stopped_backend_is_given_no_more_queries)
+{
+    /* Two pipelined connections. The backend of one is stopped (SIGSTOP,
+     * as when the kernel keeps it off the CPU) while a query waits on its
+     * connection; then eight queries come in one loop pass. Each must go
+     * to the other connection and complete while the stopped one holds its
+     * query, which completes once its backend runs again. Routed by the
+     * fewest queries in flight alone, some of the eight joined the stopped
+     * connection's pipeline and waited with it. */
+    enum { N = 8 };
+    bt_pq_pool *p = new_pool(2, 2, 16);
+    wait_idle(p, 2);
+    /* With both idle, a query goes to the same one each time (the first
+     * idle one): its backend is the one to stop. */
+    bt_future *f = await(bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL));
+    int stopped = answered_pid(f);
+    bt_future_unref(f);
+    wait_idle(p, 2);
+    ck_assert_int_eq(kill(stopped, SIGSTOP), 0);
+    bt_future *held = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    sleep_ms(1000); /* far longer than the answers so far took */
+
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    int done = settle_all(fs, N, 20000);
+    bool held_waited = !bt_future_is_settled(held);
+    kill(stopped, SIGCONT);
+    ck_assert_msg(held_waited, "the query on the stopped backend was answered");
+    ck_assert_msg(done == N, "%d of %d queries completed while one backend was stopped", done, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_ne(answered_pid(fs[i]), stopped);
+        bt_future_unref(fs[i]);
+    }
+    ck_assert_int_eq(answered_pid(await(held)), stopped);
+    bt_future_unref(held);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -2089,6 +2151,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, cancels_and_timeouts_in_a_pipelined_stream);
     tcase_add_test(tc, an_unanswered_cancel_closes_and_replaces_its_connection);
     tcase_add_loop_test(tc, shutdown_ends_while_the_postmaster_is_stopped, 0, 2);
+    tcase_add_test(tc, a_stopped_backend_is_given_no_more_queries);
     /* Last: it restarts the shared server. */
     tcase_add_test(tc, restart_mid_stream);
     suite_add_tcase(s, tc);

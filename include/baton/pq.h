@@ -25,8 +25,13 @@
  *   still in the pipeline, are kept).
  * - Pipelining: every connection runs in libpq's pipeline mode. A query
  *   goes to an idle connection if there is one, else the pool opens a new
- *   connection (up to max_size), else it is pipelined behind the queries
- *   already on the least busy connection (up to pipeline_depth in flight).
+ *   connection (up to max_size). Once the pool is at max_size, a query
+ *   joins the batch that a connection with nothing older in flight is
+ *   forming in this loop pass (answered in the same round trip), else
+ *   takes an idle connection, else is pipelined behind the queries already
+ *   on the least busy connection (up to pipeline_depth in flight) that
+ *   does not look stalled (its oldest query waiting far longer than
+ *   answers lately took).
  *   Pool queries sent to one connection in the same loop pass share one
  *   Sync (a batch): the server then answers them with one write, which is
  *   where pipelining gets its speed. A batch runs as one implicit

@@ -10,8 +10,8 @@
  * earliest deadline: FIFOs with one timeout are ordered by deadline).
  * pump() is the only place that hands out connections: acquires
  * first (they wait for a whole connection), then queries to an idle
- * connection, then, when the pool is at max_size, to the least busy
- * connection below pipeline_depth. It then opens connections for what
+ * connection, then, when the pool is at max_size, pipelined (see
+ * "Choosing a connection for a query"). It then opens connections for what
  * still waits (and up to min_size), unless a connect failed recently:
  * failures back off exponentially with jitter, and the maintenance timer
  * retries. pump() is guarded against re-entry (a send can close a
@@ -48,6 +48,7 @@ static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a);
 static void pump(bt_pq_pool *p);
 static void arm_wait(bt_pq_pool *p);
 static bt_pq_conn *pick(bt_pq_pool *p);
+static void observe(bt_pq_pool *p, bt_pq_conn *c, uint64_t now);
 static bt_pq_conn *find_idle(bt_pq_pool *p);
 static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
 static void on_connect_failed(bt_pq_pool *p, bool listener, int code, const char *msg);
@@ -311,6 +312,7 @@ static void on_gone(bt_pq_conn *c)
 static void on_available(bt_pq_conn *c)
 {
     bt_pq_pool *p = c->pool;
+    observe(p, c, now_ns());
     if (c->ops_len == 0) {
         if (c->releasing) {
             finish_release(c);
@@ -357,27 +359,130 @@ static bt_pq_conn *find_idle(bt_pq_pool *p)
     return NULL;
 }
 
-static bt_pq_conn *least_busy(bt_pq_pool *p)
+/* ---- Choosing a connection for a query ---------------------------------
+ *
+ * Once the pool is at max_size, a query goes, in this order of preference:
+ *  1. to a connection whose only work is the batch being formed in this
+ *     loop pass (sent, not yet synced): it is answered with that batch, in
+ *     the same round trip, and its backend does the work of one wakeup for
+ *     all of them. Several idle backends woken for one query each cost
+ *     more on a server whose backends outnumber its cores;
+ *  2. to an idle connection;
+ *  3. pipelined onto the connection with the fewest queries in flight
+ *     (below pipeline_depth) among those that do not look stalled;
+ *  4. else onto the one with the fewest among the stalled ones.
+ * A connection looks stalled when its oldest query in flight was sent
+ * STALL_FACTOR times longer ago than queries lately waited for their
+ * answer (answer_ns, and at least STALL_MIN_NS). When a backend is off its
+ * core for a scheduling slice (several milliseconds on a loaded machine),
+ * or stopped, every query queued on its connection waits with it: that is
+ * the tail of the latency under pipelining. A stalled connection keeps
+ * what it has (nothing can be taken back out of a pipeline) but is given
+ * no more while another can take it. Below max_size the pool prefers an
+ * idle connection, then opens one, as without pipelining.
+ */
+enum { STALL_FACTOR = 4 };
+#define STALL_MIN_NS 1000000u
+
+static uint64_t stall_after(const bt_pq_pool *p)
 {
-    bt_pq_conn *best = NULL;
-    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
-        bt_pq_conn *c = CONN_OF(n);
-        if (usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth &&
-            (best == NULL || c->inflight < best->inflight))
-            best = c;
-    }
-    return best;
+    uint64_t t = STALL_FACTOR * p->answer_ns;
+    return t > STALL_MIN_NS ? t : STALL_MIN_NS;
 }
 
-/* A connection for a query now: idle first, else pipelined when the pool
- * cannot grow. NULL: wait. */
+/* When c's oldest query in flight was sent (0: none, or not by the pool). */
+static uint64_t oldest_sent(const bt_pq_conn *c)
+{
+    for (size_t i = 0; i < c->ops_len; i++) {
+        const bt__pq_query *q = c->ops[(c->ops_head + i) % c->ops_cap].q;
+        if (q != NULL && !q->abandoned)
+            return q->sent_ns;
+    }
+    return 0;
+}
+
+/* Catch up with what c did since the pool last looked: if answers came
+ * (fewer in flight), the oldest query then was answered, and the time it
+ * waited is a sample of answer_ns (capped, so that one stall does not
+ * make the next look normal). */
+static void observe(bt_pq_pool *p, bt_pq_conn *c, uint64_t now)
+{
+    if (c->inflight == c->seen_inflight)
+        return;
+    if (c->inflight < c->seen_inflight && c->oldest_sent_ns != 0) {
+        uint64_t took = now - c->oldest_sent_ns, cap = 2 * stall_after(p);
+        if (took > cap)
+            took = cap;
+        p->answer_ns = p->answer_ns - p->answer_ns / 8 + took / 8;
+    }
+    c->oldest_sent_ns = oldest_sent(c);
+    c->seen_inflight = c->inflight;
+}
+
+static bool stalled(const bt_pq_pool *p, const bt_pq_conn *c, uint64_t now)
+{
+    return c->inflight > 0 && c->oldest_sent_ns != 0 && now - c->oldest_sent_ns > stall_after(p);
+}
+
+/* A connection that may take one more pipelined query. */
+static bool has_room(const bt_pq_pool *p, const bt_pq_conn *c)
+{
+    return usable(c) && c->abandoned == 0 && c->inflight < p->o.pipeline_depth;
+}
+
+/* The connection to pipeline a query onto (preferences 1, 3 and 4 above),
+ * or NULL. */
+static bt_pq_conn *least_busy(bt_pq_pool *p)
+{
+    uint64_t now = now_ns();
+    bt_pq_conn *best = NULL, *best_stalled = NULL;
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        bt_pq_conn *c = CONN_OF(n);
+        if (!has_room(p, c))
+            continue;
+        observe(p, c, now);
+        bt_pq_conn **b = stalled(p, c, now) ? &best_stalled : &best;
+        if (*b == NULL || c->inflight < (*b)->inflight)
+            *b = c;
+    }
+    return best != NULL ? best : best_stalled;
+}
+
+/* A connection whose only work is the batch it is forming (preference 1). */
+static bt_pq_conn *open_batch(bt_pq_pool *p)
+{
+    for (bt__list *n = p->conns.next; n != &p->conns; n = n->next) {
+        bt_pq_conn *c = CONN_OF(n);
+        if (c->unsynced > 0 && c->unsynced == c->inflight && has_room(p, c))
+            return c;
+    }
+    return NULL;
+}
+
+/* A connection for a query now (see above). NULL: wait. */
 static bt_pq_conn *pick(bt_pq_pool *p)
 {
-    bt_pq_conn *c = find_idle(p);
-    if (c == NULL && p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 &&
-        p->nconns >= p->o.max_size)
+    bool pipelining =
+        p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 && p->nconns >= p->o.max_size;
+    bt_pq_conn *c = pipelining ? open_batch(p) : NULL;
+    if (c == NULL)
+        c = find_idle(p);
+    if (c == NULL && pipelining)
         c = least_busy(p);
     return c;
+}
+
+/* Send q on c, counting it in the pool's view of c first (a failed send
+ * may close and free c). */
+static void send_to(bt_pq_pool *p, bt_pq_conn *c, bt__pq_query *q)
+{
+    uint64_t now = now_ns();
+    observe(p, c, now);
+    q->sent_ns = now;
+    if (c->seen_inflight == 0)
+        c->oldest_sent_ns = now;
+    c->seen_inflight = c->inflight + 1;
+    bt__pq_conn_send(c, q);
 }
 
 static void conn_value_release(void *v)
@@ -428,18 +533,19 @@ static void wq_push(bt_pq_pool *p, bt__pq_query *q)
  * connection now, else into the wait queue. The pool takes q over. */
 void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
 {
-    bt_pq_conn *c = q->target;
+    if (q->target != NULL) {
+        bt__pq_conn_send(q->target, q);
+        return;
+    }
     /* The wait for a connection is bounded from now on, across the
      * retries too (see on_retry). */
-    if (c == NULL)
-        q->deadline_ns = deadline(p);
-    if (c == NULL && p->nwq == 0)
-        c = pick(p);
+    q->deadline_ns = deadline(p);
+    bt_pq_conn *c = p->nwq == 0 ? pick(p) : NULL;
     if (c == NULL) {
         wq_push(p, q);
         return;
     }
-    bt__pq_conn_send(c, q);
+    send_to(p, c, q);
 }
 
 /* Take a waiter off the pool's acquire queue. */
@@ -556,7 +662,7 @@ static void pump(bt_pq_pool *p)
                 break;
             bt__pq_query *q = wq_first(p);
             bt__pq_wq_unlink(p, q);
-            bt__pq_conn_send(c, q);
+            send_to(p, c, q);
         }
         if (!p->closed)
             grow(p);

@@ -99,6 +99,7 @@ struct bt__pq_query {
     bt_timer *timer; /* per-query timeout, if any */
     uint64_t timeout_ms;
     uint64_t deadline_ns; /* for the wait queue */
+    uint64_t sent_ns;     /* when the pool sent it to a connection */
     int state;
     bool settled;
     bool abandoned;     /* settled early; results to be dropped */
@@ -219,7 +220,12 @@ struct bt_pq_conn {
     bt__pq_stmt **stmts; /* hash buckets */
     bt__list lru;        /* the statements, most recently used first */
     unsigned nbuckets, nstmts;
-    uint64_t stmt_seq;                      /* the number of the last statement prepared */
+    uint64_t stmt_seq; /* the number of the last statement prepared */
+    /* The pool's view of its progress, for choosing a connection (pool.c,
+     * "Choosing a connection"): inflight when the pool last looked, and
+     * when its oldest query in flight then was sent. */
+    unsigned seen_inflight;
+    uint64_t oldest_sent_ns;
     const struct bt__pq_takeover *takeover; /* a COPY runs on it (copy.c) */
     bt__pq_copy *copy;                      /* ... this one */
 };
@@ -291,6 +297,8 @@ struct bt_pq_pool {
     bool closed;        /* shut down (pool freed or loop closing) */
     bool loop_gone;     /* the loop's closer ran: do not touch it */
     uint32_t rng;
+    uint64_t answer_ns; /* how long queries wait for their answer on a
+                           connection, lately (a moving average; pool.c) */
     bt_pq_stats st;
     struct bt__pq_notices *notices;     /* notice.c's; NULL: notices are logged */
     unsigned pins;                      /* user callbacks may run: see bt__pq_pool_pin */
