@@ -107,6 +107,8 @@ int main(void)
         cfg.linger_us = strtoull(getenv("BATON_LINGER_US"), NULL, 10);
     if (getenv("BATON_SPIN_SHARE")) /* percent; 100: BT_POOL_SPIN_FULL */
         cfg.spin_share = (unsigned)strtoul(getenv("BATON_SPIN_SHARE"), NULL, 10);
+    if (getenv("BATON_CPU_NICE")) /* -1: the threads keep the process's nice */
+        cfg.cpu_nice = atoi(getenv("BATON_CPU_NICE"));
     pool = bt_pool_new(&cfg);
     bt_loop *loop = bt_loop_new();
     if (getenv("BATON_SPIN_US"))
