@@ -95,9 +95,22 @@ struct bt__worker {
     bool woke_loop;
 };
 
+/* Idle workers sleep on a futex (Linux), elsewhere on a condvar. */
+#if defined(__linux__)
+#define BT__LANE_FUTEX 1
+#endif
+
 struct bt__lane {
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* workers wait here for jobs */
+#ifdef BT__LANE_FUTEX
+    /* Workers sleep on this word (bt__lane_wake_unlock bumps it): a wake
+     * is one system call, made without the lock, and the woken worker
+     * takes a lock nobody marked contended (after a condvar wait glibc
+     * does, and then every unlock is a futex call). */
+    _Atomic uint32_t wake_seq;
+#else
+    pthread_cond_t cv; /* workers wait here for jobs */
+#endif
     bt__batch *head, *tail; /* the queue of hand-overs (FIFO) */
     /* Hand-overs no worker has moved to the queue yet: a lock-free stack,
      * newest first (bt__lane_splice). */
@@ -155,6 +168,9 @@ const char *bt__lane_name(bt_lane lane);
  * bt__lane_spawn (lock not held). */
 unsigned bt__lane_want_threads(bt__lane *lane);
 unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
+/* Wake up to n sleeping workers (UINT_MAX: all), and unlock the lane:
+ * lane lock held on entry, not on return. */
+void bt__lane_wake_unlock(bt__lane *lane, unsigned n);
 /* Move the batches handed over (lane->incoming) to the end of the queue,
  * oldest first. Lane lock held: every look at the queue under the lock
  * starts with it. */

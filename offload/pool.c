@@ -70,6 +70,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,9 @@
 #include <unistd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#endif
 
 #include "pool-internal.h"
 #include "sized.h"
@@ -126,7 +130,9 @@ static void pool_destroy(bt_pool *pool)
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
         pthread_mutex_destroy(&l->mu);
+#ifndef BT__LANE_FUTEX
         pthread_cond_destroy(&l->cv);
+#endif
     }
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->cv);
@@ -516,6 +522,62 @@ static bool worker_should_retire(bt__lane *lane)
     return lane->stop || lane->threads > lane->target;
 }
 
+/* ---- Sleeping and waking ---------------------------------------------- */
+
+/* What a worker about to sleep reads first, before it counts itself in
+ * `sleepers` and looks at the queue a last time: a wake that comes after
+ * that look changes it, so the sleep below returns at once. */
+static uint32_t lane_sleep_ticket(bt__lane *lane)
+{
+#ifdef BT__LANE_FUTEX
+    return atomic_load(&lane->wake_seq);
+#else
+    (void)lane;
+    return 0;
+#endif
+}
+
+/* Sleep until woken (or until *until, CLOCK_MONOTONIC, if not NULL).
+ * Lane lock held on entry and on return. Returns false on timeout. */
+static bool lane_sleep(bt__lane *lane, uint32_t ticket, const struct timespec *until)
+{
+#ifdef BT__LANE_FUTEX
+    pthread_mutex_unlock(&lane->mu);
+    /* FUTEX_WAIT_BITSET takes an absolute time on CLOCK_MONOTONIC. */
+    long rc = syscall(SYS_futex, (uint32_t *)&lane->wake_seq, FUTEX_WAIT_BITSET_PRIVATE, ticket,
+                      until, NULL, FUTEX_BITSET_MATCH_ANY);
+    bool timed_out = rc != 0 && errno == ETIMEDOUT;
+    pthread_mutex_lock(&lane->mu);
+    return !timed_out;
+#else
+    (void)ticket;
+    if (until == NULL)
+        return pthread_cond_wait(&lane->cv, &lane->mu), true;
+    return pthread_cond_timedwait(&lane->cv, &lane->mu, until) != ETIMEDOUT;
+#endif
+}
+
+void bt__lane_wake_unlock(bt__lane *lane, unsigned n)
+{
+#ifdef BT__LANE_FUTEX
+    pthread_mutex_unlock(&lane->mu);
+    if (n == 0)
+        return;
+    /* After the sleeper's ticket (it counted itself in `sleepers`, which
+     * the waker read): its wait returns at once if it has not begun. */
+    atomic_fetch_add(&lane->wake_seq, 1);
+    syscall(SYS_futex, (uint32_t *)&lane->wake_seq, FUTEX_WAKE_PRIVATE,
+            n > INT_MAX ? INT_MAX : (int)n, NULL, NULL, 0);
+#else
+    if (n == UINT_MAX)
+        pthread_cond_broadcast(&lane->cv);
+    else
+        for (unsigned i = 0; i < n; i++)
+            pthread_cond_signal(&lane->cv);
+    pthread_mutex_unlock(&lane->mu);
+#endif
+}
+
 /* Linger: spin on the queue's depth, without the lock, until a job is
  * handed over or linger_ns pass, so that a loop submitting one job at a
  * time finds a worker awake (a wakeup through the condvar costs tens of
@@ -562,7 +624,7 @@ static bool worker_linger_pays(const bt__worker *w)
     if (share >= BT__SPIN_SHARE_FULL)
         return true;
     if (w->woke_loop)
-        return false;
+        share /= 2;
     return bt__spin_pays(&w->lane->spin_budget, share, w->pool->linger_ns);
 }
 
@@ -606,6 +668,7 @@ static bool worker_wait(bt__worker *w)
         /* Count ourselves asleep, then look once more: a loop that handed
          * a batch over without the lock and saw no sleeper left it for us
          * to find here. */
+        uint32_t ticket = lane_sleep_ticket(lane);
         lane->sleepers++;
         bt__lane_splice(lane);
         if (lane->head != NULL) {
@@ -618,13 +681,13 @@ static bool worker_wait(bt__worker *w)
             uint64_t ns = (uint64_t)ts.tv_nsec + pool->idle_ns;
             ts.tv_sec += (time_t)(ns / 1000000000u);
             ts.tv_nsec = (long)(ns % 1000000000u);
-            int rc = pthread_cond_timedwait(&lane->cv, &lane->mu, &ts);
+            bool woken = lane_sleep(lane, ticket, &ts);
             lane->sleepers--;
             bt__lane_splice(lane);
-            if (rc == ETIMEDOUT && lane->head == NULL)
+            if (!woken && lane->head == NULL)
                 return false; /* idle too long: retire */
         } else {
-            pthread_cond_wait(&lane->cv, &lane->mu);
+            lane_sleep(lane, ticket, NULL);
             lane->sleepers--;
         }
     }
@@ -644,8 +707,9 @@ typedef struct {
  * blocking lane, whose jobs are long), each job marked running and
  * counted in its attach (under the lock, where a closer looks for its
  * jobs). A worker that leaves jobs behind wakes a sleeper: the loop did
- * not, as a worker was awake. Lane lock held, and the queue not empty. */
-static void worker_take(bt__worker *w, worker_take_t *t)
+ * not, as a worker was awake: returns whether to. Lane lock held, and the
+ * queue not empty. */
+static bool worker_take(bt__worker *w, worker_take_t *t)
 {
     bt__lane *lane = w->lane;
     size_t depth = atomic_load_explicit(&lane->depth, memory_order_relaxed);
@@ -671,10 +735,9 @@ static void worker_take(bt__worker *w, worker_take_t *t)
     }
     atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
     atomic_store_explicit(&w->busy, true, memory_order_relaxed);
-    /* Another worker may be asleep with jobs left: pass the baton on. */
-    if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
-        pthread_cond_signal(&lane->cv);
     t->n = n;
+    /* Another worker may be asleep with jobs left: pass the baton on. */
+    return lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0;
 }
 
 /* The run step, without the lock: give the spent hand-overs back, run
@@ -702,8 +765,7 @@ static void *worker_main(void *arg)
 
     pthread_mutex_lock(&lane->mu);
     while (worker_wait(w)) {
-        worker_take(w, &took);
-        pthread_mutex_unlock(&lane->mu);
+        bt__lane_wake_unlock(lane, worker_take(w, &took) ? 1 : 0);
         worker_run(w, &took);
         pthread_mutex_lock(&lane->mu);
     }
@@ -712,9 +774,7 @@ static void *worker_main(void *arg)
     worker_fold(lane, w);
     /* A retiring worker may leave jobs that others must take. */
     bt__lane_splice(lane);
-    if (lane->head && lane->sleepers)
-        pthread_cond_signal(&lane->cv);
-    pthread_mutex_unlock(&lane->mu);
+    bt__lane_wake_unlock(lane, lane->head && lane->sleepers ? 1 : 0);
     bt_free(w);
     current_worker = NULL;
 
@@ -824,11 +884,13 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 #endif
         pthread_mutex_init(&l->mu, &ma);
         pthread_mutexattr_destroy(&ma);
+#ifndef BT__LANE_FUTEX
         pthread_condattr_t ca; /* idle timeouts immune to wall-clock jumps */
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&l->cv, &ca);
         pthread_condattr_destroy(&ca);
+#endif
         l->id = (bt_lane)i;
     }
     pool->lane[BT_LANE_CPU].target = pool->cfg.cpu_threads;
@@ -991,8 +1053,7 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
         bt__lane *l = &pool->lane[i];
         pthread_mutex_lock(&l->mu);
         l->stop = true;
-        pthread_cond_broadcast(&l->cv);
-        pthread_mutex_unlock(&l->mu);
+        bt__lane_wake_unlock(l, UINT_MAX);
         bt__lane_cancel_queue(pool, l);
     }
     /* Wait for the threads, up to the shutdown deadline: a job that never
@@ -1037,9 +1098,8 @@ BT_EXPORT int bt_pool_set_threads(bt_pool *pool, bt_lane lane, unsigned n)
     }
     l->target = n;
     unsigned add = bt__lane_want_threads(l);
-    if (l->threads > l->target)
-        pthread_cond_broadcast(&l->cv); /* let the extra ones notice */
-    pthread_mutex_unlock(&l->mu);
+    /* Let the extra ones notice. */
+    bt__lane_wake_unlock(l, l->threads > l->target ? UINT_MAX : 0);
     if (add && bt__lane_spawn(pool, l, add) == 0)
         return BT_ENOMEM;
     return 0;
