@@ -33,12 +33,16 @@
  *   consistent operations (a Dekker handshake), so either the producer
  *   sees 1 and writes, or the loop sees the task. The loop reads the fd
  *   before it drains, so a write is never left for a drain that has
- *   already passed. No lock is ever taken on this path.
+ *   already passed; an eventfd on epoll is watched edge-triggered and
+ *   never read (each write is a new edge, so a write during a drain
+ *   wakes the loop once more). No lock is ever taken on this path.
  * - Spinning: while completions are expected from other threads (see
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
  *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write;
  *   only while its spin budget allows (bt__spin_budget: spinning no more
- *   than the share of its time that its pools set).
+ *   than the share of its time that its pools set), and not after a pool
+ *   had to wake a sleeping worker for it (bt__loop_peer_woken) until a
+ *   completion comes back.
  */
 #include "config.h"
 
