@@ -16,8 +16,9 @@
  *   batches (64 each) at most.
  * - Submission from any other thread goes through the loop's inbox first
  *   (the "admit" task), so the future is made on its loop's thread.
- * - Workers. Each lane has one mutex, one condvar, the incoming stack and
- *   a FIFO of batches. Under the lock a worker first splices the stack
+ * - Workers. Each lane has one mutex, a futex word its idle workers sleep
+ *   on (a condvar where there are no futexes), the incoming stack and a
+ *   FIFO of batches. Under the lock a worker first splices the stack
  *   into the FIFO (one step per batch), then takes up to a quarter of its
  *   share of the queue (1 when it is short, so the tail of a burst is
  *   spread evenly), prefetching the jobs it took together. It runs them
@@ -28,15 +29,19 @@
  *   worker per lane lingers (spins on `depth`) for linger_ns before it
  *   sleeps on the condvar, so a loop that submits one job at a time finds
  *   it awake, but only while lingering pays (the lane's spin budget:
- *   recent gaps between jobs shorter than the linger, its last completion
- *   found its loop spinning, not asleep, and spinning no more than
- *   spin_share% of its time); the others sleep at once. A worker that
- *   takes jobs and
- *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
- *   sleep counts itself in `sleepers`, then looks at the stack once more;
- *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
- *   consistent), so a batch is never left with every worker asleep. CPU
- *   workers run at a higher nice value so loop threads preempt them.
+ *   recent gaps between jobs shorter than the linger, and spinning no
+ *   more than spin_share% of its time, or half that when its last
+ *   completion had to wake its loop); the others sleep at once. A worker
+ *   that takes jobs and leaves more behind wakes a sleeper itself.
+ *   Wakeups: a worker about to sleep reads the lane's futex word, counts
+ *   itself in `sleepers`, then looks at the stack once more; a loop
+ *   pushes, then reads `sleepers` and `spinners` (all sequentially
+ *   consistent), and to wake bumps the word and calls FUTEX_WAKE after
+ *   unlocking, so a batch is never left with every worker asleep (a wake
+ *   between the look and the sleep changed the word: the sleep returns at
+ *   once). A loop whose hand-over woke a worker does not spin for the
+ *   completion (bt__loop_peer_woken). CPU workers run at a higher nice
+ *   value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
  *   completion instead of sleeping in epoll, within its own spin budget
