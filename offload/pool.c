@@ -246,7 +246,9 @@ unsigned bt__lane_want_threads(bt__lane *lane)
     size_t queued = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     unsigned add = 0;
     if (lane->id == BT_LANE_BLOCKING) {
-        size_t idle = lane->sleepers + atomic_load_explicit(&lane->spinners, memory_order_relaxed);
+        /* Sleepers being woken count: each will take a job. */
+        size_t idle = (uint32_t)atomic_load(&lane->sleepers) +
+                      atomic_load_explicit(&lane->spinners, memory_order_relaxed);
         if (queued > idle && lane->threads < lane->target) {
             size_t want = queued - idle;
             size_t room = lane->target - lane->threads;
@@ -562,10 +564,47 @@ static bool lane_sleep(bt__lane *lane, uint32_t ticket, const struct timespec *u
 #endif
 }
 
+/* A worker counts itself asleep (lane lock held), before its last look
+ * at the queue. */
+static void lane_sleeper_enter(bt__lane *lane)
+{
+    atomic_fetch_add(&lane->sleepers, 1);
+}
+
+/* ...and leaves (lane lock held), whatever woke it: with a waker's claim
+ * if one is left, so that claims never outnumber sleepers (a claim left
+ * behind would hide the next sleeper from every waker). */
+static void lane_sleeper_leave(bt__lane *lane)
+{
+    uint64_t w = atomic_load(&lane->sleepers), left;
+    do {
+        uint64_t claims = w >> 32;
+        left = w - 1 - (claims > 0 ? (uint64_t)1 << 32 : 0);
+    } while (!atomic_compare_exchange_weak(&lane->sleepers, &w, left));
+}
+
+#ifdef BT__LANE_FUTEX
+/* Claim up to n sleepers not yet woken; returns how many. */
+static unsigned lane_claim_sleepers(bt__lane *lane, unsigned n)
+{
+    uint64_t w = atomic_load(&lane->sleepers);
+    unsigned k;
+    do {
+        unsigned free = (uint32_t)w - (uint32_t)(w >> 32);
+        k = n < free ? n : free;
+        if (k == 0)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&lane->sleepers, &w, w + ((uint64_t)k << 32)));
+    return k;
+}
+#endif
+
 void bt__lane_wake_unlock(bt__lane *lane, unsigned n)
 {
 #ifdef BT__LANE_FUTEX
     pthread_mutex_unlock(&lane->mu);
+    if (n != UINT_MAX)
+        n = lane_claim_sleepers(lane, n);
     if (n == 0)
         return;
     /* After the sleeper's ticket (it counted itself in `sleepers`, which
@@ -674,10 +713,10 @@ static bool worker_wait(bt__worker *w)
          * a batch over without the lock and saw no sleeper left it for us
          * to find here. */
         uint32_t ticket = lane_sleep_ticket(lane);
-        lane->sleepers++;
+        lane_sleeper_enter(lane);
         bt__lane_splice(lane);
         if (lane->head != NULL) {
-            lane->sleepers--;
+            lane_sleeper_leave(lane);
             continue;
         }
         if (lane->id == BT_LANE_BLOCKING) {
@@ -687,13 +726,13 @@ static bool worker_wait(bt__worker *w)
             ts.tv_sec += (time_t)(ns / 1000000000u);
             ts.tv_nsec = (long)(ns % 1000000000u);
             bool woken = lane_sleep(lane, ticket, &ts);
-            lane->sleepers--;
+            lane_sleeper_leave(lane);
             bt__lane_splice(lane);
             if (!woken && lane->head == NULL)
                 return false; /* idle too long: retire */
         } else {
             lane_sleep(lane, ticket, NULL);
-            lane->sleepers--;
+            lane_sleeper_leave(lane);
         }
     }
 }
@@ -742,7 +781,7 @@ static bool worker_take(bt__worker *w, worker_take_t *t)
     atomic_store_explicit(&w->busy, true, memory_order_relaxed);
     t->n = n;
     /* Another worker may be asleep with jobs left: pass the baton on. */
-    return lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0;
+    return lane->head && bt__lane_sleeping(lane) && atomic_load(&lane->spinners) == 0;
 }
 
 /* The run step, without the lock: give the spent hand-overs back, run
@@ -779,7 +818,7 @@ static void *worker_main(void *arg)
     worker_fold(lane, w);
     /* A retiring worker may leave jobs that others must take. */
     bt__lane_splice(lane);
-    bt__lane_wake_unlock(lane, lane->head && lane->sleepers ? 1 : 0);
+    bt__lane_wake_unlock(lane, lane->head && bt__lane_sleeping(lane) ? 1 : 0);
     bt_free(w);
     current_worker = NULL;
 

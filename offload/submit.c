@@ -104,7 +104,7 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
  * bt__lane_splice. */
 static bool flush_must_wake(bt__lane *lane)
 {
-    return atomic_load(&lane->sleepers) > 0 && atomic_load(&lane->spinners) == 0;
+    return bt__lane_sleeping(lane) > 0 && atomic_load(&lane->spinners) == 0;
 }
 
 /* The hand-over's slow path, under the lane's lock: wake sleepers, start
@@ -120,8 +120,8 @@ static bool lane_flush_locked(bt_pool *pool, bt__lane *lane, size_t n)
     }
     bt__lane_splice(lane);
     size_t wake = atomic_load(&lane->spinners) ? 0 : n;
-    if (wake > lane->sleepers)
-        wake = lane->sleepers;
+    if (wake > bt__lane_sleeping(lane))
+        wake = bt__lane_sleeping(lane);
     unsigned add = bt__lane_want_threads(lane);
     bt__lane_wake_unlock(lane, (unsigned)wake);
     if (add)
