@@ -124,10 +124,16 @@ int main(void)
     bt_pool_config cfg;
     bt_pool_config_init(&cfg);
     cfg.cpu_threads = THREADS;
+    if (getenv("BATON_LINGER_US"))
+        cfg.linger_us = strtoull(getenv("BATON_LINGER_US"), NULL, 10);
     if (getenv("BATON_SPIN_SHARE")) /* percent; 100: BT_POOL_SPIN_FULL */
         cfg.spin_share = (unsigned)strtoul(getenv("BATON_SPIN_SHARE"), NULL, 10);
+    if (getenv("BATON_CPU_NICE")) /* -1: the threads keep the process's nice */
+        cfg.cpu_nice = atoi(getenv("BATON_CPU_NICE"));
     pool = bt_pool_new(&cfg);
     bt_loop *loop = bt_loop_new();
+    if (getenv("BATON_SPIN_US"))
+        bt_loop_set_spin(loop, strtoull(getenv("BATON_SPIN_US"), NULL, 10));
     lat = calloc(TRIPS, sizeof *lat);
     uv_loop_t uvl;
     uv_loop_init(&uvl);

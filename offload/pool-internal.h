@@ -95,9 +95,22 @@ struct bt__worker {
     bool woke_loop;
 };
 
+/* Idle workers sleep on a futex (Linux), elsewhere on a condvar. */
+#if defined(__linux__)
+#define BT__LANE_FUTEX 1
+#endif
+
 struct bt__lane {
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* workers wait here for jobs */
+#ifdef BT__LANE_FUTEX
+    /* Workers sleep on this word (bt__lane_wake_unlock bumps it): a wake
+     * is one system call, made without the lock, and the woken worker
+     * takes a lock nobody marked contended (after a condvar wait glibc
+     * does, and then every unlock is a futex call). */
+    _Atomic uint32_t wake_seq;
+#else
+    pthread_cond_t cv; /* workers wait here for jobs */
+#endif
     bt__batch *head, *tail; /* the queue of hand-overs (FIFO) */
     /* Hand-overs no worker has moved to the queue yet: a lock-free stack,
      * newest first (bt__lane_splice). */
@@ -109,9 +122,15 @@ struct bt__lane {
     _Atomic size_t queue_max;
     /* Written under the lock; threads, sleepers and stop are also read
      * without it, by loops handing over a batch. */
-    _Atomic unsigned threads;  /* alive (or being started) */
-    unsigned target;           /* CPU: the size; blocking: the cap */
-    _Atomic unsigned sleepers; /* in cond_wait */
+    _Atomic unsigned threads; /* alive (or being started) */
+    unsigned target;          /* CPU: the size; blocking: the cap */
+    /* Workers asleep (low 32 bits), and of them how many a waker has
+     * already woken (high 32 bits): one word, so that a waker claims
+     * sleepers and a sleeper leaves in one atomic step each (see
+     * bt__lane_sleeping). Without the claims a burst's next hand-over,
+     * a few microseconds later, woke the same sleeper again: one futex
+     * call more per hand-over. */
+    _Atomic uint64_t sleepers;
     _Atomic unsigned spinners; /* lingering before sleep */
     /* Whether lingering pays (worker_wait): the lingerer's, lock held. */
     bt__spin_budget spin_budget;
@@ -155,6 +174,19 @@ const char *bt__lane_name(bt_lane lane);
  * bt__lane_spawn (lock not held). */
 unsigned bt__lane_want_threads(bt__lane *lane);
 unsigned bt__lane_spawn(bt_pool *pool, bt__lane *lane, unsigned n);
+/* How many workers sleep and have not been woken yet. Claims never
+ * exceed sleepers: a waker claims within the count, and a sleeper that
+ * leaves (woken, timed out, or having found work before it slept) takes
+ * a claim with it if there is one. Any thread. */
+static inline unsigned bt__lane_sleeping(bt__lane *lane)
+{
+    uint64_t w = atomic_load(&lane->sleepers);
+    return (uint32_t)w - (uint32_t)(w >> 32);
+}
+
+/* Wake up to n sleeping workers (UINT_MAX: all), and unlock the lane:
+ * lane lock held on entry, not on return. */
+void bt__lane_wake_unlock(bt__lane *lane, unsigned n);
 /* Move the batches handed over (lane->incoming) to the end of the queue,
  * oldest first. Lane lock held: every look at the queue under the lock
  * starts with it. */

@@ -16,8 +16,9 @@
  *   batches (64 each) at most.
  * - Submission from any other thread goes through the loop's inbox first
  *   (the "admit" task), so the future is made on its loop's thread.
- * - Workers. Each lane has one mutex, one condvar, the incoming stack and
- *   a FIFO of batches. Under the lock a worker first splices the stack
+ * - Workers. Each lane has one mutex, a futex word its idle workers sleep
+ *   on (a condvar where there are no futexes), the incoming stack and a
+ *   FIFO of batches. Under the lock a worker first splices the stack
  *   into the FIFO (one step per batch), then takes up to a quarter of its
  *   share of the queue (1 when it is short, so the tail of a burst is
  *   spread evenly), prefetching the jobs it took together. It runs them
@@ -28,15 +29,19 @@
  *   worker per lane lingers (spins on `depth`) for linger_ns before it
  *   sleeps on the condvar, so a loop that submits one job at a time finds
  *   it awake, but only while lingering pays (the lane's spin budget:
- *   recent gaps between jobs shorter than the linger, its last completion
- *   found its loop spinning, not asleep, and spinning no more than
- *   spin_share% of its time); the others sleep at once. A worker that
- *   takes jobs and
- *   leaves more behind wakes a sleeper itself. Wakeups: a worker about to
- *   sleep counts itself in `sleepers`, then looks at the stack once more;
- *   a loop pushes, then reads `sleepers` and `spinners` (all sequentially
- *   consistent), so a batch is never left with every worker asleep. CPU
- *   workers run at a higher nice value so loop threads preempt them.
+ *   recent gaps between jobs shorter than the linger, and spinning no
+ *   more than spin_share% of its time, or half that when its last
+ *   completion had to wake its loop); the others sleep at once. A worker
+ *   that takes jobs and leaves more behind wakes a sleeper itself.
+ *   Wakeups: a worker about to sleep reads the lane's futex word, counts
+ *   itself in `sleepers`, then looks at the stack once more; a loop
+ *   pushes, then reads `sleepers` and `spinners` (all sequentially
+ *   consistent), and to wake bumps the word and calls FUTEX_WAKE after
+ *   unlocking, so a batch is never left with every worker asleep (a wake
+ *   between the look and the sleep changed the word: the sleep returns at
+ *   once). A loop whose hand-over woke a worker does not spin for the
+ *   completion (bt__loop_peer_woken). CPU workers run at a higher nice
+ *   value so loop threads preempt them.
  * - The loop side. A job in flight on a lane whose recent jobs are short
  *   counts in the loop's `expected`, so the loop spins briefly for its
  *   completion instead of sleeping in epoll, within its own spin budget
@@ -70,6 +75,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +83,9 @@
 #include <unistd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#endif
 
 #include "pool-internal.h"
 #include "sized.h"
@@ -126,7 +135,9 @@ static void pool_destroy(bt_pool *pool)
     for (int i = 0; i < BT_LANE_COUNT; i++) {
         bt__lane *l = &pool->lane[i];
         pthread_mutex_destroy(&l->mu);
+#ifndef BT__LANE_FUTEX
         pthread_cond_destroy(&l->cv);
+#endif
     }
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->cv);
@@ -235,7 +246,9 @@ unsigned bt__lane_want_threads(bt__lane *lane)
     size_t queued = atomic_load_explicit(&lane->depth, memory_order_relaxed);
     unsigned add = 0;
     if (lane->id == BT_LANE_BLOCKING) {
-        size_t idle = lane->sleepers + atomic_load_explicit(&lane->spinners, memory_order_relaxed);
+        /* Sleepers being woken count: each will take a job. */
+        size_t idle = (uint32_t)atomic_load(&lane->sleepers) +
+                      atomic_load_explicit(&lane->spinners, memory_order_relaxed);
         if (queued > idle && lane->threads < lane->target) {
             size_t want = queued - idle;
             size_t room = lane->target - lane->threads;
@@ -516,6 +529,99 @@ static bool worker_should_retire(bt__lane *lane)
     return lane->stop || lane->threads > lane->target;
 }
 
+/* ---- Sleeping and waking ---------------------------------------------- */
+
+/* What a worker about to sleep reads first, before it counts itself in
+ * `sleepers` and looks at the queue a last time: a wake that comes after
+ * that look changes it, so the sleep below returns at once. */
+static uint32_t lane_sleep_ticket(bt__lane *lane)
+{
+#ifdef BT__LANE_FUTEX
+    return atomic_load(&lane->wake_seq);
+#else
+    (void)lane;
+    return 0;
+#endif
+}
+
+/* Sleep until woken (or until *until, CLOCK_MONOTONIC, if not NULL).
+ * Lane lock held on entry and on return. Returns false on timeout. */
+static bool lane_sleep(bt__lane *lane, uint32_t ticket, const struct timespec *until)
+{
+#ifdef BT__LANE_FUTEX
+    pthread_mutex_unlock(&lane->mu);
+    /* FUTEX_WAIT_BITSET takes an absolute time on CLOCK_MONOTONIC. */
+    long rc = syscall(SYS_futex, (uint32_t *)&lane->wake_seq, FUTEX_WAIT_BITSET_PRIVATE, ticket,
+                      until, NULL, FUTEX_BITSET_MATCH_ANY);
+    bool timed_out = rc != 0 && errno == ETIMEDOUT;
+    pthread_mutex_lock(&lane->mu);
+    return !timed_out;
+#else
+    (void)ticket;
+    if (until == NULL)
+        return pthread_cond_wait(&lane->cv, &lane->mu), true;
+    return pthread_cond_timedwait(&lane->cv, &lane->mu, until) != ETIMEDOUT;
+#endif
+}
+
+/* A worker counts itself asleep (lane lock held), before its last look
+ * at the queue. */
+static void lane_sleeper_enter(bt__lane *lane)
+{
+    atomic_fetch_add(&lane->sleepers, 1);
+}
+
+/* ...and leaves (lane lock held), whatever woke it: with a waker's claim
+ * if one is left, so that claims never outnumber sleepers (a claim left
+ * behind would hide the next sleeper from every waker). */
+static void lane_sleeper_leave(bt__lane *lane)
+{
+    uint64_t w = atomic_load(&lane->sleepers), left;
+    do {
+        uint64_t claims = w >> 32;
+        left = w - 1 - (claims > 0 ? (uint64_t)1 << 32 : 0);
+    } while (!atomic_compare_exchange_weak(&lane->sleepers, &w, left));
+}
+
+#ifdef BT__LANE_FUTEX
+/* Claim up to n sleepers not yet woken; returns how many. */
+static unsigned lane_claim_sleepers(bt__lane *lane, unsigned n)
+{
+    uint64_t w = atomic_load(&lane->sleepers);
+    unsigned k;
+    do {
+        unsigned free = (uint32_t)w - (uint32_t)(w >> 32);
+        k = n < free ? n : free;
+        if (k == 0)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&lane->sleepers, &w, w + ((uint64_t)k << 32)));
+    return k;
+}
+#endif
+
+void bt__lane_wake_unlock(bt__lane *lane, unsigned n)
+{
+#ifdef BT__LANE_FUTEX
+    pthread_mutex_unlock(&lane->mu);
+    if (n != UINT_MAX)
+        n = lane_claim_sleepers(lane, n);
+    if (n == 0)
+        return;
+    /* After the sleeper's ticket (it counted itself in `sleepers`, which
+     * the waker read): its wait returns at once if it has not begun. */
+    atomic_fetch_add(&lane->wake_seq, 1);
+    syscall(SYS_futex, (uint32_t *)&lane->wake_seq, FUTEX_WAKE_PRIVATE,
+            n > INT_MAX ? INT_MAX : (int)n, NULL, NULL, 0);
+#else
+    if (n == UINT_MAX)
+        pthread_cond_broadcast(&lane->cv);
+    else
+        for (unsigned i = 0; i < n; i++)
+            pthread_cond_signal(&lane->cv);
+    pthread_mutex_unlock(&lane->mu);
+#endif
+}
+
 /* Linger: spin on the queue's depth, without the lock, until a job is
  * handed over or linger_ns pass, so that a loop submitting one job at a
  * time finds a worker awake (a wakeup through the condvar costs tens of
@@ -562,7 +668,7 @@ static bool worker_linger_pays(const bt__worker *w)
     if (share >= BT__SPIN_SHARE_FULL)
         return true;
     if (w->woke_loop)
-        return false;
+        share /= 2;
     return bt__spin_pays(&w->lane->spin_budget, share, w->pool->linger_ns);
 }
 
@@ -606,10 +712,11 @@ static bool worker_wait(bt__worker *w)
         /* Count ourselves asleep, then look once more: a loop that handed
          * a batch over without the lock and saw no sleeper left it for us
          * to find here. */
-        lane->sleepers++;
+        uint32_t ticket = lane_sleep_ticket(lane);
+        lane_sleeper_enter(lane);
         bt__lane_splice(lane);
         if (lane->head != NULL) {
-            lane->sleepers--;
+            lane_sleeper_leave(lane);
             continue;
         }
         if (lane->id == BT_LANE_BLOCKING) {
@@ -618,14 +725,14 @@ static bool worker_wait(bt__worker *w)
             uint64_t ns = (uint64_t)ts.tv_nsec + pool->idle_ns;
             ts.tv_sec += (time_t)(ns / 1000000000u);
             ts.tv_nsec = (long)(ns % 1000000000u);
-            int rc = pthread_cond_timedwait(&lane->cv, &lane->mu, &ts);
-            lane->sleepers--;
+            bool woken = lane_sleep(lane, ticket, &ts);
+            lane_sleeper_leave(lane);
             bt__lane_splice(lane);
-            if (rc == ETIMEDOUT && lane->head == NULL)
+            if (!woken && lane->head == NULL)
                 return false; /* idle too long: retire */
         } else {
-            pthread_cond_wait(&lane->cv, &lane->mu);
-            lane->sleepers--;
+            lane_sleep(lane, ticket, NULL);
+            lane_sleeper_leave(lane);
         }
     }
 }
@@ -644,8 +751,9 @@ typedef struct {
  * blocking lane, whose jobs are long), each job marked running and
  * counted in its attach (under the lock, where a closer looks for its
  * jobs). A worker that leaves jobs behind wakes a sleeper: the loop did
- * not, as a worker was awake. Lane lock held, and the queue not empty. */
-static void worker_take(bt__worker *w, worker_take_t *t)
+ * not, as a worker was awake: returns whether to. Lane lock held, and the
+ * queue not empty. */
+static bool worker_take(bt__worker *w, worker_take_t *t)
 {
     bt__lane *lane = w->lane;
     size_t depth = atomic_load_explicit(&lane->depth, memory_order_relaxed);
@@ -671,10 +779,9 @@ static void worker_take(bt__worker *w, worker_take_t *t)
     }
     atomic_fetch_sub_explicit(&lane->depth, n, memory_order_relaxed);
     atomic_store_explicit(&w->busy, true, memory_order_relaxed);
-    /* Another worker may be asleep with jobs left: pass the baton on. */
-    if (lane->head && lane->sleepers && atomic_load(&lane->spinners) == 0)
-        pthread_cond_signal(&lane->cv);
     t->n = n;
+    /* Another worker may be asleep with jobs left: pass the baton on. */
+    return lane->head && bt__lane_sleeping(lane) && atomic_load(&lane->spinners) == 0;
 }
 
 /* The run step, without the lock: give the spent hand-overs back, run
@@ -702,8 +809,7 @@ static void *worker_main(void *arg)
 
     pthread_mutex_lock(&lane->mu);
     while (worker_wait(w)) {
-        worker_take(w, &took);
-        pthread_mutex_unlock(&lane->mu);
+        bt__lane_wake_unlock(lane, worker_take(w, &took) ? 1 : 0);
         worker_run(w, &took);
         pthread_mutex_lock(&lane->mu);
     }
@@ -712,9 +818,7 @@ static void *worker_main(void *arg)
     worker_fold(lane, w);
     /* A retiring worker may leave jobs that others must take. */
     bt__lane_splice(lane);
-    if (lane->head && lane->sleepers)
-        pthread_cond_signal(&lane->cv);
-    pthread_mutex_unlock(&lane->mu);
+    bt__lane_wake_unlock(lane, lane->head && bt__lane_sleeping(lane) ? 1 : 0);
     bt_free(w);
     current_worker = NULL;
 
@@ -824,11 +928,13 @@ BT_EXPORT bt_pool *bt_pool_new(const bt_pool_config *cfg)
 #endif
         pthread_mutex_init(&l->mu, &ma);
         pthread_mutexattr_destroy(&ma);
+#ifndef BT__LANE_FUTEX
         pthread_condattr_t ca; /* idle timeouts immune to wall-clock jumps */
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&l->cv, &ca);
         pthread_condattr_destroy(&ca);
+#endif
         l->id = (bt_lane)i;
     }
     pool->lane[BT_LANE_CPU].target = pool->cfg.cpu_threads;
@@ -991,8 +1097,7 @@ BT_EXPORT void bt_pool_free(bt_pool *pool)
         bt__lane *l = &pool->lane[i];
         pthread_mutex_lock(&l->mu);
         l->stop = true;
-        pthread_cond_broadcast(&l->cv);
-        pthread_mutex_unlock(&l->mu);
+        bt__lane_wake_unlock(l, UINT_MAX);
         bt__lane_cancel_queue(pool, l);
     }
     /* Wait for the threads, up to the shutdown deadline: a job that never
@@ -1037,9 +1142,8 @@ BT_EXPORT int bt_pool_set_threads(bt_pool *pool, bt_lane lane, unsigned n)
     }
     l->target = n;
     unsigned add = bt__lane_want_threads(l);
-    if (l->threads > l->target)
-        pthread_cond_broadcast(&l->cv); /* let the extra ones notice */
-    pthread_mutex_unlock(&l->mu);
+    /* Let the extra ones notice. */
+    bt__lane_wake_unlock(l, l->threads > l->target ? UINT_MAX : 0);
     if (add && bt__lane_spawn(pool, l, add) == 0)
         return BT_ENOMEM;
     return 0;

@@ -104,29 +104,29 @@ static bt__attach *attach_get(bt_pool *pool, bt_loop *loop)
  * bt__lane_splice. */
 static bool flush_must_wake(bt__lane *lane)
 {
-    return atomic_load(&lane->sleepers) > 0 && atomic_load(&lane->spinners) == 0;
+    return bt__lane_sleeping(lane) > 0 && atomic_load(&lane->spinners) == 0;
 }
 
 /* The hand-over's slow path, under the lane's lock: wake sleepers, start
- * threads, or cancel the jobs of a lane that has stopped. */
-static void lane_flush_locked(bt_pool *pool, bt__lane *lane, size_t n)
+ * threads, or cancel the jobs of a lane that has stopped. Returns whether
+ * it woke a worker. */
+static bool lane_flush_locked(bt_pool *pool, bt__lane *lane, size_t n)
 {
     pthread_mutex_lock(&lane->mu);
     if (lane->stop) {
         pthread_mutex_unlock(&lane->mu);
         bt__lane_cancel_queue(pool, lane); /* this batch among them */
-        return;
+        return false;
     }
     bt__lane_splice(lane);
     size_t wake = atomic_load(&lane->spinners) ? 0 : n;
-    if (wake > lane->sleepers)
-        wake = lane->sleepers;
-    for (size_t i = 0; i < wake; i++)
-        pthread_cond_signal(&lane->cv);
+    if (wake > bt__lane_sleeping(lane))
+        wake = bt__lane_sleeping(lane);
     unsigned add = bt__lane_want_threads(lane);
-    pthread_mutex_unlock(&lane->mu);
+    bt__lane_wake_unlock(lane, (unsigned)wake);
     if (add)
         bt__lane_spawn(pool, lane, add);
+    return wake > 0 || add > 0;
 }
 
 /* Hand att's batch for lane l to the workers: one compare-and-swap onto
@@ -161,8 +161,9 @@ static void lane_flush(bt__attach *att, bt_lane l)
     do
         b->next = top;
     while (!atomic_compare_exchange_weak(&lane->incoming, &top, b));
-    if (atomic_load(&lane->stop) || l == BT_LANE_BLOCKING || flush_must_wake(lane))
-        lane_flush_locked(pool, lane, n);
+    if ((atomic_load(&lane->stop) || l == BT_LANE_BLOCKING || flush_must_wake(lane)) &&
+        lane_flush_locked(pool, lane, n))
+        bt__loop_peer_woken(att->loop);
 }
 
 /* Wait until none of att's jobs is running, or the pool's shutdown

@@ -141,6 +141,26 @@ START_TEST(burst_costs_one_wakeup)
 }
 END_TEST
 
+START_TEST(one_write_wakes_once)
+{
+    /* On epoll the wakeup eventfd is watched edge-triggered and never
+     * read: one write must wake the loop once, not on every pass of the
+     * 20 ms that follow (a level-triggered fd left unread would). */
+    int ran = 0;
+    bt_loop_post(loop, count_cb, &ran);
+    bt_future *s = bt_sleep(loop, 20);
+    bt_test_run_until(loop, s, 2000);
+    bt_future_unref(s);
+    bt_loop_post(loop, count_cb, &ran); /* and the next write wakes it again */
+    bt_loop_post(loop, stop_cb, loop);
+    bt_loop_run(loop);
+    bt_loop_stats st = BT_SIZED(bt_loop_stats);
+    ck_assert_int_eq(bt_loop_get_stats(loop, &st), 0);
+    ck_assert_int_eq(ran, 2);
+    ck_assert_uint_eq(st.wakeups, 2);
+}
+END_TEST
+
 static void *stopper(void *arg)
 {
     usleep(20000);
@@ -427,6 +447,7 @@ static Suite *loop_suite(void)
     tcase_add_test(tc, call_soon_runs_in_order);
     tcase_add_test(tc, post_from_many_threads);
     tcase_add_test(tc, burst_costs_one_wakeup);
+    tcase_add_test(tc, one_write_wakes_once);
     tcase_add_test(tc, stop_from_another_thread);
     tcase_add_test(tc, timers_repeat_and_free_in_callback);
     tcase_add_test(tc, sleep_takes_about_its_time);

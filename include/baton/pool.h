@@ -149,8 +149,8 @@ typedef struct {
                                    instead of sleeping, in percent: they
                                    spin while it pays (short gaps between
                                    jobs, short jobs) and within this
-                                   budget, and sleep otherwise (a worker
-                                   also sleeps when its loop did); 0: the
+                                   budget, and sleep otherwise (neither
+                                   spins through the other's wakeup); 0: the
                                    default (BT_POOL_SPIN_DEFAULT);
                                    BT_POOL_SPIN_FULL: spin every time, for
                                    the lowest latency at up to two cores
