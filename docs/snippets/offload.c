@@ -151,6 +151,13 @@ int main(void)
         return 1;
     bt_loop_run(loop); /* until the plain thread stops it */
     pthread_join(t, NULL);
+    /* On a busy machine the hash job may not have run yet: wait for its
+     * reply (bounded), rather than have bt_loop_free report it cancelled. */
+    for (int i = 0; i < 5000 && replies == 0; i++) {
+        bt_future *tick = bt_sleep(loop, 1);
+        bt_loop_run_until(loop, tick);
+        bt_future_unref(tick);
+    }
 
     bt_loop_free(loop);
     printf("replies %d, files %d, bridged %d\n", replies, files_ok, bridged);
