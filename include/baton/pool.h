@@ -157,7 +157,7 @@ typedef struct {
                                    (see docs/offload.md) */
 } bt_pool_config;
 
-#define BT_POOL_SPIN_DEFAULT 40u
+#define BT_POOL_SPIN_DEFAULT 15u
 #define BT_POOL_SPIN_FULL 100u
 
 /* Fill cfg with the defaults and its size (zeros mean "default"
