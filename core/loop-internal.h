@@ -141,6 +141,10 @@ struct bt_loop {
                                     for anything else may share it */
     _Atomic(bt__task *) inbox_tail;
     _Atomic int wake_wanted;
+    /* Producers between their look at `closed_to_posts` and their last
+     * touch of the loop (the push and the wakeup write): bt_loop_free
+     * waits for none to be left before it frees the inbox and the fd. */
+    _Atomic unsigned posters;
     char pad_inbox_end[64];
     bt__task *inbox_head; /* loop thread only */
     unsigned cut_streak;  /* drains in a row that found it cut */

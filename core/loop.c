@@ -36,6 +36,12 @@
  *   already passed; an eventfd on epoll is watched edge-triggered and
  *   never read (each write is a new edge, so a write during a drain
  *   wakes the loop once more). No lock is ever taken on this path.
+ * - Freeing: a producer's push may hand over the task that ends the loop
+ *   (an HTTP worker's shutdown, a pool's last completion), and the loop
+ *   may be freed before that producer has written the wakeup fd. So a
+ *   producer counts itself in `posters` from before it checks
+ *   `closed_to_posts` to after its write, and bt_loop_free, once it has
+ *   closed the loop to posts, waits for the count to reach 0.
  * - Spinning: while completions are expected from other threads (see
  *   bt__loop_expect) the loop polls the inbox for up to spin_ns before it
  *   sleeps in epoll, with `wake_wanted` at 0, so producers skip the write;
@@ -126,16 +132,25 @@ static void inbox_push(bt_loop *loop, bt__task *task)
 int bt__loop_push_woke(bt_loop *loop, bt__task *task, bool *woke)
 {
     *woke = false;
-    if (atomic_load_explicit(&loop->closed_to_posts, memory_order_acquire))
-        return BT_ESHUTDOWN;
-    inbox_push(loop, task);
-    /* The exchange above and this load are both sequentially consistent:
-     * see the DESIGN note on wakeups. */
-    if (atomic_load(&loop->wake_wanted) && atomic_exchange(&loop->wake_wanted, 0)) {
-        wake_write(loop);
-        *woke = true;
+    /* Counted in before the look at `closed_to_posts`, out after the
+     * wakeup write (both sequentially consistent, as is bt_loop_free's
+     * store and wait): the task this pushes may be the one that ends the
+     * loop, and bt_loop_free must not close the fd or free the loop under
+     * a producer that has not finished. */
+    atomic_fetch_add(&loop->posters, 1);
+    int rc = BT_ESHUTDOWN;
+    if (!atomic_load(&loop->closed_to_posts)) {
+        inbox_push(loop, task);
+        /* The exchange above and this load are both sequentially
+         * consistent: see the DESIGN note on wakeups. */
+        if (atomic_load(&loop->wake_wanted) && atomic_exchange(&loop->wake_wanted, 0)) {
+            wake_write(loop);
+            *woke = true;
+        }
+        rc = 0;
     }
-    return 0;
+    atomic_fetch_sub_explicit(&loop->posters, 1, memory_order_release);
+    return rc;
 }
 
 int bt__loop_push(bt_loop *loop, bt__task *task)
@@ -321,6 +336,7 @@ static bt_loop *loop_init(struct event_base *base, bool owns)
     loop->inbox_head = &loop->inbox_stub;
     atomic_init(&loop->inbox_tail, &loop->inbox_stub);
     atomic_init(&loop->wake_wanted, 1);
+    atomic_init(&loop->posters, 0);
     if (wake_open(loop) != 0)
         goto fail;
     /* An eventfd on a backend with edge-triggered events (epoll) is never
@@ -540,6 +556,10 @@ BT_EXPORT void bt_loop_free(bt_loop *loop)
 
     loop->closing = true;
     atomic_store(&loop->closed_to_posts, true);
+    /* A producer that got in before the store finishes its push (the drain
+     * below runs or cancels the task) and its wakeup write. */
+    while (atomic_load(&loop->posters) != 0)
+        sched_yield();
     size_t dropped = 0;
     size_t cancelled = bt__future_cancel_all(loop, &dropped);
     drain_all(loop);

@@ -184,6 +184,67 @@ START_TEST(stop_from_another_thread)
 }
 END_TEST
 
+/* A loop on its own thread that a post from here ends: the thread frees
+ * it as soon as the stop task has run, maybe before bt_loop_post has
+ * written the wakeup fd (the HTTP app's shutdown does this with each of
+ * its loops). The free must wait for the post to finish; under
+ * ThreadSanitizer a close of the fd under the write is reported. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bt_loop *loop;
+    bool ready;
+    int ran;
+} own_loop;
+
+static void stop_own(void *arg)
+{
+    own_loop *o = arg;
+    o->ran++;
+    bt_loop_stop(o->loop);
+}
+
+static void *run_own_loop(void *arg)
+{
+    own_loop *o = arg;
+    bt_loop *l = bt_loop_new();
+    pthread_mutex_lock(&o->mu);
+    o->loop = l;
+    o->ready = true;
+    pthread_cond_signal(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+    if (l != NULL) {
+        bt_loop_run(l);
+        bt_loop_free(l);
+    }
+    return NULL;
+}
+
+START_TEST(post_that_ends_the_loop_races_its_free)
+{
+    for (int i = 0; i < 200; i++) {
+        own_loop o = { .loop = NULL, .ready = false, .ran = 0 };
+        pthread_mutex_init(&o.mu, NULL);
+        pthread_cond_init(&o.cv, NULL);
+        pthread_t th;
+        ck_assert_int_eq(pthread_create(&th, NULL, run_own_loop, &o), 0);
+        pthread_mutex_lock(&o.mu);
+        while (!o.ready)
+            pthread_cond_wait(&o.cv, &o.mu);
+        bt_loop *l = o.loop;
+        pthread_mutex_unlock(&o.mu);
+        ck_assert_ptr_nonnull(l);
+        if (i % 2 == 0)
+            usleep(200); /* half the time the loop is asleep in epoll */
+        ck_assert_int_eq(bt_loop_post(l, stop_own, &o), 0);
+        pthread_join(th, NULL);
+        ck_assert_int_eq(o.ran, 1);
+        pthread_mutex_destroy(&o.mu);
+        pthread_cond_destroy(&o.cv);
+    }
+}
+END_TEST
+
 static void tick(bt_timer *t, void *arg)
 {
     int *n = arg;
@@ -449,6 +510,7 @@ static Suite *loop_suite(void)
     tcase_add_test(tc, burst_costs_one_wakeup);
     tcase_add_test(tc, one_write_wakes_once);
     tcase_add_test(tc, stop_from_another_thread);
+    tcase_add_test(tc, post_that_ends_the_loop_races_its_free);
     tcase_add_test(tc, timers_repeat_and_free_in_callback);
     tcase_add_test(tc, sleep_takes_about_its_time);
     tcase_add_test(tc, sleep_cancelled);
