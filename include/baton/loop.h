@@ -84,7 +84,10 @@ BT_EXPORT int bt_loop_call_soon(bt_loop *loop, bt_fn fn, void *arg);
  * Posts made while the closers run still run. The loop's memory is gone
  * once bt_loop_free returns, so a program must stop its posting threads
  * before that, typically from a closer (see bt_loop_add_closer): a post
- * that races the end of bt_loop_free is a use after free. Thread: any. */
+ * that races the end of bt_loop_free is a use after free. A post that is
+ * under way when bt_loop_free starts is waited for: fn may itself end the
+ * loop (stop it, so that its thread frees it at once) without racing the
+ * poster's wakeup. Thread: any. */
 BT_EXPORT int bt_loop_post(bt_loop *loop, bt_fn fn, void *arg);
 
 /* Register fn(arg) to run at the start of bt_loop_free, before pending
