@@ -428,7 +428,10 @@ static bool spin_for_completions(bt_loop *loop)
         loop->spin_since = now;
     else if (now - loop->spin_since >= SPIN_PASS_NS)
         return false;
-    if (loop->peer_woken || !bt__spin_pays(&loop->spin_budget, loop->spin_share, loop->spin_ns)) {
+    /* A pool that asked to spin every time (BT_POOL_SPIN_FULL) spins even
+     * through a worker's wakeup, as its workers linger through the loop's. */
+    bool skip = loop->peer_woken && loop->spin_share < BT__SPIN_SHARE_FULL;
+    if (skip || !bt__spin_pays(&loop->spin_budget, loop->spin_share, loop->spin_ns)) {
         loop->wait_since = now; /* all of this wait in libevent */
         loop->wait_spun = 0;
         return false;
@@ -511,8 +514,14 @@ BT_EXPORT void bt_loop_stop(bt_loop *loop)
 {
     if (loop == NULL)
         return;
+    /* Counted in `posters` like a post: the stop may end the loop, whose
+     * thread may then free it before this has written the fd. Once the
+     * loop is closed to posts it is not running: no write is needed. */
+    atomic_fetch_add(&loop->posters, 1);
     atomic_store_explicit(&loop->stop_requested, true, memory_order_release);
-    wake_write(loop);
+    if (!atomic_load(&loop->closed_to_posts))
+        wake_write(loop);
+    atomic_fetch_sub_explicit(&loop->posters, 1, memory_order_release);
 }
 
 /* Run what is queued, until nothing is. */

@@ -516,8 +516,10 @@ int bt__http_run_loops(bt_http_app *app, const char *host, int port, bt_http_rea
         worker *w = &ws[i];
         if (!w->started)
             continue;
-        /* A worker whose startup failed has already left its loop. */
-        if (w->rc == 0 && bt_loop_post(w->loop, begin_shutdown, w) != 0)
+        /* A worker whose startup failed has already left its loop. Out of
+         * memory for the post, the loop stops without draining (its free
+         * cancels what is left). */
+        if (w->rc == 0 && bt_loop_post(w->loop, begin_shutdown, w) == BT_ENOMEM)
             bt_loop_stop(w->loop);
     }
     for (unsigned i = 0; ws != NULL && i < n; i++) {
