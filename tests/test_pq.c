@@ -2051,6 +2051,49 @@ START_TEST(a_retried_query_keeps_its_place_by_deadline)
 }
 END_TEST
 
+static char settle_order[8];
+static void note_settled(bt_future *f, void *arg)
+{
+    (void)f;
+    size_t n = strlen(settle_order);
+    if (n + 1 < sizeof settle_order)
+        settle_order[n] = *(const char *)arg;
+}
+
+START_TEST(a_retried_query_goes_first_when_waits_are_unbounded)
+{
+    /* As above, with no acquire_timeout_ms: every deadline is the same,
+     * and the retried query, which came first, must still go ahead of the
+     * one that waited for room (it used to go behind it). */
+    bt_pq_options o;
+    bt_pq_options_init(&o);
+    o.conninfo = bt_test_pg_conninfo(pg);
+    o.max_size = 1;
+    o.pipeline_depth = 2;
+    o.acquire_timeout_ms = 0;
+    bt_pq_pool *p = new_pool_opts(&o);
+    bt_future *ready = await(bt_pq_pool_ready(p));
+    bt_future_unref(ready);
+    settle_order[0] = '\0';
+    bt_future *fails = bt_pq_query(p, "SELECT (pg_sleep(0.3)::text || 'x')::int", 0, NULL);
+    bt_future *retried = bt_pq_query(p, "SELECT 'retried'", 0, NULL);
+    bt_future *waits = bt_pq_query(p, "SELECT 'waits'", 0, NULL);
+    ck_assert_int_eq(bt_future_add_callback(retried, note_settled, "r"), 0);
+    ck_assert_int_eq(bt_future_add_callback(waits, note_settled, "w"), 0);
+    ck_assert_int_eq(bt_future_error(await(fails)), BT_ESQL);
+    ck_assert_int_eq(bt_future_error(await(waits)), 0);
+    ck_assert_int_eq(bt_future_error(await(retried)), 0);
+    bt_pq_stats st = BT_SIZED(bt_pq_stats);
+    bt_pq_pool_get_stats(p, &st);
+    ck_assert_uint_eq(st.retried, 1);
+    ck_assert_str_eq(settle_order, "rw");
+    bt_future_unref(fails);
+    bt_future_unref(retried);
+    bt_future_unref(waits);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 /* Run the loop until the n futures have settled, or for at most ms (a
  * bound on a wait, not a measure); returns how many settled. */
 static int settle_all(bt_future **fs, int n, unsigned ms)
@@ -2112,6 +2155,46 @@ START_TEST(a_stopped_backend_is_given_no_more_queries)
 }
 END_TEST
 
+START_TEST(slow_queries_in_a_burst_get_backends_of_their_own)
+{
+    /* Pipelined, queries that come in one loop pass share the round trip
+     * of one connection while answers come fast. Once answers take
+     * milliseconds, a burst goes to the idle connections instead: four
+     * 50 ms queries on four backends, not one after another on one. */
+    enum { N = 4 };
+    bt_pq_pool *p = new_pool(N, N, 16);
+    wait_idle(p, N);
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    ck_assert_int_eq(settle_all(fs, N, 20000), N);
+    int first = answered_pid(fs[0]);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(answered_pid(fs[i]), first); /* one batch */
+        bt_future_unref(fs[i]);
+    }
+    wait_idle(p, N);
+    for (int i = 0; i < 12; i++) { /* the pool learns that answers are slow */
+        bt_future *f = await(bt_pq_query(p, "SELECT pg_sleep(0.02)", 0, NULL));
+        ck_assert_msg(bt_future_error(f) == 0, "%s", bt_future_error_message(f));
+        bt_future_unref(f);
+    }
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid() FROM pg_sleep(0.05)", 0, NULL);
+    ck_assert_int_eq(settle_all(fs, N, 20000), N);
+    int pids[N];
+    for (int i = 0; i < N; i++) {
+        pids[i] = answered_pid(fs[i]);
+        bt_future_unref(fs[i]);
+    }
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++)
+            ck_assert_msg(pids[i] != pids[j], "queries %d and %d shared backend %d", i, j,
+                          pids[i]);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -2164,6 +2247,8 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, the_statement_cache_off_leaves_statements_to_the_user);
     tcase_add_test(tc, a_callback_may_free_the_pool);
     tcase_add_test(tc, a_retried_query_keeps_its_place_by_deadline);
+    tcase_add_test(tc, a_retried_query_goes_first_when_waits_are_unbounded);
+    tcase_add_test(tc, slow_queries_in_a_burst_get_backends_of_their_own);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -47,7 +47,7 @@ static struct bt__pq_acq *aq_first(const bt_pq_pool *p)
 static void aq_unlink(bt_pq_pool *p, struct bt__pq_acq *a);
 static void pump(bt_pq_pool *p);
 static void arm_wait(bt_pq_pool *p);
-static bt_pq_conn *pick(bt_pq_pool *p);
+static bt_pq_conn *pick(bt_pq_pool *p, const bt__pq_query *q);
 static void observe(bt_pq_pool *p, bt_pq_conn *c, uint64_t now);
 static bt_pq_conn *find_idle(bt_pq_pool *p);
 static void hand_over(bt_pq_conn *c, struct bt__pq_acq *a);
@@ -59,9 +59,14 @@ static uint64_t now_ns(void)
     return bt_hrtime();
 }
 
+/* When a query or acquire that comes now stops waiting for a connection
+ * (UINT64_MAX: never; a timeout too large to add saturates there). */
 static uint64_t deadline(bt_pq_pool *p)
 {
-    return p->o.acquire_timeout_ms ? now_ns() + p->o.acquire_timeout_ms * 1000000 : UINT64_MAX;
+    uint64_t ms = p->o.acquire_timeout_ms, now = now_ns();
+    if (ms == 0 || ms >= (UINT64_MAX - now) / 1000000)
+        return UINT64_MAX;
+    return now + ms * 1000000;
 }
 
 /* size is the caller's sizeof (the bt_pq_options_init macro): only that
@@ -366,7 +371,12 @@ static bt_pq_conn *find_idle(bt_pq_pool *p)
  *     loop pass (sent, not yet synced): it is answered with that batch, in
  *     the same round trip, and its backend does the work of one wakeup for
  *     all of them. Several idle backends woken for one query each cost
- *     more on a server whose backends outnumber its cores;
+ *     more on a server whose backends outnumber its cores. Only while
+ *     answers come fast (answer_ns below BATCH_JOIN_MAX_NS), and only for
+ *     a query that may share a Sync (not solo, no row callback): queries
+ *     that take milliseconds each gain more from backends of their own
+ *     than from a shared round trip, and a burst of them would otherwise
+ *     run one after another on one backend while others sit idle;
  *  2. to an idle connection;
  *  3. pipelined onto the connection with the fewest queries in flight
  *     (below pipeline_depth) among those that do not look stalled;
@@ -383,6 +393,7 @@ static bt_pq_conn *find_idle(bt_pq_pool *p)
  */
 enum { STALL_FACTOR = 4 };
 #define STALL_MIN_NS 1000000u
+#define BATCH_JOIN_MAX_NS 2000000u
 
 static uint64_t stall_after(const bt_pq_pool *p)
 {
@@ -395,8 +406,8 @@ static uint64_t oldest_sent(const bt_pq_conn *c)
 {
     for (size_t i = 0; i < c->ops_len; i++) {
         const bt__pq_query *q = c->ops[(c->ops_head + i) % c->ops_cap].q;
-        if (q != NULL && !q->abandoned)
-            return q->sent_ns;
+        if (q != NULL && !q->abandoned && q->sent_ns != 0)
+            return q->sent_ns; /* the pool's own (DEALLOCATE...) are not stamped */
     }
     return 0;
 }
@@ -460,11 +471,12 @@ static bt_pq_conn *open_batch(bt_pq_pool *p)
 }
 
 /* A connection for a query now (see above). NULL: wait. */
-static bt_pq_conn *pick(bt_pq_pool *p)
+static bt_pq_conn *pick(bt_pq_pool *p, const bt__pq_query *q)
 {
     bool pipelining =
         p->o.pipeline_depth > 1 && p->nconns - p->nconnecting >= 1 && p->nconns >= p->o.max_size;
-    bt_pq_conn *c = pipelining ? open_batch(p) : NULL;
+    bool join = pipelining && !q->solo && q->row_cb == NULL && p->answer_ns < BATCH_JOIN_MAX_NS;
+    bt_pq_conn *c = join ? open_batch(p) : NULL;
     if (c == NULL)
         c = find_idle(p);
     if (c == NULL && pipelining)
@@ -540,7 +552,7 @@ void bt__pq_pool_run(bt_pq_pool *p, bt__pq_query *q)
     /* The wait for a connection is bounded from now on, across the
      * retries too (see on_retry). */
     q->deadline_ns = deadline(p);
-    bt_pq_conn *c = p->nwq == 0 ? pick(p) : NULL;
+    bt_pq_conn *c = p->nwq == 0 ? pick(p, q) : NULL;
     if (c == NULL) {
         wq_push(p, q);
         return;
@@ -657,10 +669,10 @@ static void pump(bt_pq_pool *p)
             hand_over(c, a);
         }
         while (p->nwq > 0 && !p->closed) {
-            bt_pq_conn *c = pick(p);
+            bt__pq_query *q = wq_first(p);
+            bt_pq_conn *c = pick(p, q);
             if (c == NULL)
                 break;
-            bt__pq_query *q = wq_first(p);
             bt__pq_wq_unlink(p, q);
             send_to(p, c, q);
         }
@@ -689,13 +701,22 @@ void bt__pq_check_drained(bt_pq_pool *p)
  * queue stays ordered, which arm_wait and on_wait_timer rely on (they
  * look at its head only). Retried queries are older than most that wait,
  * so the walk from the head is short. */
-static void wq_insert(bt_pq_pool *p, bt__pq_query *q)
+/* Put a retried query back in the wait queue, ordered by deadline and
+ * ahead of those with the same one (it came before them: with no
+ * acquire_timeout_ms every deadline is the same). *at is where the
+ * previous retry of the same batch went: the search goes on from there,
+ * so a batch keeps its order without a walk of the whole queue for each
+ * of its queries. */
+static void wq_insert(bt_pq_pool *p, bt__pq_query *q, bt__list **at)
 {
-    bt__list *n = p->wq.next;
-    while (n != &p->wq && BT__LIST_ENTRY(n, bt__pq_query, link)->deadline_ns <= q->deadline_ns)
+    bt__list *n = *at;
+    if (n->prev != &p->wq && BT__LIST_ENTRY(n->prev, bt__pq_query, link)->deadline_ns > q->deadline_ns)
+        n = p->wq.next; /* earlier than the one before: search from the head */
+    while (n != &p->wq && BT__LIST_ENTRY(n, bt__pq_query, link)->deadline_ns < q->deadline_ns)
         n = n->next;
     bt__list__insert(&q->link, n->prev, n);
     p->nwq++;
+    *at = n;
 }
 
 /* Put queries of a failed batch back in the wait queue, in their order,
@@ -703,11 +724,12 @@ static void wq_insert(bt_pq_pool *p, bt__pq_query *q)
  * got when they came: a query's wait for a connection is bounded as a
  * whole, retries included, and a fresh deadline would break the queue's
  * order (a later deadline ahead of an earlier one would hide it from the
- * timer). They are older than most that wait, so they usually go first. */
+ * timer). They go ahead of every query with the same deadline or a
+ * later one: they came before those. */
 static void on_retry(bt_pq_conn *c, bt__list *qs)
 {
     bt_pq_pool *p = c->pool;
-    bt__list *n;
+    bt__list *n, *at = p->wq.next;
     while ((n = bt__list_pop_front(qs)) != NULL) {
         bt__pq_query *q = BT__LIST_ENTRY(n, bt__pq_query, link);
         if (p->closed) {
@@ -726,7 +748,7 @@ static void on_retry(bt_pq_conn *c, bt__list *qs)
             PQclear(q->res);
             q->res = NULL;
         }
-        wq_insert(p, q);
+        wq_insert(p, q, &at);
         p->st.retried++;
     }
     arm_wait(p);
