@@ -2189,8 +2189,7 @@ START_TEST(slow_queries_in_a_burst_get_backends_of_their_own)
     }
     for (int i = 0; i < N; i++)
         for (int j = i + 1; j < N; j++)
-            ck_assert_msg(pids[i] != pids[j], "queries %d and %d shared backend %d", i, j,
-                          pids[i]);
+            ck_assert_msg(pids[i] != pids[j], "queries %d and %d shared backend %d", i, j, pids[i]);
     bt_pq_pool_free(p);
 }
 END_TEST

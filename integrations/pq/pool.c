@@ -710,7 +710,8 @@ void bt__pq_check_drained(bt_pq_pool *p)
 static void wq_insert(bt_pq_pool *p, bt__pq_query *q, bt__list **at)
 {
     bt__list *n = *at;
-    if (n->prev != &p->wq && BT__LIST_ENTRY(n->prev, bt__pq_query, link)->deadline_ns > q->deadline_ns)
+    if (n->prev != &p->wq &&
+        BT__LIST_ENTRY(n->prev, bt__pq_query, link)->deadline_ns > q->deadline_ns)
         n = p->wq.next; /* earlier than the one before: search from the head */
     while (n != &p->wq && BT__LIST_ENTRY(n, bt__pq_query, link)->deadline_ns < q->deadline_ns)
         n = n->next;
