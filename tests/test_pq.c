@@ -2194,6 +2194,54 @@ START_TEST(slow_queries_in_a_burst_get_backends_of_their_own)
 }
 END_TEST
 
+START_TEST(a_stalled_connection_is_passed_over_for_a_busier_one)
+{
+    /* The case the test above cannot tell from batching: the stopped
+     * backend's connection has one query in flight, the healthy one two,
+     * and no batch is being formed. By the count alone the next queries
+     * would join the stopped one; the stall rule sends them to the busier
+     * healthy one. Answers are first made slow (100 ms), so that batches
+     * are not joined and the two 200 ms queries on the healthy connection
+     * do not look stalled. */
+    enum { N = 8 };
+    bt_pq_pool *p = new_pool(2, 2, 16);
+    wait_idle(p, 2);
+    int stopped = 0;
+    for (int i = 0; i < 14; i++) { /* all on the first idle connection */
+        bt_future *f = await(bt_pq_query(p, "SELECT pg_backend_pid() FROM pg_sleep(0.1)", 0, NULL));
+        stopped = answered_pid(f);
+        bt_future_unref(f);
+    }
+    wait_idle(p, 2);
+    ck_assert_int_eq(kill(stopped, SIGSTOP), 0);
+    bt_future *held = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    sleep_ms(1500);
+    bt_future *busy[2];
+    for (int i = 0; i < 2; i++)
+        busy[i] = bt_pq_query(p, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", 0, NULL);
+    sleep_ms(20); /* their batch is synced: nothing is being formed */
+    bt_future *fs[N];
+    for (int i = 0; i < N; i++)
+        fs[i] = bt_pq_query(p, "SELECT pg_backend_pid()", 0, NULL);
+    int done = settle_all(fs, N, 20000);
+    bool held_waited = !bt_future_is_settled(held);
+    kill(stopped, SIGCONT);
+    ck_assert_msg(held_waited, "the query on the stopped backend was answered");
+    ck_assert_msg(done == N, "%d of %d queries completed while one backend was stopped", done, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_ne(answered_pid(fs[i]), stopped);
+        bt_future_unref(fs[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_ne(answered_pid(await(busy[i])), stopped);
+        bt_future_unref(busy[i]);
+    }
+    ck_assert_int_eq(answered_pid(await(held)), stopped);
+    bt_future_unref(held);
+    bt_pq_pool_free(p);
+}
+END_TEST
+
 static Suite *pq_suite(void)
 {
     Suite *s = suite_create("pq");
@@ -2248,6 +2296,7 @@ static Suite *pq_suite(void)
     tcase_add_test(tc, a_retried_query_keeps_its_place_by_deadline);
     tcase_add_test(tc, a_retried_query_goes_first_when_waits_are_unbounded);
     tcase_add_test(tc, slow_queries_in_a_burst_get_backends_of_their_own);
+    tcase_add_test(tc, a_stalled_connection_is_passed_over_for_a_busier_one);
     suite_add_tcase(s, tc);
     return s;
 }
