@@ -697,11 +697,8 @@ void bt__pq_check_drained(bt_pq_pool *p)
     pool_shutdown(p);
 }
 
-/* Put q in the wait queue by its deadline, behind those due no later: the
- * queue stays ordered, which arm_wait and on_wait_timer rely on (they
- * look at its head only). Retried queries are older than most that wait,
- * so the walk from the head is short. */
-/* Put a retried query back in the wait queue, ordered by deadline and
+/* Put a retried query back in the wait queue, ordered by deadline (which
+ * arm_wait and on_wait_timer rely on: they look at its head only) and
  * ahead of those with the same one (it came before them: with no
  * acquire_timeout_ms every deadline is the same). *at is where the
  * previous retry of the same batch went: the search goes on from there,
