@@ -27,7 +27,8 @@
  *   goes to an idle connection if there is one, else the pool opens a new
  *   connection (up to max_size). Once the pool is at max_size, a query
  *   joins the batch that a connection with nothing older in flight is
- *   forming in this loop pass (answered in the same round trip), else
+ *   forming in this loop pass (answered in the same round trip; only while
+ *   answers lately came within 2 ms: slower queries are spread), else
  *   takes an idle connection, else is pipelined behind the queries already
  *   on the least busy connection (up to pipeline_depth in flight) that
  *   does not look stalled (its oldest query waiting far longer than
