@@ -1117,6 +1117,52 @@ START_TEST(test_idle_connection_aged_out)
 }
 END_TEST
 
+/* How many fds the process has open (the server thread's included). */
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own */
+}
+
+static bool fds_at_most(int n)
+{
+    return open_fds() <= n;
+}
+
+START_TEST(test_keepalive_keeps_its_fds)
+{
+    /* Each request on a kept-alive connection watches its socket again,
+     * through the one duplicate kept from the connection's first request
+     * to its close: fifty requests hold the fds the first one opened, and
+     * once the idle sweep closes the connection none is left open. */
+    int before = open_fds();
+    bt_future *f = bt_http_get(cli, url("/hello"));
+    wait_ok(f);
+    bt_future_unref(f);
+    int held = open_fds();
+    ck_assert_int_gt(held, before);
+    for (int i = 0; i < 50; i++) {
+        f = bt_http_get(cli, url("/hello"));
+        wait_ok(f);
+        bt_future_unref(f);
+        ck_assert_int_eq(open_fds(), held);
+    }
+    bt_http_client_stats st = BT_SIZED(bt_http_client_stats);
+    bt_http_client_get_stats(cli, &st);
+    ck_assert_uint_eq(st.connects, 1);
+    ck_assert_int_eq(bt_http_client_set_idle_timeout(cli, 1000), 0);
+    ck_assert_msg(run_until_true(fds_at_most, before, 20000),
+                  "%d fds open after the idle connection was closed, %d before it", open_fds(),
+                  before);
+}
+END_TEST
+
 START_TEST(test_idle_timeout_args)
 {
     ck_assert_int_eq(bt_http_client_set_idle_timeout(NULL, 1000), BT_EINVAL);
@@ -1806,6 +1852,7 @@ static Suite *curl_suite(void)
     tcase_add_test(sk, test_fd_reuse_across_threads);
     tcase_add_test(sk, test_dead_idle_connection_closed);
     tcase_add_test(sk, test_idle_connection_aged_out);
+    tcase_add_test(sk, test_keepalive_keeps_its_fds);
     tcase_add_test(sk, test_idle_timeout_args);
     suite_add_tcase(s, sk);
 

@@ -92,17 +92,27 @@ bool bt__http_is_token(const char *s, size_t len);
 typedef struct xfer xfer;
 typedef struct sockwatch sockwatch;
 
-/* A socket curl asked us to watch. libevent watches evfd, the client's
- * own duplicate of curl's fd, which only the client closes (multi.c says
- * why); events go back to curl as fd. evfd is -1 while the watch is
- * parked (curl closed fd without CURL_POLL_REMOVE), and equals fd in the
- * fallback when no duplicate could be made. */
+/* A socket curl asked us to watch, or a connection's socket curl opened
+ * through on_open_socket. libevent watches evfd, the client's own
+ * duplicate of curl's fd, which only the client closes (multi.c says
+ * why); events go back to curl as fd. evfd is -1 while the watch holds no
+ * duplicate, and equals fd in the fallback when none could be made.
+ *
+ * A connection's watch (conn) is indexed by fd in the client's byfd from
+ * the open socket callback to the close socket callback, and keeps its
+ * duplicate across CURL_POLL_REMOVE: a kept-alive connection is removed
+ * after each transfer and watched again by the next. A watch is freed
+ * once curl holds it no more (assigned) and it is not a connection's
+ * (conn). */
 struct sockwatch {
     bt__list node; /* on the client's watches */
     bt_http_client *c;
     curl_socket_t fd;
     evutil_socket_t evfd;
     short kind;
+    bool armed;       /* ev is added */
+    bool assigned;    /* curl holds it (curl_multi_assign), until CURL_POLL_REMOVE */
+    bool conn;        /* in byfd: curl opened fd and has not closed it */
     struct event *ev; /* points just past the struct */
 };
 
@@ -156,6 +166,8 @@ struct bt_http_client {
     bt__list xfers;   /* live transfers (xfer.node) */
     xfer *deferred;   /* to add or remove once curl returns */
     bt__list watches; /* watched sockets (sockwatch.node) */
+    sockwatch **byfd; /* connections' watches by fd (sockwatch.conn) */
+    size_t nbyfd;
     int in_curl;
     bool free_pending;
     bool closed; /* the closer ran: no multi, no events */
@@ -217,10 +229,11 @@ int bt__http_multi_wire(bt_http_client *c);
 void bt__http_flush(bt_http_client *c);
 /* curl's open socket callback made socket s: a watch still on that
  * number belongs to a socket curl closed without telling us, and is moved
- * to s. */
-void bt__http_socket_opened(bt_http_client *c, curl_socket_t s);
-/* curl's close socket callback is about to close s: a watch still on it
- * lets go of its duplicate (the watch itself stays: curl still has it). */
+ * to s (curl still holds it) or dropped; s gets a connection's watch.
+ * Returns 0, or BT_ENOMEM (curl fails the connection). */
+int bt__http_socket_opened(bt_http_client *c, curl_socket_t s);
+/* curl's close socket callback is about to close s: its watch lets go of
+ * its duplicate, and goes too unless curl still holds it. */
 void bt__http_socket_closing(bt_http_client *c, curl_socket_t s);
 /* Stop watching and free every watch (client shutdown). */
 void bt__http_watches_free(bt_http_client *c);

@@ -39,8 +39,19 @@
  *   event_del; a number curl hands back from its open socket callback
  *   while a watch still holds it moves that watch to the new socket; and
  *   a watch still open when curl's close socket callback runs drops its
- *   duplicate then. One dup and one close per watch (a transfer's use of
- *   a connection), none per event.
+ *   duplicate then.
+ * - A connection's watch lives from curl's open socket callback to its
+ *   close socket callback, indexed by fd (byfd), and keeps its duplicate
+ *   across the CURL_POLL_REMOVE that ends each transfer on a kept-alive
+ *   connection: the next transfer re-arms it (one epoll_ctl). A new
+ *   duplicate per transfer cost a dup and a close per request, about a
+ *   tenth of bench/http_get's requests per second. So one dup and one
+ *   close per connection, none per request or event. Other sockets curl
+ *   watches (the threaded resolver's) get a duplicate per watch, closed
+ *   at CURL_POLL_REMOVE. This relies on curl closing what it opened
+ *   through the open socket callback through the close socket callback,
+ *   as CURLOPT_CLOSESOCKETFUNCTION promises; a number curl reuses without
+ *   it is still caught by the open socket callback.
  */
 #include "config.h"
 
@@ -48,6 +59,7 @@
 #include "timeval.h"
 
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -80,61 +92,140 @@ static void on_sock_event(evutil_socket_t evfd, short events, void *arg)
     bt_loop_leave_cb(loop);
 }
 
+static void watch_disarm(sockwatch *w)
+{
+    if (w->armed)
+        event_del(w->ev);
+    w->armed = false;
+}
+
+/* Watch w->fd for w->kind, through a new duplicate if w has none. If none
+ * can be made (EMFILE), watch curl's fd itself: the old behaviour, racy
+ * as above. */
+static void watch_arm(sockwatch *w)
+{
+    watch_disarm(w);
+    if (w->evfd < 0) {
+        w->evfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
+        if (w->evfd < 0)
+            w->evfd = w->fd;
+    }
+    event_assign(w->ev, w->c->base, w->evfd, w->kind, on_sock_event, w);
+    event_add(w->ev, NULL);
+    w->armed = true;
+}
+
 /* Stop watching: event_del on our duplicate, then close it. */
 static void watch_detach(sockwatch *w)
 {
-    if (w->evfd < 0)
-        return;
-    event_del(w->ev);
-    if (w->evfd != w->fd)
+    watch_disarm(w);
+    if (w->evfd >= 0 && w->evfd != w->fd)
         close(w->evfd);
     w->evfd = -1;
 }
 
-/* Watch w->fd for w->kind through a new duplicate. If none can be made
- * (EMFILE), watch curl's fd itself: the old behaviour, racy as above. */
-static void watch_arm(sockwatch *w)
+static sockwatch *byfd_get(const bt_http_client *c, curl_socket_t s)
 {
-    event_assign(w->ev, w->c->base, w->evfd, w->kind, on_sock_event, w);
-    event_add(w->ev, NULL);
+    return s >= 0 && (size_t)s < c->nbyfd ? c->byfd[s] : NULL;
 }
 
-static void watch_attach(sockwatch *w)
+/* Let go of w's socket as a connection: curl closed it. */
+static void watch_unconn(sockwatch *w)
 {
-    w->evfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
-    if (w->evfd < 0)
-        w->evfd = w->fd;
-    watch_arm(w);
+    if (!w->conn)
+        return;
+    w->c->byfd[w->fd] = NULL;
+    w->conn = false;
 }
 
-static sockwatch *watch_find(bt_http_client *c, curl_socket_t s)
+/* Free w if nothing holds it: curl (assigned) or its open socket (conn). */
+static void watch_maybe_free(sockwatch *w)
+{
+    if (w->assigned || w->conn)
+        return;
+    watch_detach(w);
+    bt__list_remove(&w->node);
+    bt_free(w);
+}
+
+static sockwatch *watch_new(bt_http_client *c, curl_socket_t s)
+{
+    sockwatch *w = bt_calloc(1, sizeof *w + event_get_struct_event_size());
+    if (w == NULL)
+        return NULL;
+    w->c = c;
+    w->fd = s;
+    w->evfd = -1;
+    w->ev = (struct event *)(w + 1);
+    bt__list_push_front(&c->watches, &w->node);
+    return w;
+}
+
+/* A watch curl still holds on number s, made before curl closed that
+ * socket without CURL_POLL_REMOVE (not in byfd: never a connection's, or
+ * closed as one). A list walk: rare, once per new connection. */
+static sockwatch *watch_find_held(bt_http_client *c, curl_socket_t s)
 {
     bt__list *n;
     BT__LIST_FOREACH (n, &c->watches) {
         sockwatch *w = BT__LIST_ENTRY(n, sockwatch, node);
-        if (w->fd == s)
+        if (w->fd == s && w->assigned && !w->conn)
             return w;
     }
     return NULL;
 }
 
-void bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
+int bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
 {
-    sockwatch *w = watch_find(c, s);
+    if (s < 0)
+        return 0;
+    if ((size_t)s >= c->nbyfd) {
+        size_t n = c->nbyfd ? c->nbyfd : 64;
+        while (n <= (size_t)s)
+            n *= 2;
+        sockwatch **grown = bt_realloc(c->byfd, n * sizeof *grown);
+        if (grown == NULL)
+            return BT_ENOMEM;
+        memset(grown + c->nbyfd, 0, (n - c->nbyfd) * sizeof *grown);
+        c->byfd = grown;
+        c->nbyfd = n;
+    }
+    /* A watch on this number is for a socket curl closed without its
+     * close callback or without CURL_POLL_REMOVE. If curl holds it, curl
+     * believes s is watched for w->kind: make that true of the new
+     * socket. If not, it is a connection's watch that nothing needs. */
+    sockwatch *w = byfd_get(c, s);
     if (w == NULL)
-        return;
-    /* curl closed the socket this watch was for without CURL_POLL_REMOVE
-     * and got the number again: curl believes s is watched for w->kind,
-     * so make it true of the new socket. */
-    watch_detach(w);
-    watch_attach(w);
+        w = watch_find_held(c, s);
+    if (w != NULL) {
+        watch_unconn(w);
+        watch_detach(w);
+        if (!w->assigned) {
+            watch_maybe_free(w);
+        } else {
+            watch_arm(w);
+            w->conn = true;
+            c->byfd[s] = w;
+            return 0;
+        }
+    }
+    if ((w = watch_new(c, s)) == NULL)
+        return BT_ENOMEM;
+    w->conn = true;
+    c->byfd[s] = w;
+    return 0;
 }
 
 void bt__http_socket_closing(bt_http_client *c, curl_socket_t s)
 {
-    sockwatch *w = watch_find(c, s);
-    if (w != NULL)
-        watch_detach(w); /* parked until curl removes or reuses it */
+    sockwatch *w = byfd_get(c, s);
+    if (w == NULL)
+        w = watch_find_held(c, s);
+    if (w == NULL)
+        return;
+    watch_unconn(w);
+    watch_detach(w); /* if curl holds it: until curl removes or reuses it */
+    watch_maybe_free(w);
 }
 
 void bt__http_watches_free(bt_http_client *c)
@@ -145,6 +236,9 @@ void bt__http_watches_free(bt_http_client *c)
         watch_detach(w);
         bt_free(w);
     }
+    bt_free(c->byfd);
+    c->byfd = NULL;
+    c->nbyfd = 0;
 }
 
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
@@ -154,37 +248,32 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
         /* Stop watching; curl may keep the connection for reuse and will
-         * tell us again when it wants events on it. */
+         * tell us again when it wants events on it. A connection's watch
+         * keeps its duplicate for then. */
         if (w != NULL) {
-            watch_detach(w);
-            bt__list_remove(&w->node);
-            bt_free(w);
+            w->assigned = false;
+            if (w->conn)
+                watch_disarm(w);
+            watch_maybe_free(w);
         }
         return 0;
     }
     short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
                  ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
     if (w == NULL) {
-        w = bt_calloc(1, sizeof *w + event_get_struct_event_size());
-        if (w == NULL)
+        /* A connection's socket curl watches again, or a socket it did not
+         * open through us (the resolver's). */
+        if ((w = byfd_get(c, s)) == NULL && (w = watch_new(c, s)) == NULL)
             return -1; /* curl fails the transfer */
-        w->c = c;
-        w->fd = s;
-        w->evfd = -1;
-        w->ev = (struct event *)(w + 1);
-        bt__list_push_front(&c->watches, &w->node);
+        w->assigned = true;
         curl_multi_assign(c->multi, s, w);
-    } else if (w->kind == kind && w->evfd >= 0) {
-        return 0;
-    } else if (w->evfd >= 0) {
-        /* Same socket, new interest: keep the duplicate. */
-        event_del(w->ev);
-        w->kind = kind;
-        watch_arm(w);
+    } else if (w->kind == kind && w->armed) {
         return 0;
     }
+    /* A new watch, one watched again, or the same socket with a new
+     * interest: the duplicate, if any, is kept. */
     w->kind = kind;
-    watch_attach(w);
+    watch_arm(w);
     return 0;
 }
 

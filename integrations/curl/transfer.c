@@ -248,10 +248,13 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
     (void)purpose;
     xfer_got_conn(x);
     curl_socket_t s = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
-    if (s != CURL_SOCKET_BAD) {
-        x->c->nsockets++;
-        bt__http_socket_opened(x->c, s);
+    if (s == CURL_SOCKET_BAD)
+        return s;
+    if (bt__http_socket_opened(x->c, s) != 0) {
+        close(s);
+        return CURL_SOCKET_BAD;
     }
+    x->c->nsockets++;
     return s;
 }
 
