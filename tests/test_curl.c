@@ -1163,6 +1163,33 @@ START_TEST(test_keepalive_keeps_its_fds)
 }
 END_TEST
 
+START_TEST(test_cancelled_connects_leave_no_fds)
+{
+    /* curl 7.88 closes a socket that is still connecting with a plain
+     * close, without the close socket callback, and then says
+     * CURL_POLL_REMOVE: the watch must let go of its duplicate then, or
+     * the duplicate keeps the half-open socket (and its fd) alive. */
+    curl_blackhole b;
+    ck_assert_int_eq(curl_blackhole_open(&b), 0);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/", b.port);
+    int before = open_fds();
+    for (int i = 0; i < 20; i++) {
+        bt_future *f = bt_http_get(cli, u);
+        run_for(1); /* curl starts connecting */
+        ck_assert_int_eq(bt_future_cancel(f), 0);
+        bt_future_unref(f);
+    }
+    ck_assert_msg(run_until_true(fds_at_most, before, 5000),
+                  "%d fds open after 20 connects were cancelled, %d before", open_fds(), before);
+    /* And the client still works. */
+    bt_future *f = bt_http_get(cli, url("/hello"));
+    wait_ok(f);
+    bt_future_unref(f);
+    curl_blackhole_close(&b);
+}
+END_TEST
+
 START_TEST(test_idle_timeout_args)
 {
     ck_assert_int_eq(bt_http_client_set_idle_timeout(NULL, 1000), BT_EINVAL);
@@ -1853,6 +1880,7 @@ static Suite *curl_suite(void)
     tcase_add_test(sk, test_dead_idle_connection_closed);
     tcase_add_test(sk, test_idle_connection_aged_out);
     tcase_add_test(sk, test_keepalive_keeps_its_fds);
+    tcase_add_test(sk, test_cancelled_connects_leave_no_fds);
     tcase_add_test(sk, test_idle_timeout_args);
     suite_add_tcase(s, sk);
 

@@ -99,7 +99,8 @@ typedef struct sockwatch sockwatch;
  * duplicate, and equals fd in the fallback when none could be made.
  *
  * A connection's watch (conn) is indexed by fd in the client's byfd from
- * the open socket callback to the close socket callback, and keeps its
+ * the open socket callback to the close socket callback (or to a
+ * CURL_POLL_REMOVE before it connected), and once connected keeps its
  * duplicate across CURL_POLL_REMOVE: a kept-alive connection is removed
  * after each transfer and watched again by the next. A watch is freed
  * once curl holds it no more (assigned) and it is not a connection's
@@ -113,6 +114,7 @@ struct sockwatch {
     bool armed;       /* ev is added */
     bool assigned;    /* curl holds it (curl_multi_assign), until CURL_POLL_REMOVE */
     bool conn;        /* in byfd: curl opened fd and has not closed it */
+    bool connected;   /* curl asked to read fd: it closes it through the callback */
     struct event *ev; /* points just past the struct */
 };
 

@@ -41,17 +41,24 @@
  *   a watch still open when curl's close socket callback runs drops its
  *   duplicate then.
  * - A connection's watch lives from curl's open socket callback to its
- *   close socket callback, indexed by fd (byfd), and keeps its duplicate
- *   across the CURL_POLL_REMOVE that ends each transfer on a kept-alive
- *   connection: the next transfer re-arms it (one epoll_ctl). A new
- *   duplicate per transfer cost a dup and a close per request, about a
- *   tenth of bench/http_get's requests per second. So one dup and one
- *   close per connection, none per request or event. Other sockets curl
- *   watches (the threaded resolver's) get a duplicate per watch, closed
- *   at CURL_POLL_REMOVE. This relies on curl closing what it opened
- *   through the open socket callback through the close socket callback,
- *   as CURLOPT_CLOSESOCKETFUNCTION promises; a number curl reuses without
- *   it is still caught by the open socket callback.
+ *   close socket callback, indexed by fd (byfd). Once curl has connected
+ *   the socket, the watch keeps its duplicate across the CURL_POLL_REMOVE
+ *   that ends each transfer on a kept-alive connection, and the next
+ *   transfer re-arms it (one epoll_ctl). A new duplicate per transfer
+ *   cost a dup and a close per request, about a tenth of
+ *   bench/http_get's requests per second. So one dup and one close per
+ *   connection, none per request or event.
+ * - When to let go of it. curl 7.88 closes a socket that is still
+ *   connecting (a cancel, the connect timeout, a happy-eyeballs loser)
+ *   with a plain close(), not through the close socket callback, and then
+ *   says CURL_POLL_REMOVE; a socket that has connected (the winner, made
+ *   "active") it closes through the callback. So a watch lets go of its
+ *   duplicate at CURL_POLL_REMOVE unless its socket connected, which the
+ *   watch knows by curl asking to read it (curl asks only to write to a
+ *   socket that is connecting). Else the duplicate would keep the
+ *   half-open socket alive, and its byfd entry could be taken for another
+ *   socket on the same number (the threaded resolver's, which curl does
+ *   not open through us). Those other sockets get a duplicate per watch.
  */
 #include "config.h"
 
@@ -205,6 +212,7 @@ int bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
         } else {
             watch_arm(w);
             w->conn = true;
+            w->connected = false;
             c->byfd[s] = w;
             return 0;
         }
@@ -252,8 +260,10 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
          * keeps its duplicate for then. */
         if (w != NULL) {
             w->assigned = false;
-            if (w->conn)
+            if (w->conn && w->connected)
                 watch_disarm(w);
+            else
+                watch_unconn(w); /* maybe closed by now: see the DESIGN */
             watch_maybe_free(w);
         }
         return 0;
@@ -271,7 +281,10 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         return 0;
     }
     /* A new watch, one watched again, or the same socket with a new
-     * interest: the duplicate, if any, is kept. */
+     * interest: the duplicate, if any, is kept. curl reads a socket only
+     * once it has connected. */
+    if (what & CURL_POLL_IN)
+        w->connected = true;
     w->kind = kind;
     watch_arm(w);
     return 0;
