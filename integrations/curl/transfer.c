@@ -258,9 +258,10 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
     return s;
 }
 
-/* curl closes a connection's socket (after CURL_POLL_REMOVE if it was
- * watched). clientp is the client, not the transfer: a cached connection
- * outlives the transfer that opened it. */
+/* curl closes a connected socket through here (after CURL_POLL_REMOVE if
+ * it was watched); one still connecting it closes with a plain close()
+ * (multi.c's DESIGN). clientp is the client, not the transfer: a cached
+ * connection outlives the transfer that opened it. */
 static int on_close_socket(void *clientp, curl_socket_t s)
 {
     bt_http_client *c = clientp;
