@@ -55,7 +55,8 @@
  *   "active") it closes through the callback. So a watch lets go of its
  *   duplicate at CURL_POLL_REMOVE unless its socket connected, which the
  *   watch knows by curl asking to read it (curl asks only to write to a
- *   socket that is connecting). Else the duplicate would keep the
+ *   TCP socket that is connecting; an HTTP/3 attempt would read while
+ *   connecting, and the client never asks for HTTP/3). Else the duplicate would keep the
  *   half-open socket alive, and its byfd entry could be taken for another
  *   socket on the same number (the threaded resolver's, which curl does
  *   not open through us). Those other sockets get a duplicate per watch.
