@@ -56,10 +56,11 @@
  *   duplicate at CURL_POLL_REMOVE unless its socket connected, which the
  *   watch knows by curl asking to read it (curl asks only to write to a
  *   TCP socket that is connecting; an HTTP/3 attempt would read while
- *   connecting, and the client never asks for HTTP/3). Else the duplicate would keep the
- *   half-open socket alive, and its byfd entry could be taken for another
- *   socket on the same number (the threaded resolver's, which curl does
- *   not open through us). Those other sockets get a duplicate per watch.
+ *   connecting, and the client never asks for HTTP/3). Else the
+ *   duplicate would keep the half-open socket alive, and its byfd entry
+ *   could be taken for another socket on the same number (the threaded
+ *   resolver's, which curl does not open through us). Those other
+ *   sockets get a duplicate per watch.
  */
 #include "config.h"
 
@@ -257,8 +258,8 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
         /* Stop watching; curl may keep the connection for reuse and will
-         * tell us again when it wants events on it. A connection's watch
-         * keeps its duplicate for then. */
+         * tell us again when it wants events on it. A connected
+         * connection's watch keeps its duplicate for then. */
         if (w != NULL) {
             w->assigned = false;
             if (w->conn && w->connected)
