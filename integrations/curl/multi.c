@@ -184,6 +184,13 @@ static sockwatch *watch_find_held(bt_http_client *c, curl_socket_t s)
     return NULL;
 }
 
+/* The watch on number s, if any: a connection's, or one curl holds. */
+static sockwatch *watch_on(bt_http_client *c, curl_socket_t s)
+{
+    sockwatch *w = byfd_get(c, s);
+    return w != NULL ? w : watch_find_held(c, s);
+}
+
 int bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
 {
     if (s < 0)
@@ -203,23 +210,19 @@ int bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
      * close callback or without CURL_POLL_REMOVE. If curl holds it, curl
      * believes s is watched for w->kind: make that true of the new
      * socket. If not, it is a connection's watch that nothing needs. */
-    sockwatch *w = byfd_get(c, s);
-    if (w == NULL)
-        w = watch_find_held(c, s);
+    sockwatch *w = watch_on(c, s);
     if (w != NULL) {
         watch_unconn(w);
         watch_detach(w);
-        if (!w->assigned) {
-            watch_maybe_free(w);
-        } else {
+        if (w->assigned) {
             watch_arm(w);
-            w->conn = true;
             w->connected = false;
-            c->byfd[s] = w;
-            return 0;
+        } else {
+            watch_maybe_free(w);
+            w = NULL;
         }
     }
-    if ((w = watch_new(c, s)) == NULL)
+    if (w == NULL && (w = watch_new(c, s)) == NULL)
         return BT_ENOMEM;
     w->conn = true;
     c->byfd[s] = w;
@@ -228,9 +231,7 @@ int bt__http_socket_opened(bt_http_client *c, curl_socket_t s)
 
 void bt__http_socket_closing(bt_http_client *c, curl_socket_t s)
 {
-    sockwatch *w = byfd_get(c, s);
-    if (w == NULL)
-        w = watch_find_held(c, s);
+    sockwatch *w = watch_on(c, s);
     if (w == NULL)
         return;
     watch_unconn(w);
